@@ -1,0 +1,1 @@
+"""Plain-Python maths and data logic. Nothing below this package imports Dagster."""

@@ -1,0 +1,213 @@
+"""The input contract: which columns each cleaned CSV must have, and how they are coerced.
+
+Every problem is reported as an :class:`InputError` that names the file, the column, what is
+wrong and how many rows. Recoverable quirks (a blank athlete_hash, a few non-numeric times)
+are handled as documented here and reported as notes, which the assets put in metadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+RACE_FILE = "athlete_race.csv"
+PROFILE_FILE = "athlete_profile.csv"
+CLUSTER_FILE = "cluster_assignments.csv"
+
+RACE_REQUIRED = (
+    "athlete_hash",
+    "gender",
+    "age_group",
+    "is_pro",
+    "event_distance",
+    "event_year",
+    "total_sec",
+)
+PROFILE_REQUIRED = ("athlete_hash", "total_races", "pb_total_sec")
+PROFILE_OPTIONAL = ("consistency_cv", "improvement_slope")
+CLUSTER_REQUIRED = ("athlete_hash", "cluster_id")
+
+# A column of numbers with a few bad cells is usable (the cells become missing and are
+# counted); beyond this share the column is more likely misaligned or mislabelled.
+MAX_BAD_NUMERIC_SHARE = 0.01
+
+_TRUE = {"true", "1", "yes", "t", "y"}
+_FALSE = {"false", "0", "no", "f", "n"}
+# A distance column that a writer stored as floats comes back as e.g. '70.30' or '140.60'.
+_DISTANCE_SPELLINGS = {"70.30": "70.3", "140.60": "140.6", "70.300": "70.3", "140.600": "140.6"}
+
+
+class InputError(ValueError):
+    """An input file breaks the data contract."""
+
+    def __init__(self, path: str | Path, problem: str, column: str | None = None, rows: int | None = None):
+        self.path = str(path)
+        self.column = column
+        self.rows = rows
+        self.problem = problem
+        where = f"{self.path}" + (f", column '{column}'" if column else "")
+        count = f" ({rows:,} rows)" if rows is not None else ""
+        super().__init__(f"{where}: {problem}{count}")
+
+
+@dataclass
+class ReadResult:
+    """A validated input frame plus the notes on what was coerced or dropped."""
+
+    frame: pd.DataFrame
+    path: Path
+    notes: list[str] = field(default_factory=list)
+
+
+def _read_header(path: Path) -> list[str]:
+    if not path.exists():
+        raise InputError(path, "file not found (set RACEDAYAI_INPUT_DIR or run 'make demo-data')")
+    if path.is_dir():
+        raise InputError(path, "is a directory, expected a CSV file")
+    with open(path, "rb") as fh:
+        first = fh.readline()
+    if not first.strip():
+        raise InputError(path, "file is empty: no header line")
+    try:
+        text = first.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"header is not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    return [c.strip().strip('"') for c in text.rstrip("\r\n").split(",")]
+
+
+def _read_text_columns(path: Path, columns: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """Read the named columns as text, whatever they look like (no type guessing)."""
+    notes: list[str] = []
+    kwargs = dict(usecols=columns, dtype="string", keep_default_na=False, na_values=[""])
+    try:
+        frame = pd.read_csv(path, engine="pyarrow", encoding="utf-8", **kwargs)
+    except (UnicodeDecodeError, ValueError) as exc:
+        if "utf" not in str(exc).lower() and not isinstance(exc, UnicodeDecodeError):
+            raise InputError(path, f"cannot be parsed as CSV: {exc}") from exc
+        # Bytes that are not UTF-8: undecodable bytes become U+FFFD and are counted.
+        frame = pd.read_csv(path, engine="c", encoding="utf-8", encoding_errors="replace", **kwargs)
+        bad = int(sum(frame[c].str.contains("\ufffd", regex=False).sum() for c in columns))
+        notes.append(f"{bad:,} cells held bytes that are not UTF-8; they were replaced by U+FFFD")
+    frame.columns = [c.lstrip("\ufeff") for c in frame.columns]
+    for col in columns:
+        frame[col] = frame[col].str.strip().replace("", pd.NA)
+    return frame, notes
+
+
+def _open(path: str | Path, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> tuple[pd.DataFrame, list[str], Path]:
+    path = Path(path)
+    header = [h.lstrip("\ufeff") for h in _read_header(path)]
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise InputError(
+            path,
+            f"required column missing; the header has {len(header)} columns: {', '.join(header[:12])}"
+            + ("..." if len(header) > 12 else ""),
+            column=", ".join(missing),
+        )
+    wanted = list(required) + [c for c in optional if c in header]
+    raw_header = _read_header(path)
+    # keep the names exactly as in the file (a BOM may sit on the first one)
+    usecols = [raw_header[header.index(c)] for c in wanted]
+    frame, notes = _read_text_columns(path, usecols)
+    return frame, notes, path
+
+
+def _numeric(frame: pd.DataFrame, col: str, path: Path, notes: list[str], *, integer: bool = False) -> pd.Series:
+    text = frame[col]
+    values = pd.to_numeric(text, errors="coerce")
+    bad = values.isna() & text.notna()
+    n_bad = int(bad.sum())
+    if n_bad:
+        n_given = int(text.notna().sum())
+        examples = ", ".join(repr(v) for v in text[bad].unique()[:3])
+        if n_bad > MAX_BAD_NUMERIC_SHARE * n_given:
+            raise InputError(path, f"not numeric, e.g. {examples}", column=col, rows=n_bad)
+        notes.append(f"{n_bad:,} rows: {col} not numeric (e.g. {examples}); treated as missing")
+    values = values.astype("float64")
+    if integer:
+        finite = values.dropna()
+        if (finite != np.round(finite)).any():
+            n = int((finite != np.round(finite)).sum())
+            raise InputError(path, "must hold whole numbers", column=col, rows=n)
+        return values.astype("Int64")
+    return values
+
+
+def _boolean(frame: pd.DataFrame, col: str, path: Path) -> pd.Series:
+    low = frame[col].str.lower()
+    out = pd.Series(pd.NA, index=frame.index, dtype="boolean")
+    out[low.isin(_TRUE).fillna(False).to_numpy()] = True
+    out[low.isin(_FALSE).fillna(False).to_numpy()] = False
+    bad = low.notna() & ~low.isin(_TRUE | _FALSE)
+    if bad.any():
+        examples = ", ".join(repr(v) for v in frame[col][bad].unique()[:3])
+        raise InputError(path, f"expected True/False or blank, found {examples}", column=col, rows=int(bad.sum()))
+    return out
+
+
+def _no_duplicates(frame: pd.DataFrame, path: Path) -> None:
+    dup = frame["athlete_hash"].duplicated(keep=False) & frame["athlete_hash"].notna()
+    if dup.any():
+        examples = ", ".join(frame.loc[dup, "athlete_hash"].unique()[:3])
+        raise InputError(
+            path,
+            f"duplicated athlete_hash (a merge would multiply race rows), e.g. {examples}",
+            column="athlete_hash",
+            rows=int(dup.sum()),
+        )
+
+
+def _drop_blank_hash(frame: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    blank = frame["athlete_hash"].isna()
+    if blank.any():
+        notes.append(f"{int(blank.sum()):,} rows dropped: blank athlete_hash cannot be joined")
+        frame = frame[~blank.to_numpy()].reset_index(drop=True)
+    return frame
+
+
+def read_races(path: str | Path) -> ReadResult:
+    """Read athlete_race.csv: the model's seven columns, typed; other columns are ignored.
+
+    event_distance stays text ('70.3' parsed as a float would silently match nothing), a
+    blank athlete_hash stays missing (it never joins), is_pro becomes a nullable boolean
+    (blank = not known to be a pro), and a blank total_sec is a non-finisher.
+    """
+    frame, notes, path = _open(path, RACE_REQUIRED)
+    if frame.empty:
+        raise InputError(path, "has a header but no rows")
+    frame["is_pro"] = _boolean(frame, "is_pro", path)
+    frame["event_distance"] = frame["event_distance"].replace(_DISTANCE_SPELLINGS)
+    frame["event_year"] = _numeric(frame, "event_year", path, notes, integer=True)
+    frame["total_sec"] = _numeric(frame, "total_sec", path, notes)
+    return ReadResult(frame=frame, path=path, notes=notes)
+
+
+def read_profiles(path: str | Path) -> ReadResult:
+    """Read athlete_profile.csv: one row per athlete_hash (a duplicate is an error)."""
+    frame, notes, path = _open(path, PROFILE_REQUIRED, PROFILE_OPTIONAL)
+    frame = _drop_blank_hash(frame, notes)
+    _no_duplicates(frame, path)
+    for col in frame.columns.drop("athlete_hash"):
+        frame[col] = _numeric(frame, col, path, notes)
+    for col in PROFILE_OPTIONAL:
+        if col not in frame.columns:
+            frame[col] = np.nan
+            notes.append(f"optional column {col} absent; filled with missing values")
+    return ReadResult(frame=frame, path=path, notes=notes)
+
+
+def read_clusters(path: str | Path) -> ReadResult:
+    """Read cluster_assignments.csv: one integer cluster_id per clustered athlete."""
+    frame, notes, path = _open(path, CLUSTER_REQUIRED)
+    frame = _drop_blank_hash(frame, notes)
+    _no_duplicates(frame, path)
+    frame["cluster_id"] = _numeric(frame, "cluster_id", path, notes, integer=True)
+    missing = frame["cluster_id"].isna()
+    if missing.any():
+        notes.append(f"{int(missing.sum()):,} rows dropped: blank cluster_id (treated as unclustered)")
+        frame = frame[~missing.to_numpy()].reset_index(drop=True)
+    return ReadResult(frame=frame, path=path, notes=notes)

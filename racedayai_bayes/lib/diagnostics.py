@@ -1,0 +1,144 @@
+"""Convergence diagnostics (ArviZ) and posterior predictive checks, with their thresholds.
+
+Thresholds follow Vehtari et al. (2021): rank-normalised split r_hat <= 1.01 and bulk ESS
+>= 400. A check returns a :class:`CheckOutcome`; the Dagster layer only translates it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .inference import Draws
+
+RHAT_MAX = 1.01
+ESS_BULK_MIN = 400.0
+DIVERGENCE_ERROR_SHARE = 0.01
+COVERAGE_RANGE = (0.85, 0.95)
+
+PASS, WARN, ERROR = "pass", "warn", "error"
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """A judged diagnostic: ``level`` is pass, warn or error."""
+
+    name: str
+    level: str
+    value: float
+    threshold: str
+    worst: str | None = None
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.level == PASS
+
+
+def to_inference_data(draws: Draws):
+    """An ArviZ InferenceData with the draws and the divergences."""
+    import arviz as az
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return az.from_dict(posterior=draws.samples, sample_stats={"diverging": draws.diverging})
+
+
+def parameter_names(draws: Draws) -> list[str]:
+    """Flat parameter names, 'mu_age[3]' style, in sorted site order."""
+    names = []
+    for site in sorted(draws.samples):
+        shape = draws.samples[site].shape[2:]
+        names += [site] if not shape else [f"{site}[{i}]" for i in range(shape[0])]
+    return names
+
+
+def summary_table(draws: Draws) -> pd.DataFrame:
+    """mean, sd, 5%, 95%, bulk ESS and rank-normalised r_hat per scalar parameter."""
+    import arviz as az
+
+    idata = to_inference_data(draws)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rhat = az.rhat(idata, method="rank")
+        ess = az.ess(idata, method="bulk")
+    rows = []
+    for site in sorted(draws.samples):
+        flat = draws.flat(site)
+        flat = flat[:, None] if flat.ndim == 1 else flat
+        r = np.atleast_1d(rhat[site].values)
+        e = np.atleast_1d(ess[site].values)
+        for i in range(flat.shape[1]):
+            name = site if draws.samples[site].ndim == 2 else f"{site}[{i}]"
+            col = flat[:, i]
+            rows.append(
+                {
+                    "parameter": name,
+                    "mean": float(col.mean()),
+                    "sd": float(col.std(ddof=1)),
+                    "p5": float(np.percentile(col, 5)),
+                    "p95": float(np.percentile(col, 95)),
+                    "ess_bulk": float(e[i]),
+                    "r_hat": float(r[i]),
+                }
+            )
+    return pd.DataFrame(rows).set_index("parameter")
+
+
+def check_rhat(summary: pd.DataFrame, threshold: float = RHAT_MAX) -> CheckOutcome:
+    worst = summary["r_hat"].idxmax()
+    value = float(summary["r_hat"].max())
+    ok = np.isfinite(value) and value <= threshold
+    return CheckOutcome(
+        "rhat", PASS if ok else ERROR, value, f"<= {threshold}", worst,
+        f"max rank-normalised r_hat {value:.4f} ({worst})",
+    )
+
+
+def check_ess(summary: pd.DataFrame, threshold: float = ESS_BULK_MIN) -> CheckOutcome:
+    worst = summary["ess_bulk"].idxmin()
+    value = float(summary["ess_bulk"].min())
+    ok = np.isfinite(value) and value >= threshold
+    return CheckOutcome(
+        "ess", PASS if ok else ERROR, value, f">= {threshold:g}", worst,
+        f"min bulk ESS {value:.0f} ({worst})",
+    )
+
+
+def check_divergences(diverging: np.ndarray, error_share: float = DIVERGENCE_ERROR_SHARE) -> CheckOutcome:
+    count = int(diverging.sum())
+    share = count / diverging.size
+    level = PASS if count == 0 else (ERROR if share > error_share else WARN)
+    per_chain = [int(c) for c in diverging.sum(axis=1)]
+    return CheckOutcome(
+        "divergences", level, float(count), f"0 passes; > {error_share:.0%} of draws is an error",
+        f"chain {int(np.argmax(per_chain)) + 1}" if count else None,
+        f"{count} divergent transitions of {diverging.size} draws ({share:.2%})",
+        {"share": share, "per_chain": per_chain},
+    )
+
+
+def check_coverage(coverage: float, bounds: tuple[float, float] = COVERAGE_RANGE, rows: int | None = None) -> CheckOutcome:
+    lo, hi = bounds
+    ok = lo <= coverage <= hi
+    return CheckOutcome(
+        "coverage", PASS if ok else ERROR, float(coverage), f"within [{lo}, {hi}]", None,
+        f"90% predictive interval covers {coverage:.3f} of {rows or 'the'} evaluated rows",
+    )
+
+
+def predictive_metrics(y_true: np.ndarray, pred_mean: np.ndarray, p05: np.ndarray, p95: np.ndarray, pred_sd: np.ndarray) -> dict[str, float]:
+    """The seed's section 5: MAE, R², 90% interval coverage and mean predictive sd (seconds)."""
+    from sklearn.metrics import mean_absolute_error, r2_score
+
+    return {
+        "mae_sec": float(mean_absolute_error(y_true, pred_mean)),
+        "r2": float(r2_score(y_true, pred_mean)),
+        "coverage_90": float(np.mean((y_true >= p05) & (y_true <= p95))),
+        "mean_pred_sd_sec": float(np.mean(pred_sd)),
+        "rows": int(len(y_true)),
+    }

@@ -1,0 +1,76 @@
+"""The model frame: races merged with profiles and clusters, filtered as in the seed (section 1)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+MODEL_DISTANCES = ("70.3", "140.6")
+# Finish-time bounds of the seed, both exclusive: 1 h < total_sec < 17 h.
+MIN_TOTAL_SEC = 3600.0
+MAX_TOTAL_SEC = 61200.0
+
+PROFILE_COLUMNS = ("total_races", "pb_total_sec", "consistency_cv", "improvement_slope")
+FRAME_COLUMNS = (
+    "athlete_hash",
+    "gender",
+    "age_group",
+    "event_distance",
+    "event_year",
+    "total_sec",
+    *PROFILE_COLUMNS,
+    "cluster_id",
+)
+
+
+def _join(left: pd.DataFrame, right: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Left join on athlete_hash where a blank key never matches anything.
+
+    pandas joins missing keys to missing keys, so blank hashes are kept out of the right
+    side; the right side has unique keys (checked by the readers), so rows never multiply.
+    """
+    right = right.loc[right["athlete_hash"].notna(), ["athlete_hash", *columns]]
+    if right["athlete_hash"].duplicated().any():
+        raise ValueError("duplicated athlete_hash on the right side of a join")
+    return left.merge(right, on="athlete_hash", how="left", validate="many_to_one")
+
+
+def build_model_frame(
+    races: pd.DataFrame, profiles: pd.DataFrame, clusters: pd.DataFrame
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Merge and filter to age-group finishers of 70.3 and 140.6, keeping the input order.
+
+    Kept: ``is_pro`` not True (blank counts as not a pro), distance 70.3 or 140.6, and
+    3600 < total_sec < 61200. Returns the frame and the count of rows each rule removed.
+    """
+    profile_cols = [c for c in PROFILE_COLUMNS if c in profiles.columns]
+    frame = _join(races, profiles, profile_cols)
+    frame = _join(frame, clusters, ["cluster_id"])
+    for col in PROFILE_COLUMNS:
+        if col not in frame.columns:
+            frame[col] = float("nan")
+
+    counts = {"rows_in": len(frame)}
+    rules = {
+        "dropped_pro": ~frame["is_pro"].eq(True).fillna(False).astype(bool),
+        "dropped_other_distance": frame["event_distance"].isin(MODEL_DISTANCES).fillna(False).astype(bool),
+        "dropped_no_time": frame["total_sec"].notna(),
+        "dropped_time_out_of_bounds": frame["total_sec"].gt(MIN_TOTAL_SEC) & frame["total_sec"].lt(MAX_TOTAL_SEC),
+    }
+    keep = pd.Series(True, index=frame.index)
+    for name, rule in rules.items():
+        rule = rule.fillna(False).astype(bool) if rule.dtype != bool else rule
+        counts[name] = int((keep & ~rule).sum())
+        keep &= rule
+    frame = frame.loc[keep.to_numpy(), list(FRAME_COLUMNS)].reset_index(drop=True)
+    frame["event_distance"] = frame["event_distance"].astype("string")
+    counts["rows_out"] = len(frame)
+    for d in MODEL_DISTANCES:
+        counts[f"rows_{d}"] = int((frame["event_distance"] == d).sum())
+    return frame, counts
+
+
+def distance_rows(frame: pd.DataFrame, distance: str) -> pd.DataFrame:
+    """The model-frame rows of one distance, in frame order."""
+    if distance not in MODEL_DISTANCES:
+        raise ValueError(f"unknown distance {distance!r}; expected one of {MODEL_DISTANCES}")
+    return frame.loc[(frame["event_distance"] == distance).to_numpy()].reset_index(drop=True)
