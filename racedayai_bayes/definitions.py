@@ -1,0 +1,37 @@
+"""The racedayai-bayes code location: assets, checks, job, schedule, sensors, resources."""
+
+import racedayai_bayes  # noqa: F401  (pins JAX to the CPU before anything imports jax)
+
+import dagster as dg
+
+from racedayai_bayes.defs.inputs import athlete_profile, athlete_race, cluster_assignments, model_frame
+from racedayai_bayes.defs.model import posterior
+from racedayai_bayes.defs.predictions import bayesian_posterior_means, bayesian_predictions
+from racedayai_bayes.defs.resources import AtomicPickleIOManagerFactory, PipelinePaths
+from racedayai_bayes.defs.schedules import REFIT_JOB, refit_job, weekly_refit
+from racedayai_bayes.defs.sensors import check_warning_alert, refit_failure_alert
+
+# Steps run in their own processes, at most two at once (the machine has 2 cores).
+executor = dg.multiprocess_executor.configured({"max_concurrent": 2})
+
+defs = dg.Definitions(
+    assets=[
+        athlete_race,
+        athlete_profile,
+        cluster_assignments,
+        model_frame,
+        posterior,
+        bayesian_predictions,
+        bayesian_posterior_means,
+    ],
+    jobs=[refit_job],
+    schedules=[weekly_refit],
+    sensors=[refit_failure_alert, check_warning_alert],
+    resources={"paths": PipelinePaths.from_env(), "io_manager": AtomicPickleIOManagerFactory()},
+    executor=executor,
+)
+
+
+def refit_job_def() -> dg.JobDefinition:
+    """The refit job, for dg.reconstructable (the CLI runs it on the local instance)."""
+    return defs.resolve_job_def(REFIT_JOB)

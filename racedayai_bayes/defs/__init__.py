@@ -1,0 +1,1 @@
+"""Thin Dagster wrappers around racedayai_bayes.lib."""

@@ -1,0 +1,73 @@
+"""Alerts: an ERROR log line, and a JSON POST to RACEDAYAI_ALERT_WEBHOOK when it is set.
+
+Run-status sensors see each finished run exactly once (Dagster keeps their cursor), so each
+failure is alerted once: a failed run (for example one stopped by a blocking check) and a
+successful run whose checks failed with WARN severity.
+"""
+
+
+import os
+
+import dagster as dg
+
+from racedayai_bayes.lib.alerts import Alert, post_json, slack_payload
+
+WEBHOOK_ENV = "RACEDAYAI_ALERT_WEBHOOK"
+
+
+def alerts_for_run(instance: dg.DagsterInstance, run: dg.DagsterRun, failure_message: str | None) -> list[Alert]:
+    """One alert per failed check evaluation of the run, or one for the run itself."""
+    distance = run.tags.get("dagster/partition") or run.tags.get("racedayai/distance")
+    alerts = []
+    for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
+        evaluation = entry.dagster_event.event_specific_data
+        if evaluation.passed:
+            continue
+        meta = evaluation.metadata
+        value = meta.get("value")
+        threshold = meta.get("threshold")
+        alerts.append(
+            Alert(
+                run_id=run.run_id,
+                distance=(meta["distance"].value if "distance" in meta else evaluation.partition or distance),
+                check=evaluation.check_name,
+                value=None if value is None else value.value,
+                threshold=None if threshold is None else threshold.value,
+                severity=evaluation.severity.value,
+                message=evaluation.description or "",
+            )
+        )
+    if failure_message is not None and not alerts:
+        alerts.append(Alert(run.run_id, distance, None, None, None, "ERROR", failure_message))
+    return alerts
+
+
+def send_alerts(context, alerts: list[Alert]) -> None:
+    if not alerts:
+        return
+    for alert in alerts:
+        context.log.error(alert.line())
+    url = os.environ.get(WEBHOOK_ENV)
+    if url:
+        try:
+            status = post_json(url, slack_payload(alerts))
+            context.log.info(f"alert posted to webhook (HTTP {status})")
+        except OSError as exc:
+            context.log.error(f"could not post alert to {WEBHOOK_ENV}: {exc}")
+
+
+@dg.run_failure_sensor(name="refit_failure_alert", default_status=dg.DefaultSensorStatus.RUNNING)
+def refit_failure_alert(context: dg.RunFailureSensorContext):
+    """Alert when a refit run fails, naming the failed checks if a blocking check stopped it."""
+    message = context.failure_event.message or "run failed"
+    send_alerts(context, alerts_for_run(context.instance, context.dagster_run, message))
+
+
+@dg.run_status_sensor(
+    name="check_warning_alert",
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def check_warning_alert(context: dg.RunStatusSensorContext):
+    """Alert when a run succeeded but some of its checks failed (non-blocking, WARN)."""
+    send_alerts(context, alerts_for_run(context.instance, context.dagster_run, None))

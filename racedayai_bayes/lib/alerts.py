@@ -1,0 +1,55 @@
+"""Alert messages for failed checks and failed refits, and their delivery to a webhook.
+
+The payload is Slack-compatible (a ``text`` field, with one block per failure); the same
+facts are repeated as structured ``alerts`` for other receivers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Alert:
+    run_id: str
+    distance: str | None
+    check: str | None
+    value: float | None
+    threshold: str | None
+    severity: str
+    message: str
+
+    def line(self) -> str:
+        where = f"distance {self.distance}" if self.distance else "no distance"
+        if self.check:
+            return (
+                f"[{self.severity}] {where}: check {self.check} failed: value {self.value} "
+                f"(threshold {self.threshold}); run {self.run_id}. {self.message}"
+            )
+        return f"[{self.severity}] {where}: refit run {self.run_id} failed: {self.message}"
+
+
+def slack_payload(alerts: list[Alert], job: str = "refit") -> dict:
+    header = f"racedayai-bayes {job}: {len(alerts)} problem(s)"
+    return {
+        "text": header + "\n" + "\n".join(a.line() for a in alerts),
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"*{header}*"}},
+            *({"type": "section", "text": {"type": "mrkdwn", "text": a.line()}} for a in alerts),
+        ],
+        "alerts": [asdict(a) for a in alerts],
+    }
+
+
+def post_json(url: str, payload: dict, timeout: float = 10.0) -> int:
+    """POST ``payload`` as JSON; returns the HTTP status. Raises OSError on failure."""
+    body = json.dumps(payload).encode("utf-8")
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (URL set by the operator)
+        return int(resp.status)
