@@ -1,0 +1,53 @@
+# Two commands set up a fresh clone: `make run` and `make test`. Both create .venv and
+# install the project into it first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SIZE ?= demo
+SEED ?= 0
+PORT ?= 3000
+
+export DAGSTER_HOME := $(CURDIR)
+export JAX_PLATFORMS := cpu
+
+.PHONY: install run demo-data test test-fast validate ui bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+data/cleaned/athlete_race.csv: | $(VENV)/.installed
+	$(BIN)/racedayai-bayes demo-data --size $(SIZE) --seed $(SEED) --out data/cleaned
+
+## demo-data: (re)write the synthetic input CSVs (SIZE=demo|full, SEED=N)
+demo-data: install
+	$(BIN)/racedayai-bayes demo-data --size $(SIZE) --seed $(SEED) --out data/cleaned
+
+## run: generate demo data if missing, then refit both distances on the local instance
+run: install data/cleaned/athlete_race.csv
+	$(BIN)/racedayai-bayes refit
+
+## test: the whole test suite, then validate the code location
+test: install
+	$(BIN)/pytest
+	$(BIN)/dagster definitions validate -m racedayai_bayes.definitions
+
+## test-fast: the suite without tests marked slow
+test-fast: install
+	$(BIN)/pytest -m "not slow"
+
+## ui: the Dagster UI and daemon on http://127.0.0.1:$(PORT)
+ui: install
+	$(BIN)/dagster dev -h 127.0.0.1 -p $(PORT) -w workspace.yaml
+
+## bench: engine comparison and full-scale run; writes bench/results.json and bench/RESULTS.md
+bench: install
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf data/outputs history storage schedules logs .pytest_cache

@@ -1,0 +1,79 @@
+"""The alert sensors, evaluated on real runs of a test instance."""
+
+import dagster as dg
+import pytest
+
+from racedayai_bayes.definitions import defs
+from racedayai_bayes.defs.resources import AtomicPickleIOManagerFactory, PipelinePaths
+from racedayai_bayes.defs.sensors import WEBHOOK_ENV, alerts_for_run
+
+from .webhook import WebhookReceiver
+
+SHORT_ROWWISE = {"engine": "rowwise", "num_warmup": 20, "num_samples": 20, "subsample": 500, "eval_rows": 500}
+
+
+@pytest.fixture(scope="module")
+def failed_run(small_inputs, tmp_path_factory):
+    """A real run of the 70.3 refit stopped by failed blocking checks (chains far too short)."""
+    tmp = tmp_path_factory.mktemp("sensor")
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            list(defs.assets),
+            partition_key="70.3",
+            resources={
+                "paths": PipelinePaths(input_dir=str(small_inputs), output_dir=str(tmp / "out")),
+                "io_manager": AtomicPickleIOManagerFactory(base_dir=str(tmp / "storage")),
+            },
+            run_config={"ops": {"posterior": {"config": SHORT_ROWWISE}}},
+            instance=instance,
+            raise_on_error=False,
+        )
+        assert not result.success
+        yield instance, instance.get_run_by_id(result.run_id)
+
+
+def _failure_context(instance, run):
+    failure = next(iter(instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)))
+    return dg.build_run_status_sensor_context(
+        sensor_name="refit_failure_alert",
+        dagster_instance=instance,
+        dagster_run=run,
+        dagster_event=failure.dagster_event,
+    ).for_run_failure()
+
+
+def test_alerts_name_distance_check_value_threshold_and_run(failed_run):
+    instance, run = failed_run
+    alerts = alerts_for_run(instance, run, "run failed")
+    assert alerts, "a run stopped by blocking checks must produce alerts"
+    checks = {a.check for a in alerts}
+    assert "ess_bulk_min" in checks
+    for a in alerts:
+        assert a.distance == "70.3" and a.run_id == run.run_id
+        assert a.value is not None and a.threshold
+        assert a.severity == "ERROR"
+
+
+def test_failure_sensor_logs_error_and_posts_webhook_once(failed_run, monkeypatch, capfd):
+    instance, run = failed_run
+    sensor = defs.resolve_sensor_def("refit_failure_alert")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    with WebhookReceiver() as hook:
+        monkeypatch.setenv(WEBHOOK_ENV, hook.url)
+        sensor(_failure_context(instance, run))
+    assert len(hook.bodies) == 1
+    body = hook.bodies[0]
+    assert "70.3" in body["text"] and "ess_bulk_min" in body["text"] and run.run_id in body["text"]
+    assert {a["check"] for a in body["alerts"]} >= {"ess_bulk_min"}
+    # Dagster's sensor logger writes to stderr and does not propagate to the root logger
+    err = capfd.readouterr().err
+    assert any("ERROR" in line and "ess_bulk_min" in line for line in err.splitlines())
+
+
+def test_failure_sensor_without_webhook_only_logs(failed_run, monkeypatch, capfd):
+    instance, run = failed_run
+    monkeypatch.delenv(WEBHOOK_ENV, raising=False)
+    defs.resolve_sensor_def("refit_failure_alert")(_failure_context(instance, run))
+    err = capfd.readouterr().err
+    assert any("ERROR" in line and "distance 70.3" in line for line in err.splitlines())
+    assert "webhook" not in err
