@@ -44,6 +44,7 @@ def _posterior_metadata(post: Posterior) -> dict:
         "target_mean_sec": dg.MetadataValue.float(post.encoding.y_mean),
         "target_sd_sec": dg.MetadataValue.float(post.encoding.y_std),
         "sampling_wall_s": dg.MetadataValue.float(float(info.get("wall_s", float("nan")))),
+        "jax_backend": dg.MetadataValue.text(str(info.get("jax_backend", "unknown"))),
         "summary": dg.MetadataValue.md(markdown_table(post.summary)),
         "analysis": dg.MetadataValue.md(analysis_markdown(post.analysis)),
         "settings": dg.MetadataValue.json(post.settings),

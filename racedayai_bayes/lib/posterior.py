@@ -128,6 +128,9 @@ def fit_posterior(
         f"groups: {enc.n_gender} genders, {enc.n_age} age groups, {enc.n_cluster} clusters"
     )
     draws = run_engine(design, settings, seed, progress)
+    import jax
+
+    draws.info["jax_backend"] = jax.default_backend()
 
     summary = dx.summary_table(draws)
     eval_rows = _sample(fit_rows, settings.eval_rows)
