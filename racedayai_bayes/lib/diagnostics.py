@@ -90,8 +90,8 @@ def summary_table(draws: Draws) -> pd.DataFrame:
 
 
 def check_rhat(summary: pd.DataFrame, threshold: float = RHAT_MAX) -> CheckOutcome:
-    worst = summary["r_hat"].idxmax()
-    value = float(summary["r_hat"].max())
+    worst = summary["r_hat"].fillna(np.inf).idxmax()  # NaN (one chain, constant draws) is a failure
+    value = float(summary["r_hat"].max(skipna=False))
     ok = np.isfinite(value) and value <= threshold
     return CheckOutcome(
         "rhat", PASS if ok else ERROR, value, f"<= {threshold}", worst,
@@ -100,8 +100,8 @@ def check_rhat(summary: pd.DataFrame, threshold: float = RHAT_MAX) -> CheckOutco
 
 
 def check_ess(summary: pd.DataFrame, threshold: float = ESS_BULK_MIN) -> CheckOutcome:
-    worst = summary["ess_bulk"].idxmin()
-    value = float(summary["ess_bulk"].min())
+    worst = summary["ess_bulk"].fillna(-np.inf).idxmin()
+    value = float(summary["ess_bulk"].min(skipna=False))
     ok = np.isfinite(value) and value >= threshold
     return CheckOutcome(
         "ess", PASS if ok else ERROR, value, f">= {threshold:g}", worst,

@@ -72,7 +72,8 @@ def predictive_summary(
     Uses up to ``max_draws`` posterior draws (evenly thinned) and one simulated finish time
     per draw and row, processed in row chunks so memory stays at chunk_rows x max_draws.
     """
-    rng = np.random.default_rng(seed)
+    # one stream per purpose, drawn row by row, so results do not depend on chunk_rows
+    noise_rng, *group_rngs = np.random.default_rng(seed).spawn(1 + len(_GROUPS))
     total = draws.num_chains * draws.num_draws
     pick = np.unique(np.linspace(0, total - 1, min(max_draws, total)).round().astype(int))
     p = {name: draws.flat(name)[pick] for name in draws.samples}
@@ -86,13 +87,14 @@ def predictive_summary(
             + p["beta_fitness"][:, None] * f
             + p["beta_experience"][:, None] * e
         )
-        for idx_name, site, scale in _GROUPS:
+        for (idx_name, site, scale), grng in zip(_GROUPS, group_rngs):
             idx = getattr(design, idx_name)[sl]
             mu = mu + _effect(p[site], idx)
             unseen = idx < 0
             if unseen.any():
-                mu[:, unseen] += rng.standard_normal((len(pick), int(unseen.sum()))) * p[scale][:, None]
-        sim = (mu + rng.standard_normal(mu.shape) * p["sigma"][:, None]) * enc.y_std + enc.y_mean
+                mu[:, unseen] += grng.standard_normal((int(unseen.sum()), len(pick))).T * p[scale][:, None]
+        noise = noise_rng.standard_normal((mu.shape[1], mu.shape[0])).T
+        sim = (mu + noise * p["sigma"][:, None]) * enc.y_std + enc.y_mean
         out["mean"][sl] = sim.mean(axis=0)
         out["sd"][sl] = sim.std(axis=0)
         out["p05"][sl], out["p50"][sl], out["p95"][sl] = np.percentile(sim, [5, 50, 95], axis=0)

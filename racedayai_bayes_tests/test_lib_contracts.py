@@ -1,0 +1,326 @@
+"""The input contract: CSV readers, their coercions, notes and InputErrors (lib/contracts.py)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from racedayai_bayes.lib.contracts import (
+    InputError,
+    read_clusters,
+    read_profiles,
+    read_races,
+)
+
+RACE_HEADER = "athlete_hash,gender,age_group,is_pro,event_distance,event_year,total_sec"
+PROFILE_HEADER = "athlete_hash,total_races,pb_total_sec"
+CLUSTER_HEADER = "athlete_hash,cluster_id"
+
+
+def _write(tmp_path, name: str, content: str | bytes):
+    path = tmp_path / name
+    path.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+    return path
+
+
+def _races_csv(tmp_path, rows: list[str], name: str = "athlete_race.csv", header: str = RACE_HEADER):
+    return _write(tmp_path, name, "\n".join([header, *rows]) + "\n")
+
+
+def _assert_names(err: InputError, path, column: str | None):
+    text = str(err)
+    assert str(path) in text
+    assert err.path == str(path)
+    if column is not None:
+        assert column in text
+        assert err.column == column
+
+
+# --- missing, empty and header-only files -------------------------------------------------
+
+
+@pytest.mark.parametrize("reader", [read_races, read_profiles, read_clusters])
+def test_missing_file_is_an_input_error_naming_the_path(tmp_path, reader):
+    path = tmp_path / "nope.csv"
+    with pytest.raises(InputError, match="not found") as info:
+        reader(path)
+    _assert_names(info.value, path, None)
+
+
+@pytest.mark.parametrize("reader", [read_races, read_profiles, read_clusters])
+def test_zero_byte_file_is_an_input_error(tmp_path, reader):
+    path = _write(tmp_path, "empty.csv", b"")
+    with pytest.raises(InputError, match="empty") as info:
+        reader(path)
+    _assert_names(info.value, path, None)
+
+
+def test_header_only_races_file_is_an_error(tmp_path):
+    path = _races_csv(tmp_path, [])
+    with pytest.raises(InputError, match="no rows") as info:
+        read_races(path)
+    _assert_names(info.value, path, None)
+
+
+def test_header_only_profiles_and_clusters_are_allowed(tmp_path):
+    profiles = read_profiles(_write(tmp_path, "p.csv", PROFILE_HEADER + "\n"))
+    clusters = read_clusters(_write(tmp_path, "c.csv", CLUSTER_HEADER + "\n"))
+    assert len(profiles.frame) == 0
+    assert {"athlete_hash", "total_races", "pb_total_sec", "consistency_cv", "improvement_slope"} <= set(
+        profiles.frame.columns
+    )
+    assert len(clusters.frame) == 0
+    assert list(clusters.frame.columns) == ["athlete_hash", "cluster_id"]
+
+
+# --- columns ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "reader, header, row, column",
+    [
+        (read_races, RACE_HEADER.replace(",total_sec", ""), "a,M,18-24,False,70.3,2020", "total_sec"),
+        (read_races, RACE_HEADER.replace("is_pro,", ""), "a,M,18-24,70.3,2020,5000", "is_pro"),
+        (read_profiles, "athlete_hash,total_races", "a,3", "pb_total_sec"),
+        (read_clusters, "athlete_hash,cluster", "a,3", "cluster_id"),
+    ],
+)
+def test_missing_required_column_names_file_and_column(tmp_path, reader, header, row, column):
+    path = _write(tmp_path, "input.csv", f"{header}\n{row}\n")
+    with pytest.raises(InputError, match="required column missing") as info:
+        reader(path)
+    _assert_names(info.value, path, column)
+
+
+def test_extra_and_reordered_race_columns_are_ignored(tmp_path):
+    header = (
+        "athlete_name,athlete_hash,country,gender,age_group,is_pro,event_name,"
+        "event_year,event_distance,total_sec,finish_status"
+    )
+    path = _write(tmp_path, "r.csv", f"{header}\nAnn,a,US,F,25-29,False,IM Nice,2021,140.6,40000.5,FIN\n")
+    frame = read_races(path).frame
+    assert list(frame.columns) == RACE_HEADER.split(",")
+    row = frame.iloc[0]
+    assert (row["athlete_hash"], row["gender"], row["age_group"]) == ("a", "F", "25-29")
+    assert row["event_distance"] == "140.6"
+    assert row["event_year"] == 2021
+    assert row["total_sec"] == 40000.5
+
+
+def test_profile_optional_columns_absent_are_filled_and_extras_ignored(tmp_path):
+    path = _write(
+        tmp_path,
+        "p.csv",
+        "athlete_hash,athlete_name,total_races,pb_total_sec,improvement_slope,dominant_discipline\n"
+        "a,Ann,3,20000,-12.5,bike\n",
+    )
+    result = read_profiles(path)
+    frame = result.frame
+    assert "athlete_name" not in frame.columns and "dominant_discipline" not in frame.columns
+    assert frame.loc[0, "total_races"] == 3.0
+    assert frame.loc[0, "pb_total_sec"] == 20000.0
+    assert frame.loc[0, "improvement_slope"] == -12.5
+    assert pd.isna(frame.loc[0, "consistency_cv"])
+    assert any("consistency_cv" in n for n in result.notes)
+    assert not any("improvement_slope" in n for n in result.notes)
+
+
+# --- numeric columns ----------------------------------------------------------------------
+
+
+def test_few_non_numeric_total_sec_cells_become_missing_with_a_note(tmp_path):
+    rows = [f"h{i},M,18-24,False,70.3,2020,{5000 + i}" for i in range(200)]
+    rows += ["x,M,18-24,False,70.3,2020,DNF"]  # 1 bad of 201 given: under the 1% limit
+    result = read_races(_races_csv(tmp_path, rows))
+    frame = result.frame
+    assert len(frame) == 201
+    assert frame["total_sec"].isna().sum() == 1
+    assert pd.isna(frame.loc[200, "total_sec"])
+    assert frame.loc[0, "total_sec"] == 5000.0
+    notes = [n for n in result.notes if "total_sec" in n]
+    assert len(notes) == 1
+    assert notes[0].startswith("1 rows")
+    assert "DNF" in notes[0]
+
+
+def test_mostly_non_numeric_total_sec_is_an_error_with_column_and_row_count(tmp_path):
+    rows = [
+        "a,M,18-24,False,70.3,2020,DNF",
+        "b,M,18-24,False,70.3,2020,DQ",
+        "c,M,18-24,False,70.3,2020,5000",
+    ]
+    path = _races_csv(tmp_path, rows)
+    with pytest.raises(InputError, match="not numeric") as info:
+        read_races(path)
+    _assert_names(info.value, path, "total_sec")
+    assert info.value.rows == 2
+    assert "(2 rows)" in str(info.value)
+
+
+def test_blank_total_sec_is_missing_without_a_note(tmp_path):
+    result = read_races(_races_csv(tmp_path, ["a,M,18-24,False,70.3,2020,", "b,M,18-24,False,70.3,2020,5000"]))
+    assert result.frame["total_sec"].isna().tolist() == [True, False]
+    assert result.notes == []
+
+
+def test_is_pro_spellings(tmp_path):
+    rows = [
+        "a,M,18-24,True,70.3,2020,5000",
+        "b,M,18-24,False,70.3,2020,5000",
+        'c,M,18-24,"True",70.3,2020,5000',
+        'd,M,18-24,"False",70.3,2020,5000',
+        "e,M,18-24,,70.3,2020,5000",
+        "f,M,18-24,true,70.3,2020,5000",
+        "g,M,18-24,FALSE,70.3,2020,5000",
+    ]
+    frame = read_races(_races_csv(tmp_path, rows)).frame
+    assert str(frame["is_pro"].dtype) == "boolean"
+    got = [None if pd.isna(v) else bool(v) for v in frame["is_pro"]]
+    assert got == [True, False, True, False, None, True, False]
+
+
+def test_invalid_is_pro_is_an_error(tmp_path):
+    path = _races_csv(tmp_path, ["a,M,18-24,False,70.3,2020,5000", "b,M,18-24,maybe,70.3,2020,5000"])
+    with pytest.raises(InputError, match="maybe") as info:
+        read_races(path)
+    _assert_names(info.value, path, "is_pro")
+    assert info.value.rows == 1
+
+
+def test_numeric_only_event_distance_stays_text(tmp_path):
+    rows = [
+        "a,M,18-24,False,70.3,2020,5000",
+        "b,M,18-24,False,140.6,2020,40000",
+        "c,M,18-24,False,140.60,2020,40000",
+        "d,M,18-24,False,70.30,2020,5000",
+    ]
+    path = _races_csv(tmp_path, rows)
+    # the quirk: a default reader turns this column into floats
+    assert pd.read_csv(path)["event_distance"].dtype == "float64"
+    frame = read_races(path).frame
+    assert frame["event_distance"].tolist() == ["70.3", "140.6", "140.6", "70.3"]
+    assert all(isinstance(v, str) for v in frame["event_distance"])
+
+
+def test_event_year_must_be_whole(tmp_path):
+    path = _races_csv(tmp_path, ["a,M,18-24,False,70.3,2020.5,5000"])
+    with pytest.raises(InputError, match="whole numbers") as info:
+        read_races(path)
+    _assert_names(info.value, path, "event_year")
+
+
+# --- athlete_hash keys --------------------------------------------------------------------
+
+
+def test_duplicated_hash_in_profiles_is_an_error(tmp_path):
+    path = _write(tmp_path, "p.csv", f"{PROFILE_HEADER}\na,1,5000\nb,2,6000\na,3,7000\n")
+    with pytest.raises(InputError, match="duplicated") as info:
+        read_profiles(path)
+    _assert_names(info.value, path, "athlete_hash")
+    assert info.value.rows == 2
+    assert "(2 rows)" in str(info.value)
+
+
+def test_duplicated_hash_in_clusters_is_an_error(tmp_path):
+    path = _write(tmp_path, "c.csv", f"{CLUSTER_HEADER}\na,1\na,2\nb,1\nb,3\nc,0\n")
+    with pytest.raises(InputError, match="duplicated") as info:
+        read_clusters(path)
+    _assert_names(info.value, path, "athlete_hash")
+    assert info.value.rows == 4
+    assert "(4 rows)" in str(info.value)
+
+
+def test_blank_hash_in_profiles_is_dropped_with_a_note(tmp_path):
+    # two blank hashes are not a "duplicate": they are dropped first
+    path = _write(tmp_path, "p.csv", f"{PROFILE_HEADER}\n,1,5000\na,2,6000\n  ,3,7000\n")
+    result = read_profiles(path)
+    assert result.frame["athlete_hash"].tolist() == ["a"]
+    assert result.frame["total_races"].tolist() == [2.0]
+    assert any(n.startswith("2 rows dropped") and "blank athlete_hash" in n for n in result.notes)
+
+
+def test_blank_hash_in_races_stays_missing(tmp_path):
+    frame = read_races(_races_csv(tmp_path, [",M,18-24,False,70.3,2020,5000", "a,M,18-24,False,70.3,2020,5000"])).frame
+    assert len(frame) == 2
+    assert pd.isna(frame.loc[0, "athlete_hash"])
+    assert frame.loc[1, "athlete_hash"] == "a"
+
+
+# --- encodings and line endings -----------------------------------------------------------
+
+_BODY = [
+    "a,M,18-24,True,70.3,2020,5000.5",
+    ",F,25-29,,140.6,2021,",
+    "c,,,False,140.60,2019,40000",
+]
+
+
+@pytest.mark.parametrize(
+    "prefix, newline",
+    [(b"\xef\xbb\xbf", "\n"), (b"", "\r\n"), (b"\xef\xbb\xbf", "\r\n")],
+    ids=["bom", "crlf", "bom+crlf"],
+)
+def test_bom_and_crlf_parse_like_a_clean_file(tmp_path, prefix, newline):
+    text = "\n".join([RACE_HEADER, *_BODY]) + "\n"
+    clean = read_races(_write(tmp_path, "clean.csv", text))
+    odd = read_races(_write(tmp_path, "odd.csv", prefix + text.replace("\n", newline).encode()))
+    pd.testing.assert_frame_equal(clean.frame, odd.frame)
+    assert odd.notes == clean.notes == []
+    assert odd.frame.columns[0] == "athlete_hash"
+
+
+def test_bom_and_crlf_in_profiles_and_clusters(tmp_path):
+    p = read_profiles(_write(tmp_path, "p.csv", b"\xef\xbb\xbf" + f"{PROFILE_HEADER}\r\na,3,5000\r\n".encode()))
+    c = read_clusters(_write(tmp_path, "c.csv", b"\xef\xbb\xbf" + f"{CLUSTER_HEADER}\r\na,7\r\n".encode()))
+    assert p.frame["athlete_hash"].tolist() == ["a"]
+    assert p.frame["pb_total_sec"].tolist() == [5000.0]
+    assert c.frame["athlete_hash"].tolist() == ["a"]
+    assert c.frame["cluster_id"].tolist() == [7]
+
+
+def test_non_utf8_bytes_in_athlete_hash_are_replaced_and_counted(tmp_path):
+    text = "\n".join([RACE_HEADER, "caf\xe9,M,18-24,False,70.3,2020,5000", "b,F,18-24,False,140.6,2020,40000"]) + "\n"
+    result = read_races(_write(tmp_path, "r.csv", text.encode("latin-1")))
+    frame = result.frame
+    assert frame["athlete_hash"].tolist() == ["caf\ufffd", "b"]
+    assert frame["total_sec"].tolist() == [5000.0, 40000.0]
+    notes = [n for n in result.notes if "UTF-8" in n]
+    assert len(notes) == 1 and notes[0].startswith("1 cells")
+
+
+def test_non_utf8_bytes_in_an_unused_column_do_not_matter(tmp_path):
+    # athlete_name is not read, so its bytes cannot corrupt anything the model uses
+    header = "athlete_name," + RACE_HEADER
+    text = f"{header}\nJos\xe9,a,M,18-24,False,70.3,2020,5000\nAnn,b,F,25-29,False,140.6,2021,40000\n"
+    result = read_races(_write(tmp_path, "r.csv", text.encode("latin-1")))
+    assert result.frame["athlete_hash"].tolist() == ["a", "b"]
+    assert result.frame["total_sec"].tolist() == [5000.0, 40000.0]
+    assert not result.frame["athlete_hash"].str.contains("\ufffd").any()
+
+
+def test_non_utf8_bytes_in_profiles_hash_with_crlf(tmp_path):
+    raw = f"{PROFILE_HEADER}\r\nJos\xe9,3,5000\r\nb,1,6000\r\n".encode("latin-1")
+    result = read_profiles(_write(tmp_path, "p.csv", raw))
+    assert result.frame["athlete_hash"].tolist() == ["Jos\ufffd", "b"]
+    assert result.frame["total_races"].tolist() == [3.0, 1.0]
+    assert any(n.startswith("1 cells") and "UTF-8" in n for n in result.notes)
+
+
+# --- clusters -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, problem", [("1.5", "whole numbers"), ("x", "not numeric")])
+def test_non_integer_cluster_id_is_an_error(tmp_path, value, problem):
+    path = _write(tmp_path, "c.csv", f"{CLUSTER_HEADER}\na,{value}\nb,1\n")
+    with pytest.raises(InputError, match=problem) as info:
+        read_clusters(path)
+    _assert_names(info.value, path, "cluster_id")
+    assert info.value.rows == 1
+
+
+def test_cluster_ids_are_integers_and_blank_ids_dropped(tmp_path):
+    result = read_clusters(_write(tmp_path, "c.csv", f"{CLUSTER_HEADER}\na,3\nb,\nc,0.0\n"))
+    assert result.frame["athlete_hash"].tolist() == ["a", "c"]
+    assert str(result.frame["cluster_id"].dtype) == "Int64"
+    assert result.frame["cluster_id"].tolist() == [3, 0]
+    assert any(n.startswith("1 rows dropped") for n in result.notes)

@@ -1,0 +1,166 @@
+"""Convergence diagnostics and predictive checks with their thresholds (lib/diagnostics.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import mean_absolute_error, r2_score
+
+from racedayai_bayes.lib.diagnostics import (
+    ERROR,
+    PASS,
+    WARN,
+    check_coverage,
+    check_divergences,
+    check_ess,
+    check_rhat,
+    parameter_names,
+    predictive_metrics,
+    summary_table,
+)
+from racedayai_bayes.lib.inference import Draws
+
+CHAINS, DRAWS = 4, 1000
+
+
+def _iid_draws(seed: int = 0) -> Draws:
+    rng = np.random.default_rng(seed)
+    samples = {
+        "mu_global": rng.normal(2.0, 0.5, size=(CHAINS, DRAWS)),
+        "mu_age": rng.normal(0.0, 1.0, size=(CHAINS, DRAWS, 3)),
+    }
+    return Draws(samples=samples, diverging=np.zeros((CHAINS, DRAWS), dtype=bool), engine="test")
+
+
+def test_summary_of_iid_draws_has_rhat_one_and_full_ess():
+    draws = _iid_draws()
+    table = summary_table(draws)
+    assert list(table.index) == ["mu_age[0]", "mu_age[1]", "mu_age[2]", "mu_global"] == parameter_names(draws)
+    assert list(table.columns) == ["mean", "sd", "p5", "p95", "ess_bulk", "r_hat"]
+    # iid draws: r_hat is 1 up to sampling noise (about 1/n), bulk ESS is the draw count
+    # up to its own sampling error (a few percent at n = 4000)
+    assert (table["r_hat"] - 1).abs().max() < 0.005
+    n = CHAINS * DRAWS
+    assert table["ess_bulk"].between(0.85 * n, 1.15 * n).all()
+    flat = draws.samples["mu_global"].ravel()
+    assert table.loc["mu_global", "mean"] == pytest.approx(flat.mean(), rel=1e-12)
+    assert table.loc["mu_global", "sd"] == pytest.approx(flat.std(ddof=1), rel=1e-12)
+    assert table.loc["mu_global", "p5"] == pytest.approx(np.percentile(flat, 5), rel=1e-12)
+    assert table.loc["mu_age[2]", "p95"] == pytest.approx(np.percentile(draws.samples["mu_age"][..., 2], 95), rel=1e-12)
+    assert check_rhat(table).level == PASS
+    assert check_ess(table).level == PASS
+
+
+def test_two_chains_stuck_at_different_values_fail_the_rhat_check():
+    rng = np.random.default_rng(1)
+    n = 1000
+    samples = {
+        "mu_global": rng.normal(2.0, 0.5, size=(2, n)),
+        "sigma_age": np.stack([rng.normal(0.0, 0.01, n), rng.normal(5.0, 0.01, n)]),
+        "mu_age": rng.normal(0.0, 1.0, size=(2, n, 2)),
+    }
+    table = summary_table(Draws(samples=samples, diverging=np.zeros((2, n), dtype=bool), engine="test"))
+    # rank-normalised split r_hat of two separated chains is about 1.8 (the rank transform
+    # bounds it); anything above 1.01 fails
+    assert table.loc["sigma_age", "r_hat"] > 1.5
+    assert table.drop(index="sigma_age")["r_hat"].max() < 1.01
+    assert table.loc["sigma_age", "ess_bulk"] < 10
+    outcome = check_rhat(table)
+    assert outcome.level == ERROR and not outcome.passed
+    assert outcome.worst == "sigma_age"
+    assert outcome.value == table.loc["sigma_age", "r_hat"]
+    assert "sigma_age" in outcome.description
+    ess = check_ess(table)
+    assert ess.level == ERROR and ess.worst == "sigma_age"
+
+
+def test_single_chain_gives_an_rhat_error_not_a_crash():
+    # r_hat needs 2+ chains; ArviZ returns NaN, which must fail the check
+    rng = np.random.default_rng(2)
+    draws = Draws(samples={"mu_global": rng.normal(size=(1, 500)), "sigma": rng.gamma(5.0, size=(1, 500))},
+                  diverging=np.zeros((1, 500), dtype=bool), engine="test")
+    table = summary_table(draws)
+    assert table["r_hat"].isna().all()
+    outcome = check_rhat(table)
+    assert outcome.level == ERROR
+    assert np.isnan(outcome.value)
+
+
+def test_a_constant_parameter_fails_the_rhat_check():
+    # identical draws everywhere (a stuck sampler): r_hat is undefined (NaN), not a pass
+    draws = _iid_draws()
+    draws.samples["sigma"] = np.full((CHAINS, DRAWS), 0.3)
+    table = summary_table(draws)
+    assert np.isnan(table.loc["sigma", "r_hat"])
+    outcome = check_rhat(table)
+    assert outcome.level == ERROR
+    assert outcome.worst == "sigma"
+
+
+def _summary(r_hat: list[float], ess: list[float]) -> pd.DataFrame:
+    names = [f"p{i}" for i in range(len(r_hat))]
+    return pd.DataFrame({"r_hat": r_hat, "ess_bulk": ess}, index=pd.Index(names, name="parameter"))
+
+
+@pytest.mark.parametrize(
+    "worst, level",
+    [(1.0, PASS), (1.01, PASS), (1.0101, ERROR), (float("nan"), ERROR)],
+)
+def test_rhat_threshold_is_1_01_inclusive(worst, level):
+    outcome = check_rhat(_summary([1.0, worst, 1.001], [1000, 1000, 1000]))
+    assert outcome.level == level
+    assert outcome.threshold == "<= 1.01"
+    if level == ERROR:
+        assert outcome.worst == "p1"  # a NaN r_hat is named as the worst too
+
+
+@pytest.mark.parametrize("worst, level", [(400.0, PASS), (5000.0, PASS), (399.9, ERROR), (float("nan"), ERROR)])
+def test_ess_threshold_is_400_inclusive(worst, level):
+    outcome = check_ess(_summary([1.0, 1.0, 1.0], [1200.0, worst, 800.0]))
+    assert outcome.level == level
+    assert outcome.worst == ("p2" if worst > 800 else "p1")
+    if not np.isnan(worst):
+        assert outcome.value == min(worst, 800.0)
+    assert outcome.threshold == ">= 400"
+
+
+@pytest.mark.parametrize(
+    "n_div, level",
+    [(0, PASS), (1, WARN), (30, WARN), (31, ERROR), (300, ERROR)],  # 30 of 3000 is exactly 1%
+)
+def test_divergences_levels(n_div, level):
+    diverging = np.zeros((2, 1500), dtype=bool)
+    diverging[1, :n_div] = True
+    outcome = check_divergences(diverging)
+    assert outcome.level == level
+    assert outcome.value == n_div
+    assert outcome.extra["per_chain"] == [0, n_div]
+    assert outcome.extra["share"] == pytest.approx(n_div / 3000)
+    assert outcome.worst == ("chain 2" if n_div else None)
+
+
+@pytest.mark.parametrize(
+    "coverage, level",
+    [(0.85, PASS), (0.90, PASS), (0.95, PASS), (0.8499, ERROR), (0.9501, ERROR), (0.0, ERROR), (1.0, ERROR)],
+)
+def test_coverage_bounds_are_inclusive(coverage, level):
+    outcome = check_coverage(coverage, rows=1234)
+    assert outcome.level == level
+    assert outcome.value == coverage
+    assert "1234" in outcome.description
+
+
+def test_predictive_metrics_equal_sklearn_and_hand_values():
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    pred = np.array([1.0, 3.0, 2.0, 4.0])
+    p05 = np.array([0.5, 2.0, 3.5, 3.0])  # rows 0, 1 (on the bound) and 3 are covered
+    p95 = np.array([1.5, 4.0, 4.0, 4.0])  # row 3 on the upper bound: covered
+    sd = np.array([1.0, 2.0, 3.0, 6.0])
+    m = predictive_metrics(y, pred, p05, p95, sd)
+    assert m["mae_sec"] == mean_absolute_error(y, pred) == 0.5
+    assert m["r2"] == pytest.approx(r2_score(y, pred), rel=1e-15)
+    assert m["r2"] == pytest.approx(1 - 2 / 5, rel=1e-15)  # SS_res 2, SS_tot 5
+    assert m["coverage_90"] == 0.75
+    assert m["mean_pred_sd_sec"] == 3.0
+    assert m["rows"] == 4

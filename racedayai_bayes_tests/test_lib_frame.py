@@ -1,0 +1,175 @@
+"""The model frame: merge and filter exactly as the seed's section 1 (lib/frame.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from racedayai_bayes.lib.contracts import InputError, read_clusters, read_profiles, read_races
+from racedayai_bayes.lib.frame import FRAME_COLUMNS, build_model_frame, distance_rows
+
+RACE_HEADER = "athlete_hash,gender,age_group,is_pro,event_distance,event_year,total_sec"
+
+# One race per rule. The last field says what must happen to the row.
+RACE_ROWS = [
+    # hash, gender, age, is_pro, distance, year, total     expectation
+    ("a1", "M", "30-34", "False", "70.3", "2019", "3600"),  # dropped: bound is exclusive
+    ("a2", "F", "25-29", "False", "70.3", "2020", "3600.5"),  # kept
+    ("a3", "M", "40-44", "", "140.6", "2021", "61199.5"),  # kept: blank is_pro is not a pro
+    ("a4", "F", "35-39", "False", "140.6", "2021", "61200"),  # dropped: bound is exclusive
+    ("a5", "M", "30-34", "False", "70.3", "2022", ""),  # dropped: no time (DNF)
+    ("a6", "M", "PRO", "True", "70.3", "2022", "14000"),  # dropped: pro
+    ("", "M", "45-49", "False", "70.3", "2018", "20000"),  # kept: anonymous, joins nothing
+    ("a1", "M", "30-34", "False", "sprint", "2019", "4000"),  # dropped: other distance
+    ("a2", "F", "25-29", "", "olympic", "2019", "8000"),  # dropped: other distance
+    ("a7", "", "", "False", "140.6", "2020", "45000"),  # kept: no profile, no cluster
+    ("a8", "F", "50-54", "true", "140.6", "2020", "50000"),  # dropped: pro (lower-case)
+    ("a1", "M", "30-34", "False", "140.6", "2018", "43000.25"),  # kept: second race of a1
+]
+KEPT = [1, 2, 6, 9, 11]  # indices into RACE_ROWS, in input order
+
+PROFILES_CSV = (
+    "athlete_hash,athlete_name,total_races,pb_total_sec,consistency_cv,improvement_slope\n"
+    "a1,Ann,3,3600,0.5,-10\n"
+    "a2,Bob,2,3600.5,0.25,5\n"
+    "a3,Cat,1,61199.5,,\n"
+    "a8,Dan,1,50000,,\n"
+)
+CLUSTERS_CSV = "athlete_hash,cluster_id\na1,4\na3,0\n"
+
+# what each kept row should hold after the joins (NaN = no profile / cluster)
+EXPECTED = pd.DataFrame(
+    {
+        "athlete_hash": ["a2", "a3", None, "a7", "a1"],
+        "gender": ["F", "M", "M", None, "M"],
+        "age_group": ["25-29", "40-44", "45-49", None, "30-34"],
+        "event_distance": ["70.3", "140.6", "70.3", "140.6", "140.6"],
+        "event_year": [2020, 2021, 2018, 2020, 2018],
+        "total_sec": [3600.5, 61199.5, 20000.0, 45000.0, 43000.25],
+        "total_races": [2.0, 1.0, np.nan, np.nan, 3.0],
+        "pb_total_sec": [3600.5, 61199.5, np.nan, np.nan, 3600.0],
+        "consistency_cv": [0.25, np.nan, np.nan, np.nan, 0.5],
+        "improvement_slope": [5.0, np.nan, np.nan, np.nan, -10.0],
+        "cluster_id": [None, 0, None, None, 4],
+    }
+)
+
+
+def _inputs(tmp_path):
+    races_text = RACE_HEADER + "\n" + "\n".join(",".join(r) for r in RACE_ROWS) + "\n"
+    (tmp_path / "athlete_race.csv").write_text(races_text)
+    (tmp_path / "athlete_profile.csv").write_text(PROFILES_CSV)
+    (tmp_path / "cluster_assignments.csv").write_text(CLUSTERS_CSV)
+    races = read_races(tmp_path / "athlete_race.csv").frame
+    profiles = read_profiles(tmp_path / "athlete_profile.csv").frame
+    clusters = read_clusters(tmp_path / "cluster_assignments.csv").frame
+    # A blank key on the right side (readers drop these; a hand-built frame may not):
+    # it must never join to the anonymous race.
+    profiles = pd.concat(
+        [profiles, pd.DataFrame({"athlete_hash": pd.array([None], dtype="string"), "total_races": [99.0],
+                                 "pb_total_sec": [1.0], "consistency_cv": [9.0], "improvement_slope": [9.0]})],
+        ignore_index=True,
+    )
+    clusters = pd.concat(
+        [clusters, pd.DataFrame({"athlete_hash": pd.array([None], dtype="string"),
+                                 "cluster_id": pd.array([8], dtype="Int64")})],
+        ignore_index=True,
+    )
+    return races, profiles, clusters
+
+
+def test_model_frame_applies_every_rule_of_the_seed(tmp_path):
+    races, profiles, clusters = _inputs(tmp_path)
+    frame, counts = build_model_frame(races, profiles, clusters)
+
+    assert list(frame.columns) == list(FRAME_COLUMNS)
+    assert len(frame) == len(KEPT)
+    assert frame["athlete_hash"].fillna("").tolist() == [RACE_ROWS[i][0] for i in KEPT]
+    # every column, row by row, in input order
+    for col in FRAME_COLUMNS:
+        got = [None if pd.isna(v) else v for v in frame[col]]
+        want = [None if pd.isna(v) else v for v in EXPECTED[col]]
+        assert got == want, col
+    # the anonymous race did not pick up the blank-keyed profile (99 races) or cluster (8)
+    anon = frame.loc[frame["athlete_hash"].isna()].iloc[0]
+    assert pd.isna(anon["total_races"]) and pd.isna(anon["cluster_id"])
+
+    assert counts == {
+        "rows_in": len(RACE_ROWS),
+        "dropped_pro": 2,
+        "dropped_other_distance": 2,
+        "dropped_no_time": 1,
+        "dropped_time_out_of_bounds": 2,
+        "rows_out": 5,
+        "rows_70.3": 2,
+        "rows_140.6": 3,
+    }
+    assert sum(v for k, v in counts.items() if k.startswith("dropped_")) + counts["rows_out"] == counts["rows_in"]
+
+
+def test_distance_rows_split_in_frame_order(tmp_path):
+    frame, _ = build_model_frame(*_inputs(tmp_path))
+    assert distance_rows(frame, "70.3")["total_sec"].tolist() == [3600.5, 20000.0]
+    assert distance_rows(frame, "140.6")["total_sec"].tolist() == [61199.5, 45000.0, 43000.25]
+    with pytest.raises(ValueError, match="unknown distance"):
+        distance_rows(frame, "sprint")
+
+
+def test_float_looking_distance_file_keeps_its_rows(tmp_path):
+    # A file holding only 70.3 and 140.6: a default reader makes the column float and a
+    # string filter would keep nothing.
+    path = tmp_path / "athlete_race.csv"
+    path.write_text(
+        RACE_HEADER + "\n"
+        "a,M,18-24,False,70.3,2020,20000\n"
+        "b,F,18-24,False,140.6,2020,45000\n"
+        "c,F,18-24,False,140.60,2021,46000\n"
+    )
+    assert pd.read_csv(path)["event_distance"].dtype == "float64"
+    races = read_races(path).frame
+    empty_profiles = pd.DataFrame({"athlete_hash": pd.array([], dtype="string"),
+                                   "total_races": [], "pb_total_sec": []})
+    empty_clusters = pd.DataFrame({"athlete_hash": pd.array([], dtype="string"),
+                                   "cluster_id": pd.array([], dtype="Int64")})
+    frame, counts = build_model_frame(races, empty_profiles, empty_clusters)
+    assert frame["athlete_hash"].tolist() == ["a", "b", "c"]
+    assert frame["event_distance"].tolist() == ["70.3", "140.6", "140.6"]
+    assert (counts["rows_70.3"], counts["rows_140.6"], counts["dropped_other_distance"]) == (1, 2, 0)
+    # optional profile columns missing from the input still appear (as missing values)
+    assert frame["consistency_cv"].isna().all() and frame["improvement_slope"].isna().all()
+
+
+def test_nan_keys_from_a_plain_pandas_frame_never_join():
+    # object columns with np.nan keys, as pd.read_csv would give: pandas alone would join them
+    races = pd.DataFrame({
+        "athlete_hash": [np.nan, "a"], "gender": ["M", "F"], "age_group": ["30-34", "30-34"],
+        "is_pro": [np.nan, False], "event_distance": ["70.3", "70.3"], "event_year": [2020, 2020],
+        "total_sec": [20000.0, 21000.0],
+    })
+    profiles = pd.DataFrame({"athlete_hash": [np.nan, "a"], "total_races": [50.0, 2.0], "pb_total_sec": [1.0, 20500.0]})
+    clusters = pd.DataFrame({"athlete_hash": [np.nan, "a"], "cluster_id": [7, 2]})
+    frame, counts = build_model_frame(races, profiles, clusters)
+    assert counts["rows_out"] == 2
+    assert np.isnan(frame.loc[0, "total_races"]) and pd.isna(frame.loc[0, "cluster_id"])
+    assert frame.loc[1, "total_races"] == 2.0 and frame.loc[1, "cluster_id"] == 2
+
+
+def test_duplicated_profile_hash_is_rejected_by_reader_and_by_build(tmp_path):
+    path = tmp_path / "athlete_profile.csv"
+    path.write_text("athlete_hash,total_races,pb_total_sec\na,1,20000\na,2,21000\n")
+    with pytest.raises(InputError, match="duplicated"):
+        read_profiles(path)
+
+    races = pd.DataFrame({
+        "athlete_hash": ["a"], "gender": ["M"], "age_group": ["30-34"], "is_pro": [False],
+        "event_distance": ["70.3"], "event_year": [2020], "total_sec": [20000.0],
+    })
+    dup_profiles = pd.DataFrame({"athlete_hash": ["a", "a"], "total_races": [1.0, 2.0], "pb_total_sec": [1.0, 2.0]})
+    clusters = pd.DataFrame({"athlete_hash": ["b"], "cluster_id": [1]})
+    with pytest.raises(ValueError, match="duplicated"):
+        build_model_frame(races, dup_profiles, clusters)
+    dup_clusters = pd.DataFrame({"athlete_hash": ["a", "a"], "cluster_id": [1, 2]})
+    ok_profiles = dup_profiles.iloc[:1]
+    with pytest.raises(ValueError, match="duplicated"):
+        build_model_frame(races, ok_profiles, dup_clusters)

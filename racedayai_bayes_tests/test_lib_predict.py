@@ -1,0 +1,262 @@
+"""Predictions from hand-made posteriors (lib/predict.py): exact where the draws are constant."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import norm
+
+from racedayai_bayes.lib.encoding import UNSEEN, Encoding, encode
+from racedayai_bayes.lib.inference import Draws
+from racedayai_bayes.lib.predict import (
+    PREDICTION_COLUMNS,
+    mean_prediction,
+    posterior_means_row,
+    predict_frame,
+    predictive_summary,
+)
+
+CHAINS, DRAWS = 2, 500
+# Values exactly representable in binary, so posterior means and sums are exact.
+SCALARS = {
+    "mu_global": 0.5,
+    "sigma_gender": 0.25,
+    "sigma_age": 0.75,
+    "sigma_cluster": 0.375,
+    "beta_fitness": 0.25,
+    "beta_experience": -0.125,
+    "sigma": 0.5,
+}
+MU_GENDER = np.array([0.0, 0.25])
+MU_AGE = np.array([1.0, -0.5])  # index 0 is large: borrowing it for an unseen group would show
+MU_CLUSTER = np.array([0.125, -0.25])
+
+ENC = Encoding(
+    distance="70.3",
+    age_levels=("25-29", "30-34"),
+    cluster_levels=(-1, 3),
+    y_mean=20000.0,
+    y_std=4000.0,
+    exp_mean=0.5,
+    exp_std=2.0,
+    default_cluster_idx=0,
+)
+
+
+def _draws(chains: int = CHAINS, draws: int = DRAWS, alternate: bool = False) -> Draws:
+    shape = (chains, draws)
+    samples = {k: np.full(shape, v) for k, v in SCALARS.items()}
+    for name, vec in (("mu_gender", MU_GENDER), ("mu_age", MU_AGE), ("mu_cluster", MU_CLUSTER)):
+        samples[name] = np.broadcast_to(vec, shape + vec.shape).copy()
+    if alternate:
+        # same posterior means, but the draws vary: sigma in {0.25, 0.75}, mu_global in {0, 1}
+        flip = (np.arange(draws) % 2).astype(float)
+        samples["sigma"] = np.broadcast_to(0.25 + 0.5 * flip, shape).copy()
+        samples["mu_global"] = np.broadcast_to(flip, shape).copy()
+    return Draws(samples=samples, diverging=np.zeros(shape, dtype=bool), engine="hand")
+
+
+def _frame(n_rows: int | None = None, **cols) -> pd.DataFrame:
+    base = {
+        "athlete_hash": ["a", "b", None, "d", "e"],
+        "gender": pd.array(["M", "F", None, "F", "M"], dtype="string"),
+        "age_group": pd.array(["25-29", "30-34", "30-34", "25-29", "25-29"], dtype="string"),
+        "event_distance": pd.array(["70.3"] * 5, dtype="string"),
+        "event_year": pd.array([2019, 2020, 2021, 2022, 2023], dtype="Int64"),
+        "total_sec": [18000.0, 21000.5, 23000.0, 19000.0, np.nan],
+        "pb_total_sec": [24000.0, np.nan, 16000.0, 20000.0, 22000.0],
+        "total_races": [np.nan, 3.0, 1.0, 10.0, 0.0],
+        "cluster_id": pd.array([3, None, 3, None, 3], dtype="Int64"),
+        "consistency_cv": [0.1] * 5,  # extra column: not in the output
+    }
+    base.update(cols)
+    return pd.DataFrame(base)
+
+
+def _expected_mu(frame: pd.DataFrame, *, age_effect: bool = True, cluster_effect: bool = True) -> np.ndarray:
+    g = frame["gender"].map({"M": 0, "F": 1}).fillna(0).astype(int).to_numpy()
+    a = frame["age_group"].map({"25-29": 0, "30-34": 1}).to_numpy()
+    c = frame["cluster_id"].fillna(-1).astype(int).map({-1: 0, 3: 1}).to_numpy()
+    fitness = (frame["pb_total_sec"].fillna(ENC.y_mean) - ENC.y_mean) / ENC.y_std
+    experience = (np.log1p(frame["total_races"].fillna(0)) - ENC.exp_mean) / ENC.exp_std
+    mu = SCALARS["mu_global"] + MU_GENDER[g] + SCALARS["beta_fitness"] * fitness + SCALARS["beta_experience"] * experience
+    if age_effect:
+        mu = mu + MU_AGE[a.astype(int)]
+    if cluster_effect:
+        mu = mu + MU_CLUSTER[c.astype(int)]
+    return np.asarray(mu, dtype=float)
+
+
+@pytest.mark.parametrize("alternate", [False, True], ids=["constant", "varying"])
+def test_predict_frame_is_the_posterior_mean_linear_predictor(alternate):
+    frame = _frame()
+    frame.index = [10, 7, 3, 99, 0]  # any index: the output follows frame order
+    out = predict_frame(_draws(alternate=alternate), ENC, frame)
+
+    assert list(out.columns) == list(PREDICTION_COLUMNS) == [
+        "athlete_hash", "event_distance", "event_year", "total_sec", "bayes_pred", "bayes_std",
+    ]
+    assert list(out.index) == [0, 1, 2, 3, 4]
+    pd.testing.assert_frame_equal(
+        out[["athlete_hash", "event_distance", "event_year", "total_sec"]],
+        frame[["athlete_hash", "event_distance", "event_year", "total_sec"]].reset_index(drop=True),
+    )
+    np.testing.assert_allclose(out["bayes_pred"], _expected_mu(frame) * 4000.0 + 20000.0, rtol=1e-14)
+    # the seed: posterior mean of sigma times the target sd, the same for every seen row
+    assert out["bayes_std"].tolist() == [2000.0] * 5
+    # row 0 by hand: mu_global 0.5 + gender M 0 + age 25-29 1.0 + cluster 3 -0.25
+    #   + 0.25 * fitness (24000-20000)/4000 - 0.125 * experience (log1p(0)-0.5)/2 = 1.53125
+    assert out.loc[0, "bayes_pred"] == 1.53125 * 4000 + 20000 == 26125.0
+
+
+def test_unseen_age_group_gets_zero_effect_and_wider_sd():
+    frame = _frame(age_group=pd.array(["80+", "30-34", None, "25-29", "PRO"], dtype="string"))
+    assert encode(frame, ENC).age_idx.tolist() == [UNSEEN, 1, UNSEEN, 0, UNSEEN]
+    out = predict_frame(_draws(), ENC, frame)
+
+    unseen = np.array([True, False, True, False, True])
+    seen_mu = _expected_mu(frame.assign(age_group=frame["age_group"].fillna("25-29").replace({"80+": "25-29", "PRO": "25-29"})))
+    no_age_mu = _expected_mu(frame.assign(age_group="25-29"), age_effect=False)
+    expected = np.where(unseen, no_age_mu, seen_mu) * 4000 + 20000
+    np.testing.assert_allclose(out["bayes_pred"], expected, rtol=1e-14)
+    # never index 0's effect (1.0 on the standardised scale = 4000 s)
+    with_idx0 = _expected_mu(frame.assign(age_group="25-29")) * 4000 + 20000
+    np.testing.assert_allclose(with_idx0[unseen] - out["bayes_pred"].to_numpy()[unseen], MU_AGE[0] * 4000, rtol=1e-12)
+
+    wide = np.sqrt(0.5**2 + 0.75**2) * 4000
+    np.testing.assert_allclose(out["bayes_std"], np.where(unseen, wide, 2000.0), rtol=1e-14)
+
+
+def test_unseen_cluster_and_both_unseen_add_in_quadrature():
+    frame = _frame(
+        age_group=pd.array(["25-29", "99+", "30-34", "25-29", "25-29"], dtype="string"),
+        cluster_id=pd.array([42, 42, 3, None, 3], dtype="Int64"),
+    )
+    design = encode(frame, ENC)
+    assert design.cluster_idx.tolist() == [UNSEEN, UNSEEN, 1, 0, 1]
+    mu, sd = mean_prediction(_draws(), design)
+    np.testing.assert_allclose(
+        sd,
+        [np.hypot(0.5, 0.375), np.sqrt(0.5**2 + 0.75**2 + 0.375**2), 0.5, 0.5, 0.5],
+        rtol=1e-14,
+    )
+    # row 0: cluster effect 0 (not MU_CLUSTER[0]); row 1: neither age nor cluster effect
+    base = _expected_mu(frame.assign(age_group="25-29", cluster_id=pd.array([3] * 5, dtype="Int64")),
+                        age_effect=False, cluster_effect=False)
+    assert mu[0] == pytest.approx(base[0] + MU_AGE[0], abs=1e-14)
+    assert mu[1] == pytest.approx(base[1], abs=1e-14)
+
+
+# --- the posterior predictive summary -----------------------------------------------------
+
+N_SAME = 200  # identical rows per kind; averaging over them shrinks the Monte Carlo error
+
+
+def _summary_frame() -> pd.DataFrame:
+    n = 2 * N_SAME
+    return pd.DataFrame({
+        "athlete_hash": [f"h{i}" for i in range(n)],
+        "gender": pd.array(["F"] * n, dtype="string"),
+        "age_group": pd.array(["30-34"] * N_SAME + ["80+"] * N_SAME, dtype="string"),  # second half unseen
+        "event_distance": "70.3",
+        "event_year": 2020,
+        "total_sec": 20000.0,
+        "pb_total_sec": 24000.0,
+        "total_races": np.nan,
+        "cluster_id": pd.array([3] * n, dtype="Int64"),
+    })
+
+
+def test_predictive_summary_matches_normal_quantiles():
+    frame = _summary_frame()
+    design = encode(frame, ENC)
+    draws = _draws()  # 1000 draws in all, all used (max_draws=1000)
+    out = predictive_summary(draws, ENC, design, seed=7)
+
+    mu_seen = _expected_mu(frame.iloc[:1])[0]
+    mu_unseen = _expected_mu(frame.iloc[:1], age_effect=False)[0]
+    # With constant draws the predictive distribution is exactly Normal(mean, sd), in seconds.
+    kinds = [
+        (slice(0, N_SAME), mu_seen * 4000 + 20000, 0.5 * 4000),
+        (slice(N_SAME, None), mu_unseen * 4000 + 20000, np.hypot(0.5, 0.75) * 4000),
+    ]
+    z95 = norm.ppf(0.95)  # 1.6449
+    n_sim = 1000
+    for rows, mean, sd in kinds:
+        # Monte Carlo standard errors, per row with n_sim simulations, in units of sd:
+        #   mean: 1/sqrt(n) = 0.032; sd: 1/sqrt(2n) = 0.022;
+        #   5%/95% quantile: sqrt(p(1-p)/n)/phi(z) = 0.067; median: sqrt(.25/n)/phi(0) = 0.040.
+        # Rows are independent, so the average over N_SAME rows has errors sqrt(200) = 14x
+        # smaller (0.0022, 0.0016, 0.0047, 0.0028). Tolerances below are >= 6 standard errors
+        # for averages and >= 5 for each single row; the seed makes the test deterministic.
+        se = {"mean": 1 / np.sqrt(n_sim), "sd": 1 / np.sqrt(2 * n_sim),
+              "p05": np.sqrt(0.05 * 0.95 / n_sim) / norm.pdf(z95),
+              "p50": np.sqrt(0.25 / n_sim) / norm.pdf(0), "p95": np.sqrt(0.05 * 0.95 / n_sim) / norm.pdf(z95)}
+        target = {"mean": mean, "sd": sd, "p05": mean - z95 * sd, "p50": mean, "p95": mean + z95 * sd}
+        for key in target:
+            values = out[key][rows]
+            assert abs(values.mean() - target[key]) < 6 * se[key] / np.sqrt(N_SAME) * sd + 1e-9, key
+            assert np.max(np.abs(values - target[key])) < 5.5 * se[key] * sd, key
+        assert np.all(out["p05"][rows] < out["p50"][rows]) and np.all(out["p50"][rows] < out["p95"][rows])
+
+
+def test_predictive_summary_is_deterministic_for_a_seed():
+    design = encode(_summary_frame(), ENC)
+    a = predictive_summary(_draws(), ENC, design, seed=11)
+    b = predictive_summary(_draws(), ENC, design, seed=11)
+    c = predictive_summary(_draws(), ENC, design, seed=12)
+    assert set(a) == {"mean", "sd", "p05", "p50", "p95"}
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+        assert not np.array_equal(a[key], c[key])
+
+
+def test_predictive_summary_does_not_depend_on_chunk_rows():
+    design = encode(_summary_frame(), ENC)
+    whole = predictive_summary(_draws(), ENC, design, seed=5, chunk_rows=100_000)
+    for chunk in (1, 7, 250):
+        part = predictive_summary(_draws(), ENC, design, seed=5, chunk_rows=chunk)
+        for key in whole:
+            np.testing.assert_allclose(part[key], whole[key], rtol=1e-12, err_msg=f"{key}, chunk_rows={chunk}")
+
+
+def test_predictive_summary_thins_evenly_to_max_draws():
+    # sigma = 0 makes each simulation equal its draw's linear predictor; mu_global = flat
+    # draw index / 1000 shows which draws were used: 3 of 1000 -> indices 0, 500 and 999.
+    draws = _draws()
+    draws.samples["sigma"] = np.zeros((CHAINS, DRAWS))
+    draws.samples["mu_global"] = np.arange(CHAINS * DRAWS, dtype=float).reshape(CHAINS, DRAWS) / 1000
+    frame = _summary_frame().iloc[:3]  # seen groups only: no random group effects
+    out = predictive_summary(draws, ENC, encode(frame, ENC), max_draws=3, seed=0)
+    rest = _expected_mu(frame) - SCALARS["mu_global"]
+    picked = np.array([0, 500, 999]) / 1000
+    np.testing.assert_allclose(out["mean"], (picked.mean() + rest) * 4000 + 20000, rtol=1e-13)
+    np.testing.assert_allclose(out["p50"], (picked[1] + rest) * 4000 + 20000, rtol=1e-13)
+    np.testing.assert_allclose(out["sd"], picked.std() * 4000, rtol=1e-12)
+
+
+# --- the posterior means row --------------------------------------------------------------
+
+
+def test_posterior_means_row_has_the_seed_layout():
+    rng = np.random.default_rng(0)
+    shapes = {**{k: () for k in SCALARS}, "mu_gender": (2,), "mu_age": (50,), "mu_cluster": (9,)}
+    samples = {k: rng.normal(size=(2, 30) + s) for k, s in shapes.items()}
+    draws = Draws(samples=samples, diverging=np.zeros((2, 30), dtype=bool), engine="hand")
+
+    row = posterior_means_row(draws, "70.3")
+    assert len(row) == 69
+    expected_names = ["distance"]
+    for name in sorted(shapes):
+        expected_names += [name] if shapes[name] == () else [f"{name}_{i}" for i in range(shapes[name][0])]
+    assert list(row) == expected_names
+    assert list(row)[:4] == ["distance", "beta_experience", "beta_fitness", "mu_age_0"]
+    assert row["distance"] == "70.3"
+    assert row["sigma"] == pytest.approx(samples["sigma"].mean(), rel=1e-14)
+    assert row["mu_age_49"] == pytest.approx(samples["mu_age"][..., 49].mean(), rel=1e-14)
+    assert row["mu_cluster_8"] == pytest.approx(samples["mu_cluster"][..., 8].mean(), rel=1e-14)
+    assert all(isinstance(v, float) for k, v in row.items() if k != "distance")
+    # one CSV row per distance, as written by the pipeline
+    table = pd.DataFrame([row, posterior_means_row(draws, "140.6")])
+    assert table.shape == (2, 69)
