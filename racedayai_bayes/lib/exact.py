@@ -1,44 +1,49 @@
 r"""Exact full-data posterior: integrate out the coefficients, run NUTS on the four scales.
 
-Write the model of :mod:`racedayai_bayes.lib.model` as :math:`y = Xb + \varepsilon` (column
-layout in :mod:`racedayai_bayes.lib.suffstats`). Given the scales
-:math:`\theta = (\sigma, \sigma_g, \sigma_a, \sigma_c)` the prior on b is Gaussian,
-:math:`b \sim N(m_0, D)` with
+Write the model of :mod:`racedayai_bayes.lib.model` as :math:`y = Xb + \varepsilon` (columns
+as in :mod:`racedayai_bayes.lib.suffstats`). Given :math:`\theta = \log(\sigma, \sigma_g,
+\sigma_a, \sigma_c)` the prior on b is :math:`N(m_0, D)`,
+:math:`m_0 = (0, 0_{n_g}, 0_{n_a}, 0_{n_c}, 0.3, -0.1)`,
+:math:`D = \mathrm{diag}(1, \sigma_g^2 1_{n_g}, \sigma_a^2 1_{n_a}, \sigma_c^2 1_{n_c}, 0.2^2,
+0.1^2)`, so :math:`y \mid \theta \sim N(X m_0, \sigma^2 I + X D X^\top)`. With
+:math:`r = y - X m_0` (:math:`X^\top r = X^\top y - X^\top X m_0`,
+:math:`r^\top r = y^\top y - 2 m_0^\top X^\top y + m_0^\top X^\top X m_0`) and the K x K
+matrix :math:`B = I + D^{1/2} X^\top X D^{1/2} / \sigma^2 = L L^\top` (eigenvalues >= 1, no
+division by a small group scale), :math:`u = D^{1/2} X^\top r / \sigma^2`,
+:math:`w = L^{-1} u`, :math:`a = B^{-1} u = L^{-\top} w`, the determinant lemma
+(:math:`|\sigma^2 I + XDX^\top| = \sigma^{2n}|B|`) and Woodbury give
 
 .. math::
 
-    m_0 = (0, 0_{n_g}, 0_{n_a}, 0_{n_c}, 0.3, -0.1),\qquad
-    D = \mathrm{diag}(1, \sigma_g^2 1_{n_g}, \sigma_a^2 1_{n_a}, \sigma_c^2 1_{n_c},
-                      0.2^2, 0.1^2),
+    \ell(\theta) = \log p(y \mid \theta) = -\tfrac{n}{2}\log(2\pi\sigma^2)
+        - \textstyle\sum_k \log L_{kk} - \tfrac12 (r^\top r / \sigma^2 - w^\top w).
 
-so :math:`y \mid \theta \sim N(X m_0, \sigma^2 I + X D X^\top)`. With :math:`r = y - X m_0`,
-:math:`X^\top r = X^\top y - X^\top X m_0`,
-:math:`r^\top r = y^\top y - 2 m_0^\top X^\top y + m_0^\top X^\top X m_0` and the
-well-conditioned K x K matrix (eigenvalues >= 1, no division by a small group scale)
+The conditional posterior of b is :math:`N(m_0 + D^{1/2} a,\ D^{1/2} B^{-1} D^{1/2})` (the
+usual :math:`P^{-1}`, :math:`P = D^{-1} + X^\top X/\sigma^2 = D^{-1/2} B D^{-1/2}`); one exact
+draw is :math:`b = m_0 + D^{1/2} L^{-\top} (w + z)`, :math:`z \sim N(0, I)`.
 
-.. math::
-
-    B = I + D^{1/2} X^\top X D^{1/2} / \sigma^2 = L L^\top,\qquad
-    u = D^{1/2} X^\top r / \sigma^2,\qquad w = L^{-1} u,
-
-the determinant lemma (:math:`|\sigma^2 I + XDX^\top| = \sigma^{2n} |B|`) and Woodbury give
+Gradient (Fisher's identity, :math:`\nabla \ell = E_{b \mid y}[\nabla \log p(y, b)]`), with
+:math:`\beta = \mathrm{diag}(B^{-1})`:
 
 .. math::
 
-    \log p(y \mid \theta) = -\tfrac{n}{2}\log(2\pi\sigma^2) - \textstyle\sum_k \log L_{kk}
-        - \tfrac12 \left(r^\top r / \sigma^2 - w^\top w\right).
+    \partial\ell/\partial\log\sigma = -n + r^\top r/\sigma^2 - w^\top w - a^\top a + K
+        - \textstyle\sum_k \beta_k,\qquad
+    \partial\ell/\partial\log\sigma_g = \textstyle\sum_{j \in g} (a_j^2 + \beta_j - 1),
 
-(This is the usual :math:`P = D^{-1} + X^\top X/\sigma^2` form with
-:math:`P = D^{-1/2} B D^{-1/2}`.) The conditional posterior of b is
-:math:`N(m_0 + D^{1/2} B^{-1} u,\ D^{1/2} B^{-1} D^{1/2})`, so one exact draw is
+likewise for age and cluster. One triangular inverse replaces autodiff through the Cholesky,
+which XLA's CPU backend does slowly for K ~ 50.
 
-.. math::
+NUTS samples :math:`p(\theta \mid y) \propto p(\theta)\, p(y \mid \theta)` (HalfNormal priors
+of model.py, moved to the log scale). As ``run_nuts`` starts adaptation from a unit mass
+matrix and :math:`\log\sigma` is ~1000 times better determined than a group scale, the model
+samples whitened coordinates :math:`\theta = \hat\theta + C z` from a Laplace fit
+(:math:`\hat\theta` the mode, :math:`CC^\top` the inverse negative Hessian); this is only a
+change of variables, so the draws of :math:`\theta` are those of the notebook's posterior.
+Every chain starts at z = 0 (the mode), so warmup has no wild first phase.
 
-    b = m_0 + D^{1/2} L^{-\top} (w + z),\qquad z \sim N(0, I_K).
-
-NUTS samples :math:`p(\theta \mid y) \propto p(\theta)\, p(y \mid \theta)` (four
-dimensions, each gradient one K x K Cholesky); one exact b per scale draw then gives exact
-draws from the joint posterior of the notebook's model, whatever the number of rows.
+The Laplace fit and the b draws run in numpy (a K x K problem needs no compile); only the
+NUTS target is JAX. Everything is float64: the statistics of millions of rows need it.
 """
 
 from __future__ import annotations
@@ -48,10 +53,11 @@ import time
 
 import jax
 import jax.numpy as jnp
+import jax.scipy.linalg
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-from jax.scipy.linalg import solve_triangular
+import scipy.linalg
 
 from .encoding import Design
 from .inference import SCALAR_SITES, SCALE_SITES, VECTOR_SITES, Draws, ProgressFn, run_nuts
@@ -64,7 +70,8 @@ from .model import (
 )
 from .suffstats import SuffStats, column_slices, sufficient_stats
 
-_COEFFICIENT_STREAM = 7  # fold_in tag: keeps the b draws' key apart from run_nuts' chain keys
+_PRIOR_SCALES = (PRIOR_SIGMA_SCALE, PRIOR_GROUP_SCALE, PRIOR_GROUP_SCALE, PRIOR_GROUP_SCALE)
+_COEFFICIENT_STREAM = 7  # seeds the b draws' generator apart from run_nuts' PRNG keys
 
 
 def prior_mean(n_gender: int, n_age: int, n_cluster: int) -> np.ndarray:
@@ -74,131 +81,281 @@ def prior_mean(n_gender: int, n_age: int, n_cluster: int) -> np.ndarray:
     return m0
 
 
-def _prior_sd(sigma_gender, sigma_age, sigma_cluster, n_gender, n_age, n_cluster):
-    """Square root of diag(D), as a jax array."""
-    one = jnp.ones(())
-    return jnp.concatenate([
-        jnp.atleast_1d(PRIOR_MU_GLOBAL_SD * one),
-        jnp.full((n_gender,), sigma_gender),
-        jnp.full((n_age,), sigma_age),
-        jnp.full((n_cluster,), sigma_cluster),
-        jnp.atleast_1d(PRIOR_BETA_FITNESS[1] * one),
-        jnp.atleast_1d(PRIOR_BETA_EXPERIENCE[1] * one),
+def _prior_sd(theta, sizes, xp=np):
+    """sqrt(diag D) for log scales theta = (log sigma, log sigma_g, log sigma_a, log sigma_c)."""
+    group = xp.exp(theta[1:])
+    return xp.concatenate([
+        xp.ones(1) * PRIOR_MU_GLOBAL_SD, *(xp.ones(m) * group[i] for i, m in enumerate(sizes)),
+        xp.asarray([PRIOR_BETA_FITNESS[1], PRIOR_BETA_EXPERIENCE[1]]),
     ])
 
 
-def _factor(sigma, sigma_gender, sigma_age, sigma_cluster, xtx, xty, yty, *, sizes):
-    """(L, w, sqrt(diag D), m0, r'r) of the module docstring."""
-    m0 = jnp.asarray(prior_mean(*sizes))
-    sd = _prior_sd(sigma_gender, sigma_age, sigma_cluster, *sizes)
-    s2 = sigma**2
-    xtr = xty - xtx @ m0
+# The maths is written once for numpy (Laplace fit, exact draws: no compile) and jax.numpy
+# (the NUTS target): ``lin`` is the array module and its triangular solver.
+_NUMPY = (np, scipy.linalg.solve_triangular)
+_JAX = (jnp, jax.scipy.linalg.solve_triangular)
+
+
+def _forward(theta, xtx, xty, yty, sizes, lin=_NUMPY):
+    """(L, w, sqrt(diag D), m0, r'r, sigma^2) of the module docstring."""
+    xp, tri = lin
+    m0 = xp.asarray(prior_mean(*sizes))
+    sd = _prior_sd(theta, sizes, xp)
+    s2 = xp.exp(2.0 * theta[0])
     rtr = yty - 2.0 * m0 @ xty + m0 @ xtx @ m0
-    chol = jnp.linalg.cholesky(jnp.eye(sd.shape[0]) + sd[:, None] * xtx * sd[None, :] / s2)
-    w = solve_triangular(chol, sd * xtr / s2, lower=True)
-    return chol, w, sd, m0, rtr
+    chol = xp.linalg.cholesky(xp.eye(sd.shape[0]) + sd[:, None] * xtx * sd[None, :] / s2)
+    w = tri(chol, sd * (xty - xtx @ m0) / s2, lower=True)
+    return chol, w, sd, m0, rtr, s2
 
 
-def _log_marginal(sigma, sigma_gender, sigma_age, sigma_cluster, xtx, xty, yty, n, *, sizes):
-    chol, w, _, _, rtr = _factor(sigma, sigma_gender, sigma_age, sigma_cluster, xtx, xty, yty,
-                                 sizes=sizes)
-    s2 = sigma**2
-    return (-0.5 * n * jnp.log(2.0 * jnp.pi * s2) - jnp.sum(jnp.log(jnp.diag(chol)))
-            - 0.5 * (rtr / s2 - w @ w))
+def _value_and_grad(theta, xtx, xty, yty, n, sizes, lin=_NUMPY):
+    """log p(y | theta) and its gradient in theta (module docstring)."""
+    xp, tri = lin
+    chol, w, _, _, rtr, s2 = _forward(theta, xtx, xty, yty, sizes, lin)
+    k = w.shape[0]
+    value = (-0.5 * n * xp.log(2.0 * np.pi * s2) - xp.sum(xp.log(xp.diag(chol)))
+             - 0.5 * (rtr / s2 - w @ w))
+    linv = tri(chol, xp.eye(k), lower=True)
+    a = linv.T @ w
+    beta = xp.sum(linv**2, axis=0)  # diag(B^-1) = column norms of L^-1
+    per_coef = a**2 + beta - 1.0
+    ends = np.cumsum([1, *sizes])
+    grad = xp.stack([
+        -n + rtr / s2 - w @ w - a @ a + k - xp.sum(beta),
+        *(xp.sum(per_coef[s:e]) for s, e in zip(ends[:-1], ends[1:])),
+    ])
+    return value, grad
 
 
-def _draw_b(sigma, sigma_gender, sigma_age, sigma_cluster, z, xtx, xty, yty, *, sizes):
-    chol, w, sd, m0, _ = _factor(sigma, sigma_gender, sigma_age, sigma_cluster, xtx, xty, yty,
-                                 sizes=sizes)
-    return m0 + sd * solve_triangular(chol.T, w + z, lower=False)
+def _log_prior_theta(theta, xp=np):
+    """The seed's HalfNormal priors on the scales, as a density of their logs (+ Jacobian)."""
+    scales = xp.exp(theta)
+    inv = 1.0 / np.asarray(_PRIOR_SCALES)
+    # log HalfNormal(s; c) = log(2 / c) - 0.5 log(2 pi) - s^2 / (2 c^2); plus log|ds/dtheta|
+    return xp.sum(np.log(2.0 * inv) - 0.5 * np.log(2.0 * np.pi) - 0.5 * (scales * inv) ** 2
+                  + theta)
 
 
-# one compiled function per (shape, sizes): repeated fits of equal-sized problems reuse it
-_draw_b_batch = jax.jit(
-    jax.vmap(_draw_b, in_axes=(0, 0, 0, 0, 0, None, None, None)), static_argnames="sizes"
-)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
+def _log_marginal_theta(theta, xtx, xty, yty, n, sizes):
+    # differentiable in theta only: the statistics are data
+    return _value_and_grad(theta, xtx, xty, yty, n, sizes, _JAX)[0]
 
 
-def _stats_kwargs(stats: SuffStats) -> dict:
-    return dict(
-        xtx=jnp.asarray(stats.xtx, dtype=jnp.float64),
-        xty=jnp.asarray(stats.xty, dtype=jnp.float64),
-        yty=jnp.asarray(stats.yty, dtype=jnp.float64),
-        n=jnp.asarray(float(stats.n), dtype=jnp.float64),
-    )
+@_log_marginal_theta.defjvp
+def _log_marginal_jvp(sizes, primals, tangents):
+    value, grad = _value_and_grad(*primals, sizes, _JAX)
+    return value, grad @ tangents[0]
+
+
+# Jitted at module level: numpyro evaluates the model eagerly (one XLA compile per primitive)
+# when it initialises a chain; this compiles once per shape and is inlined in NUTS.
+@functools.partial(jax.jit, static_argnums=7)
+def _scales_and_log_density(z, loc, tril, xtx, xty, yty, n, sizes):
+    theta = loc + tril @ z  # the constant Jacobian log|tril| is dropped
+    return jnp.exp(theta), (_log_prior_theta(theta, jnp)
+                            + _log_marginal_theta(theta, xtx, xty, yty, n, sizes))
+
+
+def collapsed_model(xtx, xty, yty, n, loc, tril, *, n_gender: int, n_age: int, n_cluster: int):
+    """NumPyro model of the four scales, b integrated out, in whitened coordinates z.
+
+    log scales = loc + tril @ z; the density is the seed's HalfNormal priors (moved to the
+    log scale) times p(y | scales).
+    """
+    z = numpyro.sample("z", dist.ImproperUniform(dist.constraints.real_vector, (), (4,)))
+    scales, log_density = _scales_and_log_density(z, loc, tril, xtx, xty, yty, n,
+                                                  (n_gender, n_age, n_cluster))
+    for i, site in enumerate(SCALE_SITES):
+        numpyro.deterministic(site, scales[i])
+    numpyro.factor("log_posterior", log_density)
+
+
+def _stats_args(stats: SuffStats, xp=np) -> tuple:
+    return (xp.asarray(stats.xtx, dtype=np.float64), xp.asarray(stats.xty, dtype=np.float64),
+            xp.asarray(stats.yty, dtype=np.float64), xp.asarray(float(stats.n)))
 
 
 def _sizes(stats: SuffStats) -> tuple[int, int, int]:
-    # (n_gender, n_age, n_cluster): hashable, so it can be a static argument of jax.jit
-    return (stats.n_gender, stats.n_age, stats.n_cluster)
+    return (stats.n_gender, stats.n_age, stats.n_cluster)  # hashable: a static jit argument
 
 
-def log_marginal_likelihood(
-    stats: SuffStats, *, sigma: float, sigma_gender: float, sigma_age: float,
-    sigma_cluster: float,
-) -> float:
+def log_marginal_likelihood(stats: SuffStats, *, sigma: float, sigma_gender: float,
+                            sigma_age: float, sigma_cluster: float) -> float:
     """log p(y | scales) with b integrated out, from the sufficient statistics alone."""
-    kw = _stats_kwargs(stats)
-    return float(_log_marginal(sigma, sigma_gender, sigma_age, sigma_cluster, **kw,
-                               sizes=_sizes(stats)))
+    theta = np.log([sigma, sigma_gender, sigma_age, sigma_cluster])
+    return float(_value_and_grad(theta, *_stats_args(stats), _sizes(stats))[0])
 
 
-def collapsed_model(xtx, xty, yty, n, *, n_gender: int, n_age: int, n_cluster: int):
-    """NumPyro model of the scales: the seed's HalfNormal priors plus log p(y | scales)."""
-    sigma_gender = numpyro.sample("sigma_gender", dist.HalfNormal(PRIOR_GROUP_SCALE))
-    sigma_age = numpyro.sample("sigma_age", dist.HalfNormal(PRIOR_GROUP_SCALE))
-    sigma_cluster = numpyro.sample("sigma_cluster", dist.HalfNormal(PRIOR_GROUP_SCALE))
-    sigma = numpyro.sample("sigma", dist.HalfNormal(PRIOR_SIGMA_SCALE))
-    sizes = (n_gender, n_age, n_cluster)
-    numpyro.factor(
-        "log_marginal_likelihood",
-        _log_marginal(sigma, sigma_gender, sigma_age, sigma_cluster, xtx, xty, yty, n,
-                      sizes=sizes),
-    )
+def conditional_posterior(stats: SuffStats, *, sigma: float, sigma_gender: float,
+                          sigma_age: float, sigma_cluster: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of b given the scales (for checks; the sampler never forms them)."""
+    theta = np.log([sigma, sigma_gender, sigma_age, sigma_cluster])
+    chol, w, sd, m0, _, _ = _forward(theta, *_stats_args(stats)[:3], _sizes(stats))
+    lt_inv = np.linalg.inv(chol.T)
+    return m0 + sd * (lt_inv @ w), (sd[:, None] * lt_inv) @ (lt_inv.T * sd[None, :])
 
 
 def initial_scales(stats: SuffStats) -> dict[str, float]:
-    """A sensible starting point for NUTS, from the statistics (a few K x K solves).
-
-    Starting at the prior median would put sigma (posterior sd ~ 1/sqrt(2n)) thousands of
-    posterior sds from its mode, and early warmup would spend many long trajectories there.
-    """
+    """Rough scales from the statistics (a few K x K solves): the Laplace fit's start."""
     k = stats.num_columns
     xtx, xty = stats.xtx, stats.xty
-    # sigma: residual of a least-squares fit. X is rank-deficient (each one-hot block sums
-    # to the intercept column), so add a ridge far below the data's scale.
-    ridge = 1e-9 * max(float(np.trace(xtx)) / k, 1.0)
-    b = np.linalg.solve(xtx + ridge * np.eye(k), xty)
+    # sigma: residual of least squares; X is rank-deficient (each one-hot block sums to the
+    # intercept column), so add a ridge far below the data's scale
+    b = np.linalg.solve(xtx + 1e-9 * max(np.trace(xtx) / k, 1.0) * np.eye(k), xty)
     rss = max(stats.yty - 2.0 * b @ xty + b @ xtx @ b, 0.0)
     dof = stats.n - np.linalg.matrix_rank(xtx)
-    sigma = np.sqrt(rss / dof) if dof > 0 else PRIOR_SIGMA_SCALE * 0.6745  # prior median
-    sigma = float(np.clip(sigma, 1e-3, 10.0))
+    sigma = float(np.clip(np.sqrt(rss / dof) if dof > 0 else 0.6745, 1e-3, 10.0))
     # group scales: spread of the group coefficients of the posterior mean at the prior's
-    # median scale; shrinking groups with few rows keeps their noise out of the spread.
-    sl = column_slices(**stats.sizes)
+    # median scale, which shrinks groups with few rows instead of fitting their noise
     median = PRIOR_GROUP_SCALE * 0.6745
-    sd = np.asarray(_prior_sd(median, median, median, **stats.sizes))
-    m0 = prior_mean(**stats.sizes)
-    prec = xtx / sigma**2 + np.diag(1.0 / sd**2)
-    b = np.linalg.solve(prec, xty / sigma**2 + m0 / sd**2)
+    sd = _prior_sd(np.log([sigma, median, median, median]), _sizes(stats))
+    b = np.linalg.solve(xtx / sigma**2 + np.diag(sd**-2.0),
+                        xty / sigma**2 + prior_mean(*_sizes(stats)) / sd**2)
     out = {"sigma": sigma}
-    for site in SCALE_SITES[1:]:
-        coef = b[sl["mu_" + site.removeprefix("sigma_")]]
+    for site, block in zip(SCALE_SITES[1:], ("mu_gender", "mu_age", "mu_cluster")):
+        coef = b[stats.slices[block]]
         spread = float(np.std(coef, ddof=1)) if coef.size > 1 else median
         out[site] = float(np.clip(spread, 0.02, 2.0))
     return out
 
 
-def conditional_posterior(
-    stats: SuffStats, *, sigma: float, sigma_gender: float, sigma_age: float,
-    sigma_cluster: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance of b given the scales (for checks; the sampler never forms them)."""
-    kw = _stats_kwargs(stats)
-    del kw["n"]
-    chol, w, sd, m0, _ = (np.asarray(a) for a in _factor(
-        sigma, sigma_gender, sigma_age, sigma_cluster, **kw, sizes=_sizes(stats)))
-    lt_inv = np.linalg.inv(chol.T)
-    mean = m0 + sd * (lt_inv @ w)
-    cov = (sd[:, None] * lt_inv) @ (lt_inv.T * sd[None, :])
-    return mean, cov
+def laplace(stats: SuffStats, max_iter: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """Mode and inverse negative Hessian of log p(theta | y), by damped Newton (numpy).
+
+    The Hessian is central differences of the exact gradient (4 dims: 8 gradient calls);
+    its eigenvalues are floored so that a flat direction gets sd <= 10 on the log scale.
+    """
+    args = (*_stats_args(stats), _sizes(stats))
+    prior_var = np.asarray(_PRIOR_SCALES) ** 2
+
+    def value_grad(th):
+        v, g = _value_and_grad(th, *args)
+        # d/dtheta of the log prior: 1 - exp(2 theta) / c^2
+        return v + _log_prior_theta(th), g + 1.0 - np.exp(2.0 * th) / prior_var
+
+    def neg_hessian(th, eps=1e-4):
+        h = np.array([(value_grad(th - eps * e)[1] - value_grad(th + eps * e)[1]) / (2 * eps)
+                      for e in np.eye(4)])
+        vals, vecs = np.linalg.eigh(0.5 * (h + h.T))
+        return vecs, np.maximum(vals, 1e-2)
+
+    theta = np.log([initial_scales(stats)[s] for s in SCALE_SITES])
+    value, grad = value_grad(theta)
+    for _ in range(max_iter):
+        vecs, vals = neg_hessian(theta)
+        step = vecs @ ((vecs.T @ grad) / vals)
+        decrement = float(grad @ step)  # Newton decrement squared
+        if not decrement > 1e-10:
+            break
+        t = 1.0
+        while t > 1e-6:  # backtracking keeps every accepted step an ascent step
+            new_value, new_grad = value_grad(theta + t * step)
+            if np.isfinite(new_value) and new_value >= value + 1e-4 * t * decrement:
+                break
+            t *= 0.5
+        else:
+            break
+        theta, value, grad = theta + t * step, new_value, new_grad
+    vecs, vals = neg_hessian(theta)
+    return theta, (vecs / vals) @ vecs.T
+
+
+def draw_coefficients(stats: SuffStats, theta: np.ndarray, rng: np.random.Generator,
+                      block: int = 512) -> np.ndarray:
+    """One exact draw of b | y, scales per row of theta (m, 4) -> (m, K); batched numpy."""
+    xtx, xty, yty, _ = _stats_args(stats)
+    m0 = prior_mean(*_sizes(stats))
+    xtr = xty - xtx @ m0
+    eye = np.eye(stats.num_columns)
+    out = np.empty((len(theta), stats.num_columns))
+    for lo in range(0, len(theta), block):
+        th = theta[lo:lo + block]
+        sd = np.stack([_prior_sd(t, _sizes(stats)) for t in th])
+        s2 = np.exp(2.0 * th[:, :1])
+        chol = np.linalg.cholesky(eye + sd[:, :, None] * xtx * sd[:, None, :] / s2[:, :, None])
+        w = np.linalg.solve(chol, (sd * xtr / s2)[..., None])[..., 0]
+        z = rng.standard_normal(w.shape)
+        out[lo:lo + block] = m0 + sd * np.linalg.solve(np.swapaxes(chol, 1, 2),
+                                                       (w + z)[..., None])[..., 0]
+    return out
+
+
+def fit_exact_from_stats(
+    stats: SuffStats,
+    *,
+    num_warmup: int = 1500,
+    num_samples: int = 1500,
+    num_chains: int = 2,
+    target_accept: float = 0.85,
+    seed: int = 42,
+    progress: ProgressFn = None,
+) -> Draws:
+    """Exact joint posterior draws from sufficient statistics (see the module docstring)."""
+    say = progress or (lambda _msg: None)
+    t0 = time.perf_counter()
+    xtx, xty, yty, n = _stats_args(stats, jnp)
+    loc, cov = laplace(stats)
+    t_laplace = time.perf_counter() - t0
+    say("exact: Laplace mode " + ", ".join(
+        f"{s}={v:.4g}" for s, v in zip(SCALE_SITES, np.exp(loc))) + f" ({t_laplace:.2f} s)")
+    kwargs = dict(xtx=xtx, xty=xty, yty=yty, n=n, loc=jnp.asarray(loc),
+                  tril=jnp.asarray(np.linalg.cholesky(cov)))
+    samples, diverging, info = run_nuts(
+        functools.partial(collapsed_model, **stats.sizes),
+        kwargs,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        num_chains=num_chains,
+        target_accept=target_accept,
+        seed=seed,
+        # whitened coordinates: z = 0 is the Laplace mode and one unit is about one posterior
+        # sd, so chains start 1.5 sd apart from the mode in random directions
+        init_params={"z": jnp.zeros(4)},
+        init_jitter=1.5,
+        progress=progress,
+    )
+    t1 = time.perf_counter()
+
+    # one exact draw of b per draw of the scales; a generator apart from run_nuts' keys
+    shape, k = diverging.shape, stats.num_columns
+    theta = np.log(np.stack([samples[s].reshape(-1) for s in SCALE_SITES], axis=-1))
+    rng = np.random.default_rng([seed, _COEFFICIENT_STREAM])
+    b = draw_coefficients(stats, theta, rng).reshape(shape + (k,))
+    t2 = time.perf_counter()
+    say(f"exact: {theta.shape[0]} coefficient draws in {t2 - t1:.2f} s")
+
+    out = {s: np.asarray(samples[s]) for s in SCALE_SITES}
+    for site, sl in column_slices(**stats.sizes).items():
+        out[site] = b[..., sl] if site in VECTOR_SITES else b[..., sl.start]
+    info.update(
+        rows=int(stats.n), columns=k, laplace_mode=dict(zip(SCALE_SITES, np.exp(loc).tolist())),
+        laplace_s=t_laplace, nuts_s=t1 - t0 - t_laplace, coefficients_s=t2 - t1,
+        wall_s=time.perf_counter() - t0,
+    )
+    return Draws(samples={s: out[s] for s in (*SCALAR_SITES, *VECTOR_SITES)},
+                 diverging=diverging, engine="exact", info=info)
+
+
+def fit_exact(
+    design: Design,
+    *,
+    num_warmup: int = 1500,
+    num_samples: int = 1500,
+    num_chains: int = 2,
+    target_accept: float = 0.85,
+    seed: int = 42,
+    progress: ProgressFn = None,
+) -> Draws:
+    """Exact joint posterior draws on all rows of ``design``: one pass, then a 4-d NUTS."""
+    t0 = time.perf_counter()
+    stats = sufficient_stats(design)
+    t_stats = time.perf_counter() - t0
+    if progress is not None:
+        progress(f"exact: sufficient statistics of {stats.n} rows in {t_stats:.2f} s")
+    draws = fit_exact_from_stats(
+        stats, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+        target_accept=target_accept, seed=seed, progress=progress,
+    )
+    draws.info.update(stats_s=t_stats, wall_s=time.perf_counter() - t0)
+    return draws

@@ -82,6 +82,7 @@ def run_nuts(
     target_accept: float,
     seed: int,
     init_params: dict | None = None,
+    init_jitter: float = 0.0,
     progress: ProgressFn = None,
     max_tree_depth: int = 10,
 ):
@@ -89,7 +90,9 @@ def run_nuts(
 
     ``model_kwargs`` must hold arrays only (they are traced, so one compile serves every
     chunk and chain); bind static arguments with functools.partial. ``init_params`` are
-    unconstrained starting values; the default starts at the prior median.
+    unconstrained starting values; the default starts at the prior median. With
+    ``init_jitter`` > 0 each chain starts at init_params plus independent N(0, jitter²)
+    noise, so that chains start apart and r_hat can see a chain that fails to mix.
 
     NumPyro's MCMC.run recompiles when called repeatedly, so this drives the NUTS kernel
     directly with ``lax.scan``; warmup adaptation happens inside ``kernel.sample`` while
@@ -122,8 +125,16 @@ def run_nuts(
     info: dict = {"warmup_s": [], "sampling_s": [], "step_size": [], "num_steps_mean": []}
     for c in range(num_chains):
         label = f"chain {c + 1}/{num_chains}"
+        start = init_params
+        if init_params is not None and init_jitter > 0:
+            leaves, tree = jax.tree.flatten(init_params)
+            keys = jax.random.split(jax.random.fold_in(chain_keys[c], 1), len(leaves))
+            start = jax.tree.unflatten(
+                tree,
+                [x + init_jitter * jax.random.normal(k, jax.numpy.shape(x)) for x, k in zip(leaves, keys)],
+            )
         state = kernel.init(
-            chain_keys[c], num_warmup, init_params, model_args=(), model_kwargs=model_kwargs
+            chain_keys[c], num_warmup, start, model_args=(), model_kwargs=model_kwargs
         )
         t0 = time.perf_counter()
         done = 0

@@ -1,0 +1,228 @@
+"""Benchmarks for issue 3: run by `make bench`, never by pytest.
+
+(a) side_by_side: the rowwise (seed) and exact engines on the same 50,000 rows of 70.3
+    synthetic data with the seed's settings; wall time, max r_hat, min bulk ESS, min ESS/s.
+(b) full_scale: `racedayai-bayes refit` end to end on `full` synthetic data (~3.7M
+    modelled rows) on a fresh instance, with wall time per step and the peak memory of the
+    whole process tree (the CLI plus every step process it spawns).
+
+Results are merged into bench/results.json and written as a dated table to bench/RESULTS.md.
+Both engines run in this one process, one after the other, so their ratio is comparable
+even on a shared, noisy machine; absolute seconds are not.
+"""
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+WORK = HERE / "_work"
+RESULTS = HERE / "results.json"
+TABLE = HERE / "RESULTS.md"
+
+
+def _inputs(size: str, seed: int = 0) -> tuple[Path, float | None]:
+    from racedayai_bayes.lib.simulate import write_demo_data
+
+    folder = WORK / f"{size}-{seed}"
+    if (folder / "athlete_race.csv").exists():
+        return folder, None
+    t0 = time.perf_counter()
+    write_demo_data(folder, size=size, seed=seed)
+    return folder, time.perf_counter() - t0
+
+
+def _diag(post, wall: float) -> dict:
+    s = post.summary
+    return {
+        "rows": post.rows_fitted,
+        "wall_s": round(wall, 2),
+        "sampling_s": round(float(post.info.get("wall_s", wall)), 2),
+        "max_rhat": round(float(s["r_hat"].max()), 4),
+        "worst_rhat": str(s["r_hat"].idxmax()),
+        "min_ess_bulk": round(float(s["ess_bulk"].min()), 1),
+        "worst_ess": str(s["ess_bulk"].idxmin()),
+        "min_ess_per_s": round(float(s["ess_bulk"].min()) / wall, 3),
+        "divergences": int(post.draws.diverging.sum()),
+        "checks": {c.name: c.level for c in post.checks},
+    }
+
+
+def side_by_side(args) -> dict:
+    from racedayai_bayes.lib import contracts
+    from racedayai_bayes.lib.frame import build_model_frame, distance_rows
+    from racedayai_bayes.lib.posterior import FitSettings, _sample, fit_posterior
+
+    folder, _ = _inputs("demo")
+    frame, _ = build_model_frame(
+        contracts.read_races(folder / contracts.RACE_FILE).frame,
+        contracts.read_profiles(folder / contracts.PROFILE_FILE).frame,
+        contracts.read_clusters(folder / contracts.CLUSTER_FILE).frame,
+    )
+    rows = _sample(distance_rows(frame, "70.3"), 50_000)  # the seed's subsample
+    seed_settings = dict(num_warmup=args.warmup, num_samples=args.samples, num_chains=2, target_accept=0.85)
+    out = {}
+    for engine in ("exact", "rowwise"):
+        print(f"[side_by_side] {engine}: {len(rows):,} rows, {args.warmup}+{args.samples} x 2 chains", flush=True)
+        t0 = time.perf_counter()
+        post = fit_posterior(rows, "70.3", FitSettings(engine=engine, subsample=len(rows), **seed_settings))
+        out[engine] = _diag(post, time.perf_counter() - t0)
+        print(f"[side_by_side] {engine}: {out[engine]}", flush=True)
+    out["ess_per_s_ratio"] = round(out["exact"]["min_ess_per_s"] / max(out["rowwise"]["min_ess_per_s"], 1e-12), 1)
+    out["settings"] = {**seed_settings, "rows": len(rows), "distance": "70.3"}
+    return out
+
+
+class TreeRSS(threading.Thread):
+    """Samples the summed RSS of a process and all its descendants (Linux /proc)."""
+
+    def __init__(self, pid: int, every: float = 0.1):
+        super().__init__(daemon=True)
+        self.pid, self.every, self.peak_kb, self.stop = pid, every, 0, threading.Event()
+
+    def _tree(self) -> list[int]:
+        pids, todo = [], [self.pid]
+        while todo:
+            p = todo.pop()
+            pids.append(p)
+            for task in Path(f"/proc/{p}/task").glob("*"):
+                try:
+                    todo += [int(c) for c in (task / "children").read_text().split()]
+                except OSError:
+                    pass
+        return pids
+
+    def run(self):
+        while not self.stop.is_set():
+            total = 0
+            for p in self._tree():
+                try:
+                    for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1])
+                except OSError:
+                    pass
+            self.peak_kb = max(self.peak_kb, total)
+            time.sleep(self.every)
+
+
+def _step_times(home: Path) -> dict:
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(str(home))
+    steps: dict[str, float] = {}
+    checks: list = []
+    sampling = 0.0
+    for run in instance.get_runs():
+        part = run.tags.get("dagster/partition", "")
+        starts = {}
+        for e in instance.all_logs(run.run_id):
+            ev = e.dagster_event
+            if ev is None:
+                continue
+            if ev.event_type == dg.DagsterEventType.STEP_START:
+                starts[e.step_key] = e.timestamp
+            elif ev.event_type in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE):
+                steps[f"{e.step_key}[{part}]"] = round(e.timestamp - starts.get(e.step_key, e.timestamp), 2)
+            elif ev.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
+                d = ev.event_specific_data
+                checks.append((part, d.check_name, d.passed, d.metadata["value"].value))
+            elif ev.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
+                mat = ev.event_specific_data.materialization
+                if mat.asset_key == dg.AssetKey("posterior"):
+                    sampling += mat.metadata["sampling_wall_s"].value
+    return {"steps": steps, "checks": checks, "sampling_s": round(sampling, 2)}
+
+
+def full_scale(args) -> dict:
+    folder, gen_s = _inputs("full")
+    frame_rows = None
+    home = WORK / "full_home"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    out_dir = WORK / "full_outputs"
+    env = {**os.environ, "DAGSTER_HOME": str(home), "RACEDAYAI_INPUT_DIR": str(folder), "RACEDAYAI_OUTPUT_DIR": str(out_dir)}
+    print("[full_scale] racedayai-bayes refit on full data", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "racedayai_bayes.cli", "refit"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    mon = TreeRSS(proc.pid)
+    mon.start()
+    log, _ = proc.communicate()
+    wall = time.perf_counter() - t0
+    mon.stop.set()
+    mon.join()
+    (WORK / "full_refit.log").write_text(log)
+    times = _step_times(home)
+    rhat = [v for _, name, _, v in times["checks"] if name == "rhat_max"]
+    ess = [v for _, name, _, v in times["checks"] if name == "ess_bulk_min"]
+    for f in out_dir.glob("bayesian_predictions_*.csv"):
+        frame_rows = (frame_rows or 0) + sum(1 for _ in open(f)) - 1
+    return {
+        "rows": frame_rows,
+        "exit_code": proc.returncode,
+        "wall_s": round(wall, 1),
+        "peak_rss_mb": round(mon.peak_kb / 1024, 0),
+        "max_rhat": max(rhat) if rhat else None,
+        "min_ess": min(ess) if ess else None,
+        "sampling_s_both": times["sampling_s"],
+        "step_wall_s": times["steps"],
+        "all_checks_passed": all(p for _, _, p, _ in times["checks"]) and bool(times["checks"]),
+        "data_generation_s": None if gen_s is None else round(gen_s, 1),
+    }
+
+
+def _write(results: dict) -> None:
+    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    lines = [f"# Benchmark results ({results.get('date', '')})", "",
+             f"Machine: {os.cpu_count()} cores, CPU only. Run with `make bench`.", ""]
+    sbs = results.get("side_by_side")
+    if sbs:
+        s = sbs["settings"]
+        lines += [f"## Side by side: {s['rows']:,} rows of {s['distance']}, {s['num_warmup']}+{s['num_samples']} x {s['num_chains']} chains", "",
+                  "| engine | wall s | max r_hat | min bulk ESS | min ESS/s | divergences |", "|---|---|---|---|---|---|"]
+        for eng in ("rowwise", "exact"):
+            r = sbs[eng]
+            lines.append(f"| {eng} | {r['wall_s']} | {r['max_rhat']} ({r['worst_rhat']}) | {r['min_ess_bulk']} ({r['worst_ess']}) | {r['min_ess_per_s']} | {r['divergences']} |")
+        lines += ["", f"min ESS per second, exact / rowwise: **{sbs['ess_per_s_ratio']}x**", ""]
+    fs = results.get("full_scale")
+    if fs:
+        lines += ["## Full scale: `racedayai-bayes refit` on `full` synthetic data", "",
+                  "| rows | wall s | peak RSS MB (process tree) | sampling s (both) | max r_hat | min bulk ESS | exit |", "|---|---|---|---|---|---|---|",
+                  f"| {fs['rows']:,} | {fs['wall_s']} | {fs['peak_rss_mb']:.0f} | {fs['sampling_s_both']} | {fs['max_rhat']} | {fs['min_ess']} | {fs['exit_code']} |", "",
+                  "Wall time per step (s):", "", "| step | s |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in fs["step_wall_s"].items()]
+    TABLE.write_text("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--part", choices=["all", "side_by_side", "full_scale"], default="all")
+    parser.add_argument("--warmup", type=int, default=1500, help="side_by_side warmup (seed: 1500)")
+    parser.add_argument("--samples", type=int, default=1500, help="side_by_side samples (seed: 1500)")
+    args = parser.parse_args()
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results["date"] = dt.date.today().isoformat()
+    if args.part in ("all", "side_by_side"):
+        results["side_by_side"] = side_by_side(args)
+        _write(results)
+    if args.part in ("all", "full_scale"):
+        results["full_scale"] = full_scale(args)
+        _write(results)
+    print(TABLE.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
