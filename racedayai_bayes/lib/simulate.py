@@ -1,20 +1,22 @@
 """A synthetic world of triathlon results that makes the demo data (the three input CSVs).
 
-The world, not the model: athletes have a gender, an age that grows year by year and a latent
-ability (log scale). Each races a number of 70.3 and/or 140.6 editions (some both distances)
-in a window of years; an edition is one event in one year, with a persistent course
-difficulty and a day effect. A finish time is the gender/age median (interpolated over age)
-times exp(ability + fitness trend + course + day + race-to-race noise, with the odd bad day).
-Slow athletes drop out more often; times near the course cutoff are squeezed under it, and
-starts far over it become DNFs. Pros race faster. Editions come from four sources that
-format age groups, statuses and is_pro differently; one source publishes 70.3 results
-without names (empty athlete_hash). Short-course athletes race sprint/olympic only. A few
-total times are corrupted by the upstream ETL (minutes for seconds, a day added).
+The world, not the model. Athletes have a gender, an age that grows year by year and a
+latent ability (log scale). Each races a number of 70.3 and/or 140.6 editions (a quarter of
+them both distances) within a window of years; short-course athletes race sprint/olympic
+only. An edition is one event in one year, with a persistent course difficulty and a day
+effect. A time is the gender/age median (interpolated over age) times
+exp(ability + fitness trend + course + day + race-to-race noise + the odd bad day); splits
+follow the athlete's discipline strengths, and slow athletes lose most on the run.
+Slow athletes drop out more often, times near the cutoff are squeezed under it and starts
+far over it are DNFs. Pros are faster. Editions come from four sources that format age
+groups, statuses and is_pro differently; one publishes 70.3 results without names (empty
+athlete_hash). The upstream ETL corrupts a few total times (minutes for seconds, a day
+added), so the seed's 3600 < total_sec < 61200 filter matters.
 
-Profiles are derived from the simulated rows with the data contract's definitions and
-clusters by KMeans over profiles of athletes with 3+ results. Numbers come from
-real_results_summary.json (``CALIBRATION``); the world's own constants are tuned so that the
-seed's model frame matches its per-distance statistics.
+Profiles are derived from the rows with the data contract's definitions; clusters come
+from KMeans over standardised profiles of athletes with 3+ results. ``CALIBRATION`` holds
+real summary statistics (real_results_summary.json); the world's own constants below are
+tuned so that the seed's model frame, as read back from the CSV, matches them per distance.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from sklearn.cluster import KMeans
 
 from racedayai_bayes.lib.io import write_csv_atomic
 
-SIZES = {"demo": 100_000, "full": 3_700_000}
+SIZES = {"demo": 100_000, "full": 3_700_000}  # age-group 70.3 + 140.6 finisher rows
 
 RACE_COLUMNS = [
     "athlete_hash", "athlete_name", "gender", "age_group", "age_band", "country", "country_iso2",
@@ -47,13 +49,13 @@ PROFILE_COLUMNS = [
 ]
 CLUSTER_COLUMNS = ["athlete_hash", "cluster_id"]
 
+DISTANCES = ("70.3", "140.6", "sprint", "olympic")
 AGE_GROUPS = ("18-24", "25-29", "30-34", "35-39", "40-44", "45-49", "50-54", "55-59",
               "60-64", "65-69", "70+")
-DISTANCES = ("70.3", "140.6", "sprint", "olympic")
 YEARS = np.arange(2002, 2027)
 
-# From /work/shared/calibration/real_results_summary.json; per-age tuples follow AGE_GROUPS,
-# finishes_share is for 1..9 and 10+ finishes, year_counts start at first_year.
+# real_results_summary.json. Per-age tuples follow AGE_GROUPS; finishes_share is for 1..9
+# and 10+ finishes; year_counts start at first_year; splits are swim, bike, run.
 CALIBRATION = {
     "70.3": dict(
         ag_finishers=1741083, dnf_share=0.0584, mean=21584.4, sd=3339.1, p50=21248.0,
@@ -64,11 +66,10 @@ CALIBRATION = {
         split_median=(2334.0, 10707.0, 7520.0), split_missing=(.0362, .0053, .0009),
         sd_edition=.0763, sd_within=.0638, sd_between=.1232,
         finishes_share=(.5964, .1859, .0852, .0456, .0273, .0175, .0116, .0077, .0057, .0172),
-        first_year=2004,
+        first_year=2004, per_edition=1280.2,
         year_counts=(1844, 4022, 7725, 8589, 12086, 20954, 36444, 45082, 61928, 68672, 85011,
                      110421, 118146, 127391, 130387, 150034, 10567, 87386, 126317, 125845,
-                     146860, 156077, 99295),
-        per_edition=1280.2),
+                     146860, 156077, 99295)),
     "140.6": dict(
         ag_finishers=1008541, dnf_share=0.0972, mean=45434.7, sd=6731.1, p50=45000.0,
         female_share=0.1856,
@@ -78,62 +79,87 @@ CALIBRATION = {
         split_median=(4563.0, 22336.0, 16954.0), split_missing=(.0216, .0047, .0027),
         sd_edition=.0824, sd_within=.069, sd_between=.1166,
         finishes_share=(.6209, .1791, .0787, .0414, .0246, .0154, .0105, .007, .0049, .0174),
-        first_year=2002,
+        first_year=2002, per_edition=1503.0,
         year_counts=(5060, 9869, 9133, 16961, 21047, 27399, 30001, 31055, 36729, 40725, 50073,
                      53643, 64361, 63842, 63758, 63128, 64686, 63592, 3815, 42874, 60096,
-                     50064, 51415, 57682, 27533),
-        per_edition=1503.0),
+                     50064, 51415, 57682, 27533)),
     "athletes": 1132764,
     "athletes_both_distances": 282183,
 }
 
-# The world's own constants (not in the JSON).
-ANON_SHARE = 0.20  # share of 70.3 finishes published without names
+# The world's own constants. Arrays are indexed by distance (70.3, 140.6, sprint, olympic).
+ANON_SHARE = 0.20  # 70.3 finishes published without names
 SHORT_SHARE = 0.04  # sprint + olympic rows per modelled row
 PRO_SHARE = 0.006
 DQ_RATE = 0.003
 CORRUPT_RATE = 0.0005
-CUTOFF = np.array([30600.0, 61200.0, 3 * 3600.0, 5 * 3600.0])  # 8.5h, 17h, sprint, olympic
-SHORT_SCALE = np.array([1.0, 1.0, 0.24, 0.47])  # short-course medians relative to 70.3
-# JSON sd_log_between_athletes is the sd of athletes' mean residuals, which still holds
-# averaged-over-few-races within-athlete and edition noise: the latent sd is smaller.
-# LEVEL and BETWEEN_SD are tuned so the model frame's mean and sd of total_sec match.
-BETWEEN_SD = np.array([0.103, 0.110, 0.103, 0.103])
-LEVEL = np.array([0.0, 0.0, 0.0, 0.0])
+LOST_SHARE = 0.015  # finishes that leave the model frame: pros, over the cutoff, corrupted
+SHORT_SCALE = np.array([1.0, 1.0, 0.24, 0.47])  # medians relative to 70.3
+CUTOFF = np.array([8.5, 17, 3, 5]) * 3600.0
+CUTOFF_DNF = np.array([0.003, 0.010, 0.0, 0.0])  # measured share of starts over the cutoff
+# The JSON's sd_log_between_athletes is the sd of athletes' mean residuals, which still holds
+# within-athlete and edition noise averaged over few races, so the latent sd is smaller:
+# tuned so the model frame's sd of total_sec matches.
+BETWEEN_SD = np.array([0.115, 0.106, 0.115, 0.115])
 TREND_SD = 0.006  # per-athlete fitness trend, log scale per year
-DNF_SLOWNESS = 0.8  # DNF odds grow by exp(0.8) per sd of slowness
-AGE_MIDS = np.array([21, 27, 32, 37, 42, 47, 52, 57, 62, 67, 73.0])
+DNF_SLOWNESS = 0.8  # DNF odds grow by exp(0.8) per sd of (slow) ability
+COURSE_SHARE = 0.6  # share of the edition variance that is the course, not the day
 AGE_LOWS = np.array([18, 25, 30, 35, 40, 45, 50, 55, 60, 65, 70])
-AGE_WIDTHS = np.array([7, 5, 5, 5, 5, 5, 5, 5, 5, 5, 8])
-LEGACY_LOWS = np.array([18, 20, 25, 30, 35, 40, 45, 50, 55, 60, 65, 70, 75, 80])
-LEGACY_LABELS = np.array(["16-19", "20-24", *AGE_GROUPS[1:10], "70-74", "75-79", "80+"], object)
+AGE_WIDTHS = np.array([7, 5, 5, 5, 5, 5, 5, 5, 5, 5, 12])
+AGE_MIDS = AGE_LOWS + AGE_WIDTHS / 2 - 0.5
+
 SOURCES = ("ironman.com", "athlinks", "legacy-archive", "results-feed")
 STATUS = np.array([["finisher", "dnf", "dq"], ["FIN", "DNF", "DQ"], ["FIN", "DNF", "DQ"],
-                   ["finisher", "DNF", "dq"]], object)
-COUNTRIES = [("United States", "US", 32), ("United Kingdom", "GB", 7), ("Germany", "DE", 6),
-             ("Australia", "AU", 6), ("Canada", "CA", 5), ("Brazil", "BR", 5), ("Mexico", "MX", 4),
-             ("France", "FR", 4), ("Spain", "ES", 4), ("Italy", "IT", 3), ("China", "CN", 3),
-             ("South Africa", "ZA", 3), ("Japan", "JP", 2), ("Netherlands", "NL", 2),
-             ("Switzerland", "CH", 2), ("Austria", "AT", 2), ("Denmark", "DK", 2),
-             ("New Zealand", "NZ", 2), ("Argentina", "AR", 2), ("Sweden", "SE", 2),
-             ("Belgium", "BE", 2), ("Ireland", "IE", 1), ("Poland", "PL", 1), ("Chile", "CL", 1)]
-FIRST_M = "James John Robert Michael David William Richard Thomas Daniel Matthew Lukas Jan Pierre Marco Javier Carlos Hiroshi Wei Liam Noah Ben Sam Tom Felix Max Jonas Pablo Diego Andrew Peter".split()
-FIRST_F = "Mary Patricia Jennifer Linda Sarah Emma Olivia Sophie Anna Laura Julia Marie Chiara Lucia Carmen Yuki Mei Chloe Grace Ella Hannah Lea Sofia Isabel Kate Lisa Nina Eva Claire Amy".split()
-LAST = "Smith Johnson Williams Brown Jones Miller Davis Garcia Rodriguez Wilson Martinez Anderson Taylor Thomas Moore Martin Lee Walker Hall Young King Wright Lopez Hill Scott Green Adams Baker Nelson Carter Mueller Schmidt Schneider Fischer Weber Meyer Wagner Becker Rossi Russo Ferrari Bianchi Dubois Durand Moreau Laurent Tanaka Suzuki Sato Wang Li Zhang Silva Santos Costa Pereira Jansen Visser Novak Nielsen".split()
-PLACE_PREFIX = "Lake Port Mount Cape Bay Glen North South East West New Fort Saint Grand Little Upper".split()
-PLACE_BASE = "Aria Bellmont Cedar Dunmore Elmwood Fjordby Granite Harbor Irisvale Juniper Kestrel Larkspur Marlow Northam Oakridge Pinecrest Quarry Riverton Sandpoint Tidewater".split()
+                   ["finisher", "DNF", "dq"]], object)  # per source: finisher, DNF, DQ
+# Age-group labels: standard (ironman.com), gender-prefixed (athlinks), 5-year brackets
+# beyond 70 (legacy-archive, results-feed) and '16-19' (legacy-archive), '18-99' age
+# unknown (results-feed), pros.
+LABELS = np.array([*AGE_GROUPS, *(f"M{g}" for g in AGE_GROUPS), *(f"F{g}" for g in AGE_GROUPS),
+                   "16-19", "20-24", "70-74", "75-79", "80+", "18-99", "PRO", "MPRO", "FPRO"],
+                  object)
+LEGACY_LOWS = np.array([18, 20, 25, 30, 35, 40, 45, 50, 55, 60, 65, 70, 75, 80])
+LEGACY_CODES = np.r_[33, 34, 1:10, 35, 36, 37]
+UNKNOWN_AGE, PRO_LABEL = 38, 39
+
+COUNTRIES = np.array([
+    ("United States", "US", 32), ("United Kingdom", "GB", 7), ("Germany", "DE", 6),
+    ("Australia", "AU", 6), ("Canada", "CA", 5), ("Brazil", "BR", 5), ("Mexico", "MX", 4),
+    ("France", "FR", 4), ("Spain", "ES", 4), ("Italy", "IT", 3), ("China", "CN", 3),
+    ("South Africa", "ZA", 3), ("Japan", "JP", 2), ("Netherlands", "NL", 2), ("Chile", "CL", 1),
+    ("Switzerland", "CH", 2), ("Austria", "AT", 2), ("Denmark", "DK", 2), ("Poland", "PL", 1),
+    ("New Zealand", "NZ", 2), ("Argentina", "AR", 2), ("Sweden", "SE", 2), ("Ireland", "IE", 1),
+    ("Belgium", "BE", 2)], object)
+COUNTRY_P = COUNTRIES[:, 2].astype(float) / COUNTRIES[:, 2].sum()
+FIRST = [s.split() for s in (
+    "James John Robert Michael David William Richard Thomas Daniel Matthew Lukas Jan Pierre "
+    "Marco Javier Carlos Hiroshi Wei Liam Noah Ben Sam Tom Felix Max Jonas Pablo Diego Andrew",
+    "Mary Patricia Jennifer Linda Sarah Emma Olivia Sophie Anna Laura Julia Marie Chiara Lucia "
+    "Carmen Yuki Mei Chloe Grace Ella Hannah Lea Sofia Isabel Kate Lisa Nina Eva Claire")]
+LAST = ("Smith Johnson Williams Brown Jones Miller Davis Garcia Rodriguez Wilson Martinez "
+        "Anderson Taylor Thomas Moore Martin Lee Walker Hall Young King Wright Lopez Hill Scott "
+        "Green Adams Baker Nelson Carter Mueller Schmidt Schneider Fischer Weber Meyer Wagner "
+        "Becker Rossi Russo Ferrari Bianchi Dubois Durand Moreau Laurent Tanaka Suzuki Sato "
+        "Wang Li Zhang Silva Santos Costa Pereira Jansen Visser Novak Nielsen").split()
+NAMES = np.array([f"{f} {s}" for first in FIRST for f in first for s in LAST], object)
+PLACES = np.array([f"{p} {b}" for p in
+                   "Lake Port Mount Cape Bay Glen North South East West New Fort".split()
+                   for b in ("Aria Bellmont Cedar Dunmore Elmwood Fjordby Granite Harbor "
+                             "Irisvale Juniper Kestrel Larkspur Marlow Northam Oakridge "
+                             "Pinecrest Quarry Riverton Sandpoint Tidewater").split()], object)
+EVENT_TITLE = ("IRONMAN 70.3 {}", "IRONMAN {}", "{} Sprint Triathlon", "5150 {}")
 
 
 def simulate_world(size: str = "demo", seed: int = 0) -> dict[str, pd.DataFrame]:
-    """Simulate the world and return the three input frames with the contract's columns."""
+    """Simulate the world; return frames ``athlete_race``, ``athlete_profile`` and
+    ``cluster_assignments`` with the data contract's columns in its order."""
     return _simulate(SIZES[size], seed)
 
 
-def write_demo_data(out_dir: str | os.PathLike, size: str = "demo", seed: int = 0) -> dict[str, Path]:
+def write_demo_data(out_dir: str | os.PathLike, size: str = "demo",
+                    seed: int = 0) -> dict[str, Path]:
     """Simulate the world and write the three input CSVs atomically into ``out_dir``."""
-    frames = simulate_world(size, seed)
     return {name: write_csv_atomic(frame, Path(out_dir) / f"{name}.csv")
-            for name, frame in frames.items()}
+            for name, frame in simulate_world(size, seed).items()}
 
 
 def _simulate(n_target: int, seed: int) -> dict[str, pd.DataFrame]:
@@ -144,12 +170,17 @@ def _simulate(n_target: int, seed: int) -> dict[str, pd.DataFrame]:
     _assign_editions(rng, rows, eds)
     _finish_times(rng, rows, ath, eds)
     races = _race_frame(rng, rows, ath, eds)
-    profiles, feats = _profiles(rows, ath)
+    profiles = _profiles(rows, ath)
     return {"athlete_race": races, "athlete_profile": profiles,
-            "cluster_assignments": _clusters(profiles, feats)}
+            "cluster_assignments": _clusters(profiles)}
 
 
-def _finish_counts(rng, share, n) -> np.ndarray:
+def _cal(d: int) -> dict:
+    """Calibration of a distance; sprint and olympic borrow the 70.3 numbers."""
+    return CALIBRATION[DISTANCES[min(d, 1)]]
+
+
+def _finish_counts(rng, share, n: int) -> np.ndarray:
     k = rng.choice(np.arange(1, 11), size=n, p=np.asarray(share) / np.sum(share))
     tail = k == 10  # the JSON's "10" means 10 or more
     k[tail] += rng.geometric(0.25, tail.sum()) - 1
@@ -159,6 +190,7 @@ def _finish_counts(rng, share, n) -> np.ndarray:
 def _athletes(rng, n_target: int) -> dict[str, np.ndarray]:
     """Athletes of five kinds: 70.3 only, 140.6 only, both, short course, anonymous 70.3."""
     c70, c140 = CALIBRATION["70.3"], CALIBRATION["140.6"]
+    n_target /= 1 - LOST_SHARE
     mean_k = [np.dot(np.r_[1:10, 13], c["finishes_share"]) for c in (c70, c140)]
     rows70 = n_target * c70["ag_finishers"] / (c70["ag_finishers"] + c140["ag_finishers"])
     a70, a140 = rows70 * (1 - ANON_SHARE) / mean_k[0], (n_target - rows70) / mean_k[1]
@@ -168,152 +200,157 @@ def _athletes(rng, n_target: int) -> dict[str, np.ndarray]:
                       rows70 * ANON_SHARE]).astype(int)
     kind = np.repeat(np.arange(5), sizes)
     n = len(kind)
-    # 70.3 rows of "both" athletes follow 140.6 shares; 70.3-only athletes make up for it.
-    w = both * mean_k[0] / rows70
-    fix = w / (1 - ANON_SHARE - w)
-    female_p = np.where((kind == 1) | (kind == 2), c140["female_share"], c70["female_share"])
-    female_p[kind == 0] += fix * (c70["female_share"] - c140["female_share"])
+    # Athletes racing 140.6 follow its gender and age shares; as "both" athletes race 70.3
+    # too, 70.3-only athletes lean the other way so that 70.3 rows match 70.3 shares.
+    lean = both * mean_k[0] / rows70 / (1 - ANON_SHARE - both * mean_k[0] / rows70)
+    racer140 = (kind == 1) | (kind == 2)
+    mix = np.where(racer140, 2, (kind != 0).astype(int))
+    female_p = np.array([c70["female_share"], c70["female_share"], c140["female_share"]])
     age_p = np.array([c70["age_share"], c70["age_share"], c140["age_share"]])
-    age_p[0] = np.clip(age_p[0] + fix * (age_p[0] - age_p[2]), 0, None)
-    age_p /= age_p.sum(1, keepdims=True)
-    which = np.where((kind == 1) | (kind == 2), 2, (kind != 0).astype(int))
+    female_p[0] += lean * (female_p[1] - female_p[2])
+    age_p[0] = np.clip(age_p[0] + lean * (age_p[1] - age_p[2]), 0, None)
+    age_cdf = np.cumsum(age_p / age_p.sum(1, keepdims=True), 1)
     u, grp = rng.random(n), np.empty(n, int)
-    for i, cdf in enumerate(np.cumsum(age_p, 1)):
-        grp[which == i] = np.minimum(np.searchsorted(cdf, u[which == i], "right"), 10)
-    k70 = np.where(np.isin(kind, (0, 2)), _finish_counts(rng, c70["finishes_share"], n), 0)
-    k140 = np.where(np.isin(kind, (1, 2)), _finish_counts(rng, c140["finishes_share"], n), 0)
+    for i in range(3):
+        grp[mix == i] = np.minimum(np.searchsorted(age_cdf[i], u[mix == i], "right"), 10)
+    k70 = np.where((kind == 0) | (kind == 2), _finish_counts(rng, c70["finishes_share"], n), 0)
+    k70[kind == 4] = 1
+    k140 = np.where((kind == 1) | (kind == 2), _finish_counts(rng, c140["finishes_share"], n), 0)
     kshort = np.where(kind == 3, _finish_counts(rng, c70["finishes_share"], n), 0)
     ksprint = rng.binomial(kshort, 0.5)
-    k70[kind == 4] = 1
     span = np.minimum(rng.poisson(0.7 * (k70 + k140 + kshort - 1)), 14)
-    year_w = _year_weights()[:2].sum(0)
-    center = rng.choice(len(YEARS), size=n, p=year_w / year_w.sum())
-    hashes = np.sort(rng.choice(2**48, size=n - sizes[4], replace=False))
+    year_cdf = np.cumsum(_year_weights()[:2], 1)
+    year_cdf /= year_cdf[:, -1:]
+    u, center = rng.random(n), np.empty(n, np.int64)
+    for i, m in enumerate((~racer140, racer140)):  # careers centre on their distance's years
+        center[m] = np.searchsorted(year_cdf[i], u[m], "right")
+    lo = np.clip(center - span // 2, 0, None)
+    named = n - sizes[4]
     return dict(
-        kind=kind, female=rng.random(n) < female_p,
-        ref_age=AGE_LOWS[grp] + rng.random(n) * AGE_WIDTHS[grp],
-        z=rng.standard_normal(n), zdist=rng.standard_normal((n, 4)),
+        kind=kind, female=rng.random(n) < female_p[mix],
+        ref_age=AGE_LOWS[grp] + rng.random(n) * AGE_WIDTHS[grp], center=center, lo=lo,
+        hi=np.minimum(lo + span, len(YEARS) - 1),
+        k=np.stack([k70, k140, ksprint, kshort - ksprint]),
+        z=rng.standard_normal(n), z_dist=rng.standard_normal((n, 4)),
         trend=rng.normal(0, TREND_SD, n), tilt=rng.standard_normal((n, 3)),
         pro=(kind <= 2) & (rng.random(n) < PRO_SHARE),
-        k=np.stack([k70, k140, ksprint, kshort - ksprint]),
-        center=center, lo=np.clip(center - span // 2, 0, None),
-        hi=np.minimum(center - span // 2 + span, len(YEARS) - 1),
-        country=rng.choice(len(COUNTRIES), size=n, p=_country_p()),
-        first=rng.integers(0, len(FIRST_M), n), last=rng.integers(0, len(LAST), n),
-        hash=np.r_[_hex(hashes), np.full(sizes[4], None, object)],
+        country=rng.choice(len(COUNTRIES), size=n, p=COUNTRY_P),
+        name=rng.integers(0, len(FIRST[0]) * len(LAST), n),
+        hash=np.r_[_hex(np.sort(rng.choice(2**48, size=named, replace=False))),
+                   np.full(n - named, None, object)],
     )
 
 
-def _year_weights() -> np.ndarray:
-    w = np.zeros((4, len(YEARS)))
-    for d, name in enumerate(DISTANCES[:2]):
-        c = CALIBRATION[name]
-        w[d, c["first_year"] - YEARS[0]:] = c["year_counts"]
-    w[2:] = w[0]
-    return w
-
-
-def _country_p() -> np.ndarray:
-    w = np.array([c[2] for c in COUNTRIES], float)
-    return w / w.sum()
-
-
 def _hex(values: np.ndarray) -> np.ndarray:
-    nibbles = (values[:, None] >> np.arange(44, -1, -4, dtype=np.int64)) & 15
-    chars = np.frombuffer(b"0123456789abcdef", np.uint8)[nibbles]
+    """12-digit lowercase hex strings of integers below 2**48, vectorised."""
+    digits = np.frombuffer(b"0123456789abcdef", np.uint8)
+    chars = np.empty((len(values), 12), np.uint8)
+    for i in range(12):
+        chars[:, i] = digits[(values >> (44 - 4 * i)) & 15]
     return chars.view("S12").ravel().astype("U12").astype(object)
 
 
+def _year_weights() -> np.ndarray:
+    w = np.zeros((len(DISTANCES), len(YEARS)))
+    for d in range(len(DISTANCES)):
+        w[d, _cal(d)["first_year"] - YEARS[0]:] = _cal(d)["year_counts"]
+    return w
+
+
 def _starts(rng, ath) -> dict[str, np.ndarray]:
-    """One row per start: finishes per the athlete's counts plus extra DNF and DQ starts."""
-    idx = np.arange(len(ath["kind"]))
+    """One row per start: the athlete's finishes plus extra DNF and DQ starts, in years of
+    the athlete's window drawn with the real year counts (few races in 2020)."""
+    idx = np.arange(len(ath["kind"]), dtype=np.int32)
     slow = np.exp(DNF_SLOWNESS * ath["z"] - DNF_SLOWNESS**2 / 2)
     parts = []
     for d, k in enumerate(ath["k"]):
-        p = CALIBRATION[DISTANCES[min(d, 1)]]["dnf_share"]
-        for status, lam in ((0, None), (1, k * p / (1 - p) * slow), (2, k * DQ_RATE)):
-            n = k if lam is None else rng.poisson(lam)
+        dnf = (_cal(d)["dnf_share"] - CUTOFF_DNF[d]) / (1 - _cal(d)["dnf_share"])
+        for status, n in enumerate((k, rng.poisson(k * dnf * slow), rng.poisson(k * DQ_RATE))):
             parts.append((np.repeat(idx, n), d, status))
     a = np.concatenate([p[0] for p in parts])
     dist = np.concatenate([np.full(len(p[0]), p[1], np.int8) for p in parts])
     status = np.concatenate([np.full(len(p[0]), p[2], np.int8) for p in parts])
     cdf = np.cumsum(_year_weights(), 1)
     cdf /= cdf[:, -1:]
-    first = (cdf > 0).argmax(1)[dist]
-    lo = np.maximum(ath["lo"][a], first)
+    lo = np.maximum(ath["lo"][a], (cdf > 0).argmax(1)[dist])
     hi = np.maximum(ath["hi"][a], lo)
-    c_lo = np.where(lo > 0, cdf[dist, np.maximum(lo - 1, 0)], 0.0)
-    u = c_lo + rng.random(len(a)) * (cdf[dist, hi] - c_lo)
-    year = np.empty(len(a), int)
+    below = np.where(lo > 0, cdf[dist, np.maximum(lo - 1, 0)], 0.0)
+    u = below + rng.random(len(a)) * (cdf[dist, hi] - below)
+    year = np.empty(len(a), np.int64)
     for d in range(len(DISTANCES)):
         year[dist == d] = np.searchsorted(cdf[d], u[dist == d], "right")
     year = np.clip(year, lo, hi)
-    age = np.floor(ath["ref_age"][a] + year - ath["center"][a]).astype(int)
-    return dict(ath=a, dist=dist, status=status, year=year, age=np.clip(age, 18, 90),
+    age = np.floor(ath["ref_age"][a] + year - ath["center"][a]).astype(np.int64)
+    return dict(ath=a, dist=dist, status=status, year=year, age=np.maximum(age, 18),
                 anon=ath["kind"][a] == 4, pro=ath["pro"][a])
 
 
+def _group(rows) -> np.ndarray:
+    return (rows["dist"].astype(np.int64) * len(YEARS) + rows["year"]) * 2 + rows["anon"]
+
+
 def _editions(rng, rows, n_target: int) -> dict[str, np.ndarray]:
-    """Editions of a pool of events per (distance, year, anonymous source), sized like real ones."""
+    """Editions per (distance, year, named or anonymous source), drawn from a pool of events
+    and sized like real ones (smaller in small worlds, so that each year has several)."""
     c70, c140 = CALIBRATION["70.3"], CALIBRATION["140.6"]
     scale = n_target / (c70["ag_finishers"] + c140["ag_finishers"])
     per_ed = np.array([c70["per_edition"], c140["per_edition"], 300.0, 300.0])
     per_ed = np.minimum(per_ed, np.maximum(per_ed * scale, [150.0, 150.0, 75.0, 75.0]))
-    ny = len(YEARS)
-    counts = np.bincount(_group(rows), minlength=len(DISTANCES) * ny * 2).reshape(-1, ny, 2)
+    ny, n_groups = len(YEARS), len(DISTANCES) * len(YEARS) * 2
+    counts = np.bincount(_group(rows), minlength=n_groups).reshape(-1, ny, 2)
     n_ed = np.where(counts > 0, np.maximum(1, np.round(counts / per_ed[:, None, None])), 0)
-    places = np.array([f"{p} {b}" for p in PLACE_PREFIX for b in PLACE_BASE], object)
-    title = ["IRONMAN 70.3 {}", "IRONMAN {}", "{} Sprint Triathlon", "5150 {}"]
-    ev_name, ev_loc, ev_course, parts = [], [], [], []
+    name, location, course, parts = [], [], [], []
     for d in range(len(DISTANCES)):
-        pool = rng.permutation(len(places))[: min(len(places), int(n_ed[d].sum(1).max() * 1.25) + 3)]
-        country = rng.choice(len(COUNTRIES), size=len(pool), p=_country_p())
-        popularity = rng.gamma(2.0, size=len(pool))
-        sd = CALIBRATION[DISTANCES[min(d, 1)]]["sd_edition"]
-        first_event = len(ev_name)
-        ev_name += [title[d].format(places[i]) for i in pool]
-        ev_loc += [f"{places[i]}, {COUNTRIES[c][0]}" for i, c in zip(pool, country)]
-        ev_course.append(rng.normal(0, sd * np.sqrt(0.6), len(pool)))
+        pool = rng.permutation(len(PLACES))[:min(len(PLACES), int(n_ed[d].sum(1).max() * 2.5) + 3)]
+        country = rng.choice(len(COUNTRIES), size=len(pool), p=COUNTRY_P)
+        popularity = rng.gamma(4.0, size=len(pool))
+        first_event = len(name)
+        name += [EVENT_TITLE[d].format(PLACES[i]) for i in pool]
+        location += [f"{PLACES[i]}, {COUNTRIES[c, 0]}" for i, c in zip(pool, country)]
+        course.append(_exact_sd(rng.standard_normal(len(pool)),
+                                _cal(d)["sd_edition"] * np.sqrt(COURSE_SHARE)))
         for y in range(ny):
-            n_named, n_anon = (min(int(v), len(pool)) for v in n_ed[d, y])
-            n_anon = min(n_anon, len(pool) - n_named)
+            n_named = min(int(n_ed[d, y, 0]), len(pool))
+            n_anon = min(int(n_ed[d, y, 1]), len(pool) - n_named)
             chosen = rng.choice(len(pool), n_named + n_anon, replace=False,
                                 p=popularity / popularity.sum())
-            for anon, ev in ((0, chosen[:n_named]), (1, chosen[n_named:])):
-                if d >= 2:
-                    src = np.where(rng.random(len(ev)) < 0.3, 1, 0)
-                elif anon:
-                    src = np.full(len(ev), 3)
-                else:
-                    u = rng.random(len(ev))
-                    src = np.where(u < (0.35 if YEARS[y] < 2012 else 0.0), 2, np.where(u > 0.92, 1, 0))
-                parts.append((np.full(len(ev), (d * ny + y) * 2 + anon), ev + first_event, src,
-                              rng.normal(0, sd * np.sqrt(0.4), len(ev)), np.full(len(ev), y)))
-    group, event, source, day, year = (np.concatenate([p[i] for p in parts]) for i in range(5))
-    n_groups = len(DISTANCES) * ny * 2
-    return dict(group=group, event=event, source=source, year=year,
-                effect=np.concatenate(ev_course)[event] + day, weight=rng.gamma(2.0, size=len(group)),
+            u = rng.random(len(chosen))
+            if d >= 2:
+                src = np.where(u < 0.3, 1, 0)
+            else:  # the legacy archive holds a third of the editions before 2012
+                src = np.where(u < (0.35 if YEARS[y] < 2012 else 0), 2, np.where(u > 0.92, 1, 0))
+                src[n_named:] = 3
+            parts.append(((d * ny + y) * 2 + (np.arange(len(chosen)) >= n_named),
+                          chosen + first_event, src))
+    group, event, source = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    day = np.empty(len(group))
+    for d in range(len(DISTANCES)):
+        m = group // (2 * ny) == d
+        day[m] = _exact_sd(rng.standard_normal(m.sum()),
+                           _cal(d)["sd_edition"] * np.sqrt(1 - COURSE_SHARE))
+    return dict(event=event, source=source, effect=np.concatenate(course)[event] + day,
+                weight=rng.gamma(2.0, size=len(group)), n=len(group),
                 start=np.searchsorted(group, np.arange(n_groups)),
                 size=np.bincount(group, minlength=n_groups),
-                name=np.array(ev_name, object), location=np.array(ev_loc, object))
+                name=np.array(name, object), location=np.array(location, object))
 
 
-def _group(rows) -> np.ndarray:
-    return (rows["dist"].astype(int) * len(YEARS) + rows["year"]) * 2 + rows["anon"]
+def _exact_sd(x: np.ndarray, sd: float) -> np.ndarray:
+    """Centre and scale a small sample of effects, so that a few events cannot shift the world."""
+    return (x - x.mean()) / max(x.std(), 1e-12) * sd if len(x) > 1 else 0 * x
 
 
 def _assign_editions(rng, rows, eds) -> None:
-    """Each start picks an edition of its (distance, year, source kind), big editions more often;
-    an athlete racing one edition twice is moved to the next edition, or dropped."""
+    """Each start picks an edition of its (distance, year, source kind), bigger ones more often.
+    An athlete in one edition twice is moved to the next edition; if that fails, dropped."""
     g = _group(rows)
     cw = np.cumsum(eds["weight"])
     start, size = eds["start"][g], eds["size"][g]
-    w_lo = np.where(start > 0, cw[np.maximum(start - 1, 0)], 0.0)
-    t = w_lo + rng.random(len(g)) * (cw[start + size - 1] - w_lo)
+    below = np.where(start > 0, cw[np.maximum(start - 1, 0)], 0.0)
+    t = below + rng.random(len(g)) * (cw[start + size - 1] - below)
     ed = np.clip(np.searchsorted(cw, t, "right"), start, start + size - 1)
-    n_ed = len(eds["group"])
     for attempt in range(4):
-        key = np.where(rows["anon"], -1 - np.arange(len(g)), rows["ath"].astype(np.int64) * n_ed + ed)
+        key = np.where(rows["anon"], -1 - np.arange(len(g)), rows["ath"] * np.int64(eds["n"]) + ed)
         order = np.argsort(key, kind="stable")
         dup = np.zeros(len(g), bool)
         dup[order[1:]] = key[order[1:]] == key[order[:-1]]
@@ -326,44 +363,37 @@ def _assign_editions(rng, rows, eds) -> None:
 
 
 def _finish_times(rng, rows, ath, eds) -> None:
-    """Time of each start (seconds), squeezed under the cutoff; far over it is a DNF."""
+    """Time of each start in seconds; finishes near the cutoff are squeezed under it and
+    finishes far over it become DNFs."""
     a, d, n = rows["ath"], rows["dist"], len(rows["ath"])
     female = ath["female"][a]
     age = np.where(rows["pro"], 32, rows["age"])
     log_med = np.empty(n)
     for dd in range(len(DISTANCES)):
-        c = CALIBRATION[DISTANCES[min(dd, 1)]]
-        for g, med in enumerate((c["median_m"], c["median_f"])):
+        for g, med in enumerate((_cal(dd)["median_m"], _cal(dd)["median_f"])):
             m = (d == dd) & (female == g)
-            log_med[m] = np.interp(age[m], AGE_MIDS, np.log(np.asarray(med) * SHORT_SCALE[dd]))
-    z = 0.95 * ath["z"][a] + 0.31 * ath["zdist"][a, d]
+            log_med[m] = np.interp(age[m], AGE_MIDS, np.log(np.array(med) * SHORT_SCALE[dd]))
+    z = 0.95 * ath["z"][a] + 0.31 * ath["z_dist"][a, d]  # ability, a little distance-specific
     ability = np.where(rows["pro"], -0.30 + 0.04 * z, BETWEEN_SD[d] * z)
-    sd_within = np.array([CALIBRATION[DISTANCES[min(i, 1)]]["sd_within"] for i in range(4)])[d]
+    sd_within = np.array([_cal(i)["sd_within"] for i in range(len(DISTANCES))])[d]
     bad_day = (rng.random(n) < 0.04) * rng.exponential(0.10, n)
-    log_t = (log_med + LEVEL[d] + ability + ath["trend"][a] * (rows["year"] - ath["center"][a])
-             + eds["effect"][rows["ed"]] + sd_within * rng.standard_normal(n) + bad_day)
-    t = np.exp(log_t)
+    t = np.exp(log_med + ability + ath["trend"][a] * (rows["year"] - ath["center"][a])
+               + eds["effect"][rows["ed"]] + sd_within * rng.standard_normal(n) + bad_day)
     cut = CUTOFF[d]
     soft, hard = 0.93 * cut, 1.08 * cut
     fin = rows["status"] == 0
     rows["status"][fin & (t > hard)] = 1
     squeeze = fin & (t > soft) & (t <= hard)
     t[squeeze] = (soft + (t - soft) * (cut - 60 - soft) / (hard - soft))[squeeze]
-    rows["time"] = t
-
-
-LABELS = np.array([*AGE_GROUPS, *(f"M{g}" for g in AGE_GROUPS), *(f"F{g}" for g in AGE_GROUPS),
-                   "16-19", "20-24", "70-74", "75-79", "80+", "18-99", "PRO", "MPRO", "FPRO"], object)
-_LEGACY_CODE = np.array([list(LABELS).index(lab) for lab in LEGACY_LABELS])
+    rows["time"] = np.round(t)
 
 
 def _split_base() -> np.ndarray:
     """Median swim, t1, bike, t2, run per distance; transitions take what the medians leave."""
-    base = np.empty((4, 5))
+    base = np.empty((len(DISTANCES), 5))
     for d in range(2):
-        c = CALIBRATION[DISTANCES[d]]
-        swim, bike, run = c["split_median"]
-        gap = c["p50"] - swim - bike - run
+        swim, bike, run = _cal(d)["split_median"]
+        gap = _cal(d)["p50"] - swim - bike - run
         base[d] = swim, 0.58 * gap, bike, 0.42 * gap, run
     base[2] = np.array([0.14, 0.04, 0.46, 0.03, 0.33]) * base[0].sum() * SHORT_SCALE[2]
     base[3] = base[0] * SHORT_SCALE[3]
@@ -371,26 +401,31 @@ def _split_base() -> np.ndarray:
 
 
 def _splits(rng, rows, ath) -> np.ndarray:
-    """Swim/t1/bike/t2/run seconds: the athlete's discipline strengths tilt the shares and slow
-    athletes lose most on the run. DNFs stop after the swim or the bike; missing splits."""
+    """Swim/t1/bike/t2/run seconds. Discipline strengths tilt the shares; slow athletes lose
+    most on the run; DNFs stop in the swim, bike or run; a few splits are missing."""
     d, n, status = rows["dist"], len(rows["dist"]), rows["status"]
     base = _split_base()
-    log_p = np.log(base[d]) + np.c_[0.08 * ath["tilt"][rows["ath"]], np.zeros((n, 2))][:, [0, 3, 1, 4, 2]]
-    log_p += rng.normal(0, [0.04, 0.15, 0.04, 0.15, 0.04], (n, 5))
-    log_p[:, 4] += 0.5 * np.log(rows["time"] / base[d].sum(1))
-    p = np.exp(log_p)
-    splits = np.round(rows["time"][:, None] * p / p.sum(1, keepdims=True))
-    missing = np.array([[*CALIBRATION[DISTANCES[min(i, 1)]]["split_missing"]] for i in range(4)])
-    miss = rng.random((n, 5)) < np.c_[missing, np.full((4, 2), 0.01)][:, [0, 3, 1, 4, 2]][d]
+    p = np.log(base[d])
+    p[:, [0, 2, 4]] += 0.08 * ath["tilt"][rows["ath"]]
+    p += rng.normal(0, [0.04, 0.15, 0.04, 0.15, 0.04], (n, 5))
+    p[:, 4] += 0.5 * np.log(rows["time"] / base[d].sum(1))
+    np.exp(p, out=p)
+    p *= (rows["time"] / p.sum(1))[:, None]
+    splits = np.round(p, out=p)
+    splits[:, 2] += rows["time"] - splits.sum(1)  # the splits add up to the time
+    rows["clean_total"] = np.where(status == 0, rows["time"], np.nan)
+    missing = np.array([[_cal(i)["split_missing"][j] for j in (0, 0, 1, 1, 2)]
+                        for i in range(len(DISTANCES))]) * [1, 0.3, 1, 2, 1]
+    miss = rng.random((n, 5)) < missing[d]
     stage = rng.choice([0, 2, 4], size=n, p=[0.1, 0.45, 0.45])
     miss |= (status == 1)[:, None] & (np.arange(5) >= stage[:, None])
-    rows["clean_total"] = np.where(status == 0, splits.sum(1), np.nan)
     splits[miss] = np.nan
     return splits
 
 
 def _rank_within(key, value, valid) -> tuple[np.ndarray, np.ndarray]:
-    """1-based rank of ``value`` among valid rows with the same ``key``, and that group's size."""
+    """1-based rank of ``value`` among valid rows with the same ``key`` and that group's size;
+    0 for rows that are not valid."""
     idx = np.flatnonzero(valid)
     order = idx[np.lexsort((value[idx], key[idx]))]
     k = key[order]
@@ -403,69 +438,147 @@ def _rank_within(key, value, valid) -> tuple[np.ndarray, np.ndarray]:
     return rank, size
 
 
+def _age_group_codes(rng, src, female, pro, age) -> np.ndarray:
+    """Index into LABELS: each source writes the athlete's age group its own way."""
+    code = np.clip(np.searchsorted(AGE_LOWS, age, "right") - 1, 0, 10)
+    code = np.where(src == 1, code + 11 * (1 + female), code)
+    legacy = (src == 2) | ((src == 3) & (age >= 70))
+    code = np.where(legacy, LEGACY_CODES[np.searchsorted(LEGACY_LOWS, age, "right") - 1], code)
+    code[(src == 3) & (rng.random(len(src)) < 0.05)] = UNKNOWN_AGE
+    code[pro] = np.where(src[pro] == 1, PRO_LABEL + 1 + female[pro], PRO_LABEL)
+    return code
+
+
 def _race_frame(rng, rows, ath, eds) -> pd.DataFrame:
+    """The athlete_race frame, ordered by year, edition and finishing position."""
     order = np.lexsort((rows["time"], rows["status"], rows["ed"], rows["year"]))
     for name, values in rows.items():
         rows[name] = values[order]
     a, d, n, ed, status = rows["ath"], rows["dist"], len(rows["ath"]), rows["ed"], rows["status"]
-    src, female, pro, age = eds["source"][ed], ath["female"][a], rows["pro"], rows["age"]
-    splits = _splits(rng, rows, ath)
-    code = np.clip(np.searchsorted(AGE_LOWS, age, "right") - 1, 0, 10)
-    code = np.where(src == 1, code + 11 * (1 + female), code)
-    code = np.where(src == 2, _LEGACY_CODE[np.searchsorted(LEGACY_LOWS, age, "right") - 1], code)
-    code[(src == 3) & (rng.random(n) < 0.05)] = 38  # '18-99': the source did not know the age
-    code[pro] = np.where(src[pro] == 1, 40 + female[pro], 39)
+    src, female, pro = eds["source"][ed], ath["female"][a], rows["pro"]
+    splits = rows["splits"] = _splits(rng, rows, ath)
+    code = _age_group_codes(rng, src, female, pro, rows["age"])
     band = np.array(["18-29", "30-39", "40-49", "50-59", "60-69", "70+"], object)
-    age_band = np.where(code == 38, None, band[np.clip(age // 10 - 1, 0, 5)])
     gender = np.where(female, "F", "M").astype(object)
     gender[rng.random(n) < np.where(src == 3, 0.04, 0.005)] = None
-    is_pro = np.where(src == 2, np.where(pro, "True", "False"), pro).astype(object)
+    is_pro = pro.astype(object)
+    is_pro[src == 2] = np.where(pro, "True", "False")[src == 2]  # this source writes strings
     is_pro[(src == 3) | (~pro & (rng.random(n) < 0.02))] = None
-    names = np.array([f"{f} {s}" for first in (FIRST_M, FIRST_F) for f in first for s in LAST], object)
-    name = np.where(rows["anon"], None, names[(female * len(FIRST_M) + ath["first"][a]) * len(LAST) + ath["last"][a]])
-    country = np.array(COUNTRIES, object)[ath["country"][a]]
 
-    fin = status == 0
-    time = rows["time"]
-    known = fin & (gender != None)  # noqa: E711  (elementwise test on an object array)
+    fin, time = status == 0, rows["time"]
     overall, _ = _rank_within(ed, time, fin)
-    g_rank, _ = _rank_within(ed * 2 + female, time, known)
+    gender_rank, _ = _rank_within(ed * 2 + female, time, fin & (gender != None))  # noqa: E711
     ag_rank, _ = _rank_within(ed * 64 + code, time, fin)
     div_rank, div_size = _rank_within((ed * 2 + female) * 64 + code, time, fin)
     total = rows["clean_total"]
     swim, t1, bike, t2, run = splits.T
     base = _split_base()
     with np.errstate(invalid="ignore", divide="ignore"):
+        rows["fade"] = (run / bike) / (base[d, 4] / base[d, 2])
         derived = {
             "swim_pct": 100 * swim / total, "bike_pct": 100 * bike / total,
             "run_pct": 100 * run / total, "transition_pct": 100 * (t1 + t2) / total,
-            "bike_run_ratio": bike / run,
-            "fade_ratio": (run / bike) / (base[d, 4] / base[d, 2]),
+            "bike_run_ratio": bike / run, "fade_ratio": rows["fade"],
             "implied_bike_if": np.clip(0.72 - 0.1 * np.log(bike / base[d, 2])
                                        + rng.normal(0, 0.03, n), 0.5, 0.98),
-            "cohort_percentile": np.where(fin, 100 * (1 - (div_rank - 1) / np.maximum(div_size, 1)), np.nan),
+            "cohort_percentile": np.where(fin, 100 - 100 * (div_rank - 1) / div_size, np.nan),
         }
-    rows["fade"] = derived["fade_ratio"]
-    rows["splits"] = splits
-    bad = fin & (rng.random(n) < CORRUPT_RATE)  # ETL errors: minutes for seconds, a day added
+    bad = np.flatnonzero(fin & (rng.random(n) < CORRUPT_RATE))  # minutes for seconds, +1 day
     rows["total"] = total.copy()
-    rows["total"][bad] = np.where(rng.random(bad.sum()) < 0.5, np.round(total[bad] / 60, 1), total[bad] + 86400)
-
-    def ranks(r):
-        return pd.arrays.IntegerArray(r, r == 0)
-
-    frame = {
-        "athlete_hash": ath["hash"][a], "athlete_name": name, "gender": gender,
-        "age_group": LABELS[code], "age_band": age_band, "country": country[:, 0],
-        "country_iso2": country[:, 1], "is_pro": is_pro,
-        "event_name": eds["name"][eds["event"][ed]], "event_year": YEARS[rows["year"]],
-        "event_location": eds["location"][eds["event"][ed]],
+    rows["total"][bad] = np.where(rng.random(len(bad)) < 0.5, np.round(total[bad] / 60, 1),
+                                  total[bad] + 86400)
+    country = COUNTRIES[ath["country"][a]]
+    event = eds["event"][ed]
+    columns = {
+        "athlete_hash": ath["hash"][a],
+        "athlete_name": np.where(rows["anon"], None,
+                                 NAMES[female * NAMES.size // 2 + ath["name"][a]]),
+        "gender": gender, "age_group": LABELS[code],
+        "age_band": np.where(code == UNKNOWN_AGE, None,
+                             band[np.clip(rows["age"] // 10 - 2, 0, 5)]),
+        "country": country[:, 0], "country_iso2": country[:, 1], "is_pro": is_pro,
+        "event_name": eds["name"][event], "event_year": YEARS[rows["year"]],
+        "event_location": eds["location"][event],
         "event_distance": np.array(DISTANCES, object)[d], "source": np.array(SOURCES, object)[src],
         "swim_sec": swim, "t1_sec": t1, "bike_sec": bike, "t2_sec": t2, "run_sec": run,
-        "total_sec": rows["total"], "overall_rank": ranks(overall), "gender_rank": ranks(g_rank),
-        "age_group_rank": ranks(ag_rank), "division_rank": ranks(div_rank),
+        "total_sec": rows["total"],
+        **{col: pd.arrays.IntegerArray(r, r == 0) for col, r in (
+            ("overall_rank", overall), ("gender_rank", gender_rank),
+            ("age_group_rank", ag_rank), ("division_rank", div_rank))},
         "finish_status": STATUS[src, status],
-        **{k: np.round(v, 3 if k in ("bike_run_ratio", "fade_ratio", "implied_bike_if") else 2)
-           for k, v in derived.items()},
+        **{col: np.round(v, 3 if col in ("bike_run_ratio", "fade_ratio", "implied_bike_if") else 2)
+           for col, v in derived.items()},
     }
-    return pd.DataFrame(frame, columns=RACE_COLUMNS)
+    return pd.DataFrame(columns, columns=RACE_COLUMNS, copy=False)
+
+
+def _profiles(rows, ath) -> pd.DataFrame:
+    """One row per named athlete with the data contract's definitions: total_races counts
+    results (rows with a total_sec), pb_total_sec is their minimum over all distances,
+    consistency_cv their std/mean (ddof 1), improvement_slope the OLS slope on event_year."""
+    named = ~rows["anon"]
+    a, d, total = rows["ath"][named], rows["dist"][named], rows["total"][named]
+    splits, year = rows["splits"][named], YEARS[rows["year"][named]].astype(float)
+    shares = splits[:, [0, 2, 4]] / rows["clean_total"][named][:, None]
+    strength = np.full_like(shares, np.nan)  # discipline share, standardised per distance
+    for dd in range(len(DISTANCES)):
+        m = d == dd
+        strength[m] = -(shares[m] - np.nanmean(shares[m], 0)) / np.nanstd(shares[m], 0)
+    fin = ~np.isnan(total)
+    x, y = (year - 2014) * fin, np.nan_to_num(total)
+    g = pd.DataFrame({
+        "a": a, "total": total, "x": x, "y": y, "xy": x * y, "xx": x * x,
+        "swim": splits[:, 0], "bike": splits[:, 2], "run": splits[:, 4],
+        "zs": strength[:, 0], "zb": strength[:, 1], "zr": strength[:, 2],
+        "fade": rows["fade"][named], "year": year, "fin_year": np.where(fin, year, np.nan),
+        "dnf": rows["status"][named] == 1,
+    }).groupby("a", sort=True).agg(
+        n=("total", "count"), pb=("total", "min"), mean=("total", "mean"), std=("total", "std"),
+        sx=("x", "sum"), sy=("y", "sum"), sxy=("xy", "sum"), sxx=("xx", "sum"),
+        pb_swim=("swim", "min"), pb_bike=("bike", "min"), pb_run=("run", "min"),
+        zs=("zs", "mean"), zb=("zb", "mean"), zr=("zr", "mean"), fade=("fade", "mean"),
+        first=("year", "min"), last=("year", "max"), fin_first=("fin_year", "min"),
+        fin_last=("fin_year", "max"), starts=("a", "size"), dnf=("dnf", "sum"))
+    ids, n = g.index.to_numpy(), g["n"].to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slope = (g["sxy"] - g["sx"] * g["sy"] / n) / (g["sxx"] - g["sx"] ** 2 / n)
+    z = g[["zs", "zb", "zr"]].to_numpy()
+    dominant = np.array(["swim", "bike", "run"], object)[np.argmax(np.nan_to_num(z, nan=-9), 1)]
+    dominant[np.isnan(z).all(1)] = None
+    female = ath["female"][ids]
+    return pd.DataFrame({
+        "athlete_hash": ath["hash"][ids],
+        "athlete_name": NAMES[female * NAMES.size // 2 + ath["name"][ids]],
+        "gender": np.where(female, "F", "M"), "country": COUNTRIES[ath["country"][ids], 0],
+        "total_races": n, "years_active": (g["last"] - g["first"] + 1).astype(int),
+        "distances_raced": sum(np.bincount(a[d == dd], minlength=len(ath["kind"]))[ids] > 0
+                               for dd in range(len(DISTANCES))),
+        "pb_swim_sec": g["pb_swim"], "pb_bike_sec": g["pb_bike"], "pb_run_sec": g["pb_run"],
+        "pb_total_sec": g["pb"], "first_race_year": g["first"].astype(int),
+        "latest_race_year": g["last"].astype(int),
+        "improvement_slope": slope.where(g["fin_last"] > g["fin_first"]).round(2),
+        "consistency_cv": (g["std"] / g["mean"]).where(n >= 2).round(6),
+        "swim_strength_z": z[:, 0].round(3), "bike_strength_z": z[:, 1].round(3),
+        "run_strength_z": z[:, 2].round(3), "dominant_discipline": dominant,
+        "dnf_count": g["dnf"].astype(int), "dnf_rate": (g["dnf"] / g["starts"]).round(4),
+        "mean_fade": g["fade"].round(3),
+    }, columns=PROFILE_COLUMNS).reset_index(drop=True)
+
+
+def _clusters(profiles: pd.DataFrame) -> pd.DataFrame:
+    """KMeans over standardised profiles of athletes with 3+ results; ids ordered by pb."""
+    keep = (profiles["total_races"] >= 3).to_numpy()
+    p = profiles[keep]
+    feats = np.column_stack([
+        np.log1p(p["total_races"]), np.log(p["pb_total_sec"]),
+        *(p[c] for c in ("consistency_cv", "improvement_slope", "swim_strength_z",
+                         "bike_strength_z", "run_strength_z", "dnf_rate", "mean_fade"))])
+    if len(feats) < 8:
+        return pd.DataFrame({c: pd.Series(dtype="int64" if c == "cluster_id" else "str")
+                             for c in CLUSTER_COLUMNS})
+    with np.errstate(invalid="ignore", divide="ignore"):
+        feats = np.clip(np.nan_to_num((feats - np.nanmean(feats, 0)) / np.nanstd(feats, 0)), -4, 4)
+    km = KMeans(n_clusters=8, n_init=2, random_state=0).fit(feats)
+    relabel = np.argsort(np.argsort(km.cluster_centers_[:, 1]))
+    return pd.DataFrame({"athlete_hash": p["athlete_hash"].to_numpy(),
+                         "cluster_id": relabel[km.labels_]}, columns=CLUSTER_COLUMNS)
