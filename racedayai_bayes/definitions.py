@@ -11,8 +11,15 @@ from racedayai_bayes.defs.resources import AtomicPickleIOManagerFactory, Pipelin
 from racedayai_bayes.defs.schedules import REFIT_JOB, refit_job, weekly_refit
 from racedayai_bayes.defs.sensors import check_warning_alert, refit_failure_alert
 
-# Steps run in their own processes, at most two at once (the machine has 2 cores).
-executor = dg.multiprocess_executor.configured({"max_concurrent": 2})
+# Steps run in their own processes, at most two at once (the machine has 2 cores). They fork
+# from a server that has already imported this code location (saving ~2.5 s of imports per
+# step); it imports JAX but never starts a JAX backend, so forking it is safe.
+executor = dg.multiprocess_executor.configured(
+    {
+        "max_concurrent": 2,
+        "start_method": {"forkserver": {"preload_modules": ["racedayai_bayes.definitions"]}},
+    }
+)
 
 defs = dg.Definitions(
     assets=[

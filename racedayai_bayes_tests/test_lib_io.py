@@ -6,6 +6,7 @@ import os
 import stat
 
 import pandas as pd
+import pyarrow.csv
 import pytest
 
 from racedayai_bayes.lib.io import OutputWriteError, atomic_open, write_csv_atomic
@@ -29,7 +30,8 @@ def test_write_csv_atomic_writes_content_and_leaves_no_temp_file(tmp_path, umask
     target = tmp_path / "out" / "bayesian_predictions_70.3.csv"  # parent is created
     returned = write_csv_atomic(FRAME, target)
     assert returned == target
-    assert target.read_text() == "athlete_hash,bayes_pred\na,20000.5\nb,41000.0\n"
+    # unquoted like pandas; floats in shortest round-trip form
+    assert target.read_text() == "athlete_hash,bayes_pred\na,20000.5\nb,41000\n"
     assert _listing(target.parent) == ["bayesian_predictions_70.3.csv"]
     pd.testing.assert_frame_equal(pd.read_csv(target), FRAME, check_dtype=False)
 
@@ -42,6 +44,12 @@ def test_replaces_an_existing_file(tmp_path, umask_022):
     assert _listing(tmp_path) == ["p.csv"]
 
 
+def test_values_needing_quotes_fall_back_to_pandas(tmp_path):
+    frame = pd.DataFrame({"name": ['Smith, "Jo"', None], "x": [1.5, float("nan")]})
+    target = write_csv_atomic(frame, tmp_path / "q.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(target), frame, check_dtype=False)
+
+
 def test_permissions_follow_the_umask_not_0600(tmp_path, umask_022):
     target = tmp_path / "p.csv"
     write_csv_atomic(FRAME, target)
@@ -51,18 +59,20 @@ def test_permissions_follow_the_umask_not_0600(tmp_path, umask_022):
 
 
 def _partial_then_fail(exc: BaseException):
-    def to_csv(self, path, *args, **kwargs):
+    """A stand-in for pyarrow.csv.write_csv that writes a truncated row, then raises."""
+
+    def write_csv(table, path, *args, **kwargs):
         with open(path, "w") as fh:
-            fh.write("athlete_hash,bayes_pred\na,2000")  # a truncated row
+            fh.write("athlete_hash,bayes_pred\na,2000")
         raise exc
 
-    return to_csv
+    return write_csv
 
 
 def test_os_error_part_way_keeps_previous_file_and_raises_output_write_error(tmp_path, monkeypatch):
     target = tmp_path / "p.csv"
     target.write_bytes(OLD_BYTES)
-    monkeypatch.setattr(pd.DataFrame, "to_csv", _partial_then_fail(OSError(28, "No space left on device")))
+    monkeypatch.setattr(pyarrow.csv, "write_csv", _partial_then_fail(OSError(28, "No space left on device")))
     with pytest.raises(OutputWriteError) as info:
         write_csv_atomic(FRAME, target)
     message = str(info.value)
@@ -77,7 +87,7 @@ def test_os_error_part_way_keeps_previous_file_and_raises_output_write_error(tmp
 def test_other_error_part_way_propagates_unchanged_and_cleans_up(tmp_path, monkeypatch):
     target = tmp_path / "p.csv"
     target.write_bytes(OLD_BYTES)
-    monkeypatch.setattr(pd.DataFrame, "to_csv", _partial_then_fail(ValueError("bad value in row 2")))
+    monkeypatch.setattr(pyarrow.csv, "write_csv", _partial_then_fail(ValueError("bad value in row 2")))
     with pytest.raises(ValueError, match="bad value in row 2") as info:
         write_csv_atomic(FRAME, target)
     assert not isinstance(info.value, OutputWriteError)
@@ -86,7 +96,7 @@ def test_other_error_part_way_propagates_unchanged_and_cleans_up(tmp_path, monke
 
 
 def test_failure_without_a_previous_file_leaves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(pd.DataFrame, "to_csv", _partial_then_fail(OSError(5, "I/O error")))
+    monkeypatch.setattr(pyarrow.csv, "write_csv", _partial_then_fail(OSError(5, "I/O error")))
     with pytest.raises(OutputWriteError):
         write_csv_atomic(FRAME, tmp_path / "p.csv")
     assert _listing(tmp_path) == []

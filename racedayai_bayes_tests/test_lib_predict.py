@@ -260,3 +260,14 @@ def test_posterior_means_row_has_the_seed_layout():
     # one CSV row per distance, as written by the pipeline
     table = pd.DataFrame([row, posterior_means_row(draws, "140.6")])
     assert table.shape == (2, 69)
+
+
+@pytest.mark.parametrize("n_draws", [1, 2, 7, 1000])
+def test_row_quantiles_equal_numpy(n_draws):
+    from racedayai_bayes.lib.predict import row_quantiles
+
+    values = np.random.default_rng(n_draws).standard_normal((50, n_draws))
+    qs = (0.05, 0.5, 0.95)
+    expected = np.quantile(values, qs, axis=1)
+    for got, exp in zip(row_quantiles(values, qs), expected):
+        np.testing.assert_allclose(got, exp, rtol=0, atol=1e-12)

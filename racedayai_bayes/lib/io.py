@@ -55,10 +55,23 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
         yield fh
 
 
-def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike, **to_csv_kwargs) -> Path:
-    """Write ``frame`` as CSV to ``path`` atomically and return the path."""
+def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write ``frame`` as CSV to ``path`` atomically and return the path.
+
+    Arrow's writer is about 10x faster than pandas' on millions of rows. It writes values
+    unquoted (like pandas) and refuses a value that would need quotes, in which case pandas
+    writes the file instead. Floats are written in shortest round-trip form (18822, not
+    18822.0); missing values are empty fields.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
     with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False, **to_csv_kwargs)
+        try:
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            pacsv.write_csv(table, tmp, pacsv.WriteOptions(quoting_style="none", quoting_header="none"))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            frame.to_csv(tmp, index=False)
     return Path(path)
 
 

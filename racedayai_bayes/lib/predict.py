@@ -27,6 +27,26 @@ def _effect(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return np.where(idx < 0, 0.0, np.take(values, safe, axis=-1))
 
 
+def _row_effect(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """values[idx] for a (groups, draws) array, with UNSEEN (-1) rows given 0."""
+    safe = np.where(idx < 0, 0, idx)
+    return np.where((idx < 0)[:, None], 0.0, values[safe])
+
+
+def row_quantiles(values: np.ndarray, qs: tuple[float, ...]) -> list[np.ndarray]:
+    """Per-row quantiles, identical to np.quantile(values, qs, axis=1) (linear method).
+
+    One np.partition at the needed order statistics replaces np.quantile's more general
+    path, which is about 2.5x slower on (rows, 1000 draws) blocks.
+    """
+    n = values.shape[1]
+    pos = [q * (n - 1) for q in qs]
+    lo = [int(np.floor(x)) for x in pos]
+    hi = [min(i + 1, n - 1) for i in lo]
+    part = np.partition(values, sorted(set(lo + hi)), axis=1)
+    return [part[:, a] + (x - a) * (part[:, b] - part[:, a]) for x, a, b in zip(pos, lo, hi)]
+
+
 def mean_prediction(draws: Draws, design: Design) -> tuple[np.ndarray, np.ndarray]:
     """Posterior-mean linear predictor and predictive sd, both on the standardised scale.
 
@@ -76,28 +96,31 @@ def predictive_summary(
     noise_rng, *group_rngs = np.random.default_rng(seed).spawn(1 + len(_GROUPS))
     total = draws.num_chains * draws.num_draws
     pick = np.unique(np.linspace(0, total - 1, min(max_draws, total)).round().astype(int))
-    p = {name: draws.flat(name)[pick] for name in draws.samples}
+    # rows x draws layout: every per-row reduction below runs over contiguous memory
+    p = {name: np.ascontiguousarray(draws.flat(name)[pick].T) for name in draws.samples}
     out = {k: np.empty(len(design)) for k in ("mean", "sd", "p05", "p50", "p95")}
     for start in range(0, len(design), chunk_rows):
         sl = slice(start, start + chunk_rows)
         g, f, e = design.gender_idx[sl], design.fitness[sl], design.experience[sl]
         mu = (
-            p["mu_global"][:, None]
-            + p["mu_gender"][:, g]
-            + p["beta_fitness"][:, None] * f
-            + p["beta_experience"][:, None] * e
+            p["mu_global"][None, :]
+            + p["mu_gender"][g]
+            + f[:, None] * p["beta_fitness"][None, :]
+            + e[:, None] * p["beta_experience"][None, :]
         )
         for (idx_name, site, scale), grng in zip(_GROUPS, group_rngs):
             idx = getattr(design, idx_name)[sl]
-            mu = mu + _effect(p[site], idx)
+            mu += _row_effect(p[site], idx)
             unseen = idx < 0
             if unseen.any():
-                mu[:, unseen] += grng.standard_normal((int(unseen.sum()), len(pick))).T * p[scale][:, None]
-        noise = noise_rng.standard_normal((mu.shape[1], mu.shape[0])).T
-        sim = (mu + noise * p["sigma"][:, None]) * enc.y_std + enc.y_mean
-        out["mean"][sl] = sim.mean(axis=0)
-        out["sd"][sl] = sim.std(axis=0)
-        out["p05"][sl], out["p50"][sl], out["p95"][sl] = np.percentile(sim, [5, 50, 95], axis=0)
+                mu[unseen] += grng.standard_normal((int(unseen.sum()), len(pick))) * p[scale][None, :]
+        mu += noise_rng.standard_normal(mu.shape) * p["sigma"][None, :]
+        sim = mu
+        sim *= enc.y_std
+        sim += enc.y_mean
+        out["mean"][sl] = sim.mean(axis=1)
+        out["sd"][sl] = sim.std(axis=1)
+        out["p05"][sl], out["p50"][sl], out["p95"][sl] = row_quantiles(sim, (0.05, 0.5, 0.95))
     return out
 
 
