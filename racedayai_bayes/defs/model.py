@@ -5,6 +5,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from racedayai_bayes.lib.encoding import FitError
 from racedayai_bayes.lib.frame import distance_rows
 from racedayai_bayes.lib.posterior import ENGINES, FitSettings, Posterior, fit_posterior
 from racedayai_bayes.lib.report import analysis_markdown, markdown_table
@@ -22,7 +23,7 @@ class FitConfig(dg.Config):
     num_warmup: int = Field(default=_DEFAULTS.num_warmup, description="NUTS warmup iterations per chain")
     num_samples: int = Field(default=_DEFAULTS.num_samples, description="Posterior draws kept per chain")
     num_chains: int = Field(default=_DEFAULTS.num_chains, description="Number of chains, run one after another")
-    target_accept: float = Field(default=_DEFAULTS.target_accept, description="NUTS target acceptance probability")
+    target_accept: float | None = Field(default=None, description="NUTS target acceptance probability; default per engine: 0.85 rowwise (the seed's), 0.95 exact")
     subsample: int = Field(default=_DEFAULTS.subsample, description="Rows sampled (random_state 42) for the rowwise engine; 0 = all rows")
     seed: int | None = Field(default=None, description="PRNG seed; default is the seed notebook's: 42 for 70.3, 99 for 140.6")
     eval_rows: int = Field(default=_DEFAULTS.eval_rows, description="Rows (random_state 42) for the posterior predictive checks")
@@ -48,6 +49,7 @@ def _posterior_metadata(post: Posterior) -> dict:
         "summary": dg.MetadataValue.md(markdown_table(post.summary)),
         "analysis": dg.MetadataValue.md(analysis_markdown(post.analysis)),
         "settings": dg.MetadataValue.json(post.settings),
+        "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in post.notes) or "none"),
     }
     pred = post.predictive
     meta.update(
@@ -70,7 +72,16 @@ def posterior(context: dg.AssetExecutionContext, config: FitConfig, model_frame:
     """Posterior of the hierarchical finish-time model for one distance: draws, encodings, diagnostics."""
     distance = context.partition_key
     rows = distance_rows(model_frame, distance)
-    post = fit_posterior(rows, distance, config.settings(), progress=context.log.info)
+    try:
+        post = fit_posterior(rows, distance, config.settings(), progress=context.log.info)
+    except FitError as exc:
+        # a data problem, not a bug: the message says what is wrong; no traceback is needed
+        raise dg.Failure(
+            description=f"{exc}; the model frame holds {len(model_frame):,} rows in all "
+            "(its metadata counts the rows each filter rule dropped)",
+            metadata={"distance": distance, "rows": len(rows), "model_frame_rows": len(model_frame)},
+            allow_retries=False,
+        ) from None
     pred = post.predictive
     context.log.info(
         f"{distance}: MAE {pred['mae_sec'] / 60:.1f} min, R2 {pred['r2']:.4f}, "
