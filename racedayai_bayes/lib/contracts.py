@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .encoding import GENDER_MAP
+
 RACE_FILE = "athlete_race.csv"
 PROFILE_FILE = "athlete_profile.csv"
 CLUSTER_FILE = "cluster_assignments.csv"
@@ -118,7 +120,17 @@ def _open(path: str | Path, required: tuple[str, ...], optional: tuple[str, ...]
 
 def _numeric(frame: pd.DataFrame, col: str, path: Path, notes: list[str], *, integer: bool = False) -> pd.Series:
     text = frame[col]
-    values = pd.to_numeric(text, errors="coerce")
+    try:
+        # fast path: Arrow's cast parses millions of cells in C++, but fails on any bad cell
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        parsed = pc.cast(pa.array(text), pa.float64()).to_numpy(zero_copy_only=False)
+        values = pd.Series(parsed, index=text.index, dtype="float64")
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError):
+        values = pd.to_numeric(text, errors="coerce").astype("float64")
+    # 'inf' parses as a number but would poison every sum downstream: count it as not numeric
+    values[~np.isfinite(values.to_numpy())] = np.nan
     bad = values.isna() & text.notna()
     n_bad = int(bad.sum())
     if n_bad:
@@ -127,7 +139,6 @@ def _numeric(frame: pd.DataFrame, col: str, path: Path, notes: list[str], *, int
         if n_bad > MAX_BAD_NUMERIC_SHARE * n_given:
             raise InputError(path, f"not numeric, e.g. {examples}", column=col, rows=n_bad)
         notes.append(f"{n_bad:,} rows: {col} not numeric (e.g. {examples}); treated as missing")
-    values = values.astype("float64")
     if integer:
         finite = values.dropna()
         if (finite != np.round(finite)).any():
@@ -149,6 +160,16 @@ def _boolean(frame: pd.DataFrame, col: str, path: Path) -> pd.Series:
     return out
 
 
+def _note_unknown_gender(frame: pd.DataFrame, notes: list[str]) -> None:
+    odd = frame["gender"].notna() & ~frame["gender"].isin(list(GENDER_MAP))
+    if odd.any():
+        examples = ", ".join(repr(v) for v in frame.loc[odd, "gender"].unique()[:3])
+        notes.append(
+            f"{int(odd.sum()):,} rows: gender not 'M' or 'F' (e.g. {examples}); "
+            "encoded like a blank gender (index 0), as the seed does"
+        )
+
+
 def _no_duplicates(frame: pd.DataFrame, path: Path) -> None:
     dup = frame["athlete_hash"].duplicated(keep=False) & frame["athlete_hash"].notna()
     if dup.any():
@@ -159,6 +180,11 @@ def _no_duplicates(frame: pd.DataFrame, path: Path) -> None:
             column="athlete_hash",
             rows=int(dup.sum()),
         )
+
+
+def _note_if_empty(frame: pd.DataFrame, notes: list[str], consequence: str) -> None:
+    if frame.empty:
+        notes.append(f"file has a header but no rows: {consequence}")
 
 
 def _drop_blank_hash(frame: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
@@ -180,6 +206,7 @@ def read_races(path: str | Path) -> ReadResult:
     if frame.empty:
         raise InputError(path, "has a header but no rows")
     frame["is_pro"] = _boolean(frame, "is_pro", path)
+    _note_unknown_gender(frame, notes)
     frame["event_distance"] = frame["event_distance"].replace(_DISTANCE_SPELLINGS)
     frame["event_year"] = _numeric(frame, "event_year", path, notes, integer=True)
     frame["total_sec"] = _numeric(frame, "total_sec", path, notes)
@@ -189,6 +216,7 @@ def read_races(path: str | Path) -> ReadResult:
 def read_profiles(path: str | Path) -> ReadResult:
     """Read athlete_profile.csv: one row per athlete_hash (a duplicate is an error)."""
     frame, notes, path = _open(path, PROFILE_REQUIRED, PROFILE_OPTIONAL)
+    _note_if_empty(frame, notes, "no race joins a profile (fitness at the mean, experience 0)")
     frame = _drop_blank_hash(frame, notes)
     _no_duplicates(frame, path)
     for col in frame.columns.drop("athlete_hash"):
@@ -203,6 +231,7 @@ def read_profiles(path: str | Path) -> ReadResult:
 def read_clusters(path: str | Path) -> ReadResult:
     """Read cluster_assignments.csv: one integer cluster_id per clustered athlete."""
     frame, notes, path = _open(path, CLUSTER_REQUIRED)
+    _note_if_empty(frame, notes, "every athlete is unclustered (cluster -1)")
     frame = _drop_blank_hash(frame, notes)
     _no_duplicates(frame, path)
     frame["cluster_id"] = _numeric(frame, "cluster_id", path, notes, integer=True)
