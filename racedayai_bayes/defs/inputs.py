@@ -5,7 +5,7 @@ import dagster as dg
 import pandas as pd
 
 from racedayai_bayes.lib import contracts
-from racedayai_bayes.lib.frame import build_model_frame
+from racedayai_bayes.lib.frame import build_model_frame, join_counts
 
 from .resources import PipelinePaths
 
@@ -60,4 +60,5 @@ def model_frame(
 ) -> dg.Output[pd.DataFrame]:
     """Age-group 70.3 and 140.6 finishers with profile and cluster columns (the seed's section 1)."""
     frame, counts = build_model_frame(athlete_race, athlete_profile, cluster_assignments)
+    counts.update(join_counts(frame, athlete_profile, cluster_assignments))
     return dg.Output(frame, metadata={k: dg.MetadataValue.int(v) for k, v in counts.items()})

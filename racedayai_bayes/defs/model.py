@@ -11,6 +11,7 @@ from racedayai_bayes.lib.posterior import ENGINES, FitSettings, Posterior, fit_p
 from racedayai_bayes.lib.report import analysis_markdown, markdown_table
 
 from .checks import check_result, posterior_check_specs
+from .concurrency import ensure_sole_refit
 from .partitions import distance_partitions
 
 _DEFAULTS = FitSettings()
@@ -71,6 +72,7 @@ def _posterior_metadata(post: Posterior) -> dict:
 def posterior(context: dg.AssetExecutionContext, config: FitConfig, model_frame: pd.DataFrame):
     """Posterior of the hierarchical finish-time model for one distance: draws, encodings, diagnostics."""
     distance = context.partition_key
+    ensure_sole_refit(context, distance)  # also runs that bypass the run queue, such as the CLI's
     rows = distance_rows(model_frame, distance)
     try:
         post = fit_posterior(rows, distance, config.settings(), progress=context.log.info)

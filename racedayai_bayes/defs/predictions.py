@@ -1,18 +1,28 @@
 """The prediction CSVs and the posterior means CSV, written atomically."""
 
 
+from pathlib import Path
+
 import dagster as dg
 import pandas as pd
 
 from racedayai_bayes.lib.frame import MODEL_DISTANCES, distance_rows
-from racedayai_bayes.lib.io import write_csv_atomic
+from racedayai_bayes.lib.io import OutputWriteError, write_csv_atomic
 from racedayai_bayes.lib.posterior import Posterior
-from racedayai_bayes.lib.predict import posterior_means_row, predict_frame
+from racedayai_bayes.lib.predict import means_table, posterior_means_row, predict_frame
 
 from .partitions import distance_partitions
 from .resources import PipelinePaths
 
 GROUP = "outputs"
+
+
+def _write(table: pd.DataFrame, path: Path) -> Path:
+    try:
+        return write_csv_atomic(table, path)
+    except OutputWriteError as exc:
+        # names the file and the OS error (disk full, ...) and says the old file is intact
+        raise dg.Failure(description=str(exc), metadata={"path": str(path)}) from None
 
 
 @dg.asset(partitions_def=distance_partitions, group_name=GROUP)
@@ -21,8 +31,15 @@ def bayesian_predictions(
 ) -> dg.MaterializeResult:
     """bayesian_predictions_<distance>.csv: posterior-mean prediction and sd for every modelled race."""
     distance = context.partition_key
+    if posterior.failed_checks:
+        # blocking checks stop the run that fitted it; this also stops a later run that loads it
+        raise dg.Failure(
+            description=f"the stored posterior of {distance} failed its blocking checks "
+            f"({', '.join(posterior.failed_checks)}); bayesian_predictions_{distance}.csv is unchanged",
+            allow_retries=False,
+        )
     table = predict_frame(posterior.draws, posterior.encoding, distance_rows(model_frame, distance))
-    path = write_csv_atomic(table, paths.output_file(f"bayesian_predictions_{distance}.csv"))
+    path = _write(table, paths.output_file(f"bayesian_predictions_{distance}.csv"))
     context.log.info(f"wrote {len(table):,} predictions to {path}")
     return dg.MaterializeResult(
         metadata={
@@ -45,14 +62,36 @@ def bayesian_posterior_means(
     """bayesian_posterior_means.csv: one row per fitted distance, one column per parameter."""
     if not posterior:
         raise dg.Failure("no distance has a stored posterior yet; materialise `posterior` first")
-    order = [d for d in MODEL_DISTANCES if d in posterior]
-    table = pd.DataFrame([posterior_means_row(posterior[d].draws, d) for d in order])
-    path = write_csv_atomic(table, paths.output_file("bayesian_posterior_means.csv"))
-    context.log.info(f"wrote posterior means of {', '.join(order)} to {path}")
+    path = paths.output_file("bayesian_posterior_means.csv")
+    # a stored posterior that failed its blocking checks never reaches the file: its
+    # distance keeps the row it had (the stored value may come from an earlier run)
+    blocked = {d: p.failed_checks for d, p in posterior.items() if p.failed_checks}
+    fresh = {d: posterior_means_row(p.draws, d) for d, p in posterior.items() if d not in blocked}
+    previous = None
+    if blocked and path.exists():
+        previous = pd.read_csv(path, dtype={"distance": str})  # pandas 3 parses floats round-trip
+    table = means_table(fresh, previous, keep=tuple(blocked))
+    kept = [d for d in blocked if d in set(table.get("distance", []))]
+    for d, checks in blocked.items():
+        outcome = "kept its previous row" if d in kept else "left out (no previous row)"
+        context.log.warning(f"posterior {d} failed blocking checks ({', '.join(checks)}): {outcome}")
+    if not fresh:
+        raise dg.Failure(
+            description=f"every stored posterior failed its blocking checks ({', '.join(blocked)}); "
+            f"{path.name} is unchanged",
+            allow_retries=False,
+        )
+    path = _write(table, path)
+    written = [d for d in MODEL_DISTANCES if d in fresh]
+    context.log.info(f"wrote posterior means of {', '.join(written)} to {path}")
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(path)),
-            "distances": dg.MetadataValue.text(", ".join(order)),
+            "distances": dg.MetadataValue.text(", ".join(written)),
+            "kept_previous": dg.MetadataValue.text(", ".join(kept) or "none"),
+            "blocked": dg.MetadataValue.text(
+                "; ".join(f"{d}: {', '.join(c)}" for d, c in blocked.items()) or "none"
+            ),
             "columns": dg.MetadataValue.int(table.shape[1]),
         }
     )

@@ -18,6 +18,14 @@ NO_CLUSTER = -1
 UNSEEN = -1  # index given to a category the posterior never saw (see predict.py)
 
 
+class FitError(ValueError):
+    """A distance's rows cannot be fitted (too few rows, no spread, no age group).
+
+    The message names the distance, what is wrong and how many rows; the Dagster layer
+    shows it as the step's failure message.
+    """
+
+
 @dataclass(frozen=True)
 class Encoding:
     """Maps and constants that turn a model frame into model inputs for one distance."""
@@ -113,16 +121,18 @@ def fit_encoding(frame: pd.DataFrame, distance: str) -> Encoding:
     log1p(total_races) standardised the same way (plus 1e-8, as in the seed).
     """
     if len(frame) < 2:
-        raise ValueError(
+        raise FitError(
             f"distance {distance}: {len(frame)} modelled rows; at least 2 are needed to fit"
         )
     y = frame["total_sec"].astype("float64")
     y_std = float(y.std())
     if not np.isfinite(y_std) or y_std <= 0:
-        raise ValueError(f"distance {distance}: total_sec has no spread (sd={y_std}); cannot fit")
+        raise FitError(
+            f"distance {distance}: total_sec has no spread (sd={y_std}) over {len(frame):,} rows; cannot fit"
+        )
     age_levels = tuple(sorted(frame["age_group"].dropna().astype(str).unique()))
     if not age_levels:
-        raise ValueError(f"distance {distance}: no row has an age_group")
+        raise FitError(f"distance {distance}: none of the {len(frame):,} rows has an age_group")
     clusters = _cluster_ids(frame)
     cluster_levels, counts = np.unique(clusters, return_counts=True)
     experience = _experience_raw(frame)

@@ -69,6 +69,25 @@ def build_model_frame(
     return frame, counts
 
 
+def join_counts(frame: pd.DataFrame, profiles: pd.DataFrame, clusters: pd.DataFrame) -> dict[str, int]:
+    """Model-frame rows that found no profile and no cluster (a blank athlete_hash never does).
+
+    These rows are kept, as in the seed: no profile means fitness at the mean and experience
+    log1p(0); no cluster means cluster -1. The counts make an empty or stale file visible.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    # Arrow's hash set: ~20x faster than Series.isin on millions of strings; null never matches
+    keys = pa.array(frame["athlete_hash"], type=pa.string())
+
+    def unmatched(right: pd.DataFrame) -> int:
+        values = pa.array(right["athlete_hash"].dropna(), type=pa.string())
+        return len(keys) - pc.sum(pc.is_in(keys, value_set=values, skip_nulls=True)).as_py() if len(keys) else 0
+
+    return {"rows_without_profile": unmatched(profiles), "rows_without_cluster": unmatched(clusters)}
+
+
 def distance_rows(frame: pd.DataFrame, distance: str) -> pd.DataFrame:
     """The model-frame rows of one distance, in frame order."""
     if distance not in MODEL_DISTANCES:

@@ -1,8 +1,16 @@
-"""Atomic file writes: a failed or killed run never leaves a partial output behind."""
+"""Atomic file writes: a failed or killed run never leaves a partial output behind.
+
+Output is written to a temporary file beside the target, named ``.<name>.<random>.tmp`` (a
+dot file that no reader globbing ``*.csv`` sees), and renamed over the target when complete.
+A process killed with SIGKILL cannot remove its temporary file; the next successful write
+of the same target removes it (:func:`remove_stale_temps`).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -21,18 +29,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
 
     The rename is atomic on POSIX within one file system, so readers see either the old
-    file or the complete new one. On any error the temporary file is removed.
+    file or the complete new one. On any error the temporary file is removed. While the
+    temporary file exists this process holds an exclusive ``flock`` on it, which the kernel
+    releases if the process dies: that is how :func:`remove_stale_temps`, run after each
+    successful write, tells a dead writer's leftover from a live concurrent writer's file.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
     tmp = Path(tmp_name)
-    # mkstemp creates 0600; give the output the permissions a plain open() would
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        # mkstemp creates 0600; give the output the permissions a plain open() would
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
@@ -46,6 +57,34 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
                 f"could not write {target}: {exc.strerror or exc}; the previous file is unchanged"
             ) from exc
         raise
+    finally:
+        os.close(fd)  # releases the lock
+    remove_stale_temps(target)
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of ``path`` left by writers that died, and return them.
+
+    A temporary file whose ``flock`` this process can take has no live writer (a SIGKILLed
+    writer's lock is released by the kernel), so removing it cannot break a concurrent
+    write. Errors are ignored: cleaning up must never fail a write that succeeded.
+    """
+    target = Path(path)
+    removed = []
+    for tmp in target.parent.glob(glob.escape(f".{target.name}.") + "*.tmp"):
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass  # a live writer holds the lock, or the file went away
+        finally:
+            os.close(fd)
+    return removed
 
 
 @contextlib.contextmanager

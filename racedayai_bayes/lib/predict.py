@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .encoding import Design, Encoding, encode
+from .frame import MODEL_DISTANCES
 from .inference import Draws
 
 PREDICTION_COLUMNS = ("athlete_hash", "event_distance", "event_year", "total_sec", "bayes_pred", "bayes_std")
@@ -133,3 +134,24 @@ def posterior_means_row(draws: Draws, distance: str) -> dict[str, float]:
         else:
             row.update({f"{name}_{i}": float(v) for i, v in enumerate(value)})
     return row
+
+
+def means_table(
+    rows: dict[str, dict], previous: pd.DataFrame | None = None, keep: tuple[str, ...] = ()
+) -> pd.DataFrame:
+    """The table of bayesian_posterior_means.csv: one row per distance, in ``MODEL_DISTANCES`` order.
+
+    ``rows`` maps a distance to its fresh row (:func:`posterior_means_row`); for each distance
+    in ``keep`` the row of ``previous`` (the file as last written) is carried over unchanged,
+    so a distance whose new posterior is blocked keeps its last good values.
+    """
+    carried = {}
+    if previous is not None and len(previous):
+        for d in keep:
+            match = previous.loc[previous["distance"].astype(str) == d]
+            if len(match):
+                carried[d] = {k: v for k, v in match.iloc[0].items() if not pd.isna(v)}
+    table = {**carried, **rows}
+    order = [d for d in MODEL_DISTANCES if d in table]
+    return pd.DataFrame([table[d] for d in order])
+

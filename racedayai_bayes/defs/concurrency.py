@@ -1,0 +1,56 @@
+"""One refit per distance at a time, also for runs that bypass the run queue.
+
+The run queue (dagster.yaml, tag_concurrency_limits on racedayai/distance) holds a second
+refit of a distance until the first has finished. Runs that do not go through the queue,
+such as `racedayai-bayes refit` (execute_job in process) or `dagster job execute`, start
+at once; so the posterior step checks the instance itself: if another refit of its
+distance started earlier and is still running, this run stops before writing anything
+for that distance. Of two overlapping runs the later one always sees the earlier one, so
+at most one of them goes on.
+"""
+
+
+import datetime as dt
+
+import dagster as dg
+
+from .schedules import DISTANCE_TAG
+
+PARTITION_TAG = "dagster/partition"
+# Runs holding a worker: the statuses the run queue counts against its limits.
+_ACTIVE = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+
+
+def earlier_active_refit(instance: dg.DagsterInstance, run_id: str, distance: str) -> dg.RunRecord | None:
+    """Another unfinished run of `distance` that started before run `run_id`, if any.
+
+    A run counts as a refit of `distance` if either its partition or its distance tag is
+    `distance` (a run launched from the UI carries only the partition tag). A run still
+    STARTING has no start time yet: it starts after this one, and will see this one.
+    """
+    own = instance.get_run_record_by_id(run_id)
+    own_start = own.start_time if own is not None and own.start_time is not None else float("inf")
+    others: dict[str, dg.RunRecord] = {}
+    for tag in (PARTITION_TAG, DISTANCE_TAG):
+        for record in instance.get_run_records(dg.RunsFilter(statuses=_ACTIVE, tags={tag: distance})):
+            if record.dagster_run.run_id != run_id and record.start_time is not None:
+                others[record.dagster_run.run_id] = record
+    earlier = [r for r in others.values() if (r.start_time, r.dagster_run.run_id) < (own_start, run_id)]
+    return min(earlier, key=lambda r: r.start_time, default=None)
+
+
+def ensure_sole_refit(context: dg.AssetExecutionContext, distance: str) -> None:
+    """Fail this step, before it writes anything, if an earlier refit of `distance` is running."""
+    other = earlier_active_refit(context.instance, context.run.run_id, distance)
+    if other is None:
+        return
+    started = dt.datetime.fromtimestamp(other.start_time, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    raise dg.Failure(
+        description=(
+            f"another refit of {distance} is running: run {other.dagster_run.run_id}, started {started}. "
+            f"Two refits of one distance never run at once, so this run stops before writing anything "
+            f"for {distance}. Wait for that run to finish, or submit refits through the run queue "
+            f"(the UI, `dagster job launch` or the schedule), where they wait their turn."
+        ),
+        allow_retries=False,
+    )
