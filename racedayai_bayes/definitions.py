@@ -9,7 +9,7 @@ from racedayai_bayes.defs.model import posterior
 from racedayai_bayes.defs.predictions import bayesian_posterior_means, bayesian_predictions
 from racedayai_bayes.defs.resources import AtomicPickleIOManagerFactory, PipelinePaths
 from racedayai_bayes.defs.schedules import REFIT_JOB, refit_job, weekly_refit
-from racedayai_bayes.defs.sensors import check_warning_alert, refit_failure_alert
+from racedayai_bayes.defs.sensors import check_warning_alert, dead_run_reaper, refit_failure_alert
 
 # Steps run in their own processes, at most two at once (the machine has 2 cores). They fork
 # from a server that has already imported this code location (saving ~2.5 s of imports per
@@ -33,7 +33,7 @@ defs = dg.Definitions(
     ],
     jobs=[refit_job],
     schedules=[weekly_refit],
-    sensors=[refit_failure_alert, check_warning_alert],
+    sensors=[refit_failure_alert, check_warning_alert, dead_run_reaper],
     resources={"paths": PipelinePaths.from_env(), "io_manager": AtomicPickleIOManagerFactory()},
     executor=executor,
 )

@@ -293,3 +293,34 @@ def test_cli_refit_stops_before_writing_while_a_refit_of_its_distance_runs(dagst
     }
     assert "model_frame" in written  # shared by both distances: not guarded
     assert not written & {"posterior", "bayesian_predictions", "bayesian_posterior_means"}
+
+
+def test_dead_run_reaper_fails_runs_whose_process_is_gone():
+    """A STARTED run whose process no longer exists is marked failed; a live one is left alone."""
+    import subprocess
+    import sys
+
+    from racedayai_bayes.defs.concurrency import reap_dead_runs
+    from racedayai_bayes.definitions import defs
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    with dg.instance_for_test() as instance:
+        job = defs.resolve_job_def("refit")
+        runs = {}
+        for name, pid in (("dead", dead_pid), ("alive", os.getpid())):
+            run = instance.create_run_for_job(job, tags={"dagster/partition": "70.3"})
+            instance.handle_new_event(
+                dg.EventLogEntry(
+                    error_info=None, level="DEBUG", user_message="", run_id=run.run_id, timestamp=time.time(),
+                    dagster_event=dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, job_name=job.name, pid=pid),
+                )
+            )
+            runs[name] = run.run_id
+        assert instance.get_run_by_id(runs["dead"]).status == dg.DagsterRunStatus.STARTED
+        assert reap_dead_runs(instance) == [runs["dead"]]
+        assert instance.get_run_by_id(runs["dead"]).status == dg.DagsterRunStatus.FAILURE
+        assert instance.get_run_by_id(runs["alive"]).status == dg.DagsterRunStatus.STARTED
+        assert reap_dead_runs(instance) == []
+        sensor = defs.resolve_sensor_def("dead_run_reaper")
+        assert sensor.default_status == dg.DefaultSensorStatus.RUNNING

@@ -11,6 +11,7 @@ at most one of them goes on.
 
 
 import datetime as dt
+import os
 
 import dagster as dg
 
@@ -19,6 +20,46 @@ from .schedules import DISTANCE_TAG
 PARTITION_TAG = "dagster/partition"
 # Runs holding a worker: the statuses the run queue counts against its limits.
 _ACTIVE = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
+
+
+def orchestrator_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
+    """The pid of the process that started the run (its RUN_START event), if recorded."""
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_START):
+        return entry.dagster_event.pid if entry.dagster_event is not None else None
+    return None
+
+
+def reap_dead_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Mark as failed every STARTED run whose orchestrating process is gone; return their ids.
+
+    A run whose process was killed (SIGKILL, OOM, a reboot) stays STARTED for ever: the
+    default run launcher cannot check a worker's health. Such a run would hold its distance
+    in the run queue and in :func:`ensure_sole_refit` until someone terminated it by hand.
+    Runs and steps of this deployment execute on one host, so a pid that no longer exists
+    here means the run is dead. (On a multi-host deployment, use Dagster's run monitoring
+    with a launcher that supports worker health checks instead.)
+    """
+    reaped = []
+    for record in instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
+        run = record.dagster_run
+        pid = orchestrator_pid(instance, run.run_id)
+        if pid is None or _process_alive(pid):
+            continue
+        instance.report_run_failed(
+            run, message=f"the run's process (pid {pid}) is gone; it was killed or crashed, so the run is marked failed"
+        )
+        reaped.append(run.run_id)
+    return reaped
 
 
 def earlier_active_refit(instance: dg.DagsterInstance, run_id: str, distance: str) -> dg.RunRecord | None:
@@ -41,6 +82,8 @@ def earlier_active_refit(instance: dg.DagsterInstance, run_id: str, distance: st
 
 def ensure_sole_refit(context: dg.AssetExecutionContext, distance: str) -> None:
     """Fail this step, before it writes anything, if an earlier refit of `distance` is running."""
+    for run_id in reap_dead_runs(context.instance):
+        context.log.warning(f"run {run_id} had been killed while STARTED; marked it failed")
     other = earlier_active_refit(context.instance, context.run.run_id, distance)
     if other is None:
         return

@@ -12,6 +12,8 @@ import dagster as dg
 
 from racedayai_bayes.lib.alerts import Alert, post_json, slack_payload
 
+from .concurrency import reap_dead_runs
+
 WEBHOOK_ENV = "RACEDAYAI_ALERT_WEBHOOK"
 
 
@@ -71,3 +73,12 @@ def refit_failure_alert(context: dg.RunFailureSensorContext):
 def check_warning_alert(context: dg.RunStatusSensorContext):
     """Alert when a run succeeded but some of its checks failed (non-blocking, WARN)."""
     send_alerts(context, alerts_for_run(context.instance, context.dagster_run, None))
+
+
+@dg.sensor(name="dead_run_reaper", minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+def dead_run_reaper(context: dg.SensorEvaluationContext):
+    """Mark runs whose process was killed as failed, so they stop holding their distance's queue slot."""
+    reaped = reap_dead_runs(context.instance)
+    for run_id in reaped:
+        context.log.warning(f"run {run_id} was STARTED but its process is gone; marked it failed")
+    return dg.SkipReason(f"marked {len(reaped)} dead run(s) failed" if reaped else "no dead runs")
