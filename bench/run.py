@@ -53,6 +53,7 @@ def _diag(post, wall: float) -> dict:
         "min_ess_bulk": round(float(s["ess_bulk"].min()), 1),
         "worst_ess": str(s["ess_bulk"].idxmin()),
         "min_ess_per_s": round(float(s["ess_bulk"].min()) / wall, 3),
+        "min_ess_per_sampling_s": round(float(s["ess_bulk"].min()) / float(post.info.get("wall_s", wall)), 3),
         "divergences": int(post.draws.diverging.sum()),
         "checks": {c.name: c.level for c in post.checks},
     }
@@ -78,7 +79,10 @@ def side_by_side(args) -> dict:
         post = fit_posterior(rows, "70.3", FitSettings(engine=engine, subsample=len(rows), **seed_settings))
         out[engine] = _diag(post, time.perf_counter() - t0)
         print(f"[side_by_side] {engine}: {out[engine]}", flush=True)
+    # per second of the whole fit (predictive checks and summaries included), and of sampling alone
     out["ess_per_s_ratio"] = round(out["exact"]["min_ess_per_s"] / max(out["rowwise"]["min_ess_per_s"], 1e-12), 1)
+    out["ess_per_sampling_s_ratio"] = round(
+        out["exact"]["min_ess_per_sampling_s"] / max(out["rowwise"]["min_ess_per_sampling_s"], 1e-12), 1)
     out["settings"] = {**seed_settings, "rows": len(rows), "distance": "70.3"}
     return out
 
@@ -191,11 +195,13 @@ def _write(results: dict) -> None:
     if sbs:
         s = sbs["settings"]
         lines += [f"## Side by side: {s['rows']:,} rows of {s['distance']}, {s['num_warmup']}+{s['num_samples']} x {s['num_chains']} chains", "",
-                  "| engine | wall s | max r_hat | min bulk ESS | min ESS/s | divergences |", "|---|---|---|---|---|---|"]
+                  "| engine | wall s (fit) | sampling s | max r_hat | min bulk ESS | min ESS/s (fit) | min ESS/s (sampling) | divergences |", "|---|---|---|---|---|---|---|---|"]
         for eng in ("rowwise", "exact"):
             r = sbs[eng]
-            lines.append(f"| {eng} | {r['wall_s']} | {r['max_rhat']} ({r['worst_rhat']}) | {r['min_ess_bulk']} ({r['worst_ess']}) | {r['min_ess_per_s']} | {r['divergences']} |")
-        lines += ["", f"min ESS per second, exact / rowwise: **{sbs['ess_per_s_ratio']}x**", ""]
+            lines.append(f"| {eng} | {r['wall_s']} | {r['sampling_s']} | {r['max_rhat']} ({r['worst_rhat']}) | {r['min_ess_bulk']} ({r['worst_ess']}) | {r['min_ess_per_s']} | {r.get('min_ess_per_sampling_s', '')} | {r['divergences']} |")
+        lines += ["", f"min ESS per second, exact / rowwise: **{sbs['ess_per_s_ratio']}x** per second of the whole fit, "
+                  f"**{sbs.get('ess_per_sampling_s_ratio', '')}x** per second of sampling. Both engines use the seed's settings "
+                  "(target_accept 0.85), one after the other in one process.", ""]
     fs = results.get("full_scale")
     if fs:
         lines += ["## Full scale: `racedayai-bayes refit` on `full` synthetic data", "",
