@@ -101,7 +101,7 @@ def _read_text_columns(path: Path, columns: list[str]) -> tuple[pd.DataFrame, li
 
 def _open(path: str | Path, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> tuple[pd.DataFrame, list[str], Path]:
     path = Path(path)
-    header = [h.lstrip("\ufeff") for h in _read_header(path)]
+    header = _read_header(path)  # decoded as utf-8-sig: a BOM is already stripped
     missing = [c for c in required if c not in header]
     if missing:
         raise InputError(
@@ -111,10 +111,7 @@ def _open(path: str | Path, required: tuple[str, ...], optional: tuple[str, ...]
             column=", ".join(missing),
         )
     wanted = list(required) + [c for c in optional if c in header]
-    raw_header = _read_header(path)
-    # keep the names exactly as in the file (a BOM may sit on the first one)
-    usecols = [raw_header[header.index(c)] for c in wanted]
-    frame, notes = _read_text_columns(path, usecols)
+    frame, notes = _read_text_columns(path, wanted)
     return frame, notes, path
 
 
