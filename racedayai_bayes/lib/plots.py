@@ -1,0 +1,329 @@
+"""Diagnostic plots as PNG bytes, small enough to embed in asset metadata as markdown.
+
+Every figure is a bare :class:`matplotlib.figure.Figure` drawn on an Agg canvas: pyplot is
+never used, so no global figure state is created or leaked, and nothing needs closing.
+Fonts and colours are set per call, never through the global rcParams. The same inputs give
+the same bytes (subsampling is seeded, and the PNG carries no software/version stamp).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import warnings
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from .diagnostics import COVERAGE_RANGE, to_inference_data
+from .encoding import NO_CLUSTER, Encoding
+from .inference import SCALE_SITES, Draws
+
+DPI = 90
+WIDTH_IN = 9.0
+MAX_DRAWN_POINTS = 200_000
+SCATTER_MAX_ROWS = 5_000
+SUBSAMPLE_SEED = 0
+GENDER_NAMES = {"M": "Male", "F": "Female"}
+SECTIONS = ("gender", "age group", "cluster")
+
+
+def _new_figure(height_in: float) -> Figure:
+    fig = Figure(figsize=(WIDTH_IN, height_in), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def png_markdown(png: bytes, alt: str) -> str:
+    """A markdown image with the PNG inlined as a base64 data URI."""
+    alt = alt.replace("[", "(").replace("]", ")")
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
+
+
+# ---------------------------------------------------------------- rank plot of scales
+
+
+def scale_rank_plot(draws: Draws) -> bytes:
+    """ArviZ rank plots of the scale parameters, one panel each, one bar row per chain."""
+    import arviz as az
+
+    sites = [s for s in SCALE_SITES if s in draws.samples]
+    if not sites:
+        raise ValueError(f"no scale parameter among the draws' sites {sorted(draws.samples)}")
+    ncols = 2 if len(sites) > 1 else 1
+    nrows = -(-len(sites) // ncols)
+    fig = _new_figure(1.0 + 2.6 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in axes.ravel()[len(sites):]:
+        ax.set_visible(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        az.plot_rank(
+            to_inference_data(draws),
+            var_names=sites,
+            ax=axes.ravel()[: len(sites)],
+            show=False,
+        )
+    for ax, site in zip(axes.ravel(), sites):
+        ax.set_title(site, fontsize=11)
+        ax.tick_params(labelsize=8)
+        ax.xaxis.label.set_fontsize(9)
+        ax.yaxis.label.set_fontsize(9)
+    fig.suptitle(
+        f"Rank plots of the scale parameters ({draws.num_chains} chains x {draws.num_draws} draws): "
+        "uniform ranks = chains agree",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    return _png(fig)
+
+
+# ---------------------------------------------------------------- forest of group effects
+
+
+def _cluster_label(cluster_id: int) -> str:
+    return "no cluster" if int(cluster_id) == NO_CLUSTER else f"cluster {int(cluster_id)}"
+
+
+def group_effect_table(draws: Draws, enc: Encoding) -> pd.DataFrame:
+    """Posterior mean and 90% interval (5%-95%) of every group effect, in seconds.
+
+    The model works on the standardised finish time, so an effect in seconds is the effect
+    times ``enc.y_std`` (the mean cancels: effects are differences). Rows come in the order
+    gender (by index), age group (``enc.age_levels``), cluster (``enc.cluster_levels``).
+    """
+    index_to_gender = {i: g for g, i in enc.gender_map.items()}
+    labels = {
+        "mu_gender": [GENDER_NAMES.get(index_to_gender.get(i, ""), f"gender {i}") for i in range(enc.n_gender)],
+        "mu_age": list(enc.age_levels),
+        "mu_cluster": [_cluster_label(c) for c in enc.cluster_levels],
+    }
+    rows = []
+    for section, (site, names) in zip(SECTIONS, labels.items()):
+        flat = draws.flat(site) * enc.y_std
+        if flat.ndim != 2 or flat.shape[1] != len(names):
+            raise ValueError(
+                f"{site} has shape {draws.samples[site].shape[2:]} per draw; "
+                f"the encoding has {len(names)} {section} levels"
+            )
+        p05, p95 = np.percentile(flat, [5, 95], axis=0)
+        mean = flat.mean(axis=0)
+        rows += [
+            {"section": section, "label": name, "mean_sec": float(m), "p05_sec": float(lo), "p95_sec": float(hi)}
+            for name, m, lo, hi in zip(names, mean, p05, p95)
+        ]
+    return pd.DataFrame(rows, columns=["section", "label", "mean_sec", "p05_sec", "p95_sec"])
+
+
+def group_effect_forest(draws: Draws, enc: Encoding) -> bytes:
+    """Forest plot of the group effects in seconds: mean and 90% interval per group."""
+    table = group_effect_table(draws, enc)
+    # y positions top to bottom, with a header row and a gap before each section
+    positions, headers, y = [], [], 0.0
+    for section in SECTIONS:
+        count = int((table["section"] == section).sum())
+        headers.append((y, section, count))
+        positions += list(np.arange(y + 1.0, y + 1.0 + count))
+        y += 1.0 + count + 0.6
+    pos = np.asarray(positions)
+    n_lines = y
+    fig = _new_figure(min(1.2 + 0.22 * n_lines, 40.0))
+    ax = fig.add_subplot()
+    colors = {"gender": "C0", "age group": "C1", "cluster": "C2"}
+    for section in SECTIONS:
+        sel = (table["section"] == section).to_numpy()
+        sub = table[sel]
+        ax.errorbar(
+            sub["mean_sec"], pos[sel],
+            xerr=[sub["mean_sec"] - sub["p05_sec"], sub["p95_sec"] - sub["mean_sec"]],
+            fmt="o", ms=4, lw=1.6, capsize=2, color=colors[section],
+        )
+    ax.axvline(0.0, color="0.3", lw=1, ls="--")
+    ax.set_yticks(pos, table["label"], fontsize=8)
+    for y_head, section, count in headers:
+        ax.text(
+            -0.01, y_head, f"{section} ({count})", transform=ax.get_yaxis_transform(),
+            ha="right", va="center", fontsize=9, fontweight="bold",
+        )
+        ax.axhline(y_head - 0.5, color="0.85", lw=0.8)
+    ax.set_ylim(n_lines - 0.2, -0.8)
+    ax.grid(axis="x", color="0.9")
+    ax.set_xlabel("effect on finish time (s); dot = posterior mean, bar = 90% interval", fontsize=9)
+    ax.tick_params(axis="x", labelsize=8)
+    minutes = ax.secondary_xaxis("top", functions=(lambda sec: sec / 60.0, lambda mins: mins * 60.0))
+    minutes.set_xlabel("effect (min)", fontsize=8)
+    minutes.tick_params(labelsize=8)
+    ax.set_title(
+        f"Group effects, distance {enc.distance}, relative to the global intercept "
+        f"(finish-time sd {enc.y_std / 60:.0f} min)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return _png(fig)
+
+
+# ---------------------------------------------------------------- predicted vs observed
+
+
+def _paired(observed, predicted) -> tuple[np.ndarray, np.ndarray]:
+    obs = np.asarray(observed, dtype="float64").ravel()
+    pred = np.asarray(predicted, dtype="float64").ravel()
+    if obs.shape != pred.shape:
+        raise ValueError(f"observed has {obs.size} rows, predicted {pred.size}")
+    if obs.size == 0:
+        raise ValueError("no rows to compare")
+    return obs, pred
+
+
+def fit_stats(observed, predicted) -> dict[str, float]:
+    """MAE (seconds and minutes) and R² of predictions over every row, plus the row count.
+
+    R² follows scikit-learn's convention for constant observations: 1 if the predictions
+    are exact, else 0.
+    """
+    obs, pred = _paired(observed, predicted)
+    mae = float(np.mean(np.abs(obs - pred)))
+    ss_res = float(np.sum((obs - pred) ** 2))
+    ss_tot = float(np.sum((obs - obs.mean()) ** 2))
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)
+    return {"mae_sec": mae, "mae_min": mae / 60.0, "r2": r2, "rows": int(obs.size)}
+
+
+def predicted_vs_observed(observed_sec, predicted_sec, label: str = "held-out rows") -> bytes:
+    """Predicted against observed finish time in hours, with MAE and R² over all rows.
+
+    Up to 5,000 rows are drawn as points; more as a hexbin density of a seeded random
+    sample of at most 200,000 rows (the statistics still use every row).
+    """
+    obs, pred = _paired(observed_sec, predicted_sec)
+    stats = fit_stats(obs, pred)
+    n = obs.size
+    drawn = n
+    if n > MAX_DRAWN_POINTS:
+        keep = np.sort(np.random.default_rng(SUBSAMPLE_SEED).choice(n, MAX_DRAWN_POINTS, replace=False))
+        obs, pred = obs[keep], pred[keep]
+        drawn = MAX_DRAWN_POINTS
+    x, y = obs / 3600.0, pred / 3600.0
+    lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+    pad = 0.03 * (hi - lo) if hi > lo else 0.5
+    lo, hi = lo - pad, hi + pad
+
+    fig = _new_figure(7.5)
+    ax = fig.add_subplot()
+    if n <= SCATTER_MAX_ROWS:
+        ax.scatter(x, y, s=8, alpha=0.35 if n > 500 else 0.7, color="C0", edgecolors="none")
+    else:
+        hb = ax.hexbin(x, y, gridsize=70, bins="log", mincnt=1, cmap="viridis", extent=(lo, hi, lo, hi), linewidths=0.2)
+        cbar = fig.colorbar(hb, ax=ax, shrink=0.85, pad=0.02)
+        sample_note = f" (of a {drawn:,}-row sample)" if drawn < n else ""
+        cbar.set_label(f"rows per cell{sample_note}, log scale", fontsize=9)
+        cbar.ax.tick_params(labelsize=8)
+    ax.plot([lo, hi], [lo, hi], color="C3", lw=1.2, ls="--", label="y = x (perfect prediction)")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_aspect("equal")
+    ax.set_axisbelow(True)
+    ax.grid(color="0.9")
+    ax.set_xlabel("observed finish time (h)", fontsize=10)
+    ax.set_ylabel("predicted finish time (h, posterior mean)", fontsize=10)
+    ax.tick_params(labelsize=9)
+    ax.set_title(f"Predicted vs observed: {label}, {n:,} rows", fontsize=11)
+    ax.legend(loc="lower right", fontsize=9)
+    ax.text(
+        0.03, 0.97, f"MAE {stats['mae_min']:.1f} min\nR² {stats['r2']:.3f}\nover all {n:,} rows",
+        transform=ax.transAxes, va="top", ha="left", fontsize=10,
+        bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.7", "alpha": 0.9},
+    )
+    fig.tight_layout()
+    return _png(fig)
+
+
+# ---------------------------------------------------------------- coverage by decile
+
+
+def coverage_by_decile(observed_sec, p05, p95) -> pd.DataFrame:
+    """Share of rows inside, below and above their 90% interval, per decile of observed time.
+
+    Deciles come from ``pd.qcut`` on the observed finish time; tied edges are dropped, so
+    heavily tied data can give fewer than 10 bins (numbered 1..k from fastest to slowest).
+    ``lower_h``/``upper_h`` are the bin edges in hours; a row lies in (lower, upper], and
+    the first bin includes its lower edge.
+    """
+    obs = np.asarray(observed_sec, dtype="float64").ravel()
+    lo = np.asarray(p05, dtype="float64").ravel()
+    hi = np.asarray(p95, dtype="float64").ravel()
+    if not (obs.shape == lo.shape == hi.shape):
+        raise ValueError(f"observed, p05 and p95 have {obs.size}, {lo.size} and {hi.size} rows")
+    if obs.size == 0:
+        raise ValueError("no rows to evaluate")
+    codes, edges = pd.qcut(obs, 10, labels=False, retbins=True, duplicates="drop")
+    frame = pd.DataFrame(
+        {"bin": codes, "inside": (lo <= obs) & (obs <= hi), "below": obs < lo, "above": obs > hi}
+    )
+    grouped = frame.groupby("bin", sort=True)
+    bins = np.arange(len(edges) - 1)
+    counts = grouped.size().reindex(bins, fill_value=0)
+    shares = grouped[["inside", "below", "above"]].mean().reindex(bins)
+    return pd.DataFrame(
+        {
+            "decile": bins + 1,
+            "lower_h": edges[:-1] / 3600.0,
+            "upper_h": edges[1:] / 3600.0,
+            "rows": counts.to_numpy().astype("int64"),
+            "coverage": shares["inside"].to_numpy(),
+            "below": shares["below"].to_numpy(),
+            "above": shares["above"].to_numpy(),
+        }
+    )
+
+
+def coverage_by_decile_plot(table: pd.DataFrame, nominal: float = 0.9) -> bytes:
+    """Bars of 90%-interval coverage per decile of observed time, against the accepted band."""
+    lo_ok, hi_ok = COVERAGE_RANGE
+    x = np.arange(len(table))
+    cov = table["coverage"].to_numpy(dtype="float64")
+    ok = (cov >= lo_ok) & (cov <= hi_ok)
+    fig = _new_figure(5.4)
+    ax = fig.add_subplot()
+    ax.axhspan(lo_ok, hi_ok, color="C2", alpha=0.15, label=f"accepted range [{lo_ok:g}, {hi_ok:g}]")
+    ax.bar(x, cov, width=0.7, color=np.where(ok, "C0", "C3"), zorder=2)
+    ax.axhline(nominal, color="k", lw=1.2, ls="--", label=f"nominal {nominal:.0%}", zorder=3)
+    # annotations sit in a row above 100%, so they never collide with bars or lines
+    for xi, row in zip(x, table.itertuples()):
+        ax.text(
+            xi, 1.01, f"{row.coverage:.1%}\n↓{row.below:.0%} ↑{row.above:.0%}",
+            ha="center", va="bottom", fontsize=7, zorder=4,
+        )
+    ax.set_xticks(
+        x,
+        [f"{d}\n{a:.1f}–{b:.1f} h\n{n:,}" for d, a, b, n in zip(table["decile"], table["lower_h"], table["upper_h"], table["rows"])],
+        fontsize=7.5,
+    )
+    bottom = min(0.5, float(np.nanmin(cov)) - 0.05) if len(cov) else 0.5
+    ax.set_ylim(max(bottom, 0.0), 1.0 + 0.1 * (1.0 - max(bottom, 0.0)) + 0.03)
+    ax.yaxis.set_major_formatter(lambda v, _pos: f"{v:.0%}")
+    ax.tick_params(axis="y", labelsize=8)
+    ax.set_xlabel("decile of observed finish time (number, hours, rows); "
+                  "↓ / ↑ = share below / above the interval", fontsize=9)
+    ax.set_ylabel("share inside the 90% interval", fontsize=9)
+    ax.set_title(
+        f"Predictive interval coverage by observed finish time ({int(table['rows'].sum()):,} rows)",
+        fontsize=11,
+    )
+    handles, _labels = ax.get_legend_handles_labels()
+    handles += [
+        Patch(color="C0", label="decile inside the range"),
+        Patch(color="C3", label="decile outside the range"),
+    ]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout()
+    return _png(fig)

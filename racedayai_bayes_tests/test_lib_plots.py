@@ -1,0 +1,281 @@
+"""Diagnostic plots as PNG bytes and the tables behind them (lib/plots.py)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import mean_absolute_error, r2_score
+
+from racedayai_bayes.lib.encoding import Encoding
+from racedayai_bayes.lib.inference import Draws
+from racedayai_bayes.lib.plots import (
+    MAX_DRAWN_POINTS,
+    coverage_by_decile,
+    coverage_by_decile_plot,
+    fit_stats,
+    group_effect_forest,
+    group_effect_table,
+    png_markdown,
+    predicted_vs_observed,
+    scale_rank_plot,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MAX_PNG_BYTES = 150_000
+CHAINS, DRAWS = 2, 300
+
+AGES = ("F18-24", "F25-29", "M18-24", "M25-29", "M30-34")
+CLUSTERS = (-1, 0, 3)
+ENC = Encoding(
+    distance="70.3", age_levels=AGES, cluster_levels=CLUSTERS, y_mean=21_600.0, y_std=3_000.0,
+    exp_mean=1.0, exp_std=0.5, default_cluster_idx=1,
+)
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """Width and height in pixels, read from the IHDR chunk."""
+    assert png[:8] == PNG_MAGIC
+    assert png[12:16] == b"IHDR"
+    return struct.unpack(">II", png[16:24])
+
+
+def assert_compact_png(png: bytes, min_width: int = 600, max_width: int = 1000) -> tuple[int, int]:
+    from matplotlib.image import imread
+
+    width, height = png_size(png)
+    assert 5_000 < len(png) < MAX_PNG_BYTES
+    assert min_width <= width <= max_width
+    image = imread(io.BytesIO(png), format="png")  # a real decoder reads it whole
+    assert image.shape[:2] == (height, width)
+    assert image[..., :3].std() > 0.05  # not a blank canvas
+    return width, height
+
+
+def make_draws(seed: int = 0, n_age: int = len(AGES), n_cluster: int = len(CLUSTERS)) -> Draws:
+    rng = np.random.default_rng(seed)
+    shape = (CHAINS, DRAWS)
+    samples = {
+        "mu_global": rng.normal(0.0, 0.1, shape),
+        "sigma": np.abs(rng.normal(0.6, 0.01, shape)),
+        "sigma_gender": np.abs(rng.normal(0.2, 0.1, shape)),
+        "sigma_age": np.abs(rng.normal(0.3, 0.05, shape)),
+        "sigma_cluster": np.abs(rng.normal(0.2, 0.05, shape)),
+        "beta_fitness": rng.normal(0.3, 0.01, shape),
+        "beta_experience": rng.normal(-0.1, 0.01, shape),
+        "mu_gender": rng.normal([-0.1, 0.1], 0.05, shape + (2,)),
+        "mu_age": rng.normal(np.linspace(-0.3, 0.3, n_age), 0.03, shape + (n_age,)),
+        "mu_cluster": rng.normal(np.linspace(-0.2, 0.2, n_cluster), 0.02, shape + (n_cluster,)),
+    }
+    return Draws(samples=samples, diverging=np.zeros(shape, dtype=bool), engine="test")
+
+
+# ---------------------------------------------------------------- png_markdown
+
+
+def test_png_markdown_is_a_data_uri_image_that_decodes_to_the_same_bytes():
+    png = PNG_MAGIC + b"payload"
+    text = png_markdown(png, "rank plot")
+    prefix = "![rank plot](data:image/png;base64,"
+    assert text.startswith(prefix) and text.endswith(")")
+    assert base64.b64decode(text[len(prefix):-1]) == png
+
+
+def test_png_markdown_keeps_brackets_in_the_alt_text_from_closing_the_link():
+    text = png_markdown(b"x", "coverage [70.3]")
+    assert text.startswith("![coverage (70.3)](data:")
+
+
+# ---------------------------------------------------------------- group effects
+
+
+def test_group_effect_table_labels_sections_in_encoding_order():
+    table = group_effect_table(make_draws(), ENC)
+    assert list(table.columns) == ["section", "label", "mean_sec", "p05_sec", "p95_sec"]
+    assert list(table["section"]) == ["gender"] * 2 + ["age group"] * len(AGES) + ["cluster"] * len(CLUSTERS)
+    assert list(table["label"]) == ["Male", "Female", *AGES, "no cluster", "cluster 0", "cluster 3"]
+    assert (table["p05_sec"] <= table["mean_sec"]).all() and (table["mean_sec"] <= table["p95_sec"]).all()
+
+
+def test_group_effect_table_converts_constant_draws_to_exact_seconds():
+    draws = make_draws()
+    ages = np.array([-0.5, -0.1, 0.0, 0.2, 0.75])
+    draws.samples["mu_age"] = np.broadcast_to(ages, (CHAINS, DRAWS, len(AGES))).copy()
+    table = group_effect_table(draws, ENC).set_index("label")
+    # effects are differences in standardised time: seconds = effect * y_std, no y_mean
+    for level, value in zip(AGES, ages):
+        assert table.loc[level, "mean_sec"] == pytest.approx(value * ENC.y_std, abs=1e-9)
+        assert table.loc[level, "p05_sec"] == pytest.approx(value * ENC.y_std, abs=1e-9)
+        assert table.loc[level, "p95_sec"] == pytest.approx(value * ENC.y_std, abs=1e-9)
+
+
+def test_group_effect_table_interval_is_the_5_and_95_percentiles_over_all_chains():
+    draws = make_draws()
+    # draws 0..599 spread over two chains: mean 299.5, linear-interpolated percentiles
+    draws.samples["mu_gender"][..., 1] = np.arange(CHAINS * DRAWS).reshape(CHAINS, DRAWS) / ENC.y_std
+    female = group_effect_table(draws, ENC).set_index("label").loc["Female"]
+    assert female["mean_sec"] == pytest.approx(299.5)
+    assert female["p05_sec"] == pytest.approx(0.05 * 599)
+    assert female["p95_sec"] == pytest.approx(0.95 * 599)
+
+
+def test_group_effect_table_rejects_draws_that_do_not_match_the_encoding():
+    with pytest.raises(ValueError, match="mu_age"):
+        group_effect_table(make_draws(n_age=len(AGES) + 1), ENC)
+
+
+def test_group_effect_forest_grows_with_the_number_of_groups():
+    small = group_effect_forest(make_draws(), ENC)
+    ages = tuple(f"{s}{a}-{a + 4}" for s in "FM" for a in range(18, 80, 5))
+    big_enc = Encoding(
+        distance="140.6", age_levels=ages, cluster_levels=(-1, *range(9)), y_mean=45_000.0,
+        y_std=5_000.0, exp_mean=1.0, exp_std=0.5, default_cluster_idx=0,
+    )
+    big = group_effect_forest(make_draws(n_age=len(ages), n_cluster=10), big_enc)
+    _, small_h = assert_compact_png(small)
+    _, big_h = assert_compact_png(big)
+    assert big_h > small_h + 400  # 26 age groups and 10 clusters need more height than 5 and 3
+
+
+# ---------------------------------------------------------------- rank plot
+
+
+def test_scale_rank_plot_is_a_compact_png_and_leaves_no_pyplot_figures():
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    draws = make_draws()
+    png = scale_rank_plot(draws)
+    assert_compact_png(png)
+    assert plt.get_fignums() == before
+    assert scale_rank_plot(draws) == png  # deterministic bytes
+
+
+def test_scale_rank_plot_draws_the_scales_it_has_and_fails_without_any():
+    draws = make_draws()
+    only_sigma = Draws({"sigma": draws.samples["sigma"]}, draws.diverging, "test")
+    assert_compact_png(scale_rank_plot(only_sigma))
+    no_scales = Draws({"mu_global": draws.samples["mu_global"]}, draws.diverging, "test")
+    with pytest.raises(ValueError, match="no scale parameter"):
+        scale_rank_plot(no_scales)
+
+
+# ---------------------------------------------------------------- predicted vs observed
+
+
+def test_fit_stats_match_scikit_learn():
+    rng = np.random.default_rng(3)
+    observed = rng.normal(20_000, 3_000, 10_000)
+    predicted = observed + rng.normal(200, 1_500, observed.size)
+    stats = fit_stats(observed, predicted)
+    assert stats["mae_sec"] == pytest.approx(mean_absolute_error(observed, predicted), rel=1e-12)
+    assert stats["mae_min"] == pytest.approx(stats["mae_sec"] / 60, rel=1e-12)
+    assert stats["r2"] == pytest.approx(r2_score(observed, predicted), rel=1e-12)
+    assert stats["rows"] == observed.size
+
+
+def test_fit_stats_on_constant_observations_follows_scikit_learn():
+    observed = np.full(4, 100.0)
+    assert fit_stats(observed, observed)["r2"] == r2_score(observed, observed) == 1.0
+    assert fit_stats(observed, observed + [1, -1, 0, 0])["r2"] == r2_score(observed, observed + [1, -1, 0, 0]) == 0.0
+
+
+def test_fit_stats_reject_mismatched_or_empty_input():
+    with pytest.raises(ValueError, match="rows"):
+        fit_stats([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="no rows"):
+        fit_stats([], [])
+
+
+def test_predicted_vs_observed_handles_many_rows_and_reports_stats_over_all_of_them(monkeypatch):
+    import racedayai_bayes.lib.plots as plots
+
+    rng = np.random.default_rng(4)
+    n = 500_000
+    observed = rng.gamma(20.0, 21_600 / 20, n)
+    predicted = 0.7 * observed + 0.3 * 21_600 + rng.normal(0, 1_500, n)
+    seen = []
+    real = plots.fit_stats
+    monkeypatch.setattr(plots, "fit_stats", lambda o, p: seen.append(len(o)) or real(o, p))
+    png = predicted_vs_observed(pd.Series(observed), predicted, label="held-out rows, 70.3")
+    assert seen == [n]  # the statistics see every row, not the drawn sample
+    assert n > MAX_DRAWN_POINTS
+    assert_compact_png(png)
+    assert predicted_vs_observed(observed, predicted) == predicted_vs_observed(observed, predicted)
+
+
+def test_predicted_vs_observed_draws_a_scatter_for_few_rows():
+    rng = np.random.default_rng(5)
+    observed = rng.normal(21_600, 3_000, 300)
+    assert_compact_png(predicted_vs_observed(observed, observed + rng.normal(0, 900, 300), label="train"))
+
+
+# ---------------------------------------------------------------- coverage by decile
+
+
+def hand_built_rows() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """20 rows, two per decile (1 h, 2 h, ..., 20 h), with known interval outcomes."""
+    hours = np.arange(1.0, 21.0)
+    observed = hours * 3600
+    p05 = observed - 600
+    p95 = observed + 600
+    p05[[0, 2]] = observed[[0, 2]] + 1  # rows 1 and 3 h fall below their interval
+    p95[[19]] = observed[19] - 1  # row 20 h falls above
+    p05[[5]] = observed[5]  # 6 h sits exactly on the lower bound: inside
+    p95[[6]] = observed[6]  # 7 h sits exactly on the upper bound: inside
+    return observed, p05, p95
+
+
+def test_coverage_by_decile_on_a_hand_built_example():
+    table = coverage_by_decile(*hand_built_rows())
+    assert list(table.columns) == ["decile", "lower_h", "upper_h", "rows", "coverage", "below", "above"]
+    assert list(table["decile"]) == list(range(1, 11))
+    assert list(table["rows"]) == [2] * 10
+    # pd.qcut edges of 1..20: 1 + 1.9 k hours
+    np.testing.assert_allclose(table["lower_h"], 1 + 1.9 * np.arange(10))
+    np.testing.assert_allclose(table["upper_h"], 1 + 1.9 * np.arange(1, 11))
+    assert list(table["coverage"]) == [0.5, 0.5] + [1.0] * 7 + [0.5]
+    assert list(table["below"]) == [0.5, 0.5] + [0.0] * 8
+    assert list(table["above"]) == [0.0] * 9 + [0.5]
+    np.testing.assert_allclose(table["coverage"] + table["below"] + table["above"], 1.0)
+
+
+def test_coverage_by_decile_rows_sum_to_n_and_bounds_are_monotone():
+    rng = np.random.default_rng(6)
+    observed = rng.gamma(20.0, 21_600 / 20, 12_345)
+    centre = observed + rng.normal(0, 1_500, observed.size)
+    table = coverage_by_decile(observed, centre - 2_400, centre + 2_400)
+    assert table["rows"].sum() == observed.size
+    assert table["rows"].between(1234, 1235).all()
+    assert (np.diff(table["lower_h"]) > 0).all() and (table["upper_h"] > table["lower_h"]).all()
+    np.testing.assert_allclose(table["lower_h"].iloc[1:], table["upper_h"].iloc[:-1])
+    assert table["lower_h"].iloc[0] == observed.min() / 3600
+    assert table["upper_h"].iloc[-1] == observed.max() / 3600
+    overall = np.mean((centre - 2_400 <= observed) & (observed <= centre + 2_400))
+    assert np.average(table["coverage"], weights=table["rows"]) == pytest.approx(overall, rel=1e-12)
+
+
+def test_coverage_by_decile_drops_tied_edges():
+    observed = np.array([1.0] * 6 + [2.0, 3.0, 4.0, 5.0]) * 3600
+    table = coverage_by_decile(observed, observed - 1, observed + 1)
+    assert list(table["decile"]) == [1, 2, 3, 4, 5]
+    assert list(table["rows"]) == [6, 1, 1, 1, 1]
+    assert (table["coverage"] == 1.0).all()
+
+
+def test_coverage_by_decile_rejects_mismatched_lengths():
+    with pytest.raises(ValueError, match="rows"):
+        coverage_by_decile([1.0, 2.0], [0.0], [3.0, 3.0])
+
+
+def test_coverage_by_decile_plot_is_a_compact_deterministic_png():
+    table = coverage_by_decile(*hand_built_rows())
+    png = coverage_by_decile_plot(table)
+    assert_compact_png(png)
+    assert coverage_by_decile_plot(table) == png
+    assert coverage_by_decile_plot(table, nominal=0.8) != png
+
