@@ -11,15 +11,28 @@ PORT ?= 3000
 export DAGSTER_HOME := $(CURDIR)
 export JAX_PLATFORMS := cpu
 
-.PHONY: install run demo-data test test-fast validate ui bench clean
+.PHONY: install system-deps run demo-data test test-fast validate ui bench clean
+
+# Debian packages the tests need: Chromium for the browser test of the UI (driven by
+# Playwright's Python package, never its own browser download) and a PostgreSQL server
+# for the test of deploy/'s instance configuration.
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,deploy]"
 	touch $@
 
 install: $(VENV)/.installed
+
+system-deps:
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 
 data/cleaned/athlete_race.csv: | $(VENV)/.installed
 	$(BIN)/racedayai-bayes demo-data --size $(SIZE) --seed $(SEED) --out data/cleaned
@@ -33,7 +46,7 @@ run: install data/cleaned/athlete_race.csv
 	$(BIN)/racedayai-bayes refit
 
 ## test: the whole test suite, then validate the code location
-test: install
+test: install system-deps
 	$(BIN)/pytest
 	$(BIN)/dagster definitions validate -m racedayai_bayes.definitions
 
