@@ -1,4 +1,4 @@
-"""Command line: `racedayai-bayes demo-data | refit`."""
+"""Command line: `racedayai-bayes demo-data | refit | predict`."""
 
 import argparse
 import os
@@ -99,6 +99,43 @@ def _report(instance, result, distance: str) -> bool:
     return failed
 
 
+def _predict(args: argparse.Namespace) -> int:
+    """Predictions from a posterior artifact alone, as the pipeline's prediction CSVs."""
+    from racedayai_bayes.lib.artifacts import ArtifactError, load_artifact
+    from racedayai_bayes.lib.contracts import InputError, read_model_rows
+    from racedayai_bayes.lib.io import OutputWriteError, write_csv_atomic
+    from racedayai_bayes.lib.predict import predict_frame
+
+    try:
+        artifact = load_artifact(args.posterior)
+        rows = read_model_rows(args.input)
+    except (ArtifactError, InputError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    frame = rows.frame
+    distances = frame["event_distance"].dropna()
+    other = distances[distances != artifact.distance]
+    if len(other):
+        print(
+            f"error: {rows.path}, column 'event_distance': {len(other):,} rows are not {artifact.distance} "
+            f"(e.g. {other.iloc[0]!r}), but {artifact.path} is a posterior of {artifact.distance}",
+            file=sys.stderr,
+        )
+        return 2
+    for note in rows.notes:
+        print(f"note: {rows.path}: {note}", file=sys.stderr)
+    draws = artifact.interval_draws if args.draws is None else args.draws
+    seed = artifact.prediction_seed if args.seed is None else args.seed
+    table = predict_frame(artifact.draws, artifact.encoding, frame, interval_draws=draws, seed=seed)
+    try:
+        path = write_csv_atomic(table, args.output)
+    except OutputWriteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(table):,} predictions of {artifact.distance} to {path} (posterior {artifact.path})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="racedayai-bayes", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,6 +154,24 @@ def build_parser() -> argparse.ArgumentParser:
     refit.add_argument("--chains", type=int, help="chains (default 2)")
     refit.add_argument("--seed", type=int, help="PRNG seed (default: 42 for 70.3, 99 for 140.6)")
     refit.set_defaults(func=_refit)
+
+    predict = sub.add_parser(
+        "predict",
+        help="predict finish times from a posterior artifact alone",
+        description="Write the pipeline's prediction columns for the rows of --input, from a posterior "
+        "artifact (a .nc file, or a folder posterior/<distance> whose 'latest' names one). With the "
+        "artifact's own seed and draws the output equals the pipeline's CSV for the same rows.",
+    )
+    predict.add_argument("--posterior", required=True, help="artifact .nc file, or <output dir>/posterior/<distance>")
+    predict.add_argument(
+        "--input", required=True, type=Path,
+        help="CSV of rows to predict with the model frame's columns: gender, age_group, pb_total_sec, "
+        "total_races, cluster_id (required); athlete_hash, event_distance, event_year, total_sec (optional)",
+    )
+    predict.add_argument("--output", required=True, type=Path, help="CSV to write (atomically)")
+    predict.add_argument("--draws", type=int, help="posterior draws for the intervals (default: the artifact's)")
+    predict.add_argument("--seed", type=int, help="seed of the interval simulations (default: the artifact's)")
+    predict.set_defaults(func=_predict)
     return parser
 
 

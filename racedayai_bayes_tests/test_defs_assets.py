@@ -1,17 +1,22 @@
 """The asset graph materialised in process on a small simulated world."""
 
+import shutil
+
 import dagster as dg
+import numpy as np
 import pandas as pd
 import pytest
 
 from racedayai_bayes.definitions import defs
 from racedayai_bayes.defs.resources import AtomicPickleIOManagerFactory, PipelinePaths
-from racedayai_bayes.lib.predict import PREDICTION_COLUMNS
+from racedayai_bayes.lib.artifacts import LATEST, load_artifact
+from racedayai_bayes.lib.io import write_csv_atomic
+from racedayai_bayes.lib.predict import PREDICTION_COLUMNS, PREDICTION_INTERVAL_COLUMNS
 
 from .conftest import FAST_FIT
 
 ALL_ASSETS = [a for a in defs.assets]
-CHECK_NAMES = {"rhat_max", "ess_bulk_min", "divergences", "predictive_coverage"}
+CHECK_NAMES = {"rhat_max", "ess_bulk_min", "divergences", "predictive_coverage", "prediction_drift"}
 
 
 def _resources(inputs, outputs, storage):
@@ -55,7 +60,11 @@ def test_whole_graph_writes_both_prediction_csvs_and_means(graph_run):
     frame = results["70.3"].output_for_node("model_frame")
     for distance in ("70.3", "140.6"):
         table = pd.read_csv(out / f"bayesian_predictions_{distance}.csv", dtype={"event_distance": str})
-        assert tuple(table.columns) == PREDICTION_COLUMNS
+        # the contract's columns unchanged and first, the predictive quantiles appended
+        assert tuple(table.columns) == PREDICTION_COLUMNS + PREDICTION_INTERVAL_COLUMNS
+        assert (table["bayes_p05"] < table["bayes_p50"]).all() and (table["bayes_p50"] < table["bayes_p95"]).all()
+        inside = table["total_sec"].between(table["bayes_p05"], table["bayes_p95"]).mean()
+        assert 0.85 <= inside <= 0.95, inside
         expected = frame[frame["event_distance"] == distance]
         assert len(table) == len(expected)
         assert (table["event_distance"] == distance).all()
@@ -93,7 +102,104 @@ def test_posterior_metadata_reports_summary_analysis_and_predictive_checks(graph
     assert "Male" in meta["analysis"].value and "beta_experience" in meta["analysis"].value
     assert 0.85 <= meta["coverage_90"].value <= 0.95
     assert meta["engine"].value == "exact"
-    assert meta["rows_fitted"].value == meta["rows_available"].value
+    # the latest event year is held out, never fitted
+    frame = results["70.3"].output_for_node("model_frame")
+    rows = frame[frame["event_distance"] == "70.3"]
+    latest = int(rows["event_year"].max())
+    assert meta["rows_held_out"].value == int((rows["event_year"] == latest).sum()) > 0
+    assert meta["rows_fitted"].value + meta["rows_held_out"].value == meta["rows_available"].value
+    assert str(latest) in meta["holdout"].value
+    # held-out metrics beside the notebook's in-sample ones
+    for name in ("mae_min", "r2", "coverage_90"):
+        assert np.isfinite(meta[f"holdout_{name}"].value) and np.isfinite(meta[name].value)
+    evaluation = meta["evaluation"].value
+    assert "in-sample (the notebook's)" in evaluation and "held-out" in evaluation and str(latest) in evaluation
+    # the plots, as markdown images
+    for name in ("plot_scale_ranks", "plot_group_effects", "plot_predicted_vs_observed", "plot_coverage_by_decile"):
+        assert meta[name].value.startswith("![") and "data:image/png;base64," in meta[name].value, name
+
+
+def test_coverage_check_judges_the_held_out_rows(graph_run):
+    results, _, _ = graph_run
+    for result in results.values():
+        meta = result.asset_materializations_for_node("posterior")[0].metadata
+        check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "predictive_coverage")
+        assert check.metadata["value"].value == meta["holdout_coverage_90"].value
+        assert check.metadata["judged_on"].value == "held-out"
+        assert "held-out rows" in check.description
+
+
+def test_each_refit_saves_an_artifact_and_moves_latest(graph_run):
+    results, out, _ = graph_run
+    for distance, result in results.items():
+        meta = result.asset_materializations_for_node("posterior")[0].metadata
+        path = out / "posterior" / distance / (out / "posterior" / distance / LATEST).read_text().strip()
+        assert str(path) == meta["artifact"].value and meta["artifact_is_latest"].value
+        stored = result.output_for_node("posterior")
+        art = load_artifact(out / "posterior" / distance)  # a folder resolves through `latest`
+        assert art.path == path and art.distance == distance and art.encoding == stored.encoding
+        for site, values in stored.draws.samples.items():
+            np.testing.assert_array_equal(art.draws.samples[site], values)
+        np.testing.assert_array_equal(art.draws.diverging, stored.draws.diverging)
+
+        import arviz as az
+
+        idata = az.from_netcdf(str(path))
+        assert {"posterior", "sample_stats", "observed_data", "posterior_predictive", "constant_data"} <= set(idata.groups())
+        assert list(idata.posterior["mu_age"].coords["age_group"].values) == list(stored.encoding.age_levels)
+        held = meta["rows_held_out"].value
+        pp = idata.posterior_predictive["total_sec_holdout"]
+        assert pp.dims == ("chain", "draw", "holdout_row") and pp.shape[2] == min(held, 10_000)
+        assert idata.observed_data["total_sec"].shape == (meta["rows_fitted"].value,)
+        np.testing.assert_array_equal(
+            idata.observed_data["total_sec_holdout"].values, stored.holdout_rows["total_sec"].to_numpy(float)
+        )
+        assert int(idata.constant_data["event_year"].max()) == int(idata.constant_data["event_year"].min())
+        assert "racedayai_settings" in idata.attrs and "racedayai_holdout" in idata.attrs
+
+
+def test_predict_command_reproduces_the_csv_from_the_artifact_alone(graph_run, tmp_path):
+    from racedayai_bayes.cli import main
+
+    results, out, _ = graph_run
+    frame = results["70.3"].output_for_node("model_frame")
+    rows_csv = write_csv_atomic(frame[frame["event_distance"] == "70.3"], tmp_path / "rows.csv")
+    artifact = results["70.3"].asset_materializations_for_node("posterior")[0].metadata["artifact"].value
+    code = main(["predict", "--posterior", artifact, "--input", str(rows_csv), "--output", str(tmp_path / "p.csv")])
+    assert code == 0
+    assert (tmp_path / "p.csv").read_bytes() == (out / "bayesian_predictions_70.3.csv").read_bytes()
+
+
+def test_predict_command_refuses_rows_of_the_other_distance(graph_run, tmp_path, capsys):
+    from racedayai_bayes.cli import main
+
+    results, out, _ = graph_run
+    frame = results["70.3"].output_for_node("model_frame")
+    rows_csv = write_csv_atomic(frame[frame["event_distance"] == "140.6"].head(50), tmp_path / "rows.csv")
+    code = main(["predict", "--posterior", str(out / "posterior" / "70.3"), "--input", str(rows_csv), "--output", str(tmp_path / "p.csv")])
+    assert code == 2 and not (tmp_path / "p.csv").exists()
+    err = capsys.readouterr().err
+    assert "rows.csv" in err and "event_distance" in err and "140.6" in err
+
+
+def test_drift_check_warns_above_the_threshold_without_blocking(graph_run, tmp_path):
+    """A refit compared with the published one: a 0.01 s threshold makes any shift a WARN."""
+    _, out, resources = graph_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    resources = {**resources, "paths": PipelinePaths(input_dir=resources["paths"].input_dir, output_dir=str(copy))}
+    before = (copy / "posterior" / "70.3" / LATEST).read_text()
+    result = _materialize(
+        "70.3", resources, {**FAST_FIT, "seed": 5, "drift_threshold_sec": 0.01}, dg.DagsterInstance.ephemeral(),
+        selection=["posterior", "bayesian_predictions"],
+    )
+    assert result.success  # WARN never blocks
+    drift = next(e for e in result.get_asset_check_evaluations() if e.check_name == "prediction_drift")
+    assert not drift.passed and drift.severity == dg.AssetCheckSeverity.WARN
+    # another seed moves the posterior means by Monte Carlo error only: seconds, not minutes
+    assert 0.01 < drift.metadata["value"].value < 120
+    assert "previous refit" in drift.description
+    assert (copy / "posterior" / "70.3" / LATEST).read_text() != before  # published: it passed the blocking checks
 
 
 def test_failed_blocking_check_keeps_previous_csv(graph_run, tmp_path):
@@ -113,6 +219,10 @@ def test_failed_blocking_check_keeps_previous_csv(graph_run, tmp_path):
     assert "ess_bulk_min" in failed
     assert result.asset_materializations_for_node("bayesian_predictions") == []
     assert csv.read_bytes() == before
+    # the failed refit is saved for inspection, but `latest` still names the published one
+    meta = result.asset_materializations_for_node("posterior")[0].metadata
+    assert not meta["artifact_is_latest"].value
+    assert (out / "posterior" / "70.3" / LATEST).read_text().strip() != meta["artifact"].value.rsplit("/", 1)[1]
 
 
 def test_bad_input_fails_with_file_and_column(small_inputs, tmp_path):

@@ -324,3 +324,30 @@ def test_cluster_ids_are_integers_and_blank_ids_dropped(tmp_path):
     assert str(result.frame["cluster_id"].dtype) == "Int64"
     assert result.frame["cluster_id"].tolist() == [3, 0]
     assert any(n.startswith("1 rows dropped") for n in result.notes)
+
+
+# --- rows to predict (racedayai-bayes predict) ---------------------------------------------
+
+
+def test_model_rows_missing_a_covariate_column_names_file_and_column(tmp_path):
+    from racedayai_bayes.lib.contracts import read_model_rows
+
+    path = tmp_path / "rows.csv"
+    path.write_text("gender,age_group,pb_total_sec,total_races\nM,30-34,20000,3\n")
+    with pytest.raises(InputError) as err:
+        read_model_rows(path)
+    assert err.value.column == "cluster_id" and "rows.csv" in str(err.value)
+
+
+def test_model_rows_without_optional_columns_are_typed_and_blank(tmp_path):
+    from racedayai_bayes.lib.contracts import read_model_rows
+
+    path = tmp_path / "rows.csv"
+    path.write_text("gender,age_group,pb_total_sec,total_races,cluster_id\nM,30-34,20000,3,\nF,80+,,1,4\n")
+    result = read_model_rows(path)
+    frame = result.frame
+    assert frame["cluster_id"].dtype == "Int64" and frame["cluster_id"].isna().tolist() == [True, False]
+    assert frame["pb_total_sec"].isna().tolist() == [False, True]
+    assert frame["athlete_hash"].isna().all() and frame["total_sec"].isna().all()
+    assert frame["event_year"].dtype == "Int64"
+    assert sum("optional column" in n for n in result.notes) == 4

@@ -20,7 +20,13 @@ CHECKS = {
     ),
     "coverage": (
         "predictive_coverage",
-        f"90% posterior predictive interval covers between {dx.COVERAGE_RANGE[0]} and {dx.COVERAGE_RANGE[1]}",
+        f"90% posterior predictive interval covers between {dx.COVERAGE_RANGE[0]} and {dx.COVERAGE_RANGE[1]} "
+        "of the held-out rows (in-sample rows when the refit has no holdout)",
+    ),
+    "drift": (
+        "prediction_drift",
+        "Posterior-mean predictions moved no more than the configured shift (drift_threshold_sec) "
+        "from the last published refit; above it the check warns",
     ),
 }
 _SEVERITY = {dx.WARN: dg.AssetCheckSeverity.WARN, dx.ERROR: dg.AssetCheckSeverity.ERROR}

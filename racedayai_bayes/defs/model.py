@@ -5,14 +5,18 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from racedayai_bayes.lib.artifacts import ArtifactError, latest_artifact, load_artifact, write_artifact
 from racedayai_bayes.lib.encoding import FitError
 from racedayai_bayes.lib.frame import distance_rows
+from racedayai_bayes.lib.holdout import HOLDOUT_RULES
+from racedayai_bayes.lib.io import OutputWriteError
 from racedayai_bayes.lib.posterior import ENGINES, FitSettings, Posterior, fit_posterior
-from racedayai_bayes.lib.report import analysis_markdown, markdown_table
+from racedayai_bayes.lib.report import analysis_markdown, evaluation_markdown, markdown_table, posterior_plots
 
 from .checks import check_result, posterior_check_specs
 from .concurrency import ensure_sole_refit
 from .partitions import distance_partitions
+from .resources import PipelinePaths
 
 _DEFAULTS = FitSettings()
 
@@ -28,7 +32,11 @@ class FitConfig(dg.Config):
     subsample: int = Field(default=_DEFAULTS.subsample, description="Rows sampled (random_state 42) for the rowwise engine; 0 = all rows")
     seed: int | None = Field(default=None, description="PRNG seed; default is the seed notebook's: 42 for 70.3, 99 for 140.6")
     eval_rows: int = Field(default=_DEFAULTS.eval_rows, description="Rows (random_state 42) for the posterior predictive checks")
-    predictive_draws: int = Field(default=_DEFAULTS.predictive_draws, description="Posterior draws used for predictive intervals")
+    predictive_draws: int = Field(default=_DEFAULTS.predictive_draws, description="Posterior draws used for predictive intervals (checks and the CSV's bayes_p05/p50/p95)")
+    holdout: str = Field(default=_DEFAULTS.holdout, description=f"Rows never fitted, to judge the posterior on, one of {HOLDOUT_RULES}: every race of the latest event year, every race of a random share of athletes, or none (judge in-sample)")
+    holdout_share: float = Field(default=_DEFAULTS.holdout_share, description="Share of athletes held out by the random_athletes rule")
+    holdout_seed: int = Field(default=_DEFAULTS.holdout_seed, description="Seed of the random_athletes rule")
+    drift_threshold_sec: float = Field(default=_DEFAULTS.drift_threshold_sec, description="The prediction_drift check warns when posterior-mean predictions moved more than this many seconds on average from the last published refit")
 
     def settings(self) -> FitSettings:
         return FitSettings(**self.model_dump())
@@ -40,6 +48,8 @@ def _posterior_metadata(post: Posterior) -> dict:
         "engine": dg.MetadataValue.text(post.draws.engine),
         "rows_fitted": dg.MetadataValue.int(post.rows_fitted),
         "rows_available": dg.MetadataValue.int(post.rows_available),
+        "rows_held_out": dg.MetadataValue.int(int(post.split.get("rows_held_out", 0))),
+        "holdout": dg.MetadataValue.text(str(post.split.get("description", "none"))),
         "groups": dg.MetadataValue.text(
             f"{post.encoding.n_gender} genders, {post.encoding.n_age} age groups, {post.encoding.n_cluster} clusters"
         ),
@@ -47,21 +57,42 @@ def _posterior_metadata(post: Posterior) -> dict:
         "target_sd_sec": dg.MetadataValue.float(post.encoding.y_std),
         "sampling_wall_s": dg.MetadataValue.float(float(info.get("wall_s", float("nan")))),
         "jax_backend": dg.MetadataValue.text(str(info.get("jax_backend", "unknown"))),
+        "evaluation": dg.MetadataValue.md(evaluation_markdown(post)),
         "summary": dg.MetadataValue.md(markdown_table(post.summary)),
         "analysis": dg.MetadataValue.md(analysis_markdown(post.analysis)),
         "settings": dg.MetadataValue.json(post.settings),
         "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in post.notes) or "none"),
     }
-    pred = post.predictive
-    meta.update(
-        {
-            "mae_min": dg.MetadataValue.float(pred["mae_sec"] / 60),
-            "r2": dg.MetadataValue.float(pred["r2"]),
-            "coverage_90": dg.MetadataValue.float(pred["coverage_90"]),
-            "mean_pred_sd_min": dg.MetadataValue.float(pred["mean_pred_sd_sec"] / 60),
-        }
-    )
+    for prefix, ev in (("", post.in_sample), ("holdout_", post.holdout)):
+        if ev is None:
+            continue
+        m = ev.metrics
+        meta.update(
+            {
+                f"{prefix}mae_min": dg.MetadataValue.float(m["mae_sec"] / 60),
+                f"{prefix}r2": dg.MetadataValue.float(m["r2"]),
+                f"{prefix}coverage_90": dg.MetadataValue.float(m["coverage_90"]),
+                f"{prefix}mean_pred_sd_min": dg.MetadataValue.float(m["mean_pred_sd_sec"] / 60),
+            }
+        )
+    if post.drift:
+        meta["drift_mean_abs_shift_sec"] = dg.MetadataValue.float(post.drift["mean_abs_shift_sec"])
+    meta.update({name: dg.MetadataValue.md(image) for name, image in posterior_plots(post).items()})
     return meta
+
+
+def _previous_refit(context: dg.AssetExecutionContext, paths: PipelinePaths, distance: str):
+    """Draws and encoding of the last published refit, for the drift check (None if none)."""
+    path = latest_artifact(paths.output_dir, distance)
+    if path is None:
+        return None
+    try:
+        previous = load_artifact(path)
+    except ArtifactError as exc:
+        context.log.warning(f"drift check skipped: {exc}")
+        return None
+    context.log.info(f"drift check compares with the last published refit {path}")
+    return previous.draws, previous.encoding
 
 
 @dg.asset(
@@ -69,13 +100,14 @@ def _posterior_metadata(post: Posterior) -> dict:
     check_specs=posterior_check_specs(),
     group_name="model",
 )
-def posterior(context: dg.AssetExecutionContext, config: FitConfig, model_frame: pd.DataFrame):
+def posterior(context: dg.AssetExecutionContext, config: FitConfig, paths: PipelinePaths, model_frame: pd.DataFrame):
     """Posterior of the hierarchical finish-time model for one distance: draws, encodings, diagnostics."""
     distance = context.partition_key
     ensure_sole_refit(context, distance)  # also runs that bypass the run queue, such as the CLI's
     rows = distance_rows(model_frame, distance)
+    previous = _previous_refit(context, paths, distance)
     try:
-        post = fit_posterior(rows, distance, config.settings(), progress=context.log.info)
+        post = fit_posterior(rows, distance, config.settings(), progress=context.log.info, previous=previous)
     except FitError as exc:
         # a data problem, not a bug: the message says what is wrong; no traceback is needed
         raise dg.Failure(
@@ -84,12 +116,25 @@ def posterior(context: dg.AssetExecutionContext, config: FitConfig, model_frame:
             metadata={"distance": distance, "rows": len(rows), "model_frame_rows": len(model_frame)},
             allow_retries=False,
         ) from None
-    pred = post.predictive
+    for ev in (post.in_sample, post.holdout):
+        if ev is not None:
+            m = ev.metrics
+            context.log.info(
+                f"{distance} {ev.label}: MAE {m['mae_sec'] / 60:.1f} min, R2 {m['r2']:.4f}, "
+                f"90% coverage {m['coverage_90']:.3f} on {m['rows']:,} rows"
+            )
+    try:
+        artifact, published = write_artifact(post, paths.output_dir)
+    except OutputWriteError as exc:
+        raise dg.Failure(description=str(exc), metadata={"distance": distance}) from None
     context.log.info(
-        f"{distance}: MAE {pred['mae_sec'] / 60:.1f} min, R2 {pred['r2']:.4f}, "
-        f"90% coverage {pred['coverage_90']:.3f}, mean predictive sd {pred['mean_pred_sd_sec'] / 60:.1f} min"
+        f"saved the posterior artifact {artifact}"
+        + ("; it is now the latest" if published else "; 'latest' unchanged (blocking checks failed)")
     )
-    yield dg.Output(post, metadata=_posterior_metadata(post))
+    metadata = _posterior_metadata(post)
+    metadata["artifact"] = dg.MetadataValue.path(str(artifact))
+    metadata["artifact_is_latest"] = dg.MetadataValue.bool(published)
+    yield dg.Output(post, metadata=metadata)
     for outcome in post.checks:
         if not outcome.passed:
             context.log.warning(f"check {outcome.name} ({outcome.level}) on {distance}: {outcome.description}")

@@ -38,7 +38,13 @@ def bayesian_predictions(
             f"({', '.join(posterior.failed_checks)}); bayesian_predictions_{distance}.csv is unchanged",
             allow_retries=False,
         )
-    table = predict_frame(posterior.draws, posterior.encoding, distance_rows(model_frame, distance))
+    table = predict_frame(
+        posterior.draws,
+        posterior.encoding,
+        distance_rows(model_frame, distance),
+        interval_draws=posterior.interval_draws,
+        seed=posterior.prediction_seed,
+    )
     path = _write(table, paths.output_file(f"bayesian_predictions_{distance}.csv"))
     context.log.info(f"wrote {len(table):,} predictions to {path}")
     return dg.MaterializeResult(
@@ -48,6 +54,8 @@ def bayesian_predictions(
             "mean_prediction_h": dg.MetadataValue.float(float(table["bayes_pred"].mean() / 3600)),
             "mean_sd_min": dg.MetadataValue.float(float(table["bayes_std"].mean() / 60)),
             "mae_min": dg.MetadataValue.float(float((table["bayes_pred"] - table["total_sec"]).abs().mean() / 60)),
+            "mean_interval_width_min": dg.MetadataValue.float(float((table["bayes_p95"] - table["bayes_p05"]).mean() / 60)),
+            "columns": dg.MetadataValue.text(", ".join(table.columns)),
         }
     )
 

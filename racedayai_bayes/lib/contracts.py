@@ -237,3 +237,37 @@ def read_clusters(path: str | Path) -> ReadResult:
         notes.append(f"{int(missing.sum()):,} rows dropped: blank cluster_id (treated as unclustered)")
         frame = frame[~missing.to_numpy()].reset_index(drop=True)
     return ReadResult(frame=frame, path=path, notes=notes)
+
+
+# Rows to predict (`racedayai-bayes predict`): the model frame's columns, one row per race.
+MODEL_ROW_REQUIRED = ("gender", "age_group", "pb_total_sec", "total_races", "cluster_id")
+MODEL_ROW_OPTIONAL = ("athlete_hash", "event_distance", "event_year", "total_sec")
+
+
+def read_model_rows(path: str | Path) -> ReadResult:
+    """Read rows to predict: the model frame's columns (as the pipeline builds them).
+
+    The covariates are required columns, though a cell may be blank (a blank pb_total_sec
+    is the mean fitness, a blank total_races no experience, a blank cluster_id unclustered,
+    as in the pipeline). athlete_hash, event_distance, event_year and total_sec are copied
+    to the output when present, and left blank otherwise.
+    """
+    frame, notes, path = _open(path, MODEL_ROW_REQUIRED, MODEL_ROW_OPTIONAL)
+    if frame.empty:
+        raise InputError(path, "has a header but no rows")
+    _note_unknown_gender(frame, notes)
+    for col in ("pb_total_sec", "total_races", "total_sec"):
+        if col in frame.columns:
+            frame[col] = _numeric(frame, col, path, notes)
+    for col in ("event_year", "cluster_id"):
+        if col in frame.columns:
+            frame[col] = _numeric(frame, col, path, notes, integer=True)
+    if "event_distance" in frame.columns:
+        frame["event_distance"] = frame["event_distance"].replace(_DISTANCE_SPELLINGS)
+    for col in MODEL_ROW_OPTIONAL:
+        if col not in frame.columns:
+            frame[col] = pd.Series(pd.NA, index=frame.index, dtype="Int64" if col == "event_year" else "string")
+            if col == "total_sec":
+                frame[col] = np.nan
+            notes.append(f"optional column {col} absent; left blank in the output")
+    return ReadResult(frame=frame, path=path, notes=notes)

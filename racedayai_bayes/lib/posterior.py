@@ -14,8 +14,9 @@ import pandas as pd
 
 from . import diagnostics as dx
 from .encoding import Encoding, FitError, encode, fit_encoding
+from .holdout import DEFAULT_HOLDOUT_SHARE, split_holdout
 from .inference import Draws, ProgressFn, fit_rowwise
-from .predict import predictive_summary
+from .predict import mean_prediction, predictive_summary
 
 ENGINES = ("exact", "rowwise")
 # The seed's PRNG keys per distance.
@@ -40,6 +41,10 @@ class FitSettings:
     seed: int | None = None
     eval_rows: int = 50_000
     predictive_draws: int = 1000
+    holdout: str = "latest_year"
+    holdout_share: float = DEFAULT_HOLDOUT_SHARE
+    holdout_seed: int = 0
+    drift_threshold_sec: float = dx.DRIFT_THRESHOLD_SEC
 
     def target_accept_for_engine(self) -> float:
         if self.target_accept is not None:
@@ -48,6 +53,23 @@ class FitSettings:
 
     def seed_for(self, distance: str) -> int:
         return self.seed if self.seed is not None else DEFAULT_SEEDS.get(distance, 0)
+
+    def prediction_seed(self, distance: str) -> int:
+        """Seed of the posterior predictive simulations (intervals of the CSV and the checks)."""
+        return self.seed_for(distance) + 1
+
+
+@dataclass
+class Evaluation:
+    """Posterior predictive summaries of a set of rows against their observed finish times."""
+
+    label: str
+    observed: np.ndarray
+    mean: np.ndarray
+    p05: np.ndarray
+    p50: np.ndarray
+    p95: np.ndarray
+    metrics: dict
 
 
 @dataclass
@@ -62,12 +84,34 @@ class Posterior:
     settings: dict
     rows_available: int
     rows_fitted: int
+    split: dict = field(default_factory=dict)
+    # the notebook's in-sample evaluation and the held-out one (None without a holdout)
+    in_sample: Evaluation | None = None
+    holdout: Evaluation | None = None
+    # held-out rows evaluated (at most eval_rows): for the artifact's posterior predictive
+    holdout_rows: pd.DataFrame | None = None
+    fit_observed: np.ndarray | None = None  # total_sec of the fitted rows (float32)
+    drift: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
     # documented handling of unusual data (all rows fitted, a single group), for metadata
     notes: list[str] = field(default_factory=list)
 
     def check(self, name: str) -> dx.CheckOutcome:
         return next(c for c in self.checks if c.name == name)
+
+    @property
+    def prediction_seed(self) -> int:
+        """Seed of the predictive simulations (the CSV's intervals); stored in the artifact too."""
+        return int(self.settings["seed"]) + 1
+
+    @property
+    def interval_draws(self) -> int:
+        return int(self.settings["predictive_draws"])
+
+    @property
+    def judged(self) -> Evaluation:
+        """The evaluation the coverage check judges: held-out rows when there are any."""
+        return self.holdout if self.holdout is not None else self.in_sample
 
     @property
     def failed_checks(self) -> list[str]:
@@ -123,21 +167,40 @@ def run_engine(design, settings: FitSettings, seed: int, progress: ProgressFn = 
     raise ValueError(f"unknown engine {settings.engine!r}; expected one of {ENGINES}")
 
 
+def evaluate(draws: Draws, enc: Encoding, rows: pd.DataFrame, label: str, settings: FitSettings, seed: int) -> Evaluation:
+    """Posterior predictive mean and 90% interval of ``rows``, and the seed's section-5 metrics."""
+    pp = predictive_summary(draws, enc, encode(rows, enc), max_draws=settings.predictive_draws, seed=seed)
+    observed = rows["total_sec"].to_numpy(dtype=float)
+    metrics = dx.predictive_metrics(observed, pp["mean"], pp["p05"], pp["p95"], pp["sd"])
+    return Evaluation(label, observed, pp["mean"], pp["p05"], pp["p50"], pp["p95"], metrics)
+
+
 def fit_posterior(
-    rows: pd.DataFrame, distance: str, settings: FitSettings = FitSettings(), progress: ProgressFn = None
+    rows: pd.DataFrame,
+    distance: str,
+    settings: FitSettings = FitSettings(),
+    progress: ProgressFn = None,
+    previous: tuple[Draws, Encoding] | None = None,
 ) -> Posterior:
     """Fit the seed's model to one distance's model-frame rows and judge the result.
 
-    The rowwise engine fits the seed's subsample; the exact engine fits every row. The
-    predictive checks run on the seed's evaluation rows: a sample of ``eval_rows`` drawn
-    with random_state 42, which for the rowwise engine is its fitting sample.
+    The held-out rows (``settings.holdout``) are set aside first: the encoding, the fit and
+    the in-sample checks never see them. The rowwise engine fits the seed's subsample of the
+    remaining rows; the exact engine fits them all. The in-sample evaluation uses the seed's
+    evaluation rows (a sample of ``eval_rows`` drawn with random_state 42); the held-out one
+    a sample of the same size of the held-out rows. The coverage check judges the held-out
+    rows. With ``previous`` (the draws and encoding of the last published refit), a drift
+    check compares the posterior-mean predictions of both on every row.
     """
     if rows.empty:
         raise FitError(f"distance {distance}: no rows left after the model-frame filter (0 rows)")
     say = progress or (lambda _m: None)
-    fit_rows = _sample(rows, settings.subsample) if settings.engine == "rowwise" else rows
+    split = split_holdout(rows, settings.holdout, settings.holdout_share, settings.holdout_seed)
+    say(f"distance {distance}: holdout {split.description}: {len(split.holdout):,} rows held out, {len(split.train):,} to fit")
+    train = split.train
+    fit_rows = _sample(train, settings.subsample) if settings.engine == "rowwise" else train
     enc = fit_encoding(fit_rows, distance)
-    notes = _fit_notes(rows, enc, settings)
+    notes = list(split.notes) + _fit_notes(train, enc, settings)
     for note in notes:
         say(f"distance {distance}: {note}")
     design = encode(fit_rows, enc, fitting=True)
@@ -152,32 +215,63 @@ def fit_posterior(
     draws.info["jax_backend"] = jax.default_backend()
 
     summary = dx.summary_table(draws)
-    eval_rows = _sample(fit_rows, settings.eval_rows)
-    eval_design = encode(eval_rows, enc)
-    pp = predictive_summary(draws, enc, eval_design, max_draws=settings.predictive_draws, seed=seed + 1)
-    predictive = dx.predictive_metrics(
-        eval_rows["total_sec"].to_numpy(dtype=float), pp["mean"], pp["p05"], pp["p95"], pp["sd"]
-    )
+    pred_seed = settings.prediction_seed(distance)
+    in_sample = evaluate(draws, enc, _sample(fit_rows, settings.eval_rows), "in-sample", settings, pred_seed)
+    holdout_rows = _sample(split.holdout, settings.eval_rows) if len(split.holdout) else None
+    holdout = None
+    if holdout_rows is not None:
+        holdout = evaluate(draws, enc, holdout_rows, "held-out", settings, pred_seed)
+    judged = holdout or in_sample
     checks = [
         dx.check_rhat(summary),
         dx.check_ess(summary),
         dx.check_divergences(draws.diverging),
-        dx.check_coverage(predictive["coverage_90"], rows=predictive["rows"]),
+        dx.check_coverage(judged.metrics["coverage_90"], rows=judged.metrics["rows"], label=judged.label),
     ]
+    drift = {}
+    if previous is not None:
+        drift = prediction_shift(previous, (draws, enc), rows)
+    checks.append(dx.check_drift(drift or None, settings.drift_threshold_sec))
     return Posterior(
         distance=distance,
         encoding=enc,
         draws=draws,
         summary=summary,
-        predictive=predictive,
+        predictive=in_sample.metrics,
         analysis=posterior_analysis(draws, enc),
         checks=checks,
         settings={**asdict(settings), "seed": seed, "target_accept": settings.target_accept_for_engine()},
         rows_available=len(rows),
         rows_fitted=len(fit_rows),
+        split=split.as_dict(),
+        in_sample=in_sample,
+        holdout=holdout,
+        holdout_rows=holdout_rows,
+        fit_observed=fit_rows["total_sec"].to_numpy(dtype=np.float32),
+        drift=drift,
         info=draws.info,
         notes=notes,
     )
+
+
+def prediction_shift(previous: tuple[Draws, Encoding], current: tuple[Draws, Encoding], rows: pd.DataFrame) -> dict:
+    """How far this refit's posterior-mean predictions moved from the previous refit's, in seconds.
+
+    Both posteriors predict the same rows (each with its own encoding; a group one of them
+    never saw gets its population mean). Returns the mean and the 99th percentile of the
+    absolute shift, and the mean signed shift.
+    """
+    preds = []
+    for draws, enc in (previous, current):
+        mu, _ = mean_prediction(draws, encode(rows, enc))
+        preds.append(mu * enc.y_std + enc.y_mean)
+    shift = preds[1] - preds[0]
+    return {
+        "mean_abs_shift_sec": float(np.mean(np.abs(shift))),
+        "p99_abs_shift_sec": float(np.percentile(np.abs(shift), 99)),
+        "mean_shift_sec": float(np.mean(shift)),
+        "rows": int(len(rows)),
+    }
 
 
 def _fit_notes(rows: pd.DataFrame, enc: Encoding, settings: FitSettings) -> list[str]:

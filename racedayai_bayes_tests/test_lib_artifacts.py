@@ -1,0 +1,106 @@
+"""Posterior artifacts (lib/artifacts.py) from a hand-made posterior: layout, latest, pruning."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from racedayai_bayes.lib import diagnostics as dx
+from racedayai_bayes.lib.artifacts import (
+    LATEST,
+    ArtifactError,
+    latest_artifact,
+    load_artifact,
+    prune_artifacts,
+    refit_timestamp,
+    write_artifact,
+)
+from racedayai_bayes.lib.encoding import Encoding
+from racedayai_bayes.lib.inference import Draws
+
+ENC = Encoding("70.3", ("25-29", "30-34"), (-1, 3), 20000.0, 4000.0, 0.5, 2.0, 0)
+
+
+def _post(failed: bool = False, holdout: bool = True):
+    rng = np.random.default_rng(0)
+    shapes = {"mu_global": (), "sigma": (), "sigma_gender": (), "sigma_age": (), "sigma_cluster": (),
+              "beta_fitness": (), "beta_experience": (), "mu_gender": (2,), "mu_age": (2,), "mu_cluster": (2,)}
+    samples = {k: np.abs(rng.normal(0.3, 0.05, (2, 50) + s)) for k, s in shapes.items()}
+    rows = pd.DataFrame({
+        "athlete_hash": pd.array(["a", None, "c"], dtype="string"),
+        "gender": pd.array(["M", "F", None], dtype="string"),
+        "age_group": pd.array(["25-29", "80+", "30-34"], dtype="string"),
+        "event_year": pd.array([2024, 2024, 2024], dtype="Int64"),
+        "pb_total_sec": [19000.0, np.nan, 21000.0],
+        "total_races": [3.0, 1.0, np.nan],
+        "cluster_id": pd.array([3, None, 7], dtype="Int64"),
+        "total_sec": [19500.0, 22000.0, 20500.0],
+    })
+    level = dx.ERROR if failed else dx.PASS
+    return SimpleNamespace(
+        distance="70.3", encoding=ENC,
+        draws=Draws(samples, np.zeros((2, 50), bool), "hand"),
+        settings={"seed": 42, "predictive_draws": 100, "engine": "exact"},
+        prediction_seed=43, interval_draws=100,
+        split={"rule": "latest_year", "rows_held_out": 3}, in_sample=None, holdout=None,
+        holdout_rows=rows if holdout else None, fit_observed=np.array([1.0, 2.0], np.float32),
+        checks=[dx.CheckOutcome("ess", level, 500.0, ">= 400")], failed_checks=["ess"] if failed else [],
+        drift={}, rows_fitted=2, rows_available=5,
+    )
+
+
+def test_artifact_holds_everything_needed_to_predict(tmp_path):
+    path, published = write_artifact(_post(), tmp_path, timestamp="20261125T030000.000Z")
+    assert path == tmp_path / "posterior" / "70.3" / "20261125T030000.000Z.nc" and published
+    assert (tmp_path / "posterior" / "70.3" / LATEST).read_text() == path.name + "\n"
+    art = load_artifact(path)
+    assert art.encoding == ENC and art.prediction_seed == 43 and art.interval_draws == 100
+    np.testing.assert_array_equal(art.draws.samples["mu_age"], _post().draws.samples["mu_age"])
+
+    import arviz as az
+
+    idata = az.from_netcdf(str(path))
+    assert idata.posterior_predictive["total_sec_holdout"].shape == (2, 50, 3)  # 50 < 100 draws per chain
+    assert list(idata.constant_data["age_group"].values) == ["25-29", "80+", "30-34"]
+    assert list(idata.constant_data["athlete_hash"].values) == ["a", "", "c"]
+    assert np.isnan(idata.constant_data["cluster_id"].values[1])
+
+
+def test_a_failed_refit_is_saved_but_latest_stays(tmp_path):
+    good, _ = write_artifact(_post(), tmp_path, timestamp="20261118T030000.000Z")
+    bad, published = write_artifact(_post(failed=True, holdout=False), tmp_path, timestamp="20261125T030000.000Z")
+    assert bad.exists() and not published
+    assert latest_artifact(tmp_path, "70.3") == good
+    assert load_artifact(tmp_path / "posterior" / "70.3").path == good
+
+
+def test_prune_keeps_the_newest_and_never_the_latest(tmp_path):
+    first, _ = write_artifact(_post(), tmp_path, timestamp="20260101T000000.000Z")
+    for day in range(2, 6):
+        write_artifact(_post(failed=True, holdout=False), tmp_path, timestamp=f"202601{day:02d}T000000.000Z", keep=0)
+    folder = tmp_path / "posterior" / "70.3"
+    removed = prune_artifacts(folder, keep=2)
+    names = sorted(p.name for p in folder.glob("*.nc"))
+    assert names == ["20260101T000000.000Z.nc", "20260104T000000.000Z.nc", "20260105T000000.000Z.nc"]
+    assert len(removed) == 2 and first.exists()
+
+
+def test_missing_or_foreign_artifacts_are_clear_errors(tmp_path):
+    with pytest.raises(ArtifactError, match="no 'latest' pointer"):
+        load_artifact(tmp_path)
+    with pytest.raises(ArtifactError, match="not found"):
+        load_artifact(tmp_path / "nope.nc")
+    junk = tmp_path / "junk.nc"
+    junk.write_bytes(b"not netcdf")
+    with pytest.raises(ArtifactError, match="junk.nc"):
+        load_artifact(junk)
+    assert latest_artifact(tmp_path, "70.3") is None
+
+
+def test_timestamps_sort_in_time_order():
+    from datetime import datetime, timezone
+
+    a = refit_timestamp(datetime(2026, 11, 25, 3, 0, 0, 5000, tzinfo=timezone.utc))
+    b = refit_timestamp(datetime(2026, 11, 25, 3, 0, 1, 0, tzinfo=timezone.utc))
+    assert a == "20261125T030000.005Z" and a < b

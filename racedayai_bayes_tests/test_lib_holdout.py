@@ -1,0 +1,65 @@
+"""Held-out rows (lib/holdout.py): which rows each rule sets aside, and the fallbacks."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from racedayai_bayes.lib.encoding import FitError
+from racedayai_bayes.lib.holdout import split_holdout
+
+
+def _rows(n_athletes: int = 400, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    athlete = rng.integers(0, n_athletes, 3 * n_athletes)
+    hashes = pd.array([f"h{a}" for a in athlete], dtype="string")
+    hashes[rng.random(len(athlete)) < 0.1] = pd.NA  # anonymous rows
+    return pd.DataFrame({
+        "athlete_hash": hashes,
+        "event_year": pd.array(rng.integers(2015, 2025, len(athlete)), dtype="Int64"),
+        "total_sec": rng.normal(20000, 3000, len(athlete)),
+    })
+
+
+def test_latest_year_holds_out_every_race_of_that_year_and_nothing_else():
+    rows = _rows()
+    split = split_holdout(rows, "latest_year")
+    assert split.rule == "latest_year" and "2024" in split.description
+    assert (split.holdout["event_year"] == 2024).all() and len(split.holdout) == int((rows["event_year"] == 2024).sum())
+    assert (split.train["event_year"] < 2024).all()
+    assert len(split.train) + len(split.holdout) == len(rows)
+    assert split.as_dict()["rows_held_out"] == len(split.holdout)
+
+
+def test_random_athletes_holds_out_all_races_of_a_share_of_athletes():
+    rows = _rows(n_athletes=4000)
+    split = split_holdout(rows, "random_athletes", share=0.1, seed=3)
+    train_ids = set(split.train["athlete_hash"].dropna())
+    held_ids = set(split.holdout["athlete_hash"].dropna())
+    assert not train_ids & held_ids  # an athlete is on one side only
+    share = len(held_ids) / len(train_ids | held_ids)
+    assert share == pytest.approx(0.1, abs=0.02)  # binomial sd 0.005 over ~3,800 athletes
+    anon_held = split.holdout["athlete_hash"].isna().sum() / rows["athlete_hash"].isna().sum()
+    assert anon_held == pytest.approx(0.1, abs=0.05)
+    # deterministic for a seed, different for another
+    again = split_holdout(rows, "random_athletes", share=0.1, seed=3)
+    assert again.holdout.index.equals(split.holdout.index)
+    assert not split_holdout(rows, "random_athletes", share=0.1, seed=4).holdout.index.equals(split.holdout.index)
+
+
+def test_no_holdout_fits_every_row():
+    rows = _rows()
+    split = split_holdout(rows, "none")
+    assert len(split.train) == len(rows) and split.holdout.empty and not split.notes
+
+
+def test_a_single_event_year_falls_back_to_fitting_every_row_with_a_note():
+    rows = _rows().assign(event_year=pd.array([2020] * 1200, dtype="Int64"))
+    split = split_holdout(rows, "latest_year")
+    assert len(split.train) == len(rows) and split.holdout.empty
+    assert split.notes and "only event year 2020" in split.notes[0] and "in-sample" in split.notes[0]
+
+
+@pytest.mark.parametrize("rule, share", [("latest_season", 0.1), ("random_athletes", 0.0), ("random_athletes", 1.0)])
+def test_bad_rule_or_share_is_a_clear_error(rule, share):
+    with pytest.raises(FitError, match="holdout"):
+        split_holdout(_rows(), rule, share=share)
