@@ -220,7 +220,7 @@ def test_refits_of_one_distance_wait_for_each_other_in_the_run_queue(daemon, ins
 
     # The 70.3 predictions on disk are exactly the later run's, and a valid table.
     table = pd.read_csv(Path(instance_env["RACEDAYAI_OUTPUT_DIR"]) / "bayesian_predictions_70.3.csv")
-    assert list(table.columns) == PREDICTION_COLUMNS
+    assert list(table.columns) == PREDICTION_COLUMNS + ["bayes_p05", "bayes_p50", "bayes_p95"]
     assert len(table) > 1000 and (table["event_distance"].astype(str) == "70.3").all()
     assert table[["bayes_pred", "bayes_std"]].notna().all().all() and (table["bayes_std"] > 0).all()
     wrote_earlier, wrote_later = earlier.materializations[step], later.materializations[step]

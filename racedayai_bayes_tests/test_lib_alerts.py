@@ -33,7 +33,7 @@ def test_slack_payload_text_names_distance_check_value_threshold_and_run():
     assert text.splitlines()[0] == "racedayai-bayes refit: 1 problem(s)"
     assert payload["alerts"] == [
         {"run_id": "run-8f3a", "distance": "140.6", "check": "rhat", "value": 1.0734,
-         "threshold": "<= 1.01", "severity": "ERROR", "message": CHECK_ALERT.message}
+         "threshold": "<= 1.01", "severity": "ERROR", "message": CHECK_ALERT.message, "trigger": None}
     ]
     # one header block plus one block per alert, each Slack mrkdwn
     assert [b["type"] for b in payload["blocks"]] == ["section", "section"]
@@ -98,3 +98,8 @@ def test_post_json_raises_os_error_on_http_failure(receiver):
     with pytest.raises(OSError):
         post_json(url, {"text": "x"}, timeout=5)
     assert len(handler.received) == 1
+
+
+def test_alert_line_names_a_scheduled_trigger():
+    alert = Alert("run-1", "70.3", None, None, None, "ERROR", "step posterior failed", "schedule weekly_refit")
+    assert alert.line() == "[ERROR] distance 70.3: refit run run-1 (schedule weekly_refit) failed: step posterior failed"

@@ -20,6 +20,7 @@ WEBHOOK_ENV = "RACEDAYAI_ALERT_WEBHOOK"
 def alerts_for_run(instance: dg.DagsterInstance, run: dg.DagsterRun, failure_message: str | None) -> list[Alert]:
     """One alert per failed check evaluation of the run, or one for the run itself."""
     distance = run.tags.get("dagster/partition") or run.tags.get("racedayai/distance")
+    trigger = _trigger(run)
     alerts = []
     for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
         evaluation = entry.dagster_event.event_specific_data
@@ -37,11 +38,20 @@ def alerts_for_run(instance: dg.DagsterInstance, run: dg.DagsterRun, failure_mes
                 threshold=None if threshold is None else threshold.value,
                 severity=evaluation.severity.value,
                 message=evaluation.description or "",
+                trigger=trigger,
             )
         )
     if failure_message is not None and not alerts:
-        alerts.append(Alert(run.run_id, distance, None, None, None, "ERROR", failure_message))
+        alerts.append(Alert(run.run_id, distance, None, None, None, "ERROR", failure_message, trigger))
     return alerts
+
+
+def _trigger(run: dg.DagsterRun) -> str | None:
+    if "dagster/schedule_name" in run.tags:
+        return f"schedule {run.tags['dagster/schedule_name']}"
+    if "dagster/sensor_name" in run.tags:
+        return f"sensor {run.tags['dagster/sensor_name']}"
+    return None
 
 
 def send_alerts(context, alerts: list[Alert]) -> None:

@@ -24,15 +24,18 @@ class Alert:
     threshold: str | None
     severity: str
     message: str
+    trigger: str | None = None  # e.g. "schedule weekly_refit"; None for a manual launch
 
     def line(self) -> str:
         where = f"distance {self.distance}" if self.distance else "no distance"
+        run = f"run {self.run_id}" + (f" ({self.trigger})" if self.trigger else "")
         if self.check:
+            value = f"{self.value:.6g}" if isinstance(self.value, float) else self.value
             return (
-                f"[{self.severity}] {where}: check {self.check} failed: value {self.value} "
-                f"(threshold {self.threshold}); run {self.run_id}. {self.message}"
+                f"[{self.severity}] {where}: check {self.check} failed: value {value} "
+                f"(threshold {self.threshold}); {run}. {self.message}"
             )
-        return f"[{self.severity}] {where}: refit run {self.run_id} failed: {self.message}"
+        return f"[{self.severity}] {where}: refit {run} failed: {self.message}"
 
 
 def slack_payload(alerts: list[Alert], job: str = "refit") -> dict:
