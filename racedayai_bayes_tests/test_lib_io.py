@@ -1,15 +1,20 @@
-"""Atomic writes (lib/io.py): a failed write never leaves a partial output or a temp file."""
+"""Atomic writes (lib/io.py): a failed write never leaves a partial output or a temp file,
+on local disks and on object stores."""
 
 from __future__ import annotations
 
 import os
 import stat
+import tempfile
+import uuid
+from pathlib import Path
 
 import pandas as pd
 import pyarrow.csv
 import pytest
+from upath import UPath
 
-from racedayai_bayes.lib.io import OutputWriteError, atomic_open, write_csv_atomic
+from racedayai_bayes.lib.io import OutputWriteError, as_path, atomic_open, atomic_path, write_csv_atomic
 
 FRAME = pd.DataFrame({"athlete_hash": ["a", "b"], "bayes_pred": [20000.5, 41000.0]})
 OLD_BYTES = b"athlete_hash,bayes_pred\nold,1.0\n"
@@ -117,3 +122,118 @@ def test_atomic_open_writes_on_success_and_keeps_old_file_on_error(tmp_path, uma
     assert target.read_text() == '{"ok": true}'
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
     assert _listing(tmp_path) == ["posterior.json"]
+
+
+# Object stores: an fsspec URL (here memory://, an in-process store) is written through a
+# local temporary file and uploaded with one put_file, so readers see the old object or the
+# whole new one.
+
+
+@pytest.fixture
+def store():
+    """A fresh memory:// folder, removed afterwards (the memory file system is process-wide)."""
+    root = UPath(f"memory://racedayai-{uuid.uuid4().hex}")
+    yield root
+    if root.exists():
+        root.fs.rm(root.path, recursive=True)
+
+
+@pytest.fixture
+def local_tmp(tmp_path, monkeypatch):
+    """The folder Python's tempfile uses in this test: it must be empty after every write."""
+    folder = tmp_path / "tmpdir"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def test_as_path_keeps_local_paths_local_and_urls_as_upaths(tmp_path):
+    assert as_path("data/outputs") == Path("data/outputs")
+    assert as_path(tmp_path) == tmp_path
+    assert as_path(f"file://{tmp_path}") == tmp_path
+    assert as_path(UPath(tmp_path)) == tmp_path
+    for local in ("data/outputs", f"file://{tmp_path}", UPath(tmp_path)):
+        assert type(as_path(local)) is type(Path())  # a plain pathlib path: today's code path
+    remote = as_path("memory://bucket/racedayai")
+    assert isinstance(remote, UPath) and remote.protocol == "memory"
+    assert str(remote / "p.csv") == "memory://bucket/racedayai/p.csv"
+    s3 = as_path("s3://bucket/racedayai")
+    assert s3.protocol == "s3" and s3.path == "bucket/racedayai"
+
+
+def test_csv_written_to_an_object_store_is_readable(store, local_tmp):
+    target = store / "out" / "bayesian_predictions_70.3.csv"
+    returned = write_csv_atomic(FRAME, target)
+    assert returned == target
+    assert target.read_text() == "athlete_hash,bayes_pred\na,20000.5\nb,41000\n"
+    # a URL string works too, and pandas reads it back through fsspec
+    write_csv_atomic(FRAME, str(store / "q.csv"))
+    pd.testing.assert_frame_equal(pd.read_csv(str(store / "q.csv")), FRAME, check_dtype=False)
+    assert sorted(p.name for p in store.iterdir()) == ["out", "q.csv"]
+    assert _listing(local_tmp) == []
+
+
+def test_failing_writer_leaves_the_previous_object_untouched(store, local_tmp, monkeypatch):
+    target = store / "p.csv"
+    target.write_bytes(OLD_BYTES)
+    monkeypatch.setattr(pyarrow.csv, "write_csv", _partial_then_fail(OSError(28, "No space left on device")))
+    with pytest.raises(OutputWriteError) as info:
+        write_csv_atomic(FRAME, target)
+    assert str(target) in str(info.value)  # names the URL
+    assert "No space left on device" in str(info.value)
+    assert target.read_bytes() == OLD_BYTES
+    assert [p.name for p in store.iterdir()] == ["p.csv"]
+    assert _listing(local_tmp) == []
+
+    monkeypatch.setattr(pyarrow.csv, "write_csv", _partial_then_fail(ValueError("bad value in row 2")))
+    with pytest.raises(ValueError, match="bad value in row 2") as info:
+        write_csv_atomic(FRAME, target)
+    assert not isinstance(info.value, OutputWriteError)
+    assert target.read_bytes() == OLD_BYTES
+    assert _listing(local_tmp) == []
+
+
+def test_failed_upload_raises_output_write_error_and_keeps_the_previous_object(store, local_tmp, monkeypatch):
+    target = store / "posterior.json"
+    target.write_bytes(b"{}")
+
+    def refuse(lpath, rpath, **kwargs):
+        raise RuntimeError("503 Slow Down")  # object-store clients raise their own error types
+
+    monkeypatch.setattr(target.fs, "put_file", refuse)
+    with pytest.raises(OutputWriteError, match="503 Slow Down") as info:
+        with atomic_open(target) as fh:
+            fh.write('{"ok": true}')
+    assert str(target) in str(info.value)
+    assert target.read_bytes() == b"{}"
+    assert _listing(local_tmp) == []
+
+
+def test_a_writer_error_uploads_nothing(store, local_tmp, monkeypatch):
+    target = store / "posterior.json"
+    uploads = []
+    monkeypatch.setattr(target.fs, "put_file", lambda *args, **kwargs: uploads.append(args))
+    with pytest.raises(RuntimeError):
+        with atomic_open(target) as fh:
+            fh.write('{"half": ')
+            raise RuntimeError("killed")
+    assert uploads == []
+    assert not target.exists()
+    assert _listing(local_tmp) == []
+
+
+@pytest.mark.parametrize("kind", ["local", "memory"])
+def test_nested_artifacts_and_a_latest_pointer(kind, tmp_path, store, local_tmp):
+    """The layout of posterior artifacts: <output dir>/posterior/<distance>/<stamp>.nc and `latest`."""
+    root = as_path(str(tmp_path / "outputs") if kind == "local" else str(store))
+    folder = root / "posterior" / "70.3"
+    for stamp in ("20261123T030000Z", "20261130T030000Z"):
+        with atomic_path(folder / f"{stamp}.nc") as tmp:
+            tmp.write_bytes(b"CDF\x01" + stamp.encode())
+        with atomic_open(folder / "latest") as fh:
+            fh.write(f"{stamp}.nc\n")
+    latest = (folder / "latest").read_text().strip()
+    assert latest == "20261130T030000Z.nc"
+    assert (folder / latest).read_bytes() == b"CDF\x0120261130T030000Z"
+    assert sorted(p.name for p in folder.iterdir()) == ["20261123T030000Z.nc", "20261130T030000Z.nc", "latest"]
+    assert _listing(local_tmp) == []

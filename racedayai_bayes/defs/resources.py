@@ -8,10 +8,14 @@ from typing import Any
 
 import dagster as dg
 from pydantic import Field
+from upath import UPath
 
-from racedayai_bayes.lib.io import atomic_path
+from racedayai_bayes.lib.io import as_path, atomic_path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# Where intermediate asset values are stored when the io_manager has no base_dir. Runs on
+# different machines (one Kubernetes pod per run) must share it: an object-store URL.
+STORAGE_DIR_ENV = "RACEDAYAI_STORAGE_DIR"
 
 
 def _default_dir(env_var: str, sub: str) -> str:
@@ -21,8 +25,11 @@ def _default_dir(env_var: str, sub: str) -> str:
 class PipelinePaths(dg.ConfigurableResource):
     """Folders of the cleaned input CSVs and of the prediction outputs."""
 
-    input_dir: str = Field(description="Folder holding athlete_race.csv, athlete_profile.csv, cluster_assignments.csv")
-    output_dir: str = Field(description="Folder the prediction CSVs and posterior means are written to")
+    input_dir: str = Field(description="Local folder holding athlete_race.csv, athlete_profile.csv, cluster_assignments.csv")
+    output_dir: str = Field(
+        description="Folder the prediction CSVs and posterior means are written to: a local path, "
+        "or an object-store URL such as s3://bucket/racedayai or gs://bucket/racedayai"
+    )
 
     @classmethod
     def from_env(cls) -> "PipelinePaths":
@@ -33,37 +40,50 @@ class PipelinePaths(dg.ConfigurableResource):
         )
 
     def input_file(self, name: str) -> Path:
-        return Path(self.input_dir) / name
+        # lib/contracts.py reads local files (header check, then Arrow's reader), so inputs
+        # stay local: copy them from the store first, or mount the bucket
+        folder = as_path(self.input_dir)
+        if not isinstance(folder, Path):
+            raise ValueError(
+                f"input_dir must be a local folder, not {self.input_dir!r}: the cleaned inputs are "
+                "read from local files (RACEDAYAI_INPUT_DIR)"
+            )
+        return folder / name
 
-    def output_file(self, name: str) -> Path:
-        return Path(self.output_dir) / name
+    def output_file(self, name: str) -> Path | UPath:
+        """A local Path, or a UPath when output_dir is an object-store URL."""
+        return as_path(self.output_dir) / name
 
 
 class AtomicPickleIOManager(dg.UPathIOManager):
     """Pickles asset values like Dagster's filesystem IO manager, but writes atomically.
 
     Two runs may materialise the same unpartitioned asset at once (one per distance); a
-    temp-file-and-rename write means a reader always gets a complete value.
+    temp-file-and-rename write (or a single object PUT) means a reader always gets a
+    complete value.
     """
 
     extension = ".pkl"
 
-    def dump_to_path(self, context: dg.OutputContext, obj: Any, path) -> None:
-        with atomic_path(Path(path)) as tmp, open(tmp, "wb") as fh:
+    def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
 
-    def load_from_path(self, context: dg.InputContext, path) -> Any:
-        with open(Path(path), "rb") as fh:
+    def load_from_path(self, context: dg.InputContext, path: UPath) -> Any:
+        with as_path(path).open("rb") as fh:
             return pickle.load(fh)
 
 
 class AtomicPickleIOManagerFactory(dg.ConfigurableIOManagerFactory):
-    """Stores intermediate asset values under base_dir (default: the instance's storage)."""
+    """Stores intermediate asset values under base_dir, a folder or an object-store URL."""
 
-    base_dir: str | None = Field(default=None, description="Folder for stored asset values; default: $DAGSTER_HOME/storage")
+    base_dir: str | None = Field(
+        default=None,
+        description=f"Folder or URL for stored asset values; default: ${STORAGE_DIR_ENV} if set, "
+        "else $DAGSTER_HOME/storage",
+    )
 
     def create_io_manager(self, context: dg.InitResourceContext) -> AtomicPickleIOManager:
-        from upath import UPath
-
-        base = self.base_dir or context.instance.storage_directory()
+        # read when the run starts, in the run's own process (its pod, on Kubernetes)
+        base = self.base_dir or os.environ.get(STORAGE_DIR_ENV) or context.instance.storage_directory()
         return AtomicPickleIOManager(base_path=UPath(base))

@@ -1,9 +1,15 @@
 """Atomic file writes: a failed or killed run never leaves a partial output behind.
 
-Output is written to a temporary file beside the target, named ``.<name>.<random>.tmp`` (a
-dot file that no reader globbing ``*.csv`` sees), and renamed over the target when complete.
-A process killed with SIGKILL cannot remove its temporary file; the next successful write
-of the same target removes it (:func:`remove_stale_temps`).
+Local targets: output is written to a temporary file beside the target, named
+``.<name>.<random>.tmp`` (a dot file that no reader globbing ``*.csv`` sees), and renamed
+over the target when complete. A process killed with SIGKILL cannot remove its temporary
+file; the next successful write of the same target removes it (:func:`remove_stale_temps`).
+
+Object-store targets (an fsspec URL such as ``s3://bucket/racedayai/x.csv``, ``gs://...`` or
+``memory://...``, as a :class:`upath.UPath`): output is written to a local temporary file
+and uploaded with a single ``put_file`` when complete. An object PUT is all or nothing
+(multipart uploads too: the object appears only when the upload completes), so readers see
+the previous object or the whole new one, never a partial one.
 """
 
 from __future__ import annotations
@@ -18,23 +24,56 @@ from pathlib import Path
 from typing import IO
 
 import pandas as pd
+from upath import UPath
+
+# fsspec protocols of the local file system: paths with these are written with os.replace
+LOCAL_PROTOCOLS = ("", "file", "local")
 
 
 class OutputWriteError(OSError):
-    """Writing an output failed; the previous file at that path is untouched."""
+    """Writing an output failed; the previous file (or object) at that path is untouched."""
+
+
+def as_path(location: str | os.PathLike | UPath) -> Path | UPath:
+    """A local :class:`~pathlib.Path` for a plain path or a ``file://`` URL; a UPath otherwise.
+
+    ``as_path("data/outputs")`` and ``as_path("file:///srv/out")`` are local paths;
+    ``as_path("s3://bucket/racedayai")`` is an :class:`upath.UPath` on that bucket (its file
+    system package, here s3fs, must be installed to read or write it).
+    """
+    if isinstance(location, UPath):
+        upath = location
+    else:
+        text = os.fspath(location)
+        if "://" not in text:
+            return Path(text)
+        upath = UPath(text)
+    if upath.protocol in LOCAL_PROTOCOLS:
+        return Path(upath.path)
+    return upath
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
+def atomic_path(path: str | os.PathLike | UPath) -> Iterator[Path]:
+    """Yield a local temporary path; on success it replaces ``path`` atomically.
 
-    The rename is atomic on POSIX within one file system, so readers see either the old
-    file or the complete new one. On any error the temporary file is removed. While the
-    temporary file exists this process holds an exclusive ``flock`` on it, which the kernel
-    releases if the process dies: that is how :func:`remove_stale_temps`, run after each
-    successful write, tells a dead writer's leftover from a live concurrent writer's file.
+    ``path`` may be a local path or an object-store URL / UPath (see :func:`as_path`).
+
+    Local: the temporary file sits beside ``path``; on success it is fsynced and renamed
+    over ``path``. The rename is atomic on POSIX within one file system, so readers see
+    either the old file or the complete new one. On any error the temporary file is
+    removed. While the temporary file exists this process holds an exclusive ``flock`` on
+    it, which the kernel releases if the process dies: that is how
+    :func:`remove_stale_temps`, run after each successful write, tells a dead writer's
+    leftover from a live concurrent writer's file.
+
+    Object store: see :func:`_atomic_upload`.
     """
-    target = Path(path)
+    target = as_path(path)
+    if not isinstance(target, Path):
+        with _atomic_upload(target) as tmp:
+            yield tmp
+        return
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     tmp = Path(tmp_name)
@@ -62,15 +101,45 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     remove_stale_temps(target)
 
 
-def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+@contextlib.contextmanager
+def _atomic_upload(target: UPath) -> Iterator[Path]:
+    """Yield a local temporary file; on success upload it to ``target`` with one PUT.
+
+    Nothing is uploaded if the writer fails, and the local temporary folder is removed in
+    every case. No folders are created on the store: object stores have none, and fsspec
+    creates the pseudo-folders of the file systems that keep them (memory://).
+    """
+    with tempfile.TemporaryDirectory(prefix="racedayai-upload-") as folder:
+        tmp = Path(folder) / target.name
+        tmp.touch()
+        try:
+            yield tmp
+        except OSError as exc:
+            if isinstance(exc, OutputWriteError):
+                raise
+            raise OutputWriteError(
+                f"could not write {target}: {exc.strerror or exc}; the previous object is unchanged"
+            ) from exc
+        try:
+            target.fs.put_file(str(tmp), target.path)
+        except Exception as exc:  # s3fs, gcsfs, adlfs ... raise their own error types
+            raise OutputWriteError(
+                f"could not upload {target}: {exc}; the previous object is unchanged"
+            ) from exc
+
+
+def remove_stale_temps(path: str | os.PathLike | UPath) -> list[Path]:
     """Remove the temporary files of ``path`` left by writers that died, and return them.
 
     A temporary file whose ``flock`` this process can take has no live writer (a SIGKILLed
     writer's lock is released by the kernel), so removing it cannot break a concurrent
-    write. Errors are ignored: cleaning up must never fail a write that succeeded.
+    write. Errors are ignored: cleaning up must never fail a write that succeeded. Object
+    stores have no such files (writes go through a local temporary folder): nothing to do.
     """
-    target = Path(path)
-    removed = []
+    target = as_path(path)
+    removed: list[Path] = []
+    if not isinstance(target, Path):
+        return removed
     for tmp in target.parent.glob(glob.escape(f".{target.name}.") + "*.tmp"):
         try:
             fd = os.open(tmp, os.O_RDONLY)
@@ -88,14 +157,14 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
+def atomic_open(path: str | os.PathLike | UPath, mode: str = "w", **kwargs) -> Iterator[IO]:
     """Open a temporary file for writing that replaces ``path`` atomically on close."""
     with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as fh:
         yield fh
 
 
-def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write ``frame`` as CSV to ``path`` atomically and return the path.
+def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike | UPath) -> Path | UPath:
+    """Write ``frame`` as CSV to ``path`` (a local path or URL) atomically and return the path.
 
     Arrow's writer is about 10x faster than pandas' on millions of rows. It writes values
     unquoted (like pandas) and refuses a value that would need quotes, in which case pandas
@@ -111,7 +180,7 @@ def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
             pacsv.write_csv(table, tmp, pacsv.WriteOptions(quoting_style="none", quoting_header="none"))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
             frame.to_csv(tmp, index=False)
-    return Path(path)
+    return as_path(path)
 
 
 def _fsync_dir(directory: Path) -> None:
