@@ -17,7 +17,7 @@ def test_definitions_hold_the_designed_graph():
     job = defs.resolve_job_def("refit")
     assert job.partitions_def.get_partition_keys() == ["70.3", "140.6"]
     checks = {k.name for k in defs.resolve_asset_graph().asset_check_keys}
-    assert checks == {"rhat_max", "ess_bulk_min", "divergences", "predictive_coverage"}
+    assert checks == {"rhat_max", "ess_bulk_min", "divergences", "predictive_coverage", "prediction_drift"}
     assert {s.name for s in defs.sensors} == {"refit_failure_alert", "check_warning_alert", "dead_run_reaper"}
 
 

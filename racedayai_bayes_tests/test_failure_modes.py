@@ -28,9 +28,11 @@ from racedayai_bayes.definitions import defs
 from racedayai_bayes.defs.resources import AtomicPickleIOManagerFactory, PipelinePaths
 from racedayai_bayes.lib.contracts import CLUSTER_FILE, PROFILE_FILE, RACE_FILE
 from racedayai_bayes.lib.io import write_csv_atomic
-from racedayai_bayes.lib.predict import PREDICTION_COLUMNS, predict_frame
+from racedayai_bayes.lib.predict import PREDICTION_COLUMNS, PREDICTION_INTERVAL_COLUMNS, predict_frame
 
 from .conftest import FAST_FIT, REPO
+
+CSV_COLUMNS = PREDICTION_COLUMNS + PREDICTION_INTERVAL_COLUMNS
 
 ALL_ASSETS = list(defs.assets)
 INPUT_ASSETS = ["athlete_race", "athlete_profile", "cluster_assignments"]
@@ -384,7 +386,7 @@ def test_distance_with_no_rows_fails_and_the_other_still_fits(edge_run):
     fitted = edge_run["fitted"]
     assert fitted.success
     table = pd.read_csv(edge_run["out"] / "bayesian_predictions_70.3.csv", dtype={"event_distance": str})
-    assert len(table) == 300 and tuple(table.columns) == PREDICTION_COLUMNS
+    assert len(table) == 300 and tuple(table.columns) == CSV_COLUMNS
     means = pd.read_csv(edge_run["out"] / "bayesian_posterior_means.csv", dtype={"distance": str})
     assert means["distance"].tolist() == ["70.3"]
 
@@ -730,7 +732,7 @@ def test_sigkill_while_sampling_keeps_previous_outputs_and_a_rerun_completes(dag
     for name in (PRED_70, MEANS):
         assert (out / name).read_bytes() == tidy["bytes"][name], name
         assert (out / name).stat().st_ino == inodes[name]
-    assert tuple(pd.read_csv(out / PRED_70).columns) == PREDICTION_COLUMNS
+    assert tuple(pd.read_csv(out / PRED_70).columns) == CSV_COLUMNS
     assert _temps(out) == []
 
     # Dagster's default launcher cannot tell that the run's process died: it stays STARTED.

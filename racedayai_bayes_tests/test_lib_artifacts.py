@@ -104,3 +104,19 @@ def test_timestamps_sort_in_time_order():
     a = refit_timestamp(datetime(2026, 11, 25, 3, 0, 0, 5000, tzinfo=timezone.utc))
     b = refit_timestamp(datetime(2026, 11, 25, 3, 0, 1, 0, tzinfo=timezone.utc))
     assert a == "20261125T030000.005Z" and a < b
+
+
+def test_artifacts_on_an_object_store(tmp_path):
+    """The same layout on fsspec's in-memory file system, standing in for s3:// or gs://."""
+    import fsspec
+
+    root = f"memory://racedayai-{tmp_path.name}"
+    try:
+        path, published = write_artifact(_post(), root, timestamp="20261125T030000.000Z")
+        assert published and str(path).endswith("/posterior/70.3/20261125T030000.000Z.nc")
+        art = load_artifact(f"{root}/posterior/70.3")  # through `latest`
+        assert art.encoding == ENC
+        np.testing.assert_array_equal(art.draws.samples["sigma"], _post().draws.samples["sigma"])
+        assert latest_artifact(root, "70.3") is not None
+    finally:
+        fsspec.filesystem("memory").rm(root.removeprefix("memory://"), recursive=True)

@@ -77,7 +77,7 @@ def bayesian_posterior_means(
     fresh = {d: posterior_means_row(p.draws, d) for d, p in posterior.items() if d not in blocked}
     previous = None
     if blocked and path.exists():
-        previous = pd.read_csv(path, dtype={"distance": str})  # pandas 3 parses floats round-trip
+        previous = pd.read_csv(str(path), dtype={"distance": str})  # a URL for object stores; floats round-trip
     table = means_table(fresh, previous, keep=tuple(blocked))
     kept = [d for d in blocked if d in set(table.get("distance", []))]
     for d, checks in blocked.items():

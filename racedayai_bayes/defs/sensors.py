@@ -88,6 +88,10 @@ def check_warning_alert(context: dg.RunStatusSensorContext):
 @dg.sensor(name="dead_run_reaper", minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
 def dead_run_reaper(context: dg.SensorEvaluationContext):
     """Mark runs whose process was killed as failed, so they stop holding their distance's queue slot."""
+    if context.instance.run_launcher.supports_check_run_worker_health:
+        # e.g. one pod per run on Kubernetes: Dagster's run monitoring checks those workers,
+        # and a process id seen from this pod says nothing about a run in another pod
+        return dg.SkipReason("the run launcher's workers are checked by Dagster's run monitoring")
     reaped = reap_dead_runs(context.instance)
     for run_id in reaped:
         context.log.warning(f"run {run_id} was STARTED but its process is gone; marked it failed")

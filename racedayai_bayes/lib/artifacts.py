@@ -33,7 +33,7 @@ import pandas as pd
 
 from .encoding import Encoding, encode
 from .inference import Draws
-from .io import atomic_open, atomic_path
+from .io import as_path, atomic_open, atomic_path
 
 POSTERIOR_DIR = "posterior"
 LATEST = "latest"
@@ -62,7 +62,7 @@ class Artifact:
 
 
 def artifact_dir(output_dir, distance: str):
-    return _as_path(output_dir) / POSTERIOR_DIR / str(distance)
+    return as_path(output_dir) / POSTERIOR_DIR / str(distance)
 
 
 def refit_timestamp(now: datetime | None = None) -> str:
@@ -176,7 +176,7 @@ def latest_artifact(output_dir, distance: str) -> Path | None:
 
 def resolve_artifact(location) -> Path:
     """A .nc file as given, or the latest artifact of a distance folder."""
-    path = _as_path(location)
+    path = as_path(location)
     if path.is_dir():
         pointer = path / LATEST
         if not pointer.exists():
@@ -192,10 +192,16 @@ def load_artifact(location) -> Artifact:
     import arviz as az
 
     path = resolve_artifact(location)
-    try:
-        idata = az.from_netcdf(str(path))
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"{path}: not a readable NetCDF posterior artifact ({exc})") from exc
+    with tempfile.TemporaryDirectory(prefix="racedayai-artifact-") as scratch:
+        local = path
+        if not isinstance(path, Path):
+            local = Path(scratch) / path.name  # an object-store artifact: read a local copy
+            local.write_bytes(path.read_bytes())
+        try:
+            idata = az.from_netcdf(str(local))
+            idata.load()  # read everything now: the scratch copy goes away
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"{path}: not a readable NetCDF posterior artifact ({exc})") from exc
     attrs = {**dict(idata.posterior.attrs), **dict(getattr(idata, "attrs", {}) or {})}
     if "racedayai_encoding" not in attrs or "sample_stats" not in idata.groups():
         raise ArtifactError(f"{path}: not a racedayai-bayes posterior artifact (no encoding attribute)")
@@ -225,11 +231,3 @@ def prune_artifacts(folder, keep: int = KEEP_ARTIFACTS) -> list:
             old.unlink()
             removed.append(old)
     return removed
-
-
-def _as_path(location):
-    try:
-        from .io import as_path
-    except ImportError:  # older io without object-store support
-        return Path(location)
-    return as_path(str(location)) if not isinstance(location, Path) else location
