@@ -10,6 +10,8 @@ import dagster as dg
 from racedayai_bayes.lib import diagnostics as dx
 from racedayai_bayes.lib.posterior import Posterior
 
+from .partitions import distance_partitions
+
 # lib check name -> (Dagster check name, description)
 CHECKS = {
     "rhat": ("rhat_max", f"Max rank-normalised r_hat <= {dx.RHAT_MAX} (Vehtari et al. 2021)"),
@@ -33,9 +35,12 @@ _SEVERITY = {dx.WARN: dg.AssetCheckSeverity.WARN, dx.ERROR: dg.AssetCheckSeverit
 
 
 def posterior_check_specs(asset: str = "posterior") -> list[dg.AssetCheckSpec]:
-    # blocking: a failure with ERROR severity stops this distance's CSV from being written
+    # blocking: a failure with ERROR severity stops this distance's CSV from being written.
+    # Partitioned like the asset, so the UI keeps a status per distance: unpartitioned, a
+    # check shows only its newest evaluation, and overlapping refits of the two distances
+    # (the weekly schedule launches both at once) left it "Not Evaluated".
     return [
-        dg.AssetCheckSpec(name, asset=asset, description=desc, blocking=True)
+        dg.AssetCheckSpec(name, asset=asset, description=desc, blocking=True, partitions_def=distance_partitions)
         for name, desc in CHECKS.values()
     ]
 
