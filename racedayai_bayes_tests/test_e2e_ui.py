@@ -1,0 +1,153 @@
+"""End to end, as a person uses it: `dagster dev`, a refit of each distance, then the UI in a browser.
+
+The module starts `dagster dev` on a fresh instance reading small synthetic inputs, launches
+the refit job once per distance through the GraphQL API (the queued run coordinator and the
+daemon run them), and then looks at the UI in headless Chromium: the asset graph, the two
+partitions of `posterior` and its checks. Screenshots go to each test's tmp_path; with
+RACEDAYAI_SAVE_SCREENSHOTS=1 the graph and the checks are also written to docs/ for the README.
+"""
+
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect
+
+from racedayai_bayes.defs.schedules import DISTANCE_TAG, REFIT_JOB
+
+from .conftest import FAST_FIT, REPO
+from .e2e_support import (
+    DagsterDev,
+    chromium_context,
+    dagster_dev,  # noqa: F401  (a fixture)
+    launch_run,
+    require_chromium,
+    run_messages,
+    wait_for_runs,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+DISTANCES = ("70.3", "140.6")
+ASSETS = (
+    "athlete_race", "athlete_profile", "cluster_assignments", "model_frame",
+    "posterior", "bayesian_predictions", "bayesian_posterior_means",
+)
+CHECKS = ("rhat_max", "ess_bulk_min", "divergences", "predictive_coverage")  # colleagues may add more
+UI_TIMEOUT_MS = 60_000
+VIEWPORT = {"width": 1600, "height": 1000}
+SAVE_ENV = "RACEDAYAI_SAVE_SCREENSHOTS"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _chromium_present():
+    require_chromium()  # before starting anything
+
+
+@pytest.fixture(scope="module")
+def refit_runs(dagster_dev: DagsterDev) -> dict[str, str]:
+    """Refit each distance through the run queue, tagged as the weekly schedule tags; {distance: run id}.
+
+    One after the other: the checks on `posterior` are not partitioned, and the UI shows a
+    check's latest evaluation only if it targets the asset's latest materialisation. Two
+    overlapping runs can interleave so that it does not, and the UI then says "Not evaluated".
+    """
+    run_config = {"ops": {"posterior": {"config": FAST_FIT}}}
+    run_ids = {}
+    for distance in DISTANCES:
+        run_id = launch_run(dagster_dev, REFIT_JOB, run_config, {"dagster/partition": distance, DISTANCE_TAG: distance})
+        run_ids[distance] = run_id
+        status = wait_for_runs(dagster_dev, [run_id])[run_id]
+        if status != "SUCCESS":
+            log = run_messages(dagster_dev, run_id)[-8000:]
+            pytest.fail(f"the refit of {distance} ended {status}; its event log:\n{log}", pytrace=False)
+    return run_ids
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    with chromium_context(tmp_path_factory.mktemp("chromium-profile"), VIEWPORT) as context:
+        yield context
+
+
+@pytest.fixture
+def page(browser, refit_runs, tmp_path):
+    """A browser tab, opened once both refits have succeeded."""
+    page = browser.new_page()
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    yield page
+    if not page.is_closed():
+        page.screenshot(path=tmp_path / "last-page.png")  # what the page showed, also on failure
+        page.close()
+
+
+def shows(locator) -> None:
+    expect(locator).to_be_visible(timeout=UI_TIMEOUT_MS)
+
+
+def screenshot(page, tmp_path: Path, name: str, docs_name: str | None = None) -> None:
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=path)
+    if docs_name and os.environ.get(SAVE_ENV) == "1":
+        shutil.copy(path, REPO / "docs" / docs_name)
+
+
+def graph_button(page, icon: str):
+    """A button of the asset graph, named by its icon (the navigation bar has one named alike)."""
+    return page.locator("button:not(nav *)").filter(has=page.get_by_role("img", name=icon, exact=True))
+
+
+def test_refit_runs_succeed(refit_runs):
+    assert set(refit_runs) == set(DISTANCES)
+
+
+def test_asset_graph_shows_every_asset(page, dagster_dev, tmp_path):
+    page.goto(f"{dagster_dev.url}/asset-groups")  # Lineage: the global asset graph, groups collapsed
+    shows(page.get_by_text("outputs", exact=True).first)
+    # make room for the graph, then open the groups; the graph zooms to fit as it opens them
+    hide_navigation = page.get_by_role("button", name="Hide navigation")
+    if hide_navigation.is_visible():  # the browser profile remembers it hidden
+        hide_navigation.click()
+    graph_button(page, "panel_show_right").click()  # the group tree beside the graph
+    graph_button(page, "settings").click()
+    page.get_by_role("menuitem", name="Expand all groups").click()
+    page.keyboard.press("Escape")
+    for asset in ASSETS:
+        shows(page.get_by_text(asset, exact=True).first)
+    shows(page.get_by_text("100% filled").first)  # posterior's (and bayesian_predictions') partitions
+    screenshot(page, tmp_path, "asset-graph", "ui-asset-graph.png")
+
+
+def test_posterior_partitions_materialised(page, dagster_dev, refit_runs, tmp_path):
+    page.goto(f"{dagster_dev.url}/assets/posterior?view=partitions")
+    shows(page.get_by_text(f"Materialized ({len(DISTANCES)})"))
+    shows(page.get_by_text("Missing (0)"))
+    shows(page.get_by_text("Failed (0)"))
+    screenshot(page, tmp_path, "posterior-partitions")
+    for distance in DISTANCES:
+        page.get_by_text(distance, exact=True).first.click()
+        # the partition's latest materialisation links to the run launched for it
+        shows(page.get_by_role("link", name=refit_runs[distance][:8], exact=True))
+        shows(page.get_by_text("Materialized", exact=True).first)
+        screenshot(page, tmp_path, f"posterior-partition-{distance}")
+
+
+def test_posterior_checks_passed(page, dagster_dev, tmp_path):
+    page.goto(f"{dagster_dev.url}/assets/posterior?view=checks")
+    for check in CHECKS:
+        # each row of the check list: the check's name (its title) and its latest status
+        row = page.get_by_title(check, exact=True).locator("xpath=..")
+        shows(row)
+        shows(row.get_by_text("Succeeded", exact=True))
+    screenshot(page, tmp_path, "posterior-checks", "ui-checks.png")
+    for check in CHECKS:
+        # its execution history: one passed evaluation per distance, none failed
+        page.get_by_title(check, exact=True).click()
+        page.get_by_role("tab", name="Execution history").click()
+        evaluations = page.get_by_role("row").filter(has_text=re.compile(r"Passed|Failed"))
+        expect(evaluations).to_have_count(len(DISTANCES), timeout=UI_TIMEOUT_MS)
+        expect(evaluations.filter(has_text="Passed")).to_have_count(len(DISTANCES), timeout=UI_TIMEOUT_MS)
+        screenshot(page, tmp_path, f"check-{check}-history")
