@@ -42,8 +42,19 @@ def alerts_for_run(instance: dg.DagsterInstance, run: dg.DagsterRun, failure_mes
             )
         )
     if failure_message is not None and not alerts:
-        alerts.append(Alert(run.run_id, distance, None, None, None, "ERROR", failure_message, trigger))
+        message = "; ".join(_step_failures(instance, run.run_id)) or failure_message
+        alerts.append(Alert(run.run_id, distance, None, None, None, "ERROR", message, trigger))
     return alerts
+
+
+def _step_failures(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    """'step <key>: <error>' for each failed step: the cause, where the run's own message is generic."""
+    failures = []
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
+        error = entry.dagster_event.event_specific_data.error
+        text = (error.message if error else entry.dagster_event.message or "").strip()
+        failures.append(f"step {entry.step_key}: {text.splitlines()[0] if text else 'failed'}")
+    return failures
 
 
 def _trigger(run: dg.DagsterRun) -> str | None:
@@ -68,7 +79,14 @@ def send_alerts(context, alerts: list[Alert]) -> None:
             context.log.error(f"could not post alert to {WEBHOOK_ENV}: {exc}")
 
 
-@dg.run_failure_sensor(name="refit_failure_alert", default_status=dg.DefaultSensorStatus.RUNNING)
+# Run-status sensors keep a cursor over finished runs: a shorter interval only makes alerts
+# arrive sooner (within ~10 s of the run's end), never twice.
+ALERT_INTERVAL_S = 10
+
+
+@dg.run_failure_sensor(
+    name="refit_failure_alert", default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=ALERT_INTERVAL_S
+)
 def refit_failure_alert(context: dg.RunFailureSensorContext):
     """Alert when a refit run fails, naming the failed checks if a blocking check stopped it."""
     message = context.failure_event.message or "run failed"
@@ -79,6 +97,7 @@ def refit_failure_alert(context: dg.RunFailureSensorContext):
     name="check_warning_alert",
     run_status=dg.DagsterRunStatus.SUCCESS,
     default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=ALERT_INTERVAL_S,
 )
 def check_warning_alert(context: dg.RunStatusSensorContext):
     """Alert when a run succeeded but some of its checks failed (non-blocking, WARN)."""
