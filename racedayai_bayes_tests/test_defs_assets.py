@@ -240,3 +240,37 @@ def test_bad_input_fails_with_file_and_column(small_inputs, tmp_path):
     assert not result.success
     failure = result.get_step_failure_events()[0].step_failure_data.error
     assert "athlete_race.csv" in failure.message and "total_sec" in failure.message
+
+
+def test_unreadable_latest_artifact_skips_drift_and_the_refit_goes_on(graph_run, tmp_path):
+    _, out, resources = graph_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    folder = copy / "posterior" / "70.3"
+    (folder / (folder / LATEST).read_text().strip()).write_bytes(b"truncated")
+    resources = {**resources, "paths": PipelinePaths(input_dir=resources["paths"].input_dir, output_dir=str(copy))}
+    instance = dg.DagsterInstance.ephemeral()
+    result = _materialize("70.3", resources, FAST_FIT, instance, selection=["posterior"])
+    assert result.success
+    drift = next(e for e in result.get_asset_check_evaluations() if e.check_name == "prediction_drift")
+    assert drift.passed and drift.description == "no previous refit to compare with"
+    logs = [e.user_message for e in instance.all_logs(result.run_id)]
+    assert any("drift check skipped" in m and "not a readable NetCDF" in m for m in logs)
+
+
+def test_artifact_that_cannot_be_written_fails_the_refit_and_keeps_the_csv(graph_run, tmp_path):
+    _, out, resources = graph_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "posterior" / "140.6")
+    (copy / "posterior" / "140.6").write_text("a file where the artifact folder should be")
+    before = (copy / "bayesian_predictions_140.6.csv").read_bytes()
+    resources = {**resources, "paths": PipelinePaths(input_dir=resources["paths"].input_dir, output_dir=str(copy))}
+    result = _materialize(
+        "140.6", resources, FAST_FIT, dg.DagsterInstance.ephemeral(),
+        selection=["posterior", "bayesian_predictions"], raise_on_error=False,
+    )
+    assert not result.success
+    error = result.get_step_failure_events()[0].step_failure_data.error
+    assert "posterior/140.6" in error.message and "previous file is unchanged" in error.message
+    assert (copy / "bayesian_predictions_140.6.csv").read_bytes() == before

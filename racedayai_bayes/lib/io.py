@@ -74,8 +74,14 @@ def atomic_path(path: str | os.PathLike | UPath) -> Iterator[Path]:
         with _atomic_upload(target) as tmp:
             yield tmp
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:  # a file where the folder should be, no permission, disk full
+        raise OutputWriteError(
+            f"could not write {target}: {exc.strerror or exc} ({exc.filename or target.parent}); "
+            "the previous file is unchanged"
+        ) from exc
     tmp = Path(tmp_name)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
