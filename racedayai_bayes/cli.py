@@ -90,9 +90,10 @@ def _report(instance, result, distance: str) -> bool:
         failed |= not ev.passed and ev.severity == dg.AssetCheckSeverity.ERROR
     for entry in instance.all_logs(result.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
         mat = entry.dagster_event.event_specific_data.materialization
-        path = mat.metadata.get("path")
-        if path is not None:
-            print(f"   wrote {mat.asset_key.to_user_string()}: {path.value}")
+        for key in ("path", "artifact"):
+            path = mat.metadata.get(key)
+            if path is not None:
+                print(f"   wrote {mat.asset_key.to_user_string()}{' artifact' if key == 'artifact' else ''}: {path.value}")
     for entry in instance.all_logs(result.run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
         err = entry.dagster_event.event_specific_data.error
         print(f"   step {entry.step_key} failed: {err.message.strip() if err else ''}", file=sys.stderr)

@@ -10,7 +10,7 @@ from racedayai_bayes.lib.posterior import FitSettings, _sample, posterior_analys
 def test_engine_defaults():
     assert FitSettings().engine == "exact"
     assert FitSettings(engine="rowwise").target_accept_for_engine() == 0.85  # the seed's
-    assert FitSettings(engine="exact").target_accept_for_engine() == 0.95
+    assert FitSettings(engine="exact").target_accept_for_engine() == 0.98
     assert FitSettings(engine="exact", target_accept=0.8).target_accept_for_engine() == 0.8
     assert FitSettings().seed_for("70.3") == 42 and FitSettings().seed_for("140.6") == 99
     assert FitSettings(seed=7).seed_for("70.3") == 7

@@ -28,7 +28,7 @@ class FitConfig(dg.Config):
     num_warmup: int = Field(default=_DEFAULTS.num_warmup, description="NUTS warmup iterations per chain")
     num_samples: int = Field(default=_DEFAULTS.num_samples, description="Posterior draws kept per chain")
     num_chains: int = Field(default=_DEFAULTS.num_chains, description="Number of chains, run one after another")
-    target_accept: float | None = Field(default=None, description="NUTS target acceptance probability; default per engine: 0.85 rowwise (the seed's), 0.95 exact")
+    target_accept: float | None = Field(default=None, description="NUTS target acceptance probability; default per engine: 0.85 rowwise (the seed's), 0.98 exact")
     subsample: int = Field(default=_DEFAULTS.subsample, description="Rows sampled (random_state 42) for the rowwise engine; 0 = all rows")
     seed: int | None = Field(default=None, description="PRNG seed; default is the seed notebook's: 42 for 70.3, 99 for 140.6")
     eval_rows: int = Field(default=_DEFAULTS.eval_rows, description="Rows (random_state 42) for the posterior predictive checks")
