@@ -26,6 +26,7 @@ def _fit_config(args: argparse.Namespace) -> dict:
         "num_samples": args.samples,
         "num_chains": args.chains,
         "seed": args.seed,
+        "predictive_draws": args.predictive_draws,
     }
     return {k: v for k, v in fields.items() if v is not None}
 
@@ -154,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     refit.add_argument("--samples", type=int, help="draws per chain (default 1500)")
     refit.add_argument("--chains", type=int, help="chains (default 2)")
     refit.add_argument("--seed", type=int, help="PRNG seed (default: 42 for 70.3, 99 for 140.6)")
+    refit.add_argument("--predictive-draws", type=int, help="posterior draws for the predictive intervals (default 1000)")
     refit.set_defaults(func=_refit)
 
     predict = sub.add_parser(

@@ -713,9 +713,11 @@ def test_sigkill_while_sampling_keeps_previous_outputs_and_a_rerun_completes(dag
     inodes = {name: (out / name).stat().st_ino for name in (PRED_70, MEANS)}
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home),
            "RACEDAYAI_INPUT_DIR": str(tidy["inputs"]), "RACEDAYAI_OUTPUT_DIR": str(out)}
-    # the fixture's settings: exact engine, 300 warmup and 1000 draws per chain, seed 5
+    # the fixture's settings: exact engine, 300 warmup and 1000 draws per chain, 300 draws
+    # for the predictive intervals, seed 5
     cmd = [sys.executable, "-m", "racedayai_bayes.cli", "refit", "--distance", "70.3",
-           "--warmup", "300", "--samples", "1000", "--seed", str(SEED)]
+           "--warmup", "300", "--samples", "1000", "--seed", str(SEED),
+           "--predictive-draws", str(FAST_FIT["predictive_draws"])]
 
     log = tmp_path / "killed.log"
     with open(log, "wb") as fh:
