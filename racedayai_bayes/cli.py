@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="CSV of rows to predict with the model frame's columns: gender, age_group, pb_total_sec, "
         "total_races, cluster_id (required); athlete_hash, event_distance, event_year, total_sec (optional)",
     )
-    predict.add_argument("--output", required=True, type=Path, help="CSV to write (atomically)")
+    predict.add_argument("--output", required=True, help="CSV to write (atomically): a path, or an object-store URL")
     predict.add_argument("--draws", type=int, help="posterior draws for the intervals (default: the artifact's)")
     predict.add_argument("--seed", type=int, help="seed of the interval simulations (default: the artifact's)")
     predict.set_defaults(func=_predict)

@@ -1,6 +1,7 @@
 """The asset graph materialised in process on a small simulated world."""
 
 import shutil
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -129,12 +130,14 @@ def test_coverage_check_judges_the_held_out_rows(graph_run):
         assert "held-out rows" in check.description
 
 
-def test_each_refit_saves_an_artifact_and_moves_latest(graph_run):
+def test_each_refit_saves_an_artifact_and_its_csv_moves_latest(graph_run):
     results, out, _ = graph_run
     for distance, result in results.items():
         meta = result.asset_materializations_for_node("posterior")[0].metadata
         path = out / "posterior" / distance / (out / "posterior" / distance / LATEST).read_text().strip()
-        assert str(path) == meta["artifact"].value and meta["artifact_is_latest"].value
+        assert str(path) == meta["artifact"].value
+        csv_meta = result.asset_materializations_for_node("bayesian_predictions")[0].metadata
+        assert csv_meta["posterior_artifact"].value == str(path)
         stored = result.output_for_node("posterior")
         art = load_artifact(out / "posterior" / distance)  # a folder resolves through `latest`
         assert art.path == path and art.distance == distance and art.encoding == stored.encoding
@@ -199,7 +202,7 @@ def test_drift_check_warns_above_the_threshold_without_blocking(graph_run, tmp_p
     # another seed moves the posterior means by Monte Carlo error only: seconds, not minutes
     assert 0.01 < drift.metadata["value"].value < 120
     assert "previous refit" in drift.description
-    assert (copy / "posterior" / "70.3" / LATEST).read_text() != before  # published: it passed the blocking checks
+    assert (copy / "posterior" / "70.3" / LATEST).read_text() != before  # its CSV was written: published
 
 
 def test_failed_blocking_check_keeps_previous_csv(graph_run, tmp_path):
@@ -221,7 +224,7 @@ def test_failed_blocking_check_keeps_previous_csv(graph_run, tmp_path):
     assert csv.read_bytes() == before
     # the failed refit is saved for inspection, but `latest` still names the published one
     meta = result.asset_materializations_for_node("posterior")[0].metadata
-    assert not meta["artifact_is_latest"].value
+    assert Path(meta["artifact"].value).exists()
     assert (out / "posterior" / "70.3" / LATEST).read_text().strip() != meta["artifact"].value.rsplit("/", 1)[1]
 
 
@@ -274,3 +277,17 @@ def test_artifact_that_cannot_be_written_fails_the_refit_and_keeps_the_csv(graph
     error = result.get_step_failure_events()[0].step_failure_data.error
     assert "posterior/140.6" in error.message and "previous file is unchanged" in error.message
     assert (copy / "bayesian_predictions_140.6.csv").read_bytes() == before
+
+
+def test_a_posterior_materialised_alone_does_not_move_latest(graph_run, tmp_path):
+    """`latest` names the posterior of the CSV on disk: a refit whose CSV is not written leaves it."""
+    _, out, resources = graph_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    resources = {**resources, "paths": PipelinePaths(input_dir=resources["paths"].input_dir, output_dir=str(copy))}
+    before = (copy / "posterior" / "140.6" / LATEST).read_text()
+    result = _materialize("140.6", resources, {**FAST_FIT, "seed": 8}, dg.DagsterInstance.ephemeral(), selection=["posterior"])
+    assert result.success
+    new = Path(result.asset_materializations_for_node("posterior")[0].metadata["artifact"].value)
+    assert new.exists() and new.name != before.strip()
+    assert (copy / "posterior" / "140.6" / LATEST).read_text() == before

@@ -77,3 +77,56 @@ def test_failure_sensor_without_webhook_only_logs(failed_run, monkeypatch, capfd
     err = capfd.readouterr().err
     assert any("ERROR" in line and "distance 70.3" in line for line in err.splitlines())
     assert "webhook" not in err
+
+
+def test_a_webhook_that_fails_once_gets_the_alert_on_the_retry(failed_run, monkeypatch):
+    from racedayai_bayes.defs import sensors
+
+    instance, run = failed_run
+    monkeypatch.setattr(sensors, "POST_BACKOFF_S", 0.0)
+    with WebhookReceiver(fail_first=1) as hook:
+        monkeypatch.setenv(WEBHOOK_ENV, hook.url)
+        defs.resolve_sensor_def("refit_failure_alert")(_failure_context(instance, run))
+    assert hook.attempts == 2 and len(hook.bodies) == 1
+
+
+def test_an_unreachable_webhook_fails_the_tick_with_the_alert_text(failed_run, monkeypatch):
+    from racedayai_bayes.defs import sensors
+
+    instance, run = failed_run
+    monkeypatch.setattr(sensors, "POST_BACKOFF_S", 0.0)
+    with WebhookReceiver(fail_first=99) as hook:
+        monkeypatch.setenv(WEBHOOK_ENV, hook.url)
+        with pytest.raises(RuntimeError, match=r"(?s)not delivered.*ess_bulk_min"):
+            defs.resolve_sensor_def("refit_failure_alert")(_failure_context(instance, run))
+    assert hook.attempts == sensors.POST_ATTEMPTS and hook.bodies == []
+
+
+@pytest.mark.slow
+def test_a_warn_check_never_hides_the_error_that_failed_the_run(small_inputs, tmp_path):
+    """Drift warns, then the CSV cannot be written: the alerts name both."""
+    from .conftest import FAST_FIT
+
+    out = tmp_path / "out"
+    resources = {
+        "paths": PipelinePaths(input_dir=str(small_inputs), output_dir=str(out)),
+        "io_manager": AtomicPickleIOManagerFactory(base_dir=str(tmp_path / "storage")),
+    }
+    with dg.instance_for_test() as instance:
+        first = dg.materialize(list(defs.assets), partition_key="70.3", resources=resources,
+                               run_config={"ops": {"posterior": {"config": FAST_FIT}}}, instance=instance)
+        assert first.success
+        csv = out / "bayesian_predictions_70.3.csv"
+        csv.unlink()
+        csv.mkdir()  # a folder where the CSV goes: its write fails
+        second = dg.materialize(
+            list(defs.assets), partition_key="70.3", resources=resources, instance=instance,
+            selection=["posterior", "bayesian_predictions"], raise_on_error=False,
+            run_config={"ops": {"posterior": {"config": {**FAST_FIT, "seed": 5, "drift_threshold_sec": 0.01}}}},
+        )
+        assert not second.success
+        alerts = alerts_for_run(instance, instance.get_run_by_id(second.run_id), "run failed")
+    by_kind = {(a.severity, a.check) for a in alerts}
+    assert ("WARN", "prediction_drift") in by_kind and ("ERROR", None) in by_kind
+    error = next(a for a in alerts if a.check is None)
+    assert "step bayesian_predictions" in error.message and "bayesian_predictions_70.3.csv" in error.message

@@ -13,6 +13,7 @@ from racedayai_bayes.lib.artifacts import (
     latest_artifact,
     load_artifact,
     prune_artifacts,
+    publish_artifact,
     refit_timestamp,
     write_artifact,
 )
@@ -51,8 +52,10 @@ def _post(failed: bool = False, holdout: bool = True):
 
 
 def test_artifact_holds_everything_needed_to_predict(tmp_path):
-    path, published = write_artifact(_post(), tmp_path, timestamp="20261125T030000.000Z")
-    assert path == tmp_path / "posterior" / "70.3" / "20261125T030000.000Z.nc" and published
+    path = write_artifact(_post(), tmp_path, timestamp="20261125T030000.000Z")
+    assert path == tmp_path / "posterior" / "70.3" / "20261125T030000.000Z.nc"
+    assert not (tmp_path / "posterior" / "70.3" / LATEST).exists()  # only its CSV publishes it
+    publish_artifact(path)
     assert (tmp_path / "posterior" / "70.3" / LATEST).read_text() == path.name + "\n"
     art = load_artifact(path)
     assert art.encoding == ENC and art.prediction_seed == 43 and art.interval_draws == 100
@@ -67,18 +70,20 @@ def test_artifact_holds_everything_needed_to_predict(tmp_path):
     assert np.isnan(idata.constant_data["cluster_id"].values[1])
 
 
-def test_a_failed_refit_is_saved_but_latest_stays(tmp_path):
-    good, _ = write_artifact(_post(), tmp_path, timestamp="20261118T030000.000Z")
-    bad, published = write_artifact(_post(failed=True, holdout=False), tmp_path, timestamp="20261125T030000.000Z")
-    assert bad.exists() and not published
+def test_an_unpublished_refit_is_saved_but_latest_stays(tmp_path):
+    good = write_artifact(_post(), tmp_path, timestamp="20261118T030000.000Z")
+    publish_artifact(good)
+    bad = write_artifact(_post(failed=True, holdout=False), tmp_path, timestamp="20261125T030000.000Z")
+    assert bad.exists()
     assert latest_artifact(tmp_path, "70.3") == good
     assert load_artifact(tmp_path / "posterior" / "70.3").path == good
 
 
 def test_prune_keeps_the_newest_and_never_the_latest(tmp_path):
-    first, _ = write_artifact(_post(), tmp_path, timestamp="20260101T000000.000Z")
+    first = write_artifact(_post(), tmp_path, timestamp="20260101T000000.000Z")
+    publish_artifact(first)
     for day in range(2, 6):
-        write_artifact(_post(failed=True, holdout=False), tmp_path, timestamp=f"202601{day:02d}T000000.000Z", keep=0)
+        write_artifact(_post(failed=True, holdout=False), tmp_path, timestamp=f"202601{day:02d}T000000.000Z")
     folder = tmp_path / "posterior" / "70.3"
     removed = prune_artifacts(folder, keep=2)
     names = sorted(p.name for p in folder.glob("*.nc"))
@@ -112,8 +117,9 @@ def test_artifacts_on_an_object_store(tmp_path):
 
     root = f"memory://racedayai-{tmp_path.name}"
     try:
-        path, published = write_artifact(_post(), root, timestamp="20261125T030000.000Z")
-        assert published and str(path).endswith("/posterior/70.3/20261125T030000.000Z.nc")
+        path = write_artifact(_post(), root, timestamp="20261125T030000.000Z")
+        publish_artifact(path)
+        assert str(path).endswith("/posterior/70.3/20261125T030000.000Z.nc")
         art = load_artifact(f"{root}/posterior/70.3")  # through `latest`
         assert art.encoding == ENC
         np.testing.assert_array_equal(art.draws.samples["sigma"], _post().draws.samples["sigma"])

@@ -193,3 +193,13 @@ def test_coverage_check_allows_for_binomial_noise(coverage, rows, level):
     assert outcome.level == level
     assert f"{rows:,} held-out rows" in outcome.description and "99% interval" in outcome.description
     assert outcome.extra["ci_low"] <= coverage <= outcome.extra["ci_high"]
+
+
+def test_coverage_interval_counts_athletes_not_rows_when_given():
+    # 0.965 on 2,000 independent rows: interval (0.953, 0.974), above the band; the same
+    # rows from 200 athletes: interval (0.914, 0.986), consistent with it
+    by_rows = check_coverage(0.965, rows=2_000, label="held-out")
+    by_athletes = check_coverage(0.965, rows=2_000, label="held-out", units=200)
+    assert by_rows.level == ERROR and by_athletes.level == PASS
+    assert by_athletes.extra["ci_high"] - by_athletes.extra["ci_low"] > 2 * (by_rows.extra["ci_high"] - by_rows.extra["ci_low"])
+    assert "2,000 held-out rows of 200 athletes" in by_athletes.description

@@ -63,3 +63,14 @@ def test_a_single_event_year_falls_back_to_fitting_every_row_with_a_note():
 def test_bad_rule_or_share_is_a_clear_error(rule, share):
     with pytest.raises(FitError, match="holdout"):
         split_holdout(_rows(), rule, share=share)
+
+
+def test_random_athletes_are_held_out_by_athlete_alone_so_weeks_agree():
+    rows = _rows(n_athletes=4000)
+    week1 = split_holdout(rows, "random_athletes", seed=3)
+    new = pd.DataFrame({"athlete_hash": pd.array(["new1", "h5", "new2"], dtype="string"),
+                        "event_year": pd.array([2025] * 3, dtype="Int64"), "total_sec": [20000.0] * 3})
+    week2 = split_holdout(pd.concat([new, rows], ignore_index=True), "random_athletes", seed=3)
+    held1 = set(week1.holdout["athlete_hash"].dropna())
+    held2 = set(week2.holdout["athlete_hash"].dropna()) - {"new1", "new2"}
+    assert held1 == held2

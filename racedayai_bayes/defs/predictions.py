@@ -6,6 +6,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
+from racedayai_bayes.lib.artifacts import publish_artifact
 from racedayai_bayes.lib.frame import MODEL_DISTANCES, distance_rows
 from racedayai_bayes.lib.io import OutputWriteError, write_csv_atomic
 from racedayai_bayes.lib.posterior import Posterior
@@ -47,9 +48,20 @@ def bayesian_predictions(
     )
     path = _write(table, paths.output_file(f"bayesian_predictions_{distance}.csv"))
     context.log.info(f"wrote {len(table):,} predictions to {path}")
+    artifact = getattr(posterior, "artifact", None)  # None in posteriors stored before artifacts existed
+    if artifact:
+        try:
+            publish_artifact(artifact)
+        except OSError as exc:
+            raise dg.Failure(
+                description=f"wrote {path}, but could not point 'latest' at its posterior artifact {artifact}: {exc}",
+                metadata={"path": str(path)},
+            ) from None
+        context.log.info(f"'latest' now names {artifact}, the posterior of this CSV")
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(path)),
+            "posterior_artifact": dg.MetadataValue.text(artifact or "none (a posterior stored before artifacts)"),
             "rows": dg.MetadataValue.int(len(table)),
             "mean_prediction_h": dg.MetadataValue.float(float(table["bayes_pred"].mean() / 3600)),
             "mean_sd_min": dg.MetadataValue.float(float(table["bayes_std"].mean() / 60)),

@@ -7,6 +7,7 @@ successful run whose checks failed with WARN severity.
 
 
 import os
+import time
 
 import dagster as dg
 
@@ -41,7 +42,9 @@ def alerts_for_run(instance: dg.DagsterInstance, run: dg.DagsterRun, failure_mes
                 trigger=trigger,
             )
         )
-    if failure_message is not None and not alerts:
+    # A failed run is always reported as such unless a blocking (ERROR) check explains it:
+    # a WARN check (drift, a few divergences) must not hide a later write error.
+    if failure_message is not None and not any(a.severity == "ERROR" for a in alerts):
         message = "; ".join(_step_failures(instance, run.run_id)) or failure_message
         alerts.append(Alert(run.run_id, distance, None, None, None, "ERROR", message, trigger))
     return alerts
@@ -65,18 +68,35 @@ def _trigger(run: dg.DagsterRun) -> str | None:
     return None
 
 
+POST_ATTEMPTS = 3
+POST_BACKOFF_S = 2.0
+
+
 def send_alerts(context, alerts: list[Alert]) -> None:
+    """Log each alert at ERROR and POST them to the webhook, retrying a failed POST.
+
+    If every attempt fails the sensor raises: its tick is recorded as failed (visible in the
+    UI, kept 30 days) with the alert text. Dagster still moves the sensor's cursor past the
+    run, so a later tick never repeats the alert.
+    """
     if not alerts:
         return
     for alert in alerts:
         context.log.error(alert.line())
     url = os.environ.get(WEBHOOK_ENV)
-    if url:
+    if not url:
+        return
+    payload = slack_payload(alerts)
+    for attempt in range(1, POST_ATTEMPTS + 1):
         try:
-            status = post_json(url, slack_payload(alerts))
+            status = post_json(url, payload)
             context.log.info(f"alert posted to webhook (HTTP {status})")
+            return
         except OSError as exc:
-            context.log.error(f"could not post alert to {WEBHOOK_ENV}: {exc}")
+            context.log.error(f"could not post alert to {WEBHOOK_ENV} (attempt {attempt}/{POST_ATTEMPTS}): {exc}")
+            if attempt < POST_ATTEMPTS:
+                time.sleep(POST_BACKOFF_S * attempt)
+    raise RuntimeError(f"alert not delivered to {WEBHOOK_ENV} after {POST_ATTEMPTS} attempts: {payload['text']}")
 
 
 # Run-status sensors keep a cursor over finished runs: a shorter interval only makes alerts

@@ -5,9 +5,10 @@ Layout under the output folder::
     posterior/<distance>/<refit timestamp>.nc   one file per refit (UTC, e.g. 20261125T030012.481Z.nc)
     posterior/<distance>/latest                 the file name of the last published refit
 
-A refit whose blocking checks failed is still saved (people need to look at it), but
-``latest`` only moves to refits that passed them: it names the posterior the prediction
-CSVs were made from. An artifact alone reproduces those predictions
+Every refit is saved, one whose blocking checks failed included (people need to look at
+it). ``latest`` moves only when a prediction CSV made from the refit has been written
+(:func:`publish_artifact`, called by the ``bayesian_predictions`` asset): it always names
+the posterior the current CSV came from. An artifact alone reproduces those predictions
 (``racedayai-bayes predict``): it holds the draws in full precision, the encodings and
 standardisation constants, and the seed and number of draws of the predictive intervals.
 
@@ -33,7 +34,7 @@ import pandas as pd
 
 from .encoding import Encoding, encode
 from .inference import Draws
-from .io import as_path, atomic_open, atomic_path
+from .io import OutputWriteError, as_path, atomic_open, atomic_path
 
 POSTERIOR_DIR = "posterior"
 LATEST = "latest"
@@ -70,7 +71,7 @@ def refit_timestamp(now: datetime | None = None) -> str:
     return now.strftime("%Y%m%dT%H%M%S.") + f"{now.microsecond // 1000:03d}Z"
 
 
-def to_inference_data(post, *, draws_per_chain: int = ARTIFACT_DRAWS_PER_CHAIN, holdout_rows: int = ARTIFACT_HOLDOUT_ROWS):
+def refit_inference_data(post, *, draws_per_chain: int = ARTIFACT_DRAWS_PER_CHAIN, holdout_rows: int = ARTIFACT_HOLDOUT_ROWS):
     """The refit as an ArviZ InferenceData (see the module docstring for its groups)."""
     import arviz as az
 
@@ -140,29 +141,43 @@ def _attrs(post) -> dict:
     }
 
 
-def write_artifact(post, output_dir, *, timestamp: str | None = None, keep: int = KEEP_ARTIFACTS) -> tuple[Path, bool]:
-    """Save ``post`` as ``posterior/<distance>/<timestamp>.nc``; move ``latest`` if it passed.
+def write_artifact(post, output_dir, *, timestamp: str | None = None) -> Path:
+    """Save ``post`` as ``posterior/<distance>/<timestamp>.nc``, atomically; return its path.
 
-    Both files are written atomically. Returns the artifact's path and whether ``latest``
-    now names it. Artifacts beyond the newest ``keep`` are removed, never the latest one.
+    ``latest`` is not moved here: see :func:`publish_artifact`. Any failure (disk full, an
+    unwritable folder, an HDF5 error) is an :class:`OutputWriteError` and leaves nothing.
     """
     folder = artifact_dir(output_dir, post.distance)
     name = f"{timestamp or refit_timestamp()}.nc"
     path = folder / name
-    idata = to_inference_data(post)
+    idata = refit_inference_data(post)
     # HDF5 takes its own lock on the file it creates, which collides with the lock that
     # atomic_path holds on its temporary file: write in a scratch folder, then copy
     with tempfile.TemporaryDirectory(prefix="racedayai-artifact-") as scratch:
         local = Path(scratch) / name
-        idata.to_netcdf(str(local), engine="h5netcdf")
+        try:
+            idata.to_netcdf(str(local), engine="h5netcdf")
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise OutputWriteError(f"could not write {path}: {exc}; the previous file is unchanged") from exc
         with atomic_path(path) as tmp:
             shutil.copyfile(local, tmp)
-    published = not post.failed_checks
-    if published:
-        with atomic_open(folder / LATEST, "w") as fh:
-            fh.write(name + "\n")
-    prune_artifacts(folder, keep)
-    return path, published
+    return path
+
+
+def publish_artifact(path, keep: int = KEEP_ARTIFACTS) -> list:
+    """Point ``latest`` at the artifact ``path`` (atomically), then prune old artifacts.
+
+    Called once a prediction CSV made from that refit is written. Pruning keeps the newest
+    ``keep`` artifacts and never the latest; it is best effort (a file it cannot remove is
+    left for the next refit). Returns the removed paths.
+    """
+    path = as_path(path)
+    with atomic_open(path.parent / LATEST, "w") as fh:
+        fh.write(path.name + "\n")
+    try:
+        return prune_artifacts(path.parent, keep)
+    except OSError:
+        return []
 
 
 def latest_artifact(output_dir, distance: str) -> Path | None:
@@ -194,13 +209,13 @@ def load_artifact(location) -> Artifact:
     path = resolve_artifact(location)
     with tempfile.TemporaryDirectory(prefix="racedayai-artifact-") as scratch:
         local = path
-        if not isinstance(path, Path):
-            local = Path(scratch) / path.name  # an object-store artifact: read a local copy
-            local.write_bytes(path.read_bytes())
         try:
+            if not isinstance(path, Path):
+                local = Path(scratch) / path.name  # an object-store artifact: read a local copy
+                local.write_bytes(path.read_bytes())
             idata = az.from_netcdf(str(local))
             idata.load()  # read everything now: the scratch copy goes away
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # h5py, xarray and fsspec raise many types for a bad or unreachable file
             raise ArtifactError(f"{path}: not a readable NetCDF posterior artifact ({exc})") from exc
     attrs = {**dict(idata.posterior.attrs), **dict(getattr(idata, "attrs", {}) or {})}
     if "racedayai_encoding" not in attrs or "sample_stats" not in idata.groups():

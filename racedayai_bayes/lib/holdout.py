@@ -79,15 +79,20 @@ def split_holdout(
 
 
 def _random_athletes(rows: pd.DataFrame, share: float, seed: int) -> np.ndarray:
-    """True for the rows of a random ``share`` of athletes; anonymous rows count one each."""
-    rng = np.random.default_rng(seed)
+    """True for the rows of a random ``share`` of athletes; anonymous rows count one each.
+
+    An athlete is held out when a keyed hash of (seed, athlete_hash) falls in the lowest
+    ``share`` of its range: the choice depends on the athlete alone, so next week's refit,
+    with new athletes and races, holds out the same athletes as this week's.
+    """
     hashes = rows["athlete_hash"].astype("string")
-    named = hashes.notna() & (hashes != "")
-    athletes = np.sort(hashes[named].unique().to_numpy(dtype=str))
-    chosen = athletes[rng.random(len(athletes)) < share]
-    held = named.to_numpy() & hashes.isin(chosen).to_numpy()
-    anonymous = ~named.to_numpy()
-    held[anonymous] = rng.random(int(anonymous.sum())) < share
+    named = (hashes.notna() & (hashes != "")).to_numpy()
+    key = f"racedayai{seed:07d}"[-16:].rjust(16, "0")  # hash_pandas_object takes a 16-char key
+    digest = pd.util.hash_pandas_object(hashes.fillna(""), index=False, hash_key=key).to_numpy()
+    held = named & (digest % 1_000_000 < round(share * 1_000_000))
+    anonymous = ~named
+    # no identity to keep stable: a seeded draw per anonymous row
+    held[anonymous] = np.random.default_rng(seed).random(int(anonymous.sum())) < share
     return held
 
 

@@ -94,6 +94,7 @@ class Posterior:
     holdout_rows: pd.DataFrame | None = None
     fit_observed: np.ndarray | None = None  # total_sec of the fitted rows (float32)
     drift: dict = field(default_factory=dict)
+    artifact: str | None = None  # where the refit's NetCDF artifact was saved (set by the caller)
     info: dict = field(default_factory=dict)
     # documented handling of unusual data (all rows fitted, a single group), for metadata
     notes: list[str] = field(default_factory=list)
@@ -103,8 +104,10 @@ class Posterior:
 
     @property
     def prediction_seed(self) -> int:
-        """Seed of the predictive simulations (the CSV's intervals); stored in the artifact too."""
-        return int(self.settings["seed"]) + 1
+        """Seed of the predictive simulations (the checks and the CSV's intervals); in the artifact too."""
+        if "prediction_seed" in self.settings:
+            return int(self.settings["prediction_seed"])
+        return FitSettings(seed=int(self.settings["seed"])).prediction_seed(self.distance)  # stored before it was kept
 
     @property
     def interval_draws(self) -> int:
@@ -174,6 +177,8 @@ def evaluate(draws: Draws, enc: Encoding, rows: pd.DataFrame, label: str, settin
     pp = predictive_summary(draws, enc, encode(rows, enc), max_draws=settings.predictive_draws, seed=seed)
     observed = rows["total_sec"].to_numpy(dtype=float)
     metrics = dx.predictive_metrics(observed, pp["mean"], pp["p05"], pp["p95"], pp["sd"])
+    hashes = rows["athlete_hash"]
+    metrics["athletes"] = int(hashes.nunique(dropna=True) + hashes.isna().sum())  # anonymous rows count one each
     return Evaluation(label, observed, pp["mean"], pp["p05"], pp["p50"], pp["p95"], metrics)
 
 
@@ -228,7 +233,10 @@ def fit_posterior(
         dx.check_rhat(summary),
         dx.check_ess(summary),
         dx.check_divergences(draws.diverging),
-        dx.check_coverage(judged.metrics["coverage_90"], rows=judged.metrics["rows"], label=judged.label),
+        dx.check_coverage(
+            judged.metrics["coverage_90"], rows=judged.metrics["rows"], label=judged.label,
+            units=judged.metrics["athletes"],
+        ),
     ]
     drift = {}
     if previous is not None:
@@ -242,7 +250,12 @@ def fit_posterior(
         predictive=in_sample.metrics,
         analysis=posterior_analysis(draws, enc),
         checks=checks,
-        settings={**asdict(settings), "seed": seed, "target_accept": settings.target_accept_for_engine()},
+        settings={
+            **asdict(settings),
+            "seed": seed,
+            "prediction_seed": pred_seed,
+            "target_accept": settings.target_accept_for_engine(),
+        },
         rows_available=len(rows),
         rows_fitted=len(fit_rows),
         split=split.as_dict(),

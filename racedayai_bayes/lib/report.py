@@ -55,11 +55,11 @@ def posterior_plots(post) -> dict[str, str]:
 
     judged = post.judged
     label = f"{judged.label} rows"
-    table = plots.coverage_by_decile(judged.observed, judged.p05, judged.p95)
+    table = plots.coverage_by_decile(judged.observed, judged.p05, judged.p95, predicted_sec=judged.mean)
     images = {
         "plot_scale_ranks": (plots.scale_rank_plot(post.draws), f"rank plots of the scale parameters, {post.distance}"),
         "plot_group_effects": (plots.group_effect_forest(post.draws, post.encoding), f"group effects in seconds, {post.distance}"),
         "plot_predicted_vs_observed": (plots.predicted_vs_observed(judged.observed, judged.mean, label=label), f"predicted vs observed, {label}"),
-        "plot_coverage_by_decile": (plots.coverage_by_decile_plot(table), f"90% interval coverage by finish-time decile, {label}"),
+        "plot_coverage_by_decile": (plots.coverage_by_decile_plot(table), f"90% interval coverage by decile of predicted finish time, {label}"),
     }
     return {name: plots.png_markdown(png, alt) for name, (png, alt) in images.items()}
