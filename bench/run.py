@@ -63,18 +63,15 @@ def _diag(post, wall: float) -> dict:
 
 
 def side_by_side(args) -> dict:
-    from racedayai_bayes.lib import contracts
-    from racedayai_bayes.lib.frame import build_model_frame, distance_rows
+    from racedayai_bayes.lib.frame import distance_rows
     from racedayai_bayes.lib.posterior import FitSettings, _sample, fit_posterior
 
     folder, _ = _inputs("demo")
-    frame, _ = build_model_frame(
-        contracts.read_races(folder / contracts.RACE_FILE).frame,
-        contracts.read_profiles(folder / contracts.PROFILE_FILE).frame,
-        contracts.read_clusters(folder / contracts.CLUSTER_FILE).frame,
-    )
+    frame = _model_frame(folder)
     rows = _sample(distance_rows(frame, "70.3"), 50_000)  # the seed's subsample
-    seed_settings = dict(num_warmup=args.warmup, num_samples=args.samples, num_chains=2, target_accept=0.85)
+    # the seed's settings: all 50,000 rows fitted (no holdout), target_accept 0.85
+    seed_settings = dict(num_warmup=args.warmup, num_samples=args.samples, num_chains=2, target_accept=0.85,
+                         holdout="none")
     out = {}
     for engine in ("exact", "rowwise"):
         print(f"[side_by_side] {engine}: {len(rows):,} rows, {args.warmup}+{args.samples} x 2 chains", flush=True)
@@ -251,13 +248,13 @@ def intervals(args) -> dict:
 
 
 def _model_frame(folder: Path):
-    from racedayai_bayes.lib.contracts import read_clusters, read_profiles, read_races
+    from racedayai_bayes.lib import contracts
     from racedayai_bayes.lib.frame import build_model_frame
 
     frame, _ = build_model_frame(
-        read_races(folder / "athlete_race.csv").frame,
-        read_profiles(folder / "athlete_profile.csv").frame,
-        read_clusters(folder / "cluster_assignments.csv").frame,
+        contracts.read_races(folder / contracts.RACE_FILE).frame,
+        contracts.read_profiles(folder / contracts.PROFILE_FILE).frame,
+        contracts.read_clusters(folder / contracts.CLUSTER_FILE).frame,
     )
     return frame
 

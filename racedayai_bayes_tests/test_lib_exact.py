@@ -15,7 +15,7 @@ from scipy import stats as st
 
 from racedayai_bayes.lib import exact
 from racedayai_bayes.lib.encoding import Design
-from racedayai_bayes.lib.inference import SCALAR_SITES, SCALE_SITES, VECTOR_SITES, fit_rowwise
+from racedayai_bayes.lib.inference import SCALAR_SITES, SCALE_SITES, VECTOR_SITES, Sampler, fit_rowwise
 from racedayai_bayes.lib.model import (
     PRIOR_BETA_EXPERIENCE,
     PRIOR_BETA_FITNESS,
@@ -176,8 +176,8 @@ def test_laplace_finds_a_stationary_point():
 def test_fit_exact_returns_draws_like_the_rowwise_engine():
     design = tiny_design(seed=5, n=400)
     messages = []
-    draws = exact.fit_exact(design, num_warmup=100, num_samples=150, num_chains=2, seed=3,
-                            progress=messages.append)
+    sampler = Sampler(num_warmup=100, num_samples=150, num_chains=2, seed=3)
+    draws = exact.fit_exact(design, sampler, progress=messages.append)
     assert draws.engine == "exact"
     assert draws.diverging.shape == (2, 150) and draws.diverging.dtype == bool
     assert list(draws.samples) == [*SCALAR_SITES, *VECTOR_SITES]
@@ -192,8 +192,7 @@ def test_fit_exact_returns_draws_like_the_rowwise_engine():
     assert draws.info["rows"] == 400
     assert any("sufficient statistics" in m for m in messages)
     # the same statistics and seed give the same draws
-    again = exact.fit_exact_from_stats(sufficient_stats(design), num_warmup=100,
-                                       num_samples=150, num_chains=2, seed=3)
+    again = exact.fit_exact_from_stats(sufficient_stats(design), sampler)
     for site in draws.samples:
         np.testing.assert_array_equal(draws.samples[site], again.samples[site])
 
@@ -206,7 +205,7 @@ def test_parameter_recovery():
         "mu_cluster": np.array([0.3, -0.2, 0.05, -0.1]),
     }
     design = simulate(rng, truth, 4000)
-    draws = exact.fit_exact(design, num_warmup=300, num_samples=500, num_chains=2, seed=1)
+    draws = exact.fit_exact(design, Sampler(num_warmup=300, num_samples=500, num_chains=2, seed=1))
     assert not draws.diverging.any()
     post = contrasts(draws.samples)
     true = contrasts({k: np.asarray(v)[None, None] for k, v in truth.items()})
@@ -229,8 +228,8 @@ def test_exact_and_rowwise_engines_agree():
     truth = prior_draw(rng, 2, 3, 3)
     truth.update(sigma=0.8, beta_fitness=0.45, beta_experience=0.15)
     design = simulate(rng, truth, 1500)
-    a = exact.fit_exact(design, num_warmup=500, num_samples=2000, num_chains=2, seed=1)
-    b = fit_rowwise(design, num_warmup=1000, num_samples=1500, num_chains=2, seed=2)
+    a = exact.fit_exact(design, Sampler(num_warmup=500, num_samples=2000, num_chains=2, seed=1))
+    b = fit_rowwise(design, Sampler(num_warmup=1000, num_samples=1500, num_chains=2, seed=2))
     assert float(az.rhat(az.from_dict(posterior=contrasts(b.samples))).to_array().max()) < 1.02
     ca, cb = contrasts(a.samples), contrasts(b.samples)
     ess_a = az.ess(az.from_dict(posterior=ca))
@@ -275,8 +274,7 @@ def test_simulation_based_calibration(persistent_compilation_cache):
         truth = prior_draw(rng, 2, 3, 3)
         stats = sufficient_stats(simulate(rng, truth, 100))
         # identical shapes and chunk lengths in every replication: nothing new to compile
-        draws = exact.fit_exact_from_stats(stats, num_warmup=300, num_samples=300,
-                                           num_chains=1, seed=r)
+        draws = exact.fit_exact_from_stats(stats, Sampler(num_warmup=300, num_samples=300, num_chains=1, seed=r))
         post = contrasts(draws.samples) | {
             "sigma_age": draws.samples["sigma_age"], "mu_age_0": draws.samples["mu_age"][..., 0]}
         true = contrasts({k: np.asarray(v)[None, None] for k, v in truth.items()})

@@ -60,7 +60,7 @@ import numpyro.distributions as dist
 import scipy.linalg
 
 from .encoding import Design
-from .inference import SCALAR_SITES, SCALE_SITES, VECTOR_SITES, Draws, ProgressFn, run_nuts
+from .inference import SCALAR_SITES, SCALE_SITES, VECTOR_SITES, Draws, ProgressFn, Sampler, run_nuts
 from .model import (
     PRIOR_BETA_EXPERIENCE,
     PRIOR_BETA_FITNESS,
@@ -281,16 +281,7 @@ def draw_coefficients(stats: SuffStats, theta: np.ndarray, rng: np.random.Genera
     return out
 
 
-def fit_exact_from_stats(
-    stats: SuffStats,
-    *,
-    num_warmup: int = 1500,
-    num_samples: int = 1500,
-    num_chains: int = 2,
-    target_accept: float = 0.85,
-    seed: int = 42,
-    progress: ProgressFn = None,
-) -> Draws:
+def fit_exact_from_stats(stats: SuffStats, sampler: Sampler = Sampler(), progress: ProgressFn = None) -> Draws:
     """Exact joint posterior draws from sufficient statistics (see the module docstring)."""
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
@@ -304,11 +295,7 @@ def fit_exact_from_stats(
     samples, diverging, info = run_nuts(
         functools.partial(collapsed_model, **stats.sizes),
         kwargs,
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        num_chains=num_chains,
-        target_accept=target_accept,
-        seed=seed,
+        sampler,
         # whitened coordinates: z = 0 is the Laplace mode and one unit is about one posterior
         # sd, so chains start 1.5 sd apart from the mode in random directions
         init_params={"z": jnp.zeros(4)},
@@ -320,7 +307,7 @@ def fit_exact_from_stats(
     # one exact draw of b per draw of the scales; a generator apart from run_nuts' keys
     shape, k = diverging.shape, stats.num_columns
     theta = np.log(np.stack([samples[s].reshape(-1) for s in SCALE_SITES], axis=-1))
-    rng = np.random.default_rng([seed, _COEFFICIENT_STREAM])
+    rng = np.random.default_rng([sampler.seed, _COEFFICIENT_STREAM])
     b = draw_coefficients(stats, theta, rng).reshape(shape + (k,))
     t2 = time.perf_counter()
     say(f"exact: {theta.shape[0]} coefficient draws in {t2 - t1:.2f} s")
@@ -337,25 +324,13 @@ def fit_exact_from_stats(
                  diverging=diverging, engine="exact", info=info)
 
 
-def fit_exact(
-    design: Design,
-    *,
-    num_warmup: int = 1500,
-    num_samples: int = 1500,
-    num_chains: int = 2,
-    target_accept: float = 0.85,
-    seed: int = 42,
-    progress: ProgressFn = None,
-) -> Draws:
+def fit_exact(design: Design, sampler: Sampler = Sampler(), progress: ProgressFn = None) -> Draws:
     """Exact joint posterior draws on all rows of ``design``: one pass, then a 4-d NUTS."""
     t0 = time.perf_counter()
     stats = sufficient_stats(design)
     t_stats = time.perf_counter() - t0
     if progress is not None:
         progress(f"exact: sufficient statistics of {stats.n} rows in {t_stats:.2f} s")
-    draws = fit_exact_from_stats(
-        stats, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
-        target_accept=target_accept, seed=seed, progress=progress,
-    )
+    draws = fit_exact_from_stats(stats, sampler, progress)
     draws.info.update(stats_s=t_stats, wall_s=time.perf_counter() - t0)
     return draws

@@ -61,6 +61,17 @@ class Draws:
 ProgressFn = Callable[[str], None] | None
 
 
+@dataclass(frozen=True)
+class Sampler:
+    """NUTS settings shared by every engine (the defaults are the seed's)."""
+
+    num_warmup: int = 1500
+    num_samples: int = 1500
+    num_chains: int = 2
+    target_accept: float = 0.85
+    seed: int = 42
+
+
 def _chunks(total: int, max_chunks: int = 10) -> list[int]:
     """Split ``total`` iterations into at most ``max_chunks`` chunks of (nearly) equal size.
 
@@ -75,12 +86,8 @@ def _chunks(total: int, max_chunks: int = 10) -> list[int]:
 def run_nuts(
     model,
     model_kwargs: dict,
+    sampler: Sampler,
     *,
-    num_warmup: int,
-    num_samples: int,
-    num_chains: int,
-    target_accept: float,
-    seed: int,
     init_params: dict | None = None,
     init_jitter: float = 0.0,
     progress: ProgressFn = None,
@@ -105,6 +112,8 @@ def run_nuts(
     from numpyro.infer import NUTS, init_to_median
 
     say = progress or (lambda _msg: None)
+    num_warmup, num_samples, num_chains = sampler.num_warmup, sampler.num_samples, sampler.num_chains
+    target_accept, seed = sampler.target_accept, sampler.seed
     kernel = NUTS(
         model,
         target_accept_prob=target_accept,
@@ -173,16 +182,7 @@ def run_nuts(
     return samples, np.stack(chains_div), info
 
 
-def fit_rowwise(
-    design: Design,
-    *,
-    num_warmup: int = 1500,
-    num_samples: int = 1500,
-    num_chains: int = 2,
-    target_accept: float = 0.85,
-    seed: int = 42,
-    progress=None,
-) -> Draws:
+def fit_rowwise(design: Design, sampler: Sampler = Sampler(), progress: ProgressFn = None) -> Draws:
     """The seed's sampler: NUTS over every parameter with the row-wise likelihood."""
     import jax.numpy as jnp
 
@@ -196,11 +196,7 @@ def fit_rowwise(
     samples, diverging, info = run_nuts(
         functools.partial(finish_time_model, **sizes),
         kwargs,
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        num_chains=num_chains,
-        target_accept=target_accept,
-        seed=seed,
+        sampler,
         progress=progress,
     )
     info.update(rows=len(design), wall_s=time.perf_counter() - t0)

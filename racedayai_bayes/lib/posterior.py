@@ -15,7 +15,7 @@ import pandas as pd
 from . import diagnostics as dx
 from .encoding import Encoding, FitError, encode, fit_encoding
 from .holdout import DEFAULT_HOLDOUT_SHARE, split_holdout
-from .inference import Draws, ProgressFn, fit_rowwise
+from .inference import Draws, ProgressFn, Sampler, fit_rowwise
 from .predict import mean_prediction, predictive_summary
 
 ENGINES = ("exact", "rowwise")
@@ -155,20 +155,19 @@ def posterior_analysis(draws: Draws, enc: Encoding) -> dict:
 
 
 def run_engine(design, settings: FitSettings, seed: int, progress: ProgressFn = None) -> Draws:
-    kwargs = dict(
+    sampler = Sampler(
         num_warmup=settings.num_warmup,
         num_samples=settings.num_samples,
         num_chains=settings.num_chains,
         target_accept=settings.target_accept_for_engine(),
         seed=seed,
-        progress=progress,
     )
     if settings.engine == "rowwise":
-        return fit_rowwise(design, **kwargs)
+        return fit_rowwise(design, sampler, progress)
     if settings.engine == "exact":
         from .exact import fit_exact
 
-        return fit_exact(design, **kwargs)
+        return fit_exact(design, sampler, progress)
     raise ValueError(f"unknown engine {settings.engine!r}; expected one of {ENGINES}")
 
 
