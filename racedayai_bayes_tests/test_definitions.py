@@ -1,8 +1,6 @@
 import subprocess
 import sys
 
-import dagster as dg
-
 from racedayai_bayes.definitions import defs
 
 from .conftest import REPO

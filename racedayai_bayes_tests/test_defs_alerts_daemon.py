@@ -24,13 +24,14 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+# the tick history has no public API in Dagster 1.13; the UI reads it through GraphQL
 from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
 from racedayai_bayes.defs.schedules import REFIT_JOB
 from racedayai_bayes.defs.sensors import WEBHOOK_ENV
 
 from .conftest import FAST_FIT, REPO
-from .test_defs_concurrency import WORKSPACE, _bin, _env, _stop, _tail, both
+from .test_defs_concurrency import WORKSPACE, _bin, _env, _stop, _tail, both, running_daemon
 from .webhook import WebhookReceiver
 
 pytestmark = pytest.mark.slow
@@ -67,19 +68,9 @@ def alert_env(dagster_home, small_inputs, tmp_path, receiver) -> dict[str, str]:
 @pytest.fixture
 def daemon(alert_env, dagster_home, tmp_path):
     """`dagster-daemon run` with the webhook set; yields the process and its log file."""
-    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:  # create the storages first
-        instance.get_runs(limit=1)
-        instance.all_instigator_state()
     log_path = tmp_path / "daemon.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [_bin("dagster-daemon"), "run", "-w", str(WORKSPACE)],
-            cwd=REPO, env=alert_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        try:
-            yield proc, log_path
-        finally:
-            _stop(proc)
+    with running_daemon(dagster_home, alert_env, log_path) as proc:
+        yield proc, log_path
 
 
 @pytest.fixture

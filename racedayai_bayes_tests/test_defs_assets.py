@@ -185,12 +185,18 @@ def test_predict_command_refuses_rows_of_the_other_distance(graph_run, tmp_path,
     assert "rows.csv" in err and "event_distance" in err and "140.6" in err
 
 
-def test_drift_check_warns_above_the_threshold_without_blocking(graph_run, tmp_path):
-    """A refit compared with the published one: a 0.01 s threshold makes any shift a WARN."""
+def _copy_of_outputs(graph_run, tmp_path):
+    """A copy of the module's output folder and resources writing to it: tests that refit
+    again and change the outputs leave the shared ones alone."""
     _, out, resources = graph_run
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
-    resources = {**resources, "paths": PipelinePaths(input_dir=resources["paths"].input_dir, output_dir=str(copy))}
+    return copy, {**resources, "paths": PipelinePaths(input_dir=resources["paths"].input_dir, output_dir=str(copy))}
+
+
+def test_drift_check_warns_above_the_threshold_without_blocking(graph_run, tmp_path):
+    """A refit compared with the published one: a 0.01 s threshold makes any shift a WARN."""
+    copy, resources = _copy_of_outputs(graph_run, tmp_path)
     before = (copy / "posterior" / "70.3" / LATEST).read_text()
     result = _materialize(
         "70.3", resources, {**FAST_FIT, "seed": 5, "drift_threshold_sec": 0.01}, dg.DagsterInstance.ephemeral(),
@@ -246,12 +252,9 @@ def test_bad_input_fails_with_file_and_column(small_inputs, tmp_path):
 
 
 def test_unreadable_latest_artifact_skips_drift_and_the_refit_goes_on(graph_run, tmp_path):
-    _, out, resources = graph_run
-    copy = tmp_path / "out"
-    shutil.copytree(out, copy)
+    copy, resources = _copy_of_outputs(graph_run, tmp_path)
     folder = copy / "posterior" / "70.3"
     (folder / (folder / LATEST).read_text().strip()).write_bytes(b"truncated")
-    resources = {**resources, "paths": PipelinePaths(input_dir=resources["paths"].input_dir, output_dir=str(copy))}
     instance = dg.DagsterInstance.ephemeral()
     result = _materialize("70.3", resources, FAST_FIT, instance, selection=["posterior"])
     assert result.success
@@ -262,13 +265,10 @@ def test_unreadable_latest_artifact_skips_drift_and_the_refit_goes_on(graph_run,
 
 
 def test_artifact_that_cannot_be_written_fails_the_refit_and_keeps_the_csv(graph_run, tmp_path):
-    _, out, resources = graph_run
-    copy = tmp_path / "out"
-    shutil.copytree(out, copy)
+    copy, resources = _copy_of_outputs(graph_run, tmp_path)
     shutil.rmtree(copy / "posterior" / "140.6")
     (copy / "posterior" / "140.6").write_text("a file where the artifact folder should be")
     before = (copy / "bayesian_predictions_140.6.csv").read_bytes()
-    resources = {**resources, "paths": PipelinePaths(input_dir=resources["paths"].input_dir, output_dir=str(copy))}
     result = _materialize(
         "140.6", resources, FAST_FIT, dg.DagsterInstance.ephemeral(),
         selection=["posterior", "bayesian_predictions"], raise_on_error=False,
@@ -281,10 +281,7 @@ def test_artifact_that_cannot_be_written_fails_the_refit_and_keeps_the_csv(graph
 
 def test_a_posterior_materialised_alone_does_not_move_latest(graph_run, tmp_path):
     """`latest` names the posterior of the CSV on disk: a refit whose CSV is not written leaves it."""
-    _, out, resources = graph_run
-    copy = tmp_path / "out"
-    shutil.copytree(out, copy)
-    resources = {**resources, "paths": PipelinePaths(input_dir=resources["paths"].input_dir, output_dir=str(copy))}
+    copy, resources = _copy_of_outputs(graph_run, tmp_path)
     before = (copy / "posterior" / "140.6" / LATEST).read_text()
     result = _materialize("140.6", resources, {**FAST_FIT, "seed": 8}, dg.DagsterInstance.ephemeral(), selection=["posterior"])
     assert result.success

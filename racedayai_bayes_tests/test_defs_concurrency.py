@@ -12,6 +12,7 @@ the posterior step instead, before they write anything, when an earlier refit of
 distance is still running (defs/concurrency.py); the last tests cover that.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -90,24 +91,31 @@ def instance_env(dagster_home, small_inputs, tmp_path) -> dict[str, str]:
     return _env(dagster_home, small_inputs, tmp_path / "outputs")
 
 
-@pytest.fixture
-def daemon(instance_env, dagster_home, tmp_path):
-    """`dagster-daemon run` on the temporary instance; yields the process and its log file."""
+@contextlib.contextmanager
+def running_daemon(dagster_home: Path, env: dict[str, str], log_path: Path):
+    """`dagster-daemon run` on the instance in dagster_home; yields the process, stops its group."""
     # Create the SQLite storages first: processes that all find a fresh DAGSTER_HOME race
     # to create them (alembic's revision check fails in the loser).
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         instance.get_runs(limit=1)
         instance.all_instigator_state()
-    log_path = tmp_path / "daemon.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [_bin("dagster-daemon"), "run", "-w", str(WORKSPACE)],
-            cwd=REPO, env=instance_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         try:
-            yield proc, log_path
+            yield proc
         finally:
             _stop(proc)
+
+
+@pytest.fixture
+def daemon(instance_env, dagster_home, tmp_path):
+    """`dagster-daemon run` on the temporary instance; yields the process and its log file."""
+    log_path = tmp_path / "daemon.log"
+    with running_daemon(dagster_home, instance_env, log_path) as proc:
+        yield proc, log_path
 
 
 def _launch_together(env: dict[str, str], requests: dict[str, tuple[str, int]], tmp_path: Path) -> None:
