@@ -42,7 +42,7 @@ class Split:
         return {
             "rule": self.rule,
             "description": self.description,
-            "rows_fitted": len(self.train),
+            "rows_to_fit": len(self.train),  # the rowwise engine fits a subsample of these
             "rows_held_out": len(self.holdout),
         }
 

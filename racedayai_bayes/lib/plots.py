@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from .diagnostics import COVERAGE_RANGE, to_inference_data
+from .diagnostics import COVERAGE_RANGE, point_metrics, to_inference_data
 from .encoding import NO_CLUSTER, Encoding
 from .inference import SCALE_SITES, Draws
 
@@ -185,17 +185,11 @@ def _paired(observed, predicted) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fit_stats(observed, predicted) -> dict[str, float]:
-    """MAE (seconds and minutes) and R² of predictions over every row, plus the row count.
-
-    R² follows scikit-learn's convention for constant observations: 1 if the predictions
-    are exact, else 0.
-    """
+    """MAE (seconds and minutes) and R² of predictions over every row, plus the row count:
+    the seed's metrics (:func:`racedayai_bayes.lib.diagnostics.point_metrics`)."""
     obs, pred = _paired(observed, predicted)
-    mae = float(np.mean(np.abs(obs - pred)))
-    ss_res = float(np.sum((obs - pred) ** 2))
-    ss_tot = float(np.sum((obs - obs.mean()) ** 2))
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)
-    return {"mae_sec": mae, "mae_min": mae / 60.0, "r2": r2, "rows": int(obs.size)}
+    stats = point_metrics(obs, pred)
+    return {**stats, "mae_min": stats["mae_sec"] / 60.0, "rows": int(obs.size)}
 
 
 def predicted_vs_observed(observed_sec, predicted_sec, label: str = "held-out rows") -> bytes:

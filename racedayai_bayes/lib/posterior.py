@@ -80,7 +80,6 @@ class Posterior:
     encoding: Encoding
     draws: Draws
     summary: pd.DataFrame
-    predictive: dict
     analysis: dict
     checks: list[dx.CheckOutcome]
     settings: dict
@@ -246,7 +245,6 @@ def fit_posterior(
         encoding=enc,
         draws=draws,
         summary=summary,
-        predictive=in_sample.metrics,
         analysis=posterior_analysis(draws, enc),
         checks=checks,
         settings={
