@@ -35,7 +35,7 @@ TABLE = HERE / "RESULTS.md"
 
 
 def _inputs(size: str, seed: int = 0) -> tuple[Path, float | None]:
-    from racedayai_bayes.lib.simulate import write_demo_data
+    from racedayai_bayes.demo.simulate import write_demo_data
 
     folder = WORK / f"{size}-{seed}"
     if (folder / "athlete_race.csv").exists():
@@ -63,8 +63,8 @@ def _diag(post, wall: float) -> dict:
 
 
 def side_by_side(args) -> dict:
-    from racedayai_bayes.lib.frame import distance_rows
-    from racedayai_bayes.lib.posterior import FitSettings, _sample, fit_posterior
+    from racedayai_bayes.lib.data.frame import distance_rows
+    from racedayai_bayes.lib.models.seed.fit import FitSettings, _sample, fit_posterior
 
     folder, _ = _inputs("demo")
     frame = _model_frame(folder)
@@ -191,7 +191,7 @@ def _naive_intervals(draws, enc, design, max_draws: int, seed: int):
     """The plain posterior predictive quantiles: every row and draw gets its own noise."""
     import numpy as np
 
-    from racedayai_bayes.lib.predict import thinned_draws
+    from racedayai_bayes.lib.models.seed.predict import thinned_draws
 
     rng = np.random.default_rng(seed)
     pick = thinned_draws(draws.num_chains * draws.num_draws, max_draws)
@@ -211,10 +211,10 @@ def intervals(args) -> dict:
     """Side by side: the library's quantiles and the plain ones, same draws and rows."""
     import numpy as np
 
-    from racedayai_bayes.lib.encoding import encode
-    from racedayai_bayes.lib.frame import distance_rows
-    from racedayai_bayes.lib.posterior import FitSettings, fit_posterior
-    from racedayai_bayes.lib.predict import predictive_summary
+    from racedayai_bayes.lib.models.seed.encoding import encode
+    from racedayai_bayes.lib.data.frame import distance_rows
+    from racedayai_bayes.lib.models.seed.fit import FitSettings, fit_posterior
+    from racedayai_bayes.lib.models.seed.predict import predictive_summary
 
     folder, _ = _inputs("demo")
     frame = _model_frame(folder)
@@ -248,8 +248,8 @@ def intervals(args) -> dict:
 
 
 def _model_frame(folder: Path):
-    from racedayai_bayes.lib import contracts
-    from racedayai_bayes.lib.frame import build_model_frame
+    from racedayai_bayes.lib.data import contracts
+    from racedayai_bayes.lib.data.frame import build_model_frame
 
     frame, _ = build_model_frame(
         contracts.read_races(folder / contracts.RACE_FILE).frame,

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import racedayai_bayes  # noqa: F401  (pins JAX to the CPU)
 
-from racedayai_bayes.lib.frame import MODEL_DISTANCES
+from racedayai_bayes.lib.data.frame import MODEL_DISTANCES
+
+# Unpartitioned assets that the first run of a refit builds and later runs reuse.
+FRAME_ASSETS = ("athlete_race", "athlete_profile", "cluster_assignments", "model_frame")
 
 
 def _demo_data(args: argparse.Namespace) -> int:
-    from racedayai_bayes.lib.simulate import write_demo_data
+    from racedayai_bayes.demo.simulate import write_demo_data
 
     paths = write_demo_data(args.out, size=args.size, seed=args.seed)
     for name, path in paths.items():
@@ -19,8 +22,11 @@ def _demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fit_config(args: argparse.Namespace) -> dict:
-    fields = {
+def _run_config(args: argparse.Namespace) -> dict:
+    """Run config of a refit: the seed models' sampler flags, the split and the publish setting."""
+    from racedayai_bayes.defs.models import posterior_key
+
+    seed = {
         "engine": args.engine,
         "num_warmup": args.warmup,
         "num_samples": args.samples,
@@ -28,7 +34,17 @@ def _fit_config(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "predictive_draws": args.predictive_draws,
     }
-    return {k: v for k, v in fields.items() if v is not None}
+    seed = {k: v for k, v in seed.items() if v is not None}
+    forecast = {k: v for k, v in {"seed": args.seed, "num_samples": args.forecast_samples}.items() if v is not None}
+    split = {k: v for k, v in {"holdout": args.holdout, "holdout_season": args.holdout_season}.items() if v is not None}
+    ops = {
+        posterior_key("seed_profile"): {"config": seed},
+        posterior_key("seed_asof"): {"config": seed},
+        posterior_key("forecast"): {"config": forecast},
+        "holdout_split": {"config": split},
+        "published_model": {"config": {"publish": args.publish}},
+    }
+    return {"ops": ops}
 
 
 def _refit(args: argparse.Namespace) -> int:
@@ -42,14 +58,15 @@ def _refit(args: argparse.Namespace) -> int:
         return 2
     instance = dg.DagsterInstance.get()
     distances = [args.distance] if args.distance else list(MODEL_DISTANCES)
-    run_config = {"ops": {"posterior": {"config": _fit_config(args)}}}
+    run_config = _run_config(args)
     job = dg.reconstructable(refit_job_def)
     failed = False
     frame_ready = False
     for distance in distances:
         # The first run reads the inputs and rebuilds the model frame; later runs reuse it.
         selection = None if not frame_ready else [
-            dg.AssetKey("posterior"), dg.AssetKey("bayesian_predictions"), dg.AssetKey("bayesian_posterior_means")
+            key for key in job.get_definition().asset_layer.executable_asset_keys
+            if key.to_user_string() not in FRAME_ASSETS
         ]
         result = dg.execute_job(
             job,
@@ -103,14 +120,15 @@ def _report(instance, result, distance: str) -> bool:
 
 def _predict(args: argparse.Namespace) -> int:
     """Predictions from a posterior artifact alone, as the pipeline's prediction CSVs."""
-    from racedayai_bayes.lib.artifacts import ArtifactError, load_artifact
-    from racedayai_bayes.lib.contracts import InputError, read_model_rows
-    from racedayai_bayes.lib.io import OutputWriteError, write_csv_atomic
-    from racedayai_bayes.lib.predict import predict_frame
+    from racedayai_bayes.lib.data.contracts import InputError, read_model_rows
+    from racedayai_bayes.lib.outputs.artifacts import ArtifactError, load_artifact
+    from racedayai_bayes.lib.outputs.io import OutputWriteError, write_csv_atomic
+    from racedayai_bayes.lib.outputs.tables import prediction_table
 
     try:
         artifact = load_artifact(args.posterior)
-        rows = read_model_rows(args.input)
+        model = artifact.model
+        rows = read_model_rows(args.input, model.predict_columns)
     except (ArtifactError, InputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -126,16 +144,31 @@ def _predict(args: argparse.Namespace) -> int:
         return 2
     for note in rows.notes:
         print(f"note: {rows.path}: {note}", file=sys.stderr)
-    draws = artifact.interval_draws if args.draws is None else args.draws
-    seed = artifact.prediction_seed if args.seed is None else args.seed
-    table = predict_frame(artifact.draws, artifact.encoding, frame, interval_draws=draws, seed=seed)
+    try:
+        pred = model.predict_rows(frame, draws=args.draws, seed=args.seed)
+    except ValueError as exc:
+        print(f"error: {rows.path}: {exc}", file=sys.stderr)
+        return 2
+    held = frame["held_out"].fillna(False).to_numpy(dtype=bool) if "held_out" in frame else _held_out(artifact, frame)
+    table = prediction_table(frame, pred, model.name, held)
     try:
         path = write_csv_atomic(table, args.output)
     except OutputWriteError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {len(table):,} predictions of {artifact.distance} to {path} (posterior {artifact.path})")
+    print(f"wrote {len(table):,} predictions of {artifact.distance} by {model.name} to {path} (posterior {artifact.path})")
     return 0
+
+
+def _held_out(artifact, frame) -> "np.ndarray":
+    """Rows of the artifact's held-out season (its split held out a season), else none."""
+    import json
+
+    import numpy as np
+
+    season = json.loads(artifact.attrs.get("racedayai_split", "{}")).get("season")
+    years = frame["event_year"].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+    return years == season if season is not None else np.zeros(len(frame), dtype=bool)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,7 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     refit.add_argument("--samples", type=int, help="draws per chain (default 1500)")
     refit.add_argument("--chains", type=int, help="chains (default 2)")
     refit.add_argument("--seed", type=int, help="PRNG seed (default: 42 for 70.3, 99 for 140.6)")
-    refit.add_argument("--predictive-draws", type=int, help="posterior draws for the predictive intervals (default 1000)")
+    refit.add_argument("--predictive-draws", type=int, help="posterior draws for the seed models' predictive intervals (default 1000)")
+    refit.add_argument("--forecast-samples", type=int, help="draws per chain of the forecast model (default 300)")
+    refit.add_argument("--holdout", choices=["latest_year", "random_athletes", "none"], help="held-out rows (default latest_year)")
+    refit.add_argument("--holdout-season", type=int, help="hold out this season and drop later ones (a backtest); default the latest")
+    refit.add_argument("--publish", choices=["auto", "seed_profile", "seed_asof", "forecast"], default="auto",
+                       help="which model's forecasts to publish (default auto: the best eligible by held-out ELPD)")
     refit.set_defaults(func=_refit)
 
     predict = sub.add_parser(

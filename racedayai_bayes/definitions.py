@@ -5,8 +5,10 @@ import racedayai_bayes  # noqa: F401  (pins JAX to the CPU before anything impor
 import dagster as dg
 
 from racedayai_bayes.defs.inputs import athlete_profile, athlete_race, cluster_assignments, model_frame
-from racedayai_bayes.defs.model import posterior
-from racedayai_bayes.defs.predictions import bayesian_posterior_means, bayesian_predictions
+from racedayai_bayes.defs.models import POSTERIOR_ASSETS
+from racedayai_bayes.defs.predictions import bayesian_posterior_means, bayesian_predictions, forecast_posterior_means
+from racedayai_bayes.defs.publish import published_model
+from racedayai_bayes.defs.split import holdout_split
 from racedayai_bayes.defs.resources import AtomicPickleIOManagerFactory, PipelinePaths
 from racedayai_bayes.defs.schedules import REFIT_JOB, refit_job, weekly_refit
 from racedayai_bayes.defs.sensors import check_warning_alert, dead_run_reaper, refit_failure_alert
@@ -27,9 +29,12 @@ defs = dg.Definitions(
         athlete_profile,
         cluster_assignments,
         model_frame,
-        posterior,
+        holdout_split,
+        *POSTERIOR_ASSETS,
+        published_model,
         bayesian_predictions,
         bayesian_posterior_means,
+        forecast_posterior_means,
     ],
     jobs=[refit_job],
     schedules=[weekly_refit],

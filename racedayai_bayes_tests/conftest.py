@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from racedayai_bayes.lib.contracts import CLUSTER_FILE, PROFILE_FILE, RACE_FILE
-from racedayai_bayes.lib.io import write_csv_atomic
+from racedayai_bayes.lib.data.contracts import CLUSTER_FILE, PROFILE_FILE, RACE_FILE
+from racedayai_bayes.lib.outputs.io import write_csv_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,7 +20,7 @@ FAST_FIT = {"num_warmup": 300, "num_samples": 1000, "num_chains": 2, "predictive
 
 @pytest.fixture(scope="session")
 def demo_world() -> dict[str, pd.DataFrame]:
-    from racedayai_bayes.lib.simulate import simulate_world
+    from racedayai_bayes.demo.simulate import simulate_world
 
     return simulate_world("demo", seed=7)
 

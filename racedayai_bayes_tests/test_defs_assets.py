@@ -10,9 +10,9 @@ import pytest
 
 from racedayai_bayes.definitions import defs
 from racedayai_bayes.defs.resources import AtomicPickleIOManagerFactory, PipelinePaths
-from racedayai_bayes.lib.artifacts import LATEST, load_artifact
-from racedayai_bayes.lib.io import write_csv_atomic
-from racedayai_bayes.lib.predict import PREDICTION_COLUMNS, PREDICTION_INTERVAL_COLUMNS
+from racedayai_bayes.lib.outputs.artifacts import LATEST, load_artifact
+from racedayai_bayes.lib.outputs.io import write_csv_atomic
+from racedayai_bayes.lib.models.seed.predict import PREDICTION_COLUMNS, PREDICTION_INTERVAL_COLUMNS
 
 from .conftest import FAST_FIT
 

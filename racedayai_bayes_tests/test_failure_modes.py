@@ -26,9 +26,9 @@ import pytest
 
 from racedayai_bayes.definitions import defs
 from racedayai_bayes.defs.resources import AtomicPickleIOManagerFactory, PipelinePaths
-from racedayai_bayes.lib.contracts import CLUSTER_FILE, PROFILE_FILE, RACE_FILE
-from racedayai_bayes.lib.io import write_csv_atomic
-from racedayai_bayes.lib.predict import PREDICTION_COLUMNS, PREDICTION_INTERVAL_COLUMNS, predict_frame
+from racedayai_bayes.lib.data.contracts import CLUSTER_FILE, PROFILE_FILE, RACE_FILE
+from racedayai_bayes.lib.outputs.io import write_csv_atomic
+from racedayai_bayes.lib.models.seed.predict import PREDICTION_COLUMNS, PREDICTION_INTERVAL_COLUMNS, predict_frame
 
 from .conftest import FAST_FIT, REPO
 
@@ -611,7 +611,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
 _HALF_WRITE = """
 import sys, time
 import numpy as np, pandas as pd, pyarrow.csv as pacsv
-from racedayai_bayes.lib.io import write_csv_atomic
+from racedayai_bayes.lib.outputs.io import write_csv_atomic
 
 real = pacsv.write_csv
 def half_then_hang(table, path, *args, **kwargs):
@@ -652,7 +652,7 @@ def test_sigkill_while_writing_a_csv_keeps_the_previous_file_and_the_rerun_clean
 
 
 def test_cleanup_never_removes_a_live_writers_temp_file(tmp_path):
-    from racedayai_bayes.lib.io import atomic_path
+    from racedayai_bayes.lib.outputs.io import atomic_path
 
     target = tmp_path / MEANS
     with atomic_path(target) as live:
@@ -667,7 +667,7 @@ _FILL_DISK = """
 import json, sys
 from pathlib import Path
 import numpy as np, pandas as pd
-from racedayai_bayes.lib.io import OutputWriteError, write_csv_atomic
+from racedayai_bayes.lib.outputs.io import OutputWriteError, write_csv_atomic
 
 target = Path(sys.argv[1]) / "bayesian_predictions_70.3.csv"
 write_csv_atomic(pd.DataFrame({"athlete_hash": ["a"], "bayes_pred": [20000.5]}), target)
@@ -815,8 +815,8 @@ expected = {
     "rows_without_cluster": int((kept_all & (anon_all | (ids % 3 != 0))).sum()),
 }
 
-from racedayai_bayes.lib.contracts import read_clusters, read_profiles, read_races
-from racedayai_bayes.lib.frame import build_model_frame, join_counts
+from racedayai_bayes.lib.data.contracts import read_clusters, read_profiles, read_races
+from racedayai_bayes.lib.data.frame import build_model_frame, join_counts
 
 base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 t1 = time.perf_counter()

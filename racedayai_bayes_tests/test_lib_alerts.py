@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from racedayai_bayes.lib.alerts import Alert, post_json, slack_payload
+from racedayai_bayes.lib.outputs.alerts import Alert, post_json, slack_payload
 
 CHECK_ALERT = Alert(
     run_id="run-8f3a",

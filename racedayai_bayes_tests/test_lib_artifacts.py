@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from racedayai_bayes.lib import diagnostics as dx
-from racedayai_bayes.lib.artifacts import (
+from racedayai_bayes.lib.evaluation import diagnostics as dx
+from racedayai_bayes.lib.outputs.artifacts import (
     LATEST,
     ArtifactError,
     latest_artifact,
@@ -17,8 +17,8 @@ from racedayai_bayes.lib.artifacts import (
     refit_timestamp,
     write_artifact,
 )
-from racedayai_bayes.lib.encoding import Encoding
-from racedayai_bayes.lib.inference import Draws
+from racedayai_bayes.lib.models.seed.encoding import Encoding
+from racedayai_bayes.lib.inference.nuts import Draws
 
 ENC = Encoding("70.3", ("25-29", "30-34"), (-1, 3), 20000.0, 4000.0, 0.5, 2.0, 0)
 

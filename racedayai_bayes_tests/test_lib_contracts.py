@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from racedayai_bayes.lib.contracts import (
+from racedayai_bayes.lib.data.contracts import (
     InputError,
     read_clusters,
     read_profiles,
@@ -330,7 +330,7 @@ def test_cluster_ids_are_integers_and_blank_ids_dropped(tmp_path):
 
 
 def test_model_rows_missing_a_covariate_column_names_file_and_column(tmp_path):
-    from racedayai_bayes.lib.contracts import read_model_rows
+    from racedayai_bayes.lib.data.contracts import read_model_rows
 
     path = tmp_path / "rows.csv"
     path.write_text("gender,age_group,pb_total_sec,total_races\nM,30-34,20000,3\n")
@@ -340,7 +340,7 @@ def test_model_rows_missing_a_covariate_column_names_file_and_column(tmp_path):
 
 
 def test_model_rows_without_optional_columns_are_typed_and_blank(tmp_path):
-    from racedayai_bayes.lib.contracts import read_model_rows
+    from racedayai_bayes.lib.data.contracts import read_model_rows
 
     path = tmp_path / "rows.csv"
     path.write_text("gender,age_group,pb_total_sec,total_races,cluster_id\nM,30-34,20000,3,\nF,80+,,1,4\n")

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import mean_absolute_error, r2_score
 
-from racedayai_bayes.lib.diagnostics import (
+from racedayai_bayes.lib.evaluation.diagnostics import (
     ERROR,
     PASS,
     WARN,
@@ -19,7 +19,7 @@ from racedayai_bayes.lib.diagnostics import (
     predictive_metrics,
     summary_table,
 )
-from racedayai_bayes.lib.inference import Draws
+from racedayai_bayes.lib.inference.nuts import Draws
 
 CHAINS, DRAWS = 4, 1000
 
@@ -167,7 +167,7 @@ def test_predictive_metrics_equal_sklearn_and_hand_values():
 
 
 def test_coverage_interval_is_wilsons_score_interval():
-    from racedayai_bayes.lib.diagnostics import coverage_interval
+    from racedayai_bayes.lib.evaluation.diagnostics import coverage_interval
 
     # Wilson (1927) at z = 2.576 for 55 of 57 rows, by hand: centre 0.91642, half-width 0.07669
     lo, hi = coverage_interval(55 / 57, 57)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from racedayai_bayes.lib.encoding import UNSEEN, Encoding, encode, fit_encoding
+from racedayai_bayes.lib.models.seed.encoding import UNSEEN, Encoding, encode, fit_encoding
 
 
 def _frame(**overrides) -> pd.DataFrame:

@@ -13,17 +13,19 @@ import numpyro.distributions as dist
 import pytest
 from scipy import stats as st
 
-from racedayai_bayes.lib import exact
-from racedayai_bayes.lib.encoding import Design
-from racedayai_bayes.lib.inference import SCALAR_SITES, SCALE_SITES, VECTOR_SITES, Sampler, fit_rowwise
-from racedayai_bayes.lib.model import (
+from racedayai_bayes.lib.models.seed import exact
+from racedayai_bayes.lib.models.seed.encoding import Design
+from racedayai_bayes.lib.inference.nuts import Sampler
+from racedayai_bayes.lib.models.seed.model import SCALAR_SITES, SCALE_SITES, VECTOR_SITES
+from racedayai_bayes.lib.models.seed.rowwise import fit_rowwise
+from racedayai_bayes.lib.models.seed.model import (
     PRIOR_BETA_EXPERIENCE,
     PRIOR_BETA_FITNESS,
     PRIOR_GROUP_SCALE,
     PRIOR_MU_GLOBAL_SD,
     PRIOR_SIGMA_SCALE,
 )
-from racedayai_bayes.lib.suffstats import dense_design_matrix, sufficient_stats
+from racedayai_bayes.lib.models.seed.suffstats import dense_design_matrix, sufficient_stats
 
 SCALE_VALUES = [
     dict(sigma=0.7, sigma_gender=0.3, sigma_age=0.2, sigma_cluster=0.9),

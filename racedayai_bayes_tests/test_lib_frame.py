@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from racedayai_bayes.lib.contracts import InputError, read_clusters, read_profiles, read_races
-from racedayai_bayes.lib.frame import FRAME_COLUMNS, build_model_frame, distance_rows
+from racedayai_bayes.lib.data.contracts import InputError, read_clusters, read_profiles, read_races
+from racedayai_bayes.lib.data.frame import FRAME_COLUMNS, build_model_frame, distance_rows
 
 RACE_HEADER = "athlete_hash,gender,age_group,is_pro,event_distance,event_year,total_sec"
 

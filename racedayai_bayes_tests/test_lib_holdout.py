@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from racedayai_bayes.lib.encoding import FitError
-from racedayai_bayes.lib.holdout import split_holdout
+from racedayai_bayes.lib.errors import FitError
+from racedayai_bayes.lib.data.split import split_holdout
 
 
 def _rows(n_athletes: int = 400, seed: int = 0) -> pd.DataFrame:

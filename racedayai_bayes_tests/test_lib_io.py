@@ -14,7 +14,7 @@ import pyarrow.csv
 import pytest
 from upath import UPath
 
-from racedayai_bayes.lib.io import OutputWriteError, as_path, atomic_open, atomic_path, write_csv_atomic
+from racedayai_bayes.lib.outputs.io import OutputWriteError, as_path, atomic_open, atomic_path, write_csv_atomic
 
 FRAME = pd.DataFrame({"athlete_hash": ["a", "b"], "bayes_pred": [20000.5, 41000.0]})
 OLD_BYTES = b"athlete_hash,bayes_pred\nold,1.0\n"

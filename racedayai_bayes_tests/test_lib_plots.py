@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import mean_absolute_error, r2_score
 
-from racedayai_bayes.lib.encoding import Encoding
-from racedayai_bayes.lib.inference import Draws
-from racedayai_bayes.lib.plots import (
+from racedayai_bayes.lib.models.seed.encoding import Encoding
+from racedayai_bayes.lib.inference.nuts import Draws
+from racedayai_bayes.lib.evaluation.plots import (
     MAX_DRAWN_POINTS,
     coverage_by_decile,
     coverage_by_decile_plot,
@@ -192,7 +192,7 @@ def test_fit_stats_reject_mismatched_or_empty_input():
 
 
 def test_predicted_vs_observed_handles_many_rows_and_reports_stats_over_all_of_them(monkeypatch):
-    import racedayai_bayes.lib.plots as plots
+    import racedayai_bayes.lib.evaluation.plots as plots
 
     rng = np.random.default_rng(4)
     n = 500_000

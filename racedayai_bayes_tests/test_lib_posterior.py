@@ -2,9 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from racedayai_bayes.lib.inference import Draws
-from racedayai_bayes.lib.encoding import fit_encoding
-from racedayai_bayes.lib.posterior import FitSettings, _sample, posterior_analysis
+from racedayai_bayes.lib.inference.nuts import Draws
+from racedayai_bayes.lib.models.seed.encoding import fit_encoding
+from racedayai_bayes.lib.models.seed.fit import FitSettings, _sample, posterior_analysis
 
 
 def test_engine_defaults():

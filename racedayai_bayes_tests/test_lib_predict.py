@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from scipy.stats import norm
 
-from racedayai_bayes.lib.encoding import UNSEEN, Encoding, encode
-from racedayai_bayes.lib.inference import Draws
-from racedayai_bayes.lib.predict import (
+from racedayai_bayes.lib.models.seed.encoding import UNSEEN, Encoding, encode
+from racedayai_bayes.lib.inference.nuts import Draws
+from racedayai_bayes.lib.models.seed.predict import (
     PREDICTION_COLUMNS,
     PREDICTION_INTERVAL_COLUMNS,
     _combination_table,

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from racedayai_bayes.lib import simulate as sim
+from racedayai_bayes.demo import simulate as sim
 
 # Calibration tolerances, per distance, on the seed's model frame (age-group 70.3/140.6
 # finishers with 3600 < total_sec < 61200) read back from the demo CSVs.

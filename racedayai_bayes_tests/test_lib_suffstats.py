@@ -5,8 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from racedayai_bayes.lib.encoding import UNSEEN, Design
-from racedayai_bayes.lib.suffstats import (
+from racedayai_bayes.lib.models.seed.encoding import UNSEEN, Design
+from racedayai_bayes.lib.models.seed.suffstats import (
     SuffStats,
     column_slices,
     dense_design_matrix,

@@ -1,58 +1,95 @@
-"""Asset checks on `posterior`, judged per distance partition.
+"""Asset checks on each model's posterior and on the published model, judged per distance.
 
-The checks are declared as `check_specs` on the posterior asset, so each distance is judged
-on its own draws; lib/diagnostics.py does the judging and this module only translates.
+Each model's posterior carries its own checks (sampler, held-out coverage, calibration per
+decile, drift). They are **not blocking**: a model that fails them is simply not eligible
+for publishing, and the other models are still compared and published. The blocking gate
+sits on ``published_model``: if no model can be published, or the published one's
+held-out coverage fails, ``bayesian_predictions`` is skipped and last week's CSV stays.
+lib/evaluation/ does the judging; this module only translates.
 """
 
 
 import dagster as dg
 
-from racedayai_bayes.lib import diagnostics as dx
-from racedayai_bayes.lib.posterior import Posterior
+from racedayai_bayes.lib.evaluation import diagnostics as dx
 
 from .partitions import distance_partitions
 
 # lib check name -> (Dagster check name, description)
-CHECKS = {
+MODEL_CHECKS = {
     "rhat": ("rhat_max", f"Max rank-normalised r_hat <= {dx.RHAT_MAX} (Vehtari et al. 2021)"),
     "ess": ("ess_bulk_min", f"Min bulk ESS >= {dx.ESS_BULK_MIN:g}"),
     "divergences": (
         "divergences",
         f"No divergent transitions; a few warn, more than {dx.DIVERGENCE_ERROR_SHARE:.0%} of draws is an error",
     ),
+    "proposal": (
+        "proposal_khat",
+        f"The independence sampler's proposal covers the posterior: PSIS k-hat <= {dx.PROPOSAL_KHAT_MAX} (else WARN)",
+    ),
     "coverage": (
         "predictive_coverage",
         f"90% posterior predictive interval covers between {dx.COVERAGE_RANGE[0]} and {dx.COVERAGE_RANGE[1]} "
-        "of the held-out rows (in-sample rows when the refit has no holdout)",
+        "of the held-out rows, up to sampling noise clustered by edition",
+    ),
+    "coverage_by_decile": (
+        "coverage_by_decile",
+        "Every decile of the predicted time has 90% coverage consistent with the same band (WARN)",
     ),
     "drift": (
         "prediction_drift",
-        "Posterior-mean predictions moved no more than the configured shift (drift_threshold_sec) "
-        "from the last published refit; above it the check warns",
+        "Predictions of the judged rows moved no more than drift_threshold_sec on average from the "
+        "model's previous refit; above it the check warns",
+    ),
+}
+PUBLISH_CHECKS = {
+    "publishable": ("publishable", "Some model passed its checks and may be published (blocking)"),
+    "published_coverage": (
+        "published_coverage",
+        "The published model's held-out 90% coverage is within the band up to clustered noise (blocking)",
+    ),
+    "published_coverage_by_decile": (
+        "published_coverage_by_decile",
+        "Every decile of the published model's predicted time is calibrated (WARN)",
+    ),
+    "published_model_change": (
+        "published_model_change",
+        "The published model is last week's; a change warns, with the reason",
     ),
 }
 _SEVERITY = {dx.WARN: dg.AssetCheckSeverity.WARN, dx.ERROR: dg.AssetCheckSeverity.ERROR}
 
 
-def posterior_check_specs(asset: str = "posterior") -> list[dg.AssetCheckSpec]:
-    # blocking: a failure with ERROR severity stops this distance's CSV from being written.
-    # Partitioned like the asset, so the UI keeps a status per distance: unpartitioned, a
-    # check shows only its newest evaluation, and overlapping refits of the two distances
-    # (the weekly schedule launches both at once) left it "Not Evaluated".
+def model_check_specs(asset: str, names: tuple[str, ...]) -> list[dg.AssetCheckSpec]:
+    """Non-blocking checks of one model's posterior, partitioned by distance like the asset.
+
+    Partitioned so the UI keeps a status per distance: unpartitioned, a check shows only its
+    newest evaluation, and the weekly schedule refits both distances at once.
+    """
     return [
-        dg.AssetCheckSpec(name, asset=asset, description=desc, blocking=True, partitions_def=distance_partitions)
-        for name, desc in CHECKS.values()
+        dg.AssetCheckSpec(MODEL_CHECKS[n][0], asset=asset, description=MODEL_CHECKS[n][1], blocking=False,
+                          partitions_def=distance_partitions)
+        for n in names
     ]
 
 
-def check_result(outcome: dx.CheckOutcome, posterior: Posterior) -> dg.AssetCheckResult:
-    name, _ = CHECKS[outcome.name]
+def publish_check_specs(asset: str) -> list[dg.AssetCheckSpec]:
+    blocking = {"publishable", "published_coverage"}
+    return [
+        dg.AssetCheckSpec(name, asset=asset, description=desc, blocking=key in blocking,
+                          partitions_def=distance_partitions)
+        for key, (name, desc) in PUBLISH_CHECKS.items()
+    ]
+
+
+def check_result(outcome: dx.CheckOutcome, distance: str, model: str, names: dict = MODEL_CHECKS) -> dg.AssetCheckResult:
+    name, _ = names[outcome.name]
     metadata = {
         "value": dg.MetadataValue.float(float(outcome.value)),
         "threshold": dg.MetadataValue.text(outcome.threshold),
         "worst": dg.MetadataValue.text(outcome.worst or "-"),
-        "distance": dg.MetadataValue.text(posterior.distance),
-        "engine": dg.MetadataValue.text(posterior.draws.engine),
+        "distance": dg.MetadataValue.text(distance),
+        "model": dg.MetadataValue.text(model),
     }
     metadata.update({k: v for k, v in outcome.extra.items() if isinstance(v, (int, float, str))})
     return dg.AssetCheckResult(

@@ -4,8 +4,8 @@
 import dagster as dg
 import pandas as pd
 
-from racedayai_bayes.lib import contracts
-from racedayai_bayes.lib.frame import build_model_frame, join_counts
+from racedayai_bayes.lib.data import contracts
+from racedayai_bayes.lib.data.frame import build_model_frame, join_counts
 
 from .resources import PipelinePaths
 

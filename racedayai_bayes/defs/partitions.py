@@ -1,5 +1,5 @@
 import dagster as dg
 
-from racedayai_bayes.lib.frame import MODEL_DISTANCES
+from racedayai_bayes.lib.data.frame import MODEL_DISTANCES
 
 distance_partitions = dg.StaticPartitionsDefinition(list(MODEL_DISTANCES))

@@ -10,7 +10,7 @@ import dagster as dg
 from pydantic import Field
 from upath import UPath
 
-from racedayai_bayes.lib.io import as_path, atomic_path
+from racedayai_bayes.lib.outputs.io import as_path, atomic_path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Where intermediate asset values are stored when the io_manager has no base_dir. Runs on

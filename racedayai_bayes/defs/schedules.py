@@ -3,7 +3,7 @@
 
 import dagster as dg
 
-from racedayai_bayes.lib.frame import MODEL_DISTANCES
+from racedayai_bayes.lib.data.frame import MODEL_DISTANCES
 
 REFIT_JOB = "refit"
 DISTANCE_TAG = "racedayai/distance"

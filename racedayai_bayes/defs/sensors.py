@@ -11,7 +11,7 @@ import time
 
 import dagster as dg
 
-from racedayai_bayes.lib.alerts import Alert, post_json, slack_payload
+from racedayai_bayes.lib.outputs.alerts import Alert, post_json, slack_payload
 
 from .concurrency import reap_dead_runs
 

@@ -1,7 +1,7 @@
 r"""Exact full-data posterior: integrate out the coefficients, run NUTS on the four scales.
 
-Write the model of :mod:`racedayai_bayes.lib.model` as :math:`y = Xb + \varepsilon` (columns
-as in :mod:`racedayai_bayes.lib.suffstats`). Given :math:`\theta = \log(\sigma, \sigma_g,
+Write the model of :mod:`racedayai_bayes.lib.models.seed.model` as :math:`y = Xb + \varepsilon` (columns
+as in :mod:`racedayai_bayes.lib.models.seed.suffstats`). Given :math:`\theta = \log(\sigma, \sigma_g,
 \sigma_a, \sigma_c)` the prior on b is :math:`N(m_0, D)`,
 :math:`m_0 = (0, 0_{n_g}, 0_{n_a}, 0_{n_c}, 0.3, -0.1)`,
 :math:`D = \mathrm{diag}(1, \sigma_g^2 1_{n_g}, \sigma_a^2 1_{n_a}, \sigma_c^2 1_{n_c}, 0.2^2,
@@ -59,16 +59,17 @@ import numpyro
 import numpyro.distributions as dist
 import scipy.linalg
 
-from .encoding import Design
-from .inference import SCALAR_SITES, SCALE_SITES, VECTOR_SITES, Draws, ProgressFn, Sampler, run_nuts
-from .model import (
+from racedayai_bayes.lib.models.seed.encoding import Design
+from racedayai_bayes.lib.inference.nuts import Draws, ProgressFn, Sampler, run_nuts
+from racedayai_bayes.lib.models.seed.model import SCALAR_SITES, SCALE_SITES, VECTOR_SITES
+from racedayai_bayes.lib.models.seed.model import (
     PRIOR_BETA_EXPERIENCE,
     PRIOR_BETA_FITNESS,
     PRIOR_GROUP_SCALE,
     PRIOR_MU_GLOBAL_SD,
     PRIOR_SIGMA_SCALE,
 )
-from .suffstats import SuffStats, column_slices, sufficient_stats
+from racedayai_bayes.lib.models.seed.suffstats import SuffStats, column_slices, sufficient_stats
 
 _PRIOR_SCALES = (PRIOR_SIGMA_SCALE, PRIOR_GROUP_SCALE, PRIOR_GROUP_SCALE, PRIOR_GROUP_SCALE)
 _COEFFICIENT_STREAM = 7  # seeds the b draws' generator apart from run_nuts' PRNG keys

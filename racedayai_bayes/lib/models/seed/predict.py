@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 
-from .encoding import Design, Encoding, encode
-from .frame import MODEL_DISTANCES
-from .inference import Draws
+from racedayai_bayes.lib.models.seed.encoding import Design, Encoding, encode
+from racedayai_bayes.lib.data.frame import MODEL_DISTANCES
+from racedayai_bayes.lib.inference.nuts import Draws
 
 PREDICTION_COLUMNS = ("athlete_hash", "event_distance", "event_year", "total_sec", "bayes_pred", "bayes_std")
 _GROUPS = (("age_idx", "mu_age", "sigma_age"), ("cluster_idx", "mu_cluster", "sigma_cluster"))
@@ -99,17 +99,12 @@ def stratified_normal(rng: np.random.Generator, n: int) -> np.ndarray:
     return ndtri((rng.permutation(n) + rng.random(n)) / n)
 
 
-def _combination_table(p: dict[str, np.ndarray], design: Design, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Per (gender, age group, cluster) combination present, one simulated intercept per draw.
-
-    Returns (table, inverse): ``table[k, d]`` = mu_global + the seen group effects of
-    combination k + s * z[d], and ``inverse`` maps each row to its combination. Given the
-    draw's parameters, the noise and the effect of each unseen group (a new group, drawn from
-    N(0, sigma_group)) are independent normals, so together they are one normal with
-    s^2 = sigma^2 + sigma_group^2 summed over the unseen groups; z is one stratified N(0, 1)
-    sample shared by all combinations.
-    """
-    z = stratified_normal(rng, len(p["sigma"]))
+def _combinations(p: dict[str, np.ndarray], design: Design) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per (gender, age group, cluster) combination present: the intercept and the noise
+    variance of each draw. Returns (mu, var, inverse): ``mu[k, d]`` = mu_global + the seen
+    group effects of combination k, ``var[k, d]`` = sigma^2 plus sigma_group^2 for each
+    unseen group (a new group's effect is a N(0, sigma_group) draw), and ``inverse`` maps
+    each row to its combination."""
     n_age, n_cluster = design.n_age + 1, design.n_cluster + 1  # the last index is "new group"
     a = np.where(design.age_idx < 0, design.n_age, design.age_idx)
     c = np.where(design.cluster_idx < 0, design.n_cluster, design.cluster_idx)
@@ -119,13 +114,48 @@ def _combination_table(p: dict[str, np.ndarray], design: Design, rng: np.random.
     new_age, new_cluster = (ua == design.n_age)[:, None], (uc == design.n_cluster)[:, None]
     ages = np.vstack([p["mu_age"].T, np.zeros_like(p["sigma"])])
     clusters = np.vstack([p["mu_cluster"].T, np.zeros_like(p["sigma"])])
-    scale = np.sqrt(
+    var = (
         p["sigma"][None, :] ** 2
         + np.where(new_age, p["sigma_age"][None, :] ** 2, 0.0)
         + np.where(new_cluster, p["sigma_cluster"][None, :] ** 2, 0.0)
     )
-    table = p["mu_global"][None, :] + p["mu_gender"].T[g] + ages[ua] + clusters[uc] + scale * z[None, :]
-    return table, inverse.reshape(-1)
+    mu = p["mu_global"][None, :] + p["mu_gender"].T[g] + ages[ua] + clusters[uc]
+    return mu, var, inverse.reshape(-1)
+
+
+def _combination_table(p: dict[str, np.ndarray], design: Design, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Per combination (:func:`_combinations`), one simulated intercept per draw.
+
+    Returns (table, inverse): ``table[k, d]`` = the combination's intercept + s * z[d]. Given
+    the draw's parameters, the noise and the effect of each unseen group are independent
+    normals, so together they are one normal with variance s^2 (``var``); z is one
+    stratified N(0, 1) sample shared by all combinations.
+    """
+    z = stratified_normal(rng, len(p["sigma"]))
+    mu, var, inverse = _combinations(p, design)
+    return mu + np.sqrt(var) * z[None, :], inverse
+
+
+def log_density(draws: Draws, enc: Encoding, design: Design, total_sec: np.ndarray, *,
+                max_draws: int = 200, chunk_rows: int = 8192) -> np.ndarray:
+    """log p(total_sec) in seconds per row: the log of the mean over (evenly thinned) draws of
+    the Normal density of the standardised time, minus log(y_std) (the Jacobian)."""
+    from scipy.special import logsumexp
+
+    pick = thinned_draws(draws.num_chains * draws.num_draws, max_draws)
+    p = {name: draws.flat(name)[pick] for name in draws.samples}
+    mu_table, var_table, inverse = _combinations(p, design)
+    y = (np.asarray(total_sec, dtype=np.float64) - enc.y_mean) / enc.y_std
+    out = np.empty(len(y))
+    for lo in range(0, len(y), chunk_rows):
+        rows = slice(lo, lo + chunk_rows)
+        k = inverse[rows]
+        mu = (mu_table[k] + design.fitness[rows, None] * p["beta_fitness"][None, :]
+              + design.experience[rows, None] * p["beta_experience"][None, :])
+        var = var_table[k]
+        lp = -0.5 * np.log(2.0 * np.pi * var) - 0.5 * (y[rows, None] - mu) ** 2 / var
+        out[rows] = logsumexp(lp, axis=1) - np.log(len(pick)) - np.log(enc.y_std)
+    return out
 
 
 def predictive_summary(
@@ -241,35 +271,3 @@ def predictive_draws(
         mu += noise_rng.standard_normal(mu.shape) * p["sigma"][:, None]
         out[chain] = mu * enc.y_std + enc.y_mean
     return out
-
-
-def posterior_means_row(draws: Draws, distance: str) -> dict[str, float]:
-    """One row of bayesian_posterior_means.csv: scalars by name, vectors as name_i."""
-    row: dict[str, float | str] = {"distance": distance}
-    for name, value in sorted(posterior_means(draws).items()):
-        if np.ndim(value) == 0:
-            row[name] = float(value)
-        else:
-            row.update({f"{name}_{i}": float(v) for i, v in enumerate(value)})
-    return row
-
-
-def means_table(
-    rows: dict[str, dict], previous: pd.DataFrame | None = None, keep: tuple[str, ...] = ()
-) -> pd.DataFrame:
-    """The table of bayesian_posterior_means.csv: one row per distance, in ``MODEL_DISTANCES`` order.
-
-    ``rows`` maps a distance to its fresh row (:func:`posterior_means_row`); for each distance
-    in ``keep`` the row of ``previous`` (the file as last written) is carried over unchanged,
-    so a distance whose new posterior is blocked keeps its last good values.
-    """
-    carried = {}
-    if previous is not None and len(previous):
-        for d in keep:
-            match = previous.loc[previous["distance"].astype(str) == d]
-            if len(match):
-                carried[d] = {k: v for k, v in match.iloc[0].items() if not pd.isna(v)}
-    table = {**carried, **rows}
-    order = [d for d in MODEL_DISTANCES if d in table]
-    return pd.DataFrame([table[d] for d in order])
-

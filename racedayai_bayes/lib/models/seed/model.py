@@ -12,6 +12,19 @@ PRIOR_BETA_FITNESS = (0.3, 0.2)
 PRIOR_BETA_EXPERIENCE = (-0.1, 0.1)
 PRIOR_SIGMA_SCALE = 1.0
 
+# Parameter names and their per-distance shapes, in the seed's order of definition.
+SCALAR_SITES = (
+    "mu_global",
+    "sigma_gender",
+    "sigma_age",
+    "sigma_cluster",
+    "beta_fitness",
+    "beta_experience",
+    "sigma",
+)
+VECTOR_SITES = {"mu_gender": "n_gender", "mu_age": "n_age", "mu_cluster": "n_cluster"}
+SCALE_SITES = ("sigma", "sigma_gender", "sigma_age", "sigma_cluster")
+
 
 def finish_time_model(
     gender_idx,

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .encoding import GENDER_MAP
+from racedayai_bayes.lib.data.history import COUNT_COLUMNS as HISTORY_COUNT_COLUMNS
+
 
 RACE_FILE = "athlete_race.csv"
 PROFILE_FILE = "athlete_profile.csv"
@@ -24,6 +25,7 @@ RACE_REQUIRED = (
     "gender",
     "age_group",
     "is_pro",
+    "event_name",
     "event_distance",
     "event_year",
     "total_sec",
@@ -31,6 +33,9 @@ RACE_REQUIRED = (
 PROFILE_REQUIRED = ("athlete_hash", "total_races", "pb_total_sec")
 PROFILE_OPTIONAL = ("consistency_cv", "improvement_slope")
 CLUSTER_REQUIRED = ("athlete_hash", "cluster_id")
+
+# The seed's gender codes: M and F; anything else (blank) is encoded like M, as the seed does.
+GENDER_MAP = {"M": 0, "F": 1}
 
 # A column of numbers with a few bad cells is usable (the cells become missing and are
 # counted); beyond this share the column is more likely misaligned or mislabelled.
@@ -193,11 +198,13 @@ def _drop_blank_hash(frame: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
 
 
 def read_races(path: str | Path) -> ReadResult:
-    """Read athlete_race.csv: the model's seven columns, typed; other columns are ignored.
+    """Read athlete_race.csv: the models' eight columns, typed; other columns are ignored.
 
     event_distance stays text ('70.3' parsed as a float would silently match nothing), a
     blank athlete_hash stays missing (it never joins), is_pro becomes a nullable boolean
-    (blank = not known to be a pro), and a blank total_sec is a non-finisher.
+    (blank = not known to be a pro), and a blank total_sec is a non-finisher. A blank
+    event_name (the course) stays missing and is counted: the forecast model cannot place
+    such a race on a course (see lib/data/frame.py).
     """
     frame, notes, path = _open(path, RACE_REQUIRED)
     if frame.empty:
@@ -207,6 +214,9 @@ def read_races(path: str | Path) -> ReadResult:
     frame["event_distance"] = frame["event_distance"].replace(_DISTANCE_SPELLINGS)
     frame["event_year"] = _numeric(frame, "event_year", path, notes, integer=True)
     frame["total_sec"] = _numeric(frame, "total_sec", path, notes)
+    blank_event = int(frame["event_name"].isna().sum())
+    if blank_event:
+        notes.append(f"{blank_event:,} rows: blank event_name (course unknown); kept, and counted again in model_frame")
     return ReadResult(frame=frame, path=path, notes=notes)
 
 
@@ -240,34 +250,45 @@ def read_clusters(path: str | Path) -> ReadResult:
 
 
 # Rows to predict (`racedayai-bayes predict`): the model frame's columns, one row per race.
+# Which covariates are required depends on the artifact's model (its ``predict_columns``);
+# these are the seed's (seed_profile).
 MODEL_ROW_REQUIRED = ("gender", "age_group", "pb_total_sec", "total_races", "cluster_id")
-MODEL_ROW_OPTIONAL = ("athlete_hash", "event_distance", "event_year", "total_sec")
+MODEL_ROW_OPTIONAL = ("athlete_hash", "event_distance", "event_year", "total_sec", "event_name", "held_out")
+_INTEGER_COLUMNS = ("event_year", "cluster_id", *(c for c in HISTORY_COUNT_COLUMNS))
+_FLOAT_COLUMNS = ("pb_total_sec", "total_races", "total_sec", "hist_best_sec", "hist_logmean_other")
 
 
-def read_model_rows(path: str | Path) -> ReadResult:
+def read_model_rows(path: str | Path, required: tuple[str, ...] = MODEL_ROW_REQUIRED) -> ReadResult:
     """Read rows to predict: the model frame's columns (as the pipeline builds them).
 
-    The covariates are required columns, though a cell may be blank (a blank pb_total_sec
-    is the mean fitness, a blank total_races no experience, a blank cluster_id unclustered,
-    as in the pipeline). athlete_hash, event_distance, event_year and total_sec are copied
-    to the output when present, and left blank otherwise.
+    ``required`` are the covariates the model reads; a cell may be blank (a blank
+    pb_total_sec is the mean fitness, a blank total_races no experience, a blank cluster_id
+    unclustered, as in the pipeline). athlete_hash, event_distance, event_year, total_sec,
+    event_name and held_out are copied to the output when present, and left blank otherwise.
     """
-    frame, notes, path = _open(path, MODEL_ROW_REQUIRED, MODEL_ROW_OPTIONAL)
+    optional = tuple(c for c in MODEL_ROW_OPTIONAL if c not in required)
+    frame, notes, path = _open(path, required, optional)
     if frame.empty:
         raise InputError(path, "has a header but no rows")
-    _note_unknown_gender(frame, notes)
-    for col in ("pb_total_sec", "total_races", "total_sec"):
+    if "gender" in frame.columns:
+        _note_unknown_gender(frame, notes)
+    for col in _FLOAT_COLUMNS:
         if col in frame.columns:
             frame[col] = _numeric(frame, col, path, notes)
-    for col in ("event_year", "cluster_id"):
+    for col in _INTEGER_COLUMNS:
         if col in frame.columns:
             frame[col] = _numeric(frame, col, path, notes, integer=True)
+    if "held_out" in frame.columns:
+        frame["held_out"] = _boolean(frame, "held_out", path)
     if "event_distance" in frame.columns:
         frame["event_distance"] = frame["event_distance"].replace(_DISTANCE_SPELLINGS)
-    for col in MODEL_ROW_OPTIONAL:
+    for col in optional:
         if col not in frame.columns:
-            frame[col] = pd.Series(pd.NA, index=frame.index, dtype="Int64" if col == "event_year" else "string")
             if col == "total_sec":
                 frame[col] = np.nan
+            elif col == "held_out":
+                continue  # the command derives it from the artifact's split
+            else:
+                frame[col] = pd.Series(pd.NA, index=frame.index, dtype="Int64" if col == "event_year" else "string")
             notes.append(f"optional column {col} absent; left blank in the output")
     return ReadResult(frame=frame, path=path, notes=notes)

@@ -1,6 +1,6 @@
 r"""Sufficient statistics of the finish-time model's linear part.
 
-Every parameter of :func:`racedayai_bayes.lib.model.finish_time_model` except the four
+Every parameter of :func:`racedayai_bayes.lib.models.seed.model.finish_time_model` except the four
 scales is a coefficient of one linear Gaussian model
 
 .. math::
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .encoding import Design
+from racedayai_bayes.lib.models.seed.encoding import Design
 
 # Coefficient blocks in column order; the three group blocks are one-hot.
 BLOCKS = ("mu_global", "mu_gender", "mu_age", "mu_cluster", "beta_fitness", "beta_experience")

@@ -1,8 +1,12 @@
-"""The model frame: races merged with profiles and clusters, filtered as in the seed (section 1)."""
+"""The model frame: races merged with profiles and clusters, filtered as in the seed (section 1),
+with each race's as-of history (lib/data/history.py)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+
+from racedayai_bayes.lib.data.history import HISTORY_COLUMNS, add_history
 
 MODEL_DISTANCES = ("70.3", "140.6")
 # Finish-time bounds of the seed, both exclusive: 1 h < total_sec < 17 h.
@@ -14,6 +18,7 @@ FRAME_COLUMNS = (
     "athlete_hash",
     "gender",
     "age_group",
+    "event_name",
     "event_distance",
     "event_year",
     "total_sec",
@@ -40,7 +45,10 @@ def build_model_frame(
     """Merge and filter to age-group finishers of 70.3 and 140.6, keeping the input order.
 
     Kept: ``is_pro`` not True (blank counts as not a pro), distance 70.3 or 140.6, and
-    3600 < total_sec < 61200. Returns the frame and the count of rows each rule removed.
+    3600 < total_sec < 61200, as in the seed; and, unlike the seed, a known event_year: a
+    race without a season can be neither held out by season nor given an as-of history.
+    Each kept row gets its as-of history (:data:`HISTORY_COLUMNS`) from every row of
+    ``races``. Returns the frame and the count of rows each rule removed.
     """
     profile_cols = [c for c in PROFILE_COLUMNS if c in profiles.columns]
     frame = _join(races, profiles, profile_cols)
@@ -55,18 +63,37 @@ def build_model_frame(
         "dropped_other_distance": frame["event_distance"].isin(MODEL_DISTANCES).fillna(False).astype(bool),
         "dropped_no_time": frame["total_sec"].notna(),
         "dropped_time_out_of_bounds": frame["total_sec"].gt(MIN_TOTAL_SEC) & frame["total_sec"].lt(MAX_TOTAL_SEC),
+        "dropped_no_year": frame["event_year"].notna(),
     }
     keep = pd.Series(True, index=frame.index)
     for name, rule in rules.items():
         rule = rule.fillna(False).astype(bool) if rule.dtype != bool else rule
         counts[name] = int((keep & ~rule).sum())
         keep &= rule
+        if name == "dropped_time_out_of_bounds":
+            ag_finish = keep.to_numpy(copy=True)  # the finishes an athlete's history counts
     frame = frame.loc[keep.to_numpy(), list(FRAME_COLUMNS)].reset_index(drop=True)
     frame["event_distance"] = frame["event_distance"].astype("string")
+    frame = add_history(frame, races, ag_finish, MODEL_DISTANCES)
     counts["rows_out"] = len(frame)
     for d in MODEL_DISTANCES:
         counts[f"rows_{d}"] = int((frame["event_distance"] == d).sum())
+    counts["rows_blank_event_name"] = int(frame["event_name"].isna().sum())
+    counts["athletes_with_several_genders"] = several_genders(frame)
     return frame, counts
+
+
+def several_genders(frame: pd.DataFrame) -> int:
+    """Athletes whose modelled races carry more than one (non-blank) gender.
+
+    Each race keeps the gender it was published with: the models read gender per race, so
+    such an athlete's races fall in different gender cells. The count makes a source that
+    mislabels gender visible.
+    """
+    named = frame.loc[frame["athlete_hash"].notna() & frame["gender"].notna(), ["athlete_hash", "gender"]]
+    if named.empty:
+        return 0
+    return int((named.groupby("athlete_hash", sort=False)["gender"].nunique() > 1).sum())
 
 
 def join_counts(frame: pd.DataFrame, profiles: pd.DataFrame, clusters: pd.DataFrame) -> dict[str, int]:

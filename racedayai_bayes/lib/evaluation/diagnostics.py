@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .inference import Draws
+from racedayai_bayes.lib.inference.nuts import Draws
 
 RHAT_MAX = 1.01
 ESS_BULK_MIN = 400.0
@@ -127,51 +127,89 @@ def check_divergences(diverging: np.ndarray, error_share: float = DIVERGENCE_ERR
     )
 
 
-def coverage_interval(coverage: float, rows: int, z: float = COVERAGE_Z) -> tuple[float, float]:
-    """Wilson score interval of a coverage share measured on ``rows`` rows."""
-    if rows <= 0:
-        return 0.0, 1.0
-    centre = (coverage + z * z / (2 * rows)) / (1 + z * z / rows)
-    half = z * np.sqrt(coverage * (1 - coverage) / rows + z * z / (4 * rows * rows)) / (1 + z * z / rows)
-    return float(centre - half), float(centre + half)
+def coverage_interval(coverage: float, se: float, z: float = COVERAGE_Z) -> tuple[float, float]:
+    """The 99% interval of a coverage share measured with standard error ``se``."""
+    if not np.isfinite(se):
+        return float(coverage), float(coverage)
+    return float(coverage - z * se), float(coverage + z * se)
 
 
 def check_coverage(
     coverage: float,
+    se: float,
+    *,
+    rows: int,
+    editions: int,
+    label: str = "held-out",
     bounds: tuple[float, float] = COVERAGE_RANGE,
-    rows: int | None = None,
-    label: str = "evaluated",
-    units: int | None = None,
 ) -> CheckOutcome:
     """Pass when the 90% interval's coverage is consistent with ``bounds``.
 
-    Coverage measured on n rows has binomial noise (sd 0.04 at n = 57, 0.0013 at n = 50,000).
-    The check fails only when the whole 99% Wilson interval of the measured coverage lies
-    outside ``bounds``: on the tens of thousands of rows of a real refit that is the band
-    itself, and a small holdout does not fail by chance. Rows of one athlete are correlated
-    (the model has no athlete effect), so ``units``, the number of distinct athletes, sets
-    the interval's width when given: a conservative effective sample size. Without
-    ``rows``, the band is used as is.
+    A coverage share measured on a season has sampling noise, and the rows of one edition
+    share their race day, so they miss together. ``se`` is the clustered standard error
+    from per-edition sums (lib/evaluation/scores.py). The check fails only when the whole
+    99% interval, coverage +- 2.576 se, lies outside ``bounds``: on a full season with
+    hundreds of editions that is nearly the band itself, and a small holdout does not fail
+    by chance.
     """
     lo, hi = bounds
-    n = units if units else rows
-    ci = coverage_interval(coverage, n) if n else (coverage, coverage)
-    ok = ci[1] >= lo and ci[0] <= hi
-    count = f"{rows:,}" if rows is not None else "the"
-    athletes = f" of {units:,} athletes" if units else ""
-    noise = f" (99% interval {ci[0]:.3f}-{ci[1]:.3f})" if n else ""
+    ci = coverage_interval(coverage, se)
+    ok = bool(np.isfinite(coverage)) and ci[1] >= lo and ci[0] <= hi
     return CheckOutcome(
         "coverage", PASS if ok else ERROR, float(coverage), f"within [{lo}, {hi}] up to sampling noise", None,
-        f"90% predictive interval covers {coverage:.3f} of {count} {label} rows{athletes}{noise}",
-        {"rows": rows if rows is not None else -1, "athletes": units or -1, "judged_on": label,
-         "ci_low": ci[0], "ci_high": ci[1]},
+        f"90% predictive interval covers {coverage:.3f} of {rows:,} {label} rows in {editions:,} editions "
+        f"(99% interval {ci[0]:.3f}-{ci[1]:.3f}, clustered by edition)",
+        {"rows": rows, "editions": editions, "judged_on": label, "se": float(se), "ci_low": ci[0], "ci_high": ci[1]},
+    )
+
+
+def check_coverage_by_decile(deciles: pd.DataFrame, bounds: tuple[float, float] = COVERAGE_RANGE) -> CheckOutcome:
+    """Warn when some decile of the predicted time has coverage inconsistent with ``bounds``.
+
+    The same clustered allowance as :func:`check_coverage`, decile by decile: each decile's
+    99% interval must meet the band.
+    """
+    lo, hi = bounds
+    if deciles.empty:
+        return CheckOutcome("coverage_by_decile", PASS, float("nan"), f"every decile within [{lo}, {hi}]", None,
+                            "no rows to judge")
+    upper = deciles["coverage"] + COVERAGE_Z * deciles["se"].fillna(0.0)
+    lower = deciles["coverage"] - COVERAGE_Z * deciles["se"].fillna(0.0)
+    bad = deciles[(upper < lo) | (lower > hi)]
+    worst_i = (deciles["coverage"] - 0.9).abs().idxmax()
+    worst = deciles.loc[worst_i]
+    text = ", ".join(f"{r.coverage:.3f} (decile {int(r.decile)})" for r in bad.itertuples()) or "none"
+    return CheckOutcome(
+        "coverage_by_decile", PASS if bad.empty else WARN, float(worst["coverage"]),
+        f"every decile within [{lo}, {hi}] up to sampling noise", f"decile {int(worst['decile'])}",
+        f"90% coverage by decile of the predicted time: {deciles['coverage'].min():.3f} to "
+        f"{deciles['coverage'].max():.3f}; outside the band: {text}",
+        {"deciles_outside": int(len(bad)), "min_coverage": float(deciles["coverage"].min()),
+         "max_coverage": float(deciles["coverage"].max())},
+    )
+
+
+PROPOSAL_KHAT_MAX = 0.7
+
+
+def check_proposal(khat: float, acceptance: float, threshold: float = PROPOSAL_KHAT_MAX) -> CheckOutcome:
+    """An independence sampler's proposal: PSIS k-hat of its importance weights <= 0.7.
+
+    Above 0.7 the proposal's tails are too light for the posterior: the sampler stays exact
+    but can stick for long stretches, which r_hat and ESS then show. A warning, not an error.
+    """
+    ok = np.isfinite(khat) and khat <= threshold
+    return CheckOutcome(
+        "proposal", PASS if ok else WARN, float(khat), f"<= {threshold}", None,
+        f"PSIS k-hat of the proposal's importance weights {khat:.2f}; acceptance {acceptance:.2f}",
+        {"acceptance": float(acceptance)},
     )
 
 
 def check_drift(shift: dict | None, threshold_sec: float = DRIFT_THRESHOLD_SEC) -> CheckOutcome:
     """Warn when the posterior-mean predictions moved more than ``threshold_sec`` on average.
 
-    ``shift`` is :func:`racedayai_bayes.lib.posterior.prediction_shift` against the last
+    ``shift`` is :func:`racedayai_bayes.lib.models.seed.fit.prediction_shift` against the last
     published refit, or None for the first refit (which passes). Never an error: a real
     change in the data is a reason to look, not to block.
     """

@@ -1,4 +1,6 @@
-"""Samplers. Every engine returns :class:`Draws`, with the same parameter names and shapes."""
+"""The NUTS driver shared by the models: chunked, jitted chains with progress, and :class:`Draws`.
+
+Models call this driver; it knows nothing about any model's parameters."""
 
 from __future__ import annotations
 
@@ -10,24 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpyro
 
-from .encoding import Design
-from .model import finish_time_model
-
 # Sums over millions of rows (sufficient statistics, standardised targets) need float64.
 numpyro.enable_x64()
-
-# Parameter names and their per-distance shapes, in the seed's order of definition.
-SCALAR_SITES = (
-    "mu_global",
-    "sigma_gender",
-    "sigma_age",
-    "sigma_cluster",
-    "beta_fitness",
-    "beta_experience",
-    "sigma",
-)
-VECTOR_SITES = {"mu_gender": "n_gender", "mu_age": "n_age", "mu_cluster": "n_cluster"}
-SCALE_SITES = ("sigma", "sigma_gender", "sigma_age", "sigma_cluster")
 
 
 @dataclass
@@ -180,24 +166,3 @@ def run_nuts(
     per_chain = [jax.tree.map(np.asarray, to_constrained(z)) for z in chains_z]
     samples = {k: np.stack([pc[k] for pc in per_chain]) for k in per_chain[0]}
     return samples, np.stack(chains_div), info
-
-
-def fit_rowwise(design: Design, sampler: Sampler = Sampler(), progress: ProgressFn = None) -> Draws:
-    """The seed's sampler: NUTS over every parameter with the row-wise likelihood."""
-    import jax.numpy as jnp
-
-    if design.y is None:
-        raise ValueError("fit_rowwise needs observed finish times (design.y)")
-    kwargs = design.model_kwargs()
-    # group counts fix array shapes, so they are bound statically; the arrays are traced
-    sizes = {k: kwargs.pop(k) for k in ("n_gender", "n_age", "n_cluster")}
-    kwargs = {k: jnp.asarray(v) for k, v in kwargs.items()}
-    t0 = time.perf_counter()
-    samples, diverging, info = run_nuts(
-        functools.partial(finish_time_model, **sizes),
-        kwargs,
-        sampler,
-        progress=progress,
-    )
-    info.update(rows=len(design), wall_s=time.perf_counter() - t0)
-    return Draws(samples=samples, diverging=diverging, engine="rowwise", info=info)

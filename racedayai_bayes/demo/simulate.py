@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from sklearn.cluster import KMeans
 
-from racedayai_bayes.lib.io import write_csv_atomic
+from racedayai_bayes.lib.outputs.io import write_csv_atomic
 
 SIZES = {"demo": 100_000, "full": 3_700_000}  # age-group 70.3 + 140.6 finisher rows
 

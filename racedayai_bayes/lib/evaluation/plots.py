@@ -18,26 +18,23 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from .diagnostics import COVERAGE_RANGE, point_metrics, to_inference_data
-from .encoding import NO_CLUSTER, Encoding
-from .inference import SCALE_SITES, Draws
+from racedayai_bayes.lib.evaluation.diagnostics import COVERAGE_RANGE, point_metrics, to_inference_data
+from racedayai_bayes.lib.inference.nuts import Draws
 
 DPI = 90
 WIDTH_IN = 9.0
 MAX_DRAWN_POINTS = 200_000
 SCATTER_MAX_ROWS = 5_000
 SUBSAMPLE_SEED = 0
-GENDER_NAMES = {"M": "Male", "F": "Female"}
-SECTIONS = ("gender", "age group", "cluster")
 
 
-def _new_figure(height_in: float) -> Figure:
+def new_figure(height_in: float) -> Figure:
     fig = Figure(figsize=(WIDTH_IN, height_in), dpi=DPI)
     FigureCanvasAgg(fig)
     return fig
 
 
-def _png(fig: Figure) -> bytes:
+def png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
     return buf.getvalue()
@@ -52,16 +49,16 @@ def png_markdown(png: bytes, alt: str) -> str:
 # ---------------------------------------------------------------- rank plot of scales
 
 
-def scale_rank_plot(draws: Draws) -> bytes:
-    """ArviZ rank plots of the scale parameters, one panel each, one bar row per chain."""
+def scale_rank_plot(draws: Draws, scale_sites) -> bytes:
+    """ArviZ rank plots of the model's scale parameters ``scale_sites``, one panel each, one bar row per chain."""
     import arviz as az
 
-    sites = [s for s in SCALE_SITES if s in draws.samples]
+    sites = [s for s in scale_sites if s in draws.samples]
     if not sites:
         raise ValueError(f"no scale parameter among the draws' sites {sorted(draws.samples)}")
     ncols = 2 if len(sites) > 1 else 1
     nrows = -(-len(sites) // ncols)
-    fig = _new_figure(1.0 + 2.6 * nrows)
+    fig = new_figure(1.0 + 2.6 * nrows)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.ravel()[len(sites):]:
         ax.set_visible(False)
@@ -84,91 +81,7 @@ def scale_rank_plot(draws: Draws) -> bytes:
         fontsize=11,
     )
     fig.tight_layout()
-    return _png(fig)
-
-
-# ---------------------------------------------------------------- forest of group effects
-
-
-def _cluster_label(cluster_id: int) -> str:
-    return "no cluster" if int(cluster_id) == NO_CLUSTER else f"cluster {int(cluster_id)}"
-
-
-def group_effect_table(draws: Draws, enc: Encoding) -> pd.DataFrame:
-    """Posterior mean and 90% interval (5%-95%) of every group effect, in seconds.
-
-    The model works on the standardised finish time, so an effect in seconds is the effect
-    times ``enc.y_std`` (the mean cancels: effects are differences). Rows come in the order
-    gender (by index), age group (``enc.age_levels``), cluster (``enc.cluster_levels``).
-    """
-    index_to_gender = {i: g for g, i in enc.gender_map.items()}
-    labels = {
-        "mu_gender": [GENDER_NAMES.get(index_to_gender.get(i, ""), f"gender {i}") for i in range(enc.n_gender)],
-        "mu_age": list(enc.age_levels),
-        "mu_cluster": [_cluster_label(c) for c in enc.cluster_levels],
-    }
-    rows = []
-    for section, (site, names) in zip(SECTIONS, labels.items()):
-        flat = draws.flat(site) * enc.y_std
-        if flat.ndim != 2 or flat.shape[1] != len(names):
-            raise ValueError(
-                f"{site} has shape {draws.samples[site].shape[2:]} per draw; "
-                f"the encoding has {len(names)} {section} levels"
-            )
-        p05, p95 = np.percentile(flat, [5, 95], axis=0)
-        mean = flat.mean(axis=0)
-        rows += [
-            {"section": section, "label": name, "mean_sec": float(m), "p05_sec": float(lo), "p95_sec": float(hi)}
-            for name, m, lo, hi in zip(names, mean, p05, p95)
-        ]
-    return pd.DataFrame(rows, columns=["section", "label", "mean_sec", "p05_sec", "p95_sec"])
-
-
-def group_effect_forest(draws: Draws, enc: Encoding) -> bytes:
-    """Forest plot of the group effects in seconds: mean and 90% interval per group."""
-    table = group_effect_table(draws, enc)
-    # y positions top to bottom, with a header row and a gap before each section
-    positions, headers, y = [], [], 0.0
-    for section in SECTIONS:
-        count = int((table["section"] == section).sum())
-        headers.append((y, section, count))
-        positions += list(np.arange(y + 1.0, y + 1.0 + count))
-        y += 1.0 + count + 0.6
-    pos = np.asarray(positions)
-    n_lines = y
-    fig = _new_figure(min(1.2 + 0.22 * n_lines, 40.0))
-    ax = fig.add_subplot()
-    colors = {"gender": "C0", "age group": "C1", "cluster": "C2"}
-    for section in SECTIONS:
-        sel = (table["section"] == section).to_numpy()
-        sub = table[sel]
-        ax.errorbar(
-            sub["mean_sec"], pos[sel],
-            xerr=[sub["mean_sec"] - sub["p05_sec"], sub["p95_sec"] - sub["mean_sec"]],
-            fmt="o", ms=4, lw=1.6, capsize=2, color=colors[section],
-        )
-    ax.axvline(0.0, color="0.3", lw=1, ls="--")
-    ax.set_yticks(pos, table["label"], fontsize=8)
-    for y_head, section, count in headers:
-        ax.text(
-            -0.01, y_head, f"{section} ({count})", transform=ax.get_yaxis_transform(),
-            ha="right", va="center", fontsize=9, fontweight="bold",
-        )
-        ax.axhline(y_head - 0.5, color="0.85", lw=0.8)
-    ax.set_ylim(n_lines - 0.2, -0.8)
-    ax.grid(axis="x", color="0.9")
-    ax.set_xlabel("effect on finish time (s); dot = posterior mean, bar = 90% interval", fontsize=9)
-    ax.tick_params(axis="x", labelsize=8)
-    minutes = ax.secondary_xaxis("top", functions=(lambda sec: sec / 60.0, lambda mins: mins * 60.0))
-    minutes.set_xlabel("effect (min)", fontsize=8)
-    minutes.tick_params(labelsize=8)
-    ax.set_title(
-        f"Group effects, distance {enc.distance}, relative to the global intercept "
-        f"(finish-time sd {enc.y_std / 60:.0f} min)",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    return _png(fig)
+    return png(fig)
 
 
 # ---------------------------------------------------------------- predicted vs observed
@@ -186,7 +99,7 @@ def _paired(observed, predicted) -> tuple[np.ndarray, np.ndarray]:
 
 def fit_stats(observed, predicted) -> dict[str, float]:
     """MAE (seconds and minutes) and R² of predictions over every row, plus the row count:
-    the seed's metrics (:func:`racedayai_bayes.lib.diagnostics.point_metrics`)."""
+    the seed's metrics (:func:`racedayai_bayes.lib.evaluation.diagnostics.point_metrics`)."""
     obs, pred = _paired(observed, predicted)
     stats = point_metrics(obs, pred)
     return {**stats, "mae_min": stats["mae_sec"] / 60.0, "rows": int(obs.size)}
@@ -211,7 +124,7 @@ def predicted_vs_observed(observed_sec, predicted_sec, label: str = "held-out ro
     pad = 0.03 * (hi - lo) if hi > lo else 0.5
     lo, hi = lo - pad, hi + pad
 
-    fig = _new_figure(7.5)
+    fig = new_figure(7.5)
     ax = fig.add_subplot()
     if n <= SCATTER_MAX_ROWS:
         ax.scatter(x, y, s=8, alpha=0.35 if n > 500 else 0.7, color="C0", edgecolors="none")
@@ -238,7 +151,7 @@ def predicted_vs_observed(observed_sec, predicted_sec, label: str = "held-out ro
         bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.7", "alpha": 0.9},
     )
     fig.tight_layout()
-    return _png(fig)
+    return png(fig)
 
 
 # ---------------------------------------------------------------- coverage by decile
@@ -295,7 +208,7 @@ def coverage_by_decile_plot(table: pd.DataFrame, nominal: float = 0.9) -> bytes:
     x = np.arange(len(table))
     cov = table["coverage"].to_numpy(dtype="float64")
     ok = (cov >= lo_ok) & (cov <= hi_ok)
-    fig = _new_figure(5.4)
+    fig = new_figure(5.4)
     ax = fig.add_subplot()
     ax.axhspan(lo_ok, hi_ok, color="C2", alpha=0.15, label=f"accepted range [{lo_ok:g}, {hi_ok:g}]")
     ax.bar(x, cov, width=0.7, color=np.where(ok, "C0", "C3"), zorder=2)
@@ -329,4 +242,69 @@ def coverage_by_decile_plot(table: pd.DataFrame, nominal: float = 0.9) -> bytes:
     ]
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=4, fontsize=8, frameon=False)
     fig.tight_layout()
-    return _png(fig)
+    return png(fig)
+
+
+# ---------------------------------------------------------------- level effects (caterpillar)
+
+
+def effect_caterpillar(draws: np.ndarray, labels, to_minutes, title: str, label_extremes: int = 5) -> bytes:
+    """Posterior mean and 90% interval of many level effects, sorted, in minutes.
+
+    ``draws`` (S, levels) on the model's scale; ``to_minutes`` maps them to minutes. The
+    fastest and slowest ``label_extremes`` levels are named.
+    """
+    minutes = to_minutes(np.asarray(draws))
+    mean = minutes.mean(axis=0)
+    lo, hi = np.percentile(minutes, [5, 95], axis=0)
+    order = np.argsort(mean)
+    fig = new_figure(4.2)
+    ax = fig.subplots()
+    x = np.arange(len(order))
+    ax.vlines(x, lo[order], hi[order], color="#9ab", linewidth=1)
+    ax.plot(x, mean[order], "o", color="#1f4e79", markersize=2.5)
+    ax.axhline(0, color="grey", linewidth=0.8)
+    labels = np.asarray(labels, dtype=object)
+    for i in [*range(min(label_extremes, len(order))), *range(max(len(order) - label_extremes, 0), len(order))]:
+        ax.annotate(str(labels[order[i]])[:28], (x[i], mean[order[i]]), fontsize=6, rotation=90,
+                    xytext=(0, 4 if mean[order[i]] >= 0 else -4), textcoords="offset points",
+                    ha="center", va="bottom" if mean[order[i]] >= 0 else "top")
+    ax.set_xlabel(f"{len(order)} levels, fastest to slowest", fontsize=9)
+    ax.set_ylabel("effect (minutes, 90% interval)", fontsize=9)
+    ax.set_title(title, fontsize=11)
+    ax.tick_params(labelsize=8)
+    fig.tight_layout()
+    return png(fig)
+
+
+# ---------------------------------------------------------------- model comparison
+
+
+def elpd_difference_plot(differences: pd.DataFrame, z: float = 2.0) -> bytes:
+    """ELPD difference per row of each model against the published one, by group, with
+    +-``z`` clustered standard errors: right of 0 the model forecasts better."""
+    groups = list(dict.fromkeys(differences["group"]))
+    models = list(dict.fromkeys(differences["model"]))
+    fig = new_figure(1.2 + 0.45 * len(groups) * max(len(models), 1))
+    ax = fig.add_subplot()
+    y, ticks, labels = 0.0, [], []
+    for g in groups:
+        for i, m in enumerate(models):
+            row = differences[(differences["group"] == g) & (differences["model"] == m)]
+            if row.empty:
+                continue
+            d, se = float(row["elpd_diff"].iloc[0]), float(row["elpd_diff_se"].iloc[0])
+            err = z * se if np.isfinite(se) else 0.0
+            ax.errorbar(d, y, xerr=err, fmt="o", color=f"C{i}", capsize=3, label=m if g == groups[0] else None)
+            ticks.append(y)
+            labels.append(f"{g}: {m} ({int(row['rows'].iloc[0]):,})")
+            y -= 1.0
+        y -= 0.5
+    ax.axvline(0.0, color="k", lw=1)
+    ax.set_yticks(ticks, labels, fontsize=8)
+    ax.set_xlabel(f"ELPD difference per row against {differences['against'].iloc[0]} (± {z:g} clustered SE)", fontsize=9)
+    ax.set_title("Held-out log predictive density, each model minus the published one", fontsize=11)
+    ax.legend(fontsize=8, loc="best")
+    ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    return png(fig)

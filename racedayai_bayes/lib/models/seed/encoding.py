@@ -12,18 +12,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-GENDER_MAP = {"M": 0, "F": 1}
+from racedayai_bayes.lib.data.contracts import GENDER_MAP
+from racedayai_bayes.lib.errors import FitError
+
 N_GENDER = 2
 NO_CLUSTER = -1
 UNSEEN = -1  # index given to a category the posterior never saw (see predict.py)
-
-
-class FitError(ValueError):
-    """A distance's rows cannot be fitted (too few rows, no spread, no age group).
-
-    The message names the distance, what is wrong and how many rows; the Dagster layer
-    shows it as the step's failure message.
-    """
 
 
 @dataclass(frozen=True)
@@ -89,7 +83,7 @@ class Design:
         return bool((self.age_idx < 0).any() or (self.cluster_idx < 0).any())
 
     def model_kwargs(self, with_y: bool = True) -> dict:
-        """Keyword arguments for :func:`racedayai_bayes.lib.model.finish_time_model`."""
+        """Keyword arguments for :func:`racedayai_bayes.lib.models.seed.model.finish_time_model`."""
         kwargs = dict(
             gender_idx=self.gender_idx,
             age_idx=self.age_idx,

@@ -1,0 +1,47 @@
+"""The held-out split of each distance, made once and shared by every model."""
+
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from racedayai_bayes.lib.data.frame import distance_rows
+from racedayai_bayes.lib.data.split import DEFAULT_HOLDOUT_SHARE, HOLDOUT_RULES, Split, split_holdout
+from racedayai_bayes.lib.errors import FitError
+
+from .concurrency import ensure_sole_refit
+from .partitions import distance_partitions
+
+
+class HoldoutConfig(dg.Config):
+    """Which races every model is judged on and never fitted to."""
+
+    holdout: str = Field(default="latest_year", description=f"One of {HOLDOUT_RULES}: every race of one season (the latest, or holdout_season), every race of a random share of athletes, or none (judge in-sample)")
+    holdout_season: int | None = Field(default=None, description="Hold out this season (YYYY) and drop every later season from fitting and scoring, to backtest it; default: the latest season present")
+    holdout_share: float = Field(default=DEFAULT_HOLDOUT_SHARE, gt=0, lt=1, description="Share of athletes held out by the random_athletes rule")
+    holdout_seed: int = Field(default=0, description="Seed of the random_athletes rule")
+
+
+@dg.asset(partitions_def=distance_partitions, group_name="model")
+def holdout_split(context: dg.AssetExecutionContext, config: HoldoutConfig, model_frame: pd.DataFrame) -> dg.Output[Split]:
+    """The distance's rows, split into fitted and held-out rows once for every model."""
+    distance = context.partition_key
+    ensure_sole_refit(context, distance)  # also runs that bypass the run queue, such as the CLI's
+    try:
+        split = split_holdout(distance_rows(model_frame, distance), config.holdout, config.holdout_share,
+                              config.holdout_seed, config.holdout_season)
+    except FitError as exc:
+        raise dg.Failure(description=f"distance {distance}: {exc}", allow_retries=False) from None
+    for note in split.notes:
+        context.log.warning(f"{distance}: {note}")
+    d = split.as_dict()
+    context.log.info(f"{distance}: {split.description}: {d['rows_held_out']:,} rows held out, {d['rows_to_fit']:,} to fit")
+    return dg.Output(split, metadata={
+        "holdout": dg.MetadataValue.text(split.description),
+        "season": dg.MetadataValue.int(split.season) if split.season is not None else dg.MetadataValue.text("-"),
+        "rows": dg.MetadataValue.int(len(split.rows)),
+        "rows_to_fit": dg.MetadataValue.int(d["rows_to_fit"]),
+        "rows_held_out": dg.MetadataValue.int(d["rows_held_out"]),
+        "rows_dropped_later_seasons": dg.MetadataValue.int(d["rows_dropped_later_seasons"]),
+        "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in split.notes) or "none"),
+    })

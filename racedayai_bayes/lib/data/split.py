@@ -1,0 +1,146 @@
+"""Held-out rows: the races every model is judged on and never fitted to.
+
+The split is made once per distance and shared by every model. Rules, chosen per refit:
+
+- ``latest_year`` (the default): every race of one season, by default the latest one
+  present. This is the question people ask each week: how well does a fit on the seasons
+  before it forecast a season it never saw? ``holdout_season: YYYY`` holds out that season
+  instead and **drops every later season** from fitting and scoring (counted), so that last
+  year can be backtested exactly as it would have been run then.
+- ``random_athletes``: every race of a random share of athletes (10% by default). Rows
+  without an athlete_hash cannot be grouped by athlete, so each is its own athlete.
+- ``none`` fits every row and judges the models in-sample only, as the seed does.
+
+The profile columns (pb_total_sec, total_races) are computed upstream over all of an
+athlete's races, held-out ones included (see the data contract): that leak is in the inputs,
+not in the split, and it is why ``seed_profile`` is never published by default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from racedayai_bayes.lib.errors import FitError
+
+HOLDOUT_RULES = ("latest_year", "random_athletes", "none")
+DEFAULT_HOLDOUT_SHARE = 0.1
+
+
+@dataclass(frozen=True)
+class Split:
+    """One distance's rows, which of them are held out, and how they were chosen.
+
+    ``rows`` are the distance's model-frame rows in frame order, later seasons than a
+    ``holdout_season`` already dropped; ``held_out`` marks the held-out ones.
+    """
+
+    rows: pd.DataFrame
+    held_out: np.ndarray
+    rule: str
+    description: str
+    season: int | None = None  # the held-out season (latest_year), else None
+    dropped_later: int = 0  # rows of seasons after the held-out one, dropped
+    notes: tuple[str, ...] = ()
+
+    @property
+    def train(self) -> pd.DataFrame:
+        return self.rows.loc[~self.held_out]
+
+    @property
+    def holdout(self) -> pd.DataFrame:
+        return self.rows.loc[self.held_out]
+
+    @property
+    def holdout_positions(self) -> np.ndarray:
+        return np.flatnonzero(self.held_out)
+
+    @property
+    def train_positions(self) -> np.ndarray:
+        return np.flatnonzero(~self.held_out)
+
+    def as_dict(self) -> dict:
+        return {
+            "rule": self.rule,
+            "description": self.description,
+            "season": self.season,
+            "rows_to_fit": int((~self.held_out).sum()),  # the rowwise engine fits a subsample of these
+            "rows_held_out": int(self.held_out.sum()),
+            "rows_dropped_later_seasons": int(self.dropped_later),
+        }
+
+
+def split_holdout(
+    rows: pd.DataFrame,
+    rule: str = "latest_year",
+    share: float = DEFAULT_HOLDOUT_SHARE,
+    seed: int = 0,
+    season: int | None = None,
+) -> Split:
+    """Split one distance's model-frame rows by ``rule`` (module docstring).
+
+    When the rule leaves nothing to fit (one season only) or nothing to hold out, the split
+    falls back to fitting every row and says so in ``notes``; the models are then judged
+    in-sample.
+    """
+    if rule not in HOLDOUT_RULES:
+        raise FitError(f"unknown holdout rule {rule!r}; expected one of {', '.join(HOLDOUT_RULES)}")
+    rows = rows.reset_index(drop=True)
+    years = pd.to_numeric(rows["event_year"], errors="coerce")
+    dropped = 0
+    if season is not None:
+        if rule != "latest_year":
+            raise FitError(f"holdout_season {season} needs the holdout rule latest_year, not {rule}")
+        if not (years == season).any():
+            present = sorted(int(y) for y in years.dropna().unique())
+            raise FitError(
+                f"holdout_season {season}: no race of that season in the rows "
+                f"(seasons present: {present[0] if present else '-'}..{present[-1] if present else '-'})"
+            )
+        later = (years > season).to_numpy()
+        dropped = int(later.sum())
+        rows, years = rows.loc[~later].reset_index(drop=True), years[~later].reset_index(drop=True)
+    if rule == "none":
+        return Split(rows, np.zeros(len(rows), dtype=bool), "none", "no holdout: every row fitted")
+    if rule == "latest_year":
+        held_season = season if season is not None else years.max()
+        if pd.isna(held_season) or (years < held_season).sum() == 0:
+            found = "no event year" if pd.isna(held_season) else f"only event year {int(held_season)}"
+            return _fallback(rows, rule, f"the rows hold {found}, so holding out that season would leave nothing to fit", dropped)
+        held = (years == held_season).to_numpy()
+        later = f"; {dropped:,} rows of later seasons dropped" if dropped else ""
+        which = "the season" if season is not None else "the latest season"
+        description = f"every race of {which} {int(held_season)}{later}"
+        return Split(rows, held, rule, description, season=int(held_season), dropped_later=dropped)
+    if not 0 < share < 1:
+        raise FitError(f"holdout share must be between 0 and 1 (exclusive), got {share}")
+    held = _random_athletes(rows, share, seed)
+    if held.all() or not held.any():
+        return _fallback(rows, rule, f"the rule held out {int(held.sum()):,} of {len(rows):,} rows", dropped)
+    return Split(rows, held, rule, f"every race of a random {share:.0%} of athletes (seed {seed})")
+
+
+def _random_athletes(rows: pd.DataFrame, share: float, seed: int) -> np.ndarray:
+    """True for the rows of a random ``share`` of athletes; anonymous rows count one each.
+
+    An athlete is held out when a keyed hash of (seed, athlete_hash) falls in the lowest
+    ``share`` of its range: the choice depends on the athlete alone, so next week's refit,
+    with new athletes and races, holds out the same athletes as this week's.
+    """
+    hashes = rows["athlete_hash"].astype("string")
+    named = (hashes.notna() & (hashes != "")).to_numpy()
+    key = f"racedayai{seed:07d}"[-16:].rjust(16, "0")  # hash_pandas_object takes a 16-char key
+    digest = pd.util.hash_pandas_object(hashes.fillna(""), index=False, hash_key=key).to_numpy()
+    held = named & (digest % 1_000_000 < round(share * 1_000_000))
+    anonymous = ~named
+    # no identity to keep stable: a seeded draw per anonymous row
+    held[anonymous] = np.random.default_rng(seed).random(int(anonymous.sum())) < share
+    return held
+
+
+def _fallback(rows: pd.DataFrame, rule: str, why: str, dropped: int = 0) -> Split:
+    note = f"holdout rule {rule}: {why}; every row fitted and the checks judge them in-sample"
+    return Split(rows, np.zeros(len(rows), dtype=bool), rule, "no holdout (fallback): every row fitted",
+                 dropped_later=dropped, notes=(note,))

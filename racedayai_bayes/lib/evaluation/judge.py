@@ -1,0 +1,156 @@
+"""Judge a fitted model on the split it was fitted on: held-out scores, checks, drift.
+
+This is the one place where the harness meets a model: it calls the model interface
+(lib/models/base.py) and knows none of the model's parameters. Every model of a distance is
+judged on the same held-out rows, with the same scores (lib/evaluation/scores.py) and the
+same checks:
+
+- the model's own sampler checks (``diagnostics()``: r_hat, ESS, and divergences or the
+  proposal's k-hat);
+- ``coverage``: 90% interval coverage of the held-out rows, with a clustered allowance;
+- ``coverage_by_decile``: the same per decile of the predicted time (WARN);
+- ``drift``: how far the predictions moved from the model's previous refit (WARN).
+
+Failures at ERROR level make a model ineligible for publishing; they never stop the other
+models from being judged and compared.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from racedayai_bayes.lib.data.history import first_race
+from racedayai_bayes.lib.data.split import Split
+from racedayai_bayes.lib.evaluation import diagnostics as dx
+from racedayai_bayes.lib.evaluation.scores import Scores, edition_labels, score
+from racedayai_bayes.lib.models.base import FittedModel, Prediction
+
+EVAL_RANDOM_STATE = 42
+GROUPS = ("first race", "returning", "known course", "new course")
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    eval_rows: int = 50_000  # in-sample rows evaluated (random_state 42), as the notebook does
+    drift_threshold_sec: float = dx.DRIFT_THRESHOLD_SEC
+
+
+@dataclass
+class Evaluation:
+    """A model's forecasts of some rows of the split, and their scores."""
+
+    label: str
+    positions: np.ndarray  # rows of split.rows
+    observed: np.ndarray
+    prediction: Prediction
+    scores: Scores
+
+
+@dataclass
+class Judged:
+    """One model's posterior for one distance, judged."""
+
+    model: FittedModel
+    split: dict
+    in_sample: Evaluation
+    holdout: Evaluation | None
+    checks: list
+    drift: dict = field(default_factory=dict)
+    artifact: str | None = None  # set once the artifact is written
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def distance(self) -> str:
+        return self.model.distance
+
+    @property
+    def judged(self) -> Evaluation:
+        """The evaluation the checks and the comparison use: held-out rows when there are any."""
+        return self.holdout if self.holdout is not None else self.in_sample
+
+    @property
+    def failed_checks(self) -> list[str]:
+        """Checks failed at ERROR level: the model may not be published."""
+        return [c.name for c in self.checks if c.level == dx.ERROR]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed_checks
+
+    def check(self, name: str) -> dx.CheckOutcome:
+        return next(c for c in self.checks if c.name == name)
+
+
+def row_groups(rows: pd.DataFrame, train: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The comparison's breakdown: first race vs returning, known vs new course.
+
+    A course is known to a row when the training rows hold an edition of it in an earlier
+    season than the row's.
+    """
+    first = first_race(rows)
+    courses = train["event_name"].dropna()
+    first_season = train.loc[courses.index, "event_year"].astype("int64").groupby(courses.to_numpy()).min()
+    course_first = rows["event_name"].map(first_season).astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
+    known = np.nan_to_num(course_first, nan=np.inf) < rows["event_year"].to_numpy(dtype=np.float64)
+    return {"first race": first, "returning": ~first, "known course": known, "new course": ~known}
+
+
+def _evaluate(model: FittedModel, split: Split, positions: np.ndarray, label: str, groups, clusters) -> Evaluation:
+    rows = split.rows
+    pred = model.predict(rows, positions, log_density=True)
+    observed = rows["total_sec"].to_numpy(dtype=np.float64)[positions]
+    scores = score(observed, pred, clusters[positions], {g: m[positions] for g, m in groups.items()})
+    return Evaluation(label, positions, observed, pred, scores)
+
+
+def in_sample_positions(split: Split, n: int) -> np.ndarray:
+    """The notebook's evaluation rows: ``sample(n, random_state=42)`` of the fitted rows."""
+    train = split.train_positions
+    if n <= 0 or n >= len(train):
+        return train
+    return np.sort(split.rows.iloc[train].sample(n, random_state=EVAL_RANDOM_STATE).index.to_numpy())
+
+
+def judge(model: FittedModel, split: Split, settings: JudgeSettings = JudgeSettings(),
+          previous: FittedModel | None = None) -> Judged:
+    """Score ``model`` on the split's held-out rows (and the notebook's in-sample rows) and check it."""
+    t0 = time.perf_counter()
+    rows = split.rows
+    clusters = edition_labels(rows)
+    groups = row_groups(rows, split.train)
+    in_sample = _evaluate(model, split, in_sample_positions(split, settings.eval_rows), "in-sample", groups, clusters)
+    holdout = None
+    if split.held_out.any():
+        holdout = _evaluate(model, split, split.holdout_positions, "held-out", groups, clusters)
+    judged = holdout or in_sample
+    s = judged.scores
+    checks = [
+        *model.diagnostics(),
+        dx.check_coverage(s.coverage_90, s.coverage_se, rows=s.rows, editions=s.editions, label=judged.label),
+        dx.check_coverage_by_decile(s.deciles),
+    ]
+    drift = {}
+    if previous is not None:
+        drift = prediction_shift(previous.predict(rows, judged.positions).pred, judged.prediction.pred)
+    checks.append(dx.check_drift(drift or None, settings.drift_threshold_sec))
+    return Judged(model=model, split=split.as_dict(), in_sample=in_sample, holdout=holdout, checks=checks,
+                  drift=drift, timings={"judge_s": time.perf_counter() - t0})
+
+
+def prediction_shift(previous: np.ndarray, current: np.ndarray) -> dict:
+    """How far this refit's point predictions moved from the previous refit's, in seconds."""
+    shift = np.asarray(current) - np.asarray(previous)
+    return {
+        "mean_abs_shift_sec": float(np.mean(np.abs(shift))),
+        "p99_abs_shift_sec": float(np.percentile(np.abs(shift), 99)),
+        "mean_shift_sec": float(np.mean(shift)),
+        "rows": int(len(shift)),
+    }

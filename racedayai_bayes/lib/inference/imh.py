@@ -1,0 +1,258 @@
+r"""Laplace fit and independence Metropolis-Hastings: exact draws with batched densities.
+
+For a low-dimensional posterior :math:`p(\theta \mid y)` whose density is expensive but can
+be evaluated for many :math:`\theta` at once (one matrix product and a Cholesky each), and
+has no cheap gradient:
+
+1. **Laplace fit** (:func:`laplace`). Newton's method on :math:`\log p` with central finite
+   differences: the gradient and Hessian come from one batch of :math:`2d^2 + 1` points
+   around the current point, with steps a quarter of the current posterior sd per
+   coordinate. The inverse negative Hessian at the mode is the proposal's covariance.
+2. **Independence Metropolis-Hastings** (:func:`independence_mh`). Proposals come from a
+   multivariate t with ``df`` degrees of freedom centred at the mode, its scale the Laplace
+   covariance times ``inflate``\ :sup:`2`, independent of the chain's state; a proposal
+   :math:`\theta'` replaces the state :math:`\theta` with probability
+   :math:`\min(1, \frac{p(\theta')q(\theta)}{p(\theta)q(\theta')})`. This is an exact MCMC
+   method for any proposal whose tails are at least as heavy as the target's; with a good
+   proposal it accepts most proposals and its draws are nearly independent. Because the
+   proposals do not depend on the state, every proposal of a batch of steps is drawn first and
+   all their densities are evaluated in one call. Chains start from over-dispersed draws
+   (twice the proposal's scale), so that rank-normalised r_hat can see a chain that has not
+   forgotten its start.
+
+The importance weights :math:`p/q` of all proposals also give PSIS's :math:`\hat k`
+(Vehtari et al. 2024): below 0.7 the proposal covers the posterior well. Every random number
+is drawn up front from the seed, so the draws do not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.special import gammaln
+
+# target(thetas (B, d)) -> (log density (B,), payloads): payloads[i] is whatever a draw of the
+# other parameters at thetas[i] needs (it is copied for the chain's current state)
+Target = Callable[[np.ndarray], tuple[np.ndarray, Any]]
+ProgressFn = Callable[[str], None] | None
+
+
+@dataclass
+class LaplaceFit:
+    mode: np.ndarray
+    cov: np.ndarray
+    log_density: float
+    evaluations: int
+    iterations: int
+
+
+def _stencil(x: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """x, x +- h_i e_i, and x +- h_i e_i +- h_j e_j (i < j): the points of a central Hessian."""
+    d = len(x)
+    pts = [x]
+    for i in range(d):
+        for s in (1.0, -1.0):
+            p = x.copy()
+            p[i] += s * h[i]
+            pts.append(p)
+    for i in range(d):
+        for j in range(i + 1, d):
+            for si, sj in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
+                p = x.copy()
+                p[i] += si * h[i]
+                p[j] += sj * h[j]
+                pts.append(p)
+    return np.array(pts)
+
+
+def _derivatives(f: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    d = len(h)
+    f0 = f[0]
+    plus, minus = f[1:2 * d + 1:2], f[2:2 * d + 1:2]
+    grad = (plus - minus) / (2 * h)
+    hess = np.diag((plus - 2 * f0 + minus) / h**2)
+    k = 2 * d + 1
+    for i in range(d):
+        for j in range(i + 1, d):
+            pp, pm, mp, mm = f[k:k + 4]
+            hess[i, j] = hess[j, i] = (pp - pm - mp + mm) / (4 * h[i] * h[j])
+            k += 4
+    return grad, hess
+
+
+def _precision(hess: np.ndarray) -> np.ndarray:
+    """-hess, with eigenvalues floored so that it is a valid precision."""
+    vals, vecs = np.linalg.eigh(-0.5 * (hess + hess.T))
+    floor = max(1e-8, 1e-6 * float(np.max(np.abs(vals))))
+    return (vecs * np.maximum(vals, floor)) @ vecs.T
+
+
+def laplace(log_density: Callable[[np.ndarray], np.ndarray], x0, sd0, *, max_iter: int = 30, tol: float = 1e-8) -> LaplaceFit:
+    """Mode and inverse negative Hessian of ``log_density`` (batched: (B, d) -> (B,)).
+
+    Newton's method; each iteration evaluates the central-difference stencil (gradient and
+    Hessian) in one batch, then the Newton step and three shorter ones in another, and
+    keeps the best. It stops when the Newton decrement falls below ``tol`` or no step
+    improves on the current point (the differences' rounding noise).
+    """
+    x = np.asarray(x0, dtype=np.float64).copy()
+    h = np.clip(np.asarray(sd0, dtype=np.float64) * 0.25 * np.ones_like(x), 1e-4, 0.5)
+    evaluations = 0
+
+    def f(points):
+        nonlocal evaluations
+        evaluations += len(points)
+        return np.asarray(log_density(points), dtype=np.float64)
+
+    ts = np.array([1.0, 0.5, 0.25, 0.0625])
+    iterations = 0
+    for iterations in range(1, max_iter + 1):
+        values = f(_stencil(x, h))
+        grad, hess = _derivatives(values, h)
+        prec = _precision(hess)
+        step = np.linalg.solve(prec, grad)
+        if float(grad @ step) < tol:
+            break
+        trial = f(x[None, :] + ts[:, None] * step[None, :])
+        trial = np.where(np.isfinite(trial), trial, -np.inf)
+        best = int(np.argmax(trial))
+        if not trial[best] > values[0]:
+            break
+        x = x + ts[best] * step
+        h = np.clip(0.25 * np.sqrt(np.diag(np.linalg.inv(prec))), 1e-4, 0.5)
+    return LaplaceFit(mode=x, cov=np.linalg.inv(prec), log_density=float(values[0]),
+                      evaluations=evaluations, iterations=iterations)
+
+
+@dataclass
+class MultivariateT:
+    loc: np.ndarray
+    cov: np.ndarray  # scale matrix
+    df: float
+
+    def __post_init__(self):
+        self.chol = np.linalg.cholesky(self.cov)
+
+    @property
+    def dim(self) -> int:
+        return len(self.loc)
+
+    def sample(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        z = rng.standard_normal((*shape, self.dim))
+        g = rng.chisquare(self.df, shape) / self.df
+        return self.loc + (z @ self.chol.T) / np.sqrt(g)[..., None]
+
+    def log_pdf(self, x: np.ndarray) -> np.ndarray:
+        d = self.dim
+        dev = np.linalg.solve(self.chol, (x - self.loc).reshape(-1, d).T).T
+        maha = np.sum(dev**2, axis=-1)
+        half_log_det = np.log(np.diag(self.chol)).sum()
+        out = (gammaln((self.df + d) / 2) - gammaln(self.df / 2) - 0.5 * d * np.log(self.df * np.pi)
+               - half_log_det - 0.5 * (self.df + d) * np.log1p(maha / self.df))
+        return out.reshape(x.shape[:-1])
+
+
+@dataclass
+class IMHResult:
+    draws: np.ndarray  # (chains, draws, d)
+    extra: list  # extra[c][t]: what draw_fn returned for that draw
+    accepted: np.ndarray  # (chains, draws) bool: the draw is a freshly accepted proposal
+    log_weights: np.ndarray  # (proposals,) log p - log q of every proposal after warmup
+    evaluations: int
+    info: dict = field(default_factory=dict)
+
+    @property
+    def acceptance(self) -> float:
+        return float(self.accepted.mean())
+
+
+def independence_mh(
+    target: Target,
+    proposal: MultivariateT,
+    *,
+    chains: int,
+    draws: int,
+    warmup: int,
+    seed: int,
+    draw_fn: Callable[[Any, np.random.Generator], Any] | None = None,
+    copy_fn: Callable[[Any], Any] = lambda p: p,
+    batch: int = 16,
+    progress: ProgressFn = None,
+) -> IMHResult:
+    """Run ``chains`` independence samplers of ``warmup + draws`` steps (module docstring).
+
+    ``draw_fn(payload, rng)`` is called once per kept draw with the payload of the chain's
+    state (for example, an exact draw of the coefficients given theta); ``copy_fn`` copies a
+    payload out of its batch when a proposal is accepted.
+    """
+    say = progress or (lambda _m: None)
+    t0 = time.perf_counter()
+    rng_prop, rng_unif, rng_start, rng_draw = np.random.default_rng(seed).spawn(4)
+    steps = warmup + draws
+    props = proposal.sample(rng_prop, (steps, chains))  # (steps, chains, d)
+    log_u = np.log(rng_unif.random((steps, chains)))
+    wide = MultivariateT(proposal.loc, 4.0 * proposal.cov, proposal.df)
+    start = wide.sample(rng_start, (chains,))
+    start_lp, start_payload = target(start)
+    evaluations = chains
+    state_theta = start.copy()
+    state_logw = start_lp - proposal.log_pdf(start)
+    state_payload = [copy_fn(_item(start_payload, c)) for c in range(chains)]
+    d = proposal.dim
+    out = np.empty((chains, draws, d))
+    extra = [[None] * draws for _ in range(chains)]
+    accepted = np.zeros((chains, draws), dtype=bool)
+    logw_all = np.empty((draws, chains))
+    report_every = max(1, steps // 4)
+    next_report = report_every
+    for lo in range(0, steps, batch):
+        hi = min(lo + batch, steps)
+        block = props[lo:hi].reshape(-1, d)
+        lp, payload = target(block)
+        evaluations += len(block)
+        logw = (lp - proposal.log_pdf(block)).reshape(hi - lo, chains)
+        for s in range(lo, hi):
+            for c in range(chains):
+                lw = logw[s - lo, c]
+                take = np.isfinite(lw) and log_u[s, c] < lw - state_logw[c]
+                if take:
+                    state_theta[c] = props[s, c]
+                    state_logw[c] = lw
+                    state_payload[c] = copy_fn(_item(payload, (s - lo) * chains + c))
+                if s >= warmup:
+                    t = s - warmup
+                    out[c, t] = state_theta[c]
+                    accepted[c, t] = take
+                    logw_all[t, c] = lw
+                    if draw_fn is not None:
+                        extra[c][t] = draw_fn(state_payload[c], rng_draw)
+        if hi >= next_report or hi == steps:
+            say(f"independence sampler: {hi}/{steps} steps per chain x {chains} chains "
+                f"({time.perf_counter() - t0:.1f} s, acceptance {accepted[:, :max(0, hi - warmup)].mean() if hi > warmup else float('nan'):.2f})")
+            next_report = hi + report_every
+    return IMHResult(
+        draws=out, extra=extra, accepted=accepted, log_weights=logw_all.reshape(-1),
+        evaluations=evaluations, info={"wall_s": time.perf_counter() - t0},
+    )
+
+
+def _item(payload, i):
+    return payload[i] if payload is not None else None
+
+
+def pareto_khat(log_weights: np.ndarray) -> float:
+    """PSIS's k-hat of importance weights (ArviZ): below 0.7 the proposal covers the target."""
+    import warnings
+
+    import arviz as az
+
+    lw = np.asarray(log_weights, dtype=np.float64)
+    lw = lw[np.isfinite(lw)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, khat = az.psislw(lw - lw.max())
+    return float(khat)

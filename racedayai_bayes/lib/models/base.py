@@ -1,0 +1,147 @@
+"""The small interface every model implements. The harness (split, evaluation, checks,
+artifacts, CSV) calls these methods and nothing else: it knows no model's parameters.
+
+A **model** (:class:`Model`) fits one distance's training rows and returns a **fitted
+model** (:class:`FittedModel`), which can
+
+- predict any rows of the distance (:meth:`FittedModel.predict`): point prediction, sd and
+  5/50/95% quantiles in seconds, from its posterior predictive, and the log density of
+  observed finish times (for ELPD);
+- judge its own sampler (:meth:`FittedModel.diagnostics`: r_hat, ESS, ...);
+- give a summary table, plots, its posterior means and an ArviZ ``InferenceData``;
+- be rebuilt from that ``InferenceData`` (:func:`load_fitted`), which is how artifacts
+  predict without the pipeline.
+
+``frame`` arguments are always one distance's model-frame rows (lib/data/frame.py), with
+the as-of history columns; a model whose forecasts depend on an athlete's earlier races
+reads them from the frame's rows of earlier seasons.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+ProgressFn = Callable[[str], None] | None
+
+
+@dataclass
+class Prediction:
+    """Forecasts of some rows, in seconds, in the order the rows were asked for.
+
+    ``pred`` and ``std`` are the CSV's ``bayes_pred`` and ``bayes_std``, with the meaning the
+    model gives them (the seed keeps the notebook's; the forecast model's are the predictive
+    mean and sd). ``log_density`` is log p(total_sec) in seconds, NaN where not asked for.
+    """
+
+    pred: np.ndarray
+    std: np.ndarray
+    p05: np.ndarray
+    p50: np.ndarray
+    p95: np.ndarray
+    log_density: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.pred)
+
+    def take(self, index) -> Prediction:
+        ld = None if self.log_density is None else self.log_density[index]
+        return Prediction(self.pred[index], self.std[index], self.p05[index], self.p50[index], self.p95[index], ld)
+
+
+class FittedModel(ABC):
+    """A fitted posterior of one model for one distance."""
+
+    name: str  # e.g. "forecast"
+    distance: str
+    #: every feature is known before the race (no outcome leaks in): eligible for publishing
+    asof: bool
+    notes: list[str]
+    info: dict
+
+    @abstractmethod
+    def predict(self, frame: pd.DataFrame, rows: np.ndarray | None = None, *, log_density: bool = False) -> Prediction:
+        """Forecasts of ``frame``'s rows at positions ``rows`` (all when None).
+
+        With ``log_density`` the result's ``log_density`` holds log p(total_sec) of each
+        predicted row that has a finish time.
+        """
+
+    @abstractmethod
+    def diagnostics(self) -> list:
+        """The sampler's own checks (lib/evaluation/diagnostics.CheckOutcome): r_hat, ESS, ..."""
+
+    @abstractmethod
+    def summary(self) -> pd.DataFrame:
+        """One row per scalar parameter: mean, sd, p5, p95, ess_bulk, r_hat."""
+
+    @abstractmethod
+    def plots(self) -> dict[str, tuple[bytes, str]]:
+        """The model's own plots as PNG bytes with alt text, keyed by metadata name."""
+
+    @abstractmethod
+    def posterior_means(self) -> dict[str, float]:
+        """Posterior means of the scalars and of each element of vector parameters (name_i)."""
+
+    @abstractmethod
+    def inference_data(self):
+        """The posterior as ArviZ InferenceData, with what :func:`load_fitted` needs in its attrs."""
+
+    #: columns ``racedayai-bayes predict`` needs in its input CSV for this model
+    predict_columns: tuple[str, ...] = ()
+
+    def predict_rows(self, frame: pd.DataFrame, *, draws: int | None = None, seed: int | None = None) -> Prediction:
+        """Forecasts of standalone rows (``racedayai-bayes predict``): by default, :meth:`predict`."""
+        return self.predict(frame)
+
+    def log_density(self, frame: pd.DataFrame, rows: np.ndarray | None = None) -> np.ndarray:
+        """log p(total_sec) in seconds of ``frame``'s rows at ``rows``."""
+        return self.predict(frame, rows, log_density=True).log_density
+
+    @property
+    def settings(self) -> dict:
+        return self.info.get("settings", {})
+
+
+class Model(ABC):
+    """A model specification: fits one distance's training rows."""
+
+    name: str
+    asof: bool
+
+    @abstractmethod
+    def fit(self, train: pd.DataFrame, distance: str, progress: ProgressFn = None) -> FittedModel:
+        """Fit the distance's training rows (never any held-out row)."""
+
+
+@dataclass
+class ModelEntry:
+    build: Callable[..., Model]  # settings dict -> Model
+    load: Callable[..., FittedModel]  # (InferenceData, attrs) -> FittedModel
+    description: str
+    asof: bool
+    sampler_checks: tuple[str, ...]  # names of the CheckOutcomes diagnostics() returns
+
+
+def registry() -> dict[str, ModelEntry]:
+    """Every model the pipeline fits, by name, in the order they are shown."""
+    from racedayai_bayes.lib.models.forecast.fit import ENTRY as forecast
+    from racedayai_bayes.lib.models.seed.fit import ASOF_ENTRY, PROFILE_ENTRY
+
+    return {"seed_profile": PROFILE_ENTRY, "seed_asof": ASOF_ENTRY, "forecast": forecast}
+
+
+MODEL_NAMES = ("seed_profile", "seed_asof", "forecast")
+
+
+def load_fitted(idata, attrs: dict) -> FittedModel:
+    """Rebuild a fitted model from an artifact's InferenceData and attributes."""
+    name = str(attrs.get("racedayai_model", "seed_profile"))  # artifacts before the models: the seed's
+    entries = registry()
+    if name not in entries:
+        raise ValueError(f"unknown model {name!r} in the artifact; expected one of {', '.join(entries)}")
+    return entries[name].load(idata, attrs)

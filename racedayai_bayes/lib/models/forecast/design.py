@@ -1,0 +1,198 @@
+"""The forecast model's encoding: levels, covariates and standardisation, fitted on training rows.
+
+Columns of the coefficient vector b, in order (:attr:`ForecastEncoding.blocks`):
+
+- ``gender``: M, F and U (a blank gender): the intercepts, a fixed effect each (y is
+  centred on the training mean log time, ``y_center``);
+- ``cell``: one effect per (gender, age group) seen in training, pooled with ``sigma_cell``
+  around its gender's mean. Age groups are an open vocabulary, as in the seed: each distinct
+  string is its own level (a blank age group too);
+- ``course``: one effect per ``event_name`` seen in training, pooled with ``sigma_course``;
+- ``slope``: the as-of covariates of :data:`COVARIATES`, standardised on the training rows.
+
+A level the training rows never saw (a new course, a new cell) has no column:
+its effect is a draw from the population, 0 in the mean and its scale in the spread.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from racedayai_bayes.lib.data.history import first_race
+
+GENDERS = ("M", "F", "U")  # U: blank or unrecognised gender
+# As-of covariates (lib/data/history.py), standardised on the training rows.
+COVARIATES = (
+    "returning",  # not a first race (some earlier start at either distance)
+    "log_starts_same",  # log1p(earlier starts at this distance)
+    "log_starts_other",  # log1p(earlier starts at the other distance)
+    "has_other",  # some earlier finish at the other distance
+    "other_level",  # mean log time at the other distance (centred), 0 without one
+    "log_dnf",  # log1p(earlier starts without a finish)
+)
+BLOCKS = ("gender", "cell", "course", "slope")
+
+
+def raw_covariates(rows: pd.DataFrame, other_center: float) -> np.ndarray:
+    """The covariates of :data:`COVARIATES` before standardisation, shape (rows, 6)."""
+    starts = rows["hist_starts"].to_numpy(dtype=np.float64)
+    same = rows["hist_starts_same"].to_numpy(dtype=np.float64)
+    other_fin = rows["hist_finishes_other"].to_numpy(dtype=np.float64)
+    has_other = other_fin > 0
+    level = np.where(has_other, rows["hist_logmean_other"].to_numpy(dtype=np.float64, na_value=np.nan) - other_center, 0.0)
+    return np.column_stack([
+        (~first_race(rows)).astype(np.float64),
+        np.log1p(same),
+        np.log1p(starts - same),
+        has_other.astype(np.float64),
+        np.nan_to_num(level),
+        np.log1p(rows["hist_dnf"].to_numpy(dtype=np.float64)),
+    ])
+
+
+def gender_codes(rows: pd.DataFrame) -> np.ndarray:
+    g = rows["gender"].astype("string").fillna("").to_numpy(dtype=object)
+    return np.where(g == "M", 0, np.where(g == "F", 1, 2)).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ForecastEncoding:
+    """Levels and constants that turn model-frame rows into the forecast model's inputs."""
+
+    distance: str
+    cells: tuple[str, ...]  # "<gender>|<age group>"
+    courses: tuple[str, ...]
+    course_first_season: tuple[int, ...]  # first training season of each course
+    y_center: float
+    other_center: float
+    cov_mean: tuple[float, ...]
+    cov_sd: tuple[float, ...]
+    day_sd: float = 0.0  # sd of the day (edition) effect, from the first pass
+    covariates: tuple[str, ...] = COVARIATES
+    genders: tuple[str, ...] = GENDERS
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {
+            "gender": len(self.genders), "cell": len(self.cells), "course": len(self.courses), "slope": len(self.covariates),
+        }
+
+    @property
+    def slices(self) -> dict[str, slice]:
+        out, start = {}, 0
+        for block in BLOCKS:
+            out[block] = slice(start, start + self.sizes[block])
+            start += self.sizes[block]
+        return out
+
+    @property
+    def num_columns(self) -> int:
+        return sum(self.sizes.values())
+
+    def column_names(self) -> list[str]:
+        names = [f"gender[{g}]" for g in self.genders]
+        names += [f"cell[{c}]" for c in self.cells]
+        names += [f"course[{c}]" for c in self.courses]
+        names += [f"slope[{c}]" for c in self.covariates]
+        return names
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ForecastEncoding:
+        raw = json.loads(text)
+        for key in ("cells", "courses", "course_first_season", "cov_mean", "cov_sd",
+                    "covariates", "genders", "notes"):
+            raw[key] = tuple(raw[key])
+        return cls(**raw)
+
+
+def cell_labels(rows: pd.DataFrame) -> pd.Series:
+    """'<gender>|<age group>' per row; a blank age group is its own level ('M|')."""
+    ages, uniques = pd.factorize(rows["age_group"].astype("string").fillna(""), sort=False)
+    genders = gender_codes(rows)
+    combos, inverse = np.unique(genders * len(uniques) + ages, return_inverse=True)
+    labels = np.array([f"{GENDERS[c // len(uniques)]}|{uniques[c % len(uniques)]}" for c in combos], dtype=object)
+    return pd.Series(labels[inverse.reshape(-1)], index=rows.index)
+
+
+def fit_encoding(train: pd.DataFrame, distance: str, day_sd: float = 0.0) -> ForecastEncoding:
+    """Levels and standardisation constants from the training rows (all of them)."""
+    y = np.log(train["total_sec"].to_numpy(dtype=np.float64))
+    other = train["hist_logmean_other"].to_numpy(dtype=np.float64, na_value=np.nan)
+    has_other = train["hist_finishes_other"].to_numpy() > 0
+    other_center = float(np.mean(other[has_other])) if has_other.any() else 0.0
+    cov = raw_covariates(train, other_center)
+    mean = cov.mean(axis=0)
+    sd = cov.std(axis=0)
+    sd = np.where(sd > 1e-9, sd, 1.0)  # a constant covariate carries no information: leave it at 0
+    courses = train["event_name"].dropna().astype(str)
+    seasons = train.loc[courses.index, "event_year"].astype("int64")
+    first = seasons.groupby(courses.to_numpy()).min().sort_index()
+    return ForecastEncoding(
+        distance=str(distance),
+        cells=tuple(sorted(cell_labels(train).unique())),
+        courses=tuple(first.index),
+        course_first_season=tuple(int(s) for s in first.to_numpy()),
+        y_center=float(y.mean()),
+        other_center=other_center,
+        cov_mean=tuple(float(v) for v in mean),
+        cov_sd=tuple(float(v) for v in sd),
+        day_sd=float(day_sd),
+    )
+
+
+@dataclass
+class ForecastDesign:
+    """Model inputs of a set of rows. Level indices are -1 where the encoding has no level."""
+
+    gender: np.ndarray  # (n,) 0..2
+    cell: np.ndarray  # (n,) -1 = unseen
+    course: np.ndarray  # (n,) -1 = a course the fit never saw (or a blank event_name)
+    new_course: np.ndarray  # (n,) bool: no training edition of the course before the row's season
+    z: np.ndarray  # (n, n_cov) standardised covariates
+    first: np.ndarray  # (n,) bool: first race (noise class 0)
+    season: np.ndarray  # (n,) int64
+
+    def __len__(self) -> int:
+        return len(self.gender)
+
+
+def _lookup(values: pd.Series, levels: tuple[str, ...]) -> np.ndarray:
+    """Index of each value in ``levels`` (-1 if absent or missing), factorising first."""
+    codes, uniques = pd.factorize(values, sort=False)
+    pos = pd.Index(levels).get_indexer(uniques.astype(object))
+    return np.where(codes >= 0, pos[np.maximum(codes, 0)] if len(pos) else -1, -1)
+
+
+def encode(rows: pd.DataFrame, enc: ForecastEncoding) -> ForecastDesign:
+    """Turn model-frame rows (with their as-of history) into a :class:`ForecastDesign`.
+
+    A row is on a new course when its course has no training edition in a season before the
+    row's own: a course the fit never saw, a blank event_name, and also a training row in the
+    course's first season (a forecast made before that season could not know the course).
+    ``course`` keeps the fitted course's index either way: the fit uses it, a forecast of a
+    row on a new course does not.
+    """
+    season = rows["event_year"].to_numpy(dtype=np.int64)
+    course = _lookup(rows["event_name"].astype("string"), enc.courses)
+    first_season = np.asarray(enc.course_first_season, dtype=np.int64)
+    known = course >= 0
+    new_course = ~known | (first_season[np.where(known, course, 0)] >= season)
+    cov = raw_covariates(rows, enc.other_center)
+    z = (cov - np.asarray(enc.cov_mean)) / np.asarray(enc.cov_sd)
+    return ForecastDesign(
+        gender=gender_codes(rows),
+        cell=_lookup(cell_labels(rows), enc.cells),
+        course=course,
+        new_course=new_course,
+        z=z,
+        first=first_race(rows),
+        season=season,
+    )

@@ -1,0 +1,367 @@
+"""The forecast model behind the model interface: fit, predict, diagnose, store, reload.
+
+Fitting one distance (the maths is in ``model.py``, ``editions.py``, ``marginal.py`` and
+``predict.py`` of this package):
+
+1. encode the training rows (levels and standardised as-of covariates, ``design.py``);
+2. first pass: the day offset of each training edition, and the day's sd (``editions.py``);
+3. the pattern statistics of y minus the offsets (``marginal.py``): one sparse pass;
+4. Laplace fit and independence Metropolis-Hastings over the five scales
+   (lib/inference/imh.py), with one exact draw of the coefficients per kept draw.
+
+Every training row with a course is fitted, none is subsampled; rows without an
+event_name cannot be placed on a course and are left out of the fit (and counted).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from racedayai_bayes.lib.data.history import earlier_season_sums
+from racedayai_bayes.lib.errors import FitError
+from racedayai_bayes.lib.inference import imh
+from racedayai_bayes.lib.inference.nuts import Draws
+from racedayai_bayes.lib.models.base import FittedModel, Model, ModelEntry, Prediction, ProgressFn
+from racedayai_bayes.lib.models.forecast import design as fdesign
+from racedayai_bayes.lib.models.forecast import editions, marginal
+from racedayai_bayes.lib.models.forecast.predict import (
+    PopulationDraws,
+    linear_part,
+    observation_weights,
+    predictive,
+)
+
+NAME = "forecast"
+DEFAULT_SEEDS = {"70.3": 42, "140.6": 99}
+SCALE_SITES = marginal.SCALES
+
+
+@dataclass(frozen=True)
+class ForecastSettings:
+    """Sampler and prediction settings of the forecast model."""
+
+    num_chains: int = 4
+    num_samples: int = 300  # kept draws per chain
+    num_warmup: int = 25  # steps per chain before keeping draws
+    proposal_df: float = 7.0
+    proposal_inflate: float = 1.0
+    batch: int = 32  # proposal steps per batch of density evaluations
+    seed: int | None = None
+    predictive_draws: int = 200  # population draws (thinned) behind each forecast
+
+    def seed_for(self, distance: str) -> int:
+        return self.seed if self.seed is not None else DEFAULT_SEEDS.get(distance, 0)
+
+
+def _athlete_ids(rows: pd.DataFrame) -> np.ndarray:
+    codes, _ = pd.factorize(rows["athlete_hash"], sort=False)
+    anon = codes < 0
+    if anon.any():  # a row without an athlete_hash is its own athlete
+        codes = np.where(anon, codes.max(initial=-1) + np.cumsum(anon), codes)
+    return codes
+
+
+def _onehot(design: fdesign.ForecastDesign, enc: fdesign.ForecastEncoding) -> list[np.ndarray]:
+    sl = enc.slices
+    return [
+        sl["gender"].start + design.gender,
+        np.where(design.cell >= 0, sl["cell"].start + design.cell, -1),
+        np.where(design.course >= 0, sl["course"].start + design.course, -1),
+    ]
+
+
+class _Batch:
+    """A batch evaluation, indexable per theta: what an exact draw of b needs."""
+
+    def __init__(self, ev: marginal.Evaluation):
+        self.ev = ev
+
+    def __getitem__(self, i):
+        return self.ev.chol[i], self.ev.v[i], self.ev.sd[i]
+
+
+def _copy(payload):
+    return tuple(np.array(a, copy=True) for a in payload)
+
+
+def _draw_b(payload, rng):
+    import scipy.linalg
+
+    chol, v, sd = payload
+    z = rng.standard_normal(len(v))
+    return sd * scipy.linalg.solve_triangular(chol, v + z, lower=True, trans="T", check_finite=False)
+
+
+class ForecastModel(Model):
+    name = NAME
+    asof = True
+
+    def __init__(self, settings: ForecastSettings | None = None):
+        self.settings = settings or ForecastSettings()
+
+    def fit(self, train: pd.DataFrame, distance: str, progress: ProgressFn = None) -> FittedForecast:
+        say = progress or (lambda _m: None)
+        s = self.settings
+        t0 = time.perf_counter()
+        notes = []
+        placed = train["event_name"].notna().to_numpy()
+        if not placed.all():
+            notes.append(f"{int((~placed).sum()):,} training rows without an event_name are not fitted (no course to place them on)")
+            train = train.loc[placed].reset_index(drop=True)
+        if len(train) < 10:
+            raise FitError(f"distance {distance}: {len(train)} training rows with a course; the forecast model needs at least 10")
+        enc = fdesign.fit_encoding(train, distance)
+        design = fdesign.encode(train, enc)
+        y = np.log(train["total_sec"].to_numpy(dtype=np.float64)) - enc.y_center
+        season = design.season
+        ed_codes, ed_keys = pd.factorize(pd.Series(design.course * 10_000 + season), sort=True)
+        ed_course = np.asarray(ed_keys) // 10_000
+        ed_season = np.asarray(ed_keys) % 10_000
+        first = editions.first_pass(y, design.cell, ed_codes, ed_course)
+        enc = fdesign.ForecastEncoding(**{**asdict(enc), "day_sd": first.day_sd})
+        say(f"forecast {distance}: first pass in {time.perf_counter() - t0:.1f} s: day sd {first.day_sd:.4f} "
+            f"over {len(ed_course):,} editions ({first.sweeps} sweeps)")
+
+        t1 = time.perf_counter()
+        data = marginal.FitData(
+            y=y - first.offsets[ed_codes],
+            x=marginal.design_matrix(_onehot(design, enc), design.z, enc.num_columns),
+            first=design.first,
+            athlete=_athlete_ids(train),
+            block_slices=enc.slices,
+        )
+        stats = marginal.pattern_stats(data)
+        t_stats = time.perf_counter() - t1
+        say(f"forecast {distance}: statistics of {len(train):,} rows, {len(np.unique(data.athlete)):,} athletes, "
+            f"{len(stats.pat_count)} history patterns, {enc.num_columns} coefficients in {t_stats:.1f} s")
+
+        def log_post(theta):
+            return marginal.log_posterior(stats, theta)[0]
+
+        start = np.log([0.07, 0.07, 0.11, max(first.scales["course"], 0.01), max(first.scales["cell"], 0.01)])
+        t2 = time.perf_counter()
+        lap = imh.laplace(log_post, start, 0.1)
+        say(f"forecast {distance}: Laplace mode " + ", ".join(
+            f"{n}={v:.4g}" for n, v in zip(SCALE_SITES, np.exp(lap.mode))) + f" ({lap.evaluations} evaluations, {time.perf_counter() - t2:.1f} s)")
+
+        def target(theta):
+            lp, ev = marginal.log_posterior(stats, theta)
+            return lp, _Batch(ev)
+
+        proposal = imh.MultivariateT(lap.mode, s.proposal_inflate**2 * lap.cov, s.proposal_df)
+        seed = s.seed_for(distance)
+        result = imh.independence_mh(
+            target, proposal, chains=s.num_chains, draws=s.num_samples, warmup=s.num_warmup, seed=seed,
+            draw_fn=_draw_b, copy_fn=_copy, batch=s.batch, progress=say,
+        )
+        b = np.array([[result.extra[c][t] for t in range(s.num_samples)] for c in range(s.num_chains)])
+        khat = imh.pareto_khat(result.log_weights)
+        info = {
+            "rows": len(train), "athletes": int(len(np.unique(data.athlete))),
+            "history_patterns": int(len(stats.pat_count)), "coefficients": enc.num_columns,
+            "editions": int(len(ed_course)), "first_pass": {"sigma_eta": first.sigma, **first.scales, "sweeps": first.sweeps},
+            "laplace_mode": dict(zip(SCALE_SITES, np.exp(lap.mode).tolist())),
+            "laplace_evaluations": lap.evaluations, "acceptance": result.acceptance, "pareto_khat": khat,
+            "evaluations": result.evaluations + lap.evaluations, "stats_s": t_stats,
+            "sampling_s": result.info["wall_s"], "wall_s": time.perf_counter() - t0, "seed": seed,
+            "settings": {**asdict(s), "seed": seed},
+        }
+        say(f"forecast {distance}: {s.num_chains} x {s.num_samples} draws, acceptance {result.acceptance:.2f}, "
+            f"PSIS k-hat {khat:.2f}, {info['wall_s']:.1f} s in all")
+        return FittedForecast(
+            distance=str(distance), encoding=enc, scales=np.exp(result.draws), b=b,
+            accepted=result.accepted,
+            offsets=pd.DataFrame({"course": ed_course, "season": ed_season, "offset": first.offsets}),
+            info=info, notes=notes,
+        )
+
+
+@dataclass
+class FittedForecast(FittedModel):
+    distance: str
+    encoding: fdesign.ForecastEncoding
+    scales: np.ndarray  # (chains, draws, 5)
+    b: np.ndarray  # (chains, draws, K)
+    accepted: np.ndarray  # (chains, draws)
+    offsets: pd.DataFrame  # course index, season, day offset of every training edition
+    info: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    name: str = NAME
+    asof: bool = True
+
+    # ------------------------------------------------------------------ posterior
+
+    @property
+    def num_chains(self) -> int:
+        return self.b.shape[0]
+
+    def population(self, max_draws: int | None = None) -> PopulationDraws:
+        """Evenly thinned draws of the population parameters (chains stacked)."""
+        total = self.b.shape[0] * self.b.shape[1]
+        count = min(max_draws or self.settings.get("predictive_draws", 200), total)
+        pick = np.unique(np.linspace(0, total - 1, count).round().astype(int))
+        return PopulationDraws(scales=self.scales.reshape(total, -1)[pick], b=self.b.reshape(total, -1)[pick])
+
+    @property
+    def b_mean(self) -> np.ndarray:
+        return self.b.reshape(-1, self.b.shape[-1]).mean(axis=0)
+
+    @property
+    def scales_mean(self) -> np.ndarray:
+        return self.scales.reshape(-1, self.scales.shape[-1]).mean(axis=0)
+
+    # ------------------------------------------------------------------ forecasts
+
+    def _offsets(self, design: fdesign.ForecastDesign) -> tuple[np.ndarray, np.ndarray]:
+        """Day offset of each row's edition, and whether the fit estimated one."""
+        table = pd.Series(self.offsets["offset"].to_numpy(),
+                          index=self.offsets["course"].to_numpy() * 10_000 + self.offsets["season"].to_numpy())
+        key = np.where(design.course >= 0, design.course * 10_000 + design.season, -1)
+        pos = table.index.get_indexer(key)
+        known = pos >= 0
+        return np.where(known, table.to_numpy()[np.maximum(pos, 0)], 0.0), known
+
+    def observations(self, frame: pd.DataFrame, design: fdesign.ForecastDesign | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(w r, w) of every row as a reading of its athlete's level (predict.py's docstring)."""
+        design = design if design is not None else fdesign.encode(frame, self.encoding)
+        offset, known = self._offsets(design)
+        y = np.log(frame["total_sec"].to_numpy(dtype=np.float64)) - self.encoding.y_center
+        r = y - offset - linear_part(design, self.encoding, self.b_mean, forecast=False)
+        w = observation_weights(design, self.scales_mean, self.encoding.day_sd, known)
+        return w * r, w
+
+    def athlete_summaries(self, frame: pd.DataFrame, design: fdesign.ForecastDesign | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's as-of summary (A, W): the athlete's finishes of strictly earlier seasons."""
+        wr, w = self.observations(frame, design)
+        sums = earlier_season_sums(frame["athlete_hash"], frame["event_year"].to_numpy(dtype=np.int64), {"a": wr, "w": w})
+        return sums["a"], sums["w"]
+
+    def forecast(self, design: fdesign.ForecastDesign, athlete_a: np.ndarray, athlete_w: np.ndarray,
+                 log_time: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        return predictive(design, self.encoding, self.population(), athlete_a, athlete_w,
+                          float(self.scales_mean[SCALE_SITES.index("tau")]), log_time=log_time)
+
+    def predict(self, frame: pd.DataFrame, rows: np.ndarray | None = None, *, log_density: bool = False) -> Prediction:
+        design = fdesign.encode(frame, self.encoding)
+        a, w = self.athlete_summaries(frame, design)
+        if rows is not None:
+            rows = np.asarray(rows)
+            design = _take(design, rows)
+            a, w = a[rows], w[rows]
+            frame = frame.iloc[rows] if rows.dtype != bool else frame.loc[rows]
+        log_time = np.log(frame["total_sec"].to_numpy(dtype=np.float64)) if log_density else None
+        out = self.forecast(design, a, w, log_time)
+        return Prediction(out["mean"], out["sd"], out["p05"], out["p50"], out["p95"], out.get("log_density"))
+
+    # ------------------------------------------------------------------ judging and showing
+
+    def _draws(self) -> Draws:
+        """The sampled scalars as Draws (chains, draws): the scales and the fixed coefficients."""
+        enc = self.encoding
+        sl = enc.slices
+        samples = {site: self.scales[..., i] for i, site in enumerate(SCALE_SITES)}
+        for i, g in enumerate(enc.genders):
+            samples[f"gender_{g}"] = self.b[..., sl["gender"].start + i]
+        for i, c in enumerate(enc.covariates):
+            samples[f"slope_{c}"] = self.b[..., sl["slope"].start + i]
+        return Draws(samples=samples, diverging=np.zeros(self.accepted.shape, dtype=bool), engine="laplace-imh",
+                     info=self.info)
+
+    def summary(self) -> pd.DataFrame:
+        from racedayai_bayes.lib.evaluation.diagnostics import summary_table
+
+        return summary_table(self._draws())
+
+    def diagnostics(self) -> list:
+        from racedayai_bayes.lib.evaluation import diagnostics as dx
+
+        table = self.summary()
+        return [dx.check_rhat(table), dx.check_ess(table), dx.check_proposal(self.info.get("pareto_khat", float("nan")),
+                                                                               self.info.get("acceptance", float("nan")))]
+
+    def plots(self) -> dict[str, tuple[bytes, str]]:
+        from racedayai_bayes.lib.evaluation import plots
+
+        draws = self._draws()
+        return {
+            "plot_scale_ranks": (plots.scale_rank_plot(draws, SCALE_SITES), f"rank plots of the forecast model's scales, {self.distance}"),
+            "plot_course_effects": (
+                plots.effect_caterpillar(
+                    self.b[..., self.encoding.slices["course"]].reshape(-1, len(self.encoding.courses)),
+                    self.encoding.courses,
+                    lambda e: np.exp(self.encoding.y_center) * np.expm1(e) / 60.0,
+                    f"Course effects, {self.distance}: minutes at the mean finish time",
+                ),
+                f"course effects in minutes, {self.distance}",
+            ),
+        }
+
+    def posterior_means(self) -> dict[str, float]:
+        means = {name: float(np.mean(v)) for name, v in self._draws().samples.items()}
+        means["day_sd"] = float(self.encoding.day_sd)
+        means["mean_log_time"] = float(self.encoding.y_center)
+        return means
+
+    # ------------------------------------------------------------------ artifacts
+
+    def inference_data(self):
+        import arviz as az
+
+        enc = self.encoding
+        sl = enc.slices
+        posterior = {site: self.scales[..., i] for i, site in enumerate(SCALE_SITES)}
+        for block in ("gender", "cell", "course", "slope"):
+            posterior[block] = self.b[..., sl[block]]
+        coords = {"gender": list(enc.genders), "cell": list(enc.cells), "course": list(enc.courses),
+                  "covariate": list(enc.covariates)}
+        dims = {"gender": ["gender"], "cell": ["cell"], "course": ["course"], "slope": ["covariate"]}
+        attrs = {
+            "racedayai_model": NAME,
+            "racedayai_distance": self.distance,
+            "racedayai_encoding": enc.to_json(),
+            "racedayai_offsets": json.dumps({k: self.offsets[k].tolist() for k in ("course", "season", "offset")}),
+            "racedayai_model_info": json.dumps(self.info, default=float),
+            "racedayai_model_notes": json.dumps(self.notes),
+        }
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return az.from_dict(posterior=posterior, sample_stats={"accepted": self.accepted},
+                                coords=coords, dims=dims, attrs=attrs)
+
+
+def _take(design: fdesign.ForecastDesign, rows: np.ndarray) -> fdesign.ForecastDesign:
+    return fdesign.ForecastDesign(**{k: getattr(design, k)[rows] for k in design.__dataclass_fields__})
+
+
+def load(idata, attrs: dict) -> FittedForecast:
+    enc = fdesign.ForecastEncoding.from_json(attrs["racedayai_encoding"])
+    post = idata.posterior
+    scales = np.stack([np.asarray(post[s].values) for s in SCALE_SITES], axis=-1)
+    chains, draws = scales.shape[:2]
+    b = np.concatenate([
+        np.asarray(post["gender"].values),
+        np.asarray(post["cell"].values).reshape(chains, draws, -1), np.asarray(post["course"].values).reshape(chains, draws, -1),
+        np.asarray(post["slope"].values),
+    ], axis=-1)
+    off = json.loads(attrs["racedayai_offsets"])
+    return FittedForecast(
+        distance=str(attrs["racedayai_distance"]), encoding=enc, scales=scales, b=b,
+        accepted=np.asarray(idata.sample_stats["accepted"].values, dtype=bool),
+        offsets=pd.DataFrame(off), info=json.loads(attrs.get("racedayai_model_info", "{}")),
+        notes=json.loads(attrs.get("racedayai_model_notes", "[]")),
+    )
+
+
+ENTRY = ModelEntry(
+    build=lambda **settings: ForecastModel(ForecastSettings(**settings)),
+    load=load,
+    description="course, day and athlete effects from earlier seasons only; noise by first race vs returning",
+    asof=True,
+    sampler_checks=("rhat", "ess", "proposal"),
+)

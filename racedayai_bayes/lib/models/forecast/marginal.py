@@ -1,0 +1,284 @@
+r"""The forecast model's likelihood with every coefficient and every athlete integrated out.
+
+Write the model (lib/models/forecast/model.py) of the training rows, after the edition
+offsets, as :math:`y = Xb + Zu + \varepsilon`: b the coefficients (gender intercepts,
+cell, course, slopes; prior :math:`N(0, D)`), u one level per athlete
+(:math:`N(0, \tau^2)`), and :math:`\varepsilon_i \sim N(0, \sigma^2_{h(i)})` with
+:math:`h(i)` the row's noise class: 0 for a first race, 1 for a returning one. Given the
+scales :math:`\theta` everything is Gaussian.
+
+**Athletes out.** Athletes are independent, so :math:`y \mid b \sim N(Xb, \Sigma)` with
+:math:`\Sigma` block diagonal, one block :math:`\Sigma_j = W_j^{-1} + \tau^2 11^\top` per
+athlete, :math:`W_j = \mathrm{diag}(w_{h(i)})`, :math:`w_h = \sigma_h^{-2}`. By Woodbury,
+
+.. math::
+
+    \Sigma_j^{-1} = W_j - c_j\, W_j 1 1^\top W_j,\qquad
+    c_j = \big(\tau^{-2} + \textstyle\sum_h n_{jh} w_h\big)^{-1},\qquad
+    \log|\Sigma_j| = \textstyle\sum_h n_{jh}\log\sigma_h^2 + \log(1 + \tau^2 \sum_h n_{jh} w_h).
+
+:math:`c_j` depends on the athlete only through the **pattern** :math:`p = (n_{j0}, n_{j1})`
+of their rows' classes. With :math:`s_{jh} = \sum_{i \in j, h(i)=h} x_i` and
+:math:`Y_{jh}` the matching sum of y,
+
+.. math::
+
+    Q = X^\top \Sigma^{-1} X = \textstyle\sum_h w_h A_h
+        - \sum_p c_p \sum_{h,h'} w_h w_{h'} T_{p,hh'},\qquad
+    T_{p,hh'} = \textstyle\sum_{j \in p} s_{jh} s_{jh'}^\top,\quad
+    A_h = \textstyle\sum_{h(i) = h} x_i x_i^\top,
+
+and likewise :math:`q = X^\top\Sigma^{-1}y` and :math:`y^\top\Sigma^{-1}y`. The matrices
+:math:`A_h, T_{p,hh'}` (and their vector and scalar companions) are computed once, in one
+sparse pass; for any :math:`\theta` the three quantities are one weighted sum of them.
+
+**Coefficients out.** As in the seed's exact engine (lib/models/seed/exact.py), with
+:math:`B = I + D^{1/2} Q D^{1/2} = LL^\top` and :math:`v = L^{-1} D^{1/2} q`,
+
+.. math::
+
+    \log p(y \mid \theta) = -\tfrac12\big(n \log 2\pi + \log|\Sigma| + 2\textstyle\sum_k \log L_{kk}
+        + y^\top\Sigma^{-1}y - v^\top v\big),
+
+and :math:`b \mid y, \theta \sim N(D^{1/2}L^{-\top}v,\ D^{1/2}B^{-1}D^{1/2})`: one exact
+draw is :math:`b = D^{1/2}L^{-\top}(v + z)`. The million athlete effects are never drawn: a
+forecast needs only each athlete's posterior given their own earlier races
+(lib/models/forecast/predict.py). Everything is float64, evaluated for a batch of
+:math:`\theta` at once (one matrix product, then a Cholesky per :math:`\theta`): no
+gradient and no compile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
+
+# theta = log of these scales, in this order
+SCALES = ("sigma_first", "sigma_returning", "tau", "sigma_course", "sigma_cell")
+PRIOR_SCALE = 0.5  # HalfNormal scale of every entry of SCALES (log-time units)
+PRIOR_GENDER_SD = 1.0  # the gender effects are the intercepts; y is centred on the training mean
+PRIOR_SLOPE_SD = 0.5  # per standard deviation of a covariate
+
+
+@dataclass
+class FitData:
+    """One distance's training rows as the marginal likelihood sees them."""
+
+    y: np.ndarray  # (n,) log time - edition offset - y_center
+    x: sp.csr_matrix  # (n, K)
+    first: np.ndarray  # (n,) bool: noise class 0
+    athlete: np.ndarray  # (n,) int: athlete id; a row without an athlete_hash has its own
+    block_slices: dict  # block -> slice of the columns
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def design_matrix(onehot: list[np.ndarray], dense: np.ndarray, num_columns: int) -> sp.csr_matrix:
+    """Sparse X: a 1 at each row's column of each ``onehot`` array, then the dense columns.
+
+    ``onehot`` holds absolute column indices in increasing block order; -1 means the row has
+    no column in that block (stored as an explicit 0 in column 0, which changes no product).
+    Built directly in CSR form: every row has the same number of entries.
+    """
+    n, p = dense.shape
+    cols = np.column_stack([*onehot, np.broadcast_to(np.arange(num_columns - p, num_columns), (n, p))])
+    ones = np.column_stack([(c >= 0).astype(np.float64) for c in onehot])
+    vals = np.column_stack([ones, dense])
+    width = cols.shape[1]
+    return sp.csr_matrix(
+        (vals.reshape(-1), np.maximum(cols, 0).reshape(-1), np.arange(0, n * width + 1, width)),
+        shape=(n, num_columns),
+    )
+
+
+@dataclass
+class PatternStats:
+    """The statistics of the module docstring, packed for batched evaluation.
+
+    ``mat`` (terms, K(K+1)/2) holds A_0, A_1 and every T_{p,hh'} (upper triangles; the two
+    mixed terms of a pattern are stored once, symmetrised); ``vec`` (terms, K) and ``scal``
+    (terms,) their companions. A term's weight is ``w_{h1}`` for an A term (``kind`` 0) and
+    ``-c_p w_{h1} w_{h2}`` for a T term (``kind`` 1). ``pat_n`` (patterns, 2) and
+    ``pat_count`` give log|Sigma|.
+    """
+
+    num_columns: int
+    n: int
+    n_class: np.ndarray  # (2,) rows per noise class
+    kind: np.ndarray  # (terms,)
+    h1: np.ndarray
+    h2: np.ndarray
+    term_n: np.ndarray  # (terms, 2) the pattern of a T term (0 for A terms)
+    mat: np.ndarray
+    vec: np.ndarray
+    scal: np.ndarray
+    pat_n: np.ndarray  # (patterns, 2)
+    pat_count: np.ndarray  # (patterns,)
+    block_slices: dict
+
+    @property
+    def num_terms(self) -> int:
+        return len(self.kind)
+
+
+def pattern_stats(data: FitData) -> PatternStats:
+    """One pass over the rows: A_h, T_{p,hh'} and companions (see the module docstring)."""
+    k = data.x.shape[1]
+    iu = np.triu_indices(k)
+    y = np.asarray(data.y, dtype=np.float64)
+    cls = (~np.asarray(data.first)).astype(np.int64)  # 0 first, 1 returning
+    _, athlete = np.unique(data.athlete, return_inverse=True)
+    n_ath = int(athlete.max()) + 1 if len(athlete) else 0
+    mats, vecs, scals, kinds, h1s, h2s, tn = [], [], [], [], [], [], []
+
+    def add(m, v, s, kind, a, b, npat):
+        mats.append(np.asarray(m)[iu])
+        vecs.append(np.asarray(v).reshape(-1))
+        scals.append(float(s))
+        kinds.append(kind)
+        h1s.append(a)
+        h2s.append(b)
+        tn.append(npat)
+
+    per_class_s, per_class_y, n_jh = [], [], []
+    for h in (0, 1):
+        rows = cls == h
+        xh = data.x[rows]
+        add((xh.T @ xh).toarray(), xh.T @ y[rows], y[rows] @ y[rows], 0, h, h, (0, 0))
+        incidence = sp.csr_matrix(
+            (np.ones(int(rows.sum())), (athlete[rows], np.arange(int(rows.sum())))), shape=(n_ath, int(rows.sum()))
+        )
+        per_class_s.append((incidence @ xh).tocsr())
+        per_class_y.append(incidence @ y[rows])
+        n_jh.append(np.asarray(incidence.sum(axis=1)).reshape(-1).astype(np.int64))
+    top = int(n_jh[1].max()) + 1 if n_ath else 1
+    keys, pat_of, pat_count = np.unique(n_jh[0] * top + n_jh[1], return_inverse=True, return_counts=True)
+    pats = np.column_stack([keys // top, keys % top])
+    order = np.argsort(pat_of, kind="stable")
+    bounds = np.r_[0, np.cumsum(pat_count)]
+    for p, (n0, n1) in enumerate(pats):
+        members = order[bounds[p]:bounds[p + 1]]
+        s = [per_class_s[h][members] for h in (0, 1)]
+        yy = [per_class_y[h][members] for h in (0, 1)]
+        for a, b in ((0, 0), (1, 1), (0, 1)):
+            if (pats[p][a] == 0) or (pats[p][b] == 0):
+                continue
+            m = (s[a].T @ s[b]).toarray()
+            v = s[a].T @ yy[b]
+            sc = yy[a] @ yy[b]
+            if a != b:  # both mixed terms, stored once
+                m = m + m.T
+                v = v + s[b].T @ yy[a]
+                sc = 2.0 * sc
+            add(m, v, sc, 1, a, b, (int(n0), int(n1)))
+    return PatternStats(
+        num_columns=k,
+        n=len(y),
+        n_class=np.array([int((cls == 0).sum()), int((cls == 1).sum())]),
+        kind=np.array(kinds),
+        h1=np.array(h1s),
+        h2=np.array(h2s),
+        term_n=np.array(tn, dtype=np.float64).reshape(-1, 2),
+        mat=np.stack(mats),
+        vec=np.stack(vecs),
+        scal=np.array(scals),
+        pat_n=pats.astype(np.float64),
+        pat_count=pat_count.astype(np.float64),
+        block_slices=dict(data.block_slices),
+    )
+
+
+def prior_sd(theta: np.ndarray, slices: dict, num_columns: int) -> np.ndarray:
+    """sqrt(diag D) for each row of theta (B, 5): (B, K)."""
+    scales = np.exp(theta)
+    sd = np.empty((len(theta), num_columns))
+    sd[:, slices["gender"]] = PRIOR_GENDER_SD
+    sd[:, slices["cell"]] = scales[:, [SCALES.index("sigma_cell")]]
+    sd[:, slices["course"]] = scales[:, [SCALES.index("sigma_course")]]
+    sd[:, slices["slope"]] = PRIOR_SLOPE_SD
+    return sd
+
+
+def log_prior(theta: np.ndarray) -> np.ndarray:
+    """HalfNormal(PRIOR_SCALE) on every scale, as a density of its log (with the Jacobian)."""
+    s = np.exp(theta)
+    c = PRIOR_SCALE
+    return np.sum(np.log(2.0 / c) - 0.5 * np.log(2.0 * np.pi) - 0.5 * (s / c) ** 2 + theta, axis=-1)
+
+
+@dataclass
+class Evaluation:
+    """log p(y | theta) for a batch, and what an exact draw of b needs (for each theta)."""
+
+    log_lik: np.ndarray  # (B,)
+    chol: np.ndarray  # (B, K, K) lower
+    v: np.ndarray  # (B, K)
+    sd: np.ndarray  # (B, K)
+
+
+def evaluate(stats: PatternStats, theta: np.ndarray) -> Evaluation:
+    """The module docstring's log p(y | theta) for each row of ``theta`` (B, 5)."""
+    theta = np.atleast_2d(np.asarray(theta, dtype=np.float64))
+    k = stats.num_columns
+    w = np.exp(-2.0 * theta[:, :2])  # (B, 2): 1/sigma_first^2, 1/sigma_returning^2
+    inv_tau2 = np.exp(-2.0 * theta[:, 2])
+    c = 1.0 / (inv_tau2[:, None] + w @ stats.term_n.T)  # (B, terms), only used for T terms
+    coef = np.where(
+        stats.kind[None, :] == 0,
+        w[:, stats.h1],
+        -c * w[:, stats.h1] * w[:, stats.h2],
+    )
+    packed = coef @ stats.mat  # (B, K(K+1)/2)
+    q = coef @ stats.vec
+    yy = coef @ stats.scal
+    pat_w = stats.pat_n @ w.T  # (patterns, B)
+    tau2 = np.exp(2.0 * theta[:, 2])
+    log_det_sigma = (2.0 * theta[:, :2]) @ stats.n_class + stats.pat_count @ np.log1p(tau2[None, :] * pat_w)
+
+    sd = prior_sd(theta, stats.block_slices, k)
+    iu0, iu1 = np.triu_indices(k)
+    mats = np.empty((len(theta), k, k))
+    mats[:, iu0, iu1] = packed
+    mats[:, iu1, iu0] = packed
+    mats *= sd[:, :, None]
+    mats *= sd[:, None, :]
+    mats[:, np.arange(k), np.arange(k)] += 1.0
+    chol = np.linalg.cholesky(mats)
+    v = np.empty((len(theta), k))
+    for b in range(len(theta)):
+        v[b] = scipy.linalg.solve_triangular(chol[b], sd[b] * q[b], lower=True, check_finite=False)
+    log_det_b = 2.0 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
+    log_lik = -0.5 * (stats.n * np.log(2.0 * np.pi) + log_det_sigma + log_det_b + yy - np.einsum("bk,bk->b", v, v))
+    return Evaluation(log_lik=log_lik, chol=chol, v=v, sd=sd)
+
+
+def log_posterior(stats: PatternStats, theta: np.ndarray) -> tuple[np.ndarray, Evaluation]:
+    """log p(theta | y) up to a constant, for a batch, with the evaluation behind it."""
+    ev = evaluate(stats, theta)
+    return ev.log_lik + log_prior(np.atleast_2d(theta)), ev
+
+
+def draw_coefficients(ev: Evaluation, index: int, rng: np.random.Generator) -> np.ndarray:
+    """One exact draw of b | y, theta for the ``index``-th theta of an evaluation."""
+    z = rng.standard_normal(ev.v.shape[1])
+    return ev.sd[index] * scipy.linalg.solve_triangular(
+        ev.chol[index], ev.v[index] + z, lower=True, trans="T", check_finite=False
+    )
+
+
+def dense_log_lik(data: FitData, theta: np.ndarray) -> float:
+    """log p(y | theta) from the full n x n covariance: for tests on small data only."""
+    from scipy.stats import multivariate_normal
+
+    theta = np.asarray(theta, dtype=np.float64)
+    s = np.exp(theta)
+    x = data.x.toarray()
+    noise = np.where(data.first, s[0] ** 2, s[1] ** 2)
+    same = data.athlete[:, None] == data.athlete[None, :]
+    sd = prior_sd(theta[None, :], data.block_slices, x.shape[1])[0]
+    cov = np.diag(noise) + s[2] ** 2 * same + (x * sd**2) @ x.T
+    return float(multivariate_normal(mean=np.zeros(len(data.y)), cov=cov).logpdf(data.y))

@@ -1,0 +1,267 @@
+"""Posterior artifacts: one ArviZ InferenceData NetCDF file per refit of a model and distance.
+
+Layout under the output folder::
+
+    posterior/<model>/<distance>/<refit timestamp>.nc   one file per refit of a model (UTC)
+    posterior/<distance>/latest                         the published artifact: the one behind
+                                                        bayesian_predictions_<distance>.csv
+
+``latest`` holds the published artifact's path relative to ``posterior/`` (for example
+``forecast/70.3/20261202T030012.481Z.nc``); a bare file name, as written before there were
+several models, means a file beside the pointer. Every refit of every model is saved, one
+whose checks failed included (people need to look at it). ``latest`` moves only when a
+prediction CSV made from the artifact has been written (:func:`publish_artifact`). Pruning
+keeps the newest :data:`KEEP_ARTIFACTS` of each model and never removes a published one.
+
+An artifact alone is enough to predict (``racedayai-bayes predict``): the model rebuilds
+itself from its InferenceData (lib/models/base.py, ``load_fitted``). Groups: ``posterior``
+and ``sample_stats`` (the model's), ``observed_data`` (``total_sec`` of the judged rows),
+``constant_data`` (those rows' identity and the model's forecasts of them). The attributes
+hold JSON: the model's constants, the split, the scores, the checks and the drift.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from racedayai_bayes.lib.outputs.io import OutputWriteError, as_path, atomic_open, atomic_path
+
+POSTERIOR_DIR = "posterior"
+LATEST = "latest"
+KEEP_ARTIFACTS = 104  # two years of weekly refits per model and distance
+_ROW_COLUMNS = ("athlete_hash", "gender", "age_group", "event_name", "event_year")
+
+
+class ArtifactError(ValueError):
+    """A posterior artifact is missing or is not one this package wrote."""
+
+
+@dataclass
+class Artifact:
+    """A stored refit: the fitted model rebuilt from it, and its attributes."""
+
+    path: Path
+    distance: str
+    model: object  # FittedModel
+    attrs: dict
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name
+
+
+def posterior_dir(output_dir):
+    return as_path(output_dir) / POSTERIOR_DIR
+
+
+def artifact_dir(output_dir, distance: str, model: str | None = None):
+    """``posterior/<model>/<distance>`` (a model's refits), or ``posterior/<distance>`` (its ``latest``)."""
+    base = posterior_dir(output_dir)
+    return base / str(distance) if model is None else base / model / str(distance)
+
+
+def refit_timestamp(now: datetime | None = None) -> str:
+    now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    return now.strftime("%Y%m%dT%H%M%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def _netcdf_column(col: pd.Series) -> np.ndarray:
+    """A column as an array NetCDF can store: text with '' for missing, numbers with NaN."""
+    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+        return col.astype("float64").to_numpy(na_value=np.nan)
+    return col.astype("string").fillna("").to_numpy(dtype=object).astype(str)
+
+
+def refit_inference_data(judged, rows: pd.DataFrame):
+    """The model's InferenceData plus the judged rows and the harness's attributes."""
+    import arviz as az
+
+    idata = judged.model.inference_data()
+    ev = judged.judged
+    part = rows.iloc[ev.positions]
+    constant = {c: _netcdf_column(part[c]) for c in _ROW_COLUMNS if c in part}
+    pred = ev.prediction
+    constant.update({"bayes_pred": pred.pred, "bayes_std": pred.std, "bayes_p05": pred.p05, "bayes_p50": pred.p50,
+                     "bayes_p95": pred.p95})
+    if pred.log_density is not None:
+        constant["log_density"] = pred.log_density
+    dims = {name: ["judged_row"] for name in [*constant, "total_sec"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        extra = az.from_dict(observed_data={"total_sec": ev.observed}, constant_data=constant, dims=dims)
+    idata.extend(extra)
+    idata.posterior.attrs.update(_attrs(judged))
+    return idata
+
+
+def _attrs(judged) -> dict:
+    def evaluation(ev):
+        return None if ev is None else {"label": ev.label, **ev.scores.as_dict()}
+
+    return {
+        "racedayai_created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "racedayai_split": json.dumps(judged.split),
+        "racedayai_in_sample": json.dumps(evaluation(judged.in_sample), default=float),
+        "racedayai_holdout": json.dumps(evaluation(judged.holdout), default=float),
+        "racedayai_checks": json.dumps([asdict(c) for c in judged.checks], default=float),
+        "racedayai_failed_checks": json.dumps(judged.failed_checks),
+        "racedayai_drift": json.dumps(judged.drift),
+    }
+
+
+def write_artifact(judged, rows: pd.DataFrame, output_dir, *, timestamp: str | None = None) -> Path:
+    """Save a judged refit as ``posterior/<model>/<distance>/<timestamp>.nc``, atomically.
+
+    ``latest`` is not moved here: see :func:`publish_artifact`. Any failure (disk full, an
+    unwritable folder, an HDF5 error) is an :class:`OutputWriteError` and leaves nothing.
+    """
+    folder = artifact_dir(output_dir, judged.distance, judged.name)
+    name = f"{timestamp or refit_timestamp()}.nc"
+    path = folder / name
+    idata = refit_inference_data(judged, rows)
+    # HDF5 takes its own lock on the file it creates, which collides with the lock that
+    # atomic_path holds on its temporary file: write in a scratch folder, then copy
+    with tempfile.TemporaryDirectory(prefix="racedayai-artifact-") as scratch:
+        local = Path(scratch) / name
+        try:
+            idata.to_netcdf(str(local), engine="h5netcdf")
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise OutputWriteError(f"could not write {path}: {exc}; the previous file is unchanged") from exc
+        with atomic_path(path) as tmp:
+            shutil.copyfile(local, tmp)
+    return path
+
+
+def _relative(path, output_dir) -> str:
+    base = str(posterior_dir(output_dir)).rstrip("/") + "/"
+    text = str(path)
+    if not text.startswith(base):
+        raise ArtifactError(f"{path} is not under {base}")
+    return text[len(base):]
+
+
+def publish_artifact(path, output_dir, distance: str, keep: int = KEEP_ARTIFACTS) -> list:
+    """Point ``posterior/<distance>/latest`` at the artifact ``path`` (atomically), then prune.
+
+    Called once a prediction CSV made from that artifact is written. Pruning keeps the
+    newest ``keep`` artifacts of the model and never a published one; it is best effort (a
+    file it cannot remove is left for the next refit). Returns the removed paths.
+    """
+    path = as_path(path)
+    pointer = artifact_dir(output_dir, distance) / LATEST
+    with atomic_open(pointer, "w") as fh:
+        fh.write(_relative(path, output_dir) + "\n")
+    try:
+        return prune_artifacts(path.parent, output_dir, keep)
+    except OSError:
+        return []
+
+
+def _pointed(pointer) -> Path | None:
+    """The artifact a ``latest`` pointer names (None if the pointer is absent)."""
+    if not pointer.exists():
+        return None
+    name = pointer.read_text().strip()
+    if not name:
+        return None
+    # a bare file name (an artifact from before the models) lives beside its pointer
+    return pointer.parent / name if "/" not in name else pointer.parent.parent / name
+
+
+def latest_artifact(output_dir, distance: str) -> Path | None:
+    """The published artifact of ``distance``, or None if there is none yet."""
+    path = _pointed(artifact_dir(output_dir, distance) / LATEST)
+    return path if path is not None and path.exists() else None
+
+
+def published_model(output_dir, distance: str) -> str | None:
+    """The model name of the published artifact of ``distance`` (last week's choice)."""
+    path = latest_artifact(output_dir, distance)
+    if path is None:
+        return None
+    rel = _relative(path, output_dir).split("/")
+    return rel[0] if len(rel) == 3 else "seed_profile"  # a bare name: the seed, before the models
+
+
+def previous_artifact(output_dir, model: str, distance: str) -> Path | None:
+    """The newest artifact of ``model`` and ``distance`` (its previous refit), or None."""
+    folder = artifact_dir(output_dir, distance, model)
+    if not folder.exists():
+        return None
+    files = sorted(p for p in folder.iterdir() if p.name.endswith(".nc") and not p.name.startswith("."))
+    return files[-1] if files else None
+
+
+def resolve_artifact(location) -> Path:
+    """A .nc file as given, or the published artifact of a distance folder (``posterior/<distance>``)."""
+    path = as_path(location)
+    if path.is_dir():
+        pointer = path / LATEST
+        if not pointer.exists():
+            raise ArtifactError(f"{path}: no '{LATEST}' pointer; no refit of this distance has been published")
+        path = _pointed(pointer)
+    if path is None or not path.exists():
+        raise ArtifactError(f"{path}: posterior artifact not found")
+    return path
+
+
+def load_artifact(location) -> Artifact:
+    """Read an artifact written by :func:`write_artifact` (a file, or a distance folder)."""
+    import arviz as az
+
+    from racedayai_bayes.lib.models.base import load_fitted
+
+    path = resolve_artifact(location)
+    with tempfile.TemporaryDirectory(prefix="racedayai-artifact-") as scratch:
+        local = path
+        try:
+            if not isinstance(path, Path):
+                local = Path(scratch) / path.name  # an object-store artifact: read a local copy
+                local.write_bytes(path.read_bytes())
+            idata = az.from_netcdf(str(local))
+            idata.load()  # read everything now: the scratch copy goes away
+        except Exception as exc:  # h5py, xarray and fsspec raise many types for a bad or unreachable file
+            raise ArtifactError(f"{path}: not a readable NetCDF posterior artifact ({exc})") from exc
+    attrs = {**dict(idata.posterior.attrs), **dict(getattr(idata, "attrs", {}) or {})}
+    if "racedayai_encoding" not in attrs or "sample_stats" not in idata.groups():
+        raise ArtifactError(f"{path}: not a racedayai-bayes posterior artifact (no encoding attribute)")
+    try:
+        model = load_fitted(idata, attrs)
+    except (KeyError, ValueError) as exc:
+        raise ArtifactError(f"{path}: cannot rebuild its model ({exc})") from exc
+    return Artifact(path=path, distance=str(attrs["racedayai_distance"]), model=model, attrs=attrs)
+
+
+def _published_names(output_dir) -> set[str]:
+    """Relative paths of every published artifact (every distance's ``latest``)."""
+    base = posterior_dir(output_dir)
+    names = set()
+    if base.exists():
+        for sub in base.iterdir():
+            pointer = sub / LATEST
+            if pointer.exists():
+                names.add(pointer.read_text().strip())
+    return names
+
+
+def prune_artifacts(folder, output_dir, keep: int = KEEP_ARTIFACTS) -> list:
+    """Remove all but the newest ``keep`` artifacts of a model folder; never a published one."""
+    if keep <= 0 or not folder.exists():
+        return []
+    published = _published_names(output_dir)
+    files = sorted((p for p in folder.iterdir() if p.name.endswith(".nc") and not p.name.startswith(".")), key=lambda p: p.name)
+    removed = []
+    for old in files[:-keep]:
+        if _relative(old, output_dir) not in published and old.name not in published:
+            old.unlink()
+            removed.append(old)
+    return removed
