@@ -10,7 +10,7 @@ import racedayai_bayes  # noqa: F401  (pins JAX to the CPU)
 from racedayai_bayes.lib.data.frame import MODEL_DISTANCES
 
 # Unpartitioned assets that the first run of a refit builds and later runs reuse.
-FRAME_ASSETS = ("athlete_race", "athlete_profile", "cluster_assignments", "model_frame")
+FRAME_ASSETS = ("athlete_race", "athlete_profile", "cluster_assignments", "model_frame", "athlete_seasons")
 
 
 def _demo_data(args: argparse.Namespace) -> int:

@@ -18,12 +18,12 @@ from racedayai_bayes.lib.evaluation.plots import (
     coverage_by_decile,
     coverage_by_decile_plot,
     fit_stats,
-    group_effect_forest,
-    group_effect_table,
     png_markdown,
     predicted_vs_observed,
     scale_rank_plot,
 )
+from racedayai_bayes.lib.models.seed.model import SCALE_SITES
+from racedayai_bayes.lib.models.seed.plots import group_effect_forest, group_effect_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MAX_PNG_BYTES = 150_000
@@ -149,19 +149,19 @@ def test_scale_rank_plot_is_a_compact_png_and_leaves_no_pyplot_figures():
 
     before = plt.get_fignums()
     draws = make_draws()
-    png = scale_rank_plot(draws)
+    png = scale_rank_plot(draws, SCALE_SITES)
     assert_compact_png(png)
     assert plt.get_fignums() == before
-    assert scale_rank_plot(draws) == png  # deterministic bytes
+    assert scale_rank_plot(draws, SCALE_SITES) == png  # deterministic bytes
 
 
 def test_scale_rank_plot_draws_the_scales_it_has_and_fails_without_any():
     draws = make_draws()
     only_sigma = Draws({"sigma": draws.samples["sigma"]}, draws.diverging, "test")
-    assert_compact_png(scale_rank_plot(only_sigma))
+    assert_compact_png(scale_rank_plot(only_sigma, SCALE_SITES))
     no_scales = Draws({"mu_global": draws.samples["mu_global"]}, draws.diverging, "test")
     with pytest.raises(ValueError, match="no scale parameter"):
-        scale_rank_plot(no_scales)
+        scale_rank_plot(no_scales, SCALE_SITES)
 
 
 # ---------------------------------------------------------------- predicted vs observed

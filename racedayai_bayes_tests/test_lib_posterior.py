@@ -4,16 +4,16 @@ import pytest
 
 from racedayai_bayes.lib.inference.nuts import Draws
 from racedayai_bayes.lib.models.seed.encoding import fit_encoding
-from racedayai_bayes.lib.models.seed.fit import FitSettings, _sample, posterior_analysis
+from racedayai_bayes.lib.models.seed.fit import SeedSettings, _sample, posterior_analysis
 
 
 def test_engine_defaults():
-    assert FitSettings().engine == "exact"
-    assert FitSettings(engine="rowwise").target_accept_for_engine() == 0.85  # the seed's
-    assert FitSettings(engine="exact").target_accept_for_engine() == 0.98
-    assert FitSettings(engine="exact", target_accept=0.8).target_accept_for_engine() == 0.8
-    assert FitSettings().seed_for("70.3") == 42 and FitSettings().seed_for("140.6") == 99
-    assert FitSettings(seed=7).seed_for("70.3") == 7
+    assert SeedSettings().engine == "exact"
+    assert SeedSettings(engine="rowwise").target_accept_for_engine() == 0.85  # the seed's
+    assert SeedSettings(engine="exact").target_accept_for_engine() == 0.98
+    assert SeedSettings(engine="exact", target_accept=0.8).target_accept_for_engine() == 0.8
+    assert SeedSettings().seed_for("70.3") == 42 and SeedSettings().seed_for("140.6") == 99
+    assert SeedSettings(seed=7).seed_for("70.3") == 7
 
 
 def test_subsample_is_the_seeds_pandas_sample():

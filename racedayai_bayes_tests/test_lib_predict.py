@@ -310,7 +310,7 @@ def test_posterior_means_row_has_the_seed_layout():
     samples = {k: rng.normal(size=(2, 30) + s) for k, s in shapes.items()}
     draws = Draws(samples=samples, diverging=np.zeros((2, 30), dtype=bool), engine="hand")
 
-    row = posterior_means_row(draws, "70.3")
+    row = {"distance": "70.3", **posterior_means_row(draws)}
     assert len(row) == 69
     expected_names = ["distance"]
     for name in sorted(shapes):
@@ -323,7 +323,7 @@ def test_posterior_means_row_has_the_seed_layout():
     assert row["mu_cluster_8"] == pytest.approx(samples["mu_cluster"][..., 8].mean(), rel=1e-14)
     assert all(isinstance(v, float) for k, v in row.items() if k != "distance")
     # one CSV row per distance, as written by the pipeline
-    table = pd.DataFrame([row, posterior_means_row(draws, "140.6")])
+    table = pd.DataFrame([row, {"distance": "140.6", **posterior_means_row(draws)}])
     assert table.shape == (2, 69)
 
 

@@ -5,7 +5,7 @@ import dagster as dg
 import pandas as pd
 
 from racedayai_bayes.lib.data import contracts
-from racedayai_bayes.lib.data.frame import build_model_frame, join_counts
+from racedayai_bayes.lib.data.frame import join_counts, model_frame_and_seasons
 
 from .resources import PipelinePaths
 
@@ -54,11 +54,26 @@ def cluster_assignments(context: dg.AssetExecutionContext, paths: PipelinePaths)
     return _read(context, contracts.read_clusters, paths.input_file(contracts.CLUSTER_FILE))
 
 
-@dg.asset(group_name=GROUP)
-def model_frame(
-    athlete_race: pd.DataFrame, athlete_profile: pd.DataFrame, cluster_assignments: pd.DataFrame
-) -> dg.Output[pd.DataFrame]:
-    """Age-group 70.3 and 140.6 finishers with profile and cluster columns (the seed's section 1)."""
-    frame, counts = build_model_frame(athlete_race, athlete_profile, cluster_assignments)
+@dg.multi_asset(
+    outs={
+        "model_frame": dg.AssetOut(
+            group_name=GROUP,
+            description="Age-group 70.3 and 140.6 finishers with profile and cluster columns (the seed's section 1) "
+            "and each race's as-of history from strictly earlier seasons",
+        ),
+        "athlete_seasons": dg.AssetOut(
+            group_name=GROUP,
+            description="One row per athlete and season with a start at either distance: the totals that as-of "
+            "histories add up (starts, DNFs, finishes, edition-relative times)",
+        ),
+    },
+)
+def model_frame(athlete_race: pd.DataFrame, athlete_profile: pd.DataFrame, cluster_assignments: pd.DataFrame):
+    """The model frame and the season table its as-of history comes from."""
+    frame, counts, seasons = model_frame_and_seasons(athlete_race, athlete_profile, cluster_assignments)
     counts.update(join_counts(frame, athlete_profile, cluster_assignments))
-    return dg.Output(frame, metadata={k: dg.MetadataValue.int(v) for k, v in counts.items()})
+    yield dg.Output(frame, output_name="model_frame", metadata={k: dg.MetadataValue.int(v) for k, v in counts.items()})
+    yield dg.Output(seasons, output_name="athlete_seasons", metadata={
+        "rows": dg.MetadataValue.int(len(seasons)),
+        "athletes": dg.MetadataValue.int(int(seasons["athlete_hash"].nunique())),
+    })

@@ -2,6 +2,7 @@
 
 
 import dagster as dg
+import pandas as pd
 from pydantic import Field
 
 from racedayai_bayes.lib.data.split import Split
@@ -122,7 +123,8 @@ def build_posterior_asset(name: str) -> dg.AssetsDefinition:
         group_name="model",
         description=f"Posterior of {name} for one distance: {entry.description}. Judged on the held-out rows.",
     )
-    def _posterior(context: dg.AssetExecutionContext, config: config_cls, paths: PipelinePaths, holdout_split: Split):
+    def _posterior(context: dg.AssetExecutionContext, config: config_cls, paths: PipelinePaths, holdout_split: Split,
+                   athlete_seasons: pd.DataFrame):
         distance = context.partition_key
         previous = _previous(context, paths, name, distance)
         try:
@@ -135,7 +137,7 @@ def build_posterior_asset(name: str) -> dg.AssetsDefinition:
         context.log.info(f"{name} {distance} {judged.judged.label}: ELPD {s.elpd:.4f} ± {s.elpd_se:.4f}, "
                          f"MAE {s.mae_p50_sec / 60:.1f} min, 90% coverage {s.coverage_90:.3f} on {s.rows:,} rows")
         try:
-            artifact = write_artifact(judged, holdout_split.rows, paths.output_dir)
+            artifact = write_artifact(judged, holdout_split, paths.output_dir, athlete_seasons)
         except OutputWriteError as exc:
             raise dg.Failure(description=str(exc), metadata={"distance": distance}) from None
         judged.artifact = str(artifact)

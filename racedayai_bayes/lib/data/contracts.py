@@ -255,7 +255,7 @@ def read_clusters(path: str | Path) -> ReadResult:
 MODEL_ROW_REQUIRED = ("gender", "age_group", "pb_total_sec", "total_races", "cluster_id")
 MODEL_ROW_OPTIONAL = ("athlete_hash", "event_distance", "event_year", "total_sec", "event_name", "held_out")
 _INTEGER_COLUMNS = ("event_year", "cluster_id", *(c for c in HISTORY_COUNT_COLUMNS))
-_FLOAT_COLUMNS = ("pb_total_sec", "total_races", "total_sec", "hist_best_sec", "hist_logmean_other")
+_FLOAT_COLUMNS = ("pb_total_sec", "total_races", "total_sec", "hist_best_sec", "hist_rel_other")
 
 
 def read_model_rows(path: str | Path, required: tuple[str, ...] = MODEL_ROW_REQUIRED) -> ReadResult:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from racedayai_bayes.lib.data.history import HISTORY_COLUMNS, add_history
+from racedayai_bayes.lib.data.history import add_history, season_table
 
 MODEL_DISTANCES = ("70.3", "140.6")
 # Finish-time bounds of the seed, both exclusive: 1 h < total_sec < 17 h.
@@ -42,13 +42,22 @@ def _join(left: pd.DataFrame, right: pd.DataFrame, columns: list[str]) -> pd.Dat
 def build_model_frame(
     races: pd.DataFrame, profiles: pd.DataFrame, clusters: pd.DataFrame
 ) -> tuple[pd.DataFrame, dict[str, int]]:
+    """:func:`model_frame_and_seasons` without the season table."""
+    frame, counts, _ = model_frame_and_seasons(races, profiles, clusters)
+    return frame, counts
+
+
+def model_frame_and_seasons(
+    races: pd.DataFrame, profiles: pd.DataFrame, clusters: pd.DataFrame
+) -> tuple[pd.DataFrame, dict[str, int], pd.DataFrame]:
     """Merge and filter to age-group finishers of 70.3 and 140.6, keeping the input order.
 
     Kept: ``is_pro`` not True (blank counts as not a pro), distance 70.3 or 140.6, and
     3600 < total_sec < 61200, as in the seed; and, unlike the seed, a known event_year: a
     race without a season can be neither held out by season nor given an as-of history.
     Each kept row gets its as-of history (:data:`HISTORY_COLUMNS`) from every row of
-    ``races``. Returns the frame and the count of rows each rule removed.
+    ``races``. Returns the frame, the count of rows each rule removed, and the per-(athlete,
+    season) table of every start that the history comes from (lib/data/history.py).
     """
     profile_cols = [c for c in PROFILE_COLUMNS if c in profiles.columns]
     frame = _join(races, profiles, profile_cols)
@@ -74,13 +83,14 @@ def build_model_frame(
             ag_finish = keep.to_numpy(copy=True)  # the finishes an athlete's history counts
     frame = frame.loc[keep.to_numpy(), list(FRAME_COLUMNS)].reset_index(drop=True)
     frame["event_distance"] = frame["event_distance"].astype("string")
-    frame = add_history(frame, races, ag_finish, MODEL_DISTANCES)
+    seasons = season_table(races, ag_finish, MODEL_DISTANCES)
+    frame = add_history(frame, seasons, MODEL_DISTANCES)
     counts["rows_out"] = len(frame)
     for d in MODEL_DISTANCES:
         counts[f"rows_{d}"] = int((frame["event_distance"] == d).sum())
     counts["rows_blank_event_name"] = int(frame["event_name"].isna().sum())
     counts["athletes_with_several_genders"] = several_genders(frame)
-    return frame, counts
+    return frame, counts, seasons
 
 
 def several_genders(frame: pd.DataFrame) -> int:

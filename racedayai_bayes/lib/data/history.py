@@ -13,7 +13,11 @@ Columns added to each model-frame row (``HISTORY_COLUMNS``):
 - ``hist_dnf``: earlier starts without a finish time (DNF, DQ), either distance;
 - ``hist_finishes_same`` / ``hist_finishes_other``: earlier age-group finishes (the
   model frame's filter) at the row's distance / at the other one;
-- ``hist_logmean_other``: mean log(total_sec) of those other-distance finishes (NaN if none);
+- ``hist_rel_other``: the mean, over those other-distance finishes, of the finish's log time
+  relative to its edition: log(total_sec) minus the median log time of that edition's
+  age-group finishers (NaN if none). Relative to the edition, the course and the day drop
+  out, and what is left is how the athlete ranks in a field; every edition it uses ran in an
+  earlier season;
 - ``hist_best_sec``: fastest earlier finish at either distance (NaN if none): the as-of
   counterpart of the profile's ``pb_total_sec``;
 - ``hist_results``: earlier finishes at either distance: the as-of ``total_races``.
@@ -36,7 +40,7 @@ COUNT_COLUMNS = (
     "hist_finishes_other",
     "hist_results",
 )
-HISTORY_COLUMNS = (*COUNT_COLUMNS, "hist_logmean_other", "hist_best_sec")
+HISTORY_COLUMNS = (*COUNT_COLUMNS, "hist_rel_other", "hist_best_sec")
 
 
 def first_race(frame: pd.DataFrame) -> np.ndarray:
@@ -70,123 +74,154 @@ def earlier_season_sums(hashes: pd.Series, years: np.ndarray, values: dict[str, 
     return out
 
 
-def season_history(
-    hashes: pd.Series,
-    years: np.ndarray,
-    distance_idx: np.ndarray,
-    finished: np.ndarray,
-    ag_finish: np.ndarray,
-    total_sec: np.ndarray,
-) -> pd.DataFrame:
-    """Per (athlete, season): the athlete's totals over all strictly earlier seasons.
+SEASON_COLUMNS = ("starts_0", "starts_1", "dnf", "fin_0", "fin_1", "nrel_0", "nrel_1", "sumrel_0", "sumrel_1")
 
-    Inputs are one entry per start at 70.3 (``distance_idx`` 0) or 140.6 (1) with a known
-    athlete and season. ``finished``: the start has a finish time; ``ag_finish``: it is an
-    age-group finish of the model frame. Returns a frame indexed by (athlete_hash,
-    event_year) with, per distance k, ``starts_k``, ``fin_k``, ``sumlog_k``, and ``dnf`` and
-    ``best``: all cumulated over the athlete's seasons before that one.
+
+def season_table(races: pd.DataFrame, ag_finish: np.ndarray, distances: tuple[str, str]) -> pd.DataFrame:
+    """One row per (athlete, season) with a start at either modelled distance: that season's own
+    totals, sorted by athlete, then season.
+
+    Per distance k (0 = ``distances[0]``): ``starts_k`` (every start: finishes, DNFs, DQs, pro
+    starts), ``fin_k`` (age-group finishes of the model frame), ``nrel_k`` and ``sumrel_k``
+    (count and sum of edition-relative log times, :func:`edition_relative`); and ``dnf``
+    (starts without a finish time) and ``best`` (fastest age-group finish; inf if none).
+    ``ag_finish`` marks the rows of ``races`` that the model frame keeps.
     """
-    codes, uniques = pd.factorize(hashes, sort=False)
-    years = years.astype(np.int64)
-    y0 = int(years.min()) if len(years) else 0
-    span = int(years.max()) - y0 + 1 if len(years) else 1
-    key = codes.astype(np.int64) * span + (years - y0)
-    groups, inverse = np.unique(key, return_inverse=True)  # sorted by (athlete, season)
-    n = len(groups)
-
-    def per_group(weights) -> np.ndarray:
-        return np.bincount(inverse, weights=weights, minlength=n).astype(np.float64)
-
-    d1 = distance_idx == 1
-    logt = np.where(ag_finish, np.log(np.where(ag_finish, total_sec, 1.0)), 0.0)
-    own = {
-        "starts_0": per_group((~d1).astype(np.float64)),
-        "starts_1": per_group(d1.astype(np.float64)),
-        "dnf": per_group((~finished).astype(np.float64)),
-        "fin_0": per_group((ag_finish & ~d1).astype(np.float64)),
-        "fin_1": per_group((ag_finish & d1).astype(np.float64)),
-        "sumlog_0": per_group(np.where(~d1, logt, 0.0)),
-        "sumlog_1": per_group(np.where(d1, logt, 0.0)),
-    }
-    best_rows = np.where(ag_finish, total_sec, np.inf)
-    best = pd.Series(best_rows).groupby(inverse).min().reindex(range(n), fill_value=np.inf).to_numpy()
-
-    athlete = groups // span
-    new_athlete = np.r_[True, athlete[1:] != athlete[:-1]]
-    # Running totals within each athlete (never across athletes, so a value depends only on
-    # that athlete's own seasons up to it), shifted by one season: strictly earlier seasons.
-    frame = pd.DataFrame(own)
-    frame["best"] = best
-    by = frame.groupby(athlete, sort=False)
-    running = by[list(own)].cumsum()
-    running["best"] = by["best"].cummin()
-    out = {}
-    for name in running.columns:
-        values = running[name].to_numpy()
-        prev = np.r_[np.inf if name == "best" else 0.0, values[:-1]]
-        out[name] = np.where(new_athlete, np.inf if name == "best" else 0.0, prev)
-    index = pd.MultiIndex.from_arrays(
-        [uniques.take(athlete), groups % span + y0], names=["athlete_hash", "event_year"]
-    )
-    return pd.DataFrame(out, index=index)
-
-
-def add_history(frame: pd.DataFrame, races: pd.DataFrame, is_ag_finish: np.ndarray, distances: tuple[str, str]) -> pd.DataFrame:
-    """The model-frame rows ``frame`` with :data:`HISTORY_COLUMNS` appended.
-
-    ``races`` is every row of athlete_race.csv (typed by the contract reader) and
-    ``is_ag_finish`` marks its rows that the model frame keeps; ``distances`` are the two
-    modelled distances in order. A row whose athlete is blank, or whose season is unknown,
-    has no history (counts 0, means NaN).
-    """
+    ag = np.asarray(ag_finish, dtype=bool)
+    relative = edition_relative(races, ag)
     start = (
         races["athlete_hash"].notna().to_numpy()
         & races["event_year"].notna().to_numpy()
         & races["event_distance"].isin(distances).fillna(False).to_numpy(dtype=bool)
     )
     starts = races.loc[start]
-    dist_idx = (starts["event_distance"] == distances[1]).to_numpy(dtype=bool).astype(np.int8)
+    d1 = (starts["event_distance"] == distances[1]).to_numpy(dtype=bool)
     total = starts["total_sec"].to_numpy(dtype=np.float64, na_value=np.nan)
-    table = season_history(
-        starts["athlete_hash"],
-        starts["event_year"].to_numpy(dtype=np.int64),
-        dist_idx,
-        ~np.isnan(total),
-        np.asarray(is_ag_finish, dtype=bool)[start],
-        total,
-    )
+    ag, relative = ag[start], relative[start]
+    codes, uniques = pd.factorize(starts["athlete_hash"], sort=True)
+    years = starts["event_year"].to_numpy(dtype=np.int64)
+    y0 = int(years.min()) if len(years) else 0
+    span = int(years.max()) - y0 + 1 if len(years) else 1
+    groups, inverse = np.unique(codes.astype(np.int64) * span + (years - y0), return_inverse=True)
+    n = len(groups)
+
+    def per_group(weights) -> np.ndarray:
+        return np.bincount(inverse, weights=weights, minlength=n).astype(np.float64)
+
+    has_rel = ag & np.isfinite(relative)
+    rel = np.where(has_rel, relative, 0.0)
+    table = pd.DataFrame({
+        "athlete_hash": uniques.take(groups // span),
+        "event_year": groups % span + y0,
+        "starts_0": per_group((~d1).astype(np.float64)),
+        "starts_1": per_group(d1.astype(np.float64)),
+        "dnf": per_group(np.isnan(total).astype(np.float64)),
+        "fin_0": per_group((ag & ~d1).astype(np.float64)),
+        "fin_1": per_group((ag & d1).astype(np.float64)),
+        "nrel_0": per_group((has_rel & ~d1).astype(np.float64)),
+        "nrel_1": per_group((has_rel & d1).astype(np.float64)),
+        "sumrel_0": per_group(np.where(~d1, rel, 0.0)),
+        "sumrel_1": per_group(np.where(d1, rel, 0.0)),
+    })
+    table["best"] = pd.Series(np.where(ag, total, np.inf)).groupby(inverse).min().reindex(range(n), fill_value=np.inf).to_numpy()
+    return table
+
+
+def cumulate(table: pd.DataFrame) -> pd.DataFrame:
+    """Each row's totals over the athlete's **strictly earlier** seasons (``table`` sorted by
+    athlete, then season, as :func:`season_table` returns it).
+
+    Running totals run within each athlete, never across athletes, so a value depends only
+    on that athlete's own earlier seasons, and the same seasons always add up in the same
+    order: a total is the same number whichever later seasons exist.
+    """
+    athlete = table["athlete_hash"].to_numpy()
+    new_athlete = np.r_[True, athlete[1:] != athlete[:-1]] if len(table) else np.zeros(0, dtype=bool)
+    by = table.groupby(pd.factorize(athlete, sort=False)[0], sort=False)
+    running = by[list(SEASON_COLUMNS)].cumsum()
+    running["best"] = by["best"].cummin()
+    out = pd.DataFrame({"athlete_hash": table["athlete_hash"].to_numpy(), "event_year": table["event_year"].to_numpy()})
+    for name in running.columns:
+        values = running[name].to_numpy()
+        empty = np.inf if name == "best" else 0.0
+        out[name] = np.where(new_athlete, empty, np.r_[empty, values[:-1]])
+    return out
+
+
+def as_of(table: pd.DataFrame, season: int) -> pd.DataFrame:
+    """Each athlete's totals over the seasons strictly before ``season``: what a race in that
+    season knows. The same numbers a race of that season gets in the model frame, bit for bit."""
+    known = table.loc[table["event_year"] < season]
+    marker = pd.DataFrame({"athlete_hash": known["athlete_hash"].unique(), "event_year": season})
+    for col in (*SEASON_COLUMNS, "best"):
+        marker[col] = np.inf if col == "best" else 0.0
+    both = pd.concat([known, marker], ignore_index=True).sort_values(["athlete_hash", "event_year"], kind="stable")
+    cum = cumulate(both.reset_index(drop=True))
+    return cum.loc[cum["event_year"] == season].set_index("athlete_hash").drop(columns="event_year")
+
+
+def history_columns(cum: pd.DataFrame, own_is_1: np.ndarray) -> dict[str, np.ndarray]:
+    """:data:`HISTORY_COLUMNS` from cumulated totals, for rows of distance 1 where ``own_is_1``."""
+    own = np.asarray(own_is_1, dtype=bool)
+
+    def col(name):
+        return cum[name].to_numpy(dtype=np.float64)
+
+    starts_0, starts_1 = col("starts_0"), col("starts_1")
+    fin_0, fin_1 = col("fin_0"), col("fin_1")
+    out = {
+        "hist_starts": starts_0 + starts_1,
+        "hist_starts_same": np.where(own, starts_1, starts_0),
+        "hist_dnf": col("dnf"),
+        "hist_finishes_same": np.where(own, fin_1, fin_0),
+        "hist_finishes_other": np.where(own, fin_0, fin_1),
+        "hist_results": fin_0 + fin_1,
+    }
+    other_n = np.where(own, col("nrel_0"), col("nrel_1"))
+    other_sum = np.where(own, col("sumrel_0"), col("sumrel_1"))
+    out["hist_rel_other"] = np.where(other_n > 0, other_sum / np.maximum(other_n, 1), np.nan)
+    best = col("best")
+    out["hist_best_sec"] = np.where(np.isfinite(best), best, np.nan)
+    return out
+
+
+def edition_relative(races: pd.DataFrame, ag_finish: np.ndarray) -> np.ndarray:
+    """log(total_sec) minus the median log time of its edition's age-group finishers, for
+    each age-group finish with an event_name (NaN elsewhere). An edition is one event_name
+    at one distance in one season."""
+    out = np.full(len(races), np.nan)
+    use = np.asarray(ag_finish, dtype=bool) & races["event_name"].notna().to_numpy() & races["event_year"].notna().to_numpy()
+    if not use.any():
+        return out
+    part = races.loc[use]
+    logt = np.log(part["total_sec"].to_numpy(dtype=np.float64))
+    key = pd.MultiIndex.from_arrays([part["event_name"], part["event_distance"], part["event_year"]])
+    codes, _ = pd.factorize(key)
+    median = pd.Series(logt).groupby(codes).median().to_numpy()
+    out[use] = logt - median[codes]
+    return out
+
+
+def add_history(frame: pd.DataFrame, table: pd.DataFrame, distances: tuple[str, str]) -> pd.DataFrame:
+    """The model-frame rows ``frame`` with :data:`HISTORY_COLUMNS` appended, from the season
+    table of every start (:func:`season_table`). A row whose athlete is blank, or whose season
+    is unknown, has no history (counts 0, means NaN)."""
+    cum = cumulate(table).set_index(["athlete_hash", "event_year"])
     out = frame.copy()
     known = out["athlete_hash"].notna().to_numpy() & out["event_year"].notna().to_numpy()
     rows = pd.MultiIndex.from_arrays(
         [out["athlete_hash"].astype(object).where(known, None), out["event_year"].astype("Int64")],
         names=["athlete_hash", "event_year"],
     )
-    pos = table.index.get_indexer(rows)
-    pos = np.where(known, pos, -1)
+    pos = np.where(known, cum.index.get_indexer(rows), -1)
     have = pos >= 0
-
-    def take(col: str, fill: float) -> np.ndarray:
-        values = table[col].to_numpy()
-        return np.where(have, values[np.where(have, pos, 0)], fill)
-
-    own = (out["event_distance"] == distances[1]).to_numpy(dtype=bool)
-    starts_0, starts_1 = take("starts_0", 0.0), take("starts_1", 0.0)
-    fin_0, fin_1 = take("fin_0", 0.0), take("fin_1", 0.0)
-    sumlog_0, sumlog_1 = take("sumlog_0", 0.0), take("sumlog_1", 0.0)
-    counts = {
-        "hist_starts": starts_0 + starts_1,
-        "hist_starts_same": np.where(own, starts_1, starts_0),
-        "hist_dnf": take("dnf", 0.0),
-        "hist_finishes_same": np.where(own, fin_1, fin_0),
-        "hist_finishes_other": np.where(own, fin_0, fin_1),
-        "hist_results": fin_0 + fin_1,
-    }
+    picked = cum.iloc[np.where(have, pos, 0)].reset_index(drop=True)
+    for name in SEASON_COLUMNS:
+        picked[name] = np.where(have, picked[name].to_numpy(), 0.0)
+    picked["best"] = np.where(have, picked["best"].to_numpy(), np.inf)
+    cols = history_columns(picked, (out["event_distance"] == distances[1]).to_numpy(dtype=bool))
     for name in COUNT_COLUMNS:
-        out[name] = counts[name].astype(np.int32)
-    other_n = counts["hist_finishes_other"]
-    other_sum = np.where(own, sumlog_0, sumlog_1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out["hist_logmean_other"] = np.where(other_n > 0, other_sum / np.maximum(other_n, 1), np.nan)
-    best = take("best", np.inf)
-    out["hist_best_sec"] = np.where(np.isfinite(best), best, np.nan)
+        out[name] = cols[name].astype(np.int32)
+    out["hist_rel_other"] = cols["hist_rel_other"]
+    out["hist_best_sec"] = cols["hist_best_sec"]
     return out

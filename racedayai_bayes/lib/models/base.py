@@ -98,6 +98,14 @@ class FittedModel(ABC):
         """Forecasts of standalone rows (``racedayai-bayes predict``): by default, :meth:`predict`."""
         return self.predict(frame)
 
+    def artifact_tables(self, split, seasons: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        """Side tables that the artifact needs to forecast without the pipeline (name -> table),
+        written beside it as ``<artifact>.<name>.parquet``. None by default."""
+        return {}
+
+    def attach_tables(self, tables: dict[str, pd.DataFrame]) -> None:
+        """Give a model rebuilt from an artifact its side tables back."""
+
     def log_density(self, frame: pd.DataFrame, rows: np.ndarray | None = None) -> np.ndarray:
         """log p(total_sec) in seconds of ``frame``'s rows at ``rows``."""
         return self.predict(frame, rows, log_density=True).log_density
@@ -138,10 +146,13 @@ def registry() -> dict[str, ModelEntry]:
 MODEL_NAMES = ("seed_profile", "seed_asof", "forecast")
 
 
-def load_fitted(idata, attrs: dict) -> FittedModel:
-    """Rebuild a fitted model from an artifact's InferenceData and attributes."""
+def load_fitted(idata, attrs: dict, tables: dict[str, pd.DataFrame] | None = None) -> FittedModel:
+    """Rebuild a fitted model from an artifact's InferenceData, attributes and side tables."""
     name = str(attrs.get("racedayai_model", "seed_profile"))  # artifacts before the models: the seed's
     entries = registry()
     if name not in entries:
         raise ValueError(f"unknown model {name!r} in the artifact; expected one of {', '.join(entries)}")
-    return entries[name].load(idata, attrs)
+    model = entries[name].load(idata, attrs)
+    if tables:
+        model.attach_tables(tables)
+    return model

@@ -81,7 +81,7 @@ def _netcdf_column(col: pd.Series) -> np.ndarray:
     return col.astype("string").fillna("").to_numpy(dtype=object).astype(str)
 
 
-def refit_inference_data(judged, rows: pd.DataFrame):
+def refit_inference_data(judged, rows: pd.DataFrame, tables: dict | None = None):
     """The model's InferenceData plus the judged rows and the harness's attributes."""
     import arviz as az
 
@@ -100,6 +100,7 @@ def refit_inference_data(judged, rows: pd.DataFrame):
         extra = az.from_dict(observed_data={"total_sec": ev.observed}, constant_data=constant, dims=dims)
     idata.extend(extra)
     idata.posterior.attrs.update(_attrs(judged))
+    idata.posterior.attrs["racedayai_side_tables"] = json.dumps(sorted(tables or {}))
     return idata
 
 
@@ -118,8 +119,14 @@ def _attrs(judged) -> dict:
     }
 
 
-def write_artifact(judged, rows: pd.DataFrame, output_dir, *, timestamp: str | None = None) -> Path:
-    """Save a judged refit as ``posterior/<model>/<distance>/<timestamp>.nc``, atomically.
+def side_path(path, name: str):
+    """Where the side table ``name`` of artifact ``path`` lives: ``<stem>.<name>.parquet``."""
+    return path.parent / f"{path.name[:-len('.nc')]}.{name}.parquet"
+
+
+def write_artifact(judged, split, output_dir, seasons: pd.DataFrame | None = None, *, timestamp: str | None = None) -> Path:
+    """Save a judged refit as ``posterior/<model>/<distance>/<timestamp>.nc``, atomically, with
+    the model's side tables beside it (written first: the .nc appears last).
 
     ``latest`` is not moved here: see :func:`publish_artifact`. Any failure (disk full, an
     unwritable folder, an HDF5 error) is an :class:`OutputWriteError` and leaves nothing.
@@ -127,7 +134,16 @@ def write_artifact(judged, rows: pd.DataFrame, output_dir, *, timestamp: str | N
     folder = artifact_dir(output_dir, judged.distance, judged.name)
     name = f"{timestamp or refit_timestamp()}.nc"
     path = folder / name
-    idata = refit_inference_data(judged, rows)
+    rows = split.rows
+    tables = judged.model.artifact_tables(split, seasons) if seasons is not None else {}
+    for table_name, table in tables.items():
+        target = side_path(path, table_name)
+        try:
+            with atomic_path(target) as tmp:
+                table.to_parquet(tmp, index=False)
+        except (OSError, ValueError) as exc:
+            raise OutputWriteError(f"could not write {target}: {exc}; the previous file is unchanged") from exc
+    idata = refit_inference_data(judged, rows, tables)
     # HDF5 takes its own lock on the file it creates, which collides with the lock that
     # atomic_path holds on its temporary file: write in a scratch folder, then copy
     with tempfile.TemporaryDirectory(prefix="racedayai-artifact-") as scratch:
@@ -234,8 +250,15 @@ def load_artifact(location) -> Artifact:
     attrs = {**dict(idata.posterior.attrs), **dict(getattr(idata, "attrs", {}) or {})}
     if "racedayai_encoding" not in attrs or "sample_stats" not in idata.groups():
         raise ArtifactError(f"{path}: not a racedayai-bayes posterior artifact (no encoding attribute)")
+    tables = {}
+    for name in json.loads(attrs.get("racedayai_side_tables", "[]")):
+        table_path = side_path(path, name)
+        try:
+            tables[name] = pd.read_parquet(table_path if isinstance(table_path, Path) else str(table_path))
+        except Exception as exc:  # pyarrow and fsspec raise many types for a missing or bad file
+            raise ArtifactError(f"{path}: its side table {table_path} cannot be read ({exc})") from exc
     try:
-        model = load_fitted(idata, attrs)
+        model = load_fitted(idata, attrs, tables)
     except (KeyError, ValueError) as exc:
         raise ArtifactError(f"{path}: cannot rebuild its model ({exc})") from exc
     return Artifact(path=path, distance=str(attrs["racedayai_distance"]), model=model, attrs=attrs)
@@ -262,6 +285,10 @@ def prune_artifacts(folder, output_dir, keep: int = KEEP_ARTIFACTS) -> list:
     removed = []
     for old in files[:-keep]:
         if _relative(old, output_dir) not in published and old.name not in published:
+            stem = old.name[:-len(".nc")] + "."
+            for side in [p for p in folder.iterdir() if p.name.startswith(stem) and p.name.endswith(".parquet")]:
+                side.unlink()
+                removed.append(side)
             old.unlink()
             removed.append(old)
     return removed

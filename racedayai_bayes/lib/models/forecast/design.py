@@ -31,7 +31,7 @@ COVARIATES = (
     "log_starts_same",  # log1p(earlier starts at this distance)
     "log_starts_other",  # log1p(earlier starts at the other distance)
     "has_other",  # some earlier finish at the other distance
-    "other_level",  # mean log time at the other distance (centred), 0 without one
+    "other_level",  # mean edition-relative log time at the other distance (centred), 0 without one
     "log_dnf",  # log1p(earlier starts without a finish)
 )
 BLOCKS = ("gender", "cell", "course", "slope")
@@ -43,7 +43,9 @@ def raw_covariates(rows: pd.DataFrame, other_center: float) -> np.ndarray:
     same = rows["hist_starts_same"].to_numpy(dtype=np.float64)
     other_fin = rows["hist_finishes_other"].to_numpy(dtype=np.float64)
     has_other = other_fin > 0
-    level = np.where(has_other, rows["hist_logmean_other"].to_numpy(dtype=np.float64, na_value=np.nan) - other_center, 0.0)
+    rel = rows["hist_rel_other"].to_numpy(dtype=np.float64, na_value=np.nan)
+    has_other = has_other & np.isfinite(rel)
+    level = np.where(has_other, rel - other_center, 0.0)
     return np.column_stack([
         (~first_race(rows)).astype(np.float64),
         np.log1p(same),
@@ -125,8 +127,8 @@ def cell_labels(rows: pd.DataFrame) -> pd.Series:
 def fit_encoding(train: pd.DataFrame, distance: str, day_sd: float = 0.0) -> ForecastEncoding:
     """Levels and standardisation constants from the training rows (all of them)."""
     y = np.log(train["total_sec"].to_numpy(dtype=np.float64))
-    other = train["hist_logmean_other"].to_numpy(dtype=np.float64, na_value=np.nan)
-    has_other = train["hist_finishes_other"].to_numpy() > 0
+    other = train["hist_rel_other"].to_numpy(dtype=np.float64, na_value=np.nan)
+    has_other = (train["hist_finishes_other"].to_numpy() > 0) & np.isfinite(other)
     other_center = float(np.mean(other[has_other])) if has_other.any() else 0.0
     cov = raw_covariates(train, other_center)
     mean = cov.mean(axis=0)

@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from racedayai_bayes.lib.data.history import earlier_season_sums
+from racedayai_bayes.lib.data.frame import MODEL_DISTANCES
+from racedayai_bayes.lib.data.history import HISTORY_COLUMNS, as_of, earlier_season_sums, history_columns
 from racedayai_bayes.lib.errors import FitError
 from racedayai_bayes.lib.inference import imh
 from racedayai_bayes.lib.inference.nuts import Draws
@@ -51,7 +52,8 @@ class ForecastSettings:
     num_warmup: int = 25  # steps per chain before keeping draws
     proposal_df: float = 7.0
     proposal_inflate: float = 1.0
-    batch: int = 32  # proposal steps per batch of density evaluations
+    batch: int = 64  # proposal steps per batch of density evaluations (x chains per call)
+    adapt: int = 256  # pilot draws that re-centre the proposal on importance-weighted moments
     seed: int | None = None
     predictive_draws: int = 200  # population draws (thinned) behind each forecast
 
@@ -98,6 +100,51 @@ def _draw_b(payload, rng):
     return sd * scipy.linalg.solve_triangular(chol, v + z, lower=True, trans="T", check_finite=False)
 
 
+@dataclass
+class ScalePosterior:
+    """Exact draws of the five scales and of the coefficients given them."""
+
+    scales: np.ndarray  # (chains, draws, 5)
+    b: np.ndarray  # (chains, draws, K)
+    accepted: np.ndarray  # (chains, draws)
+    info: dict
+
+
+def sample_posterior(stats: marginal.PatternStats, start: np.ndarray, settings: ForecastSettings, seed: int,
+                     progress: ProgressFn = None, label: str = "forecast") -> ScalePosterior:
+    """Laplace fit from ``start`` (log scales), then the independence sampler with one exact
+    draw of the coefficients per kept draw: exact draws of p(scales, b | y) (given the
+    edition offsets already taken out of y)."""
+    say = progress or (lambda _m: None)
+    s = settings
+
+    def log_post(theta):
+        return marginal.log_posterior(stats, theta)[0]
+
+    t0 = time.perf_counter()
+    lap = imh.laplace(log_post, start, 0.1)
+    say(f"{label}: Laplace mode " + ", ".join(
+        f"{n}={v:.4g}" for n, v in zip(SCALE_SITES, np.exp(lap.mode))) + f" ({lap.evaluations} evaluations, {time.perf_counter() - t0:.1f} s)")
+
+    def target(theta):
+        lp, ev = marginal.log_posterior(stats, theta)
+        return lp, _Batch(ev)
+
+    proposal = imh.MultivariateT(lap.mode, s.proposal_inflate**2 * lap.cov, s.proposal_df)
+    result = imh.independence_mh(
+        target, proposal, chains=s.num_chains, draws=s.num_samples, warmup=s.num_warmup, seed=seed,
+        draw_fn=_draw_b, copy_fn=_copy, batch=s.batch, adapt=s.adapt, progress=say,
+    )
+    b = np.array([[result.extra[c][t] for t in range(s.num_samples)] for c in range(s.num_chains)])
+    info = {
+        "laplace_mode": dict(zip(SCALE_SITES, np.exp(lap.mode).tolist())),
+        "laplace_evaluations": lap.evaluations, "acceptance": result.acceptance,
+        "pareto_khat": imh.pareto_khat(result.log_weights),
+        "evaluations": result.evaluations + lap.evaluations, "sampling_s": result.info["wall_s"],
+    }
+    return ScalePosterior(scales=np.exp(result.draws), b=b, accepted=result.accepted, info=info)
+
+
 class ForecastModel(Model):
     name = NAME
     asof = True
@@ -141,42 +188,21 @@ class ForecastModel(Model):
         say(f"forecast {distance}: statistics of {len(train):,} rows, {len(np.unique(data.athlete)):,} athletes, "
             f"{len(stats.pat_count)} history patterns, {enc.num_columns} coefficients in {t_stats:.1f} s")
 
-        def log_post(theta):
-            return marginal.log_posterior(stats, theta)[0]
-
-        start = np.log([0.07, 0.07, 0.11, max(first.scales["course"], 0.01), max(first.scales["cell"], 0.01)])
-        t2 = time.perf_counter()
-        lap = imh.laplace(log_post, start, 0.1)
-        say(f"forecast {distance}: Laplace mode " + ", ".join(
-            f"{n}={v:.4g}" for n, v in zip(SCALE_SITES, np.exp(lap.mode))) + f" ({lap.evaluations} evaluations, {time.perf_counter() - t2:.1f} s)")
-
-        def target(theta):
-            lp, ev = marginal.log_posterior(stats, theta)
-            return lp, _Batch(ev)
-
-        proposal = imh.MultivariateT(lap.mode, s.proposal_inflate**2 * lap.cov, s.proposal_df)
+        start = np.log([0.07, 0.07, 0.11, max(first.scales["course"], 0.01), 0.05])
         seed = s.seed_for(distance)
-        result = imh.independence_mh(
-            target, proposal, chains=s.num_chains, draws=s.num_samples, warmup=s.num_warmup, seed=seed,
-            draw_fn=_draw_b, copy_fn=_copy, batch=s.batch, progress=say,
-        )
-        b = np.array([[result.extra[c][t] for t in range(s.num_samples)] for c in range(s.num_chains)])
-        khat = imh.pareto_khat(result.log_weights)
+        posterior = sample_posterior(stats, start, s, seed, progress=say, label=f"forecast {distance}")
         info = {
             "rows": len(train), "athletes": int(len(np.unique(data.athlete))),
             "history_patterns": int(len(stats.pat_count)), "coefficients": enc.num_columns,
             "editions": int(len(ed_course)), "first_pass": {"sigma_eta": first.sigma, **first.scales, "sweeps": first.sweeps},
-            "laplace_mode": dict(zip(SCALE_SITES, np.exp(lap.mode).tolist())),
-            "laplace_evaluations": lap.evaluations, "acceptance": result.acceptance, "pareto_khat": khat,
-            "evaluations": result.evaluations + lap.evaluations, "stats_s": t_stats,
-            "sampling_s": result.info["wall_s"], "wall_s": time.perf_counter() - t0, "seed": seed,
+            **posterior.info, "stats_s": t_stats, "wall_s": time.perf_counter() - t0, "seed": seed,
             "settings": {**asdict(s), "seed": seed},
         }
-        say(f"forecast {distance}: {s.num_chains} x {s.num_samples} draws, acceptance {result.acceptance:.2f}, "
-            f"PSIS k-hat {khat:.2f}, {info['wall_s']:.1f} s in all")
+        say(f"forecast {distance}: {s.num_chains} x {s.num_samples} draws, acceptance {info['acceptance']:.2f}, "
+            f"PSIS k-hat {info['pareto_khat']:.2f}, {info['wall_s']:.1f} s in all")
         return FittedForecast(
-            distance=str(distance), encoding=enc, scales=np.exp(result.draws), b=b,
-            accepted=result.accepted,
+            distance=str(distance), encoding=enc, scales=posterior.scales, b=posterior.b,
+            accepted=posterior.accepted,
             offsets=pd.DataFrame({"course": ed_course, "season": ed_season, "offset": first.offsets}),
             info=info, notes=notes,
         )
@@ -194,6 +220,8 @@ class FittedForecast(FittedModel):
     notes: list[str] = field(default_factory=list)
     name: str = NAME
     asof: bool = True
+    athletes: pd.DataFrame | None = None  # the artifact's athlete table (see athlete_table)
+    predict_columns = ("athlete_hash", "gender", "age_group", "event_name", "event_year")
 
     # ------------------------------------------------------------------ posterior
 
@@ -257,6 +285,94 @@ class FittedForecast(FittedModel):
             frame = frame.iloc[rows] if rows.dtype != bool else frame.loc[rows]
         log_time = np.log(frame["total_sec"].to_numpy(dtype=np.float64)) if log_density else None
         out = self.forecast(design, a, w, log_time)
+        return Prediction(out["mean"], out["sd"], out["p05"], out["p50"], out["p95"], out.get("log_density"))
+
+    # ------------------------------------------------------------------ forecasts from the artifact alone
+
+    def athlete_table(self, split, seasons: pd.DataFrame) -> pd.DataFrame:
+        """Each athlete's as-of summary at two cut points, for forecasts without the pipeline.
+
+        ``before``: everything known before the split's held-out season (or, without one, the
+        latest season); ``through``: everything up to and including it. Per cut, the
+        athlete's (A, W) at this distance (predict.py) and the as-of history of
+        lib/data/history.py. The numbers are the ones the pipeline's own forecasts of that
+        season use, bit for bit: the same sums in the same order.
+        """
+        rows = split.rows
+        season = int(split.season) if split.season is not None else int(rows["event_year"].max())
+        known = seasons.loc[seasons["event_year"] <= season, "athlete_hash"]
+        athletes = pd.Series(pd.unique(known), dtype="string").sort_values(ignore_index=True)
+        k, n = len(athletes), len(rows)
+        wr, w = self.observations(rows)
+        # one zero-weight marker per athlete at each cut, after the real rows: the markers'
+        # earlier-season sums are exactly what a real race at that season gets
+        hashes = pd.concat([rows["athlete_hash"].astype("string").reset_index(drop=True), athletes, athletes], ignore_index=True)
+        years = np.r_[rows["event_year"].to_numpy(dtype=np.int64), np.full(k, season), np.full(k, season + 1)]
+        zeros = np.zeros(2 * k)
+        sums = earlier_season_sums(hashes, years, {"a": np.r_[wr, zeros], "w": np.r_[w, zeros]})
+        own_is_1 = np.full(k, self.distance == MODEL_DISTANCES[1])
+        table = pd.DataFrame({"athlete_hash": athletes})
+        for cut, at, part in (("before", season, slice(n, n + k)), ("through", season + 1, slice(n + k, n + 2 * k))):
+            table[f"{cut}_a"] = sums["a"][part]
+            table[f"{cut}_w"] = sums["w"][part]
+            cum = as_of(seasons, at).reindex(athletes.to_numpy())
+            cum = cum.fillna({c: (np.inf if c == "best" else 0.0) for c in cum.columns})
+            for name, values in history_columns(cum, own_is_1).items():
+                table[f"{cut}_{name}"] = values
+        table.attrs["season"] = season
+        return table
+
+    def artifact_tables(self, split, seasons: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        return {"athletes": self.athlete_table(split, seasons)}
+
+    def attach_tables(self, tables: dict[str, pd.DataFrame]) -> None:
+        self.athletes = tables.get("athletes")
+
+    @property
+    def table_season(self) -> int:
+        """The season the athlete table's ``before`` cut stops at: the held-out season."""
+        if self.athletes is None:
+            raise ValueError("this posterior has no athlete table: forecasts need an artifact written with one")
+        return int(self.info.get("table_season", self.athletes.attrs.get("season")))
+
+    def rows_with_history(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+        """Standalone rows (athlete_hash, gender, age_group, event_name, event_year) with their
+        as-of history and (A, W) from the athlete table: the held-out season's rows read the
+        ``before`` cut, later seasons the ``through`` cut. An athlete the table does not know
+        has no history (a first race)."""
+        season = self.table_season
+        years = frame["event_year"].astype("Int64")
+        if years.isna().any():
+            raise ValueError(f"{int(years.isna().sum()):,} rows have no event_year; a forecast needs the race's season")
+        early = years < season
+        if early.any():
+            raise ValueError(f"{int(early.sum()):,} rows are of seasons before {season}, the posterior's held-out "
+                             f"season (e.g. {int(years[early].iloc[0])}); it knows those seasons' results, so it cannot "
+                             "forecast them honestly")
+        table = self.athletes.set_index("athlete_hash")
+        pos = table.index.get_indexer(frame["athlete_hash"].astype(object).where(frame["athlete_hash"].notna(), None))
+        found = pos >= 0
+        later = (years > season).to_numpy()
+        out = frame.copy()
+        values = {}
+        for col in ("a", "w", *HISTORY_COLUMNS):
+            before = table[f"before_{col}"].to_numpy()[np.maximum(pos, 0)]
+            through = table[f"through_{col}"].to_numpy()[np.maximum(pos, 0)]
+            empty = np.nan if col in ("hist_rel_other", "hist_best_sec") else 0.0
+            values[col] = np.where(found, np.where(later, through, before), empty)
+        for col in HISTORY_COLUMNS:
+            out[col] = values[col].astype(np.int32) if col.startswith("hist_") and col not in ("hist_rel_other", "hist_best_sec") else values[col]
+        out["event_year"] = years
+        return out, values["a"], values["w"]
+
+    def predict_rows(self, frame: pd.DataFrame, *, draws: int | None = None, seed: int | None = None) -> Prediction:
+        rows, a, w = self.rows_with_history(frame)
+        design = fdesign.encode(rows, self.encoding)
+        log_time = None
+        if "total_sec" in rows and rows["total_sec"].notna().any():
+            log_time = np.log(rows["total_sec"].to_numpy(dtype=np.float64, na_value=np.nan))
+        out = predictive(design, self.encoding, self.population(draws), a, w,
+                         float(self.scales_mean[SCALE_SITES.index("tau")]), log_time=log_time)
         return Prediction(out["mean"], out["sd"], out["p05"], out["p50"], out["p95"], out.get("log_density"))
 
     # ------------------------------------------------------------------ judging and showing

@@ -221,8 +221,19 @@ class Evaluation:
 
 
 def evaluate(stats: PatternStats, theta: np.ndarray) -> Evaluation:
-    """The module docstring's log p(y | theta) for each row of ``theta`` (B, 5)."""
-    theta = np.atleast_2d(np.asarray(theta, dtype=np.float64))
+    """The module docstring's log p(y | theta) for each row of ``theta`` (B, 5).
+
+    BLAS runs on one thread here: a batch of Choleskys of a few hundred columns is about
+    eight times slower with OpenBLAS's two threads fighting over two cores than with one
+    (measured), and the pipeline runs two steps at once anyway.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _evaluate(stats, np.atleast_2d(np.asarray(theta, dtype=np.float64)))
+
+
+def _evaluate(stats: PatternStats, theta: np.ndarray) -> Evaluation:
     k = stats.num_columns
     w = np.exp(-2.0 * theta[:, :2])  # (B, 2): 1/sigma_first^2, 1/sigma_returning^2
     inv_tau2 = np.exp(-2.0 * theta[:, 2])
@@ -241,11 +252,9 @@ def evaluate(stats: PatternStats, theta: np.ndarray) -> Evaluation:
 
     sd = prior_sd(theta, stats.block_slices, k)
     iu0, iu1 = np.triu_indices(k)
-    mats = np.empty((len(theta), k, k))
-    mats[:, iu0, iu1] = packed
-    mats[:, iu1, iu0] = packed
-    mats *= sd[:, :, None]
-    mats *= sd[:, None, :]
+    packed *= sd[:, iu0]
+    packed *= sd[:, iu1]  # D^1/2 Q D^1/2, still packed
+    mats = np.take(packed, _unpack_index(k), axis=1).reshape(len(theta), k, k)
     mats[:, np.arange(k), np.arange(k)] += 1.0
     chol = np.linalg.cholesky(mats)
     v = np.empty((len(theta), k))
@@ -254,6 +263,20 @@ def evaluate(stats: PatternStats, theta: np.ndarray) -> Evaluation:
     log_det_b = 2.0 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
     log_lik = -0.5 * (stats.n * np.log(2.0 * np.pi) + log_det_sigma + log_det_b + yy - np.einsum("bk,bk->b", v, v))
     return Evaluation(log_lik=log_lik, chol=chol, v=v, sd=sd)
+
+
+_UNPACK: dict[int, np.ndarray] = {}
+
+
+def _unpack_index(k: int) -> np.ndarray:
+    """For each entry of a full k x k symmetric matrix, its position in the packed upper triangle."""
+    if k not in _UNPACK:
+        pos = np.empty((k, k), dtype=np.int64)
+        iu0, iu1 = np.triu_indices(k)
+        pos[iu0, iu1] = np.arange(len(iu0))
+        pos[iu1, iu0] = np.arange(len(iu0))
+        _UNPACK[k] = pos.reshape(-1)
+    return _UNPACK[k]
 
 
 def log_posterior(stats: PatternStats, theta: np.ndarray) -> tuple[np.ndarray, Evaluation]:

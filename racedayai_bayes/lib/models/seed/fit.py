@@ -28,7 +28,7 @@ from racedayai_bayes.lib.models.base import FittedModel, Model, ModelEntry, Pred
 from racedayai_bayes.lib.models.seed.encoding import Encoding, encode, fit_encoding
 from racedayai_bayes.lib.models.seed.model import SCALE_SITES
 from racedayai_bayes.lib.models.seed.predict import log_density as seed_log_density
-from racedayai_bayes.lib.models.seed.predict import mean_prediction, posterior_means, predictive_summary
+from racedayai_bayes.lib.models.seed.predict import mean_prediction, posterior_means_row, predictive_summary
 from racedayai_bayes.lib.models.seed.rowwise import fit_rowwise
 
 ENGINES = ("exact", "rowwise")
@@ -243,13 +243,7 @@ class FittedSeed(FittedModel):
         }
 
     def posterior_means(self) -> dict[str, float]:
-        row = {}
-        for name, value in sorted(posterior_means(self.draws).items()):
-            if np.ndim(value) == 0:
-                row[name] = float(value)
-            else:
-                row.update({f"{name}_{i}": float(v) for i, v in enumerate(value)})
-        return row
+        return posterior_means_row(self.draws)
 
     def inference_data(self):
         import arviz as az

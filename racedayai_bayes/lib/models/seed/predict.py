@@ -271,3 +271,15 @@ def predictive_draws(
         mu += noise_rng.standard_normal(mu.shape) * p["sigma"][:, None]
         out[chain] = mu * enc.y_std + enc.y_mean
     return out
+
+
+def posterior_means_row(draws: Draws) -> dict[str, float]:
+    """Posterior means as one row of bayesian_posterior_means.csv: scalars by name, vectors
+    as name_i, in sorted site order (the notebook's layout)."""
+    row: dict[str, float] = {}
+    for name, value in sorted(posterior_means(draws).items()):
+        if np.ndim(value) == 0:
+            row[name] = float(value)
+        else:
+            row.update({f"{name}_{i}": float(v) for i, v in enumerate(value)})
+    return row

@@ -1,0 +1,83 @@
+"""The forecast model's collapsed likelihood (lib/models/forecast/marginal.py) against brute force."""
+
+import numpy as np
+import pytest
+
+from racedayai_bayes.lib.models.forecast import marginal as M
+
+SLICES = {"gender": slice(0, 3), "cell": slice(3, 8), "course": slice(8, 14), "slope": slice(14, 16)}
+K = 16
+
+
+def small_problem(seed: int = 1, n: int = 160, athletes: int = 45):
+    rng = np.random.default_rng(seed)
+    athlete = rng.integers(0, athletes, n)
+    athlete[: athletes // 3] = np.arange(athletes, athletes + athletes // 3)  # singletons too
+    first = rng.random(n) < 0.35
+    g, c, co = rng.integers(0, 3, n), rng.integers(0, 5, n), rng.integers(0, 6, n)
+    z = rng.standard_normal((n, 2))
+    x = M.design_matrix([g, 3 + c, 8 + co], z, K)
+    y = rng.standard_normal(n) * 0.2
+    return M.FitData(y=y, x=x, first=first, athlete=athlete, block_slices=SLICES)
+
+
+def test_design_matrix_has_one_one_per_block_and_the_dense_columns():
+    data = small_problem()
+    x = data.x.toarray()
+    assert x.shape == (160, K)
+    np.testing.assert_array_equal(x[:, SLICES["gender"]].sum(1), 1.0)
+    np.testing.assert_array_equal(x[:, SLICES["cell"]].sum(1), 1.0)
+    np.testing.assert_array_equal(x[:, SLICES["course"]].sum(1), 1.0)
+
+
+def test_a_missing_level_contributes_no_column():
+    x = M.design_matrix([np.array([0, 1]), np.array([3, -1])], np.zeros((2, 1)), 6).toarray()
+    np.testing.assert_array_equal(x, [[1, 0, 0, 1, 0, 0], [0, 1, 0, 0, 0, 0]])
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_log_likelihood_equals_the_dense_multivariate_normal(seed):
+    data = small_problem(seed)
+    stats = M.pattern_stats(data)
+    rng = np.random.default_rng(seed)
+    thetas = np.log(rng.uniform(0.03, 0.3, size=(4, 5)))
+    got = M.evaluate(stats, thetas).log_lik
+    want = [M.dense_log_lik(data, th) for th in thetas]
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-8)
+
+
+def test_batch_evaluation_equals_one_at_a_time():
+    stats = M.pattern_stats(small_problem())
+    thetas = np.log(np.random.default_rng(0).uniform(0.03, 0.3, size=(5, 5)))
+    batch = M.evaluate(stats, thetas).log_lik
+    single = [M.evaluate(stats, th[None, :]).log_lik[0] for th in thetas]
+    np.testing.assert_allclose(batch, single, rtol=0, atol=1e-9)
+
+
+def test_coefficient_draws_follow_the_exact_conditional_posterior():
+    data = small_problem(4)
+    stats = M.pattern_stats(data)
+    theta = np.log([0.1, 0.07, 0.12, 0.08, 0.1])
+    ev = M.evaluate(stats, theta[None, :])
+    # the conditional posterior of b from the dense marginal covariance of y given b
+    s = np.exp(theta)
+    x = data.x.toarray()
+    same = data.athlete[:, None] == data.athlete[None, :]
+    sigma = np.diag(np.where(data.first, s[0] ** 2, s[1] ** 2)) + s[2] ** 2 * same
+    d = M.prior_sd(theta[None, :], SLICES, K)[0] ** 2
+    precision = np.diag(1 / d) + x.T @ np.linalg.solve(sigma, x)
+    cov = np.linalg.inv(precision)
+    mean = cov @ x.T @ np.linalg.solve(sigma, data.y)
+    rng = np.random.default_rng(0)
+    draws = np.array([M.draw_coefficients(ev, 0, rng) for _ in range(4000)])
+    se = np.sqrt(np.diag(cov) / len(draws))
+    assert np.all(np.abs(draws.mean(0) - mean) < 5 * se)
+    np.testing.assert_allclose(np.cov(draws.T), cov, atol=0.1 * np.abs(cov).max())
+
+
+def test_log_prior_is_the_half_normal_of_each_scale_with_the_jacobian():
+    from scipy.stats import halfnorm
+
+    theta = np.log([0.05, 0.1, 0.2, 0.3, 0.4])
+    want = np.sum(halfnorm(scale=M.PRIOR_SCALE).logpdf(np.exp(theta)) + theta)
+    assert M.log_prior(theta[None, :])[0] == pytest.approx(want, rel=1e-12)

@@ -1,0 +1,194 @@
+"""The forecast model end to end on worlds drawn from it: recovery, SBC, forecasts, honesty."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as st
+
+from racedayai_bayes.lib.data.split import split_holdout
+from racedayai_bayes.lib.models.forecast import design as fdesign
+from racedayai_bayes.lib.models.forecast import marginal as M
+from racedayai_bayes.lib.models.forecast import predict as fpredict
+from racedayai_bayes.lib.models.forecast.fit import SCALE_SITES, ForecastModel, ForecastSettings, sample_posterior, _take
+
+from .forecast_world import TRUTH, forecast_world
+
+FAST = ForecastSettings(num_chains=4, num_samples=250, num_warmup=20)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return forecast_world(seed=3)
+
+
+@pytest.fixture(scope="module")
+def fitted(world):
+    rows, _ = world
+    return ForecastModel(FAST).fit(rows, "70.3")
+
+
+def test_every_variance_component_is_recovered(world, fitted):
+    """Each scale's posterior covers the truth; the first pass recovers the day's sd."""
+    scales = fitted.scales.reshape(-1, len(SCALE_SITES))
+    for i, name in enumerate(SCALE_SITES):
+        draws = scales[:, i]
+        lo, hi = np.percentile(draws, [0.5, 99.5])
+        assert lo <= TRUTH[name] <= hi, (name, TRUTH[name], lo, hi)
+    # 200 editions: the day's sd is known to about 5%
+    assert fitted.encoding.day_sd == pytest.approx(TRUTH["day"], rel=0.15)
+
+
+def test_the_noise_depends_on_history(fitted):
+    scales = fitted.scales.reshape(-1, len(SCALE_SITES))
+    first, returning = scales[:, 0], scales[:, 1]
+    assert np.mean(first > returning) > 0.99  # truth: 0.09 against 0.06
+
+
+def test_sampler_converges_and_its_checks_pass(fitted):
+    checks = {c.name: c for c in fitted.diagnostics()}
+    assert checks["rhat"].passed and checks["rhat"].value <= 1.01
+    assert checks["ess"].passed and checks["ess"].value >= 400
+    assert checks["proposal"].passed
+    assert fitted.info["acceptance"] > 0.5
+
+
+def test_forecast_moments_equal_the_plain_loop_over_draws(world, fitted):
+    rows, _ = world
+    design = fdesign.encode(rows, fitted.encoding)
+    a, w = fitted.athlete_summaries(rows, design)
+    pick = np.arange(0, len(rows), 7)
+    d = _take(design, pick)
+    fast = fpredict.predictive(d, fitted.encoding, fitted.population(), a[pick], w[pick], float(fitted.scales_mean[2]))
+    slow = fpredict.predictive_by_draws(d, fitted.encoding, fitted.population(), a[pick], w[pick], float(fitted.scales_mean[2]))
+    np.testing.assert_allclose(fast["log_mean"], slow["log_mean"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(fast["log_sd"] ** 2, slow["log_var"], rtol=1e-10)
+    np.testing.assert_allclose(fast["mean"], slow["mean"], rtol=1e-6)
+    np.testing.assert_allclose(fast["sd"], slow["sd"], rtol=1e-3)
+
+
+def _mixture_quantile(mu, sd, q):
+    """The exact q-quantile of an equal-weight mixture of Normals, by bisection."""
+    lo, hi = (mu - 10 * sd).min(), (mu + 10 * sd).max()
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        if st.norm.cdf((mid - mu) / sd).mean() < q:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def test_quantiles_match_the_exact_mixture_and_monte_carlo():
+    """Cornish-Fisher quantiles of the mixture over draws, against the mixture's exact
+    quantiles and a Monte Carlo sample, on a mixture with real parameter uncertainty."""
+    rng = np.random.default_rng(0)
+    enc = fdesign.ForecastEncoding(distance="70.3", cells=("M|30-34",), courses=("A",), course_first_season=(2015,),
+                                   y_center=10.0, other_center=0.0, cov_mean=(0.0,) * 6, cov_sd=(1.0,) * 6, day_sd=0.04)
+    draws = 400
+    b = np.zeros((draws, enc.num_columns))
+    b[:, enc.slices["gender"].start] = rng.normal(0.0, 0.03, draws)  # parameter uncertainty, visible
+    b[:, enc.slices["course"].start] = rng.normal(0.05, 0.02, draws)
+    scales = np.abs(rng.normal([0.08, 0.06, 0.1, 0.05, 0.05], 0.01, (draws, 5)))
+    pop = fpredict.PopulationDraws(scales=scales, b=b)
+    design = fdesign.ForecastDesign(gender=np.array([0, 0]), cell=np.array([0, 0]), course=np.array([0, 0]),
+                                    new_course=np.array([False, True]), z=np.zeros((2, 6)), first=np.array([True, False]),
+                                    season=np.array([2020, 2020]))
+    out = fpredict.predictive(design, enc, pop, np.array([0.0, 3.0]), np.array([0.0, 100.0]), 0.1)
+    inverse, c, s, _ = fpredict._tables(design, enc, pop)
+    lam = 1 / 0.1**2 + np.array([0.0, 100.0])
+    for row in range(2):
+        mu = c[inverse[row]] + enc.y_center + np.array([0.0, 3.0])[row] / lam[row]
+        sd = np.sqrt(s[inverse[row]] + 1 / lam[row])
+        idx = rng.integers(0, draws, 400_000)
+        sample = mu[idx] + sd[idx] * rng.standard_normal(400_000)
+        for key, q in (("p05", 0.05), ("p50", 0.5), ("p95", 0.95)):
+            exact = _mixture_quantile(mu, sd, q)
+            got = np.log(out[key][row])
+            assert got == pytest.approx(exact, abs=0.002 * sd.mean()), (row, key)
+            assert got == pytest.approx(np.quantile(sample, q), abs=0.01 * sd.mean())
+        # the mean in seconds is the mixture's
+        assert out["mean"][row] == pytest.approx(np.mean(np.exp(mu + sd**2 / 2)), rel=1e-6)
+
+
+def test_log_density_is_the_mixture_density_in_seconds(world, fitted):
+    rows, _ = world
+    design = fdesign.encode(rows, fitted.encoding)
+    a, w = fitted.athlete_summaries(rows, design)
+    pick = np.arange(0, 60)
+    d = _take(design, pick)
+    t = rows["total_sec"].to_numpy()[pick]
+    pop = fitted.population(50)
+    got = fpredict.log_density(d, fitted.encoding, pop, a[pick], w[pick], float(fitted.scales_mean[2]), np.log(t))
+    inverse, c, s, slopes = fpredict._tables(d, fitted.encoding, pop)
+    lam = 1 / fitted.scales_mean[2] ** 2 + w[pick]
+    mu = c[inverse] + d.z @ slopes.T + (a[pick] / lam)[:, None] + fitted.encoding.y_center
+    sd = np.sqrt(s[inverse] + (1 / lam)[:, None])
+    want = np.log(np.mean(st.norm.pdf(np.log(t)[:, None], mu, sd), axis=1) / t)
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+def test_held_out_forecasts_use_earlier_seasons_only(world):
+    """Change every finish time of the held-out season by 5% and refit: every forecast,
+    held-out ones included, is byte-identical (an honest forecast never sees its race)."""
+    rows, _ = world
+    split = split_holdout(rows, "latest_year")
+    slower = rows.copy()
+    slower.loc[split.held_out, "total_sec"] *= 1.05
+    split2 = split_holdout(slower, "latest_year")
+    m1 = ForecastModel(FAST).fit(split.train, "70.3")
+    m2 = ForecastModel(FAST).fit(split2.train, "70.3")
+    p1, p2 = m1.predict(split.rows), m2.predict(split2.rows)
+    for field in ("pred", "std", "p05", "p50", "p95"):
+        np.testing.assert_array_equal(getattr(p1, field), getattr(p2, field))
+
+
+def test_earlier_forecasts_do_not_move_when_later_seasons_change(world, fitted):
+    """With the population draws held fixed, changing every race from season s0 on leaves
+    every forecast of an earlier season unchanged."""
+    rows, _ = world
+    s0 = 2014
+    later = (rows["event_year"] >= s0).to_numpy()
+    changed = rows.copy()
+    changed.loc[later, "total_sec"] *= 1.05
+    before = fitted.predict(rows)
+    after = fitted.predict(changed)
+    early = ~later
+    for field in ("pred", "std", "p05", "p50", "p95"):
+        np.testing.assert_array_equal(getattr(before, field)[early], getattr(after, field)[early])
+    assert not np.array_equal(before.pred[later], after.pred[later])  # later forecasts do see their history
+
+
+@pytest.mark.slow
+def test_simulation_based_calibration_of_the_exact_sampler():
+    """SBC (Talts et al. 2018) of the scales on a small problem: draw the scales from the
+    prior, data from the model, fit with Laplace + independence MH; the rank of each true
+    scale among (thinned) posterior draws must be uniform."""
+    reps, keep = 100, 99
+    settings = ForecastSettings(num_chains=4, num_samples=250, num_warmup=20)
+    ranks = np.zeros((reps, len(SCALE_SITES)), dtype=int)
+    slices = {"gender": slice(0, 2), "cell": slice(2, 8), "course": slice(8, 16), "slope": slice(16, 17)}
+    k = 17
+    for rep in range(reps):
+        rng = np.random.default_rng(1000 + rep)
+        theta = np.log(np.abs(rng.normal(0, M.PRIOR_SCALE, len(SCALE_SITES))))
+        s = np.exp(theta)
+        n, athletes = 300, 120
+        athlete = rng.integers(0, athletes, n)
+        first = rng.random(n) < 0.4
+        g, c, co = rng.integers(0, 2, n), rng.integers(0, 6, n), rng.integers(0, 8, n)
+        z = rng.standard_normal((n, 1))
+        x = M.design_matrix([g, 2 + c, 8 + co], z, k)
+        sd = M.prior_sd(theta[None, :], slices, k)[0]
+        b = rng.normal(0, sd)
+        u = rng.normal(0, s[2], athletes)
+        y = x @ b + u[athlete] + rng.normal(0, np.where(first, s[0], s[1]))
+        stats = M.pattern_stats(M.FitData(y=y, x=x, first=first, athlete=athlete, block_slices=slices))
+        post = sample_posterior(stats, np.log([0.1] * 5), settings, seed=rep)
+        flat = post.scales.reshape(-1, len(SCALE_SITES))
+        thin = flat[np.linspace(0, len(flat) - 1, keep).round().astype(int)]
+        ranks[rep] = (thin < s[None, :]).sum(axis=0)
+    bins = 10
+    for i, name in enumerate(SCALE_SITES):
+        counts = np.bincount(ranks[:, i] * bins // (keep + 1), minlength=bins)
+        p = st.chisquare(counts).pvalue
+        assert p > 0.001, (name, counts, p)  # Bonferroni-safe over five scales

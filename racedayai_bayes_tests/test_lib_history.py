@@ -1,0 +1,107 @@
+"""As-of history (lib/data/history.py): strictly earlier seasons, both distances, DNFs counted."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from racedayai_bayes.lib.data.frame import MODEL_DISTANCES, build_model_frame
+from racedayai_bayes.lib.data.history import HISTORY_COLUMNS, earlier_season_sums, first_race
+
+
+def _races(seed: int = 0, athletes: int = 60, rows: int = 600) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    ath = rng.integers(0, athletes, rows)
+    dist = rng.choice(["70.3", "140.6", "olympic"], rows, p=[0.6, 0.35, 0.05])
+    base = np.where(dist == "140.6", 45000.0, 21000.0)
+    total = base * np.exp(rng.normal(0, 0.1, rows))
+    total[rng.random(rows) < 0.1] = np.nan  # DNFs
+    hashes = pd.array([f"h{a}" for a in ath], dtype="string")
+    hashes[rng.random(rows) < 0.05] = pd.NA
+    return pd.DataFrame({
+        "athlete_hash": hashes,
+        "gender": pd.array(rng.choice(["M", "F"], rows), dtype="string"),
+        "age_group": pd.array(rng.choice(["30-34", "35-39"], rows), dtype="string"),
+        "is_pro": pd.array(rng.random(rows) < 0.02, dtype="boolean"),
+        "event_name": pd.array([f"E{e}" for e in rng.integers(0, 6, rows)], dtype="string"),
+        "event_distance": pd.array(dist, dtype="string"),
+        "event_year": pd.array(rng.integers(2015, 2024, rows), dtype="Int64"),
+        "total_sec": total,
+    })
+
+
+def _frame(races: pd.DataFrame) -> pd.DataFrame:
+    empty_p = pd.DataFrame({"athlete_hash": pd.array([], dtype="string"), "total_races": [], "pb_total_sec": []})
+    empty_c = pd.DataFrame({"athlete_hash": pd.array([], dtype="string"), "cluster_id": pd.array([], dtype="Int64")})
+    return build_model_frame(races, empty_p, empty_c)[0]
+
+
+def _ag_finish(r: pd.DataFrame) -> np.ndarray:
+    return (r["is_pro"].fillna(False).to_numpy() == False) & r["event_distance"].isin(MODEL_DISTANCES).to_numpy() & (  # noqa: E712
+        r["total_sec"].gt(3600) & r["total_sec"].lt(61200)).fillna(False).to_numpy()
+
+
+def test_history_equals_a_plain_loop_over_earlier_seasons():
+    races = _races()
+    frame = _frame(races)
+    ag = _ag_finish(races)
+    logt = np.log(races["total_sec"].to_numpy())
+    ed_key = races["event_name"].astype(str) + races["event_distance"].astype(str) + races["event_year"].astype(str)
+    med = pd.Series(np.where(ag, logt, np.nan)).groupby(ed_key.to_numpy()).median()
+    rel = np.where(ag, logt - med[ed_key].to_numpy(), np.nan)
+    for row in frame.itertuples():
+        if pd.isna(row.athlete_hash):
+            assert row.hist_starts == 0 and np.isnan(row.hist_best_sec)
+            continue
+        mine = (races["athlete_hash"] == row.athlete_hash).fillna(False).to_numpy() & races["event_distance"].isin(MODEL_DISTANCES).to_numpy()
+        earlier = mine & (races["event_year"] < row.event_year).fillna(False).to_numpy()
+        same = earlier & (races["event_distance"] == row.event_distance).to_numpy()
+        other = earlier & ~same
+        assert row.hist_starts == earlier.sum()
+        assert row.hist_starts_same == same.sum()
+        assert row.hist_dnf == (earlier & races["total_sec"].isna().to_numpy()).sum()
+        assert row.hist_finishes_same == (same & ag).sum()
+        assert row.hist_finishes_other == (other & ag).sum()
+        assert row.hist_results == (earlier & ag).sum()
+        best = races.loc[earlier & ag, "total_sec"]
+        assert (np.isnan(row.hist_best_sec) and best.empty) or row.hist_best_sec == best.min()
+        want = rel[other & ag]
+        if len(want):
+            assert row.hist_rel_other == pytest.approx(want.mean(), abs=1e-12)
+        else:
+            assert np.isnan(row.hist_rel_other)
+
+
+def test_races_of_the_same_season_never_inform_each_other():
+    races = pd.DataFrame({
+        "athlete_hash": pd.array(["a", "a", "a"], dtype="string"), "gender": pd.array(["M"] * 3, dtype="string"),
+        "age_group": pd.array(["30-34"] * 3, dtype="string"), "is_pro": pd.array([False] * 3, dtype="boolean"),
+        "event_name": pd.array(["X", "Y", "Z"], dtype="string"), "event_distance": pd.array(["70.3"] * 3, dtype="string"),
+        "event_year": pd.array([2020, 2020, 2021], dtype="Int64"), "total_sec": [20000.0, 21000.0, 19000.0],
+    })
+    frame = _frame(races)
+    assert frame["hist_starts"].tolist() == [0, 0, 2]
+    assert first_race(frame).tolist() == [True, True, False]
+    assert frame["hist_best_sec"].iloc[2] == 20000.0
+
+
+def test_changing_or_removing_later_seasons_leaves_every_earlier_feature_byte_identical():
+    races = _races(seed=1)
+    s0 = 2020
+    later = (races["event_year"] >= s0).to_numpy()
+    changed = races.copy()
+    changed.loc[later, "total_sec"] *= 1.05
+    changed.loc[later & (np.arange(len(races)) % 3 == 0), "total_sec"] = np.nan  # new DNFs
+    removed = races.loc[~later | (np.arange(len(races)) % 2 == 0)].reset_index(drop=True)
+    base = _frame(races)
+    early = base["event_year"] < s0
+    for other in (_frame(changed), _frame(removed)):
+        mine = base.loc[early, list(HISTORY_COLUMNS)].reset_index(drop=True)
+        theirs = other.loc[other["event_year"] < s0, list(HISTORY_COLUMNS)].reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine, theirs, check_exact=True)
+
+
+def test_earlier_season_sums_stay_within_each_athlete():
+    hashes = pd.Series(["a", "b", "a", "a", None, "b"], dtype="string")
+    years = np.array([2020, 2020, 2021, 2021, 2021, 2022])
+    out = earlier_season_sums(hashes, years, {"v": np.array([1.0, 10.0, 100.0, 1000.0, 5.0, 7.0])})
+    assert out["v"].tolist() == [0.0, 0.0, 1.0, 1.0, 0.0, 10.0]
