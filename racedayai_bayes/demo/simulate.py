@@ -65,6 +65,8 @@ CALIBRATION = {
         median_f=(22134, 22042, 22132, 22318, 22566, 22896, 23332, 23803, 24642, 25685, 27145),
         split_median=(2334.0, 10707.0, 7520.0), split_missing=(.0362, .0053, .0009),
         sd_edition=.0763, sd_within=.0638, sd_between=.1232,
+        # real_variance_structure.json: courses, race days, athletes, race to race; new courses
+        sd_course=.0668, sd_day=.0488, sd_athlete=.1238, sd_within_athlete=.0752, new_course_share=.094,
         finishes_share=(.5964, .1859, .0852, .0456, .0273, .0175, .0116, .0077, .0057, .0172),
         first_year=2004, per_edition=1280.2,
         year_counts=(1844, 4022, 7725, 8589, 12086, 20954, 36444, 45082, 61928, 68672, 85011,
@@ -78,6 +80,7 @@ CALIBRATION = {
         median_f=(46649, 46000, 46244, 46929, 47811, 48717, 49900, 50970, 52867, 55304, 56867),
         split_median=(4563.0, 22336.0, 16954.0), split_missing=(.0216, .0047, .0027),
         sd_edition=.0824, sd_within=.069, sd_between=.1166,
+        sd_course=.0739, sd_day=.0511, sd_athlete=.1164, sd_within_athlete=.0801, new_course_share=0.0,
         finishes_share=(.6209, .1791, .0787, .0414, .0246, .0154, .0105, .007, .0049, .0174),
         first_year=2002, per_edition=1503.0,
         year_counts=(5060, 9869, 9133, 16961, 21047, 27399, 30001, 31055, 36729, 40725, 50073,
@@ -100,10 +103,17 @@ CUTOFF_DNF = np.array([0.003, 0.010, 0.0, 0.0])  # measured share of starts over
 # The JSON's sd_log_between_athletes is the sd of athletes' mean residuals, which still holds
 # within-athlete and edition noise averaged over few races, so the latent sd is smaller:
 # tuned so the model frame's sd of total_sec matches.
-BETWEEN_SD = np.array([0.115, 0.106, 0.115, 0.115])
+BETWEEN_SD = np.array([0.110, 0.096, 0.110, 0.110])
 TREND_SD = 0.006  # per-athlete fitness trend, log scale per year
 DNF_SLOWNESS = 0.8  # DNF odds grow by exp(0.8) per sd of (slow) ability
-COURSE_SHARE = 0.6  # share of the edition variance that is the course, not the day
+# Latent scales (log scale) of the course, the race day and a finish's race-to-race noise
+# (before the odd bad day), tuned so that the model frame's statistics as
+# real_variance_structure.json defines them match it (demo/calibration.py measures them;
+# a statistic is a little smaller than its latent scale: a day is measured around its
+# course's mean, which holds that day too).
+COURSE_SD = np.array([0.063, 0.074, 0.063, 0.063])
+DAY_SD = np.array([0.052, 0.056, 0.052, 0.052])
+WITHIN_SD = np.array([0.0715, 0.078, 0.0715, 0.0715])
 AGE_LOWS = np.array([18, 25, 30, 35, 40, 45, 50, 55, 60, 65, 70])
 AGE_WIDTHS = np.array([7, 5, 5, 5, 5, 5, 5, 5, 5, 5, 12])
 AGE_MIDS = AGE_LOWS + AGE_WIDTHS / 2 - 0.5
@@ -145,7 +155,8 @@ PLACES = np.array([f"{p} {b}" for p in
                    "Lake Port Mount Cape Bay Glen North South East West New Fort".split()
                    for b in ("Aria Bellmont Cedar Dunmore Elmwood Fjordby Granite Harbor "
                              "Irisvale Juniper Kestrel Larkspur Marlow Northam Oakridge "
-                             "Pinecrest Quarry Riverton Sandpoint Tidewater").split()], object)
+                             "Pinecrest Quarry Riverton Sandpoint Tidewater Umber Valemont "
+                             "Willowby Yarrow Zephyr Ashford Brookhaven Coralton").split()], object)
 EVENT_TITLE = ("IRONMAN 70.3 {}", "IRONMAN {}", "{} Sprint Triathlon", "5150 {}")
 
 
@@ -295,25 +306,46 @@ def _editions(rng, rows, n_target: int) -> dict[str, np.ndarray]:
     c70, c140 = CALIBRATION["70.3"], CALIBRATION["140.6"]
     scale = n_target / (c70["ag_finishers"] + c140["ag_finishers"])
     per_ed = np.array([c70["per_edition"], c140["per_edition"], 300.0, 300.0])
-    per_ed = np.minimum(per_ed, np.maximum(per_ed * scale, [150.0, 150.0, 75.0, 75.0]))
+    # editions as many as in real data at any world size: bigger worlds have bigger fields
+    per_ed = np.maximum(per_ed * scale, [150.0, 150.0, 75.0, 75.0])
     ny, n_groups = len(YEARS), len(DISTANCES) * len(YEARS) * 2
     counts = np.bincount(_group(rows), minlength=n_groups).reshape(-1, ny, 2)
     n_ed = np.where(counts > 0, np.maximum(1, np.round(counts / per_ed[:, None, None])), 0)
     name, location, course, parts = [], [], [], []
     for d in range(len(DISTANCES)):
-        pool = rng.permutation(len(PLACES))[:min(len(PLACES), int(n_ed[d].sum(1).max() * 2.5) + 3)]
+        per_year = n_ed[d].sum(1).astype(np.int64)
+        # New courses: a share of each later season's editions are debuts of courses never run
+        # before, and debuts keep the pool ahead of the season's editions as the sport grows.
+        # Without a share (140.6) every course exists from the first season, as in real data.
+        share = _cal(d).get("new_course_share", 0.0) if d < 2 else 0.0
+        active = np.flatnonzero(per_year > 0)
+        debuts = np.zeros(ny, dtype=int)
+        if share > 0 and len(active) > 1:
+            k0 = int(per_year[active[0]] * 1.5) + 3
+            available = k0
+            for y in active[1:]:
+                debuts[y] = max(rng.binomial(per_year[y], share), int(np.ceil(per_year[y] * 1.15)) - available)
+                available += debuts[y]
+        else:
+            k0 = int(per_year.max() * 1.7) + 3  # real: 79 courses at 140.6, 38 editions in 2025
+        debuts = np.minimum(debuts, np.maximum(len(PLACES) - k0 - np.r_[0, np.cumsum(debuts)[:-1]], 0))
+        pool = rng.permutation(len(PLACES))[:min(len(PLACES), k0 + int(debuts.sum()))]
+        debut_year = np.r_[np.full(len(pool) - debuts.sum(), -1), np.repeat(np.arange(ny), debuts)]
         country = rng.choice(len(COUNTRIES), size=len(pool), p=COUNTRY_P)
         popularity = rng.gamma(4.0, size=len(pool))
         first_event = len(name)
         name += [EVENT_TITLE[d].format(PLACES[i]) for i in pool]
         location += [f"{PLACES[i]}, {COUNTRIES[c, 0]}" for i, c in zip(pool, country)]
-        course.append(_exact_sd(rng.standard_normal(len(pool)),
-                                _cal(d)["sd_edition"] * np.sqrt(COURSE_SHARE)))
+        course.append(_exact_sd(rng.standard_normal(len(pool)), COURSE_SD[d]))
         for y in range(ny):
-            n_named = min(int(n_ed[d, y, 0]), len(pool))
-            n_anon = min(int(n_ed[d, y, 1]), len(pool) - n_named)
-            chosen = rng.choice(len(pool), n_named + n_anon, replace=False,
-                                p=popularity / popularity.sum())
+            wanted = int(n_ed[d, y, 0] + n_ed[d, y, 1])
+            new = np.flatnonzero(debut_year == y)[:wanted]  # a debut runs in its first season
+            old = np.flatnonzero(debut_year < y)
+            k = min(wanted - len(new), len(old))
+            weights = popularity[old] / popularity[old].sum()
+            chosen = np.r_[new, rng.choice(old, k, replace=False, p=weights)] if k > 0 else new
+            chosen = rng.permutation(chosen)
+            n_named = min(int(n_ed[d, y, 0]), len(chosen))
             u = rng.random(len(chosen))
             if d >= 2:
                 src = np.where(u < 0.3, 1, 0)
@@ -326,8 +358,7 @@ def _editions(rng, rows, n_target: int) -> dict[str, np.ndarray]:
     day = np.empty(len(group))
     for d in range(len(DISTANCES)):
         m = group // (2 * ny) == d
-        day[m] = _exact_sd(rng.standard_normal(m.sum()),
-                           _cal(d)["sd_edition"] * np.sqrt(1 - COURSE_SHARE))
+        day[m] = _exact_sd(rng.standard_normal(m.sum()), DAY_SD[d])
     return dict(event=event, source=source, effect=np.concatenate(course)[event] + day,
                 weight=rng.gamma(2.0, size=len(group)), n=len(group),
                 start=np.searchsorted(group, np.arange(n_groups)),
@@ -375,7 +406,7 @@ def _finish_times(rng, rows, ath, eds) -> None:
             log_med[m] = np.interp(age[m], AGE_MIDS, np.log(np.array(med) * SHORT_SCALE[dd]))
     z = 0.95 * ath["z"][a] + 0.31 * ath["z_dist"][a, d]  # ability, a little distance-specific
     ability = np.where(rows["pro"], -0.30 + 0.04 * z, BETWEEN_SD[d] * z)
-    sd_within = np.array([_cal(i)["sd_within"] for i in range(len(DISTANCES))])[d]
+    sd_within = WITHIN_SD[d]
     bad_day = (rng.random(n) < 0.04) * rng.exponential(0.10, n)
     t = np.exp(log_med + ability + ath["trend"][a] * (rows["year"] - ath["center"][a])
                + eds["effect"][rows["ed"]] + sd_within * rng.standard_normal(n) + bad_day)
