@@ -45,7 +45,9 @@ def bayesian_predictions(
         distance_rows(model_frame, distance),
         interval_draws=posterior.interval_draws,
         seed=posterior.prediction_seed,
+        progress=context.log.info,
     )
+    context.log.info(f"writing {len(table):,} predictions of {distance}")
     path = _write(table, paths.output_file(f"bayesian_predictions_{distance}.csv"))
     context.log.info(f"wrote {len(table):,} predictions to {path}")
     artifact = getattr(posterior, "artifact", None)  # None in posteriors stored before artifacts existed
