@@ -180,7 +180,7 @@ def test_predict_command_refuses_rows_of_the_other_distance(graph_run, tmp_path,
     frame = results["70.3"].output_for_node("model_frame")
     rows_csv = write_csv_atomic(frame[frame["event_distance"] == "140.6"].head(50), tmp_path / "rows.csv")
     code = main(["predict", "--posterior", str(out / "posterior" / "70.3"), "--input", str(rows_csv), "--output", str(tmp_path / "p.csv")])
-    assert code == 2 and not (tmp_path / "p.csv").exists()
+    assert code == 1 and not (tmp_path / "p.csv").exists()
     err = capsys.readouterr().err
     assert "rows.csv" in err and "event_distance" in err and "140.6" in err
 
