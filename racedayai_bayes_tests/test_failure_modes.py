@@ -25,12 +25,20 @@ import pandas as pd
 import pytest
 
 from racedayai_bayes.definitions import defs
-from racedayai_bayes.defs.resources import AtomicPickleIOManagerFactory, PipelinePaths
 from racedayai_bayes.lib.contracts import CLUSTER_FILE, PROFILE_FILE, RACE_FILE
 from racedayai_bayes.lib.io import write_csv_atomic
 from racedayai_bayes.lib.predict import PREDICTION_COLUMNS, PREDICTION_INTERVAL_COLUMNS, predict_frame
 
-from .conftest import FAST_FIT, REPO
+from .conftest import (
+    CLUSTER_HEADER,
+    FAST_FIT,
+    PROFILE_HEADER,
+    RACE_HEADER,
+    REPO,
+    csv_text,
+    pipeline_resources,
+    write_inputs,
+)
 
 CSV_COLUMNS = PREDICTION_COLUMNS + PREDICTION_INTERVAL_COLUMNS
 
@@ -38,7 +46,6 @@ ALL_ASSETS = list(defs.assets)
 INPUT_ASSETS = ["athlete_race", "athlete_profile", "cluster_assignments"]
 FRAME_ASSETS = [*INPUT_ASSETS, "model_frame"]
 REFIT = ["posterior", "bayesian_predictions", "bayesian_posterior_means"]
-RACE_HEADER = "athlete_hash,gender,age_group,is_pro,event_distance,event_year,total_sec"
 AGES = ("25-29", "30-34", "35-39", "40-44")
 # Far too few draws for the bulk-ESS check (>= 400): a fit whose blocking checks fail.
 FAILING_FIT = {"num_warmup": 50, "num_samples": 100, "num_chains": 2, "predictive_draws": 100}
@@ -75,20 +82,6 @@ def _world(seed: int = 0, n: int = 400, ages=AGES, clusters=(0, 1, 2), pro_140=F
         "athlete_race": pd.concat(races, ignore_index=True),
         "athlete_profile": pd.DataFrame({"athlete_hash": hashes, "total_races": races_done, "pb_total_sec": pb}),
         "cluster_assignments": pd.DataFrame({"athlete_hash": hashes, "cluster_id": cluster}).loc[lambda f: f["cluster_id"] >= 0],
-    }
-
-
-def _write_world(world: dict[str, pd.DataFrame], folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, file in (("athlete_race", RACE_FILE), ("athlete_profile", PROFILE_FILE), ("cluster_assignments", CLUSTER_FILE)):
-        write_csv_atomic(world[name], folder / file)
-    return folder
-
-
-def _resources(inputs: Path, outputs: Path, storage: Path) -> dict:
-    return {
-        "paths": PipelinePaths(input_dir=str(inputs), output_dir=str(outputs)),
-        "io_manager": AtomicPickleIOManagerFactory(base_dir=str(storage)),
     }
 
 
@@ -132,11 +125,11 @@ def _temps(folder: Path) -> list[str]:
 
 def _races_text(n_good: int, bad: list[str] = (), header: str = RACE_HEADER) -> str:
     good = [f"g{i},M,30-34,False,70.3,2021,{20000 + i}" for i in range(n_good)]
-    return "\n".join([header, *good, *bad]) + "\n"
+    return csv_text(header, [*good, *bad])
 
 
 def _profiles_text(rows: list[str]) -> str:
-    return "\n".join(["athlete_hash,total_races,pb_total_sec", *rows]) + "\n"
+    return csv_text(PROFILE_HEADER, rows)
 
 
 # case -> (file to replace, its bytes or None to delete it, asset, expected parts of the message)
@@ -181,7 +174,7 @@ INPUT_ERRORS = {
 
 @pytest.fixture(scope="module")
 def valid_inputs(tmp_path_factory) -> Path:
-    return _write_world(_world(seed=1, n=50), tmp_path_factory.mktemp("valid_inputs"))
+    return write_inputs(_world(seed=1, n=50), tmp_path_factory.mktemp("valid_inputs"))
 
 
 @pytest.mark.parametrize("case", list(INPUT_ERRORS))
@@ -193,7 +186,7 @@ def test_bad_input_file_fails_its_asset_with_file_column_and_rows(case, valid_in
         (inputs / file).unlink()
     else:
         (inputs / file).write_bytes(content.encode() if isinstance(content, str) else content)
-    result = _run(_resources(inputs, tmp_path / "out", tmp_path / "storage"), [asset])
+    result = _run(pipeline_resources(inputs, tmp_path / "out", tmp_path / "storage"), [asset])
     assert not result.success
     message = _failure(result)
     assert message.startswith(str(inputs / file)), message
@@ -237,10 +230,10 @@ def messy_run(tmp_path_factory):
     inputs = tmp_path_factory.mktemp("messy_inputs")
     bom, crlf = b"\xef\xbb\xbf", "\r\n"
     (inputs / RACE_FILE).write_bytes(bom + (crlf.join([RACE_HEADER, *MESSY_RACES]) + crlf).encode())
-    (inputs / PROFILE_FILE).write_bytes((crlf.join(["athlete_hash,total_races,pb_total_sec", *MESSY_PROFILES]) + crlf).encode("latin-1"))
-    (inputs / CLUSTER_FILE).write_bytes(b"athlete_hash,cluster_id\r\n")  # header only
+    (inputs / PROFILE_FILE).write_bytes((crlf.join([PROFILE_HEADER, *MESSY_PROFILES]) + crlf).encode("latin-1"))
+    (inputs / CLUSTER_FILE).write_bytes((CLUSTER_HEADER + crlf).encode())  # header only
     tmp = tmp_path_factory.mktemp("messy_run")
-    result = _run(_resources(inputs, tmp / "out", tmp / "storage"), FRAME_ASSETS)
+    result = _run(pipeline_resources(inputs, tmp / "out", tmp / "storage"), FRAME_ASSETS)
     assert result.success
     notes = {a: _meta(result, a)["notes"] for a in INPUT_ASSETS}
     return result, notes, _meta(result, "model_frame"), result.output_for_node("model_frame")
@@ -309,8 +302,8 @@ def test_unknown_gender_is_counted(messy_run):
 
 def test_header_only_profile_file_is_noted_and_counted(tmp_path):
     world = _world(seed=6, n=40)
-    inputs = _write_world({**world, "athlete_profile": world["athlete_profile"].iloc[:0]}, tmp_path / "inputs")
-    result = _run(_resources(inputs, tmp_path / "out", tmp_path / "storage"), FRAME_ASSETS)
+    inputs = write_inputs({**world, "athlete_profile": world["athlete_profile"].iloc[:0]}, tmp_path / "inputs")
+    result = _run(pipeline_resources(inputs, tmp_path / "out", tmp_path / "storage"), FRAME_ASSETS)
     assert result.success
     notes = _meta(result, "athlete_profile")["notes"]
     assert "file has a header but no rows: no race joins a profile (fitness at the mean, experience 0)" in notes
@@ -353,8 +346,8 @@ UNFITTABLE = {
 @pytest.mark.parametrize("case", list(UNFITTABLE))
 def test_unfittable_distance_fails_with_a_clear_message(case, tmp_path):
     make, expected = UNFITTABLE[case]
-    inputs = _write_world(make(_world(seed=4, n=60)), tmp_path / "inputs")
-    result = _run(_resources(inputs, tmp_path / "out", tmp_path / "storage"), [*FRAME_ASSETS, *REFIT], "140.6", FAST_FIT)
+    inputs = write_inputs(make(_world(seed=4, n=60)), tmp_path / "inputs")
+    result = _run(pipeline_resources(inputs, tmp_path / "out", tmp_path / "storage"), [*FRAME_ASSETS, *REFIT], "140.6", FAST_FIT)
     assert not result.success
     message = _failure(result)
     assert message.startswith(expected), message
@@ -370,9 +363,9 @@ def test_unfittable_distance_fails_with_a_clear_message(case, tmp_path):
 def edge_run(tmp_path_factory):
     """140.6 has no rows after the filter; 70.3 has one age group and everyone in cluster -1."""
     world = _world(seed=2, n=300, ages=("30-34",), clusters=(), pro_140=True)
-    inputs = _write_world(world, tmp_path_factory.mktemp("edge_inputs"))
+    inputs = write_inputs(world, tmp_path_factory.mktemp("edge_inputs"))
     tmp = tmp_path_factory.mktemp("edge_run")
-    resources = _resources(inputs, tmp / "out", tmp / "storage")
+    resources = pipeline_resources(inputs, tmp / "out", tmp / "storage")
     failed = _run(resources, [*FRAME_ASSETS, *REFIT], "140.6", FAST_FIT)
     fitted = _run(resources, REFIT, "70.3", FAST_FIT)
     return {"resources": resources, "out": tmp / "out", "failed": failed, "fitted": fitted}
@@ -431,9 +424,9 @@ MEANS = "bayesian_posterior_means.csv"
 @pytest.fixture(scope="module")
 def tidy(tmp_path_factory):
     """70.3 refitted once (exact engine, FAST_FIT, seed 5); a snapshot of storage and outputs."""
-    inputs = _write_world(_world(seed=3, n=400), tmp_path_factory.mktemp("tidy_inputs"))
+    inputs = write_inputs(_world(seed=3, n=400), tmp_path_factory.mktemp("tidy_inputs"))
     snap = tmp_path_factory.mktemp("tidy_snapshot")
-    result = _run(_resources(inputs, snap / "out", snap / "storage"), [*FRAME_ASSETS, *REFIT], "70.3", {**FAST_FIT, "seed": SEED})
+    result = _run(pipeline_resources(inputs, snap / "out", snap / "storage"), [*FRAME_ASSETS, *REFIT], "70.3", {**FAST_FIT, "seed": SEED})
     assert result.success
     return {
         "inputs": inputs,
@@ -447,7 +440,7 @@ def tidy(tmp_path_factory):
 def _from_snapshot(tidy, tmp_path: Path) -> tuple[dict, Path]:
     shutil.copytree(tidy["snapshot"], tmp_path / "state")
     out = tmp_path / "state" / "out"
-    return _resources(tidy["inputs"], out, tmp_path / "state" / "storage"), out
+    return pipeline_resources(tidy["inputs"], out, tmp_path / "state" / "storage"), out
 
 
 def test_unseen_categories_at_prediction_get_finite_wider_predictions_never_index_0(tidy):
@@ -491,7 +484,7 @@ def test_same_seed_gives_identical_bytes_another_seed_agrees_within_monte_carlo_
     runs = {}
     for seed in (SEED, SEED + 1):
         out = tmp_path / f"out_{seed}"
-        result = _run(_resources(tidy["inputs"], out, tmp_path / f"storage_{seed}"), [*FRAME_ASSETS, *REFIT], "70.3", {**FAST_FIT, "seed": seed})
+        result = _run(pipeline_resources(tidy["inputs"], out, tmp_path / f"storage_{seed}"), [*FRAME_ASSETS, *REFIT], "70.3", {**FAST_FIT, "seed": seed})
         assert result.success
         runs[seed] = (out, result.output_for_node("posterior"))
 

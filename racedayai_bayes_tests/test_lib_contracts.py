@@ -12,19 +12,12 @@ from racedayai_bayes.lib.contracts import (
     read_races,
 )
 
-RACE_HEADER = "athlete_hash,gender,age_group,is_pro,event_distance,event_year,total_sec"
-PROFILE_HEADER = "athlete_hash,total_races,pb_total_sec"
-CLUSTER_HEADER = "athlete_hash,cluster_id"
-
-
-def _write(tmp_path, name: str, content: str | bytes):
-    path = tmp_path / name
-    path.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
-    return path
+from .conftest import CLUSTER_HEADER, PROFILE_HEADER, RACE_HEADER, csv_text
+from .conftest import write_file as _write
 
 
 def _races_csv(tmp_path, rows: list[str], name: str = "athlete_race.csv", header: str = RACE_HEADER):
-    return _write(tmp_path, name, "\n".join([header, *rows]) + "\n")
+    return _write(tmp_path, name, csv_text(header, rows))
 
 
 def _assert_names(err: InputError, path, column: str | None):
