@@ -145,9 +145,19 @@ INPUT_ERRORS = {
         RACE_FILE, _races_text(70, [f"t{i},M,30-34,False,70.3,2021,DNF" for i in range(30)]), "athlete_race",
         ["column 'total_sec'", "not numeric, e.g. 'DNF'", "(30 rows)"],
     ),
-    "is_pro not True, False or blank": (
+    "is_pro not True, False or blank (more than 1%)": (
         RACE_FILE, _races_text(10, ["p1,M,30-34,maybe,70.3,2021,20000", "p2,M,30-34,maybe,70.3,2021,20000"]),
-        "athlete_race", ["column 'is_pro'", "expected True/False or blank, found 'maybe'", "(2 rows)"],
+        "athlete_race",
+        ["column 'is_pro'", "16.7% of the 12 non-blank values are not True or False (e.g. 'maybe')", "(2 rows)",
+         "write True or False"],
+    ),
+    "gender not M or F (more than 1%)": (
+        RACE_FILE,
+        _races_text(10, ["u1,Unknown,30-34,False,70.3,2021,20000", "u2,Unknown,30-34,False,70.3,2021,20000",
+                         "u3,X,30-34,False,70.3,2021,20000"]),
+        "athlete_race",
+        ["column 'gender'", "23.1% of the 13 non-blank values are not M or F (e.g. 'Unknown', 'X')", "(3 rows)",
+         "write M or F"],
     ),
     "duplicated athlete_hash in profiles": (
         PROFILE_FILE, _profiles_text(["a,1,20000", "b,2,21000", "a,3,22000", "b,1,23000", "c,1,24000"]),
@@ -215,8 +225,15 @@ MESSY_RACES = [
     "b1,M,30-34,False,70.3,2021,3600", "b2,M,30-34,False,70.3,2021,3.6e3", "b3,F,30-34,False,140.6,2021,61200.0",
     # just inside the bounds: kept
     "b4,M,30-34,False,70.3,2021,3600.5", "b5,F,30-34,False,140.6,2021,61199.9",
-    # gender outside the contract: encoded like a blank, counted
+    # gender outside the contract, under 1% of the given genders: encoded like a blank, counted
     "gx,X,30-34,False,70.3,2021,23000",
+    # gender in other spellings of M and F: read as M or F, counted
+    "sp1,Male,30-34,False,70.3,2021,21100", "sp2,female,30-34,False,140.6,2021,45100",
+    "sp3,W,30-34,False,70.3,2021,21200", "sp4,m,30-34,False,140.6,2021,45200",
+    # age groups with another dash or stray spaces: normalised, counted; other levels untouched
+    "ad1,M,30\u201334,False,70.3,2021,21300", "ad2,F,35 - 39,False,140.6,2021,45300",
+    # is_pro outside the vocabulary, under 1%: read as blank (kept), counted
+    "ip1,M,30-34,maybe,70.3,2021,21400",
 ]
 MESSY_PROFILES = [
     *(f"ok{i},{1 + i % 5},{20000 + 3 * i}" for i in range(400)),
@@ -296,8 +313,62 @@ def test_header_only_cluster_file_means_everyone_unclustered(messy_run):
 
 def test_unknown_gender_is_counted(messy_run):
     _, notes, _, frame = messy_run
-    assert "- 1 rows: gender not 'M' or 'F' (e.g. 'X'); encoded like a blank gender (index 0), as the seed does" in notes["athlete_race"]
+    assert "- 1 rows: gender not M or F (e.g. 'X'); encoded like a blank gender (index 0), as the seed does" in notes["athlete_race"]
     assert frame.loc[frame["athlete_hash"] == "gx", "gender"].tolist() == ["X"]
+
+
+def test_other_gender_spellings_are_read_as_m_or_f_and_counted(messy_run):
+    _, notes, _, frame = messy_run
+    spelled = frame.set_index("athlete_hash").loc[["sp1", "sp2", "sp3", "sp4"], "gender"]
+    assert spelled.tolist() == ["M", "F", "F", "M"]
+    assert "- 4 rows: gender in another spelling, read as M or F: " in notes["athlete_race"]
+
+
+def test_age_group_dashes_and_stray_spaces_are_normalised_and_counted(messy_run):
+    _, notes, _, frame = messy_run
+    ages = frame.set_index("athlete_hash").loc[["ad1", "ad2"], "age_group"]
+    assert ages.tolist() == ["30-34", "35-39"]
+    assert set(frame["age_group"].dropna()) == set(AGES)  # no new level from a dash or a space
+    assert "- 2 rows: age_group normalised (dashes read as '-', stray spaces removed): " in notes["athlete_race"]
+
+
+def test_a_few_unrecognised_is_pro_values_are_read_as_blank_and_kept(messy_run):
+    _, notes, _, frame = messy_run
+    assert "- 1 rows: is_pro not True or False (e.g. 'maybe'); read as blank (not known to be a pro, so the race is kept)" in notes["athlete_race"]
+    assert "ip1" in set(frame["athlete_hash"].dropna())
+
+
+# The same athletes with the genders written three ways; a short fit is enough to compare draws.
+GENDER_SPELLINGS = {"M/F": {"M": "M", "F": "F"}, "Male/Female": {"M": "Male", "F": "Female"}, "m/f": {"M": "m", "F": "f"}}
+SHORT_FIT = {"num_warmup": 100, "num_samples": 200, "num_chains": 2, "predictive_draws": 100}
+
+
+@pytest.fixture(scope="module")
+def posteriors_by_gender_spelling(tmp_path_factory) -> dict:
+    world = _world(seed=3, n=150)
+    out = {}
+    for name, spelling in GENDER_SPELLINGS.items():
+        races = world["athlete_race"].assign(gender=world["athlete_race"]["gender"].map(spelling))
+        folder = tmp_path_factory.mktemp("spelling")
+        inputs = write_inputs({**world, "athlete_race": races}, folder / "inputs")
+        result = _run(pipeline_resources(inputs, folder / "out", folder / "storage"), [*FRAME_ASSETS, "posterior"], "70.3", SHORT_FIT)
+        assert result.asset_materializations_for_node("posterior"), name  # fitted (its short chains may fail a check)
+        out[name] = (result.output_for_node("posterior"), _meta(result, "athlete_race")["notes"])
+    return out
+
+
+@pytest.mark.slow  # three fits through the asset graph, ~30 s; test_lib_contracts checks the frames fast
+@pytest.mark.parametrize("spelling", ["Male/Female", "m/f"])
+def test_gender_spelled_otherwise_gives_the_same_posterior_as_m_f(posteriors_by_gender_spelling, spelling):
+    reference, _ = posteriors_by_gender_spelling["M/F"]
+    posterior, notes = posteriors_by_gender_spelling[spelling]
+    assert posterior.encoding == reference.encoding
+    assert set(posterior.draws.samples) == set(reference.draws.samples)
+    for site, values in reference.draws.samples.items():
+        np.testing.assert_array_equal(posterior.draws.samples[site], values, err_msg=site)
+    assert [(c.name, c.value) for c in posterior.checks] == [(c.name, c.value) for c in reference.checks]
+    # and never silently: the other spelling is counted (300 races: 150 athletes, two distances)
+    assert "- 300 rows: gender in another spelling, read as M or F: " in notes
 
 
 def test_header_only_profile_file_is_noted_and_counted(tmp_path):
