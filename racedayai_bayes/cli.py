@@ -38,6 +38,9 @@ from racedayai_bayes.lib.runreport import CheckResult, PosteriorChecks, QuarterG
 LOG_TAG = "racedayai/cli_log"
 POLL_S = 0.25
 MAX_NOTES_PER_STEP = 3
+# Plain output (not a terminal): progress lines of the whole refit, at most. Each step still
+# gets its own line when it finishes, and the log file keeps every progress message.
+PLAIN_PROGRESS_BUDGET = 20
 
 
 class UserError(Exception):
@@ -54,9 +57,10 @@ def _data_errors() -> tuple[type[BaseException], ...]:
     return (InputError, FitError, ArtifactError, OutputWriteError)
 
 
-# Exceptions raised inside a Dagster step that are data errors; by class name, as Dagster
-# stores a step's error (dg.Failure is how the assets report them).
-_DATA_ERROR_NAMES = {"Failure", "InputError", "FitError", "ArtifactError", "OutputWriteError"}
+# Exceptions raised inside a Dagster step that are data or configuration errors; by class
+# name, as Dagster stores a step's error (dg.Failure is how the assets report them; pydantic's
+# ValidationError is a run config that Dagster's own schema let through, e.g. a bound).
+_DATA_ERROR_NAMES = {"Failure", "InputError", "FitError", "ArtifactError", "OutputWriteError", "ValidationError"}
 
 
 # --------------------------------------------------------------------------- demo-data
@@ -130,7 +134,7 @@ def _refit(args: argparse.Namespace) -> int:
         report, config_error = _refit_runs(args, instance, defs, refit_job_def, log_path)
     for line in report.summary_lines():
         report.line(line)
-    report.line(f"full event log (every Dagster event, DEBUG included): {log_path}")
+    report.line(f"full event log, every Dagster event at every level: {log_path}")
     errors = report.error_messages() + ([config_error] if config_error else [])
     for message in errors:
         print(f"error: {message}", file=sys.stderr)
@@ -152,6 +156,7 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
     shared_keys = set(graph.get_all_asset_keys()) - set(refit_keys)
     checked_assets = sorted({key.asset_key for key in graph.asset_check_keys}, key=_key_order)
 
+    _check_settings(args)
     paths = PipelinePaths.from_env()
     run_config = {
         "ops": {"posterior": {"config": _fit_config(args)}},
@@ -188,6 +193,19 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
                 report.line(f"not refitting {rest}: the first run did not build the model frame")
             break
     return report, config_error
+
+
+def _check_settings(args: argparse.Namespace) -> None:
+    """Validate the sampler settings before any run starts (Dagster checks their bounds only in the step)."""
+    import pydantic
+
+    from racedayai_bayes.defs.model import FitConfig
+
+    try:
+        FitConfig(**_fit_config(args))
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise UserError(f"invalid refit settings: {problems}") from None
 
 
 def _key_order(key) -> str:
@@ -376,6 +394,7 @@ class RefitReport:
         self._status_shown = False
         self._run_started_at = time.monotonic()
         self._distance = ""
+        self._progress_budget = PLAIN_PROGRESS_BUDGET
 
     # ---- output
 
@@ -483,9 +502,10 @@ class RefitReport:
         if parsed is not None:
             step.message, step.fraction = parsed
             elapsed = entry.timestamp - step.started if step.started else 0.0
-            if not self.tty:
+            if not self.tty and self._progress_budget > 0:
                 quarter = self.gate.allow((step.run_id, step.key), step.fraction, elapsed)
                 if quarter is not None:
+                    self._progress_budget -= 1
                     self.line(f"  {step.name:<34} {step.fraction:>8.0%}  {step.message}")
             return
         if entry.level >= logging.WARNING:
