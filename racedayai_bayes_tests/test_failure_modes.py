@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -639,6 +640,11 @@ def test_write_failing_part_way_fails_clearly_and_leaves_no_partial_file(tidy, t
 # --- 2. faults: SIGKILL while writing a CSV or sampling, a really full disk -----------------
 
 
+def _refit_logs(home: Path) -> bytes:
+    """Every refit log file of the instance in ``home`` (the command's full Dagster event stream)."""
+    return b"".join(p.read_bytes() for p in sorted((home / "logs").glob("refit-*.log")))
+
+
 def _wait_for(condition, proc: subprocess.Popen, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -788,12 +794,14 @@ def test_sigkill_while_sampling_keeps_previous_outputs_and_a_rerun_completes(dag
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
     try:
         # the step process logs after each sampling chunk; chain 2 is still to come
-        _wait_for(lambda: b"chain 1/2: sampling" in log.read_bytes(), proc, 300, "sampling")
+        # the step process logs after each sampling chunk (Dagster's stream, in the refit's log
+        # file); chain 2 is still to come
+        _wait_for(lambda: b"chain 1/2: sampling" in _refit_logs(dagster_home), proc, 300, "sampling")
     finally:
         _kill_group(proc)  # the CLI, its forkserver and the step process
     assert proc.returncode == -signal.SIGKILL
     assert _group_alive(proc.pid) == []
-    assert b"chain 2/2" not in log.read_bytes()
+    assert b"chain 2/2" not in _refit_logs(dagster_home)
 
     for name in (PRED_70, MEANS):
         assert (out / name).read_bytes() == tidy["bytes"][name], name
@@ -816,6 +824,183 @@ def test_sigkill_while_sampling_keeps_previous_outputs_and_a_rerun_completes(dag
         # ...with the same bytes as the in-process run: same inputs and seed, another process
         assert (out / name).read_bytes() == tidy["bytes"][name], name
     assert _temps(out) == []
+
+
+# --- every data error above through the command line: one message, exit 1, no traceback ----
+#
+# `racedayai-bayes refit` runs the real job (multiprocess executor, the instance in a temporary
+# DAGSTER_HOME) in this process; capfd sees the file descriptors, so anything a step process
+# printed would show. test_defs_refit_cli runs the command in its own process too.
+
+
+def _cli(argv: list[str], capfd) -> tuple[int, str, str]:
+    from racedayai_bayes.cli import main
+
+    capfd.readouterr()
+    code = main(argv)
+    captured = capfd.readouterr()
+    return code, captured.out, captured.err
+
+
+def _assert_one_clean_error(code: int, out: str, err: str, parts: list[str]) -> str:
+    """Exit 1, no traceback and no DEBUG line anywhere, and one `error:` line, last, holding ``parts``."""
+    assert code == 1, out[-3000:] + err[-3000:]
+    for text in (out, err):
+        assert "Traceback" not in text and 'File "' not in text, text[-3000:]
+        assert "DEBUG" not in text, text[-3000:]
+    # one message, and the output ends with it (notes on what was read may come before it)
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err[-3000:]
+    assert all(line.startswith(("error: ", "note: ")) for line in err.strip().splitlines()), err[-3000:]
+    for part in parts:
+        assert part in errors[0], (part, errors[0])
+    return errors[0]
+
+
+@pytest.fixture
+def cli_env(dagster_home, tmp_path, monkeypatch):
+    """Point the command at test folders; returns a function setting the input folder."""
+    monkeypatch.setenv("RACEDAYAI_OUTPUT_DIR", str(tmp_path / "out"))
+
+    def use_inputs(folder: Path) -> Path:
+        monkeypatch.setenv("RACEDAYAI_INPUT_DIR", str(folder))
+        return folder
+
+    return use_inputs
+
+
+@pytest.mark.parametrize("case", list(INPUT_ERRORS))
+def test_cli_refit_ends_each_bad_input_file_with_one_message(case, valid_inputs, cli_env, tmp_path, capfd):
+    file, content, asset, parts = INPUT_ERRORS[case]
+    inputs = cli_env(tmp_path / "inputs")
+    shutil.copytree(valid_inputs, inputs)
+    if content is None:
+        (inputs / file).unlink()
+    else:
+        (inputs / file).write_bytes(content.encode() if isinstance(content, str) else content)
+    code, out, err = _cli(["refit"], capfd)
+    _assert_one_clean_error(code, out, err, [f"error: {inputs / file}", *parts])
+    assert re.search(rf"^  {asset} +FAILED", out, re.M), out
+    assert "not refitting 140.6" in out
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+@pytest.mark.slow  # builds the model frame first: ~5 s a case
+@pytest.mark.parametrize("case", list(UNFITTABLE))
+def test_cli_refit_ends_each_unfittable_distance_with_one_message(case, cli_env, tmp_path, capfd):
+    make, expected = UNFITTABLE[case]
+    cli_env(write_inputs(make(_world(seed=4, n=60)), tmp_path / "inputs"))
+    code, out, err = _cli(["refit", "--distance", "140.6", "--warmup", "300", "--samples", "1000"], capfd)
+    _assert_one_clean_error(code, out, err, [f"error: {expected}"])
+    assert re.search(r"^  posterior \[140\.6\] +FAILED", out, re.M), out
+
+
+@pytest.mark.slow  # samples a posterior first: ~11 s
+def test_cli_refit_ends_an_unwritable_output_folder_with_one_message(valid_inputs, cli_env, tmp_path, monkeypatch, capfd):
+    cli_env(valid_inputs)
+    blocker = tmp_path / "outputs"
+    blocker.write_text("a file where the output folder should be")
+    monkeypatch.setenv("RACEDAYAI_OUTPUT_DIR", str(blocker))
+    code, out, err = _cli(["refit", "--distance", "70.3", "--warmup", "50", "--samples", "50"], capfd)
+    _assert_one_clean_error(code, out, err, [f"could not write {blocker}/posterior/70.3/", "the previous file is unchanged"])
+    assert blocker.read_text() == "a file where the output folder should be"
+
+
+PREDICT_HEADER = "gender,age_group,pb_total_sec,total_races,cluster_id,event_distance"
+
+
+@pytest.fixture
+def published(tmp_path) -> Path:
+    """An output folder holding one published posterior artifact of 70.3 (hand-made draws)."""
+    from racedayai_bayes.lib.artifacts import publish_artifact, write_artifact
+
+    from .conftest import hand_posterior
+
+    out = tmp_path / "published"
+    publish_artifact(write_artifact(hand_posterior(), out, timestamp="20261125T030000.000Z"))
+    return out
+
+
+def _rows(tmp_path: Path, rows: list[str], header: str = PREDICT_HEADER) -> Path:
+    path = tmp_path / "rows.csv"
+    path.write_text(csv_text(header, rows))
+    return path
+
+
+# case -> (arguments after `predict`, given the published folder and tmp_path; parts of the message)
+PREDICT_ERRORS = {
+    "a posterior folder without 'latest'": (
+        lambda out, tmp: ["--posterior", str(tmp), "--input", str(_rows(tmp, ["M,30-34,20000,3,,70.3"]))],
+        ["no 'latest' pointer"],
+    ),
+    "a posterior file that is missing": (
+        lambda out, tmp: ["--posterior", str(tmp / "nope.nc"), "--input", str(_rows(tmp, ["M,30-34,20000,3,,70.3"]))],
+        ["nope.nc", "not found"],
+    ),
+    "a posterior file that is not an artifact": (
+        lambda out, tmp: ["--posterior", str(_junk(tmp)), "--input", str(_rows(tmp, ["M,30-34,20000,3,,70.3"]))],
+        ["junk.nc", "not a readable NetCDF posterior artifact"],
+    ),
+    "input without a covariate column": (
+        lambda out, tmp: ["--posterior", str(out / "posterior" / "70.3"),
+                          "--input", str(_rows(tmp, ["M,30-34,20000,3"], "gender,age_group,pb_total_sec,total_races"))],
+        ["rows.csv, column 'cluster_id': required column missing"],
+    ),
+    "input rows of the other distance": (
+        lambda out, tmp: ["--posterior", str(out / "posterior" / "70.3"),
+                          "--input", str(_rows(tmp, ["M,30-34,20000,3,,140.6", "F,30-34,,1,,70.3"]))],
+        ["rows.csv, column 'event_distance': 1 rows are not 70.3 (e.g. '140.6')", "is a posterior of 70.3"],
+    ),
+    "input gender not M or F (more than 1%)": (
+        lambda out, tmp: ["--posterior", str(out / "posterior" / "70.3"),
+                          "--input", str(_rows(tmp, ["M,30-34,20000,3,,70.3", "Unknown,30-34,,1,,70.3"]))],
+        ["rows.csv, column 'gender': 50.0% of the 2 non-blank values are not M or F (e.g. 'Unknown')"],
+    ),
+    "an output that cannot be written": (
+        lambda out, tmp: ["--posterior", str(out / "posterior" / "70.3"),
+                          "--input", str(_rows(tmp, ["M,30-34,20000,3,,70.3"])), "--output", str(_junk(tmp) / "p.csv")],
+        ["could not write", "junk.nc/p.csv", "the previous file is unchanged"],
+    ),
+}
+
+
+def _junk(folder: Path) -> Path:
+    path = folder / "junk.nc"
+    path.write_bytes(b"not netcdf")
+    return path
+
+
+@pytest.mark.parametrize("case", list(PREDICT_ERRORS))
+def test_cli_predict_ends_each_bad_posterior_or_input_with_one_message(case, published, tmp_path, capfd):
+    args, parts = PREDICT_ERRORS[case]
+    work = tmp_path / "work"
+    work.mkdir()
+    argv = args(published, work)
+    if "--output" not in argv:
+        argv += ["--output", str(tmp_path / "p.csv")]
+    code, out, err = _cli(["predict", *argv], capfd)
+    _assert_one_clean_error(code, out, err, parts)
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_cli_predict_reads_other_gender_spellings_and_says_so(published, tmp_path, capfd):
+    rows = _rows(tmp_path, ["Male,30\u201334,20000,3,,70.3", "M,30-34,20000,3,,70.3", "female,30-34,,1,3,70.3"])
+    code, out, err = _cli(["predict", "--posterior", str(published / "posterior" / "70.3"), "--input", str(rows),
+                           "--output", str(tmp_path / "p.csv")], capfd)
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "p.csv")
+    assert table.loc[0, "bayes_pred"] == table.loc[1, "bayes_pred"]  # 'Male' and '30–34' read as M and 30-34
+    assert "2 rows: gender in another spelling" in err and "1 rows: age_group normalised" in err
+
+
+def test_cli_demo_data_ends_an_unwritable_folder_with_one_message(tmp_path, monkeypatch, capfd):
+    import racedayai_bayes.lib.simulate as simulate
+
+    monkeypatch.setattr(simulate, "simulate_world", lambda size, seed: _world(seed=seed, n=5))  # a tiny world, fast
+    blocker = tmp_path / "cleaned"
+    blocker.write_text("a file where the folder should be")
+    code, out, err = _cli(["demo-data", "--out", str(blocker / "inputs")], capfd)
+    _assert_one_clean_error(code, out, err, ["could not write", "choose another --out folder"])
 
 
 # --- 1. a file of the full 3.7M-row scale ---------------------------------------------------

@@ -211,8 +211,8 @@ def _closed_vocabulary(
                 f"{share:.1%} of the {n_given:,} non-blank values are not {what} (e.g. {examples})",
                 column=col,
                 rows=n_bad,
-                hint=f"{accepted}; at most {MAX_UNRECOGNISED_SHARE:.0%} of the values may be unrecognised "
-                f"(those are {unrecognised.split(', as ')[0]})",
+                hint=f"{accepted}; up to {MAX_UNRECOGNISED_SHARE:.0%} of the values may be unrecognised: "
+                f"they are {unrecognised}",
             )
         notes.append(f"{n_bad:,} rows: {col} not {what} (e.g. {examples}); {unrecognised}")
     respelled = given & respelled_u[np.maximum(codes, 0)]
