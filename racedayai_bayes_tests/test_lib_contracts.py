@@ -361,6 +361,14 @@ def _race_rows(genders: list[str], is_pro: list[str] | None = None, ages: list[s
     return [f"h{i},{g},{a},{p},70.3,2020,{5000 + i}" for i, (g, p, a) in enumerate(zip(genders, is_pro, ages))]
 
 
+def test_the_gender_vocabulary_reads_only_genders_the_encoding_knows():
+    from racedayai_bayes.lib.contracts import GENDER_SPELLINGS as VOCABULARY
+    from racedayai_bayes.lib.encoding import GENDER_MAP
+
+    assert set(VOCABULARY.values()) == set(GENDER_MAP) == {"M", "F"}
+    assert {k.lower() for k in GENDER_SPELLINGS} <= set(VOCABULARY)  # every spelling the issue lists
+
+
 def test_every_gender_spelling_of_the_vocabulary_is_read_as_m_or_f(tmp_path):
     spellings = list(GENDER_SPELLINGS)
     result = read_races(_races_csv(tmp_path, _race_rows([*spellings, ""])))

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .encoding import GENDER_MAP  # noqa: F401  (the canonical genders and their indices)
 
 RACE_FILE = "athlete_race.csv"
 PROFILE_FILE = "athlete_profile.csv"
@@ -49,7 +48,8 @@ MAX_UNRECOGNISED_SHARE = MAX_BAD_NUMERIC_SHARE
 
 _TRUE = {"true", "1", "yes", "t", "y"}
 _FALSE = {"false", "0", "no", "f", "n"}
-# Closed vocabularies: every accepted spelling, lower-cased, and the value it stands for.
+# Closed vocabularies: every accepted spelling, lower-cased, and the value it stands for
+# (genders: the keys of encoding.GENDER_MAP).
 GENDER_SPELLINGS = {
     "m": "M", "male": "M", "man": "M",
     "f": "F", "female": "F", "w": "F", "woman": "F",
