@@ -48,7 +48,11 @@ run: install data/cleaned/athlete_race.csv
 ## test: the whole test suite, then validate the code location
 test: install system-deps
 	$(BIN)/pytest
-	$(BIN)/dagster definitions validate -m racedayai_bayes.definitions
+	$(MAKE) --no-print-directory validate
+
+## validate: load the code location that pyproject.toml's [tool.dg] names, as a deployment would
+validate: install
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg check defs
 
 ## test-fast: the suite without tests marked slow
 test-fast: install

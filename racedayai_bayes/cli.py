@@ -1,32 +1,90 @@
-"""Command line: `racedayai-bayes demo-data | refit | predict`."""
+"""Command line: `racedayai-bayes demo-data | refit | predict`.
+
+A data or configuration error (an input file that breaks the data contract, a distance that
+cannot be fitted, an output that cannot be written, invalid settings) ends with one
+``error:`` message, naming the file, the column, the problem, the count and what to do, and
+exit code 1, without a traceback. Any other exception is a bug and keeps its traceback.
+Usage errors (an unknown option) exit 2.
+
+`refit` prints one line per step as it finishes, live progress of the long steps (a
+progress bar on a terminal; otherwise at most one line per step and quarter of its work),
+then one line per posterior with its checks. Dagster's own event stream, DEBUG included, goes
+to ``$DAGSTER_HOME/logs/refit-<time>.log`` (``--verbose`` also streams it to stderr).
+"""
+
+from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime as dt
+import io
+import logging
 import os
+import re
+import shutil
 import sys
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import racedayai_bayes  # noqa: F401  (pins JAX to the CPU)
 
 from racedayai_bayes.lib.data.frame import MODEL_DISTANCES
+from racedayai_bayes.lib.runreport import CheckResult, PosteriorChecks, QuarterGate, bar, parse_progress, seconds
 
-# Unpartitioned assets that the first run of a refit builds and later runs reuse.
-FRAME_ASSETS = ("athlete_race", "athlete_profile", "cluster_assignments", "model_frame", "athlete_seasons")
+# The run tag naming the CLI log a run's Dagster events were streamed to; the CLI also
+# finds its runs by it while they execute.
+LOG_TAG = "racedayai/cli_log"
+POLL_S = 0.25
+MAX_NOTES_PER_STEP = 3
+# Plain output (not a terminal): progress lines of the whole refit, at most. Each step still
+# gets its own line when it finishes, and the log file keeps every progress message.
+PLAIN_PROGRESS_BUDGET = 20
+
+
+class UserError(Exception):
+    """A data or configuration error: its message is the whole story, no traceback needed."""
+
+
+def _data_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad data or settings, not a bug (imported late: they pull in JAX)."""
+    from racedayai_bayes.lib.data.contracts import InputError
+    from racedayai_bayes.lib.errors import FitError
+    from racedayai_bayes.lib.outputs.artifacts import ArtifactError
+    from racedayai_bayes.lib.outputs.io import OutputWriteError
+
+    return (InputError, FitError, ArtifactError, OutputWriteError)
+
+
+# Exceptions raised inside a Dagster step that are data or configuration errors; by class
+# name, as Dagster stores a step's error (dg.Failure is how the assets report them; pydantic's
+# ValidationError is a run config that Dagster's own schema let through, e.g. a bound).
+_DATA_ERROR_NAMES = {"Failure", "InputError", "FitError", "ArtifactError", "OutputWriteError", "ValidationError"}
+
+
+# --------------------------------------------------------------------------- demo-data
 
 
 def _demo_data(args: argparse.Namespace) -> int:
     from racedayai_bayes.demo.simulate import write_demo_data
+    from racedayai_bayes.lib.outputs.io import OutputWriteError
 
-    paths = write_demo_data(args.out, size=args.size, seed=args.seed)
+    try:
+        paths = write_demo_data(args.out, size=args.size, seed=args.seed)
+    except OutputWriteError as exc:
+        raise UserError(f"{exc}; choose another --out folder") from None
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
 
 
-def _run_config(args: argparse.Namespace) -> dict:
-    """Run config of a refit: the seed models' sampler flags, the split and the publish setting."""
-    from racedayai_bayes.defs.models import posterior_key
+# --------------------------------------------------------------------------- refit
 
-    seed = {
+
+def _seed_config(args: argparse.Namespace) -> dict:
+    """The seed models' sampler flags (both seed variants take the same)."""
+    fields = {
         "engine": args.engine,
         "num_warmup": args.warmup,
         "num_samples": args.samples,
@@ -34,88 +92,567 @@ def _run_config(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "predictive_draws": args.predictive_draws,
     }
-    seed = {k: v for k, v in seed.items() if v is not None}
-    forecast = {k: v for k, v in {"seed": args.seed, "num_samples": args.forecast_samples}.items() if v is not None}
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _forecast_config(args: argparse.Namespace) -> dict:
+    fields = {"seed": args.seed, "num_samples": args.forecast_samples}
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _run_config_ops(args: argparse.Namespace) -> dict:
+    """Run config of every configurable step: the models' samplers, the split, what to publish."""
+    from racedayai_bayes.defs.models import posterior_key
+
     split = {k: v for k, v in {"holdout": args.holdout, "holdout_season": args.holdout_season}.items() if v is not None}
-    ops = {
-        posterior_key("seed_profile"): {"config": seed},
-        posterior_key("seed_asof"): {"config": seed},
-        posterior_key("forecast"): {"config": forecast},
+    return {
+        posterior_key("seed_profile"): {"config": _seed_config(args)},
+        posterior_key("seed_asof"): {"config": _seed_config(args)},
+        posterior_key("forecast"): {"config": _forecast_config(args)},
         "holdout_split": {"config": split},
         "published_model": {"config": {"publish": args.publish}},
     }
-    return {"ops": ops}
+
+
+def _config_problems(exc) -> str:
+    """The messages of a DagsterInvalidConfigError, one clause each."""
+    problems = [getattr(e, "message", str(e)) for e in getattr(exc, "errors", [])]
+    return "; ".join(p.strip() for p in problems if p) or str(exc)
+
+
+def _log_path(home: Path) -> Path:
+    folder = home / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = folder / f"refit-{stamp}.log"
+    n = 1
+    while path.exists():
+        n += 1
+        path = folder / f"refit-{stamp}-{n}.log"
+    return path
 
 
 def _refit(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from racedayai_bayes.definitions import refit_job_def
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        raise UserError(
+            "DAGSTER_HOME is not set: run `make run`, or export DAGSTER_HOME=<a folder with dagster.yaml> "
+            "(the repository root)"
+        )
+    try:
+        instance = dg.DagsterInstance.get()
+    except dg.DagsterError as exc:
+        raise UserError(f"DAGSTER_HOME={home}: {_config_problems(exc)}") from None
+
+    log_path = _log_path(Path(home))
+    with _stderr_to(log_path, echo=args.verbose):
+        # imported here: the code location's import-time warnings belong in the log
+        from racedayai_bayes.definitions import defs, refit_job_def
+
+        report, config_error = _refit_runs(args, instance, defs, refit_job_def, log_path)
+    for line in report.summary_lines():
+        report.line(line)
+    report.line(f"full event log, every Dagster event at every level: {log_path}")
+    errors = report.error_messages() + ([config_error] if config_error else [])
+    for message in errors:
+        print(f"error: {message}", file=sys.stderr)
+    return 1 if (errors or report.failed) else 0
+
+
+def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[RefitReport, str | None]:
+    """One run per distance, reported live; returns the report and a configuration error, if any."""
+    import dagster as dg
+
+    from racedayai_bayes.defs.resources import PipelinePaths
     from racedayai_bayes.defs.schedules import DISTANCE_TAG
 
-    if not os.environ.get("DAGSTER_HOME"):
-        print("DAGSTER_HOME is not set; run through `make run` or export DAGSTER_HOME=<repo root>", file=sys.stderr)
-        return 2
-    instance = dg.DagsterInstance.get()
-    distances = [args.distance] if args.distance else list(MODEL_DISTANCES)
-    run_config = _run_config(args)
+    graph = defs.resolve_asset_graph()
+    partitioned = {k for k in graph.get_all_asset_keys() if graph.get(k).partitions_def is not None}
+    # a later run of the same invocation refits what depends on the partitions, and reuses
+    # the unpartitioned inputs and model frame that the first run built
+    refit_keys = sorted(dg.AssetSelection.assets(*partitioned).downstream().resolve(graph), key=_key_order)
+    shared_keys = set(graph.get_all_asset_keys()) - set(refit_keys)
+    checked_assets = sorted({key.asset_key for key in graph.asset_check_keys}, key=_key_order)
+
+    _check_settings(args)
+    paths = PipelinePaths.from_env()
+    run_config = {
+        "ops": _run_config_ops(args),
+        # the folders this command reads and writes, as the run records them
+        "resources": {"paths": {"config": {"input_dir": paths.input_dir, "output_dir": paths.output_dir}}},
+    }
+    report = RefitReport(sys.stdout, tty=sys.stdout.isatty(), partitioned_steps={k.to_python_identifier() for k in partitioned})
     job = dg.reconstructable(refit_job_def)
-    failed = False
-    frame_ready = False
-    for distance in distances:
-        # The first run reads the inputs and rebuilds the model frame; later runs reuse it.
-        selection = None if not frame_ready else [
-            key for key in job.get_definition().asset_layer.executable_asset_keys
-            if key.to_user_string() not in FRAME_ASSETS
-        ]
-        result = dg.execute_job(
-            job,
-            instance=instance,
-            run_config=run_config,
-            tags={"dagster/partition": distance, DISTANCE_TAG: distance},
-            asset_selection=selection,
-            raise_on_error=False,
-        )
-        failed |= _report(instance, result, distance)
-        frame_ready = frame_ready or _materialized(instance, result.run_id, "model_frame")
-        if not frame_ready:
-            print("the model frame could not be built; not fitting other distances", file=sys.stderr)
-            return 1
-    return 1 if failed else 0
+    distances = [args.distance] if args.distance else list(MODEL_DISTANCES)
+    config_error = None
+    for i, distance in enumerate(distances):
+        tags = {"dagster/partition": distance, DISTANCE_TAG: distance, LOG_TAG: str(log_path)}
+        report.run_starting(distance)
+        watcher = _RunWatcher(tags, report)
+        watcher.start()
+        try:
+            result = dg.execute_job(
+                job,
+                instance=instance,
+                run_config=run_config,
+                tags=tags,
+                asset_selection=None if i == 0 else refit_keys,
+                raise_on_error=False,
+            )
+        except dg.DagsterInvalidConfigError as exc:
+            config_error = f"invalid refit settings: {_config_problems(exc)}"
+            break
+        finally:
+            watcher.finish()
+        report.run_finished(distance, result.success, _expected_posteriors(result, checked_assets, distance))
+        if i == 0 and not all(_materialized(instance, result.run_id, k) for k in shared_keys):
+            rest = ", ".join(distances[1:])
+            if rest:
+                report.line(f"not refitting {rest}: the first run did not build the model frame")
+            break
+    return report, config_error
 
 
-def _materialized(instance, run_id: str, asset: str) -> bool:
+def _check_settings(args: argparse.Namespace) -> None:
+    """Validate the sampler settings before any run starts (Dagster checks their bounds only in the step)."""
+    import pydantic
+
+    from racedayai_bayes.defs.models import ForecastFitConfig, SeedFitConfig
+
+    try:
+        SeedFitConfig(**_seed_config(args))
+        ForecastFitConfig(**_forecast_config(args))
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise UserError(f"invalid refit settings: {problems}") from None
+
+
+def _key_order(key) -> str:
+    return key.to_user_string()
+
+
+def _expected_posteriors(result, checked_assets, distance: str) -> list[tuple[str, str]]:
+    """(asset, distance) of every checked asset this run was to materialise."""
+    selection = result.dagster_run.asset_selection
+    return [(key.to_user_string(), distance) for key in checked_assets if selection is None or key in selection]
+
+
+def _materialized(instance, run_id: str, key) -> bool:
     import dagster as dg
 
     return any(
-        e.dagster_event.asset_key == dg.AssetKey(asset)
+        e.dagster_event.asset_key == key
         for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
     )
 
 
-def _report(instance, result, distance: str) -> bool:
-    """Print the run's outcome and check results; True if anything failed."""
-    import dagster as dg
+# --------------------------------------------------------------------------- stderr to the log
 
-    status = "succeeded" if result.success else "FAILED"
-    print(f"\n== refit {distance}: run {result.run_id} {status}")
-    failed = not result.success
-    for entry in instance.all_logs(result.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
-        ev = entry.dagster_event.event_specific_data
-        value = ev.metadata.get("value")
-        mark = "pass" if ev.passed else f"FAIL ({ev.severity.value})"
-        print(f"   check {ev.check_name:<20} {mark:<12} {ev.description or ''}" + (f" [value {value.value:.4g}]" if value else ""))
-        failed |= not ev.passed and ev.severity == dg.AssetCheckSeverity.ERROR
-    for entry in instance.all_logs(result.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
-        mat = entry.dagster_event.event_specific_data.materialization
-        for key in ("path", "artifact"):
-            path = mat.metadata.get(key)
-            if path is not None:
-                print(f"   wrote {mat.asset_key.to_user_string()}{' artifact' if key == 'artifact' else ''}: {path.value}")
-    for entry in instance.all_logs(result.run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
-        err = entry.dagster_event.event_specific_data.error
-        print(f"   step {entry.step_key} failed: {err.message.strip() if err else ''}", file=sys.stderr)
-    return failed
+
+class _StderrPipe:
+    """One pipe for this process's stderr while a refit runs, copied to the refit's log file.
+
+    Step processes fork from a server that the first run starts, and they keep the stderr
+    that server was started with for as long as this process lives: the pipe therefore
+    lives as long as the process, and a thread copies whatever arrives to the log file of
+    the refit in progress (and, with --verbose, to the terminal).
+    """
+
+    _instance: _StderrPipe | None = None
+
+    def __init__(self):
+        self.read_fd, self.write_fd = os.pipe()
+        self.lock = threading.Lock()
+        self.file = None
+        self.echo_fd: int | None = None
+        self.last_data = time.monotonic()
+        threading.Thread(target=self._copy, name="racedayai-stderr", daemon=True).start()
+
+    @classmethod
+    def get(cls) -> _StderrPipe:
+        if cls._instance is None:
+            cls._instance = cls()
+        return cls._instance
+
+    def _copy(self) -> None:
+        while True:
+            chunk = os.read(self.read_fd, 65536)
+            if not chunk:
+                return
+            with self.lock:
+                self.last_data = time.monotonic()
+                if self.file is not None:
+                    self.file.write(chunk)
+                    self.file.flush()
+                if self.echo_fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.write(self.echo_fd, chunk)
+
+    def wait_quiet(self, quiet_s: float = 0.2, limit_s: float = 3.0) -> None:
+        """Wait until nothing arrived for ``quiet_s`` (the step processes have finished)."""
+        end = time.monotonic() + limit_s
+        while time.monotonic() < end and time.monotonic() - self.last_data < quiet_s:
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path, echo: bool):
+    """Send stderr, this process's and its children's, to ``path`` (and the terminal with ``echo``)."""
+    pipe = _StderrPipe.get()
+    sys.stderr.flush()
+    saved_fd, saved_stream = os.dup(2), sys.stderr
+    with open(path, "ab") as fh:
+        with pipe.lock:
+            pipe.file, pipe.echo_fd = fh, (saved_fd if echo else None)
+        os.dup2(pipe.write_fd, 2)
+        # Dagster's console logger and the warnings module write to sys.stderr, which a
+        # caller (a test's capture) may have replaced: point it at fd 2 as well
+        sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True, errors="backslashreplace")
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            sys.stderr = saved_stream
+            os.dup2(saved_fd, 2)
+            pipe.wait_quiet()
+            with pipe.lock:
+                pipe.file, pipe.echo_fd = None, None
+            os.close(saved_fd)
+
+
+# --------------------------------------------------------------------------- the live report
+
+
+class _RunWatcher(threading.Thread):
+    """Follows the run tagged ``tags`` in the instance's event log and feeds the report."""
+
+    def __init__(self, tags: dict[str, str], report: RefitReport):
+        super().__init__(name="racedayai-run-watcher", daemon=True)
+        self.tags = tags
+        self.report = report
+        self._done = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        import dagster as dg
+
+        try:
+            with dg.DagsterInstance.get() as instance:
+                run_id, cursor = None, None
+                while True:
+                    last_pass = self._done.is_set()
+                    if run_id is None:
+                        records = instance.get_run_records(dg.RunsFilter(tags=self.tags), limit=1)
+                        if records:
+                            run_id = records[0].dagster_run.run_id
+                            self.report.run_started(run_id)
+                    if run_id is not None:
+                        while True:
+                            conn = instance.get_records_for_run(run_id, cursor=cursor, limit=1000)
+                            for record in conn.records:
+                                self.report.feed(record.event_log_entry)
+                            cursor = conn.cursor
+                            if not conn.has_more:
+                                break
+                    self.report.tick()
+                    if last_pass:
+                        return
+                    self._done.wait(POLL_S)
+        except BaseException as exc:  # re-raised by finish(), in the main thread
+            self.error = exc
+
+    def finish(self) -> None:
+        """Read the run's last events, then stop."""
+        self._done.set()
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+
+@dataclass
+class _Step:
+    key: str
+    run_id: str
+    partition: str | None = None
+    started: float | None = None
+    fraction: float | None = None
+    message: str = ""
+    detail: str = ""
+    notes: int = 0
+    finished: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.key} [{self.partition}]" if self.partition else self.key
+
+
+@dataclass
+class _Failure:
+    step: str
+    kind: str  # "data", "checks", "bug"
+    message: str
+    run_id: str = ""
+
+
+@dataclass
+class RefitReport:
+    """What `refit` prints, built from the Dagster events of its runs as they arrive."""
+
+    out: object
+    tty: bool = False
+    partitioned_steps: set[str] = field(default_factory=set)
+    gate: QuarterGate = field(default_factory=QuarterGate)
+
+    def __post_init__(self):
+        self.lock = threading.RLock()
+        self.steps: dict[tuple[str, str], _Step] = {}
+        self.partition: dict[str, str] = {}  # run id -> partition
+        self.posteriors: dict[tuple[str, str], PosteriorChecks] = {}
+        self.failures: list[_Failure] = []
+        self.failed = False
+        self._status_shown = False
+        self._run_started_at = time.monotonic()
+        self._distance = ""
+        self._progress_budget = PLAIN_PROGRESS_BUDGET
+
+    # ---- output
+
+    def line(self, text: str) -> None:
+        with self.lock:
+            self._clear_status()
+            print(text, file=self.out, flush=True)
+            self._draw_status()
+
+    def _clear_status(self) -> None:
+        if self._status_shown:
+            self.out.write("\r\033[K")
+            self._status_shown = False
+
+    def _draw_status(self) -> None:
+        if not self.tty:
+            return
+        running = [s for s in self.steps.values() if s.started is not None and not s.finished]
+        if not running:
+            return
+        now = time.time()
+        parts = []
+        for s in running:
+            elapsed = seconds(max(now - s.started, 0.0))
+            if s.fraction is not None:
+                parts.append(f"{s.name} {bar(s.fraction, 16)} {s.fraction:4.0%} {s.message} ({elapsed})")
+            else:
+                parts.append(f"{s.name} running ({elapsed})" + (f": {s.message}" if s.message else ""))
+        width = shutil.get_terminal_size((120, 20)).columns - 1
+        self.out.write("\r\033[K" + " | ".join(parts)[:width])
+        self.out.flush()
+        self._status_shown = True
+
+    def tick(self) -> None:
+        with self.lock:
+            if self.tty:
+                self._clear_status()
+                self._draw_status()
+
+    # ---- runs
+
+    def run_starting(self, distance: str) -> None:
+        self._run_started_at = time.monotonic()
+        self._distance = distance
+
+    def run_started(self, run_id: str) -> None:
+        """The watcher found the run: its steps are named with its partition from now on."""
+        with self.lock:
+            self.partition[run_id] = self._distance
+            self.line(f"refit {self._distance}: run {run_id}")
+
+    def run_finished(self, distance: str, success: bool, expected: list[tuple[str, str]]) -> None:
+        for asset, d in expected:
+            self.posteriors.setdefault((asset, d), PosteriorChecks(asset, d))
+        took = seconds(time.monotonic() - self._run_started_at)
+        self.failed |= not success
+        self.line(f"refit {distance}: {'succeeded' if success else 'FAILED'} in {took}")
+
+    # ---- events
+
+    def _step(self, entry) -> _Step:
+        key = (entry.run_id, entry.step_key)
+        if key not in self.steps:
+            step = _Step(entry.step_key, entry.run_id)
+            if entry.step_key in self.partitioned_steps:
+                step.partition = self.partition.get(entry.run_id)
+            self.steps[key] = step
+        return self.steps[key]
+
+    def feed(self, entry) -> None:
+        with self.lock:
+            self._feed(entry)
+
+    def _feed(self, entry) -> None:
+        event = entry.dagster_event
+        kind = event.event_type_value if event is not None else None
+        if entry.step_key is None or kind in ("ASSET_MATERIALIZATION_PLANNED", "ASSET_CHECK_EVALUATION_PLANNED"):
+            if kind in ("PIPELINE_FAILURE", "RUN_FAILURE"):
+                self._run_failure(entry, event)
+            return
+        step = self._step(entry)
+        if kind == "STEP_START":
+            step.started = entry.timestamp
+        elif kind == "STEP_SUCCESS":
+            step.finished = True
+            took = event.event_specific_data.duration_ms / 1000
+            self.line(f"  {step.name:<34} {seconds(took):>9}" + (f"  {step.detail}" if step.detail else ""))
+        elif kind == "STEP_FAILURE":
+            step.finished = True
+            took = f" after {seconds(entry.timestamp - step.started)}" if step.started else ""
+            failure = _classify(step.name, event.event_specific_data, entry.run_id)
+            self.failures.append(failure)
+            self.failed = True
+            self.line(f"  {step.name:<34} FAILED{took}: {_FAILURE_KINDS[failure.kind]}")
+        elif kind == "ASSET_MATERIALIZATION":
+            step.detail = _materialization_detail(event)
+        elif kind == "ASSET_CHECK_EVALUATION":
+            self._check(entry, event)
+        elif kind is None:
+            self._message(step, entry)
+
+    def _message(self, step: _Step, entry) -> None:
+        text = entry.user_message or ""
+        parsed = parse_progress(text)
+        if parsed is not None:
+            step.message, step.fraction = parsed
+            elapsed = entry.timestamp - step.started if step.started else 0.0
+            if not self.tty and self._progress_budget > 0:
+                quarter = self.gate.allow((step.run_id, step.key), step.fraction, elapsed)
+                if quarter is not None:
+                    self._progress_budget -= 1
+                    self.line(f"  {step.name:<34} {step.fraction:>8.0%}  {step.message}")
+            return
+        if entry.level >= logging.WARNING:
+            skipped = _NOT_EXECUTING.match(text)
+            if skipped:
+                step.finished = True
+                self.line(f"  {step.name:<34} not run: needs {skipped.group(1).replace(chr(39), '')}")
+                return
+            if text.startswith("check "):
+                return  # a failed check, which the check summary spells out
+            step.notes += 1
+            if step.notes <= MAX_NOTES_PER_STEP:
+                self.line(f"  {step.name:<34} note: {_shorten(text, 200)}")
+            elif step.notes == MAX_NOTES_PER_STEP + 1:
+                self.line(f"  {step.name:<34} note: more notes in the full event log")
+            return
+        if entry.level >= logging.INFO:
+            step.message = _shorten(text, 80)
+
+    def _check(self, entry, event) -> None:
+        ev = event.event_specific_data
+        meta = ev.metadata
+        distance = meta["distance"].value if "distance" in meta else (ev.partition or self.partition.get(entry.run_id, "-"))
+        asset = ev.asset_key.to_user_string()
+        value = meta.get("value")
+        threshold = meta.get("threshold")
+        post = self.posteriors.setdefault((asset, distance), PosteriorChecks(asset, distance))
+        post.results.append(
+            CheckResult(
+                name=ev.check_name,
+                passed=ev.passed,
+                severity=ev.severity.value,
+                description=ev.description or "",
+                value=None if value is None else float(value.value),
+                threshold=None if threshold is None else str(threshold.value),
+            )
+        )
+        if post.blocking_failure:
+            self.failed = True
+
+    def _run_failure(self, entry, event) -> None:
+        """A run that failed with no failed step (it could not start one): its own error."""
+        data = event.event_specific_data
+        if getattr(data, "error", None) is not None and not any(f.run_id == entry.run_id for f in self.failures):
+            self.failures.append(_classify(f"run {entry.run_id}", data, entry.run_id))
+
+    # ---- the end
+
+    def summary_lines(self) -> list[str]:
+        if not self.posteriors:
+            return []
+        lines = [f"checks ({len(self.posteriors)} posterior{'s' if len(self.posteriors) != 1 else ''}):"]
+        for post in self.posteriors.values():
+            lines.append("  " + post.line())
+        return lines
+
+    def error_messages(self) -> list[str]:
+        messages = []
+        for f in self.failures:
+            if f.kind == "data":
+                messages.append(f.message.strip())
+            elif f.kind == "checks":
+                messages.append(f"{f.step}: blocking checks failed (see the checks above); its outputs were not written")
+            else:
+                messages.append(f"{f.step} raised an unexpected error (a bug); its traceback:\n{f.message.rstrip()}")
+        return messages
+
+
+# Dagster's message for a step whose upstream step failed or did not run
+_NOT_EXECUTING = re.compile(r"Dependencies for step \S+ (?:failed|were not executed): \[(.*)\]\. Not executing\.")
+
+_FAILURE_KINDS = {
+    "data": "a data or configuration error (below)",
+    "checks": "blocking checks failed (see the checks below)",
+    "bug": "an unexpected error, a bug (traceback below)",
+}
+
+
+def _classify(step: str, data, run_id: str) -> _Failure:
+    """A step's failure: a data or configuration error, failed blocking checks, or a bug."""
+    user = getattr(data, "user_failure_data", None)
+    error = getattr(data, "error", None)
+    if user is not None and user.description:
+        return _Failure(step, "data", user.description, run_id)
+    name = error.cls_name if error is not None else ""
+    if name == "DagsterAssetCheckFailedError":
+        return _Failure(step, "checks", error.message, run_id)
+    if name == "DagsterExecutionInterruptedError":
+        return _Failure(step, "data", "interrupted", run_id)
+    # Dagster wraps an IO manager's or an input loader's exception in one of its own: look
+    # through the causes for a data error (an unwritable storage folder, say)
+    cause = error
+    while cause is not None:
+        if cause.cls_name in _DATA_ERROR_NAMES:
+            # the exception's own message: Dagster stores "<module.Class>: <message>"
+            return _Failure(step, "data", cause.message.split(": ", 1)[-1].strip(), run_id)
+        cause = cause.cause
+    return _Failure(step, "bug", error.to_string() if error is not None else "no error was recorded", run_id)
+
+
+def _materialization_detail(event) -> str:
+    meta = event.event_specific_data.materialization.metadata
+    parts = []
+    rows = meta.get("rows")
+    if rows is not None:
+        parts.append(f"{int(rows.value):,} rows")
+    # a posterior's artifact, or an output CSV ("path" of an input asset is where the IO
+    # manager stored its value, which says nothing to a reader)
+    written = meta.get("artifact") or meta.get("path")
+    if written is not None and str(written.value).endswith((".nc", ".csv")):
+        parts.append(_relative(str(written.value)))
+    return "  ".join(parts)
+
+
+def _relative(path: str) -> str:
+    with contextlib.suppress(ValueError):
+        return str(Path(path).relative_to(Path.cwd()))
+    return path
+
+
+def _shorten(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# --------------------------------------------------------------------------- predict
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -130,38 +667,34 @@ def _predict(args: argparse.Namespace) -> int:
         model = artifact.model
         rows = read_model_rows(args.input, model.predict_columns)
     except (ArtifactError, InputError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise UserError(str(exc)) from None
     frame = rows.frame
     distances = frame["event_distance"].dropna()
     other = distances[distances != artifact.distance]
     if len(other):
-        print(
-            f"error: {rows.path}, column 'event_distance': {len(other):,} rows are not {artifact.distance} "
-            f"(e.g. {other.iloc[0]!r}), but {artifact.path} is a posterior of {artifact.distance}",
-            file=sys.stderr,
+        raise UserError(
+            f"{rows.path}, column 'event_distance': {len(other):,} rows are not {artifact.distance} "
+            f"(e.g. {other.iloc[0]!r}), but {artifact.path} is a posterior of {artifact.distance}; "
+            f"predict each distance with its own posterior (--posterior <output dir>/posterior/<distance>)"
         )
-        return 2
     for note in rows.notes:
         print(f"note: {rows.path}: {note}", file=sys.stderr)
     try:
         pred = model.predict_rows(frame, draws=args.draws, seed=args.seed)
     except ValueError as exc:
-        print(f"error: {rows.path}: {exc}", file=sys.stderr)
-        return 2
+        raise UserError(f"{rows.path}: {exc}") from None
     held = frame["held_out"].fillna(False).to_numpy(dtype=bool) if "held_out" in frame else _held_out(artifact, frame)
     table = prediction_table(frame, pred, model.name, held)
     try:
         path = write_csv_atomic(table, args.output)
     except OutputWriteError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        raise UserError(str(exc)) from None
     print(f"wrote {len(table):,} predictions of {artifact.distance} by {model.name} to {path} (posterior {artifact.path})")
     return 0
 
 
-def _held_out(artifact, frame) -> "np.ndarray":
-    """Rows of the artifact's held-out season (its split held out a season), else none."""
+def _held_out(artifact, frame):
+    """True for rows of the artifact's held-out season (when its split held out a season)."""
     import json
 
     import numpy as np
@@ -171,8 +704,15 @@ def _held_out(artifact, frame) -> "np.ndarray":
     return years == season if season is not None else np.zeros(len(frame), dtype=bool)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="racedayai-bayes", description=__doc__)
+    parser = argparse.ArgumentParser(prog="racedayai-bayes", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo-data", help="write synthetic input CSVs calibrated to real results")
@@ -191,9 +731,14 @@ def build_parser() -> argparse.ArgumentParser:
     refit.add_argument("--predictive-draws", type=int, help="posterior draws for the seed models' predictive intervals (default 1000)")
     refit.add_argument("--forecast-samples", type=int, help="draws per chain of the forecast model (default 300)")
     refit.add_argument("--holdout", choices=["latest_year", "random_athletes", "none"], help="held-out rows (default latest_year)")
-    refit.add_argument("--holdout-season", type=int, help="hold out this season and drop later ones (a backtest); default the latest")
+    refit.add_argument("--holdout-season", type=int, help="hold out this season and drop later ones, to backtest it (default: the latest)")
     refit.add_argument("--publish", choices=["auto", "seed_profile", "seed_asof", "forecast"], default="auto",
-                       help="which model's forecasts to publish (default auto: the best eligible by held-out ELPD)")
+                       help="which model's forecasts to publish (default auto: the eligible model with the best held-out ELPD)")
+    refit.add_argument(
+        "--verbose", action="store_true",
+        help="also stream Dagster's full event log (DEBUG included) to stderr; it is always written to "
+        "$DAGSTER_HOME/logs/refit-<time>.log",
+    )
     refit.set_defaults(func=_refit)
 
     predict = sub.add_parser(
@@ -210,7 +755,7 @@ def build_parser() -> argparse.ArgumentParser:
         "total_races, cluster_id (required); athlete_hash, event_distance, event_year, total_sec (optional)",
     )
     predict.add_argument("--output", required=True, help="CSV to write (atomically): a path, or an object-store URL")
-    predict.add_argument("--draws", type=int, help="posterior draws for the intervals (default: the artifact's)")
+    predict.add_argument("--draws", type=_positive_int, help="posterior draws for the intervals (default: the artifact's)")
     predict.add_argument("--seed", type=int, help="seed of the interval simulations (default: the artifact's)")
     predict.set_defaults(func=_predict)
     return parser
@@ -218,7 +763,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except _data_errors() as exc:  # a data error that no command translated: still no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,6 +1,10 @@
+"""Fixtures and helpers shared by the test modules: inputs, resources, instances, hand-made draws."""
+
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -9,9 +13,16 @@ import pandas as pd
 import pytest
 
 from racedayai_bayes.lib.data.contracts import CLUSTER_FILE, PROFILE_FILE, RACE_FILE
+from racedayai_bayes.lib.inference.nuts import Draws
+from racedayai_bayes.lib.models.seed.encoding import Encoding
 from racedayai_bayes.lib.outputs.io import write_csv_atomic
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Headers of the three input files with exactly the columns the pipeline reads.
+RACE_HEADER = "athlete_hash,gender,age_group,is_pro,event_distance,event_year,total_sec"
+PROFILE_HEADER = "athlete_hash,total_races,pb_total_sec"
+CLUSTER_HEADER = "athlete_hash,cluster_id"
 
 # Sampler settings small enough for tests, large enough for the exact engine to pass the
 # r_hat and bulk-ESS checks (ESS >= 400 needs about 1000 well-mixed draws).
@@ -40,11 +51,106 @@ def small_world(world: dict[str, pd.DataFrame], share: float = 0.06, seed: int =
     }
 
 
+# --- input files ----------------------------------------------------------------------------
+
+
 def write_inputs(world: dict[str, pd.DataFrame], folder: Path) -> Path:
+    """The three input CSVs of a world (frames keyed athlete_race, athlete_profile, cluster_assignments)."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, file in (("athlete_race", RACE_FILE), ("athlete_profile", PROFILE_FILE), ("cluster_assignments", CLUSTER_FILE)):
         write_csv_atomic(world[name], folder / file)
     return folder
+
+
+def csv_text(header: str, rows: Iterable[str]) -> str:
+    """A CSV file's text: the header, then one line per row."""
+    return "\n".join([header, *rows]) + "\n"
+
+
+def write_file(folder: Path, name: str, content: str | bytes) -> Path:
+    """Write ``content`` (text as UTF-8, or bytes as given) to ``folder/name``."""
+    path = folder / name
+    path.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+    return path
+
+
+def pipeline_resources(inputs: Path, outputs: Path | str, storage: Path | None = None) -> dict:
+    """The code location's resources on test folders: inputs, outputs and stored asset values
+    (without ``storage``, the IO manager's own default: RACEDAYAI_STORAGE_DIR or the instance's)."""
+    from racedayai_bayes.defs.resources import AtomicPickleIOManagerFactory, PipelinePaths
+
+    return {
+        "paths": PipelinePaths(input_dir=str(inputs), output_dir=str(outputs)),
+        "io_manager": AtomicPickleIOManagerFactory(base_dir=None if storage is None else str(storage)),
+    }
+
+
+# --- hand-made posterior draws ------------------------------------------------------------------
+
+
+def hand_draws(chains: int = 2, draws: int = 300, n_age: int = 5, n_cluster: int = 3, seed: int = 0) -> Draws:
+    """Random draws of every site of the model around plausible values (the scales positive)."""
+    rng = np.random.default_rng(seed)
+    shape = (chains, draws)
+    samples = {
+        "mu_global": rng.normal(0.0, 0.1, shape),
+        "sigma": np.abs(rng.normal(0.6, 0.01, shape)),
+        "sigma_gender": np.abs(rng.normal(0.2, 0.1, shape)),
+        "sigma_age": np.abs(rng.normal(0.3, 0.05, shape)),
+        "sigma_cluster": np.abs(rng.normal(0.2, 0.05, shape)),
+        "beta_fitness": rng.normal(0.3, 0.01, shape),
+        "beta_experience": rng.normal(-0.1, 0.01, shape),
+        "mu_gender": rng.normal([-0.1, 0.1], 0.05, shape + (2,)),
+        "mu_age": rng.normal(np.linspace(-0.3, 0.3, n_age), 0.03, shape + (n_age,)),
+        "mu_cluster": rng.normal(np.linspace(-0.2, 0.2, n_cluster), 0.02, shape + (n_cluster,)),
+    }
+    return Draws(samples=samples, diverging=np.zeros(shape, dtype=bool), engine="hand")
+
+
+def constant_draws(values: dict, chains: int = 2, draws: int = 500) -> Draws:
+    """Draws equal to ``values`` (scalars, or vectors of group effects) in every chain and draw."""
+    shape = (chains, draws)
+    samples = {}
+    for name, value in values.items():
+        value = np.asarray(value, dtype=float)
+        samples[name] = np.broadcast_to(value, shape + value.shape).copy()
+    return Draws(samples=samples, diverging=np.zeros(shape, dtype=bool), engine="hand")
+
+
+# The encoding of a hand-made 70.3 posterior: two age groups, no cluster and cluster 3.
+HAND_ENCODING = Encoding("70.3", ("25-29", "30-34"), (-1, 3), 20000.0, 4000.0, 0.5, 2.0, 0)
+
+
+def hand_posterior(failed: bool = False, holdout: bool = True) -> SimpleNamespace:
+    """A posterior of 70.3 with hand-made draws and three held-out rows, as write_artifact reads it;
+    ``failed``: its ESS check failed at ERROR."""
+    from racedayai_bayes.lib.evaluation import diagnostics as dx
+
+    rows = pd.DataFrame({
+        "athlete_hash": pd.array(["a", None, "c"], dtype="string"),
+        "gender": pd.array(["M", "F", None], dtype="string"),
+        "age_group": pd.array(["25-29", "80+", "30-34"], dtype="string"),
+        "event_year": pd.array([2024, 2024, 2024], dtype="Int64"),
+        "pb_total_sec": [19000.0, np.nan, 21000.0],
+        "total_races": [3.0, 1.0, np.nan],
+        "cluster_id": pd.array([3, None, 7], dtype="Int64"),
+        "total_sec": [19500.0, 22000.0, 20500.0],
+    })
+    level = dx.ERROR if failed else dx.PASS
+    enc = HAND_ENCODING
+    return SimpleNamespace(
+        distance="70.3", encoding=enc,
+        draws=hand_draws(chains=2, draws=50, n_age=len(enc.age_levels), n_cluster=len(enc.cluster_levels)),
+        settings={"seed": 42, "predictive_draws": 100, "engine": "exact"},
+        prediction_seed=43, interval_draws=100,
+        split={"rule": "latest_year", "rows_held_out": 3}, in_sample=None, holdout=None,
+        holdout_rows=rows if holdout else None, fit_observed=np.array([1.0, 2.0], np.float32),
+        checks=[dx.CheckOutcome("ess", level, 500.0, ">= 400")], failed_checks=["ess"] if failed else [],
+        drift={}, rows_fitted=2, rows_available=5,
+    )
+
+
+# --- fixtures ----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")

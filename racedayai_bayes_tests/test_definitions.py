@@ -1,5 +1,7 @@
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 from racedayai_bayes.definitions import defs
 
@@ -22,16 +24,65 @@ def test_definitions_hold_the_designed_graph():
 def test_executor_runs_at_most_two_steps_on_the_cpu():
     job = defs.resolve_job_def("refit")
     assert job.executor_def.name == "multiprocess"
-    assert defs.executor.config_schema is not None
+    # the configured executor's effective config, as a run gets it without run config
+    resolved = job.executor_def.config_schema.resolve_config({})
+    assert resolved.success, resolved.errors
+    config = resolved.value["config"]
+    assert config["max_concurrent"] == 2
+    assert config["start_method"] == {"forkserver": {"preload_modules": ["racedayai_bayes.definitions"]}}
     script = "import racedayai_bayes.definitions, jax; print(jax.default_backend())"
-    env = {k: v for k, v in __import__("os").environ.items() if k != "JAX_PLATFORMS"}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    out = subprocess.run([sys.executable, "-c", script],
+                         capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "cpu"
 
 
-def test_dagster_definitions_validate():
-    out = subprocess.run(
-        [sys.executable, "-m", "dagster", "definitions", "validate", "-m", "racedayai_bayes.definitions"],
-        capture_output=True, text=True, cwd=REPO,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
+def _dg_check_defs(cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    dg = Path(sys.executable).with_name("dg")
+    env = {**os.environ, "VIRTUAL_ENV": str(Path(sys.executable).parents[1]), **(env or {})}
+    return subprocess.run([str(dg), "check", "defs", "--log-level", "info"], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+
+
+def test_dg_check_defs_validates_this_code_location(tmp_path):
+    """`make test` ends with `dg check defs`: it must load the code location pyproject.toml names."""
+    proc = _dg_check_defs(REPO, {"DAGSTER_HOME": str(tmp_path)})
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert "Validation successful for code location racedayai_bayes." in output
+
+
+BROKEN_PYPROJECT = """
+[project]
+name = "broken-location"
+version = "0"
+
+[tool.dg]
+directory_type = "project"
+
+[tool.dg.project]
+root_module = "broken_location"
+code_location_target_module = "broken_location.definitions"
+"""
+
+BROKEN_DEFINITIONS = """
+import dagster as dg
+
+@dg.asset
+def one():
+    return 1
+
+defs = dg.Definitions(assets=[one], jobs=[dg.define_asset_job("refit", selection=["no_such_asset"])])
+"""
+
+
+def test_dg_check_defs_fails_on_a_broken_definitions_module(tmp_path):
+    (tmp_path / "pyproject.toml").write_text(BROKEN_PYPROJECT)
+    package = tmp_path / "broken_location"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "definitions.py").write_text(BROKEN_DEFINITIONS)
+    proc = _dg_check_defs(tmp_path, {"DAGSTER_HOME": str(tmp_path), "PYTHONPATH": str(tmp_path)})
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output[-3000:]
+    assert "no_such_asset" in output

@@ -9,23 +9,15 @@ import pandas as pd
 import pytest
 
 from racedayai_bayes.definitions import defs
-from racedayai_bayes.defs.resources import AtomicPickleIOManagerFactory, PipelinePaths
+from racedayai_bayes.defs.resources import PipelinePaths
 from racedayai_bayes.lib.outputs.artifacts import LATEST, load_artifact
 from racedayai_bayes.lib.outputs.io import write_csv_atomic
 from racedayai_bayes.lib.models.seed.predict import PREDICTION_COLUMNS, PREDICTION_INTERVAL_COLUMNS
 
-from .conftest import FAST_FIT
+from .conftest import FAST_FIT, pipeline_resources
 
 ALL_ASSETS = [a for a in defs.assets]
 CHECK_NAMES = {"rhat_max", "ess_bulk_min", "divergences", "predictive_coverage", "prediction_drift"}
-
-
-def _resources(inputs, outputs, storage):
-    return {
-        "paths": PipelinePaths(input_dir=str(inputs), output_dir=str(outputs)),
-        "io_manager": AtomicPickleIOManagerFactory(base_dir=str(storage)),
-    }
-
 
 def _materialize(distance, resources, fit, instance, selection=None, raise_on_error=True):
     return dg.materialize(
@@ -43,7 +35,7 @@ def _materialize(distance, resources, fit, instance, selection=None, raise_on_er
 def graph_run(small_inputs, tmp_path_factory):
     """Both distances materialised once: the first run builds everything, the second refits."""
     out = tmp_path_factory.mktemp("outputs")
-    resources = _resources(small_inputs, out, tmp_path_factory.mktemp("storage"))
+    resources = pipeline_resources(small_inputs, out, tmp_path_factory.mktemp("storage"))
     instance = dg.DagsterInstance.ephemeral()
     results = {
         "70.3": _materialize("70.3", resources, FAST_FIT, instance),
@@ -80,11 +72,14 @@ def test_whole_graph_writes_both_prediction_csvs_and_means(graph_run):
     assert {"mu_global", "sigma", "sigma_age", "mu_gender_0", "mu_gender_1", "mu_age_0"} <= set(means.columns)
 
 
-def test_each_distance_judged_by_four_passing_checks(graph_run):
+def test_each_distance_judged_by_five_passing_checks(graph_run):
     results, _, _ = graph_run
+    assert len(CHECK_NAMES) == 5
     for distance, result in results.items():
         evals = result.get_asset_check_evaluations()
-        assert {e.check_name for e in evals} == CHECK_NAMES
+        # each of the five checks evaluated exactly once, on this distance's posterior
+        assert sorted(e.check_name for e in evals) == sorted(CHECK_NAMES)
+        assert {e.asset_key.to_user_string() for e in evals} == {"posterior"}
         for e in evals:
             assert e.passed, (distance, e.check_name, e.description)
             assert e.metadata["distance"].value == distance
@@ -180,7 +175,7 @@ def test_predict_command_refuses_rows_of_the_other_distance(graph_run, tmp_path,
     frame = results["70.3"].output_for_node("model_frame")
     rows_csv = write_csv_atomic(frame[frame["event_distance"] == "140.6"].head(50), tmp_path / "rows.csv")
     code = main(["predict", "--posterior", str(out / "posterior" / "70.3"), "--input", str(rows_csv), "--output", str(tmp_path / "p.csv")])
-    assert code == 2 and not (tmp_path / "p.csv").exists()
+    assert code == 1 and not (tmp_path / "p.csv").exists()
     err = capsys.readouterr().err
     assert "rows.csv" in err and "event_distance" in err and "140.6" in err
 
@@ -243,7 +238,7 @@ def test_bad_input_fails_with_file_and_column(small_inputs, tmp_path):
     races.to_csv(inputs / "athlete_race.csv", index=False)
     result = dg.materialize(
         [a for a in ALL_ASSETS if a.key == dg.AssetKey("athlete_race")],
-        resources=_resources(inputs, tmp_path / "out", tmp_path / "storage"),
+        resources=pipeline_resources(inputs, tmp_path / "out", tmp_path / "storage"),
         raise_on_error=False,
     )
     assert not result.success

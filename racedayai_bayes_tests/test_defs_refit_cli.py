@@ -5,6 +5,7 @@ executor spawning step processes, so the runs are visible to the UI afterwards.
 """
 
 import os
+import re
 import subprocess
 import sys
 
@@ -29,6 +30,10 @@ def _refit(args, home, inputs, outputs):
     )
 
 
+# `make run` echoes the command line: one more line than the command prints
+MAX_LINES = 60 - 1
+
+
 def test_refit_both_distances_on_the_instance(dagster_home, small_inputs, tmp_path):
     out = tmp_path / "outputs"
     proc = _refit(["--warmup", "300", "--samples", "1000"], dagster_home, small_inputs, out)
@@ -36,11 +41,31 @@ def test_refit_both_distances_on_the_instance(dagster_home, small_inputs, tmp_pa
     for name in ("bayesian_predictions_70.3.csv", "bayesian_predictions_140.6.csv", "bayesian_posterior_means.csv"):
         assert (out / name).stat().st_size > 0
     assert len(pd.read_csv(out / "bayesian_posterior_means.csv")) == 2
-    assert "check rhat_max" in proc.stdout and "FAIL" not in proc.stdout
+
+    # the second refit, as a second `make run` (stdout is a pipe here, not a terminal)
+    second = _refit(["--warmup", "300", "--samples", "1000"], dagster_home, small_inputs, out)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    lines = second.stdout.splitlines()
+    assert len(lines) <= MAX_LINES, second.stdout
+    assert second.stderr == "" and "DEBUG" not in second.stdout
+    # one line per step as it finishes, with the partition and the seconds it took
+    for step in ("athlete_race", "athlete_profile", "cluster_assignments", "model_frame", "bayesian_posterior_means"):
+        assert sum(bool(re.match(rf"  {step} +\d+\.\d s", line)) for line in lines) == (2 if step == "bayesian_posterior_means" else 1), step
+    for distance in ("70.3", "140.6"):
+        for step in ("posterior", "bayesian_predictions"):
+            assert sum(bool(re.match(rf"  {step} \[{re.escape(distance)}\] +\d+\.\d s", line)) for line in lines) == 1
+    # one check line per posterior, every check passed, the drift against the first refit included
+    checks = [line for line in lines if re.match(r"  posterior (70\.3|140\.6): ", line)]
+    assert [c.split(":")[0].strip() for c in checks] == ["posterior 70.3", "posterior 140.6"]
+    assert all("all 5 checks pass (rhat_max " in c and "prediction_drift " in c for c in checks), checks
+    # the full event stream went to the log file it names
+    (log_line,) = [line for line in lines if line.startswith("full event log")]
+    log = (dagster_home / "logs").joinpath(log_line.rsplit("/", 1)[1])
+    assert str(log) in log_line and " - DEBUG - " in log.read_text()
 
     instance = dg.DagsterInstance.from_config(str(dagster_home))
     runs = instance.get_runs()
-    assert sorted(r.tags["dagster/partition"] for r in runs) == ["140.6", "70.3"]
+    assert sorted(r.tags["dagster/partition"] for r in runs) == ["140.6", "140.6", "70.3", "70.3"]
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
     for run in runs:
         for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
@@ -49,7 +74,7 @@ def test_refit_both_distances_on_the_instance(dagster_home, small_inputs, tmp_pa
                 # fitted in a spawned step process, which must also run JAX on the CPU
                 assert mat.metadata["jax_backend"].value == "cpu"
     logs = [e.user_message for e in instance.all_logs(runs[0].run_id)]
-    assert any("warmup" in m for m in logs) and any("sampling" in m for m in logs)
+    assert any("warmup" in m for m in logs) and any("sampling" in m for m in logs)  # the UI keeps everything
 
 
 def test_refit_exits_non_zero_and_keeps_outputs_when_a_check_fails(dagster_home, small_inputs, tmp_path):
@@ -62,5 +87,9 @@ def test_refit_exits_non_zero_and_keeps_outputs_when_a_check_fails(dagster_home,
         dagster_home, small_inputs, out,
     )
     assert proc.returncode == 1
-    assert "FAIL (ERROR)" in proc.stdout and "ess_bulk_min" in proc.stdout
+    (check_line,) = [line for line in proc.stdout.splitlines() if line.startswith("  posterior 70.3: ")]
+    assert "checks FAILED" in check_line and "ess_bulk_min FAIL (ERROR): min bulk ESS" in check_line
+    assert proc.stderr.strip().splitlines() == [
+        "error: posterior [70.3]: blocking checks failed (see the checks above); its outputs were not written"
+    ]
     assert previous.read_text().count("\n") == 1

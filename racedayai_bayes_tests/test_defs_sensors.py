@@ -4,9 +4,9 @@ import dagster as dg
 import pytest
 
 from racedayai_bayes.definitions import defs
-from racedayai_bayes.defs.resources import AtomicPickleIOManagerFactory, PipelinePaths
 from racedayai_bayes.defs.sensors import WEBHOOK_ENV, alerts_for_run
 
+from .conftest import pipeline_resources
 from .webhook import WebhookReceiver
 
 SHORT_ROWWISE = {"engine": "rowwise", "num_warmup": 20, "num_samples": 20, "subsample": 500, "eval_rows": 500}
@@ -20,10 +20,7 @@ def failed_run(small_inputs, tmp_path_factory):
         result = dg.materialize(
             list(defs.assets),
             partition_key="70.3",
-            resources={
-                "paths": PipelinePaths(input_dir=str(small_inputs), output_dir=str(tmp / "out")),
-                "io_manager": AtomicPickleIOManagerFactory(base_dir=str(tmp / "storage")),
-            },
+            resources=pipeline_resources(small_inputs, tmp / "out", tmp / "storage"),
             run_config={"ops": {"posterior": {"config": SHORT_ROWWISE}}},
             instance=instance,
             raise_on_error=False,
@@ -108,10 +105,7 @@ def test_a_warn_check_never_hides_the_error_that_failed_the_run(small_inputs, tm
     from .conftest import FAST_FIT
 
     out = tmp_path / "out"
-    resources = {
-        "paths": PipelinePaths(input_dir=str(small_inputs), output_dir=str(out)),
-        "io_manager": AtomicPickleIOManagerFactory(base_dir=str(tmp_path / "storage")),
-    }
+    resources = pipeline_resources(small_inputs, out, tmp_path / "storage")
     with dg.instance_for_test() as instance:
         first = dg.materialize(list(defs.assets), partition_key="70.3", resources=resources,
                                run_config={"ops": {"posterior": {"config": FAST_FIT}}}, instance=instance)

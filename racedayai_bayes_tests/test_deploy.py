@@ -31,10 +31,10 @@ import yaml
 from upath import UPath
 
 from racedayai_bayes.definitions import defs
-from racedayai_bayes.defs.resources import STORAGE_DIR_ENV, AtomicPickleIOManagerFactory, PipelinePaths
+from racedayai_bayes.defs.resources import STORAGE_DIR_ENV, PipelinePaths
 from racedayai_bayes.defs.schedules import DISTANCE_TAG, REFIT_JOB
 
-from .conftest import REPO
+from .conftest import REPO, pipeline_resources
 
 DEPLOY_YAML = REPO / "deploy" / "dagster.yaml"
 PG_USER, PG_PASSWORD, PG_DB = "racedayai", "s3cret-for-tests", "dagster"
@@ -227,10 +227,7 @@ def test_runs_share_stored_values_through_the_object_store(instance, postgres, s
     The first run reads the inputs and builds the model frame; the second rebuilds the
     model frame from the three inputs the first run stored (RACEDAYAI_STORAGE_DIR).
     """
-    resources = {
-        "paths": PipelinePaths(input_dir=str(small_inputs), output_dir=str(store / "outputs")),
-        "io_manager": AtomicPickleIOManagerFactory(),  # its folder comes from RACEDAYAI_STORAGE_DIR
-    }
+    resources = pipeline_resources(small_inputs, store / "outputs")  # stored values: RACEDAYAI_STORAGE_DIR
     inputs = ["athlete_race", "athlete_profile", "cluster_assignments"]
     first = dg.materialize(list(defs.assets), selection=[*inputs, "model_frame"], resources=resources, instance=instance)
     second = dg.materialize(list(defs.assets), selection=["model_frame"], resources=resources, instance=instance)

@@ -101,8 +101,32 @@ def graph_button(page, icon: str):
     return page.locator("button:not(nav *)").filter(has=page.get_by_role("img", name=icon, exact=True))
 
 
-def test_refit_runs_succeed(refit_runs):
-    assert set(refit_runs) == set(DISTANCES)
+_RUN = """
+query Run($runId: ID!) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run { status tags { key value } assetMaterializations { assetKey { path } partition } }
+    ... on Error { message }
+  }
+}
+"""
+
+
+def test_refit_runs_succeed(dagster_dev, refit_runs):
+    """Each distance's run, as the instance recorded it: succeeded, tagged and partitioned as
+    launched, and it materialised the posterior and the predictions of its own distance only."""
+    assert len(set(refit_runs.values())) == len(DISTANCES)
+    for distance, run_id in refit_runs.items():
+        run = dagster_dev.graphql(_RUN, {"runId": run_id})["runOrError"]
+        assert run["__typename"] == "Run", run
+        assert run["status"] == "SUCCESS"
+        tags = {t["key"]: t["value"] for t in run["tags"]}
+        assert tags["dagster/partition"] == distance and tags[DISTANCE_TAG] == distance
+        partitions = {
+            "/".join(m["assetKey"]["path"]): m["partition"] for m in run["assetMaterializations"]
+        }
+        assert partitions["posterior"] == distance
+        assert partitions["bayesian_predictions"] == distance
 
 
 def test_asset_graph_shows_every_asset(page, dagster_dev, tmp_path):

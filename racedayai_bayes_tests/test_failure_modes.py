@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,12 +26,20 @@ import pandas as pd
 import pytest
 
 from racedayai_bayes.definitions import defs
-from racedayai_bayes.defs.resources import AtomicPickleIOManagerFactory, PipelinePaths
 from racedayai_bayes.lib.data.contracts import CLUSTER_FILE, PROFILE_FILE, RACE_FILE
 from racedayai_bayes.lib.outputs.io import write_csv_atomic
 from racedayai_bayes.lib.models.seed.predict import PREDICTION_COLUMNS, PREDICTION_INTERVAL_COLUMNS, predict_frame
 
-from .conftest import FAST_FIT, REPO
+from .conftest import (
+    CLUSTER_HEADER,
+    FAST_FIT,
+    PROFILE_HEADER,
+    RACE_HEADER,
+    REPO,
+    csv_text,
+    pipeline_resources,
+    write_inputs,
+)
 
 CSV_COLUMNS = PREDICTION_COLUMNS + PREDICTION_INTERVAL_COLUMNS
 
@@ -38,7 +47,6 @@ ALL_ASSETS = list(defs.assets)
 INPUT_ASSETS = ["athlete_race", "athlete_profile", "cluster_assignments"]
 FRAME_ASSETS = [*INPUT_ASSETS, "model_frame"]
 REFIT = ["posterior", "bayesian_predictions", "bayesian_posterior_means"]
-RACE_HEADER = "athlete_hash,gender,age_group,is_pro,event_distance,event_year,total_sec"
 AGES = ("25-29", "30-34", "35-39", "40-44")
 # Far too few draws for the bulk-ESS check (>= 400): a fit whose blocking checks fail.
 FAILING_FIT = {"num_warmup": 50, "num_samples": 100, "num_chains": 2, "predictive_draws": 100}
@@ -75,20 +83,6 @@ def _world(seed: int = 0, n: int = 400, ages=AGES, clusters=(0, 1, 2), pro_140=F
         "athlete_race": pd.concat(races, ignore_index=True),
         "athlete_profile": pd.DataFrame({"athlete_hash": hashes, "total_races": races_done, "pb_total_sec": pb}),
         "cluster_assignments": pd.DataFrame({"athlete_hash": hashes, "cluster_id": cluster}).loc[lambda f: f["cluster_id"] >= 0],
-    }
-
-
-def _write_world(world: dict[str, pd.DataFrame], folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, file in (("athlete_race", RACE_FILE), ("athlete_profile", PROFILE_FILE), ("cluster_assignments", CLUSTER_FILE)):
-        write_csv_atomic(world[name], folder / file)
-    return folder
-
-
-def _resources(inputs: Path, outputs: Path, storage: Path) -> dict:
-    return {
-        "paths": PipelinePaths(input_dir=str(inputs), output_dir=str(outputs)),
-        "io_manager": AtomicPickleIOManagerFactory(base_dir=str(storage)),
     }
 
 
@@ -132,11 +126,11 @@ def _temps(folder: Path) -> list[str]:
 
 def _races_text(n_good: int, bad: list[str] = (), header: str = RACE_HEADER) -> str:
     good = [f"g{i},M,30-34,False,70.3,2021,{20000 + i}" for i in range(n_good)]
-    return "\n".join([header, *good, *bad]) + "\n"
+    return csv_text(header, [*good, *bad])
 
 
 def _profiles_text(rows: list[str]) -> str:
-    return "\n".join(["athlete_hash,total_races,pb_total_sec", *rows]) + "\n"
+    return csv_text(PROFILE_HEADER, rows)
 
 
 # case -> (file to replace, its bytes or None to delete it, asset, expected parts of the message)
@@ -152,9 +146,19 @@ INPUT_ERRORS = {
         RACE_FILE, _races_text(70, [f"t{i},M,30-34,False,70.3,2021,DNF" for i in range(30)]), "athlete_race",
         ["column 'total_sec'", "not numeric, e.g. 'DNF'", "(30 rows)"],
     ),
-    "is_pro not True, False or blank": (
+    "is_pro not True, False or blank (more than 1%)": (
         RACE_FILE, _races_text(10, ["p1,M,30-34,maybe,70.3,2021,20000", "p2,M,30-34,maybe,70.3,2021,20000"]),
-        "athlete_race", ["column 'is_pro'", "expected True/False or blank, found 'maybe'", "(2 rows)"],
+        "athlete_race",
+        ["column 'is_pro'", "16.7% of the 12 non-blank values are not True or False (e.g. 'maybe')", "(2 rows)",
+         "write True or False"],
+    ),
+    "gender not M or F (more than 1%)": (
+        RACE_FILE,
+        _races_text(10, ["u1,Unknown,30-34,False,70.3,2021,20000", "u2,Unknown,30-34,False,70.3,2021,20000",
+                         "u3,X,30-34,False,70.3,2021,20000"]),
+        "athlete_race",
+        ["column 'gender'", "23.1% of the 13 non-blank values are not M or F (e.g. 'Unknown', 'X')", "(3 rows)",
+         "write M or F"],
     ),
     "duplicated athlete_hash in profiles": (
         PROFILE_FILE, _profiles_text(["a,1,20000", "b,2,21000", "a,3,22000", "b,1,23000", "c,1,24000"]),
@@ -181,7 +185,7 @@ INPUT_ERRORS = {
 
 @pytest.fixture(scope="module")
 def valid_inputs(tmp_path_factory) -> Path:
-    return _write_world(_world(seed=1, n=50), tmp_path_factory.mktemp("valid_inputs"))
+    return write_inputs(_world(seed=1, n=50), tmp_path_factory.mktemp("valid_inputs"))
 
 
 @pytest.mark.parametrize("case", list(INPUT_ERRORS))
@@ -193,7 +197,7 @@ def test_bad_input_file_fails_its_asset_with_file_column_and_rows(case, valid_in
         (inputs / file).unlink()
     else:
         (inputs / file).write_bytes(content.encode() if isinstance(content, str) else content)
-    result = _run(_resources(inputs, tmp_path / "out", tmp_path / "storage"), [asset])
+    result = _run(pipeline_resources(inputs, tmp_path / "out", tmp_path / "storage"), [asset])
     assert not result.success
     message = _failure(result)
     assert message.startswith(str(inputs / file)), message
@@ -222,8 +226,15 @@ MESSY_RACES = [
     "b1,M,30-34,False,70.3,2021,3600", "b2,M,30-34,False,70.3,2021,3.6e3", "b3,F,30-34,False,140.6,2021,61200.0",
     # just inside the bounds: kept
     "b4,M,30-34,False,70.3,2021,3600.5", "b5,F,30-34,False,140.6,2021,61199.9",
-    # gender outside the contract: encoded like a blank, counted
+    # gender outside the contract, under 1% of the given genders: encoded like a blank, counted
     "gx,X,30-34,False,70.3,2021,23000",
+    # gender in other spellings of M and F: read as M or F, counted
+    "sp1,Male,30-34,False,70.3,2021,21100", "sp2,female,30-34,False,140.6,2021,45100",
+    "sp3,W,30-34,False,70.3,2021,21200", "sp4,m,30-34,False,140.6,2021,45200",
+    # age groups with another dash or stray spaces: normalised, counted; other levels untouched
+    "ad1,M,30\u201334,False,70.3,2021,21300", "ad2,F,35 - 39,False,140.6,2021,45300",
+    # is_pro outside the vocabulary, under 1%: read as blank (kept), counted
+    "ip1,M,30-34,maybe,70.3,2021,21400",
 ]
 MESSY_PROFILES = [
     *(f"ok{i},{1 + i % 5},{20000 + 3 * i}" for i in range(400)),
@@ -237,10 +248,10 @@ def messy_run(tmp_path_factory):
     inputs = tmp_path_factory.mktemp("messy_inputs")
     bom, crlf = b"\xef\xbb\xbf", "\r\n"
     (inputs / RACE_FILE).write_bytes(bom + (crlf.join([RACE_HEADER, *MESSY_RACES]) + crlf).encode())
-    (inputs / PROFILE_FILE).write_bytes((crlf.join(["athlete_hash,total_races,pb_total_sec", *MESSY_PROFILES]) + crlf).encode("latin-1"))
-    (inputs / CLUSTER_FILE).write_bytes(b"athlete_hash,cluster_id\r\n")  # header only
+    (inputs / PROFILE_FILE).write_bytes((crlf.join([PROFILE_HEADER, *MESSY_PROFILES]) + crlf).encode("latin-1"))
+    (inputs / CLUSTER_FILE).write_bytes((CLUSTER_HEADER + crlf).encode())  # header only
     tmp = tmp_path_factory.mktemp("messy_run")
-    result = _run(_resources(inputs, tmp / "out", tmp / "storage"), FRAME_ASSETS)
+    result = _run(pipeline_resources(inputs, tmp / "out", tmp / "storage"), FRAME_ASSETS)
     assert result.success
     notes = {a: _meta(result, a)["notes"] for a in INPUT_ASSETS}
     return result, notes, _meta(result, "model_frame"), result.output_for_node("model_frame")
@@ -303,14 +314,68 @@ def test_header_only_cluster_file_means_everyone_unclustered(messy_run):
 
 def test_unknown_gender_is_counted(messy_run):
     _, notes, _, frame = messy_run
-    assert "- 1 rows: gender not 'M' or 'F' (e.g. 'X'); encoded like a blank gender (index 0), as the seed does" in notes["athlete_race"]
+    assert "- 1 rows: gender not M or F (e.g. 'X'); encoded like a blank gender (index 0), as the seed does" in notes["athlete_race"]
     assert frame.loc[frame["athlete_hash"] == "gx", "gender"].tolist() == ["X"]
+
+
+def test_other_gender_spellings_are_read_as_m_or_f_and_counted(messy_run):
+    _, notes, _, frame = messy_run
+    spelled = frame.set_index("athlete_hash").loc[["sp1", "sp2", "sp3", "sp4"], "gender"]
+    assert spelled.tolist() == ["M", "F", "F", "M"]
+    assert "- 4 rows: gender in another spelling, read as M or F: " in notes["athlete_race"]
+
+
+def test_age_group_dashes_and_stray_spaces_are_normalised_and_counted(messy_run):
+    _, notes, _, frame = messy_run
+    ages = frame.set_index("athlete_hash").loc[["ad1", "ad2"], "age_group"]
+    assert ages.tolist() == ["30-34", "35-39"]
+    assert set(frame["age_group"].dropna()) == set(AGES)  # no new level from a dash or a space
+    assert "- 2 rows: age_group normalised (dashes read as '-', stray spaces removed): " in notes["athlete_race"]
+
+
+def test_a_few_unrecognised_is_pro_values_are_read_as_blank_and_kept(messy_run):
+    _, notes, _, frame = messy_run
+    assert "- 1 rows: is_pro not True or False (e.g. 'maybe'); read as blank (not known to be a pro, so the race is kept)" in notes["athlete_race"]
+    assert "ip1" in set(frame["athlete_hash"].dropna())
+
+
+# The same athletes with the genders written three ways; a short fit is enough to compare draws.
+GENDER_SPELLINGS = {"M/F": {"M": "M", "F": "F"}, "Male/Female": {"M": "Male", "F": "Female"}, "m/f": {"M": "m", "F": "f"}}
+SHORT_FIT = {"num_warmup": 100, "num_samples": 200, "num_chains": 2, "predictive_draws": 100}
+
+
+@pytest.fixture(scope="module")
+def posteriors_by_gender_spelling(tmp_path_factory) -> dict:
+    world = _world(seed=3, n=150)
+    out = {}
+    for name, spelling in GENDER_SPELLINGS.items():
+        races = world["athlete_race"].assign(gender=world["athlete_race"]["gender"].map(spelling))
+        folder = tmp_path_factory.mktemp("spelling")
+        inputs = write_inputs({**world, "athlete_race": races}, folder / "inputs")
+        result = _run(pipeline_resources(inputs, folder / "out", folder / "storage"), [*FRAME_ASSETS, "posterior"], "70.3", SHORT_FIT)
+        assert result.asset_materializations_for_node("posterior"), name  # fitted (its short chains may fail a check)
+        out[name] = (result.output_for_node("posterior"), _meta(result, "athlete_race")["notes"])
+    return out
+
+
+@pytest.mark.slow  # three fits through the asset graph, ~30 s; test_lib_contracts checks the frames fast
+@pytest.mark.parametrize("spelling", ["Male/Female", "m/f"])
+def test_gender_spelled_otherwise_gives_the_same_posterior_as_m_f(posteriors_by_gender_spelling, spelling):
+    reference, _ = posteriors_by_gender_spelling["M/F"]
+    posterior, notes = posteriors_by_gender_spelling[spelling]
+    assert posterior.encoding == reference.encoding
+    assert set(posterior.draws.samples) == set(reference.draws.samples)
+    for site, values in reference.draws.samples.items():
+        np.testing.assert_array_equal(posterior.draws.samples[site], values, err_msg=site)
+    assert [(c.name, c.value) for c in posterior.checks] == [(c.name, c.value) for c in reference.checks]
+    # and never silently: the other spelling is counted (300 races: 150 athletes, two distances)
+    assert "- 300 rows: gender in another spelling, read as M or F: " in notes
 
 
 def test_header_only_profile_file_is_noted_and_counted(tmp_path):
     world = _world(seed=6, n=40)
-    inputs = _write_world({**world, "athlete_profile": world["athlete_profile"].iloc[:0]}, tmp_path / "inputs")
-    result = _run(_resources(inputs, tmp_path / "out", tmp_path / "storage"), FRAME_ASSETS)
+    inputs = write_inputs({**world, "athlete_profile": world["athlete_profile"].iloc[:0]}, tmp_path / "inputs")
+    result = _run(pipeline_resources(inputs, tmp_path / "out", tmp_path / "storage"), FRAME_ASSETS)
     assert result.success
     notes = _meta(result, "athlete_profile")["notes"]
     assert "file has a header but no rows: no race joins a profile (fitness at the mean, experience 0)" in notes
@@ -353,8 +418,8 @@ UNFITTABLE = {
 @pytest.mark.parametrize("case", list(UNFITTABLE))
 def test_unfittable_distance_fails_with_a_clear_message(case, tmp_path):
     make, expected = UNFITTABLE[case]
-    inputs = _write_world(make(_world(seed=4, n=60)), tmp_path / "inputs")
-    result = _run(_resources(inputs, tmp_path / "out", tmp_path / "storage"), [*FRAME_ASSETS, *REFIT], "140.6", FAST_FIT)
+    inputs = write_inputs(make(_world(seed=4, n=60)), tmp_path / "inputs")
+    result = _run(pipeline_resources(inputs, tmp_path / "out", tmp_path / "storage"), [*FRAME_ASSETS, *REFIT], "140.6", FAST_FIT)
     assert not result.success
     message = _failure(result)
     assert message.startswith(expected), message
@@ -370,9 +435,9 @@ def test_unfittable_distance_fails_with_a_clear_message(case, tmp_path):
 def edge_run(tmp_path_factory):
     """140.6 has no rows after the filter; 70.3 has one age group and everyone in cluster -1."""
     world = _world(seed=2, n=300, ages=("30-34",), clusters=(), pro_140=True)
-    inputs = _write_world(world, tmp_path_factory.mktemp("edge_inputs"))
+    inputs = write_inputs(world, tmp_path_factory.mktemp("edge_inputs"))
     tmp = tmp_path_factory.mktemp("edge_run")
-    resources = _resources(inputs, tmp / "out", tmp / "storage")
+    resources = pipeline_resources(inputs, tmp / "out", tmp / "storage")
     failed = _run(resources, [*FRAME_ASSETS, *REFIT], "140.6", FAST_FIT)
     fitted = _run(resources, REFIT, "70.3", FAST_FIT)
     return {"resources": resources, "out": tmp / "out", "failed": failed, "fitted": fitted}
@@ -431,9 +496,9 @@ MEANS = "bayesian_posterior_means.csv"
 @pytest.fixture(scope="module")
 def tidy(tmp_path_factory):
     """70.3 refitted once (exact engine, FAST_FIT, seed 5); a snapshot of storage and outputs."""
-    inputs = _write_world(_world(seed=3, n=400), tmp_path_factory.mktemp("tidy_inputs"))
+    inputs = write_inputs(_world(seed=3, n=400), tmp_path_factory.mktemp("tidy_inputs"))
     snap = tmp_path_factory.mktemp("tidy_snapshot")
-    result = _run(_resources(inputs, snap / "out", snap / "storage"), [*FRAME_ASSETS, *REFIT], "70.3", {**FAST_FIT, "seed": SEED})
+    result = _run(pipeline_resources(inputs, snap / "out", snap / "storage"), [*FRAME_ASSETS, *REFIT], "70.3", {**FAST_FIT, "seed": SEED})
     assert result.success
     return {
         "inputs": inputs,
@@ -447,7 +512,7 @@ def tidy(tmp_path_factory):
 def _from_snapshot(tidy, tmp_path: Path) -> tuple[dict, Path]:
     shutil.copytree(tidy["snapshot"], tmp_path / "state")
     out = tmp_path / "state" / "out"
-    return _resources(tidy["inputs"], out, tmp_path / "state" / "storage"), out
+    return pipeline_resources(tidy["inputs"], out, tmp_path / "state" / "storage"), out
 
 
 def test_unseen_categories_at_prediction_get_finite_wider_predictions_never_index_0(tidy):
@@ -491,7 +556,7 @@ def test_same_seed_gives_identical_bytes_another_seed_agrees_within_monte_carlo_
     runs = {}
     for seed in (SEED, SEED + 1):
         out = tmp_path / f"out_{seed}"
-        result = _run(_resources(tidy["inputs"], out, tmp_path / f"storage_{seed}"), [*FRAME_ASSETS, *REFIT], "70.3", {**FAST_FIT, "seed": seed})
+        result = _run(pipeline_resources(tidy["inputs"], out, tmp_path / f"storage_{seed}"), [*FRAME_ASSETS, *REFIT], "70.3", {**FAST_FIT, "seed": seed})
         assert result.success
         runs[seed] = (out, result.output_for_node("posterior"))
 
@@ -573,6 +638,11 @@ def test_write_failing_part_way_fails_clearly_and_leaves_no_partial_file(tidy, t
 
 
 # --- 2. faults: SIGKILL while writing a CSV or sampling, a really full disk -----------------
+
+
+def _refit_logs(home: Path) -> bytes:
+    """Every refit log file of the instance in ``home`` (the command's full Dagster event stream)."""
+    return b"".join(p.read_bytes() for p in sorted((home / "logs").glob("refit-*.log")))
 
 
 def _wait_for(condition, proc: subprocess.Popen, timeout: float, what: str) -> None:
@@ -724,12 +794,14 @@ def test_sigkill_while_sampling_keeps_previous_outputs_and_a_rerun_completes(dag
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
     try:
         # the step process logs after each sampling chunk; chain 2 is still to come
-        _wait_for(lambda: b"chain 1/2: sampling" in log.read_bytes(), proc, 300, "sampling")
+        # the step process logs after each sampling chunk (Dagster's stream, in the refit's log
+        # file); chain 2 is still to come
+        _wait_for(lambda: b"chain 1/2: sampling" in _refit_logs(dagster_home), proc, 300, "sampling")
     finally:
         _kill_group(proc)  # the CLI, its forkserver and the step process
     assert proc.returncode == -signal.SIGKILL
     assert _group_alive(proc.pid) == []
-    assert b"chain 2/2" not in log.read_bytes()
+    assert b"chain 2/2" not in _refit_logs(dagster_home)
 
     for name in (PRED_70, MEANS):
         assert (out / name).read_bytes() == tidy["bytes"][name], name
@@ -752,6 +824,183 @@ def test_sigkill_while_sampling_keeps_previous_outputs_and_a_rerun_completes(dag
         # ...with the same bytes as the in-process run: same inputs and seed, another process
         assert (out / name).read_bytes() == tidy["bytes"][name], name
     assert _temps(out) == []
+
+
+# --- every data error above through the command line: one message, exit 1, no traceback ----
+#
+# `racedayai-bayes refit` runs the real job (multiprocess executor, the instance in a temporary
+# DAGSTER_HOME) in this process; capfd sees the file descriptors, so anything a step process
+# printed would show. test_defs_refit_cli runs the command in its own process too.
+
+
+def _cli(argv: list[str], capfd) -> tuple[int, str, str]:
+    from racedayai_bayes.cli import main
+
+    capfd.readouterr()
+    code = main(argv)
+    captured = capfd.readouterr()
+    return code, captured.out, captured.err
+
+
+def _assert_one_clean_error(code: int, out: str, err: str, parts: list[str]) -> str:
+    """Exit 1, no traceback and no DEBUG line anywhere, and one `error:` line, last, holding ``parts``."""
+    assert code == 1, out[-3000:] + err[-3000:]
+    for text in (out, err):
+        assert "Traceback" not in text and 'File "' not in text, text[-3000:]
+        assert "DEBUG" not in text, text[-3000:]
+    # one message, and the output ends with it (notes on what was read may come before it)
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err[-3000:]
+    assert all(line.startswith(("error: ", "note: ")) for line in err.strip().splitlines()), err[-3000:]
+    for part in parts:
+        assert part in errors[0], (part, errors[0])
+    return errors[0]
+
+
+@pytest.fixture
+def cli_env(dagster_home, tmp_path, monkeypatch):
+    """Point the command at test folders; returns a function setting the input folder."""
+    monkeypatch.setenv("RACEDAYAI_OUTPUT_DIR", str(tmp_path / "out"))
+
+    def use_inputs(folder: Path) -> Path:
+        monkeypatch.setenv("RACEDAYAI_INPUT_DIR", str(folder))
+        return folder
+
+    return use_inputs
+
+
+@pytest.mark.parametrize("case", list(INPUT_ERRORS))
+def test_cli_refit_ends_each_bad_input_file_with_one_message(case, valid_inputs, cli_env, tmp_path, capfd):
+    file, content, asset, parts = INPUT_ERRORS[case]
+    inputs = cli_env(tmp_path / "inputs")
+    shutil.copytree(valid_inputs, inputs)
+    if content is None:
+        (inputs / file).unlink()
+    else:
+        (inputs / file).write_bytes(content.encode() if isinstance(content, str) else content)
+    code, out, err = _cli(["refit"], capfd)
+    _assert_one_clean_error(code, out, err, [f"error: {inputs / file}", *parts])
+    assert re.search(rf"^  {asset} +FAILED", out, re.M), out
+    assert "not refitting 140.6" in out
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+@pytest.mark.slow  # builds the model frame first: ~5 s a case
+@pytest.mark.parametrize("case", list(UNFITTABLE))
+def test_cli_refit_ends_each_unfittable_distance_with_one_message(case, cli_env, tmp_path, capfd):
+    make, expected = UNFITTABLE[case]
+    cli_env(write_inputs(make(_world(seed=4, n=60)), tmp_path / "inputs"))
+    code, out, err = _cli(["refit", "--distance", "140.6", "--warmup", "300", "--samples", "1000"], capfd)
+    _assert_one_clean_error(code, out, err, [f"error: {expected}"])
+    assert re.search(r"^  posterior \[140\.6\] +FAILED", out, re.M), out
+
+
+@pytest.mark.slow  # samples a posterior first: ~11 s
+def test_cli_refit_ends_an_unwritable_output_folder_with_one_message(valid_inputs, cli_env, tmp_path, monkeypatch, capfd):
+    cli_env(valid_inputs)
+    blocker = tmp_path / "outputs"
+    blocker.write_text("a file where the output folder should be")
+    monkeypatch.setenv("RACEDAYAI_OUTPUT_DIR", str(blocker))
+    code, out, err = _cli(["refit", "--distance", "70.3", "--warmup", "50", "--samples", "50"], capfd)
+    _assert_one_clean_error(code, out, err, [f"could not write {blocker}/posterior/70.3/", "the previous file is unchanged"])
+    assert blocker.read_text() == "a file where the output folder should be"
+
+
+PREDICT_HEADER = "gender,age_group,pb_total_sec,total_races,cluster_id,event_distance"
+
+
+@pytest.fixture
+def published(tmp_path) -> Path:
+    """An output folder holding one published posterior artifact of 70.3 (hand-made draws)."""
+    from racedayai_bayes.lib.outputs.artifacts import publish_artifact, write_artifact
+
+    from .conftest import hand_posterior
+
+    out = tmp_path / "published"
+    publish_artifact(write_artifact(hand_posterior(), out, timestamp="20261125T030000.000Z"))
+    return out
+
+
+def _rows(tmp_path: Path, rows: list[str], header: str = PREDICT_HEADER) -> Path:
+    path = tmp_path / "rows.csv"
+    path.write_text(csv_text(header, rows))
+    return path
+
+
+# case -> (arguments after `predict`, given the published folder and tmp_path; parts of the message)
+PREDICT_ERRORS = {
+    "a posterior folder without 'latest'": (
+        lambda out, tmp: ["--posterior", str(tmp), "--input", str(_rows(tmp, ["M,30-34,20000,3,,70.3"]))],
+        ["no 'latest' pointer"],
+    ),
+    "a posterior file that is missing": (
+        lambda out, tmp: ["--posterior", str(tmp / "nope.nc"), "--input", str(_rows(tmp, ["M,30-34,20000,3,,70.3"]))],
+        ["nope.nc", "not found"],
+    ),
+    "a posterior file that is not an artifact": (
+        lambda out, tmp: ["--posterior", str(_junk(tmp)), "--input", str(_rows(tmp, ["M,30-34,20000,3,,70.3"]))],
+        ["junk.nc", "not a readable NetCDF posterior artifact"],
+    ),
+    "input without a covariate column": (
+        lambda out, tmp: ["--posterior", str(out / "posterior" / "70.3"),
+                          "--input", str(_rows(tmp, ["M,30-34,20000,3"], "gender,age_group,pb_total_sec,total_races"))],
+        ["rows.csv, column 'cluster_id': required column missing"],
+    ),
+    "input rows of the other distance": (
+        lambda out, tmp: ["--posterior", str(out / "posterior" / "70.3"),
+                          "--input", str(_rows(tmp, ["M,30-34,20000,3,,140.6", "F,30-34,,1,,70.3"]))],
+        ["rows.csv, column 'event_distance': 1 rows are not 70.3 (e.g. '140.6')", "is a posterior of 70.3"],
+    ),
+    "input gender not M or F (more than 1%)": (
+        lambda out, tmp: ["--posterior", str(out / "posterior" / "70.3"),
+                          "--input", str(_rows(tmp, ["M,30-34,20000,3,,70.3", "Unknown,30-34,,1,,70.3"]))],
+        ["rows.csv, column 'gender': 50.0% of the 2 non-blank values are not M or F (e.g. 'Unknown')"],
+    ),
+    "an output that cannot be written": (
+        lambda out, tmp: ["--posterior", str(out / "posterior" / "70.3"),
+                          "--input", str(_rows(tmp, ["M,30-34,20000,3,,70.3"])), "--output", str(_junk(tmp) / "p.csv")],
+        ["could not write", "junk.nc/p.csv", "the previous file is unchanged"],
+    ),
+}
+
+
+def _junk(folder: Path) -> Path:
+    path = folder / "junk.nc"
+    path.write_bytes(b"not netcdf")
+    return path
+
+
+@pytest.mark.parametrize("case", list(PREDICT_ERRORS))
+def test_cli_predict_ends_each_bad_posterior_or_input_with_one_message(case, published, tmp_path, capfd):
+    args, parts = PREDICT_ERRORS[case]
+    work = tmp_path / "work"
+    work.mkdir()
+    argv = args(published, work)
+    if "--output" not in argv:
+        argv += ["--output", str(tmp_path / "p.csv")]
+    code, out, err = _cli(["predict", *argv], capfd)
+    _assert_one_clean_error(code, out, err, parts)
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_cli_predict_reads_other_gender_spellings_and_says_so(published, tmp_path, capfd):
+    rows = _rows(tmp_path, ["Male,30\u201334,20000,3,,70.3", "M,30-34,20000,3,,70.3", "female,30-34,,1,3,70.3"])
+    code, out, err = _cli(["predict", "--posterior", str(published / "posterior" / "70.3"), "--input", str(rows),
+                           "--output", str(tmp_path / "p.csv")], capfd)
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "p.csv")
+    assert table.loc[0, "bayes_pred"] == table.loc[1, "bayes_pred"]  # 'Male' and '30–34' read as M and 30-34
+    assert "2 rows: gender in another spelling" in err and "1 rows: age_group normalised" in err
+
+
+def test_cli_demo_data_ends_an_unwritable_folder_with_one_message(tmp_path, monkeypatch, capfd):
+    import racedayai_bayes.demo.simulate as simulate
+
+    monkeypatch.setattr(simulate, "simulate_world", lambda size, seed: _world(seed=seed, n=5))  # a tiny world, fast
+    blocker = tmp_path / "cleaned"
+    blocker.write_text("a file where the folder should be")
+    code, out, err = _cli(["demo-data", "--out", str(blocker / "inputs")], capfd)
+    _assert_one_clean_error(code, out, err, ["could not write", "choose another --out folder"])
 
 
 # --- 1. a file of the full 3.7M-row scale ---------------------------------------------------

@@ -1,12 +1,8 @@
 """Posterior artifacts (lib/artifacts.py) from a hand-made posterior: layout, latest, pruning."""
 
-from types import SimpleNamespace
-
 import numpy as np
-import pandas as pd
 import pytest
 
-from racedayai_bayes.lib.evaluation import diagnostics as dx
 from racedayai_bayes.lib.outputs.artifacts import (
     LATEST,
     ArtifactError,
@@ -17,38 +13,11 @@ from racedayai_bayes.lib.outputs.artifacts import (
     refit_timestamp,
     write_artifact,
 )
-from racedayai_bayes.lib.models.seed.encoding import Encoding
-from racedayai_bayes.lib.inference.nuts import Draws
 
-ENC = Encoding("70.3", ("25-29", "30-34"), (-1, 3), 20000.0, 4000.0, 0.5, 2.0, 0)
+from .conftest import HAND_ENCODING, hand_posterior
 
-
-def _post(failed: bool = False, holdout: bool = True):
-    rng = np.random.default_rng(0)
-    shapes = {"mu_global": (), "sigma": (), "sigma_gender": (), "sigma_age": (), "sigma_cluster": (),
-              "beta_fitness": (), "beta_experience": (), "mu_gender": (2,), "mu_age": (2,), "mu_cluster": (2,)}
-    samples = {k: np.abs(rng.normal(0.3, 0.05, (2, 50) + s)) for k, s in shapes.items()}
-    rows = pd.DataFrame({
-        "athlete_hash": pd.array(["a", None, "c"], dtype="string"),
-        "gender": pd.array(["M", "F", None], dtype="string"),
-        "age_group": pd.array(["25-29", "80+", "30-34"], dtype="string"),
-        "event_year": pd.array([2024, 2024, 2024], dtype="Int64"),
-        "pb_total_sec": [19000.0, np.nan, 21000.0],
-        "total_races": [3.0, 1.0, np.nan],
-        "cluster_id": pd.array([3, None, 7], dtype="Int64"),
-        "total_sec": [19500.0, 22000.0, 20500.0],
-    })
-    level = dx.ERROR if failed else dx.PASS
-    return SimpleNamespace(
-        distance="70.3", encoding=ENC,
-        draws=Draws(samples, np.zeros((2, 50), bool), "hand"),
-        settings={"seed": 42, "predictive_draws": 100, "engine": "exact"},
-        prediction_seed=43, interval_draws=100,
-        split={"rule": "latest_year", "rows_held_out": 3}, in_sample=None, holdout=None,
-        holdout_rows=rows if holdout else None, fit_observed=np.array([1.0, 2.0], np.float32),
-        checks=[dx.CheckOutcome("ess", level, 500.0, ">= 400")], failed_checks=["ess"] if failed else [],
-        drift={}, rows_fitted=2, rows_available=5,
-    )
+ENC = HAND_ENCODING
+_post = hand_posterior
 
 
 def test_artifact_holds_everything_needed_to_predict(tmp_path):

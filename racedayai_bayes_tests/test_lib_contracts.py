@@ -12,19 +12,12 @@ from racedayai_bayes.lib.data.contracts import (
     read_races,
 )
 
-RACE_HEADER = "athlete_hash,gender,age_group,is_pro,event_distance,event_year,total_sec"
-PROFILE_HEADER = "athlete_hash,total_races,pb_total_sec"
-CLUSTER_HEADER = "athlete_hash,cluster_id"
-
-
-def _write(tmp_path, name: str, content: str | bytes):
-    path = tmp_path / name
-    path.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
-    return path
+from .conftest import CLUSTER_HEADER, PROFILE_HEADER, RACE_HEADER, csv_text
+from .conftest import write_file as _write
 
 
 def _races_csv(tmp_path, rows: list[str], name: str = "athlete_race.csv", header: str = RACE_HEADER):
-    return _write(tmp_path, name, "\n".join([header, *rows]) + "\n")
+    return _write(tmp_path, name, csv_text(header, rows))
 
 
 def _assert_names(err: InputError, path, column: str | None):
@@ -351,3 +344,133 @@ def test_model_rows_without_optional_columns_are_typed_and_blank(tmp_path):
     assert frame["athlete_hash"].isna().all() and frame["total_sec"].isna().all()
     assert frame["event_year"].dtype == "Int64"
     assert sum("optional column" in n for n in result.notes) == 4
+
+
+# --- closed vocabularies: gender and is_pro ------------------------------------------------
+
+GENDER_SPELLINGS = {
+    "M": "M", "m": "M", "male": "M", "Male": "M", "MALE": "M",
+    "F": "F", "f": "F", "female": "F", "Female": "F", "W": "F", "w": "F", "woman": "F",
+}
+
+
+def _race_rows(genders: list[str], is_pro: list[str] | None = None, ages: list[str] | None = None) -> list[str]:
+    n = len(genders)
+    is_pro = is_pro or ["False"] * n
+    ages = ages or ["30-34"] * n
+    return [f"h{i},{g},{a},{p},70.3,2020,{5000 + i}" for i, (g, p, a) in enumerate(zip(genders, is_pro, ages))]
+
+
+def test_the_gender_vocabulary_reads_only_genders_the_encoding_knows():
+    from racedayai_bayes.lib.data.contracts import GENDER_SPELLINGS as VOCABULARY
+    from racedayai_bayes.lib.models.seed.encoding import GENDER_MAP
+
+    assert set(VOCABULARY.values()) == set(GENDER_MAP) == {"M", "F"}
+    assert {k.lower() for k in GENDER_SPELLINGS} <= set(VOCABULARY)  # every spelling the issue lists
+
+
+def test_every_gender_spelling_of_the_vocabulary_is_read_as_m_or_f(tmp_path):
+    spellings = list(GENDER_SPELLINGS)
+    result = read_races(_races_csv(tmp_path, _race_rows([*spellings, ""])))
+    frame = result.frame
+    assert frame["gender"].iloc[:-1].tolist() == list(GENDER_SPELLINGS.values())
+    assert pd.isna(frame["gender"].iloc[-1])  # blank stays blank
+    (note,) = [n for n in result.notes if n.startswith(f"{len(spellings) - 2} rows: gender")]
+    assert "'Male' \u2192 M" in note and "'f' \u2192 F" in note  # 10 rows not spelled M or F; 5 examples
+
+
+def test_a_gender_file_spelled_male_female_reads_exactly_like_one_spelled_m_f(tmp_path):
+    plain = read_races(_races_csv(tmp_path, _race_rows(["M", "F", "", "F"]), name="plain.csv")).frame
+    for spelled in (["Male", "Female", "", "female"], ["m", "f", "", "w"]):
+        other = read_races(_races_csv(tmp_path, _race_rows(spelled), name="spelled.csv")).frame
+        pd.testing.assert_frame_equal(other, plain)
+
+
+def test_a_few_unrecognised_genders_are_kept_and_counted(tmp_path):
+    genders = ["M", "F"] * 100 + ["X", "x", ""]  # 2 of 202 non-blank values: 0.99%, under 1%
+    result = read_races(_races_csv(tmp_path, _race_rows(genders)))
+    assert result.frame["gender"].iloc[200:202].tolist() == ["X", "x"]  # kept as written
+    note = "2 rows: gender not M or F (e.g. 'X', 'x'); encoded like a blank gender (index 0), as the seed does"
+    assert note in result.notes
+
+
+def test_more_than_one_percent_unrecognised_genders_is_an_error_naming_file_column_share_and_examples(tmp_path):
+    genders = ["M"] * 97 + ["Unknown", "Unknown", "X"]  # 3 of 100 non-blank values
+    path = _races_csv(tmp_path, _race_rows(genders + ["", ""]))
+    with pytest.raises(InputError, match="gender") as info:
+        read_races(path)
+    _assert_names(info.value, path, "gender")
+    assert info.value.rows == 3
+    text = str(info.value)
+    assert "3.0% of the 100 non-blank values are not M or F (e.g. 'Unknown', 'X') (3 rows)" in text
+    assert "write M or F" in text and "leave the cell blank" in text  # what to do
+
+
+def test_a_few_unrecognised_is_pro_values_are_read_as_blank_and_counted(tmp_path):
+    is_pro = ["False"] * 150 + ["maybe", "True"]
+    result = read_races(_races_csv(tmp_path, _race_rows(["M"] * 152, is_pro=is_pro)))
+    got = result.frame["is_pro"]
+    assert pd.isna(got.iloc[150]) and bool(got.iloc[151]) and not got.iloc[:150].any()
+    assert "1 rows: is_pro not True or False (e.g. 'maybe'); read as blank (not known to be a pro, so the race is kept)" in result.notes
+
+
+def test_more_than_one_percent_unrecognised_is_pro_is_an_error_saying_what_to_write(tmp_path):
+    path = _races_csv(tmp_path, _race_rows(["M"] * 50, is_pro=["False"] * 48 + ["maybe", "pro"]))
+    with pytest.raises(InputError, match="is_pro") as info:
+        read_races(path)
+    _assert_names(info.value, path, "is_pro")
+    assert "4.0% of the 50 non-blank values are not True or False" in str(info.value)
+    assert "write True or False" in str(info.value)
+
+
+# --- age groups: an open vocabulary, dashes and spaces tidied --------------------------------
+
+
+@pytest.mark.parametrize(
+    "written, read",
+    [
+        ("30\u201334", "30-34"),  # en dash
+        ("30\u201434", "30-34"),  # em dash
+        ("30\u221234", "30-34"),  # minus sign
+        ("30\u201134", "30-34"),  # non-breaking hyphen
+        ("M30\u201234", "M30-34"),  # figure dash
+        ("30 - 34", "30-34"),
+        ("30  -34", "30-34"),
+        ("M 30-34", "M 30-34"),  # one space between words is not stray: its own level
+        ("70+", "70+"),
+        ("PRO", "PRO"),
+    ],
+)
+def test_age_group_dashes_and_stray_spaces_are_normalised(tmp_path, written, read):
+    result = read_races(_races_csv(tmp_path, _race_rows(["M"], ages=[written])))
+    assert result.frame["age_group"].tolist() == [read]
+    changed = [n for n in result.notes if "age_group" in n]
+    assert (changed == []) == (written == read)
+
+
+def test_age_groups_stay_an_open_vocabulary_and_changes_are_counted(tmp_path):
+    ages = ["30-34", "30\u201334", "30\u201334", "M30-34", "18-99", "35 - 39"]
+    result = read_races(_races_csv(tmp_path, _race_rows(["M"] * len(ages), ages=ages)))
+    assert result.frame["age_group"].tolist() == ["30-34", "30-34", "30-34", "M30-34", "18-99", "35-39"]
+    (note,) = [n for n in result.notes if "age_group" in n]
+    assert note.startswith("3 rows: age_group normalised")
+    assert "'30\u201334' \u2192 '30-34'" in note and "'35 - 39' \u2192 '35-39'" in note
+
+
+def test_rows_to_predict_get_the_same_gender_and_age_group_reading(tmp_path):
+    from racedayai_bayes.lib.data.contracts import read_model_rows
+
+    path = _write(tmp_path, "rows.csv", csv_text(
+        "gender,age_group,pb_total_sec,total_races,cluster_id",
+        ["Male,30\u201334,20000,3,", "woman,35-39,,1,4", ",30-34,,,"],
+    ))
+    result = read_model_rows(path)
+    assert result.frame["gender"].tolist()[:2] == ["M", "F"] and pd.isna(result.frame["gender"].iloc[2])
+    assert result.frame["age_group"].tolist() == ["30-34", "35-39", "30-34"]
+    assert any(n.startswith("2 rows: gender") for n in result.notes)
+    assert any(n.startswith("1 rows: age_group normalised") for n in result.notes)
+
+    bad = _write(tmp_path, "bad.csv", csv_text("gender,age_group,pb_total_sec,total_races,cluster_id", ["X,30-34,,,"]))
+    with pytest.raises(InputError, match="not M or F") as info:
+        read_model_rows(bad)
+    _assert_names(info.value, bad, "gender")

@@ -9,7 +9,7 @@ import pytest
 from racedayai_bayes.lib.data.contracts import InputError, read_clusters, read_profiles, read_races
 from racedayai_bayes.lib.data.frame import FRAME_COLUMNS, build_model_frame, distance_rows
 
-RACE_HEADER = "athlete_hash,gender,age_group,is_pro,event_distance,event_year,total_sec"
+from .conftest import PROFILE_HEADER, RACE_HEADER, csv_text, write_file
 
 # One race per rule. The last field says what must happen to the row.
 RACE_ROWS = [
@@ -57,10 +57,9 @@ EXPECTED = pd.DataFrame(
 
 
 def _inputs(tmp_path):
-    races_text = RACE_HEADER + "\n" + "\n".join(",".join(r) for r in RACE_ROWS) + "\n"
-    (tmp_path / "athlete_race.csv").write_text(races_text)
-    (tmp_path / "athlete_profile.csv").write_text(PROFILES_CSV)
-    (tmp_path / "cluster_assignments.csv").write_text(CLUSTERS_CSV)
+    write_file(tmp_path, "athlete_race.csv", csv_text(RACE_HEADER, (",".join(r) for r in RACE_ROWS)))
+    write_file(tmp_path, "athlete_profile.csv", PROFILES_CSV)
+    write_file(tmp_path, "cluster_assignments.csv", CLUSTERS_CSV)
     races = read_races(tmp_path / "athlete_race.csv").frame
     profiles = read_profiles(tmp_path / "athlete_profile.csv").frame
     clusters = read_clusters(tmp_path / "cluster_assignments.csv").frame
@@ -156,8 +155,7 @@ def test_nan_keys_from_a_plain_pandas_frame_never_join():
 
 
 def test_duplicated_profile_hash_is_rejected_by_reader_and_by_build(tmp_path):
-    path = tmp_path / "athlete_profile.csv"
-    path.write_text("athlete_hash,total_races,pb_total_sec\na,1,20000\na,2,21000\n")
+    path = write_file(tmp_path, "athlete_profile.csv", csv_text(PROFILE_HEADER, ["a,1,20000", "a,2,21000"]))
     with pytest.raises(InputError, match="duplicated"):
         read_profiles(path)
 

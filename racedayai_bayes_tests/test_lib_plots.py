@@ -15,6 +15,7 @@ from racedayai_bayes.lib.models.seed.encoding import Encoding
 from racedayai_bayes.lib.inference.nuts import Draws
 from racedayai_bayes.lib.evaluation.plots import (
     MAX_DRAWN_POINTS,
+    SCATTER_MAX_ROWS,
     coverage_by_decile,
     coverage_by_decile_plot,
     fit_stats,
@@ -24,6 +25,8 @@ from racedayai_bayes.lib.evaluation.plots import (
 )
 from racedayai_bayes.lib.models.seed.model import SCALE_SITES
 from racedayai_bayes.lib.models.seed.plots import group_effect_forest, group_effect_table
+
+from .conftest import hand_draws
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MAX_PNG_BYTES = 150_000
@@ -57,21 +60,8 @@ def assert_compact_png(png: bytes, min_width: int = 600, max_width: int = 1000) 
 
 
 def make_draws(seed: int = 0, n_age: int = len(AGES), n_cluster: int = len(CLUSTERS)) -> Draws:
-    rng = np.random.default_rng(seed)
-    shape = (CHAINS, DRAWS)
-    samples = {
-        "mu_global": rng.normal(0.0, 0.1, shape),
-        "sigma": np.abs(rng.normal(0.6, 0.01, shape)),
-        "sigma_gender": np.abs(rng.normal(0.2, 0.1, shape)),
-        "sigma_age": np.abs(rng.normal(0.3, 0.05, shape)),
-        "sigma_cluster": np.abs(rng.normal(0.2, 0.05, shape)),
-        "beta_fitness": rng.normal(0.3, 0.01, shape),
-        "beta_experience": rng.normal(-0.1, 0.01, shape),
-        "mu_gender": rng.normal([-0.1, 0.1], 0.05, shape + (2,)),
-        "mu_age": rng.normal(np.linspace(-0.3, 0.3, n_age), 0.03, shape + (n_age,)),
-        "mu_cluster": rng.normal(np.linspace(-0.2, 0.2, n_cluster), 0.02, shape + (n_cluster,)),
-    }
-    return Draws(samples=samples, diverging=np.zeros(shape, dtype=bool), engine="test")
+    """Draws shaped for ENC (or for other group counts)."""
+    return hand_draws(chains=CHAINS, draws=DRAWS, n_age=n_age, n_cluster=n_cluster, seed=seed)
 
 
 # ---------------------------------------------------------------- png_markdown
@@ -208,10 +198,37 @@ def test_predicted_vs_observed_handles_many_rows_and_reports_stats_over_all_of_t
     assert predicted_vs_observed(observed, predicted) == predicted_vs_observed(observed, predicted)
 
 
-def test_predicted_vs_observed_draws_a_scatter_for_few_rows():
+@pytest.fixture
+def drawn(monkeypatch) -> dict[str, list[int]]:
+    """How many points each call of Axes.scatter and Axes.hexbin drew (the real methods still draw)."""
+    from matplotlib.axes import Axes
+
+    calls: dict[str, list[int]] = {"scatter": [], "hexbin": []}
+    for name in calls:
+        real = getattr(Axes, name)
+
+        def record(self, x, y, *args, _real=real, _name=name, **kwargs):
+            calls[_name].append(len(x))
+            return _real(self, x, y, *args, **kwargs)
+
+        monkeypatch.setattr(Axes, name, record)
+    return calls
+
+
+def test_predicted_vs_observed_draws_a_scatter_for_few_rows(drawn):
     rng = np.random.default_rng(5)
     observed = rng.normal(21_600, 3_000, 300)
     assert_compact_png(predicted_vs_observed(observed, observed + rng.normal(0, 900, 300), label="train"))
+    assert drawn == {"scatter": [300], "hexbin": []}  # every row a point, no density
+
+
+@pytest.mark.parametrize("n", [SCATTER_MAX_ROWS, SCATTER_MAX_ROWS + 1])
+def test_predicted_vs_observed_switches_from_scatter_to_hexbin_above_its_limit(drawn, n):
+    rng = np.random.default_rng(6)
+    observed = rng.normal(21_600, 3_000, n)
+    predicted_vs_observed(observed, observed + rng.normal(0, 900, n))
+    expected = {"scatter": [n], "hexbin": []} if n <= SCATTER_MAX_ROWS else {"scatter": [], "hexbin": [n]}
+    assert drawn == expected
 
 
 # ---------------------------------------------------------------- coverage by decile

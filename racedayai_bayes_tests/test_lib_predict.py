@@ -21,6 +21,8 @@ from racedayai_bayes.lib.models.seed.predict import (
     thinned_draws,
 )
 
+from .conftest import constant_draws, hand_draws
+
 CHAINS, DRAWS = 2, 500
 # Values exactly representable in binary, so posterior means and sums are exact.
 SCALARS = {
@@ -49,16 +51,14 @@ ENC = Encoding(
 
 
 def _draws(chains: int = CHAINS, draws: int = DRAWS, alternate: bool = False) -> Draws:
-    shape = (chains, draws)
-    samples = {k: np.full(shape, v) for k, v in SCALARS.items()}
-    for name, vec in (("mu_gender", MU_GENDER), ("mu_age", MU_AGE), ("mu_cluster", MU_CLUSTER)):
-        samples[name] = np.broadcast_to(vec, shape + vec.shape).copy()
+    out = constant_draws({**SCALARS, "mu_gender": MU_GENDER, "mu_age": MU_AGE, "mu_cluster": MU_CLUSTER}, chains, draws)
+    samples, shape = out.samples, (chains, draws)
     if alternate:
         # same posterior means, but the draws vary: sigma in {0.25, 0.75}, mu_global in {0, 1}
         flip = (np.arange(draws) % 2).astype(float)
         samples["sigma"] = np.broadcast_to(0.25 + 0.5 * flip, shape).copy()
         samples["mu_global"] = np.broadcast_to(flip, shape).copy()
-    return Draws(samples=samples, diverging=np.zeros(shape, dtype=bool), engine="hand")
+    return out
 
 
 def _frame(n_rows: int | None = None, **cols) -> pd.DataFrame:
@@ -305,10 +305,10 @@ def test_predictive_summary_thins_evenly_to_max_draws():
 
 
 def test_posterior_means_row_has_the_seed_layout():
-    rng = np.random.default_rng(0)
     shapes = {**{k: () for k in SCALARS}, "mu_gender": (2,), "mu_age": (50,), "mu_cluster": (9,)}
-    samples = {k: rng.normal(size=(2, 30) + s) for k, s in shapes.items()}
-    draws = Draws(samples=samples, diverging=np.zeros((2, 30), dtype=bool), engine="hand")
+    draws = hand_draws(chains=2, draws=30, n_age=50, n_cluster=9)
+    assert {k: v.shape[2:] for k, v in draws.samples.items()} == shapes
+    samples = draws.samples
 
     row = {"distance": "70.3", **posterior_means_row(draws)}
     assert len(row) == 69

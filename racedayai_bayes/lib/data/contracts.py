@@ -1,12 +1,21 @@
 """The input contract: which columns each cleaned CSV must have, and how they are coerced.
 
 Every problem is reported as an :class:`InputError` that names the file, the column, what is
-wrong and how many rows. Recoverable quirks (a blank athlete_hash, a few non-numeric times)
-are handled as documented here and reported as notes, which the assets put in metadata.
+wrong, how many rows and what to do. Recoverable quirks (a blank athlete_hash, a few
+non-numeric times, other spellings of a gender) are handled as documented here and reported
+as notes, which the assets put in metadata.
+
+Closed vocabularies (``gender``, ``is_pro``) accept a fixed set of spellings, read as their
+canonical values and counted in a note. Values outside the set are unrecognised: up to 1% of
+a column's non-blank cells are handled as documented and counted; more is an error, since
+it more likely means a mislabelled or shifted column than a few typos. ``age_group`` is an
+open vocabulary, as in the notebook (each distinct string is its own level): only dash
+characters and stray spaces are normalised, and counted.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,11 +47,24 @@ CLUSTER_REQUIRED = ("athlete_hash", "cluster_id")
 GENDER_MAP = {"M": 0, "F": 1}
 
 # A column of numbers with a few bad cells is usable (the cells become missing and are
-# counted); beyond this share the column is more likely misaligned or mislabelled.
+# counted); beyond this share the column is more likely misaligned or mislabelled. The same
+# share applies to unrecognised values of a closed vocabulary.
 MAX_BAD_NUMERIC_SHARE = 0.01
+MAX_UNRECOGNISED_SHARE = MAX_BAD_NUMERIC_SHARE
 
 _TRUE = {"true", "1", "yes", "t", "y"}
 _FALSE = {"false", "0", "no", "f", "n"}
+# Closed vocabularies: every accepted spelling, lower-cased, and the value it stands for
+# (genders: the keys of GENDER_MAP).
+GENDER_SPELLINGS = {
+    "m": "M", "male": "M", "man": "M",
+    "f": "F", "female": "F", "w": "F", "woman": "F",
+}
+IS_PRO_SPELLINGS = {**{t: True for t in _TRUE}, **{f: False for f in _FALSE}}
+# Dash characters read as a hyphen in age groups: hyphen, non-breaking hyphen, figure dash,
+# en dash, em dash, horizontal bar, minus sign, small and full-width hyphen-minus.
+AGE_GROUP_DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d"
+_DASH_TABLE = str.maketrans({c: "-" for c in AGE_GROUP_DASHES})
 # A distance column that a writer stored as floats comes back as e.g. '70.30' or '140.60'.
 _DISTANCE_SPELLINGS = {"70.30": "70.3", "140.60": "140.6", "70.300": "70.3", "140.600": "140.6"}
 
@@ -50,14 +72,19 @@ _DISTANCE_SPELLINGS = {"70.30": "70.3", "140.60": "140.6", "70.300": "70.3", "14
 class InputError(ValueError):
     """An input file breaks the data contract."""
 
-    def __init__(self, path: str | Path, problem: str, column: str | None = None, rows: int | None = None):
+    def __init__(
+        self, path: str | Path, problem: str, column: str | None = None, rows: int | None = None,
+        hint: str | None = None,
+    ):
         self.path = str(path)
         self.column = column
         self.rows = rows
         self.problem = problem
+        self.hint = hint
         where = f"{self.path}" + (f", column '{column}'" if column else "")
         count = f" ({rows:,} rows)" if rows is not None else ""
-        super().__init__(f"{where}: {problem}{count}")
+        todo = f"; {hint}" if hint else ""
+        super().__init__(f"{where}: {problem}{count}{todo}")
 
 
 @dataclass
@@ -77,11 +104,13 @@ def _read_header(path: Path) -> list[str]:
     with open(path, "rb") as fh:
         first = fh.readline()
     if not first.strip():
-        raise InputError(path, "file is empty: no header line")
+        raise InputError(path, "file is empty: no header line", hint="write the file again (its export may have failed)")
     try:
         text = first.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise InputError(path, f"header is not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+        raise InputError(
+            path, f"header is not valid UTF-8 ({exc.reason} at byte {exc.start})", hint="save the file as UTF-8"
+        ) from exc
     return [c.strip().strip('"') for c in text.rstrip("\r\n").split(",")]
 
 
@@ -93,7 +122,9 @@ def _read_text_columns(path: Path, columns: list[str]) -> tuple[pd.DataFrame, li
         frame = pd.read_csv(path, engine="pyarrow", encoding="utf-8", **kwargs)
     except (UnicodeDecodeError, ValueError) as exc:
         if "utf" not in str(exc).lower() and not isinstance(exc, UnicodeDecodeError):
-            raise InputError(path, f"cannot be parsed as CSV: {exc}") from exc
+            raise InputError(
+                path, f"cannot be parsed as CSV: {exc}", hint="quote the fields that hold commas, or fix the row"
+            ) from exc
         # Bytes that are not UTF-8: undecodable bytes become U+FFFD and are counted.
         frame = pd.read_csv(path, engine="c", encoding="utf-8", encoding_errors="replace", **kwargs)
         bad = int(sum(frame[c].str.contains("\ufffd", regex=False).sum() for c in columns))
@@ -114,6 +145,7 @@ def _open(path: str | Path, required: tuple[str, ...], optional: tuple[str, ...]
             f"required column missing; the header has {len(header)} columns: {', '.join(header[:12])}"
             + ("..." if len(header) > 12 else ""),
             column=", ".join(missing),
+            hint="add the column, or point RACEDAYAI_INPUT_DIR at the folder of the cleaned files",
         )
     wanted = list(required) + [c for c in optional if c in header]
     frame, notes = _read_text_columns(path, wanted)
@@ -139,37 +171,110 @@ def _numeric(frame: pd.DataFrame, col: str, path: Path, notes: list[str], *, int
         n_given = int(text.notna().sum())
         examples = ", ".join(repr(v) for v in text[bad].unique()[:3])
         if n_bad > MAX_BAD_NUMERIC_SHARE * n_given:
-            raise InputError(path, f"not numeric, e.g. {examples}", column=col, rows=n_bad)
+            raise InputError(
+                path, f"not numeric, e.g. {examples}", column=col, rows=n_bad,
+                hint=f"fix or blank these cells (up to {MAX_BAD_NUMERIC_SHARE:.0%} of a column's cells are read as missing)",
+            )
         notes.append(f"{n_bad:,} rows: {col} not numeric (e.g. {examples}); treated as missing")
     if integer:
         finite = values.dropna()
         if (finite != np.round(finite)).any():
             n = int((finite != np.round(finite)).sum())
-            raise InputError(path, "must hold whole numbers", column=col, rows=n)
+            raise InputError(path, "must hold whole numbers", column=col, rows=n, hint="write these cells as whole numbers")
         return values.astype("Int64")
     return values
 
 
-def _boolean(frame: pd.DataFrame, col: str, path: Path) -> pd.Series:
-    low = frame[col].str.lower()
-    out = pd.Series(pd.NA, index=frame.index, dtype="boolean")
-    out[low.isin(_TRUE).fillna(False).to_numpy()] = True
-    out[low.isin(_FALSE).fillna(False).to_numpy()] = False
-    bad = low.notna() & ~low.isin(_TRUE | _FALSE)
-    if bad.any():
-        examples = ", ".join(repr(v) for v in frame[col][bad].unique()[:3])
-        raise InputError(path, f"expected True/False or blank, found {examples}", column=col, rows=int(bad.sum()))
-    return out
+def _closed_vocabulary(
+    frame: pd.DataFrame, col: str, path: Path, notes: list[str], spellings: dict, *,
+    what: str, accepted: str, unrecognised: str,
+) -> tuple[pd.Series, pd.Series]:
+    """Read ``col`` through a closed vocabulary: (canonical values, mask of unrecognised cells).
+
+    Each accepted spelling (``spellings``, matched case-insensitively) becomes its canonical
+    value; cells spelled otherwise than the canonical value are counted in a note. A blank
+    stays blank. Up to ``MAX_UNRECOGNISED_SHARE`` of the non-blank cells may be unrecognised
+    (not ``what``): they are counted in a note, which says how they are handled
+    (``unrecognised``). More raise an :class:`InputError` naming the share and the most
+    common examples, and saying what to write (``accepted``).
+    """
+    text = frame[col]
+    codes, uniques = pd.factorize(text)  # distinct values once: fast on millions of rows
+    canonical = [spellings.get(str(u).lower()) for u in uniques]
+    known_u = np.array([c is not None for c in canonical], dtype=bool)
+    respelled_u = np.array([c is not None and str(c) != str(u) for c, u in zip(canonical, uniques)], dtype=bool)
+    given = codes >= 0
+    known = given & known_u[np.maximum(codes, 0)]
+    bad = given & ~known
+    n_given, n_bad = int(given.sum()), int(bad.sum())
+    if n_bad:
+        counts = pd.Series(codes[bad]).value_counts()
+        examples = ", ".join(repr(str(uniques[i])) for i in counts.index[:5])
+        share = n_bad / n_given
+        if share > MAX_UNRECOGNISED_SHARE:
+            raise InputError(
+                path,
+                f"{share:.1%} of the {n_given:,} non-blank values are not {what} (e.g. {examples})",
+                column=col,
+                rows=n_bad,
+                hint=f"{accepted}; up to {MAX_UNRECOGNISED_SHARE:.0%} of the values may be unrecognised: "
+                f"they are {unrecognised}",
+            )
+        notes.append(f"{n_bad:,} rows: {col} not {what} (e.g. {examples}); {unrecognised}")
+    respelled = given & respelled_u[np.maximum(codes, 0)]
+    if respelled.any():
+        counts = pd.Series(codes[respelled]).value_counts()
+        examples = ", ".join(f"{str(uniques[i])!r} \u2192 {canonical[i]}" for i in counts.index[:5])
+        notes.append(f"{int(respelled.sum()):,} rows: {col} in another spelling, read as {what}: {examples}")
+    return pd.Series(canonical, dtype=object).take(np.maximum(codes, 0)).set_axis(frame.index).where(known), pd.Series(bad, index=frame.index)
 
 
-def _note_unknown_gender(frame: pd.DataFrame, notes: list[str]) -> None:
-    odd = frame["gender"].notna() & ~frame["gender"].isin(list(GENDER_MAP))
-    if odd.any():
-        examples = ", ".join(repr(v) for v in frame.loc[odd, "gender"].unique()[:3])
-        notes.append(
-            f"{int(odd.sum()):,} rows: gender not 'M' or 'F' (e.g. {examples}); "
-            "encoded like a blank gender (index 0), as the seed does"
-        )
+def _boolean(frame: pd.DataFrame, col: str, path: Path, notes: list[str]) -> pd.Series:
+    """is_pro: True/False (true, 1, yes, t, y / false, 0, no, f, n, any case) or blank."""
+    values, _ = _closed_vocabulary(
+        frame, col, path, notes, IS_PRO_SPELLINGS,
+        what="True or False",
+        accepted="write True or False (true/false, 1/0, yes/no, t/f, y/n, in any case, are read too) "
+        "or leave the cell blank",
+        unrecognised="read as blank (not known to be a pro, so the race is kept)",
+    )
+    return values.astype("boolean")
+
+
+def _gender(frame: pd.DataFrame, path: Path, notes: list[str]) -> pd.Series:
+    """gender: M or F in any accepted spelling, or blank; up to 1% unrecognised kept as written."""
+    values, bad = _closed_vocabulary(
+        frame, "gender", path, notes, GENDER_SPELLINGS,
+        what="M or F",
+        accepted="write M or F (m, male, man / f, female, w, woman, in any case, are read too) or leave the cell blank",
+        unrecognised="encoded like a blank gender (index 0), as the seed does",
+    )
+    # unrecognised values stay as written (the encoding treats them like a blank)
+    return values.where(~bad, frame["gender"]).astype("string")
+
+
+def _tidy_age_group(value: str) -> str:
+    text = value.translate(_DASH_TABLE)
+    text = " ".join(text.split())  # any run of (unicode) spaces is one space, none at the ends
+    return re.sub(r" ?- ?", "-", text)
+
+
+def _age_groups(frame: pd.DataFrame, notes: list[str]) -> pd.Series:
+    """age_group, an open vocabulary: dashes read as '-', stray spaces removed, changes counted."""
+    text = frame["age_group"]
+    codes, uniques = pd.factorize(text)
+    tidy = [_tidy_age_group(str(u)) for u in uniques]
+    changed_u = np.array([t != str(u) for t, u in zip(tidy, uniques)], dtype=bool)
+    if not changed_u.any():
+        return text
+    changed = (codes >= 0) & changed_u[np.maximum(codes, 0)]
+    counts = pd.Series(codes[changed]).value_counts()
+    examples = ", ".join(f"{str(uniques[i])!r} \u2192 {tidy[i]!r}" for i in counts.index[:5])
+    notes.append(
+        f"{int(changed.sum()):,} rows: age_group normalised (dashes read as '-', stray spaces removed): {examples}"
+    )
+    out = pd.Series(pd.array(tidy, dtype="string")).take(np.maximum(codes, 0)).set_axis(frame.index)
+    return out.where(codes >= 0, pd.NA).astype("string")
 
 
 def _no_duplicates(frame: pd.DataFrame, path: Path) -> None:
@@ -181,6 +286,7 @@ def _no_duplicates(frame: pd.DataFrame, path: Path) -> None:
             f"duplicated athlete_hash (a merge would multiply race rows), e.g. {examples}",
             column="athlete_hash",
             rows=int(dup.sum()),
+            hint="keep one row per athlete_hash",
         )
 
 
@@ -202,15 +308,17 @@ def read_races(path: str | Path) -> ReadResult:
 
     event_distance stays text ('70.3' parsed as a float would silently match nothing), a
     blank athlete_hash stays missing (it never joins), is_pro becomes a nullable boolean
-    (blank = not known to be a pro), and a blank total_sec is a non-finisher. A blank
-    event_name (the course) stays missing and is counted: the forecast model cannot place
-    such a race on a course (see lib/data/frame.py).
+    (blank = not known to be a pro), gender is M, F or blank whatever its spelling, age
+    groups have their dashes and spaces tidied, and a blank total_sec is a non-finisher. A
+    blank event_name (the course) stays missing and is counted: the forecast model cannot
+    place such a race on a course (see lib/data/frame.py).
     """
     frame, notes, path = _open(path, RACE_REQUIRED)
     if frame.empty:
-        raise InputError(path, "has a header but no rows")
-    frame["is_pro"] = _boolean(frame, "is_pro", path)
-    _note_unknown_gender(frame, notes)
+        raise InputError(path, "has a header but no rows", hint="the race file must hold at least one race")
+    frame["is_pro"] = _boolean(frame, "is_pro", path, notes)
+    frame["gender"] = _gender(frame, path, notes)
+    frame["age_group"] = _age_groups(frame, notes)
     frame["event_distance"] = frame["event_distance"].replace(_DISTANCE_SPELLINGS)
     frame["event_year"] = _numeric(frame, "event_year", path, notes, integer=True)
     frame["total_sec"] = _numeric(frame, "total_sec", path, notes)
@@ -269,9 +377,11 @@ def read_model_rows(path: str | Path, required: tuple[str, ...] = MODEL_ROW_REQU
     optional = tuple(c for c in MODEL_ROW_OPTIONAL if c not in required)
     frame, notes, path = _open(path, required, optional)
     if frame.empty:
-        raise InputError(path, "has a header but no rows")
+        raise InputError(path, "has a header but no rows", hint="give at least one row to predict")
     if "gender" in frame.columns:
-        _note_unknown_gender(frame, notes)
+        frame["gender"] = _gender(frame, path, notes)
+    if "age_group" in frame.columns:
+        frame["age_group"] = _age_groups(frame, notes)
     for col in _FLOAT_COLUMNS:
         if col in frame.columns:
             frame[col] = _numeric(frame, col, path, notes)
@@ -279,7 +389,7 @@ def read_model_rows(path: str | Path, required: tuple[str, ...] = MODEL_ROW_REQU
         if col in frame.columns:
             frame[col] = _numeric(frame, col, path, notes, integer=True)
     if "held_out" in frame.columns:
-        frame["held_out"] = _boolean(frame, "held_out", path)
+        frame["held_out"] = _boolean(frame, "held_out", path, notes)
     if "event_distance" in frame.columns:
         frame["event_distance"] = frame["event_distance"].replace(_DISTANCE_SPELLINGS)
     for col in optional:

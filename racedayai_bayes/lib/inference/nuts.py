@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpyro
 
+from racedayai_bayes.lib.runreport import with_progress
+
 # Sums over millions of rows (sufficient statistics, standardised targets) need float64.
 numpyro.enable_x64()
 
@@ -81,6 +83,9 @@ def run_nuts(
 ):
     """Run NUTS chain by chain in jitted chunks, reporting progress after each chunk.
 
+    Each progress message ends in ``[progress <iterations done>/<all iterations>]`` over
+    every chain, warmup included (lib/runreport.py reads it back).
+
     ``model_kwargs`` must hold arrays only (they are traced, so one compile serves every
     chunk and chain); bind static arguments with functools.partial. ``init_params`` are
     unconstrained starting values; the default starts at the prior median. With
@@ -118,6 +123,7 @@ def run_nuts(
     chain_keys = jax.random.split(jax.random.PRNGKey(seed), num_chains)
     chains_z, chains_div = [], []
     info: dict = {"warmup_s": [], "sampling_s": [], "step_size": [], "num_steps_mean": []}
+    per_chain = num_warmup + num_samples  # iterations; the progress tail counts them over all chains
     for c in range(num_chains):
         label = f"chain {c + 1}/{num_chains}"
         start = init_params
@@ -136,7 +142,10 @@ def run_nuts(
         for length in _chunks(num_warmup):
             state, _ = advance(state, model_kwargs, length)
             done += length
-            say(f"{label}: warmup {done}/{num_warmup} ({time.perf_counter() - t0:.1f} s)")
+            say(with_progress(
+                f"{label}: warmup {done}/{num_warmup} ({time.perf_counter() - t0:.1f} s)",
+                c * per_chain + done, num_chains * per_chain,
+            ))
         t_warm = time.perf_counter() - t0
         step = float(np.asarray(state.adapt_state.step_size))
         say(f"{label}: warmup done in {t_warm:.1f} s, step size {step:.3g}")
@@ -150,10 +159,10 @@ def run_nuts(
             steps.append(np.asarray(nsteps))
             done += length
             n_div = int(sum(d.sum() for d in divs))
-            say(
-                f"{label}: sampling {done}/{num_samples} "
-                f"({time.perf_counter() - t1:.1f} s, {n_div} divergent)"
-            )
+            say(with_progress(
+                f"{label}: sampling {done}/{num_samples} ({time.perf_counter() - t1:.1f} s, {n_div} divergent)",
+                c * per_chain + num_warmup + done, num_chains * per_chain,
+            ))
         chains_z.append({k: np.concatenate([z[k] for z in zs]) for k in zs[0]})
         chains_div.append(np.concatenate(divs))
         info["warmup_s"].append(t_warm)

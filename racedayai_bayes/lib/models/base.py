@@ -64,11 +64,13 @@ class FittedModel(ABC):
     info: dict
 
     @abstractmethod
-    def predict(self, frame: pd.DataFrame, rows: np.ndarray | None = None, *, log_density: bool = False) -> Prediction:
+    def predict(self, frame: pd.DataFrame, rows: np.ndarray | None = None, *, log_density: bool = False,
+                progress: ProgressFn = None) -> Prediction:
         """Forecasts of ``frame``'s rows at positions ``rows`` (all when None).
 
         With ``log_density`` the result's ``log_density`` holds log p(total_sec) of each
-        predicted row that has a finish time.
+        predicted row that has a finish time. ``progress`` hears how far a long prediction
+        has got (lib/runreport.py's ``[progress done/total]`` messages).
         """
 
     @abstractmethod

@@ -271,11 +271,12 @@ class FittedForecast(FittedModel):
         return sums["a"], sums["w"]
 
     def forecast(self, design: fdesign.ForecastDesign, athlete_a: np.ndarray, athlete_w: np.ndarray,
-                 log_time: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                 log_time: np.ndarray | None = None, progress: ProgressFn = None) -> dict[str, np.ndarray]:
         return predictive(design, self.encoding, self.population(), athlete_a, athlete_w,
-                          float(self.scales_mean[SCALE_SITES.index("tau")]), log_time=log_time)
+                          float(self.scales_mean[SCALE_SITES.index("tau")]), log_time=log_time, progress=progress)
 
-    def predict(self, frame: pd.DataFrame, rows: np.ndarray | None = None, *, log_density: bool = False) -> Prediction:
+    def predict(self, frame: pd.DataFrame, rows: np.ndarray | None = None, *, log_density: bool = False,
+                progress: ProgressFn = None) -> Prediction:
         design = fdesign.encode(frame, self.encoding)
         a, w = self.athlete_summaries(frame, design)
         if rows is not None:
@@ -284,7 +285,7 @@ class FittedForecast(FittedModel):
             a, w = a[rows], w[rows]
             frame = frame.iloc[rows] if rows.dtype != bool else frame.loc[rows]
         log_time = np.log(frame["total_sec"].to_numpy(dtype=np.float64)) if log_density else None
-        out = self.forecast(design, a, w, log_time)
+        out = self.forecast(design, a, w, log_time, progress)
         return Prediction(out["mean"], out["sd"], out["p05"], out["p50"], out["p95"], out.get("log_density"))
 
     # ------------------------------------------------------------------ forecasts from the artifact alone

@@ -43,6 +43,7 @@ import numpy as np
 from scipy.special import logsumexp, ndtri
 
 from racedayai_bayes.lib.models.forecast.design import ForecastDesign, ForecastEncoding
+from racedayai_bayes.lib.runreport import every_tenth, with_progress
 
 QUANTILES = (0.05, 0.5, 0.95)
 _Z = ndtri(np.asarray(QUANTILES))
@@ -136,6 +137,7 @@ def predictive(
     *,
     log_time: np.ndarray | None = None,
     chunk_rows: int = 65536,
+    progress=None,
 ) -> dict[str, np.ndarray]:
     r"""Forecast summaries per row (module docstring), in seconds, and log densities.
 
@@ -170,6 +172,8 @@ def predictive(
     e_ggg = np.einsum("dj,dk,dl->jkl", g, g, g) / d
 
     out = {k: np.empty(n) for k in ("mean", "sd", "p05", "p50", "p95", "log_mean", "log_sd")}
+    chunks = -(-n // chunk_rows)
+    report_after = {c - 1 for c in every_tenth(chunks)} if progress is not None else set()
     for lo in range(0, n, chunk_rows):
         rows = slice(lo, min(lo + chunk_rows, n))
         k = inverse[rows]
@@ -198,6 +202,9 @@ def predictive(
         out["sd"][rows] = np.sqrt(np.maximum(e2 - e1**2, 0.0))
         out["log_mean"][rows] = base
         out["log_sd"][rows] = sd
+        if progress is not None and (lo // chunk_rows) in report_after:
+            done = min(lo + chunk_rows, n)
+            progress(with_progress(f"forecasts of {done:,}/{n:,} rows", done, n))
     if log_time is not None:
         out["log_density"] = log_density(design, enc, draws, athlete_a, athlete_w, tau_mean, log_time,
                                          tables=(inverse, c, s, slopes))

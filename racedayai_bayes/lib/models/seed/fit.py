@@ -200,7 +200,7 @@ class FittedSeed(FittedModel):
         return int(self.settings.get("prediction_seed", 1))
 
     def predict(self, frame: pd.DataFrame, rows: np.ndarray | None = None, *, log_density: bool = False,
-                interval_draws: int | None = None, seed: int | None = None) -> Prediction:
+                progress: ProgressFn = None, interval_draws: int | None = None, seed: int | None = None) -> Prediction:
         """The notebook's columns (posterior-mean prediction, sigma) and the predictive quantiles.
 
         ``bayes_pred`` and ``bayes_std`` keep the notebook's meaning: the posterior-mean
@@ -212,7 +212,7 @@ class FittedSeed(FittedModel):
         mu, sd = mean_prediction(self.draws, design)
         draws_n = self.interval_draws if interval_draws is None else interval_draws
         pp = predictive_summary(self.draws, enc, design, max_draws=draws_n,
-                                seed=self.prediction_seed if seed is None else seed)
+                                seed=self.prediction_seed if seed is None else seed, progress=progress)
         ld = None
         if log_density:
             ld = seed_log_density(self.draws, enc, design, part["total_sec"].to_numpy(dtype=np.float64),

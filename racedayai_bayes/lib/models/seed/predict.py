@@ -13,9 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 
-from racedayai_bayes.lib.models.seed.encoding import Design, Encoding, encode
 from racedayai_bayes.lib.data.frame import MODEL_DISTANCES
-from racedayai_bayes.lib.inference.nuts import Draws
+from racedayai_bayes.lib.inference.nuts import Draws, ProgressFn
+from racedayai_bayes.lib.models.seed.encoding import Design, Encoding, encode
+from racedayai_bayes.lib.runreport import every_tenth, with_progress
 
 PREDICTION_COLUMNS = ("athlete_hash", "event_distance", "event_year", "total_sec", "bayes_pred", "bayes_std")
 _GROUPS = (("age_idx", "mu_age", "sigma_age"), ("cluster_idx", "mu_cluster", "sigma_cluster"))
@@ -64,12 +65,14 @@ def predict_frame(
     interval_draws: int = 1000,
     seed: int = 1,
     workers: int | None = None,
+    progress: ProgressFn = None,
 ) -> pd.DataFrame:
     """The contract's prediction table for ``frame`` (seconds), in frame order.
 
     The contract's columns come first and keep the seed's meaning (posterior-mean
     prediction, posterior mean of sigma); ``bayes_p05, bayes_p50, bayes_p95`` follow: the
     5/50/95% quantiles of the posterior predictive, so parameter uncertainty is included.
+    ``progress`` hears how many rows' intervals are done, about ten times.
     """
     design = encode(frame, enc)
     mu, sd = mean_prediction(draws, design)
@@ -77,7 +80,9 @@ def predict_frame(
     out["bayes_pred"] = mu * enc.y_std + enc.y_mean
     out["bayes_std"] = sd * enc.y_std
     if interval_draws > 0:
-        pp = predictive_summary(draws, enc, design, max_draws=interval_draws, seed=seed, workers=workers)
+        pp = predictive_summary(
+            draws, enc, design, max_draws=interval_draws, seed=seed, workers=workers, progress=progress
+        )
         for column, key in zip(PREDICTION_INTERVAL_COLUMNS, ("p05", "p50", "p95")):
             out[column] = pp[key]
     return out.reset_index(drop=True)
@@ -167,6 +172,7 @@ def predictive_summary(
     seed: int = 1,
     chunk_rows: int = 4096,
     workers: int | None = None,
+    progress: ProgressFn = None,
 ) -> dict[str, np.ndarray]:
     """Posterior predictive mean, sd and 5/50/95% quantiles per row, in seconds.
 
@@ -228,13 +234,22 @@ def predictive_summary(
             out[key][rows] = (a + (pos - lo) * (b - a)) * enc.y_std + enc.y_mean
 
     starts = range(0, len(design), chunk_rows)
+    report_after = every_tenth(len(starts)) if progress is not None else set()
+
+    def done(count: int) -> None:
+        if count in report_after:
+            rows = min(count * chunk_rows, len(design))
+            progress(with_progress(f"predictive intervals of {rows:,}/{len(design):,} rows", rows, len(design)))
+
     workers = workers or min(2, os.cpu_count() or 1)
     if workers > 1 and len(design) > chunk_rows:
         with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(quantiles, starts))
+            for count, _ in enumerate(pool.map(quantiles, starts), start=1):
+                done(count)
     else:
-        for start in starts:
+        for count, start in enumerate(starts, start=1):
             quantiles(start)
+            done(count)
     return out
 
 

@@ -1,0 +1,249 @@
+"""The command line (cli.py): the refit report, configuration errors, bugs, --verbose.
+
+The report is fed Dagster's event records as the watcher reads them from the instance; here
+it is fed stand-ins with the same attributes, for runs that would take minutes (three models
+per distance, long steps). The data-error cases of docs/failure-modes.md run the real
+command in test_failure_modes.py.
+"""
+
+import io
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from racedayai_bayes.cli import RefitReport, main
+
+from .conftest import REPO
+
+MAX_LINES = 60
+
+
+# --- stand-ins for Dagster's event records ---------------------------------------------------
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def tick(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+def _entry(run_id, step, t, kind=None, data=None, message="", level=logging.DEBUG):
+    event = None if kind is None else SimpleNamespace(event_type_value=kind, event_specific_data=data, partition=None)
+    return SimpleNamespace(run_id=run_id, step_key=step, timestamp=t, dagster_event=event, user_message=message, level=level)
+
+
+def _value(v):
+    return SimpleNamespace(value=v)
+
+
+def _check(asset, name, distance, passed=True, severity="ERROR", value=1.0):
+    return SimpleNamespace(
+        asset_key=SimpleNamespace(to_user_string=lambda: asset), check_name=name, passed=passed,
+        severity=SimpleNamespace(value=severity), description=f"{name} said so", partition=None,
+        metadata={"value": _value(value), "threshold": _value("<= 1"), "distance": _value(distance)},
+    )
+
+
+CHECKS = ("rhat_max", "ess_bulk_min", "divergences", "predictive_coverage", "prediction_drift")
+
+
+def _feed_step(report, clock, run_id, step, *, progress_messages=0, seconds=1.0, checks=(), rows=None):
+    """One step as its records arrive: start, progress messages spread over its time, checks, success."""
+    report.feed(_entry(run_id, step, clock.tick(0.1), "STEP_START"))
+    for i in range(1, progress_messages + 1):
+        text = f"chain {1 + 2 * i // (progress_messages + 1)}/2: sampling {i}/{progress_messages} [progress {i}/{progress_messages}]"
+        report.feed(_entry(run_id, step, clock.tick(seconds / progress_messages), message=text, level=logging.INFO))
+    meta = {"rows": _value(rows)} if rows else {}
+    report.feed(_entry(run_id, step, clock.tick(0.01), "ASSET_MATERIALIZATION",
+                       SimpleNamespace(materialization=SimpleNamespace(metadata=meta))))
+    for check in checks:
+        report.feed(_entry(run_id, step, clock.tick(0.01), "ASSET_CHECK_EVALUATION", check))
+    report.feed(_entry(run_id, step, clock.tick(0.01), "STEP_SUCCESS", SimpleNamespace(duration_ms=seconds * 1000)))
+
+
+MODELS = ("seed_profile", "seed_asof", "forecast")
+
+
+def _three_models_refit(report: RefitReport, models: tuple[str, ...] = MODELS) -> None:
+    """`refit` of both distances with three models a distance, each long, with its checks and predictions."""
+    clock = Clock()
+    for i, distance in enumerate(("70.3", "140.6")):
+        run_id = f"run-{distance}"
+        report.run_starting(distance)
+        report.run_started(run_id)
+        if i == 0:
+            for step in ("athlete_race", "athlete_profile", "cluster_assignments", "model_frame"):
+                _feed_step(report, clock, run_id, step, rows=1000)
+        for model in models:
+            checks = [_check(model, name, distance) for name in CHECKS]
+            _feed_step(report, clock, run_id, model, progress_messages=100, seconds=40.0, checks=checks)
+            _feed_step(report, clock, run_id, f"{model}_predictions", progress_messages=10, seconds=8.0, rows=2_000_000)
+        _feed_step(report, clock, run_id, "model_comparison")
+        _feed_step(report, clock, run_id, "bayesian_posterior_means")
+        report.run_finished(distance, True, [(m, distance) for m in models])
+    for line in report.summary_lines():
+        report.line(line)
+    report.line("full event log, every Dagster event at every level: logs/refit.log")
+
+
+def _report(tty=False) -> tuple[RefitReport, io.StringIO]:
+    out = io.StringIO()
+    partitioned = {*MODELS, *(f"{m}_predictions" for m in MODELS), "posterior", "bayesian_predictions"}
+    return RefitReport(out, tty=tty, partitioned_steps=partitioned), out
+
+
+def test_the_plain_report_of_three_models_a_distance_stays_within_60_lines():
+    report, out = _report()
+    _three_models_refit(report)
+    lines = out.getvalue().splitlines()
+    assert len(lines) + 1 <= MAX_LINES, "\n".join(lines)  # + make's echo of the command
+    assert not any("DEBUG" in line for line in lines)
+    # one line per finished step, with its partition where it has one
+    assert sum(bool(re.match(r"  seed_asof \[70\.3\] +\d+\.\d s", line)) for line in lines) == 1
+    assert sum(bool(re.match(r"  athlete_race +\d+\.\d s  1,000 rows", line)) for line in lines) == 1
+    # at most one progress line per step and quarter
+    progress = [line for line in lines if re.match(r"  \S+( \[[\d.]+\])? +\d+%  ", line)]
+    per_step = {}
+    for line in progress:
+        per_step.setdefault(line.split("%")[0].rsplit(" ", 1)[0].strip(), []).append(line)
+    assert per_step and all(len(v) <= 3 for v in per_step.values()), per_step
+    # one check line per posterior: each model at each distance
+    check_lines = [line for line in lines if re.match(r"  \w+ (70\.3|140\.6): all 5 checks pass", line)]
+    assert len(check_lines) == len(MODELS) * 2
+
+
+def test_the_check_summary_grows_by_one_line_a_posterior_and_nothing_else_a_model():
+    def count(models):
+        report, out = _report()
+        _three_models_refit(report, models)
+        return out.getvalue().splitlines()
+
+    one, three = count(("seed_profile",)), count(("seed_profile", "seed_asof", "forecast"))
+    # two more models at two distances: four more check lines; the rest are steps and their progress
+    assert sum(": all 5 checks pass" in line for line in three) - sum(": all 5 checks pass" in line for line in one) == 4
+
+
+def test_the_report_on_a_terminal_draws_a_bar_and_clears_it_before_each_line():
+    report, out = _report(tty=True)
+    clock = Clock()
+    report.run_starting("70.3")
+    report.run_started("r")
+    report.feed(_entry("r", "seed_asof", clock.tick(1), "STEP_START"))
+    report.feed(_entry("r", "seed_asof", clock.tick(1), message="chain 1/2: warmup 750/1500 [progress 750/6000]", level=logging.INFO))
+    report.tick()
+    text = out.getvalue()
+    assert "\r\x1b[K" in text and "[##" in text and "chain 1/2: warmup 750/1500" in text
+    assert "\n  seed_asof" not in text  # on a terminal progress is the bar, not lines
+    report.feed(_entry("r", "seed_asof", clock.tick(1), "STEP_SUCCESS", SimpleNamespace(duration_ms=3000.0)))
+    tail = out.getvalue()[len(text):]
+    assert tail.startswith("\r\x1b[K")  # the bar is cleared before the finished line
+    assert "seed_asof [70.3]" in tail and "3.0 s" in tail
+
+
+def test_a_failed_step_is_classified_data_error_check_failure_or_bug():
+    report, _ = _report()
+    report.run_starting("70.3")
+    report.run_started("r")
+    clock = Clock()
+    error = SimpleNamespace(cls_name="Failure", message="Failure: x", cause=None, to_string=lambda: "tb")
+    report.feed(_entry("r", "athlete_race", clock.tick(1), "STEP_START"))
+    report.feed(_entry("r", "athlete_race", clock.tick(1), "STEP_FAILURE",
+                       SimpleNamespace(user_failure_data=SimpleNamespace(description="a.csv: file not found"), error=error)))
+    wrapped = SimpleNamespace(cls_name="DagsterExecutionHandleOutputError", message="oops", to_string=lambda: "tb",
+                              cause=SimpleNamespace(cls_name="OutputWriteError", message="x.OutputWriteError: could not write s", cause=None))
+    report.feed(_entry("r", "model_frame", clock.tick(1), "STEP_FAILURE", SimpleNamespace(user_failure_data=None, error=wrapped)))
+    checks = SimpleNamespace(cls_name="DagsterAssetCheckFailedError", message="1 blocking check failed", cause=None, to_string=lambda: "tb")
+    report.feed(_entry("r", "posterior", clock.tick(1), "STEP_FAILURE", SimpleNamespace(user_failure_data=None, error=checks)))
+    bug = SimpleNamespace(cls_name="KeyError", message="KeyError: 'x'", cause=None,
+                          to_string=lambda: "KeyError: 'x'\n\nStack Trace:\n  File \"a.py\", line 1")
+    report.feed(_entry("r", "bayesian_predictions", clock.tick(1), "STEP_FAILURE", SimpleNamespace(user_failure_data=None, error=bug)))
+    messages = report.error_messages()
+    assert messages[0] == "a.csv: file not found"
+    assert messages[1] == "could not write s"  # the data error behind Dagster's wrapper
+    assert messages[2].startswith("posterior [70.3]: blocking checks failed")
+    assert messages[3].startswith("bayesian_predictions [70.3] raised an unexpected error (a bug)")
+    assert 'File "a.py", line 1' in messages[3]  # a bug keeps its traceback
+
+
+# --- the real command: settings, DAGSTER_HOME, --verbose, a bug -------------------------------
+
+
+def _run_cli(argv, capfd):
+    capfd.readouterr()
+    code = main(argv)
+    captured = capfd.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_invalid_settings_end_with_one_message_and_exit_1(dagster_home, small_inputs, monkeypatch, tmp_path, capfd):
+    monkeypatch.setenv("RACEDAYAI_INPUT_DIR", str(small_inputs))
+    monkeypatch.setenv("RACEDAYAI_OUTPUT_DIR", str(tmp_path / "out"))
+    code, out, err = _run_cli(["refit", "--warmup", "0"], capfd)
+    assert code == 1
+    assert err.strip().splitlines() == [err.strip()] and err.startswith("error: invalid refit settings: ")
+    assert "num_warmup" in err and "Traceback" not in out + err
+
+
+def test_an_unset_dagster_home_ends_with_one_message_and_exit_1(monkeypatch, capfd):
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    code, out, err = _run_cli(["refit"], capfd)
+    assert code == 1 and out == ""
+    assert err.startswith("error: DAGSTER_HOME is not set: run `make run`") and err.count("\n") == 1
+
+
+def test_a_usage_error_exits_2():
+    with pytest.raises(SystemExit) as info:
+        main(["refit", "--distance", "sprint"])
+    assert info.value.code == 2
+
+
+def test_verbose_streams_dagster_events_and_the_log_file_keeps_them(dagster_home, monkeypatch, tmp_path, capfd):
+    monkeypatch.setenv("RACEDAYAI_INPUT_DIR", str(tmp_path / "no-inputs"))
+    monkeypatch.setenv("RACEDAYAI_OUTPUT_DIR", str(tmp_path / "out"))
+    quiet_code, quiet_out, quiet_err = _run_cli(["refit"], capfd)
+    code, out, err = _run_cli(["refit", "--verbose"], capfd)
+    assert quiet_code == code == 1
+    assert "DEBUG" not in quiet_out + quiet_err
+    assert " - DEBUG - " in err and "STEP_FAILURE" in err  # Dagster's own stream, as before
+    assert err.strip().splitlines()[-1].startswith("error: ")  # still ends with the one message
+    logs = sorted((dagster_home / "logs").glob("refit-*.log"))
+    assert len(logs) == 2 and str(logs[0]) in quiet_out
+    text = logs[0].read_text()
+    assert " - DEBUG - " in text and "STEP_WORKER_STARTED" in text  # from the step processes too
+    assert "Stack Trace:" in text  # the failure's traceback is kept in the log
+
+
+SITECUSTOMIZE = """
+import racedayai_bayes.lib.data.frame as frame
+
+def build_model_frame(*args, **kwargs):
+    raise RuntimeError("an injected bug")
+
+frame.build_model_frame = build_model_frame
+"""
+
+
+def test_a_bug_in_a_step_keeps_its_traceback(dagster_home, small_inputs, tmp_path):
+    """An unexpected exception is not a data error: the command shows where it came from."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE)  # every process: the CLI, the forkserver, steps
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hooks), str(REPO)]), "DAGSTER_HOME": str(dagster_home),
+           "RACEDAYAI_INPUT_DIR": str(small_inputs), "RACEDAYAI_OUTPUT_DIR": str(tmp_path / "out")}
+    proc = subprocess.run([sys.executable, "-m", "racedayai_bayes.cli", "refit", "--distance", "70.3"],
+                          capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert re.search(r"^  model_frame +FAILED .*a bug", proc.stdout, re.M), proc.stdout
+    assert "model_frame raised an unexpected error (a bug); its traceback:" in proc.stderr
+    assert "RuntimeError: an injected bug" in proc.stderr and 'line 5, in build_model_frame' in proc.stderr
+    assert "DEBUG" not in proc.stdout + proc.stderr
+    assert Path(tmp_path / "out").exists() is False
