@@ -20,7 +20,9 @@ from racedayai_bayes.lib.outputs.io import write_csv_atomic
 REPO = Path(__file__).resolve().parents[1]
 
 # Headers of the three input files with exactly the columns the pipeline reads.
-RACE_HEADER = "athlete_hash,gender,age_group,is_pro,event_distance,event_year,total_sec"
+RACE_HEADER = "athlete_hash,gender,age_group,is_pro,event_distance,event_year,total_sec,event_name"
+# The course of a hand-written race row that names none (see race_rows).
+TEST_EVENT = "IRONMAN Testville"
 PROFILE_HEADER = "athlete_hash,total_races,pb_total_sec"
 CLUSTER_HEADER = "athlete_hash,cluster_id"
 
@@ -60,6 +62,17 @@ def write_inputs(world: dict[str, pd.DataFrame], folder: Path) -> Path:
     for name, file in (("athlete_race", RACE_FILE), ("athlete_profile", PROFILE_FILE), ("cluster_assignments", CLUSTER_FILE)):
         write_csv_atomic(world[name], folder / file)
     return folder
+
+
+def race_rows(rows: Iterable[str], header: str = RACE_HEADER, event: str = TEST_EVENT) -> list[str]:
+    """Hand-written race rows for ``header``: a row one field short of a header ending in
+    event_name gets ``event`` as its course (most tests are about other columns)."""
+    width = header.count(",") + 1
+    out = []
+    for row in rows:
+        short = header.endswith("event_name") and row.count(",") + 1 == width - 1
+        out.append(f"{row},{event}" if short else row)
+    return out
 
 
 def csv_text(header: str, rows: Iterable[str]) -> str:
@@ -121,33 +134,49 @@ def constant_draws(values: dict, chains: int = 2, draws: int = 500) -> Draws:
 HAND_ENCODING = Encoding("70.3", ("25-29", "30-34"), (-1, 3), 20000.0, 4000.0, 0.5, 2.0, 0)
 
 
-def hand_posterior(failed: bool = False, holdout: bool = True) -> SimpleNamespace:
-    """A posterior of 70.3 with hand-made draws and three held-out rows, as write_artifact reads it;
-    ``failed``: its ESS check failed at ERROR."""
-    from racedayai_bayes.lib.evaluation import diagnostics as dx
+def hand_rows(seasons=(2023, 2024)) -> pd.DataFrame:
+    """Model-frame rows of 70.3 (with as-of history) over ``seasons``: three races a season."""
+    from racedayai_bayes.lib.data.frame import MODEL_DISTANCES
+    from racedayai_bayes.lib.data.history import add_history, season_table
 
-    rows = pd.DataFrame({
-        "athlete_hash": pd.array(["a", None, "c"], dtype="string"),
-        "gender": pd.array(["M", "F", None], dtype="string"),
-        "age_group": pd.array(["25-29", "80+", "30-34"], dtype="string"),
-        "event_year": pd.array([2024, 2024, 2024], dtype="Int64"),
-        "pb_total_sec": [19000.0, np.nan, 21000.0],
-        "total_races": [3.0, 1.0, np.nan],
-        "cluster_id": pd.array([3, None, 7], dtype="Int64"),
-        "total_sec": [19500.0, 22000.0, 20500.0],
+    n = 3 * len(seasons)
+    frame = pd.DataFrame({
+        "athlete_hash": pd.array(["a", None, "c"] * len(seasons), dtype="string"),
+        "gender": pd.array(["M", "F", None] * len(seasons), dtype="string"),
+        "age_group": pd.array(["25-29", "80+", "30-34"] * len(seasons), dtype="string"),
+        "event_name": pd.array(["E1", "E1", "E2"] * len(seasons), dtype="string"),
+        "event_distance": pd.array(["70.3"] * n, dtype="string"),
+        "event_year": pd.array(np.repeat(seasons, 3), dtype="Int64"),
+        "total_sec": np.linspace(19000.0, 23000.0, n),
+        "pb_total_sec": [19000.0, np.nan, 21000.0] * len(seasons),
+        "total_races": [3.0, 1.0, np.nan] * len(seasons),
+        "cluster_id": pd.array([3, None, 7] * len(seasons), dtype="Int64"),
+        "is_pro": pd.array([False] * n, dtype="boolean"),
     })
-    level = dx.ERROR if failed else dx.PASS
+    table = season_table(frame, np.ones(n, dtype=bool), MODEL_DISTANCES)
+    return add_history(frame, table, MODEL_DISTANCES).drop(columns="is_pro")
+
+
+def hand_judged(failed: bool = False, name: str = "seed_profile"):
+    """A judged seed posterior of 70.3 with hand-made draws, its split holding out 2024;
+    ``failed``: an ERROR check is added (it may not be published)."""
+    from racedayai_bayes.lib.data.split import split_holdout
+    from racedayai_bayes.lib.evaluation import diagnostics as dx
+    from racedayai_bayes.lib.evaluation.judge import judge
+    from racedayai_bayes.lib.models.seed.fit import FittedSeed
+
     enc = HAND_ENCODING
-    return SimpleNamespace(
-        distance="70.3", encoding=enc,
-        draws=hand_draws(chains=2, draws=50, n_age=len(enc.age_levels), n_cluster=len(enc.cluster_levels)),
-        settings={"seed": 42, "predictive_draws": 100, "engine": "exact"},
-        prediction_seed=43, interval_draws=100,
-        split={"rule": "latest_year", "rows_held_out": 3}, in_sample=None, holdout=None,
-        holdout_rows=rows if holdout else None, fit_observed=np.array([1.0, 2.0], np.float32),
-        checks=[dx.CheckOutcome("ess", level, 500.0, ">= 400")], failed_checks=["ess"] if failed else [],
-        drift={}, rows_fitted=2, rows_available=5,
+    model = FittedSeed(
+        name=name, distance="70.3", asof=name != "seed_profile", kind="asof" if name == "seed_asof" else "profile",
+        encoding=enc, draws=hand_draws(chains=2, draws=50, n_age=len(enc.age_levels), n_cluster=len(enc.cluster_levels)),
+        info={"settings": {"seed": 42, "prediction_seed": 43, "predictive_draws": 100, "engine": "exact",
+                           "features": "asof" if name == "seed_asof" else "profile"}},
     )
+    split = split_holdout(hand_rows(), "latest_year")
+    judged = judge(model, split)
+    if failed:
+        judged.checks.append(dx.CheckOutcome("ess", dx.ERROR, 5.0, ">= 400"))
+    return judged, split
 
 
 # --- fixtures ----------------------------------------------------------------------------------

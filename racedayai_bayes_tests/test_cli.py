@@ -225,10 +225,10 @@ def test_verbose_streams_dagster_events_and_the_log_file_keeps_them(dagster_home
 SITECUSTOMIZE = """
 import racedayai_bayes.lib.data.frame as frame
 
-def build_model_frame(*args, **kwargs):
+def model_frame_and_seasons(*args, **kwargs):
     raise RuntimeError("an injected bug")
 
-frame.build_model_frame = build_model_frame
+frame.model_frame_and_seasons = model_frame_and_seasons
 """
 
 

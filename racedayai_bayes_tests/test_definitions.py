@@ -3,21 +3,39 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dagster as dg
+
 from racedayai_bayes.definitions import defs
 
 from .conftest import REPO
 
 
 def test_definitions_hold_the_designed_graph():
-    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert keys == {
-        "athlete_race", "athlete_profile", "cluster_assignments", "model_frame",
-        "posterior", "bayesian_predictions", "bayesian_posterior_means",
+        "athlete_race", "athlete_profile", "cluster_assignments", "model_frame", "athlete_seasons",
+        "holdout_split", "posterior_seed_profile", "posterior_seed_asof", "posterior_forecast",
+        "published_model", "bayesian_predictions", "bayesian_posterior_means", "forecast_posterior_means",
     }
     job = defs.resolve_job_def("refit")
     assert job.partitions_def.get_partition_keys() == ["70.3", "140.6"]
-    checks = {k.name for k in defs.resolve_asset_graph().asset_check_keys}
-    assert checks == {"rhat_max", "ess_bulk_min", "divergences", "predictive_coverage", "prediction_drift"}
+    checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
+    harness = {"predictive_coverage", "coverage_by_decile", "prediction_drift", "rhat_max", "ess_bulk_min"}
+    assert checks == {
+        *(("posterior_seed_profile", c) for c in harness | {"divergences"}),
+        *(("posterior_seed_asof", c) for c in harness | {"divergences"}),
+        *(("posterior_forecast", c) for c in harness | {"proposal_khat"}),
+        *(("published_model", c) for c in ("publishable", "published_coverage", "published_coverage_by_decile",
+                                           "published_model_change")),
+    }
+    # the blocking gate sits on what is published, not on each model
+    blocking = {(s.asset_key.to_user_string(), s.name) for a in defs.assets for s in getattr(a, "check_specs", []) if s.blocking}
+    assert blocking == {("published_model", "publishable"), ("published_model", "published_coverage")}
+    # every model's posterior feeds the comparison, and the CSV is downstream of it only
+    parents = {k.to_user_string() for k in graph.get(dg.AssetKey("published_model")).parent_keys}
+    assert parents == {"holdout_split", "posterior_seed_profile", "posterior_seed_asof", "posterior_forecast"}
+    assert {k.to_user_string() for k in graph.get(dg.AssetKey("bayesian_predictions")).parent_keys} == {"published_model", "holdout_split"}
     assert {s.name for s in defs.sensors} == {"refit_failure_alert", "check_warning_alert", "dead_run_reaper"}
 
 

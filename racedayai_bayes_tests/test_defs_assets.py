@@ -1,4 +1,5 @@
-"""The asset graph materialised in process on a small simulated world."""
+"""The asset graph materialised in process on a small simulated world: every model, the
+comparison, the published CSV, artifacts, and the command that predicts from an artifact."""
 
 import shutil
 from pathlib import Path
@@ -9,25 +10,47 @@ import pandas as pd
 import pytest
 
 from racedayai_bayes.definitions import defs
+from racedayai_bayes.defs.models import posterior_key
 from racedayai_bayes.defs.resources import PipelinePaths
-from racedayai_bayes.lib.outputs.artifacts import LATEST, load_artifact
+from racedayai_bayes.lib.models.base import MODEL_NAMES
+from racedayai_bayes.lib.outputs.artifacts import LATEST, latest_artifact, load_artifact
 from racedayai_bayes.lib.outputs.io import write_csv_atomic
-from racedayai_bayes.lib.models.seed.predict import PREDICTION_COLUMNS, PREDICTION_INTERVAL_COLUMNS
+from racedayai_bayes.lib.outputs.tables import APPENDED_COLUMNS, INTERVAL_COLUMNS, PREDICTION_COLUMNS
 
 from .conftest import FAST_FIT, pipeline_resources
 
-ALL_ASSETS = [a for a in defs.assets]
-CHECK_NAMES = {"rhat_max", "ess_bulk_min", "divergences", "predictive_coverage", "prediction_drift"}
+ALL_ASSETS = list(defs.assets)
+HARNESS_CHECKS = {"predictive_coverage", "coverage_by_decile", "prediction_drift"}
+MODEL_CHECKS = {
+    "seed_profile": {"rhat_max", "ess_bulk_min", "divergences"} | HARNESS_CHECKS,
+    "seed_asof": {"rhat_max", "ess_bulk_min", "divergences"} | HARNESS_CHECKS,
+    "forecast": {"rhat_max", "ess_bulk_min", "proposal_khat"} | HARNESS_CHECKS,
+}
+PUBLISH_CHECKS = {"publishable", "published_coverage", "published_coverage_by_decile", "published_model_change"}
+# a refit of one distance: the split and everything downstream of it
+REFIT = ["holdout_split", *(posterior_key(n) for n in MODEL_NAMES), "published_model", "bayesian_predictions",
+         "bayesian_posterior_means", "forecast_posterior_means"]
 
-def _materialize(distance, resources, fit, instance, selection=None, raise_on_error=True):
+
+def _config(seed_fit=FAST_FIT, forecast=None, publish="auto", split=None):
+    ops = {
+        posterior_key("seed_profile"): {"config": seed_fit},
+        posterior_key("seed_asof"): {"config": seed_fit},
+        posterior_key("forecast"): {"config": forecast or {}},
+        "published_model": {"config": {"publish": publish}},
+    }
+    if split:
+        ops["holdout_split"] = {"config": split}
+    return {"ops": ops}
+
+
+def _materialize(distance, resources, instance, selection=None, raise_on_error=True, **config):
+    run_config = _config(**config)
+    if selection is not None:  # a run takes config only for the steps it runs
+        run_config["ops"] = {k: v for k, v in run_config["ops"].items() if k in selection}
     return dg.materialize(
-        ALL_ASSETS,
-        selection=selection,
-        partition_key=distance,
-        resources=resources,
-        run_config={"ops": {"posterior": {"config": fit}}},
-        instance=instance,
-        raise_on_error=raise_on_error,
+        ALL_ASSETS, selection=selection, partition_key=distance, resources=resources,
+        run_config=run_config, instance=instance, raise_on_error=raise_on_error,
     )
 
 
@@ -38,141 +61,149 @@ def graph_run(small_inputs, tmp_path_factory):
     resources = pipeline_resources(small_inputs, out, tmp_path_factory.mktemp("storage"))
     instance = dg.DagsterInstance.ephemeral()
     results = {
-        "70.3": _materialize("70.3", resources, FAST_FIT, instance),
-        "140.6": _materialize(
-            "140.6", resources, FAST_FIT, instance,
-            selection=["posterior", "bayesian_predictions", "bayesian_posterior_means"],
-        ),
+        "70.3": _materialize("70.3", resources, instance),
+        "140.6": _materialize("140.6", resources, instance, selection=REFIT),
     }
     return results, out, resources
+
+
+def _frame(results):
+    return results["70.3"].output_for_node("model_frame", "model_frame")
+
+
+def _meta(result, node):
+    return result.asset_materializations_for_node(node)[0].metadata
 
 
 def test_whole_graph_writes_both_prediction_csvs_and_means(graph_run):
     results, out, _ = graph_run
     assert all(r.success for r in results.values())
-    frame = results["70.3"].output_for_node("model_frame")
-    for distance in ("70.3", "140.6"):
+    frame = _frame(results)
+    for distance, result in results.items():
         table = pd.read_csv(out / f"bayesian_predictions_{distance}.csv", dtype={"event_distance": str})
-        # the contract's columns unchanged and first, the predictive quantiles appended
-        assert tuple(table.columns) == PREDICTION_COLUMNS + PREDICTION_INTERVAL_COLUMNS
+        # the contract's columns unchanged and first; quantiles, model, course and held_out appended
+        assert tuple(table.columns) == PREDICTION_COLUMNS + INTERVAL_COLUMNS + APPENDED_COLUMNS
         assert (table["bayes_p05"] < table["bayes_p50"]).all() and (table["bayes_p50"] < table["bayes_p95"]).all()
-        inside = table["total_sec"].between(table["bayes_p05"], table["bayes_p95"]).mean()
-        assert 0.85 <= inside <= 0.95, inside
+        published = _meta(result, "published_model")["published"].value
+        assert published in ("seed_asof", "forecast")  # never the leaking seed_profile on its own
+        assert (table["model"] == published).all()
         expected = frame[frame["event_distance"] == distance]
         assert len(table) == len(expected)
-        assert (table["event_distance"] == distance).all()
         assert table["total_sec"].tolist() == expected["total_sec"].tolist()
+        assert table["event_name"].fillna("").tolist() == expected["event_name"].fillna("").tolist()
+        latest = int(expected["event_year"].max())
+        assert table["held_out"].tolist() == (expected["event_year"] == latest).tolist()
+        held = table[table["held_out"]]
+        inside = held["total_sec"].between(held["bayes_p05"], held["bayes_p95"]).mean()
+        assert 0.8 <= inside <= 0.98, inside
         assert table["bayes_std"].gt(0).all()
-        # posterior-mean predictions track the truth far better than the distance mean does
-        mae = (table["bayes_pred"] - table["total_sec"]).abs().mean()
-        assert mae < (table["total_sec"] - table["total_sec"].mean()).abs().mean()
+        mae = (held["bayes_p50"] - held["total_sec"]).abs().mean()
+        assert mae < (held["total_sec"] - held["total_sec"].mean()).abs().mean()
     means = pd.read_csv(out / "bayesian_posterior_means.csv", dtype={"distance": str})
-    assert means["distance"].tolist() == ["70.3", "140.6"]
-    assert means.columns[0] == "distance"
-    assert {"mu_global", "sigma", "sigma_age", "mu_gender_0", "mu_gender_1", "mu_age_0"} <= set(means.columns)
+    assert means["distance"].tolist() == ["70.3", "140.6"] and means.columns[0] == "distance"
+    assert {"mu_global", "sigma", "sigma_age", "mu_gender_0", "mu_gender_1", "mu_age_0", "mu_cluster_0"} <= set(means.columns)
+    forecast = pd.read_csv(out / "forecast_posterior_means.csv", dtype={"distance": str})
+    assert forecast["distance"].tolist() == ["70.3", "140.6"]
+    assert {"sigma_first", "sigma_returning", "tau", "sigma_course", "sigma_cell", "day_sd"} <= set(forecast.columns)
 
 
-def test_each_distance_judged_by_five_passing_checks(graph_run):
+def test_every_model_is_judged_by_its_own_checks_per_distance(graph_run):
     results, _, _ = graph_run
-    assert len(CHECK_NAMES) == 5
     for distance, result in results.items():
         evals = result.get_asset_check_evaluations()
-        # each of the five checks evaluated exactly once, on this distance's posterior
-        assert sorted(e.check_name for e in evals) == sorted(CHECK_NAMES)
-        assert {e.asset_key.to_user_string() for e in evals} == {"posterior"}
+        by_asset = {}
         for e in evals:
-            assert e.passed, (distance, e.check_name, e.description)
+            by_asset.setdefault(e.asset_key.to_user_string(), []).append(e.check_name)
             assert e.metadata["distance"].value == distance
-            assert {"value", "threshold", "worst"} <= set(e.metadata)
-        rhat = next(e for e in evals if e.check_name == "rhat_max")
-        assert rhat.metadata["value"].value <= 1.01
+            assert {"value", "threshold", "worst", "model"} <= set(e.metadata)
+        for name, checks in MODEL_CHECKS.items():
+            assert sorted(by_asset[posterior_key(name)]) == sorted(checks), name  # each once
+        assert sorted(by_asset["published_model"]) == sorted(PUBLISH_CHECKS)
+        for e in evals:
+            if e.check_name in ("rhat_max", "ess_bulk_min", "predictive_coverage", "publishable", "published_coverage"):
+                assert e.passed, (distance, e.asset_key.to_user_string(), e.check_name, e.description)
 
 
-def test_posterior_metadata_reports_summary_analysis_and_predictive_checks(graph_run):
+def test_the_comparison_shows_every_model_and_why_one_was_published(graph_run):
     results, _, _ = graph_run
-    mats = results["70.3"].asset_materializations_for_node("posterior")
-    meta = mats[0].metadata
-    summary = meta["summary"].value
-    assert "| parameter | mean | sd | p5 | p95 | ess_bulk | r_hat |" in summary
-    assert "beta_fitness" in summary and "mu_age[0]" in summary
-    assert "Male" in meta["analysis"].value and "beta_experience" in meta["analysis"].value
-    assert 0.85 <= meta["coverage_90"].value <= 0.95
-    assert meta["engine"].value == "exact"
-    # the latest event year is held out, never fitted
-    frame = results["70.3"].output_for_node("model_frame")
+    meta = _meta(results["70.3"], "published_model")
+    comparison = meta["comparison"].value
+    for name in MODEL_NAMES:
+        assert name in comparison
+    assert "leaks the outcome" in comparison  # seed_profile's features
+    assert "ELPD" in meta["reason"].value and meta["published"].value in meta["reason"].value
+    assert "first race" in meta["differences"].value and "new course" in meta["differences"].value
+    assert meta["plot_elpd_differences"].value.startswith("![")
+    decision = results["70.3"].output_for_node("published_model")
+    assert set(decision.table["model"]) == set(MODEL_NAMES)
+    assert decision.table.loc[decision.table["published"], "model"].item() == decision.published
+    # every model was judged on the same held-out rows
+    positions = {n: j.judged.positions.tolist() for n, j in decision.judged.items()}
+    assert len({tuple(p) for p in positions.values()}) == 1
+
+
+def test_posterior_metadata_reports_summary_evaluation_and_plots(graph_run):
+    results, _, _ = graph_run
+    frame = _frame(results)
     rows = frame[frame["event_distance"] == "70.3"]
     latest = int(rows["event_year"].max())
-    assert meta["rows_held_out"].value == int((rows["event_year"] == latest).sum()) > 0
-    assert meta["rows_fitted"].value + meta["rows_held_out"].value == meta["rows_available"].value
-    assert str(latest) in meta["holdout"].value
-    # held-out metrics beside the notebook's in-sample ones
-    for name in ("mae_min", "r2", "coverage_90"):
-        assert np.isfinite(meta[f"holdout_{name}"].value) and np.isfinite(meta[name].value)
-    evaluation = meta["evaluation"].value
-    assert "in-sample (the notebook's)" in evaluation and "held-out" in evaluation and str(latest) in evaluation
-    # the plots, as markdown images
-    for name in ("plot_scale_ranks", "plot_group_effects", "plot_predicted_vs_observed", "plot_coverage_by_decile"):
-        assert meta[name].value.startswith("![") and "data:image/png;base64," in meta[name].value, name
+    for name in MODEL_NAMES:
+        meta = _meta(results["70.3"], posterior_key(name))
+        assert "| parameter | mean | sd | p5 | p95 | ess_bulk | r_hat |" in meta["summary"].value
+        assert meta["model"].value == name
+        assert meta["rows_held_out"].value == int((rows["event_year"] == latest).sum()) > 0
+        assert str(latest) in meta["holdout"].value
+        evaluation = meta["evaluation"].value
+        assert "in-sample (the notebook's)" in evaluation and "held-out" in evaluation and "ELPD" in evaluation
+        for key in ("elpd", "mae_p50_min", "coverage_90"):
+            assert np.isfinite(meta[key].value)
+        for plot in ("plot_scale_ranks", "plot_predicted_vs_observed", "plot_coverage_by_decile"):
+            assert meta[plot].value.startswith("![") and "data:image/png;base64," in meta[plot].value, (name, plot)
+    assert "Male" in _meta(results["70.3"], posterior_key("seed_profile"))["analysis"].value
+    assert _meta(results["70.3"], posterior_key("forecast"))["plot_course_effects"].value.startswith("![")
 
 
-def test_coverage_check_judges_the_held_out_rows(graph_run):
-    results, _, _ = graph_run
-    for result in results.values():
-        meta = result.asset_materializations_for_node("posterior")[0].metadata
-        check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "predictive_coverage")
-        assert check.metadata["value"].value == meta["holdout_coverage_90"].value
-        assert check.metadata["judged_on"].value == "held-out"
-        assert "held-out rows" in check.description
-
-
-def test_each_refit_saves_an_artifact_and_its_csv_moves_latest(graph_run):
+def test_each_model_saves_an_artifact_and_the_csv_moves_latest_to_the_published_one(graph_run):
     results, out, _ = graph_run
     for distance, result in results.items():
-        meta = result.asset_materializations_for_node("posterior")[0].metadata
-        path = out / "posterior" / distance / (out / "posterior" / distance / LATEST).read_text().strip()
-        assert str(path) == meta["artifact"].value
-        csv_meta = result.asset_materializations_for_node("bayesian_predictions")[0].metadata
-        assert csv_meta["posterior_artifact"].value == str(path)
-        stored = result.output_for_node("posterior")
+        published = _meta(result, "published_model")["published"].value
+        for name in MODEL_NAMES:
+            path = Path(_meta(result, posterior_key(name))["artifact"].value)
+            assert path.parent == out / "posterior" / name / distance and path.exists()
+        assert latest_artifact(out, distance) == Path(_meta(result, posterior_key(published))["artifact"].value)
+        assert _meta(result, "bayesian_predictions")["posterior_artifact"].value == str(latest_artifact(out, distance))
         art = load_artifact(out / "posterior" / distance)  # a folder resolves through `latest`
-        assert art.path == path and art.distance == distance and art.encoding == stored.encoding
-        for site, values in stored.draws.samples.items():
-            np.testing.assert_array_equal(art.draws.samples[site], values)
-        np.testing.assert_array_equal(art.draws.diverging, stored.draws.diverging)
-
-        import arviz as az
-
-        idata = az.from_netcdf(str(path))
-        assert {"posterior", "sample_stats", "observed_data", "posterior_predictive", "constant_data"} <= set(idata.groups())
-        assert list(idata.posterior["mu_age"].coords["age_group"].values) == list(stored.encoding.age_levels)
-        held = meta["rows_held_out"].value
-        pp = idata.posterior_predictive["total_sec_holdout"]
-        assert pp.dims == ("chain", "draw", "holdout_row") and pp.shape[2] == min(held, 10_000)
-        assert idata.observed_data["total_sec"].shape == (meta["rows_fitted"].value,)
-        np.testing.assert_array_equal(
-            idata.observed_data["total_sec_holdout"].values, stored.holdout_rows["total_sec"].to_numpy(float)
-        )
-        assert int(idata.constant_data["event_year"].max()) == int(idata.constant_data["event_year"].min())
-        assert "racedayai_settings" in idata.attrs and "racedayai_holdout" in idata.attrs
+        stored = result.output_for_node(posterior_key(published)).model
+        assert art.model.name == published and art.distance == distance
+        if published == "forecast":
+            np.testing.assert_array_equal(art.model.b, stored.b)
+            assert (path := art.path.parent / (art.path.name[:-3] + ".athletes.parquet")).exists(), path
 
 
-def test_predict_command_reproduces_the_csv_from_the_artifact_alone(graph_run, tmp_path):
+def test_predict_command_reproduces_the_held_out_forecasts_from_the_artifact_alone(graph_run, tmp_path):
     from racedayai_bayes.cli import main
 
     results, out, _ = graph_run
-    frame = results["70.3"].output_for_node("model_frame")
-    rows_csv = write_csv_atomic(frame[frame["event_distance"] == "70.3"], tmp_path / "rows.csv")
-    artifact = results["70.3"].asset_materializations_for_node("posterior")[0].metadata["artifact"].value
-    code = main(["predict", "--posterior", artifact, "--input", str(rows_csv), "--output", str(tmp_path / "p.csv")])
+    csv = pd.read_csv(out / "bayesian_predictions_70.3.csv", dtype={"event_distance": str, "athlete_hash": str})
+    decision = results["70.3"].output_for_node("published_model")
+    rows = results["70.3"].output_for_node("holdout_split").holdout
+    columns = ["athlete_hash", "gender", "age_group", "event_name", "event_year", "event_distance", "total_sec",
+               "pb_total_sec", "total_races", "cluster_id", "hist_best_sec", "hist_results"]
+    rows_csv = write_csv_atomic(rows[columns], tmp_path / "rows.csv")
+    code = main(["predict", "--posterior", str(out / "posterior" / "70.3"), "--input", str(rows_csv),
+                 "--output", str(tmp_path / "p.csv")])
     assert code == 0
-    assert (tmp_path / "p.csv").read_bytes() == (out / "bayesian_predictions_70.3.csv").read_bytes()
+    got = pd.read_csv(tmp_path / "p.csv", dtype={"event_distance": str, "athlete_hash": str})
+    want = csv[csv["held_out"]].reset_index(drop=True)
+    assert (got["model"] == decision.published).all() and got["held_out"].all()
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
 
 
 def test_predict_command_refuses_rows_of_the_other_distance(graph_run, tmp_path, capsys):
     from racedayai_bayes.cli import main
 
     results, out, _ = graph_run
-    frame = results["70.3"].output_for_node("model_frame")
+    frame = _frame(results)
     rows_csv = write_csv_atomic(frame[frame["event_distance"] == "140.6"].head(50), tmp_path / "rows.csv")
     code = main(["predict", "--posterior", str(out / "posterior" / "70.3"), "--input", str(rows_csv), "--output", str(tmp_path / "p.csv")])
     assert code == 1 and not (tmp_path / "p.csv").exists()
@@ -189,13 +220,34 @@ def _copy_of_outputs(graph_run, tmp_path):
     return copy, {**resources, "paths": PipelinePaths(input_dir=resources["paths"].input_dir, output_dir=str(copy))}
 
 
-def test_drift_check_warns_above_the_threshold_without_blocking(graph_run, tmp_path):
-    """A refit compared with the published one: a 0.01 s threshold makes any shift a WARN."""
+def test_publish_seed_profile_gives_the_notebooks_csv_and_warns_of_the_change(graph_run, tmp_path):
+    """`publish: seed_profile` forces the notebook's model; the change of model is a WARN, and the
+    predict command reproduces that CSV byte for byte from the artifact alone."""
+    from racedayai_bayes.cli import main
+
+    results, _, _ = graph_run
     copy, resources = _copy_of_outputs(graph_run, tmp_path)
-    before = (copy / "posterior" / "70.3" / LATEST).read_text()
+    before = _meta(results["70.3"], "published_model")["published"].value
+    result = _materialize("70.3", resources, dg.DagsterInstance.ephemeral(), selection=REFIT, publish="seed_profile")
+    assert result.success  # a WARN never blocks
+    table = pd.read_csv(copy / "bayesian_predictions_70.3.csv")
+    assert (table["model"] == "seed_profile").all()
+    change = next(e for e in result.get_asset_check_evaluations() if e.check_name == "published_model_change")
+    assert not change.passed and change.severity == dg.AssetCheckSeverity.WARN
+    assert before in change.description and "seed_profile" in change.description
+    frame = result.output_for_node("holdout_split").rows
+    rows_csv = write_csv_atomic(frame, tmp_path / "rows.csv")
+    code = main(["predict", "--posterior", str(copy / "posterior" / "70.3"), "--input", str(rows_csv), "--output", str(tmp_path / "p.csv")])
+    assert code == 0
+    assert (tmp_path / "p.csv").read_bytes() == (copy / "bayesian_predictions_70.3.csv").read_bytes()
+
+
+def test_drift_check_warns_above_the_threshold_without_blocking(graph_run, tmp_path):
+    """A refit compared with the model's previous one: a 0.01 s threshold makes any shift a WARN."""
+    copy, resources = _copy_of_outputs(graph_run, tmp_path)
     result = _materialize(
-        "70.3", resources, {**FAST_FIT, "seed": 5, "drift_threshold_sec": 0.01}, dg.DagsterInstance.ephemeral(),
-        selection=["posterior", "bayesian_predictions"],
+        "70.3", resources, dg.DagsterInstance.ephemeral(), selection=[posterior_key("seed_profile")],
+        seed_fit={**FAST_FIT, "seed": 5, "drift_threshold_sec": 0.01},
     )
     assert result.success  # WARN never blocks
     drift = next(e for e in result.get_asset_check_evaluations() if e.check_name == "prediction_drift")
@@ -203,30 +255,50 @@ def test_drift_check_warns_above_the_threshold_without_blocking(graph_run, tmp_p
     # another seed moves the posterior means by Monte Carlo error only: seconds, not minutes
     assert 0.01 < drift.metadata["value"].value < 120
     assert "previous refit" in drift.description
-    assert (copy / "posterior" / "70.3" / LATEST).read_text() != before  # its CSV was written: published
 
 
-def test_failed_blocking_check_keeps_previous_csv(graph_run, tmp_path):
-    """Chains far too short fail the ESS check; the distance's CSV must stay as it was."""
-    _, out, resources = graph_run
-    csv = out / "bayesian_predictions_70.3.csv"
-    before = csv.read_bytes()
-    result = _materialize(
-        "70.3", resources,
-        {"engine": "rowwise", "num_warmup": 20, "num_samples": 20, "subsample": 500, "eval_rows": 500},
-        dg.DagsterInstance.ephemeral(),
-        selection=["posterior", "bayesian_predictions"],
-        raise_on_error=False,
-    )
-    assert not result.success
-    failed = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed}
-    assert "ess_bulk_min" in failed
+def test_a_model_that_fails_its_checks_does_not_stop_the_others(graph_run, tmp_path):
+    """Seed chains far too short fail their ESS checks: the run still compares and publishes."""
+    copy, resources = _copy_of_outputs(graph_run, tmp_path)
+    bad = {"engine": "rowwise", "num_warmup": 20, "num_samples": 20, "subsample": 500, "eval_rows": 500}
+    result = _materialize("70.3", resources, dg.DagsterInstance.ephemeral(), selection=REFIT, seed_fit=bad)
+    assert result.success
+    failed = {(e.asset_key.to_user_string(), e.check_name) for e in result.get_asset_check_evaluations() if not e.passed}
+    assert (posterior_key("seed_asof"), "ess_bulk_min") in failed
+    assert _meta(result, "published_model")["published"].value == "forecast"
+    assert (pd.read_csv(copy / "bayesian_predictions_70.3.csv")["model"] == "forecast").all()
+
+
+def test_when_no_model_passes_nothing_is_published_and_the_csv_stays(graph_run, tmp_path):
+    copy, resources = _copy_of_outputs(graph_run, tmp_path)
+    csv = copy / "bayesian_predictions_70.3.csv"
+    before, latest = csv.read_bytes(), (copy / "posterior" / "70.3" / LATEST).read_text()
+    bad = {"engine": "rowwise", "num_warmup": 20, "num_samples": 20, "subsample": 500, "eval_rows": 500}
+    result = _materialize("70.3", resources, dg.DagsterInstance.ephemeral(), selection=REFIT, raise_on_error=False,
+                          seed_fit=bad, forecast={"num_chains": 2, "num_samples": 20, "num_warmup": 0})
+    assert not result.success  # the blocking gate on published_model
+    publishable = next(e for e in result.get_asset_check_evaluations() if e.check_name == "publishable")
+    assert not publishable.passed and "nothing published" in publishable.description
     assert result.asset_materializations_for_node("bayesian_predictions") == []
     assert csv.read_bytes() == before
-    # the failed refit is saved for inspection, but `latest` still names the published one
-    meta = result.asset_materializations_for_node("posterior")[0].metadata
-    assert Path(meta["artifact"].value).exists()
-    assert (out / "posterior" / "70.3" / LATEST).read_text().strip() != meta["artifact"].value.rsplit("/", 1)[1]
+    assert (copy / "posterior" / "70.3" / LATEST).read_text() == latest
+
+
+def test_a_backtest_holds_out_an_earlier_season_and_drops_later_ones(graph_run, tmp_path):
+    results, _, _ = graph_run
+    copy, resources = _copy_of_outputs(graph_run, tmp_path)
+    frame = _frame(results)
+    rows = frame[frame["event_distance"] == "140.6"]
+    season = int(rows["event_year"].max()) - 1
+    result = _materialize("140.6", resources, dg.DagsterInstance.ephemeral(), selection=REFIT,
+                          split={"holdout_season": season})
+    assert result.success
+    meta = _meta(result, "holdout_split")
+    assert meta["season"].value == season
+    assert meta["rows_dropped_later_seasons"].value == int((rows["event_year"] > season).sum()) > 0
+    table = pd.read_csv(copy / "bayesian_predictions_140.6.csv")
+    assert table["event_year"].max() == season
+    assert table["held_out"].tolist() == (table["event_year"] == season).tolist()
 
 
 def test_bad_input_fails_with_file_and_column(small_inputs, tmp_path):
@@ -234,43 +306,42 @@ def test_bad_input_fails_with_file_and_column(small_inputs, tmp_path):
     inputs.mkdir()
     for f in small_inputs.iterdir():
         (inputs / f.name).write_bytes(f.read_bytes())
-    races = pd.read_csv(inputs / "athlete_race.csv", dtype=str).drop(columns=["total_sec"])
+    races = pd.read_csv(inputs / "athlete_race.csv", dtype=str).drop(columns=["event_name"])
     races.to_csv(inputs / "athlete_race.csv", index=False)
     result = dg.materialize(
-        [a for a in ALL_ASSETS if a.key == dg.AssetKey("athlete_race")],
+        [a for a in ALL_ASSETS if dg.AssetKey("athlete_race") in a.keys],
         resources=pipeline_resources(inputs, tmp_path / "out", tmp_path / "storage"),
         raise_on_error=False,
     )
     assert not result.success
     failure = result.get_step_failure_events()[0].step_failure_data.error
-    assert "athlete_race.csv" in failure.message and "total_sec" in failure.message
+    assert "athlete_race.csv" in failure.message and "event_name" in failure.message
 
 
-def test_unreadable_latest_artifact_skips_drift_and_the_refit_goes_on(graph_run, tmp_path):
+def test_unreadable_previous_artifact_skips_drift_and_the_refit_goes_on(graph_run, tmp_path):
     copy, resources = _copy_of_outputs(graph_run, tmp_path)
-    folder = copy / "posterior" / "70.3"
-    (folder / (folder / LATEST).read_text().strip()).write_bytes(b"truncated")
+    folder = copy / "posterior" / "seed_profile" / "70.3"
+    for nc in folder.glob("*.nc"):
+        nc.write_bytes(b"truncated")
     instance = dg.DagsterInstance.ephemeral()
-    result = _materialize("70.3", resources, FAST_FIT, instance, selection=["posterior"])
+    result = _materialize("70.3", resources, instance, selection=[posterior_key("seed_profile")])
     assert result.success
     drift = next(e for e in result.get_asset_check_evaluations() if e.check_name == "prediction_drift")
     assert drift.passed and drift.description == "no previous refit to compare with"
     logs = [e.user_message for e in instance.all_logs(result.run_id)]
-    assert any("drift check skipped" in m and "not a readable NetCDF" in m for m in logs)
+    assert any("drift check of seed_profile skipped" in m and "not a readable NetCDF" in m for m in logs)
 
 
-def test_artifact_that_cannot_be_written_fails_the_refit_and_keeps_the_csv(graph_run, tmp_path):
+def test_artifact_that_cannot_be_written_fails_the_model_and_keeps_the_csv(graph_run, tmp_path):
     copy, resources = _copy_of_outputs(graph_run, tmp_path)
-    shutil.rmtree(copy / "posterior" / "140.6")
-    (copy / "posterior" / "140.6").write_text("a file where the artifact folder should be")
+    target = copy / "posterior" / "forecast" / "140.6"
+    shutil.rmtree(target)
+    target.write_text("a file where the artifact folder should be")
     before = (copy / "bayesian_predictions_140.6.csv").read_bytes()
-    result = _materialize(
-        "140.6", resources, FAST_FIT, dg.DagsterInstance.ephemeral(),
-        selection=["posterior", "bayesian_predictions"], raise_on_error=False,
-    )
+    result = _materialize("140.6", resources, dg.DagsterInstance.ephemeral(), selection=REFIT, raise_on_error=False)
     assert not result.success
     error = result.get_step_failure_events()[0].step_failure_data.error
-    assert "posterior/140.6" in error.message and "previous file is unchanged" in error.message
+    assert "posterior/forecast/140.6" in error.message and "previous file is unchanged" in error.message
     assert (copy / "bayesian_predictions_140.6.csv").read_bytes() == before
 
 
@@ -278,8 +349,9 @@ def test_a_posterior_materialised_alone_does_not_move_latest(graph_run, tmp_path
     """`latest` names the posterior of the CSV on disk: a refit whose CSV is not written leaves it."""
     copy, resources = _copy_of_outputs(graph_run, tmp_path)
     before = (copy / "posterior" / "140.6" / LATEST).read_text()
-    result = _materialize("140.6", resources, {**FAST_FIT, "seed": 8}, dg.DagsterInstance.ephemeral(), selection=["posterior"])
+    result = _materialize("140.6", resources, dg.DagsterInstance.ephemeral(), selection=[posterior_key("forecast")],
+                          forecast={"seed": 8})
     assert result.success
-    new = Path(result.asset_materializations_for_node("posterior")[0].metadata["artifact"].value)
-    assert new.exists() and new.name != before.strip()
+    new = Path(_meta(result, posterior_key("forecast"))["artifact"].value)
+    assert new.exists() and new.name not in before
     assert (copy / "posterior" / "140.6" / LATEST).read_text() == before

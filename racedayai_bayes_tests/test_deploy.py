@@ -243,7 +243,7 @@ def test_runs_share_stored_values_through_the_object_store(instance, postgres, s
 
     storage = store / "storage"
     assert sorted(p.name for p in storage.iterdir()) == sorted(f"{name}.pkl" for name in [*inputs, "model_frame"])
-    pd.testing.assert_frame_equal(second.output_for_node("model_frame"), first.output_for_node("model_frame"))
+    pd.testing.assert_frame_equal(second.output_for_node("model_frame", "model_frame"), first.output_for_node("model_frame", "model_frame"))
     # the second run loaded its three inputs from the store (it did not read the CSVs)
     events = instance.all_logs(second.run_id, of_type=dg.DagsterEventType.LOADED_INPUT)
     loaded = [e.dagster_event.event_specific_data for e in events]

@@ -31,6 +31,7 @@ from racedayai_bayes.lib.outputs.io import write_csv_atomic
 from racedayai_bayes.lib.models.seed.predict import PREDICTION_COLUMNS, PREDICTION_INTERVAL_COLUMNS, predict_frame
 
 from .conftest import (
+    race_rows,
     CLUSTER_HEADER,
     FAST_FIT,
     PROFILE_HEADER,
@@ -126,7 +127,7 @@ def _temps(folder: Path) -> list[str]:
 
 def _races_text(n_good: int, bad: list[str] = (), header: str = RACE_HEADER) -> str:
     good = [f"g{i},M,30-34,False,70.3,2021,{20000 + i}" for i in range(n_good)]
-    return csv_text(header, [*good, *bad])
+    return csv_text(header, race_rows([*good, *bad], header))
 
 
 def _profiles_text(rows: list[str]) -> str:
@@ -247,7 +248,7 @@ MESSY_PROFILES = [
 def messy_run(tmp_path_factory):
     inputs = tmp_path_factory.mktemp("messy_inputs")
     bom, crlf = b"\xef\xbb\xbf", "\r\n"
-    (inputs / RACE_FILE).write_bytes(bom + (crlf.join([RACE_HEADER, *MESSY_RACES]) + crlf).encode())
+    (inputs / RACE_FILE).write_bytes(bom + (crlf.join([RACE_HEADER, *race_rows(MESSY_RACES)]) + crlf).encode())
     (inputs / PROFILE_FILE).write_bytes((crlf.join([PROFILE_HEADER, *MESSY_PROFILES]) + crlf).encode("latin-1"))
     (inputs / CLUSTER_FILE).write_bytes((CLUSTER_HEADER + crlf).encode())  # header only
     tmp = tmp_path_factory.mktemp("messy_run")

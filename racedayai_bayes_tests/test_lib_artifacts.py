@@ -1,4 +1,4 @@
-"""Posterior artifacts (lib/artifacts.py) from a hand-made posterior: layout, latest, pruning."""
+"""Posterior artifacts (lib/outputs/artifacts.py) from a hand-made posterior: layout, latest, pruning."""
 
 import numpy as np
 import pytest
@@ -10,51 +10,68 @@ from racedayai_bayes.lib.outputs.artifacts import (
     load_artifact,
     prune_artifacts,
     publish_artifact,
+    published_model,
     refit_timestamp,
     write_artifact,
 )
 
-from .conftest import HAND_ENCODING, hand_posterior
+from .conftest import HAND_ENCODING, hand_judged
 
-ENC = HAND_ENCODING
-_post = hand_posterior
+
+def _write(tmp_path, stamp, failed=False, name="seed_profile", root=None):
+    judged, split = hand_judged(failed=failed, name=name)
+    return write_artifact(judged, split, root or tmp_path, timestamp=stamp), judged, split
 
 
 def test_artifact_holds_everything_needed_to_predict(tmp_path):
-    path = write_artifact(_post(), tmp_path, timestamp="20261125T030000.000Z")
-    assert path == tmp_path / "posterior" / "70.3" / "20261125T030000.000Z.nc"
+    path, judged, split = _write(tmp_path, "20261125T030000.000Z")
+    assert path == tmp_path / "posterior" / "seed_profile" / "70.3" / "20261125T030000.000Z.nc"
     assert not (tmp_path / "posterior" / "70.3" / LATEST).exists()  # only its CSV publishes it
-    publish_artifact(path)
-    assert (tmp_path / "posterior" / "70.3" / LATEST).read_text() == path.name + "\n"
-    art = load_artifact(path)
-    assert art.encoding == ENC and art.prediction_seed == 43 and art.interval_draws == 100
-    np.testing.assert_array_equal(art.draws.samples["mu_age"], _post().draws.samples["mu_age"])
+    publish_artifact(path, tmp_path, "70.3")
+    assert (tmp_path / "posterior" / "70.3" / LATEST).read_text() == "seed_profile/70.3/20261125T030000.000Z.nc\n"
+    art = load_artifact(tmp_path / "posterior" / "70.3")
+    assert art.path == path and art.model_name == "seed_profile" and art.distance == "70.3"
+    assert art.model.encoding == HAND_ENCODING and art.model.prediction_seed == 43 and art.model.interval_draws == 100
+    np.testing.assert_array_equal(art.model.draws.samples["mu_age"], judged.model.draws.samples["mu_age"])
+    # the artifact alone predicts exactly what the pipeline did
+    again = art.model.predict(split.rows, split.holdout_positions)
+    np.testing.assert_array_equal(again.p95, judged.holdout.prediction.p95)
 
     import arviz as az
 
     idata = az.from_netcdf(str(path))
-    assert idata.posterior_predictive["total_sec_holdout"].shape == (2, 50, 3)  # 50 < 100 draws per chain
     assert list(idata.constant_data["age_group"].values) == ["25-29", "80+", "30-34"]
     assert list(idata.constant_data["athlete_hash"].values) == ["a", "", "c"]
-    assert np.isnan(idata.constant_data["cluster_id"].values[1])
+    np.testing.assert_array_equal(idata.observed_data["total_sec"].values, judged.holdout.observed)
+    assert published_model(tmp_path, "70.3") == "seed_profile"
 
 
 def test_an_unpublished_refit_is_saved_but_latest_stays(tmp_path):
-    good = write_artifact(_post(), tmp_path, timestamp="20261118T030000.000Z")
-    publish_artifact(good)
-    bad = write_artifact(_post(failed=True, holdout=False), tmp_path, timestamp="20261125T030000.000Z")
+    good, _, _ = _write(tmp_path, "20261118T030000.000Z")
+    publish_artifact(good, tmp_path, "70.3")
+    bad, _, _ = _write(tmp_path, "20261125T030000.000Z", failed=True)
     assert bad.exists()
     assert latest_artifact(tmp_path, "70.3") == good
     assert load_artifact(tmp_path / "posterior" / "70.3").path == good
 
 
-def test_prune_keeps_the_newest_and_never_the_latest(tmp_path):
-    first = write_artifact(_post(), tmp_path, timestamp="20260101T000000.000Z")
-    publish_artifact(first)
+def test_latest_may_name_another_models_artifact(tmp_path):
+    seed, _, _ = _write(tmp_path, "20261118T030000.000Z")
+    other, _, _ = _write(tmp_path, "20261125T030000.000Z", name="seed_asof")
+    publish_artifact(other, tmp_path, "70.3")
+    assert latest_artifact(tmp_path, "70.3") == other
+    assert published_model(tmp_path, "70.3") == "seed_asof"
+    assert load_artifact(tmp_path / "posterior" / "70.3").model.name == "seed_asof"
+    assert seed.exists()
+
+
+def test_prune_keeps_the_newest_and_never_a_published_one(tmp_path):
+    first, _, _ = _write(tmp_path, "20260101T000000.000Z")
+    publish_artifact(first, tmp_path, "70.3")
     for day in range(2, 6):
-        write_artifact(_post(failed=True, holdout=False), tmp_path, timestamp=f"202601{day:02d}T000000.000Z")
-    folder = tmp_path / "posterior" / "70.3"
-    removed = prune_artifacts(folder, keep=2)
+        _write(tmp_path, f"202601{day:02d}T000000.000Z", failed=True)
+    folder = tmp_path / "posterior" / "seed_profile" / "70.3"
+    removed = prune_artifacts(folder, tmp_path, keep=2)
     names = sorted(p.name for p in folder.glob("*.nc"))
     assert names == ["20260101T000000.000Z.nc", "20260104T000000.000Z.nc", "20260105T000000.000Z.nc"]
     assert len(removed) == 2 and first.exists()
@@ -72,6 +89,17 @@ def test_missing_or_foreign_artifacts_are_clear_errors(tmp_path):
     assert latest_artifact(tmp_path, "70.3") is None
 
 
+def test_an_artifact_from_before_the_models_is_still_read_through_latest(tmp_path):
+    """A pointer holding a bare file name (one model, artifacts beside the pointer) still works."""
+    path, _, _ = _write(tmp_path, "20261125T030000.000Z")
+    old = tmp_path / "posterior" / "70.3" / path.name
+    old.parent.mkdir(parents=True, exist_ok=True)
+    old.write_bytes(path.read_bytes())
+    (old.parent / LATEST).write_text(path.name + "\n")
+    assert latest_artifact(tmp_path, "70.3") == old
+    assert load_artifact(old.parent).model.name == "seed_profile"
+
+
 def test_timestamps_sort_in_time_order():
     from datetime import datetime, timezone
 
@@ -86,12 +114,12 @@ def test_artifacts_on_an_object_store(tmp_path):
 
     root = f"memory://racedayai-{tmp_path.name}"
     try:
-        path = write_artifact(_post(), root, timestamp="20261125T030000.000Z")
-        publish_artifact(path)
-        assert str(path).endswith("/posterior/70.3/20261125T030000.000Z.nc")
+        path, judged, _ = _write(tmp_path, "20261125T030000.000Z", root=root)
+        publish_artifact(path, root, "70.3")
+        assert str(path).endswith("/posterior/seed_profile/70.3/20261125T030000.000Z.nc")
         art = load_artifact(f"{root}/posterior/70.3")  # through `latest`
-        assert art.encoding == ENC
-        np.testing.assert_array_equal(art.draws.samples["sigma"], _post().draws.samples["sigma"])
+        assert art.model.encoding == HAND_ENCODING
+        np.testing.assert_array_equal(art.model.draws.samples["sigma"], judged.model.draws.samples["sigma"])
         assert latest_artifact(root, "70.3") is not None
     finally:
         fsspec.filesystem("memory").rm(root.removeprefix("memory://"), recursive=True)

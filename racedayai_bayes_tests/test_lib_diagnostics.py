@@ -145,7 +145,7 @@ def test_divergences_levels(n_div, level):
     [(0.85, PASS), (0.90, PASS), (0.95, PASS), (0.8499, ERROR), (0.9501, ERROR), (0.0, ERROR), (1.0, ERROR)],
 )
 def test_coverage_bounds_are_inclusive(coverage, level):
-    outcome = check_coverage(coverage)  # no row count: the band as is
+    outcome = check_coverage(coverage, 0.0, rows=10_000, editions=100)  # no noise: the band as is
     assert outcome.level == level
     assert outcome.value == coverage
     assert "90% predictive interval covers" in outcome.description
@@ -166,40 +166,39 @@ def test_predictive_metrics_equal_sklearn_and_hand_values():
     assert m["rows"] == 4
 
 
-def test_coverage_interval_is_wilsons_score_interval():
+def test_coverage_interval_is_the_estimate_plus_minus_2_576_standard_errors():
     from racedayai_bayes.lib.evaluation.diagnostics import coverage_interval
 
-    # Wilson (1927) at z = 2.576 for 55 of 57 rows, by hand: centre 0.91642, half-width 0.07669
-    lo, hi = coverage_interval(55 / 57, 57)
-    assert lo == pytest.approx(0.8397, abs=2e-4) and hi == pytest.approx(0.9931, abs=2e-4)
-    # n large: the interval shrinks to the point, at the binomial rate 2.576 * sqrt(p(1-p)/n)
-    lo, hi = coverage_interval(0.9, 1_000_000)
-    assert hi - lo == pytest.approx(2 * 2.576 * np.sqrt(0.09 / 1e6), rel=1e-3)
+    lo, hi = coverage_interval(0.9, 0.01)
+    assert lo == pytest.approx(0.9 - 0.02576) and hi == pytest.approx(0.9 + 0.02576)
+    assert coverage_interval(0.9, float("nan")) == (0.9, 0.9)
 
 
 @pytest.mark.parametrize(
-    "coverage, rows, level",
+    "coverage, se, level",
     [
-        (0.965, 57, PASS),  # a small holdout: 0.965 is noise around 0.95
-        (0.965, 50_000, ERROR),  # the same share on 50,000 rows is real over-coverage
-        (0.70, 57, ERROR),  # far out even on few rows
-        (0.953, 50_000, ERROR),  # interval (0.950, 0.956) just above the band
-        (0.951, 50_000, PASS),  # interval reaches into the band
-        (0.85, 50_000, PASS),
+        (0.965, 0.03, PASS),  # a small holdout: 0.965 is noise around 0.95
+        (0.965, 0.003, ERROR),  # the same share measured precisely is real over-coverage
+        (0.70, 0.03, ERROR),  # far out even on few rows
+        (0.953, 0.001, ERROR),  # interval (0.950, 0.956) just above the band
+        (0.951, 0.001, PASS),  # interval reaches into the band
+        (0.85, 0.001, PASS),
     ],
 )
-def test_coverage_check_allows_for_binomial_noise(coverage, rows, level):
-    outcome = check_coverage(coverage, rows=rows, label="held-out")
+def test_coverage_check_allows_for_clustered_noise(coverage, se, level):
+    outcome = check_coverage(coverage, se, rows=50_000, editions=120, label="held-out")
     assert outcome.level == level
-    assert f"{rows:,} held-out rows" in outcome.description and "99% interval" in outcome.description
+    assert "50,000 held-out rows in 120 editions" in outcome.description and "99% interval" in outcome.description
     assert outcome.extra["ci_low"] <= coverage <= outcome.extra["ci_high"]
+    assert outcome.extra["se"] == se
 
 
-def test_coverage_interval_counts_athletes_not_rows_when_given():
-    # 0.965 on 2,000 independent rows: interval (0.953, 0.974), above the band; the same
-    # rows from 200 athletes: interval (0.914, 0.986), consistent with it
-    by_rows = check_coverage(0.965, rows=2_000, label="held-out")
-    by_athletes = check_coverage(0.965, rows=2_000, label="held-out", units=200)
-    assert by_rows.level == ERROR and by_athletes.level == PASS
-    assert by_athletes.extra["ci_high"] - by_athletes.extra["ci_low"] > 2 * (by_rows.extra["ci_high"] - by_rows.extra["ci_low"])
-    assert "2,000 held-out rows of 200 athletes" in by_athletes.description
+def test_coverage_by_decile_warns_only_for_deciles_outside_the_band_up_to_noise():
+    from racedayai_bayes.lib.evaluation.diagnostics import WARN, check_coverage_by_decile
+
+    deciles = pd.DataFrame({"decile": [1, 2, 3], "coverage": [0.90, 0.80, 0.99], "se": [0.01, 0.05, 0.005]})
+    outcome = check_coverage_by_decile(deciles)
+    # decile 2: 0.80 +- 0.129 meets the band; decile 3: 0.99 - 0.0129 > 0.95 does not
+    assert outcome.level == WARN and outcome.extra["deciles_outside"] == 1
+    assert "0.990 (decile 3)" in outcome.description
+    assert check_coverage_by_decile(deciles.iloc[:2]).passed

@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 
 from racedayai_bayes.lib.data.contracts import InputError, read_clusters, read_profiles, read_races
+from racedayai_bayes.lib.data.history import HISTORY_COLUMNS
 from racedayai_bayes.lib.data.frame import FRAME_COLUMNS, build_model_frame, distance_rows
 
-from .conftest import PROFILE_HEADER, RACE_HEADER, csv_text, write_file
+from .conftest import PROFILE_HEADER, RACE_HEADER, csv_text, race_rows, write_file
 
 # One race per rule. The last field says what must happen to the row.
 RACE_ROWS = [
@@ -57,7 +58,7 @@ EXPECTED = pd.DataFrame(
 
 
 def _inputs(tmp_path):
-    write_file(tmp_path, "athlete_race.csv", csv_text(RACE_HEADER, (",".join(r) for r in RACE_ROWS)))
+    write_file(tmp_path, "athlete_race.csv", csv_text(RACE_HEADER, race_rows(",".join(r) for r in RACE_ROWS)))
     write_file(tmp_path, "athlete_profile.csv", PROFILES_CSV)
     write_file(tmp_path, "cluster_assignments.csv", CLUSTERS_CSV)
     races = read_races(tmp_path / "athlete_race.csv").frame
@@ -82,11 +83,11 @@ def test_model_frame_applies_every_rule_of_the_seed(tmp_path):
     races, profiles, clusters = _inputs(tmp_path)
     frame, counts = build_model_frame(races, profiles, clusters)
 
-    assert list(frame.columns) == list(FRAME_COLUMNS)
+    assert list(frame.columns) == [*FRAME_COLUMNS, *HISTORY_COLUMNS]
     assert len(frame) == len(KEPT)
     assert frame["athlete_hash"].fillna("").tolist() == [RACE_ROWS[i][0] for i in KEPT]
     # every column, row by row, in input order
-    for col in FRAME_COLUMNS:
+    for col in EXPECTED.columns:
         got = [None if pd.isna(v) else v for v in frame[col]]
         want = [None if pd.isna(v) else v for v in EXPECTED[col]]
         assert got == want, col
@@ -100,10 +101,16 @@ def test_model_frame_applies_every_rule_of_the_seed(tmp_path):
         "dropped_other_distance": 2,
         "dropped_no_time": 1,
         "dropped_time_out_of_bounds": 2,
+        "dropped_no_year": 0,
         "rows_out": 5,
         "rows_70.3": 2,
         "rows_140.6": 3,
+        "rows_blank_event_name": 0,
+        "athletes_with_several_genders": 0,
     }
+    # a1's 140.6 race of 2018 is its first: its 70.3 and sprint races of 2019 come later
+    a1 = frame.loc[frame["athlete_hash"] == "a1"].iloc[0]
+    assert a1["hist_starts"] == 0
     assert sum(v for k, v in counts.items() if k.startswith("dropped_")) + counts["rows_out"] == counts["rows_in"]
 
 
@@ -120,10 +127,8 @@ def test_float_looking_distance_file_keeps_its_rows(tmp_path):
     # string filter would keep nothing.
     path = tmp_path / "athlete_race.csv"
     path.write_text(
-        RACE_HEADER + "\n"
-        "a,M,18-24,False,70.3,2020,20000\n"
-        "b,F,18-24,False,140.6,2020,45000\n"
-        "c,F,18-24,False,140.60,2021,46000\n"
+        csv_text(RACE_HEADER, race_rows(["a,M,18-24,False,70.3,2020,20000", "b,F,18-24,False,140.6,2020,45000",
+                                         "c,F,18-24,False,140.60,2021,46000"]))
     )
     assert pd.read_csv(path)["event_distance"].dtype == "float64"
     races = read_races(path).frame
@@ -144,7 +149,7 @@ def test_nan_keys_from_a_plain_pandas_frame_never_join():
     races = pd.DataFrame({
         "athlete_hash": [np.nan, "a"], "gender": ["M", "F"], "age_group": ["30-34", "30-34"],
         "is_pro": [np.nan, False], "event_distance": ["70.3", "70.3"], "event_year": [2020, 2020],
-        "total_sec": [20000.0, 21000.0],
+        "total_sec": [20000.0, 21000.0], "event_name": ["E", "E"],
     })
     profiles = pd.DataFrame({"athlete_hash": [np.nan, "a"], "total_races": [50.0, 2.0], "pb_total_sec": [1.0, 20500.0]})
     clusters = pd.DataFrame({"athlete_hash": [np.nan, "a"], "cluster_id": [7, 2]})

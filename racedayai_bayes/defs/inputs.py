@@ -58,6 +58,7 @@ def cluster_assignments(context: dg.AssetExecutionContext, paths: PipelinePaths)
     outs={
         "model_frame": dg.AssetOut(
             group_name=GROUP,
+            is_required=False,
             description="Age-group 70.3 and 140.6 finishers with profile and cluster columns (the seed's section 1) "
             "and each race's as-of history from strictly earlier seasons",
         ),
@@ -65,15 +66,25 @@ def cluster_assignments(context: dg.AssetExecutionContext, paths: PipelinePaths)
             group_name=GROUP,
             description="One row per athlete and season with a start at either distance: the totals that as-of "
             "histories add up (starts, DNFs, finishes, edition-relative times)",
+            is_required=False,
         ),
     },
+    can_subset=True,
 )
-def model_frame(athlete_race: pd.DataFrame, athlete_profile: pd.DataFrame, cluster_assignments: pd.DataFrame):
+def model_frame(
+    context: dg.AssetExecutionContext,
+    athlete_race: pd.DataFrame,
+    athlete_profile: pd.DataFrame,
+    cluster_assignments: pd.DataFrame,
+):
     """The model frame and the season table its as-of history comes from."""
     frame, counts, seasons = model_frame_and_seasons(athlete_race, athlete_profile, cluster_assignments)
     counts.update(join_counts(frame, athlete_profile, cluster_assignments))
-    yield dg.Output(frame, output_name="model_frame", metadata={k: dg.MetadataValue.int(v) for k, v in counts.items()})
-    yield dg.Output(seasons, output_name="athlete_seasons", metadata={
-        "rows": dg.MetadataValue.int(len(seasons)),
-        "athletes": dg.MetadataValue.int(int(seasons["athlete_hash"].nunique())),
-    })
+    selected = context.op_execution_context.selected_output_names
+    if "model_frame" in selected:
+        yield dg.Output(frame, output_name="model_frame", metadata={k: dg.MetadataValue.int(v) for k, v in counts.items()})
+    if "athlete_seasons" in selected:
+        yield dg.Output(seasons, output_name="athlete_seasons", metadata={
+            "rows": dg.MetadataValue.int(len(seasons)),
+            "athletes": dg.MetadataValue.int(int(seasons["athlete_hash"].nunique())),
+        })
