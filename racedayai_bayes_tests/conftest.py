@@ -29,6 +29,34 @@ CLUSTER_HEADER = "athlete_hash,cluster_id"
 # Sampler settings small enough for tests, large enough for the exact engine to pass the
 # r_hat and bulk-ESS checks (ESS >= 400 needs about 1000 well-mixed draws).
 FAST_FIT = {"num_warmup": 300, "num_samples": 1000, "num_chains": 2, "predictive_draws": 300}
+# Seed chains far too short: they fail the ESS check (and the seed models cannot be published).
+SHORT_SEED_FIT = {"engine": "rowwise", "num_warmup": 20, "num_samples": 20, "subsample": 500, "eval_rows": 500}
+# A forecast sampler far too short for its ESS check.
+SHORT_FORECAST_FIT = {"num_chains": 2, "num_samples": 20, "num_warmup": 0}
+
+# The steps of one distance's refit after the first run of an invocation: the split, every
+# model, the comparison and the outputs (the first run also builds the inputs and the frame).
+MODEL_ASSETS = ("posterior_seed_profile", "posterior_seed_asof", "posterior_forecast")
+REFIT_ASSETS = ("holdout_split", *MODEL_ASSETS, "published_model", "bayesian_predictions",
+                "bayesian_posterior_means", "forecast_posterior_means")
+FRAME_ASSETS = ("athlete_race", "athlete_profile", "cluster_assignments", "model_frame", "athlete_seasons")
+
+
+def refit_config(seed_fit: dict | None = FAST_FIT, forecast: dict | None = None, publish: str = "auto",
+                 split: dict | None = None, selection=None) -> dict:
+    """Run config of a refit: both seed models' sampler settings, the forecast model's, the
+    split's and what to publish; only for the steps in ``selection`` (all when None)."""
+    ops = {
+        "posterior_seed_profile": {"config": dict(seed_fit or {})},
+        "posterior_seed_asof": {"config": dict(seed_fit or {})},
+        "posterior_forecast": {"config": dict(forecast or {})},
+        "published_model": {"config": {"publish": publish}},
+        "holdout_split": {"config": dict(split or {})},
+    }
+    if selection is not None:
+        names = {s if isinstance(s, str) else s.to_user_string() for s in selection}
+        ops = {k: v for k, v in ops.items() if k in names}
+    return {"ops": ops}
 
 
 @pytest.fixture(scope="session")

@@ -244,6 +244,6 @@ def test_a_bug_in_a_step_keeps_its_traceback(dagster_home, small_inputs, tmp_pat
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert re.search(r"^  model_frame +FAILED .*a bug", proc.stdout, re.M), proc.stdout
     assert "model_frame raised an unexpected error (a bug); its traceback:" in proc.stderr
-    assert "RuntimeError: an injected bug" in proc.stderr and 'line 5, in build_model_frame' in proc.stderr
+    assert "RuntimeError: an injected bug" in proc.stderr and 'line 5, in model_frame_and_seasons' in proc.stderr
     assert "DEBUG" not in proc.stdout + proc.stderr
     assert Path(tmp_path / "out").exists() is False

@@ -5,11 +5,12 @@ test_defs_concurrency.py) runs the refits launched with `dagster job launch`, ta
 weekly schedule tags them, and ticks `refit_failure_alert` and `check_warning_alert`; a real
 HTTP server (WebhookReceiver) stands in for Slack. Four refits go through the run queue:
 
-* a: 70.3, chains far too short: blocking checks fail (ess_bulk_min, ...) and the run fails;
-* b: 140.6 with an unknown holdout rule: the posterior step raises dg.Failure;
+* a: 70.3, every model's chains far too short: their checks fail (ess_bulk_min, ...), no
+  model may be published, the blocking gate stops the run;
+* b: 140.6 with an unknown holdout rule: the holdout_split step raises dg.Failure;
 * c1: 70.3, a clean refit that publishes its artifact: no alert;
-* c2: 70.3, another seed and drift_threshold_sec=0.01: the run succeeds, prediction_drift
-  warns.
+* c2: 70.3, the seed models on another seed with drift_threshold_sec=0.01: the run
+  succeeds, each seed model's prediction_drift warns.
 
 After all of them have finished and the third alert has arrived, the daemon keeps ticking
 both sensors at least twice more; the receiver must then hold exactly three POSTs, one per
@@ -30,7 +31,7 @@ from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 from racedayai_bayes.defs.schedules import REFIT_JOB
 from racedayai_bayes.defs.sensors import WEBHOOK_ENV
 
-from .conftest import FAST_FIT, REPO
+from .conftest import FAST_FIT, REPO, SHORT_FORECAST_FIT, SHORT_SEED_FIT, refit_config
 from .test_defs_concurrency import WORKSPACE, _bin, _env, _stop, _tail, both, running_daemon
 from .webhook import WebhookReceiver
 
@@ -40,11 +41,11 @@ ALERT_SENSORS = ("refit_failure_alert", "check_warning_alert")
 SCHEDULE_TAGS = {"dagster/schedule_name": "weekly_refit"}
 PRIORITY_TAG = "dagster/priority"  # the run queue dequeues higher values first
 
-# a: ESS far below 400; b: FitError -> dg.Failure; c1: clean; c2: drift above 0.01 s warns
-SHORT_ROWWISE = {"engine": "rowwise", "num_warmup": 20, "num_samples": 20, "subsample": 500, "eval_rows": 500}
-BROKEN = {"holdout": "bogus_rule"}
-CLEAN = {"engine": "exact", **FAST_FIT}
-DRIFTING = {**CLEAN, "seed": 5, "drift_threshold_sec": 0.01}
+# a: ESS far below 400 everywhere; b: FitError -> dg.Failure; c1: clean; c2: drift above 0.01 s warns
+FAILING = refit_config(seed_fit=SHORT_SEED_FIT, forecast=SHORT_FORECAST_FIT)
+BROKEN = refit_config(split={"holdout": "bogus_rule"})
+CLEAN = refit_config(seed_fit={"engine": "exact", **FAST_FIT})
+DRIFTING = refit_config(seed_fit={"engine": "exact", **FAST_FIT, "seed": 5, "drift_threshold_sec": 0.01})
 
 LAUNCH_TIMEOUT_S = 180
 FIRST_TICK_TIMEOUT_S = 120
@@ -128,12 +129,11 @@ class Scene:
 
 
 def _launch(env: dict[str, str], requests: list[tuple[str, str, dict, int]], tmp_path: Path) -> None:
-    """`dagster job launch` each (run id, distance, fit config, priority), all at once; wait."""
+    """`dagster job launch` each (run id, distance, run config, priority), all at once; wait."""
     procs = []
     try:
-        for run_id, distance, fit, priority in requests:
+        for run_id, distance, config, priority in requests:
             tags = {**both(distance), **SCHEDULE_TAGS, PRIORITY_TAG: str(priority)}
-            config = {"ops": {"posterior": {"config": fit}}}
             log = tmp_path / f"launch-{run_id}.log"
             with open(log, "w") as out:
                 proc = subprocess.Popen(
@@ -173,7 +173,7 @@ def test_daemon_posts_exactly_one_alert_per_failure(daemon, instance, receiver, 
 
     # The queue runs one refit per distance at a time and dequeues by priority, then by
     # submission: a, then c1 (which publishes the artifact c2's drift check compares with), then c2.
-    _launch(alert_env, [(failing, "70.3", SHORT_ROWWISE, 3), (broken, "140.6", BROKEN, 3)], tmp_path)
+    _launch(alert_env, [(failing, "70.3", FAILING, 3), (broken, "140.6", BROKEN, 3)], tmp_path)
     _launch(alert_env, [(clean, "70.3", CLEAN, 2), (drifting, "70.3", DRIFTING, 1)], tmp_path)
 
     # A run-status sensor's first tick only sets its cursor: runs that finished earlier are
@@ -215,12 +215,13 @@ def test_daemon_posts_exactly_one_alert_per_failure(daemon, instance, receiver, 
         by_run[run_id] = body
     assert set(by_run) == {failing, broken, drifting}, f"alerts for the wrong runs\n{scene}"
 
-    # a: one alert per failed check, the ESS among them, each with value and threshold
+    # a: one alert per failed check, the models' ESS and the closed gate among them, each with
+    # value and threshold
     body = by_run[failing]
-    checks = {a["check"] for a in body["alerts"]}
-    assert "ess_bulk_min" in checks, body
+    errors = {a["check"] for a in body["alerts"] if a["severity"] == "ERROR"}
+    assert {"ess_bulk_min", "publishable"} <= errors, body
     for alert in body["alerts"]:
-        assert alert["distance"] == "70.3" and alert["check"] and alert["severity"] == "ERROR", alert
+        assert alert["distance"] == "70.3" and alert["check"] and alert["severity"] in ("ERROR", "WARN"), alert
         assert isinstance(alert["value"], (int, float)) and alert["threshold"], alert
         assert alert["trigger"] == "schedule weekly_refit", alert
     ess = next(a for a in body["alerts"] if a["check"] == "ess_bulk_min")
@@ -235,17 +236,18 @@ def test_daemon_posts_exactly_one_alert_per_failure(daemon, instance, receiver, 
     assert alert["distance"] == "140.6" and alert["check"] is None and alert["severity"] == "ERROR", alert
     assert alert["trigger"] == "schedule weekly_refit", alert
     assert alert["message"], alert
-    assert alert["message"].startswith("step posterior: ") and "bogus_rule" in alert["message"], alert
+    assert alert["message"].startswith("step holdout_split: ") and "bogus_rule" in alert["message"], alert
     for fact in ("distance 140.6", f"refit run {broken} (schedule weekly_refit) failed", alert["message"]):
         assert fact in body["text"], (fact, body["text"])
 
-    # c2: only the drift warning, from the successful run
+    # c2: only the drift warnings of the two seed models, from the successful run
     body = by_run[drifting]
-    (alert,) = body["alerts"]
-    assert alert["check"] == "prediction_drift" and alert["severity"] == "WARN", alert
-    assert alert["distance"] == "70.3" and alert["threshold"] == "<= 0.01 s", alert
-    assert isinstance(alert["value"], (int, float)) and alert["value"] > 0.01, alert
-    assert alert["trigger"] == "schedule weekly_refit", alert
+    assert len(body["alerts"]) == 2, body
+    for alert in body["alerts"]:
+        assert alert["check"] == "prediction_drift" and alert["severity"] == "WARN", alert
+        assert alert["distance"] == "70.3" and alert["threshold"] == "<= 0.01 s", alert
+        assert isinstance(alert["value"], (int, float)) and alert["value"] > 0.01, alert
+        assert alert["trigger"] == "schedule weekly_refit", alert
     for fact in ("[WARN] distance 70.3", "check prediction_drift", f"run {drifting}", "<= 0.01 s"):
         assert fact in body["text"], (fact, body["text"])
 

@@ -17,7 +17,7 @@ from racedayai_bayes.lib.outputs.artifacts import LATEST, latest_artifact, load_
 from racedayai_bayes.lib.outputs.io import write_csv_atomic
 from racedayai_bayes.lib.outputs.tables import APPENDED_COLUMNS, INTERVAL_COLUMNS, PREDICTION_COLUMNS
 
-from .conftest import FAST_FIT, pipeline_resources
+from .conftest import FAST_FIT, REFIT_ASSETS, SHORT_FORECAST_FIT, SHORT_SEED_FIT, pipeline_resources, refit_config
 
 ALL_ASSETS = list(defs.assets)
 HARNESS_CHECKS = {"predictive_coverage", "coverage_by_decile", "prediction_drift"}
@@ -27,30 +27,13 @@ MODEL_CHECKS = {
     "forecast": {"rhat_max", "ess_bulk_min", "proposal_khat"} | HARNESS_CHECKS,
 }
 PUBLISH_CHECKS = {"publishable", "published_coverage", "published_coverage_by_decile", "published_model_change"}
-# a refit of one distance: the split and everything downstream of it
-REFIT = ["holdout_split", *(posterior_key(n) for n in MODEL_NAMES), "published_model", "bayesian_predictions",
-         "bayesian_posterior_means", "forecast_posterior_means"]
-
-
-def _config(seed_fit=FAST_FIT, forecast=None, publish="auto", split=None):
-    ops = {
-        posterior_key("seed_profile"): {"config": seed_fit},
-        posterior_key("seed_asof"): {"config": seed_fit},
-        posterior_key("forecast"): {"config": forecast or {}},
-        "published_model": {"config": {"publish": publish}},
-    }
-    if split:
-        ops["holdout_split"] = {"config": split}
-    return {"ops": ops}
+REFIT = list(REFIT_ASSETS)
 
 
 def _materialize(distance, resources, instance, selection=None, raise_on_error=True, **config):
-    run_config = _config(**config)
-    if selection is not None:  # a run takes config only for the steps it runs
-        run_config["ops"] = {k: v for k, v in run_config["ops"].items() if k in selection}
     return dg.materialize(
         ALL_ASSETS, selection=selection, partition_key=distance, resources=resources,
-        run_config=run_config, instance=instance, raise_on_error=raise_on_error,
+        run_config=refit_config(**config, selection=selection), instance=instance, raise_on_error=raise_on_error,
     )
 
 
@@ -260,8 +243,7 @@ def test_drift_check_warns_above_the_threshold_without_blocking(graph_run, tmp_p
 def test_a_model_that_fails_its_checks_does_not_stop_the_others(graph_run, tmp_path):
     """Seed chains far too short fail their ESS checks: the run still compares and publishes."""
     copy, resources = _copy_of_outputs(graph_run, tmp_path)
-    bad = {"engine": "rowwise", "num_warmup": 20, "num_samples": 20, "subsample": 500, "eval_rows": 500}
-    result = _materialize("70.3", resources, dg.DagsterInstance.ephemeral(), selection=REFIT, seed_fit=bad)
+    result = _materialize("70.3", resources, dg.DagsterInstance.ephemeral(), selection=REFIT, seed_fit=SHORT_SEED_FIT)
     assert result.success
     failed = {(e.asset_key.to_user_string(), e.check_name) for e in result.get_asset_check_evaluations() if not e.passed}
     assert (posterior_key("seed_asof"), "ess_bulk_min") in failed
@@ -273,9 +255,8 @@ def test_when_no_model_passes_nothing_is_published_and_the_csv_stays(graph_run, 
     copy, resources = _copy_of_outputs(graph_run, tmp_path)
     csv = copy / "bayesian_predictions_70.3.csv"
     before, latest = csv.read_bytes(), (copy / "posterior" / "70.3" / LATEST).read_text()
-    bad = {"engine": "rowwise", "num_warmup": 20, "num_samples": 20, "subsample": 500, "eval_rows": 500}
     result = _materialize("70.3", resources, dg.DagsterInstance.ephemeral(), selection=REFIT, raise_on_error=False,
-                          seed_fit=bad, forecast={"num_chains": 2, "num_samples": 20, "num_warmup": 0})
+                          seed_fit=SHORT_SEED_FIT, forecast=SHORT_FORECAST_FIT)
     assert not result.success  # the blocking gate on published_model
     publishable = next(e for e in result.get_asset_check_evaluations() if e.check_name == "publishable")
     assert not publishable.passed and "nothing published" in publishable.description

@@ -30,7 +30,7 @@ import pytest
 from racedayai_bayes.defs.concurrency import PARTITION_TAG, earlier_active_refit
 from racedayai_bayes.defs.schedules import DISTANCE_TAG, REFIT_JOB
 
-from .conftest import FAST_FIT, REPO
+from .conftest import FAST_FIT, REFIT_ASSETS, REPO, refit_config
 
 WORKSPACE = REPO / "workspace.yaml"
 # Check results do not matter here, but the runs must succeed: FAST_FIT passes the blocking
@@ -122,7 +122,7 @@ def _launch_together(env: dict[str, str], requests: dict[str, tuple[str, int]], 
     """`dagster job launch` one refit per (distance, seed) in requests, all at the same moment."""
     procs = {}
     for run_id, (distance, seed) in requests.items():
-        config = {"ops": {"posterior": {"config": {**RUN_FIT, "seed": seed}}}}
+        config = refit_config(seed_fit={**RUN_FIT, "seed": seed})
         tags = both(distance)  # as the weekly schedule tags
         out = open(tmp_path / f"launch-{run_id}.log", "w")
         procs[run_id] = (
@@ -220,7 +220,8 @@ def test_refits_of_one_distance_wait_for_each_other_in_the_run_queue(daemon, ins
     assert later.at(dg.DagsterEventType.RUN_STARTING) >= earlier.window[1], summary
     assert later.window[0] >= earlier.window[1], summary
     step = "bayesian_predictions"
-    assert later.at(dg.DagsterEventType.STEP_START, "posterior") > earlier.at(dg.DagsterEventType.STEP_SUCCESS, step)
+    # the later run's first step of the distance (the split, which holds the guard) waited for the whole earlier run
+    assert later.at(dg.DagsterEventType.STEP_START, "holdout_split") > earlier.at(dg.DagsterEventType.STEP_SUCCESS, step)
 
     # The 140.6 refit is not held back by them: it ran while a 70.3 refit was running.
     start, end = timelines[other].window
@@ -300,7 +301,7 @@ def test_cli_refit_stops_before_writing_while_a_refit_of_its_distance_runs(dagst
         for e in instance.all_logs(cli_run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
     }
     assert "model_frame" in written  # shared by both distances: not guarded
-    assert not written & {"posterior", "bayesian_predictions", "bayesian_posterior_means"}
+    assert not written & {*REFIT_ASSETS}
 
 
 def test_dead_run_reaper_fails_runs_whose_process_is_gone():

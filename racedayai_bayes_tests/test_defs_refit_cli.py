@@ -13,6 +13,8 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from .conftest import MODEL_ASSETS
+
 pytestmark = pytest.mark.slow
 
 
@@ -49,15 +51,21 @@ def test_refit_both_distances_on_the_instance(dagster_home, small_inputs, tmp_pa
     assert len(lines) <= MAX_LINES, second.stdout
     assert second.stderr == "" and "DEBUG" not in second.stdout
     # one line per step as it finishes, with the partition and the seconds it took
-    for step in ("athlete_race", "athlete_profile", "cluster_assignments", "model_frame", "bayesian_posterior_means"):
-        assert sum(bool(re.match(rf"  {step} +\d+\.\d s", line)) for line in lines) == (2 if step == "bayesian_posterior_means" else 1), step
+    twice = ("bayesian_posterior_means", "forecast_posterior_means")  # unpartitioned: in each distance's run
+    for step in ("athlete_race", "athlete_profile", "cluster_assignments", "model_frame", *twice):
+        assert sum(bool(re.match(rf"  {step} +\d+\.\d s", line)) for line in lines) == (2 if step in twice else 1), step
+    partitioned = ("holdout_split", *MODEL_ASSETS, "published_model", "bayesian_predictions")
     for distance in ("70.3", "140.6"):
-        for step in ("posterior", "bayesian_predictions"):
-            assert sum(bool(re.match(rf"  {step} \[{re.escape(distance)}\] +\d+\.\d s", line)) for line in lines) == 1
-    # one check line per posterior, every check passed, the drift against the first refit included
-    checks = [line for line in lines if re.match(r"  posterior (70\.3|140\.6): ", line)]
-    assert [c.split(":")[0].strip() for c in checks] == ["posterior 70.3", "posterior 140.6"]
-    assert all("all 5 checks pass (rhat_max " in c and "prediction_drift " in c for c in checks), checks
+        for step in partitioned:
+            assert sum(bool(re.match(rf"  {step} \[{re.escape(distance)}\] +\d+\.\d s", line)) for line in lines) == 1, step
+    # one check line per posterior (each model and the published one) and distance, the
+    # drift against the first refit included; the sampler and coverage checks passed
+    checks = [line for line in lines if re.match(r"  (posterior_\w+|published_model) (70\.3|140\.6): ", line)]
+    assert sorted(c.split(":")[0].strip() for c in checks) == sorted(
+        f"{a} {d}" for a in (*MODEL_ASSETS, "published_model") for d in ("70.3", "140.6"))
+    for c in checks:
+        assert "prediction_drift" in c or c.lstrip().startswith("published_model"), c
+        assert "(ERROR)" not in c, c
     # the full event stream went to the log file it names
     (log_line,) = [line for line in lines if line.startswith("full event log")]
     log = (dagster_home / "logs").joinpath(log_line.rsplit("/", 1)[1])
@@ -70,7 +78,7 @@ def test_refit_both_distances_on_the_instance(dagster_home, small_inputs, tmp_pa
     for run in runs:
         for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
             mat = entry.dagster_event.event_specific_data.materialization
-            if mat.asset_key == dg.AssetKey("posterior"):
+            if mat.asset_key in (dg.AssetKey("posterior_seed_profile"), dg.AssetKey("posterior_seed_asof")):
                 # fitted in a spawned step process, which must also run JAX on the CPU
                 assert mat.metadata["jax_backend"].value == "cpu"
     logs = [e.user_message for e in instance.all_logs(runs[0].run_id)]
@@ -82,14 +90,17 @@ def test_refit_exits_non_zero_and_keeps_outputs_when_a_check_fails(dagster_home,
     out.mkdir()
     previous = out / "bayesian_predictions_70.3.csv"
     previous.write_text("athlete_hash,event_distance,event_year,total_sec,bayes_pred,bayes_std\n")
+    # every model's chains far too short: no model may be published
     proc = _refit(
-        ["--distance", "70.3", "--engine", "rowwise", "--warmup", "20", "--samples", "20"],
+        ["--distance", "70.3", "--engine", "rowwise", "--warmup", "20", "--samples", "20", "--forecast-samples", "20"],
         dagster_home, small_inputs, out,
     )
     assert proc.returncode == 1
-    (check_line,) = [line for line in proc.stdout.splitlines() if line.startswith("  posterior 70.3: ")]
+    (check_line,) = [line for line in proc.stdout.splitlines() if line.startswith("  posterior_seed_asof 70.3: ")]
     assert "checks FAILED" in check_line and "ess_bulk_min FAIL (ERROR): min bulk ESS" in check_line
+    (gate,) = [line for line in proc.stdout.splitlines() if line.startswith("  published_model 70.3: ")]
+    assert "publishable FAIL (ERROR)" in gate and "nothing published" in gate
     assert proc.stderr.strip().splitlines() == [
-        "error: posterior [70.3]: blocking checks failed (see the checks above); its outputs were not written"
+        "error: published_model [70.3]: blocking checks failed (see the checks above); its outputs were not written"
     ]
     assert previous.read_text().count("\n") == 1

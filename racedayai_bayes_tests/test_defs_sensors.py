@@ -6,22 +6,21 @@ import pytest
 from racedayai_bayes.definitions import defs
 from racedayai_bayes.defs.sensors import WEBHOOK_ENV, alerts_for_run
 
-from .conftest import pipeline_resources
+from .conftest import REFIT_ASSETS, SHORT_FORECAST_FIT, SHORT_SEED_FIT, pipeline_resources, refit_config
 from .webhook import WebhookReceiver
-
-SHORT_ROWWISE = {"engine": "rowwise", "num_warmup": 20, "num_samples": 20, "subsample": 500, "eval_rows": 500}
 
 
 @pytest.fixture(scope="module")
 def failed_run(small_inputs, tmp_path_factory):
-    """A real run of the 70.3 refit stopped by failed blocking checks (chains far too short)."""
+    """A real run of the 70.3 refit stopped by the blocking gate: every model's chains are far
+    too short, so no model may be published."""
     tmp = tmp_path_factory.mktemp("sensor")
     with dg.instance_for_test() as instance:
         result = dg.materialize(
             list(defs.assets),
             partition_key="70.3",
             resources=pipeline_resources(small_inputs, tmp / "out", tmp / "storage"),
-            run_config={"ops": {"posterior": {"config": SHORT_ROWWISE}}},
+            run_config=refit_config(seed_fit=SHORT_SEED_FIT, forecast=SHORT_FORECAST_FIT),
             instance=instance,
             raise_on_error=False,
         )
@@ -44,11 +43,13 @@ def test_alerts_name_distance_check_value_threshold_and_run(failed_run):
     alerts = alerts_for_run(instance, run, "run failed")
     assert alerts, "a run stopped by blocking checks must produce alerts"
     checks = {a.check for a in alerts}
-    assert "ess_bulk_min" in checks
+    assert {"ess_bulk_min", "publishable"} <= checks  # the models' failures, and the gate they closed
     for a in alerts:
         assert a.distance == "70.3" and a.run_id == run.run_id
         assert a.value is not None and a.threshold
-        assert a.severity == "ERROR"
+    assert {a.severity for a in alerts if a.check in ("ess_bulk_min", "publishable")} == {"ERROR"}
+    gate = next(a for a in alerts if a.check == "publishable")
+    assert "nothing published" in gate.message
 
 
 def test_failure_sensor_logs_error_and_posts_webhook_once(failed_run, monkeypatch, capfd):
@@ -108,15 +109,15 @@ def test_a_warn_check_never_hides_the_error_that_failed_the_run(small_inputs, tm
     resources = pipeline_resources(small_inputs, out, tmp_path / "storage")
     with dg.instance_for_test() as instance:
         first = dg.materialize(list(defs.assets), partition_key="70.3", resources=resources,
-                               run_config={"ops": {"posterior": {"config": FAST_FIT}}}, instance=instance)
+                               run_config=refit_config(), instance=instance)
         assert first.success
         csv = out / "bayesian_predictions_70.3.csv"
         csv.unlink()
         csv.mkdir()  # a folder where the CSV goes: its write fails
         second = dg.materialize(
             list(defs.assets), partition_key="70.3", resources=resources, instance=instance,
-            selection=["posterior", "bayesian_predictions"], raise_on_error=False,
-            run_config={"ops": {"posterior": {"config": {**FAST_FIT, "seed": 5, "drift_threshold_sec": 0.01}}}},
+            selection=list(REFIT_ASSETS), raise_on_error=False,
+            run_config=refit_config(seed_fit={**FAST_FIT, "seed": 5, "drift_threshold_sec": 0.01}, selection=REFIT_ASSETS),
         )
         assert not second.success
         alerts = alerts_for_run(instance, instance.get_run_by_id(second.run_id), "run failed")
@@ -124,3 +125,32 @@ def test_a_warn_check_never_hides_the_error_that_failed_the_run(small_inputs, tm
     assert ("WARN", "prediction_drift") in by_kind and ("ERROR", None) in by_kind
     error = next(a for a in alerts if a.check is None)
     assert "step bayesian_predictions" in error.message and "bayesian_predictions_70.3.csv" in error.message
+
+
+@pytest.mark.slow
+def test_a_change_of_published_model_is_alerted_with_its_reason(small_inputs, tmp_path, monkeypatch):
+    """Last week's published model replaced (here by asking for seed_asof): the run succeeds,
+    and the WARN alert says which model replaced which, and why."""
+    out = tmp_path / "out"
+    resources = pipeline_resources(small_inputs, out, tmp_path / "storage")
+    with dg.instance_for_test() as instance:
+        first = dg.materialize(list(defs.assets), partition_key="70.3", resources=resources,
+                               run_config=refit_config(), instance=instance)
+        before = first.output_for_node("published_model").published
+        forced = "seed_asof" if before != "seed_asof" else "forecast"
+        second = dg.materialize(list(defs.assets), partition_key="70.3", resources=resources, instance=instance,
+                                selection=list(REFIT_ASSETS),
+                                run_config=refit_config(publish=forced, selection=REFIT_ASSETS))
+        assert second.success
+        run = instance.get_run_by_id(second.run_id)
+        success = next(iter(instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_SUCCESS)))
+        context = dg.build_run_status_sensor_context(
+            sensor_name="check_warning_alert", dagster_instance=instance, dagster_run=run,
+            dagster_event=success.dagster_event,
+        )
+        with WebhookReceiver() as hook:
+            monkeypatch.setenv(WEBHOOK_ENV, hook.url)
+            defs.resolve_sensor_def("check_warning_alert")(context)
+    change = [a for a in hook.bodies[0]["alerts"] if a["check"] == "published_model_change"]
+    assert len(change) == 1 and change[0]["severity"] == "WARN" and change[0]["distance"] == "70.3"
+    assert before in change[0]["message"] and forced in change[0]["message"] and "asked for" in change[0]["message"]

@@ -2,8 +2,9 @@
 
 The module starts `dagster dev` on a fresh instance reading small synthetic inputs, launches
 the refit job once per distance through the GraphQL API (the queued run coordinator and the
-daemon run them), and then looks at the UI in headless Chromium: the asset graph, the two
-partitions of `posterior` and its checks. Screenshots go to each test's tmp_path; with
+daemon run them), and then looks at the UI in headless Chromium: the asset graph with every
+model, the two partitions of the published model, and the checks of a model and of the
+published model. Screenshots go to each test's tmp_path; with
 RACEDAYAI_SAVE_SCREENSHOTS=1 the graph and the checks are also written to docs/ for the README.
 """
 
@@ -18,7 +19,7 @@ from playwright.sync_api import expect
 
 from racedayai_bayes.defs.schedules import DISTANCE_TAG, REFIT_JOB
 
-from .conftest import FAST_FIT, REPO
+from .conftest import FRAME_ASSETS, MODEL_ASSETS, REFIT_ASSETS, REPO, refit_config
 from .e2e_support import (
     DagsterDev,
     chromium_context,
@@ -32,11 +33,10 @@ from .e2e_support import (
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 DISTANCES = ("70.3", "140.6")
-ASSETS = (
-    "athlete_race", "athlete_profile", "cluster_assignments", "model_frame",
-    "posterior", "bayesian_predictions", "bayesian_posterior_means",
-)
-CHECKS = ("rhat_max", "ess_bulk_min", "divergences", "predictive_coverage", "prediction_drift")
+ASSETS = (*FRAME_ASSETS, *REFIT_ASSETS)
+# checks that must pass on the small world (the WARN ones may warn on so few rows)
+MODEL_CHECKS = ("rhat_max", "ess_bulk_min", "proposal_khat", "predictive_coverage")
+PUBLISH_CHECKS = ("publishable", "published_coverage")
 UI_TIMEOUT_MS = 60_000
 VIEWPORT = {"width": 1600, "height": 1000}
 SAVE_ENV = "RACEDAYAI_SAVE_SCREENSHOTS"
@@ -55,7 +55,7 @@ def refit_runs(dagster_dev: DagsterDev) -> dict[str, str]:
     partitioned by distance, so each partition keeps its own check status in the UI even
     when the runs interleave. Returns {distance: run id}.
     """
-    run_config = {"ops": {"posterior": {"config": FAST_FIT}}}
+    run_config = refit_config()
     run_ids = {
         distance: launch_run(dagster_dev, REFIT_JOB, run_config, {"dagster/partition": distance, DISTANCE_TAG: distance})
         for distance in DISTANCES
@@ -114,7 +114,7 @@ query Run($runId: ID!) {
 
 def test_refit_runs_succeed(dagster_dev, refit_runs):
     """Each distance's run, as the instance recorded it: succeeded, tagged and partitioned as
-    launched, and it materialised the posterior and the predictions of its own distance only."""
+    launched, and it materialised every model, the published one and the predictions of its own distance only."""
     assert len(set(refit_runs.values())) == len(DISTANCES)
     for distance, run_id in refit_runs.items():
         run = dagster_dev.graphql(_RUN, {"runId": run_id})["runOrError"]
@@ -125,8 +125,8 @@ def test_refit_runs_succeed(dagster_dev, refit_runs):
         partitions = {
             "/".join(m["assetKey"]["path"]): m["partition"] for m in run["assetMaterializations"]
         }
-        assert partitions["posterior"] == distance
-        assert partitions["bayesian_predictions"] == distance
+        for asset in (*MODEL_ASSETS, "holdout_split", "published_model", "bayesian_predictions"):
+            assert partitions[asset] == distance, asset
 
 
 def test_asset_graph_shows_every_asset(page, dagster_dev, tmp_path):
@@ -142,12 +142,12 @@ def test_asset_graph_shows_every_asset(page, dagster_dev, tmp_path):
     page.keyboard.press("Escape")
     for asset in ASSETS:
         shows(page.get_by_text(asset, exact=True).first)
-    shows(page.get_by_text("100% filled").first)  # posterior's (and bayesian_predictions') partitions
+    shows(page.get_by_text("100% filled").first)  # the partitioned assets' partitions
     screenshot(page, tmp_path, "asset-graph", "ui-asset-graph.png")
 
 
-def test_posterior_partitions_materialised(page, dagster_dev, refit_runs, tmp_path):
-    page.goto(f"{dagster_dev.url}/assets/posterior?view=partitions")
+def test_published_model_partitions_materialised(page, dagster_dev, refit_runs, tmp_path):
+    page.goto(f"{dagster_dev.url}/assets/published_model?view=partitions")
     shows(page.get_by_text(f"Materialized ({len(DISTANCES)})"))
     shows(page.get_by_text("Missing (0)"))
     shows(page.get_by_text("Failed (0)"))
@@ -157,18 +157,22 @@ def test_posterior_partitions_materialised(page, dagster_dev, refit_runs, tmp_pa
         # the partition's latest materialisation links to the run launched for it
         shows(page.get_by_role("link", name=refit_runs[distance][:8], exact=True))
         shows(page.get_by_text("Materialized", exact=True).first)
-        screenshot(page, tmp_path, f"posterior-partition-{distance}")
+        screenshot(page, tmp_path, f"published-partition-{distance}")
 
 
-def test_posterior_checks_passed(page, dagster_dev, tmp_path):
-    page.goto(f"{dagster_dev.url}/assets/posterior?view=checks")
-    for check in CHECKS:
+@pytest.mark.parametrize("asset, checks, docs_name", [
+    ("posterior_forecast", MODEL_CHECKS, None),
+    ("published_model", PUBLISH_CHECKS, "ui-checks.png"),
+])
+def test_checks_passed(page, dagster_dev, tmp_path, asset, checks, docs_name):
+    page.goto(f"{dagster_dev.url}/assets/{asset}?view=checks")
+    for check in checks:
         # each row of the check list: the check's name (its title) and its latest status
         row = page.get_by_title(check, exact=True).locator("xpath=..")
         shows(row)
         shows(row.get_by_text("Succeeded", exact=True))
-    screenshot(page, tmp_path, "posterior-checks", "ui-checks.png")
-    for check in CHECKS:
+    screenshot(page, tmp_path, f"{asset}-checks", docs_name)
+    for check in checks:
         # its execution history: one passed evaluation per distance, none failed
         page.get_by_title(check, exact=True).click()
         page.get_by_role("tab", name="Execution history").click()

@@ -92,6 +92,8 @@ def _metadata(judged: Judged) -> dict:
         "coverage_90": dg.MetadataValue.float(s.coverage_90),
         "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in model.notes) or "none"),
     }
+    if "jax_backend" in model.info:  # a NUTS engine ran: in a step process, JAX must be on the CPU
+        meta["jax_backend"] = dg.MetadataValue.text(str(model.info["jax_backend"]))
     if hasattr(model, "analysis"):
         meta["analysis"] = dg.MetadataValue.md(analysis_markdown(model.analysis()))
     if judged.drift:
