@@ -1,17 +1,22 @@
-"""Benchmarks for issue 3: run by `make bench`, never by pytest.
+"""Benchmarks: run by `make bench`, never by pytest. Every comparison runs in one process or one
+run, side by side, so its ratios hold on a shared, noisy machine; absolute seconds do not.
 
-(a) side_by_side: the rowwise (seed) and exact engines on the same 50,000 rows of 70.3
-    synthetic data with the seed's settings; wall time, max r_hat, min bulk ESS, min ESS/s.
-(b) full_scale: `racedayai-bayes refit` end to end on `full` synthetic data (~3.7M
-    modelled rows) on a fresh instance, with wall time per step and the peak memory of the
-    whole process tree (the CLI plus every step process it spawns).
-(c) intervals: the CSV's predictive quantiles (lib/predict.py) against the plain way
-    (independent noise per row and draw, np.quantile) on the same rows and draws, one after
-    the other in this process; then the library's way alone on 2.2M rows (the 70.3 CSV).
+(a) side_by_side: the seed model's rowwise (the notebook's NUTS) and exact engines on the same
+    50,000 rows of 70.3 with the seed's settings: min bulk ESS per second, and their ratio.
+(b) full_scale: `racedayai-bayes refit` end to end on `full` synthetic data (about 3.7M
+    modelled rows; every model, both distances, every output and artifact) on a fresh
+    instance: wall time per step and in all, the peak memory of the whole process tree, and
+    the I/O floor measured just before and just after it (Arrow reading the three input CSVs
+    and writing CSVs of the outputs' size), so the ratio of wall time to floor compares like
+    with like. Then every model's held-out scores side by side, the comparison against
+    seed_asof (MAE, ELPD difference in clustered SEs, coverage and its deciles), and what was
+    published.
+(c) backtest: the same on the last full season (holdout_season = latest - 1).
+(d) variance: the full synthetic world's variance structure against real_variance_structure.json.
+(e) intervals: the seed's predictive quantiles (lib/models/seed/predict.py) against the plain
+    way (independent noise per row and draw, np.quantile) on the same rows and draws.
 
 Results are merged into bench/results.json and written as a dated table to bench/RESULTS.md.
-Both engines run in this one process, one after the other, so their ratio is comparable
-even on a shared, noisy machine; absolute seconds are not.
 """
 
 import argparse
@@ -45,45 +50,48 @@ def _inputs(size: str, seed: int = 0) -> tuple[Path, float | None]:
     return folder, time.perf_counter() - t0
 
 
-def _diag(post, wall: float) -> dict:
-    s = post.summary
+def _diag(model, wall: float) -> dict:
+    s = model.summary()
+    sampling = float(model.info.get("wall_s", wall))
     return {
-        "rows": post.rows_fitted,
+        "rows": int(model.info.get("rows_fitted", model.info.get("rows", 0))),
         "wall_s": round(wall, 2),
-        "sampling_s": round(float(post.info.get("wall_s", wall)), 2),
+        "sampling_s": round(sampling, 2),
         "max_rhat": round(float(s["r_hat"].max()), 4),
         "worst_rhat": str(s["r_hat"].idxmax()),
         "min_ess_bulk": round(float(s["ess_bulk"].min()), 1),
         "worst_ess": str(s["ess_bulk"].idxmin()),
         "min_ess_per_s": round(float(s["ess_bulk"].min()) / wall, 3),
-        "min_ess_per_sampling_s": round(float(s["ess_bulk"].min()) / float(post.info.get("wall_s", wall)), 3),
-        "divergences": int(post.draws.diverging.sum()),
-        "checks": {c.name: c.level for c in post.checks},
+        "min_ess_per_sampling_s": round(float(s["ess_bulk"].min()) / sampling, 3),
+        "divergences": int(model.draws.diverging.sum()),
+        "checks": {c.name: c.level for c in model.diagnostics()},
     }
 
 
 def side_by_side(args) -> dict:
+    """The seed model's two engines on the notebook's 50,000 rows of 70.3, one after the other."""
     from racedayai_bayes.lib.data.frame import distance_rows
-    from racedayai_bayes.lib.models.seed.fit import FitSettings, _sample, fit_posterior
+    from racedayai_bayes.lib.models.seed.fit import SeedModel, SeedSettings, _sample
 
     folder, _ = _inputs("demo")
     frame = _model_frame(folder)
     rows = _sample(distance_rows(frame, "70.3"), 50_000)  # the seed's subsample
-    # the seed's settings: all 50,000 rows fitted (no holdout), target_accept 0.85
-    seed_settings = dict(num_warmup=args.warmup, num_samples=args.samples, num_chains=2, target_accept=0.85,
-                         holdout="none")
+    settings = dict(num_warmup=args.warmup, num_samples=args.samples, num_chains=2, target_accept=0.85)
     out = {}
     for engine in ("exact", "rowwise"):
+        if engine == "rowwise" and args.skip_rowwise:
+            continue
         print(f"[side_by_side] {engine}: {len(rows):,} rows, {args.warmup}+{args.samples} x 2 chains", flush=True)
         t0 = time.perf_counter()
-        post = fit_posterior(rows, "70.3", FitSettings(engine=engine, subsample=len(rows), **seed_settings))
-        out[engine] = _diag(post, time.perf_counter() - t0)
+        model = SeedModel("profile", SeedSettings(engine=engine, subsample=len(rows), **settings)).fit(rows, "70.3")
+        out[engine] = _diag(model, time.perf_counter() - t0)
         print(f"[side_by_side] {engine}: {out[engine]}", flush=True)
-    # per second of the whole fit (predictive checks and summaries included), and of sampling alone
-    out["ess_per_s_ratio"] = round(out["exact"]["min_ess_per_s"] / max(out["rowwise"]["min_ess_per_s"], 1e-12), 1)
-    out["ess_per_sampling_s_ratio"] = round(
-        out["exact"]["min_ess_per_sampling_s"] / max(out["rowwise"]["min_ess_per_sampling_s"], 1e-12), 1)
-    out["settings"] = {**seed_settings, "rows": len(rows), "distance": "70.3"}
+    if "rowwise" in out:
+        # per second of the whole fit (compile included), and of sampling alone
+        out["ess_per_s_ratio"] = round(out["exact"]["min_ess_per_s"] / max(out["rowwise"]["min_ess_per_s"], 1e-12), 1)
+        out["ess_per_sampling_s_ratio"] = round(
+            out["exact"]["min_ess_per_sampling_s"] / max(out["rowwise"]["min_ess_per_sampling_s"], 1e-12), 1)
+    out["settings"] = {**settings, "rows": len(rows), "distance": "70.3"}
     return out
 
 
@@ -120,13 +128,59 @@ class TreeRSS(threading.Thread):
             time.sleep(self.every)
 
 
-def _step_times(home: Path) -> dict:
+def io_floor(folder: Path, scratch: Path) -> dict:
+    """Arrow reading the three input CSVs and writing CSVs of the outputs' size and columns.
+
+    The outputs' shape comes from a first, untimed read (which also warms the page cache, as
+    the refit's own reads are warm after the first run of a week). The written tables have the
+    prediction CSVs' twelve columns and one row per modelled race of each distance.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    from racedayai_bayes.lib.data import contracts
+
+    names = (contracts.RACE_FILE, contracts.PROFILE_FILE, contracts.CLUSTER_FILE)
+    text = pacsv.ConvertOptions(column_types={"event_distance": pa.string(), "athlete_hash": pa.string()})
+    races = pacsv.read_csv(folder / contracts.RACE_FILE, convert_options=text)
+    keep = {}
+    for d in ("70.3", "140.6"):
+        total = races["total_sec"]
+        mask = pc.and_(pc.equal(races["event_distance"], d), pc.and_(pc.greater(total, 3600), pc.less(total, 61200)))
+        keep[d] = races.filter(pc.fill_null(mask, False)).select(["athlete_hash", "event_distance", "event_year",
+                                                                  "total_sec", "event_name"])
+    del races
+    scratch.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    for name in names:
+        pacsv.read_csv(folder / name, convert_options=text)
+    t_read = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    for d, table in keep.items():
+        n = table.num_rows
+        values = table["total_sec"].to_numpy(zero_copy_only=False).astype(np.float64)
+        out = pa.table({
+            "athlete_hash": table["athlete_hash"], "event_distance": table["event_distance"],
+            "event_year": table["event_year"], "total_sec": table["total_sec"],
+            **{c: pa.array(values * (1.0 + 0.01 * k)) for k, c in enumerate(
+                ("bayes_pred", "bayes_std", "bayes_p05", "bayes_p50", "bayes_p95"))},
+            "model": pa.array(["forecast"] * n), "event_name": table["event_name"], "held_out": pa.array(np.zeros(n, bool)),
+        })
+        pacsv.write_csv(out, scratch / f"floor_{d}.csv")
+    t_write = time.perf_counter() - t1
+    return {"read_s": round(t_read, 2), "write_s": round(t_write, 2), "total_s": round(t_read + t_write, 2),
+            "rows": {d: v.num_rows for d, v in keep.items()}}
+
+
+def _run_history(home: Path) -> dict:
+    """Per step (and partition) wall seconds, and every check evaluation, from the instance."""
     import dagster as dg
 
     instance = dg.DagsterInstance.from_config(str(home))
     steps: dict[str, float] = {}
     checks: list = []
-    sampling = 0.0
     for run in instance.get_runs():
         part = run.tags.get("dagster/partition", "")
         starts = {}
@@ -140,26 +194,69 @@ def _step_times(home: Path) -> dict:
                 steps[f"{e.step_key}[{part}]"] = round(e.timestamp - starts.get(e.step_key, e.timestamp), 2)
             elif ev.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
                 d = ev.event_specific_data
-                checks.append((part, d.check_name, d.passed, d.metadata["value"].value))
-            elif ev.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
-                mat = ev.event_specific_data.materialization
-                if mat.asset_key == dg.AssetKey("posterior"):
-                    sampling += mat.metadata["sampling_wall_s"].value
-    return {"steps": steps, "checks": checks, "sampling_s": round(sampling, 2)}
+                checks.append({"asset": d.asset_key.to_user_string(), "distance": part, "check": d.check_name,
+                               "passed": bool(d.passed), "severity": d.severity.value,
+                               "value": d.metadata["value"].value if "value" in d.metadata else None})
+    return {"steps": steps, "checks": checks}
 
 
-def full_scale(args) -> dict:
-    folder, gen_s = _inputs("full")
-    frame_rows = None
-    home = WORK / "full_home"
+def _decisions(home: Path) -> dict:
+    """The stored comparison of each distance (the published_model asset's value)."""
+    import pickle
+
+    out = {}
+    for path in (home / "storage" / "published_model").glob("*.pkl"):
+        with open(path, "rb") as fh:
+            out[path.stem] = pickle.load(fh)
+    return out
+
+
+def _models_table(decision) -> dict:
+    """Every model's held-out scores, and forecast against seed_asof, of one distance."""
+    from racedayai_bayes.lib.evaluation.scores import elpd_difference
+
+    models = {}
+    for name, j in decision.judged.items():
+        s = j.judged.scores
+        checks = {c.name: c.level for c in j.checks}
+        models[name] = {
+            "judged_on": j.judged.label, "rows": s.rows, "editions": s.editions,
+            "elpd": round(s.elpd, 5), "elpd_se": round(s.elpd_se, 5),
+            "mae_p50_min": round(s.mae_p50_sec / 60, 2), "mae_pred_min": round(s.mae_pred_sec / 60, 2),
+            "r2": round(s.r2, 4), "coverage_90": round(s.coverage_90, 4), "coverage_se": round(s.coverage_se, 4),
+            "decile_coverage": [round(float(v), 3) for v in s.deciles["coverage"]],
+            "deciles_consistent": checks.get("coverage_by_decile") == "pass",
+            "fit_wall_s": round(float(j.model.info.get("wall_s", float("nan"))), 2),
+            "checks": checks,
+            "groups": {g: {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()} for g, d in s.groups.items()},
+        }
+    versus = None
+    if {"forecast", "seed_asof"} <= set(decision.judged):
+        f, a = decision.judged["forecast"], decision.judged["seed_asof"]
+        d, se, n = elpd_difference(f.judged.prediction.log_density, a.judged.prediction.log_density, f.judged.clusters)
+        versus = {
+            "mae_p50_ratio": round(f.judged.scores.mae_p50_sec / a.judged.scores.mae_p50_sec, 4),
+            "mae_pred_ratio": round(f.judged.scores.mae_pred_sec / a.judged.scores.mae_pred_sec, 4),
+            "elpd_diff": round(d, 5), "elpd_diff_se": round(se, 5), "elpd_diff_in_se": round(d / se, 1),
+            "rows": n, "editions": f.judged.scores.editions,
+        }
+    return {"published": decision.published, "reason": decision.reason, "models": models, "forecast_vs_seed_asof": versus}
+
+
+def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
+    """One `racedayai-bayes refit` on a fresh instance, the I/O floor just before and after."""
+    home = WORK / f"{tag}_home"
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    out_dir = WORK / "full_outputs"
+    out_dir = WORK / f"{tag}_outputs"
+    shutil.rmtree(out_dir, ignore_errors=True)
     env = {**os.environ, "DAGSTER_HOME": str(home), "RACEDAYAI_INPUT_DIR": str(folder), "RACEDAYAI_OUTPUT_DIR": str(out_dir)}
-    print("[full_scale] racedayai-bayes refit on full data", flush=True)
+    floor_before = io_floor(folder, WORK / "floor")
+    print(f"[{tag}] I/O floor before: {floor_before}", flush=True)
+    print(f"[{tag}] racedayai-bayes refit {' '.join(extra_args)}", flush=True)
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "racedayai_bayes.cli", "refit"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "racedayai_bayes.cli", "refit", *extra_args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     mon = TreeRSS(proc.pid)
     mon.start()
@@ -167,24 +264,74 @@ def full_scale(args) -> dict:
     wall = time.perf_counter() - t0
     mon.stop.set()
     mon.join()
-    (WORK / "full_refit.log").write_text(log)
-    times = _step_times(home)
-    rhat = [v for _, name, _, v in times["checks"] if name == "rhat_max"]
-    ess = [v for _, name, _, v in times["checks"] if name == "ess_bulk_min"]
+    floor_after = io_floor(folder, WORK / "floor")
+    print(f"[{tag}] I/O floor after: {floor_after}", flush=True)
+    (WORK / f"{tag}_refit.log").write_text(log)
+    history = _run_history(home)
+    floor = (floor_before["total_s"] + floor_after["total_s"]) / 2
+    rows = 0
     for f in out_dir.glob("bayesian_predictions_*.csv"):
-        frame_rows = (frame_rows or 0) + sum(1 for _ in open(f)) - 1
+        rows += sum(1 for _ in open(f)) - 1
+    decisions = {}
+    for distance, decision in _decisions(home).items():
+        decisions[distance] = _models_table(decision)
     return {
-        "rows": frame_rows,
+        "rows": rows,
         "exit_code": proc.returncode,
         "wall_s": round(wall, 1),
+        "io_floor_s": round(floor, 2),
+        "io_floor_before": floor_before,
+        "io_floor_after": floor_after,
+        "floor_ratio": round(wall / floor, 2),
         "peak_rss_mb": round(mon.peak_kb / 1024, 0),
-        "max_rhat": max(rhat) if rhat else None,
-        "min_ess": min(ess) if ess else None,
-        "sampling_s_both": times["sampling_s"],
-        "step_wall_s": times["steps"],
-        "all_checks_passed": all(p for _, _, p, _ in times["checks"]) and bool(times["checks"]),
-        "data_generation_s": None if gen_s is None else round(gen_s, 1),
+        "step_wall_s": history["steps"],
+        "checks_failed": [c for c in history["checks"] if not c["passed"]],
+        "all_error_checks_passed": all(c["passed"] or c["severity"] != "ERROR" for c in history["checks"]),
+        "models": decisions,
+        "refit_output": log.splitlines()[-25:],
     }
+
+
+def full_scale(args) -> dict:
+    folder, gen_s = _inputs("full")
+    out = _refit("full", folder, [])
+    out["data_generation_s"] = None if gen_s is None else round(gen_s, 1)
+    return out
+
+
+def backtest(args) -> dict:
+    """The last full season held out (the one before the latest, partial, season)."""
+    import pyarrow.csv as pacsv
+
+    folder, _ = _inputs("full")
+    years = pacsv.read_csv(folder / "athlete_race.csv", convert_options=pacsv.ConvertOptions(include_columns=["event_year"]))
+    season = int(max(years["event_year"].to_pylist())) - 1
+    out = _refit("backtest", folder, ["--holdout-season", str(season)])
+    out["season"] = season
+    return out
+
+
+def variance(args) -> dict:
+    """The full world's variance structure against real_variance_structure.json (measured / real)."""
+    import pandas as pd
+
+    from racedayai_bayes.demo.calibration import compare, variance_structure
+    from racedayai_bayes.demo.simulate import CALIBRATION
+
+    folder, _ = _inputs("full")
+    races = pd.read_csv(folder / "athlete_race.csv", usecols=["athlete_hash", "is_pro", "event_name", "event_year",
+                                                                 "event_distance", "total_sec"],
+                        dtype={"event_distance": str, "athlete_hash": str, "is_pro": str}, engine="pyarrow")
+    out = {}
+    for d in ("70.3", "140.6"):
+        measured = variance_structure(races, d)
+        real = {"sd_course_mean": CALIBRATION[d]["sd_course"], "sd_edition_within_course": CALIBRATION[d]["sd_day"],
+                "sd_athlete_mean_resid_2plus": CALIBRATION[d]["sd_athlete"],
+                "sd_within_athlete": CALIBRATION[d]["sd_within_athlete"]}
+        out[d] = {"measured": {k: round(v, 4) for k, v in measured.items()},
+                  "ratio_to_real": {k: round(v, 3) for k, v in compare(measured, real).items()},
+                  "share_new_course_real": CALIBRATION[d]["new_course_share"]}
+    return out
 
 
 def _naive_intervals(draws, enc, design, max_draws: int, seed: int):
@@ -211,15 +358,15 @@ def intervals(args) -> dict:
     """Side by side: the library's quantiles and the plain ones, same draws and rows."""
     import numpy as np
 
-    from racedayai_bayes.lib.models.seed.encoding import encode
     from racedayai_bayes.lib.data.frame import distance_rows
-    from racedayai_bayes.lib.models.seed.fit import FitSettings, fit_posterior
+    from racedayai_bayes.lib.models.seed.encoding import encode
+    from racedayai_bayes.lib.models.seed.fit import SeedModel
     from racedayai_bayes.lib.models.seed.predict import predictive_summary
 
     folder, _ = _inputs("demo")
     frame = _model_frame(folder)
     rows = distance_rows(frame, "70.3")
-    post = fit_posterior(rows, "70.3", FitSettings(holdout="none"))
+    post = SeedModel("profile").fit(rows, "70.3")
     n = 200_000
     big = rows.sample(n, replace=True, random_state=1)
     design = encode(big, post.encoding)
@@ -259,58 +406,99 @@ def _model_frame(folder: Path):
     return frame
 
 
+def _refit_lines(title: str, fs: dict) -> list[str]:
+    lines = [f"## {title}", "",
+             "| rows | wall s | I/O floor s (before, after) | wall / floor | peak RSS MB (process tree) | ERROR checks | exit |",
+             "|---|---|---|---|---|---|---|",
+             f"| {fs['rows']:,} | {fs['wall_s']} | {fs['io_floor_s']} ({fs['io_floor_before']['total_s']}, "
+             f"{fs['io_floor_after']['total_s']}) | **{fs['floor_ratio']}x** | {fs['peak_rss_mb']:.0f} | "
+             f"{'all pass' if fs['all_error_checks_passed'] else 'SOME FAILED'} | {fs['exit_code']} |", ""]
+    for distance, d in sorted(fs["models"].items()):
+        lines += [f"### {distance}: published **{d['published']}**", "", d["reason"] + ".", "",
+                  "| model | fit s | ELPD per row (± SE) | MAE p50 min | MAE pred min | R² | 90% coverage (± SE) | decile coverage | sampler checks |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name, m in d["models"].items():
+            sampler = ", ".join(f"{k} {v}" for k, v in m["checks"].items() if k in ("rhat", "ess", "divergences", "proposal"))
+            lines.append(f"| {name} | {m['fit_wall_s']} | {m['elpd']:.4f} ± {m['elpd_se']:.4f} | {m['mae_p50_min']} | "
+                         f"{m['mae_pred_min']} | {m['r2']} | {m['coverage_90']:.3f} ± {m['coverage_se']:.3f} | "
+                         f"{min(m['decile_coverage']):.3f}–{max(m['decile_coverage']):.3f} | {sampler} |")
+        v = d["forecast_vs_seed_asof"]
+        if v:
+            lines += ["", f"forecast against seed_asof on the same {v['rows']:,} rows in {v['editions']} editions: "
+                      f"MAE of bayes_p50 x{v['mae_p50_ratio']} ({(1 - v['mae_p50_ratio']) * 100:.0f}% lower), "
+                      f"ELPD {v['elpd_diff']:+.4f} per row ± {v['elpd_diff_se']:.4f} (**{v['elpd_diff_in_se']} clustered SEs**).", ""]
+    lines += ["Wall time per step (s):", "", "| step | s |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in sorted(fs["step_wall_s"].items())]
+    return lines + [""]
+
+
 def _write(results: dict) -> None:
-    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
     lines = [f"# Benchmark results ({results.get('date', '')})", "",
              f"Machine: {os.cpu_count()} cores, CPU only. Run with `make bench`.", ""]
     sbs = results.get("side_by_side")
     if sbs:
         s = sbs["settings"]
-        lines += [f"## Side by side: {s['rows']:,} rows of {s['distance']}, {s['num_warmup']}+{s['num_samples']} x {s['num_chains']} chains", "",
+        lines += [f"## Side by side: the seed model's engines on {s['rows']:,} rows of {s['distance']}, "
+                  f"{s['num_warmup']}+{s['num_samples']} x {s['num_chains']} chains", "",
                   "| engine | wall s (fit) | sampling s | max r_hat | min bulk ESS | min ESS/s (fit) | min ESS/s (sampling) | divergences |", "|---|---|---|---|---|---|---|---|"]
         for eng in ("rowwise", "exact"):
+            if eng not in sbs:
+                continue
             r = sbs[eng]
             lines.append(f"| {eng} | {r['wall_s']} | {r['sampling_s']} | {r['max_rhat']} ({r['worst_rhat']}) | {r['min_ess_bulk']} ({r['worst_ess']}) | {r['min_ess_per_s']} | {r.get('min_ess_per_sampling_s', '')} | {r['divergences']} |")
-        lines += ["", f"min ESS per second, exact / rowwise: **{sbs['ess_per_s_ratio']}x** per second of the whole fit, "
-                  f"**{sbs.get('ess_per_sampling_s_ratio', '')}x** per second of sampling. Both engines use the seed's settings "
-                  "(target_accept 0.85), one after the other in one process.", ""]
-    fs = results.get("full_scale")
-    if fs:
-        lines += ["## Full scale: `racedayai-bayes refit` on `full` synthetic data", "",
-                  "| rows | wall s | peak RSS MB (process tree) | sampling s (both) | max r_hat | min bulk ESS | exit |", "|---|---|---|---|---|---|---|",
-                  f"| {fs['rows']:,} | {fs['wall_s']} | {fs['peak_rss_mb']:.0f} | {fs['sampling_s_both']} | {fs['max_rhat']} | {fs['min_ess']} | {fs['exit_code']} |", "",
-                  "Wall time per step (s):", "", "| step | s |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in fs["step_wall_s"].items()]
+        if "ess_per_s_ratio" in sbs:
+            lines += ["", f"min ESS per second, exact / rowwise: **{sbs['ess_per_s_ratio']}x** per second of the whole fit, "
+                      f"**{sbs.get('ess_per_sampling_s_ratio', '')}x** per second of sampling. Both engines use the seed's settings "
+                      "(target_accept 0.85), one after the other in one process."]
+        lines.append("")
+    if results.get("full_scale"):
+        lines += _refit_lines("Full scale: `racedayai-bayes refit` on `full` synthetic data (the latest season held out)", results["full_scale"])
+    if results.get("backtest"):
+        bt = results["backtest"]
+        lines += _refit_lines(f"Backtest: the last full season, {bt['season']}, held out (`--holdout-season {bt['season']}`)", bt)
+    var = results.get("variance")
+    if var:
+        lines += ["## The synthetic world's variance structure against the real one", "",
+                  "measured / real (real_variance_structure.json's definitions, on the full world):", "",
+                  "| distance | course | day (edition within course) | athlete (2+ races) | race to race | new-course share (2024) |",
+                  "|---|---|---|---|---|---|"]
+        for d, v in var.items():
+            r = v["ratio_to_real"]
+            lines.append(f"| {d} | {r['sd_course_mean']} | {r['sd_edition_within_course']} | {r['sd_athlete_mean_resid_2plus']} | "
+                         f"{r['sd_within_athlete']} | {v['measured']['share_new_course']:.3f} (real {v['share_new_course_real']}) |")
+        lines.append("")
     iv = results.get("intervals")
     if iv:
-        lines += ["", f"## Predictive quantiles of the CSV: {iv['rows']:,} rows x {iv['draws']} draws of a 70.3 posterior", "",
+        lines += [f"## The seed model's predictive quantiles: {iv['rows']:,} rows x {iv['draws']} draws of a 70.3 posterior", "",
                   "| method | s |", "|---|---|",
                   f"| plain: own noise per row and draw, np.quantile | {iv['plain_s']} |",
                   f"| library: stratified shared noise per group combination, float32 sort, 2 threads | {iv['library_s']} |", "",
                   f"Speed-up **{iv['speedup']}x**. Median absolute difference between the two, in predictive sd: "
                   + ", ".join(f"{k} {v}" for k, v in iv["median_abs_diff_in_sd"].items())
                   + " (the plain method's own Monte Carlo error is about 0.04-0.07 sd)."
-                  f" The library's way on 2.2M rows (the 70.3 CSV): {iv['rows_2_2m_s']} s."]
+                  f" The library's way on 2.2M rows (the 70.3 CSV): {iv['rows_2_2m_s']} s.", ""]
     TABLE.write_text("\n".join(lines) + "\n")
+
+
+PARTS = ("side_by_side", "full_scale", "backtest", "variance", "intervals")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--part", choices=["all", "side_by_side", "full_scale", "intervals"], default="all")
+    parser.add_argument("--part", choices=["all", *PARTS], default="all", action="append",
+                        help="parts to run (repeat the flag for several; default all)")
     parser.add_argument("--warmup", type=int, default=1500, help="side_by_side warmup (seed: 1500)")
     parser.add_argument("--samples", type=int, default=1500, help="side_by_side samples (seed: 1500)")
+    parser.add_argument("--skip-rowwise", action="store_true", help="side_by_side without the notebook's 20-minute sampler")
     args = parser.parse_args()
+    parts = set(PARTS) if "all" in args.part and len(args.part) == 1 else {p for p in args.part if p != "all"}
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results["date"] = dt.date.today().isoformat()
-    if args.part in ("all", "side_by_side"):
-        results["side_by_side"] = side_by_side(args)
-        _write(results)
-    if args.part in ("all", "full_scale"):
-        results["full_scale"] = full_scale(args)
-        _write(results)
-    if args.part in ("all", "intervals"):
-        results["intervals"] = intervals(args)
-        _write(results)
+    for part in PARTS:
+        if part in parts:
+            results[part] = globals()[part](args)
+            _write(results)
     print(TABLE.read_text())
     return 0
 

@@ -72,7 +72,7 @@ def _judged(name, lpd, asof=True, passed=True, rows=None):
     y = rows["total_sec"].to_numpy()
     pred = Prediction(y, np.full(n, 900.0), y - 1500, y, y + 1500, np.asarray(lpd, dtype=float))
     clusters = (rows["event_name"] + "|2024").to_numpy()
-    ev = Evaluation("held-out", np.arange(n), y, pred, score(y, pred, clusters))
+    ev = Evaluation("held-out", np.arange(n), y, pred, score(y, pred, clusters), clusters)
     checks = [dx.CheckOutcome("rhat", dx.PASS if passed else dx.ERROR, 1.0, "<= 1.01")]
     model = SimpleNamespace(name=name, asof=asof, distance="70.3")
     return Judged(model=model, split={}, in_sample=ev, holdout=ev, checks=checks)

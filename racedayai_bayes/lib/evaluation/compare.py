@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from racedayai_bayes.lib.evaluation.judge import GROUPS, Judged, row_groups
-from racedayai_bayes.lib.evaluation.scores import edition_labels, elpd_difference
+from racedayai_bayes.lib.evaluation.scores import elpd_difference
 
 PUBLISH_CHOICES = ("auto", "seed_profile", "seed_asof", "forecast")
 SWITCH_SE = 2.0
@@ -77,9 +77,8 @@ def differences(judged: dict[str, Judged], reference: str, split_rows: pd.DataFr
     overall and per group (first race vs returning, known vs new course), with clustered SEs."""
     ref = judged[reference]
     positions = ref.judged.positions
-    rows = split_rows.iloc[positions]
-    clusters = edition_labels(rows)
-    groups = {"all": np.ones(len(rows), dtype=bool)} | {g: m[positions] for g, m in row_groups(split_rows, train).items()}
+    clusters = ref.judged.clusters
+    groups = {"all": np.ones(len(positions), dtype=bool)} | {g: m[positions] for g, m in row_groups(split_rows, train).items()}
     out = []
     for name, j in judged.items():
         if name == reference or not np.array_equal(j.judged.positions, positions):
@@ -122,8 +121,7 @@ def decide(judged: dict[str, Judged], split_rows: pd.DataFrame, train: pd.DataFr
             chosen = best
             reason = f"{best} has the highest held-out ELPD ({elpd[best]:.4f} per row) of the eligible models ({', '.join(eligible)})"
             if previous in eligible and previous != best:
-                rows = split_rows.iloc[judged[best].judged.positions]
-                d, se, _ = elpd_difference(_lpd(judged[best]), _lpd(judged[previous]), edition_labels(rows))
+                d, se, _ = elpd_difference(_lpd(judged[best]), _lpd(judged[previous]), judged[best].judged.clusters)
                 if not d > SWITCH_SE * se:
                     chosen = previous
                     reason = (f"{previous} stays published: {best} beats it by {d:.4f} ELPD per row, "

@@ -48,6 +48,7 @@ class Evaluation:
     observed: np.ndarray
     prediction: Prediction
     scores: Scores
+    clusters: np.ndarray  # each row's edition (lib/evaluation/scores.edition_labels): the SEs' clusters
 
 
 @dataclass
@@ -108,7 +109,7 @@ def _evaluate(model: FittedModel, split: Split, positions: np.ndarray, label: st
     pred = model.predict(rows, positions, log_density=True)
     observed = rows["total_sec"].to_numpy(dtype=np.float64)[positions]
     scores = score(observed, pred, clusters[positions], {g: m[positions] for g, m in groups.items()})
-    return Evaluation(label, positions, observed, pred, scores)
+    return Evaluation(label, positions, observed, pred, scores, clusters[positions])
 
 
 def in_sample_positions(split: Split, n: int) -> np.ndarray:
