@@ -165,7 +165,7 @@ def test_duplicated_profile_hash_is_rejected_by_reader_and_by_build(tmp_path):
         read_profiles(path)
 
     races = pd.DataFrame({
-        "athlete_hash": ["a"], "gender": ["M"], "age_group": ["30-34"], "is_pro": [False],
+        "athlete_hash": ["a"], "gender": ["M"], "age_group": ["30-34"], "is_pro": [False], "event_name": ["X"],
         "event_distance": ["70.3"], "event_year": [2020], "total_sec": [20000.0],
     })
     dup_profiles = pd.DataFrame({"athlete_hash": ["a", "a"], "total_races": [1.0, 2.0], "pb_total_sec": [1.0, 2.0]})

@@ -27,16 +27,24 @@ FRAME_COLUMNS = (
 )
 
 
-def _join(left: pd.DataFrame, right: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Left join on athlete_hash where a blank key never matches anything.
+def _lookup(keys: pd.Index, right: pd.DataFrame, columns: list[str], codes: np.ndarray) -> dict[str, pd.Series]:
+    """A left join on athlete_hash by position: for each row (its athlete's code into
+    ``keys``), the columns of ``right``'s row with that athlete_hash, missing where none.
 
-    pandas joins missing keys to missing keys, so blank hashes are kept out of the right
-    side; the right side has unique keys (checked by the readers), so rows never multiply.
+    A blank key never matches: blank hashes have code -1, and ``right`` has unique keys
+    (checked by the readers), so rows never multiply.
     """
-    right = right.loc[right["athlete_hash"].notna(), ["athlete_hash", *columns]]
+    right = right.loc[right["athlete_hash"].notna()]
     if right["athlete_hash"].duplicated().any():
         raise ValueError("duplicated athlete_hash on the right side of a join")
-    return left.merge(right, on="athlete_hash", how="left", validate="many_to_one")
+    where = pd.Index(right["athlete_hash"].astype(object)).get_indexer(keys.astype(object))
+    pos = where[np.maximum(codes, 0)] if len(where) else np.full(len(codes), -1)
+    pos = np.where(codes >= 0, pos, -1)
+    out = {}
+    for col in columns:
+        taken = pd.api.extensions.take(right[col].array, pos, allow_fill=True)
+        out[col] = pd.Series(taken)
+    return out
 
 
 def build_model_frame(
@@ -58,52 +66,65 @@ def model_frame_and_seasons(
     Each kept row gets its as-of history (:data:`HISTORY_COLUMNS`) from every row of
     ``races``. Returns the frame, the count of rows each rule removed, and the per-(athlete,
     season) table of every start that the history comes from (lib/data/history.py).
-    """
-    profile_cols = [c for c in PROFILE_COLUMNS if c in profiles.columns]
-    frame = _join(races, profiles, profile_cols)
-    frame = _join(frame, clusters, ["cluster_id"])
-    for col in PROFILE_COLUMNS:
-        if col not in frame.columns:
-            frame[col] = float("nan")
 
-    counts = {"rows_in": len(frame)}
+    Athletes are numbered once (``pd.factorize``), and the joins and the history work on
+    those numbers: string keys are hashed once, not in every join and group-by.
+    """
+    codes, athletes = pd.factorize(races["athlete_hash"], sort=False)
+    athletes = pd.Index(athletes)
+    counts = {"rows_in": len(races)}
+    pro = races["is_pro"].eq(True).fillna(False).to_numpy(dtype=bool)
+    distance = races["event_distance"].isin(MODEL_DISTANCES).fillna(False).to_numpy(dtype=bool)
+    total = races["total_sec"].to_numpy(dtype=np.float64, na_value=np.nan)
     rules = {
-        "dropped_pro": ~frame["is_pro"].eq(True).fillna(False).astype(bool),
-        "dropped_other_distance": frame["event_distance"].isin(MODEL_DISTANCES).fillna(False).astype(bool),
-        "dropped_no_time": frame["total_sec"].notna(),
-        "dropped_time_out_of_bounds": frame["total_sec"].gt(MIN_TOTAL_SEC) & frame["total_sec"].lt(MAX_TOTAL_SEC),
-        "dropped_no_year": frame["event_year"].notna(),
+        "dropped_pro": ~pro,
+        "dropped_other_distance": distance,
+        "dropped_no_time": ~np.isnan(total),
+        "dropped_time_out_of_bounds": (total > MIN_TOTAL_SEC) & (total < MAX_TOTAL_SEC),
+        "dropped_no_year": races["event_year"].notna().to_numpy(dtype=bool),
     }
-    keep = pd.Series(True, index=frame.index)
+    keep = np.ones(len(races), dtype=bool)
     for name, rule in rules.items():
-        rule = rule.fillna(False).astype(bool) if rule.dtype != bool else rule
         counts[name] = int((keep & ~rule).sum())
         keep &= rule
         if name == "dropped_time_out_of_bounds":
-            ag_finish = keep.to_numpy(copy=True)  # the finishes an athlete's history counts
-    frame = frame.loc[keep.to_numpy(), list(FRAME_COLUMNS)].reset_index(drop=True)
+            ag_finish = keep.copy()  # the finishes an athlete's history counts
+    rows = np.flatnonzero(keep)
+    kept_codes = codes[rows]
+    profile_cols = [c for c in PROFILE_COLUMNS if c in profiles.columns]
+    joined = {**_lookup(athletes, profiles, profile_cols, kept_codes), **_lookup(athletes, clusters, ["cluster_id"], kept_codes)}
+    frame = races.iloc[rows][["athlete_hash", "gender", "age_group", "event_name", "event_distance", "event_year",
+                              "total_sec"]].reset_index(drop=True)
+    for col in PROFILE_COLUMNS:
+        frame[col] = joined[col].astype("float64") if col in joined else np.nan
+    frame["cluster_id"] = joined["cluster_id"].astype("Int64")
+    frame = frame[list(FRAME_COLUMNS)]
     frame["event_distance"] = frame["event_distance"].astype("string")
-    seasons = season_table(races, ag_finish, MODEL_DISTANCES)
-    frame = add_history(frame, seasons, MODEL_DISTANCES)
+    seasons = season_table(races, ag_finish, MODEL_DISTANCES, codes=codes, athletes=athletes)
+    frame = add_history(frame, seasons, MODEL_DISTANCES, codes=kept_codes)
     counts["rows_out"] = len(frame)
     for d in MODEL_DISTANCES:
         counts[f"rows_{d}"] = int((frame["event_distance"] == d).sum())
     counts["rows_blank_event_name"] = int(frame["event_name"].isna().sum())
-    counts["athletes_with_several_genders"] = several_genders(frame)
+    counts["athletes_with_several_genders"] = several_genders(frame, kept_codes)
     return frame, counts, seasons
 
 
-def several_genders(frame: pd.DataFrame) -> int:
+def several_genders(frame: pd.DataFrame, codes: np.ndarray | None = None) -> int:
     """Athletes whose modelled races carry more than one (non-blank) gender.
 
     Each race keeps the gender it was published with: the models read gender per race, so
     such an athlete's races fall in different gender cells. The count makes a source that
     mislabels gender visible.
     """
-    named = frame.loc[frame["athlete_hash"].notna() & frame["gender"].notna(), ["athlete_hash", "gender"]]
-    if named.empty:
+    if codes is None:
+        codes = pd.factorize(frame["athlete_hash"], sort=False)[0]
+    gender = pd.factorize(frame["gender"], sort=False)[0]
+    use = (codes >= 0) & (gender >= 0)
+    if not use.any():
         return 0
-    return int((named.groupby("athlete_hash", sort=False)["gender"].nunique() > 1).sum())
+    pairs = np.unique(codes[use].astype(np.int64) * 64 + gender[use])
+    return int((np.bincount(pairs // 64) > 1).sum())
 
 
 def join_counts(frame: pd.DataFrame, profiles: pd.DataFrame, clusters: pd.DataFrame) -> dict[str, int]:

@@ -77,7 +77,8 @@ def earlier_season_sums(hashes: pd.Series, years: np.ndarray, values: dict[str, 
 SEASON_COLUMNS = ("starts_0", "starts_1", "dnf", "fin_0", "fin_1", "nrel_0", "nrel_1", "sumrel_0", "sumrel_1")
 
 
-def season_table(races: pd.DataFrame, ag_finish: np.ndarray, distances: tuple[str, str]) -> pd.DataFrame:
+def season_table(races: pd.DataFrame, ag_finish: np.ndarray, distances: tuple[str, str], *,
+                 codes: np.ndarray | None = None, athletes: pd.Index | None = None) -> pd.DataFrame:
     """One row per (athlete, season) with a start at either modelled distance: that season's own
     totals, sorted by athlete, then season.
 
@@ -85,7 +86,9 @@ def season_table(races: pd.DataFrame, ag_finish: np.ndarray, distances: tuple[st
     starts), ``fin_k`` (age-group finishes of the model frame), ``nrel_k`` and ``sumrel_k``
     (count and sum of edition-relative log times, :func:`edition_relative`); and ``dnf``
     (starts without a finish time) and ``best`` (fastest age-group finish; inf if none).
-    ``ag_finish`` marks the rows of ``races`` that the model frame keeps.
+    ``ag_finish`` marks the rows of ``races`` that the model frame keeps. ``codes`` and
+    ``athletes`` (``pd.factorize`` of races' athlete_hash) save hashing the keys again; the
+    table also holds each row's athlete code (``athlete``, into ``athletes``), sorted.
     """
     ag = np.asarray(ag_finish, dtype=bool)
     relative = edition_relative(races, ag)
@@ -94,11 +97,18 @@ def season_table(races: pd.DataFrame, ag_finish: np.ndarray, distances: tuple[st
         & races["event_year"].notna().to_numpy()
         & races["event_distance"].isin(distances).fillna(False).to_numpy(dtype=bool)
     )
+    if codes is None:
+        codes, athletes = pd.factorize(races["athlete_hash"], sort=False)
+    # number the athletes in hash order, so the table reads sorted by athlete_hash
+    order = np.argsort(np.asarray(athletes, dtype=object)) if len(athletes) else np.zeros(0, dtype=np.int64)
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    uniques = pd.Index(np.asarray(athletes, dtype=object)[order])
     starts = races.loc[start]
     d1 = (starts["event_distance"] == distances[1]).to_numpy(dtype=bool)
     total = starts["total_sec"].to_numpy(dtype=np.float64, na_value=np.nan)
     ag, relative = ag[start], relative[start]
-    codes, uniques = pd.factorize(starts["athlete_hash"], sort=True)
+    codes = rank[np.asarray(codes)[start]]
     years = starts["event_year"].to_numpy(dtype=np.int64)
     y0 = int(years.min()) if len(years) else 0
     span = int(years.max()) - y0 + 1 if len(years) else 1
@@ -111,7 +121,7 @@ def season_table(races: pd.DataFrame, ag_finish: np.ndarray, distances: tuple[st
     has_rel = ag & np.isfinite(relative)
     rel = np.where(has_rel, relative, 0.0)
     table = pd.DataFrame({
-        "athlete_hash": uniques.take(groups // span),
+        "athlete_hash": pd.array(uniques.take(groups // span), dtype="string"),
         "event_year": groups % span + y0,
         "starts_0": per_group((~d1).astype(np.float64)),
         "starts_1": per_group(d1.astype(np.float64)),
@@ -202,23 +212,29 @@ def edition_relative(races: pd.DataFrame, ag_finish: np.ndarray) -> np.ndarray:
     return out
 
 
-def add_history(frame: pd.DataFrame, table: pd.DataFrame, distances: tuple[str, str]) -> pd.DataFrame:
+def add_history(frame: pd.DataFrame, table: pd.DataFrame, distances: tuple[str, str], *,
+                codes: np.ndarray | None = None) -> pd.DataFrame:
     """The model-frame rows ``frame`` with :data:`HISTORY_COLUMNS` appended, from the season
     table of every start (:func:`season_table`). A row whose athlete is blank, or whose season
-    is unknown, has no history (counts 0, means NaN)."""
-    cum = cumulate(table).set_index(["athlete_hash", "event_year"])
-    out = frame.copy()
-    known = out["athlete_hash"].notna().to_numpy() & out["event_year"].notna().to_numpy()
-    rows = pd.MultiIndex.from_arrays(
-        [out["athlete_hash"].astype(object).where(known, None), out["event_year"].astype("Int64")],
-        names=["athlete_hash", "event_year"],
-    )
-    pos = np.where(known, cum.index.get_indexer(rows), -1)
+    is unknown, has no history (counts 0, means NaN). Rows are matched to the table on
+    (athlete, season) integer keys."""
+    cum = cumulate(table)
+    athletes = pd.Index(pd.unique(table["athlete_hash"].astype(object)))
+    t_code = athletes.get_indexer(table["athlete_hash"].astype(object))
+    row_code = athletes.get_indexer(frame["athlete_hash"].astype(object).where(frame["athlete_hash"].notna(), None))
+    years = frame["event_year"].to_numpy(dtype=np.float64, na_value=np.nan)
+    span = 10_000
+    t_key = t_code.astype(np.int64) * span + table["event_year"].to_numpy(dtype=np.int64)
+    known = (row_code >= 0) & np.isfinite(years)
+    r_key = np.where(known, row_code.astype(np.int64) * span + np.nan_to_num(years).astype(np.int64), -1)
+    pos = pd.Index(t_key).get_indexer(r_key)
+    pos = np.where(known, pos, -1)
     have = pos >= 0
     picked = cum.iloc[np.where(have, pos, 0)].reset_index(drop=True)
     for name in SEASON_COLUMNS:
         picked[name] = np.where(have, picked[name].to_numpy(), 0.0)
     picked["best"] = np.where(have, picked["best"].to_numpy(), np.inf)
+    out = frame.copy()
     cols = history_columns(picked, (out["event_distance"] == distances[1]).to_numpy(dtype=bool))
     for name in COUNT_COLUMNS:
         out[name] = cols[name].astype(np.int32)
