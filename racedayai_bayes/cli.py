@@ -1,4 +1,4 @@
-"""Command line: `racedayai-bayes demo-data | refit | predict`.
+"""Command line: `racedayai-bayes demo-data | refit | predict | forecast`.
 
 A data or configuration error (an input file that breaks the data contract, a distance that
 cannot be fitted, an output that cannot be written, invalid settings) ends with one
@@ -52,9 +52,10 @@ def _data_errors() -> tuple[type[BaseException], ...]:
     from racedayai_bayes.lib.data.contracts import InputError
     from racedayai_bayes.lib.errors import FitError
     from racedayai_bayes.lib.outputs.artifacts import ArtifactError
+    from racedayai_bayes.lib.outputs.forecasts import ForecastError
     from racedayai_bayes.lib.outputs.io import OutputWriteError
 
-    return (InputError, FitError, ArtifactError, OutputWriteError)
+    return (InputError, FitError, ArtifactError, OutputWriteError, ForecastError)
 
 
 # Exceptions raised inside a Dagster step that are data or configuration errors; by class
@@ -704,6 +705,31 @@ def _held_out(artifact, frame):
     return years == season if season is not None else np.zeros(len(frame), dtype=bool)
 
 
+def _forecast(args: argparse.Namespace) -> int:
+    """A start list in, every athlete's forecast out, from a posterior artifact alone."""
+    from racedayai_bayes.lib.data.contracts import InputError, read_start_list
+    from racedayai_bayes.lib.outputs.artifacts import ArtifactError, load_artifact
+    from racedayai_bayes.lib.outputs.forecasts import ForecastError, forecast_start_list
+    from racedayai_bayes.lib.outputs.io import OutputWriteError, write_csv_atomic
+
+    try:
+        start = read_start_list(args.start_list)
+        artifact = load_artifact(args.posterior)
+        result = forecast_start_list(artifact, start, args.event, args.year, args.draws)
+    except (ArtifactError, InputError, ForecastError) as exc:
+        raise UserError(str(exc)) from None
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    try:
+        path = write_csv_atomic(result.table, args.output)
+    except OutputWriteError as exc:
+        raise UserError(str(exc)) from None
+    print(f"wrote {len(result.table):,} forecasts of {result.event} {result.season} ({result.distance}) by "
+          f"{result.model} to {path}: {result.without_history:,} athletes without history"
+          + (", a new course" if result.new_course else "") + f" (posterior {result.artifact})")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -758,6 +784,23 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--draws", type=_positive_int, help="posterior draws for the intervals (default: the artifact's)")
     predict.add_argument("--seed", type=int, help="seed of the interval simulations (default: the artifact's)")
     predict.set_defaults(func=_predict)
+
+    forecast = sub.add_parser(
+        "forecast",
+        help="forecast every athlete of a start list at an upcoming race, from a posterior artifact alone",
+        description="Forecast the finish time of every athlete of --start-list at --event in --year, from the "
+        "forecast model's artifact (a .nc file, or a folder posterior/<distance> whose 'latest' names one). "
+        "The output has the start list's columns, then event_name, event_year, event_distance, model, "
+        "history_races, new_course, bayes_pred, bayes_std (the predictive sd), bayes_p05, bayes_p50, bayes_p95.",
+    )
+    forecast.add_argument("--posterior", required=True, help="artifact .nc file, or <output dir>/posterior/<distance>")
+    forecast.add_argument("--event", help="the race's event_name (default: the start list's event_name column)")
+    forecast.add_argument("--start-list", required=True, type=Path, help="CSV with athlete_hash, gender, age_group (cells may be blank); other columns are kept")
+    forecast.add_argument("--output", required=True, help="CSV to write (atomically): a path, or an object-store URL")
+    forecast.add_argument("--year", type=int, help="the race's season: the artifact's held-out season (history before it) or later (everything it knew); default: the season after its latest")
+    forecast.add_argument("--draws", type=_positive_int, help="posterior draws behind each forecast (default: the artifact's)")
+    forecast.add_argument("--seed", type=int, help="accepted for symmetry with predict; the forecast model's forecasts draw no random numbers")
+    forecast.set_defaults(func=_forecast)
     return parser
 
 

@@ -4,6 +4,7 @@ import racedayai_bayes  # noqa: F401  (pins JAX to the CPU before anything impor
 
 import dagster as dg
 
+from racedayai_bayes.defs.forecasts import race_forecasts, race_forecasts_job, republished_forecasts, start_list_sensor
 from racedayai_bayes.defs.inputs import athlete_profile, athlete_race, cluster_assignments, model_frame
 from racedayai_bayes.defs.models import POSTERIOR_ASSETS
 from racedayai_bayes.defs.predictions import bayesian_posterior_means, bayesian_predictions, forecast_posterior_means
@@ -35,10 +36,11 @@ defs = dg.Definitions(
         bayesian_predictions,
         bayesian_posterior_means,
         forecast_posterior_means,
+        race_forecasts,
     ],
-    jobs=[refit_job],
+    jobs=[refit_job, race_forecasts_job],
     schedules=[weekly_refit],
-    sensors=[refit_failure_alert, check_warning_alert, dead_run_reaper],
+    sensors=[refit_failure_alert, check_warning_alert, dead_run_reaper, start_list_sensor, republished_forecasts],
     resources={"paths": PipelinePaths.from_env(), "io_manager": AtomicPickleIOManagerFactory()},
     executor=executor,
 )

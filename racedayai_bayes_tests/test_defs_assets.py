@@ -17,9 +17,18 @@ from racedayai_bayes.lib.outputs.artifacts import LATEST, latest_artifact, load_
 from racedayai_bayes.lib.outputs.io import write_csv_atomic
 from racedayai_bayes.lib.outputs.tables import APPENDED_COLUMNS, INTERVAL_COLUMNS, PREDICTION_COLUMNS
 
-from .conftest import FAST_FIT, REFIT_ASSETS, SHORT_FORECAST_FIT, SHORT_SEED_FIT, pipeline_resources, refit_config
+from .conftest import (
+    FAST_FIT,
+    REFIT_ASSETS,
+    SHORT_FORECAST_FIT,
+    SHORT_SEED_FIT,
+    pipeline_assets,
+    pipeline_resources,
+    refit_config,
+)
 
 ALL_ASSETS = list(defs.assets)
+PIPELINE = pipeline_assets()
 HARNESS_CHECKS = {"predictive_coverage", "coverage_by_decile", "prediction_drift"}
 MODEL_CHECKS = {
     "seed_profile": {"rhat_max", "ess_bulk_min", "divergences"} | HARNESS_CHECKS,
@@ -32,7 +41,7 @@ REFIT = list(REFIT_ASSETS)
 
 def _materialize(distance, resources, instance, selection=None, raise_on_error=True, **config):
     return dg.materialize(
-        ALL_ASSETS, selection=selection, partition_key=distance, resources=resources,
+        PIPELINE, selection=selection, partition_key=distance, resources=resources,
         run_config=refit_config(**config, selection=selection), instance=instance, raise_on_error=raise_on_error,
     )
 
@@ -336,3 +345,114 @@ def test_a_posterior_materialised_alone_does_not_move_latest(graph_run, tmp_path
     new = Path(_meta(result, posterior_key("forecast"))["artifact"].value)
     assert new.exists() and new.name not in before
     assert (copy / "posterior" / "140.6" / LATEST).read_text() == before
+
+
+# --- race-day forecasts -------------------------------------------------------------------------
+
+
+def _held_out_race(results, distance="70.3"):
+    """The biggest race of the held-out season: its rows in the split, in CSV order."""
+    split = results[distance].output_for_node("holdout_split")
+    held = split.holdout
+    race = held["event_name"].value_counts().index[0]
+    return held[held["event_name"] == race], race, int(held["event_year"].iloc[0])
+
+
+def test_forecast_command_equals_the_csv_for_a_race_of_the_held_out_season(graph_run, tmp_path):
+    """A held-out race's start list, forecast with --year its season: the same numbers as that
+    race's rows of the prediction CSV (same model, same draws)."""
+    from racedayai_bayes.cli import main
+
+    results, out, _ = graph_run
+    if results["70.3"].output_for_node("published_model").published != "forecast":
+        pytest.skip("the published model is not the forecast model on this world")
+    rows, race, season = _held_out_race(results)
+    start = rows[["athlete_hash", "gender", "age_group"]].assign(bib=np.arange(len(rows)) + 1)
+    start_csv = write_csv_atomic(start, tmp_path / "start.csv")
+    code = main(["forecast", "--posterior", str(out / "posterior" / "70.3"), "--event", race, "--start-list",
+                 str(start_csv), "--year", str(season), "--output", str(tmp_path / "f.csv")])
+    assert code == 0
+    got = pd.read_csv(tmp_path / "f.csv", dtype={"athlete_hash": str})
+    assert list(got.columns) == ["athlete_hash", "gender", "age_group", "bib", "event_name", "event_year",
+                                 "event_distance", "model", "history_races", "new_course", "bayes_pred", "bayes_std",
+                                 "bayes_p05", "bayes_p50", "bayes_p95"]
+    assert got["bib"].tolist() == list(range(1, len(rows) + 1))  # the start list's order and columns kept
+    csv = pd.read_csv(out / "bayesian_predictions_70.3.csv", dtype={"athlete_hash": str})
+    want = csv[csv["held_out"] & (csv["event_name"] == race)].reset_index(drop=True)
+    for col in ("bayes_pred", "bayes_std", "bayes_p05", "bayes_p50", "bayes_p95"):
+        np.testing.assert_array_equal(got[col].to_numpy(), want[col].to_numpy(), err_msg=col)
+    assert (got["history_races"] == rows["hist_starts"].to_numpy()).all()
+    # a season after the artifact's reads the held-out season too: an athlete who raced it moves
+    later = main(["forecast", "--posterior", str(out / "posterior" / "70.3"), "--event", race, "--start-list",
+                  str(start_csv), "--output", str(tmp_path / "next.csv")])
+    assert later == 0
+    nxt = pd.read_csv(tmp_path / "next.csv", dtype={"athlete_hash": str})
+    assert (nxt["event_year"] == season + 1).all()
+    assert (nxt["history_races"] >= got["history_races"]).all() and (nxt["history_races"] > got["history_races"]).any()
+
+
+@pytest.mark.parametrize("case, text, message", [
+    ("no columns", "athlete_hash,gender\na,M\n", "column 'age_group'"),
+    ("empty", "", "file is empty"),
+    ("header only", "athlete_hash,gender,age_group\n", "no athletes"),
+    ("other distance", "athlete_hash,gender,age_group,event_distance\na,M,30-34,140.6\n", "is a 140.6 race"),
+])
+def test_forecast_command_bad_start_lists_are_one_line_errors(graph_run, tmp_path, capsys, case, text, message):
+    from racedayai_bayes.cli import main
+
+    _, out, _ = graph_run
+    path = tmp_path / "start.csv"
+    path.write_text(text)
+    code = main(["forecast", "--posterior", str(out / "posterior" / "70.3"), "--event", "X", "--start-list", str(path),
+                 "--output", str(tmp_path / "f.csv")])
+    err = capsys.readouterr().err
+    assert code == 1 and not (tmp_path / "f.csv").exists(), case
+    assert message in err and "start.csv" in err and "Traceback" not in err, err
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_forecast_command_refuses_a_season_the_posterior_knows(graph_run, tmp_path, capsys):
+    from racedayai_bayes.cli import main
+
+    results, out, _ = graph_run
+    if results["70.3"].output_for_node("published_model").published != "forecast":
+        pytest.skip("the published model is not the forecast model on this world")
+    _, race, season = _held_out_race(results)
+    path = tmp_path / "start.csv"
+    path.write_text("athlete_hash,gender,age_group\na,M,30-34\na,M,30-34\n")  # listed twice: forecast twice
+    code = main(["forecast", "--posterior", str(out / "posterior" / "70.3"), "--event", race, "--start-list",
+                 str(path), "--year", str(season - 1), "--output", str(tmp_path / "f.csv")])
+    err = capsys.readouterr().err
+    assert code == 1 and f"season {season - 1} is before {season}" in err and "Traceback" not in err
+    code = main(["forecast", "--posterior", str(out / "posterior" / "70.3"), "--event", race, "--start-list",
+                 str(path), "--output", str(tmp_path / "f.csv")])
+    assert code == 0
+    twice = pd.read_csv(tmp_path / "f.csv")
+    assert len(twice) == 2 and twice["bayes_pred"].nunique() == 1
+    assert "listed more than once" in capsys.readouterr().err
+
+
+def test_race_forecasts_asset_forecasts_a_start_list_file(graph_run, tmp_path):
+    results, out, resources = graph_run
+    if results["70.3"].output_for_node("published_model").published != "forecast":
+        pytest.skip("the published model is not the forecast model on this world")
+    rows, race, season = _held_out_race(results)
+    folder = tmp_path / "start_lists"
+    folder.mkdir()
+    name = "im703-test-next"
+    start = rows[["athlete_hash", "gender", "age_group"]].assign(event_name=race, event_year=season + 1, event_distance="70.3")
+    write_csv_atomic(start, folder / f"{name}.csv")
+    copy, res = _copy_of_outputs(graph_run, tmp_path)
+    res = {**res, "paths": PipelinePaths(input_dir=res["paths"].input_dir, output_dir=str(copy), start_lists_dir=str(folder))}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("start_lists", [name])
+        result = dg.materialize([a for a in ALL_ASSETS if dg.AssetKey("race_forecasts") in a.keys], partition_key=name,
+                                resources=res, instance=instance)
+    assert result.success
+    meta = _meta(result, "race_forecasts")
+    table = pd.read_csv(copy / "forecasts" / f"{name}.csv")
+    assert len(table) == len(rows) == meta["athletes"].value
+    assert (table["event_year"] == season + 1).all() and (table["model"] == "forecast").all()
+    assert meta["without_history"].value == int((table["history_races"] == 0).sum())
+    assert meta["new_course"].value is False and meta["plot_field"].value.startswith("![")
+    assert meta["model"].value == "forecast" and "posterior/forecast/70.3" in meta["artifact"].value

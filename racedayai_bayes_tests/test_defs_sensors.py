@@ -6,7 +6,7 @@ import pytest
 from racedayai_bayes.definitions import defs
 from racedayai_bayes.defs.sensors import WEBHOOK_ENV, alerts_for_run
 
-from .conftest import REFIT_ASSETS, SHORT_FORECAST_FIT, SHORT_SEED_FIT, pipeline_resources, refit_config
+from .conftest import REFIT_ASSETS, SHORT_FORECAST_FIT, SHORT_SEED_FIT, pipeline_assets, pipeline_resources, refit_config
 from .webhook import WebhookReceiver
 
 
@@ -17,7 +17,7 @@ def failed_run(small_inputs, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sensor")
     with dg.instance_for_test() as instance:
         result = dg.materialize(
-            list(defs.assets),
+            pipeline_assets(),
             partition_key="70.3",
             resources=pipeline_resources(small_inputs, tmp / "out", tmp / "storage"),
             run_config=refit_config(seed_fit=SHORT_SEED_FIT, forecast=SHORT_FORECAST_FIT),
@@ -108,14 +108,14 @@ def test_a_warn_check_never_hides_the_error_that_failed_the_run(small_inputs, tm
     out = tmp_path / "out"
     resources = pipeline_resources(small_inputs, out, tmp_path / "storage")
     with dg.instance_for_test() as instance:
-        first = dg.materialize(list(defs.assets), partition_key="70.3", resources=resources,
+        first = dg.materialize(pipeline_assets(), partition_key="70.3", resources=resources,
                                run_config=refit_config(), instance=instance)
         assert first.success
         csv = out / "bayesian_predictions_70.3.csv"
         csv.unlink()
         csv.mkdir()  # a folder where the CSV goes: its write fails
         second = dg.materialize(
-            list(defs.assets), partition_key="70.3", resources=resources, instance=instance,
+            pipeline_assets(), partition_key="70.3", resources=resources, instance=instance,
             selection=list(REFIT_ASSETS), raise_on_error=False,
             run_config=refit_config(seed_fit={**FAST_FIT, "seed": 5, "drift_threshold_sec": 0.01}, selection=REFIT_ASSETS),
         )
@@ -134,11 +134,11 @@ def test_a_change_of_published_model_is_alerted_with_its_reason(small_inputs, tm
     out = tmp_path / "out"
     resources = pipeline_resources(small_inputs, out, tmp_path / "storage")
     with dg.instance_for_test() as instance:
-        first = dg.materialize(list(defs.assets), partition_key="70.3", resources=resources,
+        first = dg.materialize(pipeline_assets(), partition_key="70.3", resources=resources,
                                run_config=refit_config(), instance=instance)
         before = first.output_for_node("published_model").published
         forced = "seed_asof" if before != "seed_asof" else "forecast"
-        second = dg.materialize(list(defs.assets), partition_key="70.3", resources=resources, instance=instance,
+        second = dg.materialize(pipeline_assets(), partition_key="70.3", resources=resources, instance=instance,
                                 selection=list(REFIT_ASSETS),
                                 run_config=refit_config(publish=forced, selection=REFIT_ASSETS))
         assert second.success

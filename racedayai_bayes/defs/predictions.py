@@ -59,9 +59,12 @@ def bayesian_predictions(
         ) from None
     context.log.info(f"'latest' now names {chosen.artifact}, the posterior of this CSV")
     held = table["held_out"].to_numpy()
+    # the latest season the published posterior knows (race_forecasts reads it)
+    season = holdout_split.season if holdout_split.season is not None else int(rows["event_year"].max())
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(path)),
+            "season": dg.MetadataValue.int(int(season)),
             "model": dg.MetadataValue.text(chosen.name),
             "posterior_artifact": dg.MetadataValue.text(str(chosen.artifact)),
             "rows": dg.MetadataValue.int(len(table)),

@@ -30,14 +30,24 @@ class PipelinePaths(dg.ConfigurableResource):
         description="Folder the prediction CSVs and posterior means are written to: a local path, "
         "or an object-store URL such as s3://bucket/racedayai or gs://bucket/racedayai"
     )
+    start_lists_dir: str = Field(
+        default_factory=lambda: _default_dir("RACEDAYAI_START_LISTS_DIR", "start_lists"),
+        description="Local folder the start-list sensor watches: one CSV per upcoming race, "
+        "named <partition>.csv (e.g. im703-florida-2027.csv)",
+    )
 
     @classmethod
     def from_env(cls) -> "PipelinePaths":
-        """Defaults to data/cleaned and data/outputs; RACEDAYAI_INPUT_DIR / _OUTPUT_DIR override."""
+        """Defaults to data/cleaned, data/outputs and data/start_lists; RACEDAYAI_INPUT_DIR,
+        _OUTPUT_DIR and _START_LISTS_DIR override."""
         return cls(
             input_dir=_default_dir("RACEDAYAI_INPUT_DIR", "cleaned"),
             output_dir=_default_dir("RACEDAYAI_OUTPUT_DIR", "outputs"),
+            start_lists_dir=_default_dir("RACEDAYAI_START_LISTS_DIR", "start_lists"),
         )
+
+    def start_list(self, name: str) -> Path:
+        return Path(self.start_lists_dir) / f"{name}.csv"
 
     def input_file(self, name: str) -> Path:
         # lib/contracts.py reads local files (header check, then Arrow's reader), so inputs

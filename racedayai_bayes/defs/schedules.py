@@ -10,7 +10,8 @@ DISTANCE_TAG = "racedayai/distance"
 
 refit_job = dg.define_asset_job(
     REFIT_JOB,
-    selection=dg.AssetSelection.all(),
+    # everything but the race-day forecasts, which have their own job, partitions and sensors
+    selection=dg.AssetSelection.all() - dg.AssetSelection.assets("race_forecasts"),
     description="Read the inputs, rebuild the model frame, refit one distance and write its CSVs",
 )
 

@@ -402,3 +402,80 @@ def read_model_rows(path: str | Path, required: tuple[str, ...] = MODEL_ROW_REQU
                 frame[col] = pd.Series(pd.NA, index=frame.index, dtype="Int64" if col == "event_year" else "string")
             notes.append(f"optional column {col} absent; left blank in the output")
     return ReadResult(frame=frame, path=path, notes=notes)
+
+
+# Start lists (`racedayai-bayes forecast`, the race_forecasts asset): one row per athlete
+# entered in an upcoming race. Any other column is kept and written back beside the forecast.
+START_LIST_REQUIRED = ("athlete_hash", "gender", "age_group")
+START_LIST_EVENT = ("event_name", "event_year", "event_distance")
+
+
+@dataclass
+class StartList:
+    """A validated start list: its rows (every column as text, in file order), the columns the
+    forecast reads, typed, and the race it is for when the file names one."""
+
+    path: Path
+    rows: pd.DataFrame  # every column of the file, as text
+    athletes: pd.DataFrame  # athlete_hash, gender, age_group, normalised
+    event: dict  # event_name, event_year, event_distance read from the file (those it has)
+    notes: list[str] = field(default_factory=list)
+    counts: dict = field(default_factory=dict)
+
+
+def read_start_list(path: str | Path, *, event_columns: bool = False) -> StartList:
+    """Read a start list: ``athlete_hash, gender, age_group`` (cells may be blank), any other
+    columns kept. With ``event_columns`` the file must also hold ``event_name, event_year,
+    event_distance``, each with one value (the race the list is for).
+
+    An athlete listed twice is forecast twice (the output has one row per input row) and
+    counted; an empty file, a header without rows, a missing column, or several races in one
+    file are errors that name the file and the problem.
+    """
+    path = Path(path)
+    header = _read_header(path)
+    required = START_LIST_REQUIRED + (START_LIST_EVENT if event_columns else ())
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise InputError(
+            path, f"required column missing; the header has {len(header)} columns: {', '.join(header[:12])}",
+            column=", ".join(missing),
+            hint="a start list has one row per athlete with athlete_hash, gender, age_group"
+            + (" and the race's event_name, event_year, event_distance" if event_columns else ""),
+        )
+    rows, notes = _read_text_columns(path, [c for c in dict.fromkeys(header) if c])
+    if rows.empty:
+        raise InputError(path, "has a header but no athletes", hint="list at least one athlete")
+    athletes = rows[list(START_LIST_REQUIRED)].copy()
+    athletes["gender"] = _gender(athletes, path, notes)
+    athletes["age_group"] = _age_groups(athletes, notes)
+    hashes = athletes["athlete_hash"]
+    twice = hashes.notna() & hashes.duplicated(keep=False)
+    counts = {"athletes": len(rows), "without_athlete_hash": int(hashes.isna().sum()),
+              "listed_more_than_once": int(hashes[twice].nunique())}
+    if counts["listed_more_than_once"]:
+        examples = ", ".join(hashes[twice].unique()[:3])
+        notes.append(f"{counts['listed_more_than_once']:,} athletes are listed more than once (e.g. {examples}); "
+                     "each of their rows gets the same forecast")
+    event = {}
+    for col in START_LIST_EVENT:
+        if col not in rows.columns:
+            continue
+        values = rows[col].dropna().unique()
+        if len(values) > 1:
+            raise InputError(path, f"holds {len(values)} different values ({', '.join(map(str, values[:3]))}); "
+                             "a start list is for one race", column=col, hint="split the file into one file per race")
+        if len(values) == 0:
+            if event_columns:
+                raise InputError(path, "is blank in every row", column=col, hint="name the race in every row")
+            continue
+        event[col] = str(values[0])
+    if "event_year" in event:
+        try:
+            event["event_year"] = int(float(event["event_year"]))
+        except ValueError:
+            raise InputError(path, f"is not a season (a year): {event['event_year']!r}", column="event_year",
+                             hint="write the race's season, e.g. 2027") from None
+    if "event_distance" in event:
+        event["event_distance"] = _DISTANCE_SPELLINGS.get(event["event_distance"], event["event_distance"])
+    return StartList(path=path, rows=rows, athletes=athletes, event=event, notes=notes, counts=counts)

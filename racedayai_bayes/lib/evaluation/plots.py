@@ -308,3 +308,31 @@ def elpd_difference_plot(differences: pd.DataFrame, z: float = 2.0) -> bytes:
     ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
     return png(fig)
+
+
+# ---------------------------------------------------------------- a race's field
+
+
+def field_forecast_plot(table: pd.DataFrame, title: str) -> bytes:
+    """The field's forecasts: a histogram of the median forecasts (hours), split by whether the
+    athlete has history, with the typical 90% interval drawn beside it."""
+    p50 = table["bayes_p50"].to_numpy(dtype=float) / 3600
+    width = (table["bayes_p95"].to_numpy(dtype=float) - table["bayes_p05"].to_numpy(dtype=float)) / 3600
+    known = table["history_races"].to_numpy() > 0
+    fig = new_figure(3.8)
+    ax = fig.add_subplot()
+    bins = np.linspace(np.floor(p50.min() * 4) / 4, np.ceil(p50.max() * 4) / 4 + 0.25, 30)
+    ax.hist([p50[known], p50[~known]], bins=bins, stacked=True, color=["C0", "C1"],
+            label=[f"with earlier races ({known.sum():,})", f"first race ({(~known).sum():,})"])
+    med = float(np.median(p50))
+    half = float(np.median(width)) / 2
+    top = ax.get_ylim()[1]
+    ax.errorbar([med], [top * 0.92], xerr=[[half], [half]], fmt="o", color="k", capsize=4,
+                label=f"median forecast, typical 90% interval ({2 * half * 60:.0f} min)")
+    ax.set_xlabel("forecast finish time (median, hours)", fontsize=9)
+    ax.set_ylabel("athletes", fontsize=9)
+    ax.set_title(f"Forecasts of the field: {title} ({len(p50):,} athletes)", fontsize=11)
+    ax.legend(fontsize=8)
+    ax.tick_params(labelsize=8)
+    fig.tight_layout()
+    return png(fig)

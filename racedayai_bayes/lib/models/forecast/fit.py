@@ -366,7 +366,9 @@ class FittedForecast(FittedModel):
         out["event_year"] = years
         return out, values["a"], values["w"]
 
-    def predict_rows(self, frame: pd.DataFrame, *, draws: int | None = None, seed: int | None = None) -> Prediction:
+    def forecast_rows(self, frame: pd.DataFrame, *, draws: int | None = None) -> tuple[Prediction, dict]:
+        """Forecasts of standalone rows from the athlete table (:meth:`rows_with_history`),
+        and per row ``history_races`` (earlier starts at either distance) and ``new_course``."""
         rows, a, w = self.rows_with_history(frame)
         design = fdesign.encode(rows, self.encoding)
         log_time = None
@@ -374,7 +376,11 @@ class FittedForecast(FittedModel):
             log_time = np.log(rows["total_sec"].to_numpy(dtype=np.float64, na_value=np.nan))
         out = predictive(design, self.encoding, self.population(draws), a, w,
                          float(self.scales_mean[SCALE_SITES.index("tau")]), log_time=log_time)
-        return Prediction(out["mean"], out["sd"], out["p05"], out["p50"], out["p95"], out.get("log_density"))
+        pred = Prediction(out["mean"], out["sd"], out["p05"], out["p50"], out["p95"], out.get("log_density"))
+        return pred, {"history_races": rows["hist_starts"].to_numpy(), "new_course": design.new_course}
+
+    def predict_rows(self, frame: pd.DataFrame, *, draws: int | None = None, seed: int | None = None) -> Prediction:
+        return self.forecast_rows(frame, draws=draws)[0]
 
     # ------------------------------------------------------------------ judging and showing
 

@@ -1,0 +1,138 @@
+"""Race-day forecasts: one partition per start list, kept up to date by two sensors."""
+
+
+import json
+import os
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+
+from racedayai_bayes.lib.data.contracts import InputError, read_start_list
+from racedayai_bayes.lib.data.frame import MODEL_DISTANCES
+from racedayai_bayes.lib.evaluation.plots import field_forecast_plot, png_markdown
+from racedayai_bayes.lib.outputs.artifacts import ArtifactError, artifact_dir, load_artifact
+from racedayai_bayes.lib.outputs.forecasts import ForecastError, forecast_start_list
+from racedayai_bayes.lib.outputs.io import OutputWriteError, write_csv_atomic
+
+from .resources import PipelinePaths
+
+start_lists = dg.DynamicPartitionsDefinition(name="start_lists")
+FORECAST_JOB = "race_forecasts"
+GROUP = "race_day"
+
+
+def _fail(message: str) -> dg.Failure:
+    return dg.Failure(description=message, allow_retries=False)
+
+
+@dg.asset(
+    partitions_def=start_lists,
+    group_name=GROUP,
+    # forecasts read the published posterior of the race's distance (posterior/<distance>/latest)
+    deps=[dg.AssetDep("bayesian_predictions", partition_mapping=dg.AllPartitionMapping())],
+)
+def race_forecasts(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.MaterializeResult:
+    """Every athlete of one start list forecast at its race, from the published posterior."""
+    name = context.partition_key
+    path = paths.start_list(name)
+    try:
+        start = read_start_list(path, event_columns=True)
+    except InputError as exc:
+        raise _fail(str(exc)) from None
+    distance = start.event["event_distance"]
+    if distance not in MODEL_DISTANCES:
+        raise _fail(f"{path}, column 'event_distance': {distance!r} is not a modelled distance ({', '.join(MODEL_DISTANCES)})")
+    try:
+        artifact = load_artifact(artifact_dir(paths.output_dir, distance))
+        result = forecast_start_list(artifact, start)
+    except (ArtifactError, ForecastError) as exc:
+        raise _fail(str(exc)) from None
+    for note in result.notes:
+        context.log.warning(f"{path.name}: {note}")
+    try:
+        out = write_csv_atomic(result.table, paths.output_file(f"forecasts/{name}.csv"))
+    except OutputWriteError as exc:
+        raise _fail(str(exc)) from None
+    context.log.info(f"wrote {len(result.table):,} forecasts of {result.event} {result.season} to {out}")
+    p50 = result.table["bayes_p50"].to_numpy(dtype=float)
+    return dg.MaterializeResult(metadata={
+        "path": dg.MetadataValue.path(str(out)),
+        "start_list": dg.MetadataValue.path(str(path)),
+        "event": dg.MetadataValue.text(f"{result.event} {result.season} ({result.distance})"),
+        "athletes": dg.MetadataValue.int(len(result.table)),
+        "without_history": dg.MetadataValue.int(result.without_history),
+        "listed_more_than_once": dg.MetadataValue.int(start.counts["listed_more_than_once"]),
+        "new_course": dg.MetadataValue.bool(result.new_course),
+        "model": dg.MetadataValue.text(result.model),
+        "artifact": dg.MetadataValue.path(result.artifact),
+        "median_forecast_h": dg.MetadataValue.float(float(np.median(p50) / 3600)),
+        "plot_field": dg.MetadataValue.md(png_markdown(
+            field_forecast_plot(result.table, f"{result.event} {result.season}"), f"forecasts of the field, {name}")),
+        "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in result.notes) or "none"),
+    })
+
+
+race_forecasts_job = dg.define_asset_job(
+    FORECAST_JOB, selection=[race_forecasts], description="Forecast one start list with the published posterior",
+)
+
+
+def _signature(path: Path) -> str:
+    stat = path.stat()
+    return f"{stat.st_mtime_ns}-{stat.st_size}"
+
+
+@dg.sensor(job=race_forecasts_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
+def start_list_sensor(context: dg.SensorEvaluationContext, paths: PipelinePaths):
+    """A new or changed CSV in the start-list folder adds its partition and forecasts it."""
+    folder = Path(paths.start_lists_dir)
+    seen = json.loads(context.cursor) if context.cursor else {}
+    if not folder.is_dir():
+        return dg.SkipReason(f"no start-list folder {folder}")
+    current = {p.stem: _signature(p) for p in sorted(folder.glob("*.csv")) if not p.name.startswith(".")}
+    changed = [name for name, sig in current.items() if seen.get(name) != sig]
+    if not changed:
+        return dg.SkipReason(f"{len(current)} start lists, none new or changed")
+    known = set(context.instance.get_dynamic_partitions(start_lists.name))
+    new = [name for name in changed if name not in known]
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(run_key=f"{name}@{current[name]}", partition_key=name) for name in changed],
+        dynamic_partitions_requests=[start_lists.build_add_request(new)] if new else [],
+        cursor=json.dumps(current, sort_keys=True),
+    )
+
+
+def _race_of(path: Path) -> tuple[str | None, int | None]:
+    """The distance and season a start list names (None where it cannot be read)."""
+    try:
+        start = read_start_list(path, event_columns=True)
+        return start.event["event_distance"], int(start.event["event_year"])
+    except (InputError, KeyError, OSError):
+        return None, None
+
+
+@dg.asset_sensor(asset_key=dg.AssetKey("bayesian_predictions"), job=race_forecasts_job,
+                 default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30)
+def republished_forecasts(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry, paths: PipelinePaths):
+    """A newly published posterior forecasts again every start list of its distance whose
+    race is in a later season than the posterior's latest one."""
+    mat = asset_event.dagster_event.event_specific_data.materialization
+    distance = asset_event.dagster_event.partition
+    season = mat.metadata.get("season")
+    if distance is None or season is None:
+        return dg.SkipReason("the publication names no distance or season")
+    latest = int(season.value)
+    folder = Path(paths.start_lists_dir)
+    known = set(context.instance.get_dynamic_partitions(start_lists.name))
+    requests = []
+    for name in sorted(known):
+        path = folder / f"{name}.csv"
+        if not path.exists():
+            continue
+        race_distance, race_season = _race_of(path)
+        if race_distance == distance and race_season is not None and race_season > latest:
+            requests.append(dg.RunRequest(run_key=f"{name}@{asset_event.storage_id}", partition_key=name))
+    if not requests:
+        return dg.SkipReason(f"no start list of {distance} after {latest}")
+    return requests

@@ -1,0 +1,89 @@
+"""Race-day forecasts: a start list in, every athlete's expected finish time out.
+
+The published posterior artifact is all it takes (no input CSVs, no Dagster instance): the
+forecast model carries each athlete's as-of summary at two cut points (lib/models/forecast,
+``athlete_table``). A race of the artifact's held-out season reads what was known before
+that season; a later race reads everything the artifact knew, the held-out season included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from racedayai_bayes.lib.data.contracts import StartList
+
+FORECAST_COLUMNS = ("event_name", "event_year", "event_distance", "model", "history_races", "new_course",
+                    "bayes_pred", "bayes_std", "bayes_p05", "bayes_p50", "bayes_p95")
+
+
+class ForecastError(ValueError):
+    """A start list that cannot be forecast with this posterior (the message says why)."""
+
+
+@dataclass
+class RaceForecast:
+    """One race's forecasts, in start-list order, and what a reader should know about them."""
+
+    table: pd.DataFrame
+    model: str
+    artifact: str
+    distance: str
+    event: str
+    season: int
+    new_course: bool
+    without_history: int
+    notes: list[str] = field(default_factory=list)
+
+
+def forecast_start_list(artifact, start: StartList, event: str | None = None, season: int | None = None,
+                        draws: int | None = None) -> RaceForecast:
+    """Forecast every row of ``start`` at ``event`` in ``season`` with the artifact's model.
+
+    ``event`` and ``season`` default to the start list's own event_name and event_year, and the
+    season then to the one after the artifact's latest season. A start list naming another
+    distance, a season before the artifact's held-out season, or a model that cannot
+    forecast start lists is a :class:`ForecastError`.
+    """
+    model = artifact.model
+    name = f"{start.path}"
+    if not hasattr(model, "forecast_rows"):
+        raise ForecastError(
+            f"{artifact.path} is a posterior of {model.name}, which cannot forecast a start list (it has no "
+            "history of each athlete): pass --posterior posterior/forecast/<distance>/<refit>.nc"
+        )
+    distance = start.event.get("event_distance")
+    if distance is not None and distance != artifact.distance:
+        raise ForecastError(f"{name}: the race is a {distance} race, but {artifact.path} is a posterior of "
+                            f"{artifact.distance}; forecast it with the {distance} posterior")
+    event = event or start.event.get("event_name")
+    if not event:
+        raise ForecastError(f"{name}: no race named: give --event, or an event_name column")
+    latest = model.table_season
+    season = int(season if season is not None else start.event.get("event_year", latest + 1))
+    if season < latest:
+        raise ForecastError(f"{name}: season {season} is before {latest}, the posterior's held-out season; it "
+                            f"knows that season's results, so it cannot forecast it honestly (use {latest} or later)")
+    athletes = start.athletes.assign(event_name=event, event_year=season)
+    pred, extra = model.forecast_rows(athletes, draws=draws)
+    # the race's columns follow the start list's own; a file that names its race has them
+    # already (with the values the forecast used, or overridden by --event / --year)
+    table = start.rows.drop(columns=[c for c in ("event_name", "event_year", "event_distance") if c in start.rows])
+    table["event_name"] = event
+    table["event_year"] = season
+    table["event_distance"] = artifact.distance
+    table["model"] = model.name
+    table["history_races"] = extra["history_races"].astype(np.int64)
+    table["new_course"] = extra["new_course"].astype(bool)
+    table["bayes_pred"], table["bayes_std"] = pred.pred, pred.std
+    table["bayes_p05"], table["bayes_p50"], table["bayes_p95"] = pred.p05, pred.p50, pred.p95
+    notes = list(start.notes)
+    new_course = bool(table["new_course"].all())
+    if new_course:
+        notes.append(f"{event} has no edition before {season} in the posterior: it is forecast as a new course "
+                     "(its effect is a draw from all courses)")
+    return RaceForecast(table=table, model=model.name, artifact=str(artifact.path), distance=artifact.distance,
+                        event=event, season=season, new_course=new_course,
+                        without_history=int((table["history_races"] == 0).sum()), notes=notes)
