@@ -154,3 +154,70 @@ def test_a_change_of_published_model_is_alerted_with_its_reason(small_inputs, tm
     change = [a for a in hook.bodies[0]["alerts"] if a["check"] == "published_model_change"]
     assert len(change) == 1 and change[0]["severity"] == "WARN" and change[0]["distance"] == "70.3"
     assert before in change[0]["message"] and forced in change[0]["message"] and "asked for" in change[0]["message"]
+
+
+def _start_list(folder, name, season, distance="70.3", athletes=("a", "b")):
+    rows = "\n".join(f"{a},M,30-34,IM 70.3 Test,{season},{distance}" for a in athletes)
+    path = folder / f"{name}.csv"
+    path.write_text("athlete_hash,gender,age_group,event_name,event_year,event_distance\n" + rows + "\n")
+    return path
+
+
+def test_start_list_sensor_adds_a_partition_and_requests_a_run_per_new_or_changed_file(tmp_path):
+    from racedayai_bayes.defs.forecasts import start_list_sensor
+    from racedayai_bayes.defs.resources import PipelinePaths
+
+    folder = tmp_path / "start_lists"
+    paths = PipelinePaths(input_dir=str(tmp_path), output_dir=str(tmp_path / "out"), start_lists_dir=str(folder))
+    # called directly, as Dagster's docs test sensors: the daemon adds the partitions and
+    # resolves the run requests together, which evaluate_tick cannot do outside it
+    with dg.instance_for_test() as instance:
+        missing = start_list_sensor(dg.build_sensor_context(instance=instance, resources={"paths": paths}))
+        assert isinstance(missing, dg.SkipReason) and "no start-list folder" in missing.skip_message
+        folder.mkdir()
+        _start_list(folder, "im703-a-2027", 2027)
+        _start_list(folder, "im703-b-2027", 2027)
+        (folder / "notes.txt").write_text("not a start list")
+        first = start_list_sensor(dg.build_sensor_context(instance=instance, resources={"paths": paths}))
+        assert sorted(r.partition_key for r in first.run_requests) == ["im703-a-2027", "im703-b-2027"]
+        (add,) = first.dynamic_partitions_requests
+        assert add.partitions_def_name == "start_lists" and sorted(add.partition_keys) == ["im703-a-2027", "im703-b-2027"]
+        instance.add_dynamic_partitions("start_lists", list(add.partition_keys))
+
+        again = start_list_sensor(
+            dg.build_sensor_context(instance=instance, cursor=first.cursor, resources={"paths": paths}))
+        assert isinstance(again, dg.SkipReason) and "none new or changed" in again.skip_message
+
+        _start_list(folder, "im703-a-2027", 2027, athletes=("a", "b", "c"))  # a late entry: changed
+        _start_list(folder, "im703-c-2027", 2027)  # a new race
+        changed = start_list_sensor(
+            dg.build_sensor_context(instance=instance, cursor=first.cursor, resources={"paths": paths}))
+        assert sorted(r.partition_key for r in changed.run_requests) == ["im703-a-2027", "im703-c-2027"]
+        assert len({r.run_key for r in changed.run_requests} | {r.run_key for r in first.run_requests}) == 4
+        (add,) = changed.dynamic_partitions_requests
+        assert list(add.partition_keys) == ["im703-c-2027"]  # the changed one already has its partition
+
+
+def test_a_new_publication_forecasts_again_the_start_lists_of_later_seasons(tmp_path):
+    from racedayai_bayes.defs.resources import PipelinePaths
+
+    folder = tmp_path / "start_lists"
+    folder.mkdir()
+    _start_list(folder, "im703-next", 2027)
+    _start_list(folder, "im703-past", 2026)  # a season the publication already holds
+    _start_list(folder, "im-full-next", 2027, distance="140.6")  # the other distance
+    _start_list(folder, "not-registered", 2027)  # no partition yet: the start-list sensor's job
+    paths = PipelinePaths(input_dir=str(tmp_path), output_dir=str(tmp_path / "out"), start_lists_dir=str(folder))
+    sensor = defs.resolve_sensor_def("republished_forecasts")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    with dg.instance_for_test() as instance, dg.partition_loading_context(dynamic_partitions_store=instance):
+        instance.add_dynamic_partitions("start_lists", ["im703-next", "im703-past", "im-full-next"])
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            asset_key="bayesian_predictions", partition="70.3", metadata={"season": 2026}))
+        context = dg.build_sensor_context(instance=instance, resources={"paths": paths},
+                                          repository_def=defs.get_repository_def())
+        result = sensor.evaluate_tick(context)
+        assert [r.partition_key for r in result.run_requests] == ["im703-next"]
+        quiet = sensor.evaluate_tick(dg.build_sensor_context(
+            instance=instance, cursor=result.cursor, resources={"paths": paths}, repository_def=defs.get_repository_def()))
+        assert not quiet.run_requests  # the same publication is not acted on twice

@@ -132,7 +132,7 @@ def republished_forecasts(context: dg.SensorEvaluationContext, asset_event: dg.E
             continue
         race_distance, race_season = _race_of(path)
         if race_distance == distance and race_season is not None and race_season > latest:
-            requests.append(dg.RunRequest(run_key=f"{name}@{asset_event.storage_id}", partition_key=name))
+            requests.append(dg.RunRequest(run_key=f"{name}@{asset_event.run_id or 'runless'}@{asset_event.timestamp}", partition_key=name))
     if not requests:
         return dg.SkipReason(f"no start list of {distance} after {latest}")
     return requests
