@@ -175,12 +175,13 @@ def test_laplace_finds_a_stationary_point():
     assert grad @ cov @ grad < 1e-10  # Newton decrement: the mode to well within its sd
 
 
-def test_fit_exact_returns_draws_like_the_rowwise_engine():
+@pytest.mark.parametrize("method, engine, timing", [("imh", "exact", "sampling_s"), ("nuts", "exact_nuts", "nuts_s")])
+def test_fit_exact_returns_draws_like_the_rowwise_engine(method, engine, timing):
     design = tiny_design(seed=5, n=400)
     messages = []
     sampler = Sampler(num_warmup=100, num_samples=150, num_chains=2, seed=3)
-    draws = exact.fit_exact(design, sampler, progress=messages.append)
-    assert draws.engine == "exact"
+    draws = exact.fit_exact(design, sampler, progress=messages.append, method=method)
+    assert draws.engine == engine
     assert draws.diverging.shape == (2, 150) and draws.diverging.dtype == bool
     assert list(draws.samples) == [*SCALAR_SITES, *VECTOR_SITES]
     for site in SCALAR_SITES:
@@ -189,17 +190,30 @@ def test_fit_exact_returns_draws_like_the_rowwise_engine():
         assert draws.samples[site].shape == (2, 150, getattr(design, size))
     for site in SCALE_SITES:
         assert np.all(draws.samples[site] > 0)
-    for key in ("rows", "stats_s", "nuts_s", "coefficients_s", "wall_s", "laplace_mode"):
+    for key in ("rows", "stats_s", timing, "coefficients_s", "wall_s", "laplace_mode"):
         assert key in draws.info
     assert draws.info["rows"] == 400
     assert any("sufficient statistics" in m for m in messages)
     # the same statistics and seed give the same draws
-    again = exact.fit_exact_from_stats(sufficient_stats(design), sampler)
+    run = exact.fit_exact_imh_from_stats if method == "imh" else exact.fit_exact_from_stats
+    again = run(sufficient_stats(design), sampler)
     for site in draws.samples:
         np.testing.assert_array_equal(draws.samples[site], again.samples[site])
 
 
-def test_parameter_recovery():
+def test_batched_log_posterior_equals_the_closed_form_one_theta_at_a_time():
+    stats = sufficient_stats(tiny_design(seed=6, n=300))
+    rng = np.random.default_rng(0)
+    theta = np.log(np.abs(rng.normal(0.5, 0.3, (20, 4))) + 0.05)
+    batch = exact.log_posterior_batch(stats, theta, block=7)
+    for th, value in zip(theta, batch):
+        one = exact._value_and_grad(th, *exact._stats_args(stats), (2, 3, 4))[0] + exact._log_prior_theta(th)
+        np.testing.assert_allclose(value, one, rtol=1e-10, atol=1e-8)
+    assert exact.log_posterior_batch(stats, np.array([[-400.0, 0.0, 0.0, 0.0]]))[0] == -np.inf  # underflow: no density, no error
+
+
+@pytest.mark.parametrize("method", ["imh", "nuts"])
+def test_parameter_recovery(method):
     rng = np.random.default_rng(2024)
     truth = {
         "mu_global": 0.1, "sigma": 0.8, "beta_fitness": 0.45, "beta_experience": 0.18,
@@ -207,7 +221,7 @@ def test_parameter_recovery():
         "mu_cluster": np.array([0.3, -0.2, 0.05, -0.1]),
     }
     design = simulate(rng, truth, 4000)
-    draws = exact.fit_exact(design, Sampler(num_warmup=300, num_samples=500, num_chains=2, seed=1))
+    draws = exact.fit_exact(design, Sampler(num_warmup=300, num_samples=500, num_chains=2, seed=1), method=method)
     assert not draws.diverging.any()
     post = contrasts(draws.samples)
     true = contrasts({k: np.asarray(v)[None, None] for k, v in truth.items()})
@@ -263,8 +277,11 @@ def persistent_compilation_cache(tmp_path):
     cc.reset_cache()
 
 
-@pytest.mark.slow
-def test_simulation_based_calibration(persistent_compilation_cache):
+@pytest.mark.parametrize("method", [
+    "imh",  # no compile: fast enough for the default suite
+    pytest.param("nuts", marks=pytest.mark.slow),
+])
+def test_simulation_based_calibration(method, persistent_compilation_cache):
     # Talts et al. (2018): if the fit is exact, the rank of the true value among L posterior
     # draws is uniform on 0..L when the truth is drawn from the prior. 100 replications,
     # L = 99 draws (every third of 300, to thin out autocorrelation), 10 bins of 10 ranks.
@@ -276,7 +293,8 @@ def test_simulation_based_calibration(persistent_compilation_cache):
         truth = prior_draw(rng, 2, 3, 3)
         stats = sufficient_stats(simulate(rng, truth, 100))
         # identical shapes and chunk lengths in every replication: nothing new to compile
-        draws = exact.fit_exact_from_stats(stats, Sampler(num_warmup=300, num_samples=300, num_chains=1, seed=r))
+        run = exact.fit_exact_imh_from_stats if method == "imh" else exact.fit_exact_from_stats
+        draws = run(stats, Sampler(num_warmup=300, num_samples=300, num_chains=1, seed=r))
         post = contrasts(draws.samples) | {
             "sigma_age": draws.samples["sigma_age"], "mu_age_0": draws.samples["mu_age"][..., 0]}
         true = contrasts({k: np.asarray(v)[None, None] for k, v in truth.items()})

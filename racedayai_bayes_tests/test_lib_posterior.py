@@ -10,8 +10,8 @@ from racedayai_bayes.lib.models.seed.fit import SeedSettings, _sample, posterior
 def test_engine_defaults():
     assert SeedSettings().engine == "exact"
     assert SeedSettings(engine="rowwise").target_accept_for_engine() == 0.85  # the seed's
-    assert SeedSettings(engine="exact").target_accept_for_engine() == 0.98
-    assert SeedSettings(engine="exact", target_accept=0.8).target_accept_for_engine() == 0.8
+    assert SeedSettings(engine="exact_nuts").target_accept_for_engine() == 0.98
+    assert SeedSettings(engine="exact_nuts", target_accept=0.8).target_accept_for_engine() == 0.8
     assert SeedSettings().seed_for("70.3") == 42 and SeedSettings().seed_for("140.6") == 99
     assert SeedSettings(seed=7).seed_for("70.3") == 7
 

@@ -36,11 +36,11 @@ class JudgeConfig(dg.Config):
 class SeedFitConfig(JudgeConfig):
     """Sampler settings of a seed model. The defaults are the seed's, with the exact engine."""
 
-    engine: str = Field(default=_SEED.engine, description=f"Sampler engine, one of {ENGINES}: 'exact' fits every row; 'rowwise' is the seed's NUTS on a subsample")
+    engine: str = Field(default=_SEED.engine, description=f"Sampler engine, one of {ENGINES}: 'exact' fits every row (independence MH on the four scales, exact coefficient draws); 'exact_nuts' the same posterior by NUTS; 'rowwise' is the seed's NUTS on a subsample")
     num_warmup: int = Field(default=_SEED.num_warmup, ge=1, description="NUTS warmup iterations per chain")
     num_samples: int = Field(default=_SEED.num_samples, ge=1, description="Posterior draws kept per chain")
     num_chains: int = Field(default=_SEED.num_chains, ge=1, description="Number of chains, run one after another")
-    target_accept: float | None = Field(default=None, description="NUTS target acceptance probability; default per engine: 0.85 rowwise (the seed's), 0.98 exact")
+    target_accept: float | None = Field(default=None, description="NUTS target acceptance probability; NUTS engines only; default 0.85 rowwise (the seed's), 0.98 exact_nuts")
     subsample: int = Field(default=_SEED.subsample, description="Rows sampled (random_state 42) for the rowwise engine; 0 = all rows")
     seed: int | None = Field(default=None, description="PRNG seed; default is the seed notebook's: 42 for 70.3, 99 for 140.6")
     predictive_draws: int = Field(default=_SEED.predictive_draws, ge=1, description="Posterior draws behind the predictive intervals (bayes_p05/p50/p95)")

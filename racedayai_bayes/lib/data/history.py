@@ -137,6 +137,29 @@ def season_table(races: pd.DataFrame, ag_finish: np.ndarray, distances: tuple[st
     return table
 
 
+def _runs(hashes: pd.Series) -> np.ndarray:
+    """True where a sorted column of athlete hashes starts a new athlete (Arrow compares
+    neighbours without making Python strings)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(hashes)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    arr = pa.array(hashes.array, type=pa.string()) if not hasattr(hashes.array, "_pa_array") else hashes.array._pa_array
+    changed = pc.fill_null(pc.not_equal(arr.slice(1), arr.slice(0, n - 1)), True)
+    return np.r_[True, changed.to_numpy(zero_copy_only=False).astype(bool)]
+
+
+def _running(table: pd.DataFrame, new_athlete: np.ndarray) -> pd.DataFrame:
+    """Each athlete's running totals (``best``: running minimum) through each of its rows,
+    summed within the athlete in season order."""
+    by = table.groupby(np.cumsum(new_athlete), sort=False)
+    running = by[list(SEASON_COLUMNS)].cumsum()
+    running["best"] = by["best"].cummin()
+    return running
+
+
 def cumulate(table: pd.DataFrame) -> pd.DataFrame:
     """Each row's totals over the athlete's **strictly earlier** seasons (``table`` sorted by
     athlete, then season, as :func:`season_table` returns it).
@@ -145,11 +168,8 @@ def cumulate(table: pd.DataFrame) -> pd.DataFrame:
     on that athlete's own earlier seasons, and the same seasons always add up in the same
     order: a total is the same number whichever later seasons exist.
     """
-    athlete = table["athlete_hash"].to_numpy()
-    new_athlete = np.r_[True, athlete[1:] != athlete[:-1]] if len(table) else np.zeros(0, dtype=bool)
-    by = table.groupby(pd.factorize(athlete, sort=False)[0], sort=False)
-    running = by[list(SEASON_COLUMNS)].cumsum()
-    running["best"] = by["best"].cummin()
+    new_athlete = _runs(table["athlete_hash"])
+    running = _running(table, new_athlete)
     out = pd.DataFrame({"athlete_hash": table["athlete_hash"].to_numpy(), "event_year": table["event_year"].to_numpy()})
     for name in running.columns:
         values = running[name].to_numpy()
@@ -160,14 +180,14 @@ def cumulate(table: pd.DataFrame) -> pd.DataFrame:
 
 def as_of(table: pd.DataFrame, season: int) -> pd.DataFrame:
     """Each athlete's totals over the seasons strictly before ``season``: what a race in that
-    season knows. The same numbers a race of that season gets in the model frame, bit for bit."""
-    known = table.loc[table["event_year"] < season]
-    marker = pd.DataFrame({"athlete_hash": known["athlete_hash"].unique(), "event_year": season})
-    for col in (*SEASON_COLUMNS, "best"):
-        marker[col] = np.inf if col == "best" else 0.0
-    both = pd.concat([known, marker], ignore_index=True).sort_values(["athlete_hash", "event_year"], kind="stable")
-    cum = cumulate(both.reset_index(drop=True))
-    return cum.loc[cum["event_year"] == season].set_index("athlete_hash").drop(columns="event_year")
+    season knows. The same numbers a race of that season gets in the model frame, bit for bit:
+    the running totals of :func:`cumulate`, through the athlete's last season before ``season``."""
+    known = table.loc[(table["event_year"] < season).to_numpy()].reset_index(drop=True)
+    new_athlete = _runs(known["athlete_hash"])
+    last = np.r_[new_athlete[1:], True] if len(known) else np.zeros(0, dtype=bool)
+    running = _running(known, new_athlete).loc[last]
+    running.index = pd.Index(known["athlete_hash"].to_numpy()[last], name="athlete_hash")
+    return running
 
 
 def history_columns(cum: pd.DataFrame, own_is_1: np.ndarray) -> dict[str, np.ndarray]:

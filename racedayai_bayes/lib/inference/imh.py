@@ -84,14 +84,16 @@ def _derivatives(f: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return grad, hess
 
 
-def _precision(hess: np.ndarray) -> np.ndarray:
-    """-hess, with eigenvalues floored so that it is a valid precision."""
+def _precision(hess: np.ndarray, absolute: bool = False) -> np.ndarray:
+    """-hess, with eigenvalues floored so that it is a valid precision (``absolute``: their
+    absolute values, floored)."""
     vals, vecs = np.linalg.eigh(-0.5 * (hess + hess.T))
     floor = max(1e-8, 1e-6 * float(np.max(np.abs(vals))))
+    vals = np.abs(vals) if absolute else vals
     return (vecs * np.maximum(vals, floor)) @ vecs.T
 
 
-def laplace(log_density: Callable[[np.ndarray], np.ndarray], x0, sd0, *, max_iter: int = 30, tol: float = 1e-8) -> LaplaceFit:
+def laplace(log_density: Callable[[np.ndarray], np.ndarray], x0, sd0, *, max_iter: int = 60, tol: float = 1e-8) -> LaplaceFit:
     """Mode and inverse negative Hessian of ``log_density`` (batched: (B, d) -> (B,)).
 
     Newton's method; each iteration evaluates the central-difference stencil (gradient and
@@ -108,13 +110,20 @@ def laplace(log_density: Callable[[np.ndarray], np.ndarray], x0, sd0, *, max_ite
         evaluations += len(points)
         return np.asarray(log_density(points), dtype=np.float64)
 
-    ts = np.array([1.0, 0.5, 0.25, 0.0625])
+    ts = 0.5 ** np.arange(13)
     iterations = 0
     for iterations in range(1, max_iter + 1):
         values = f(_stencil(x, h))
+        if not np.all(np.isfinite(values)):  # the stencil reaches where the density underflows
+            if np.any(h > 1e-4):
+                h = np.maximum(0.5 * h, 1e-4)
+                continue
         grad, hess = _derivatives(values, h)
         prec = _precision(hess)
-        step = np.linalg.solve(prec, grad)
+        # the step: Newton's where the density is concave, and a step of the same size along
+        # any direction where it is not (|eigenvalue|): it always goes uphill, and a line
+        # search of halvings finds how far
+        step = np.linalg.solve(_precision(hess, absolute=True), grad)
         if float(grad @ step) < tol:
             break
         trial = f(x[None, :] + ts[:, None] * step[None, :])

@@ -256,13 +256,35 @@ def _evaluate(stats: PatternStats, theta: np.ndarray) -> Evaluation:
     packed *= sd[:, iu1]  # D^1/2 Q D^1/2, still packed
     mats = np.take(packed, _unpack_index(k), axis=1).reshape(len(theta), k, k)
     mats[:, np.arange(k), np.arange(k)] += 1.0
-    chol = np.linalg.cholesky(mats)
+    chol, bad = _cholesky(mats)
     v = np.empty((len(theta), k))
     for b in range(len(theta)):
         v[b] = scipy.linalg.solve_triangular(chol[b], sd[b] * q[b], lower=True, check_finite=False)
     log_det_b = 2.0 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
     log_lik = -0.5 * (stats.n * np.log(2.0 * np.pi) + log_det_sigma + log_det_b + yy - np.einsum("bk,bk->b", v, v))
+    log_lik[bad | ~np.isfinite(log_lik)] = -np.inf
     return Evaluation(log_lik=log_lik, chol=chol, v=v, sd=sd)
+
+
+def _cholesky(mats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Batched Cholesky factors, and which matrices are not numerically positive definite.
+
+    I + D^1/2 Q D^1/2 is positive definite in exact arithmetic; at the extreme scales a
+    heavy-tailed proposal sometimes draws, rounding can break that. Such a theta gets zero
+    density (its factor is the identity, never used), instead of failing the whole batch.
+    """
+    bad = np.zeros(len(mats), dtype=bool)
+    try:
+        return np.linalg.cholesky(mats), bad
+    except np.linalg.LinAlgError:
+        chol = np.empty_like(mats)
+        for b in range(len(mats)):
+            try:
+                chol[b] = np.linalg.cholesky(mats[b])
+            except np.linalg.LinAlgError:
+                chol[b] = np.eye(mats.shape[1])
+                bad[b] = True
+        return chol, bad
 
 
 _UNPACK: dict[int, np.ndarray] = {}
