@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from racedayai_bayes.lib.data.history import add_history, season_table
+from racedayai_bayes.lib.data.history import add_history, arrow_strings, season_table
 
 MODEL_DISTANCES = ("70.3", "140.6")
 # Finish-time bounds of the seed, both exclusive: 1 h < total_sec < 17 h.
@@ -37,7 +37,7 @@ def _lookup(keys: pd.Index, right: pd.DataFrame, columns: list[str], codes: np.n
     right = right.loc[right["athlete_hash"].notna()]
     if right["athlete_hash"].duplicated().any():
         raise ValueError("duplicated athlete_hash on the right side of a join")
-    where = pd.Index(right["athlete_hash"].astype(object)).get_indexer(keys.astype(object))
+    where = _index_in(keys, right["athlete_hash"])
     pos = where[np.maximum(codes, 0)] if len(where) else np.full(len(codes), -1)
     pos = np.where(codes >= 0, pos, -1)
     out = {}
@@ -45,6 +45,17 @@ def _lookup(keys: pd.Index, right: pd.DataFrame, columns: list[str], codes: np.n
         taken = pd.api.extensions.take(right[col].array, pos, allow_fill=True)
         out[col] = pd.Series(taken)
     return out
+
+
+def _index_in(keys, values) -> np.ndarray:
+    """For each of ``keys``, its position in ``values`` (-1 where absent): Arrow's hash join of
+    two string columns, without Python strings."""
+    import pyarrow.compute as pc
+
+    if len(keys) == 0 or len(values) == 0:
+        return np.full(len(keys), -1, dtype=np.int64)
+    found = pc.index_in(arrow_strings(keys), value_set=arrow_strings(values))
+    return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def build_model_frame(
@@ -67,10 +78,10 @@ def model_frame_and_seasons(
     ``races``. Returns the frame, the count of rows each rule removed, and the per-(athlete,
     season) table of every start that the history comes from (lib/data/history.py).
 
-    Athletes are numbered once (``pd.factorize``), and the joins and the history work on
+    Athletes are numbered once (``pd.factorize``, in hash order), and the joins and the history work on
     those numbers: string keys are hashed once, not in every join and group-by.
     """
-    codes, athletes = pd.factorize(races["athlete_hash"], sort=False)
+    codes, athletes = pd.factorize(races["athlete_hash"], sort=True)
     athletes = pd.Index(athletes)
     counts = {"rows_in": len(races)}
     pro = races["is_pro"].eq(True).fillna(False).to_numpy(dtype=bool)
@@ -102,6 +113,7 @@ def model_frame_and_seasons(
     frame["event_distance"] = frame["event_distance"].astype("string")
     seasons = season_table(races, ag_finish, MODEL_DISTANCES, codes=codes, athletes=athletes)
     frame = add_history(frame, seasons, MODEL_DISTANCES, codes=kept_codes)
+    seasons = seasons.drop(columns="athlete")  # codes of this factorization only
     counts["rows_out"] = len(frame)
     for d in MODEL_DISTANCES:
         counts[f"rows_{d}"] = int((frame["event_distance"] == d).sum())

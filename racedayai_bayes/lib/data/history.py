@@ -87,8 +87,9 @@ def season_table(races: pd.DataFrame, ag_finish: np.ndarray, distances: tuple[st
     (count and sum of edition-relative log times, :func:`edition_relative`); and ``dnf``
     (starts without a finish time) and ``best`` (fastest age-group finish; inf if none).
     ``ag_finish`` marks the rows of ``races`` that the model frame keeps. ``codes`` and
-    ``athletes`` (``pd.factorize`` of races' athlete_hash) save hashing the keys again; the
-    table also holds each row's athlete code (``athlete``, into ``athletes``), sorted.
+    ``athletes`` (``pd.factorize(..., sort=True)`` of races' athlete_hash) save hashing the
+    keys again; the table also holds each row's athlete code (``athlete``, into
+    ``athletes``), which :func:`add_history` matches on.
     """
     ag = np.asarray(ag_finish, dtype=bool)
     relative = edition_relative(races, ag)
@@ -98,17 +99,14 @@ def season_table(races: pd.DataFrame, ag_finish: np.ndarray, distances: tuple[st
         & races["event_distance"].isin(distances).fillna(False).to_numpy(dtype=bool)
     )
     if codes is None:
-        codes, athletes = pd.factorize(races["athlete_hash"], sort=False)
-    # number the athletes in hash order, so the table reads sorted by athlete_hash
-    order = np.argsort(np.asarray(athletes, dtype=object)) if len(athletes) else np.zeros(0, dtype=np.int64)
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[order] = np.arange(len(order))
-    uniques = pd.Index(np.asarray(athletes, dtype=object)[order])
+        # athletes numbered in hash order, so the table reads sorted by athlete_hash
+        codes, athletes = pd.factorize(races["athlete_hash"], sort=True)
+    uniques = pd.Index(athletes)
     starts = races.loc[start]
     d1 = (starts["event_distance"] == distances[1]).to_numpy(dtype=bool)
     total = starts["total_sec"].to_numpy(dtype=np.float64, na_value=np.nan)
     ag, relative = ag[start], relative[start]
-    codes = rank[np.asarray(codes)[start]]
+    codes = np.asarray(codes)[start]
     years = starts["event_year"].to_numpy(dtype=np.int64)
     y0 = int(years.min()) if len(years) else 0
     span = int(years.max()) - y0 + 1 if len(years) else 1
@@ -123,6 +121,7 @@ def season_table(races: pd.DataFrame, ag_finish: np.ndarray, distances: tuple[st
     table = pd.DataFrame({
         "athlete_hash": pd.array(uniques.take(groups // span), dtype="string"),
         "event_year": groups % span + y0,
+        "athlete": groups // span,
         "starts_0": per_group((~d1).astype(np.float64)),
         "starts_1": per_group(d1.astype(np.float64)),
         "dnf": per_group(np.isnan(total).astype(np.float64)),
@@ -137,16 +136,26 @@ def season_table(races: pd.DataFrame, ag_finish: np.ndarray, distances: tuple[st
     return table
 
 
+def arrow_strings(values):
+    """An Arrow string array of ``values`` (a pandas column, Index or array of text): the
+    column's own buffer when it is Arrow-backed, a conversion otherwise."""
+    import pyarrow as pa
+
+    arr = getattr(values, "array", values)
+    if hasattr(arr, "_pa_array"):
+        return arr._pa_array
+    return pa.array(np.asarray(values, dtype=object), type=pa.string(), from_pandas=True)
+
+
 def _runs(hashes: pd.Series) -> np.ndarray:
     """True where a sorted column of athlete hashes starts a new athlete (Arrow compares
     neighbours without making Python strings)."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     n = len(hashes)
     if n == 0:
         return np.zeros(0, dtype=bool)
-    arr = pa.array(hashes.array, type=pa.string()) if not hasattr(hashes.array, "_pa_array") else hashes.array._pa_array
+    arr = arrow_strings(hashes)
     changed = pc.fill_null(pc.not_equal(arr.slice(1), arr.slice(0, n - 1)), True)
     return np.r_[True, changed.to_numpy(zero_copy_only=False).astype(bool)]
 
@@ -225,8 +234,11 @@ def edition_relative(races: pd.DataFrame, ag_finish: np.ndarray) -> np.ndarray:
         return out
     part = races.loc[use]
     logt = np.log(part["total_sec"].to_numpy(dtype=np.float64))
-    key = pd.MultiIndex.from_arrays([part["event_name"], part["event_distance"], part["event_year"]])
-    codes, _ = pd.factorize(key)
+    name = pd.factorize(part["event_name"])[0].astype(np.int64)
+    dist = pd.factorize(part["event_distance"])[0].astype(np.int64) + 1  # a blank distance: 0
+    year = part["event_year"].to_numpy(dtype=np.int64)
+    year = year - year.min()
+    codes, _ = pd.factorize((name * (dist.max() + 1) + dist) * (year.max() + 1) + year)
     median = pd.Series(logt).groupby(codes).median().to_numpy()
     out[use] = logt - median[codes]
     return out
@@ -239,15 +251,23 @@ def add_history(frame: pd.DataFrame, table: pd.DataFrame, distances: tuple[str, 
     is unknown, has no history (counts 0, means NaN). Rows are matched to the table on
     (athlete, season) integer keys."""
     cum = cumulate(table)
-    athletes = pd.Index(pd.unique(table["athlete_hash"].astype(object)))
-    t_code = athletes.get_indexer(table["athlete_hash"].astype(object))
-    row_code = athletes.get_indexer(frame["athlete_hash"].astype(object).where(frame["athlete_hash"].notna(), None))
+    if codes is None or "athlete" not in table.columns:
+        athletes = pd.Index(pd.unique(table["athlete_hash"].astype(object)))
+        t_code = athletes.get_indexer(table["athlete_hash"].astype(object))
+        row_code = athletes.get_indexer(frame["athlete_hash"].astype(object).where(frame["athlete_hash"].notna(), None))
+    else:  # the numbering the table was built with (season_table's ``codes``)
+        t_code = table["athlete"].to_numpy(dtype=np.int64)
+        row_code = np.asarray(codes, dtype=np.int64)
     years = frame["event_year"].to_numpy(dtype=np.float64, na_value=np.nan)
     span = 10_000
     t_key = t_code.astype(np.int64) * span + table["event_year"].to_numpy(dtype=np.int64)
     known = (row_code >= 0) & np.isfinite(years)
     r_key = np.where(known, row_code.astype(np.int64) * span + np.nan_to_num(years).astype(np.int64), -1)
-    pos = pd.Index(t_key).get_indexer(r_key)
+    if len(t_key) and np.all(t_key[1:] > t_key[:-1]):  # sorted (season_table's order): binary search
+        at = np.minimum(np.searchsorted(t_key, r_key), len(t_key) - 1)
+        pos = np.where(t_key[at] == r_key, at, -1)
+    else:
+        pos = pd.Index(t_key).get_indexer(r_key)
     pos = np.where(known, pos, -1)
     have = pos >= 0
     picked = cum.iloc[np.where(have, pos, 0)].reset_index(drop=True)
