@@ -167,14 +167,19 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
     import dagster as dg
 
     from racedayai_bayes.defs.resources import PipelinePaths
-    from racedayai_bayes.defs.schedules import DISTANCE_TAG
+    from racedayai_bayes.defs.schedules import DISTANCE_TAG, REFIT_JOB
+
+    from racedayai_bayes.defs.partitions import distance_partitions
 
     graph = defs.resolve_asset_graph()
-    partitioned = {k for k in graph.get_all_asset_keys() if graph.get(k).partitions_def is not None}
-    # a later run of the same invocation refits what depends on the partitions, and reuses
-    # the unpartitioned inputs and model frame that the first run built
-    refit_keys = sorted(dg.AssetSelection.assets(*partitioned).downstream().resolve(graph), key=_key_order)
-    shared_keys = set(graph.get_all_asset_keys()) - set(refit_keys)
+    in_job = set(defs.resolve_job_def(REFIT_JOB).asset_layer.executable_asset_keys)
+    partitioned = {k for k in in_job if graph.get(k).partitions_def == distance_partitions}
+    # a later run of the same invocation refits what depends on the distance partitions, and
+    # reuses the unpartitioned inputs and model frame that the first run built (assets of
+    # other jobs, such as the race-day forecasts, are not part of a refit)
+    downstream = dg.AssetSelection.assets(*partitioned).downstream().resolve(graph)
+    refit_keys = sorted((k for k in downstream if k in in_job), key=_key_order)
+    shared_keys = in_job - set(refit_keys)
     checked_assets = sorted({key.asset_key for key in graph.asset_check_keys}, key=_key_order)
 
     _check_settings(args)
