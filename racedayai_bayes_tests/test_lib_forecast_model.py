@@ -192,3 +192,17 @@ def test_simulation_based_calibration_of_the_exact_sampler():
         counts = np.bincount(ranks[:, i] * bins // (keep + 1), minlength=bins)
         p = st.chisquare(counts).pvalue
         assert p > 0.001, (name, counts, p)  # Bonferroni-safe over five scales
+
+
+def test_rows_that_cannot_identify_the_scales_are_a_fit_error_not_a_bug(world):
+    """Constant finish times, or no returning athlete at all: a FitError that says why,
+    never a posterior with absurd scales (or infinite forecasts further on)."""
+    from racedayai_bayes.lib.errors import FitError
+
+    rows, _ = world
+    constant = rows.assign(total_sec=20000.0)
+    with pytest.raises(FitError, match="every training finish time is the same"):
+        ForecastModel(FAST).fit(constant, "70.3")
+    firsts = rows.loc[rows["hist_starts"] == 0]
+    with pytest.raises(FitError, match="needs returning athletes"):
+        ForecastModel(FAST).fit(firsts, "70.3")

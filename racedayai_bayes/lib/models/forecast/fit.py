@@ -166,6 +166,12 @@ class ForecastModel(Model):
         enc = fdesign.fit_encoding(train, distance)
         design = fdesign.encode(train, enc)
         y = np.log(train["total_sec"].to_numpy(dtype=np.float64)) - enc.y_center
+        if not np.std(y) > 1e-6:
+            raise FitError(f"distance {distance}: every training finish time is the same ({len(train):,} rows); "
+                           "the forecast model has no spread to estimate its scales from")
+        if design.first.all():
+            raise FitError(f"distance {distance}: every training race ({len(train):,} rows) is an athlete's first; "
+                           "the forecast model needs returning athletes to tell an athlete's level from race-to-race noise")
         season = design.season
         ed_codes, ed_keys = pd.factorize(pd.Series(design.course * 10_000 + season), sort=True)
         ed_course = np.asarray(ed_keys) // 10_000
@@ -191,6 +197,12 @@ class ForecastModel(Model):
         start = np.log([0.07, 0.07, 0.11, max(first.scales["course"], 0.01), 0.05])
         seed = s.seed_for(distance)
         posterior = sample_posterior(stats, start, s, seed, progress=say, label=f"forecast {distance}")
+        if not (np.all(np.isfinite(posterior.scales)) and np.all(posterior.scales < 10.0)):
+            # a log-time sd of 10 is a factor of e^10: the posterior was not found, and its
+            # forecasts would be meaningless; a data problem, said as one
+            raise FitError(f"distance {distance}: the forecast model's scales did not settle (largest draw "
+                           f"{float(np.nanmax(posterior.scales)):.3g} on the log scale; proposal acceptance "
+                           f"{posterior.info['acceptance']:.2f}); the training rows cannot identify them")
         info = {
             "rows": len(train), "athletes": int(len(np.unique(data.athlete))),
             "history_patterns": int(len(stats.pat_count)), "coefficients": enc.num_columns,
