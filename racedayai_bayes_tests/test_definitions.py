@@ -17,14 +17,22 @@ def test_definitions_hold_the_designed_graph():
         "athlete_race", "athlete_profile", "cluster_assignments", "model_frame", "athlete_seasons",
         "holdout_split", "posterior_seed_profile", "posterior_seed_asof", "posterior_forecast",
         "published_model", "bayesian_predictions", "bayesian_posterior_means", "forecast_posterior_means",
+        "race_forecasts",
     }
     job = defs.resolve_job_def("refit")
     assert job.partitions_def.get_partition_keys() == ["70.3", "140.6"]
+    # the refit is everything but the race-day forecasts, which have their own job and partitions
+    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == keys - {"race_forecasts"}
+    assert set(defs.resolve_job_def("forecast_start_list").asset_layer.executable_asset_keys) == {dg.AssetKey("race_forecasts")}
+    # only the forecast model reads the per-(athlete, season) table (for its artifact's side table)
+    for name, parents in (("posterior_seed_profile", {"holdout_split"}), ("posterior_seed_asof", {"holdout_split"}),
+                          ("posterior_forecast", {"holdout_split", "athlete_seasons"})):
+        assert {k.to_user_string() for k in graph.get(dg.AssetKey(name)).parent_keys} == parents, name
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     harness = {"predictive_coverage", "coverage_by_decile", "prediction_drift", "rhat_max", "ess_bulk_min"}
     assert checks == {
-        *(("posterior_seed_profile", c) for c in harness | {"divergences"}),
-        *(("posterior_seed_asof", c) for c in harness | {"divergences"}),
+        *(("posterior_seed_profile", c) for c in harness | {"divergences", "proposal_khat"}),
+        *(("posterior_seed_asof", c) for c in harness | {"divergences", "proposal_khat"}),
         *(("posterior_forecast", c) for c in harness | {"proposal_khat"}),
         *(("published_model", c) for c in ("publishable", "published_coverage", "published_coverage_by_decile",
                                            "published_model_change")),
@@ -36,7 +44,8 @@ def test_definitions_hold_the_designed_graph():
     parents = {k.to_user_string() for k in graph.get(dg.AssetKey("published_model")).parent_keys}
     assert parents == {"holdout_split", "posterior_seed_profile", "posterior_seed_asof", "posterior_forecast"}
     assert {k.to_user_string() for k in graph.get(dg.AssetKey("bayesian_predictions")).parent_keys} == {"published_model", "holdout_split"}
-    assert {s.name for s in defs.sensors} == {"refit_failure_alert", "check_warning_alert", "dead_run_reaper"}
+    assert {s.name for s in defs.sensors} == {"refit_failure_alert", "check_warning_alert", "dead_run_reaper",
+                                              "start_list_sensor", "republished_forecasts"}
 
 
 def test_executor_runs_at_most_two_steps_on_the_cpu():
@@ -47,7 +56,8 @@ def test_executor_runs_at_most_two_steps_on_the_cpu():
     assert resolved.success, resolved.errors
     config = resolved.value["config"]
     assert config["max_concurrent"] == 2
-    assert config["start_method"] == {"forkserver": {"preload_modules": ["racedayai_bayes.definitions"]}}
+    preload = config["start_method"]["forkserver"]["preload_modules"]
+    assert preload[0] == "racedayai_bayes.definitions" and {"arviz", "scipy.stats"} <= set(preload)
     script = "import racedayai_bayes.definitions, jax; print(jax.default_backend())"
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
     out = subprocess.run([sys.executable, "-c", script],

@@ -18,7 +18,7 @@ from racedayai_bayes.lib.outputs.io import OutputWriteError, write_csv_atomic
 from .resources import PipelinePaths
 
 start_lists = dg.DynamicPartitionsDefinition(name="start_lists")
-FORECAST_JOB = "race_forecasts"
+FORECAST_JOB = "forecast_start_list"  # not the asset's name: a job and an op may not share one
 GROUP = "race_day"
 
 

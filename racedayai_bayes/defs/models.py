@@ -117,16 +117,34 @@ def build_posterior_asset(name: str) -> dg.AssetsDefinition:
     entry = registry()[name]
     config_cls = CONFIGS[name]
     checks = (*entry.sampler_checks, *HARNESS_CHECKS)
+    _posterior = _posterior_body(name)  # the step's work; the two wrappers differ in their inputs only
 
-    @dg.asset(
+    spec = dict(
         name=posterior_key(name),
         partitions_def=distance_partitions,
         check_specs=model_check_specs(posterior_key(name), checks),
         group_name="model",
         description=f"Posterior of {name} for one distance: {entry.description}. Judged on the held-out rows.",
     )
-    def _posterior(context: dg.AssetExecutionContext, config: config_cls, paths: PipelinePaths, holdout_split: Split,
-                   athlete_seasons: pd.DataFrame):
+    if entry.needs_seasons:
+        @dg.asset(**spec)
+        def _with_seasons(context: dg.AssetExecutionContext, config: config_cls, paths: PipelinePaths,
+                          holdout_split: Split, athlete_seasons: pd.DataFrame):
+            yield from _posterior(context, config, paths, holdout_split, athlete_seasons)
+
+        return _with_seasons
+
+    @dg.asset(**spec)
+    def _without_seasons(context: dg.AssetExecutionContext, config: config_cls, paths: PipelinePaths, holdout_split: Split):
+        yield from _posterior(context, config, paths, holdout_split, None)
+
+    return _without_seasons
+
+
+def _posterior_body(name: str):
+    entry = registry()[name]
+
+    def _posterior(context, config, paths: PipelinePaths, holdout_split: Split, athlete_seasons: pd.DataFrame | None):
         distance = context.partition_key
         previous = _previous(context, paths, name, distance)
         try:

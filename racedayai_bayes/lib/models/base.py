@@ -135,6 +135,9 @@ class ModelEntry:
     description: str
     asof: bool
     sampler_checks: tuple[str, ...]  # names of the CheckOutcomes diagnostics() returns
+    # True when artifact_tables() reads the per-(athlete, season) table: only then does the
+    # pipeline hand it to the model's step (it is hundreds of MB at full scale)
+    needs_seasons: bool = False
 
 
 def registry() -> dict[str, ModelEntry]:

@@ -499,4 +499,5 @@ ENTRY = ModelEntry(
     description="course, day and athlete effects from earlier seasons only; noise by first race vs returning",
     asof=True,
     sampler_checks=("rhat", "ess", "proposal"),
+    needs_seasons=True,
 )
