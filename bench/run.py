@@ -1,8 +1,10 @@
 """Benchmarks: run by `make bench`, never by pytest. Every comparison runs in one process or one
 run, side by side, so its ratios hold on a shared, noisy machine; absolute seconds do not.
 
-(a) side_by_side: the seed model's rowwise (the notebook's NUTS) and exact engines on the same
-    50,000 rows of 70.3 with the seed's settings: min bulk ESS per second, and their ratio.
+(a) side_by_side: the seed model's rowwise (the notebook's NUTS), exact (independence MH on
+    the collapsed scales) and exact_nuts (NUTS on the same) engines on the same 50,000 rows of
+    70.3 with the seed's settings: min bulk ESS per second of the whole fit (compile
+    included), and the ratios to rowwise.
 (b) full_scale: `racedayai-bayes refit` end to end on `full` synthetic data (about 3.7M
     modelled rows; every model, both distances, every output and artifact) on a fresh
     instance: wall time per step and in all, the peak memory of the whole process tree, and
@@ -13,6 +15,10 @@ run, side by side, so its ratios hold on a shared, noisy machine; absolute secon
     published.
 (c) backtest: the same on the last full season (holdout_season = latest - 1).
 (d) variance: the full synthetic world's variance structure against real_variance_structure.json.
+(g) profile: the full-scale refit's work in one process, phase by phase and inside each step.
+(f) forecast_cli: `racedayai-bayes forecast` of a 3,000-athlete start list from the full-scale
+    published 70.3 posterior, beside a process that only imports the package and opens the
+    artifact.
 (e) intervals: the seed's predictive quantiles (lib/models/seed/predict.py) against the plain
     way (independent noise per row and draw, np.quantile) on the same rows and draws.
 
@@ -78,7 +84,7 @@ def side_by_side(args) -> dict:
     rows = _sample(distance_rows(frame, "70.3"), 50_000)  # the seed's subsample
     settings = dict(num_warmup=args.warmup, num_samples=args.samples, num_chains=2, target_accept=0.85)
     out = {}
-    for engine in ("exact", "rowwise"):
+    for engine in ("exact", "exact_nuts", "rowwise"):
         if engine == "rowwise" and args.skip_rowwise:
             continue
         print(f"[side_by_side] {engine}: {len(rows):,} rows, {args.warmup}+{args.samples} x 2 chains", flush=True)
@@ -91,16 +97,22 @@ def side_by_side(args) -> dict:
         out["ess_per_s_ratio"] = round(out["exact"]["min_ess_per_s"] / max(out["rowwise"]["min_ess_per_s"], 1e-12), 1)
         out["ess_per_sampling_s_ratio"] = round(
             out["exact"]["min_ess_per_sampling_s"] / max(out["rowwise"]["min_ess_per_sampling_s"], 1e-12), 1)
+        out["exact_nuts_ess_per_s_ratio"] = round(
+            out["exact_nuts"]["min_ess_per_s"] / max(out["rowwise"]["min_ess_per_s"], 1e-12), 1)
     out["settings"] = {**settings, "rows": len(rows), "distance": "70.3"}
     return out
 
 
 class TreeRSS(threading.Thread):
-    """Samples the summed RSS of a process and all its descendants (Linux /proc)."""
+    """Samples the memory of a process and all its descendants (Linux /proc): the summed RSS,
+    and the summed PSS (proportional set size: a page shared by n processes counts 1/n in
+    each). Step processes fork from one server with the code location preloaded, so they
+    share its pages; RSS counts those once per process, PSS once in all."""
 
-    def __init__(self, pid: int, every: float = 0.1):
+    def __init__(self, pid: int, every: float = 0.2):
         super().__init__(daemon=True)
-        self.pid, self.every, self.peak_kb, self.stop = pid, every, 0, threading.Event()
+        self.pid, self.every, self.stop = pid, every, threading.Event()
+        self.peak_kb, self.peak_pss_kb = 0, 0
 
     def _tree(self) -> list[int]:
         pids, todo = [], [self.pid]
@@ -114,17 +126,21 @@ class TreeRSS(threading.Thread):
                     pass
         return pids
 
+    @staticmethod
+    def _field(path: Path, name: str) -> int:
+        try:
+            for line in path.read_text().splitlines():
+                if line.startswith(name):
+                    return int(line.split()[1])
+        except OSError:
+            pass
+        return 0
+
     def run(self):
         while not self.stop.is_set():
-            total = 0
-            for p in self._tree():
-                try:
-                    for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                        if line.startswith("VmRSS:"):
-                            total += int(line.split()[1])
-                except OSError:
-                    pass
-            self.peak_kb = max(self.peak_kb, total)
+            pids = self._tree()
+            self.peak_kb = max(self.peak_kb, sum(self._field(Path(f"/proc/{p}/status"), "VmRSS:") for p in pids))
+            self.peak_pss_kb = max(self.peak_pss_kb, sum(self._field(Path(f"/proc/{p}/smaps_rollup"), "Pss:") for p in pids))
             time.sleep(self.every)
 
 
@@ -283,7 +299,9 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
         "io_floor_before": floor_before,
         "io_floor_after": floor_after,
         "floor_ratio": round(wall / floor, 2),
-        "peak_rss_mb": round(mon.peak_kb / 1024, 0),
+        "peak_rss_mb": round(mon.peak_pss_kb / 1024, 0),  # PSS: shared pages counted once
+        "peak_rss_summed_mb": round(mon.peak_kb / 1024, 0),  # every process's RSS added up
+        "peak_memory_measure": "peak_rss_mb: the summed PSS of the process tree (shared pages counted once); peak_rss_summed_mb: the summed RSS (shared pages counted in every process)",
         "step_wall_s": history["steps"],
         "checks_failed": [c for c in history["checks"] if not c["passed"]],
         "all_error_checks_passed": all(c["passed"] or c["severity"] != "ERROR" for c in history["checks"]),
@@ -394,6 +412,170 @@ def intervals(args) -> dict:
     }
 
 
+class _Timer:
+    """Wall seconds of named phases, and of named functions while ``wrap`` is in force."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + seconds, 3)
+
+    def table(self) -> list[list]:
+        """[phase, seconds] in the order the phases first ran (JSON objects lose it)."""
+        return [[k, v] for k, v in self.seconds.items()]
+
+    def phase(self, name: str, fn, *a, **kw):
+        t0 = time.perf_counter()
+        out = fn(*a, **kw)
+        self.add(name, time.perf_counter() - t0)
+        return out
+
+    def wrap(self, module, attr: str, name: str):
+        """Time every call of module.attr (and put it back with the returned undo)."""
+        original = getattr(module, attr)
+
+        def timed(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return original(*a, **kw)
+            finally:
+                self.add(name, time.perf_counter() - t0)
+
+        setattr(module, attr, timed)
+        return lambda: setattr(module, attr, original)
+
+
+def profile(args) -> dict:
+    """The full-scale refit's work in one process, phase by phase and inside each step:
+    reading and validation, the merge and the as-of history, each model's fit (its own
+    phases, from its progress messages), judging, the artifact, plots, the hand-off between
+    steps (pickling each step's value, as the IO manager does), the prediction CSVs. No
+    Dagster and no second process: the orchestration's own cost is full_scale's wall time
+    minus the sum of these."""
+    import io
+    import pickle
+
+    from racedayai_bayes.lib.data import contracts, frame as fr, history
+    from racedayai_bayes.lib.data.split import split_holdout
+    from racedayai_bayes.lib.evaluation.judge import JudgeSettings, judge
+    from racedayai_bayes.lib.evaluation.report import judged_plots
+    from racedayai_bayes.lib.models.base import MODEL_NAMES, registry
+    from racedayai_bayes.lib.outputs.artifacts import write_artifact
+    from racedayai_bayes.lib.outputs.io import write_csv_atomic
+    from racedayai_bayes.lib.outputs.tables import prediction_table
+
+    folder, _ = _inputs("full")
+    t = _Timer()
+    undo = [t.wrap(history, "edition_relative", "model_frame: edition-relative times"),
+            t.wrap(history, "cumulate", "model_frame: running totals per athlete"),
+            t.wrap(fr, "season_table", "model_frame: season table (every start)"),
+            t.wrap(fr, "add_history", "model_frame: as-of history per race"),
+            t.wrap(fr, "_lookup", "model_frame: join profiles and clusters")]
+    total0 = time.perf_counter()
+    try:
+        races = t.phase("read+validate athlete_race.csv", contracts.read_races, folder / contracts.RACE_FILE).frame
+        profiles = t.phase("read+validate athlete_profile.csv", contracts.read_profiles, folder / contracts.PROFILE_FILE).frame
+        clusters = t.phase("read+validate cluster_assignments.csv", contracts.read_clusters, folder / contracts.CLUSTER_FILE).frame
+        frame, _, seasons = t.phase("model_frame (all)", fr.model_frame_and_seasons, races, profiles, clusters)
+    finally:
+        for u in undo:
+            u()
+
+    def handoff(name, value):
+        buf = io.BytesIO()
+        t0 = time.perf_counter()
+        pickle.dump(value, buf, protocol=pickle.HIGHEST_PROTOCOL)
+        t.add(f"hand-off: pickle {name}", time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        pickle.loads(buf.getvalue())
+        t.add(f"hand-off: unpickle {name}", time.perf_counter() - t0)
+        sizes[name] = round(buf.tell() / 1e6, 1)
+
+    sizes: dict[str, float] = {}
+    handoff("model_frame", frame)
+    handoff("athlete_seasons", seasons)
+    fits: dict = {}
+    out_dir = WORK / "profile_outputs"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    for distance in fr.MODEL_DISTANCES:
+        split = t.phase(f"{distance} holdout_split", split_holdout, fr.distance_rows(frame, distance))
+        handoff(f"holdout_split {distance}", split)
+        for name in MODEL_NAMES:
+            marks = []
+            t0 = time.perf_counter()
+            fitted = registry()[name].build().fit(split.train, distance,
+                                                   progress=lambda m: marks.append((time.perf_counter() - t0, m)))
+            t.add(f"{distance} {name}: fit", time.perf_counter() - t0)
+            judged = t.phase(f"{distance} {name}: judge (held-out and in-sample predictions, scores, checks)",
+                             judge, fitted, split, JudgeSettings(), None)
+            t.phase(f"{distance} {name}: artifact (NetCDF and side tables)", write_artifact, judged, split, out_dir,
+                    seasons if name == "forecast" else None)
+            t.phase(f"{distance} {name}: plots", judged_plots, judged)
+            handoff(f"posterior_{name} {distance}", judged)
+            fits[f"{distance} {name}"] = [f"{s:7.2f} s  {m}" for s, m in marks if "steps per chain" not in m
+                                          and "sampling " not in m and "warmup " not in m][:12]
+            if name == "forecast":
+                pred = t.phase(f"{distance} predictions: forecast every row", fitted.predict, split.rows)
+                table = t.phase(f"{distance} predictions: table", prediction_table, split.rows, pred, name, split.held_out)
+                t.phase(f"{distance} predictions: write CSV", write_csv_atomic, table, out_dir / f"bayesian_predictions_{distance}.csv")
+    total = time.perf_counter() - total0
+    return {"seconds": t.table(), "total_s": round(total, 1), "pickled_mb": sizes, "fit_messages": fits}
+
+
+_OPEN_ONLY = """
+import sys, time
+t0 = time.perf_counter()
+from racedayai_bayes import cli  # what the command imports first
+from racedayai_bayes.lib.outputs.artifacts import load_artifact
+load_artifact(sys.argv[1])
+"""
+
+
+def forecast_cli(args) -> dict:
+    """`racedayai-bayes forecast` of a 3,000-athlete start list from the full-scale published
+    70.3 posterior, side by side with a process that only imports the package and opens the
+    same artifact: medians of three interleaved repeats, each a fresh process."""
+    import statistics
+
+    import numpy as np
+    import pyarrow.csv as pacsv
+
+    from racedayai_bayes.lib.outputs.artifacts import artifact_dir
+
+    folder, _ = _inputs("full")
+    posterior = WORK / "full_outputs" / "posterior" / "70.3"
+    if not (posterior / "latest").exists():
+        return {"skipped": "no published full-scale 70.3 posterior: run the full_scale part first"}
+    races = pacsv.read_csv(folder / "athlete_race.csv", convert_options=pacsv.ConvertOptions(
+        include_columns=["athlete_hash", "gender", "age_group", "event_distance", "event_name"],
+        column_types={"event_distance": "string", "athlete_hash": "string"})).to_pandas()
+    races = races[races["event_distance"] == "70.3"].dropna(subset=["athlete_hash"])
+    event = races["event_name"].value_counts().index[0]
+    athletes = races.drop_duplicates("athlete_hash")
+    start = athletes.sample(3000, random_state=1)[["athlete_hash", "gender", "age_group"]]
+    start_csv = WORK / "start_list_3000.csv"
+    start.to_csv(start_csv, index=False)
+    artifact = artifact_dir(WORK / "full_outputs", "70.3")
+    cmd = [sys.executable, "-m", "racedayai_bayes.cli", "forecast", "--posterior", str(posterior), "--event", event,
+           "--start-list", str(start_csv), "--output", str(WORK / "forecast_3000.csv")]
+    times = {"forecast_s": [], "import_and_open_s": []}
+    for _ in range(3):
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        times["forecast_s"].append(time.perf_counter() - t0)
+        if done.returncode != 0:
+            return {"error": done.stderr[-2000:]}
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", _OPEN_ONLY, str(artifact)], check=True, capture_output=True)
+        times["import_and_open_s"].append(time.perf_counter() - t0)
+    out_rows = sum(1 for _ in open(WORK / "forecast_3000.csv")) - 1
+    med = {k: round(statistics.median(v), 2) for k, v in times.items()}
+    return {"athletes": len(start), "rows_out": out_rows, "event": event, "artifact": str(artifact),
+            **med, "forecast_only_s": round(med["forecast_s"] - med["import_and_open_s"], 2),
+            "runs": {k: [round(x, 2) for x in v] for k, v in times.items()}, "under_2_s": med["forecast_s"] < 2.0}
+
+
 def _model_frame(folder: Path):
     from racedayai_bayes.lib.data import contracts
     from racedayai_bayes.lib.data.frame import build_model_frame
@@ -408,10 +590,10 @@ def _model_frame(folder: Path):
 
 def _refit_lines(title: str, fs: dict) -> list[str]:
     lines = [f"## {title}", "",
-             "| rows | wall s | I/O floor s (before, after) | wall / floor | peak RSS MB (process tree) | ERROR checks | exit |",
+             "| rows | wall s | I/O floor s (before, after) | wall / floor | peak memory MB (process tree: PSS; summed RSS) | ERROR checks | exit |",
              "|---|---|---|---|---|---|---|",
              f"| {fs['rows']:,} | {fs['wall_s']} | {fs['io_floor_s']} ({fs['io_floor_before']['total_s']}, "
-             f"{fs['io_floor_after']['total_s']}) | **{fs['floor_ratio']}x** | {fs['peak_rss_mb']:.0f} | "
+             f"{fs['io_floor_after']['total_s']}) | **{fs['floor_ratio']}x** | {fs['peak_rss_mb']:.0f}; {fs.get('peak_rss_summed_mb', float('nan')):.0f} | "
              f"{'all pass' if fs['all_error_checks_passed'] else 'SOME FAILED'} | {fs['exit_code']} |", ""]
     for distance, d in sorted(fs["models"].items()):
         lines += [f"### {distance}: published **{d['published']}**", "", d["reason"] + ".", "",
@@ -442,21 +624,42 @@ def _write(results: dict) -> None:
         lines += [f"## Side by side: the seed model's engines on {s['rows']:,} rows of {s['distance']}, "
                   f"{s['num_warmup']}+{s['num_samples']} x {s['num_chains']} chains", "",
                   "| engine | wall s (fit) | sampling s | max r_hat | min bulk ESS | min ESS/s (fit) | min ESS/s (sampling) | divergences |", "|---|---|---|---|---|---|---|---|"]
-        for eng in ("rowwise", "exact"):
+        for eng in ("rowwise", "exact", "exact_nuts"):
             if eng not in sbs:
                 continue
             r = sbs[eng]
             lines.append(f"| {eng} | {r['wall_s']} | {r['sampling_s']} | {r['max_rhat']} ({r['worst_rhat']}) | {r['min_ess_bulk']} ({r['worst_ess']}) | {r['min_ess_per_s']} | {r.get('min_ess_per_sampling_s', '')} | {r['divergences']} |")
         if "ess_per_s_ratio" in sbs:
-            lines += ["", f"min ESS per second, exact / rowwise: **{sbs['ess_per_s_ratio']}x** per second of the whole fit, "
-                      f"**{sbs.get('ess_per_sampling_s_ratio', '')}x** per second of sampling. Both engines use the seed's settings "
-                      "(target_accept 0.85), one after the other in one process."]
+            lines += ["", f"min ESS per second, exact / rowwise: **{sbs['ess_per_s_ratio']}x** per second of the whole fit "
+                      f"(exact_nuts / rowwise: {sbs.get('exact_nuts_ess_per_s_ratio', '')}x), "
+                      f"**{sbs.get('ess_per_sampling_s_ratio', '')}x** per second of sampling. The engines use the seed's settings "
+                      "(the NUTS ones at target_accept 0.85), one after the other in one process."]
         lines.append("")
     if results.get("full_scale"):
         lines += _refit_lines("Full scale: `racedayai-bayes refit` on `full` synthetic data (the latest season held out)", results["full_scale"])
     if results.get("backtest"):
         bt = results["backtest"]
         lines += _refit_lines(f"Backtest: the last full season, {bt['season']}, held out (`--holdout-season {bt['season']}`)", bt)
+    pf = results.get("profile")
+    if pf:
+        lines += [f"## Profile: the full-scale refit's work in one process ({pf['total_s']} s in all)", "",
+                  "Each phase's wall seconds (`make bench`'s `profile` part: no Dagster, one process, so these add "
+                  "up to the work; full_scale's wall time minus this is orchestration and contention).", "",
+                  "| phase | s |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in pf["seconds"]]
+        lines += ["", "Pickled size of each step's value (MB; the IO manager writes and reads these): "
+                  + ", ".join(f"{k} {v}" for k, v in pf["pickled_mb"].items()) + ".", "",
+                  "Inside each fit (seconds since the fit began, from its progress messages):", ""]
+        for k, msgs in pf["fit_messages"].items():
+            lines += [f"- {k}:"] + [f"    - `{m.strip()}`" for m in msgs]
+        lines.append("")
+    fc = results.get("forecast_cli")
+    if fc and "forecast_s" in fc:
+        lines += [f"## Race-day forecast from the command line: {fc['athletes']:,} athletes at {fc['event']}", "",
+                  "| process | median s (3 runs) |", "|---|---|",
+                  f"| `racedayai-bayes forecast` (import, open the artifact, read the start list, forecast, write) | {fc['forecast_s']} |",
+                  f"| import the package and open the artifact only | {fc['import_and_open_s']} |", "",
+                  f"The forecast itself: {fc['forecast_only_s']} s. Under 2 s: {'yes' if fc['under_2_s'] else 'NO'}.", ""]
     var = results.get("variance")
     if var:
         lines += ["## The synthetic world's variance structure against the real one", "",
@@ -481,19 +684,22 @@ def _write(results: dict) -> None:
     TABLE.write_text("\n".join(lines) + "\n")
 
 
-PARTS = ("side_by_side", "full_scale", "backtest", "variance", "intervals")
+PARTS = ("side_by_side", "profile", "full_scale", "forecast_cli", "backtest", "variance", "intervals")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--part", choices=["all", *PARTS], default="all", action="append",
-                        help="parts to run (repeat the flag for several; default all)")
+    parser.add_argument("--part", choices=["all", *PARTS], action="append",
+                        help="a part to run (repeat the flag for several; default: all)")
     parser.add_argument("--warmup", type=int, default=1500, help="side_by_side warmup (seed: 1500)")
     parser.add_argument("--samples", type=int, default=1500, help="side_by_side samples (seed: 1500)")
     parser.add_argument("--skip-rowwise", action="store_true", help="side_by_side without the notebook's 20-minute sampler")
     args = parser.parse_args()
-    parts = set(PARTS) if "all" in args.part and len(args.part) == 1 else {p for p in args.part if p != "all"}
+    parts = set(PARTS) if not args.part or "all" in args.part else set(args.part)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    # parts written by an older layout of this file are dropped, not mixed in
+    if "io_floor_s" not in results.get("full_scale", {"io_floor_s": 0}):
+        results = {k: v for k, v in results.items() if k not in ("full_scale", "backtest")}
     results["date"] = dt.date.today().isoformat()
     for part in PARTS:
         if part in parts:
