@@ -31,8 +31,8 @@ ALL_ASSETS = list(defs.assets)
 PIPELINE = pipeline_assets()
 HARNESS_CHECKS = {"predictive_coverage", "coverage_by_decile", "prediction_drift"}
 MODEL_CHECKS = {
-    "seed_profile": {"rhat_max", "ess_bulk_min", "divergences"} | HARNESS_CHECKS,
-    "seed_asof": {"rhat_max", "ess_bulk_min", "divergences"} | HARNESS_CHECKS,
+    "seed_profile": {"rhat_max", "ess_bulk_min", "divergences", "proposal_khat"} | HARNESS_CHECKS,
+    "seed_asof": {"rhat_max", "ess_bulk_min", "divergences", "proposal_khat"} | HARNESS_CHECKS,
     "forecast": {"rhat_max", "ess_bulk_min", "proposal_khat"} | HARNESS_CHECKS,
 }
 PUBLISH_CHECKS = {"publishable", "published_coverage", "published_coverage_by_decile", "published_model_change"}
@@ -409,6 +409,22 @@ def test_forecast_command_bad_start_lists_are_one_line_errors(graph_run, tmp_pat
     assert code == 1 and not (tmp_path / "f.csv").exists(), case
     assert message in err and "start.csv" in err and "Traceback" not in err, err
     assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_forecast_command_refuses_a_seed_model_artifact(graph_run, tmp_path, capsys):
+    """A seed model keeps no history per athlete: it cannot forecast a start list, and says which artifact can."""
+    from racedayai_bayes.cli import main
+
+    _, out, _ = graph_run
+    (seed,) = sorted((out / "posterior" / "seed_asof" / "70.3").glob("*.nc"))[-1:]
+    path = tmp_path / "start.csv"
+    path.write_text("athlete_hash,gender,age_group\na,M,30-34\n")
+    code = main(["forecast", "--posterior", str(seed), "--event", "X", "--start-list", str(path),
+                 "--output", str(tmp_path / "f.csv")])
+    err = capsys.readouterr().err
+    assert code == 1 and not (tmp_path / "f.csv").exists()
+    assert "seed_asof, which cannot forecast a start list" in err and "posterior/forecast/" in err, err
+    assert "Traceback" not in err and len([line for line in err.splitlines() if line.startswith("error:")]) == 1
 
 
 def test_forecast_command_refuses_a_season_the_posterior_knows(graph_run, tmp_path, capsys):

@@ -29,6 +29,7 @@ import pytest
 
 from racedayai_bayes.defs.concurrency import PARTITION_TAG, earlier_active_refit
 from racedayai_bayes.defs.schedules import DISTANCE_TAG, REFIT_JOB
+from racedayai_bayes.lib.outputs.tables import APPENDED_COLUMNS, INTERVAL_COLUMNS, PREDICTION_COLUMNS
 
 from .conftest import FAST_FIT, REFIT_ASSETS, REPO, refit_config
 
@@ -40,7 +41,6 @@ RUN_FIT = {"engine": "exact", **FAST_FIT}
 SHORT_CLI_ARGS = ["--engine", "exact", "--warmup", "200", "--samples", "500"]
 RUNS_TIMEOUT_S = 480  # 131 s on a quiet machine, 289 s once under heavy load
 LAUNCH_TIMEOUT_S = 120
-PREDICTION_COLUMNS = ["athlete_hash", "event_distance", "event_year", "total_sec", "bayes_pred", "bayes_std"]
 
 
 def _bin(name: str) -> str:
@@ -122,7 +122,7 @@ def _launch_together(env: dict[str, str], requests: dict[str, tuple[str, int]], 
     """`dagster job launch` one refit per (distance, seed) in requests, all at the same moment."""
     procs = {}
     for run_id, (distance, seed) in requests.items():
-        config = refit_config(seed_fit={**RUN_FIT, "seed": seed})
+        config = refit_config(seed_fit={**RUN_FIT, "seed": seed}, forecast={"seed": seed})
         tags = both(distance)  # as the weekly schedule tags
         out = open(tmp_path / f"launch-{run_id}.log", "w")
         procs[run_id] = (
@@ -229,7 +229,7 @@ def test_refits_of_one_distance_wait_for_each_other_in_the_run_queue(daemon, ins
 
     # The 70.3 predictions on disk are exactly the later run's, and a valid table.
     table = pd.read_csv(Path(instance_env["RACEDAYAI_OUTPUT_DIR"]) / "bayesian_predictions_70.3.csv")
-    assert list(table.columns) == PREDICTION_COLUMNS + ["bayes_p05", "bayes_p50", "bayes_p95"]
+    assert tuple(table.columns) == PREDICTION_COLUMNS + INTERVAL_COLUMNS + APPENDED_COLUMNS
     assert len(table) > 1000 and (table["event_distance"].astype(str) == "70.3").all()
     assert table[["bayes_pred", "bayes_std"]].notna().all().all() and (table["bayes_std"] > 0).all()
     wrote_earlier, wrote_later = earlier.materializations[step], later.materializations[step]

@@ -560,16 +560,14 @@ UNFITTABLE = {
             "posterior_forecast": "forecast: distance 140.6: 1 training rows with a course; the forecast model needs at least 10",
         },
     ),
-    # the forecast model has no such guard: it fits scales of ~1e-57, which fail its checks,
-    # so the forecast means step has nothing to write (see Known gaps); the seed models'
-    # failures stop the distance before anything is compared or published
+    # every model refuses to fit: nothing is compared or published
     "no spread in total_sec": (
         _no_spread_140,
         lambda n: {
             "posterior_seed_profile": f"seed_profile: distance 140.6: total_sec has no spread (sd=0.0) over {n} rows; cannot fit",
             "posterior_seed_asof": f"seed_asof: distance 140.6: total_sec has no spread (sd=0.0) over {n} rows; cannot fit",
-            "forecast_posterior_means": "every stored forecast posterior failed its checks (140.6); "
-                                        "forecast_posterior_means.csv is unchanged",
+            "posterior_forecast": f"forecast: distance 140.6: every training finish time is the same ({n:,} rows); "
+                                  "the forecast model has no spread to estimate its scales from",
         },
     ),
 }

@@ -10,6 +10,7 @@ from racedayai_bayes.lib.data.contracts import (
     read_clusters,
     read_profiles,
     read_races,
+    read_start_list,
 )
 
 from .conftest import CLUSTER_HEADER, PROFILE_HEADER, RACE_HEADER, csv_text, race_rows
@@ -474,3 +475,40 @@ def test_rows_to_predict_get_the_same_gender_and_age_group_reading(tmp_path):
     with pytest.raises(InputError, match="not M or F") as info:
         read_model_rows(bad)
     _assert_names(info.value, bad, "gender")
+
+
+# --- start lists (the forecast command and the race_forecasts asset) -------------------------
+
+START = "athlete_hash,gender,age_group"
+
+
+@pytest.mark.parametrize("event_columns, text, column, problem", [
+    (False, "athlete_hash,gender\na,M\n", "age_group", "required column missing"),
+    (True, f"{START}\na,M,30-34\n", "event_name, event_year, event_distance", "required column missing"),
+    (False, "", None, "is empty"),
+    (False, f"{START}\n", None, "has a header but no athletes"),
+    (False, f"{START},event_name\na,M,30-34,X\nb,F,30-34,Y\n", "event_name", "holds 2 different values (X, Y)"),
+    (True, f"{START},event_name,event_year,event_distance\na,M,30-34,,2027,70.3\n", "event_name", "is blank in every row"),
+    (False, f"{START},event_year\na,M,30-34,next\n", "event_year", "is not a season (a year): 'next'"),
+])
+def test_bad_start_lists_are_input_errors_naming_file_and_column(tmp_path, event_columns, text, column, problem):
+    path = tmp_path / "im703-x-2027.csv"
+    path.write_text(text)
+    with pytest.raises(InputError) as err:
+        read_start_list(path, event_columns=event_columns)
+    message = str(err.value)
+    assert message.startswith(f"{path}" + (f", column '{column}'" if column else "")), message
+    assert problem in message, message
+
+
+def test_a_start_list_keeps_its_columns_counts_repeats_and_reads_spellings(tmp_path):
+    path = tmp_path / "start.csv"
+    path.write_text(f"bib,{START},event_name,event_year,event_distance\n"
+                    "1,a,male,30 - 34,X,2027.0,70.3\n2,a,M,30-34,X,2027,70.3\n3,,f,35–39,X,2027,70.3\n")
+    start = read_start_list(path, event_columns=True)
+    assert list(start.rows.columns[:4]) == ["bib", "athlete_hash", "gender", "age_group"]
+    assert start.athletes["gender"].tolist() == ["M", "M", "F"]
+    assert start.athletes["age_group"].tolist() == ["30-34", "30-34", "35-39"]
+    assert start.event == {"event_name": "X", "event_year": 2027, "event_distance": "70.3"}
+    assert start.counts == {"athletes": 3, "without_athlete_hash": 1, "listed_more_than_once": 1}
+    assert any("listed more than once" in n for n in start.notes)

@@ -423,6 +423,18 @@ class StartList:
     counts: dict = field(default_factory=dict)
 
 
+def _season_text(value, path) -> str:
+    """A start list's event_year as the season's digits (``2027.0`` reads as ``2027``)."""
+    try:
+        season = float(value)
+        if season != int(season):
+            raise ValueError
+    except (ValueError, OverflowError):
+        raise InputError(path, f"is not a season (a year): {value!r}", column="event_year",
+                         hint="write the race's season, e.g. 2027") from None
+    return str(int(season))
+
+
 def read_start_list(path: str | Path, *, event_columns: bool = False) -> StartList:
     """Read a start list: ``athlete_hash, gender, age_group`` (cells may be blank), any other
     columns kept. With ``event_columns`` the file must also hold ``event_name, event_year,
@@ -461,7 +473,12 @@ def read_start_list(path: str | Path, *, event_columns: bool = False) -> StartLi
     for col in START_LIST_EVENT:
         if col not in rows.columns:
             continue
-        values = rows[col].dropna().unique()
+        values = pd.Series(rows[col].dropna().unique(), dtype=object)
+        if col == "event_year":  # 2027 and 2027.0 are one season
+            values = values.map(lambda v: _season_text(v, path))
+        elif col == "event_distance":
+            values = values.map(lambda v: _DISTANCE_SPELLINGS.get(v, v))
+        values = values.unique()
         if len(values) > 1:
             raise InputError(path, f"holds {len(values)} different values ({', '.join(map(str, values[:3]))}); "
                              "a start list is for one race", column=col, hint="split the file into one file per race")
@@ -471,11 +488,5 @@ def read_start_list(path: str | Path, *, event_columns: bool = False) -> StartLi
             continue
         event[col] = str(values[0])
     if "event_year" in event:
-        try:
-            event["event_year"] = int(float(event["event_year"]))
-        except ValueError:
-            raise InputError(path, f"is not a season (a year): {event['event_year']!r}", column="event_year",
-                             hint="write the race's season, e.g. 2027") from None
-    if "event_distance" in event:
-        event["event_distance"] = _DISTANCE_SPELLINGS.get(event["event_distance"], event["event_distance"])
+        event["event_year"] = int(event["event_year"])
     return StartList(path=path, rows=rows, athletes=athletes, event=event, notes=notes, counts=counts)

@@ -26,6 +26,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+# The contract's prediction columns, in order, and the predictive quantiles written after them
+PREDICTION_COLUMNS = ("athlete_hash", "event_distance", "event_year", "total_sec", "bayes_pred", "bayes_std")
+INTERVAL_COLUMNS = ("bayes_p05", "bayes_p50", "bayes_p95")
+
 ProgressFn = Callable[[str], None] | None
 
 

@@ -209,12 +209,32 @@ def published_model(output_dir, distance: str) -> str | None:
 
 
 def previous_artifact(output_dir, model: str, distance: str) -> Path | None:
-    """The newest artifact of ``model`` and ``distance`` (its previous refit), or None."""
+    """The newest artifact of ``model`` and ``distance`` that passed its ERROR checks, or None.
+
+    It is the baseline of the drift check: a refit whose chains failed is no reference for
+    the next one. Only the attributes are read; an unreadable file is an ArtifactError.
+    """
     folder = artifact_dir(output_dir, distance, model)
     if not folder.exists():
         return None
     files = sorted(p for p in folder.iterdir() if p.name.endswith(".nc") and not p.name.startswith("."))
-    return files[-1] if files else None
+    for path in reversed(files):
+        if not _failed_checks(path):
+            return path
+    return None
+
+
+def _failed_checks(path) -> list[str]:
+    """The ERROR checks an artifact failed, from its attributes alone (h5py, no arrays read)."""
+    import h5py
+
+    try:
+        with path.open("rb") as handle, h5py.File(handle, "r") as h5:
+            attrs = h5["posterior"].attrs if "posterior" in h5 else {}
+            raw = attrs.get("racedayai_failed_checks", "[]")
+        return json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+    except Exception as exc:  # h5py and fsspec raise many types for a bad or unreachable file
+        raise ArtifactError(f"{path}: not a readable NetCDF posterior artifact ({exc})") from exc
 
 
 def resolve_artifact(location) -> Path:

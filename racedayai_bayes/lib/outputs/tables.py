@@ -6,11 +6,10 @@ import numpy as np
 import pandas as pd
 
 from racedayai_bayes.lib.data.frame import MODEL_DISTANCES
-from racedayai_bayes.lib.models.base import Prediction
+from racedayai_bayes.lib.models.base import INTERVAL_COLUMNS, PREDICTION_COLUMNS, Prediction  # noqa: F401 (re-exported)
 
-# The contract's columns, in order; new columns are only ever appended after them.
-PREDICTION_COLUMNS = ("athlete_hash", "event_distance", "event_year", "total_sec", "bayes_pred", "bayes_std")
-INTERVAL_COLUMNS = ("bayes_p05", "bayes_p50", "bayes_p95")
+
+# After the contract's columns and the quantiles (lib/models/base.py); new columns are only appended.
 APPENDED_COLUMNS = ("model", "event_name", "held_out")
 
 

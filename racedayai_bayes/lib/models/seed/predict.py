@@ -15,10 +15,10 @@ import pandas as pd
 
 from racedayai_bayes.lib.data.frame import MODEL_DISTANCES
 from racedayai_bayes.lib.inference.nuts import Draws, ProgressFn
+from racedayai_bayes.lib.models.base import INTERVAL_COLUMNS, PREDICTION_COLUMNS
 from racedayai_bayes.lib.models.seed.encoding import Design, Encoding, encode
 from racedayai_bayes.lib.runreport import every_tenth, with_progress
 
-PREDICTION_COLUMNS = ("athlete_hash", "event_distance", "event_year", "total_sec", "bayes_pred", "bayes_std")
 _GROUPS = (("age_idx", "mu_age", "sigma_age"), ("cluster_idx", "mu_cluster", "sigma_cluster"))
 
 
@@ -53,7 +53,7 @@ def mean_prediction(draws: Draws, design: Design) -> tuple[np.ndarray, np.ndarra
     return mu, np.sqrt(var)
 
 
-PREDICTION_INTERVAL_COLUMNS = ("bayes_p05", "bayes_p50", "bayes_p95")
+PREDICTION_INTERVAL_COLUMNS = INTERVAL_COLUMNS
 QUANTILES = (0.05, 0.5, 0.95)
 
 
