@@ -149,6 +149,9 @@ def _refit(args: argparse.Namespace) -> int:
 
     log_path = _log_path(Path(home))
     with _stderr_to(log_path, echo=args.verbose):
+        from racedayai_bayes.step_server import start_step_server
+
+        start_step_server()  # its imports overlap with this process's next one
         # imported here: the code location's import-time warnings belong in the log
         from racedayai_bayes.definitions import defs, refit_job_def
 

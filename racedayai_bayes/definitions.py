@@ -13,22 +13,9 @@ from racedayai_bayes.defs.split import holdout_split
 from racedayai_bayes.defs.resources import AtomicPickleIOManagerFactory, PipelinePaths
 from racedayai_bayes.defs.schedules import REFIT_JOB, refit_job, weekly_refit
 from racedayai_bayes.defs.sensors import check_warning_alert, dead_run_reaper, refit_failure_alert
+from racedayai_bayes.step_server import STEP_PRELOAD
 
-# Steps run in their own processes, at most two at once (the machine has 2 cores). They fork
-# from a server that has already imported this code location and what its steps import
-# lazily (ArviZ, SciPy's stats, matplotlib, the NetCDF writer, the models' modules): about
-# 3 s of imports paid once per run instead of in every step. It imports JAX but never starts
-# a JAX backend, so forking it is safe.
-STEP_PRELOAD = [
-    "racedayai_bayes.definitions",
-    "arviz",
-    "scipy.stats",
-    "h5netcdf",
-    "racedayai_bayes.lib.evaluation.report",
-    "racedayai_bayes.lib.models.seed.exact",
-    "racedayai_bayes.lib.models.forecast.fit",
-    "racedayai_bayes.lib.outputs.artifacts",
-]
+# Steps fork from a server that has preloaded the code location (racedayai_bayes/step_server.py)
 executor = dg.multiprocess_executor.configured(
     {
         "max_concurrent": 2,
