@@ -672,7 +672,8 @@ def _write(results: dict) -> None:
                   "Each phase's wall seconds (`make bench`'s `profile` part: no Dagster, one process, so these add "
                   "up to the work; full_scale's wall time minus this is orchestration and contention).", "",
                   "| phase | s |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in pf["seconds"]]
+        phases = pf["seconds"].items() if isinstance(pf["seconds"], dict) else pf["seconds"]  # older files: a dict
+        lines += [f"| {k} | {v} |" for k, v in phases]
         lines += ["", "Pickled size of each step's value (MB; the IO manager writes and reads these): "
                   + ", ".join(f"{k} {v}" for k, v in pf["pickled_mb"].items()) + ".", "",
                   "Inside each fit (seconds since the fit began, from its progress messages):", ""]
