@@ -553,8 +553,10 @@ _OPEN_ONLY = """
 import sys, time
 t0 = time.perf_counter()
 from racedayai_bayes import cli  # what the command imports first
+from racedayai_bayes.lib.data.contracts import read_start_list
 from racedayai_bayes.lib.outputs.artifacts import load_artifact
-load_artifact(sys.argv[1])
+start = read_start_list(sys.argv[2])  # the command opens the artifact for the start list's athletes
+load_artifact(sys.argv[1], athletes=start.athletes["athlete_hash"].dropna())
 """
 
 
@@ -593,7 +595,7 @@ def forecast_cli(args) -> dict:
         if done.returncode != 0:
             return {"error": done.stderr[-2000:]}
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", _OPEN_ONLY, str(artifact)], check=True, capture_output=True)
+        subprocess.run([sys.executable, "-c", _OPEN_ONLY, str(artifact), str(start_csv)], check=True, capture_output=True)
         times["import_and_open_s"].append(time.perf_counter() - t0)
     out_rows = sum(1 for _ in open(WORK / "forecast_3000.csv")) - 1
     med = {k: round(statistics.median(v), 2) for k, v in times.items()}

@@ -722,7 +722,7 @@ def _forecast(args: argparse.Namespace) -> int:
 
     try:
         start = read_start_list(args.start_list)
-        artifact = load_artifact(args.posterior)
+        artifact = load_artifact(args.posterior, athletes=start.athletes["athlete_hash"].dropna())
         result = forecast_start_list(artifact, start, args.event, args.year, args.draws)
     except (ArtifactError, InputError, ForecastError) as exc:
         raise UserError(str(exc)) from None

@@ -411,6 +411,36 @@ def test_forecast_command_bad_start_lists_are_one_line_errors(graph_run, tmp_pat
     assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
 
 
+def test_opening_a_forecast_artifact_for_a_start_list_reads_only_its_athletes_and_no_sampler(graph_run):
+    """The forecast command's start-up: no JAX, NumPyro or ArviZ import, and the athlete table
+    read for the listed athletes only; the forecasts equal those of the whole table."""
+    import subprocess
+    import sys
+
+    _, out, _ = graph_run
+    folder = out / "posterior" / "70.3"
+    whole = load_artifact(folder)
+    if whole.model.name != "forecast":
+        pytest.skip("the published model is not the forecast model on this world")
+    known = whole.model.athletes["athlete_hash"].iloc[:5].tolist()
+    listed = [*known, "not-in-the-table"]
+    part = load_artifact(folder, athletes=listed)
+    assert sorted(part.model.athletes["athlete_hash"]) == sorted(known)
+    assert part.model.table_season == whole.model.table_season
+    rows = pd.DataFrame({"athlete_hash": listed, "gender": "M", "age_group": "35-39",
+                         "event_name": "IRONMAN 70.3 Nowhere", "event_year": whole.model.table_season + 1})
+    a, extra_a = whole.model.forecast_rows(rows)
+    b, extra_b = part.model.forecast_rows(rows)
+    np.testing.assert_array_equal(a.pred, b.pred)
+    np.testing.assert_array_equal(a.p95, b.p95)
+    np.testing.assert_array_equal(extra_a["history_races"], extra_b["history_races"])
+    code = ("import sys; from racedayai_bayes.lib.outputs.artifacts import load_artifact; "
+            f"load_artifact({str(folder)!r}, athletes=['x']); "
+            "print(sorted(m for m in ('jax', 'numpyro', 'arviz', 'matplotlib') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
 def test_forecast_command_refuses_a_seed_model_artifact(graph_run, tmp_path, capsys):
     """A seed model keeps no history per athlete: it cannot forecast a start list, and says which artifact can."""
     from racedayai_bayes.cli import main

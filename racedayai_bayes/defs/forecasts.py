@@ -44,7 +44,7 @@ def race_forecasts(context: dg.AssetExecutionContext, paths: PipelinePaths) -> d
     if distance not in MODEL_DISTANCES:
         raise _fail(f"{path}, column 'event_distance': {distance!r} is not a modelled distance ({', '.join(MODEL_DISTANCES)})")
     try:
-        artifact = load_artifact(artifact_dir(paths.output_dir, distance))
+        artifact = load_artifact(artifact_dir(paths.output_dir, distance), athletes=start.athletes["athlete_hash"].dropna())
         result = forecast_start_list(artifact, start)
     except (ArtifactError, ForecastError) as exc:
         raise _fail(str(exc)) from None

@@ -1,4 +1,4 @@
-"""The NUTS driver shared by the models: chunked, jitted chains with progress, and :class:`Draws`.
+"""The NUTS driver shared by the models: chunked, jitted chains with progress; :class:`Draws` re-exported.
 
 Models call this driver; it knows nothing about any model's parameters."""
 
@@ -7,43 +7,16 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpyro
 
+from racedayai_bayes.lib.inference.draws import Draws  # noqa: F401 (re-exported: the models import it from here)
 from racedayai_bayes.lib.runreport import with_progress
 
 # Sums over millions of rows (sufficient statistics, standardised targets) need float64.
 numpyro.enable_x64()
-
-
-@dataclass
-class Draws:
-    """Posterior draws of one fit.
-
-    ``samples`` maps each site name to an array of shape (chains, draws, *site_shape);
-    ``diverging`` is a bool array (chains, draws). ``info`` holds engine facts (times,
-    step sizes, rows used) for metadata.
-    """
-
-    samples: dict[str, np.ndarray]
-    diverging: np.ndarray
-    engine: str
-    info: dict = field(default_factory=dict)
-
-    @property
-    def num_chains(self) -> int:
-        return int(self.diverging.shape[0])
-
-    @property
-    def num_draws(self) -> int:
-        return int(self.diverging.shape[1])
-
-    def flat(self, name: str) -> np.ndarray:
-        """Draws of one site with chains stacked: shape (chains*draws, *site_shape)."""
-        arr = self.samples[name]
-        return arr.reshape((-1,) + arr.shape[2:])
 
 
 ProgressFn = Callable[[str], None] | None

@@ -144,24 +144,35 @@ class ModelEntry:
     needs_seasons: bool = False
 
 
+# where each model's entry lives: imported only when that model is needed (the seed models'
+# modules import JAX, which a forecast from the command line never needs)
+_ENTRIES = {
+    "seed_profile": ("racedayai_bayes.lib.models.seed.fit", "PROFILE_ENTRY"),
+    "seed_asof": ("racedayai_bayes.lib.models.seed.fit", "ASOF_ENTRY"),
+    "forecast": ("racedayai_bayes.lib.models.forecast.fit", "ENTRY"),
+}
+MODEL_NAMES = tuple(_ENTRIES)
+
+
+def entry(name: str) -> ModelEntry:
+    """One model's entry, importing that model's module only."""
+    import importlib
+
+    module, attr = _ENTRIES[name]
+    return getattr(importlib.import_module(module), attr)
+
+
 def registry() -> dict[str, ModelEntry]:
     """Every model the pipeline fits, by name, in the order they are shown."""
-    from racedayai_bayes.lib.models.forecast.fit import ENTRY as forecast
-    from racedayai_bayes.lib.models.seed.fit import ASOF_ENTRY, PROFILE_ENTRY
-
-    return {"seed_profile": PROFILE_ENTRY, "seed_asof": ASOF_ENTRY, "forecast": forecast}
-
-
-MODEL_NAMES = ("seed_profile", "seed_asof", "forecast")
+    return {name: entry(name) for name in _ENTRIES}
 
 
 def load_fitted(idata, attrs: dict, tables: dict[str, pd.DataFrame] | None = None) -> FittedModel:
     """Rebuild a fitted model from an artifact's InferenceData, attributes and side tables."""
     name = str(attrs.get("racedayai_model", "seed_profile"))  # artifacts before the models: the seed's
-    entries = registry()
-    if name not in entries:
-        raise ValueError(f"unknown model {name!r} in the artifact; expected one of {', '.join(entries)}")
-    model = entries[name].load(idata, attrs)
+    if name not in _ENTRIES:
+        raise ValueError(f"unknown model {name!r} in the artifact; expected one of {', '.join(_ENTRIES)}")
+    model = entry(name).load(idata, attrs)
     if tables:
         model.attach_tables(tables)
     return model

@@ -250,10 +250,34 @@ def resolve_artifact(location) -> Path:
     return path
 
 
-def load_artifact(location) -> Artifact:
-    """Read an artifact written by :func:`write_artifact` (a file, or a distance folder)."""
-    import arviz as az
+class _Groups:
+    """The groups of an artifact that a model rebuilds itself from (``posterior`` and
+    ``sample_stats``), read with xarray alone: ArviZ's import costs seconds that a forecast
+    from the command line does not have. The same datasets ``arviz.from_netcdf`` gives."""
 
+    def __init__(self, local: Path):
+        import h5py
+        import xarray as xr
+
+        with h5py.File(local, "r") as h5:
+            self._names = [name for name in h5.keys() if isinstance(h5[name], h5py.Group)]
+        with xr.open_dataset(local, engine="h5netcdf") as root:  # decoded as ArviZ decodes them
+            self.attrs = dict(root.attrs)
+        for name in ("posterior", "sample_stats"):
+            if name in self._names:
+                with xr.open_dataset(local, group=name, engine="h5netcdf") as ds:
+                    setattr(self, name, ds.load())  # read now: a scratch copy goes away
+
+    def groups(self) -> list[str]:
+        return list(self._names)
+
+
+def load_artifact(location, athletes=None) -> Artifact:
+    """Read an artifact written by :func:`write_artifact` (a file, or a distance folder).
+
+    ``athletes``: only these athletes' rows of the athlete side table are needed (a start
+    list's); the others are left unread. An athlete the table lacks has no history either way.
+    """
     from racedayai_bayes.lib.models.base import load_fitted
 
     path = resolve_artifact(location)
@@ -263,18 +287,24 @@ def load_artifact(location) -> Artifact:
             if not isinstance(path, Path):
                 local = Path(scratch) / path.name  # an object-store artifact: read a local copy
                 local.write_bytes(path.read_bytes())
-            idata = az.from_netcdf(str(local))
-            idata.load()  # read everything now: the scratch copy goes away
+            idata = _Groups(local)
         except Exception as exc:  # h5py, xarray and fsspec raise many types for a bad or unreachable file
             raise ArtifactError(f"{path}: not a readable NetCDF posterior artifact ({exc})") from exc
-    attrs = {**dict(idata.posterior.attrs), **dict(getattr(idata, "attrs", {}) or {})}
+    if "posterior" not in idata.groups():
+        raise ArtifactError(f"{path}: not a racedayai-bayes posterior artifact (no encoding attribute)")
+    attrs = {**dict(idata.posterior.attrs), **dict(idata.attrs)}
     if "racedayai_encoding" not in attrs or "sample_stats" not in idata.groups():
         raise ArtifactError(f"{path}: not a racedayai-bayes posterior artifact (no encoding attribute)")
     tables = {}
     for name in json.loads(attrs.get("racedayai_side_tables", "[]")):
         table_path = side_path(path, name)
         try:
-            tables[name] = pd.read_parquet(table_path if isinstance(table_path, Path) else str(table_path))
+            filters = None
+            if name == "athletes" and athletes is not None:
+                wanted = sorted({str(a) for a in athletes if isinstance(a, str) and a})
+                filters = [("athlete_hash", "in", wanted or [""])]
+            tables[name] = pd.read_parquet(table_path if isinstance(table_path, Path) else str(table_path),
+                                           filters=filters)
         except Exception as exc:  # pyarrow and fsspec raise many types for a missing or bad file
             raise ArtifactError(f"{path}: its side table {table_path} cannot be read ({exc})") from exc
     try:

@@ -27,7 +27,7 @@ from racedayai_bayes.lib.data.frame import MODEL_DISTANCES
 from racedayai_bayes.lib.data.history import HISTORY_COLUMNS, as_of, earlier_season_sums, history_columns
 from racedayai_bayes.lib.errors import FitError
 from racedayai_bayes.lib.inference import imh
-from racedayai_bayes.lib.inference.nuts import Draws
+from racedayai_bayes.lib.inference.draws import Draws
 from racedayai_bayes.lib.models.base import FittedModel, Model, ModelEntry, Prediction, ProgressFn
 from racedayai_bayes.lib.models.forecast import design as fdesign
 from racedayai_bayes.lib.models.forecast import editions, marginal
@@ -368,10 +368,14 @@ class FittedForecast(FittedModel):
         later = (years > season).to_numpy()
         out = frame.copy()
         values = {}
+        take = np.maximum(pos, 0)
         for col in ("a", "w", *HISTORY_COLUMNS):
-            before = table[f"before_{col}"].to_numpy()[np.maximum(pos, 0)]
-            through = table[f"through_{col}"].to_numpy()[np.maximum(pos, 0)]
             empty = np.nan if col in ("hist_rel_other", "hist_best_sec") else 0.0
+            if table.empty:  # a table read for athletes it does not know: nobody has history
+                before = through = np.full(len(frame), empty)
+            else:
+                before = table[f"before_{col}"].to_numpy()[take]
+                through = table[f"through_{col}"].to_numpy()[take]
             values[col] = np.where(found, np.where(later, through, before), empty)
         for col in HISTORY_COLUMNS:
             out[col] = values[col].astype(np.int32) if col.startswith("hist_") and col not in ("hist_rel_other", "hist_best_sec") else values[col]
