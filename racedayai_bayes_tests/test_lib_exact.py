@@ -210,6 +210,12 @@ def test_batched_log_posterior_equals_the_closed_form_one_theta_at_a_time():
         one = exact._value_and_grad(th, *exact._stats_args(stats), (2, 3, 4))[0] + exact._log_prior_theta(th)
         np.testing.assert_allclose(value, one, rtol=1e-10, atol=1e-8)
     assert exact.log_posterior_batch(stats, np.array([[-400.0, 0.0, 0.0, 0.0]]))[0] == -np.inf  # underflow: no density, no error
+    # one stacked factorisation per block: a scale that under- or overflows in a block gets
+    # -inf and leaves the others' values as they were
+    mixed = np.concatenate([theta[:3], [[-400.0, 0.0, 0.0, 0.0], [0.0, 400.0, 0.0, 0.0]], theta[3:6]])
+    out = exact.log_posterior_batch(stats, mixed, block=8)
+    assert np.all(out[3:5] == -np.inf)
+    np.testing.assert_allclose(np.delete(out, [3, 4]), batch[:6], rtol=1e-12)
 
 
 @pytest.mark.parametrize("method", ["imh", "nuts"])

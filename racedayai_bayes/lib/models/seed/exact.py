@@ -91,6 +91,14 @@ def _prior_sd(theta, sizes, xp=np):
     ])
 
 
+def _prior_sd_batch(theta: np.ndarray, sizes) -> np.ndarray:
+    """:func:`_prior_sd` for each row of ``theta`` (m, 4) -> (m, K), in one numpy expression."""
+    group = np.exp(theta[:, 1:])
+    return np.concatenate([np.full((len(theta), 1), PRIOR_MU_GLOBAL_SD),
+                           *(np.repeat(group[:, [i]], m, axis=1) for i, m in enumerate(sizes)),
+                           np.tile([PRIOR_BETA_FITNESS[1], PRIOR_BETA_EXPERIENCE[1]], (len(theta), 1))], axis=1)
+
+
 # The maths is written once for numpy (Laplace fit, exact draws: no compile) and jax.numpy
 # (the NUTS target): ``lin`` is the array module and its triangular solver.
 _NUMPY = (np, scipy.linalg.solve_triangular)
@@ -268,17 +276,17 @@ def draw_coefficients(stats: SuffStats, theta: np.ndarray, rng: np.random.Genera
     xtx, xty, yty, _ = _stats_args(stats)
     m0 = prior_mean(*_sizes(stats))
     xtr = xty - xtx @ m0
-    eye = np.eye(stats.num_columns)
+    rtr = yty - 2.0 * m0 @ xty + m0 @ xtx @ m0
     out = np.empty((len(theta), stats.num_columns))
     for lo in range(0, len(theta), block):
         th = theta[lo:lo + block]
-        sd = np.stack([_prior_sd(t, _sizes(stats)) for t in th])
-        s2 = np.exp(2.0 * th[:, :1])
-        chol = np.linalg.cholesky(eye + sd[:, :, None] * xtx * sd[:, None, :] / s2[:, :, None])
-        w = np.linalg.solve(chol, (sd * xtr / s2)[..., None])[..., 0]
+        sd = _prior_sd_batch(th, _sizes(stats))
+        chol, w, _, ok = _augmented_factors(xtx, xtr, rtr, sd, np.exp(2.0 * th[:, 0]))
+        if len(ok) < len(th):
+            raise np.linalg.LinAlgError(f"{len(th) - len(ok)} draws of the scales give no Cholesky factor of B")
         z = rng.standard_normal(w.shape)
-        out[lo:lo + block] = m0 + sd * np.linalg.solve(np.swapaxes(chol, 1, 2),
-                                                       (w + z)[..., None])[..., 0]
+        out[lo:lo + block] = m0 + sd * scipy.linalg.solve_triangular(
+            chol, (w + z)[..., None], lower=True, trans="T", check_finite=False)[..., 0]
     return out
 
 
@@ -325,6 +333,43 @@ def fit_exact_from_stats(stats: SuffStats, sampler: Sampler = Sampler(), progres
                  diverging=diverging, engine="exact", info=info)
 
 
+def _augmented_factors(xtx: np.ndarray, xtr: np.ndarray, rtr: float, sd: np.ndarray, s2: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(L, w, d, ok) for a stack of scales, from one stacked Cholesky and no solve.
+
+    ``sd`` (m, K) and ``s2`` (m,) are sqrt(diag D) and sigma^2 per draw. The Cholesky factor
+    of the augmented matrix [[B, u], [u', r'r/sigma^2]] is [[L, 0], [w', d]]: its top left is
+    L (B = LL'), its last row holds w = L^-1 u, and d^2 = r'r/sigma^2 - w'w, the quadratic
+    form of the module docstring. By Woodbury that is r'(sigma^2 I + XDX')^-1 r > 0, so the
+    augmented matrix is positive definite whenever B is. ``ok`` are the positions of the
+    draws whose factor exists (a non-finite or numerically indefinite matrix is left out); the
+    other outputs hold those draws only. A failing stack is factored one matrix at a time.
+    """
+    k = xtx.shape[0]
+    ok = np.flatnonzero(np.all(np.isfinite(sd), axis=1) & np.isfinite(s2) & (s2 > 0))
+    sd, s2 = sd[ok], s2[ok]
+    aug = np.empty((len(ok), k + 1, k + 1))
+    block = aug[:, :k, :k]  # D^1/2 X'X D^1/2 / sigma^2 + I, written in place (no temporaries)
+    np.multiply(xtx, sd[:, :, None], out=block)
+    block *= (sd / s2[:, None])[:, None, :]
+    block[:, np.arange(k), np.arange(k)] += 1.0
+    aug[:, k, :k] = aug[:, :k, k] = sd * xtr / s2[:, None]
+    aug[:, k, k] = rtr / s2
+    try:
+        chol = np.linalg.cholesky(aug)
+    except np.linalg.LinAlgError:
+        good, factors = [], []
+        for i, mat in enumerate(aug):
+            try:
+                factors.append(np.linalg.cholesky(mat))
+            except np.linalg.LinAlgError:
+                continue
+            good.append(i)
+        ok = ok[np.asarray(good, dtype=int)]
+        chol = np.stack(factors) if factors else np.empty((0, k + 1, k + 1))
+    return chol[:, :k, :k], chol[:, k, :k], chol[:, k, k], ok
+
+
 def log_posterior_batch(stats: SuffStats, theta: np.ndarray, block: int = 256) -> np.ndarray:
     """log p(theta | y) up to a constant for each row of ``theta`` (m, 4): the module
     docstring's marginal likelihood plus the log-scale priors, batched in numpy (no compile).
@@ -335,28 +380,16 @@ def log_posterior_batch(stats: SuffStats, theta: np.ndarray, block: int = 256) -
     m0 = prior_mean(*sizes)
     xtr = xty - xtx @ m0
     rtr = yty - 2.0 * m0 @ xty + m0 @ xtx @ m0
-    eye = np.eye(stats.num_columns)
     inv_prior = 1.0 / np.asarray(_PRIOR_SCALES)
     out = np.empty(len(theta))
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for lo in range(0, len(theta), block):
             th = theta[lo:lo + block]
-            group = np.exp(th[:, 1:])
-            sd = np.concatenate([np.full((len(th), 1), PRIOR_MU_GLOBAL_SD),
-                                 *(np.repeat(group[:, [i]], m, axis=1) for i, m in enumerate(sizes)),
-                                 np.tile([PRIOR_BETA_FITNESS[1], PRIOR_BETA_EXPERIENCE[1]], (len(th), 1))], axis=1)
             s2 = np.exp(2.0 * th[:, 0])
-            mats = eye + sd[:, :, None] * xtx * sd[:, None, :] / s2[:, None, None]
+            chol, _, d, ok = _augmented_factors(xtx, xtr, rtr, _prior_sd_batch(th, sizes), s2)
             value = np.full(len(th), -np.inf)
-            ok = np.all(np.isfinite(mats), axis=(1, 2))
-            for b in np.flatnonzero(ok):
-                try:
-                    chol = np.linalg.cholesky(mats[b])
-                except np.linalg.LinAlgError:
-                    continue
-                w = scipy.linalg.solve_triangular(chol, sd[b] * xtr / s2[b], lower=True, check_finite=False)
-                value[b] = (-0.5 * n * np.log(2.0 * np.pi * s2[b]) - np.sum(np.log(np.diag(chol)))
-                            - 0.5 * (rtr / s2[b] - w @ w))
+            logdet = np.sum(np.log(np.diagonal(chol, axis1=1, axis2=2)), axis=1)
+            value[ok] = -0.5 * n * np.log(2.0 * np.pi * s2[ok]) - logdet - 0.5 * d**2
             prior = np.sum(np.log(2.0 * inv_prior) - 0.5 * np.log(2.0 * np.pi)
                            - 0.5 * (np.exp(th) * inv_prior) ** 2 + th, axis=1)
             out[lo:lo + block] = np.where(np.isfinite(value + prior), value + prior, -np.inf)
