@@ -36,6 +36,7 @@ from racedayai_bayes.lib.runreport import CheckResult, PosteriorChecks, QuarterG
 # The run tag naming the CLI log a run's Dagster events were streamed to; the CLI also
 # finds its runs by it while they execute.
 LOG_TAG = "racedayai/cli_log"
+RUN_TAG = "racedayai/run"  # the last run of a refit, which writes the posterior-means CSVs
 POLL_S = 0.25
 MAX_NOTES_PER_STEP = 3
 # Plain output (not a terminal): progress lines of the whole refit, at most. Each step still
@@ -183,6 +184,10 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
     downstream = dg.AssetSelection.assets(*partitioned).downstream().resolve(graph)
     refit_keys = sorted((k for k in downstream if k in in_job), key=_key_order)
     shared_keys = in_job - set(refit_keys)
+    # the CSVs of every distance's posterior means: written once, by a last run, after every
+    # distance's run has stored its posteriors (runs at once would race to write them)
+    means_keys = [k for k in refit_keys if k not in partitioned and graph.get(k).partitions_def is None]
+    per_distance = [k for k in refit_keys if k not in means_keys]
     checked_assets = sorted({key.asset_key for key in graph.asset_check_keys}, key=_key_order)
 
     _check_settings(args)
@@ -195,33 +200,97 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
     report = RefitReport(sys.stdout, tty=sys.stdout.isatty(), partitioned_steps={k.to_python_identifier() for k in partitioned})
     job = dg.reconstructable(refit_job_def)
     distances = [args.distance] if args.distance else list(MODEL_DISTANCES)
-    config_error = None
-    for i, distance in enumerate(distances):
-        tags = {"dagster/partition": distance, DISTANCE_TAG: distance, LOG_TAG: str(log_path)}
+    errors: list[str] = []
+
+    def refit(distance: str, selection, tags: dict | None = None) -> str | None:
+        """One distance's run, reported live; its run id (None if its config was refused)."""
+        tags = tags or {"dagster/partition": distance, DISTANCE_TAG: distance, LOG_TAG: str(log_path)}
         report.run_starting(distance)
         watcher = _RunWatcher(tags, report)
         watcher.start()
         try:
-            result = dg.execute_job(
-                job,
-                instance=instance,
-                run_config=run_config,
-                tags=tags,
-                asset_selection=None if i == 0 else refit_keys,
-                raise_on_error=False,
-            )
+            result = dg.execute_job(job, instance=instance, run_config=run_config, tags=tags,
+                                    asset_selection=selection, raise_on_error=False)
         except dg.DagsterInvalidConfigError as exc:
-            config_error = f"invalid refit settings: {_config_problems(exc)}"
-            break
+            errors.append(f"invalid refit settings: {_config_problems(exc)}")
+            return None
         finally:
             watcher.finish()
         report.run_finished(distance, result.success, _expected_posteriors(result, checked_assets, distance))
-        if i == 0 and not all(_materialized(instance, result.run_id, k) for k in shared_keys):
-            rest = ", ".join(distances[1:])
-            if rest:
-                report.line(f"not refitting {rest}: the first run did not build the model frame")
-            break
-    return report, config_error
+        return result.run_id
+
+    # The first run builds the inputs and the model frame, then fits its distance. The other
+    # distances' runs start as soon as the model frame is stored, and run beside it: the
+    # machine-wide CPU slots (defs/resources.py CpuSlots) keep the heavy steps of all runs
+    # together to one per core, so a core left idle by one run's last steps works for another.
+    later = _LaterRuns(distances[1:], lambda d: refit(d, per_distance))
+    first_run: dict[str, str] = {}
+    watcher = threading.Thread(target=later.start_when_built,
+                               args=(instance, {"dagster/partition": distances[0], LOG_TAG: str(log_path)},
+                                     shared_keys, first_run), daemon=True)
+    watcher.start()
+    first_run["id"] = refit(distances[0], sorted(shared_keys, key=_key_order) + per_distance) or ""
+    first_run["done"] = "yes"
+    with _interrupts_reach_later_runs():
+        watcher.join()
+        later.join()
+    built = bool(first_run["id"]) and all(_materialized(instance, first_run["id"], k) for k in shared_keys)
+    if first_run["id"] and not built and distances[1:]:
+        report.line(f"not refitting {', '.join(distances[1:])}: the first run did not build the model frame")
+    if built and means_keys:
+        refit("means", means_keys, tags={RUN_TAG: "posterior means", LOG_TAG: str(log_path)})
+    return report, (errors[0] if errors else None)
+
+
+class _LaterRuns:
+    """The runs after the first: started, one thread each, once the first has stored the
+    model frame; never started if the first ends without it."""
+
+    def __init__(self, distances: list[str], refit):
+        self.distances, self.refit = distances, refit
+        self.threads: list[threading.Thread] = []
+        self.started = False
+
+    def start_when_built(self, instance, first_tags: dict, shared_keys, first_run: dict) -> None:
+        """Wait for the run tagged ``first_tags`` (this command's first) to store every shared
+        asset, then start the later runs; return without starting them if it ends first."""
+        import dagster as dg
+
+        if not self.distances:
+            return
+        run_id = None
+        while True:
+            finished = "done" in first_run  # read before looking, so a last look follows the end
+            if run_id is None:
+                records = instance.get_run_records(dg.RunsFilter(tags=first_tags), limit=1)
+                if records and records[0].dagster_run.status != dg.DagsterRunStatus.NOT_STARTED:
+                    run_id = records[0].dagster_run.run_id
+            if run_id is not None and all(_materialized(instance, run_id, k) for k in shared_keys):
+                break
+            if finished:
+                return
+            time.sleep(POLL_S)
+        self.started = True
+        for distance in self.distances:
+            thread = threading.Thread(target=self.refit, args=(distance,), name=f"refit-{distance}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def join(self) -> None:
+        for thread in self.threads:
+            while thread.is_alive():
+                thread.join(POLL_S)
+
+
+@contextlib.contextmanager
+def _interrupts_reach_later_runs():
+    """While the main thread waits for runs executing in other threads, Ctrl-C asks them to
+    stop, as it asks a run in the main thread: Dagster's executors read the interrupt flag
+    that this handler sets (signal handlers can only be set in the main thread)."""
+    from dagster._utils.interrupts import capture_interrupts
+
+    with capture_interrupts():
+        yield
 
 
 def _check_settings(args: argparse.Namespace) -> None:
@@ -356,7 +425,7 @@ class _RunWatcher(threading.Thread):
                         records = instance.get_run_records(dg.RunsFilter(tags=self.tags), limit=1)
                         if records:
                             run_id = records[0].dagster_run.run_id
-                            self.report.run_started(run_id)
+                            self.report.run_started(run_id, self.tags.get("dagster/partition"))
                     if run_id is not None:
                         while True:
                             conn = instance.get_records_for_run(run_id, cursor=cursor, limit=1000)
@@ -422,8 +491,8 @@ class RefitReport:
         self.failures: list[_Failure] = []
         self.failed = False
         self._status_shown = False
-        self._run_started_at = time.monotonic()
-        self._distance = ""
+        self._run_started_at: dict[str, float] = {}  # distance -> when its run was submitted
+        self._distance = ""  # the distance of the run submitted last
         self._progress_budget = PLAIN_PROGRESS_BUDGET
 
     # ---- output
@@ -467,19 +536,26 @@ class RefitReport:
     # ---- runs
 
     def run_starting(self, distance: str) -> None:
-        self._run_started_at = time.monotonic()
-        self._distance = distance
-
-    def run_started(self, run_id: str) -> None:
-        """The watcher found the run: its steps are named with its partition from now on."""
         with self.lock:
-            self.partition[run_id] = self._distance
-            self.line(f"refit {self._distance}: run {run_id}")
+            self._run_started_at[distance] = time.monotonic()
+            self._distance = distance
+
+    def run_started(self, run_id: str, distance: str | None = None) -> None:
+        """The watcher found the run of ``distance`` (default: the one submitted last): its
+        steps are named with its partition from now on."""
+        with self.lock:
+            distance = distance or self._distance
+            self.partition[run_id] = distance
+            self.line(f"refit {distance}: run {run_id}")
 
     def run_finished(self, distance: str, success: bool, expected: list[tuple[str, str]]) -> None:
+        with self.lock:
+            self._run_finished(distance, success, expected)
+
+    def _run_finished(self, distance: str, success: bool, expected: list[tuple[str, str]]) -> None:
         for asset, d in expected:
             self.posteriors.setdefault((asset, d), PosteriorChecks(asset, d))
-        took = seconds(time.monotonic() - self._run_started_at)
+        took = seconds(time.monotonic() - self._run_started_at.get(distance, time.monotonic()))
         self.failed |= not success
         self.line(f"refit {distance}: {'succeeded' if success else 'FAILED'} in {took}")
 

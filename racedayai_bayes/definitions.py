@@ -10,7 +10,7 @@ from racedayai_bayes.defs.models import POSTERIOR_ASSETS
 from racedayai_bayes.defs.predictions import bayesian_posterior_means, bayesian_predictions, forecast_posterior_means
 from racedayai_bayes.defs.publish import published_model
 from racedayai_bayes.defs.split import holdout_split
-from racedayai_bayes.defs.resources import AtomicPickleIOManagerFactory, PipelinePaths
+from racedayai_bayes.defs.resources import AtomicPickleIOManagerFactory, CpuSlots, PipelinePaths
 from racedayai_bayes.defs.schedules import REFIT_JOB, refit_job, weekly_refit
 from racedayai_bayes.defs.sensors import check_warning_alert, dead_run_reaper, refit_failure_alert
 from racedayai_bayes.step_server import STEP_PRELOAD
@@ -40,7 +40,7 @@ defs = dg.Definitions(
     jobs=[refit_job, race_forecasts_job],
     schedules=[weekly_refit],
     sensors=[refit_failure_alert, check_warning_alert, dead_run_reaper, start_list_sensor, republished_forecasts],
-    resources={"paths": PipelinePaths.from_env(), "io_manager": AtomicPickleIOManagerFactory()},
+    resources={"paths": PipelinePaths.from_env(), "io_manager": AtomicPickleIOManagerFactory(), "cpu": CpuSlots()},
     executor=executor,
 )
 

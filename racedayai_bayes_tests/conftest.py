@@ -118,11 +118,12 @@ def write_file(folder: Path, name: str, content: str | bytes) -> Path:
 def pipeline_resources(inputs: Path, outputs: Path | str, storage: Path | None = None) -> dict:
     """The code location's resources on test folders: inputs, outputs and stored asset values
     (without ``storage``, the IO manager's own default: RACEDAYAI_STORAGE_DIR or the instance's)."""
-    from racedayai_bayes.defs.resources import AtomicPickleIOManagerFactory, PipelinePaths
+    from racedayai_bayes.defs.resources import AtomicPickleIOManagerFactory, CpuSlots, PipelinePaths
 
     return {
         "paths": PipelinePaths(input_dir=str(inputs), output_dir=str(outputs)),
         "io_manager": AtomicPickleIOManagerFactory(base_dir=None if storage is None else str(storage)),
+        "cpu": CpuSlots(),  # the instance's slots, as in the code location
     }
 
 

@@ -58,6 +58,9 @@ def test_executor_runs_at_most_two_steps_on_the_cpu():
     assert config["max_concurrent"] == 2
     preload = config["start_method"]["forkserver"]["preload_modules"]
     assert preload[0] == "racedayai_bayes.definitions" and {"arviz", "scipy.stats"} <= set(preload)
+    # of the ready posterior steps the longest, the forecast model's, starts first
+    plan = {n.name: int(n.tags.get("dagster/priority", 0)) for n in job.graph.node_dict.values()}
+    assert plan["posterior_forecast"] > max(plan["posterior_seed_asof"], plan["posterior_seed_profile"])
     script = "import racedayai_bayes.definitions, jax; print(jax.default_backend())"
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
     out = subprocess.run([sys.executable, "-c", script],

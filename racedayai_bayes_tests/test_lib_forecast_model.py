@@ -55,7 +55,7 @@ def test_sampler_converges_and_its_checks_pass(fitted):
 def test_forecast_moments_equal_the_plain_loop_over_draws(world, fitted):
     rows, _ = world
     design = fdesign.encode(rows, fitted.encoding)
-    a, w = fitted.athlete_summaries(rows, design)
+    a, w = fitted.athlete_summaries(rows)
     pick = np.arange(0, len(rows), 7)
     d = _take(design, pick)
     fast = fpredict.predictive(d, fitted.encoding, fitted.population(), a[pick], w[pick], float(fitted.scales_mean[2]))
@@ -113,7 +113,7 @@ def test_quantiles_match_the_exact_mixture_and_monte_carlo():
 def test_log_density_is_the_mixture_density_in_seconds(world, fitted):
     rows, _ = world
     design = fdesign.encode(rows, fitted.encoding)
-    a, w = fitted.athlete_summaries(rows, design)
+    a, w = fitted.athlete_summaries(rows)
     pick = np.arange(0, 60)
     d = _take(design, pick)
     t = rows["total_sec"].to_numpy()[pick]
@@ -206,3 +206,22 @@ def test_rows_that_cannot_identify_the_scales_are_a_fit_error_not_a_bug(world):
     firsts = rows.loc[rows["hist_starts"] == 0]
     with pytest.raises(FitError, match="needs returning athletes"):
         ForecastModel(FAST).fit(firsts, "70.3")
+
+
+def test_a_frame_is_encoded_once_and_the_cache_is_not_part_of_the_posterior(world, fitted):
+    import pickle
+
+    rows, _ = world
+    first = fitted.predict(rows, np.arange(0, len(rows), 5), log_density=True)
+    cached = fitted._prepared_for[1]
+    again = fitted.predict(rows, np.arange(0, len(rows), 5), log_density=True)
+    assert fitted._prepared_for[1] is cached  # the same arrays: not computed again
+    np.testing.assert_array_equal(first.pred, again.pred)
+    # another frame with the same rows is encoded afresh, and forecasts the same
+    other = fitted.predict(rows.copy(), np.arange(0, len(rows), 5), log_density=True)
+    assert fitted._prepared_for[1] is not cached
+    np.testing.assert_array_equal(first.log_density, other.log_density)
+    # pickling (the IO manager's hand-off) leaves the cache behind
+    restored = pickle.loads(pickle.dumps(fitted))
+    assert restored._prepared_for is None
+    np.testing.assert_array_equal(restored.predict(rows, np.arange(0, len(rows), 5)).pred, first.pred)

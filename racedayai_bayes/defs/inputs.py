@@ -7,7 +7,7 @@ import pandas as pd
 from racedayai_bayes.lib.data import contracts
 from racedayai_bayes.lib.data.frame import join_counts, model_frame_and_seasons
 
-from .resources import PipelinePaths
+from .resources import CpuSlots, PipelinePaths
 
 GROUP = "inputs"
 
@@ -37,13 +37,13 @@ def _read(context: dg.AssetExecutionContext, reader, path) -> dg.Output:
 
 
 @dg.asset(group_name=GROUP)
-def athlete_race(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.Output[pd.DataFrame]:
+def athlete_race(context: dg.AssetExecutionContext, paths: PipelinePaths, cpu: CpuSlots) -> dg.Output[pd.DataFrame]:
     """Race results (athlete_race.csv): the seven columns the model needs, typed and validated."""
     return _read(context, contracts.read_races, paths.input_file(contracts.RACE_FILE))
 
 
 @dg.asset(group_name=GROUP)
-def athlete_profile(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.Output[pd.DataFrame]:
+def athlete_profile(context: dg.AssetExecutionContext, paths: PipelinePaths, cpu: CpuSlots) -> dg.Output[pd.DataFrame]:
     """Athlete profiles (athlete_profile.csv): one row per athlete_hash."""
     return _read(context, contracts.read_profiles, paths.input_file(contracts.PROFILE_FILE))
 
@@ -73,6 +73,7 @@ def cluster_assignments(context: dg.AssetExecutionContext, paths: PipelinePaths)
 )
 def model_frame(
     context: dg.AssetExecutionContext,
+    cpu: CpuSlots,  # held while the step runs, like every heavy step's (defs/resources.py)
     athlete_race: pd.DataFrame,
     athlete_profile: pd.DataFrame,
     cluster_assignments: pd.DataFrame,

@@ -17,7 +17,7 @@ from racedayai_bayes.lib.outputs.io import OutputWriteError
 
 from .checks import check_result, model_check_specs
 from .partitions import distance_partitions
-from .resources import PipelinePaths
+from .resources import CpuSlots, PipelinePaths
 
 _SEED = SeedSettings()
 _FORECAST = ForecastSettings()
@@ -112,6 +112,13 @@ def _previous(context, paths: PipelinePaths, name: str, distance: str):
         return None
 
 
+# Of the ready steps the multiprocess executor starts those of highest dagster/priority
+# first. The forecast model's fit is the longest step of a distance (38 s of the 70.3 run
+# at full scale, the seed models' 9-12 s each), so it starts at once and the two seed fits
+# share the other core meanwhile, instead of the forecast starting last and running alone.
+STEP_PRIORITY = {"forecast": 1}
+
+
 def build_posterior_asset(name: str) -> dg.AssetsDefinition:
     """The posterior asset of model ``name``: fit on the split's training rows, judge, save."""
     entry = registry()[name]
@@ -124,18 +131,20 @@ def build_posterior_asset(name: str) -> dg.AssetsDefinition:
         partitions_def=distance_partitions,
         check_specs=model_check_specs(posterior_key(name), checks),
         group_name="model",
+        op_tags={"dagster/priority": str(STEP_PRIORITY.get(name, 0))},
         description=f"Posterior of {name} for one distance: {entry.description}. Judged on the held-out rows.",
     )
     if entry.needs_seasons:
         @dg.asset(**spec)
         def _with_seasons(context: dg.AssetExecutionContext, config: config_cls, paths: PipelinePaths,
-                          holdout_split: Split, athlete_seasons: pd.DataFrame):
+                          cpu: CpuSlots, holdout_split: Split, athlete_seasons: pd.DataFrame):
             yield from _posterior(context, config, paths, holdout_split, athlete_seasons)
 
         return _with_seasons
 
     @dg.asset(**spec)
-    def _without_seasons(context: dg.AssetExecutionContext, config: config_cls, paths: PipelinePaths, holdout_split: Split):
+    def _without_seasons(context: dg.AssetExecutionContext, config: config_cls, paths: PipelinePaths, cpu: CpuSlots,
+                         holdout_split: Split):
         yield from _posterior(context, config, paths, holdout_split, None)
 
     return _without_seasons

@@ -16,7 +16,7 @@ from racedayai_bayes.lib.outputs.tables import means_table, prediction_table
 
 from .models import posterior_key
 from .partitions import distance_partitions
-from .resources import PipelinePaths
+from .resources import CpuSlots, PipelinePaths
 
 GROUP = "outputs"
 
@@ -31,7 +31,8 @@ def _write(table: pd.DataFrame, path: Path) -> Path:
 
 @dg.asset(partitions_def=distance_partitions, group_name=GROUP)
 def bayesian_predictions(
-    context: dg.AssetExecutionContext, paths: PipelinePaths, published_model: Decision, holdout_split: Split
+    context: dg.AssetExecutionContext, paths: PipelinePaths, cpu: CpuSlots, published_model: Decision,
+    holdout_split: Split,
 ) -> dg.MaterializeResult:
     """bayesian_predictions_<distance>.csv: every modelled race, forecast by the published model."""
     distance = context.partition_key

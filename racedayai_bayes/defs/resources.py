@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 from upath import UPath
 
+from racedayai_bayes.lib import cpu_slots
 from racedayai_bayes.lib.outputs.io import as_path, atomic_path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -97,3 +98,52 @@ class AtomicPickleIOManagerFactory(dg.ConfigurableIOManagerFactory):
         # read when the run starts, in the run's own process (its pod, on Kubernetes)
         base = self.base_dir or os.environ.get(STORAGE_DIR_ENV) or context.instance.storage_directory()
         return AtomicPickleIOManager(base_path=UPath(base))
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class CpuSlots(dg.ConfigurableResource):
+    """A machine-wide slot that a heavy step holds while it runs (lib/cpu_slots.py).
+
+    A step that requires this resource takes one of ``slots`` slots before it loads its
+    inputs and gives it back when it ends, so that two runs at once (one per distance) never
+    put more heavy steps than cores on the machine, nor more steps' data in memory.
+    """
+
+    slots: int = Field(
+        default_factory=lambda: int(os.environ.get("RACEDAYAI_CPU_SLOTS") or _cpu_count()),
+        description="Heavy steps at once on this machine, across runs; default: $RACEDAYAI_CPU_SLOTS, "
+        "else the number of CPUs this process may use; 0: no limit",
+    )
+    folder: str | None = Field(
+        default=None, description="Folder of the slot files; default: the instance's storage folder's cpu_slots/"
+    )
+    _held: cpu_slots.Slot | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if self.slots <= 0:
+            return
+        if self.folder:
+            folder = Path(self.folder)
+        elif context.instance is not None:
+            folder = Path(context.instance.storage_directory()) / "cpu_slots"
+        else:
+            folder = PROJECT_ROOT / "storage" / "cpu_slots"
+        slots = self.slots
+
+        def on_wait() -> None:
+            context.log.info(f"waiting for one of {slots} CPU slots: other steps, of this run or another, hold them")
+
+        self._held = cpu_slots.acquire(folder, slots, on_wait=on_wait)
+        if self._held.waited_s >= 1.0:
+            context.log.info(f"took CPU slot {self._held.index} after waiting {self._held.waited_s:.1f} s")
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._held is not None:
+            self._held.release()
+            self._held = None

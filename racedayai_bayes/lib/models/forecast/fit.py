@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+import weakref
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -191,7 +192,11 @@ class ForecastModel(Model):
         )
         stats = marginal.pattern_stats(data)
         t_stats = time.perf_counter() - t1
-        say(f"forecast {distance}: statistics of {len(train):,} rows, {len(np.unique(data.athlete)):,} athletes, "
+        num_athletes = int(len(np.unique(data.athlete)))
+        # the sampler needs the statistics only: the row-level arrays (hundreds of MB at full
+        # scale) go before it runs, which lowers the step's peak memory
+        del data, design, y
+        say(f"forecast {distance}: statistics of {len(train):,} rows, {num_athletes:,} athletes, "
             f"{len(stats.pat_count)} history patterns, {enc.num_columns} coefficients in {t_stats:.1f} s")
 
         start = np.log([0.07, 0.07, 0.11, max(first.scales["course"], 0.01), 0.05])
@@ -204,7 +209,7 @@ class ForecastModel(Model):
                            f"{float(np.nanmax(posterior.scales)):.3g} on the log scale; proposal acceptance "
                            f"{posterior.info['acceptance']:.2f}); the training rows cannot identify them")
         info = {
-            "rows": len(train), "athletes": int(len(np.unique(data.athlete))),
+            "rows": len(train), "athletes": num_athletes,
             "history_patterns": int(len(stats.pat_count)), "coefficients": enc.num_columns,
             "editions": int(len(ed_course)), "first_pass": {"sigma_eta": first.sigma, **first.scales, "sweeps": first.sweeps},
             **posterior.info, "stats_s": t_stats, "wall_s": time.perf_counter() - t0, "seed": seed,
@@ -234,6 +239,13 @@ class FittedForecast(FittedModel):
     asof: bool = True
     athletes: pd.DataFrame | None = None  # the artifact's athlete table (see athlete_table)
     predict_columns = ("athlete_hash", "gender", "age_group", "event_name", "event_year")
+    # (weak reference to a frame, its rows' encoding and readings): see _prepared
+    _prepared_for: tuple | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_prepared_for"] = None  # a cache of this process's frames, not part of the posterior
+        return state
 
     # ------------------------------------------------------------------ posterior
 
@@ -267,20 +279,35 @@ class FittedForecast(FittedModel):
         known = pos >= 0
         return np.where(known, table.to_numpy()[np.maximum(pos, 0)], 0.0), known
 
-    def observations(self, frame: pd.DataFrame, design: fdesign.ForecastDesign | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(w r, w) of every row as a reading of its athlete's level (predict.py's docstring)."""
-        design = design if design is not None else fdesign.encode(frame, self.encoding)
+    def _prepared(self, frame: pd.DataFrame) -> tuple:
+        """(design, w r, w, A, W) of every row of ``frame``: its encoding, its readings of the
+        athletes' levels and its as-of summaries. Judging forecasts the split's rows several
+        times and the artifact's athlete table reads them again, so they are computed once per
+        frame object and kept while that frame lives (frames are never changed in place here).
+        """
+        cached = self._prepared_for
+        if cached is not None and cached[0]() is frame:
+            return cached[1]
+        design = fdesign.encode(frame, self.encoding)
         offset, known = self._offsets(design)
         y = np.log(frame["total_sec"].to_numpy(dtype=np.float64)) - self.encoding.y_center
         r = y - offset - linear_part(design, self.encoding, self.b_mean, forecast=False)
         w = observation_weights(design, self.scales_mean, self.encoding.day_sd, known)
-        return w * r, w
-
-    def athlete_summaries(self, frame: pd.DataFrame, design: fdesign.ForecastDesign | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Each row's as-of summary (A, W): the athlete's finishes of strictly earlier seasons."""
-        wr, w = self.observations(frame, design)
+        wr = w * r
         sums = earlier_season_sums(frame["athlete_hash"], frame["event_year"].to_numpy(dtype=np.int64), {"a": wr, "w": w})
-        return sums["a"], sums["w"]
+        value = (design, wr, w, sums["a"], sums["w"])
+        self._prepared_for = (weakref.ref(frame), value)
+        return value
+
+    def observations(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(w r, w) of every row as a reading of its athlete's level (predict.py's docstring)."""
+        _, wr, w, _, _ = self._prepared(frame)
+        return wr, w
+
+    def athlete_summaries(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's as-of summary (A, W): the athlete's finishes of strictly earlier seasons."""
+        _, _, _, a, w = self._prepared(frame)
+        return a, w
 
     def forecast(self, design: fdesign.ForecastDesign, athlete_a: np.ndarray, athlete_w: np.ndarray,
                  log_time: np.ndarray | None = None, progress: ProgressFn = None) -> dict[str, np.ndarray]:
@@ -289,8 +316,7 @@ class FittedForecast(FittedModel):
 
     def predict(self, frame: pd.DataFrame, rows: np.ndarray | None = None, *, log_density: bool = False,
                 progress: ProgressFn = None) -> Prediction:
-        design = fdesign.encode(frame, self.encoding)
-        a, w = self.athlete_summaries(frame, design)
+        design, _, _, a, w = self._prepared(frame)
         if rows is not None:
             rows = np.asarray(rows)
             design = _take(design, rows)
