@@ -16,7 +16,7 @@ from racedayai_bayes.lib.outputs.artifacts import ArtifactError, published_model
 from .checks import PUBLISH_CHECKS, check_result, publish_check_specs
 from .models import posterior_key
 from .partitions import distance_partitions
-from .resources import PipelinePaths
+from .resources import CpuSlots, PipelinePaths
 
 
 class PublishConfig(dg.Config):
@@ -51,7 +51,7 @@ def publish_outcomes(decision: Decision) -> list[dx.CheckOutcome]:
     check_specs=publish_check_specs("published_model"),
     group_name="model",
 )
-def published_model(context: dg.AssetExecutionContext, config: PublishConfig, paths: PipelinePaths,
+def published_model(context: dg.AssetExecutionContext, config: PublishConfig, paths: PipelinePaths, cpu: CpuSlots,
                     holdout_split: Split, **posteriors: Judged):
     """Every model's held-out scores side by side, and which one is published, and why."""
     distance = context.partition_key

@@ -124,6 +124,7 @@ class CpuSlots(dg.ConfigurableResource):
         default=None, description="Folder of the slot files; default: the instance's storage folder's cpu_slots/"
     )
     _held: cpu_slots.Slot | None = PrivateAttr(default=None)
+    _threads: object = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         if self.slots <= 0:
@@ -142,8 +143,17 @@ class CpuSlots(dg.ConfigurableResource):
         self._held = cpu_slots.acquire(folder, slots, on_wait=on_wait)
         if self._held.waited_s >= 1.0:
             context.log.info(f"took CPU slot {self._held.index} after waiting {self._held.waited_s:.1f} s")
+        # a slot is a core: BLAS on one thread, as the other cores run the other slots' steps
+        # (OpenBLAS's threads spin while they wait; two steps of two threads each on two
+        # cores made the heaviest step ~40% slower at full scale)
+        from threadpoolctl import threadpool_limits
+
+        self._threads = threadpool_limits(limits=1, user_api="blas")
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._threads is not None:
+            self._threads.restore_original_limits()
+            self._threads = None
         if self._held is not None:
             self._held.release()
             self._held = None

@@ -11,6 +11,7 @@ from racedayai_bayes.lib.errors import FitError
 
 from .concurrency import ensure_sole_refit
 from .partitions import distance_partitions
+from .resources import CpuSlots
 
 
 class HoldoutConfig(dg.Config):
@@ -23,7 +24,8 @@ class HoldoutConfig(dg.Config):
 
 
 @dg.asset(partitions_def=distance_partitions, group_name="model")
-def holdout_split(context: dg.AssetExecutionContext, config: HoldoutConfig, model_frame: pd.DataFrame) -> dg.Output[Split]:
+def holdout_split(context: dg.AssetExecutionContext, config: HoldoutConfig, cpu: CpuSlots,
+                  model_frame: pd.DataFrame) -> dg.Output[Split]:
     """The distance's rows, split into fitted and held-out rows once for every model."""
     distance = context.partition_key
     ensure_sole_refit(context, distance)  # also runs that bypass the run queue, such as the CLI's
