@@ -1,0 +1,33 @@
+import dagster as dg
+from threadpoolctl import threadpool_info
+
+from racedayai_bayes.defs.resources import CpuSlots
+from racedayai_bayes.lib import cpu_slots
+
+
+def _blas_threads() -> set[int]:
+    return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+
+def test_a_heavy_step_holds_a_cpu_slot_and_one_blas_thread_until_it_ends(tmp_path):
+    before = _blas_threads()
+    resource = CpuSlots(slots=1, folder=str(tmp_path))
+    context = dg.build_init_resource_context()
+    resource.setup_for_execution(context)
+    try:
+        assert _blas_threads() == {1}
+        assert cpu_slots._try(tmp_path / "slot-0.lock") is None  # the only slot is held
+    finally:
+        resource.teardown_after_execution(context)
+    assert _blas_threads() == before
+    fd = cpu_slots._try(tmp_path / "slot-0.lock")  # given back
+    assert fd is not None
+    cpu_slots.Slot(0, fd, 0.0).release()
+
+
+def test_no_slots_means_no_limit(tmp_path):
+    resource = CpuSlots(slots=0, folder=str(tmp_path))
+    context = dg.build_init_resource_context()
+    resource.setup_for_execution(context)
+    resource.teardown_after_execution(context)
+    assert not list(tmp_path.iterdir())
