@@ -188,6 +188,7 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
     # distance's run has stored its posteriors (runs at once would race to write them)
     means_keys = [k for k in refit_keys if k not in partitioned and graph.get(k).partitions_def is None]
     per_distance = [k for k in refit_keys if k not in means_keys]
+    means_inputs = {p for k in means_keys for p in graph.get(k).parent_keys}
     checked_assets = sorted({key.asset_key for key in graph.asset_check_keys}, key=_key_order)
 
     _check_settings(args)
@@ -201,6 +202,7 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
     job = dg.reconstructable(refit_job_def)
     distances = [args.distance] if args.distance else list(MODEL_DISTANCES)
     errors: list[str] = []
+    run_ids: list[str] = []
 
     def refit(distance: str, selection, tags: dict | None = None) -> str | None:
         """One distance's run, reported live; its run id (None if its config was refused)."""
@@ -217,6 +219,7 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
         finally:
             watcher.finish()
         report.run_finished(distance, result.success, _expected_posteriors(result, checked_assets, distance))
+        run_ids.append(result.run_id)
         return result.run_id
 
     # The first run builds the inputs and the model frame, then fits its distance. The other
@@ -237,7 +240,9 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
     built = bool(first_run["id"]) and all(_materialized(instance, first_run["id"], k) for k in shared_keys)
     if first_run["id"] and not built and distances[1:]:
         report.line(f"not refitting {', '.join(distances[1:])}: the first run did not build the model frame")
-    if built and means_keys:
+    # only when a run stored a posterior the means are made of (not when every distance was
+    # refused, say because another refit of it is running)
+    if means_keys and any(_materialized(instance, r, k) for r in run_ids for k in means_inputs):
         refit("means", means_keys, tags={RUN_TAG: "posterior means", LOG_TAG: str(log_path)})
     return report, (errors[0] if errors else None)
 
