@@ -147,6 +147,14 @@ def _refit(args: argparse.Namespace) -> int:
         instance = dg.DagsterInstance.get()
     except dg.DagsterError as exc:
         raise UserError(f"DAGSTER_HOME={home}: {_config_problems(exc)}") from None
+    if args.after:  # a later distance's run of another refit command (see _Later)
+        os.nice(LATER_NICE)  # before the step server starts: its step processes inherit it
+        from racedayai_bayes.step_server import start_step_server
+
+        start_step_server()
+        from racedayai_bayes.definitions import defs, refit_job_def
+
+        return _later_run(args, instance, defs, refit_job_def)
 
     log_path = _log_path(Path(home))
     with _stderr_to(log_path, echo=args.verbose):
@@ -166,14 +174,23 @@ def _refit(args: argparse.Namespace) -> int:
     return 1 if (errors or report.failed) else 0
 
 
-def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[RefitReport, str | None]:
-    """One run per distance, reported live; returns the report and a configuration error, if any."""
+@dataclass(frozen=True)
+class _RefitKeys:
+    """What a refit materialises, split by run."""
+
+    partitioned: set  # the per-distance assets
+    shared: set  # built once, by the first run: the inputs and the model frame
+    per_distance: list  # every distance's run
+    means: list  # the last run: the posterior-means CSVs of every distance
+    means_inputs: set  # the posteriors the means are made of
+    checked: list  # assets with checks
+
+
+def _refit_keys(defs) -> _RefitKeys:
     import dagster as dg
 
-    from racedayai_bayes.defs.resources import PipelinePaths
-    from racedayai_bayes.defs.schedules import DISTANCE_TAG, REFIT_JOB
-
     from racedayai_bayes.defs.partitions import distance_partitions
+    from racedayai_bayes.defs.schedules import REFIT_JOB
 
     graph = defs.resolve_asset_graph()
     in_job = set(defs.resolve_job_def(REFIT_JOB).asset_layer.executable_asset_keys)
@@ -183,30 +200,47 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
     # other jobs, such as the race-day forecasts, are not part of a refit)
     downstream = dg.AssetSelection.assets(*partitioned).downstream().resolve(graph)
     refit_keys = sorted((k for k in downstream if k in in_job), key=_key_order)
-    shared_keys = in_job - set(refit_keys)
     # the CSVs of every distance's posterior means: written once, by a last run, after every
     # distance's run has stored its posteriors (runs at once would race to write them)
-    means_keys = [k for k in refit_keys if k not in partitioned and graph.get(k).partitions_def is None]
-    per_distance = [k for k in refit_keys if k not in means_keys]
-    means_inputs = {p for k in means_keys for p in graph.get(k).parent_keys}
-    checked_assets = sorted({key.asset_key for key in graph.asset_check_keys}, key=_key_order)
+    means = [k for k in refit_keys if k not in partitioned and graph.get(k).partitions_def is None]
+    return _RefitKeys(
+        partitioned=partitioned,
+        shared=in_job - set(refit_keys),
+        per_distance=[k for k in refit_keys if k not in means],
+        means=means,
+        means_inputs={p for k in means for p in graph.get(k).parent_keys},
+        checked=sorted({key.asset_key for key in graph.asset_check_keys}, key=_key_order),
+    )
 
-    _check_settings(args)
+
+def _run_config(args: argparse.Namespace) -> dict:
+    from racedayai_bayes.defs.resources import PipelinePaths
+
     paths = PipelinePaths.from_env()
-    run_config = {
+    return {
         "ops": _run_config_ops(args),
         # the folders this command reads and writes, as the run records them
         "resources": {"paths": {"config": {"input_dir": paths.input_dir, "output_dir": paths.output_dir}}},
     }
-    report = RefitReport(sys.stdout, tty=sys.stdout.isatty(), partitioned_steps={k.to_python_identifier() for k in partitioned})
+
+
+def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[RefitReport, str | None]:
+    """One run per distance, reported live; returns the report and a configuration error, if any."""
+    import dagster as dg
+
+    keys = _refit_keys(defs)
+    shared_keys, per_distance, means_keys, means_inputs = keys.shared, keys.per_distance, keys.means, keys.means_inputs
+    checked_assets = keys.checked
+    _check_settings(args)
+    run_config = _run_config(args)
+    report = RefitReport(sys.stdout, tty=sys.stdout.isatty(), partitioned_steps={k.to_python_identifier() for k in keys.partitioned})
     job = dg.reconstructable(refit_job_def)
     distances = [args.distance] if args.distance else list(MODEL_DISTANCES)
     errors: list[str] = []
     run_ids: list[str] = []
 
-    def refit(distance: str, selection, tags: dict | None = None) -> str | None:
-        """One distance's run, reported live; its run id (None if its config was refused)."""
-        tags = tags or {"dagster/partition": distance, DISTANCE_TAG: distance, LOG_TAG: str(log_path)}
+    def refit(distance: str, selection, tags: dict) -> str | None:
+        """One run in this process, reported live; its run id (None if its config was refused)."""
         report.run_starting(distance)
         watcher = _RunWatcher(tags, report)
         watcher.start()
@@ -222,24 +256,29 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
         run_ids.append(result.run_id)
         return result.run_id
 
-    # The first run builds the inputs and the model frame, then fits its distance. The other
-    # distances' runs start as soon as the model frame is stored, and run beside it: the
-    # machine-wide CPU slots (defs/resources.py CpuSlots) keep the heavy steps of all runs
-    # together to one per core, so a core left idle by one run's last steps works for another.
-    later = _LaterRuns(distances[1:], lambda d: refit(d, per_distance))
-    first_run: dict[str, str] = {}
-    watcher = threading.Thread(target=later.start_when_built,
-                               args=(instance, {"dagster/partition": distances[0], LOG_TAG: str(log_path)},
-                                     shared_keys, first_run), daemon=True)
-    watcher.start()
-    first_run["id"] = refit(distances[0], sorted(shared_keys, key=_key_order) + per_distance) or ""
-    first_run["done"] = "yes"
-    with _interrupts_reach_later_runs():
-        watcher.join()
-        later.join()
-    built = bool(first_run["id"]) and all(_materialized(instance, first_run["id"], k) for k in shared_keys)
-    if first_run["id"] and not built and distances[1:]:
-        report.line(f"not refitting {', '.join(distances[1:])}: the first run did not build the model frame")
+    # The first run builds the inputs and the model frame, then fits its distance. Each other
+    # distance's run executes in a process of its own (this command, with --after), started
+    # now at a lower CPU priority: it imports while the first run reads its inputs, waits for
+    # the model frame, then runs beside the first run. The machine-wide CPU slots
+    # (defs/resources.py CpuSlots) keep the heavy steps of all runs to one per core. Ctrl-C
+    # reaches every run, as each executes in its own process's main thread (see _Later).
+    first_tags = _run_tags(distances[0], log_path)
+    later = [_Later.start(args, d, distances[0], log_path, report) for d in distances[1:]]
+    try:
+        first_id = refit(distances[0], sorted(shared_keys, key=_key_order) + per_distance, first_tags)
+        built = bool(first_id) and all(_materialized(instance, first_id, k) for k in shared_keys)
+        if not built:
+            for child in later:
+                child.cancel()  # still waiting for the model frame: no run of theirs exists
+            if first_id and later:
+                report.line(f"not refitting {', '.join(distances[1:])}: the first run did not build the model frame")
+        for child in later:
+            run_id = child.wait(instance, checked_assets)
+            if run_id:
+                run_ids.append(run_id)
+    finally:
+        for child in later:
+            child.stop()
     # only when a run stored a posterior the means are made of (not when every distance was
     # refused, say because another refit of it is running)
     if means_keys and any(_materialized(instance, r, k) for r in run_ids for k in means_inputs):
@@ -247,55 +286,110 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
     return report, (errors[0] if errors else None)
 
 
-class _LaterRuns:
-    """The runs after the first: started, one thread each, once the first has stored the
-    model frame; never started if the first ends without it."""
+LATER_NICE = 5  # a later distance's process: below the first run, which is the longer path
+WAITING = 3  # exit code of a later distance's process that never started its run
 
-    def __init__(self, distances: list[str], refit):
-        self.distances, self.refit = distances, refit
-        self.threads: list[threading.Thread] = []
-        self.started = False
 
-    def start_when_built(self, instance, first_tags: dict, shared_keys, first_run: dict) -> None:
-        """Wait for the run tagged ``first_tags`` (this command's first) to store every shared
-        asset, then start the later runs; return without starting them if it ends first."""
+class _Later:
+    """A later distance's run, executed by a child process of this command (``refit
+    --distance D --after FIRST=LOG``) and reported here from the instance's event log.
+
+    The run executes in the child's main thread, as Dagster's executors expect: a Ctrl-C on
+    the terminal reaches every process of the command and each run stops as Dagster stops
+    one; an interrupt sent to this process alone is passed on to the child.
+    """
+
+    def __init__(self, distance: str, proc, watcher, report):
+        self.distance, self.proc, self.watcher, self.report = distance, proc, watcher, report
+
+    @classmethod
+    def start(cls, args, distance: str, first: str, log_path: Path, report) -> _Later:
+        import subprocess
+
+        argv = [a for a in args.argv if a != "--verbose"]
+        cmd = [sys.executable, "-m", "racedayai_bayes.cli", *argv, "--distance", distance, "--after", f"{first}={log_path}"]
+        # stdout: this command reports the run; stderr (fd 2, the refit's log pipe) is inherited
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        watcher = _RunWatcher(_run_tags(distance, log_path), report)
+        watcher.start()
+        return cls(distance, proc, watcher, report)
+
+    def cancel(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+
+    def wait(self, instance, checked_assets) -> str | None:
+        """Wait for the child; report its run's end. The run's id, or None if it never started."""
+        import signal
+
         import dagster as dg
 
-        if not self.distances:
-            return
-        run_id = None
         while True:
-            finished = "done" in first_run  # read before looking, so a last look follows the end
-            if run_id is None:
-                records = instance.get_run_records(dg.RunsFilter(tags=first_tags), limit=1)
-                if records and records[0].dagster_run.status != dg.DagsterRunStatus.NOT_STARTED:
-                    run_id = records[0].dagster_run.run_id
-            if run_id is not None and all(_materialized(instance, run_id, k) for k in shared_keys):
+            try:
+                code = self.proc.wait()
                 break
-            if finished:
-                return
-            time.sleep(POLL_S)
-        self.started = True
-        for distance in self.distances:
-            thread = threading.Thread(target=self.refit, args=(distance,), name=f"refit-{distance}", daemon=True)
-            thread.start()
-            self.threads.append(thread)
+            except KeyboardInterrupt:
+                self.proc.send_signal(signal.SIGINT)  # Dagster's way to stop the child's run
+        self.watcher.finish()
+        records = instance.get_run_records(dg.RunsFilter(tags=self.watcher.tags), limit=1)
+        if not records:
+            if code not in (0, WAITING, -15):
+                self.report.line(f"refit {self.distance}: its process ended with exit code {code} before its run started; "
+                                 "see the log")
+                self.report.failed = True
+            return None
+        run = records[0].dagster_run
+        selection = run.asset_selection
+        expected = [(k.to_user_string(), self.distance) for k in checked_assets if selection is None or k in selection]
+        self.report.run_finished(self.distance, run.status == dg.DagsterRunStatus.SUCCESS, expected)
+        return run.run_id
 
-    def join(self) -> None:
-        for thread in self.threads:
-            while thread.is_alive():
-                thread.join(POLL_S)
+    def stop(self) -> None:
+        """Leave no child behind (an exception in this process): interrupt it, then end it."""
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.watcher.close()
 
 
-@contextlib.contextmanager
-def _interrupts_reach_later_runs():
-    """While the main thread waits for runs executing in other threads, Ctrl-C asks them to
-    stop, as it asks a run in the main thread: Dagster's executors read the interrupt flag
-    that this handler sets (signal handlers can only be set in the main thread)."""
-    from dagster._utils.interrupts import capture_interrupts
+def _run_tags(distance: str, log_path) -> dict[str, str]:
+    from racedayai_bayes.defs.schedules import DISTANCE_TAG
 
-    with capture_interrupts():
-        yield
+    return {"dagster/partition": distance, DISTANCE_TAG: distance, LOG_TAG: str(log_path)}
+
+
+def _later_run(args, instance, defs, refit_job_def) -> int:
+    """A later distance's run (``refit --after FIRST=LOG``): wait until the first run of the
+    command that started this process has stored the shared assets, then execute this
+    distance's run, in this process's main thread. Exit 3 if the first run ended without them."""
+    import dagster as dg
+
+    first, _, log = args.after.partition("=")
+    keys = _refit_keys(defs)
+    first_tags = {"dagster/partition": first, LOG_TAG: log}
+    ended = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+    run_id = None
+    while True:
+        if run_id is None:
+            records = instance.get_run_records(dg.RunsFilter(tags=first_tags), limit=1)
+            if records:
+                run_id = records[0].dagster_run.run_id
+        if run_id is not None:
+            if all(_materialized(instance, run_id, k) for k in keys.shared):
+                break
+            if instance.get_run_by_id(run_id).status in ended:
+                return WAITING
+        time.sleep(POLL_S)
+    run_config = _run_config(args)
+    dg.execute_job(dg.reconstructable(refit_job_def), instance=instance, run_config=run_config,
+                   tags=_run_tags(args.distance, log), asset_selection=keys.per_distance, raise_on_error=False)
+    return 0
 
 
 def _check_settings(args: argparse.Namespace) -> None:
@@ -446,6 +540,10 @@ class _RunWatcher(threading.Thread):
         except BaseException as exc:  # re-raised by finish(), in the main thread
             self.error = exc
 
+    def close(self) -> None:
+        """Stop after one last look, without waiting."""
+        self._done.set()
+
     def finish(self) -> None:
         """Read the run's last events, then stop."""
         self._done.set()
@@ -550,6 +648,8 @@ class RefitReport:
         steps are named with its partition from now on."""
         with self.lock:
             distance = distance or self._distance
+            # a later distance's run starts in another process: its time counts from here
+            self._run_started_at.setdefault(distance, time.monotonic())
             self.partition[run_id] = distance
             self.line(f"refit {distance}: run {run_id}")
 
@@ -675,7 +775,12 @@ class RefitReport:
 
     def error_messages(self) -> list[str]:
         messages = []
+        stopped = [f.step for f in self.failures if f.kind == "interrupted"]
+        if stopped:
+            messages.append(f"interrupted: {', '.join(stopped)} stopped before finishing; their outputs were not written")
         for f in self.failures:
+            if f.kind == "interrupted":
+                continue
             if f.kind == "data":
                 messages.append(f.message.strip())
             elif f.kind == "checks":
@@ -692,6 +797,7 @@ _FAILURE_KINDS = {
     "data": "a data or configuration error (below)",
     "checks": "blocking checks failed (see the checks below)",
     "bug": "an unexpected error, a bug (traceback below)",
+    "interrupted": "interrupted (Ctrl-C)",
 }
 
 
@@ -705,7 +811,7 @@ def _classify(step: str, data, run_id: str) -> _Failure:
     if name == "DagsterAssetCheckFailedError":
         return _Failure(step, "checks", error.message, run_id)
     if name == "DagsterExecutionInterruptedError":
-        return _Failure(step, "data", "interrupted", run_id)
+        return _Failure(step, "interrupted", "interrupted", run_id)
     # Dagster wraps an IO manager's or an input loader's exception in one of its own: look
     # through the causes for a data error (an unwritable storage folder, say)
     cause = error
@@ -854,6 +960,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also stream Dagster's full event log (DEBUG included) to stderr; it is always written to "
         "$DAGSTER_HOME/logs/refit-<time>.log",
     )
+    # internal: this process runs one later distance of the refit whose first run is FIRST and
+    # whose log is LOG (the refit command starts it; see _Later)
+    refit.add_argument("--after", metavar="FIRST=LOG", help=argparse.SUPPRESS)
     refit.set_defaults(func=_refit)
 
     predict = sub.add_parser(
@@ -895,6 +1004,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except UserError as exc:

@@ -174,6 +174,20 @@ def test_a_failed_step_is_classified_data_error_check_failure_or_bug():
     assert 'File "a.py", line 1' in messages[3]  # a bug keeps its traceback
 
 
+def test_interrupted_steps_are_said_once_and_not_called_a_data_error():
+    report, out = _report()
+    report.run_starting("70.3")
+    report.run_started("r")
+    clock = Clock()
+    stop = SimpleNamespace(cls_name="DagsterExecutionInterruptedError", message="", cause=None, to_string=lambda: "tb")
+    for step in ("posterior", "bayesian_predictions"):
+        report.feed(_entry("r", step, clock.tick(1), "STEP_START"))
+        report.feed(_entry("r", step, clock.tick(1), "STEP_FAILURE", SimpleNamespace(user_failure_data=None, error=stop)))
+    assert report.error_messages() == [
+        "interrupted: posterior [70.3], bayesian_predictions [70.3] stopped before finishing; their outputs were not written"]
+    assert "FAILED after 1.0 s: interrupted (Ctrl-C)" in out.getvalue()
+
+
 # --- the real command: settings, DAGSTER_HOME, --verbose, a bug -------------------------------
 
 

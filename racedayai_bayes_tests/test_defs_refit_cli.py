@@ -120,3 +120,43 @@ def test_refit_exits_non_zero_and_keeps_outputs_when_a_check_fails(dagster_home,
         "error: every stored seed_profile posterior failed its checks (70.3); bayesian_posterior_means.csv is unchanged",
     ])
     assert previous.read_text().count("\n") == 1
+
+
+def test_ctrl_c_stops_both_distances_runs_and_leaves_no_process(dagster_home, small_inputs, tmp_path):
+    """Ctrl-C on the terminal (SIGINT to the command's process group) while both distances'
+    runs execute, each in its own process: both runs end, none stays in progress, and every
+    process of the command has exited."""
+    import signal
+    import time
+
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "RACEDAYAI_INPUT_DIR": str(small_inputs),
+           "RACEDAYAI_OUTPUT_DIR": str(tmp_path / "outputs")}
+    proc = subprocess.Popen([sys.executable, "-m", "racedayai_bayes.cli", "refit"], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    instance = dg.DagsterInstance.from_config(str(dagster_home))
+    in_progress = (dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.NOT_STARTED)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:  # until the second distance's run executes
+            runs = {r.tags.get("dagster/partition"): r for r in instance.get_runs()}
+            if "140.6" in runs and runs["140.6"].status == dg.DagsterRunStatus.STARTED:
+                break
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        else:
+            pytest.fail("the 140.6 run never started")
+        assert runs["70.3"].status == dg.DagsterRunStatus.STARTED
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1, out + err
+    assert "error: interrupted: " in err and "stopped before finishing" in err
+    runs = instance.get_runs()
+    assert {r.tags.get("dagster/partition") for r in runs} == {"70.3", "140.6"}  # no means run
+    assert all(r.status == dg.DagsterRunStatus.FAILURE for r in runs), [(r.tags, r.status) for r in runs]
+    assert not any(r.status in in_progress for r in runs)
+    time.sleep(1.0)
+    with pytest.raises(ProcessLookupError):  # nothing of the command is left
+        os.killpg(proc.pid, 0)
