@@ -48,13 +48,19 @@ def first_race(frame: pd.DataFrame) -> np.ndarray:
     return frame["hist_starts"].to_numpy() == 0
 
 
-def earlier_season_sums(hashes: pd.Series, years: np.ndarray, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def earlier_season_sums(hashes: pd.Series | None, years: np.ndarray, values: dict[str, np.ndarray], *,
+                        codes: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """For each row, the sums of ``values`` over the same athlete's rows of strictly earlier seasons.
 
     Rows without an athlete_hash get 0. Each sum runs over one athlete's seasons only (never
-    across athletes), so it depends on nothing but that athlete's earlier rows.
+    across athletes), so it depends on nothing but that athlete's earlier rows. ``codes``
+    (an integer per row's athlete, negative for none) replaces ``hashes``: the sums are the
+    same numbers whichever numbering the athletes get, as each season's values are added in
+    row order and the seasons in season order.
     """
-    codes, _ = pd.factorize(hashes, sort=False)
+    if codes is None:
+        codes, _ = pd.factorize(hashes, sort=False)
+    codes = np.asarray(codes)
     years = np.asarray(years, dtype=np.int64)
     named = codes >= 0
     out = {name: np.zeros(len(codes)) for name in values}
@@ -147,7 +153,18 @@ def arrow_strings(values):
     return pa.array(np.asarray(values, dtype=object), type=pa.string(), from_pandas=True)
 
 
-def _runs(hashes: pd.Series) -> np.ndarray:
+def index_in(values, levels) -> np.ndarray:
+    """Position of each of ``values`` (text) in ``levels`` (distinct text), -1 where absent or
+    missing: Arrow's hash lookup, several times faster than a pandas Index of Python strings."""
+    import pyarrow.compute as pc
+
+    if len(values) == 0 or len(levels) == 0:
+        return np.full(len(values), -1, dtype=np.int64)
+    found = pc.index_in(arrow_strings(values), value_set=arrow_strings(levels))
+    return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def athlete_runs(hashes: pd.Series) -> np.ndarray:
     """True where a sorted column of athlete hashes starts a new athlete (Arrow compares
     neighbours without making Python strings)."""
     import pyarrow.compute as pc
@@ -177,7 +194,7 @@ def cumulate(table: pd.DataFrame) -> pd.DataFrame:
     on that athlete's own earlier seasons, and the same seasons always add up in the same
     order: a total is the same number whichever later seasons exist.
     """
-    new_athlete = _runs(table["athlete_hash"])
+    new_athlete = athlete_runs(table["athlete_hash"])
     running = _running(table, new_athlete)
     out = pd.DataFrame({"athlete_hash": table["athlete_hash"].to_numpy(), "event_year": table["event_year"].to_numpy()})
     for name in running.columns:
@@ -191,12 +208,20 @@ def as_of(table: pd.DataFrame, season: int) -> pd.DataFrame:
     """Each athlete's totals over the seasons strictly before ``season``: what a race in that
     season knows. The same numbers a race of that season gets in the model frame, bit for bit:
     the running totals of :func:`cumulate`, through the athlete's last season before ``season``."""
-    known = table.loc[(table["event_year"] < season).to_numpy()].reset_index(drop=True)
-    new_athlete = _runs(known["athlete_hash"])
-    last = np.r_[new_athlete[1:], True] if len(known) else np.zeros(0, dtype=bool)
-    running = _running(known, new_athlete).loc[last]
-    running.index = pd.Index(known["athlete_hash"].to_numpy()[last], name="athlete_hash")
+    running, rows = as_of_rows(table, season)
+    running.index = pd.Index(table["athlete_hash"].to_numpy()[rows], name="athlete_hash")
     return running
+
+
+def as_of_rows(table: pd.DataFrame, season: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """:func:`as_of`'s totals, and for each the position in ``table`` of the athlete's last
+    season before ``season`` (no index of athlete hashes is built)."""
+    before = np.flatnonzero((table["event_year"] < season).to_numpy())
+    known = table.iloc[before].reset_index(drop=True)
+    new_athlete = athlete_runs(known["athlete_hash"])
+    last = np.r_[new_athlete[1:], True] if len(known) else np.zeros(0, dtype=bool)
+    running = _running(known, new_athlete).loc[last].reset_index(drop=True)
+    return running, before[last]
 
 
 def history_columns(cum: pd.DataFrame, own_is_1: np.ndarray) -> dict[str, np.ndarray]:

@@ -57,8 +57,10 @@ def raw_covariates(rows: pd.DataFrame, other_center: float) -> np.ndarray:
 
 
 def gender_codes(rows: pd.DataFrame) -> np.ndarray:
-    g = rows["gender"].astype("string").fillna("").to_numpy(dtype=object)
-    return np.where(g == "M", 0, np.where(g == "F", 1, 2)).astype(np.int64)
+    """0 for M, 1 for F, 2 for anything else or blank (one comparison per distinct value)."""
+    codes, uniques = pd.factorize(rows["gender"], sort=False)
+    per = np.array([{"M": 0, "F": 1}.get(str(u), 2) for u in uniques] + [2], dtype=np.int64)
+    return per[codes]  # a missing gender (code -1) reads the last entry
 
 
 @dataclass(frozen=True)
@@ -115,13 +117,23 @@ class ForecastEncoding:
         return cls(**raw)
 
 
-def cell_labels(rows: pd.DataFrame) -> pd.Series:
-    """'<gender>|<age group>' per row; a blank age group is its own level ('M|')."""
+def cells(rows: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    """Each row's cell as an index into the labels ('<gender>|<age group>') of the cells the
+    rows hold; a blank age group is its own level ('M|'). No string is made per row."""
     ages, uniques = pd.factorize(rows["age_group"].astype("string").fillna(""), sort=False)
     genders = gender_codes(rows)
     combos, inverse = np.unique(genders * len(uniques) + ages, return_inverse=True)
-    labels = np.array([f"{GENDERS[c // len(uniques)]}|{uniques[c % len(uniques)]}" for c in combos], dtype=object)
-    return pd.Series(labels[inverse.reshape(-1)], index=rows.index)
+    labels = [f"{GENDERS[c // len(uniques)]}|{uniques[c % len(uniques)]}" for c in combos]
+    return inverse.reshape(-1), labels
+
+
+def course_first_seasons(rows: pd.DataFrame) -> pd.Series:
+    """The first season of each event_name among ``rows``, sorted by name."""
+    codes, uniques = pd.factorize(rows["event_name"], sort=False)
+    has = codes >= 0
+    years = rows["event_year"].to_numpy(dtype=np.float64, na_value=np.nan)[has].astype(np.int64)
+    first = pd.Series(years).groupby(codes[has]).min()
+    return pd.Series(first.to_numpy(), index=[str(uniques[c]) for c in first.index]).sort_index()
 
 
 def fit_encoding(train: pd.DataFrame, distance: str, day_sd: float = 0.0) -> ForecastEncoding:
@@ -134,12 +146,10 @@ def fit_encoding(train: pd.DataFrame, distance: str, day_sd: float = 0.0) -> For
     mean = cov.mean(axis=0)
     sd = cov.std(axis=0)
     sd = np.where(sd > 1e-9, sd, 1.0)  # a constant covariate carries no information: leave it at 0
-    courses = train["event_name"].dropna().astype(str)
-    seasons = train.loc[courses.index, "event_year"].astype("int64")
-    first = seasons.groupby(courses.to_numpy()).min().sort_index()
+    first = course_first_seasons(train)
     return ForecastEncoding(
         distance=str(distance),
-        cells=tuple(sorted(cell_labels(train).unique())),
+        cells=tuple(sorted(cells(train)[1])),
         courses=tuple(first.index),
         course_first_season=tuple(int(s) for s in first.to_numpy()),
         y_center=float(y.mean()),
@@ -173,6 +183,13 @@ def _lookup(values: pd.Series, levels: tuple[str, ...]) -> np.ndarray:
     return np.where(codes >= 0, pos[np.maximum(codes, 0)] if len(pos) else -1, -1)
 
 
+def _cell_index(rows: pd.DataFrame, levels: tuple[str, ...]) -> np.ndarray:
+    """Index of each row's cell in ``levels`` (-1 for a cell the fit never saw)."""
+    index, labels = cells(rows)
+    pos = pd.Index(levels).get_indexer(labels) if labels else np.zeros(0, dtype=np.int64)
+    return pos[index] if len(index) else np.zeros(0, dtype=np.int64)
+
+
 def encode(rows: pd.DataFrame, enc: ForecastEncoding) -> ForecastDesign:
     """Turn model-frame rows (with their as-of history) into a :class:`ForecastDesign`.
 
@@ -191,7 +208,7 @@ def encode(rows: pd.DataFrame, enc: ForecastEncoding) -> ForecastDesign:
     z = (cov - np.asarray(enc.cov_mean)) / np.asarray(enc.cov_sd)
     return ForecastDesign(
         gender=gender_codes(rows),
-        cell=_lookup(cell_labels(rows), enc.cells),
+        cell=_cell_index(rows, enc.cells),
         course=course,
         new_course=new_course,
         z=z,

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from racedayai_bayes.lib.data.frame import MODEL_DISTANCES
-from racedayai_bayes.lib.data.history import HISTORY_COLUMNS, as_of, earlier_season_sums, history_columns
+from racedayai_bayes.lib.data.history import HISTORY_COLUMNS, as_of_rows, athlete_runs, earlier_season_sums, history_columns, index_in
 from racedayai_bayes.lib.errors import FitError
 from racedayai_bayes.lib.inference import imh
 from racedayai_bayes.lib.inference.draws import Draws
@@ -192,7 +192,7 @@ class ForecastModel(Model):
         )
         stats = marginal.pattern_stats(data)
         t_stats = time.perf_counter() - t1
-        num_athletes = int(len(np.unique(data.athlete)))
+        num_athletes = int(data.athlete.max()) + 1 if len(data.athlete) else 0  # ids are 0..m-1 (_athlete_ids)
         # the sampler needs the statistics only: the row-level arrays (hundreds of MB at full
         # scale) go before it runs, which lowers the step's peak memory
         del data, design, y
@@ -339,23 +339,34 @@ class FittedForecast(FittedModel):
         """
         rows = split.rows
         season = int(split.season) if split.season is not None else int(rows["event_year"].max())
-        known = seasons.loc[seasons["event_year"] <= season, "athlete_hash"]
-        athletes = pd.Series(pd.unique(known), dtype="string").sort_values(ignore_index=True)
-        k, n = len(athletes), len(rows)
+        # the season table is sorted by athlete, then season (history.season_table): each
+        # athlete's seasons are one run of rows, and the athletes come in hash order
+        known = seasons.loc[(seasons["event_year"] <= season).to_numpy()].reset_index(drop=True)
+        new_athlete = athlete_runs(known["athlete_hash"])
+        athlete_of = np.cumsum(new_athlete) - 1  # each season row's athlete, into ``athletes``
+        athletes = known["athlete_hash"].astype("string")[new_athlete].reset_index(drop=True)
+        k = len(athletes)
         wr, w = self.observations(rows)
         # one zero-weight marker per athlete at each cut, after the real rows: the markers'
-        # earlier-season sums are exactly what a real race at that season gets
-        hashes = pd.concat([rows["athlete_hash"].astype("string").reset_index(drop=True), athletes, athletes], ignore_index=True)
+        # earlier-season sums are exactly what a real race at that season gets (rows of
+        # athletes the table does not know, of later seasons, reach no marker)
+        pos = index_in(rows["athlete_hash"], athletes)
+        n = len(rows)
+        codes = np.r_[pos, np.arange(k), np.arange(k)]
         years = np.r_[rows["event_year"].to_numpy(dtype=np.int64), np.full(k, season), np.full(k, season + 1)]
         zeros = np.zeros(2 * k)
-        sums = earlier_season_sums(hashes, years, {"a": np.r_[wr, zeros], "w": np.r_[w, zeros]})
+        sums = earlier_season_sums(None, years, {"a": np.r_[wr, zeros], "w": np.r_[w, zeros]}, codes=codes)
         own_is_1 = np.full(k, self.distance == MODEL_DISTANCES[1])
         table = pd.DataFrame({"athlete_hash": athletes})
         for cut, at, part in (("before", season, slice(n, n + k)), ("through", season + 1, slice(n + k, n + 2 * k))):
             table[f"{cut}_a"] = sums["a"][part]
             table[f"{cut}_w"] = sums["w"][part]
-            cum = as_of(seasons, at).reindex(athletes.to_numpy())
-            cum = cum.fillna({c: (np.inf if c == "best" else 0.0) for c in cum.columns})
+            running, last = as_of_rows(known, at)
+            cum = {}
+            for c in running.columns:
+                cum[c] = np.full(k, np.inf if c == "best" else 0.0)
+                cum[c][athlete_of[last]] = running[c].to_numpy()
+            cum = pd.DataFrame(cum)
             for name, values in history_columns(cum, own_is_1).items():
                 table[f"{cut}_{name}"] = values
         table.attrs["season"] = season

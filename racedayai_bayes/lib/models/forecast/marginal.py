@@ -131,7 +131,9 @@ def pattern_stats(data: FitData) -> PatternStats:
     iu = np.triu_indices(k)
     y = np.asarray(data.y, dtype=np.float64)
     cls = (~np.asarray(data.first)).astype(np.int64)  # 0 first, 1 returning
-    _, athlete = np.unique(data.athlete, return_inverse=True)
+    athlete = np.asarray(data.athlete)
+    if len(athlete) and not (athlete.min() >= 0 and (np.bincount(athlete) > 0).all()):
+        _, athlete = np.unique(athlete, return_inverse=True)  # number the athletes 0..m-1
     n_ath = int(athlete.max()) + 1 if len(athlete) else 0
     mats, vecs, scals, kinds, h1s, h2s, tn = [], [], [], [], [], [], []
 
