@@ -108,12 +108,12 @@ def season_table(races: pd.DataFrame, ag_finish: np.ndarray, distances: tuple[st
         # athletes numbered in hash order, so the table reads sorted by athlete_hash
         codes, athletes = pd.factorize(races["athlete_hash"], sort=True)
     uniques = pd.Index(athletes)
-    starts = races.loc[start]
-    d1 = (starts["event_distance"] == distances[1]).to_numpy(dtype=bool)
-    total = starts["total_sec"].to_numpy(dtype=np.float64, na_value=np.nan)
+    # three columns of the starts (taking every column of millions of rows costs seconds)
+    d1 = (races["event_distance"] == distances[1]).fillna(False).to_numpy(dtype=bool)[start]
+    total = races["total_sec"].to_numpy(dtype=np.float64, na_value=np.nan)[start]
     ag, relative = ag[start], relative[start]
     codes = np.asarray(codes)[start]
-    years = starts["event_year"].to_numpy(dtype=np.int64)
+    years = races["event_year"].to_numpy(dtype=np.float64, na_value=np.nan)[start].astype(np.int64)
     y0 = int(years.min()) if len(years) else 0
     span = int(years.max()) - y0 + 1 if len(years) else 1
     groups, inverse = np.unique(codes.astype(np.int64) * span + (years - y0), return_inverse=True)
@@ -295,7 +295,7 @@ def add_history(frame: pd.DataFrame, table: pd.DataFrame, distances: tuple[str, 
         pos = pd.Index(t_key).get_indexer(r_key)
     pos = np.where(known, pos, -1)
     have = pos >= 0
-    picked = cum.iloc[np.where(have, pos, 0)].reset_index(drop=True)
+    picked = cum[[*SEASON_COLUMNS, "best"]].iloc[np.where(have, pos, 0)].reset_index(drop=True)
     for name in SEASON_COLUMNS:
         picked[name] = np.where(have, picked[name].to_numpy(), 0.0)
     picked["best"] = np.where(have, picked["best"].to_numpy(), np.inf)
