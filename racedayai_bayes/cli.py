@@ -286,7 +286,7 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
     return report, (errors[0] if errors else None)
 
 
-LATER_NICE = 5  # a later distance's process: below the first run, which is the longer path
+LATER_NICE = 5  # a later distance's process: below the first run, which is the longer path at full scale
 WAITING = 3  # exit code of a later distance's process that never started its run
 
 
