@@ -148,6 +148,15 @@ def join_counts(frame: pd.DataFrame, profiles: pd.DataFrame, clusters: pd.DataFr
     return {"rows_without_profile": unmatched(profiles), "rows_without_cluster": unmatched(clusters)}
 
 
+def course_first_seasons(rows: pd.DataFrame) -> pd.Series:
+    """The first season of each event_name among ``rows``, sorted by name."""
+    codes, uniques = pd.factorize(rows["event_name"], sort=False)
+    has = codes >= 0
+    years = rows["event_year"].to_numpy(dtype=np.float64, na_value=np.nan)[has].astype(np.int64)
+    first = pd.Series(years).groupby(codes[has]).min()
+    return pd.Series(first.to_numpy(), index=[str(uniques[c]) for c in first.index]).sort_index()
+
+
 def distance_rows(frame: pd.DataFrame, distance: str) -> pd.DataFrame:
     """The model-frame rows of one distance, in frame order."""
     if distance not in MODEL_DISTANCES:

@@ -49,6 +49,10 @@ class Split:
     def train(self) -> pd.DataFrame:
         return self.rows.loc[~self.held_out]
 
+    def train_columns(self, *columns: str) -> pd.DataFrame:
+        """Some columns of the fitted rows (cheaper than :attr:`train`, which copies every column)."""
+        return self.rows[list(columns)].loc[~self.held_out]
+
     @property
     def holdout(self) -> pd.DataFrame:
         return self.rows.loc[self.held_out]

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from racedayai_bayes.lib.data.history import first_race
+from racedayai_bayes.lib.data.frame import course_first_seasons
+from racedayai_bayes.lib.data.history import first_race, index_in
 from racedayai_bayes.lib.data.split import Split
 from racedayai_bayes.lib.evaluation import diagnostics as dx
 from racedayai_bayes.lib.evaluation.scores import Scores, edition_labels, score
@@ -97,19 +98,21 @@ def row_groups(rows: pd.DataFrame, train: pd.DataFrame) -> dict[str, np.ndarray]
     season than the row's.
     """
     first = first_race(rows)
-    courses = train["event_name"].dropna()
-    first_season = train.loc[courses.index, "event_year"].astype("int64").groupby(courses.to_numpy()).min()
-    course_first = rows["event_name"].map(first_season).astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
-    known = np.nan_to_num(course_first, nan=np.inf) < rows["event_year"].to_numpy(dtype=np.float64)
+    first_season = course_first_seasons(train)
+    pos = index_in(rows["event_name"], first_season.index)
+    seasons = np.r_[first_season.to_numpy(dtype=np.float64), np.inf]  # a course never trained on: inf
+    course_first = seasons[np.where(pos >= 0, pos, len(first_season))]
+    known = course_first < rows["event_year"].to_numpy(dtype=np.float64, na_value=np.nan)
     return {"first race": first, "returning": ~first, "known course": known, "new course": ~known}
 
 
-def _evaluate(model: FittedModel, split: Split, positions: np.ndarray, label: str, groups, clusters) -> Evaluation:
+def _evaluate(model: FittedModel, split: Split, positions: np.ndarray, label: str, groups) -> Evaluation:
     rows = split.rows
     pred = model.predict(rows, positions, log_density=True)
     observed = rows["total_sec"].to_numpy(dtype=np.float64)[positions]
-    scores = score(observed, pred, clusters[positions], {g: m[positions] for g, m in groups.items()})
-    return Evaluation(label, positions, observed, pred, scores, clusters[positions])
+    clusters = edition_labels(rows, positions)
+    scores = score(observed, pred, clusters, {g: m[positions] for g, m in groups.items()})
+    return Evaluation(label, positions, observed, pred, scores, clusters)
 
 
 def in_sample_positions(split: Split, n: int) -> np.ndarray:
@@ -117,7 +120,8 @@ def in_sample_positions(split: Split, n: int) -> np.ndarray:
     train = split.train_positions
     if n <= 0 or n >= len(train):
         return train
-    return np.sort(split.rows.iloc[train].sample(n, random_state=EVAL_RANDOM_STATE).index.to_numpy())
+    # the same rows as sampling the fitted rows' frame (pandas draws by length only), without copying it
+    return np.sort(pd.Series(train).sample(n, random_state=EVAL_RANDOM_STATE).to_numpy())
 
 
 def judge(model: FittedModel, split: Split, settings: JudgeSettings = JudgeSettings(),
@@ -125,12 +129,11 @@ def judge(model: FittedModel, split: Split, settings: JudgeSettings = JudgeSetti
     """Score ``model`` on the split's held-out rows (and the notebook's in-sample rows) and check it."""
     t0 = time.perf_counter()
     rows = split.rows
-    clusters = edition_labels(rows)
-    groups = row_groups(rows, split.train)
-    in_sample = _evaluate(model, split, in_sample_positions(split, settings.eval_rows), "in-sample", groups, clusters)
+    groups = row_groups(rows, split.train_columns("event_name", "event_year"))
+    in_sample = _evaluate(model, split, in_sample_positions(split, settings.eval_rows), "in-sample", groups)
     holdout = None
     if split.held_out.any():
-        holdout = _evaluate(model, split, split.holdout_positions, "held-out", groups, clusters)
+        holdout = _evaluate(model, split, split.holdout_positions, "held-out", groups)
     judged = holdout or in_sample
     s = judged.scores
     checks = [

@@ -62,13 +62,16 @@ def coverage_se(inside: np.ndarray, clusters: np.ndarray) -> tuple[float, float]
     return cov, float(np.fmax(se, floor))
 
 
-def edition_labels(rows: pd.DataFrame) -> np.ndarray:
-    """One label per edition (course and season); a row without a course is its own cluster."""
-    course = rows["event_name"].astype("string")
-    label = course + "|" + rows["event_year"].astype("string")
+def edition_labels(rows: pd.DataFrame, positions: np.ndarray | None = None) -> np.ndarray:
+    """One label per edition (course and season) of each row (of the rows at ``positions``);
+    a row without a course is its own cluster, named by its position in ``rows``."""
+    positions = np.arange(len(rows)) if positions is None else np.asarray(positions)
+    sub = rows[["event_name", "event_year"]].iloc[positions]
+    course = sub["event_name"].astype("string")
+    label = course + "|" + sub["event_year"].astype("string")
     lone = course.isna().to_numpy()
     out = label.to_numpy(dtype=object)
-    out[lone] = [f"(no event_name) row {i}" for i in np.flatnonzero(lone)]
+    out[lone] = [f"(no event_name) row {i}" for i in positions[lone]]
     return out
 
 

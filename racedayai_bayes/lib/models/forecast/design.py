@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from racedayai_bayes.lib.data.frame import course_first_seasons
 from racedayai_bayes.lib.data.history import first_race
 
 GENDERS = ("M", "F", "U")  # U: blank or unrecognised gender
@@ -125,15 +126,6 @@ def cells(rows: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
     combos, inverse = np.unique(genders * len(uniques) + ages, return_inverse=True)
     labels = [f"{GENDERS[c // len(uniques)]}|{uniques[c % len(uniques)]}" for c in combos]
     return inverse.reshape(-1), labels
-
-
-def course_first_seasons(rows: pd.DataFrame) -> pd.Series:
-    """The first season of each event_name among ``rows``, sorted by name."""
-    codes, uniques = pd.factorize(rows["event_name"], sort=False)
-    has = codes >= 0
-    years = rows["event_year"].to_numpy(dtype=np.float64, na_value=np.nan)[has].astype(np.int64)
-    first = pd.Series(years).groupby(codes[has]).min()
-    return pd.Series(first.to_numpy(), index=[str(uniques[c]) for c in first.index]).sort_index()
 
 
 def fit_encoding(train: pd.DataFrame, distance: str, day_sd: float = 0.0) -> ForecastEncoding:
