@@ -149,11 +149,16 @@ def test_the_report_on_a_terminal_draws_a_bar_and_clears_it_before_each_line():
     assert "seed_asof [70.3]" in tail and "3.0 s" in tail
 
 
-def test_a_failed_step_is_classified_data_error_check_failure_or_bug():
-    report, _ = _report()
+def _report_of_a_run() -> tuple[RefitReport, io.StringIO, Clock]:
+    """A report of one 70.3 run, "r", as the watcher has found it."""
+    report, out = _report()
     report.run_starting("70.3")
     report.run_started("r")
-    clock = Clock()
+    return report, out, Clock()
+
+
+def test_a_failed_step_is_classified_data_error_check_failure_or_bug():
+    report, _, clock = _report_of_a_run()
     error = SimpleNamespace(cls_name="Failure", message="Failure: x", cause=None, to_string=lambda: "tb")
     report.feed(_entry("r", "athlete_race", clock.tick(1), "STEP_START"))
     report.feed(_entry("r", "athlete_race", clock.tick(1), "STEP_FAILURE",
@@ -175,10 +180,7 @@ def test_a_failed_step_is_classified_data_error_check_failure_or_bug():
 
 
 def test_interrupted_steps_are_said_once_and_not_called_a_data_error():
-    report, out = _report()
-    report.run_starting("70.3")
-    report.run_started("r")
-    clock = Clock()
+    report, out, clock = _report_of_a_run()
     stop = SimpleNamespace(cls_name="DagsterExecutionInterruptedError", message="", cause=None, to_string=lambda: "tb")
     for step in ("posterior", "bayesian_predictions"):
         report.feed(_entry("r", step, clock.tick(1), "STEP_START"))
