@@ -55,3 +55,36 @@ def test_one_process_takes_distinct_slots_and_rejects_no_slots(tmp_path):
     b.release()
     with pytest.raises(ValueError, match="at least 1"):
         cpu_slots.acquire(tmp_path, 0)
+
+
+def test_a_low_priority_waiter_yields_a_freed_slot_to_a_normal_one(tmp_path):
+    held = cpu_slots.acquire(tmp_path, 1)
+    got: list[str] = []
+
+    def wait(name, low):
+        slot = cpu_slots.acquire(tmp_path, 1, poll_s=0.01, low_priority=low)
+        got.append(name)
+        time.sleep(0.3)  # holds it a while, then frees it for the next
+        slot.release()
+
+    low = threading.Thread(target=wait, args=("low", True))
+    low.start()
+    time.sleep(0.2)  # the low-priority one waits first
+    normal = threading.Thread(target=wait, args=("normal", False))
+    normal.start()
+    time.sleep(0.2)
+    assert got == []
+    held.release()
+    normal.join(timeout=10)
+    low.join(timeout=10)
+    assert got == ["normal", "low"]  # the normal waiter took the slot first; the low one got it next
+
+
+def test_a_low_priority_waiter_takes_a_free_slot_when_nobody_else_waits(tmp_path):
+    slot = cpu_slots.acquire(tmp_path, 1, low_priority=True)
+    assert slot.waited_s < 1.0
+    slot.release()
+    # a niced process is low-priority by default
+    out = subprocess.run([sys.executable, "-c", "import os; os.nice(5); from racedayai_bayes.lib import cpu_slots; "
+                          f"print(cpu_slots.acquire({str(tmp_path)!r}, 1).index)"], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "0", out.stderr

@@ -8,7 +8,10 @@ instance. The kernel drops a process's locks when it exits, however it exits (a 
 SIGKILL included), so a slot can never be leaked by a dead step.
 
 The lock is taken before the step loads its inputs, so a waiting step holds no data.
-Waiters poll; no order among them is promised.
+Waiters poll. A low-priority waiter (by default, a process with a positive nice value, as the
+refit command's later-distance runs are) takes a free slot only while no other waiter is
+waiting: those hold a shared lock on ``waiting.lock`` while they wait. Best effort, no
+stricter order is promised.
 """
 
 from __future__ import annotations
@@ -50,24 +53,48 @@ def _try(path: Path) -> int | None:
     return fd
 
 
+def _others_waiting(folder: Path) -> bool:
+    """Whether a normal-priority waiter holds its shared lock on ``waiting.lock``."""
+    fd = os.open(folder / "waiting.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the lock, if it was taken
+    return False
+
+
 def acquire(folder: Path, slots: int, *, on_wait: Callable[[], None] | None = None,
-            poll_s: float = POLL_S) -> Slot:
+            poll_s: float = POLL_S, low_priority: bool | None = None) -> Slot:
     """Block until one of ``slots`` slots in ``folder`` is free, and hold it.
 
-    ``on_wait`` is called once, when every slot is taken at the first try.
+    ``on_wait`` is called once, when every slot is taken at the first try. ``low_priority``
+    (default: whether this process runs at a positive nice value) yields a free slot to the
+    waiters that are not low-priority.
     """
     if slots < 1:
         raise ValueError(f"slots must be at least 1, not {slots}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    low = os.getpriority(os.PRIO_PROCESS, 0) > 0 if low_priority is None else low_priority
     t0 = time.monotonic()
     told = False
-    while True:
-        for i in range(slots):
-            fd = _try(folder / f"slot-{i}.lock")
-            if fd is not None:
-                return Slot(i, fd, time.monotonic() - t0)
-        if not told and on_wait is not None:
-            on_wait()
-        told = True
-        time.sleep(poll_s)
+    waiting = -1  # the shared lock on waiting.lock that a normal-priority waiter holds
+    try:
+        while True:
+            if not (low and _others_waiting(folder)):
+                for i in range(slots):
+                    fd = _try(folder / f"slot-{i}.lock")
+                    if fd is not None:
+                        return Slot(i, fd, time.monotonic() - t0)
+            if not low and waiting < 0:
+                waiting = os.open(folder / "waiting.lock", os.O_RDWR | os.O_CREAT, 0o644)
+                fcntl.flock(waiting, fcntl.LOCK_SH)
+            if not told and on_wait is not None:
+                on_wait()
+            told = True
+            time.sleep(poll_s)
+    finally:
+        if waiting >= 0:
+            os.close(waiting)
