@@ -62,7 +62,7 @@ def test_a_low_priority_waiter_yields_a_freed_slot_to_a_normal_one(tmp_path):
     got: list[str] = []
 
     def wait(name, low):
-        slot = cpu_slots.acquire(tmp_path, 1, poll_s=0.01, low_priority=low)
+        slot = cpu_slots.acquire(tmp_path, 1, poll_s=0.01, low_priority=low, grace_s=0.1)
         got.append(name)
         time.sleep(0.3)  # holds it a while, then frees it for the next
         slot.release()
@@ -88,3 +88,26 @@ def test_a_low_priority_waiter_takes_a_free_slot_when_nobody_else_waits(tmp_path
     out = subprocess.run([sys.executable, "-c", "import os; os.nice(5); from racedayai_bayes.lib import cpu_slots; "
                           f"print(cpu_slots.acquire({str(tmp_path)!r}, 1).index)"], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "0", out.stderr
+
+
+def test_a_waiting_low_priority_step_leaves_a_freed_slot_for_a_step_about_to_ask(tmp_path):
+    """A run starts its next step only after its last one ended: that step comes up within
+    the grace time and takes the slot its run just freed, though a low-priority step waited."""
+    held = cpu_slots.acquire(tmp_path, 1)
+    got: list[str] = []
+
+    def low_waiter():
+        slot = cpu_slots.acquire(tmp_path, 1, poll_s=0.01, low_priority=True, grace_s=1.0)
+        got.append("low")
+        slot.release()
+
+    thread = threading.Thread(target=low_waiter)
+    thread.start()
+    time.sleep(0.2)
+    held.release()
+    time.sleep(0.3)  # the next step of the run that held it comes up
+    nxt = cpu_slots.acquire(tmp_path, 1, low_priority=False)
+    assert got == [] and nxt.waited_s < 0.5
+    nxt.release()
+    thread.join(timeout=10)
+    assert got == ["low"]
