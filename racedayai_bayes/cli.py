@@ -367,9 +367,11 @@ def _run_tags(distance: str, log_path) -> dict[str, str]:
 def _later_run(args, instance, defs, refit_job_def) -> int:
     """A later distance's run (``refit --after FIRST=LOG``): wait until the first run of the
     command that started this process has stored the shared assets, then execute this
-    distance's run, in this process's main thread. Exit 3 if the first run ended without them."""
+    distance's run, in this process's main thread. Exit 3 if the first run ended without them,
+    or if the command that started this process is gone (killed before its first run began)."""
     import dagster as dg
 
+    parent = os.getppid()
     first, _, log = args.after.partition("=")
     keys = _refit_keys(defs)
     first_tags = {"dagster/partition": first, LOG_TAG: log}
@@ -385,6 +387,8 @@ def _later_run(args, instance, defs, refit_job_def) -> int:
                 break
             if instance.get_run_by_id(run_id).status in ended:
                 return WAITING
+        if os.getppid() != parent:  # orphaned: nobody would report this run, or stop it
+            return WAITING
         time.sleep(POLL_S)
     run_config = _run_config(args)
     dg.execute_job(dg.reconstructable(refit_job_def), instance=instance, run_config=run_config,

@@ -168,3 +168,30 @@ def test_ctrl_c_stops_both_distances_runs_and_leaves_no_process(dagster_home, sm
     else:
         left = subprocess.run(["ps", "-o", "pid,stat,args", "-g", str(proc.pid)], capture_output=True, text=True).stdout
         pytest.fail(f"processes of the command still running 30 s after it exited:\n{left}")
+
+
+def test_a_later_distance_process_whose_command_is_gone_exits(dagster_home, small_inputs, tmp_path):
+    """The process that runs a later distance waits for the first run; if the command that
+    started it dies before that run begins, it exits instead of waiting for ever."""
+    import time
+
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "RACEDAYAI_INPUT_DIR": str(small_inputs),
+           "RACEDAYAI_OUTPUT_DIR": str(tmp_path / "outputs")}
+    later = f"{sys.executable} -m racedayai_bayes.cli refit --distance 140.6 --after '70.3={tmp_path}/refit.log'"
+    # a stand-in for the refit command: it starts the later process, then dies without a run
+    shell = subprocess.run(["sh", "-c", f"{later} >/dev/null 2>&1 & echo $!; sleep 8"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    pid = int(shell.stdout.split()[0])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            break
+        if state == "Z":  # exited, not yet reaped by its new parent
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(pid, 9)
+        pytest.fail("the orphaned later-distance process kept waiting")
+    assert dg.DagsterInstance.from_config(str(dagster_home)).get_runs() == []
