@@ -266,6 +266,7 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
     later = [_Later.start(args, d, distances[0], log_path, report) for d in distances[1:]]
     try:
         first_id = refit(distances[0], sorted(shared_keys, key=_key_order) + per_distance, first_tags)
+        interrupted = bool(first_id) and _interrupted(instance, first_id)
         built = bool(first_id) and all(_materialized(instance, first_id, k) for k in shared_keys)
         if not built:
             for child in later:
@@ -274,14 +275,19 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
                 report.line(f"not refitting {', '.join(distances[1:])}: the first run did not build the model frame")
         for child in later:
             run_id = child.wait(instance, checked_assets)
+            interrupted |= child.interrupted or (bool(run_id) and _interrupted(instance, run_id))
             if run_id:
                 run_ids.append(run_id)
     finally:
         for child in later:
             child.stop()
     # only when a run stored a posterior the means are made of (not when every distance was
-    # refused, say because another refit of it is running)
-    if means_keys and any(_materialized(instance, r, k) for r in run_ids for k in means_inputs):
+    # refused, say because another refit of it is running), and never after a Ctrl-C: a run
+    # may have stored its posterior before it was stopped, but nothing new starts
+    stored = any(_materialized(instance, r, k) for r in run_ids for k in means_inputs)
+    if means_keys and stored and interrupted:
+        report.line("not writing the posterior means: the refit was interrupted")
+    elif means_keys and stored:
         refit("means", means_keys, tags={RUN_TAG: "posterior means", LOG_TAG: str(log_path)})
     return report, (errors[0] if errors else None)
 
@@ -301,6 +307,7 @@ class _Later:
 
     def __init__(self, distance: str, proc, watcher, report):
         self.distance, self.proc, self.watcher, self.report = distance, proc, watcher, report
+        self.interrupted = False  # a Ctrl-C reached this process while it waited for the child
 
     @classmethod
     def start(cls, args, distance: str, first: str, log_path: Path, report) -> _Later:
@@ -329,6 +336,7 @@ class _Later:
                 code = self.proc.wait()
                 break
             except KeyboardInterrupt:
+                self.interrupted = True
                 self.proc.send_signal(signal.SIGINT)  # Dagster's way to stop the child's run
         self.watcher.finish()
         records = instance.get_run_records(dg.RunsFilter(tags=self.watcher.tags), limit=1)
@@ -418,6 +426,18 @@ def _expected_posteriors(result, checked_assets, distance: str) -> list[tuple[st
     """(asset, distance) of every checked asset this run was to materialise."""
     selection = result.dagster_run.asset_selection
     return [(key.to_user_string(), distance) for key in checked_assets if selection is None or key in selection]
+
+
+# the reason Dagster records on a run that an interrupt (Ctrl-C, SIGINT) stopped
+_FAILURE_REASON_TAG = "dagster/failure_reason"
+_INTERRUPTED_REASON = "UNEXPECTED_TERMINATION"
+
+
+def _interrupted(instance, run_id: str) -> bool:
+    """Whether an interrupt stopped the run: Dagster ends such a run as failed, with an
+    unexpected termination as its reason."""
+    run = instance.get_run_by_id(run_id)
+    return run is not None and run.tags.get(_FAILURE_REASON_TAG) == _INTERRUPTED_REASON
 
 
 def _materialized(instance, run_id: str, key) -> bool:

@@ -122,6 +122,12 @@ def test_refit_exits_non_zero_and_keeps_outputs_when_a_check_fails(dagster_home,
     assert previous.read_text().count("\n") == 1
 
 
+def _stored_a_posterior(instance, run_id: str) -> bool:
+    posteriors = {dg.AssetKey("posterior_seed_profile"), dg.AssetKey("posterior_forecast")}
+    return any(e.dagster_event.asset_key in posteriors
+               for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION))
+
+
 def test_ctrl_c_stops_both_distances_runs_and_leaves_no_process(dagster_home, small_inputs, tmp_path):
     """Ctrl-C on the terminal (SIGINT to the command's process group) while both distances'
     runs execute, each in its own process: both runs end, none stays in progress, and every
@@ -137,9 +143,12 @@ def test_ctrl_c_stops_both_distances_runs_and_leaves_no_process(dagster_home, sm
     in_progress = (dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.NOT_STARTED)
     deadline = time.monotonic() + 300
     try:
-        while time.monotonic() < deadline:  # until the second distance's run executes
+        # until the second distance's run executes and the first has stored a posterior that
+        # the posterior means are made of (a refit that was interrupted starts no means run)
+        while time.monotonic() < deadline:
             runs = {r.tags.get("dagster/partition"): r for r in instance.get_runs()}
-            if "140.6" in runs and runs["140.6"].status == dg.DagsterRunStatus.STARTED:
+            if ("140.6" in runs and runs["140.6"].status == dg.DagsterRunStatus.STARTED
+                    and _stored_a_posterior(instance, runs["70.3"].run_id)):
                 break
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.2)
@@ -153,6 +162,7 @@ def test_ctrl_c_stops_both_distances_runs_and_leaves_no_process(dagster_home, sm
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 1, out + err
     assert "error: interrupted: " in err and "stopped before finishing" in err
+    assert "not writing the posterior means: the refit was interrupted" in out
     runs = instance.get_runs()
     assert {r.tags.get("dagster/partition") for r in runs} == {"70.3", "140.6"}  # no means run
     assert all(r.status == dg.DagsterRunStatus.FAILURE for r in runs), [(r.tags, r.status) for r in runs]
