@@ -103,5 +103,7 @@ def test_changing_or_removing_later_seasons_leaves_every_earlier_feature_byte_id
 def test_earlier_season_sums_stay_within_each_athlete():
     hashes = pd.Series(["a", "b", "a", "a", None, "b"], dtype="string")
     years = np.array([2020, 2020, 2021, 2021, 2021, 2022])
-    out = earlier_season_sums(hashes, years, {"v": np.array([1.0, 10.0, 100.0, 1000.0, 5.0, 7.0])})
+    codes, _ = pd.factorize(hashes, sort=False)
+    assert codes[4] < 0  # the row without an athlete
+    out = earlier_season_sums(codes, years, {"v": np.array([1.0, 10.0, 100.0, 1000.0, 5.0, 7.0])})
     assert out["v"].tolist() == [0.0, 0.0, 1.0, 1.0, 0.0, 10.0]

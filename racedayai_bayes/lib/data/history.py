@@ -48,18 +48,15 @@ def first_race(frame: pd.DataFrame) -> np.ndarray:
     return frame["hist_starts"].to_numpy() == 0
 
 
-def earlier_season_sums(hashes: pd.Series | None, years: np.ndarray, values: dict[str, np.ndarray], *,
-                        codes: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def earlier_season_sums(codes: np.ndarray, years: np.ndarray, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """For each row, the sums of ``values`` over the same athlete's rows of strictly earlier seasons.
 
-    Rows without an athlete_hash get 0. Each sum runs over one athlete's seasons only (never
-    across athletes), so it depends on nothing but that athlete's earlier rows. ``codes``
-    (an integer per row's athlete, negative for none) replaces ``hashes``: the sums are the
-    same numbers whichever numbering the athletes get, as each season's values are added in
-    row order and the seasons in season order.
+    ``codes``: an integer per row's athlete (``pd.factorize`` of the athlete hashes, say),
+    negative for none; such rows get 0. Each sum runs over one athlete's seasons only (never
+    across athletes), so it depends on nothing but that athlete's earlier rows. The sums are
+    the same numbers whichever numbering the athletes get, as each season's values are added
+    in row order and the seasons in season order.
     """
-    if codes is None:
-        codes, _ = pd.factorize(hashes, sort=False)
     codes = np.asarray(codes)
     years = np.asarray(years, dtype=np.int64)
     named = codes >= 0
@@ -204,18 +201,11 @@ def cumulate(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def as_of(table: pd.DataFrame, season: int) -> pd.DataFrame:
-    """Each athlete's totals over the seasons strictly before ``season``: what a race in that
-    season knows. The same numbers a race of that season gets in the model frame, bit for bit:
-    the running totals of :func:`cumulate`, through the athlete's last season before ``season``."""
-    running, rows = as_of_rows(table, season)
-    running.index = pd.Index(table["athlete_hash"].to_numpy()[rows], name="athlete_hash")
-    return running
-
-
 def as_of_rows(table: pd.DataFrame, season: int) -> tuple[pd.DataFrame, np.ndarray]:
-    """:func:`as_of`'s totals, and for each the position in ``table`` of the athlete's last
-    season before ``season`` (no index of athlete hashes is built)."""
+    """Each athlete's totals over the seasons strictly before ``season``: what a race in that
+    season knows, the same numbers a race of that season gets in the model frame, bit for bit
+    (the running totals of :func:`cumulate`, through the athlete's last season before
+    ``season``). Also, for each, the position in ``table`` of that last season."""
     before = np.flatnonzero((table["event_year"] < season).to_numpy())
     known = table.iloc[before].reset_index(drop=True)
     new_athlete = athlete_runs(known["athlete_hash"])

@@ -168,18 +168,25 @@ class ForecastDesign:
         return len(self.gender)
 
 
+def _positions(codes: np.ndarray, uniques, levels: tuple[str, ...]) -> np.ndarray:
+    """Each row's position in ``levels`` (-1 if absent, or if its code is negative), from the
+    row's code into ``uniques``: every distinct value is looked up once, not every row."""
+    codes = np.asarray(codes).reshape(-1)
+    pos = pd.Index(levels).get_indexer(uniques) if len(uniques) else np.zeros(0, dtype=np.int64)
+    if not len(pos):
+        return np.full(len(codes), -1, dtype=np.int64)
+    return np.where(codes >= 0, pos[np.maximum(codes, 0)], -1)
+
+
 def _lookup(values: pd.Series, levels: tuple[str, ...]) -> np.ndarray:
-    """Index of each value in ``levels`` (-1 if absent or missing), factorising first."""
+    """Index of each value in ``levels`` (-1 if absent or missing)."""
     codes, uniques = pd.factorize(values, sort=False)
-    pos = pd.Index(levels).get_indexer(uniques.astype(object))
-    return np.where(codes >= 0, pos[np.maximum(codes, 0)] if len(pos) else -1, -1)
+    return _positions(codes, uniques.astype(object), levels)
 
 
 def _cell_index(rows: pd.DataFrame, levels: tuple[str, ...]) -> np.ndarray:
     """Index of each row's cell in ``levels`` (-1 for a cell the fit never saw)."""
-    index, labels = cells(rows)
-    pos = pd.Index(levels).get_indexer(labels) if labels else np.zeros(0, dtype=np.int64)
-    return pos[index] if len(index) else np.zeros(0, dtype=np.int64)
+    return _positions(*cells(rows), levels)
 
 
 def encode(rows: pd.DataFrame, enc: ForecastEncoding) -> ForecastDesign:

@@ -294,7 +294,8 @@ class FittedForecast(FittedModel):
         r = y - offset - linear_part(design, self.encoding, self.b_mean, forecast=False)
         w = observation_weights(design, self.scales_mean, self.encoding.day_sd, known)
         wr = w * r
-        sums = earlier_season_sums(frame["athlete_hash"], frame["event_year"].to_numpy(dtype=np.int64), {"a": wr, "w": w})
+        athletes, _ = pd.factorize(frame["athlete_hash"], sort=False)
+        sums = earlier_season_sums(athletes, frame["event_year"].to_numpy(dtype=np.int64), {"a": wr, "w": w})
         value = (design, wr, w, sums["a"], sums["w"])
         self._prepared_for = (weakref.ref(frame), value)
         return value
@@ -355,7 +356,7 @@ class FittedForecast(FittedModel):
         codes = np.r_[pos, np.arange(k), np.arange(k)]
         years = np.r_[rows["event_year"].to_numpy(dtype=np.int64), np.full(k, season), np.full(k, season + 1)]
         zeros = np.zeros(2 * k)
-        sums = earlier_season_sums(None, years, {"a": np.r_[wr, zeros], "w": np.r_[w, zeros]}, codes=codes)
+        sums = earlier_season_sums(codes, years, {"a": np.r_[wr, zeros], "w": np.r_[w, zeros]})
         own_is_1 = np.full(k, self.distance == MODEL_DISTANCES[1])
         table = pd.DataFrame({"athlete_hash": athletes})
         for cut, at, part in (("before", season, slice(n, n + k)), ("through", season + 1, slice(n + k, n + 2 * k))):
