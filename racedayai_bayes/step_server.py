@@ -16,6 +16,7 @@ STEP_PRELOAD = [
     "scipy.stats",
     "h5netcdf",
     "racedayai_bayes.lib.evaluation.report",
+    "racedayai_bayes.lib.evaluation.plots",
     "racedayai_bayes.lib.models.seed.exact",
     "racedayai_bayes.lib.models.forecast.fit",
     "racedayai_bayes.lib.outputs.artifacts",

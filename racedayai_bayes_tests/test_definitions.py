@@ -68,6 +68,25 @@ def test_executor_runs_at_most_two_steps_on_the_cpu():
     assert out.stdout.strip() == "cpu"
 
 
+def test_the_code_location_imports_no_sampler_and_no_plotting_library():
+    """The command line, the code server and the daemon import the code location but never
+    fit or plot: JAX, NumPyro, ArviZ and Matplotlib (seconds of imports and hundreds of MB
+    per process) are imported by the steps that need them, which fork from a server that
+    has preloaded them (racedayai_bayes/step_server.py)."""
+    from racedayai_bayes.step_server import STEP_PRELOAD
+
+    heavy = ("jax", "numpyro", "arviz", "matplotlib")
+    script = ("import sys, racedayai_bayes.cli, racedayai_bayes.definitions; "
+              f"print(','.join(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+    # ... and the step server preloads each of them, so that no step imports them itself
+    preload = "; ".join(f"import {m}" for m in STEP_PRELOAD)
+    script = f"import sys; {preload}; print(','.join(m for m in {heavy!r} if m not in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
 def _dg_check_defs(cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     dg = Path(sys.executable).with_name("dg")
     env = {**os.environ, "VIRTUAL_ENV": str(Path(sys.executable).parents[1]), **(env or {})}

@@ -10,7 +10,6 @@ import numpy as np
 
 from racedayai_bayes.lib.data.contracts import InputError, read_start_list
 from racedayai_bayes.lib.data.frame import MODEL_DISTANCES
-from racedayai_bayes.lib.evaluation.plots import field_forecast_plot, png_markdown
 from racedayai_bayes.lib.outputs.artifacts import ArtifactError, artifact_dir, load_artifact
 from racedayai_bayes.lib.outputs.forecasts import ForecastError, forecast_start_list
 from racedayai_bayes.lib.outputs.io import OutputWriteError, write_csv_atomic
@@ -34,6 +33,8 @@ def _fail(message: str) -> dg.Failure:
 )
 def race_forecasts(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.MaterializeResult:
     """Every athlete of one start list forecast at its race, from the published posterior."""
+    from racedayai_bayes.lib.evaluation import plots  # Matplotlib: only a step that plots imports it
+
     name = context.partition_key
     path = paths.start_list(name)
     try:
@@ -67,8 +68,8 @@ def race_forecasts(context: dg.AssetExecutionContext, paths: PipelinePaths) -> d
         "model": dg.MetadataValue.text(result.model),
         "artifact": dg.MetadataValue.path(result.artifact),
         "median_forecast_h": dg.MetadataValue.float(float(np.median(p50) / 3600)),
-        "plot_field": dg.MetadataValue.md(png_markdown(
-            field_forecast_plot(result.table, f"{result.event} {result.season}"), f"forecasts of the field, {name}")),
+        "plot_field": dg.MetadataValue.md(plots.png_markdown(
+            plots.field_forecast_plot(result.table, f"{result.event} {result.season}"), f"forecasts of the field, {name}")),
         "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in result.notes) or "none"),
     })
 

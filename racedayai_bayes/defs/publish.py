@@ -8,7 +8,6 @@ from racedayai_bayes.lib.data.split import Split
 from racedayai_bayes.lib.evaluation import diagnostics as dx
 from racedayai_bayes.lib.evaluation.compare import PUBLISH_CHOICES, Decision, decide
 from racedayai_bayes.lib.evaluation.judge import Judged
-from racedayai_bayes.lib.evaluation.plots import elpd_difference_plot, png_markdown
 from racedayai_bayes.lib.evaluation.report import comparison_markdown, differences_markdown
 from racedayai_bayes.lib.models.base import MODEL_NAMES
 from racedayai_bayes.lib.outputs.artifacts import ArtifactError, published_model as last_published
@@ -75,8 +74,10 @@ def published_model(context: dg.AssetExecutionContext, config: PublishConfig, pa
         "differences": dg.MetadataValue.md(differences_markdown(decision)),
     }
     if not decision.differences.empty:
-        metadata["plot_elpd_differences"] = dg.MetadataValue.md(png_markdown(
-            elpd_difference_plot(decision.differences), f"ELPD differences against the published model, {distance}"))
+        from racedayai_bayes.lib.evaluation import plots  # Matplotlib: only a step that plots imports it
+
+        metadata["plot_elpd_differences"] = dg.MetadataValue.md(plots.png_markdown(
+            plots.elpd_difference_plot(decision.differences), f"ELPD differences against the published model, {distance}"))
     if decision.chosen is not None:
         metadata["artifact"] = dg.MetadataValue.path(str(decision.chosen.artifact))
     yield dg.Output(decision, metadata=metadata)

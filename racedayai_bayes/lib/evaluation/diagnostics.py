@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from racedayai_bayes.lib.inference.nuts import Draws
+from racedayai_bayes.lib.inference.draws import Draws
 
 RHAT_MAX = 1.01
 ESS_BULK_MIN = 400.0

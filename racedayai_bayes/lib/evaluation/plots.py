@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from racedayai_bayes.lib.evaluation.diagnostics import COVERAGE_RANGE, point_metrics, to_inference_data
-from racedayai_bayes.lib.inference.nuts import Draws
+from racedayai_bayes.lib.inference.draws import Draws
 
 DPI = 90
 WIDTH_IN = 9.0

@@ -23,13 +23,12 @@ import numpy as np
 import pandas as pd
 
 from racedayai_bayes.lib.errors import FitError
-from racedayai_bayes.lib.inference.nuts import Draws, Sampler
+from racedayai_bayes.lib.inference.draws import Draws
 from racedayai_bayes.lib.models.base import FittedModel, Model, ModelEntry, Prediction, ProgressFn
 from racedayai_bayes.lib.models.seed.encoding import Encoding, encode, fit_encoding
 from racedayai_bayes.lib.models.seed.model import SCALE_SITES
 from racedayai_bayes.lib.models.seed.predict import log_density as seed_log_density
 from racedayai_bayes.lib.models.seed.predict import mean_prediction, posterior_means_row, predictive_summary
-from racedayai_bayes.lib.models.seed.rowwise import fit_rowwise
 
 ENGINES = ("exact", "exact_nuts", "rowwise")
 FEATURES = ("profile", "asof")
@@ -92,6 +91,9 @@ def _sample(rows: pd.DataFrame, n: int) -> pd.DataFrame:
 
 
 def run_engine(design, settings: SeedSettings, seed: int, progress: ProgressFn = None) -> Draws:
+    # the samplers import JAX: only a process that fits pays for it
+    from racedayai_bayes.lib.inference.nuts import Sampler
+
     sampler = Sampler(
         num_warmup=settings.num_warmup,
         num_samples=settings.num_samples,
@@ -100,6 +102,8 @@ def run_engine(design, settings: SeedSettings, seed: int, progress: ProgressFn =
         seed=seed,
     )
     if settings.engine == "rowwise":
+        from racedayai_bayes.lib.models.seed.rowwise import fit_rowwise
+
         return fit_rowwise(design, sampler, progress)
     if settings.engine in ("exact", "exact_nuts"):
         from racedayai_bayes.lib.models.seed.exact import fit_exact

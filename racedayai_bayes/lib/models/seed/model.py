@@ -1,9 +1,10 @@
-"""The seed's hierarchical Normal model of standardised finish time, for one distance."""
+"""The seed's hierarchical Normal model of standardised finish time, for one distance.
+
+NumPyro (and so JAX) is imported when the model runs, not with this module: its constants
+are read by processes that never sample (the command line, the code location's server).
+"""
 
 from __future__ import annotations
-
-import numpyro
-import numpyro.distributions as dist
 
 # Prior constants, in one place so that every engine uses the same ones.
 PRIOR_MU_GLOBAL_SD = 1.0
@@ -56,6 +57,9 @@ def finish_time_model(
     mu_global and subtracting it from every mu_gender leaves the likelihood unchanged),
     which is why the row-wise NUTS sampler mixes slowly on this model.
     """
+    import numpyro
+    import numpyro.distributions as dist
+
     # priors on the population parameters
     mu_global = numpyro.sample("mu_global", dist.Normal(0.0, PRIOR_MU_GLOBAL_SD))
     sigma_gender = numpyro.sample("sigma_gender", dist.HalfNormal(PRIOR_GROUP_SCALE))

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from racedayai_bayes.lib.evaluation.plots import new_figure, png
-from racedayai_bayes.lib.inference.nuts import Draws
+from racedayai_bayes.lib.inference.draws import Draws
 from racedayai_bayes.lib.models.seed.encoding import NO_CLUSTER, Encoding
 
 GENDER_NAMES = {"M": "Male", "F": "Female"}

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from racedayai_bayes.lib.data.frame import MODEL_DISTANCES
-from racedayai_bayes.lib.inference.nuts import Draws, ProgressFn
-from racedayai_bayes.lib.models.base import INTERVAL_COLUMNS, PREDICTION_COLUMNS
+from racedayai_bayes.lib.inference.draws import Draws
+from racedayai_bayes.lib.models.base import INTERVAL_COLUMNS, PREDICTION_COLUMNS, ProgressFn
 from racedayai_bayes.lib.models.seed.encoding import Design, Encoding, encode
 from racedayai_bayes.lib.runreport import every_tenth, with_progress
 
