@@ -119,6 +119,7 @@ class TreeRSS(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.every, self.stop = pid, every, threading.Event()
         self.peak_kb, self.peak_pss_kb = 0, 0
+        self.peak_parts: list[tuple[int, int, str]] = []  # (pid, PSS kB, command) at the PSS peak
 
     def _tree(self) -> list[int]:
         pids, todo = [], [self.pid]
@@ -131,6 +132,17 @@ class TreeRSS(threading.Thread):
                 except OSError:
                     pass
         return pids
+
+    @staticmethod
+    def _command(pid: int) -> str:
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return "?"
+        text = " ".join(a.decode(errors="replace") for a in args if a)
+        if "forkserver import main" in text:
+            return "forkserver or a step"
+        return text[:80]
 
     @staticmethod
     def _field(path: Path, name: str) -> int:
@@ -146,7 +158,11 @@ class TreeRSS(threading.Thread):
         while not self.stop.is_set():
             pids = self._tree()
             self.peak_kb = max(self.peak_kb, sum(self._field(Path(f"/proc/{p}/status"), "VmRSS:") for p in pids))
-            self.peak_pss_kb = max(self.peak_pss_kb, sum(self._field(Path(f"/proc/{p}/smaps_rollup"), "Pss:") for p in pids))
+            parts = [(p, self._field(Path(f"/proc/{p}/smaps_rollup"), "Pss:")) for p in pids]
+            pss = sum(kb for _, kb in parts)
+            if pss > self.peak_pss_kb:
+                self.peak_pss_kb = pss
+                self.peak_parts = [(p, kb, self._command(p)) for p, kb in parts if kb > 0]
             time.sleep(self.every)
 
 
@@ -203,6 +219,7 @@ def _run_history(home: Path) -> dict:
     instance = dg.DagsterInstance.from_config(str(home))
     steps: dict[str, float] = {}
     checks: list = []
+    pids: dict[int, str] = {}  # step process id -> step[partition]
     for run in instance.get_runs():
         part = run.tags.get("dagster/partition", "")
         starts = {}
@@ -210,6 +227,8 @@ def _run_history(home: Path) -> dict:
             ev = e.dagster_event
             if ev is None:
                 continue
+            if ev.event_type == dg.DagsterEventType.STEP_WORKER_STARTED and "pid" in ev.event_specific_data.metadata:
+                pids[int(ev.event_specific_data.metadata["pid"].value)] = f"{e.step_key}[{part}]"
             if ev.event_type == dg.DagsterEventType.STEP_START:
                 starts[e.step_key] = e.timestamp
             elif ev.event_type in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE):
@@ -219,7 +238,7 @@ def _run_history(home: Path) -> dict:
                 checks.append({"asset": d.asset_key.to_user_string(), "distance": part, "check": d.check_name,
                                "passed": bool(d.passed), "severity": d.severity.value,
                                "value": d.metadata["value"].value if "value" in d.metadata else None})
-    return {"steps": steps, "checks": checks}
+    return {"steps": steps, "checks": checks, "pids": pids}
 
 
 def _decisions(home: Path) -> dict:
@@ -309,6 +328,9 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
         "peak_rss_summed_mb": round(mon.peak_kb / 1024, 0),  # every process's RSS added up
         "peak_memory_measure": "peak_rss_mb: the summed PSS of the process tree (shared pages counted once); peak_rss_summed_mb: the summed RSS (shared pages counted in every process)",
         "step_wall_s": history["steps"],
+        # what the process tree held at its PSS peak: each process's PSS, step processes by step
+        "peak_parts_mb": {f"{history['pids'].get(pid, command)} (pid {pid})": round(kb / 1024)
+                          for pid, kb, command in sorted(mon.peak_parts, key=lambda x: -x[1])},
         "checks_failed": [c for c in history["checks"] if not c["passed"]],
         "all_error_checks_passed": all(c["passed"] or c["severity"] != "ERROR" for c in history["checks"]),
         "models": decisions,
@@ -645,6 +667,10 @@ def _refit_lines(title: str, fs: dict) -> list[str]:
                       f"ELPD {v['elpd_diff']:+.4f} per row ± {v['elpd_diff_se']:.4f} (**{v['elpd_diff_in_se']} clustered SEs**).", ""]
     lines += ["Wall time per step (s):", "", "| step | s |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in sorted(fs["step_wall_s"].items())]
+    if fs.get("peak_parts_mb"):
+        lines += ["", "At the memory peak, each process of the tree (PSS, MB; a step process by its step):", "",
+                  "| process | MB |", "|---|---|"]
+        lines += [f"| {k} | {v:,} |" for k, v in sorted(fs["peak_parts_mb"].items(), key=lambda x: -x[1]) if v >= 10]
     return lines + [""]
 
 
