@@ -2,8 +2,10 @@
 
 Steps run in their own processes, at most two at once (the machine has 2 cores). They fork
 from a server that has already imported the code location and what its steps import lazily
-(ArviZ, SciPy's stats, the NetCDF writer, the models' modules): seconds of imports paid once
-per command instead of in every step. The server imports JAX but never starts a JAX backend,
+(JAX and NumPyro through the seed's sampler, ArviZ, SciPy's stats, the NetCDF writer, the
+plots, the models' modules, and what opens the Dagster instance): seconds of imports paid
+once per command instead of in every step. The code location itself imports none of the
+heavy ones, so the command line, the code server and the daemon stay light. The server imports JAX but never starts a JAX backend,
 so forking it is safe. No Dagster import here: the command line starts the server before it
 imports Dagster itself, so that the two imports overlap on the machine's two cores.
 """
