@@ -87,6 +87,19 @@ def test_the_code_location_imports_no_sampler_and_no_plotting_library():
     assert out.stdout.strip() == ""
 
 
+def test_processes_started_by_the_package_return_freed_large_arrays_to_the_system():
+    """Step servers and steps start with glibc's mmap threshold fixed at 4 MB (see
+    racedayai_bayes/__init__.py), unless the user chose a value."""
+    child = "import os; print(os.environ.get('MALLOC_MMAP_THRESHOLD_'))"
+    script = f"import racedayai_bayes, subprocess, sys; print(subprocess.run([sys.executable, '-c', {child!r}], capture_output=True, text=True).stdout.strip())"
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == str(4 << 20)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={**env, "MALLOC_MMAP_THRESHOLD_": "65536"}, check=True)
+    assert out.stdout.strip() == "65536"
+
+
 def _dg_check_defs(cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     dg = Path(sys.executable).with_name("dg")
     env = {**os.environ, "VIRTUAL_ENV": str(Path(sys.executable).parents[1]), **(env or {})}
