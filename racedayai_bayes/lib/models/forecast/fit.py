@@ -190,12 +190,14 @@ class ForecastModel(Model):
             athlete=_athlete_ids(train),
             block_slices=enc.slices,
         )
+        # the statistics need FitData only, and the sampler the statistics only: the row-level
+        # arrays (hundreds of MB at full scale) go as soon as they are used, which lowers the
+        # step's peak memory
+        del design, y, ed_codes, season
         stats = marginal.pattern_stats(data)
         t_stats = time.perf_counter() - t1
         num_athletes = int(data.athlete.max()) + 1 if len(data.athlete) else 0  # ids are 0..m-1 (_athlete_ids)
-        # the sampler needs the statistics only: the row-level arrays (hundreds of MB at full
-        # scale) go before it runs, which lowers the step's peak memory
-        del data, design, y
+        del data
         say(f"forecast {distance}: statistics of {len(train):,} rows, {num_athletes:,} athletes, "
             f"{len(stats.pat_count)} history patterns, {enc.num_columns} coefficients in {t_stats:.1f} s")
 

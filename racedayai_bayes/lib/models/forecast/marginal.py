@@ -61,6 +61,8 @@ SCALES = ("sigma_first", "sigma_returning", "tau", "sigma_course", "sigma_cell")
 PRIOR_SCALE = 0.5  # HalfNormal scale of every entry of SCALES (log-time units)
 PRIOR_GENDER_SD = 1.0  # the gender effects are the intercepts; y is centred on the training mean
 PRIOR_SLOPE_SD = 0.5  # per standard deviation of a covariate
+CHUNK_ROWS = 1 << 18  # rows per pass of pattern_stats: bounds its working memory
+MATRIX_BATCH = 32  # thetas whose K x K matrices evaluate() holds at once
 
 
 @dataclass
@@ -82,17 +84,21 @@ def design_matrix(onehot: list[np.ndarray], dense: np.ndarray, num_columns: int)
 
     ``onehot`` holds absolute column indices in increasing block order; -1 means the row has
     no column in that block (stored as an explicit 0 in column 0, which changes no product).
-    Built directly in CSR form: every row has the same number of entries.
+    Built directly in CSR form (every row has the same number of entries), with 32-bit
+    indices where they fit: no intermediate copy of the rows.
     """
     n, p = dense.shape
-    cols = np.column_stack([*onehot, np.broadcast_to(np.arange(num_columns - p, num_columns), (n, p))])
-    ones = np.column_stack([(c >= 0).astype(np.float64) for c in onehot])
-    vals = np.column_stack([ones, dense])
-    width = cols.shape[1]
-    return sp.csr_matrix(
-        (vals.reshape(-1), np.maximum(cols, 0).reshape(-1), np.arange(0, n * width + 1, width)),
-        shape=(n, num_columns),
-    )
+    width = len(onehot) + p
+    index_type = np.int32 if n * width < np.iinfo(np.int32).max else np.int64
+    indices = np.empty((n, width), dtype=index_type)
+    values = np.empty((n, width), dtype=np.float64)
+    for j, c in enumerate(onehot):
+        np.maximum(c, 0, out=indices[:, j], casting="unsafe")
+        np.greater_equal(c, 0, out=values[:, j], casting="unsafe")
+    indices[:, len(onehot):] = np.arange(num_columns - p, num_columns, dtype=index_type)
+    values[:, len(onehot):] = dense
+    indptr = np.arange(0, n * width + 1, width, dtype=index_type)
+    return sp.csr_matrix((values.reshape(-1), indices.reshape(-1), indptr), shape=(n, num_columns))
 
 
 @dataclass
@@ -125,58 +131,82 @@ class PatternStats:
         return len(self.kind)
 
 
-def pattern_stats(data: FitData) -> PatternStats:
-    """One pass over the rows: A_h, T_{p,hh'} and companions (see the module docstring)."""
+def pattern_stats(data: FitData, chunk_rows: int = CHUNK_ROWS) -> PatternStats:
+    """A_h, T_{p,hh'} and companions (see the module docstring), in passes of about
+    ``chunk_rows`` rows.
+
+    The athletes are ordered by pattern, and their rows with them, so that each pass holds
+    whole athletes and most patterns fall in one pass. Each pass adds its rows' share to
+    every term: the working memory is that of one pass, not of every athlete at once.
+    """
     k = data.x.shape[1]
     iu = np.triu_indices(k)
     y = np.asarray(data.y, dtype=np.float64)
-    cls = (~np.asarray(data.first)).astype(np.int64)  # 0 first, 1 returning
+    cls = (~np.asarray(data.first)).astype(np.int8)  # 0 first, 1 returning
     athlete = np.asarray(data.athlete)
     if len(athlete) and not (athlete.min() >= 0 and (np.bincount(athlete) > 0).all()):
         _, athlete = np.unique(athlete, return_inverse=True)  # number the athletes 0..m-1
     n_ath = int(athlete.max()) + 1 if len(athlete) else 0
-    mats, vecs, scals, kinds, h1s, h2s, tn = [], [], [], [], [], [], []
-
-    def add(m, v, s, kind, a, b, npat):
-        mats.append(np.asarray(m)[iu])
-        vecs.append(np.asarray(v).reshape(-1))
-        scals.append(float(s))
-        kinds.append(kind)
-        h1s.append(a)
-        h2s.append(b)
-        tn.append(npat)
-
-    per_class_s, per_class_y, n_jh = [], [], []
-    for h in (0, 1):
-        rows = cls == h
-        xh = data.x[rows]
-        add((xh.T @ xh).toarray(), xh.T @ y[rows], y[rows] @ y[rows], 0, h, h, (0, 0))
-        incidence = sp.csr_matrix(
-            (np.ones(int(rows.sum())), (athlete[rows], np.arange(int(rows.sum())))), shape=(n_ath, int(rows.sum()))
-        )
-        per_class_s.append((incidence @ xh).tocsr())
-        per_class_y.append(incidence @ y[rows])
-        n_jh.append(np.asarray(incidence.sum(axis=1)).reshape(-1).astype(np.int64))
+    n_jh = [np.bincount(athlete[cls == h], minlength=n_ath) for h in (0, 1)]
     top = int(n_jh[1].max()) + 1 if n_ath else 1
     keys, pat_of, pat_count = np.unique(n_jh[0] * top + n_jh[1], return_inverse=True, return_counts=True)
     pats = np.column_stack([keys // top, keys % top])
-    order = np.argsort(pat_of, kind="stable")
-    bounds = np.r_[0, np.cumsum(pat_count)]
-    for p, (n0, n1) in enumerate(pats):
-        members = order[bounds[p]:bounds[p + 1]]
-        s = [per_class_s[h][members] for h in (0, 1)]
-        yy = [per_class_y[h][members] for h in (0, 1)]
+
+    # the terms: A_0, A_1, then each pattern's (0,0), (1,1) and (0,1) products that exist
+    kinds, h1s, h2s, tn = [0, 0], [0, 1], [0, 1], [(0, 0), (0, 0)]
+    pattern_terms = []
+    for n0, n1 in pats:
+        own = []
         for a, b in ((0, 0), (1, 1), (0, 1)):
-            if (pats[p][a] == 0) or (pats[p][b] == 0):
-                continue
-            m = (s[a].T @ s[b]).toarray()
-            v = s[a].T @ yy[b]
-            sc = yy[a] @ yy[b]
-            if a != b:  # both mixed terms, stored once
-                m = m + m.T
-                v = v + s[b].T @ yy[a]
-                sc = 2.0 * sc
-            add(m, v, sc, 1, a, b, (int(n0), int(n1)))
+            if (n0, n1)[a] and (n0, n1)[b]:
+                own.append((a, b, len(kinds)))
+                kinds.append(1)
+                h1s.append(a)
+                h2s.append(b)
+                tn.append((int(n0), int(n1)))
+        pattern_terms.append(own)
+    mat = np.zeros((len(kinds), len(iu[0])))
+    vec = np.zeros((len(kinds), k))
+    scal = np.zeros(len(kinds))
+
+    # athletes in pattern order, each athlete's rows together, passes cut between athletes
+    by_pattern = np.argsort(pat_of, kind="stable")
+    rank = np.empty(n_ath, dtype=np.int64)
+    rank[by_pattern] = np.arange(n_ath)
+    row_rank = rank[athlete]
+    row_order = np.argsort(row_rank, kind="stable")
+    rows_end = np.cumsum((n_jh[0] + n_jh[1])[by_pattern])  # end (in row_order) of each athlete's rows
+    cuts = np.unique(np.r_[0, np.searchsorted(rows_end, np.arange(chunk_rows, len(y), chunk_rows), side="left") + 1, n_ath])
+    for a_lo, a_hi in zip(cuts[:-1], cuts[1:]):
+        r_lo = int(rows_end[a_lo - 1]) if a_lo else 0
+        rows = row_order[r_lo:int(rows_end[a_hi - 1])]
+        local = row_rank[rows] - a_lo  # athlete of each row, 0..a_hi-a_lo-1
+        s, yy = [], []
+        for h in (0, 1):
+            sel = cls[rows] == h
+            xh = data.x[rows[sel]]
+            yh = y[rows[sel]]
+            mat[h] += (xh.T @ xh).toarray()[iu]
+            vec[h] += xh.T @ yh
+            scal[h] += yh @ yh
+            incidence = sp.csr_matrix((np.ones(len(yh)), (local[sel], np.arange(len(yh)))), shape=(a_hi - a_lo, len(yh)))
+            s.append((incidence @ xh).tocsr())
+            yy.append(incidence @ yh)
+        chunk_pats = pat_of[by_pattern[a_lo:a_hi]]  # non-decreasing
+        starts = np.r_[0, np.flatnonzero(np.diff(chunk_pats)) + 1]
+        for lo, hi in zip(starts, np.r_[starts[1:], len(chunk_pats)]):
+            for a, b, t in pattern_terms[chunk_pats[lo]]:
+                sa, sb = s[a][lo:hi], s[b][lo:hi]
+                m = (sa.T @ sb).toarray()
+                v = sa.T @ yy[b][lo:hi]
+                sc = yy[a][lo:hi] @ yy[b][lo:hi]
+                if a != b:  # both mixed terms, stored once
+                    m = m + m.T
+                    v = v + sb.T @ yy[a][lo:hi]
+                    sc = 2.0 * sc
+                mat[t] += m[iu]
+                vec[t] += v
+                scal[t] += sc
     return PatternStats(
         num_columns=k,
         n=len(y),
@@ -185,9 +215,9 @@ def pattern_stats(data: FitData) -> PatternStats:
         h1=np.array(h1s),
         h2=np.array(h2s),
         term_n=np.array(tn, dtype=np.float64).reshape(-1, 2),
-        mat=np.stack(mats),
-        vec=np.stack(vecs),
-        scal=np.array(scals),
+        mat=mat,
+        vec=vec,
+        scal=scal,
         pat_n=pats.astype(np.float64),
         pat_count=pat_count.astype(np.float64),
         block_slices=dict(data.block_slices),
@@ -245,7 +275,6 @@ def _evaluate(stats: PatternStats, theta: np.ndarray) -> Evaluation:
         w[:, stats.h1],
         -c * w[:, stats.h1] * w[:, stats.h2],
     )
-    packed = coef @ stats.mat  # (B, K(K+1)/2)
     q = coef @ stats.vec
     yy = coef @ stats.scal
     pat_w = stats.pat_n @ w.T  # (patterns, B)
@@ -254,11 +283,20 @@ def _evaluate(stats: PatternStats, theta: np.ndarray) -> Evaluation:
 
     sd = prior_sd(theta, stats.block_slices, k)
     iu0, iu1 = np.triu_indices(k)
-    packed *= sd[:, iu0]
-    packed *= sd[:, iu1]  # D^1/2 Q D^1/2, still packed
-    mats = np.take(packed, _unpack_index(k), axis=1).reshape(len(theta), k, k)
-    mats[:, np.arange(k), np.arange(k)] += 1.0
-    chol, bad = _cholesky(mats)
+    chol = np.empty((len(theta), k, k))
+    bad = np.zeros(len(theta), dtype=bool)
+    # B = I + D^1/2 Q D^1/2 and its factor, MATRIX_BATCH thetas at a time: only the
+    # factors of the whole batch are kept (the sampler needs them), not the matrices
+    for lo in range(0, len(theta), MATRIX_BATCH):
+        part = slice(lo, lo + MATRIX_BATCH)
+        packed = coef[part] @ stats.mat  # (b, K(K+1)/2)
+        packed *= sd[part, iu0]
+        packed *= sd[part, iu1]  # D^1/2 Q D^1/2, still packed
+        mats = np.take(packed, _unpack_index(k), axis=1).reshape(-1, k, k)
+        del packed
+        mats[:, np.arange(k), np.arange(k)] += 1.0
+        chol[part], bad[part] = _cholesky(mats)
+        del mats
     v = np.empty((len(theta), k))
     for b in range(len(theta)):
         v[b] = scipy.linalg.solve_triangular(chol[b], sd[b] * q[b], lower=True, check_finite=False)
