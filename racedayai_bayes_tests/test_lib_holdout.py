@@ -74,3 +74,23 @@ def test_random_athletes_are_held_out_by_athlete_alone_so_weeks_agree():
     held1 = set(week1.holdout["athlete_hash"].dropna())
     held2 = set(week2.holdout["athlete_hash"].dropna()) - {"new1", "new2"}
     assert held1 == held2
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_train_and_holdout_are_the_same_rows_whether_or_not_they_are_one_block(ordered):
+    """Rows in season order hold out the latest season as one block at the end: then the
+    training rows are a slice sharing the split's memory (no copy of millions of rows);
+    otherwise a copy. Either way the same rows, labels and values as selecting by mask."""
+    rows = _rows()
+    if ordered:
+        rows = rows.sort_values("event_year", kind="stable").reset_index(drop=True)
+    split = split_holdout(rows, "latest_year")
+    pd.testing.assert_frame_equal(split.train, rows.loc[~split.held_out])
+    pd.testing.assert_frame_equal(split.holdout, rows.loc[split.held_out])
+    pd.testing.assert_frame_equal(split.train_columns("total_sec", "event_year"),
+                                  rows[["total_sec", "event_year"]].loc[~split.held_out])
+    shared = np.shares_memory(split.train["total_sec"].to_numpy(), split.rows["total_sec"].to_numpy())
+    assert shared == ordered
+    train = split.train
+    train.loc[train.index[0], "total_sec"] = -1.0  # copy on write: the split's rows never change
+    assert (split.rows["total_sec"] > 0).all()
