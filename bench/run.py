@@ -243,13 +243,9 @@ def _run_history(home: Path) -> dict:
 
 def _decisions(home: Path) -> dict:
     """The stored comparison of each distance (the published_model asset's value)."""
-    import pickle
+    from racedayai_bayes.lib.outputs import stored
 
-    out = {}
-    for path in (home / "storage" / "published_model").glob("*.pkl"):
-        with open(path, "rb") as fh:
-            out[path.stem] = pickle.load(fh)
-    return out
+    return {path.stem: stored.load(path) for path in (home / "storage" / "published_model").glob("*.pkl")}
 
 
 def _models_table(decision) -> dict:
@@ -504,19 +500,17 @@ def profile(args) -> dict:
     """The full-scale refit's work in one process, phase by phase and inside each step:
     reading and validation, the merge and the as-of history, each model's fit (its own
     phases, from its progress messages), judging, the artifact, plots, the hand-off between
-    steps (pickling each step's value, as the IO manager does), the prediction CSVs. No
-    Dagster and no second process: the orchestration's own cost is full_scale's wall time
-    minus the sum of these."""
-    import io
-    import pickle
-
+    steps (storing each step's value and loading it, as the IO manager does), the prediction
+    CSVs. No Dagster and no second process: the orchestration's own cost is full_scale's wall
+    time minus the sum of these."""
     from racedayai_bayes.lib.data import contracts, frame as fr, history
     from racedayai_bayes.lib.data.split import split_holdout
     from racedayai_bayes.lib.evaluation.judge import JudgeSettings, judge
     from racedayai_bayes.lib.evaluation.report import judged_plots
     from racedayai_bayes.lib.models.base import MODEL_NAMES, registry
     from racedayai_bayes.lib.outputs.artifacts import write_artifact
-    from racedayai_bayes.lib.outputs.io import write_csv_atomic
+    from racedayai_bayes.lib.outputs import stored
+    from racedayai_bayes.lib.outputs.io import atomic_path, write_csv_atomic
     from racedayai_bayes.lib.outputs.tables import prediction_table
 
     folder, _ = _inputs("full")
@@ -537,14 +531,18 @@ def profile(args) -> dict:
             u()
 
     def handoff(name, value):
-        buf = io.BytesIO()
+        # what the IO manager does between steps (defs/resources.py): write the stored
+        # value atomically, then load it (its arrays mapped from the page cache)
+        path = WORK / "profile_handoff.pkl"
         t0 = time.perf_counter()
-        pickle.dump(value, buf, protocol=pickle.HIGHEST_PROTOCOL)
-        t.add(f"hand-off: pickle {name}", time.perf_counter() - t0)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            stored.dump(value, fh)
+        t.add(f"hand-off: store {name}", time.perf_counter() - t0)
         t0 = time.perf_counter()
-        pickle.loads(buf.getvalue())
-        t.add(f"hand-off: unpickle {name}", time.perf_counter() - t0)
-        sizes[name] = round(buf.tell() / 1e6, 1)
+        stored.load(path)
+        t.add(f"hand-off: load {name}", time.perf_counter() - t0)
+        sizes[name] = round(path.stat().st_size / 1e6, 1)
+        path.unlink()
 
     sizes: dict[str, float] = {}
     handoff("model_frame", frame)
@@ -574,7 +572,7 @@ def profile(args) -> dict:
                 table = t.phase(f"{distance} predictions: table", prediction_table, split.rows, pred, name, split.held_out)
                 t.phase(f"{distance} predictions: write CSV", write_csv_atomic, table, out_dir / f"bayesian_predictions_{distance}.csv")
     total = time.perf_counter() - total0
-    return {"seconds": t.table(), "total_s": round(total, 1), "pickled_mb": sizes, "fit_messages": fits}
+    return {"seconds": t.table(), "total_s": round(total, 1), "stored_mb": sizes, "fit_messages": fits}
 
 
 _OPEN_ONLY = """
@@ -708,8 +706,8 @@ def _write(results: dict) -> None:
                   "| phase | s |", "|---|---|"]
         phases = pf["seconds"].items() if isinstance(pf["seconds"], dict) else pf["seconds"]  # older files: a dict
         lines += [f"| {k} | {v} |" for k, v in phases]
-        lines += ["", "Pickled size of each step's value (MB; the IO manager writes and reads these): "
-                  + ", ".join(f"{k} {v}" for k, v in pf["pickled_mb"].items()) + ".", "",
+        lines += ["", "Stored size of each step's value (MB; the IO manager writes these and maps them on loading): "
+                  + ", ".join(f"{k} {v}" for k, v in pf["stored_mb"].items()) + ".", "",
                   "Inside each fit (seconds since the fit began, from its progress messages):", ""]
         for k, msgs in pf["fit_messages"].items():
             lines += [f"- {k}:"] + [f"    - `{m.strip()}`" for m in msgs]

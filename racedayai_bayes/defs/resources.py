@@ -2,7 +2,6 @@
 
 
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ from pydantic import Field, PrivateAttr
 from upath import UPath
 
 from racedayai_bayes.lib import cpu_slots
+from racedayai_bayes.lib.outputs import stored
 from racedayai_bayes.lib.outputs.io import as_path, atomic_path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -67,22 +67,26 @@ class PipelinePaths(dg.ConfigurableResource):
 
 
 class AtomicPickleIOManager(dg.UPathIOManager):
-    """Pickles asset values like Dagster's filesystem IO manager, but writes atomically.
+    """Pickles asset values like Dagster's filesystem IO manager, but writes atomically, and
+    loads local files by mapping their arrays (lib/outputs/stored.py).
 
     Two runs may materialise the same unpartitioned asset at once (one per distance); a
     temp-file-and-rename write (or a single object PUT) means a reader always gets a
-    complete value.
+    complete value. A step that reads a stored split or frame maps its arrays from the page
+    cache instead of copying them: every step that reads it shares one copy.
     """
 
     extension = ".pkl"
 
     def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            stored.dump(obj, fh)
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> Any:
-        with as_path(path).open("rb") as fh:
-            return pickle.load(fh)
+        local = as_path(path)
+        if isinstance(local, Path):
+            return stored.load(local)
+        return stored.loads(local.read_bytes())
 
 
 class AtomicPickleIOManagerFactory(dg.ConfigurableIOManagerFactory):

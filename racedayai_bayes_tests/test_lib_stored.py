@@ -1,0 +1,76 @@
+"""Stored values (lib/outputs/stored.py): out-of-band buffers, mapped on loading."""
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from racedayai_bayes.lib.outputs import stored
+
+
+def _value():
+    rng = np.random.default_rng(0)
+    n = 5000
+    frame = pd.DataFrame({
+        "athlete_hash": pd.array([f"h{i % 97}" if i % 11 else None for i in range(n)], dtype="string"),
+        "event_year": pd.array(rng.integers(2015, 2025, n), dtype="Int64"),
+        "total_sec": rng.normal(20000, 3000, n),
+        "hist_starts": rng.integers(0, 5, n).astype(np.int32),
+        "gender": pd.Categorical(rng.choice(["M", "F"], n)),
+    })
+    return {"frame": frame, "mask": rng.random(n) < 0.1, "matrix": rng.standard_normal((30, 7)),
+            "strided": np.arange(20.0)[::3], "text": "a note", "empty": np.zeros(0)}
+
+
+def _same(a, b):
+    pd.testing.assert_frame_equal(a["frame"], b["frame"])
+    for key in ("mask", "matrix", "strided", "empty"):
+        np.testing.assert_array_equal(a[key], b[key])
+    assert a["text"] == b["text"]
+
+
+def test_a_stored_value_loads_equal_with_its_arrays_mapped_from_the_file(tmp_path):
+    path = tmp_path / "value.pkl"
+    value = _value()
+    with open(path, "wb") as fh:
+        stored.dump(value, fh)
+    loaded = stored.load(path)
+    _same(value, loaded)
+    total = loaded["frame"]["total_sec"].to_numpy()
+    assert not total.flags.owndata and total.ctypes.data % stored.ALIGN == 0  # a view of the mapping
+    # arrays are writable, as a plain pickle's are, and writing never reaches the file
+    loaded["matrix"][0, 0] = 1e9
+    loaded["frame"].loc[0, "total_sec"] = -1.0
+    _same(value, stored.load(path))
+
+
+def test_bytes_from_an_object_store_load_the_same(tmp_path):
+    path = tmp_path / "value.pkl"
+    with open(path, "wb") as fh:
+        stored.dump(_value(), fh)
+    loaded = stored.loads(path.read_bytes())
+    _same(_value(), loaded)
+    loaded["matrix"][0, 0] = 2.0  # writable although bytes are not
+
+
+@pytest.mark.parametrize("from_bytes", [False, True])
+def test_a_plain_pickle_written_by_an_earlier_version_still_loads(tmp_path, from_bytes):
+    path = tmp_path / "old.pkl"
+    path.write_bytes(pickle.dumps(_value(), protocol=pickle.HIGHEST_PROTOCOL))
+    _same(_value(), stored.loads(path.read_bytes()) if from_bytes else stored.load(path))
+
+
+def test_a_replaced_file_leaves_a_loaded_value_intact(tmp_path):
+    """The IO manager replaces a stored value by renaming a new file over it: a step that
+    loaded the old one keeps reading the old one's pages."""
+    path = tmp_path / "value.pkl"
+    with open(path, "wb") as fh:
+        stored.dump({"a": np.arange(100_000.0)}, fh)
+    loaded = stored.load(path)
+    tmp = tmp_path / "new.pkl"
+    with open(tmp, "wb") as fh:
+        stored.dump({"a": np.zeros(100_000)}, fh)
+    tmp.replace(path)
+    np.testing.assert_array_equal(loaded["a"], np.arange(100_000.0))
+    np.testing.assert_array_equal(stored.load(path)["a"], 0.0)
