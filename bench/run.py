@@ -707,7 +707,7 @@ def _write(results: dict) -> None:
         phases = pf["seconds"].items() if isinstance(pf["seconds"], dict) else pf["seconds"]  # older files: a dict
         lines += [f"| {k} | {v} |" for k, v in phases]
         lines += ["", "Stored size of each step's value (MB; the IO manager writes these and maps them on loading): "
-                  + ", ".join(f"{k} {v}" for k, v in pf["stored_mb"].items()) + ".", "",
+                  + ", ".join(f"{k} {v}" for k, v in pf.get("stored_mb", pf.get("pickled_mb", {})).items()) + ".", "",
                   "Inside each fit (seconds since the fit began, from its progress messages):", ""]
         for k, msgs in pf["fit_messages"].items():
             lines += [f"- {k}:"] + [f"    - `{m.strip()}`" for m in msgs]

@@ -107,3 +107,25 @@ def test_earlier_season_sums_stay_within_each_athlete():
     assert codes[4] < 0  # the row without an athlete
     out = earlier_season_sums(codes, years, {"v": np.array([1.0, 10.0, 100.0, 1000.0, 5.0, 7.0])})
     assert out["v"].tolist() == [0.0, 0.0, 1.0, 1.0, 0.0, 10.0]
+
+
+def test_sums_before_a_season_are_what_a_row_of_that_season_gets():
+    """season_sums(...).before(k, s): each athlete's totals over its seasons before s, the
+    numbers earlier_season_sums gives a row of season s, bit for bit (the artifact's athlete
+    table reads these instead of the pipeline's rows)."""
+    from racedayai_bayes.lib.data.history import season_sums
+
+    rng = np.random.default_rng(3)
+    n, k = 4000, 300
+    codes = rng.integers(-1, k, n)
+    years = rng.integers(2010, 2020, n)
+    values = {"v": rng.standard_normal(n) * 1e3, "w": rng.random(n)}
+    sums = season_sums(codes, years, values)
+    for season in (2008, 2010, 2014, 2019, 2020, 2025):
+        probe = np.r_[codes, np.arange(k)]  # one zero-valued row per athlete in that season
+        got = sums.before(k, season)
+        want = earlier_season_sums(probe, np.r_[years, np.full(k, season)],
+                                   {name: np.r_[v, np.zeros(k)] for name, v in values.items()})
+        for name in values:
+            np.testing.assert_array_equal(got[name], want[name][n:])
+    assert season_sums(np.full(3, -1), np.arange(3), {"v": np.ones(3)}) is None

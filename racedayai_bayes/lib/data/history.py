@@ -29,6 +29,8 @@ breakdown). A row without an athlete_hash has no known history: it is a first ra
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -48,6 +50,55 @@ def first_race(frame: pd.DataFrame) -> np.ndarray:
     return frame["hist_starts"].to_numpy() == 0
 
 
+@dataclass
+class SeasonSums:
+    """Sums of per-row values by (athlete, season), and each athlete's running totals over
+    its seasons (:func:`season_sums`). Groups are sorted by athlete, then season."""
+
+    named: np.ndarray  # (rows,) bool: the row has an athlete
+    inverse: np.ndarray  # (named rows,) each named row's group
+    key: np.ndarray  # (groups,) athlete * span + (season - y0), increasing
+    y0: int
+    span: int
+    running: dict[str, np.ndarray]  # (groups,) the athlete's total through this group's season
+
+    @property
+    def athlete(self) -> np.ndarray:
+        return self.key // self.span
+
+    def before(self, athletes: int, season: int) -> dict[str, np.ndarray]:
+        """For athlete codes 0..``athletes``-1, the totals over their seasons strictly before
+        ``season`` (0 for an athlete without one): the numbers a row of that season gets from
+        :func:`earlier_season_sums`, bit for bit."""
+        cut = min(max(int(season) - self.y0, 0), self.span)
+        codes = np.arange(athletes, dtype=np.int64)
+        last = np.searchsorted(self.key, codes * self.span + cut, side="left") - 1
+        has = last >= 0
+        has[has] = self.key[last[has]] // self.span == codes[has]
+        return {name: np.where(has, r[np.maximum(last, 0)] if len(r) else 0.0, 0.0) for name, r in self.running.items()}
+
+
+def season_sums(codes: np.ndarray, years: np.ndarray, values: dict[str, np.ndarray]) -> SeasonSums | None:
+    """Per (athlete, season): the sum of each of ``values`` over its rows (in row order), and
+    the athlete's running total through that season (in season order). ``codes``: an integer
+    per row's athlete, negative for none (such rows are in no group). None if no row has one.
+    """
+    codes = np.asarray(codes)
+    years = np.asarray(years, dtype=np.int64)
+    named = codes >= 0
+    if not named.any():
+        return None
+    y0 = int(years[named].min())
+    span = int(years[named].max()) - y0 + 1
+    key, inverse = np.unique(codes[named].astype(np.int64) * span + (years[named] - y0), return_inverse=True)
+    athlete = key // span
+    running = {}
+    for name, v in values.items():
+        per = np.bincount(inverse, weights=np.asarray(v, dtype=np.float64)[named], minlength=len(key))
+        running[name] = pd.Series(per).groupby(athlete, sort=False).cumsum().to_numpy()
+    return SeasonSums(named=named, inverse=inverse, key=key, y0=y0, span=span, running=running)
+
+
 def earlier_season_sums(codes: np.ndarray, years: np.ndarray, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """For each row, the sums of ``values`` over the same athlete's rows of strictly earlier seasons.
 
@@ -57,23 +108,15 @@ def earlier_season_sums(codes: np.ndarray, years: np.ndarray, values: dict[str, 
     the same numbers whichever numbering the athletes get, as each season's values are added
     in row order and the seasons in season order.
     """
-    codes = np.asarray(codes)
-    years = np.asarray(years, dtype=np.int64)
-    named = codes >= 0
     out = {name: np.zeros(len(codes)) for name in values}
-    if not named.any():
+    sums = season_sums(codes, years, values)
+    if sums is None:
         return out
-    y0 = int(years[named].min())
-    span = int(years[named].max()) - y0 + 1
-    key = codes[named].astype(np.int64) * span + (years[named] - y0)
-    groups, inverse = np.unique(key, return_inverse=True)
-    athlete = groups // span
+    athlete = sums.athlete
     new_athlete = np.r_[True, athlete[1:] != athlete[:-1]]
-    for name, v in values.items():
-        per = np.bincount(inverse, weights=np.asarray(v, dtype=np.float64)[named], minlength=len(groups))
-        running = pd.Series(per).groupby(athlete, sort=False).cumsum().to_numpy()
+    for name, running in sums.running.items():
         prev = np.where(new_athlete, 0.0, np.r_[0.0, running[:-1]])
-        out[name][named] = prev[inverse]
+        out[name][sums.named] = prev[sums.inverse]
     return out
 
 
@@ -201,25 +244,42 @@ def cumulate(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def as_of_rows(table: pd.DataFrame, season: int) -> tuple[pd.DataFrame, np.ndarray]:
-    """Each athlete's totals over the seasons strictly before ``season``: what a race in that
-    season knows, the same numbers a race of that season gets in the model frame, bit for bit
-    (the running totals of :func:`cumulate`, through the athlete's last season before
-    ``season``). Also, for each, the position in ``table`` of that last season."""
-    before = np.flatnonzero((table["event_year"] < season).to_numpy())
-    known = table.iloc[before].reset_index(drop=True)
-    new_athlete = athlete_runs(known["athlete_hash"])
-    last = np.r_[new_athlete[1:], True] if len(known) else np.zeros(0, dtype=bool)
-    running = _running(known, new_athlete).loc[last].reset_index(drop=True)
-    return running, before[last]
+def as_of_rows(table: pd.DataFrame, *seasons: int) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """For each of ``seasons``: each athlete's totals over its seasons strictly before it
+    (what a race in that season knows, the same numbers a race of that season gets in the
+    model frame, bit for bit: the running totals of :func:`cumulate`, through the athlete's
+    last season before it), and the position in ``table`` of that last season.
+
+    ``table`` is sorted by athlete, then season (:func:`season_table`). The running totals
+    are made once for every cut, one column at a time: a prefix of an athlete's seasons sums
+    to the same numbers whatever follows it.
+    """
+    new_athlete = athlete_runs(table["athlete_hash"])
+    years = table["event_year"].to_numpy()
+    lasts = []
+    for season in seasons:
+        before = years < season
+        # an athlete's seasons before the cut are a prefix of its rows: the last is followed
+        # by another athlete, by a later season, or by the end of the table
+        after = np.r_[new_athlete[1:], True] | ~np.r_[before[1:], False]
+        lasts.append(np.flatnonzero(before & after))
+    out = [({}, last) for last in lasts]
+    by = pd.Series(np.cumsum(new_athlete))
+    for name in (*SEASON_COLUMNS, "best"):
+        grouped = table[name].groupby(by.to_numpy(), sort=False)
+        running = (grouped.cummin() if name == "best" else grouped.cumsum()).to_numpy()
+        for (values, last) in out:
+            values[name] = running[last]
+    return out
 
 
-def history_columns(cum: pd.DataFrame, own_is_1: np.ndarray) -> dict[str, np.ndarray]:
-    """:data:`HISTORY_COLUMNS` from cumulated totals, for rows of distance 1 where ``own_is_1``."""
+def history_columns(cum: pd.DataFrame | dict[str, np.ndarray], own_is_1: np.ndarray) -> dict[str, np.ndarray]:
+    """:data:`HISTORY_COLUMNS` from cumulated totals (a frame or a dict of arrays), for rows
+    of distance 1 where ``own_is_1``."""
     own = np.asarray(own_is_1, dtype=bool)
 
     def col(name):
-        return cum[name].to_numpy(dtype=np.float64)
+        return np.asarray(cum[name], dtype=np.float64)
 
     starts_0, starts_1 = col("starts_0"), col("starts_1")
     fin_0, fin_1 = col("fin_0"), col("fin_1")

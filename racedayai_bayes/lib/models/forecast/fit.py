@@ -25,7 +25,15 @@ import numpy as np
 import pandas as pd
 
 from racedayai_bayes.lib.data.frame import MODEL_DISTANCES
-from racedayai_bayes.lib.data.history import HISTORY_COLUMNS, as_of_rows, athlete_runs, earlier_season_sums, history_columns, index_in
+from racedayai_bayes.lib.data.history import (
+    HISTORY_COLUMNS,
+    as_of_rows,
+    athlete_runs,
+    earlier_season_sums,
+    history_columns,
+    index_in,
+    season_sums,
+)
 from racedayai_bayes.lib.errors import FitError
 from racedayai_bayes.lib.inference import imh
 from racedayai_bayes.lib.inference.draws import Draws
@@ -344,34 +352,32 @@ class FittedForecast(FittedModel):
         season = int(split.season) if split.season is not None else int(rows["event_year"].max())
         # the season table is sorted by athlete, then season (history.season_table): each
         # athlete's seasons are one run of rows, and the athletes come in hash order
-        known = seasons.loc[(seasons["event_year"] <= season).to_numpy()].reset_index(drop=True)
+        keep = (seasons["event_year"] <= season).to_numpy()
+        known = seasons if keep.all() else seasons.loc[keep].reset_index(drop=True)
         new_athlete = athlete_runs(known["athlete_hash"])
         athlete_of = np.cumsum(new_athlete) - 1  # each season row's athlete, into ``athletes``
         athletes = known["athlete_hash"].astype("string")[new_athlete].reset_index(drop=True)
         k = len(athletes)
         wr, w = self.observations(rows)
-        # one zero-weight marker per athlete at each cut, after the real rows: the markers'
-        # earlier-season sums are exactly what a real race at that season gets (rows of
-        # athletes the table does not know, of later seasons, reach no marker)
-        pos = index_in(rows["athlete_hash"], athletes)
-        n = len(rows)
-        codes = np.r_[pos, np.arange(k), np.arange(k)]
-        years = np.r_[rows["event_year"].to_numpy(dtype=np.int64), np.full(k, season), np.full(k, season + 1)]
-        zeros = np.zeros(2 * k)
-        sums = earlier_season_sums(codes, years, {"a": np.r_[wr, zeros], "w": np.r_[w, zeros]})
+        # each athlete's sums at a cut are what a real race in that season gets: the running
+        # totals of its rows' seasons before the cut (rows of athletes the table does not
+        # know, of later seasons, are in no athlete's sums)
+        sums = season_sums(index_in(rows["athlete_hash"], athletes), rows["event_year"].to_numpy(dtype=np.int64),
+                           {"a": wr, "w": w})
         own_is_1 = np.full(k, self.distance == MODEL_DISTANCES[1])
-        table = pd.DataFrame({"athlete_hash": athletes})
-        for cut, at, part in (("before", season, slice(n, n + k)), ("through", season + 1, slice(n + k, n + 2 * k))):
-            table[f"{cut}_a"] = sums["a"][part]
-            table[f"{cut}_w"] = sums["w"][part]
-            running, last = as_of_rows(known, at)
+        columns = {"athlete_hash": athletes}
+        cuts = (("before", season), ("through", season + 1))
+        for (cut, at), (running, last) in zip(cuts, as_of_rows(known, *(at for _, at in cuts))):
+            per_athlete = sums.before(k, at) if sums is not None else {"a": np.zeros(k), "w": np.zeros(k)}
+            columns[f"{cut}_a"] = per_athlete["a"]
+            columns[f"{cut}_w"] = per_athlete["w"]
             cum = {}
-            for c in running.columns:
+            for c, values in running.items():
                 cum[c] = np.full(k, np.inf if c == "best" else 0.0)
-                cum[c][athlete_of[last]] = running[c].to_numpy()
-            cum = pd.DataFrame(cum)
+                cum[c][athlete_of[last]] = values
             for name, values in history_columns(cum, own_is_1).items():
-                table[f"{cut}_{name}"] = values
+                columns[f"{cut}_{name}"] = values
+        table = pd.DataFrame(columns, copy=False)  # one array per column, none copied
         table.attrs["season"] = season
         return table
 
