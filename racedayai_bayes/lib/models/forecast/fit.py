@@ -296,7 +296,7 @@ class FittedForecast(FittedModel):
         frame object and kept while that frame lives (frames are never changed in place here).
         """
         cached = self._prepared_for
-        if cached is not None and cached[0]() is frame:
+        if cached is not None and cached[0]() is frame and cached[1][0] is not None:
             return cached[1]
         design = fdesign.encode(frame, self.encoding)
         offset, known = self._offsets(design)
@@ -312,8 +312,19 @@ class FittedForecast(FittedModel):
 
     def observations(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(w r, w) of every row as a reading of its athlete's level (predict.py's docstring)."""
+        cached = self._prepared_for
+        if cached is not None and cached[0]() is frame:
+            return cached[1][1], cached[1][2]
         _, wr, w, _, _ = self._prepared(frame)
         return wr, w
+
+    def _forget_encoding(self, frame: pd.DataFrame) -> None:
+        """Keep only the readings of ``frame``'s rows, not their encoding (hundreds of MB at
+        full scale): the athlete table, the last user of a split in a posterior step, needs
+        the readings alone. A later forecast of those rows encodes them again."""
+        cached = self._prepared_for
+        if cached is not None and cached[0]() is frame:
+            self._prepared_for = (cached[0], (None, *cached[1][1:]))
 
     def athlete_summaries(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Each row's as-of summary (A, W): the athlete's finishes of strictly earlier seasons."""
@@ -359,6 +370,7 @@ class FittedForecast(FittedModel):
         athletes = known["athlete_hash"].astype("string")[new_athlete].reset_index(drop=True)
         k = len(athletes)
         wr, w = self.observations(rows)
+        self._forget_encoding(rows)
         # each athlete's sums at a cut are what a real race in that season gets: the running
         # totals of its rows' seasons before the cut (rows of athletes the table does not
         # know, of later seasons, are in no athlete's sums)
