@@ -120,6 +120,19 @@ class TreeRSS(threading.Thread):
         self.pid, self.every, self.stop = pid, every, threading.Event()
         self.peak_kb, self.peak_pss_kb = 0, 0
         self.peak_parts: list[tuple[int, int, str]] = []  # (pid, PSS kB, command) at the PSS peak
+        self.cpu: dict[int, tuple[float, float]] = {}  # pid -> (user s, system s), as last sampled
+
+    def _cpu(self, pid: int) -> None:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return
+        tick = os.sysconf("SC_CLK_TCK")
+        self.cpu[pid] = (int(fields[11]) / tick, int(fields[12]) / tick)  # utime, stime
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of every process seen in the tree, up to its last sample."""
+        return sum(u for u, _ in self.cpu.values()), sum(s for _, s in self.cpu.values())
 
     def _tree(self) -> list[int]:
         pids, todo = [], [self.pid]
@@ -157,6 +170,8 @@ class TreeRSS(threading.Thread):
     def run(self):
         while not self.stop.is_set():
             pids = self._tree()
+            for p in pids:
+                self._cpu(p)
             self.peak_kb = max(self.peak_kb, sum(self._field(Path(f"/proc/{p}/status"), "VmRSS:") for p in pids))
             parts = [(p, self._field(Path(f"/proc/{p}/smaps_rollup"), "Pss:")) for p in pids]
             pss = sum(kb for _, kb in parts)
@@ -164,6 +179,18 @@ class TreeRSS(threading.Thread):
                 self.peak_pss_kb = pss
                 self.peak_parts = [(p, kb, self._command(p)) for p, kb in parts if kb > 0]
             time.sleep(self.every)
+
+
+def fresh_memory_probe(mb: int = 400) -> float:
+    """Seconds per GB for a new process to touch memory the machine has not used for a few
+    seconds, measured in a child process: on this VM (Firecracker, free page reporting)
+    such memory has been handed back to the host, and touching it again costs about 100x
+    what touching memory freed a moment ago costs. Every step process pays this for the
+    memory it grows into, so it is a large, variable part of a refit's wall time."""
+    code = ("import time, numpy as np; time.sleep(3); t = time.perf_counter(); "
+            f"a = np.ones({mb} * 131072); print(time.perf_counter() - t)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return round(float(out) * 1024 / mb, 2)
 
 
 def io_floor(folder: Path, scratch: Path) -> dict:
@@ -292,6 +319,7 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
     floor_before = io_floor(folder, WORK / "floor")
     print(f"[{tag}] I/O floor before: {floor_before}", flush=True)
     print(f"[{tag}] racedayai-bayes refit {' '.join(extra_args)}", flush=True)
+    fresh_before = fresh_memory_probe()
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "racedayai_bayes.cli", "refit", *extra_args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -301,6 +329,7 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
     wall = time.perf_counter() - t0
     mon.stop.set()
     mon.join()
+    cpu_user, cpu_system = mon.cpu_seconds()
     floor_after = io_floor(folder, WORK / "floor")
     print(f"[{tag}] I/O floor after: {floor_after}", flush=True)
     (WORK / f"{tag}_refit.log").write_text(log)
@@ -323,6 +352,12 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
         "peak_rss_mb": round(mon.peak_pss_kb / 1024, 0),  # PSS: shared pages counted once
         "peak_rss_summed_mb": round(mon.peak_kb / 1024, 0),  # every process's RSS added up
         "peak_memory_measure": "peak_rss_mb: the summed PSS of the process tree (shared pages counted once); peak_rss_summed_mb: the summed RSS (shared pages counted in every process)",
+        # CPU seconds of the refit's processes (each as last sampled, every 0.2 s: a slight
+        # undercount); system time is mostly the kernel giving memory to processes, see
+        # fresh_memory_probe
+        "cpu_user_s": round(cpu_user, 1),
+        "cpu_system_s": round(cpu_system, 1),
+        "fresh_memory_s_per_gb": fresh_before,
         "step_wall_s": history["steps"],
         # what the process tree held at its PSS peak: each process's PSS, step processes by step
         "peak_parts_mb": {f"{history['pids'].get(pid, command)} (pid {pid})": round(kb / 1024)
@@ -649,6 +684,11 @@ def _refit_lines(title: str, fs: dict) -> list[str]:
              f"| {fs['rows']:,} | {fs['wall_s']} | {fs['io_floor_s']} ({fs['io_floor_before']['total_s']}, "
              f"{fs['io_floor_after']['total_s']}) | **{fs['floor_ratio']}x** | {fs['peak_rss_mb']:.0f}; {fs.get('peak_rss_summed_mb', float('nan')):.0f} | "
              f"{'all pass' if fs['all_error_checks_passed'] else 'SOME FAILED'} | {fs['exit_code']} |", ""]
+    if "cpu_system_s" in fs:
+        lines += [f"CPU of the refit's processes: {fs['cpu_user_s']} s user, **{fs['cpu_system_s']} s system**. "
+                  f"Just before it, a new process took {fs['fresh_memory_s_per_gb']} s per GB to touch memory "
+                  "the machine had not used for 3 s (bench/run.py `fresh_memory_probe`): on this VM, memory "
+                  "a process grows into costs that much system time, and most of the system time is that.", ""]
     for distance, d in sorted(fs["models"].items()):
         lines += [f"### {distance}: published **{d['published']}**", "", d["reason"] + ".", "",
                   "| model | fit s | ELPD per row (± SE) | MAE p50 min | MAE pred min | R² | 90% coverage (± SE) | decile coverage | sampler checks |",
