@@ -688,7 +688,8 @@ def _refit_lines(title: str, fs: dict) -> list[str]:
         lines += [f"CPU of the refit's processes: {fs['cpu_user_s']} s user, **{fs['cpu_system_s']} s system**. "
                   f"Just before it, a new process took {fs['fresh_memory_s_per_gb']} s per GB to touch memory "
                   "the machine had not used for 3 s (bench/run.py `fresh_memory_probe`): on this VM, memory "
-                  "a process grows into costs that much system time, and most of the system time is that.", ""]
+                  "the host has taken back costs system time at such a rate when a process touches it again "
+                  "(0.8 to 14 s per GB, measured on 2026-12-03).", ""]
     for distance, d in sorted(fs["models"].items()):
         lines += [f"### {distance}: published **{d['published']}**", "", d["reason"] + ".", "",
                   "| model | fit s | ELPD per row (± SE) | MAE p50 min | MAE pred min | R² | 90% coverage (± SE) | decile coverage | sampler checks |",
