@@ -120,7 +120,9 @@ class TreeRSS(threading.Thread):
         self.pid, self.every, self.stop = pid, every, threading.Event()
         self.peak_kb, self.peak_pss_kb = 0, 0
         self.peak_parts: list[tuple[int, int, str]] = []  # (pid, PSS kB, command) at the PSS peak
-        self.cpu: dict[int, tuple[float, float]] = {}  # pid -> (user s, system s), as last sampled
+        # pid -> (user s, system s), as last sampled: a process shorter than a sample is missed,
+        # and a pid the kernel reuses within the run keeps only its last process's time
+        self.cpu: dict[int, tuple[float, float]] = {}
 
     def _cpu(self, pid: int) -> None:
         try:
@@ -747,7 +749,10 @@ def _write(results: dict) -> None:
                   "| phase | s |", "|---|---|"]
         phases = pf["seconds"].items() if isinstance(pf["seconds"], dict) else pf["seconds"]  # older files: a dict
         lines += [f"| {k} | {v} |" for k, v in phases]
-        lines += ["", "Stored size of each step's value (MB; the IO manager writes these and maps them on loading): "
+        lines += ["", "Stored size of each step's value (MB; the IO manager writes these and maps them on loading, so a "
+                  "'load' row times the mapping and unpickling only: the pages are read when first used, from the "
+                  "page cache the store just filled; the 'unpickle' rows of runs before 2026-12-03 ~09:30 copied "
+                  "every byte): "
                   + ", ".join(f"{k} {v}" for k, v in pf.get("stored_mb", pf.get("pickled_mb", {})).items()) + ".", "",
                   "Inside each fit (seconds since the fit began, from its progress messages):", ""]
         for k, msgs in pf["fit_messages"].items():

@@ -45,20 +45,26 @@ def test_a_stored_value_loads_equal_with_its_arrays_mapped_from_the_file(tmp_pat
     _same(value, stored.load(path))
 
 
-def test_bytes_from_an_object_store_load_the_same(tmp_path):
+def _read(path):
+    """What the IO manager does with an object on an object store: one read into one buffer."""
+    with open(path, "rb") as fh:
+        return stored.read(fh, path.stat().st_size, str(path))
+
+
+def test_a_file_read_whole_as_from_an_object_store_loads_the_same(tmp_path):
     path = tmp_path / "value.pkl"
     with open(path, "wb") as fh:
         stored.dump(_value(), fh)
-    loaded = stored.loads(path.read_bytes())
+    loaded = _read(path)
     _same(_value(), loaded)
-    loaded["matrix"][0, 0] = 2.0  # writable although bytes are not
+    loaded["matrix"][0, 0] = 2.0  # writable, as a plain pickle's arrays are
 
 
 @pytest.mark.parametrize("from_bytes", [False, True])
 def test_a_plain_pickle_written_by_an_earlier_version_still_loads(tmp_path, from_bytes):
     path = tmp_path / "old.pkl"
     path.write_bytes(pickle.dumps(_value(), protocol=pickle.HIGHEST_PROTOCOL))
-    _same(_value(), stored.loads(path.read_bytes()) if from_bytes else stored.load(path))
+    _same(_value(), _read(path) if from_bytes else stored.load(path))
 
 
 def test_a_replaced_file_leaves_a_loaded_value_intact(tmp_path):
@@ -74,3 +80,16 @@ def test_a_replaced_file_leaves_a_loaded_value_intact(tmp_path):
     tmp.replace(path)
     np.testing.assert_array_equal(loaded["a"], np.arange(100_000.0))
     np.testing.assert_array_equal(stored.load(path)["a"], 0.0)
+
+
+@pytest.mark.parametrize("cut", [1, 4000, 20])
+def test_a_truncated_file_is_said_to_be_corrupt_not_a_confusing_pickle_error(tmp_path, cut):
+    path = tmp_path / "value.pkl"
+    with open(path, "wb") as fh:
+        stored.dump(_value(), fh)
+    data = path.read_bytes()
+    path.write_bytes(data[:-cut] if cut != 20 else data[:20])
+    with pytest.raises(stored.CorruptStoredValue, match="value.pkl"):
+        stored.load(path)
+    with pytest.raises(stored.CorruptStoredValue, match="value.pkl"):
+        _read(path)

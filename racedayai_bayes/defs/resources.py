@@ -86,7 +86,8 @@ class AtomicPickleIOManager(dg.UPathIOManager):
         local = as_path(path)
         if isinstance(local, Path):
             return stored.load(local)
-        return stored.loads(local.read_bytes())
+        with local.open("rb") as fh:
+            return stored.read(fh, local.stat().st_size, str(local))
 
 
 class AtomicPickleIOManagerFactory(dg.ConfigurableIOManagerFactory):

@@ -79,11 +79,21 @@ class Split:
         }
 
 
+def _copy_on_write() -> bool:
+    """True when pandas copies a slice before writing to it: always from pandas 3, by option in 2.x."""
+    if int(pd.__version__.split(".")[0]) >= 3:
+        return True
+    try:
+        return pd.get_option("mode.copy_on_write") is True
+    except (KeyError, ValueError):  # pragma: no cover - an option pandas no longer has
+        return False
+
+
 def _select(rows: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
-    """``rows.loc[keep]``, as a slice (no copy, pandas copies on write) when the kept rows are
-    contiguous."""
+    """``rows.loc[keep]``, as a slice (no copy) when the kept rows are contiguous and pandas
+    copies on write, so that writing to the slice can never change ``rows``."""
     where = np.flatnonzero(keep)
-    if len(where) == 0 or where[-1] - where[0] + 1 == len(where):
+    if _copy_on_write() and (len(where) == 0 or where[-1] - where[0] + 1 == len(where)):
         return rows.iloc[where[0]:where[-1] + 1] if len(where) else rows.iloc[:0]
     return rows.loc[keep]
 

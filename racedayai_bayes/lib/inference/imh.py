@@ -244,8 +244,9 @@ def independence_mh(
                     logw_all[t, c] = lw
                     if draw_fn is not None:
                         extra[c][t] = draw_fn(state_payload[c], rng_draw)
-        # the kept states hold copies: the batch's payload goes before the next is evaluated,
-        # so that two batches of payloads (hundreds of MB at full scale) never coexist
+        # the batch's payload goes before the next is evaluated: with a copy_fn that copies
+        # (the forecast model's), two batches of payloads (hundreds of MB at full scale)
+        # never coexist
         del payload, lp
         if hi >= next_report or hi == steps:
             say(f"independence sampler: {hi}/{steps} steps per chain x {chains} chains "

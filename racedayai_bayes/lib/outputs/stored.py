@@ -6,22 +6,26 @@ distance's split (hundreds of MB at full scale) reads it into fresh memory, and 
 every other step that needs it, each its own copy.
 
 Here a value is pickled with protocol 5 and its large buffers (NumPy arrays, Arrow
-buffers: every column of a DataFrame) are written **out of band**, each aligned to
-:data:`ALIGN` bytes after the small pickle stream. A local file is loaded by mapping it
-(copy-on-write, ``mmap.ACCESS_COPY``) and unpickling the stream with the mapped buffers:
-the arrays are views of the file's pages in the page cache, shared by every process that
-reads the file, and a process that writes to an array changes only its own copy of those
-pages, never the file. A file on an object store is read into memory first, then loaded
-the same way.
+buffers: every column of a DataFrame) are written **out of band**, each at an offset of
+the file that is a multiple of :data:`ALIGN` bytes, after the small pickle stream. A local
+file is loaded by mapping it (copy-on-write, ``mmap.ACCESS_COPY``) and unpickling the stream
+with the mapped buffers: the arrays are views of the file's pages in the page cache (so
+aligned to :data:`ALIGN` bytes), shared by every process that reads the file, and a process
+that writes to an array changes only its own copy of those pages, never the file. A loaded
+value keeps the whole mapping (and, before Python 3.13, a duplicate of the file's
+descriptor) while any of its arrays lives. A file on an object store is read into one
+writable buffer of the file's size, then loaded the same way (its arrays are views of that
+buffer).
 
 Layout: :data:`MAGIC`, the number of buffers and the stream's length (little-endian
 uint64), then each buffer's (offset, length), the stream, and the buffers. A file without
-:data:`MAGIC` is a plain pickle (values stored by earlier versions) and loads as one.
+:data:`MAGIC` is a plain pickle (values stored by earlier versions) and loads as one. A
+table that points outside the file (a truncated or damaged file) is a
+:class:`CorruptStoredValue`, not a confusing error from deep inside pickle.
 """
 
 from __future__ import annotations
 
-import io
 import mmap
 import os
 import pickle
@@ -32,6 +36,10 @@ MAGIC = b"RDAIPK5\n"
 ALIGN = 64
 _COUNTS = struct.Struct("<QQ")
 _ENTRY = struct.Struct("<QQ")
+
+
+class CorruptStoredValue(ValueError):
+    """A stored value's file is shorter than its own table says (truncated or damaged)."""
 
 
 def _aligned(offset: int) -> int:
@@ -61,11 +69,19 @@ def dump(obj: Any, fh: IO[bytes]) -> None:
         position = start + raw.nbytes
 
 
-def _parse(view: memoryview) -> Any:
-    count, stream_len = _COUNTS.unpack_from(view, len(MAGIC))
+def _parse(view: memoryview, name: str) -> Any:
+    size = len(view)
     head = len(MAGIC) + _COUNTS.size
-    table = [_ENTRY.unpack_from(view, head + i * _ENTRY.size) for i in range(count)]
+    if size < head:
+        raise CorruptStoredValue(f"{name}: {size} bytes, shorter than a stored value's header")
+    count, stream_len = _COUNTS.unpack_from(view, len(MAGIC))
     start = head + count * _ENTRY.size
+    if start + stream_len > size:
+        raise CorruptStoredValue(f"{name}: {size} bytes, but its table says {start + stream_len} or more")
+    table = [_ENTRY.unpack_from(view, head + i * _ENTRY.size) for i in range(count)]
+    end = max((offset + length for offset, length in table), default=0)
+    if end > size:
+        raise CorruptStoredValue(f"{name}: {size} bytes, but its arrays end at byte {end} (truncated?)")
     buffers = [view[offset:offset + length] for offset, length in table]
     return pickle.loads(view[start:start + stream_len], buffers=buffers)
 
@@ -79,15 +95,20 @@ def load(path: str | os.PathLike) -> Any:
             return pickle.load(fh)
         mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
     # the arrays keep the mapping alive (each is a view of it); closing the file does not unmap
-    return _parse(memoryview(mapped))
+    return _parse(memoryview(mapped), os.fspath(path))
 
 
-def loads(data: bytes | bytearray | memoryview) -> Any:
-    """Load a value from bytes already in memory (a file read from an object store)."""
-    view = memoryview(data)
+def read(fh: IO[bytes], size: int, name: str = "stored value") -> Any:
+    """Load a value from an open binary file of ``size`` bytes (an object on an object store):
+    read once into one writable buffer, whose views the arrays become."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    filled = 0
+    while filled < size:
+        got = fh.readinto(view[filled:])
+        if not got:
+            raise CorruptStoredValue(f"{name}: ended after {filled} of its {size} bytes")
+        filled += got
     if bytes(view[:len(MAGIC)]) != MAGIC:
-        return pickle.load(io.BytesIO(view))
-    if view.readonly:  # arrays loaded from it must be writable, as a plain pickle's are
-        view = memoryview(bytearray(view))
-    return _parse(view)
-
+        return pickle.loads(view)  # a plain pickle of an earlier version
+    return _parse(view, name)

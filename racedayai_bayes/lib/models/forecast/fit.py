@@ -372,8 +372,8 @@ class FittedForecast(FittedModel):
         wr, w = self.observations(rows)
         self._forget_encoding(rows)
         # each athlete's sums at a cut are what a real race in that season gets: the running
-        # totals of its rows' seasons before the cut (rows of athletes the table does not
-        # know, of later seasons, are in no athlete's sums)
+        # totals of its rows' seasons before the cut (rows without an athlete, or of an
+        # athlete the table does not know, are in no athlete's sums)
         sums = season_sums(index_in(rows["athlete_hash"], athletes), rows["event_year"].to_numpy(dtype=np.int64),
                            {"a": wr, "w": w})
         own_is_1 = np.full(k, self.distance == MODEL_DISTANCES[1])

@@ -29,8 +29,9 @@ of their rows' classes. With :math:`s_{jh} = \sum_{i \in j, h(i)=h} x_i` and
     A_h = \textstyle\sum_{h(i) = h} x_i x_i^\top,
 
 and likewise :math:`q = X^\top\Sigma^{-1}y` and :math:`y^\top\Sigma^{-1}y`. The matrices
-:math:`A_h, T_{p,hh'}` (and their vector and scalar companions) are computed once, in one
-sparse pass; for any :math:`\theta` the three quantities are one weighted sum of them.
+:math:`A_h, T_{p,hh'}` (and their vector and scalar companions) are computed once, by
+sparse products over passes of whole athletes (:data:`CHUNK_ROWS` rows each); for any
+:math:`\theta` the three quantities are one weighted sum of them.
 
 **Coefficients out.** As in the seed's exact engine (lib/models/seed/exact.py), with
 :math:`B = I + D^{1/2} Q D^{1/2} = LL^\top` and :math:`v = L^{-1} D^{1/2} q`,
@@ -44,8 +45,8 @@ and :math:`b \mid y, \theta \sim N(D^{1/2}L^{-\top}v,\ D^{1/2}B^{-1}D^{1/2})`: o
 draw is :math:`b = D^{1/2}L^{-\top}(v + z)`. The million athlete effects are never drawn: a
 forecast needs only each athlete's posterior given their own earlier races
 (lib/models/forecast/predict.py). Everything is float64, evaluated for a batch of
-:math:`\theta` at once (one matrix product, then a Cholesky per :math:`\theta`): no
-gradient and no compile.
+:math:`\theta` at once (matrix products of :data:`MATRIX_BATCH` thetas, then a Cholesky per
+:math:`\theta`): no gradient and no compile.
 """
 
 from __future__ import annotations
