@@ -217,15 +217,6 @@ def athlete_runs(hashes: pd.Series) -> np.ndarray:
     return np.r_[True, changed.to_numpy(zero_copy_only=False).astype(bool)]
 
 
-def _running(table: pd.DataFrame, new_athlete: np.ndarray) -> pd.DataFrame:
-    """Each athlete's running totals (``best``: running minimum) through each of its rows,
-    summed within the athlete in season order."""
-    by = table.groupby(np.cumsum(new_athlete), sort=False)
-    running = by[list(SEASON_COLUMNS)].cumsum()
-    running["best"] = by["best"].cummin()
-    return running
-
-
 def cumulate(table: pd.DataFrame) -> pd.DataFrame:
     """Each row's totals over the athlete's **strictly earlier** seasons (``table`` sorted by
     athlete, then season, as :func:`season_table` returns it).
@@ -235,13 +226,21 @@ def cumulate(table: pd.DataFrame) -> pd.DataFrame:
     order: a total is the same number whichever later seasons exist.
     """
     new_athlete = athlete_runs(table["athlete_hash"])
-    running = _running(table, new_athlete)
-    out = pd.DataFrame({"athlete_hash": table["athlete_hash"].to_numpy(), "event_year": table["event_year"].to_numpy()})
-    for name in running.columns:
-        values = running[name].to_numpy()
+    out = {"athlete_hash": table["athlete_hash"].to_numpy(), "event_year": table["event_year"].to_numpy()}
+    for name, values in _running_columns(table, new_athlete):
         empty = np.inf if name == "best" else 0.0
         out[name] = np.where(new_athlete, empty, np.r_[empty, values[:-1]])
-    return out
+    return pd.DataFrame(out, copy=False)
+
+
+def _running_columns(table: pd.DataFrame, new_athlete: np.ndarray):
+    """Each athlete's running totals (``best``: running minimum) through each of its rows,
+    summed within the athlete in season order: (name, values) of one column at a time, so
+    that only one column of running totals is held at once."""
+    by = np.cumsum(new_athlete)
+    for name in (*SEASON_COLUMNS, "best"):
+        grouped = table[name].groupby(by, sort=False)
+        yield name, (grouped.cummin() if name == "best" else grouped.cumsum()).to_numpy()
 
 
 def as_of_rows(table: pd.DataFrame, *seasons: int) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
@@ -264,10 +263,7 @@ def as_of_rows(table: pd.DataFrame, *seasons: int) -> list[tuple[dict[str, np.nd
         after = np.r_[new_athlete[1:], True] | ~np.r_[before[1:], False]
         lasts.append(np.flatnonzero(before & after))
     out = [({}, last) for last in lasts]
-    by = pd.Series(np.cumsum(new_athlete))
-    for name in (*SEASON_COLUMNS, "best"):
-        grouped = table[name].groupby(by.to_numpy(), sort=False)
-        running = (grouped.cummin() if name == "best" else grouped.cumsum()).to_numpy()
+    for name, running in _running_columns(table, new_athlete):
         for (values, last) in out:
             values[name] = running[last]
     return out
@@ -345,11 +341,13 @@ def add_history(frame: pd.DataFrame, table: pd.DataFrame, distances: tuple[str, 
         pos = pd.Index(t_key).get_indexer(r_key)
     pos = np.where(known, pos, -1)
     have = pos >= 0
-    picked = cum[[*SEASON_COLUMNS, "best"]].iloc[np.where(have, pos, 0)].reset_index(drop=True)
-    for name in SEASON_COLUMNS:
-        picked[name] = np.where(have, picked[name].to_numpy(), 0.0)
-    picked["best"] = np.where(have, picked["best"].to_numpy(), np.inf)
-    out = frame.copy()
+    take = np.where(have, pos, 0)
+    picked = {name: np.where(have, cum[name].to_numpy()[take], np.inf if name == "best" else 0.0)
+              for name in (*SEASON_COLUMNS, "best")}
+    del cum
+    # the new columns go on a shallow copy: the frame's own columns are shared, not copied
+    # (hundreds of MB at full scale); adding columns never changes ``frame``
+    out = frame.copy(deep=False)
     cols = history_columns(picked, (out["event_distance"] == distances[1]).to_numpy(dtype=bool))
     for name in COUNT_COLUMNS:
         out[name] = cols[name].astype(np.int32)
