@@ -186,9 +186,9 @@ class TreeRSS(threading.Thread):
 def fresh_memory_probe(mb: int = 400) -> float:
     """Seconds per GB for a new process to touch memory the machine has not used for a few
     seconds, measured in a child process: on this VM (Firecracker, free page reporting)
-    such memory has been handed back to the host, and touching it again costs about 100x
-    what touching memory freed a moment ago costs. Every step process pays this for the
-    memory it grows into, so it is a large, variable part of a refit's wall time."""
+    such memory has been handed back to the host, and touching it again cost 15-80x what
+    touching memory freed a moment ago cost (measured on 2026-12-03). Every step process
+    grows into memory of its own, so the rate bears on a refit's wall time."""
     code = ("import time, numpy as np; time.sleep(3); t = time.perf_counter(); "
             f"a = np.ones({mb} * 131072); print(time.perf_counter() - t)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -355,8 +355,7 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
         "peak_rss_summed_mb": round(mon.peak_kb / 1024, 0),  # every process's RSS added up
         "peak_memory_measure": "peak_rss_mb: the summed PSS of the process tree (shared pages counted once); peak_rss_summed_mb: the summed RSS (shared pages counted in every process)",
         # CPU seconds of the refit's processes (each as last sampled, every 0.2 s: a slight
-        # undercount); system time is mostly the kernel giving memory to processes, see
-        # fresh_memory_probe
+        # undercount); for what memory costs in system time here, see fresh_memory_probe
         "cpu_user_s": round(cpu_user, 1),
         "cpu_system_s": round(cpu_system, 1),
         "fresh_memory_s_per_gb": fresh_before,
@@ -753,7 +752,7 @@ def _write(results: dict) -> None:
                   "'load' row times the mapping and unpickling only: the pages are read when first used, from the "
                   "page cache the store just filled; the 'unpickle' rows of runs before 2026-12-03 ~09:30 copied "
                   "every byte): "
-                  + ", ".join(f"{k} {v}" for k, v in pf.get("stored_mb", pf.get("pickled_mb", {})).items()) + ".", "",
+                  + ", ".join(f"{k} {v}" for k, v in pf["stored_mb"].items()) + ".", "",
                   "Inside each fit (seconds since the fit began, from its progress messages):", ""]
         for k, msgs in pf["fit_messages"].items():
             lines += [f"- {k}:"] + [f"    - `{m.strip()}`" for m in msgs]

@@ -5,9 +5,10 @@ from a server that has already imported the code location and what its steps imp
 (JAX and NumPyro through the seed's sampler, ArviZ, SciPy's stats, the NetCDF writer, the
 plots, the models' modules, and what opens the Dagster instance): seconds of imports paid
 once per command instead of in every step. The code location itself imports none of the
-heavy ones, so the command line, the code server and the daemon stay light. The server imports JAX but never starts a JAX backend,
-so forking it is safe. No Dagster import here: the command line starts the server before it
-imports Dagster itself, so that the two imports overlap on the machine's two cores.
+heavy ones, so the command line, the code server and the daemon stay light. The server
+imports JAX but never starts a JAX backend, so forking it is safe. No Dagster import here:
+the command line starts the server before it imports Dagster itself, so that the two
+imports overlap on the machine's two cores.
 """
 
 from __future__ import annotations

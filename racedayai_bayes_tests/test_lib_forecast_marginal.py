@@ -46,7 +46,20 @@ def test_log_likelihood_equals_the_dense_multivariate_normal(seed):
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-8)
 
 
-def test_batch_evaluation_equals_one_at_a_time():
+@pytest.mark.parametrize("chunk_rows", [1, 7, 40])
+def test_statistics_made_in_several_passes_equal_one_pass(chunk_rows):
+    """pattern_stats in passes of whole athletes (patterns split across passes too) adds up
+    to the statistics of one pass over every row."""
+    data = small_problem(5)
+    one, many = M.pattern_stats(data), M.pattern_stats(data, chunk_rows=chunk_rows)
+    for name in ("kind", "h1", "h2", "term_n", "pat_n", "pat_count", "n_class"):
+        np.testing.assert_array_equal(getattr(many, name), getattr(one, name))
+    for name in ("mat", "vec", "scal"):
+        np.testing.assert_allclose(getattr(many, name), getattr(one, name), rtol=1e-12, atol=1e-12)
+
+
+def test_batch_evaluation_equals_one_at_a_time(monkeypatch):
+    monkeypatch.setattr(M, "MATRIX_BATCH", 2)  # several matrix batches within one evaluation
     stats = M.pattern_stats(small_problem())
     thetas = np.log(np.random.default_rng(0).uniform(0.03, 0.3, size=(5, 5)))
     batch = M.evaluate(stats, thetas).log_lik
