@@ -134,24 +134,30 @@ def _log_path(home: Path) -> Path:
     return path
 
 
-def _refit(args: argparse.Namespace) -> int:
+def _instance(home: str):
+    """The Dagster instance of ``home``, or a UserError that says what is wrong with its configuration."""
     import dagster as dg
 
+    try:
+        return dg.DagsterInstance.get()
+    except dg.DagsterError as exc:
+        raise UserError(f"DAGSTER_HOME={home}: {_config_problems(exc)}") from None
+
+
+def _refit(args: argparse.Namespace) -> int:
     home = os.environ.get("DAGSTER_HOME")
     if not home:
         raise UserError(
             "DAGSTER_HOME is not set: run `make run`, or export DAGSTER_HOME=<a folder with dagster.yaml> "
             "(the repository root)"
         )
-    try:
-        instance = dg.DagsterInstance.get()
-    except dg.DagsterError as exc:
-        raise UserError(f"DAGSTER_HOME={home}: {_config_problems(exc)}") from None
     if args.after:  # a later distance's run of another refit command (see _Later)
-        os.nice(LATER_NICE)  # before the step server starts: its step processes inherit it
-        from racedayai_bayes.step_server import start_step_server
+        instance = _instance(home)
+        os.nice(LATER_NICE)
+        from racedayai_bayes.step_server import join_step_server, start_step_server
 
-        start_step_server()
+        if not join_step_server():  # the first process's server, else one of its own
+            start_step_server()
         from racedayai_bayes.definitions import defs, refit_job_def
 
         return _later_run(args, instance, defs, refit_job_def)
@@ -160,7 +166,14 @@ def _refit(args: argparse.Namespace) -> int:
     with _stderr_to(log_path, echo=args.verbose):
         from racedayai_bayes.step_server import start_step_server
 
-        start_step_server()  # its imports overlap with this process's next one
+        # first: the server's imports (the first step waits for them) overlap with this
+        # process's own, Dagster's included
+        start_step_server()
+        try:
+            instance = _instance(home)
+        except UserError:
+            log_path.unlink(missing_ok=True)  # nothing ran: no log of this command
+            raise
         # imported here: the code location's import-time warnings belong in the log
         from racedayai_bayes.definitions import defs, refit_job_def
 
@@ -292,7 +305,10 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
     return report, (errors[0] if errors else None)
 
 
-LATER_NICE = 5  # a later distance's process: below the first run, which is the longer path at full scale
+# a later distance's process, below the first run (the longer path at full scale). Its steps
+# fork from the first process's step server, at that server's priority; the CPU slots
+# (defs/resources.py CpuSlots) share the cores between the two runs' heavy steps.
+LATER_NICE = 5
 WAITING = 3  # exit code of a later distance's process that never started its run
 
 
@@ -313,10 +329,15 @@ class _Later:
     def start(cls, args, distance: str, first: str, log_path: Path, report) -> _Later:
         import subprocess
 
+        from racedayai_bayes.step_server import share_step_server
+
         argv = [a for a in args.argv if a != "--verbose"]
         cmd = [sys.executable, "-m", "racedayai_bayes.cli", *argv, "--distance", distance, "--after", f"{first}={log_path}"]
+        # its steps fork from this process's step server: one server imports the steps' modules
+        env, server_fd = share_step_server()
         # stdout: this command reports the run; stderr (fd 2, the refit's log pipe) is inherited
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                env={**os.environ, **env}, pass_fds=(server_fd,))
         watcher = _RunWatcher(_run_tags(distance, log_path), report)
         watcher.start()
         return cls(distance, proc, watcher, report)

@@ -41,6 +41,9 @@ STEP_PRELOAD = [
     "dagster._daemon",
     "dagster._scheduler",
     "upath.implementations.local",
+    # last: open the instance once and read from its storages, so that no step pays the
+    # first SQLAlchemy statement's one-time cost (racedayai_bayes/step_warmup.py)
+    "racedayai_bayes.step_warmup",
 ]
 # Dagster's multiprocess executor puts this module first in the list it preloads
 _EXECUTOR_FIRST = "dagster._core.executor.multiprocess"
@@ -57,3 +60,53 @@ def start_step_server() -> None:
 
     multiprocessing.get_context("forkserver").set_forkserver_preload([_EXECUTOR_FIRST, *STEP_PRELOAD])
     forkserver.ensure_running()
+
+
+# How a later distance's process (``refit --after``) finds the first process's server: the
+# write end of the server's "alive" pipe, inherited, and the server's socket address.
+SHARED_SERVER_ENV = "RACEDAYAI_STEP_SERVER"
+
+
+def share_step_server() -> tuple[dict[str, str], int]:
+    """The environment entry and the file descriptor that let a child process of this one
+    fork its step processes from this process's server (see :func:`join_step_server`).
+
+    The child must inherit the descriptor (``pass_fds``): the server runs as long as any
+    holder of it lives, as it does for this process's own steps.
+    """
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    server.ensure_running()
+    fd = server._forkserver_alive_fd
+    return {SHARED_SERVER_ENV: f"{fd}:{server._forkserver_address}"}, fd
+
+
+def join_step_server() -> bool:
+    """Fork this process's steps from the server its parent shared (:func:`share_step_server`),
+    instead of starting a second one: a second server would import everything again (about
+    7 s of CPU on this machine) while the first run's steps need the cores. False, and
+    nothing changed, if the parent shared none or it has gone.
+
+    The standard library's forkserver client keeps the server's address and alive pipe and
+    starts a server only when it has not started one itself; this sets the first two and
+    makes its "ensure running" start only the resource tracker, which every process keeps
+    for itself. A step then reaches the server exactly as the parent's steps do.
+    """
+    import os
+    from multiprocessing import forkserver, resource_tracker
+
+    value = os.environ.pop(SHARED_SERVER_ENV, "")
+    fd_text, _, address = value.partition(":")
+    if not fd_text.isdigit() or not address or not os.path.exists(address):
+        return False
+    try:
+        os.fstat(int(fd_text))
+    except OSError:
+        return False
+    server = forkserver._forkserver
+    with server._lock:
+        server._forkserver_address = address
+        server._forkserver_alive_fd = int(fd_text)
+    server.ensure_running = resource_tracker.ensure_running  # the server is the parent's: never start one
+    return True
