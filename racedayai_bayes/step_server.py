@@ -2,13 +2,15 @@
 
 Steps run in their own processes, at most two at once (the machine has 2 cores). They fork
 from a server that has already imported the code location and what its steps import lazily
-(JAX and NumPyro through the seed's sampler, ArviZ, SciPy's stats, the NetCDF writer, the
-plots, the models' modules, and what opens the Dagster instance): seconds of imports paid
-once per command instead of in every step. The code location itself imports none of the
-heavy ones, so the command line, the code server and the daemon stay light. The server
-imports JAX but never starts a JAX backend, so forking it is safe. No Dagster import here:
-the command line starts the server before it imports Dagster itself, so that the two
-imports overlap on the machine's two cores.
+(ArviZ, SciPy's stats, the NetCDF writer, the plots, the models' modules, and what opens the
+Dagster instance): seconds of imports paid once per command instead of in every step. The
+code location itself imports none of the heavy ones, so the command line, the code server
+and the daemon stay light. JAX and NumPyro are not preloaded: only the NUTS engines
+(``exact_nuts``, ``rowwise``) use them, a step that runs one imports them itself (about 2 s),
+and the default engines are numpy. No Dagster import here: the command line starts the
+server before it imports Dagster itself, so that the two imports overlap on the machine's
+two cores. A later distance's process of the same command forks its steps from this same
+server (:func:`share_step_server`, :func:`join_step_server`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,14 @@ STEP_PRELOAD = [
     "racedayai_bayes.lib.models.seed.exact",
     "racedayai_bayes.lib.models.forecast.fit",
     "racedayai_bayes.lib.outputs.artifacts",
+    # what a posterior step imported itself when measured (2026-12-03): the scores' metrics
+    # (0.15 s), the rank plot's backend, the seed's plots, the artifact's Parquet side tables
+    "sklearn.metrics",
+    "arviz.plots.backends.matplotlib",
+    "racedayai_bayes.lib.models.seed.plots",
+    "pyarrow.parquet",
+    "pyarrow.dataset",
+    "h5netcdf.legacyapi",
     # what a step process imports to open the Dagster instance (SQLite storages, their
     # Alembic revision check, the instance factory): about 0.5 s of every step otherwise.
     # A name a later Dagster no longer has is skipped (the forkserver ignores ImportError).

@@ -90,8 +90,9 @@ def test_refit_both_distances_on_the_instance(dagster_home, small_inputs, tmp_pa
         for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
             mat = entry.dagster_event.event_specific_data.materialization
             if mat.asset_key in (dg.AssetKey("posterior_seed_profile"), dg.AssetKey("posterior_seed_asof")):
-                # fitted in a spawned step process, which must also run JAX on the CPU
-                assert mat.metadata["jax_backend"].value == "cpu"
+                # the default engine samples in numpy: the step never started JAX (a NUTS
+                # engine records the backend it ran on; test_definitions pins it to the CPU)
+                assert "jax_backend" not in mat.metadata
     logs = [e.user_message for e in instance.all_logs(by_partition["70.3"].dagster_run.run_id)]
     # the UI keeps everything, the samplers' progress included
     assert any("independence sampler" in m and "steps per chain" in m for m in logs)

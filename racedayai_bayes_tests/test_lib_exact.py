@@ -13,7 +13,7 @@ import numpyro.distributions as dist
 import pytest
 from scipy import stats as st
 
-from racedayai_bayes.lib.models.seed import exact
+from racedayai_bayes.lib.models.seed import exact, exact_nuts
 from racedayai_bayes.lib.models.seed.encoding import Design
 from racedayai_bayes.lib.inference.nuts import Sampler
 from racedayai_bayes.lib.models.seed.model import SCALAR_SITES, SCALE_SITES, VECTOR_SITES
@@ -130,7 +130,7 @@ def test_closed_form_gradient_equals_autodiff_of_dense_density(scales):
     stats = sufficient_stats(design)
     args = exact._stats_args(stats, jnp)
     theta = jnp.log(jnp.asarray([scales[s] for s in SCALE_SITES]))
-    got = jax.grad(lambda t: exact._log_marginal_theta(t, *args, sizes))(theta)
+    got = jax.grad(lambda t: exact_nuts._log_marginal_theta(t, *args, sizes))(theta)
     np.testing.assert_allclose(got, jax.grad(dense)(theta), rtol=1e-7, atol=1e-7)
 
 
@@ -195,7 +195,7 @@ def test_fit_exact_returns_draws_like_the_rowwise_engine(method, engine, timing)
     assert draws.info["rows"] == 400
     assert any("sufficient statistics" in m for m in messages)
     # the same statistics and seed give the same draws
-    run = exact.fit_exact_imh_from_stats if method == "imh" else exact.fit_exact_from_stats
+    run = exact.fit_exact_imh_from_stats if method == "imh" else exact_nuts.fit_exact_from_stats
     again = run(sufficient_stats(design), sampler)
     for site in draws.samples:
         np.testing.assert_array_equal(draws.samples[site], again.samples[site])
@@ -299,7 +299,7 @@ def test_simulation_based_calibration(method, persistent_compilation_cache):
         truth = prior_draw(rng, 2, 3, 3)
         stats = sufficient_stats(simulate(rng, truth, 100))
         # identical shapes and chunk lengths in every replication: nothing new to compile
-        run = exact.fit_exact_imh_from_stats if method == "imh" else exact.fit_exact_from_stats
+        run = exact.fit_exact_imh_from_stats if method == "imh" else exact_nuts.fit_exact_from_stats
         draws = run(stats, Sampler(num_warmup=300, num_samples=300, num_chains=1, seed=r))
         post = contrasts(draws.samples) | {
             "sigma_age": draws.samples["sigma_age"], "mu_age_0": draws.samples["mu_age"][..., 0]}

@@ -97,3 +97,9 @@ def test_the_warm_up_opens_the_instance_and_writes_no_run(tmp_path):
     env["DAGSTER_HOME"] = str(tmp_path)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split() == ["False"]
+
+
+def test_the_warm_up_draws_each_kind_of_harness_plot():
+    from racedayai_bayes.step_warmup import warm_plots
+
+    assert warm_plots() is True

@@ -6,31 +6,17 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import numpyro
 
 from racedayai_bayes.lib.inference.draws import Draws  # noqa: F401 (re-exported: the models import it from here)
+from racedayai_bayes.lib.inference.sampler import ProgressFn, Sampler  # noqa: F401 (re-exported)
 from racedayai_bayes.lib.runreport import with_progress
 
 # Sums over millions of rows (sufficient statistics, standardised targets) need float64.
 numpyro.enable_x64()
 
-
-ProgressFn = Callable[[str], None] | None
-
-
-@dataclass(frozen=True)
-class Sampler:
-    """NUTS settings shared by every engine (the defaults are the seed's)."""
-
-    num_warmup: int = 1500
-    num_samples: int = 1500
-    num_chains: int = 2
-    target_accept: float = 0.85
-    seed: int = 42
 
 
 def _chunks(total: int, max_chunks: int = 10) -> list[int]:

@@ -40,8 +40,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import logsumexp, ndtri
+from scipy.special import ndtri
 
+from racedayai_bayes.lib.inference.draws import log_mean_exp
 from racedayai_bayes.lib.models.forecast.design import ForecastDesign, ForecastEncoding
 from racedayai_bayes.lib.runreport import every_tenth, with_progress
 
@@ -226,7 +227,7 @@ def log_density(design, enc, draws, athlete_a, athlete_w, tau_mean, log_time, *,
         mu = c[k] + design.z[idx] @ slopes.T + m_ath[idx, None]
         s2 = s[k] + v_ath[idx, None]
         lp = -half_log_2pi - 0.5 * np.log(s2) - 0.5 * (y[idx, None] - mu) ** 2 / s2
-        out[idx] = logsumexp(lp, axis=1) - np.log(len(draws)) - np.asarray(log_time)[idx]
+        out[idx] = log_mean_exp(lp) - np.asarray(log_time)[idx]
     return out
 
 

@@ -42,25 +42,21 @@ samples whitened coordinates :math:`\theta = \hat\theta + C z` from a Laplace fi
 change of variables, so the draws of :math:`\theta` are those of the notebook's posterior.
 Every chain starts at z = 0 (the mode), so warmup has no wild first phase.
 
-The Laplace fit and the b draws run in numpy (a K x K problem needs no compile); only the
-NUTS target is JAX. Everything is float64: the statistics of millions of rows need it.
+The Laplace fit, the independence sampler (the default) and the b draws run in numpy (a
+K x K problem needs no compile); only the NUTS target is JAX, in exact_nuts.py, which only a
+NUTS fit imports. Everything is float64: the statistics of millions of rows need it.
 """
 
 from __future__ import annotations
 
-import functools
 import time
 
-import jax
-import jax.numpy as jnp
-import jax.scipy.linalg
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
 import scipy.linalg
 
 from racedayai_bayes.lib.models.seed.encoding import Design
-from racedayai_bayes.lib.inference.nuts import Draws, ProgressFn, Sampler, run_nuts
+from racedayai_bayes.lib.inference.draws import Draws
+from racedayai_bayes.lib.inference.sampler import ProgressFn, Sampler
 from racedayai_bayes.lib.models.seed.model import SCALAR_SITES, SCALE_SITES, VECTOR_SITES
 from racedayai_bayes.lib.models.seed.model import (
     PRIOR_BETA_EXPERIENCE,
@@ -100,9 +96,8 @@ def _prior_sd_batch(theta: np.ndarray, sizes) -> np.ndarray:
 
 
 # The maths is written once for numpy (Laplace fit, exact draws: no compile) and jax.numpy
-# (the NUTS target): ``lin`` is the array module and its triangular solver.
+# (the NUTS target, exact_nuts.py): ``lin`` is the array module and its triangular solver.
 _NUMPY = (np, scipy.linalg.solve_triangular)
-_JAX = (jnp, jax.scipy.linalg.solve_triangular)
 
 
 def _forward(theta, xtx, xty, yty, sizes, lin=_NUMPY):
@@ -143,41 +138,6 @@ def _log_prior_theta(theta, xp=np):
     # log HalfNormal(s; c) = log(2 / c) - 0.5 log(2 pi) - s^2 / (2 c^2); plus log|ds/dtheta|
     return xp.sum(np.log(2.0 * inv) - 0.5 * np.log(2.0 * np.pi) - 0.5 * (scales * inv) ** 2
                   + theta)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
-def _log_marginal_theta(theta, xtx, xty, yty, n, sizes):
-    # differentiable in theta only: the statistics are data
-    return _value_and_grad(theta, xtx, xty, yty, n, sizes, _JAX)[0]
-
-
-@_log_marginal_theta.defjvp
-def _log_marginal_jvp(sizes, primals, tangents):
-    value, grad = _value_and_grad(*primals, sizes, _JAX)
-    return value, grad @ tangents[0]
-
-
-# Jitted at module level: numpyro evaluates the model eagerly (one XLA compile per primitive)
-# when it initialises a chain; this compiles once per shape and is inlined in NUTS.
-@functools.partial(jax.jit, static_argnums=7)
-def _scales_and_log_density(z, loc, tril, xtx, xty, yty, n, sizes):
-    theta = loc + tril @ z  # the constant Jacobian log|tril| is dropped
-    return jnp.exp(theta), (_log_prior_theta(theta, jnp)
-                            + _log_marginal_theta(theta, xtx, xty, yty, n, sizes))
-
-
-def collapsed_model(xtx, xty, yty, n, loc, tril, *, n_gender: int, n_age: int, n_cluster: int):
-    """NumPyro model of the four scales, b integrated out, in whitened coordinates z.
-
-    log scales = loc + tril @ z; the density is the seed's HalfNormal priors (moved to the
-    log scale) times p(y | scales).
-    """
-    z = numpyro.sample("z", dist.ImproperUniform(dist.constraints.real_vector, (), (4,)))
-    scales, log_density = _scales_and_log_density(z, loc, tril, xtx, xty, yty, n,
-                                                  (n_gender, n_age, n_cluster))
-    for i, site in enumerate(SCALE_SITES):
-        numpyro.deterministic(site, scales[i])
-    numpyro.factor("log_posterior", log_density)
 
 
 def _stats_args(stats: SuffStats, xp=np) -> tuple:
@@ -288,49 +248,6 @@ def draw_coefficients(stats: SuffStats, theta: np.ndarray, rng: np.random.Genera
         out[lo:lo + block] = m0 + sd * scipy.linalg.solve_triangular(
             chol, (w + z)[..., None], lower=True, trans="T", check_finite=False)[..., 0]
     return out
-
-
-def fit_exact_from_stats(stats: SuffStats, sampler: Sampler = Sampler(), progress: ProgressFn = None) -> Draws:
-    """Exact joint posterior draws from sufficient statistics (see the module docstring)."""
-    say = progress or (lambda _msg: None)
-    t0 = time.perf_counter()
-    xtx, xty, yty, n = _stats_args(stats, jnp)
-    loc, cov = laplace(stats)
-    t_laplace = time.perf_counter() - t0
-    say("exact: Laplace mode " + ", ".join(
-        f"{s}={v:.4g}" for s, v in zip(SCALE_SITES, np.exp(loc))) + f" ({t_laplace:.2f} s)")
-    kwargs = dict(xtx=xtx, xty=xty, yty=yty, n=n, loc=jnp.asarray(loc),
-                  tril=jnp.asarray(np.linalg.cholesky(cov)))
-    samples, diverging, info = run_nuts(
-        functools.partial(collapsed_model, **stats.sizes),
-        kwargs,
-        sampler,
-        # whitened coordinates: z = 0 is the Laplace mode and one unit is about one posterior
-        # sd, so chains start 1.5 sd apart from the mode in random directions
-        init_params={"z": jnp.zeros(4)},
-        init_jitter=1.5,
-        progress=progress,
-    )
-    t1 = time.perf_counter()
-
-    # one exact draw of b per draw of the scales; a generator apart from run_nuts' keys
-    shape, k = diverging.shape, stats.num_columns
-    theta = np.log(np.stack([samples[s].reshape(-1) for s in SCALE_SITES], axis=-1))
-    rng = np.random.default_rng([sampler.seed, _COEFFICIENT_STREAM])
-    b = draw_coefficients(stats, theta, rng).reshape(shape + (k,))
-    t2 = time.perf_counter()
-    say(f"exact: {theta.shape[0]} coefficient draws in {t2 - t1:.2f} s")
-
-    out = {s: np.asarray(samples[s]) for s in SCALE_SITES}
-    for site, sl in column_slices(**stats.sizes).items():
-        out[site] = b[..., sl] if site in VECTOR_SITES else b[..., sl.start]
-    info.update(
-        rows=int(stats.n), columns=k, laplace_mode=dict(zip(SCALE_SITES, np.exp(loc).tolist())),
-        laplace_s=t_laplace, nuts_s=t1 - t0 - t_laplace, coefficients_s=t2 - t1,
-        wall_s=time.perf_counter() - t0,
-    )
-    return Draws(samples={s: out[s] for s in (*SCALAR_SITES, *VECTOR_SITES)},
-                 diverging=diverging, engine="exact", info=info)
 
 
 def _augmented_factors(xtx: np.ndarray, xtr: np.ndarray, rtr: float, sd: np.ndarray, s2: np.ndarray
@@ -457,7 +374,10 @@ def fit_exact(design: Design, sampler: Sampler = Sampler(), progress: ProgressFn
     t_stats = time.perf_counter() - t0
     if progress is not None:
         progress(f"exact: sufficient statistics of {stats.n} rows in {t_stats:.2f} s")
-    run = fit_exact_imh_from_stats if method == "imh" else fit_exact_from_stats
+    if method == "imh":
+        run = fit_exact_imh_from_stats
+    else:  # NUTS needs JAX: imported only by a fit that uses it
+        from racedayai_bayes.lib.models.seed.exact_nuts import fit_exact_from_stats as run
     draws = run(stats, sampler, progress)
     draws.info.update(stats_s=t_stats, wall_s=time.perf_counter() - t0)
     if method != "imh":

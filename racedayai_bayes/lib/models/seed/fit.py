@@ -31,6 +31,7 @@ from racedayai_bayes.lib.models.seed.predict import log_density as seed_log_dens
 from racedayai_bayes.lib.models.seed.predict import mean_prediction, posterior_means_row, predictive_summary
 
 ENGINES = ("exact", "exact_nuts", "rowwise")
+JAX_ENGINES = ("exact_nuts", "rowwise")  # the engines that sample with NumPyro in JAX
 FEATURES = ("profile", "asof")
 # The seed's PRNG keys per distance.
 DEFAULT_SEEDS = {"70.3": 42, "140.6": 99}
@@ -91,8 +92,7 @@ def _sample(rows: pd.DataFrame, n: int) -> pd.DataFrame:
 
 
 def run_engine(design, settings: SeedSettings, seed: int, progress: ProgressFn = None) -> Draws:
-    # the samplers import JAX: only a process that fits pays for it
-    from racedayai_bayes.lib.inference.nuts import Sampler
+    from racedayai_bayes.lib.inference.sampler import Sampler
 
     sampler = Sampler(
         num_warmup=settings.num_warmup,
@@ -164,10 +164,11 @@ class SeedModel(Model):
         say(f"{self.name} {distance}: {s.engine} engine on {len(fit_rows):,} rows; groups: {enc.n_gender} genders, "
             f"{enc.n_age} age groups, {enc.n_cluster} clusters")
         draws = run_engine(encode(fit_rows, enc, fitting=True), s, seed, progress)
-        import jax
-
         info = dict(draws.info)
-        info["jax_backend"] = jax.default_backend()
+        if s.engine in JAX_ENGINES:  # NUTS ran in JAX (the default engine needs no JAX, and never imports it)
+            import jax
+
+            info["jax_backend"] = jax.default_backend()
         info["rows_fitted"] = len(fit_rows)
         info["settings"] = {**asdict(s), "seed": seed, "prediction_seed": s.prediction_seed(distance),
                             "target_accept": s.target_accept_for_engine(), "features": self.kind}

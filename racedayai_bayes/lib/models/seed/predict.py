@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from racedayai_bayes.lib.data.frame import MODEL_DISTANCES
-from racedayai_bayes.lib.inference.draws import Draws
+from racedayai_bayes.lib.inference.draws import Draws, log_mean_exp
 from racedayai_bayes.lib.models.base import INTERVAL_COLUMNS, PREDICTION_COLUMNS, ProgressFn
 from racedayai_bayes.lib.models.seed.encoding import Design, Encoding, encode
 from racedayai_bayes.lib.runreport import every_tenth, with_progress
@@ -145,8 +145,6 @@ def log_density(draws: Draws, enc: Encoding, design: Design, total_sec: np.ndarr
                 max_draws: int = 200, chunk_rows: int = 8192) -> np.ndarray:
     """log p(total_sec) in seconds per row: the log of the mean over (evenly thinned) draws of
     the Normal density of the standardised time, minus log(y_std) (the Jacobian)."""
-    from scipy.special import logsumexp
-
     pick = thinned_draws(draws.num_chains * draws.num_draws, max_draws)
     p = {name: draws.flat(name)[pick] for name in draws.samples}
     mu_table, var_table, inverse = _combinations(p, design)
@@ -159,7 +157,7 @@ def log_density(draws: Draws, enc: Encoding, design: Design, total_sec: np.ndarr
               + design.experience[rows, None] * p["beta_experience"][None, :])
         var = var_table[k]
         lp = -0.5 * np.log(2.0 * np.pi * var) - 0.5 * (y[rows, None] - mu) ** 2 / var
-        out[rows] = logsumexp(lp, axis=1) - np.log(len(pick)) - np.log(enc.y_std)
+        out[rows] = log_mean_exp(lp) - np.log(enc.y_std)
     return out
 
 
