@@ -303,7 +303,7 @@ def edition_relative(races: pd.DataFrame, ag_finish: np.ndarray) -> np.ndarray:
     use = np.asarray(ag_finish, dtype=bool) & races["event_name"].notna().to_numpy() & races["event_year"].notna().to_numpy()
     if not use.any():
         return out
-    part = races.loc[use]
+    part = races.loc[use, ["total_sec", "event_name", "event_distance", "event_year"]]  # not every column
     logt = np.log(part["total_sec"].to_numpy(dtype=np.float64))
     name = pd.factorize(part["event_name"])[0].astype(np.int64)
     dist = pd.factorize(part["event_distance"])[0].astype(np.int64) + 1  # a blank distance: 0
