@@ -744,7 +744,10 @@ def _write(results: dict) -> None:
     if pf:
         lines += [f"## Profile: the full-scale refit's work in one process ({pf['total_s']} s in all)", "",
                   "Each phase's wall seconds (`make bench`'s `profile` part: no Dagster, one process, so these add "
-                  "up to the work; full_scale's wall time minus this is orchestration and contention).", "",
+                  "up to the work; full_scale's wall time minus this is orchestration and contention). One "
+                  "exception: inside `model_frame`, the season table is made in a second thread beside the join "
+                  "of profiles and clusters (since 2026-12-03 ~13:25), so those two rows overlap and the "
+                  "`model_frame (all)` row is less than the sum of its parts.", "",
                   "| phase | s |", "|---|---|"]
         phases = pf["seconds"].items() if isinstance(pf["seconds"], dict) else pf["seconds"]  # older files: a dict
         lines += [f"| {k} | {v} |" for k, v in phases]
