@@ -137,10 +137,14 @@ def _log_path(home: Path) -> Path:
 def _instance(home: str):
     """The Dagster instance of ``home``, or a UserError that says what is wrong with its configuration."""
     import dagster as dg
+    import yaml
+    from dagster_shared.check import CheckError
 
     try:
         return dg.DagsterInstance.get()
-    except dg.DagsterError as exc:
+    except (dg.DagsterError, CheckError, yaml.YAMLError) as exc:
+        # a configuration problem (a storage class that cannot be imported is a CheckError,
+        # a file that is not YAML a YAMLError): one message, no traceback
         raise UserError(f"DAGSTER_HOME={home}: {_config_problems(exc)}") from None
 
 

@@ -216,6 +216,18 @@ def test_an_unset_dagster_home_ends_with_one_message_and_exit_1(monkeypatch, cap
     assert err.startswith("error: DAGSTER_HOME is not set: run `make run`") and err.count("\n") == 1
 
 
+def test_a_broken_instance_configuration_ends_with_one_message_and_no_log(tmp_path, capfd):
+    """The step server starts before the instance is opened; a dagster.yaml that cannot be
+    loaded still ends in one message naming DAGSTER_HOME, and leaves no refit log behind."""
+    (tmp_path / "dagster.yaml").write_text("run_storage:\n  module: no.such.module\n  class: Nope\n")
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "racedayai_bayes.cli", "refit"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.startswith(f"error: DAGSTER_HOME={tmp_path}: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert not list((tmp_path / "logs").glob("refit-*.log"))
+
+
 def test_a_usage_error_exits_2():
     with pytest.raises(SystemExit) as info:
         main(["refit", "--distance", "sprint"])
