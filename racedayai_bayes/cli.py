@@ -49,7 +49,7 @@ class UserError(Exception):
 
 
 def _data_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad data or settings, not a bug (imported late: they pull in JAX)."""
+    """Exceptions that mean bad data or settings, not a bug (imported late: they pull in pandas and the models)."""
     from racedayai_bayes.lib.data.contracts import InputError
     from racedayai_bayes.lib.errors import FitError
     from racedayai_bayes.lib.outputs.artifacts import ArtifactError
@@ -168,7 +168,7 @@ def _refit(args: argparse.Namespace) -> int:
 
     log_path = _log_path(Path(home))
     with _stderr_to(log_path, echo=args.verbose):
-        from racedayai_bayes.step_server import start_step_server
+        from racedayai_bayes.step_server import start_step_server, stop_step_server
 
         # first: the server's imports (the first step waits for them) overlap with this
         # process's own, Dagster's included
@@ -176,6 +176,7 @@ def _refit(args: argparse.Namespace) -> int:
         try:
             instance = _instance(home)
         except UserError:
+            stop_step_server()  # it would import for seconds after this command has ended
             log_path.unlink(missing_ok=True)  # nothing ran: no log of this command
             raise
         # imported here: the code location's import-time warnings belong in the log
@@ -309,9 +310,12 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
     return report, (errors[0] if errors else None)
 
 
-# a later distance's process, below the first run (the longer path at full scale). Its steps
-# fork from the first process's step server, at that server's priority; the CPU slots
-# (defs/resources.py CpuSlots) share the cores between the two runs' heavy steps.
+# A later distance's own process (its imports, then the run's orchestration) runs below the
+# first run's, so that it yields the cores while the first run reads its inputs. Its steps
+# fork from the first process's step server and run at that server's priority, as the first
+# run's steps do: the CPU slots (defs/resources.py CpuSlots) share the cores between the two
+# runs' heavy steps. (Only if it cannot join that server does it start its own, at this
+# priority.)
 LATER_NICE = 5
 WAITING = 3  # exit code of a later distance's process that never started its run
 
@@ -338,8 +342,10 @@ class _Later:
         argv = [a for a in args.argv if a != "--verbose"]
         cmd = [sys.executable, "-m", "racedayai_bayes.cli", *argv, "--distance", distance, "--after", f"{first}={log_path}"]
         # its steps fork from this process's step server: one server imports the steps' modules
+        # (so they write to what the server was started with: this command's stdout, and fd 2,
+        # the refit's log pipe)
         env, server_fd = share_step_server()
-        # stdout: this command reports the run; stderr (fd 2, the refit's log pipe) is inherited
+        # the child's own stdout: this command reports its run; stderr (the log pipe) is inherited
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 env={**os.environ, **env}, pass_fds=(server_fd,))
         watcher = _RunWatcher(_run_tags(distance, log_path), report)

@@ -73,7 +73,7 @@ def start_step_server() -> None:
 
 
 # How a later distance's process (``refit --after``) finds the first process's server: the
-# write end of the server's "alive" pipe, inherited, and the server's socket address.
+# server's pid, the write end of its "alive" pipe (inherited) and its socket address.
 SHARED_SERVER_ENV = "RACEDAYAI_STEP_SERVER"
 
 
@@ -89,34 +89,91 @@ def share_step_server() -> tuple[dict[str, str], int]:
     server = forkserver._forkserver
     server.ensure_running()
     fd = server._forkserver_alive_fd
-    return {SHARED_SERVER_ENV: f"{fd}:{server._forkserver_address}"}, fd
+    return {SHARED_SERVER_ENV: f"{server._forkserver_pid}:{fd}:{server._forkserver_address}"}, fd
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs: it exists and is not a zombie (a server that died stays
+    one until the process that started it reaps it)."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no /proc: existence is all we can tell
 
 
 def join_step_server() -> bool:
     """Fork this process's steps from the server its parent shared (:func:`share_step_server`),
     instead of starting a second one: a second server would import everything again (about
-    7 s of CPU on this machine) while the first run's steps need the cores. False, and
-    nothing changed, if the parent shared none or it has gone.
+    7 s of CPU on this machine) while the first run's steps need the cores. False if the
+    parent shared none, or it has gone; the process then starts a server of its own as usual.
 
-    The standard library's forkserver client keeps the server's address and alive pipe and
-    starts a server only when it has not started one itself; this sets the first two and
-    makes its "ensure running" start only the resource tracker, which every process keeps
-    for itself. A step then reaches the server exactly as the parent's steps do.
+    The standard library's forkserver client (CPython 3.11-3.13) keeps the server's address
+    and alive pipe, and starts a server when it has not started one itself. This sets the
+    first two, and replaces its "ensure running" with one that starts only the resource
+    tracker (which every process keeps for itself) while the shared server lives, and a
+    server of this process's own once it has gone (killed, say): a step then reaches the
+    server exactly as the parent's steps do. The environment entry is removed either way.
     """
     import os
+    import sys
     from multiprocessing import forkserver, resource_tracker
 
     value = os.environ.pop(SHARED_SERVER_ENV, "")
-    fd_text, _, address = value.partition(":")
-    if not fd_text.isdigit() or not address or not os.path.exists(address):
+    pid_text, _, rest = value.partition(":")
+    fd_text, _, address = rest.partition(":")
+    # 3.14's forkserver authenticates its clients with a key this process does not have
+    if sys.version_info >= (3, 14) or not (pid_text.isdigit() and fd_text.isdigit() and address):
+        return False
+    pid, fd = int(pid_text), int(fd_text)
+    if not os.path.exists(address) or not _alive(pid):
         return False
     try:
-        os.fstat(int(fd_text))
+        os.fstat(fd)
     except OSError:
         return False
     server = forkserver._forkserver
+
+    def ensure_running() -> None:
+        resource_tracker.ensure_running()
+        if _alive(pid):
+            return
+        # the shared server is gone: from now on, a server of this process's own
+        del server.ensure_running  # the standard method again
+        with server._lock:
+            server._forkserver_address = server._forkserver_alive_fd = None
+        server.ensure_running()
+
     with server._lock:
         server._forkserver_address = address
-        server._forkserver_alive_fd = int(fd_text)
-    server.ensure_running = resource_tracker.ensure_running  # the server is the parent's: never start one
+        server._forkserver_alive_fd = fd
+    server.ensure_running = ensure_running
     return True
+
+
+def stop_step_server() -> None:
+    """Stop this process's step server now. A server that is still importing its preload
+    list would otherwise go on for seconds after the command has ended (it notices that its
+    parent has gone only once it serves); nothing is lost, as no step has started."""
+    import os
+    import signal
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    with server._lock:
+        pid = server._forkserver_pid
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        server._stop_unlocked()  # closes its pipe, reaps it, removes its socket

@@ -1,5 +1,6 @@
 """Imported last by the step server (step_server.STEP_PRELOAD): warm, once, what every step
-process would otherwise warm for itself: the instance's storages and the plots.
+process would otherwise warm for itself: the instance's storages and the plots. Only the
+server's import warms; any other import of the module only defines the functions.
 
 A step process opens the Dagster instance and reads and writes its storages. The first
 statement a process sends through SQLAlchemy builds lazily made, process-wide structures
@@ -60,5 +61,19 @@ def warm_plots() -> bool:
     return True
 
 
-warm_instance()
-warm_plots()
+def in_step_server() -> bool:
+    """Whether this import is the step server's preload (the standard library's
+    ``multiprocessing.forkserver.main`` is importing it), not another import of the module."""
+    import sys
+
+    frame = sys._getframe()
+    while frame is not None:
+        if frame.f_code.co_name == "main" and frame.f_globals.get("__name__") == "multiprocessing.forkserver":
+            return True
+        frame = frame.f_back
+    return False
+
+
+if in_step_server():  # a test or a tool that imports this module opens no instance
+    warm_instance()
+    warm_plots()

@@ -31,3 +31,24 @@ def test_no_slots_means_no_limit(tmp_path):
     resource.setup_for_execution(context)
     resource.teardown_after_execution(context)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_second_core_only_when_another_slot_is_free_and_given_back(tmp_path):
+    resource = CpuSlots(slots=2, folder=str(tmp_path))
+    context = dg.build_init_resource_context()
+    resource.setup_for_execution(context)  # holds one of the two slots
+    try:
+        with resource.second_core() as two:
+            assert two is True
+            assert cpu_slots.try_acquire(tmp_path, 2) is None  # both slots held now
+        other = cpu_slots.try_acquire(tmp_path, 2)  # the second was given back
+        assert other is not None
+        try:
+            with resource.second_core() as two:
+                assert two is False  # another step holds it: one core, no waiting
+        finally:
+            other.release()
+    finally:
+        resource.teardown_after_execution(context)
+    with CpuSlots(slots=0, folder=str(tmp_path)).second_core() as two:
+        assert two is True  # no limit

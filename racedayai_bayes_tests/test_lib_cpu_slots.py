@@ -55,3 +55,15 @@ def test_one_process_takes_distinct_slots_and_rejects_no_slots(tmp_path):
     b.release()
     with pytest.raises(ValueError, match="at least 1"):
         cpu_slots.acquire(tmp_path, 0)
+
+
+def test_try_acquire_never_waits(tmp_path):
+    held = cpu_slots.try_acquire(tmp_path, 1)
+    assert held is not None and held.index == 0
+    t0 = time.monotonic()
+    assert cpu_slots.try_acquire(tmp_path, 1) is None
+    assert time.monotonic() - t0 < 1.0
+    held.release()
+    again = cpu_slots.try_acquire(tmp_path, 1)
+    assert again is not None
+    again.release()

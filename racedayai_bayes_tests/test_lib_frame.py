@@ -176,3 +176,19 @@ def test_duplicated_profile_hash_is_rejected_by_reader_and_by_build(tmp_path):
     ok_profiles = dup_profiles.iloc[:1]
     with pytest.raises(ValueError, match="duplicated"):
         build_model_frame(races, ok_profiles, dup_clusters)
+
+
+def test_one_thread_and_two_make_the_same_frame_and_season_table(small_inputs):
+    """model_frame_and_seasons makes the season table in a second thread when it may use a
+    second core; the frame, the counts and the table are the same either way."""
+    from racedayai_bayes.lib.data.contracts import CLUSTER_FILE, PROFILE_FILE, RACE_FILE
+    from racedayai_bayes.lib.data.frame import model_frame_and_seasons
+
+    races = read_races(small_inputs / RACE_FILE).frame
+    profiles = read_profiles(small_inputs / PROFILE_FILE).frame
+    clusters = read_clusters(small_inputs / CLUSTER_FILE).frame
+    one = model_frame_and_seasons(races, profiles, clusters, threads=1)
+    two = model_frame_and_seasons(races, profiles, clusters, threads=2)
+    pd.testing.assert_frame_equal(one[0], two[0])
+    assert one[1] == two[1]
+    pd.testing.assert_frame_equal(one[2], two[2])

@@ -19,7 +19,7 @@ PARENT = textwrap.dedent("""
     env, fd = share_step_server()
     if sys.argv[1] == "unshared":
         env = {}
-    out = subprocess.run([sys.executable, sys.argv[2]], env={**os.environ, **env}, pass_fds=(fd,),
+    out = subprocess.run([sys.executable, *sys.argv[2].split()], env={**os.environ, **env}, pass_fds=(fd,),
                          capture_output=True, text=True)
     print(forkserver._forkserver._forkserver_pid, out.stdout.strip(), out.returncode, out.stderr[-2000:])
 """)
@@ -32,8 +32,17 @@ CHILD = textwrap.dedent("""
         queue.put(os.getppid())
 
     if __name__ == "__main__":
+        import signal, sys
+        shared = os.environ.get(SHARED_SERVER_ENV, "")
         joined = join_step_server()
         assert SHARED_SERVER_ENV not in os.environ  # not passed on to the steps
+        if sys.argv[1:] == ["kill"]:  # the shared server dies after this process joined it
+            import time
+            from racedayai_bayes.step_server import _alive
+            server = int(shared.split(":")[0])
+            os.kill(server, signal.SIGKILL)
+            while _alive(server):  # the kill is delivered asynchronously
+                time.sleep(0.01)
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload([])
         queue = ctx.Queue()
@@ -45,12 +54,12 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def _run(mode: str, folder) -> list[str]:
+def _run(mode: str, folder, *child_args: str) -> list[str]:
     child = folder / "child.py"  # a file: the forked process unpickles its target from it
     child.write_text(CHILD)
     env = {k: v for k, v in os.environ.items() if k != SHARED_SERVER_ENV}
-    out = subprocess.run([sys.executable, "-c", PARENT, mode, str(child)], capture_output=True, text=True, env=env,
-                         timeout=120, check=True)
+    out = subprocess.run([sys.executable, "-c", PARENT, mode, " ".join([str(child), *child_args])], capture_output=True,
+                         text=True, env=env, timeout=120, check=True)
     return out.stdout.split()
 
 
@@ -66,15 +75,32 @@ def test_without_a_shared_server_a_process_starts_its_own(tmp_path):
     assert forked_from != server
 
 
+def test_a_shared_server_that_dies_later_is_replaced_by_one_of_the_processs_own(tmp_path):
+    server, joined, forked_from, exitcode, returncode, *err = _run("shared", tmp_path, "kill")
+    assert (joined, exitcode, returncode) == ("True", "0", "0"), err
+    assert forked_from != server  # the step still ran, from a server the child started
+
+
 def test_a_server_that_is_gone_is_not_joined(monkeypatch, tmp_path):
     from racedayai_bayes.step_server import join_step_server
 
     read_fd, write_fd = os.pipe()
     os.close(read_fd)
     os.close(write_fd)  # a descriptor that is not open
-    monkeypatch.setenv(SHARED_SERVER_ENV, f"{write_fd}:{tmp_path / 'listener'}")
-    assert join_step_server() is False
+    monkeypatch.setenv(SHARED_SERVER_ENV, f"{os.getpid()}:{write_fd}:{tmp_path / 'listener'}")
+    assert join_step_server() is False  # no socket
     assert SHARED_SERVER_ENV not in os.environ
+    (tmp_path / "listener").touch()
+    monkeypatch.setenv(SHARED_SERVER_ENV, f"{os.getpid()}:{write_fd}:{tmp_path / 'listener'}")
+    assert join_step_server() is False  # its pipe is not open
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    read_fd, write_fd = os.pipe()
+    try:
+        monkeypatch.setenv(SHARED_SERVER_ENV, f"{dead.stdout.strip()}:{write_fd}:{tmp_path / 'listener'}")
+        assert join_step_server() is False  # its server process has ended
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
 
 
 def test_the_warm_up_opens_the_instance_and_writes_no_run(tmp_path):
@@ -97,6 +123,31 @@ def test_the_warm_up_opens_the_instance_and_writes_no_run(tmp_path):
     env["DAGSTER_HOME"] = str(tmp_path)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split() == ["False"]
+
+
+def test_only_the_servers_import_warms_the_instance(tmp_path):
+    """Imported by the step server's preload, the module opens the instance (its databases
+    appear); imported anywhere else, it only defines its functions."""
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    script = "import racedayai_bayes.step_warmup as w; print(w.in_step_server())"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["False"] and not (tmp_path / "history").exists()
+    script = textwrap.dedent("""
+        import multiprocessing, os
+        if __name__ == "__main__":
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["racedayai_bayes.step_warmup"])
+            step = ctx.Process(target=os.getpid)
+            step.start()
+            step.join(120)
+            print(step.exitcode)
+    """)
+    path = tmp_path / "server.py"
+    path.write_text(script)
+    out = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, env=env, timeout=300, check=True)
+    assert out.stdout.split() == ["0"]
+    assert (tmp_path / "history" / "runs.db").exists()  # the server's preload opened the instance
 
 
 def test_the_warm_up_draws_each_kind_of_harness_plot():

@@ -79,7 +79,11 @@ def model_frame(
     cluster_assignments: pd.DataFrame,
 ):
     """The model frame and the season table its as-of history comes from."""
-    frame, counts, seasons = model_frame_and_seasons(athlete_race, athlete_profile, cluster_assignments)
+    # a second thread makes the season table if a second core is free (every other step of a
+    # refit waits for this one, but another run's step may hold the other slot)
+    with cpu.second_core() as two:
+        frame, counts, seasons = model_frame_and_seasons(athlete_race, athlete_profile, cluster_assignments,
+                                                         threads=2 if two else 1)
     counts.update(join_counts(frame, athlete_profile, cluster_assignments))
     selected = context.op_execution_context.selected_output_names
     if "model_frame" in selected:

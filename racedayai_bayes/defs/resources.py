@@ -1,6 +1,7 @@
 """Where inputs are read and outputs written, and how assets are stored between steps."""
 
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,7 @@ class CpuSlots(dg.ConfigurableResource):
     )
     _held: cpu_slots.Slot | None = PrivateAttr(default=None)
     _threads: object = PrivateAttr(default=None)
+    _folder: Path | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         if self.slots <= 0:
@@ -141,6 +143,7 @@ class CpuSlots(dg.ConfigurableResource):
         else:
             folder = PROJECT_ROOT / "storage" / "cpu_slots"
         slots = self.slots
+        self._folder = folder
 
         def on_wait() -> None:
             context.log.info(f"waiting for one of {slots} CPU slots: other steps, of this run or another, hold them")
@@ -154,6 +157,21 @@ class CpuSlots(dg.ConfigurableResource):
         from threadpoolctl import threadpool_limits
 
         self._threads = threadpool_limits(limits=1, user_api="blas")
+
+    @contextlib.contextmanager
+    def second_core(self):
+        """Yield True while this step may use a second core: it holds a second slot, free
+        when asked (never waited for), or slots are unlimited. False while every other slot
+        is taken: the step then does its work on its one core. The slot is given back on exit."""
+        if self.slots <= 0:
+            yield True
+            return
+        extra = cpu_slots.try_acquire(self._folder, self.slots) if self._folder is not None else None
+        try:
+            yield extra is not None
+        finally:
+            if extra is not None:
+                extra.release()
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._threads is not None:

@@ -50,23 +50,35 @@ def _try(path: Path) -> int | None:
     return fd
 
 
+def try_acquire(folder: Path, slots: int) -> Slot | None:
+    """One of ``slots`` slots in ``folder`` if one is free now, held; else None (no waiting).
+
+    For a step that holds a slot and could use a second core for a while, if one is idle.
+    """
+    if slots < 1:
+        raise ValueError(f"slots must be at least 1, not {slots}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(slots):
+        fd = _try(folder / f"slot-{i}.lock")
+        if fd is not None:
+            return Slot(i, fd, 0.0)
+    return None
+
+
 def acquire(folder: Path, slots: int, *, on_wait: Callable[[], None] | None = None,
             poll_s: float = POLL_S) -> Slot:
     """Block until one of ``slots`` slots in ``folder`` is free, and hold it.
 
     ``on_wait`` is called once, when every slot is taken at the first try.
     """
-    if slots < 1:
-        raise ValueError(f"slots must be at least 1, not {slots}")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     told = False
     while True:
-        for i in range(slots):
-            fd = _try(folder / f"slot-{i}.lock")
-            if fd is not None:
-                return Slot(i, fd, time.monotonic() - t0)
+        slot = try_acquire(folder, slots)
+        if slot is not None:
+            slot.waited_s = time.monotonic() - t0
+            return slot
         if not told and on_wait is not None:
             on_wait()
         told = True

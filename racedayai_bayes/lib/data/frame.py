@@ -58,7 +58,7 @@ def build_model_frame(
 
 
 def model_frame_and_seasons(
-    races: pd.DataFrame, profiles: pd.DataFrame, clusters: pd.DataFrame
+    races: pd.DataFrame, profiles: pd.DataFrame, clusters: pd.DataFrame, *, threads: int = 2
 ) -> tuple[pd.DataFrame, dict[str, int], pd.DataFrame]:
     """Merge and filter to age-group finishers of 70.3 and 140.6, keeping the input order.
 
@@ -70,7 +70,9 @@ def model_frame_and_seasons(
     season) table of every start that the history comes from (lib/data/history.py).
 
     Athletes are numbered once (``pd.factorize``, in hash order), and the joins and the history work on
-    those numbers: string keys are hashed once, not in every join and group-by.
+    those numbers: string keys are hashed once, not in every join and group-by. With
+    ``threads=2`` the season table is made in a second thread beside the joins (the result
+    is the same with 1).
     """
     codes, athletes = pd.factorize(races["athlete_hash"], sort=True)
     athletes = pd.Index(athletes)
@@ -93,15 +95,18 @@ def model_frame_and_seasons(
             ag_finish = keep.copy()  # the finishes an athlete's history counts
     rows = np.flatnonzero(keep)
     kept_codes = codes[rows]
-    # The season table is made in a second thread while this one joins and takes the kept
-    # rows: both only read ``races``, and numpy, pandas and Arrow release the GIL in their
-    # loops. At full scale the two took 5.8-8.3 s one after the other and 4.0-5.6 s side by
-    # side (measured 2026-12-03). Every other step of a refit waits for this one, so the
-    # second core is otherwise idle.
-    with ThreadPoolExecutor(1, thread_name_prefix="season-table") as pool:
-        seasons_made = pool.submit(season_table, races, ag_finish, MODEL_DISTANCES, codes=codes, athletes=athletes)
+    # With two threads the season table is made in a second one while this one joins and
+    # takes the kept rows: both only read ``races``, and numpy, pandas and Arrow release the
+    # GIL in their loops. At full scale the two took 5.8-8.3 s one after the other and
+    # 4.0-5.6 s side by side (measured 2026-12-03).
+    if threads >= 2:
+        with ThreadPoolExecutor(1, thread_name_prefix="season-table") as pool:
+            seasons_made = pool.submit(season_table, races, ag_finish, MODEL_DISTANCES, codes=codes, athletes=athletes)
+            frame = _kept_rows(races, rows, kept_codes, athletes, profiles, clusters)
+            seasons = seasons_made.result()
+    else:
+        seasons = season_table(races, ag_finish, MODEL_DISTANCES, codes=codes, athletes=athletes)
         frame = _kept_rows(races, rows, kept_codes, athletes, profiles, clusters)
-        seasons = seasons_made.result()
     frame = add_history(frame, seasons, MODEL_DISTANCES, codes=kept_codes)
     seasons = seasons.drop(columns="athlete")  # codes of this factorization only
     counts["rows_out"] = len(frame)

@@ -69,7 +69,7 @@ def collapsed_model(xtx, xty, yty, n, loc, tril, *, n_gender: int, n_age: int, n
 
 
 def fit_exact_from_stats(stats: SuffStats, sampler: Sampler = Sampler(), progress: ProgressFn = None) -> Draws:
-    """Exact joint posterior draws from sufficient statistics (see the module docstring)."""
+    """Exact joint posterior draws from sufficient statistics, the scales by NUTS (the maths is in exact.py's docstring)."""
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
     xtx, xty, yty, n = _stats_args(stats, jnp)
