@@ -92,24 +92,6 @@ def share_step_server() -> tuple[dict[str, str], int]:
     return {SHARED_SERVER_ENV: f"{server._forkserver_pid}:{fd}:{server._forkserver_address}"}, fd
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs: it exists and is not a zombie (a server that died stays
-    one until the process that started it reaps it)."""
-    import os
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True  # no /proc: existence is all we can tell
-
-
 def join_step_server() -> bool:
     """Fork this process's steps from the server its parent shared (:func:`share_step_server`),
     instead of starting a second one: a second server would import everything again (about
@@ -127,6 +109,8 @@ def join_step_server() -> bool:
     import sys
     from multiprocessing import forkserver, resource_tracker
 
+    from racedayai_bayes.lib.processes import alive
+
     value = os.environ.pop(SHARED_SERVER_ENV, "")
     pid_text, _, rest = value.partition(":")
     fd_text, _, address = rest.partition(":")
@@ -134,7 +118,7 @@ def join_step_server() -> bool:
     if sys.version_info >= (3, 14) or not (pid_text.isdigit() and fd_text.isdigit() and address):
         return False
     pid, fd = int(pid_text), int(fd_text)
-    if not os.path.exists(address) or not _alive(pid):
+    if not os.path.exists(address) or not alive(pid):
         return False
     try:
         os.fstat(fd)
@@ -144,7 +128,7 @@ def join_step_server() -> bool:
 
     def ensure_running() -> None:
         resource_tracker.ensure_running()
-        if _alive(pid):
+        if alive(pid):
             return
         # the shared server is gone: from now on, a server of this process's own
         del server.ensure_running  # the standard method again

@@ -38,10 +38,10 @@ CHILD = textwrap.dedent("""
         assert SHARED_SERVER_ENV not in os.environ  # not passed on to the steps
         if sys.argv[1:] == ["kill"]:  # the shared server dies after this process joined it
             import time
-            from racedayai_bayes.step_server import _alive
+            from racedayai_bayes.lib.processes import alive
             server = int(shared.split(":")[0])
             os.kill(server, signal.SIGKILL)
-            while _alive(server):  # the kill is delivered asynchronously
+            while alive(server):  # the kill is delivered asynchronously
                 time.sleep(0.01)
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload([])

@@ -11,25 +11,16 @@ at most one of them goes on.
 
 
 import datetime as dt
-import os
 
 import dagster as dg
+
+from racedayai_bayes.lib.processes import alive
 
 from .schedules import DISTANCE_TAG
 
 PARTITION_TAG = "dagster/partition"
 # Runs holding a worker: the statuses the run queue counts against its limits.
 _ACTIVE = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by another user
-    return True
 
 
 def orchestrator_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
@@ -53,7 +44,7 @@ def reap_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     for record in instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
         run = record.dagster_run
         pid = orchestrator_pid(instance, run.run_id)
-        if pid is None or _process_alive(pid):
+        if pid is None or alive(pid):
             continue
         instance.report_run_failed(
             run, message=f"the run's process (pid {pid}) is gone; it was killed or crashed, so the run is marked failed"
