@@ -32,6 +32,7 @@ import racedayai_bayes  # noqa: F401  (pins JAX to the CPU)
 
 from racedayai_bayes.lib.data.frame import MODEL_DISTANCES
 from racedayai_bayes.lib.runreport import CheckResult, PosteriorChecks, QuarterGate, bar, parse_progress, seconds
+from racedayai_bayes.stop_watchdog import StopWatchdog, enable_stack_dumps
 
 # The run tag naming the CLI log a run's Dagster events were streamed to; the CLI also
 # finds its runs by it while they execute.
@@ -155,6 +156,8 @@ def _refit(args: argparse.Namespace) -> int:
             "DAGSTER_HOME is not set: run `make run`, or export DAGSTER_HOME=<a folder with dagster.yaml> "
             "(the repository root)"
         )
+    _stop_grace_s()  # a bad setting is said before anything starts
+    enable_stack_dumps()  # kill -USR1 writes this process's stacks to the refit's log
     if args.after:  # a later distance's run of another refit command (see _Later)
         instance = _instance(home)
         os.nice(LATER_NICE)
@@ -254,6 +257,9 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
     report = RefitReport(sys.stdout, tty=sys.stdout.isatty(), partitioned_steps={k.to_python_identifier() for k in keys.partitioned})
     job = dg.reconstructable(refit_job_def)
     distances = [args.distance] if args.distance else list(MODEL_DISTANCES)
+    # Ctrl-C ends the command within a bounded time, even if a step process does not stop
+    dog = StopWatchdog(grace_s=_stop_grace_s(), on_kill=lambda pids: report.killed_after_interrupt(distances[0], pids))
+    report.watchdog = dog
     errors: list[str] = []
     run_ids: list[str] = []
 
@@ -282,6 +288,7 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
     # reaches every run, as each executes in its own process's main thread (see _Later).
     first_tags = _run_tags(distances[0], log_path)
     later = [_Later.start(args, d, distances[0], log_path, report) for d in distances[1:]]
+    dog.__enter__()
     try:
         first_id = refit(distances[0], sorted(shared_keys, key=_key_order) + per_distance, first_tags)
         interrupted = bool(first_id) and _interrupted(instance, first_id)
@@ -296,7 +303,9 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
             interrupted |= child.interrupted or (bool(run_id) and _interrupted(instance, run_id))
             if run_id:
                 run_ids.append(run_id)
+        interrupted |= dog.interrupted
     finally:
+        dog.__exit__(None, None, None)
         for child in later:
             child.stop()
     # only when a run stored a posterior the means are made of (not when every distance was
@@ -430,9 +439,37 @@ def _later_run(args, instance, defs, refit_job_def) -> int:
             return WAITING
         time.sleep(POLL_S)
     run_config = _run_config(args)
-    dg.execute_job(dg.reconstructable(refit_job_def), instance=instance, run_config=run_config,
-                   tags=_run_tags(args.distance, log), asset_selection=keys.per_distance, raise_on_error=False)
+
+    def killed(pids: list[int]) -> None:  # reported by the first process, from the run's events
+        print(_killed_message(args.distance, pids), file=sys.stderr)
+
+    with StopWatchdog(grace_s=_stop_grace_s(), on_kill=killed):
+        dg.execute_job(dg.reconstructable(refit_job_def), instance=instance, run_config=run_config,
+                       tags=_run_tags(args.distance, log), asset_selection=keys.per_distance, raise_on_error=False)
     return 0
+
+
+# how long the step processes may take to stop after a Ctrl-C before they are killed
+STOP_GRACE_ENV = "RACEDAYAI_STOP_GRACE_S"
+
+
+def _stop_grace_s() -> float:
+    from racedayai_bayes.stop_watchdog import STOP_GRACE_S
+
+    text = os.environ.get(STOP_GRACE_ENV, "")
+    try:
+        value = float(text) if text else STOP_GRACE_S
+    except ValueError:
+        raise UserError(f"{STOP_GRACE_ENV}={text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise UserError(f"{STOP_GRACE_ENV}={text!r} must be more than 0 seconds")
+    return value
+
+
+def _killed_message(distance: str, pids: list[int]) -> str:
+    return (f"refit {distance}: {len(pids)} step process{'es' if len(pids) != 1 else ''} (pid "
+            f"{', '.join(map(str, pids))}) had not stopped {_stop_grace_s():g} s after the interrupt: killed; "
+            "the stacks of their threads are in the log above")
 
 
 def _check_settings(args: argparse.Namespace) -> None:
@@ -648,6 +685,7 @@ class RefitReport:
         self.posteriors: dict[tuple[str, str], PosteriorChecks] = {}
         self.failures: list[_Failure] = []
         self.failed = False
+        self.watchdog: StopWatchdog | None = None  # whether a Ctrl-C reached this command
         self._status_shown = False
         self._run_started_at: dict[str, float] = {}  # distance -> when its run was submitted
         self._distance = ""  # the distance of the run submitted last
@@ -752,6 +790,8 @@ class RefitReport:
             step.finished = True
             took = f" after {seconds(entry.timestamp - step.started)}" if step.started else ""
             failure = _classify(step.name, event.event_specific_data, entry.run_id)
+            if failure.kind == "bug" and self._killed_after_interrupt(event.event_specific_data):
+                failure = _Failure(step.name, "interrupted", "killed after the interrupt", entry.run_id)
             self.failures.append(failure)
             self.failed = True
             self.line(f"  {step.name:<34} FAILED{took}: {_FAILURE_KINDS[failure.kind]}")
@@ -817,6 +857,19 @@ class RefitReport:
         data = event.event_specific_data
         if getattr(data, "error", None) is not None and not any(f.run_id == entry.run_id for f in self.failures):
             self.failures.append(_classify(f"run {entry.run_id}", data, entry.run_id))
+
+    def _killed_after_interrupt(self, data) -> bool:
+        """A step whose process ended without a word after a Ctrl-C: the stop watchdog killed it."""
+        error = getattr(data, "error", None)
+        return (self.watchdog is not None and self.watchdog.interrupted and error is not None
+                and error.cls_name == "ChildProcessCrashException")
+
+    def killed_after_interrupt(self, distance: str, pids: list[int]) -> None:
+        """The stop watchdog of this process killed ``pids``, step processes of the run of
+        ``distance``: say so, here and in the log."""
+        message = _killed_message(distance, pids)
+        self.line(message)
+        print(message, file=sys.stderr)
 
     # ---- the end
 

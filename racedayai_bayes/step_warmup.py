@@ -75,5 +75,10 @@ def in_step_server() -> bool:
 
 
 if in_step_server():  # a test or a tool that imports this module opens no instance
+    # every step process forked from the server writes its stacks to the refit's log on
+    # SIGUSR1 (the stop watchdog's last look at a step that did not stop; stop_watchdog.py)
+    from racedayai_bayes.stop_watchdog import enable_stack_dumps
+
+    enable_stack_dumps()
     warm_instance()
     warm_plots()

@@ -4,6 +4,7 @@ Runs go through the real dagster.yaml in a temporary DAGSTER_HOME, with the mult
 executor spawning step processes, so the runs are visible to the UI afterwards.
 """
 
+import contextlib
 import os
 import re
 import subprocess
@@ -208,3 +209,94 @@ def test_a_later_distance_process_whose_command_is_gone_exits(dagster_home, smal
         os.kill(pid, 9)
         pytest.fail("the orphaned later-distance process kept waiting")
     assert dg.DagsterInstance.from_config(str(dagster_home)).get_runs() == []
+
+
+def test_ctrl_c_stops_a_step_that_waits_for_a_cpu_slot(dagster_home, small_inputs, tmp_path):
+    """A step that waits for a CPU slot (both held here, as by another run's steps that go on)
+    stops waiting on Ctrl-C: the command ends at once, its run interrupted, not when a slot frees."""
+    import signal
+    import time
+
+    from racedayai_bayes.lib import cpu_slots
+
+    instance = dg.DagsterInstance.from_config(str(dagster_home))
+    folder = os.path.join(instance.storage_directory(), "cpu_slots")
+    held = [cpu_slots.acquire(folder, 2), cpu_slots.acquire(folder, 2)]
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "RACEDAYAI_INPUT_DIR": str(small_inputs),
+           "RACEDAYAI_OUTPUT_DIR": str(tmp_path / "outputs"), "RACEDAYAI_CPU_SLOTS": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "racedayai_bayes.cli", "refit", "--distance", "70.3"], env=env,
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        waiting = False
+        while not waiting and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            for run in instance.get_runs():
+                waiting |= any("waiting for one of 2 CPU slots" in (e.user_message or "") for e in instance.all_logs(run.run_id))
+            time.sleep(0.2)
+        assert waiting, "no step waited for a CPU slot"
+        os.killpg(proc.pid, signal.SIGINT)
+        t0 = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        stopped_s = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for slot in held:
+            slot.release()
+    assert proc.returncode == 1, out + err
+    assert "error: interrupted: " in err, out + err
+    assert stopped_s < 20, f"the command took {stopped_s:.1f} s to stop"
+    (run,) = instance.get_runs()
+    assert run.status == dg.DagsterRunStatus.FAILURE
+
+
+def _step_processes_of(command_pid: int) -> list[int]:
+    """The step processes of a refit command: the children of its step server (the forkserver
+    the command started)."""
+    ps = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout
+    rows = [line.split(None, 2) for line in ps.splitlines() if line.strip()]
+    servers = {int(pid) for pid, ppid, args in rows if int(ppid) == command_pid and "forkserver" in args}
+    return [int(pid) for pid, ppid, _ in rows if int(ppid) in servers]
+
+
+def test_ctrl_c_kills_a_step_that_does_not_stop(dagster_home, small_inputs, tmp_path):
+    """A step process that cannot obey the interrupt (stopped here with SIGSTOP) does not keep
+    the command waiting: after the grace period the watchdog kills it and the command ends,
+    saying so; the run is failed and counted as interrupted."""
+    import signal
+    import time
+
+    instance = dg.DagsterInstance.from_config(str(dagster_home))
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "RACEDAYAI_INPUT_DIR": str(small_inputs),
+           "RACEDAYAI_OUTPUT_DIR": str(tmp_path / "outputs"), "RACEDAYAI_STOP_GRACE_S": "3"}
+    proc = subprocess.Popen([sys.executable, "-m", "racedayai_bayes.cli", "refit", "--distance", "70.3"], env=env,
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stopped = None
+    try:
+        deadline = time.monotonic() + 120
+        while stopped is None and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            steps = _step_processes_of(proc.pid)
+            if steps:
+                stopped = steps[0]
+                os.kill(stopped, signal.SIGSTOP)
+            time.sleep(0.1)
+        assert stopped is not None, "no step process started"
+        os.killpg(proc.pid, signal.SIGINT)
+        t0 = time.monotonic()
+        out, err = proc.communicate(timeout=90)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        if stopped is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stopped, signal.SIGKILL)
+    assert proc.returncode == 1, out + err
+    assert f"refit 70.3: 1 step process (pid {stopped}) had not stopped 3 s after the interrupt: killed" in out, out
+    assert "error: interrupted: " in err, out + err
+    assert "bug" not in err, err
+    assert 3 <= took < 60, took
+    (run,) = instance.get_runs()
+    assert run.status == dg.DagsterRunStatus.FAILURE

@@ -1,0 +1,123 @@
+"""Ctrl-C ends a refit within a bounded time, whatever its step processes are doing.
+
+Dagster stops a run on an interrupt by asking each step process to stop, then waits for them
+all. A step process that does not stop (blocked in a system call, say, or in a state nobody
+foresaw) would keep its run, and the command, waiting for ever: CI once saw a refit still
+running two minutes after its Ctrl-C. So, once an interrupt has reached a process that
+orchestrates a run, :class:`StopWatchdog` gives that process's step processes
+:data:`STOP_GRACE_S` to end. Then it writes the stack of every thread of each one still
+running to the refit's log (:func:`enable_stack_dumps`, on :data:`DUMP_SIGNAL`) and kills it.
+Dagster records such a step as failed (its process crashed), the run ends, and the command
+exits, with the stacks in the log to say where the step was.
+
+``kill -USR1 <pid>`` writes the stacks of any process of a refit to its log the same way,
+without stopping it: the way to see where a refit that seems stuck is.
+
+No Dagster import: this only sees signals and processes.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import multiprocessing.process
+import os
+import select
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+from racedayai_bayes.lib.processes import alive
+
+STOP_GRACE_S = 30.0
+DUMP_SIGNAL = signal.SIGUSR1
+# after the stack-dump signal, before the kill: time to write the stacks
+DUMP_WAIT_S = 1.0
+
+
+def enable_stack_dumps() -> None:
+    """On :data:`DUMP_SIGNAL`, write every thread's stack to this process's fd 2 (the refit's
+    log, for the command's processes and their step processes) and go on."""
+    faulthandler.register(DUMP_SIGNAL, all_threads=True, chain=False)
+
+
+def _step_processes() -> list[tuple[int, str]]:
+    """(pid, name) of every process this one started with multiprocessing that still runs:
+    the multiprocess executor's step processes (forked by the step server, but started, and
+    so listed, here). Read without polling them, which the executor's thread does."""
+    children = list(multiprocessing.process._children)  # CPython 3.11-3.13
+    return [(p.pid, p.name) for p in children if p.pid is not None and alive(p.pid)]
+
+
+class StopWatchdog:
+    """While entered (in the main thread): after the first SIGINT this process receives, wait
+    ``grace_s``; then dump the stacks of this process's step processes that still run, and
+    kill them. ``on_kill`` gets the killed pids. ``interrupted`` says whether a SIGINT came.
+
+    It notices the signal through Python's wakeup fd, so it does not replace the handler
+    Dagster installs while a run executes.
+    """
+
+    def __init__(self, grace_s: float = STOP_GRACE_S, on_kill: Callable[[list[int]], None] | None = None,
+                 processes: Callable[[], list[tuple[int, str]]] = _step_processes):
+        self.grace_s = grace_s
+        self.on_kill = on_kill
+        self.processes = processes
+        self.interrupted = False
+        self.killed: list[int] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._fds: tuple[int, int] | None = None
+        self._previous = -1
+
+    def __enter__(self) -> StopWatchdog:
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        self._fds = (r, w)
+        self._previous = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        self._thread = threading.Thread(target=self._watch, name="racedayai-stop-watchdog", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        signal.set_wakeup_fd(self._previous)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._fds is not None:
+            for fd in self._fds:
+                os.close(fd)
+            self._fds = None
+
+    def _watch(self) -> None:
+        r = self._fds[0]
+        while not self._stop.is_set():
+            ready, _, _ = select.select([r], [], [], 0.2)
+            if ready and signal.SIGINT in os.read(r, 512):
+                self.interrupted = True
+                break
+        if self._stop.wait(self.grace_s):
+            return
+        self.kill_stragglers()
+
+    def kill_stragglers(self) -> list[int]:
+        """Dump the stacks of this process's step processes that still run, then kill them."""
+        left = self.processes()
+        for pid, _name in left:
+            try:
+                os.kill(pid, DUMP_SIGNAL)
+            except ProcessLookupError:
+                pass
+        if left:
+            time.sleep(DUMP_WAIT_S)
+        killed = []
+        for pid, _name in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except ProcessLookupError:
+                pass
+        self.killed.extend(killed)
+        if killed and self.on_kill is not None:
+            self.on_kill(killed)
+        return killed

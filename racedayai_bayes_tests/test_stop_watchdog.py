@@ -1,0 +1,74 @@
+"""The stop watchdog: after a Ctrl-C and a grace period, a step process that has not stopped
+has its stacks written to the log and is killed (racedayai_bayes/stop_watchdog.py)."""
+
+import multiprocessing
+import os
+import signal
+import time
+
+from racedayai_bayes.stop_watchdog import StopWatchdog, enable_stack_dumps
+
+
+def _stubborn_step(log_path: str, ready) -> None:
+    """A step process that ignores interrupts and never ends; its fd 2 is ``log_path``."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(fd, 2)
+    enable_stack_dumps()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ready.set()
+    while True:
+        time.sleep(0.05)
+
+
+def _wait_for(predicate, timeout_s: float) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_a_step_that_ignores_the_interrupt_is_dumped_then_killed(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    log = tmp_path / "refit.log"
+    step = ctx.Process(target=_stubborn_step, args=(str(log), ready), name="stubborn")
+    killed_reported = []
+    previous = signal.signal(signal.SIGINT, lambda *_: None)  # as Dagster captures it during a run
+    try:
+        with StopWatchdog(grace_s=0.5, on_kill=killed_reported.append) as dog:
+            step.start()
+            assert ready.wait(60)
+            time.sleep(1.0)
+            assert step.is_alive() and not dog.interrupted and not dog.killed  # nothing before a Ctrl-C
+            t0 = time.monotonic()
+            os.kill(os.getpid(), signal.SIGINT)
+            assert _wait_for(lambda: dog.killed, 30)
+            took = time.monotonic() - t0
+        step.join(10)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if step.is_alive():
+            step.kill()
+    assert dog.interrupted
+    assert step.exitcode == -signal.SIGKILL
+    assert killed_reported == [[step.pid]] and dog.killed == [step.pid]
+    assert 0.5 <= took < 10
+    text = log.read_text()
+    assert "in _stubborn_step" in text  # the stack of the step, written before the kill
+
+
+def test_no_interrupt_no_kill_and_the_wakeup_fd_is_restored():
+    before = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(before)
+    seen = []
+    with StopWatchdog(grace_s=0.1, processes=lambda: seen.append(1) or [(999_999_999, "none")]) as dog:
+        time.sleep(0.5)
+    assert not dog.interrupted and not dog.killed and not seen
+    assert signal.set_wakeup_fd(before) == before  # the previous wakeup fd is back
+
+
+def test_kill_stragglers_skips_processes_that_ended():
+    dog = StopWatchdog(processes=lambda: [(2**22 + 12345, "gone")])
+    assert dog.kill_stragglers() == []
