@@ -103,6 +103,8 @@ class StopWatchdog:
     def kill_stragglers(self) -> list[int]:
         """Dump the stacks of this process's step processes that still run, then kill them."""
         left = self.processes()
+        # this process's own threads too: where the orchestration waits, for the log
+        faulthandler.dump_traceback(all_threads=True)
         for pid, _name in left:
             try:
                 os.kill(pid, DUMP_SIGNAL)

@@ -132,6 +132,20 @@ def _stored_a_posterior(instance, run_id: str) -> bool:
     return any(_materialized(instance, run_id, k) for k in _refit_keys(defs).means_inputs)
 
 
+def _stacks(proc, dagster_home) -> str:
+    """The processes of a command that does not end, and their threads' stacks: every process
+    of the command writes them to the refit's log on SIGUSR1 (stop_watchdog.py)."""
+    import signal
+    import time
+
+    tree = subprocess.run(["ps", "-o", "pid,ppid,stat,etime,args", "-g", str(proc.pid)], capture_output=True, text=True).stdout
+    os.killpg(proc.pid, signal.SIGUSR1)
+    time.sleep(2)
+    logs = sorted((dagster_home / "logs").glob("refit-*.log"))
+    tail = logs[-1].read_text(errors="replace")[-30000:] if logs else "(no refit log)"
+    return f"{tree}\n{tail}"
+
+
 def test_ctrl_c_stops_both_distances_runs_and_leaves_no_process(dagster_home, small_inputs, tmp_path):
     """Ctrl-C on the terminal (SIGINT to the command's process group) while both distances'
     runs execute, each in its own process: both runs end, none stays in progress, and every
@@ -160,7 +174,10 @@ def test_ctrl_c_stops_both_distances_runs_and_leaves_no_process(dagster_home, sm
             pytest.fail("the 140.6 run never started")
         assert runs["70.3"].status == dg.DagsterRunStatus.STARTED
         os.killpg(proc.pid, signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
+        try:
+            out, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the command still ran 120 s after its Ctrl-C; its processes' stacks:\n{_stacks(proc, dagster_home)}")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
