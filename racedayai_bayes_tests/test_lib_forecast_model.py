@@ -225,3 +225,45 @@ def test_a_frame_is_encoded_once_and_the_cache_is_not_part_of_the_posterior(worl
     restored = pickle.loads(pickle.dumps(fitted))
     assert restored._prepared_for is None
     np.testing.assert_array_equal(restored.predict(rows, np.arange(0, len(rows), 5)).pred, first.pred)
+
+
+def test_every_row_forecast_kept_when_judged_is_the_one_the_csv_step_would_make(world, fitted):
+    """The posterior step forecasts every row once (Judged.keep_every_row); the prediction
+    CSV's step reuses those forecasts for the very same rows, loaded in another process, and
+    forecasts anew for any other rows."""
+    import pickle
+
+    from racedayai_bayes.lib.evaluation.judge import judge, rows_fingerprint
+
+    rows, _ = world
+    split = split_holdout(rows, "latest_year")
+    judged = judge(fitted, split)
+    assert fitted.predicts_every_row_when_judged
+    judged.keep_every_row(split.rows)
+    fresh = fitted.predict(split.rows.copy())
+    for field in ("pred", "std", "p05", "p50", "p95"):
+        np.testing.assert_array_equal(getattr(judged.every_row, field), getattr(fresh, field))
+    loaded_judged, loaded_rows = pickle.loads(pickle.dumps((judged, split.rows)))  # as the next step loads them
+    assert rows_fingerprint(loaded_rows) == judged.every_row_of
+    assert loaded_judged.predict_every_row(loaded_rows) is loaded_judged.every_row
+    changed = loaded_rows.copy()
+    changed.loc[changed.index[0], "total_sec"] += 60.0
+    assert rows_fingerprint(changed) != judged.every_row_of
+    again = loaded_judged.predict_every_row(changed)
+    assert again is not loaded_judged.every_row
+    # a finish time informs only its athlete's later races: every other athlete's forecast is as kept
+    others = (changed["athlete_hash"] != changed["athlete_hash"].iloc[0]).fillna(True).to_numpy()
+    np.testing.assert_array_equal(again.pred[others], fresh.pred[others])
+    assert not np.array_equal(again.pred, fresh.pred)
+    fewer = loaded_rows.iloc[:-1]
+    assert len(loaded_judged.predict_every_row(fewer).pred) == len(fewer)
+
+
+def test_rows_fingerprint_without_arrow_strings():
+    from racedayai_bayes.lib.evaluation.judge import rows_fingerprint
+
+    rows = pd.DataFrame({"athlete_hash": np.array(["a", "b"], dtype=object), "event_year": [2020, 2021],
+                         "total_sec": [1.0, 2.0]})
+    assert rows_fingerprint(rows) == rows_fingerprint(rows.copy())
+    other = rows.assign(athlete_hash=np.array(["a", "c"], dtype=object))
+    assert rows_fingerprint(other) != rows_fingerprint(rows)

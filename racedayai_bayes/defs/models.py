@@ -162,6 +162,10 @@ def _posterior_body(name: str):
             # a data problem, not a bug: the message says what is wrong; no traceback is needed
             raise dg.Failure(description=f"{name}: {exc}", metadata={"distance": distance}, allow_retries=False) from None
         judged = judge(fitted, holdout_split, config.judge_settings(), previous)
+        if fitted.predicts_every_row_when_judged:
+            # now, while judging's preparation of the rows is at hand (the artifact's athlete
+            # table drops part of it); the prediction CSV's step writes these
+            judged.keep_every_row(holdout_split.rows)
         s = judged.judged.scores
         context.log.info(f"{name} {distance} {judged.judged.label}: ELPD {s.elpd:.4f} ± {s.elpd_se:.4f}, "
                          f"MAE {s.mae_p50_sec / 60:.1f} min, 90% coverage {s.coverage_90:.3f} on {s.rows:,} rows")

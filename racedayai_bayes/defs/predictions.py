@@ -46,7 +46,7 @@ def bayesian_predictions(
         )
     rows = holdout_split.rows
     context.log.info(f"forecasting {len(rows):,} races of {distance} with {chosen.name}")
-    pred = chosen.model.predict(rows, progress=context.log.info)
+    pred = chosen.predict_every_row(rows, progress=context.log.info)
     table = prediction_table(rows, pred, chosen.name, holdout_split.held_out)
     context.log.info(f"writing {len(table):,} predictions of {distance}")
     path = _write(table, paths.output_file(f"bayesian_predictions_{distance}.csv"))

@@ -97,6 +97,12 @@ class FittedModel(ABC):
     def inference_data(self):
         """The posterior as ArviZ InferenceData, with what :func:`load_fitted` needs in its attrs."""
 
+    #: the posterior step forecasts every row of the split right after judging (while the
+    #: rows' encoding and readings that judging prepared are still at hand) and hands them to
+    #: the prediction CSV's step, which would otherwise prepare them again: for models whose
+    #: per-row preparation is the cost (the forecast model: 5 s of 2.2M rows at full scale)
+    predicts_every_row_when_judged: bool = False
+
     #: columns ``racedayai-bayes predict`` needs in its input CSV for this model
     predict_columns: tuple[str, ...] = ()
 

@@ -249,6 +249,7 @@ class FittedForecast(FittedModel):
     asof: bool = True
     athletes: pd.DataFrame | None = None  # the artifact's athlete table (see athlete_table)
     predict_columns = ("athlete_hash", "gender", "age_group", "event_name", "event_year")
+    predicts_every_row_when_judged = True  # its rows' preparation (_prepared) is most of a forecast's cost
     # (weak reference to a frame, its rows' encoding and readings): see _prepared
     _prepared_for: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
