@@ -157,8 +157,8 @@ def _refit(args: argparse.Namespace) -> int:
             "(the repository root)"
         )
     _stop_grace_s()  # a bad setting is said before anything starts
-    enable_stack_dumps()  # kill -USR1 writes this process's stacks to the refit's log
     if args.after:  # a later distance's run of another refit command (see _Later)
+        enable_stack_dumps()  # kill -USR1: this process's stacks to its stderr, the refit's log
         instance = _instance(home)
         os.nice(LATER_NICE)
         from racedayai_bayes.step_server import join_step_server, start_step_server
@@ -171,6 +171,7 @@ def _refit(args: argparse.Namespace) -> int:
 
     log_path = _log_path(Path(home))
     with _stderr_to(log_path, echo=args.verbose):
+        enable_stack_dumps()  # kill -USR1: this process's stacks to the refit's log
         from racedayai_bayes.step_server import start_step_server, stop_step_server
 
         # first: the server's imports (the first step waits for them) overlap with this
@@ -288,8 +289,8 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
     # reaches every run, as each executes in its own process's main thread (see _Later).
     first_tags = _run_tags(distances[0], log_path)
     later = [_Later.start(args, d, distances[0], log_path, report) for d in distances[1:]]
-    dog.__enter__()
     try:
+        dog.__enter__()
         first_id = refit(distances[0], sorted(shared_keys, key=_key_order) + per_distance, first_tags)
         interrupted = bool(first_id) and _interrupted(instance, first_id)
         built = bool(first_id) and all(_materialized(instance, first_id, k) for k in shared_keys)
@@ -304,18 +305,18 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
             if run_id:
                 run_ids.append(run_id)
         interrupted |= dog.interrupted
+        # only when a run stored a posterior the means are made of (not when every distance
+        # was refused, say because another refit of it is running), and never after a Ctrl-C:
+        # a run may have stored its posterior before it was stopped, but nothing new starts
+        stored = any(_materialized(instance, r, k) for r in run_ids for k in means_inputs)
+        if means_keys and stored and interrupted:
+            report.line("not writing the posterior means: the refit was interrupted")
+        elif means_keys and stored:
+            refit("means", means_keys, tags={RUN_TAG: "posterior means", LOG_TAG: str(log_path)})
     finally:
         dog.__exit__(None, None, None)
         for child in later:
             child.stop()
-    # only when a run stored a posterior the means are made of (not when every distance was
-    # refused, say because another refit of it is running), and never after a Ctrl-C: a run
-    # may have stored its posterior before it was stopped, but nothing new starts
-    stored = any(_materialized(instance, r, k) for r in run_ids for k in means_inputs)
-    if means_keys and stored and interrupted:
-        report.line("not writing the posterior means: the refit was interrupted")
-    elif means_keys and stored:
-        refit("means", means_keys, tags={RUN_TAG: "posterior means", LOG_TAG: str(log_path)})
     return report, (errors[0] if errors else None)
 
 
@@ -440,7 +441,9 @@ def _later_run(args, instance, defs, refit_job_def) -> int:
         time.sleep(POLL_S)
     run_config = _run_config(args)
 
-    def killed(pids: list[int]) -> None:  # reported by the first process, from the run's events
+    def killed(pids: list[int]) -> None:
+        # this process's stdout is not the terminal: the line goes to the log; the first
+        # process reports the killed steps as interrupted, from the run's events
         print(_killed_message(args.distance, pids), file=sys.stderr)
 
     with StopWatchdog(grace_s=_stop_grace_s(), on_kill=killed):
@@ -461,8 +464,8 @@ def _stop_grace_s() -> float:
         value = float(text) if text else STOP_GRACE_S
     except ValueError:
         raise UserError(f"{STOP_GRACE_ENV}={text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise UserError(f"{STOP_GRACE_ENV}={text!r} must be more than 0 seconds")
+    if not 0 < value < 86_400:
+        raise UserError(f"{STOP_GRACE_ENV}={text!r} must be more than 0 seconds and less than a day")
     return value
 
 

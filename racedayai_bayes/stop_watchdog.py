@@ -10,8 +10,10 @@ running to the refit's log (:func:`enable_stack_dumps`, on :data:`DUMP_SIGNAL`) 
 Dagster records such a step as failed (its process crashed), the run ends, and the command
 exits, with the stacks in the log to say where the step was.
 
-``kill -USR1 <pid>`` writes the stacks of any process of a refit to its log the same way,
-without stopping it: the way to see where a refit that seems stuck is.
+``kill -USR1 <pid>`` writes the stacks of the command's processes (the command, its second
+process, the step server and the step processes) to the refit's log the same way, without
+stopping them: the way to see where a refit that seems stuck is. (Other helpers, such as
+multiprocessing's resource trackers, have no such handler: SIGUSR1 would end them.)
 
 No Dagster import: this only sees signals and processes.
 """
@@ -35,10 +37,20 @@ DUMP_SIGNAL = signal.SIGUSR1
 DUMP_WAIT_S = 1.0
 
 
+_dump_file = None  # the file the stacks go to, kept open for the process's life
+
+
 def enable_stack_dumps() -> None:
-    """On :data:`DUMP_SIGNAL`, write every thread's stack to this process's fd 2 (the refit's
-    log, for the command's processes and their step processes) and go on."""
-    faulthandler.register(DUMP_SIGNAL, all_threads=True, chain=False)
+    """On :data:`DUMP_SIGNAL`, write every thread's stack to where this process's fd 2 points
+    now (the refit's log, for the command's processes and the step server) and go on.
+
+    A copy of fd 2 is taken now: a step process (forked from the step server, so it inherits
+    the handler and the copy) has its fd 2 pointed at its compute log while its step runs,
+    and its stacks must still reach the refit's log."""
+    global _dump_file
+    if _dump_file is None:
+        _dump_file = os.fdopen(os.dup(2), "w")
+    faulthandler.register(DUMP_SIGNAL, file=_dump_file, all_threads=True, chain=False)
 
 
 def _step_processes() -> list[tuple[int, str]]:
@@ -101,25 +113,33 @@ class StopWatchdog:
         self.kill_stragglers()
 
     def kill_stragglers(self) -> list[int]:
-        """Dump the stacks of this process's step processes that still run, then kill them."""
-        left = self.processes()
-        # this process's own threads too: where the orchestration waits, for the log
-        faulthandler.dump_traceback(all_threads=True)
-        for pid, _name in left:
-            try:
-                os.kill(pid, DUMP_SIGNAL)
-            except ProcessLookupError:
-                pass
+        """Dump the stacks of this process's step processes that still run, then kill them.
+        Each is signalled only while it is still one of this process's running children (a
+        pid read again just before each signal), and the kills come before anything that
+        could fail (the dump of this process's own stacks, the report)."""
+        left = [pid for pid, _name in self.processes()]
+        for pid in left:
+            _signal_if_running(pid, DUMP_SIGNAL, self.processes)
         if left:
             time.sleep(DUMP_WAIT_S)
-        killed = []
-        for pid, _name in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-            except ProcessLookupError:
-                pass
+        killed = [pid for pid in left if _signal_if_running(pid, signal.SIGKILL, self.processes)]
         self.killed.extend(killed)
+        try:
+            # this process's own threads too: where the orchestration waits, for the log
+            faulthandler.dump_traceback(all_threads=True)
+        except (OSError, ValueError, RuntimeError):
+            pass
         if killed and self.on_kill is not None:
             self.on_kill(killed)
         return killed
+
+
+def _signal_if_running(pid: int, signum: int, processes: Callable[[], list[tuple[int, str]]]) -> bool:
+    """Send ``signum`` to ``pid`` if it is still one of ``processes()``; whether it was sent."""
+    if pid not in {p for p, _ in processes()}:
+        return False
+    try:
+        os.kill(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True

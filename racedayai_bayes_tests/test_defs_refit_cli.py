@@ -146,6 +146,23 @@ def _stacks(proc, dagster_home) -> str:
     return f"{tree}\n{tail}"
 
 
+def _ctrl_c(proc, dagster_home, timeout_s: float) -> tuple[str, str, float]:
+    """Ctrl-C on the command's terminal (SIGINT to its process group); its stdout, stderr and
+    how long it took to end. A command still running ``timeout_s`` later fails the test with
+    its process tree and every process's stacks."""
+    import signal
+    import time
+
+    os.killpg(proc.pid, signal.SIGINT)
+    t0 = time.monotonic()
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the command still ran {timeout_s:.0f} s after its Ctrl-C; its processes' stacks:\n"
+                    f"{_stacks(proc, dagster_home)}")
+    return out, err, time.monotonic() - t0
+
+
 def test_ctrl_c_stops_both_distances_runs_and_leaves_no_process(dagster_home, small_inputs, tmp_path):
     """Ctrl-C on the terminal (SIGINT to the command's process group) while both distances'
     runs execute, each in its own process: both runs end, none stays in progress, and every
@@ -173,11 +190,7 @@ def test_ctrl_c_stops_both_distances_runs_and_leaves_no_process(dagster_home, sm
         else:
             pytest.fail("the 140.6 run never started")
         assert runs["70.3"].status == dg.DagsterRunStatus.STARTED
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            out, err = proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the command still ran 120 s after its Ctrl-C; its processes' stacks:\n{_stacks(proc, dagster_home)}")
+        out, err, _ = _ctrl_c(proc, dagster_home, 120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -252,10 +265,7 @@ def test_ctrl_c_stops_a_step_that_waits_for_a_cpu_slot(dagster_home, small_input
                 waiting |= any("waiting for one of 2 CPU slots" in (e.user_message or "") for e in instance.all_logs(run.run_id))
             time.sleep(0.2)
         assert waiting, "no step waited for a CPU slot"
-        os.killpg(proc.pid, signal.SIGINT)
-        t0 = time.monotonic()
-        out, err = proc.communicate(timeout=60)
-        stopped_s = time.monotonic() - t0
+        out, err, stopped_s = _ctrl_c(proc, dagster_home, 60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -263,7 +273,7 @@ def test_ctrl_c_stops_a_step_that_waits_for_a_cpu_slot(dagster_home, small_input
             slot.release()
     assert proc.returncode == 1, out + err
     assert "error: interrupted: " in err, out + err
-    assert stopped_s < 20, f"the command took {stopped_s:.1f} s to stop"
+    assert stopped_s < 25, f"the command took {stopped_s:.1f} s to stop (the stop watchdog's grace is 30 s)"
     (run,) = instance.get_runs()
     assert run.status == dg.DagsterRunStatus.FAILURE
 
@@ -300,10 +310,7 @@ def test_ctrl_c_kills_a_step_that_does_not_stop(dagster_home, small_inputs, tmp_
                 os.kill(stopped, signal.SIGSTOP)
             time.sleep(0.1)
         assert stopped is not None, "no step process started"
-        os.killpg(proc.pid, signal.SIGINT)
-        t0 = time.monotonic()
-        out, err = proc.communicate(timeout=90)
-        took = time.monotonic() - t0
+        out, err, took = _ctrl_c(proc, dagster_home, 90)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -311,7 +318,9 @@ def test_ctrl_c_kills_a_step_that_does_not_stop(dagster_home, small_inputs, tmp_
             with contextlib.suppress(ProcessLookupError):
                 os.kill(stopped, signal.SIGKILL)
     assert proc.returncode == 1, out + err
-    assert f"refit 70.3: 1 step process (pid {stopped}) had not stopped 3 s after the interrupt: killed" in out, out
+    # the stopped step, and any other that had not stopped in time
+    killed = re.search(r"refit 70\.3: \d+ step process(?:es)? \(pid ([\d, ]+)\) had not stopped 3 s after the interrupt: killed", out)
+    assert killed and str(stopped) in killed.group(1).split(", "), out
     assert "error: interrupted: " in err, out + err
     assert "bug" not in err, err
     assert 3 <= took < 60, took

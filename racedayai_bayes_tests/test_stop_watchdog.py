@@ -37,7 +37,10 @@ def test_a_step_that_ignores_the_interrupt_is_dumped_then_killed(tmp_path):
     killed_reported = []
     previous = signal.signal(signal.SIGINT, lambda *_: None)  # as Dagster captures it during a run
     try:
-        with StopWatchdog(grace_s=0.5, on_kill=killed_reported.append) as dog:
+        def this_step():  # only the test's own step: nothing else the test process may have started
+            return [(step.pid, "stubborn")] if step.pid is not None and step.is_alive() else []
+
+        with StopWatchdog(grace_s=0.5, on_kill=killed_reported.append, processes=this_step) as dog:
             step.start()
             assert ready.wait(60)
             time.sleep(1.0)
@@ -72,3 +75,13 @@ def test_no_interrupt_no_kill_and_the_wakeup_fd_is_restored():
 def test_kill_stragglers_skips_processes_that_ended():
     dog = StopWatchdog(processes=lambda: [(2**22 + 12345, "gone")])
     assert dog.kill_stragglers() == []
+
+
+def test_a_process_that_ends_between_the_dump_and_the_kill_is_not_signalled_again():
+    listings = iter([[(os.getpid(), "me")], [(os.getpid(), "me")], []])  # gone at the kill
+    dog = StopWatchdog(processes=lambda: next(listings))
+    previous = signal.signal(signal.SIGUSR1, lambda *_: None)
+    try:
+        assert dog.kill_stragglers() == [] and dog.killed == []  # this very process: never killed
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
