@@ -138,7 +138,7 @@ def _stacks(proc, dagster_home) -> str:
     import signal
     import time
 
-    tree = subprocess.run(["ps", "-o", "pid,ppid,stat,etime,args", "-g", str(proc.pid)], capture_output=True, text=True).stdout
+    tree = subprocess.run(["ps", "-ww", "-o", "pid,ppid,stat,etime,args", "-g", str(proc.pid)], capture_output=True, text=True).stdout
     os.killpg(proc.pid, signal.SIGUSR1)
     time.sleep(2)
     logs = sorted((dagster_home / "logs").glob("refit-*.log"))
@@ -210,7 +210,7 @@ def test_ctrl_c_stops_both_distances_runs_and_leaves_no_process(dagster_home, sm
             break
         time.sleep(0.2)
     else:
-        left = subprocess.run(["ps", "-o", "pid,stat,args", "-g", str(proc.pid)], capture_output=True, text=True).stdout
+        left = subprocess.run(["ps", "-ww", "-o", "pid,stat,args", "-g", str(proc.pid)], capture_output=True, text=True).stdout
         pytest.fail(f"processes of the command still running 30 s after it exited:\n{left}")
 
 
@@ -280,11 +280,22 @@ def test_ctrl_c_stops_a_step_that_waits_for_a_cpu_slot(dagster_home, small_input
 
 def _step_processes_of(command_pid: int) -> list[int]:
     """The step processes of a refit command: the children of its step server (the forkserver
-    the command started)."""
-    ps = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout
-    rows = [line.split(None, 2) for line in ps.splitlines() if line.strip()]
-    servers = {int(pid) for pid, ppid, args in rows if int(ppid) == command_pid and "forkserver" in args}
-    return [int(pid) for pid, ppid, _ in rows if int(ppid) in servers]
+    the command started). Read from /proc: ``ps`` cuts its lines at 80 columns when its output
+    is not a terminal, which can cut "forkserver" off a long interpreter path."""
+    from pathlib import Path
+
+    parents, commands = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    servers = {pid for pid, ppid in parents.items() if ppid == command_pid and "forkserver" in commands.get(pid, "")}
+    return [pid for pid, ppid in parents.items() if ppid in servers]
 
 
 def test_ctrl_c_kills_a_step_that_does_not_stop(dagster_home, small_inputs, tmp_path):
