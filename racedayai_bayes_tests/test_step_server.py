@@ -1,6 +1,7 @@
 """The step server: a later distance's process forks its steps from the first process's
 server, and the server warms the instance once for every step."""
 
+import json
 import os
 import subprocess
 import sys
@@ -154,3 +155,38 @@ def test_the_warm_up_draws_each_kind_of_harness_plot():
     from racedayai_bayes.step_warmup import warm_plots
 
     assert warm_plots() is True
+
+
+def test_the_step_server_keeps_freed_memory_and_a_setting_of_ones_own_wins(tmp_path):
+    """start_step_server starts the server with STEP_MALLOC_ENV (read by glibc as it starts),
+    and leaves this process's own environment as it was; a value already set is kept."""
+    from racedayai_bayes.step_server import STEP_MALLOC_ENV
+
+    script = textwrap.dedent("""
+        import json, os, sys
+        from multiprocessing import forkserver
+        from racedayai_bayes import step_server
+
+        step_server.STEP_PRELOAD[:] = []  # nothing to import: only the environment matters here
+        step_server.start_step_server()
+        import time
+        pid = forkserver._forkserver._forkserver_pid
+        for _ in range(200):  # the server is spawned, not yet necessarily exec'd: wait for it
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if b"multiprocessing.forkserver import main" in fh.read():
+                    break
+            time.sleep(0.05)
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            env = dict(item.split(b"=", 1) for item in fh.read().split(b"\\0") if b"=" in item)
+        print(json.dumps([{k: env.get(k.encode(), b"").decode() for k in step_server.STEP_MALLOC_ENV},
+                          {k: os.environ.get(k) for k in step_server.STEP_MALLOC_ENV}]))
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in STEP_MALLOC_ENV}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    server, own = json.loads(out.stdout.strip().splitlines()[-1])
+    assert server == STEP_MALLOC_ENV, out.stderr
+    assert own == {k: None for k in STEP_MALLOC_ENV}  # the command's own environment is as it was
+    env["MALLOC_MMAP_MAX_"] = "7"
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    server, own = json.loads(out.stdout.strip().splitlines()[-1])
+    assert server["MALLOC_MMAP_MAX_"] == "7" and own["MALLOC_MMAP_MAX_"] == "7"
