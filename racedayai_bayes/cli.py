@@ -259,7 +259,8 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
     job = dg.reconstructable(refit_job_def)
     distances = [args.distance] if args.distance else list(MODEL_DISTANCES)
     # Ctrl-C ends the command within a bounded time, even if a step process does not stop
-    dog = StopWatchdog(grace_s=_stop_grace_s(), on_kill=lambda pids: report.killed_after_interrupt(distances[0], pids))
+    grace_s = _stop_grace_s()
+    dog = StopWatchdog(grace_s=grace_s, on_kill=lambda pids: report.killed_after_interrupt(distances[0], pids, grace_s))
     report.watchdog = dog
     errors: list[str] = []
     run_ids: list[str] = []
@@ -441,12 +442,14 @@ def _later_run(args, instance, defs, refit_job_def) -> int:
         time.sleep(POLL_S)
     run_config = _run_config(args)
 
+    grace_s = _stop_grace_s()
+
     def killed(pids: list[int]) -> None:
         # this process's stdout is not the terminal: the line goes to the log; the first
         # process reports the killed steps as interrupted, from the run's events
-        print(_killed_message(args.distance, pids), file=sys.stderr)
+        print(_killed_message(args.distance, pids, grace_s), file=sys.stderr)
 
-    with StopWatchdog(grace_s=_stop_grace_s(), on_kill=killed):
+    with StopWatchdog(grace_s=grace_s, on_kill=killed):
         dg.execute_job(dg.reconstructable(refit_job_def), instance=instance, run_config=run_config,
                        tags=_run_tags(args.distance, log), asset_selection=keys.per_distance, raise_on_error=False)
     return 0
@@ -469,9 +472,9 @@ def _stop_grace_s() -> float:
     return value
 
 
-def _killed_message(distance: str, pids: list[int]) -> str:
+def _killed_message(distance: str, pids: list[int], grace_s: float) -> str:
     return (f"refit {distance}: {len(pids)} step process{'es' if len(pids) != 1 else ''} (pid "
-            f"{', '.join(map(str, pids))}) had not stopped {_stop_grace_s():g} s after the interrupt: killed; "
+            f"{', '.join(map(str, pids))}) had not stopped {grace_s:g} s after the interrupt: killed; "
             "the stacks of their threads are in the log above")
 
 
@@ -867,10 +870,10 @@ class RefitReport:
         return (self.watchdog is not None and self.watchdog.interrupted and error is not None
                 and error.cls_name == "ChildProcessCrashException")
 
-    def killed_after_interrupt(self, distance: str, pids: list[int]) -> None:
+    def killed_after_interrupt(self, distance: str, pids: list[int], grace_s: float) -> None:
         """The stop watchdog of this process killed ``pids``, step processes of the run of
-        ``distance``: say so, here and in the log."""
-        message = _killed_message(distance, pids)
+        ``distance``, ``grace_s`` after the interrupt: say so, here and in the log."""
+        message = _killed_message(distance, pids, grace_s)
         self.line(message)
         print(message, file=sys.stderr)
 

@@ -151,11 +151,12 @@ def join_step_server() -> bool:
         resource_tracker.ensure_running()
         if alive(pid):
             return
-        # the shared server is gone: from now on, a server of this process's own
+        # the shared server is gone: from now on, a server of this process's own, started
+        # as the first process's was (its preload list and allocator settings)
         del server.ensure_running  # the standard method again
         with server._lock:
             server._forkserver_address = server._forkserver_alive_fd = None
-        server.ensure_running()
+        start_step_server()
 
     with server._lock:
         server._forkserver_address = address

@@ -140,6 +140,7 @@ def rows_fingerprint(rows: pd.DataFrame) -> str:
             h.update(pd.util.hash_pandas_object(rows[column], index=False).to_numpy().tobytes())
     return h.hexdigest()
 
+
 def row_groups(rows: pd.DataFrame, train: pd.DataFrame) -> dict[str, np.ndarray]:
     """The comparison's breakdown: first race vs returning, known vs new course.
 
