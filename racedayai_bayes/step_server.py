@@ -67,9 +67,15 @@ _EXECUTOR_FIRST = "dagster._core.executor.multiprocess"
 # (54 of 157 s at ~13:26), and 30 alloc/free cycles of 160 MB took 3.6 s against 0.6 s kept
 # (2026-12-03). Full scale, alternating off and on: 131-132 s against 104-116 s, system CPU
 # 66-72 s against 46-47 s (README). A step's memory then stays at its own peak until it
-# exits (peak 3.6 GB summed PSS against 2.9-3.0). A setting already in the environment wins:
-# MALLOC_MMAP_MAX_=65536 MALLOC_TRIM_THRESHOLD_=131072 are glibc's defaults.
-STEP_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+# exits (peak 3.6 GB summed PSS against 2.9-3.0).
+# And transparent huge pages for the heap (glibc.malloc.hugetlb=1: glibc asks the kernel for
+# 2 MB pages with madvise, which a kernel whose THP mode is "madvise" honours): the first touch
+# of 1 GB of fresh memory took 5.6-7.9 s in 4 KB pages and 0.17-0.25 s in 2 MB pages here (a
+# Firecracker VM whose balloon takes freed pages back; 2026-12-03 ~19:00).
+# A setting already in the environment wins: MALLOC_MMAP_MAX_=65536
+# MALLOC_TRIM_THRESHOLD_=131072 GLIBC_TUNABLES=glibc.malloc.hugetlb=0 are glibc's defaults.
+STEP_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40),
+                   "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 
 
 def start_step_server() -> None:
