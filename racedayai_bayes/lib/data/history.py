@@ -335,7 +335,11 @@ def add_history(frame: pd.DataFrame, table: pd.DataFrame, distances: tuple[str, 
     known = (row_code >= 0) & np.isfinite(years)
     r_key = np.where(known, row_code.astype(np.int64) * span + np.nan_to_num(years).astype(np.int64), -1)
     if len(t_key) and np.all(t_key[1:] > t_key[:-1]):  # sorted (season_table's order): binary search
-        at = np.minimum(np.searchsorted(t_key, r_key), len(t_key) - 1)
+        # the rows' keys searched in sorted order (then put back): neighbouring searches walk
+        # the same part of the table (0.3-1.0 s against 0.7-1.3 s in row order at full scale)
+        order = np.argsort(r_key, kind="stable")
+        at = np.empty(len(r_key), dtype=np.int64)
+        at[order] = np.minimum(np.searchsorted(t_key, r_key[order]), len(t_key) - 1)
         pos = np.where(t_key[at] == r_key, at, -1)
     else:
         pos = pd.Index(t_key).get_indexer(r_key)
