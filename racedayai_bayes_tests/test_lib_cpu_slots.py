@@ -67,3 +67,61 @@ def test_try_acquire_never_waits(tmp_path):
     again = cpu_slots.try_acquire(tmp_path, 1)
     assert again is not None
     again.release()
+
+
+def test_waiters_are_served_by_rank_then_in_the_order_they_came(tmp_path):
+    """A freed slot goes to the first live ticket of the queue, not to whichever waiter polls
+    first: lower rank first, then the earlier waiter; a free slot is taken at once only
+    while no one waits."""
+    held = cpu_slots.acquire(tmp_path, 1)
+    served: list[str] = []
+    lock = threading.Lock()
+
+    def wait(name, rank):
+        slot = cpu_slots.acquire(tmp_path, 1, rank=rank, poll_s=0.01)
+        with lock:
+            served.append(name)
+        time.sleep(0.05)
+        slot.release()
+
+    threads = []
+    for name, rank in (("late-rank", 5), ("first", 1), ("second", 1)):
+        threads.append(threading.Thread(target=wait, args=(name, rank)))
+        threads[-1].start()
+        time.sleep(0.1)  # each waits before the next comes
+    assert served == [] and len(os.listdir(tmp_path / cpu_slots.QUEUE)) == 3
+    assert cpu_slots.try_acquire(tmp_path, 2, unless_queued=True) is None  # a second core is not taken from waiters
+    held.release()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert served == ["first", "second", "late-rank"]
+    assert os.listdir(tmp_path / cpu_slots.QUEUE) == []  # every ticket removed as its waiter was served
+
+
+WAIT = """
+import sys
+from racedayai_bayes.lib import cpu_slots
+print("waiting", flush=True)
+cpu_slots.acquire(sys.argv[1], 1, rank=0, on_wait=lambda: print("queued", flush=True))
+"""
+
+
+def test_a_dead_waiters_ticket_does_not_hold_the_queue(tmp_path):
+    holder = _holder(tmp_path, 1)
+    waiter = subprocess.Popen([sys.executable, "-c", WAIT, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert waiter.stdout.readline().strip() == "waiting"
+        assert waiter.stdout.readline().strip() == "queued"
+        waiter.kill()  # dies in the queue: its ticket stays behind, unlocked
+        waiter.wait()
+        assert len(os.listdir(tmp_path / cpu_slots.QUEUE)) == 1
+        holder.kill()
+        holder.wait()
+        slot = cpu_slots.acquire(tmp_path, 1, rank=9, poll_s=0.01)  # a later, lower-priority waiter
+        assert slot.waited_s < 5
+        slot.release()
+        assert os.listdir(tmp_path / cpu_slots.QUEUE) == []
+    finally:
+        for proc in (holder, waiter):
+            proc.kill()
+            proc.wait()
