@@ -1127,6 +1127,9 @@ def main(argv: list[str] | None = None) -> int:
     except _data_errors() as exc:  # a data error that no command translated: still no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before a command's own handling began (e.g. during its imports)
+        print("error: interrupted before anything ran", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

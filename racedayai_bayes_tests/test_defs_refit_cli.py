@@ -315,7 +315,9 @@ def test_ctrl_c_kills_a_step_that_does_not_stop(dagster_home, small_inputs, tmp_
         deadline = time.monotonic() + 120
         while stopped is None and time.monotonic() < deadline:
             assert proc.poll() is None, proc.communicate()
-            steps = _step_processes_of(proc.pid)
+            # a step of the run, not a helper the server may start while it preloads: look
+            # only once the run exists (a Ctrl-C before then meets the command's imports)
+            steps = _step_processes_of(proc.pid) if instance.get_runs(limit=1) else []
             if steps:
                 stopped = steps[0]
                 os.kill(stopped, signal.SIGSTOP)
