@@ -85,10 +85,12 @@ def test_waiters_are_served_by_rank_then_in_the_order_they_came(tmp_path):
         slot.release()
 
     threads = []
-    for name, rank in (("late-rank", 5), ("first", 1), ("second", 1)):
+    for queued, (name, rank) in enumerate((("late-rank", 5), ("first", 1), ("second", 1)), start=1):
         threads.append(threading.Thread(target=wait, args=(name, rank)))
         threads[-1].start()
-        time.sleep(0.1)  # each waits before the next comes
+        deadline = time.monotonic() + 10
+        while len(cpu_slots._live_tickets(tmp_path / cpu_slots.QUEUE)) < queued and time.monotonic() < deadline:
+            time.sleep(0.01)  # each waits in the queue before the next comes
     assert served == [] and len(os.listdir(tmp_path / cpu_slots.QUEUE)) == 3
     assert cpu_slots.try_acquire(tmp_path, 2, unless_queued=True) is None  # a second core is not taken from waiters
     held.release()
