@@ -275,3 +275,74 @@ def test_a_bug_in_a_step_keeps_its_traceback(dagster_home, small_inputs, tmp_pat
     assert "RuntimeError: an injected bug" in proc.stderr and 'line 5, in model_frame_and_seasons' in proc.stderr
     assert "DEBUG" not in proc.stdout + proc.stderr
     assert Path(tmp_path / "out").exists() is False
+
+
+# --- the program's exit, and the later distance's process waiting to import ------------------
+
+
+ENTRY_PROGRAM = """
+import atexit, sys, threading, time
+from racedayai_bayes import cli
+
+def fake_main():
+    atexit.register(lambda: open(sys.argv[1] + ".atexit", "w").write("ran"))
+    def late():
+        time.sleep(0.3)
+        open(sys.argv[1] + ".thread", "w").write("joined")
+    threading.Thread(target=late).start()  # not a daemon: the exit waits for it
+    print("no newline, still buffered", end="")
+    return 7
+
+cli.main = fake_main
+cli.entry()
+raise SystemExit("entry() returned")
+"""
+
+
+def test_the_program_exits_with_mains_code_after_threads_atexit_and_flushing(tmp_path):
+    """entry() skips the interpreter's teardown, not what an ordinary exit does."""
+    marker = tmp_path / "m"
+    proc = subprocess.run([sys.executable, "-c", ENTRY_PROGRAM, str(marker)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 7, proc.stderr
+    assert proc.stdout == "no newline, still buffered"
+    assert (tmp_path / "m.atexit").read_text() == "ran"
+    assert (tmp_path / "m.thread").read_text() == "joined"
+
+
+def test_a_later_process_waits_for_go_until_the_pipe_closes_or_the_timeout(monkeypatch):
+    import threading
+    import time
+
+    from racedayai_bayes.cli import GO_ENV, _wait_for_go
+
+    monkeypatch.delenv(GO_ENV, raising=False)
+    assert _wait_for_go(timeout_s=5) is False  # no pipe: no wait
+
+    read_fd, write_fd = os.pipe()
+    monkeypatch.setenv(GO_ENV, str(read_fd))
+    threading.Timer(0.3, os.close, args=(write_fd,)).start()
+    t0 = time.monotonic()
+    assert _wait_for_go(timeout_s=30) is True
+    assert 0.25 <= time.monotonic() - t0 < 10
+    assert GO_ENV not in os.environ
+    with pytest.raises(OSError):
+        os.fstat(read_fd)  # closed: nothing leaks into the run
+
+    read_fd, write_fd = os.pipe()
+    monkeypatch.setenv(GO_ENV, str(read_fd))
+    t0 = time.monotonic()
+    assert _wait_for_go(timeout_s=0.2) is False  # the writer never closed it
+    assert time.monotonic() - t0 >= 0.15
+    os.close(write_fd)
+
+
+def test_the_report_says_go_once_when_the_first_step_starts():
+    report, _ = _report()
+    calls = []
+    report.when_a_step_starts(lambda: calls.append("go"))
+    clock = Clock()
+    report.run_started("run-70.3", "70.3")
+    assert calls == []
+    _feed_step(report, clock, "run-70.3", "athlete_race")
+    _feed_step(report, clock, "run-70.3", "model_frame")
+    assert calls == ["go"]

@@ -97,6 +97,17 @@ class FittedModel(ABC):
     def inference_data(self):
         """The posterior as ArviZ InferenceData, with what :func:`load_fitted` needs in its attrs."""
 
+    def _memo(self, name: str, make):
+        """``make()``, computed once per fitted posterior (its draws never change after the
+        fit): the posterior step asks for the summary twice, for the sampler's checks and for
+        the asset's metadata, and ArviZ's r_hat and ESS are most of its cost. Kept in the
+        instance's ``__dict__``, so that it is pickled with it; a posterior pickled before
+        this existed simply computes it again."""
+        memo = self.__dict__.setdefault("_memo_values", {})
+        if name not in memo:
+            memo[name] = make()
+        return memo[name]
+
     #: the posterior step forecasts every row of the split right after judging (while the
     #: rows' encoding and readings that judging prepared are still at hand) and hands them to
     #: the prediction CSV's step, which would otherwise prepare them again: for models whose

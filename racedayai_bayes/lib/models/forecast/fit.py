@@ -474,7 +474,7 @@ class FittedForecast(FittedModel):
     def summary(self) -> pd.DataFrame:
         from racedayai_bayes.lib.evaluation.diagnostics import summary_table
 
-        return summary_table(self._draws())
+        return self._memo("summary", lambda: summary_table(self._draws())).copy()
 
     def diagnostics(self) -> list:
         from racedayai_bayes.lib.evaluation import diagnostics as dx

@@ -239,7 +239,7 @@ class FittedSeed(FittedModel):
     def summary(self) -> pd.DataFrame:
         from racedayai_bayes.lib.evaluation.diagnostics import summary_table
 
-        return summary_table(self.draws)
+        return self._memo("summary", lambda: summary_table(self.draws)).copy()
 
     def analysis(self) -> dict:
         return posterior_analysis(self.draws, self.encoding)
