@@ -297,7 +297,7 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
         dog.__enter__()
         first_id = refit(distances[0], sorted(shared_keys, key=_key_order) + per_distance, first_tags)
         interrupted = bool(first_id) and _interrupted(instance, first_id)
-        built = bool(first_id) and all(_materialized(instance, first_id, k) for k in shared_keys)
+        built = bool(first_id) and set(shared_keys) <= _materialized_keys(instance, first_id)
         if not built:
             for child in later:
                 child.cancel()  # still waiting for the model frame: no run of theirs exists
@@ -312,7 +312,7 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
         # only when a run stored a posterior the means are made of (not when every distance
         # was refused, say because another refit of it is running), and never after a Ctrl-C:
         # a run may have stored its posterior before it was stopped, but nothing new starts
-        stored = any(_materialized(instance, r, k) for r in run_ids for k in means_inputs)
+        stored = any(_materialized_keys(instance, r) & set(means_inputs) for r in run_ids)
         if means_keys and stored and interrupted:
             report.line("not writing the posterior means: the refit was interrupted")
         elif means_keys and stored:
@@ -484,7 +484,9 @@ def _later_run(args, instance, defs, refit_job_def) -> int:
             if records:
                 run_id = records[0].dagster_run.run_id
         if run_id is not None:
-            if all(_materialized(instance, run_id, k) for k in keys.shared):
+            # one read of the first run's events a poll (it polls for the whole front of the
+            # refit: 40-50 s at full scale), not one per shared asset
+            if set(keys.shared) <= _materialized_keys(instance, run_id):
                 break
             if instance.get_run_by_id(run_id).status in ended:
                 return WAITING
@@ -565,13 +567,15 @@ def _interrupted(instance, run_id: str) -> bool:
     return run is not None and run.tags.get(_FAILURE_REASON_TAG) == _INTERRUPTED_REASON
 
 
-def _materialized(instance, run_id: str, key) -> bool:
+def _materialized_keys(instance, run_id: str) -> set:
+    """The asset keys run ``run_id`` has materialised so far: one read of its event log."""
     import dagster as dg
 
-    return any(
-        e.dagster_event.asset_key == key
-        for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
-    )
+    return {e.dagster_event.asset_key for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)}
+
+
+def _materialized(instance, run_id: str, key) -> bool:
+    return key in _materialized_keys(instance, run_id)
 
 
 # --------------------------------------------------------------------------- stderr to the log
