@@ -1,3 +1,4 @@
+import contextlib
 import os
 import signal
 import subprocess
@@ -127,3 +128,57 @@ def test_a_dead_waiters_ticket_does_not_hold_the_queue(tmp_path):
         for proc in (holder, waiter):
             proc.kill()
             proc.wait()
+
+
+def test_a_stopped_waiter_keeps_its_ticket_but_does_not_hold_the_queue(tmp_path):
+    """A waiter stopped by SIGSTOP (or Ctrl-Z) is passed over while it is stopped; it is still
+    served once it runs again."""
+    holder = _holder(tmp_path, 1)
+    waiter = subprocess.Popen([sys.executable, "-c", WAIT, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert waiter.stdout.readline().strip() == "waiting"
+        assert waiter.stdout.readline().strip() == "queued"
+        os.kill(waiter.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while not cpu_slots.stopped(waiter.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        holder.kill()
+        holder.wait()
+        # rank 9 queues behind the stopped waiter's rank 0, and is served all the same
+        slot = cpu_slots.acquire(tmp_path, 1, rank=9, poll_s=0.01)
+        assert slot.waited_s < 5
+        assert len(os.listdir(tmp_path / cpu_slots.QUEUE)) == 1  # the stopped waiter's ticket stays
+        slot.release()
+        os.kill(waiter.pid, signal.SIGCONT)
+        assert waiter.wait(timeout=30) == 0  # served in its turn once it runs again
+        assert os.listdir(tmp_path / cpu_slots.QUEUE) == []
+    finally:
+        for proc in (holder, waiter):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()
+            proc.wait()
+
+
+def test_a_temporary_ticket_left_by_a_dead_waiter_is_removed_once_stale(tmp_path):
+    queue = tmp_path / cpu_slots.QUEUE
+    queue.mkdir()
+    stale, fresh, held = queue / ".0000-1-1-1.ticket.new", queue / ".0000-2-1-1.ticket.new", queue / ".0000-3-1-1.ticket.new"
+    for path in (stale, fresh, held):
+        path.touch()
+    old = time.time() - 2 * cpu_slots.STALE_TEMP_S
+    os.utime(stale, (old, old))
+    os.utime(held, (old, old))
+    fd = os.open(held, os.O_RDWR)
+    lock = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; fcntl.flock(int(sys.argv[1]), fcntl.LOCK_EX); print('locked', flush=True); time.sleep(600)",
+                             str(fd)], pass_fds=(fd,), stdout=subprocess.PIPE, text=True)
+    try:
+        assert lock.stdout.readline().strip() == "locked"  # a live waiter, about to rename it
+        slot = cpu_slots.acquire(tmp_path, 1)
+        slot.release()
+        assert cpu_slots._live_tickets(queue) == []
+        assert sorted(p.name for p in queue.iterdir()) == sorted([fresh.name, held.name])
+    finally:
+        lock.kill()
+        lock.wait()
+        os.close(fd)

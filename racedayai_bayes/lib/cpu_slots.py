@@ -15,6 +15,11 @@ ticket whose lock can be taken belongs to a dead waiter and is removed. Without 
 whichever waiter polled first after a slot was freed took it: at full scale the longest
 step (a forecast posterior) waited 27 s while two shorter steps that queued after it went
 first, and the refit ended that much later.
+
+A stopped waiter (SIGSTOP, Ctrl-Z) keeps its ticket and its place, but does not hold up the
+others: while it is stopped the next live ticket is served (it is served in its turn once it
+runs again). A waiter killed while it was making its ticket leaves a locked-then-unlocked
+temporary file behind; such a file, unlocked and a minute old, is removed.
 """
 
 from __future__ import annotations
@@ -28,7 +33,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from racedayai_bayes.lib.processes import stopped
+
 POLL_S = 0.1
+# a ticket's temporary file is locked by its waiter a moment after it is created, and renamed
+# at once: one that can be locked and is this old was left by a waiter that died in between
+STALE_TEMP_S = 60.0
 
 
 @dataclass
@@ -80,12 +90,45 @@ def try_acquire(folder: Path, slots: int, *, unless_queued: bool = False) -> Slo
 QUEUE = "queue"
 
 
+def _ticket_pid(name: str) -> int | None:
+    """The waiter's pid in a ticket's name (``{rank}-{time}-{pid}-{thread}.ticket``)."""
+    parts = name.split("-")
+    return int(parts[2]) if len(parts) == 4 and parts[2].isdigit() else None
+
+
+def _remove_stale_temps(queue: Path, names: list[str]) -> None:
+    """Remove temporary ticket files whose waiter died before it renamed them (see STALE_TEMP_S)."""
+    now = time.time()
+    for name in names:
+        path = queue / name
+        try:
+            if now - path.stat().st_mtime < STALE_TEMP_S:
+                continue
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # its waiter holds it: about to rename it
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        finally:
+            os.close(fd)
+
+
 def _live_tickets(queue: Path, own: str | None = None) -> list[str]:
-    """The names of the live tickets in ``queue``, in serving order; dead waiters' removed."""
+    """The names of the live tickets in ``queue``, in serving order; dead waiters' removed,
+    stopped waiters' left in place but not counted (they wait, but must not hold the queue)."""
     try:
-        names = sorted(n for n in os.listdir(queue) if n.endswith(".ticket"))
+        listing = os.listdir(queue)
     except FileNotFoundError:
         return []
+    names = sorted(n for n in listing if n.endswith(".ticket"))
+    temps = [n for n in listing if n.endswith(".new")]
+    if temps:
+        _remove_stale_temps(queue, temps)
     live = []
     for name in names:
         if name == own:
@@ -97,8 +140,10 @@ def _live_tickets(queue: Path, own: str | None = None) -> list[str]:
             continue  # its waiter took a slot, or gave up, just now
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            live.append(name)  # its waiter holds the lock: alive and waiting
+        except BlockingIOError:  # its waiter holds the lock: alive, and waiting unless stopped
+            pid = _ticket_pid(name)
+            if pid is None or not stopped(pid):
+                live.append(name)
         else:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(queue / name)  # a dead waiter's
