@@ -158,8 +158,8 @@ def _refit(args: argparse.Namespace) -> int:
         )
     _stop_grace_s()  # a bad setting is said before anything starts
     if args.after:  # a later distance's run of another refit command (see _Later)
-        _wait_for_go()  # its imports wait until the first run's steps have begun
         enable_stack_dumps()  # kill -USR1: this process's stacks to its stderr, the refit's log
+        _wait_for_go()  # its imports wait until the first run's steps have begun
         instance = _instance(home)
         os.nice(LATER_NICE)
         from racedayai_bayes.step_server import join_step_server, start_step_server
