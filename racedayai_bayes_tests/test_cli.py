@@ -346,3 +346,17 @@ def test_the_report_says_go_once_when_the_first_step_starts():
     _feed_step(report, clock, "run-70.3", "athlete_race")
     _feed_step(report, clock, "run-70.3", "model_frame")
     assert calls == ["go"]
+
+
+def test_the_installed_command_runs_entry_and_keeps_mains_exit_codes(tmp_path):
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "racedayai-bayes"]
+    assert script.value == "racedayai_bayes.cli:entry"
+    program = Path(sys.executable).parent / "racedayai-bayes"
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    proc = subprocess.run([str(program), "refit"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.startswith("error: DAGSTER_HOME is not set") and proc.stderr.count("\n") == 1
+    usage = subprocess.run([str(program), "refit", "--distance", "sprint"], capture_output=True, text=True, timeout=120)
+    assert usage.returncode == 2 and "invalid choice" in usage.stderr
