@@ -29,6 +29,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -394,16 +395,43 @@ def demo_rerun(args) -> dict:
     runs = []
     for i in range(3):
         t0 = time.perf_counter()
+        started = time.time()  # the events' clock
         proc = subprocess.run([sys.executable, "-m", "racedayai_bayes.cli", "refit"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         wall = time.perf_counter() - t0
+        ended = time.time()
         lines = proc.stdout.splitlines()
+        run_ids = [m.group(1) for m in (re.match(r"refit \S+: run (\S+)$", line.strip()) for line in lines) if m]
         runs.append({"wall_s": round(wall, 1), "exit_code": proc.returncode, "lines": len(lines),
-                     "run_lines": [line.strip() for line in lines if line.startswith("refit ") and "succeeded" in line]})
+                     "run_lines": [line.strip() for line in lines if line.startswith("refit ") and "succeeded" in line],
+                     "phases_s": _demo_phases(home, run_ids, started, ended)})
         print(f"[demo_rerun] refit {i + 1}: {wall:.1f} s, exit {proc.returncode}, {len(lines)} lines", flush=True)
     later = sorted(r["wall_s"] for r in runs[1:])
     return {"first": runs[0], "later": runs[1:], "second_run_median_s": later[len(later) // 2] if len(later) % 2 else
             round(sum(later) / len(later), 1), "target_s": 15}
+
+
+def _demo_phases(home: Path, run_ids: list[str], started: float, ended: float) -> dict:
+    """Where one refit's wall time went, from its runs' events (the command's own clock at
+    both ends): until the first step started (imports, the step server, creating the first
+    run), the distances' runs (first step start to the last of them ending), the means run,
+    and the command's end after the last event."""
+    import dagster as dg
+
+    if len(run_ids) < 2:
+        return {}
+    instance = dg.DagsterInstance.from_config(str(home))
+    spans = {}
+    for run_id in run_ids:
+        events = [e for e in instance.all_logs(run_id) if e.dagster_event is not None]
+        step_starts = [e.timestamp for e in events if e.dagster_event.event_type == dg.DagsterEventType.STEP_START]
+        spans[run_id] = (min(step_starts, default=float("nan")), max((e.timestamp for e in events), default=float("nan")))
+    distance_runs, means_run = run_ids[:-1], run_ids[-1]
+    first_step = min(spans[r][0] for r in distance_runs)
+    distances_end = max(spans[r][1] for r in distance_runs)
+    last_event = max(v[1] for v in spans.values())
+    return {"until_first_step": round(first_step - started, 2), "distance_runs": round(distances_end - first_step, 2),
+            "means_run": round(last_event - distances_end, 2), "after_last_event": round(ended - last_event, 2)}
 
 
 def backtest(args) -> dict:
@@ -773,6 +801,19 @@ def _write(results: dict) -> None:
         lines += [f"| later | {r['wall_s']} | {r['exit_code']} | {r['lines']} |" for r in dr["later"]]
         lines += ["", f"Later refits: {dr['second_run_median_s']} s (target: at most {dr['target_s']} s). "
                   + " ".join(dr["later"][-1]["run_lines"]), ""]
+        phased = [r for r in (dr["first"], *dr["later"]) if r.get("phases_s")]
+        if phased:
+            lines += ["Where each refit's wall time went (s; from its runs' events): until the first step started "
+                      "(the imports, the step server, creating the first run), the distances' runs (from that step to "
+                      "the last of them ending), the means run, and the command's end after its last event:", "",
+                      "| refit | until the first step | distances' runs | means run | after the last event |",
+                      "|---|---|---|---|---|"]
+            for name, r in zip(("first", *["later"] * len(dr["later"])), (dr["first"], *dr["later"])):
+                ph = r.get("phases_s") or {}
+                if ph:
+                    lines.append(f"| {name} | {ph['until_first_step']} | {ph['distance_runs']} | {ph['means_run']} | "
+                                 f"{ph['after_last_event']} |")
+            lines.append("")
     fc = results.get("forecast_cli")
     if fc and "forecast_s" in fc:
         lines += [f"## Race-day forecast from the command line: {fc['athletes']:,} athletes at {fc['event']}", "",

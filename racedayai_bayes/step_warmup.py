@@ -68,6 +68,28 @@ def warm_plots() -> bool:
     return True
 
 
+def end_without_teardown() -> None:
+    """The step server's exit, registered (last, so run first) with atexit by its preload:
+    flush logging's handlers and stdout/stderr, then end the process without the
+    interpreter's teardown.
+
+    The server ends when the command that started it has gone. Freeing every module it
+    preloaded (Dagster, ArviZ, SciPy, Matplotlib, the code location) took about 0.9 s of CPU
+    after the command had ended (strace, 2026-12-04), during which it still held the
+    command's stdout. Its step processes never run this: they end through os._exit.
+    """
+    import logging
+    import sys
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a closed stream has nothing to flush
+            pass
+    os._exit(0)
+
+
 def in_step_server() -> bool:
     """Whether this import is the step server's preload (the standard library's
     ``multiprocessing.forkserver.main`` is importing it), not another import of the module."""
@@ -89,3 +111,6 @@ if in_step_server():  # a test or a tool that imports this module opens no insta
     enable_stack_dumps()
     warm_instance()
     warm_plots()
+    import atexit
+
+    atexit.register(end_without_teardown)

@@ -190,3 +190,21 @@ def test_the_step_server_keeps_freed_memory_and_a_setting_of_ones_own_wins(tmp_p
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     server, own = json.loads(out.stdout.strip().splitlines()[-1])
     assert server["MALLOC_MMAP_MAX_"] == "7" and own["MALLOC_MMAP_MAX_"] == "7"
+
+
+def test_the_servers_exit_flushes_logging_and_stdout_and_ends_with_0(tmp_path):
+    log = tmp_path / "server.log"
+    script = textwrap.dedent(f"""
+        import atexit, logging, logging.handlers
+        from racedayai_bayes.step_warmup import end_without_teardown
+        buffered = logging.handlers.MemoryHandler(100, target=logging.FileHandler({str(log)!r}))
+        logging.getLogger().addHandler(buffered)
+        logging.getLogger().warning("a record still in the buffer")
+        atexit.register(end_without_teardown)
+        print("no newline, still buffered", end="")
+        raise SystemExit  # as the server's loop ends once the command has gone
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "no newline, still buffered"
+    assert log.read_text().strip() == "a record still in the buffer"
