@@ -32,6 +32,7 @@ import racedayai_bayes  # noqa: F401  (pins JAX to the CPU)
 
 from racedayai_bayes.lib.data.frame import MODEL_DISTANCES
 from racedayai_bayes.lib.runreport import CheckResult, PosteriorChecks, QuarterGate, bar, parse_progress, seconds
+from racedayai_bayes.lib.processes import exit_now
 from racedayai_bayes.stop_watchdog import StopWatchdog, enable_stack_dumps
 
 # The run tag naming the CLI log a run's Dagster events were streamed to; the CLI also
@@ -572,10 +573,6 @@ def _materialized_keys(instance, run_id: str) -> set:
     import dagster as dg
 
     return {e.dagster_event.asset_key for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)}
-
-
-def _materialized(instance, run_id: str, key) -> bool:
-    return key in _materialized_keys(instance, run_id)
 
 
 # --------------------------------------------------------------------------- stderr to the log
@@ -1215,10 +1212,7 @@ def entry() -> None:
         if thread is not threading.current_thread() and not thread.daemon:
             thread.join()
     atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(0 if code is None else int(code))
+    exit_now(0 if code is None else int(code))
 
 
 if __name__ == "__main__":

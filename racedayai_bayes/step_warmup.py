@@ -79,15 +79,11 @@ def end_without_teardown() -> None:
     command's stdout. Its step processes never run this: they end through os._exit.
     """
     import logging
-    import sys
+
+    from racedayai_bayes.lib.processes import exit_now
 
     logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # noqa: BLE001 - a closed stream has nothing to flush
-            pass
-    os._exit(0)
+    exit_now(0)
 
 
 def in_step_server() -> bool:

@@ -126,10 +126,10 @@ def test_refit_exits_non_zero_and_keeps_outputs_when_a_check_fails(dagster_home,
 
 def _stored_a_posterior(instance, run_id: str) -> bool:
     """Whether the run stored a posterior that the posterior means are made of (the command's own test)."""
-    from racedayai_bayes.cli import _materialized, _refit_keys
+    from racedayai_bayes.cli import _materialized_keys, _refit_keys
     from racedayai_bayes.definitions import defs
 
-    return any(_materialized(instance, run_id, k) for k in _refit_keys(defs).means_inputs)
+    return bool(_materialized_keys(instance, run_id) & set(_refit_keys(defs).means_inputs))
 
 
 def _stacks(proc, dagster_home) -> str:

@@ -96,26 +96,32 @@ def _ticket_pid(name: str) -> int | None:
     return int(parts[2]) if len(parts) == 4 and parts[2].isdigit() else None
 
 
+def _remove_if_unlocked(path: Path) -> bool | None:
+    """Remove ``path`` if no process holds its lock (its owner has died): True if removed,
+    False if its owner holds it, None if it is gone already."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return True
+    finally:
+        os.close(fd)
+
+
 def _remove_stale_temps(queue: Path, names: list[str]) -> None:
     """Remove temporary ticket files whose waiter died before it renamed them (see STALE_TEMP_S)."""
     now = time.time()
     for name in names:
-        path = queue / name
-        try:
-            if now - path.stat().st_mtime < STALE_TEMP_S:
-                continue
-            fd = os.open(path, os.O_RDWR)
-        except FileNotFoundError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pass  # its waiter holds it: about to rename it
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        finally:
-            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            if now - (queue / name).stat().st_mtime >= STALE_TEMP_S:
+                _remove_if_unlocked(queue / name)
 
 
 def _live_tickets(queue: Path, own: str | None = None) -> list[str]:
@@ -134,21 +140,12 @@ def _live_tickets(queue: Path, own: str | None = None) -> list[str]:
         if name == own:
             live.append(name)
             continue
-        try:
-            fd = os.open(queue / name, os.O_RDWR)
-        except FileNotFoundError:
-            continue  # its waiter took a slot, or gave up, just now
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # its waiter holds the lock: alive, and waiting unless stopped
+        # True: a dead waiter's, removed; None: its waiter took a slot, or gave up, just now;
+        # False: its waiter holds the lock, so it is alive, and waiting unless it is stopped
+        if _remove_if_unlocked(queue / name) is False:
             pid = _ticket_pid(name)
             if pid is None or not stopped(pid):
                 live.append(name)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(queue / name)  # a dead waiter's
-        finally:
-            os.close(fd)
     return live
 
 
