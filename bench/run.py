@@ -401,7 +401,7 @@ def demo_rerun(args) -> dict:
         wall = time.perf_counter() - t0
         ended = time.time()
         lines = proc.stdout.splitlines()
-        run_ids = [m.group(1) for m in (re.match(r"refit \S+: run (\S+)$", line.strip()) for line in lines) if m]
+        run_ids = dict(m.groups() for m in (re.match(r"refit (\S+): run (\S+)$", line.strip()) for line in lines) if m)
         runs.append({"wall_s": round(wall, 1), "exit_code": proc.returncode, "lines": len(lines),
                      "run_lines": [line.strip() for line in lines if line.startswith("refit ") and "succeeded" in line],
                      "phases_s": _demo_phases(home, run_ids, started, ended)})
@@ -411,22 +411,23 @@ def demo_rerun(args) -> dict:
             round(sum(later) / len(later), 1), "target_s": 15}
 
 
-def _demo_phases(home: Path, run_ids: list[str], started: float, ended: float) -> dict:
+def _demo_phases(home: Path, run_ids: dict[str, str], started: float, ended: float) -> dict:
     """Where one refit's wall time went, from its runs' events (the command's own clock at
     both ends): until the first step started (imports, the step server, creating the first
     run), the distances' runs (first step start to the last of them ending), the means run,
     and the command's end after the last event."""
     import dagster as dg
 
-    if len(run_ids) < 2:
+    distance_runs = [r for label, r in run_ids.items() if label != "means"]
+    means_run = run_ids.get("means")
+    if not distance_runs or means_run is None:  # a refit that failed: no phases
         return {}
     instance = dg.DagsterInstance.from_config(str(home))
     spans = {}
-    for run_id in run_ids:
+    for run_id in (*distance_runs, means_run):
         events = [e for e in instance.all_logs(run_id) if e.dagster_event is not None]
         step_starts = [e.timestamp for e in events if e.dagster_event.event_type == dg.DagsterEventType.STEP_START]
         spans[run_id] = (min(step_starts, default=float("nan")), max((e.timestamp for e in events), default=float("nan")))
-    distance_runs, means_run = run_ids[:-1], run_ids[-1]
     first_step = min(spans[r][0] for r in distance_runs)
     distances_end = max(spans[r][1] for r in distance_runs)
     last_event = max(v[1] for v in spans.values())
