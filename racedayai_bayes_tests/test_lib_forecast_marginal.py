@@ -54,7 +54,8 @@ def test_statistics_made_in_several_passes_equal_one_pass(chunk_rows):
     one, many = M.pattern_stats(data), M.pattern_stats(data, chunk_rows=chunk_rows)
     for name in ("kind", "h1", "h2", "term_n", "pat_n", "pat_count", "n_class"):
         np.testing.assert_array_equal(getattr(many, name), getattr(one, name))
-    for name in ("mat", "vec", "scal"):
+    np.testing.assert_allclose(many.mat_t.toarray(), one.mat_t.toarray(), rtol=1e-12, atol=1e-12)
+    for name in ("vec", "scal"):
         np.testing.assert_allclose(getattr(many, name), getattr(one, name), rtol=1e-12, atol=1e-12)
 
 
@@ -65,6 +66,33 @@ def test_batch_evaluation_equals_one_at_a_time(monkeypatch):
     batch = M.evaluate(stats, thetas).log_lik
     single = [M.evaluate(stats, th[None, :]).log_lik[0] for th in thetas]
     np.testing.assert_allclose(batch, single, rtol=0, atol=1e-9)
+
+
+def test_the_factor_is_written_in_place_and_a_matrix_that_is_not_positive_definite_gets_zero_density(monkeypatch):
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((6, 6))
+    spd = a @ a.T + 6 * np.eye(6)
+    batch = np.stack([spd, -np.eye(6)])  # C-ordered, as evaluate() holds them
+    assert M._factor_in_place(batch[0])
+    np.testing.assert_allclose(batch[0], np.linalg.cholesky(spd).T, rtol=1e-12, atol=1e-12)
+    assert np.all(np.tril(batch[0], -1) == 0.0)
+    assert not M._factor_in_place(batch[1])
+    np.testing.assert_array_equal(batch[1], np.eye(6))
+    # within an evaluation: the one theta whose matrix cannot be factored gets -inf, the others theirs
+    stats = M.pattern_stats(small_problem())
+    thetas = np.log(np.full((3, 5), 0.1))
+    real = M.evaluate(stats, thetas).log_lik
+    original = M._factor_in_place
+    calls = []
+
+    def second_fails(mat):
+        calls.append(1)
+        return original(mat) if len(calls) != 2 else (mat.__setitem__(Ellipsis, np.eye(len(mat))) or False)
+
+    monkeypatch.setattr(M, "_factor_in_place", second_fails)
+    out = M.evaluate(stats, thetas).log_lik
+    assert out[1] == -np.inf
+    np.testing.assert_array_equal(out[[0, 2]], real[[0, 2]])
 
 
 def test_coefficient_draws_follow_the_exact_conditional_posterior():

@@ -94,7 +94,7 @@ class _Batch:
         self.ev = ev
 
     def __getitem__(self, i):
-        return self.ev.chol[i], self.ev.v[i], self.ev.sd[i]
+        return self.ev.upper[i], self.ev.v[i], self.ev.sd[i]
 
 
 def _copy(payload):
@@ -102,11 +102,7 @@ def _copy(payload):
 
 
 def _draw_b(payload, rng):
-    import scipy.linalg
-
-    chol, v, sd = payload
-    z = rng.standard_normal(len(v))
-    return sd * scipy.linalg.solve_triangular(chol, v + z, lower=True, trans="T", check_finite=False)
+    return marginal.draw_b(*payload, rng)
 
 
 @dataclass
