@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from racedayai_bayes.lib.arrays import unique_inverse
 from racedayai_bayes.lib.data.frame import course_first_seasons
 from racedayai_bayes.lib.data.history import first_race
 
@@ -123,7 +124,7 @@ def cells(rows: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
     rows hold; a blank age group is its own level ('M|'). No string is made per row."""
     ages, uniques = pd.factorize(rows["age_group"].astype("string").fillna(""), sort=False)
     genders = gender_codes(rows)
-    combos, inverse = np.unique(genders * len(uniques) + ages, return_inverse=True)
+    combos, inverse = unique_inverse(genders * len(uniques) + ages)
     labels = [f"{GENDERS[c // len(uniques)]}|{uniques[c % len(uniques)]}" for c in combos]
     return inverse.reshape(-1), labels
 

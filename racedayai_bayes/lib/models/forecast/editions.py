@@ -51,6 +51,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from racedayai_bayes.lib.arrays import unique_inverse
+
 START = {"eta": 0.14, "course": 0.06, "day": 0.05}
 
 
@@ -91,7 +93,7 @@ def first_pass(
     n_ed = len(edition_course)
     ed_course = np.asarray(edition_course, dtype=np.int64)
     n_course = int(ed_course.max()) + 1
-    combos, inverse = np.unique(np.asarray(cell, np.int64) * n_ed + edition, return_inverse=True)
+    combos, inverse = unique_inverse(np.asarray(cell, np.int64) * n_ed + edition)
     w = np.bincount(inverse).astype(np.float64)
     sy = np.bincount(inverse, weights=y)
     syy = float(y @ y)

@@ -57,6 +57,8 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
+from racedayai_bayes.lib.arrays import unique_inverse
+
 # theta = log of these scales, in this order
 SCALES = ("sigma_first", "sigma_returning", "tau", "sigma_course", "sigma_cell")
 PRIOR_SCALE = 0.5  # HalfNormal scale of every entry of SCALES (log-time units)
@@ -149,11 +151,11 @@ def pattern_stats(data: FitData, chunk_rows: int = CHUNK_ROWS) -> PatternStats:
     cls = (~np.asarray(data.first)).astype(np.int8)  # 0 first, 1 returning
     athlete = np.asarray(data.athlete)
     if len(athlete) and not (athlete.min() >= 0 and (np.bincount(athlete) > 0).all()):
-        _, athlete = np.unique(athlete, return_inverse=True)  # number the athletes 0..m-1
+        _, athlete = unique_inverse(athlete)  # number the athletes 0..m-1
     n_ath = int(athlete.max()) + 1 if len(athlete) else 0
     n_jh = [np.bincount(athlete[cls == h], minlength=n_ath) for h in (0, 1)]
     top = int(n_jh[1].max()) + 1 if n_ath else 1
-    keys, pat_of, pat_count = np.unique(n_jh[0] * top + n_jh[1], return_inverse=True, return_counts=True)
+    keys, pat_of, pat_count = unique_inverse(n_jh[0] * top + n_jh[1], return_counts=True)
     pats = np.column_stack([keys // top, keys % top])
 
     # the terms: A_0, A_1, then each pattern's (0,0), (1,1) and (0,1) products that exist

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtri
 
+from racedayai_bayes.lib.arrays import unique_inverse
 from racedayai_bayes.lib.inference.draws import log_mean_exp
 from racedayai_bayes.lib.models.forecast.design import ForecastDesign, ForecastEncoding
 from racedayai_bayes.lib.runreport import every_tenth, with_progress
@@ -101,7 +102,7 @@ def _tables(design: ForecastDesign, enc: ForecastEncoding, draws: PopulationDraw
     h = (~design.first).astype(np.int64)
     n_cell, n_course = len(enc.cells) + 1, len(enc.courses) + 1
     key = ((design.gender * n_cell + (cell + 1)) * n_course + (course + 1)) * 2 + h
-    keys, inverse = np.unique(key, return_inverse=True)
+    keys, inverse = unique_inverse(key)
     k_h = keys % 2
     rest = keys // 2
     k_course = rest % n_course - 1

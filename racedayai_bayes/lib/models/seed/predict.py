@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 
+from racedayai_bayes.lib.arrays import unique_inverse
 from racedayai_bayes.lib.data.frame import MODEL_DISTANCES
 from racedayai_bayes.lib.inference.draws import Draws, log_mean_exp
 from racedayai_bayes.lib.models.base import INTERVAL_COLUMNS, PREDICTION_COLUMNS, ProgressFn
@@ -113,7 +114,7 @@ def _combinations(p: dict[str, np.ndarray], design: Design) -> tuple[np.ndarray,
     n_age, n_cluster = design.n_age + 1, design.n_cluster + 1  # the last index is "new group"
     a = np.where(design.age_idx < 0, design.n_age, design.age_idx)
     c = np.where(design.cluster_idx < 0, design.n_cluster, design.cluster_idx)
-    codes, inverse = np.unique((design.gender_idx * n_age + a) * n_cluster + c, return_inverse=True)
+    codes, inverse = unique_inverse((design.gender_idx * n_age + a) * n_cluster + c)
     g, rest = np.divmod(codes, n_age * n_cluster)
     ua, uc = np.divmod(rest, n_cluster)
     new_age, new_cluster = (ua == design.n_age)[:, None], (uc == design.n_cluster)[:, None]
