@@ -137,6 +137,39 @@ class PatternStats:
         return len(self.kind)
 
 
+class _Triangles:
+    """Sums of K x K sparse products, each term's kept as its packed upper triangle: the
+    columns of PatternStats.mat_t. No dense K x K matrix is made."""
+
+    def __init__(self, k: int):
+        self.k = k
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (packed position, term, value)
+
+    def add(self, term: int, product, mixed: bool = False) -> None:
+        """Add a symmetric ``product`` to ``term``; with ``mixed``, add product + product^T
+        (the two mixed terms of a pattern, stored once)."""
+        m = product.tocoo()
+        row, col, value = m.row.astype(np.int64), m.col.astype(np.int64), m.data
+        if mixed:  # entry (i, j) of m + m^T is m_ij + m_ji: each entry goes to (min, max), the diagonal twice
+            row, col = np.minimum(row, col), np.maximum(row, col)
+            value = np.where(row == col, 2.0 * value, value)
+        else:  # symmetric: its upper triangle
+            upper = row <= col
+            row, col, value = row[upper], col[upper], value[upper]
+        position = row * self.k - row * (row - 1) // 2 + (col - row)  # np.triu_indices(k)'s order
+        self.parts.append((position, np.full(len(position), term, dtype=np.int64), value))
+
+    def matrix(self, terms: int) -> sp.csr_matrix:
+        """(K(K+1)/2, terms), duplicates summed."""
+        if not self.parts:
+            return sp.csr_matrix((self.k * (self.k + 1) // 2, terms))
+        position, term, value = (np.concatenate(a) for a in zip(*self.parts))
+        out = sp.coo_matrix((value, (position, term)), shape=(self.k * (self.k + 1) // 2, terms)).tocsr()
+        out.sum_duplicates()
+        out.eliminate_zeros()
+        return out
+
+
 def pattern_stats(data: FitData, chunk_rows: int = CHUNK_ROWS) -> PatternStats:
     """A_h, T_{p,hh'} and companions (see the module docstring), in passes of about
     ``chunk_rows`` rows.
@@ -146,7 +179,6 @@ def pattern_stats(data: FitData, chunk_rows: int = CHUNK_ROWS) -> PatternStats:
     every term: the working memory is that of one pass, not of every athlete at once.
     """
     k = data.x.shape[1]
-    iu = np.triu_indices(k)
     y = np.asarray(data.y, dtype=np.float64)
     cls = (~np.asarray(data.first)).astype(np.int8)  # 0 first, 1 returning
     athlete = np.asarray(data.athlete)
@@ -171,7 +203,7 @@ def pattern_stats(data: FitData, chunk_rows: int = CHUNK_ROWS) -> PatternStats:
                 h2s.append(b)
                 tn.append((int(n0), int(n1)))
         pattern_terms.append(own)
-    mat = np.zeros((len(kinds), len(iu[0])))
+    triangle = _Triangles(k)  # each term's upper triangle, as the sparse products make it
     vec = np.zeros((len(kinds), k))
     scal = np.zeros(len(kinds))
 
@@ -192,7 +224,7 @@ def pattern_stats(data: FitData, chunk_rows: int = CHUNK_ROWS) -> PatternStats:
             sel = cls[rows] == h
             xh = data.x[rows[sel]]
             yh = y[rows[sel]]
-            mat[h] += (xh.T @ xh).toarray()[iu]
+            triangle.add(h, xh.T @ xh)
             vec[h] += xh.T @ yh
             scal[h] += yh @ yh
             incidence = sp.csr_matrix((np.ones(len(yh)), (local[sel], np.arange(len(yh)))), shape=(a_hi - a_lo, len(yh)))
@@ -203,14 +235,12 @@ def pattern_stats(data: FitData, chunk_rows: int = CHUNK_ROWS) -> PatternStats:
         for lo, hi in zip(starts, np.r_[starts[1:], len(chunk_pats)]):
             for a, b, t in pattern_terms[chunk_pats[lo]]:
                 sa, sb = s[a][lo:hi], s[b][lo:hi]
-                m = (sa.T @ sb).toarray()
                 v = sa.T @ yy[b][lo:hi]
                 sc = yy[a][lo:hi] @ yy[b][lo:hi]
                 if a != b:  # both mixed terms, stored once
-                    m = m + m.T
                     v = v + sb.T @ yy[a][lo:hi]
                     sc = 2.0 * sc
-                mat[t] += m[iu]
+                triangle.add(t, sa.T @ sb, mixed=a != b)
                 vec[t] += v
                 scal[t] += sc
     return PatternStats(
@@ -221,7 +251,7 @@ def pattern_stats(data: FitData, chunk_rows: int = CHUNK_ROWS) -> PatternStats:
         h1=np.array(h1s),
         h2=np.array(h2s),
         term_n=np.array(tn, dtype=np.float64).reshape(-1, 2),
-        mat_t=sp.csc_matrix(mat).T,  # the CSC form of mat, transposed: CSR, no copy
+        mat_t=triangle.matrix(len(kinds)),
         vec=vec,
         scal=scal,
         pat_n=pats.astype(np.float64),
