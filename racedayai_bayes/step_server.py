@@ -26,9 +26,8 @@ STEP_PRELOAD = [
     "racedayai_bayes.lib.models.forecast.fit",
     "racedayai_bayes.lib.outputs.artifacts",
     # what a posterior step imported itself when measured (2026-12-03): the scores' metrics
-    # (0.15 s), the rank plot's backend, the seed's plots, the artifact's Parquet side tables
+    # (0.15 s), the seed's plots, the artifact's Parquet side tables
     "sklearn.metrics",
-    "arviz.plots.backends.matplotlib",
     "racedayai_bayes.lib.models.seed.plots",
     "pyarrow.parquet",
     "pyarrow.dataset",

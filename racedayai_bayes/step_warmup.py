@@ -58,8 +58,7 @@ def warm_plots() -> bool:
         predicted = observed[::-1].copy()
         plots.predicted_vs_observed(observed, predicted)
         plots.coverage_by_decile_plot(plots.coverage_by_decile(observed, predicted - 3_000.0, predicted + 3_000.0))
-        # ArviZ's rank plot, which every model draws: its first one in a process took 0.48 s
-        # against 0.31-0.38 s for a later one (measured 2026-12-03)
+        # the rank plot, which every model draws (ArviZ's ranks, Matplotlib's step outlines)
         rng = np.random.default_rng(0)
         plots.scale_rank_plot(Draws(samples={"a": rng.random((2, 50)), "b": rng.random((2, 50))},
                                     diverging=np.zeros((2, 50), dtype=bool), engine="warmup"), ("a", "b"))

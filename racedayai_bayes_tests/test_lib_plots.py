@@ -314,3 +314,67 @@ def test_calibrated_model_is_flat_by_predicted_decile_but_not_by_observed():
     # 20,000 rows a decile: binomial sd 0.002, so 0.01 is 5 sd
     np.testing.assert_allclose(by_predicted["coverage"], 0.9, atol=0.01)
     assert by_observed["coverage"].iloc[[0, -1]].max() < 0.8 < by_observed["coverage"].iloc[4:6].min()
+
+
+# ---------------------------------------------------------------- fixed margins
+
+
+def _figures_drawn(monkeypatch) -> list:
+    """Every figure the plots below turn into PNG bytes, kept for inspection."""
+    from racedayai_bayes.lib.evaluation import plots
+    from racedayai_bayes.lib.models.seed import plots as seed_plots
+
+    figures, real = [], plots.png
+
+    def keep(fig):
+        figures.append(fig)
+        return real(fig)
+
+    monkeypatch.setattr(plots, "png", keep)
+    monkeypatch.setattr(seed_plots, "png", keep)
+    return figures
+
+
+def test_plots_with_fixed_margins_keep_every_text_inside_the_image(monkeypatch):
+    """The plots place their axes with margins in inches instead of tight_layout: no title,
+    label, tick label, legend or annotation may fall outside the image, for the largest
+    layouts they draw (five scales of four chains, 36 groups, a hexbin with its colour bar,
+    ten deciles with the legend below). A text cut by the image's edge leaves ink in its
+    outermost pixels; the texts other than tick labels (whose unused ones Matplotlib keeps
+    undrawn) must also lie inside it whole."""
+    from matplotlib.image import imread
+    from matplotlib.text import Text
+
+    figures = _figures_drawn(monkeypatch)
+    rng = np.random.default_rng(0)
+    sites = ("sigma_first", "sigma_returning", "tau", "sigma_course", "sigma_cell")
+    draws = Draws({s: rng.lognormal(-2.5, 0.1, size=(4, 300)) for s in sites}, np.zeros((4, 300), dtype=bool), "test")
+    ages = tuple(f"{s}{a}-{a + 4}" for s in "FM" for a in range(18, 80, 5))
+    big_enc = Encoding(distance="140.6", age_levels=ages, cluster_levels=(-1, *range(9)), y_mean=45_000.0,
+                       y_std=5_000.0, exp_mean=1.0, exp_std=0.5, default_cluster_idx=0)
+    observed = rng.normal(45_000, 6_000, 20_000)
+    predicted = observed + rng.normal(0, 4_000, observed.size)
+    pngs = [
+        scale_rank_plot(draws, sites),
+        group_effect_forest(make_draws(n_age=len(ages), n_cluster=10), big_enc),
+        predicted_vs_observed(observed, predicted),
+        predicted_vs_observed(observed[:500], predicted[:500]),
+        coverage_by_decile_plot(coverage_by_decile(observed, predicted - 6_000, predicted + 6_000, predicted)),
+    ]
+    assert len(figures) == len(pngs)
+    for fig, png in zip(figures, pngs):
+        image = imread(io.BytesIO(png), format="png")[..., :3]
+        frame = np.concatenate([image[:2].reshape(-1, 3), image[-2:].reshape(-1, 3),
+                                image[:, :2].reshape(-1, 3), image[:, -2:].reshape(-1, 3)])
+        assert frame.min() > 0.99, f"ink at the edge of {fig.texts[0].get_text() if fig.texts else fig.axes[0].get_title()!r}"
+        renderer = fig.canvas.get_renderer()
+        width, height = fig.canvas.get_width_height()
+        every_axes = [*fig.axes, *(child for ax in fig.axes for child in ax.child_axes)]  # the minutes axis of the forest
+        ticks = {id(label) for ax in every_axes for axis in (ax.xaxis, ax.yaxis)
+                 for tick in axis.get_major_ticks() + axis.get_minor_ticks() for label in (tick.label1, tick.label2)}
+        texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip() and id(t) not in ticks]
+        assert len(texts) >= 3
+        for text in texts:
+            box = text.get_window_extent(renderer)
+            assert box.x0 >= -1 and box.y0 >= -1 and box.x1 <= width + 1 and box.y1 <= height + 1, (
+                f"{text.get_text()!r} at {box} is outside the {width} x {height} image")

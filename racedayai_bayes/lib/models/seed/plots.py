@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from racedayai_bayes.lib.evaluation.plots import new_figure, png
+from racedayai_bayes.lib.evaluation.plots import fixed_margins, new_figure, png
 from racedayai_bayes.lib.inference.draws import Draws
 from racedayai_bayes.lib.models.seed.encoding import NO_CLUSTER, Encoding
 
@@ -90,7 +90,8 @@ def group_effect_forest(draws: Draws, enc: Encoding) -> bytes:
         f"(finish-time sd {enc.y_std / 60:.0f} min)",
         fontsize=10,
     )
-    fig.tight_layout()
+    # labels up to 'age group (38)' in bold at the left; the minutes axis and the title on top
+    fixed_margins(fig, left=1.45, right=0.4, top=0.95, bottom=0.55)
     return png(fig)
 
 
