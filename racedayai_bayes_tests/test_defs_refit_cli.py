@@ -52,12 +52,12 @@ def test_refit_both_distances_on_the_instance(dagster_home, small_inputs, tmp_pa
     assert len(lines) <= MAX_LINES, second.stdout
     assert second.stderr == "" and "DEBUG" not in second.stdout
     # one line per step as it finishes, with the partition and the seconds it took; the
-    # posterior-means CSVs once, by the last run, after both distances' runs
+    # posterior-means CSVs once, by a last run (its timing is checked below)
     for step in ("athlete_race", "athlete_profile", "cluster_assignments", "model_frame",
                  "bayesian_posterior_means", "forecast_posterior_means"):
         assert sum(bool(re.match(rf"  {step} +\d+\.\d s", line)) for line in lines) == 1, step
-    finished = [i for i, line in enumerate(lines) if re.match(r"refit (70\.3|140\.6|means): succeeded in", line)]
-    assert [lines[i].split(":")[0] for i in finished][-1] == "refit means"
+    finished = [line.split(":")[0] for line in lines if re.match(r"refit (70\.3|140\.6|means): succeeded in", line)]
+    assert sorted(finished) == ["refit 140.6", "refit 70.3", "refit means"]
     partitioned = ("holdout_split", *MODEL_ASSETS, "published_model", "bayesian_predictions")
     for distance in ("70.3", "140.6"):
         for step in partitioned:
@@ -87,6 +87,13 @@ def test_refit_both_distances_on_the_instance(dagster_home, small_inputs, tmp_pa
     for record in instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": "140.6"}), limit=1):
         by_partition["140.6"] = record
     assert by_partition["140.6"].start_time < by_partition["70.3"].end_time
+    # the means run of the second refit started once both distances' runs had stored the
+    # posteriors it reads (it may run beside the later run's last steps, which it does not read)
+    (means,) = instance.get_run_records(dg.RunsFilter(tags={"racedayai/run": "posterior means"}), limit=1)
+    stored_at = [e.timestamp for d in ("70.3", "140.6")
+                 for e in instance.all_logs(by_partition[d].dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+                 if e.dagster_event.asset_key in (dg.AssetKey("posterior_seed_profile"), dg.AssetKey("posterior_forecast"))]
+    assert len(stored_at) == 4 and means.start_time >= max(stored_at)
     for run in runs:
         for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
             mat = entry.dagster_event.event_specific_data.materialization
