@@ -512,3 +512,30 @@ def test_a_start_list_keeps_its_columns_counts_repeats_and_reads_spellings(tmp_p
     assert start.event == {"event_name": "X", "event_year": 2027, "event_distance": "70.3"}
     assert start.counts == {"athletes": 3, "without_athlete_hash": 1, "listed_more_than_once": 1}
     assert any("listed more than once" in n for n in start.notes)
+
+
+# --- white space around cells and empty cells ----------------------------------------------
+
+
+@pytest.mark.parametrize("cells", [
+    ["a", "b", "c"],  # clean: nothing to trim or blank
+    [" a", "b ", "c"],  # ASCII spaces at either end
+    ["a", "\tb", "c\x1c"],  # a tab, a file separator (both white space to Arrow and to Python)
+    ["a", "\u00a0b", "c\u3000"],  # Unicode white space: a no-break and an ideographic space
+    ["Échallens", "b", "c"],  # a first byte that is not ASCII and no white space
+    ["a", '""', "c"],  # a quoted empty cell
+    ["a", '" "', "c"],  # a quoted blank cell
+    ["a", "", "c"],  # a missing cell
+    ["", "", ""],  # nothing at all
+])
+def test_text_cells_are_trimmed_and_blank_ones_missing_whatever_the_shortcut(tmp_path, cells):
+    """A column's cells are trimmed of white space and blanks become missing; a clean column
+    skips both passes. The result is the same as trimming and blanking every column."""
+    from racedayai_bayes.lib.data.contracts import _read_text_columns
+
+    path = _write(tmp_path, "t.csv", "x,y\n" + "".join(f"{c},k{i}\n" for i, c in enumerate(cells)))
+    frame, _ = _read_text_columns(path, ["x", "y"])
+    raw = pd.read_csv(path, engine="pyarrow", dtype="string", keep_default_na=False, na_values=[""])
+    for col in ("x", "y"):
+        expected = raw[col].str.strip().replace("", pd.NA)
+        pd.testing.assert_series_equal(frame[col], expected, check_names=False)

@@ -131,8 +131,47 @@ def _read_text_columns(path: Path, columns: list[str]) -> tuple[pd.DataFrame, li
         notes.append(f"{bad:,} cells held bytes that are not UTF-8; they were replaced by U+FFFD")
     frame.columns = [c.lstrip("\ufeff") for c in frame.columns]
     for col in columns:
-        frame[col] = frame[col].str.strip().replace("", pd.NA)
+        edge, empty = _edge_space_and_empty(frame[col])
+        if edge:
+            frame[col] = frame[col].str.strip()
+        if edge or empty:
+            frame[col] = frame[col].replace("", pd.NA)
     return frame, notes
+
+
+def _edge_space_and_empty(text: pd.Series) -> tuple[bool, bool]:
+    """Whether any cell of a text column may start or end with white space, and whether any
+    is empty: (True, True) unless the column is Arrow-backed.
+
+    Read from Arrow's buffers, with no string made: a cell may need trimming if its first or
+    last byte is ASCII white space (what Arrow's ``utf8_trim_whitespace`` and Python's
+    ``str.strip`` remove: tab to carriage return, 0x1C to 0x20) or not ASCII (Unicode white
+    space, such as a no-break space). Most columns of a clean file need neither trimming nor
+    blanking, each of which took 0.05-0.1 s per column of 3.7M rows (measured 2026-12-04).
+    """
+    import pyarrow as pa
+
+    arr = getattr(text.array, "_pa_array", None)
+    if arr is None or not pa.types.is_string(arr.type) and not pa.types.is_large_string(arr.type):
+        return True, True
+    edge = empty = False
+    for chunk in arr.chunks:
+        if len(chunk) == 0:
+            continue
+        _, offsets_buf, data_buf = chunk.buffers()
+        wide = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
+        offsets = np.frombuffer(offsets_buf, dtype=wide)[chunk.offset:chunk.offset + len(chunk) + 1]
+        valid = chunk.is_valid().to_numpy(zero_copy_only=False)
+        length = np.diff(offsets)
+        empty = empty or bool((valid & (length == 0)).any())
+        cells = valid & (length > 0)
+        if cells.any():
+            data = np.frombuffer(data_buf, dtype=np.uint8)
+            for byte in (data[offsets[:-1][cells]], data[offsets[1:][cells] - 1]):  # first, last
+                edge = edge or bool(((byte >= 0x80) | ((byte >= 0x09) & (byte <= 0x0D)) | ((byte >= 0x1C) & (byte <= 0x20))).any())
+        if edge and empty:
+            break
+    return edge, empty
 
 
 def _open(path: str | Path, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> tuple[pd.DataFrame, list[str], Path]:
