@@ -139,6 +139,12 @@ def _read_text_columns(path: Path, columns: list[str]) -> tuple[pd.DataFrame, li
     return frame, notes
 
 
+# bytes a cell may not start or end with and skip trimming: ASCII white space, and any byte
+# that is not ASCII (it may begin Unicode white space)
+_EDGE_BYTE = np.zeros(256, dtype=bool)
+_EDGE_BYTE[0x09:0x0E] = _EDGE_BYTE[0x1C:0x21] = _EDGE_BYTE[0x80:] = True
+
+
 def _edge_space_and_empty(text: pd.Series) -> tuple[bool, bool]:
     """Whether any cell of a text column may start or end with white space, and whether any
     is empty: (True, True) unless the column is Arrow-backed.
@@ -161,14 +167,19 @@ def _edge_space_and_empty(text: pd.Series) -> tuple[bool, bool]:
         _, offsets_buf, data_buf = chunk.buffers()
         wide = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
         offsets = np.frombuffer(offsets_buf, dtype=wide)[chunk.offset:chunk.offset + len(chunk) + 1]
-        valid = chunk.is_valid().to_numpy(zero_copy_only=False)
-        length = np.diff(offsets)
-        empty = empty or bool((valid & (length == 0)).any())
-        cells = valid & (length > 0)
+        cells = offsets[1:] > offsets[:-1]  # not empty (a missing cell is empty too)
+        if chunk.null_count:
+            valid = chunk.is_valid().to_numpy(zero_copy_only=False)
+            empty = empty or bool((valid & ~cells).any())
+            cells &= valid
+        else:
+            empty = empty or not cells.all()
         if cells.any():
             data = np.frombuffer(data_buf, dtype=np.uint8)
-            for byte in (data[offsets[:-1][cells]], data[offsets[1:][cells] - 1]):  # first, last
-                edge = edge or bool(((byte >= 0x80) | ((byte >= 0x09) & (byte <= 0x0D)) | ((byte >= 0x1C) & (byte <= 0x20))).any())
+            last = len(data) - 1
+            first_byte = data[np.minimum(offsets[:-1], last)]
+            last_byte = data[np.maximum(offsets[1:] - 1, 0)]
+            edge = edge or bool(((_EDGE_BYTE[first_byte] | _EDGE_BYTE[last_byte]) & cells).any())
         if edge and empty:
             break
     return edge, empty
@@ -226,7 +237,7 @@ def _numeric(frame: pd.DataFrame, col: str, path: Path, notes: list[str], *, int
 
 def _closed_vocabulary(
     frame: pd.DataFrame, col: str, path: Path, notes: list[str], spellings: dict, *,
-    what: str, accepted: str, unrecognised: str,
+    what: str, accepted: str, unrecognised: str, dtype: str,
 ) -> tuple[pd.Series, pd.Series]:
     """Read ``col`` through a closed vocabulary: (canonical values, mask of unrecognised cells).
 
@@ -265,7 +276,10 @@ def _closed_vocabulary(
         counts = pd.Series(codes[respelled]).value_counts()
         examples = ", ".join(f"{str(uniques[i])!r} \u2192 {canonical[i]}" for i in counts.index[:5])
         notes.append(f"{int(respelled.sum()):,} rows: {col} in another spelling, read as {what}: {examples}")
-    return pd.Series(canonical, dtype=object).take(np.maximum(codes, 0)).set_axis(frame.index).where(known), pd.Series(bad, index=frame.index)
+    # the distinct canonical values in ``dtype``, then one take per row (no Python object per row)
+    levels = pd.array([c if c is not None else pd.NA for c in canonical] or [pd.NA], dtype=dtype)
+    values = levels.take(np.where(known, codes, -1), allow_fill=True)
+    return pd.Series(values, index=frame.index), pd.Series(bad, index=frame.index)
 
 
 def _boolean(frame: pd.DataFrame, col: str, path: Path, notes: list[str]) -> pd.Series:
@@ -276,8 +290,9 @@ def _boolean(frame: pd.DataFrame, col: str, path: Path, notes: list[str]) -> pd.
         accepted="write True or False (true/false, 1/0, yes/no, t/f, y/n, in any case, are read too) "
         "or leave the cell blank",
         unrecognised="read as blank (not known to be a pro, so the race is kept)",
+        dtype="boolean",
     )
-    return values.astype("boolean")
+    return values
 
 
 def _gender(frame: pd.DataFrame, path: Path, notes: list[str]) -> pd.Series:
@@ -287,9 +302,10 @@ def _gender(frame: pd.DataFrame, path: Path, notes: list[str]) -> pd.Series:
         what="M or F",
         accepted="write M or F (m, male, man / f, female, w, woman, in any case, are read too) or leave the cell blank",
         unrecognised="encoded like a blank gender (index 0), as the seed does",
+        dtype="string",
     )
     # unrecognised values stay as written (the encoding treats them like a blank)
-    return values.where(~bad, frame["gender"]).astype("string")
+    return values.where(~bad, frame["gender"]).astype("string") if bad.any() else values
 
 
 def _tidy_age_group(value: str) -> str:
