@@ -414,8 +414,9 @@ def demo_rerun(args) -> dict:
 def _demo_phases(home: Path, run_ids: dict[str, str], started: float, ended: float) -> dict:
     """Where one refit's wall time went, from its runs' events (the command's own clock at
     both ends): until the first step started (imports, the step server, creating the first
-    run), the distances' runs (first step start to the last of them ending), the means run,
-    and the command's end after the last event."""
+    run), the distances' runs (first step start to the last of them ending), the means run's
+    time beyond them (it may start before the later distance's run ends, beside its last
+    steps), the command's end after the last event; and the means run's own span."""
     import dagster as dg
 
     distance_runs = [r for label, r in run_ids.items() if label != "means"]
@@ -427,12 +428,15 @@ def _demo_phases(home: Path, run_ids: dict[str, str], started: float, ended: flo
     for run_id in (*distance_runs, means_run):
         events = [e for e in instance.all_logs(run_id) if e.dagster_event is not None]
         step_starts = [e.timestamp for e in events if e.dagster_event.event_type == dg.DagsterEventType.STEP_START]
-        spans[run_id] = (min(step_starts, default=float("nan")), max((e.timestamp for e in events), default=float("nan")))
+        spans[run_id] = (min(step_starts, default=float("nan")), max((e.timestamp for e in events), default=float("nan")),
+                         min((e.timestamp for e in events), default=float("nan")))
     first_step = min(spans[r][0] for r in distance_runs)
     distances_end = max(spans[r][1] for r in distance_runs)
     last_event = max(v[1] for v in spans.values())
     return {"until_first_step": round(first_step - started, 2), "distance_runs": round(distances_end - first_step, 2),
-            "means_run": round(last_event - distances_end, 2), "after_last_event": round(ended - last_event, 2)}
+            "means_after_distance_runs": round(max(0.0, last_event - distances_end), 2),
+            "after_last_event": round(ended - last_event, 2),
+            "means_run": round(spans[means_run][1] - spans[means_run][2], 2)}
 
 
 def backtest(args) -> dict:
@@ -806,14 +810,17 @@ def _write(results: dict) -> None:
         if phased:
             lines += ["Where each refit's wall time went (s; from its runs' events): until the first step started "
                       "(the imports, the step server, creating the first run), the distances' runs (from that step to "
-                      "the last of them ending), the means run, and the command's end after its last event:", "",
-                      "| refit | until the first step | distances' runs | means run | after the last event |",
-                      "|---|---|---|---|---|"]
+                      "the last of them ending), the means run's time beyond them (since 2026-12-04 ~19:40 it starts once "
+                      "both distances have stored their posteriors, beside the later run's last steps), and the command's "
+                      "end after its last event; the means run's own span beside:", "",
+                      "| refit | until the first step | distances' runs | means run beyond them | after the last event | means run |",
+                      "|---|---|---|---|---|---|"]
             for name, r in zip(("first", *["later"] * len(dr["later"])), (dr["first"], *dr["later"])):
                 ph = r.get("phases_s") or {}
                 if ph:
-                    lines.append(f"| {name} | {ph['until_first_step']} | {ph['distance_runs']} | {ph['means_run']} | "
-                                 f"{ph['after_last_event']} |")
+                    lines.append(f"| {name} | {ph['until_first_step']} | {ph['distance_runs']} | "
+                                 f"{ph.get('means_after_distance_runs', ph['means_run'])} | {ph['after_last_event']} | "
+                                 f"{ph['means_run'] if 'means_after_distance_runs' in ph else '-'} |")
             lines.append("")
     fc = results.get("forecast_cli")
     if fc and "forecast_s" in fc:

@@ -304,15 +304,22 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
                 child.cancel()  # still waiting for the model frame: no run of theirs exists
             if first_id and later:
                 report.line(f"not refitting {', '.join(distances[1:])}: the first run did not build the model frame")
+        def write_means() -> str | None:
+            return refit("means", means_keys, tags={RUN_TAG: "posterior means", LOG_TAG: str(log_path)})
+
         # Once every distance has stored the posteriors the means are made of, the means run
         # starts beside the later run's last steps (its gate and its CSV), which it does not
-        # need: at the demo's scale that run took 0.9 s after both distances' runs had ended
-        # (2026-12-04). Otherwise it waits for every run to end, as below.
-        means_written = False
+        # read: at the demo's scale that run took 0.9 s after both distances' runs had ended
+        # (2026-12-04). With more than one later distance, or any doubt, it waits for every
+        # run to end, as below. An interrupt that reaches this process alone while the means
+        # run executes is passed on to the later distance's process, as while waiting for it.
+        means_id = None
         if (means_keys and built and not interrupted and len(later) == 1
                 and set(means_inputs) <= _materialized_keys(instance, first_id)
                 and later[0].stored(set(means_inputs)) and not (later[0].interrupted or dog.interrupted)):
-            means_written = bool(refit("means", means_keys, tags={RUN_TAG: "posterior means", LOG_TAG: str(log_path)}))
+            means_id = write_means()
+            if means_id and (dog.interrupted or _interrupted(instance, means_id)):
+                later[0].interrupt()
         for child in later:
             run_id = child.wait(instance, checked_assets)
             interrupted |= child.interrupted or (bool(run_id) and _interrupted(instance, run_id))
@@ -323,12 +330,11 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
         # was refused, say because another refit of it is running), and never after a Ctrl-C:
         # a run may have stored its posterior before it was stopped, but nothing new starts
         stored = any(_materialized_keys(instance, r) & set(means_inputs) for r in run_ids)
-        if means_written:
-            pass
-        elif means_keys and stored and interrupted:
-            report.line("not writing the posterior means: the refit was interrupted")
-        elif means_keys and stored:
-            refit("means", means_keys, tags={RUN_TAG: "posterior means", LOG_TAG: str(log_path)})
+        if means_keys and stored and not means_id:
+            if interrupted:
+                report.line("not writing the posterior means: the refit was interrupted")
+            else:
+                write_means()
     finally:
         dog.__exit__(None, None, None)
         for child in later:
@@ -432,20 +438,23 @@ class _Later:
     def stored(self, keys: set) -> bool:
         """Wait until the child's run has materialised ``keys`` (True), or the child has ended
         (False). A Ctrl-C is passed on to the child, as in :meth:`wait`, and gives False."""
-        import signal
-
         self.release()
         try:
             return self.watcher.wait_for(keys, lambda: self.proc.poll() is None)
         except KeyboardInterrupt:
-            self.interrupted = True
-            self.proc.send_signal(signal.SIGINT)
+            self.interrupt()
             return False
+
+    def interrupt(self) -> None:
+        """Stop the child's run the way Dagster stops a run (an interrupt), if it still runs."""
+        import signal
+
+        self.interrupted = True
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
 
     def wait(self, instance, checked_assets) -> str | None:
         """Wait for the child; report its run's end. The run's id, or None if it never started."""
-        import signal
-
         import dagster as dg
 
         self.release()
@@ -454,8 +463,7 @@ class _Later:
                 code = self.proc.wait()
                 break
             except KeyboardInterrupt:
-                self.interrupted = True
-                self.proc.send_signal(signal.SIGINT)  # Dagster's way to stop the child's run
+                self.interrupt()
         self.watcher.finish()
         records = instance.get_run_records(dg.RunsFilter(tags=self.watcher.tags), limit=1)
         if not records:

@@ -119,6 +119,11 @@ class StopWatchdog:
         could fail (the dump of this process's own stacks, the report)."""
         left = [pid for pid, _name in self.processes()]
         for pid in left:
+            # a stopped process (SIGSTOP, Ctrl-Z) is continued first: stopped, it can neither
+            # write its stacks nor wake the thread that waits for Dagster's stop request, and
+            # the executor, which waits for that thread to acknowledge the request
+            # (multiprocessing's Event.set), would wait for ever once the process is killed
+            _signal_if_running(pid, signal.SIGCONT, self.processes)
             _signal_if_running(pid, DUMP_SIGNAL, self.processes)
         if left:
             time.sleep(DUMP_WAIT_S)

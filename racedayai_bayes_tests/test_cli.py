@@ -360,3 +360,61 @@ def test_the_installed_command_runs_entry_and_keeps_mains_exit_codes(tmp_path):
     assert proc.stderr.startswith("error: DAGSTER_HOME is not set") and proc.stderr.count("\n") == 1
     usage = subprocess.run([str(program), "refit", "--distance", "sprint"], capture_output=True, text=True, timeout=120)
     assert usage.returncode == 2 and "invalid choice" in usage.stderr
+
+
+# --- the later distance's process: when its posteriors are stored ----------------------------
+
+
+def _materialization(key: str):
+    return SimpleNamespace(dagster_event=SimpleNamespace(is_step_materialization=True, asset_key=key))
+
+
+def test_the_later_runs_watcher_says_when_it_has_stored_the_keys_or_that_its_process_ended():
+    """The means run starts as soon as the later run has stored the posteriors the means read
+    (cli._refit_runs); the wait ends without them if the later process ends first."""
+    import threading
+    import time
+
+    from racedayai_bayes.cli import _RunWatcher
+
+    watcher = _RunWatcher({"racedayai/run": "x"}, RefitReport(io.StringIO()))
+    watcher.is_alive = lambda: True  # its reading thread is not started here: the events come below
+
+    def feed():
+        for key in ("posterior_seed_profile", "bayesian_predictions", "posterior_forecast"):
+            time.sleep(0.05)
+            watcher._note(_materialization(key))
+
+    threading.Thread(target=feed).start()
+    t0 = time.monotonic()
+    assert watcher.wait_for({"posterior_seed_profile", "posterior_forecast"}, alive=lambda: True)
+    assert time.monotonic() - t0 < 5
+    # a step that is not a materialisation is not counted, and an ended process ends the wait
+    watcher._note(SimpleNamespace(dagster_event=SimpleNamespace(is_step_materialization=False, asset_key="other")))
+    watcher._note(SimpleNamespace(dagster_event=None))
+    assert "other" not in watcher.materialized
+    assert not watcher.wait_for({"other"}, alive=lambda: False)
+
+
+def test_an_interrupt_while_waiting_for_the_later_runs_posteriors_is_passed_on_to_its_process():
+    import signal
+
+    from racedayai_bayes.cli import _Later
+
+    class Proc:
+        signals = []
+
+        def poll(self):
+            return None
+
+        def send_signal(self, sig):
+            self.signals.append(sig)
+
+    class Watcher:
+        def wait_for(self, keys, alive):
+            raise KeyboardInterrupt
+
+    proc = Proc()
+    later = _Later("140.6", proc, Watcher(), RefitReport(io.StringIO()))
+    assert later.stored({"posterior_forecast"}) is False
+    assert later.interrupted and proc.signals == [signal.SIGINT]

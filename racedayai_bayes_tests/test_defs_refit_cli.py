@@ -307,8 +307,12 @@ def _step_processes_of(command_pid: int) -> list[int]:
 
 def test_ctrl_c_kills_a_step_that_does_not_stop(dagster_home, small_inputs, tmp_path):
     """A step process that cannot obey the interrupt (stopped here with SIGSTOP) does not keep
-    the command waiting: after the grace period the watchdog kills it and the command ends,
-    saying so; the run is failed and counted as interrupted."""
+    the command waiting: after the grace period the watchdog continues it, has it write its
+    stacks and kills it if it has not ended by then; the command ends, saying so, and the run
+    is failed and counted as interrupted. (Killed while still stopped, the process left the
+    executor waiting for ever: Dagster's stop request, a multiprocessing Event, waits for each
+    process that waits on it to wake, and a stopped one never did; this test hung in about one
+    run of two before the watchdog continued stopped processes, 2026-12-04.)"""
     import signal
     import time
 
@@ -338,9 +342,11 @@ def test_ctrl_c_kills_a_step_that_does_not_stop(dagster_home, small_inputs, tmp_
             with contextlib.suppress(ProcessLookupError):
                 os.kill(stopped, signal.SIGKILL)
     assert proc.returncode == 1, out + err
-    # the stopped step, and any other that had not stopped in time
+    # the stopped step, continued after the grace period: killed, and said so, if it had not
+    # ended a second after writing its stacks; or ended by the interrupt it then received
+    # (before or after its step began: it may have been stopped as soon as it was forked)
     killed = re.search(r"refit 70\.3: \d+ step process(?:es)? \(pid ([\d, ]+)\) had not stopped 3 s after the interrupt: killed", out)
-    assert killed and str(stopped) in killed.group(1).split(", "), out
+    assert not killed or str(stopped) in killed.group(1).split(", "), out
     assert "error: interrupted: " in err, out + err
     assert "bug" not in err, err
     assert 3 <= took < 60, took

@@ -352,11 +352,15 @@ def test_plots_with_fixed_margins_keep_every_text_inside_the_image(monkeypatch):
     ages = tuple(f"{s}{a}-{a + 4}" for s in "FM" for a in range(18, 80, 5))
     big_enc = Encoding(distance="140.6", age_levels=ages, cluster_levels=(-1, *range(9)), y_mean=45_000.0,
                        y_std=5_000.0, exp_mean=1.0, exp_std=0.5, default_cluster_idx=0)
+    long_ages = ("M40-44", "Physically challenged / handcycle open", "F18-24")  # age groups are an open vocabulary
+    long_enc = Encoding(distance="70.3", age_levels=long_ages, cluster_levels=CLUSTERS, y_mean=21_600.0,
+                        y_std=3_000.0, exp_mean=1.0, exp_std=0.5, default_cluster_idx=1)
     observed = rng.normal(45_000, 6_000, 20_000)
     predicted = observed + rng.normal(0, 4_000, observed.size)
     pngs = [
         scale_rank_plot(draws, sites),
         group_effect_forest(make_draws(n_age=len(ages), n_cluster=10), big_enc),
+        group_effect_forest(make_draws(n_age=len(long_ages)), long_enc),
         predicted_vs_observed(observed, predicted),
         predicted_vs_observed(observed[:500], predicted[:500]),
         coverage_by_decile_plot(coverage_by_decile(observed, predicted - 6_000, predicted + 6_000, predicted)),

@@ -78,10 +78,31 @@ def test_kill_stragglers_skips_processes_that_ended():
 
 
 def test_a_process_that_ends_between_the_dump_and_the_kill_is_not_signalled_again():
-    listings = iter([[(os.getpid(), "me")], [(os.getpid(), "me")], []])  # gone at the kill
+    listings = iter([[(os.getpid(), "me")]] * 3 + [[]])  # read before the continue, the dump and the kill: gone at the kill
     dog = StopWatchdog(processes=lambda: next(listings))
     previous = signal.signal(signal.SIGUSR1, lambda *_: None)
     try:
         assert dog.kill_stragglers() == [] and dog.killed == []  # this very process: never killed
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+def test_a_stopped_step_is_continued_so_that_it_writes_its_stacks_before_the_kill(tmp_path):
+    """A step process stopped by SIGSTOP (or Ctrl-Z) can neither write its stacks nor answer
+    Dagster's stop request; the watchdog continues it first (then dumps and kills it)."""
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    log = tmp_path / "refit.log"
+    step = ctx.Process(target=_stubborn_step, args=(str(log), ready), name="stopped")
+    step.start()
+    try:
+        assert ready.wait(60)
+        os.kill(step.pid, signal.SIGSTOP)
+        dog = StopWatchdog(grace_s=0.0, processes=lambda: [(step.pid, "stopped")] if step.is_alive() else [])
+        assert dog.kill_stragglers() == [step.pid]
+        step.join(10)
+    finally:
+        if step.is_alive():
+            step.kill()
+    assert step.exitcode == -signal.SIGKILL
+    assert "in _stubborn_step" in log.read_text()  # written after the SIGCONT, before the kill

@@ -166,7 +166,7 @@ def _edge_space_and_empty(text: pd.Series) -> tuple[bool, bool]:
             continue
         _, offsets_buf, data_buf = chunk.buffers()
         wide = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
-        offsets = np.frombuffer(offsets_buf, dtype=wide)[chunk.offset:chunk.offset + len(chunk) + 1]
+        offsets = np.frombuffer(offsets_buf, dtype=wide, count=chunk.offset + len(chunk) + 1)[chunk.offset:]
         cells = offsets[1:] > offsets[:-1]  # not empty (a missing cell is empty too)
         if chunk.null_count:
             valid = chunk.is_valid().to_numpy(zero_copy_only=False)

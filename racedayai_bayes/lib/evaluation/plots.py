@@ -53,8 +53,8 @@ def fixed_margins(fig: Figure, *, left: float, right: float, top: float, bottom:
     """Place the axes with margins in inches (the figure's height may vary).
 
     Instead of ``tight_layout``, which measures every text by drawing it once more: a quarter
-    to a third of a plot's cost here (measured 2026-12-04). The margins are sized for the
-    fonts and labels of each plot of this module.
+    to a third of a plot's cost here (measured 2026-12-04). Each plot sizes its margins for
+    its fonts and labels (test_lib_plots checks that no text leaves the image).
     """
     width, height = fig.get_size_inches()
     fig.subplots_adjust(left=left / width, right=1.0 - right / width, top=1.0 - top / height,

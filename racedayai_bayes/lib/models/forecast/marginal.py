@@ -164,8 +164,7 @@ class _Triangles:
         if not self.parts:
             return sp.csr_matrix((self.k * (self.k + 1) // 2, terms))
         position, term, value = (np.concatenate(a) for a in zip(*self.parts))
-        out = sp.coo_matrix((value, (position, term)), shape=(self.k * (self.k + 1) // 2, terms)).tocsr()
-        out.sum_duplicates()
+        out = sp.coo_matrix((value, (position, term)), shape=(self.k * (self.k + 1) // 2, terms)).tocsr()  # sums duplicates
         out.eliminate_zeros()
         return out
 
@@ -283,7 +282,7 @@ class Evaluation:
     """log p(y | theta) for a batch, and what an exact draw of b needs (for each theta)."""
 
     log_lik: np.ndarray  # (B,)
-    upper: np.ndarray  # (B, K, K): U with B = I + D^1/2 Q D^1/2 = U^T U
+    upper: np.ndarray  # (thetas, K, K): each theta's U, with I + D^1/2 Q D^1/2 = U^T U
     v: np.ndarray  # (B, K)
     sd: np.ndarray  # (B, K)
 
@@ -358,7 +357,9 @@ def _factor_in_place(mat: np.ndarray) -> bool:
     factor, written in place, is U in ``mat``'s own order (measured: a third less time than
     numpy's batched Cholesky, which also allocates its result).
     """
-    _, info = scipy.linalg.lapack.dpotrf(mat.T, lower=1, clean=1, overwrite_a=1)
+    factor, info = scipy.linalg.lapack.dpotrf(mat.T, lower=1, clean=1, overwrite_a=1)
+    if info == 0 and not np.shares_memory(factor, mat):  # f2py copied after all: take its result
+        mat[...] = factor.T
     if info != 0:
         mat[...] = np.eye(len(mat))
         return False

@@ -90,8 +90,23 @@ def group_effect_forest(draws: Draws, enc: Encoding) -> bytes:
         f"(finish-time sd {enc.y_std / 60:.0f} min)",
         fontsize=10,
     )
-    # labels up to 'age group (38)' in bold at the left; the minutes axis and the title on top
-    fixed_margins(fig, left=1.45, right=0.4, top=0.95, bottom=0.55)
+    # the group labels (an open vocabulary) and the bold section names at the left: as wide as
+    # the widest of them; the minutes axis and the title on top
+    fixed_margins(fig, left=_label_margin(fig, table["label"], [f"{s} ({n})" for _, s, n in headers]),
+                  right=0.4, top=0.95, bottom=0.55)
     return png(fig)
 
 
+def _label_margin(fig, labels, headers) -> float:
+    """The left margin (inches) that holds the widest tick label (8 pt) and section name (9 pt
+    bold), measured by the figure's renderer: at least the 1.45 in that the standard labels need."""
+    from matplotlib.font_manager import FontProperties
+
+    renderer = fig.canvas.get_renderer()
+
+    def width(text: str, props: FontProperties) -> float:
+        return renderer.get_text_width_height_descent(str(text), props, ismath=False)[0] / fig.dpi
+
+    tick, bold = FontProperties(size=8), FontProperties(size=9, weight="bold")
+    widest = max([width(t, tick) + 0.15 for t in labels] + [width(t, bold) + 0.1 for t in headers], default=0.0)
+    return max(1.45, widest + 0.1)
