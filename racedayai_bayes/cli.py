@@ -298,12 +298,14 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
         dog.__enter__()
         first_id = refit(distances[0], sorted(shared_keys, key=_key_order) + per_distance, first_tags)
         interrupted = bool(first_id) and _interrupted(instance, first_id)
-        built = bool(first_id) and set(shared_keys) <= _materialized_keys(instance, first_id)
+        first_keys = _materialized_keys(instance, first_id) if first_id else set()  # the run has ended: read once
+        built = bool(first_id) and set(shared_keys) <= first_keys
         if not built:
             for child in later:
                 child.cancel()  # still waiting for the model frame: no run of theirs exists
             if first_id and later:
                 report.line(f"not refitting {', '.join(distances[1:])}: the first run did not build the model frame")
+
         def write_means() -> str | None:
             return refit("means", means_keys, tags={RUN_TAG: "posterior means", LOG_TAG: str(log_path)})
 
@@ -315,7 +317,7 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
         # run executes is passed on to the later distance's process, as while waiting for it.
         means_id = None
         if (means_keys and built and not interrupted and len(later) == 1
-                and set(means_inputs) <= _materialized_keys(instance, first_id)
+                and set(means_inputs) <= first_keys
                 and later[0].stored(set(means_inputs)) and not (later[0].interrupted or dog.interrupted)):
             means_id = write_means()
             if means_id and (dog.interrupted or _interrupted(instance, means_id)):
@@ -329,7 +331,7 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
         # only when a run stored a posterior the means are made of (not when every distance
         # was refused, say because another refit of it is running), and never after a Ctrl-C:
         # a run may have stored its posterior before it was stopped, but nothing new starts
-        stored = any(_materialized_keys(instance, r) & set(means_inputs) for r in run_ids)
+        stored = any((first_keys if r == first_id else _materialized_keys(instance, r)) & set(means_inputs) for r in run_ids)
         if means_keys and stored and not means_id:
             if interrupted:
                 report.line("not writing the posterior means: the refit was interrupted")
