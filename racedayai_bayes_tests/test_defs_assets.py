@@ -249,6 +249,24 @@ def test_drift_check_warns_above_the_threshold_without_blocking(graph_run, tmp_p
     assert "previous refit" in drift.description
 
 
+def test_the_drift_checks_previous_forecast_reads_no_side_table(graph_run):
+    """The drift check loads the previous refit without its side tables (the forecast model's
+    athlete table, most of the load at full scale): its forecasts of a split's rows, which
+    read their history from the rows, are the fully loaded artifact's to the last bit."""
+    results, out, _ = graph_run
+    split = results["70.3"].output_for_node("holdout_split")
+    path = max((out / "posterior" / "forecast" / "70.3").glob("*.nc"))
+    whole = load_artifact(path).model
+    bare = load_artifact(path, side_tables=False).model
+    assert whole.athletes is not None and len(whole.athletes) and bare.athletes is None
+    for positions in (split.holdout_positions, split.train_positions[:500]):
+        a, b = whole.predict(split.rows, positions), bare.predict(split.rows, positions)
+        for field in ("pred", "std", "p05", "p50", "p95"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    with pytest.raises(ValueError, match="no athlete table"):
+        bare.table_season  # a race-day forecast from it says what is missing
+
+
 def test_a_model_that_fails_its_checks_does_not_stop_the_others(graph_run, tmp_path):
     """Seed chains far too short fail their ESS checks: the run still compares and publishes."""
     copy, resources = _copy_of_outputs(graph_run, tmp_path)

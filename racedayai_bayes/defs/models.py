@@ -106,7 +106,9 @@ def _previous(context, paths: PipelinePaths, name: str, distance: str):
     """The model's previous refit, for the drift check (None if none or unreadable)."""
     try:
         path = previous_artifact(paths.output_dir, name, distance)
-        return None if path is None else load_artifact(path).model
+        # its forecasts of this split's rows read their history from the rows, not from its
+        # side tables (the forecast model's athlete table): those stay unread
+        return None if path is None else load_artifact(path, side_tables=False).model
     except (ArtifactError, OSError) as exc:  # unreadable, or the object store unreachable
         context.log.warning(f"drift check of {name} skipped: {exc}")
         return None
