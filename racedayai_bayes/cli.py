@@ -359,6 +359,8 @@ WAITING = 3  # exit code of a later distance's process that never started its ru
 # location, the step server 3.4 s for its whole preload; 2026-12-04), and the first step
 # waits for the server's. The later process's imports then run beside
 # the first run's input steps instead; it needs them only once the model frame is built.
+# (A later process forked from the command, as it is by default since 2026-12-04, imports
+# nothing: it waits for go all the same, before it opens the instance and starts polling.)
 # The first process says go by closing a pipe, which also happens if it dies; after
 # GO_TIMEOUT_S the later process goes on regardless.
 GO_ENV = "RACEDAYAI_LATER_GO_FD"
@@ -385,7 +387,8 @@ def _wait_for_go(timeout_s: float = GO_TIMEOUT_S) -> bool:
 
 
 class _Later:
-    """A later distance's run, executed by a child process of this command (``refit
+    """A later distance's run, executed by a child process of this command (forked from it,
+    :class:`_ForkedLater`; or, if it cannot fork, a new interpreter running ``refit
     --distance D --after FIRST=LOG``) and reported here from the instance's event log.
 
     The run executes in the child's main thread, as Dagster's executors expect: a Ctrl-C on
@@ -400,6 +403,17 @@ class _Later:
 
     @classmethod
     def start(cls, args, distance: str, first: str, log_path: Path, report) -> _Later:
+        try:
+            proc, go_write = _ForkedLater.start(args, distance, first, log_path)
+        except OSError:  # no fork here (a process or memory limit): a new interpreter instead
+            proc, go_write = cls._spawn(args, distance, first, log_path)
+        watcher = _RunWatcher(_run_tags(distance, log_path), report)
+        watcher.start()
+        return cls(distance, proc, watcher, report, go_write)
+
+    @staticmethod
+    def _spawn(args, distance: str, first: str, log_path: Path):
+        """The later process as a new interpreter (``refit ... --after``): (its Popen, the go pipe)."""
         import subprocess
 
         from racedayai_bayes.step_server import share_step_server
@@ -421,9 +435,7 @@ class _Later:
             raise
         finally:
             os.close(go_read)
-        watcher = _RunWatcher(_run_tags(distance, log_path), report)
-        watcher.start()
-        return cls(distance, proc, watcher, report, go_write)
+        return proc, go_write
 
     def release(self) -> None:
         """Let the child begin its imports (see :data:`GO_ENV`); once is enough, more is harmless."""
@@ -493,6 +505,121 @@ class _Later:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.watcher.close()
+
+
+class _ForkedLater:
+    """A later distance's process forked from this one (``os.fork``), with the same
+    interface as the ``subprocess.Popen`` of a new interpreter (poll, wait, send_signal,
+    terminate, kill, returncode).
+
+    A new interpreter imported Dagster and the code location again: about 1.3 s of CPU
+    (2026-12-04), while the first run's steps needed the cores. The fork has them already,
+    and the step server's address and alive pipe as well (step_server.adopt_step_server).
+    It is forked before this process starts any run or thread of its own (the stderr pipe's
+    copying thread aside, whose lock and file the child never uses), so it holds no lock
+    that another thread took; it then does what ``refit --after`` does (:func:`_later_main`)
+    and ends with :func:`exit_now`, never returning into this process's code.
+    """
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+
+    @classmethod
+    def start(cls, args, distance: str, first: str, log_path: Path) -> tuple[_ForkedLater, int]:
+        import copy
+
+        later_args = copy.copy(args)
+        later_args.distance, later_args.after = distance, f"{first}={log_path}"
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()  # or the child would write what is buffered here once more
+        go_read, go_write = os.pipe()  # closed by release(): the child's run may begin
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(go_read)
+            os.close(go_write)
+            raise
+        if pid == 0:  # the child: never returns
+            code = 1
+            try:
+                os.close(go_write)
+                code = _later_main(later_args, go_read)
+            except KeyboardInterrupt:
+                code = 130
+            except BaseException:  # noqa: BLE001 - said in the log, as an uncaught exception would be
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                exit_now(code)
+        os.close(go_read)
+        return cls(pid), go_write
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere: its code is unknown
+                self.returncode = 0
+            else:
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        import subprocess
+
+        if timeout is None:
+            if self.returncode is None:
+                try:
+                    _, status = os.waitpid(self.pid, 0)
+                    self.returncode = os.waitstatus_to_exitcode(status)
+                except ChildProcessError:
+                    self.returncode = 0
+            return self.returncode
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout)
+            time.sleep(0.02)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        import signal
+
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        import signal
+
+        self.send_signal(signal.SIGKILL)
+
+
+def _later_main(args, go_fd: int) -> int:
+    """The forked later process (:class:`_ForkedLater`): what ``refit --after`` does, with
+    what the fork already has. Its stdin and stdout are /dev/null, as a new interpreter's
+    were: the first process reports its run; stderr stays the refit's log."""
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
+    os.environ[GO_ENV] = str(go_fd)
+    _wait_for_go()  # until the first run's steps have begun, as a new interpreter's imports
+    instance = _instance(os.environ["DAGSTER_HOME"])
+    os.nice(LATER_NICE)
+    from racedayai_bayes.step_server import adopt_step_server, start_step_server
+
+    if not adopt_step_server():
+        start_step_server()
+    from racedayai_bayes.definitions import defs, refit_job_def
+
+    return _later_run(args, instance, defs, refit_job_def)
 
 
 def _run_tags(distance: str, log_path) -> dict[str, str]:

@@ -137,7 +137,6 @@ def join_step_server() -> bool:
     """
     import os
     import sys
-    from multiprocessing import forkserver, resource_tracker
 
     from racedayai_bayes.lib.processes import alive
 
@@ -154,6 +153,33 @@ def join_step_server() -> bool:
         os.fstat(fd)
     except OSError:
         return False
+    _use_server(pid, fd, address)
+    return True
+
+
+def adopt_step_server() -> bool:
+    """In a process forked (``os.fork``) from one that started a step server: fork this
+    process's steps from that server too. The fork inherited the server's address and the
+    alive pipe; only the standard library's "ensure running" must change, since it waits on
+    the server as on a child of its own, and the server is the parent's child. False if the
+    parent had no server."""
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    pid, fd, address = server._forkserver_pid, server._forkserver_alive_fd, server._forkserver_address
+    if pid is None or fd is None or not address:
+        return False
+    _use_server(pid, fd, address)
+    return True
+
+
+def _use_server(pid: int, fd: int, address: str) -> None:
+    """Fork this process's steps from the server ``pid`` (alive pipe ``fd``, socket
+    ``address``) while it lives, and from a server of this process's own once it has gone."""
+    from multiprocessing import forkserver, resource_tracker
+
+    from racedayai_bayes.lib.processes import alive
+
     server = forkserver._forkserver
 
     def ensure_running() -> None:
@@ -164,14 +190,14 @@ def join_step_server() -> bool:
         # as the first process's was (its preload list and allocator settings)
         del server.ensure_running  # the standard method again
         with server._lock:
-            server._forkserver_address = server._forkserver_alive_fd = None
+            server._forkserver_address = server._forkserver_alive_fd = server._forkserver_pid = None
         start_step_server()
 
     with server._lock:
         server._forkserver_address = address
         server._forkserver_alive_fd = fd
+        server._forkserver_pid = None  # not this process's child: the standard method must not wait on it
     server.ensure_running = ensure_running
-    return True
 
 
 def stop_step_server() -> None:

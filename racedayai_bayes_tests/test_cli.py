@@ -6,6 +6,7 @@ per distance, long steps). The data-error cases of docs/failure-modes.md run the
 command in test_failure_modes.py.
 """
 
+import argparse
 import io
 import logging
 import os
@@ -394,6 +395,59 @@ def test_the_later_runs_watcher_says_when_it_has_stored_the_keys_or_that_its_pro
     watcher._note(SimpleNamespace(dagster_event=None))
     assert "other" not in watcher.materialized
     assert not watcher.wait_for({"other"}, alive=lambda: False)
+
+
+def test_a_forked_later_process_is_handled_as_a_popen_is():
+    """cli._ForkedLater: poll, wait (with a timeout too), signals and exit codes as
+    subprocess.Popen gives them, for a child made with os.fork."""
+    import signal
+    import subprocess
+    import time
+
+    from racedayai_bayes.cli import _ForkedLater
+
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(0.3)
+        os._exit(3)
+    child = _ForkedLater(pid)
+    assert child.poll() is None
+    with pytest.raises(subprocess.TimeoutExpired):
+        child.wait(timeout=0.05)
+    assert child.wait() == 3 and child.poll() == 3 and child.returncode == 3
+    child.send_signal(signal.SIGTERM)  # ended: nothing is signalled
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(60)
+        os._exit(0)
+    child = _ForkedLater(pid)
+    child.terminate()
+    assert child.wait(timeout=30) == -signal.SIGTERM
+
+
+def test_a_later_process_is_a_new_interpreter_if_the_command_cannot_fork(monkeypatch, tmp_path):
+    from racedayai_bayes.cli import _Later, _RunWatcher
+
+    def no_fork():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    spawned = []
+
+    def spawn(args, distance, first, log_path):
+        spawned.append((distance, first, log_path))
+        read_fd, write_fd = os.pipe()
+        os.close(read_fd)
+        return "a Popen", write_fd
+
+    open_before = set(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(os, "fork", no_fork)
+    monkeypatch.setattr(_Later, "_spawn", staticmethod(spawn))
+    monkeypatch.setattr(_RunWatcher, "start", lambda self: None)
+    later = _Later.start(argparse.Namespace(argv=["refit"]), "140.6", "70.3", tmp_path / "refit.log",
+                         RefitReport(io.StringIO()))
+    assert spawned == [("140.6", "70.3", tmp_path / "refit.log")] and later.proc == "a Popen"
+    later.release()  # closes the spawned child's go pipe
+    assert set(os.listdir("/proc/self/fd")) <= open_before  # the failed fork's pipe is closed too
 
 
 def test_an_interrupt_while_waiting_for_the_later_runs_posteriors_is_passed_on_to_its_process():

@@ -82,6 +82,79 @@ def test_a_shared_server_that_dies_later_is_replaced_by_one_of_the_processs_own(
     assert forked_from != server  # the step still ran, from a server the child started
 
 
+# A parent that starts a server with nothing to preload, then forks: the fork adopts the
+# server and starts a step; it prints the server's pid, what the step says its parent is, and
+# the step's exit code. With "kill", the server dies after the fork adopted it.
+FORKED = textwrap.dedent("""
+    import multiprocessing, os, signal, sys, time
+    from multiprocessing import forkserver
+    from racedayai_bayes.lib.processes import alive
+    from racedayai_bayes.step_server import adopt_step_server
+
+    def parent_pid(queue):
+        queue.put(os.getppid())
+
+    if __name__ == "__main__":
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([])
+        forkserver.ensure_running()
+        server = forkserver._forkserver._forkserver_pid
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                adopted = adopt_step_server()
+                if sys.argv[1:] == ["kill"]:
+                    os.kill(server, signal.SIGKILL)
+                    while alive(server):
+                        time.sleep(0.01)
+                queue = ctx.Queue()
+                step = ctx.Process(target=parent_pid, args=(queue,))
+                step.start()
+                forked_from = queue.get(timeout=60)
+                step.join(60)
+                print(server, adopted, forked_from, step.exitcode, flush=True)
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+""")
+
+
+def _run_forked(folder, *args: str) -> list[str]:
+    script = folder / "forked.py"  # a file: the step unpickles its target from it
+    script.write_text(FORKED)
+    out = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120,
+                         env={k: v for k, v in os.environ.items() if k != SHARED_SERVER_ENV})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.split()
+
+
+def test_a_forked_process_forks_its_steps_from_the_server_it_inherited(tmp_path):
+    """The refit command forks its later distance's process (cli._ForkedLater): that process
+    adopts the command's server. Without adopting it, the standard library waits on the
+    server as on a child of its own, and it is not one (ChildProcessError)."""
+    server, adopted, forked_from, exitcode, child_code = _run_forked(tmp_path)
+    assert (adopted, exitcode, child_code) == ("True", "0", "0")
+    assert forked_from == server
+
+
+def test_a_forked_process_whose_inherited_server_dies_starts_its_own(tmp_path):
+    server, adopted, forked_from, exitcode, child_code = _run_forked(tmp_path, "kill")
+    assert (adopted, exitcode, child_code) == ("True", "0", "0")
+    assert forked_from != server
+
+
+def test_a_process_without_a_server_adopts_none(monkeypatch):
+    from multiprocessing import forkserver
+
+    from racedayai_bayes.step_server import adopt_step_server
+
+    monkeypatch.setattr(forkserver._forkserver, "_forkserver_pid", None)
+    assert adopt_step_server() is False
+
+
 def test_a_server_that_is_gone_is_not_joined(monkeypatch, tmp_path):
     from racedayai_bayes.step_server import join_step_server
 
