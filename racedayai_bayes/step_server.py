@@ -25,9 +25,9 @@ STEP_PRELOAD = [
     "racedayai_bayes.lib.models.seed.exact",
     "racedayai_bayes.lib.models.forecast.fit",
     "racedayai_bayes.lib.outputs.artifacts",
-    # what a posterior step imported itself when measured (2026-12-03): the scores' metrics
-    # (0.15 s), the seed's plots, the artifact's Parquet side tables
-    "sklearn.metrics",
+    # what a posterior step imported itself when measured (2026-12-03): the seed's plots, the
+    # artifact's Parquet side tables (and scikit-learn's metrics until 2026-12-04, 0.3 s:
+    # the harness computes them itself now, lib/evaluation/diagnostics.point_metrics)
     "racedayai_bayes.lib.models.seed.plots",
     "pyarrow.parquet",
     "pyarrow.dataset",

@@ -166,6 +166,33 @@ def test_predictive_metrics_equal_sklearn_and_hand_values():
     assert m["rows"] == 4
 
 
+@pytest.mark.parametrize("n", [2, 3, 7, 1000, 250_001])
+def test_point_metrics_are_sklearns_to_the_last_bit(n):
+    """The seed's MAE and R² (scikit-learn), computed without importing it: the same numbers."""
+    from racedayai_bayes.lib.evaluation.diagnostics import point_metrics
+
+    rng = np.random.default_rng(n)
+    y = rng.normal(20_000.0, 3_000.0, n)
+    for pred in (y + rng.normal(0.0, 2_000.0, n), np.full(n, 21_000.0), y[::-1].copy(), y):
+        m = point_metrics(y, pred)
+        assert m["mae_sec"] == mean_absolute_error(y, pred)
+        assert m["r2"] == r2_score(y, pred)
+    constant = np.full(n, 5.0)
+    assert point_metrics(constant, constant)["r2"] == r2_score(constant, constant) == 1.0
+    assert point_metrics(constant, constant + 1.0)["r2"] == r2_score(constant, constant + 1.0) == 0.0
+
+
+def test_point_metrics_refuse_what_sklearn_refuses():
+    from racedayai_bayes.lib.evaluation.diagnostics import point_metrics
+
+    with pytest.raises(ValueError, match="NaN"):
+        point_metrics(np.array([1.0, np.nan]), np.array([1.0, 2.0]))
+    with pytest.raises(ValueError):
+        point_metrics(np.array([1.0, 2.0]), np.array([1.0, 2.0, 3.0]))
+    one = point_metrics(np.array([3.0]), np.array([1.0]))
+    assert one["mae_sec"] == 2.0 and np.isnan(one["r2"])
+
+
 def test_coverage_interval_is_the_estimate_plus_minus_2_576_standard_errors():
     from racedayai_bayes.lib.evaluation.diagnostics import coverage_interval
 
