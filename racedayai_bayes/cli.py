@@ -30,7 +30,7 @@ from pathlib import Path
 
 import racedayai_bayes  # noqa: F401  (pins JAX to the CPU)
 
-from racedayai_bayes.lib.data.frame import MODEL_DISTANCES
+from racedayai_bayes.lib.data import MODEL_DISTANCES  # not .frame: pandas, 0.3 s before the step server starts
 from racedayai_bayes.lib.runreport import CheckResult, PosteriorChecks, QuarterGate, bar, parse_progress, seconds
 from racedayai_bayes.lib.processes import exit_now
 from racedayai_bayes.stop_watchdog import StopWatchdog, enable_stack_dumps

@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 
+from racedayai_bayes.lib.data import MODEL_DISTANCES
 from racedayai_bayes.lib.data.history import add_history, index_in, season_table
 
-MODEL_DISTANCES = ("70.3", "140.6")
 # Finish-time bounds of the seed, both exclusive: 1 h < total_sec < 17 h.
 MIN_TOTAL_SEC = 3600.0
 MAX_TOTAL_SEC = 61200.0
