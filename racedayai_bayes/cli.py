@@ -605,6 +605,11 @@ def _later_main(args, go_fd: int) -> int:
     """The forked later process (:class:`_ForkedLater`): what ``refit --after`` does, with
     what the fork already has. Its stdin and stdout are /dev/null, as a new interpreter's
     were: the first process reports its run; stderr stays the refit's log."""
+    import signal
+
+    # the signal dispositions a new interpreter starts with, whatever this process had set
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(null, 1)

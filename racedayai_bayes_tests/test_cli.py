@@ -407,19 +407,29 @@ def test_a_forked_later_process_is_handled_as_a_popen_is():
     from racedayai_bayes.cli import _ForkedLater
 
     pid = os.fork()
-    if pid == 0:
-        time.sleep(0.3)
-        os._exit(3)
+    if pid == 0:  # never back into pytest, whatever happens
+        try:
+            time.sleep(0.3)
+        finally:
+            os._exit(3)
     child = _ForkedLater(pid)
     assert child.poll() is None
     with pytest.raises(subprocess.TimeoutExpired):
         child.wait(timeout=0.05)
     assert child.wait() == 3 and child.poll() == 3 and child.returncode == 3
     child.send_signal(signal.SIGTERM)  # ended: nothing is signalled
-    pid = os.fork()
-    if pid == 0:
-        time.sleep(60)
-        os._exit(0)
+    # an earlier test in this process may have left a SIGTERM handler: the child must die of it
+    handler = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+                time.sleep(60)
+            finally:
+                os._exit(0)
+    finally:
+        signal.signal(signal.SIGTERM, handler)
     child = _ForkedLater(pid)
     child.terminate()
     assert child.wait(timeout=30) == -signal.SIGTERM
