@@ -285,9 +285,9 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
         return result.run_id
 
     # The first run builds the inputs and the model frame, then fits its distance. Each other
-    # distance's run executes in a process of its own (this command, with --after), started
-    # now at a lower CPU priority: it imports while the first run reads its inputs, waits for
-    # the model frame, then runs beside the first run. The machine-wide CPU slots
+    # distance's run executes in a process of its own (forked from this one now: _ForkedLater),
+    # at a lower CPU priority: it waits for the model frame, then runs beside the first run.
+    # The machine-wide CPU slots
     # (defs/resources.py CpuSlots) keep the heavy steps of all runs to one per core. Ctrl-C
     # reaches every run, as each executes in its own process's main thread (see _Later).
     first_tags = _run_tags(distances[0], log_path)
@@ -359,8 +359,9 @@ WAITING = 3  # exit code of a later distance's process that never started its ru
 # location, the step server 3.4 s for its whole preload; 2026-12-04), and the first step
 # waits for the server's. The later process's imports then run beside
 # the first run's input steps instead; it needs them only once the model frame is built.
-# (A later process forked from the command, as it is by default since 2026-12-04, imports
-# nothing: it waits for go all the same, before it opens the instance and starts polling.)
+# (A later process forked from the command, as it is by default since 2026-12-04, has Dagster
+# and the code location already: it waits for go all the same, before it opens the instance
+# and starts polling.)
 # The first process says go by closing a pipe, which also happens if it dies; after
 # GO_TIMEOUT_S the later process goes on regardless.
 GO_ENV = "RACEDAYAI_LATER_GO_FD"
@@ -438,7 +439,7 @@ class _Later:
         return proc, go_write
 
     def release(self) -> None:
-        """Let the child begin its imports (see :data:`GO_ENV`); once is enough, more is harmless."""
+        """Let the child go on (see :data:`GO_ENV`); once is enough, more is harmless."""
         with self._go_lock:
             fd, self._go_fd = self._go_fd, None
         if fd is not None:
@@ -531,12 +532,19 @@ class _ForkedLater:
 
         later_args = copy.copy(args)
         later_args.distance, later_args.after = distance, f"{first}={log_path}"
+        import signal
+
         for stream in (sys.stdout, sys.stderr):
             stream.flush()  # or the child would write what is buffered here once more
         go_read, go_write = os.pipe()  # closed by release(): the child's run may begin
+        # no Ctrl-C between the fork and the child's own handling: an interrupt there would
+        # unwind the child through this process's stack (its stderr redirection, its exit)
+        stop_signals = {signal.SIGINT, signal.SIGTERM}
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
         try:
             pid = os.fork()
         except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             os.close(go_read)
             os.close(go_write)
             raise
@@ -544,15 +552,21 @@ class _ForkedLater:
             code = 1
             try:
                 os.close(go_write)
-                code = _later_main(later_args, go_read)
-            except KeyboardInterrupt:
-                code = 130
+                _as_a_new_process()
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+                code = int(_handled(_later_main, later_args, go_read) or 0)
+            except SystemExit as exc:  # as a new interpreter would end
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
             except BaseException:  # noqa: BLE001 - said in the log, as an uncaught exception would be
                 import traceback
 
                 traceback.print_exc()
             finally:
-                exit_now(code)
+                try:
+                    exit_now(code)
+                finally:
+                    os._exit(code)  # a second interrupt while flushing
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         os.close(go_read)
         return cls(pid), go_write
 
@@ -601,19 +615,37 @@ class _ForkedLater:
         self.send_signal(signal.SIGKILL)
 
 
-def _later_main(args, go_fd: int) -> int:
-    """The forked later process (:class:`_ForkedLater`): what ``refit --after`` does, with
-    what the fork already has. Its stdin and stdout are /dev/null, as a new interpreter's
-    were: the first process reports its run; stderr stays the refit's log."""
+def _as_a_new_process() -> None:
+    """In the forked later process, before anything else: what a new interpreter started
+    with ``Popen(stdin=DEVNULL, stdout=DEVNULL)`` would have, and nothing of the command's.
+
+    - SIGINT and SIGTERM as a new interpreter handles them (an ignored one stays ignored);
+    - stdin and stdout /dev/null: the first process reports the run; stderr stays the log pipe;
+    - none of the command's own descriptors of its stderr: the pipe's read end (a reader
+      in this process would keep its writers from ever failing if the command were killed,
+      so they would block once the pipe is full), the terminal's stderr and the log file.
+    """
     import signal
 
-    # the signal dispositions a new interpreter starts with, whatever this process had set
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(null, 1)
     os.close(null)
+    pipe = _StderrPipe._instance
+    if pipe is not None:
+        for fd in (pipe.read_fd, pipe.saved_fd, pipe.file.fileno() if pipe.file is not None else None):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+def _later_main(args, go_fd: int) -> int:
+    """The forked later process (:class:`_ForkedLater`): what ``refit --after`` does, with
+    what the fork already has (:func:`_as_a_new_process` has run)."""
     os.environ[GO_ENV] = str(go_fd)
     _wait_for_go()  # until the first run's steps have begun, as a new interpreter's imports
     instance = _instance(os.environ["DAGSTER_HOME"])
@@ -634,8 +666,9 @@ def _run_tags(distance: str, log_path) -> dict[str, str]:
 
 
 def _later_run(args, instance, defs, refit_job_def) -> int:
-    """A later distance's run (``refit --after FIRST=LOG``): wait until the first run of the
-    command that started this process has stored the shared assets, then execute this
+    """A later distance's run (in the process the command forked, or ``refit --after
+    FIRST=LOG``): wait until the first run of the command that started this process has
+    stored the shared assets, then execute this
     distance's run, in this process's main thread. Exit 3 if the first run ended without them,
     or if the command that started this process is gone (killed before its first run began)."""
     import dagster as dg
@@ -761,6 +794,7 @@ class _StderrPipe:
         self.lock = threading.Lock()
         self.file = None
         self.echo_fd: int | None = None
+        self.saved_fd: int | None = None  # the stderr this pipe replaces while a refit runs
         self.last_data = time.monotonic()
         threading.Thread(target=self._copy, name="racedayai-stderr", daemon=True).start()
 
@@ -799,7 +833,7 @@ def _stderr_to(path: Path, echo: bool):
     saved_fd, saved_stream = os.dup(2), sys.stderr
     with open(path, "ab") as fh:
         with pipe.lock:
-            pipe.file, pipe.echo_fd = fh, (saved_fd if echo else None)
+            pipe.file, pipe.echo_fd, pipe.saved_fd = fh, (saved_fd if echo else None), saved_fd
         os.dup2(pipe.write_fd, 2)
         # Dagster's console logger and the warnings module write to sys.stderr, which a
         # caller (a test's capture) may have replaced: point it at fd 2 as well
@@ -812,7 +846,7 @@ def _stderr_to(path: Path, echo: bool):
             os.dup2(saved_fd, 2)
             pipe.wait_quiet()
             with pipe.lock:
-                pipe.file, pipe.echo_fd = None, None
+                pipe.file, pipe.echo_fd, pipe.saved_fd = None, None, None
             os.close(saved_fd)
 
 
@@ -1367,8 +1401,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    return _handled(args.func, args)
+
+
+def _handled(func, *args) -> int:
+    """``func(*args)``'s exit code, with a user's or a data error said in one line, no traceback."""
     try:
-        return args.func(args)
+        return func(*args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

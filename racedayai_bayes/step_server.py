@@ -10,7 +10,9 @@ and the daemon stay light. JAX and NumPyro are not preloaded: only the NUTS engi
 and the default engines are numpy. No Dagster import here: the command line starts the
 server before it imports Dagster itself, so that the two imports overlap on the machine's
 two cores. A later distance's process of the same command forks its steps from this same
-server (:func:`share_step_server`, :func:`join_step_server`).
+server: forked from the command, it adopts the server it inherited (:func:`adopt_step_server`);
+started as a new interpreter, it joins the one shared with it (:func:`share_step_server`,
+:func:`join_step_server`).
 """
 
 from __future__ import annotations

@@ -397,42 +397,120 @@ def test_the_later_runs_watcher_says_when_it_has_stored_the_keys_or_that_its_pro
     assert not watcher.wait_for({"other"}, alive=lambda: False)
 
 
+def _fork_child(body) -> int:
+    """A child made with os.fork that runs ``body()`` and never returns into pytest."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            code = body() or 0
+        except BaseException:  # noqa: BLE001
+            code = 99
+        finally:
+            os._exit(code)
+    return pid
+
+
 def test_a_forked_later_process_is_handled_as_a_popen_is():
     """cli._ForkedLater: poll, wait (with a timeout too), signals and exit codes as
     subprocess.Popen gives them, for a child made with os.fork."""
     import signal
-    import subprocess
-    import time
 
     from racedayai_bayes.cli import _ForkedLater
 
-    pid = os.fork()
-    if pid == 0:  # never back into pytest, whatever happens
-        try:
-            time.sleep(0.3)
-        finally:
-            os._exit(3)
-    child = _ForkedLater(pid)
-    assert child.poll() is None
-    with pytest.raises(subprocess.TimeoutExpired):
-        child.wait(timeout=0.05)
-    assert child.wait() == 3 and child.poll() == 3 and child.returncode == 3
-    child.send_signal(signal.SIGTERM)  # ended: nothing is signalled
+    go_r, go_w = os.pipe()  # the first child ends with 3 once it reads from here
+    hold_r, hold_w = os.pipe()  # the second child waits here until it is terminated
     # an earlier test in this process may have left a SIGTERM handler: the child must die of it
     handler = signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
-        pid = os.fork()
-        if pid == 0:
-            try:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-                time.sleep(60)
-            finally:
-                os._exit(0)
+        first = _ForkedLater(_fork_child(lambda: (os.read(go_r, 1), 3)[1]))
+        second = _ForkedLater(_fork_child(lambda: os.read(hold_r, 1) and 0))
     finally:
         signal.signal(signal.SIGTERM, handler)
-    child = _ForkedLater(pid)
-    child.terminate()
-    assert child.wait(timeout=30) == -signal.SIGTERM
+    try:
+        assert first.poll() is None and first.returncode is None
+        with pytest.raises(subprocess.TimeoutExpired):
+            first.wait(timeout=0.05)
+        os.write(go_w, b"x")
+        assert first.wait() == 3 and first.poll() == 3 and first.returncode == 3
+        first.send_signal(signal.SIGTERM)  # ended: nothing is signalled
+        assert second.poll() is None
+        second.terminate()
+        assert second.wait(timeout=30) == -signal.SIGTERM == second.returncode
+    finally:
+        for child in (first, second):
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        for fd in (go_r, go_w, hold_r, hold_w):
+            os.close(fd)
+
+
+def test_the_forked_later_process_starts_as_a_new_one_would(monkeypatch, tmp_path, capfd):
+    """cli._ForkedLater.start: the child waits for nothing of the parent's, runs the later
+    distance's work with the parent's settings, starts with a new interpreter's SIGINT and
+    SIGTERM handling and without the command's own descriptors of its stderr, ends with the
+    work's exit code, and says a user's error in one line as the command line does."""
+    import json
+    import signal
+
+    from racedayai_bayes import cli
+
+    pipe_r, pipe_w = os.pipe()
+    saved = os.dup(2)
+    log = open(tmp_path / "log", "ab")
+    monkeypatch.setattr(cli._StderrPipe, "_instance", SimpleNamespace(read_fd=pipe_r, saved_fd=saved, file=log))
+    seen = tmp_path / "seen.json"
+
+    def work(args, go_fd):
+        def closed(fd):
+            try:
+                os.fstat(fd)
+            except OSError:
+                return True
+            return False
+
+        seen.write_text(json.dumps({
+            "distance": args.distance, "after": args.after, "seed": args.seed,
+            "sigint": signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+            "sigterm": signal.getsignal(signal.SIGTERM) == signal.SIG_DFL,
+            "closed": [closed(pipe_r), closed(saved), closed(log.fileno())], "go_open": not closed(go_fd),
+            "stdout_null": os.path.samestat(os.fstat(1), os.stat(os.devnull)),
+        }))
+        if args.seed == 13:
+            raise cli.UserError("a setting is wrong")
+        return 7
+
+    monkeypatch.setattr(cli, "_later_main", work)
+    handler = signal.signal(signal.SIGTERM, lambda *_: None)  # the child must not keep this
+    try:
+        args = argparse.Namespace(argv=["refit"], distance=None, after=None, seed=5)
+        child, go = cli._ForkedLater.start(args, "140.6", "70.3", tmp_path / "refit.log")
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    try:
+        assert child.wait(timeout=60) == 7
+        assert json.loads(seen.read_text()) == {
+            "distance": "140.6", "after": f"70.3={tmp_path / 'refit.log'}", "seed": 5, "sigint": True, "sigterm": True,
+            "closed": [True, True, True], "go_open": True, "stdout_null": True}
+        assert args.distance is None  # the parent's settings are its own
+        os.close(go)
+        args.seed = 13
+        child, go = cli._ForkedLater.start(args, "140.6", "70.3", tmp_path / "refit.log")
+        assert child.wait(timeout=60) == 1
+        assert "error: a setting is wrong" in capfd.readouterr().err
+    finally:
+        os.close(go)
+        for fd in (pipe_r, pipe_w, saved):
+            os.close(fd)
+        log.close()
+
+
+def test_the_command_line_imports_no_pandas_before_it_starts_the_step_server():
+    """Its distances come from lib/data/__init__, not from the frame module (pandas, 0.3 s)."""
+    script = "import sys, racedayai_bayes.cli; print('pandas' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_a_later_process_is_a_new_interpreter_if_the_command_cannot_fork(monkeypatch, tmp_path):
