@@ -292,7 +292,8 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
     # reaches every run, as each executes in its own process's main thread (see _Later).
     first_tags = _run_tags(distances[0], log_path)
     later = [_Later.start(args, d, distances[0], log_path, report) for d in distances[1:]]
-    for child in later:
+    for child in later:  # once every later process is forked (_ForkedLater: no thread may run then)
+        child.watcher.start()
         report.when_a_step_starts(child.release)
     try:
         dog.__enter__()
@@ -408,9 +409,8 @@ class _Later:
             proc, go_write = _ForkedLater.start(args, distance, first, log_path)
         except OSError:  # no fork here (a process or memory limit): a new interpreter instead
             proc, go_write = cls._spawn(args, distance, first, log_path)
-        watcher = _RunWatcher(_run_tags(distance, log_path), report)
-        watcher.start()
-        return cls(distance, proc, watcher, report, go_write)
+        # not started here: every later process is forked before any thread of this one runs
+        return cls(distance, proc, _RunWatcher(_run_tags(distance, log_path), report), report, go_write)
 
     @staticmethod
     def _spawn(args, distance: str, first: str, log_path: Path):

@@ -530,10 +530,10 @@ def test_a_later_process_is_a_new_interpreter_if_the_command_cannot_fork(monkeyp
     open_before = set(os.listdir("/proc/self/fd"))
     monkeypatch.setattr(os, "fork", no_fork)
     monkeypatch.setattr(_Later, "_spawn", staticmethod(spawn))
-    monkeypatch.setattr(_RunWatcher, "start", lambda self: None)
     later = _Later.start(argparse.Namespace(argv=["refit"]), "140.6", "70.3", tmp_path / "refit.log",
                          RefitReport(io.StringIO()))
     assert spawned == [("140.6", "70.3", tmp_path / "refit.log")] and later.proc == "a Popen"
+    assert isinstance(later.watcher, _RunWatcher) and not later.watcher.is_alive()  # started by the caller, after every fork
     later.release()  # closes the spawned child's go pipe
     assert set(os.listdir("/proc/self/fd")) <= open_before  # the failed fork's pipe is closed too
 
