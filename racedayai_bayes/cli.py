@@ -159,17 +159,10 @@ def _refit(args: argparse.Namespace) -> int:
         )
     _stop_grace_s()  # a bad setting is said before anything starts
     if args.after:  # a later distance's run of another refit command (see _Later)
+        from racedayai_bayes.step_server import join_step_server
+
         enable_stack_dumps()  # kill -USR1: this process's stacks to its stderr, the refit's log
-        _wait_for_go()  # its imports wait until the first run's steps have begun
-        instance = _instance(home)
-        os.nice(LATER_NICE)
-        from racedayai_bayes.step_server import join_step_server, start_step_server
-
-        if not join_step_server():  # the first process's server, else one of its own
-            start_step_server()
-        from racedayai_bayes.definitions import defs, refit_job_def
-
-        return _later_run(args, instance, defs, refit_job_def)
+        return _later_process(args, join_step_server)
 
     log_path = _log_path(Path(home))
     with _stderr_to(log_path, echo=args.verbose):
@@ -529,11 +522,10 @@ class _ForkedLater:
     @classmethod
     def start(cls, args, distance: str, first: str, log_path: Path) -> tuple[_ForkedLater, int]:
         import copy
+        import signal
 
         later_args = copy.copy(args)
         later_args.distance, later_args.after = distance, f"{first}={log_path}"
-        import signal
-
         for stream in (sys.stdout, sys.stderr):
             stream.flush()  # or the child would write what is buffered here once more
         go_read, go_write = os.pipe()  # closed by release(): the child's run may begin
@@ -570,10 +562,10 @@ class _ForkedLater:
         os.close(go_read)
         return cls(pid), go_write
 
-    def poll(self) -> int | None:
+    def _reap(self, flags: int) -> int | None:
         if self.returncode is None:
             try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                pid, status = os.waitpid(self.pid, flags)
             except ChildProcessError:  # reaped elsewhere: its code is unknown
                 self.returncode = 0
             else:
@@ -581,17 +573,14 @@ class _ForkedLater:
                     self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
 
+    def poll(self) -> int | None:
+        return self._reap(os.WNOHANG)
+
     def wait(self, timeout: float | None = None) -> int:
         import subprocess
 
         if timeout is None:
-            if self.returncode is None:
-                try:
-                    _, status = os.waitpid(self.pid, 0)
-                    self.returncode = os.waitstatus_to_exitcode(status)
-                except ChildProcessError:
-                    self.returncode = 0
-            return self.returncode
+            return self._reap(0)
         deadline = time.monotonic() + timeout
         while self.poll() is None:
             if time.monotonic() >= deadline:
@@ -644,15 +633,24 @@ def _as_a_new_process() -> None:
 
 
 def _later_main(args, go_fd: int) -> int:
-    """The forked later process (:class:`_ForkedLater`): what ``refit --after`` does, with
-    what the fork already has (:func:`_as_a_new_process` has run)."""
+    """The forked later process (:class:`_ForkedLater`), once :func:`_as_a_new_process` has
+    run: what ``refit --after`` does, with the step server the fork inherited."""
+    from racedayai_bayes.step_server import adopt_step_server
+
     os.environ[GO_ENV] = str(go_fd)
-    _wait_for_go()  # until the first run's steps have begun, as a new interpreter's imports
+    return _later_process(args, adopt_step_server)
+
+
+def _later_process(args, use_server) -> int:
+    """A later distance's process, forked or a new interpreter: wait for go (for a new
+    interpreter, before its imports), open the instance, lower its priority, fork its steps
+    from the first process's server (``use_server()``; else a server of its own), run."""
+    _wait_for_go()
     instance = _instance(os.environ["DAGSTER_HOME"])
     os.nice(LATER_NICE)
-    from racedayai_bayes.step_server import adopt_step_server, start_step_server
+    from racedayai_bayes.step_server import start_step_server
 
-    if not adopt_step_server():
+    if not use_server():
         start_step_server()
     from racedayai_bayes.definitions import defs, refit_job_def
 
