@@ -142,6 +142,9 @@ def _instance(home: str):
     import yaml
     from dagster_shared.check import CheckError
 
+    from racedayai_bayes.step_warmup import share_alembic_revision_maps
+
+    share_alembic_revision_maps()  # this command and its later processes check each run's database once, cheaply
     try:
         return dg.DagsterInstance.get()
     except (dg.DagsterError, CheckError, yaml.YAMLError) as exc:

@@ -224,6 +224,46 @@ def test_only_the_servers_import_warms_the_instance(tmp_path):
     assert (tmp_path / "history" / "runs.db").exists()  # the server's preload opened the instance
 
 
+def test_alembic_revision_scripts_are_read_once_per_process_and_every_check_still_sees_the_head(tmp_path):
+    """After share_alembic_revision_maps, a second instance's storages check their databases'
+    revisions without executing Dagster's revision scripts again, and each check still finds
+    the database at the head. Another script folder keeps a map of its own."""
+    script = textwrap.dedent("""
+        import dagster as dg
+        from alembic.script import Script, ScriptDirectory
+        from racedayai_bayes.step_warmup import share_alembic_revision_maps
+
+        loaded = []
+        original = Script._from_path.__func__
+        Script._from_path = classmethod(lambda cls, *a, **k: loaded.append(1) or original(cls, *a, **k))
+        print(share_alembic_revision_maps(), share_alembic_revision_maps())
+        versions = []
+        for _ in range(2):
+            instance = dg.DagsterInstance.get()
+            instance.get_run_records()
+            versions += [instance.run_storage.alembic_version(), instance.event_log_storage.alembic_version(),
+                         instance.schedule_storage.alembic_version()]
+            print(len(loaded) > 0, end=" ")
+            loaded.clear()
+            instance.dispose()
+        print(all(db == head and head for db, head in versions))
+        one = ScriptDirectory(dir=sys.argv[1])
+        print(ScriptDirectory(dir=sys.argv[1]).revision_map is one.revision_map,
+              ScriptDirectory(dir=sys.argv[2]).revision_map is one.revision_map)
+    """).replace("import dagster as dg", "import sys\nimport dagster as dg")
+    for folder in ("a", "b"):
+        (tmp_path / folder / "versions").mkdir(parents=True)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "a"), str(tmp_path / "b")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    # the first instance reads the scripts, the second none; every revision is the head
+    assert out.stdout.split() == ["True", "True", "True", "False", "True", "True", "False"]
+
+
 def test_the_warm_up_draws_each_kind_of_harness_plot():
     from racedayai_bayes.step_warmup import warm_plots
 
