@@ -163,7 +163,7 @@ class CpuSlots(dg.ConfigurableResource):
             context.log.info(f"waiting for one of {slots} CPU slots: other steps, of this run or another, hold them")
 
         metadata = context.log.metadata if context.log is not None else {}
-        run = context.dagster_run
+        run = context.run
         rank = step_rank(metadata.get("step_key"), run.tags.get("dagster/partition") if run is not None else None)
         self._held = cpu_slots.acquire(folder, slots, on_wait=on_wait, rank=rank)
         if self._held.waited_s >= 1.0:
