@@ -1,5 +1,5 @@
 """Imported last by the step server (step_server.STEP_PRELOAD): warm, once, what every step
-process would otherwise warm for itself: the instance's storages and the plots. Only the
+process would otherwise warm for itself: the instance's storages. Only the
 server's import warms; any other import of the module only defines the functions.
 
 A step process opens the Dagster instance and reads and writes its storages. The first
@@ -15,9 +15,11 @@ Each step process also checks the Alembic revision of every SQLite database it o
 Alembic reads Dagster's 352 revision scripts for each check: the server reads them once
 (:func:`share_alembic_revision_maps`) and every step inherits what it read.
 
-The first figure a process draws loads fonts and builds Matplotlib's text and Agg state:
-0.4 s more than a later figure, measured. The server draws one small plot of each kind the
-harness draws in every posterior step, and throws them away.
+The plots need no warm-up here. Until 2026-12-04 the server drew one plot of each kind the
+harness draws, as a process's first figure cost 0.4 s more than a later one. Now the preload's
+ArviZ imports Matplotlib's pyplot, which loads the font manager: a step's plots cost the same
+after that warm-up as without it (0.555 and 0.546 s, a seed posterior's four plots, four
+forked processes each, 2026-12-05), and the warm-up cost 0.27 s before the first step could start.
 """
 
 from __future__ import annotations
@@ -86,29 +88,6 @@ def warm_instance() -> bool:
     return True
 
 
-def warm_plots() -> bool:
-    """Draw a predicted-vs-observed plot, a coverage-by-decile plot and a rank plot of
-    made-up numbers, and discard them. True if it did; False on any error."""
-    try:
-        import numpy as np
-
-        from racedayai_bayes.lib.evaluation import plots
-
-        from racedayai_bayes.lib.inference.draws import Draws
-
-        observed = np.linspace(14_000.0, 26_000.0, 200)
-        predicted = observed[::-1].copy()
-        plots.predicted_vs_observed(observed, predicted)
-        plots.coverage_by_decile_plot(plots.coverage_by_decile(observed, predicted - 3_000.0, predicted + 3_000.0))
-        # the rank plot, which every model draws (ArviZ's ranks, Matplotlib's step outlines)
-        rng = np.random.default_rng(0)
-        plots.scale_rank_plot(Draws(samples={"a": rng.random((2, 50)), "b": rng.random((2, 50))},
-                                    diverging=np.zeros((2, 50), dtype=bool), engine="warmup"), ("a", "b"))
-    except Exception:  # noqa: BLE001 - warming is optional; the steps warm themselves
-        return False
-    return True
-
-
 def end_without_teardown() -> None:
     """The step server's exit, registered (last, so run first) with atexit by its preload:
     flush logging's handlers and stdout/stderr, then end the process without the
@@ -148,7 +127,6 @@ if in_step_server():  # a test or a tool that imports this module opens no insta
     enable_stack_dumps()
     share_alembic_revision_maps()
     warm_instance()
-    warm_plots()
     import atexit
 
     atexit.register(end_without_teardown)

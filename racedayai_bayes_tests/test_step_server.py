@@ -264,12 +264,6 @@ def test_alembic_revision_scripts_are_read_once_per_process_and_every_check_stil
     assert out.stdout.split() == ["True", "True", "True", "False", "True", "True", "False"]
 
 
-def test_the_warm_up_draws_each_kind_of_harness_plot():
-    from racedayai_bayes.step_warmup import warm_plots
-
-    assert warm_plots() is True
-
-
 def test_the_step_server_keeps_freed_memory_and_a_setting_of_ones_own_wins(tmp_path):
     """start_step_server starts the server with STEP_MALLOC_ENV (read by glibc as it starts),
     and leaves this process's own environment as it was; a value already set is kept."""
