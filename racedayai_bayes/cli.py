@@ -144,7 +144,8 @@ def _instance(home: str):
 
     from racedayai_bayes.step_warmup import share_alembic_revision_maps
 
-    share_alembic_revision_maps()  # this command and its later processes check each run's database once, cheaply
+    # Alembic's revision scripts are read once for every database check of this command and its later processes
+    share_alembic_revision_maps()
     try:
         return dg.DagsterInstance.get()
     except (dg.DagsterError, CheckError, yaml.YAMLError) as exc:

@@ -10,19 +10,20 @@ from racedayai_bayes.defs.models import POSTERIOR_ASSETS
 from racedayai_bayes.defs.predictions import bayesian_posterior_means, bayesian_predictions, forecast_posterior_means
 from racedayai_bayes.defs.publish import published_model
 from racedayai_bayes.defs.split import holdout_split
-from racedayai_bayes.defs.resources import AtomicPickleIOManagerFactory, CpuSlots, PipelinePaths
+from racedayai_bayes.defs.resources import SLOT_TAGS, AtomicPickleIOManagerFactory, CpuSlots, PipelinePaths
 from racedayai_bayes.defs.schedules import REFIT_JOB, refit_job, weekly_refit
 from racedayai_bayes.defs.sensors import check_warning_alert, dead_run_reaper, refit_failure_alert
 from racedayai_bayes.step_server import STEP_PRELOAD
 
 # Steps fork from a server that has preloaded the code location (racedayai_bayes/step_server.py).
-# Three step processes per run at once, of which the CPU slots (defs/resources.py CpuSlots) let
-# two compute: the third is a step that needs no slot (the cluster file, read beside the two
-# larger inputs instead of after them: the model frame starts ~0.2 s sooner at the demo's
-# scale) or one that waits in the slot queue, in order of rank, having loaded no input yet.
+# Three step processes per run at once, but at most two of the steps that take a CPU slot
+# (defs/resources.py SLOT_TAGS), as before: the third is a step that takes none (the cluster
+# file, read beside the two larger inputs instead of after them: the model frame starts
+# ~0.2 s sooner at the demo's scale).
 executor = dg.multiprocess_executor.configured(
     {
         "max_concurrent": 3,
+        "tag_concurrency_limits": [{"key": next(iter(SLOT_TAGS)), "limit": 2}],
         "start_method": {"forkserver": {"preload_modules": STEP_PRELOAD}},
     }
 )

@@ -1,6 +1,6 @@
 """The server the multiprocess executor forks step processes from, and what it preloads.
 
-Steps run in their own processes, at most two at once (the machine has 2 cores). They fork
+Steps run in their own processes, at most two heavy ones at once (the machine has 2 cores). They fork
 from a server that has already imported the code location and what its steps import lazily
 (ArviZ, SciPy's stats, the NetCDF writer, the plots, the models' modules, and what opens the
 Dagster instance): seconds of imports paid once per command instead of in every step. The

@@ -13,7 +13,7 @@ instance for the first time creates its empty databases, as any command would). 
 only means the steps warm themselves again: it is never raised, as the server must start.
 
 Each step process also checks the Alembic revision of every SQLite database it opens, and
-Alembic reads Dagster's 352 revision scripts for each check: the server reads them once
+Alembic executed Dagster's 89 revision scripts for each check: the server reads them once
 (:func:`share_alembic_revision_maps`) and every step inherits what it read.
 
 The plots need no warm-up here. Until 2026-12-04 the server drew one plot of each kind the
@@ -38,28 +38,42 @@ def share_alembic_revision_maps() -> bool:
     process (the run, event-log index and schedule databases, and each run's own event
     shard), it checks the database's Alembic revision against the head. Each check makes a
     new :class:`alembic.script.ScriptDirectory`, and each new one builds its revision map by
-    executing every revision script Dagster ships (352 files): 13-17 ms of CPU per check,
+    executing every revision script Dagster ships (89 files): 13-17 ms of CPU per check,
     4 or 5 checks per step process, in every step process of a refit (measured 2026-12-05).
     The scripts cannot change while a process runs, so a map built once serves every later
     directory of the same folders. Called before the step server opens the instance
-    (:func:`warm_instance`), every step forked from it inherits the map already built.
+    (:func:`warm_instance`), every step forked from it inherits the map already built. The
+    database's own revision is still read from the database at every check.
 
-    Only the map is shared: each directory keeps its own options. True if installed (or
-    already); False if this Alembic has no such class to patch (the checks then cost as before).
+    Only the map is shared: each directory keeps its own options. Alembic changes a map only
+    when it writes a new revision script (``alembic revision``), which Dagster never does.
+    True if installed (or already); False if this Alembic's script directory has no
+    revision map to share (the checks then cost as before). A directory whose attributes
+    are not as expected keeps its own map: this never raises.
     """
+    import functools
+    import inspect
+
     try:
         from alembic.script import ScriptDirectory
-    except ImportError:
+
+        if "self.revision_map" not in inspect.getsource(ScriptDirectory.__init__):
+            return False
+    except (ImportError, OSError, TypeError):
         return False
     if getattr(ScriptDirectory.__init__, "_racedayai_shared_maps", False):
         return True
     original_init = ScriptDirectory.__init__
 
+    @functools.wraps(original_init)
     def __init__(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
-        key = (os.path.abspath(self.dir), tuple(self.version_locations or ()), bool(self.sourceless),
-               bool(self.recursive_version_locations))
-        self.revision_map = _SHARED_REVISION_MAPS.setdefault(key, self.revision_map)
+        try:
+            key = (os.path.abspath(self.dir), tuple(os.path.abspath(str(v)) for v in self.version_locations or ()),
+                   bool(self.sourceless), bool(self.recursive_version_locations))
+            self.revision_map = _SHARED_REVISION_MAPS.setdefault(key, self.revision_map)
+        except Exception:  # noqa: BLE001 - another Alembic: this directory keeps the map it made
+            pass
 
     __init__._racedayai_shared_maps = True
     ScriptDirectory.__init__ = __init__

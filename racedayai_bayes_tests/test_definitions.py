@@ -55,8 +55,13 @@ def test_executor_runs_at_most_three_step_processes_per_run():
     resolved = job.executor_def.config_schema.resolve_config({})
     assert resolved.success, resolved.errors
     config = resolved.value["config"]
-    # three processes, of which the CPU slots (tested in test_defs_resources) let two compute
+    # three processes, but at most two steps that take a CPU slot (as many as the slots of a
+    # 2-core machine): the third process is for a step that takes none
     assert config["max_concurrent"] == 3
+    assert config["tag_concurrency_limits"] == [{"key": "racedayai/cpu_slot", "limit": 2}]
+    for name, node in job.graph.node_dict.items():
+        takes_slot = "cpu" in node.definition.required_resource_keys
+        assert (node.definition.tags.get("racedayai/cpu_slot") == "held") == takes_slot, name
     preload = config["start_method"]["forkserver"]["preload_modules"]
     assert preload[0] == "racedayai_bayes.definitions" and {"arviz", "scipy.stats"} <= set(preload)
     # of the ready posterior steps the longest, the forecast model's, starts first

@@ -227,8 +227,10 @@ def test_only_the_servers_import_warms_the_instance(tmp_path):
 def test_alembic_revision_scripts_are_read_once_per_process_and_every_check_still_sees_the_head(tmp_path):
     """After share_alembic_revision_maps, a second instance's storages check their databases'
     revisions without executing Dagster's revision scripts again, and each check still finds
-    the database at the head. Another script folder keeps a map of its own."""
+    the database at the head. Another script folder, or other options, keep a map of their own."""
     script = textwrap.dedent("""
+        import sys
+
         import dagster as dg
         from alembic.script import Script, ScriptDirectory
         from racedayai_bayes.step_warmup import share_alembic_revision_maps
@@ -249,8 +251,12 @@ def test_alembic_revision_scripts_are_read_once_per_process_and_every_check_stil
         print(all(db == head and head for db, head in versions))
         one = ScriptDirectory(dir=sys.argv[1])
         print(ScriptDirectory(dir=sys.argv[1]).revision_map is one.revision_map,
-              ScriptDirectory(dir=sys.argv[2]).revision_map is one.revision_map)
-    """).replace("import dagster as dg", "import sys\nimport dagster as dg")
+              ScriptDirectory(dir=sys.argv[2]).revision_map is one.revision_map,
+              ScriptDirectory(dir=sys.argv[1], sourceless=True).revision_map is one.revision_map)
+        # an Alembic whose directory lacks an attribute the key reads: it keeps its own map
+        ScriptDirectory.sourceless = property(lambda self: 1 / 0, lambda self, value: None)
+        print(ScriptDirectory(dir=sys.argv[1]).revision_map is one.revision_map)
+    """)
     for folder in ("a", "b"):
         (tmp_path / folder / "versions").mkdir(parents=True)
     home = tmp_path / "home"
@@ -260,8 +266,9 @@ def test_alembic_revision_scripts_are_read_once_per_process_and_every_check_stil
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "a"), str(tmp_path / "b")],
                          capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    # the first instance reads the scripts, the second none; every revision is the head
-    assert out.stdout.split() == ["True", "True", "True", "False", "True", "True", "False"]
+    # the first instance reads the scripts, the second none; every revision is the head; a
+    # folder's map is shared only by directories of the same folder and options
+    assert out.stdout.split() == ["True", "True", "True", "False", "True", "True", "False", "False", "False"]
 
 
 def test_the_warm_up_resolves_the_refit_job_as_the_commands_steps_do(monkeypatch):

@@ -7,7 +7,7 @@ import pandas as pd
 from racedayai_bayes.lib.data import contracts
 from racedayai_bayes.lib.data.frame import join_counts, model_frame_and_seasons
 
-from .resources import CpuSlots, PipelinePaths
+from .resources import SLOT_TAGS, CpuSlots, PipelinePaths
 
 GROUP = "inputs"
 
@@ -36,13 +36,13 @@ def _read(context: dg.AssetExecutionContext, reader, path) -> dg.Output:
     return _input_output(result, context)
 
 
-@dg.asset(group_name=GROUP)
+@dg.asset(group_name=GROUP, op_tags=SLOT_TAGS)
 def athlete_race(context: dg.AssetExecutionContext, paths: PipelinePaths, cpu: CpuSlots) -> dg.Output[pd.DataFrame]:
     """Race results (athlete_race.csv): the seven columns the model needs, typed and validated."""
     return _read(context, contracts.read_races, paths.input_file(contracts.RACE_FILE))
 
 
-@dg.asset(group_name=GROUP)
+@dg.asset(group_name=GROUP, op_tags=SLOT_TAGS)
 def athlete_profile(context: dg.AssetExecutionContext, paths: PipelinePaths, cpu: CpuSlots) -> dg.Output[pd.DataFrame]:
     """Athlete profiles (athlete_profile.csv): one row per athlete_hash."""
     return _read(context, contracts.read_profiles, paths.input_file(contracts.PROFILE_FILE))
@@ -70,6 +70,7 @@ def cluster_assignments(context: dg.AssetExecutionContext, paths: PipelinePaths)
         ),
     },
     can_subset=True,
+    op_tags=SLOT_TAGS,
 )
 def model_frame(
     context: dg.AssetExecutionContext,

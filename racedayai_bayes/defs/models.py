@@ -17,7 +17,7 @@ from racedayai_bayes.lib.outputs.io import OutputWriteError
 
 from .checks import check_result, model_check_specs
 from .partitions import distance_partitions
-from .resources import CpuSlots, PipelinePaths
+from .resources import SLOT_TAGS, CpuSlots, PipelinePaths
 
 _SEED = SeedSettings()
 _FORECAST = ForecastSettings()
@@ -133,7 +133,7 @@ def build_posterior_asset(name: str) -> dg.AssetsDefinition:
         partitions_def=distance_partitions,
         check_specs=model_check_specs(posterior_key(name), checks),
         group_name="model",
-        op_tags={"dagster/priority": str(STEP_PRIORITY.get(name, 0))},
+        op_tags={"dagster/priority": str(STEP_PRIORITY.get(name, 0)), **SLOT_TAGS},
         description=f"Posterior of {name} for one distance: {entry.description}. Judged on the held-out rows.",
     )
     if entry.needs_seasons:

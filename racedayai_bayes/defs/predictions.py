@@ -16,7 +16,7 @@ from racedayai_bayes.lib.outputs.tables import means_table, prediction_table
 
 from .models import posterior_key
 from .partitions import distance_partitions
-from .resources import CpuSlots, PipelinePaths
+from .resources import SLOT_TAGS, CpuSlots, PipelinePaths
 
 GROUP = "outputs"
 
@@ -29,7 +29,7 @@ def _write(table: pd.DataFrame, path: Path) -> Path:
         raise dg.Failure(description=str(exc), metadata={"path": str(path)}) from None
 
 
-@dg.asset(partitions_def=distance_partitions, group_name=GROUP)
+@dg.asset(partitions_def=distance_partitions, group_name=GROUP, op_tags=SLOT_TAGS)
 def bayesian_predictions(
     context: dg.AssetExecutionContext, paths: PipelinePaths, cpu: CpuSlots, published_model: Decision,
     holdout_split: Split,

@@ -15,7 +15,7 @@ from racedayai_bayes.lib.outputs.artifacts import ArtifactError, published_model
 from .checks import PUBLISH_CHECKS, check_result, publish_check_specs
 from .models import posterior_key
 from .partitions import distance_partitions
-from .resources import CpuSlots, PipelinePaths
+from .resources import SLOT_TAGS, CpuSlots, PipelinePaths
 
 
 class PublishConfig(dg.Config):
@@ -49,6 +49,7 @@ def publish_outcomes(decision: Decision) -> list[dx.CheckOutcome]:
     ins={"holdout_split": dg.AssetIn(), **{posterior_key(n): dg.AssetIn() for n in MODEL_NAMES}},
     check_specs=publish_check_specs("published_model"),
     group_name="model",
+    op_tags=SLOT_TAGS,
 )
 def published_model(context: dg.AssetExecutionContext, config: PublishConfig, paths: PipelinePaths, cpu: CpuSlots,
                     holdout_split: Split, **posteriors: Judged):

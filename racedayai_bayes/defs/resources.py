@@ -127,6 +127,14 @@ def step_rank(step_key: str | None, partition: str | None) -> int:
     return 10 * STEP_RANKS.get(step_key or "", 2) + (0 if partition in (None, "70.3") else 1)
 
 
+# The op tag of every step that takes a CPU slot (requires the ``cpu`` resource). The refit
+# job's executor runs at most two such steps of a run at once (definitions.py), as many as
+# the slots of a 2-core machine, so that Dagster's step priority, not a race for the slots,
+# picks which ready posteriors start (the forecast model's first); its third process is for
+# a step that takes no slot (the cluster file, the posterior means).
+SLOT_TAGS = {"racedayai/cpu_slot": "held"}
+
+
 class CpuSlots(dg.ConfigurableResource):
     """A machine-wide slot that a heavy step holds while it runs (lib/cpu_slots.py).
 

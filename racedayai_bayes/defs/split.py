@@ -11,7 +11,7 @@ from racedayai_bayes.lib.errors import FitError
 
 from .concurrency import ensure_sole_refit
 from .partitions import distance_partitions
-from .resources import CpuSlots
+from .resources import SLOT_TAGS, CpuSlots
 
 
 class HoldoutConfig(dg.Config):
@@ -23,7 +23,7 @@ class HoldoutConfig(dg.Config):
     holdout_seed: int = Field(default=0, description="Seed of the random_athletes rule")
 
 
-@dg.asset(partitions_def=distance_partitions, group_name="model")
+@dg.asset(partitions_def=distance_partitions, group_name="model", op_tags=SLOT_TAGS)
 def holdout_split(context: dg.AssetExecutionContext, config: HoldoutConfig, cpu: CpuSlots,
                   model_frame: pd.DataFrame) -> dg.Output[Split]:
     """The distance's rows, split into fitted and held-out rows once for every model."""

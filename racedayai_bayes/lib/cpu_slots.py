@@ -1,6 +1,6 @@
 """CPU slots: at most N heavy steps at once on this machine, whichever run they belong to.
 
-Each run's executor runs at most two steps at once, but two runs (one per distance, from the
+Each run's executor runs at most two heavy steps at once, but two runs (one per distance, from the
 refit command or the run queue) would put four heavy steps on two cores and hold four steps'
 data in memory. A heavy step therefore holds one of N slots while it runs: an exclusive
 ``flock`` on one of the files ``slot-0.lock`` .. ``slot-<N-1>.lock`` in a folder of the
