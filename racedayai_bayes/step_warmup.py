@@ -56,13 +56,15 @@ def share_alembic_revision_maps() -> bool:
 
     try:
         from alembic.script import ScriptDirectory
-
-        if "self.revision_map" not in inspect.getsource(ScriptDirectory.__init__):
-            return False
-    except (ImportError, OSError, TypeError):
+    except ImportError:
         return False
     if getattr(ScriptDirectory.__init__, "_racedayai_shared_maps", False):
-        return True
+        return True  # installed already (this command's instance, or the server's preload)
+    try:
+        if "self.revision_map" not in inspect.getsource(ScriptDirectory.__init__):
+            return False
+    except (OSError, TypeError):  # no source to read: leave Alembic as it is
+        return False
     original_init = ScriptDirectory.__init__
 
     @functools.wraps(original_init)
