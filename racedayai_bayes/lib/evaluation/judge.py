@@ -112,10 +112,12 @@ def rows_fingerprint(rows: pd.DataFrame) -> str:
     the same rows, whichever process loaded them. A forecast reads the athlete, course,
     season, age group and gender, and the as-of history columns, which come from races
     outside these rows: all are in the digest. Arrow-backed columns are hashed from their
-    buffers, without a copy (2.2M rows of 20 columns in well under a second)."""
-    import hashlib
+    buffers, without a copy. The digest is xxh3's 128 bits: a check that the rows are the
+    same, not a defence against forged rows (2.2M rows of 20 columns in 0.11 s, against
+    0.68 s with hashlib's blake2b)."""
+    import xxhash
 
-    h = hashlib.blake2b(digest_size=16)
+    h = xxhash.xxh3_128()
     h.update(f"{len(rows)}".encode())
     for column in rows.columns:
         values = rows[column].array
