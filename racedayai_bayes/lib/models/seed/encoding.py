@@ -143,6 +143,22 @@ def fit_encoding(frame: pd.DataFrame, distance: str) -> Encoding:
     )
 
 
+def _lookup(values: pd.Series, mapping: dict, *, missing: int) -> np.ndarray:
+    """``values.map(mapping)`` as int64, ``missing`` where a value is missing or not a key.
+
+    Text columns go through Arrow's hash lookup (lib/data/history.index_in): on 2.2M rows
+    about a third of the time of ``Series.map``, which makes a Python string of every value
+    first (measured 2026-12-05). Other columns are mapped by pandas.
+    """
+    if isinstance(values.dtype, pd.StringDtype) and all(isinstance(k, str) for k in mapping):
+        from racedayai_bayes.lib.data.history import index_in
+
+        pos = index_in(values, pd.Index(list(mapping), dtype="string"))
+        codes = np.r_[np.asarray(list(mapping.values()), dtype=np.int64), missing]
+        return codes[np.where(pos >= 0, pos, len(mapping))]
+    return np.array(values.map(mapping).astype("Float64").fillna(missing).astype("int64").to_numpy(), dtype=np.int64)
+
+
 def encode(frame: pd.DataFrame, enc: Encoding, *, fitting: bool = False) -> Design:
     """Turn model-frame rows into a :class:`Design` using a fitted encoding.
 
@@ -151,17 +167,12 @@ def encode(frame: pd.DataFrame, enc: Encoding, *, fitting: bool = False) -> Desi
     group, and an unknown cluster, get ``UNSEEN`` so that predictions can treat them as new
     groups instead of silently borrowing index 0.
     """
-    gender_idx = (
-        frame["gender"].map(enc.gender_map).fillna(0).astype("int64").to_numpy()
-    )
-    age_lookup = {a: i for i, a in enumerate(enc.age_levels)}
+    gender_idx = _lookup(frame["gender"], enc.gender_map, missing=0)
     age = frame["age_group"].astype("string")
-    age_idx = age.map(age_lookup).astype("Float64")
-    age_idx = age_idx.fillna(0 if fitting else UNSEEN).astype("int64").to_numpy()
-    if fitting:
-        unknown = age.notna() & ~age.isin(enc.age_levels)
-        if unknown.any():
-            raise ValueError("age groups outside the encoding in fitting rows")
+    age_idx = _lookup(age, {a: i for i, a in enumerate(enc.age_levels)}, missing=-2)  # -2: missing or not a level
+    if fitting and (age.notna().to_numpy(dtype=bool) & (age_idx == -2)).any():
+        raise ValueError("age groups outside the encoding in fitting rows")
+    age_idx[age_idx == -2] = 0 if fitting else UNSEEN
     cluster_lookup = {c: i for i, c in enumerate(enc.cluster_levels)}
     cluster_idx = (
         pd.Series(_cluster_ids(frame)).map(cluster_lookup).fillna(UNSEEN).astype("int64").to_numpy()

@@ -80,7 +80,8 @@ def features(rows: pd.DataFrame, kind: str) -> pd.DataFrame:
     return rows.assign(
         pb_total_sec=rows["hist_best_sec"],
         total_races=rows["hist_results"].astype("float64"),
-        cluster_id=pd.array([pd.NA] * len(rows), dtype="Int64"),
+        # every cluster missing, built from arrays (a list of 2.2M pd.NA took 0.3 s)
+        cluster_id=pd.arrays.IntegerArray(np.zeros(len(rows), dtype="int64"), np.ones(len(rows), dtype=bool)),
     )
 
 
