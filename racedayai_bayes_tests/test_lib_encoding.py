@@ -161,3 +161,31 @@ def test_too_few_rows_is_an_error(rows):
 def test_zero_spread_is_an_error():
     with pytest.raises(ValueError, match="no spread"):
         fit_encoding(_frame(total_sec=[20000.0] * 6), "70.3")
+
+
+@pytest.mark.parametrize("dtype", ["string", object])
+def test_text_columns_encode_the_same_through_arrow_and_through_pandas(dtype):
+    """Text columns of pandas' string dtype are looked up by Arrow (encoding._lookup), any
+    other dtype by Series.map: both give the seed's indices, with blanks, unknown genders and
+    unknown age groups handled alike."""
+    enc = fit_encoding(_frame(), "70.3")
+    new = _frame(
+        gender=pd.array(["M", "X", None, "F", "", "F"], dtype=dtype),
+        age_group=pd.array(["80+", None, "18-24", "30-34", "70+", ""], dtype=dtype),
+    )
+    design = encode(new, enc)
+    assert design.gender_idx.tolist() == [0, 0, 0, 1, 0, 1]
+    assert design.age_idx.tolist() == [UNSEEN, UNSEEN, 0, 1, 2, UNSEEN]
+    assert design.age_idx.dtype == np.int64 and design.age_idx.flags.writeable
+
+
+def test_asof_features_have_no_cluster_and_the_history_as_fitness_and_experience():
+    from racedayai_bayes.lib.models.seed.fit import features
+
+    rows = _frame(hist_best_sec=[18000.0, np.nan, 20000.0, 21000.0, np.nan, 25000.0],
+                  hist_results=np.array([2, 0, 1, 4, 0, 3], dtype=np.int32))
+    asof = features(rows, "asof")
+    assert asof["cluster_id"].dtype == "Int64" and asof["cluster_id"].isna().all() and len(asof) == len(rows)
+    np.testing.assert_array_equal(asof["pb_total_sec"].to_numpy(), rows["hist_best_sec"].to_numpy())
+    assert asof["total_races"].tolist() == [2.0, 0.0, 1.0, 4.0, 0.0, 3.0]
+    assert features(rows, "profile") is rows
