@@ -187,6 +187,17 @@ class TreeRSS(threading.Thread):
             time.sleep(self.every)
 
 
+def _machine_ticks() -> dict[str, float]:
+    """The machine's CPU seconds so far by kind (the first line of /proc/stat); {} elsewhere."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return {}
+    tick = os.sysconf("SC_CLK_TCK")
+    names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    return {name: int(v) / tick for name, v in zip(names, fields)}
+
+
 def fresh_memory_probe(mb: int = 400) -> float:
     """Seconds per GB for a new process to touch memory the machine has not used for a few
     seconds, measured in a child process: on this VM (Firecracker, free page reporting)
@@ -326,6 +337,7 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
     print(f"[{tag}] I/O floor before: {floor_before}", flush=True)
     print(f"[{tag}] racedayai-bayes refit {' '.join(extra_args)}", flush=True)
     fresh_before = fresh_memory_probe()
+    ticks_before = _machine_ticks()
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "racedayai_bayes.cli", "refit", *extra_args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -333,6 +345,7 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
     mon.start()
     log, _ = proc.communicate()
     wall = time.perf_counter() - t0
+    ticks = {k: v - ticks_before.get(k, 0) for k, v in _machine_ticks().items()}
     mon.stop.set()
     mon.join()
     cpu_user, cpu_system = mon.cpu_seconds()
@@ -363,6 +376,10 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
         "cpu_user_s": round(cpu_user, 1),
         "cpu_system_s": round(cpu_system, 1),
         "fresh_memory_s_per_gb": fresh_before,
+        # the whole machine during the refit (/proc/stat): the time the hypervisor gave this
+        # VM's CPUs to others (steal) and the CPU time no process used (idle), in CPU seconds
+        "machine_steal_s": ticks.get("steal"),
+        "machine_idle_s": ticks.get("idle"),
         "step_wall_s": history["steps"],
         # what the process tree held at its PSS peak: each process's PSS, step processes by step
         "peak_parts_mb": {f"{history['pids'].get(pid, command)} (pid {pid})": round(kb / 1024)
@@ -727,6 +744,11 @@ def _refit_lines(title: str, fs: dict) -> list[str]:
                   "the machine had not used for 3 s (bench/run.py `fresh_memory_probe`): on this VM, memory "
                   "the host has taken back costs system time at such a rate when a process touches it again "
                   "(0.8 to 14 s per GB, measured on 2026-12-03).", ""]
+    if fs.get("machine_steal_s") is not None:
+        lines += [f"The whole machine during the refit (/proc/stat): **{fs['machine_steal_s']:.1f} CPU s stolen** by the "
+                  f"hypervisor for other guests, {fs['machine_idle_s']:.1f} CPU s idle, of {(os.cpu_count() or 1) * fs['wall_s']:.0f} "
+                  f"on {os.cpu_count()} cores. Stolen time is one reason the same code's wall time moves from run "
+                  "to run here; contention for the host's caches and memory, which no counter here shows, is another.", ""]
     for distance, d in sorted(fs["models"].items()):
         lines += [f"### {distance}: published **{d['published']}**", "", d["reason"] + ".", "",
                   "| model | fit s | ELPD per row (± SE) | MAE p50 min | MAE pred min | R² | 90% coverage (± SE) | decile coverage | sampler checks |",
