@@ -176,6 +176,10 @@ def test_duplicated_profile_hash_is_rejected_by_reader_and_by_build(tmp_path):
     ok_profiles = dup_profiles.iloc[:1]
     with pytest.raises(ValueError, match="duplicated"):
         build_model_frame(races, ok_profiles, dup_clusters)
+    # two rows of an athlete with no race cannot multiply any row: the join ignores them
+    unraced = pd.DataFrame({"athlete_hash": ["a", "z", "z"], "total_races": [3.0, 1.0, 2.0], "pb_total_sec": [1.0, 2.0, 3.0]})
+    frame, _ = build_model_frame(races, unraced, clusters)
+    assert len(frame) == 1 and frame.loc[0, "total_races"] == 3.0 and pd.isna(frame.loc[0, "cluster_id"])
 
 
 def test_one_thread_and_two_make_the_same_frame_and_season_table(small_inputs):

@@ -33,13 +33,18 @@ def _lookup(keys: pd.Index, right: pd.DataFrame, columns: list[str], codes: np.n
     """A left join on athlete_hash by position: for each row (its athlete's code into
     ``keys``), the columns of ``right``'s row with that athlete_hash, missing where none.
 
-    A blank key never matches: blank hashes have code -1, and ``right`` has unique keys
-    (checked by the readers), so rows never multiply.
+    A blank key never matches: blank hashes have code -1, and each key takes at most one row
+    of ``right``, so rows never multiply. ``right``'s keys are unique (the readers check);
+    two rows of ``right`` for one athlete of ``keys`` are an error here too. The lookup runs
+    from ``right`` into ``keys``, so that a count of the codes it finds is that check (a
+    separate ``duplicated()`` pass over ``right`` cost 0.25 s a join at full scale).
     """
-    right = right.loc[right["athlete_hash"].notna()]
-    if right["athlete_hash"].duplicated().any():
+    code = index_in(right["athlete_hash"], keys)  # each row's athlete in ``keys``; -1: blank or not there
+    rows = np.flatnonzero(code >= 0)
+    if len(rows) and np.bincount(code[rows], minlength=len(keys)).max() > 1:
         raise ValueError("duplicated athlete_hash on the right side of a join")
-    where = index_in(keys, right["athlete_hash"])
+    where = np.full(len(keys), -1, dtype=np.int64)
+    where[code[rows]] = rows  # the row of ``right`` of each athlete of ``keys``
     pos = where[np.maximum(codes, 0)] if len(where) else np.full(len(codes), -1)
     pos = np.where(codes >= 0, pos, -1)
     out = {}
