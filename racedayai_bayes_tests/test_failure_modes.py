@@ -1476,7 +1476,7 @@ expected = {
 }
 
 from racedayai_bayes.lib.data.contracts import read_clusters, read_profiles, read_races
-from racedayai_bayes.lib.data.frame import build_model_frame, join_counts
+from racedayai_bayes.lib.data.frame import build_model_frame
 
 base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 t1 = time.perf_counter()
@@ -1485,7 +1485,6 @@ p, cl = read_profiles(folder / "athlete_profile.csv"), read_clusters(folder / "c
 read_s = time.perf_counter() - t1
 t2 = time.perf_counter()
 frame, counts = build_model_frame(r.frame, p.frame, cl.frame)
-counts.update(join_counts(frame, p.frame, cl.frame))
 frame_s = time.perf_counter() - t2
 print(json.dumps({
     "counts": counts, "expected": expected, "rows_read": len(r.frame), "profiles": len(p.frame),

@@ -107,7 +107,11 @@ def test_model_frame_applies_every_rule_of_the_seed(tmp_path):
         "rows_140.6": 3,
         "rows_blank_event_name": 0,
         "athletes_with_several_genders": 0,
+        # kept rows whose athlete_hash is in no profile or cluster row (a blank one never is)
+        "rows_without_profile": int((~frame["athlete_hash"].isin(profiles["athlete_hash"].dropna()).fillna(False)).sum()),
+        "rows_without_cluster": int((~frame["athlete_hash"].isin(clusters["athlete_hash"].dropna()).fillna(False)).sum()),
     }
+    assert counts["rows_without_profile"] >= 1 and counts["rows_without_cluster"] >= 1  # the anonymous race at least
     # a1's 140.6 race of 2018 is its first: its 70.3 and sprint races of 2019 come later
     a1 = frame.loc[frame["athlete_hash"] == "a1"].iloc[0]
     assert a1["hist_starts"] == 0

@@ -5,7 +5,7 @@ import dagster as dg
 import pandas as pd
 
 from racedayai_bayes.lib.data import contracts
-from racedayai_bayes.lib.data.frame import join_counts, model_frame_and_seasons
+from racedayai_bayes.lib.data.frame import model_frame_and_seasons
 
 from .resources import SLOT_TAGS, CpuSlots, PipelinePaths
 
@@ -85,7 +85,6 @@ def model_frame(
     with cpu.second_core() as two:
         frame, counts, seasons = model_frame_and_seasons(athlete_race, athlete_profile, cluster_assignments,
                                                          threads=2 if two else 1)
-    counts.update(join_counts(frame, athlete_profile, cluster_assignments))
     selected = context.op_execution_context.selected_output_names
     if "model_frame" in selected:
         yield dg.Output(frame, output_name="model_frame", metadata={k: dg.MetadataValue.int(v) for k, v in counts.items()})

@@ -29,9 +29,10 @@ FRAME_COLUMNS = (
 )
 
 
-def _lookup(keys: pd.Index, right: pd.DataFrame, columns: list[str], codes: np.ndarray) -> dict[str, pd.Series]:
+def _lookup(keys: pd.Index, right: pd.DataFrame, columns: list[str], codes: np.ndarray) -> tuple[dict[str, pd.Series], int]:
     """A left join on athlete_hash by position: for each row (its athlete's code into
-    ``keys``), the columns of ``right``'s row with that athlete_hash, missing where none.
+    ``keys``), the columns of ``right``'s row with that athlete_hash, missing where none;
+    and the number of rows that found none (a blank athlete_hash never does).
 
     A blank key never matches: blank hashes have code -1, and each key takes at most one row
     of ``right``, so rows never multiply. ``right``'s keys are unique (the readers check);
@@ -51,7 +52,7 @@ def _lookup(keys: pd.Index, right: pd.DataFrame, columns: list[str], codes: np.n
     for col in columns:
         taken = pd.api.extensions.take(right[col].array, pos, allow_fill=True)
         out[col] = pd.Series(taken)
-    return out
+    return out, int((pos < 0).sum())
 
 
 def build_model_frame(
@@ -71,8 +72,9 @@ def model_frame_and_seasons(
     3600 < total_sec < 61200, as in the seed; and, unlike the seed, a known event_year: a
     race without a season can be neither held out by season nor given an as-of history.
     Each kept row gets its as-of history (:data:`HISTORY_COLUMNS`) from every row of
-    ``races``. Returns the frame, the count of rows each rule removed, and the per-(athlete,
-    season) table of every start that the history comes from (lib/data/history.py).
+    ``races``. Returns the frame, the count of rows each rule removed (and of the kept rows
+    that found no profile or no cluster), and the per-(athlete, season) table of every start
+    that the history comes from (lib/data/history.py).
 
     Athletes are numbered once (``pd.factorize``, in hash order), and the joins and the history work on
     those numbers: string keys are hashed once, not in every join and group-by. With
@@ -107,11 +109,11 @@ def model_frame_and_seasons(
     if threads >= 2:
         with ThreadPoolExecutor(1, thread_name_prefix="season-table") as pool:
             seasons_made = pool.submit(season_table, races, ag_finish, MODEL_DISTANCES, codes=codes, athletes=athletes)
-            frame = _kept_rows(races, rows, kept_codes, athletes, profiles, clusters)
+            frame, unmatched = _kept_rows(races, rows, kept_codes, athletes, profiles, clusters)
             seasons = seasons_made.result()
     else:
         seasons = season_table(races, ag_finish, MODEL_DISTANCES, codes=codes, athletes=athletes)
-        frame = _kept_rows(races, rows, kept_codes, athletes, profiles, clusters)
+        frame, unmatched = _kept_rows(races, rows, kept_codes, athletes, profiles, clusters)
     frame = add_history(frame, seasons, MODEL_DISTANCES, codes=kept_codes)
     seasons = seasons.drop(columns="athlete")  # codes of this factorization only
     counts["rows_out"] = len(frame)
@@ -119,15 +121,19 @@ def model_frame_and_seasons(
         counts[f"rows_{d}"] = int((frame["event_distance"] == d).sum())
     counts["rows_blank_event_name"] = int(frame["event_name"].isna().sum())
     counts["athletes_with_several_genders"] = several_genders(frame, kept_codes)
+    counts.update(unmatched)
     return frame, counts, seasons
 
 
 def _kept_rows(races: pd.DataFrame, rows: np.ndarray, kept_codes: np.ndarray, athletes: pd.Index,
-               profiles: pd.DataFrame, clusters: pd.DataFrame) -> pd.DataFrame:
+               profiles: pd.DataFrame, clusters: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     """The kept rows of ``races`` (positions ``rows``, their athletes' codes ``kept_codes``)
-    with their profile and cluster joined on, in :data:`FRAME_COLUMNS` order."""
+    with their profile and cluster joined on, in :data:`FRAME_COLUMNS` order, and the counts
+    of rows that found no profile and no cluster."""
     profile_cols = [c for c in PROFILE_COLUMNS if c in profiles.columns]
-    joined = {**_lookup(athletes, profiles, profile_cols, kept_codes), **_lookup(athletes, clusters, ["cluster_id"], kept_codes)}
+    by_profile, without_profile = _lookup(athletes, profiles, profile_cols, kept_codes)
+    by_cluster, without_cluster = _lookup(athletes, clusters, ["cluster_id"], kept_codes)
+    joined = {**by_profile, **by_cluster}
     frame = races.iloc[rows][["athlete_hash", "gender", "age_group", "event_name", "event_distance", "event_year",
                               "total_sec"]].reset_index(drop=True)
     for col in PROFILE_COLUMNS:
@@ -135,7 +141,10 @@ def _kept_rows(races: pd.DataFrame, rows: np.ndarray, kept_codes: np.ndarray, at
     frame["cluster_id"] = joined["cluster_id"].astype("Int64")
     frame = frame[list(FRAME_COLUMNS)]
     frame["event_distance"] = frame["event_distance"].astype("string")
-    return frame
+    # kept rows that found no profile or no cluster (a blank athlete_hash never does): kept, as
+    # in the seed (fitness at the mean, experience log1p(0), cluster -1); the counts make an
+    # empty or stale file visible
+    return frame, {"rows_without_profile": without_profile, "rows_without_cluster": without_cluster}
 
 
 def several_genders(frame: pd.DataFrame, codes: np.ndarray | None = None) -> int:
@@ -154,25 +163,6 @@ def several_genders(frame: pd.DataFrame, codes: np.ndarray | None = None) -> int
     pairs = np.sort(codes[use].astype(np.int64) * 64 + gender[use])
     pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]]  # distinct: sorting is ~10x faster than np.unique's hash table here
     return int((np.bincount(pairs // 64) > 1).sum())
-
-
-def join_counts(frame: pd.DataFrame, profiles: pd.DataFrame, clusters: pd.DataFrame) -> dict[str, int]:
-    """Model-frame rows that found no profile and no cluster (a blank athlete_hash never does).
-
-    These rows are kept, as in the seed: no profile means fitness at the mean and experience
-    log1p(0); no cluster means cluster -1. The counts make an empty or stale file visible.
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    # Arrow's hash set: ~20x faster than Series.isin on millions of strings; null never matches
-    keys = pa.array(frame["athlete_hash"], type=pa.string())
-
-    def unmatched(right: pd.DataFrame) -> int:
-        values = pa.array(right["athlete_hash"].dropna(), type=pa.string())
-        return len(keys) - pc.sum(pc.is_in(keys, value_set=values, skip_nulls=True)).as_py() if len(keys) else 0
-
-    return {"rows_without_profile": unmatched(profiles), "rows_without_cluster": unmatched(clusters)}
 
 
 def course_first_seasons(rows: pd.DataFrame) -> pd.Series:
