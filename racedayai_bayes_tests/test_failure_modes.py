@@ -1522,3 +1522,13 @@ def test_full_scale_race_file_reads_and_merges_in_bounded_memory(tmp_path):
     assert report["nan_times_in_frame"] == 0
     # read ~2-4 s, merge ~11 s, peak ~2.2 GB here; the report says how far off a failure is
     assert report["peak_mb"] < PEAK_MB_LIMIT, report
+
+
+def test_the_season_table_counts_each_athlete_once(messy_run):
+    """athlete_seasons' metadata counts athletes from the table's runs of rows (it is sorted by
+    athlete): the same number as the distinct hashes of the table, and of the raced athletes
+    with a modelled start (a blank athlete_hash has no season row)."""
+    result, _, _, _ = messy_run
+    seasons = result.asset_value("athlete_seasons")
+    assert _meta(result, "athlete_seasons")["athletes"] == seasons["athlete_hash"].nunique() > 1
+    assert seasons["athlete_hash"].notna().all()
