@@ -378,8 +378,9 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
         "fresh_memory_s_per_gb": fresh_before,
         # the whole machine during the refit (/proc/stat): the time the hypervisor gave this
         # VM's CPUs to others (steal) and the CPU time no process used (idle), in CPU seconds
-        "machine_steal_s": ticks.get("steal"),
-        "machine_idle_s": ticks.get("idle"),
+        "machine_steal_s": None if "steal" not in ticks else round(ticks["steal"], 2),
+        "machine_idle_s": None if "idle" not in ticks else round(ticks["idle"], 2),
+        "machine_cpus": os.cpu_count(),
         "step_wall_s": history["steps"],
         # what the process tree held at its PSS peak: each process's PSS, step processes by step
         "peak_parts_mb": {f"{history['pids'].get(pid, command)} (pid {pid})": round(kb / 1024)
@@ -746,8 +747,8 @@ def _refit_lines(title: str, fs: dict) -> list[str]:
                   "(0.8 to 14 s per GB, measured on 2026-12-03).", ""]
     if fs.get("machine_steal_s") is not None:
         lines += [f"The whole machine during the refit (/proc/stat): **{fs['machine_steal_s']:.1f} CPU s stolen** by the "
-                  f"hypervisor for other guests, {fs['machine_idle_s']:.1f} CPU s idle, of {(os.cpu_count() or 1) * fs['wall_s']:.0f} "
-                  f"on {os.cpu_count()} cores. Stolen time is one reason the same code's wall time moves from run "
+                  f"hypervisor for other guests, {fs['machine_idle_s']:.1f} CPU s idle, of {(fs.get('machine_cpus') or 1) * fs['wall_s']:.0f} "
+                  f"on {fs.get('machine_cpus')} cores. Stolen time is one reason the same code's wall time moves from run "
                   "to run here; contention for the host's caches and memory, which no counter here shows, is another.", ""]
     for distance, d in sorted(fs["models"].items()):
         lines += [f"### {distance}: published **{d['published']}**", "", d["reason"] + ".", "",

@@ -164,19 +164,29 @@ def test_zero_spread_is_an_error():
 
 
 @pytest.mark.parametrize("dtype", ["string", object])
-def test_text_columns_encode_the_same_through_arrow_and_through_pandas(dtype):
-    """Text columns of pandas' string dtype are looked up by Arrow (encoding._lookup), any
-    other dtype by Series.map: both give the seed's indices, with blanks, unknown genders and
-    unknown age groups handled alike."""
+def test_gender_encodes_the_same_through_arrow_and_through_pandas(dtype):
+    """A text column of pandas' string dtype is looked up by Arrow (encoding._lookup), a
+    column of Python objects by Series.map: both give the seed's indices, blanks and unknown
+    genders included. (The age group is always cast to the string dtype first.)"""
     enc = fit_encoding(_frame(), "70.3")
-    new = _frame(
-        gender=pd.array(["M", "X", None, "F", "", "F"], dtype=dtype),
-        age_group=pd.array(["80+", None, "18-24", "30-34", "70+", ""], dtype=dtype),
-    )
+    new = _frame(age_group=pd.array(["80+", None, "18-24", "30-34", "70+", ""], dtype="string"))
+    new["gender"] = pd.Series(["M", "X", None, "F", "", "F"], dtype="string").astype(dtype)
+    assert (new["gender"].dtype == object) == (dtype is object)  # pandas 3 would infer str from a list
     design = encode(new, enc)
     assert design.gender_idx.tolist() == [0, 0, 0, 1, 0, 1]
     assert design.age_idx.tolist() == [UNSEEN, UNSEEN, 0, 1, 2, UNSEEN]
-    assert design.age_idx.dtype == np.int64 and design.age_idx.flags.writeable
+    for idx in (design.gender_idx, design.age_idx):
+        assert idx.dtype == np.int64 and idx.flags.writeable
+
+
+def test_lookup_of_a_column_of_objects_maps_like_series_map():
+    from racedayai_bayes.lib.models.seed.encoding import _lookup
+
+    values = pd.Series(["a", None, "c", np.nan, "b"], dtype=object)
+    got = _lookup(values, {"a": 0, "b": 1}, missing=-7)
+    assert got.tolist() == [0, -7, -7, -7, 1] and got.dtype == np.int64 and got.flags.writeable
+    as_text = _lookup(values.astype("string"), {"a": 0, "b": 1}, missing=-7)
+    assert as_text.tolist() == got.tolist()
 
 
 def test_asof_features_have_no_cluster_and_the_history_as_fitness_and_experience():

@@ -351,9 +351,9 @@ def _evaluate(stats: PatternStats, theta: np.ndarray) -> Evaluation:
 
 
 def _factor_in_place(mat: np.ndarray) -> bool:
-    """Overwrite the symmetric C-ordered ``mat``, of which only the upper triangle is read,
-    with its upper Cholesky factor U (mat = U^T U), zeros below the diagonal; False if it
-    is not numerically positive definite.
+    """Overwrite the C-ordered ``mat``, whose upper triangle holds a symmetric matrix (the lower
+    one is ignored: it may be unset), with that matrix's upper Cholesky factor U (= U^T U),
+    zeros below the diagonal; False if it is not numerically positive definite.
 
     I + D^1/2 Q D^1/2 is positive definite in exact arithmetic; at the extreme scales a
     heavy-tailed proposal sometimes draws, rounding can break that. Such a theta gets zero
