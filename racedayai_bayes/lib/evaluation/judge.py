@@ -113,8 +113,8 @@ def rows_fingerprint(rows: pd.DataFrame) -> str:
     season, age group and gender, and the as-of history columns, which come from races
     outside these rows: all are in the digest. Arrow-backed columns are hashed from their
     buffers, without a copy. The digest is xxh3's 128 bits: a check that the rows are the
-    same, not a defence against forged rows (2.2M rows of 20 columns in 0.11 s, against
-    0.68 s with hashlib's blake2b)."""
+    same, not a defence against forged rows (the 2.35M rows of 20 columns of a full-scale
+    70.3 split in 0.11 s, against 0.68 s with hashlib's blake2b)."""
     import xxhash
 
     h = xxhash.xxh3_128()
