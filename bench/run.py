@@ -355,7 +355,7 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
     history = _run_history(home)
     floor = (floor_before["total_s"] + floor_after["total_s"]) / 2
     rows = 0
-    for f in out_dir.glob("bayesian_predictions_*.csv"):
+    for f in out_dir.rglob("bayesian_predictions_*.csv"):  # a backtest's are under backtests/<season>/
         rows += sum(1 for _ in open(f)) - 1
     decisions = {}
     for distance, decision in _decisions(home).items():

@@ -293,20 +293,34 @@ def test_when_no_model_passes_nothing_is_published_and_the_csv_stays(graph_run, 
 
 
 def test_a_backtest_holds_out_an_earlier_season_and_drops_later_ones(graph_run, tmp_path):
+    """A backtest writes everything under backtests/<season>/ and leaves what the weekly
+    refit published alone: its CSVs, its means files, its artifacts and its `latest`."""
     results, _, _ = graph_run
     copy, resources = _copy_of_outputs(graph_run, tmp_path)
     frame = _frame(results)
     rows = frame[frame["event_distance"] == "140.6"]
     season = int(rows["event_year"].max()) - 1
+    published = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
     result = _materialize("140.6", resources, dg.DagsterInstance.ephemeral(), selection=REFIT,
                           split={"holdout_season": season})
     assert result.success
     meta = _meta(result, "holdout_split")
     assert meta["season"].value == season
     assert meta["rows_dropped_later_seasons"].value == int((rows["event_year"] > season).sum()) > 0
-    table = pd.read_csv(copy / "bayesian_predictions_140.6.csv")
+    backtest = copy / "backtests" / str(season)
+    table = pd.read_csv(backtest / "bayesian_predictions_140.6.csv")
     assert table["event_year"].max() == season
     assert table["held_out"].tolist() == (table["event_year"] == season).tolist()
+    assert _meta(result, "bayesian_predictions")["backtest"].value is True
+    # the backtest's posterior is published in its own folder, with the usual layout
+    latest = (backtest / "posterior" / "140.6" / LATEST).read_text().strip()
+    assert (backtest / "posterior" / latest).exists()
+    means = pd.read_csv(backtest / "forecast_posterior_means.csv", dtype={"distance": str})
+    assert means["distance"].tolist() == ["140.6"]
+    # nothing the weekly refit wrote changed, and nothing new appeared beside it
+    after = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()
+             and backtest not in p.parents}
+    assert after == published
 
 
 def test_bad_input_fails_with_file_and_column(small_inputs, tmp_path):

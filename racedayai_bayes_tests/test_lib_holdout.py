@@ -96,3 +96,23 @@ def test_train_and_holdout_are_the_same_rows_whether_or_not_they_are_one_block(o
     train = split.train
     train.loc[train.index[0], "total_sec"] = -1.0  # copy on write: the split's rows never change
     assert (split.rows["total_sec"] > 0).all()
+
+
+@pytest.mark.parametrize("season, backtest", [(None, None), (2024, None), (2020, 2020), (2015, 2015)])
+def test_a_split_that_drops_later_seasons_is_a_backtest_of_its_season(season, backtest, tmp_path):
+    """holdout_season before the latest drops later seasons: a backtest, whose outputs go to
+    backtests/<season>/ (even when the split falls back to fitting every row: 2015 is the
+    first season, so nothing is left to fit before it). The latest season, or none, is the
+    weekly refit, and writes to the output folder itself."""
+    from racedayai_bayes.lib.outputs.artifacts import refit_output_dir
+
+    split = split_holdout(_rows(), "latest_year", season=season)
+    assert split.backtest_season == backtest
+    assert split.as_dict()["backtest_season"] == backtest
+    assert (split.dropped_later > 0) == (backtest is not None)
+    expected = tmp_path if backtest is None else tmp_path / "backtests" / str(backtest)
+    assert refit_output_dir(str(tmp_path), split) == expected
+    assert refit_output_dir(str(tmp_path), split.as_dict()) == expected  # as a judged posterior keeps it
+    # a posterior stored before backtests had their own folder has no such key: the output folder
+    assert refit_output_dir(str(tmp_path), {"season": 2020, "rows_dropped_later_seasons": 5}) == tmp_path
+    assert str(refit_output_dir("s3://bucket/racedayai", split)).startswith("s3://bucket/racedayai")

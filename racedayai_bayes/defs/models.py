@@ -102,10 +102,11 @@ def _metadata(judged: Judged) -> dict:
     return meta
 
 
-def _previous(context, paths: PipelinePaths, name: str, distance: str):
-    """The model's previous refit, for the drift check (None if none or unreadable)."""
+def _previous(context, paths: PipelinePaths, name: str, distance: str, split: Split):
+    """The model's previous refit, for the drift check (None if none or unreadable): of the
+    same folder, so a backtest is compared with the previous backtest of its season only."""
     try:
-        path = previous_artifact(paths.output_dir, name, distance)
+        path = previous_artifact(paths.refit_dir(split), name, distance)
         # its forecasts of this split's rows read their history from the rows, not from its
         # side tables (the forecast model's athlete table): those stay unread
         return None if path is None else load_artifact(path, side_tables=False).model
@@ -157,7 +158,7 @@ def _posterior_body(name: str):
 
     def _posterior(context, config, paths: PipelinePaths, holdout_split: Split, athlete_seasons: pd.DataFrame | None):
         distance = context.partition_key
-        previous = _previous(context, paths, name, distance)
+        previous = _previous(context, paths, name, distance, holdout_split)
         try:
             fitted = entry.build(**config.model_settings()).fit(holdout_split.train, distance, progress=context.log.info)
         except FitError as exc:
@@ -172,7 +173,7 @@ def _posterior_body(name: str):
         context.log.info(f"{name} {distance} {judged.judged.label}: ELPD {s.elpd:.4f} ± {s.elpd_se:.4f}, "
                          f"MAE {s.mae_p50_sec / 60:.1f} min, 90% coverage {s.coverage_90:.3f} on {s.rows:,} rows")
         try:
-            artifact = write_artifact(judged, holdout_split, paths.output_dir, athlete_seasons)
+            artifact = write_artifact(judged, holdout_split, paths.refit_dir(holdout_split), athlete_seasons)
         except OutputWriteError as exc:
             raise dg.Failure(description=str(exc), metadata={"distance": distance}) from None
         judged.artifact = str(artifact)

@@ -49,10 +49,11 @@ def bayesian_predictions(
     pred = chosen.predict_every_row(rows, progress=context.log.info)
     table = prediction_table(rows, pred, chosen.name, holdout_split.held_out)
     context.log.info(f"writing {len(table):,} predictions of {distance}")
-    path = _write(table, paths.output_file(f"bayesian_predictions_{distance}.csv"))
+    folder = paths.refit_dir(holdout_split)  # a backtest's own folder (lib/outputs/artifacts.refit_output_dir)
+    path = _write(table, folder / f"bayesian_predictions_{distance}.csv")
     context.log.info(f"wrote {len(table):,} predictions to {path}")
     try:
-        publish_artifact(chosen.artifact, paths.output_dir, distance)
+        publish_artifact(chosen.artifact, folder, distance)
     except OSError as exc:
         raise dg.Failure(
             description=f"wrote {path}, but could not point 'latest' at its posterior artifact {chosen.artifact}: {exc}",
@@ -67,6 +68,7 @@ def bayesian_predictions(
             "path": dg.MetadataValue.path(str(path)),
             "season": dg.MetadataValue.int(int(season)),
             "model": dg.MetadataValue.text(chosen.name),
+            "backtest": dg.MetadataValue.bool(holdout_split.backtest_season is not None),
             "posterior_artifact": dg.MetadataValue.text(str(chosen.artifact)),
             "rows": dg.MetadataValue.int(len(table)),
             "rows_held_out": dg.MetadataValue.int(int(held.sum())),
@@ -90,35 +92,51 @@ def _means_asset(name: str, model: str, file_name: str, doc: str):
     def _means(context: dg.AssetExecutionContext, paths: PipelinePaths, posterior: dict[str, Judged]) -> dg.MaterializeResult:
         if not posterior:
             raise dg.Failure(f"no distance has a stored {model} posterior yet; materialise {posterior_key(model)} first")
-        path = paths.output_file(file_name)
+        # each distance's row goes to the folder its refit wrote to: the output folder, or a
+        # backtest's own (lib/outputs/artifacts.refit_output_dir); a file keeps the rows of
+        # the distances whose stored posterior belongs to another folder
+        folders: dict[str, tuple] = {}
+        for d, j in posterior.items():
+            folder = paths.refit_dir(j.split)
+            folders.setdefault(str(folder), (folder, []))[1].append(d)
         # a posterior that failed its checks never reaches the file: its distance keeps the
         # row it had (the stored value may come from an earlier run)
         blocked = {d: j.failed_checks for d, j in posterior.items() if j.failed_checks}
-        fresh = {d: {"distance": d, **j.model.posterior_means()} for d, j in posterior.items() if d not in blocked}
-        previous = None
-        if blocked and path.exists():
-            previous = pd.read_csv(str(path), dtype={"distance": str})  # a URL for object stores; floats round-trip
-        table = means_table(fresh, previous, keep=tuple(blocked))
-        kept = [d for d in blocked if d in set(table.get("distance", []))]
+        written, kept, paths_written, columns = [], [], [], 0
+        for folder, distances in sorted(folders.values(), key=lambda f: len(str(f[0]))):
+            path = folder / file_name
+            fresh = {d: {"distance": d, **posterior[d].model.posterior_means()} for d in distances if d not in blocked}
+            if not fresh:
+                continue
+            keep = tuple(d for d in posterior if d not in fresh)
+            previous = None
+            if keep and path.exists():
+                previous = pd.read_csv(str(path), dtype={"distance": str})  # a URL for object stores; floats round-trip
+            table = means_table(fresh, previous, keep=keep)
+            kept += [d for d in blocked if d in distances and d in set(table.get("distance", []))]
+            path = _write(table, path)
+            columns = table.shape[1]
+            done = [d for d in MODEL_DISTANCES if d in fresh]
+            context.log.info(f"wrote {model} posterior means of {', '.join(done)} to {path}")
+            written += done
+            paths_written.append(str(path))
         for d, checks in blocked.items():
             outcome = "kept its previous row" if d in kept else "left out (no previous row)"
             context.log.warning(f"{model} {d} failed its checks ({', '.join(checks)}): {outcome}")
-        if not fresh:
+        if not written:
             raise dg.Failure(
-                description=f"every stored {model} posterior failed its checks ({', '.join(blocked)}); {path.name} is unchanged",
+                description=f"every stored {model} posterior failed its checks ({', '.join(blocked)}); {file_name} is unchanged",
                 allow_retries=False,
             )
-        path = _write(table, path)
-        written = [d for d in MODEL_DISTANCES if d in fresh]
-        context.log.info(f"wrote {model} posterior means of {', '.join(written)} to {path}")
         return dg.MaterializeResult(
             metadata={
-                "path": dg.MetadataValue.path(str(path)),
+                "path": dg.MetadataValue.path(paths_written[0]),
+                **({"other_paths": dg.MetadataValue.text(", ".join(paths_written[1:]))} if len(paths_written) > 1 else {}),
                 "model": dg.MetadataValue.text(model),
-                "distances": dg.MetadataValue.text(", ".join(written)),
+                "distances": dg.MetadataValue.text(", ".join(d for d in MODEL_DISTANCES if d in written)),
                 "kept_previous": dg.MetadataValue.text(", ".join(kept) or "none"),
                 "blocked": dg.MetadataValue.text("; ".join(f"{d}: {', '.join(c)}" for d, c in blocked.items()) or "none"),
-                "columns": dg.MetadataValue.int(table.shape[1]),
+                "columns": dg.MetadataValue.int(columns),
             }
         )
 

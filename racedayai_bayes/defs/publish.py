@@ -57,7 +57,7 @@ def published_model(context: dg.AssetExecutionContext, config: PublishConfig, pa
     distance = context.partition_key
     judged = {n: posteriors[posterior_key(n)] for n in MODEL_NAMES}
     try:
-        previous = last_published(paths.output_dir, distance)
+        previous = last_published(paths.refit_dir(holdout_split), distance)
     except (ArtifactError, OSError) as exc:
         context.log.warning(f"could not read last week's published model: {exc}")
         previous = None

@@ -12,6 +12,7 @@ from upath import UPath
 
 from racedayai_bayes.lib import cpu_slots
 from racedayai_bayes.lib.outputs import stored
+from racedayai_bayes.lib.outputs.artifacts import refit_output_dir
 from racedayai_bayes.lib.outputs.io import as_path, atomic_path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +66,11 @@ class PipelinePaths(dg.ConfigurableResource):
     def output_file(self, name: str) -> Path | UPath:
         """A local Path, or a UPath when output_dir is an object-store URL."""
         return as_path(self.output_dir) / name
+
+    def refit_dir(self, split) -> Path | UPath:
+        """Where a refit on ``split`` writes: output_dir, or its ``backtests/<season>/`` for a
+        backtest (lib/outputs/artifacts.refit_output_dir)."""
+        return refit_output_dir(self.output_dir, split)
 
 
 class AtomicPickleIOManager(dg.UPathIOManager):

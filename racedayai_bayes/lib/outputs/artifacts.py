@@ -59,6 +59,26 @@ class Artifact:
         return self.model.name
 
 
+BACKTESTS_DIR = "backtests"
+
+
+def refit_output_dir(output_dir, split):
+    """Where a refit on ``split`` (a :class:`~racedayai_bayes.lib.data.split.Split` or its
+    ``as_dict()``, which a judged posterior keeps) writes its CSVs, artifacts and ``latest``
+    pointers: ``output_dir`` itself, or ``backtests/<season>/`` beneath it for a backtest (a
+    split that held out ``holdout_season`` and dropped later seasons).
+
+    A backtest's CSV lacks the dropped seasons and its posterior knows only the seasons
+    before the held-out one: it must never replace what the weekly refit published, nor be
+    the previous refit that the next weekly refit's drift check and last week's published
+    model are read from. In its own folder it keeps the same layout, so ``predict
+    --posterior <output>/backtests/2025/posterior/70.3`` reads it like any other.
+    """
+    info = split.as_dict() if hasattr(split, "as_dict") else dict(split or {})
+    season = info.get("backtest_season")
+    return as_path(output_dir) if season is None else as_path(output_dir) / BACKTESTS_DIR / str(int(season))
+
+
 def posterior_dir(output_dir):
     return as_path(output_dir) / POSTERIOR_DIR
 
