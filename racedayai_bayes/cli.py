@@ -1348,7 +1348,7 @@ def build_parser() -> argparse.ArgumentParser:
     refit.add_argument("--chains", type=int, help="chains (default 2)")
     refit.add_argument("--seed", type=int, help="PRNG seed (default: 42 for 70.3, 99 for 140.6)")
     refit.add_argument("--predictive-draws", type=int, help="posterior draws for the seed models' predictive intervals (default 1000)")
-    refit.add_argument("--forecast-samples", type=int, help="draws per chain of the forecast model (default 300)")
+    refit.add_argument("--forecast-samples", type=int, help="draws per chain of the forecast model (default 600)")
     refit.add_argument("--holdout", choices=["latest_year", "random_athletes", "none"], help="held-out rows (default latest_year)")
     refit.add_argument("--holdout-season", type=int, help="hold out this season and drop later ones, to backtest it (default: the latest)")
     refit.add_argument("--publish", choices=["auto", "seed_profile", "seed_asof", "forecast"], default="auto",
