@@ -165,6 +165,64 @@ class MultivariateT:
         return out.reshape(x.shape[:-1])
 
 
+class PriorDefended:
+    """``base`` mixed with the same t whose coordinates ``coords`` are drawn from their
+    HalfNormal(``prior_scales``) priors instead (as log scales): a defensive mixture
+    (Hesterberg 1995) for scales whose posterior is their prior.
+
+    A scale with one group (seed_asof's cluster level: every row in one cluster) has a
+    posterior that is nearly its prior, and on the log scale a HalfNormal prior's left tail
+    falls only as e^u: slower than any t fitted to its bulk, so a chain that reaches
+    sigma = 0.001 stays there for dozens of steps (the min bulk ESS fell to 240-290 in 3 of
+    30 seeds of seed_asof on the demo data, PSIS k-hat up to 1.35). The prior component's
+    density there is the prior's own, so the importance weights stay bounded. ``share`` of
+    the proposals come from it; the sampler stays exact for any mixture.
+    """
+
+    def __init__(self, base: "MultivariateT", coords: list[int], prior_scales: list[float], share: float = 0.2):
+        self.base, self.share = base, float(share)
+        self.coords = np.asarray(coords, dtype=int)
+        self.prior_scales = np.asarray(prior_scales, dtype=np.float64)
+        self.rest = np.setdiff1d(np.arange(base.dim), self.coords)
+        self.rest_t = MultivariateT(base.loc[self.rest], base.cov[np.ix_(self.rest, self.rest)], base.df) if len(self.rest) else None
+
+    @property
+    def loc(self) -> np.ndarray:
+        return self.base.loc
+
+    @property
+    def cov(self) -> np.ndarray:
+        return self.base.cov
+
+    @property
+    def df(self) -> float:
+        return self.base.df
+
+    @property
+    def dim(self) -> int:
+        return self.base.dim
+
+    def sample(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        x = self.base.sample(rng, shape)
+        from_prior = rng.random(shape) < self.share
+        z = np.abs(rng.standard_normal((*shape, len(self.coords))))
+        prior_draws = np.log(z * self.prior_scales)
+        x[..., self.coords] = np.where(from_prior[..., None], prior_draws, x[..., self.coords])
+        return x
+
+    def _prior_log_pdf(self, u: np.ndarray) -> np.ndarray:
+        # log density of u = log sigma, sigma ~ HalfNormal(c): log(2/c) - log(2 pi)/2 - (e^u/c)^2/2 + u
+        c = self.prior_scales
+        return np.sum(np.log(2.0 / c) - 0.5 * np.log(2.0 * np.pi) - 0.5 * (np.exp(u) / c) ** 2 + u, axis=-1)
+
+    def log_pdf(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        with np.errstate(over="ignore"):
+            prior = self._prior_log_pdf(x[..., self.coords])
+        rest = self.rest_t.log_pdf(x[..., self.rest]) if self.rest_t is not None else 0.0
+        return np.logaddexp(np.log1p(-self.share) + self.base.log_pdf(x), np.log(self.share) + rest + prior)
+
+
 @dataclass
 class IMHResult:
     draws: np.ndarray  # (chains, draws, d)
@@ -191,6 +249,7 @@ def independence_mh(
     copy_fn: Callable[[Any], Any] = lambda p: p,
     batch: int = 16,
     adapt: int = 0,
+    defend: Callable[["MultivariateT"], Any] | None = None,
     progress: ProgressFn = None,
 ) -> IMHResult:
     """Run ``chains`` independence samplers of ``warmup + draws`` steps (module docstring).
@@ -198,6 +257,8 @@ def independence_mh(
     ``draw_fn(payload, rng)`` is called once per kept draw with the payload of the chain's
     state (for example, an exact draw of the coefficients given theta); ``copy_fn`` copies a
     payload out of its batch when a proposal is accepted.
+    ``defend`` wraps the (adapted) proposal before any step, e.g. in a
+    :class:`PriorDefended` mixture.
     """
     say = progress or (lambda _m: None)
     t0 = time.perf_counter()
@@ -206,6 +267,8 @@ def independence_mh(
     if adapt > 0:
         proposal, used = adapted_proposal(target, proposal, adapt, rng_pilot, batch * chains)
         evaluations += used
+    if defend is not None:
+        proposal = defend(proposal)
     steps = warmup + draws
     props = proposal.sample(rng_prop, (steps, chains))  # (steps, chains, d)
     log_u = np.log(rng_unif.random((steps, chains)))

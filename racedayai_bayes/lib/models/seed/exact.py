@@ -318,6 +318,24 @@ PROPOSAL_DF = 7.0
 PROPOSAL_ADAPT = 1024  # pilot draws: at 256 the scale of a one-level group mixed more slowly (bench)
 
 
+PRIOR_COMPONENT_SHARE = 0.7  # of the proposals, when a group level has one group (see _one_group_defence)
+
+
+def _one_group_defence(stats: SuffStats):
+    """The proposal's defence for group levels with a single group (seed_asof's cluster level,
+    or a training set of one age group): their scale's posterior is nearly its prior, whose
+    left tail on the log scale no fitted t covers (imh.PriorDefended). None when every level
+    has two groups or more: the proposal, and so every draw, is then what it always was."""
+    from racedayai_bayes.lib.inference import imh
+
+    sizes = (stats.n_gender, stats.n_age, stats.n_cluster)
+    coords = [1 + i for i, n in enumerate(sizes) if n == 1]
+    if not coords:
+        return None
+    scales = [_PRIOR_SCALES[c] for c in coords]
+    return lambda proposal: imh.PriorDefended(proposal, coords, scales, PRIOR_COMPONENT_SHARE)
+
+
 def fit_exact_imh_from_stats(stats: SuffStats, sampler: Sampler = Sampler(), progress: ProgressFn = None) -> Draws:
     """Exact joint posterior draws from sufficient statistics, without NUTS or a compile.
 
@@ -342,7 +360,8 @@ def fit_exact_imh_from_stats(stats: SuffStats, sampler: Sampler = Sampler(), pro
 
     result = imh.independence_mh(
         target, imh.MultivariateT(loc, cov, PROPOSAL_DF), chains=sampler.num_chains, draws=sampler.num_samples,
-        warmup=sampler.num_warmup, seed=sampler.seed, batch=128, adapt=PROPOSAL_ADAPT, progress=progress,
+        warmup=sampler.num_warmup, seed=sampler.seed, batch=128, adapt=PROPOSAL_ADAPT,
+        defend=_one_group_defence(stats), progress=progress,
     )
     t1 = time.perf_counter()
     theta = result.draws.reshape(-1, 4)
