@@ -341,7 +341,8 @@ def fit_exact_imh_from_stats(stats: SuffStats, sampler: Sampler = Sampler(), pro
 
     The four log scales are drawn by independence Metropolis-Hastings
     (lib/inference/imh.py): a multivariate t proposal at the Laplace fit, re-centred on
-    importance-weighted pilot draws before any kept step; each step's density is the module
+    importance-weighted pilot draws before any kept step, mixed with draws from the prior for
+    the scale of any level of one group (:func:`_one_group_defence`); each step's density is the module
     docstring's exact log p(theta | y). Then one exact draw of b per draw, as the NUTS engine
     does. Every draw of the chain is a draw of the notebook's posterior; PSIS k-hat of the
     proposal's weights says whether it covered the posterior well (the ``proposal`` check).
