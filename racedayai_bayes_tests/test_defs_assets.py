@@ -19,6 +19,7 @@ from racedayai_bayes.lib.outputs.tables import APPENDED_COLUMNS, INTERVAL_COLUMN
 
 from .conftest import (
     FAST_FIT,
+    MODEL_ASSETS,
     REFIT_ASSETS,
     SHORT_FORECAST_FIT,
     SHORT_SEED_FIT,
@@ -312,6 +313,9 @@ def test_a_backtest_holds_out_an_earlier_season_and_drops_later_ones(graph_run, 
     assert table["event_year"].max() == season
     assert table["held_out"].tolist() == (table["event_year"] == season).tolist()
     assert _meta(result, "bayesian_predictions")["backtest"].value is True
+    assert _meta(result, "holdout_split")["backtest_season"].value == season
+    # last week's published model is read from the backtest's folder, where there is none yet
+    assert _meta(result, "published_model")["previous"].value == "nothing"
     # the backtest's posterior is published in its own folder, with the usual layout
     latest = (backtest / "posterior" / "140.6" / LATEST).read_text().strip()
     assert (backtest / "posterior" / latest).exists()
@@ -534,3 +538,25 @@ def test_race_forecasts_asset_forecasts_a_start_list_file(graph_run, tmp_path):
     assert meta["without_history"].value == int((table["history_races"] == 0).sum())
     assert meta["new_course"].value is False and meta["plot_field"].value.startswith("![")
     assert meta["model"].value == "forecast" and "posterior/forecast/70.3" in meta["artifact"].value
+
+
+def test_a_csv_is_never_written_from_a_posterior_of_another_split(graph_run, tmp_path):
+    """The published posterior was fitted for a backtest, then holdout_split was materialised
+    again alone for the weekly refit: the CSV step refuses, and writes nothing anywhere.
+    (Last in this module: it leaves a backtest's posteriors and a weekly split stored.)"""
+    results, _, _ = graph_run
+    copy, resources = _copy_of_outputs(graph_run, tmp_path)
+    frame = _frame(results)
+    season = int(frame.loc[frame["event_distance"] == "140.6", "event_year"].max()) - 1
+    instance = dg.DagsterInstance.ephemeral()
+    fitted = _materialize("140.6", resources, instance, selection=["holdout_split", *MODEL_ASSETS, "published_model"],
+                          split={"holdout_season": season})
+    assert fitted.success
+    assert _materialize("140.6", resources, instance, selection=["holdout_split"]).success  # the weekly split
+    before = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    result = _materialize("140.6", resources, instance, selection=["bayesian_predictions"], raise_on_error=False)
+    assert not result.success
+    message = result.get_step_failure_events()[0].step_failure_data.error.message
+    assert f"fitted for {copy / 'backtests' / str(season)}, but holdout_split is now a split for {copy}" in message
+    assert "bayesian_predictions_140.6.csv is unchanged" in message
+    assert {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before

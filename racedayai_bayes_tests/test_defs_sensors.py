@@ -221,3 +221,9 @@ def test_a_new_publication_forecasts_again_the_start_lists_of_later_seasons(tmp_
         quiet = sensor.evaluate_tick(dg.build_sensor_context(
             instance=instance, cursor=result.cursor, resources={"paths": paths}, repository_def=defs.get_repository_def()))
         assert not quiet.run_requests  # the same publication is not acted on twice
+        # a backtest publishes in its own folder: the start lists, which read the weekly one, stay
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            asset_key="bayesian_predictions", partition="70.3", metadata={"season": 2025, "backtest": True}))
+        backtest = sensor.evaluate_tick(dg.build_sensor_context(
+            instance=instance, cursor=quiet.cursor, resources={"paths": paths}, repository_def=defs.get_repository_def()))
+        assert not backtest.run_requests and "a backtest of 70.3" in backtest.skip_message

@@ -63,9 +63,10 @@ PARTITIONED = {"holdout_split", *MODEL_ASSETS, "published_model", "bayesian_pred
 AGES = ("25-29", "30-34", "35-39", "40-44")
 COURSES = 12
 # The independence samplers on a small world: 3000 draws a chain (about a second) give every
-# scale a bulk ESS well above 400. The seed models' exact engine needs them for seed_asof,
-# whose one cluster leaves sigma_cluster to its prior (2 x 1000 draws gave it an ESS of 363);
-# the forecast model's default 300 a chain is sized for the real data's hundreds of courses.
+# scale a bulk ESS well above 400. The seed models' exact engine needed them for seed_asof,
+# whose one cluster leaves sigma_cluster to its prior (2 x 1000 draws gave it an ESS of 363),
+# until its proposal drew that scale from the prior too (2026-12-05, exact._one_group_defence);
+# the forecast model's default 600 a chain is sized for the real data's hundreds of courses.
 SEED_FIT = {**FAST_FIT, "num_samples": 3000}
 FORECAST_FIT = {"num_samples": 3000}
 

@@ -98,18 +98,19 @@ def test_train_and_holdout_are_the_same_rows_whether_or_not_they_are_one_block(o
     assert (split.rows["total_sec"] > 0).all()
 
 
-@pytest.mark.parametrize("season, backtest", [(None, None), (2024, None), (2020, 2020), (2015, 2015)])
-def test_a_split_that_drops_later_seasons_is_a_backtest_of_its_season(season, backtest, tmp_path):
-    """holdout_season before the latest drops later seasons: a backtest, whose outputs go to
-    backtests/<season>/ (even when the split falls back to fitting every row: 2015 is the
-    first season, so nothing is left to fit before it). The latest season, or none, is the
-    weekly refit, and writes to the output folder itself."""
+@pytest.mark.parametrize("season, backtest", [(None, None), (2024, 2024), (2020, 2020), (2015, 2015)])
+def test_a_split_with_a_holdout_season_is_a_backtest_of_it(season, backtest, tmp_path):
+    """Any holdout_season is a backtest, whose outputs go to backtests/<season>/: also the
+    latest season (2024 here), which drops nothing at this distance but may at the other (a
+    backtest of both distances is one backtest), and a season whose split falls back to
+    fitting every row (2015 is the first: nothing is left to fit before it). No
+    holdout_season is the weekly refit, which writes to the output folder itself."""
     from racedayai_bayes.lib.outputs.artifacts import refit_output_dir
 
     split = split_holdout(_rows(), "latest_year", season=season)
     assert split.backtest_season == backtest
     assert split.as_dict()["backtest_season"] == backtest
-    assert (split.dropped_later > 0) == (backtest is not None)
+    assert (split.dropped_later > 0) == (backtest is not None and backtest < 2024)
     expected = tmp_path if backtest is None else tmp_path / "backtests" / str(backtest)
     assert refit_output_dir(str(tmp_path), split) == expected
     assert refit_output_dir(str(tmp_path), split.as_dict()) == expected  # as a judged posterior keeps it

@@ -123,6 +123,10 @@ def republished_forecasts(context: dg.SensorEvaluationContext, asset_event: dg.E
     season = mat.metadata.get("season")
     if distance is None or season is None:
         return dg.SkipReason("the publication names no distance or season")
+    backtest = mat.metadata.get("backtest")
+    if backtest is not None and backtest.value:
+        # a backtest publishes in its own folder; the start lists read the weekly one's
+        return dg.SkipReason(f"a backtest of {distance} (season {int(season.value)}): the start lists' forecasts stay")
     latest = int(season.value)
     folder = Path(paths.start_lists_dir)
     known = set(context.instance.get_dynamic_partitions(start_lists.name))

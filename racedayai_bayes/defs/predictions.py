@@ -50,6 +50,15 @@ def bayesian_predictions(
     table = prediction_table(rows, pred, chosen.name, holdout_split.held_out)
     context.log.info(f"writing {len(table):,} predictions of {distance}")
     folder = paths.refit_dir(holdout_split)  # a backtest's own folder (lib/outputs/artifacts.refit_output_dir)
+    fitted_in = paths.refit_dir(chosen.split)
+    if str(fitted_in) != str(folder):
+        # holdout_split materialised again alone, for another season than the posteriors'
+        raise dg.Failure(
+            description=f"the published {chosen.name} posterior of {distance} was fitted for {fitted_in}, but holdout_split "
+            f"is now a split for {folder}; materialise the posteriors and published_model again with the same holdout "
+            f"settings. bayesian_predictions_{distance}.csv is unchanged",
+            allow_retries=False,
+        )
     path = _write(table, folder / f"bayesian_predictions_{distance}.csv")
     context.log.info(f"wrote {len(table):,} predictions to {path}")
     try:
@@ -106,7 +115,10 @@ def _means_asset(name: str, model: str, file_name: str, doc: str):
         for folder, distances in sorted(folders.values(), key=lambda f: len(str(f[0]))):
             path = folder / file_name
             fresh = {d: {"distance": d, **posterior[d].model.posterior_means()} for d in distances if d not in blocked}
-            if not fresh:
+            if not fresh:  # every posterior of this folder failed its checks: its file stays as it is
+                if path.exists():
+                    rows = set(pd.read_csv(str(path), dtype={"distance": str}, usecols=["distance"])["distance"])
+                    kept += [d for d in distances if d in rows]
                 continue
             keep = tuple(d for d in posterior if d not in fresh)
             previous = None
@@ -114,11 +126,11 @@ def _means_asset(name: str, model: str, file_name: str, doc: str):
                 previous = pd.read_csv(str(path), dtype={"distance": str})  # a URL for object stores; floats round-trip
             table = means_table(fresh, previous, keep=keep)
             kept += [d for d in blocked if d in distances and d in set(table.get("distance", []))]
-            path = _write(table, path)
             columns = table.shape[1]
             done = [d for d in MODEL_DISTANCES if d in fresh]
-            context.log.info(f"wrote {model} posterior means of {', '.join(done)} to {path}")
             written += done
+            path = _write(table, path)
+            context.log.info(f"wrote {model} posterior means of {', '.join(done)} to {path}")
             paths_written.append(str(path))
         for d, checks in blocked.items():
             outcome = "kept its previous row" if d in kept else "left out (no previous row)"
@@ -128,10 +140,13 @@ def _means_asset(name: str, model: str, file_name: str, doc: str):
                 description=f"every stored {model} posterior failed its checks ({', '.join(blocked)}); {file_name} is unchanged",
                 allow_retries=False,
             )
+        # the most specific file first: a backtest's, when its run also wrote the weekly file
+        # (with the other distance's weekly row, unchanged)
+        shown = sorted(paths_written, key=len, reverse=True)
         return dg.MaterializeResult(
             metadata={
-                "path": dg.MetadataValue.path(paths_written[0]),
-                **({"other_paths": dg.MetadataValue.text(", ".join(paths_written[1:]))} if len(paths_written) > 1 else {}),
+                "path": dg.MetadataValue.path(shown[0]),
+                **({"other_paths": dg.MetadataValue.text(", ".join(shown[1:]))} if len(shown) > 1 else {}),
                 "model": dg.MetadataValue.text(model),
                 "distances": dg.MetadataValue.text(", ".join(d for d in MODEL_DISTANCES if d in written)),
                 "kept_previous": dg.MetadataValue.text(", ".join(kept) or "none"),

@@ -45,5 +45,7 @@ def holdout_split(context: dg.AssetExecutionContext, config: HoldoutConfig, cpu:
         "rows_to_fit": dg.MetadataValue.int(d["rows_to_fit"]),
         "rows_held_out": dg.MetadataValue.int(d["rows_held_out"]),
         "rows_dropped_later_seasons": dg.MetadataValue.int(d["rows_dropped_later_seasons"]),
+        # a backtest writes under <output>/backtests/<season>/ (lib/outputs/artifacts.refit_output_dir)
+        "backtest_season": dg.MetadataValue.int(split.backtest_season) if split.backtest_season is not None else dg.MetadataValue.text("-"),
         "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in split.notes) or "none"),
     })

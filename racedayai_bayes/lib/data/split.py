@@ -6,10 +6,11 @@ The split is made once per distance and shared by every model. Rules, chosen per
   present. This is the question people ask each week: how well does a fit on the seasons
   before it forecast a season it never saw? ``holdout_season: YYYY`` holds out that season
   instead and **drops every later season** from fitting and scoring (counted), so that last
-  year can be backtested exactly as it would have been run then. Such a backtest writes
-  its CSVs, artifacts and ``latest`` pointers under ``backtests/<season>/`` in the output
-  folder (lib/outputs/artifacts.refit_output_dir): it never replaces what the weekly refit
-  published.
+  year can be backtested exactly as it would have been run then. Such a backtest (any
+  ``holdout_season``, even the latest season of a distance: a backtest of several distances
+  is one) writes its CSVs, artifacts and ``latest`` pointers under ``backtests/<season>/`` in
+  the output folder (lib/outputs/artifacts.refit_output_dir): it never replaces what the
+  weekly refit published.
 - ``random_athletes``: every race of a random share of athletes (10% by default). Rows
   without an athlete_hash cannot be grouped by athlete, so each is its own athlete.
 - ``none`` fits every row and judges the models in-sample only, as the seed does.
@@ -47,8 +48,8 @@ class Split:
     season: int | None = None  # the held-out season (latest_year), else None
     dropped_later: int = 0  # rows of seasons after the held-out one, dropped
     notes: tuple[str, ...] = ()
-    # a backtest: the season asked for (holdout_season) when later seasons were dropped. Its
-    # outputs go to their own folder (lib/outputs/artifacts.refit_output_dir)
+    # a backtest: the season asked for (holdout_season), whether or not this distance had later
+    # seasons to drop. Its outputs go to their own folder (lib/outputs/artifacts.refit_output_dir)
     backtest_season: int | None = None
 
     @property
@@ -142,13 +143,13 @@ def split_holdout(
         if pd.isna(held_season) or (years < held_season).sum() == 0:
             found = "no event year" if pd.isna(held_season) else f"only event year {int(held_season)}"
             return _fallback(rows, rule, f"the rows hold {found}, so holding out that season would leave nothing to fit", dropped,
-                             int(season) if dropped else None)
+                             None if season is None else int(season))
         held = (years == held_season).to_numpy()
         later = f"; {dropped:,} rows of later seasons dropped" if dropped else ""
         which = "the season" if season is not None else "the latest season"
         description = f"every race of {which} {int(held_season)}{later}"
         return Split(rows, held, rule, description, season=int(held_season), dropped_later=dropped,
-                     backtest_season=int(season) if dropped else None)
+                     backtest_season=None if season is None else int(season))
     if not 0 < share < 1:
         raise FitError(f"holdout share must be between 0 and 1 (exclusive), got {share}")
     held = _random_athletes(rows, share, seed)

@@ -179,7 +179,7 @@ class PriorDefended:
     the proposals come from it; the sampler stays exact for any mixture.
     """
 
-    def __init__(self, base: "MultivariateT", coords: list[int], prior_scales: list[float], share: float = 0.2):
+    def __init__(self, base: "MultivariateT", coords: list[int], prior_scales: list[float], share: float = 0.7):
         self.base, self.share = base, float(share)
         self.coords = np.asarray(coords, dtype=int)
         self.prior_scales = np.asarray(prior_scales, dtype=np.float64)
@@ -205,7 +205,8 @@ class PriorDefended:
     def sample(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
         x = self.base.sample(rng, shape)
         from_prior = rng.random(shape) < self.share
-        z = np.abs(rng.standard_normal((*shape, len(self.coords))))
+        # |z| of exactly 0 would be log 0: the smallest float instead (a probability-0 event)
+        z = np.maximum(np.abs(rng.standard_normal((*shape, len(self.coords)))), np.finfo(np.float64).tiny)
         prior_draws = np.log(z * self.prior_scales)
         x[..., self.coords] = np.where(from_prior[..., None], prior_draws, x[..., self.coords])
         return x

@@ -66,7 +66,7 @@ def refit_output_dir(output_dir, split):
     """Where a refit on ``split`` (a :class:`~racedayai_bayes.lib.data.split.Split` or its
     ``as_dict()``, which a judged posterior keeps) writes its CSVs, artifacts and ``latest``
     pointers: ``output_dir`` itself, or ``backtests/<season>/`` beneath it for a backtest (a
-    split that held out ``holdout_season`` and dropped later seasons).
+    split made with an explicit ``holdout_season``; the weekly refit leaves it unset).
 
     A backtest's CSV lacks the dropped seasons and its posterior knows only the seasons
     before the held-out one: it must never replace what the weekly refit published, nor be
