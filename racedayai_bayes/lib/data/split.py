@@ -124,6 +124,7 @@ def split_holdout(
     rows = rows.reset_index(drop=True)
     years = pd.to_numeric(rows["event_year"], errors="coerce")
     dropped = 0
+    backtest = None if season is None else int(season)  # any holdout_season asked for (Split.backtest_season)
     if season is not None:
         if rule != "latest_year":
             raise FitError(f"holdout_season {season} needs the holdout rule latest_year, not {rule}")
@@ -143,13 +144,13 @@ def split_holdout(
         if pd.isna(held_season) or (years < held_season).sum() == 0:
             found = "no event year" if pd.isna(held_season) else f"only event year {int(held_season)}"
             return _fallback(rows, rule, f"the rows hold {found}, so holding out that season would leave nothing to fit", dropped,
-                             None if season is None else int(season))
+                             backtest)
         held = (years == held_season).to_numpy()
         later = f"; {dropped:,} rows of later seasons dropped" if dropped else ""
         which = "the season" if season is not None else "the latest season"
         description = f"every race of {which} {int(held_season)}{later}"
         return Split(rows, held, rule, description, season=int(held_season), dropped_later=dropped,
-                     backtest_season=None if season is None else int(season))
+                     backtest_season=backtest)
     if not 0 < share < 1:
         raise FitError(f"holdout share must be between 0 and 1 (exclusive), got {share}")
     held = _random_athletes(rows, share, seed)

@@ -165,6 +165,14 @@ class MultivariateT:
         return out.reshape(x.shape[:-1])
 
 
+def log_halfnormal_of_log(u: np.ndarray, scale) -> np.ndarray:
+    """The density of u = log sigma for sigma ~ HalfNormal(``scale``), summed over the last
+    axis: log(2/c) - log(2 pi)/2 - (e^u/c)^2/2 + u (the last term the Jacobian). ``scale`` is
+    one number or one per coordinate."""
+    c = scale
+    return np.sum(np.log(2.0 / c) - 0.5 * np.log(2.0 * np.pi) - 0.5 * (np.exp(u) / c) ** 2 + u, axis=-1)
+
+
 class PriorDefended:
     """``base`` mixed with the same t whose coordinates ``coords`` are drawn from their
     HalfNormal(``prior_scales``) priors instead (as log scales): a defensive mixture
@@ -211,15 +219,10 @@ class PriorDefended:
         x[..., self.coords] = np.where(from_prior[..., None], prior_draws, x[..., self.coords])
         return x
 
-    def _prior_log_pdf(self, u: np.ndarray) -> np.ndarray:
-        # log density of u = log sigma, sigma ~ HalfNormal(c): log(2/c) - log(2 pi)/2 - (e^u/c)^2/2 + u
-        c = self.prior_scales
-        return np.sum(np.log(2.0 / c) - 0.5 * np.log(2.0 * np.pi) - 0.5 * (np.exp(u) / c) ** 2 + u, axis=-1)
-
     def log_pdf(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
         with np.errstate(over="ignore"):
-            prior = self._prior_log_pdf(x[..., self.coords])
+            prior = log_halfnormal_of_log(x[..., self.coords], self.prior_scales)
         rest = self.rest_t.log_pdf(x[..., self.rest]) if self.rest_t is not None else 0.0
         return np.logaddexp(np.log1p(-self.share) + self.base.log_pdf(x), np.log(self.share) + rest + prior)
 

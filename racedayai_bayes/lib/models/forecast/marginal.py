@@ -58,6 +58,7 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from racedayai_bayes.lib.arrays import unique_inverse
+from racedayai_bayes.lib.inference.imh import log_halfnormal_of_log
 
 # theta = log of these scales, in this order
 SCALES = ("sigma_first", "sigma_returning", "tau", "sigma_course", "sigma_cell")
@@ -272,9 +273,7 @@ def prior_sd(theta: np.ndarray, slices: dict, num_columns: int) -> np.ndarray:
 
 def log_prior(theta: np.ndarray) -> np.ndarray:
     """HalfNormal(PRIOR_SCALE) on every scale, as a density of its log (with the Jacobian)."""
-    s = np.exp(theta)
-    c = PRIOR_SCALE
-    return np.sum(np.log(2.0 / c) - 0.5 * np.log(2.0 * np.pi) - 0.5 * (s / c) ** 2 + theta, axis=-1)
+    return log_halfnormal_of_log(theta, PRIOR_SCALE)
 
 
 @dataclass
