@@ -260,7 +260,8 @@ def independence_mh(
 
     ``draw_fn(payload, rng)`` is called once per kept draw with the payload of the chain's
     state (for example, an exact draw of the coefficients given theta); ``copy_fn`` copies a
-    payload out of its batch when a proposal is accepted.
+    payload out of its batch: a chain's state is copied once, at the end of the batch that
+    accepted it, so ``target`` may reuse its payload's memory from one batch to the next.
     ``defend`` wraps the (adapted) proposal before any step, e.g. in a
     :class:`PriorDefended` mixture.
     """
@@ -283,6 +284,8 @@ def independence_mh(
     state_theta = start.copy()
     state_logw = start_lp - proposal.log_pdf(start)
     state_payload = [copy_fn(_item(start_payload, c)) for c in range(chains)]
+    del start_payload
+    borrowed = np.zeros(chains, dtype=bool)  # the chain's state payload is a view of the current batch's
     d = proposal.dim
     out = np.empty((chains, draws, d))
     extra = [[None] * draws for _ in range(chains)]
@@ -303,7 +306,8 @@ def independence_mh(
                 if take:
                     state_theta[c] = props[s, c]
                     state_logw[c] = lw
-                    state_payload[c] = copy_fn(_item(payload, (s - lo) * chains + c))
+                    state_payload[c] = _item(payload, (s - lo) * chains + c)  # of this batch: copied at its end
+                    borrowed[c] = True
                 if s >= warmup:
                     t = s - warmup
                     out[c, t] = state_theta[c]
@@ -311,9 +315,14 @@ def independence_mh(
                     logw_all[t, c] = lw
                     if draw_fn is not None:
                         extra[c][t] = draw_fn(state_payload[c], rng_draw)
-        # the batch's payload goes before the next is evaluated: with a copy_fn that copies
-        # (the forecast model's), two batches of payloads (hundreds of MB at full scale)
-        # never coexist
+        # a state accepted in this batch is copied out of it (once, however many proposals
+        # the chain accepted in the batch), and the batch's payload goes before the next is
+        # evaluated: with a copy_fn that copies (the forecast model's), two batches of
+        # payloads (hundreds of MB at full scale) never coexist, and the next batch may
+        # reuse this one's memory
+        for c in np.flatnonzero(borrowed):
+            state_payload[c] = copy_fn(state_payload[c])
+        borrowed[:] = False
         del payload, lp
         if hi >= next_report or hi == steps:
             say(f"independence sampler: {hi}/{steps} steps per chain x {chains} chains "

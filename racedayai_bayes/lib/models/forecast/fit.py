@@ -100,7 +100,7 @@ class _Batch:
         self.ev = ev
 
     def __getitem__(self, i):
-        return self.ev.upper[i], self.ev.v[i], self.ev.sd[i]
+        return self.ev.upper[i], self.ev.v[i]
 
 
 def _copy(payload):
@@ -129,8 +129,12 @@ def sample_posterior(stats: marginal.PatternStats, start: np.ndarray, settings: 
     say = progress or (lambda _m: None)
     s = settings
 
+    # every evaluation writes its factors to the same memory: a kept factor is copied out
+    # (``_copy``) before the next evaluation (lib/inference/imh.independence_mh)
+    workspace = marginal.Workspace()
+
     def log_post(theta):
-        return marginal.log_posterior(stats, theta)[0]
+        return marginal.log_posterior(stats, theta, workspace)[0]
 
     t0 = time.perf_counter()
     lap = imh.laplace(log_post, start, 0.1)
@@ -138,7 +142,7 @@ def sample_posterior(stats: marginal.PatternStats, start: np.ndarray, settings: 
         f"{n}={v:.4g}" for n, v in zip(SCALE_SITES, np.exp(lap.mode))) + f" ({lap.evaluations} evaluations, {time.perf_counter() - t0:.1f} s)")
 
     def target(theta):
-        lp, ev = marginal.log_posterior(stats, theta)
+        lp, ev = marginal.log_posterior(stats, theta, workspace)
         return lp, _Batch(ev)
 
     proposal = imh.MultivariateT(lap.mode, s.proposal_inflate**2 * lap.cov, s.proposal_df)

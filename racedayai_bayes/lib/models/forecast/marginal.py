@@ -42,7 +42,10 @@ sparse products over passes of whole athletes (:data:`CHUNK_ROWS` rows each); fo
         + y^\top\Sigma^{-1}y - v^\top v\big),
 
 and :math:`b \mid y, \theta \sim N(D^{1/2}L^{-\top}v,\ D^{1/2}B^{-1}D^{1/2})`: one exact
-draw is :math:`b = D^{1/2}L^{-\top}(v + z)`. The million athlete effects are never drawn: a
+draw is :math:`b = D^{1/2}L^{-\top}(v + z)`. The code factors :math:`P = D^{-1} + Q = R^\top R`
+instead, the same matrix scaled by :math:`D^{-1/2}` on both sides (:math:`L = D^{1/2}R^\top`),
+which needs no scaling of Q's entries: :math:`2\sum_k \log L_{kk} = \log|D| + 2\sum_k \log R_{kk}`,
+:math:`v = R^{-\top} q` and :math:`b = R^{-1}(v + z)`. The million athlete effects are never drawn: a
 forecast needs only each athlete's posterior given their own earlier races
 (lib/models/forecast/predict.py). Everything is float64, evaluated for a batch of
 :math:`\theta` at once (sparse products of :data:`MATRIX_BATCH` thetas, then a Cholesky per
@@ -281,14 +284,34 @@ class Evaluation:
     """log p(y | theta) for a batch, and what an exact draw of b needs (for each theta)."""
 
     log_lik: np.ndarray  # (B,)
-    upper: np.ndarray  # (thetas, K, K): each theta's U, with I + D^1/2 Q D^1/2 = U^T U
-    v: np.ndarray  # (B, K)
-    sd: np.ndarray  # (B, K)
+    upper: np.ndarray  # (thetas, K, K): each theta's R, with D^-1 + Q = R^T R
+    v: np.ndarray  # (B, K): R^-T q
 
 
-def evaluate(stats: PatternStats, theta: np.ndarray) -> Evaluation:
+class Workspace:
+    """Memory that successive evaluations reuse for their K x K factors.
+
+    A batch of 256 factors at K = 317 is 206 MB: allocated afresh for every batch, each of
+    its pages is faulted in and zeroed again (system time, and on this VM memory the host
+    has taken back costs much more). With a workspace, an evaluation's ``upper`` is a view
+    of this memory, valid until the next evaluation with the same workspace: a caller that
+    keeps a factor past that copies it (the sampler does, for its chains' states).
+    """
+
+    def __init__(self):
+        self._matrices: np.ndarray | None = None
+
+    def matrices(self, count: int, k: int) -> np.ndarray:
+        m = self._matrices
+        if m is None or m.shape[0] < count or m.shape[1] != k:
+            m = self._matrices = np.empty((count, k, k))
+        return m[:count]
+
+
+def evaluate(stats: PatternStats, theta: np.ndarray, workspace: Workspace | None = None) -> Evaluation:
     """The module docstring's log p(y | theta) for each row of ``theta`` (B, 5).
 
+    With a ``workspace``, the factors are written to its memory (see :class:`Workspace`).
     BLAS runs on one thread here: a batch of Choleskys of a few hundred columns is about
     eight times slower with OpenBLAS's two threads fighting over two cores than with one
     (measured), and the pipeline runs two steps at once anyway.
@@ -296,10 +319,10 @@ def evaluate(stats: PatternStats, theta: np.ndarray) -> Evaluation:
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):
-        return _evaluate(stats, np.atleast_2d(np.asarray(theta, dtype=np.float64)))
+        return _evaluate(stats, np.atleast_2d(np.asarray(theta, dtype=np.float64)), workspace)
 
 
-def _evaluate(stats: PatternStats, theta: np.ndarray) -> Evaluation:
+def _evaluate(stats: PatternStats, theta: np.ndarray, workspace: Workspace | None = None) -> Evaluation:
     k = stats.num_columns
     w = np.exp(-2.0 * theta[:, :2])  # (B, 2): 1/sigma_first^2, 1/sigma_returning^2
     inv_tau2 = np.exp(-2.0 * theta[:, 2])
@@ -316,38 +339,40 @@ def _evaluate(stats: PatternStats, theta: np.ndarray) -> Evaluation:
     log_det_sigma = (2.0 * theta[:, :2]) @ stats.n_class + stats.pat_count @ np.log1p(tau2[None, :] * pat_w)
 
     sd = prior_sd(theta, stats.block_slices, k)
-    iu0, iu1 = np.triu_indices(k)
+    prior_precision = sd**-2.0  # diag D^-1
     row_start = np.r_[0, np.cumsum(np.arange(k, 0, -1))]  # where row i's upper part starts in the packed triangle
     diagonal = np.arange(k)
-    upper = np.empty((len(theta), k, k))
+    upper = workspace.matrices(len(theta), k) if workspace is not None else np.empty((len(theta), k, k))
     bad = np.zeros(len(theta), dtype=bool)
-    coef_t, sd_t = np.ascontiguousarray(coef.T), np.ascontiguousarray(sd.T)
-    # B = I + D^1/2 Q D^1/2 for MATRIX_BATCH thetas at a time: their packed triangles side by
-    # side (one sparse product), copied row by row into the upper triangles of their slots
-    # of ``upper`` (row i of a packed upper triangle is one run: one copy per row for the
-    # whole batch, instead of a gather of every entry per matrix, which took 0.5-0.7 ms per
-    # theta at K = 317; a whole evaluation went from about 2.5 to 2.1 ms, measured
-    # 2026-12-05) and factored there by LAPACK, which reads the upper triangle only (the
-    # lower one is left unset until the factor clears it): no other K x K matrix is allocated
+    coef_t = np.ascontiguousarray(coef.T)
+    # P = D^-1 + Q for MATRIX_BATCH thetas at a time: their packed triangles side by side (one
+    # sparse product), copied row by row into the upper triangles of their slots of ``upper``
+    # (row i of a packed upper triangle is one run: one copy per row for the whole batch,
+    # instead of a gather of every entry per matrix, which took 0.5-0.7 ms per theta at
+    # K = 317) and factored there by LAPACK, which reads the upper triangle only (the lower
+    # one is left unset until the factor clears it). P is B = I + D^1/2 Q D^1/2 scaled by
+    # D^-1/2 on both sides, so it needs no scaling of the packed entries (two passes over
+    # them, about a quarter of an evaluation: measured 2026-12-05), and its factor R gives
+    # B's: U = R D^1/2.
     for lo in range(0, len(theta), MATRIX_BATCH):
         part = slice(lo, lo + MATRIX_BATCH)
-        packed = stats.mat_t @ coef_t[:, part]  # (K(K+1)/2, b)
-        packed *= sd_t[iu0, part]
-        packed *= sd_t[iu1, part]  # D^1/2 Q D^1/2, still packed
+        packed = stats.mat_t @ coef_t[:, part]  # (K(K+1)/2, b): Q, packed
         block = upper[part]
         for i in range(k):
             block[:, i, i:] = packed[row_start[i]:row_start[i + 1]].T
-        block[:, diagonal, diagonal] += 1.0
-        for i in range(packed.shape[1]):
+        block[:, diagonal, diagonal] += prior_precision[part]
+        del packed
+        for i in range(block.shape[0]):
             bad[lo + i] = not _factor_in_place(upper[lo + i])
     v = np.empty((len(theta), k))
     for b in range(len(theta)):
-        # v = L^-1 D^1/2 q with L = U^T
-        v[b] = scipy.linalg.solve_triangular(upper[b], sd[b] * q[b], lower=False, trans="T", check_finite=False)
-    log_det_b = 2.0 * np.log(np.diagonal(upper, axis1=1, axis2=2)).sum(axis=1)
+        # v = L_B^-1 D^1/2 q = R^-T q, with L_B = U^T = D^1/2 R^T
+        v[b] = scipy.linalg.solve_triangular(upper[b], q[b], lower=False, trans="T", check_finite=False)
+    # log|B| = log|D| + log|P|
+    log_det_b = 2.0 * np.log(np.diagonal(upper, axis1=1, axis2=2)).sum(axis=1) + 2.0 * np.log(sd).sum(axis=1)
     log_lik = -0.5 * (stats.n * np.log(2.0 * np.pi) + log_det_sigma + log_det_b + yy - np.einsum("bk,bk->b", v, v))
     log_lik[bad | ~np.isfinite(log_lik)] = -np.inf
-    return Evaluation(log_lik=log_lik, upper=upper, v=v, sd=sd)
+    return Evaluation(log_lik=log_lik, upper=upper, v=v)
 
 
 def _factor_in_place(mat: np.ndarray) -> bool:
@@ -371,21 +396,23 @@ def _factor_in_place(mat: np.ndarray) -> bool:
     return True
 
 
-def log_posterior(stats: PatternStats, theta: np.ndarray) -> tuple[np.ndarray, Evaluation]:
+def log_posterior(stats: PatternStats, theta: np.ndarray,
+                  workspace: Workspace | None = None) -> tuple[np.ndarray, Evaluation]:
     """log p(theta | y) up to a constant, for a batch, with the evaluation behind it."""
-    ev = evaluate(stats, theta)
+    ev = evaluate(stats, theta, workspace)
     return ev.log_lik + log_prior(np.atleast_2d(theta)), ev
 
 
 def draw_coefficients(ev: Evaluation, index: int, rng: np.random.Generator) -> np.ndarray:
     """One exact draw of b | y, theta for the ``index``-th theta of an evaluation."""
-    return draw_b(ev.upper[index], ev.v[index], ev.sd[index], rng)
+    return draw_b(ev.upper[index], ev.v[index], rng)
 
 
-def draw_b(upper: np.ndarray, v: np.ndarray, sd: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """b = D^1/2 L^-T (v + z), z standard normal (the module docstring), with L = U^T."""
+def draw_b(upper: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """b = D^1/2 L^-T (v + z) = R^-1 (v + z), z standard normal (the module docstring), with
+    L = D^1/2 R^T the factor of B and R that of D^-1 + Q = R^T R."""
     z = rng.standard_normal(len(v))
-    return sd * scipy.linalg.solve_triangular(upper, v + z, lower=False, check_finite=False)
+    return scipy.linalg.solve_triangular(upper, v + z, lower=False, check_finite=False)
 
 
 def dense_log_lik(data: FitData, theta: np.ndarray) -> float:
