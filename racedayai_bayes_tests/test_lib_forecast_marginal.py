@@ -59,6 +59,30 @@ def test_statistics_made_in_several_passes_equal_one_pass(chunk_rows):
         np.testing.assert_allclose(getattr(many, name), getattr(one, name), rtol=1e-12, atol=1e-12)
 
 
+def test_statistics_do_not_depend_on_how_the_design_is_stored():
+    """The covariates' dense blocks and the fast row gathers (design_matrix's layout: the
+    same number of entries in every row, covariates last) give the statistics of the plain
+    sparse products: X with its explicit zeros removed (rows of unequal length), and X with
+    no dense block at all, give the same."""
+    data = small_problem(6)
+    data.x = M.design_matrix([data.x.indices.reshape(len(data), -1)[:, j].copy() for j in range(3)],
+                             data.x.toarray()[:, SLICES["slope"]], K)
+    data.x.data[::7] = 0.0  # some one-hot entries missing (a row without a course)
+    want = M.pattern_stats(data)
+    ragged = M.FitData(y=data.y, x=data.x.copy(), first=data.first, athlete=data.athlete, block_slices=SLICES)
+    ragged.x.eliminate_zeros()
+    assert len(set(np.diff(ragged.x.indptr))) > 1
+    no_dense = M.FitData(y=data.y, x=data.x, first=data.first, athlete=data.athlete,
+                         block_slices={k: v for k, v in SLICES.items() if k != "slope"})
+    for other in (M.pattern_stats(ragged), M.pattern_stats(no_dense)):
+        np.testing.assert_allclose(other.mat_t.toarray(), want.mat_t.toarray(), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(other.vec, want.vec, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(other.scal, want.scal, rtol=1e-12, atol=1e-12)
+    one, dense = M._split_dense(data.x, SLICES)
+    assert dense.shape == (len(data), 2) and one.shape == (len(data), K - 2)
+    np.testing.assert_array_equal(np.hstack([one.toarray(), dense]), data.x.toarray())
+
+
 def test_batch_evaluation_equals_one_at_a_time(monkeypatch):
     monkeypatch.setattr(M, "MATRIX_BATCH", 2)  # several matrix batches within one evaluation
     stats = M.pattern_stats(small_problem())

@@ -142,17 +142,28 @@ class PatternStats:
 
 
 class _Triangles:
-    """Sums of K x K sparse products, each term's kept as its packed upper triangle: the
-    columns of PatternStats.mat_t. No dense K x K matrix is made."""
+    """Sums of K x K products, each term's kept as its packed upper triangle: the columns of
+    PatternStats.mat_t. No dense K x K matrix is made.
 
-    def __init__(self, k: int):
+    A product comes in three blocks (:func:`_split_dense`): the one-hot columns with each
+    other (sparse), with the dense columns, and the dense columns with each other."""
+
+    def __init__(self, k: int, dense: int):
         self.k = k
+        self.k_onehot = k - dense
         self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (packed position, term, value)
 
-    def add(self, term: int, product, mixed: bool = False) -> None:
-        """Add a symmetric ``product`` to ``term``; with ``mixed``, add product + product^T
-        (the two mixed terms of a pattern, stored once)."""
-        m = product.tocoo()
+    def _append(self, term: int, row: np.ndarray, col: np.ndarray, value: np.ndarray) -> None:
+        position = row * self.k - row * (row - 1) // 2 + (col - row)  # np.triu_indices(k)'s order
+        self.parts.append((position, np.full(len(position), term, dtype=np.int64), value))
+
+    def add(self, term: int, onehot, cross: np.ndarray | None, dense: np.ndarray | None, mixed: bool = False) -> None:
+        """Add a symmetric product to ``term``, given as its one-hot block ``onehot`` (sparse,
+        k_onehot x k_onehot), the upper off-diagonal block ``cross`` (k_onehot x dense; None
+        without dense columns) and the dense block ``dense``. With ``mixed``, ``onehot`` and
+        ``dense`` are those of m, and the sum m + m^T is added (the two mixed terms of a
+        pattern, stored once): ``cross`` must then already be that sum's block."""
+        m = onehot.tocoo()
         row, col, value = m.row.astype(np.int64), m.col.astype(np.int64), m.data
         if mixed:  # entry (i, j) of m + m^T is m_ij + m_ji: each entry goes to (min, max), the diagonal twice
             row, col = np.minimum(row, col), np.maximum(row, col)
@@ -160,8 +171,14 @@ class _Triangles:
         else:  # symmetric: its upper triangle
             upper = row <= col
             row, col, value = row[upper], col[upper], value[upper]
-        position = row * self.k - row * (row - 1) // 2 + (col - row)  # np.triu_indices(k)'s order
-        self.parts.append((position, np.full(len(position), term, dtype=np.int64), value))
+        self._append(term, row, col, value)
+        if cross is None:
+            return
+        i, j = np.nonzero(cross)  # the dense columns come after every one-hot column: all above the diagonal
+        self._append(term, i.astype(np.int64), (j + self.k_onehot).astype(np.int64), cross[i, j])
+        d = dense + dense.T if mixed else dense
+        i, j = np.triu_indices(len(d))
+        self._append(term, i + self.k_onehot, j + self.k_onehot, d[i, j])
 
     def matrix(self, terms: int) -> sp.csr_matrix:
         """(K(K+1)/2, terms), duplicates summed."""
@@ -173,13 +190,55 @@ class _Triangles:
         return out
 
 
+def _split_dense(x: sp.csr_matrix, slices: dict) -> tuple[sp.csr_matrix, np.ndarray]:
+    """X as its one-hot columns (sparse) and its dense covariate columns (the ``slope`` block,
+    the last columns), as a dense array.
+
+    A row of X has a few one-hot entries and every covariate: in a sparse product, the
+    covariates' entries make most of the work (9 entries a row at full scale, 6 of them
+    covariates: 81 products per row, 9 without them), and they are dense anyway, so their
+    blocks are dense products. A design whose covariates are not its last columns stays
+    sparse as a whole."""
+    k = x.shape[1]
+    slope = slices.get("slope")
+    p = 0 if slope is None or slope.stop != k else slope.stop - slope.start
+    if p == 0:
+        return x.tocsr(), np.zeros((x.shape[0], 0))
+    x = x.tocsr()
+    n = x.shape[0]
+    width = x.nnz // n if n else 0
+    onehot = k - p
+    if n and width >= p and x.nnz == n * width and np.array_equal(x.indptr, np.arange(0, n * width + 1, width)):
+        # design_matrix's layout: every row has its one-hot entries, then the p dense ones in order
+        idx = x.indices.reshape(n, width)
+        if np.array_equal(idx[:, width - p:], np.broadcast_to(np.arange(onehot, k, dtype=idx.dtype), (n, p))):
+            values = x.data.reshape(n, width)
+            w = width - p
+            one = sp.csr_matrix((np.ascontiguousarray(values[:, :w]).reshape(-1), np.ascontiguousarray(idx[:, :w]).reshape(-1),
+                                 np.arange(0, n * w + 1, w, dtype=x.indptr.dtype)), shape=(n, onehot))
+            return one, np.ascontiguousarray(values[:, w:])
+    return x[:, :onehot].tocsr(), x[:, onehot:].toarray()
+
+
+def _take_rows(x: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
+    """``x[rows]``; when every row of ``x`` has the same number of entries (design_matrix's
+    layout), by reshaping its arrays, several times faster than scipy's general row gather."""
+    n = x.shape[0]
+    width = x.nnz // n if n else 0
+    if not (n and x.nnz == n * width and np.array_equal(x.indptr, np.arange(0, n * width + 1, width))):
+        return x[rows]
+    return sp.csr_matrix((x.data.reshape(n, width)[rows].reshape(-1), x.indices.reshape(n, width)[rows].reshape(-1),
+                          np.arange(0, len(rows) * width + 1, width, dtype=x.indptr.dtype)), shape=(len(rows), x.shape[1]))
+
+
 def pattern_stats(data: FitData, chunk_rows: int = CHUNK_ROWS) -> PatternStats:
     """A_h, T_{p,hh'} and companions (see the module docstring), in passes of about
     ``chunk_rows`` rows.
 
     The athletes are ordered by pattern, and their rows with them, so that each pass holds
     whole athletes and most patterns fall in one pass. Each pass adds its rows' share to
-    every term: the working memory is that of one pass, not of every athlete at once.
+    every term: the working memory is that of one pass, not of every athlete at once. The
+    one-hot columns' products are sparse, the covariates' dense (:func:`_split_dense`).
     """
     k = data.x.shape[1]
     y = np.asarray(data.y, dtype=np.float64)
@@ -206,45 +265,57 @@ def pattern_stats(data: FitData, chunk_rows: int = CHUNK_ROWS) -> PatternStats:
                 h2s.append(b)
                 tn.append((int(n0), int(n1)))
         pattern_terms.append(own)
-    triangle = _Triangles(k)  # each term's upper triangle, as the sparse products make it
+    x_one, z = _split_dense(data.x, data.block_slices)
+    k1, p = x_one.shape[1], z.shape[1]
+    triangle = _Triangles(k, p)  # each term's upper triangle
     vec = np.zeros((len(kinds), k))
     scal = np.zeros(len(kinds))
 
-    # athletes in pattern order, each athlete's rows together, passes cut between athletes
+    # athletes in pattern order (their rank); each class's rows in athlete-rank order, so that
+    # a pass's rows of a class are one contiguous run (slices, no gathers); passes cut
+    # between athletes
     by_pattern = np.argsort(pat_of, kind="stable")
     rank = np.empty(n_ath, dtype=np.int64)
     rank[by_pattern] = np.arange(n_ath)
     row_rank = rank[athlete]
-    row_order = np.argsort(row_rank, kind="stable")
-    rows_end = np.cumsum((n_jh[0] + n_jh[1])[by_pattern])  # end (in row_order) of each athlete's rows
+    classes = []
+    for h in (0, 1):
+        rows_h = np.flatnonzero(cls == h)
+        order = rows_h[np.argsort(row_rank[rows_h], kind="stable")]
+        classes.append((row_rank[order], _take_rows(x_one, order), z[order], y[order]))
+    rows_end = np.cumsum((n_jh[0] + n_jh[1])[by_pattern])  # end of each athlete's rows, in rank order
     cuts = np.unique(np.r_[0, np.searchsorted(rows_end, np.arange(chunk_rows, len(y), chunk_rows), side="left") + 1, n_ath])
     for a_lo, a_hi in zip(cuts[:-1], cuts[1:]):
-        r_lo = int(rows_end[a_lo - 1]) if a_lo else 0
-        rows = row_order[r_lo:int(rows_end[a_hi - 1])]
-        local = row_rank[rows] - a_lo  # athlete of each row, 0..a_hi-a_lo-1
-        s, yy = [], []
-        for h in (0, 1):
-            sel = cls[rows] == h
-            xh = data.x[rows[sel]]
-            yh = y[rows[sel]]
-            triangle.add(h, xh.T @ xh)
-            vec[h] += xh.T @ yh
+        s, sz, yy = [], [], []
+        for h, (ranks, xs, zs, ys) in enumerate(classes):
+            lo, hi = np.searchsorted(ranks, [a_lo, a_hi])
+            xh, zh, yh = xs[lo:hi], zs[lo:hi], ys[lo:hi]
+            local = ranks[lo:hi] - a_lo  # athlete of each row, 0..a_hi-a_lo-1
+            cross = (xh.T @ zh) if p else None
+            triangle.add(h, xh.T @ xh, cross, zh.T @ zh)
+            vec[h, :k1] += xh.T @ yh
+            vec[h, k1:] += zh.T @ yh
             scal[h] += yh @ yh
-            incidence = sp.csr_matrix((np.ones(len(yh)), (local[sel], np.arange(len(yh)))), shape=(a_hi - a_lo, len(yh)))
+            incidence = sp.csr_matrix((np.ones(len(yh)), (local, np.arange(len(yh)))), shape=(a_hi - a_lo, len(yh)))
             s.append((incidence @ xh).tocsr())
+            sz.append(incidence @ zh)
             yy.append(incidence @ yh)
         chunk_pats = pat_of[by_pattern[a_lo:a_hi]]  # non-decreasing
         starts = np.r_[0, np.flatnonzero(np.diff(chunk_pats)) + 1]
         for lo, hi in zip(starts, np.r_[starts[1:], len(chunk_pats)]):
             for a, b, t in pattern_terms[chunk_pats[lo]]:
                 sa, sb = s[a][lo:hi], s[b][lo:hi]
-                v = sa.T @ yy[b][lo:hi]
-                sc = yy[a][lo:hi] @ yy[b][lo:hi]
+                za, zb = sz[a][lo:hi], sz[b][lo:hi]
+                ya, yb = yy[a][lo:hi], yy[b][lo:hi]
+                v1, v2, sc = sa.T @ yb, za.T @ yb, ya @ yb
+                cross = (sa.T @ zb) if p else None
                 if a != b:  # both mixed terms, stored once
-                    v = v + sb.T @ yy[a][lo:hi]
-                    sc = 2.0 * sc
-                triangle.add(t, sa.T @ sb, mixed=a != b)
-                vec[t] += v
+                    v1, v2, sc = v1 + sb.T @ ya, v2 + zb.T @ ya, 2.0 * sc
+                    if p:
+                        cross = cross + sb.T @ za
+                triangle.add(t, sa.T @ sb, cross, za.T @ zb, mixed=a != b)
+                vec[t, :k1] += v1
+                vec[t, k1:] += v2
                 scal[t] += sc
     return PatternStats(
         num_columns=k,
