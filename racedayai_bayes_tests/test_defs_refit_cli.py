@@ -121,13 +121,12 @@ def test_refit_exits_non_zero_and_keeps_outputs_when_a_check_fails(dagster_home,
     assert "checks FAILED" in check_line and "ess_bulk_min FAIL (ERROR): min bulk ESS" in check_line
     (gate,) = [line for line in proc.stdout.splitlines() if line.startswith("  published_model 70.3: ")]
     assert "publishable FAIL (ERROR)" in gate and "nothing published" in gate
-    # one line per step that could not write: the gate, and both posterior-means files (every
-    # posterior of their model failed its checks, so each file keeps what it had)
-    assert sorted(proc.stderr.strip().splitlines()) == sorted([
+    # one line for the step that could not write: the gate. The posterior-means files keep
+    # what they had (every posterior of their model failed its checks), which the failed
+    # checks above say, and is no failure of its own
+    assert proc.stderr.strip().splitlines() == [
         "error: published_model [70.3]: blocking checks failed (see the checks above); its outputs were not written",
-        "error: every stored forecast posterior failed its checks (70.3); forecast_posterior_means.csv is unchanged",
-        "error: every stored seed_profile posterior failed its checks (70.3); bayesian_posterior_means.csv is unchanged",
-    ])
+    ]
     assert previous.read_text().count("\n") == 1
 
 

@@ -97,8 +97,11 @@ def _means_asset(name: str, model: str, file_name: str, doc: str):
         ins={"posterior": dg.AssetIn(posterior_key(model), metadata={"allow_missing_partitions": True})},
         group_name=GROUP,
         description=doc,
+        # no materialisation when every stored posterior of the model failed its checks: the
+        # file keeps its bytes, and the failed checks have already alerted
+        output_required=False,
     )
-    def _means(context: dg.AssetExecutionContext, paths: PipelinePaths, posterior: dict[str, Judged]) -> dg.MaterializeResult:
+    def _means(context: dg.AssetExecutionContext, paths: PipelinePaths, posterior: dict[str, Judged]):
         if not posterior:
             raise dg.Failure(f"no distance has a stored {model} posterior yet; materialise {posterior_key(model)} first")
         # each distance's row goes to the folder its refit wrote to: the output folder, or a
@@ -136,14 +139,22 @@ def _means_asset(name: str, model: str, file_name: str, doc: str):
             outcome = "kept its previous row" if d in kept else "left out (no previous row)"
             context.log.warning(f"{model} {d} failed its checks ({', '.join(checks)}): {outcome}")
         if not written:
-            raise dg.Failure(
-                description=f"every stored {model} posterior failed its checks ({', '.join(blocked)}); {file_name} is unchanged",
-                allow_retries=False,
-            )
+            # not a failure of the run: the published CSV may well have been written, and the
+            # failed checks have already alerted. The file keeps what it had; an observation
+            # (in the asset's history in the UI) says why it was not materialised
+            why = (f"every stored {model} posterior failed its checks ({', '.join(blocked)}); "
+                   f"{file_name} is unchanged and this step materialises nothing")
+            context.log.warning(why)
+            yield dg.AssetObservation(asset_key=context.asset_key, metadata={
+                "unchanged": dg.MetadataValue.text(why),
+                "kept_previous": dg.MetadataValue.text(", ".join(kept) or "none"),
+                "blocked": dg.MetadataValue.text("; ".join(f"{d}: {', '.join(c)}" for d, c in blocked.items())),
+            })
+            return
         # the most specific file first: a backtest's, when its run also wrote the weekly file
         # (with the other distance's weekly row, unchanged)
         shown = sorted(paths_written, key=len, reverse=True)
-        return dg.MaterializeResult(
+        yield dg.MaterializeResult(
             metadata={
                 "path": dg.MetadataValue.path(shown[0]),
                 **({"other_paths": dg.MetadataValue.text(", ".join(shown[1:]))} if len(shown) > 1 else {}),
