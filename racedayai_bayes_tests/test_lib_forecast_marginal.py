@@ -92,6 +92,22 @@ def test_batch_evaluation_equals_one_at_a_time(monkeypatch):
     np.testing.assert_allclose(batch, single, rtol=0, atol=1e-9)
 
 
+def test_an_evaluation_in_a_workspace_equals_one_in_fresh_memory():
+    """Evaluations that reuse one workspace for their factors give the numbers of evaluations
+    in fresh memory; each one's factors are views of the workspace until the next one."""
+    stats = M.pattern_stats(small_problem(2))
+    rng = np.random.default_rng(1)
+    first, second = (np.log(rng.uniform(0.03, 0.3, size=(n, 5))) for n in (4, 3))
+    workspace = M.Workspace()
+    for thetas in (first, second):
+        want = M.evaluate(stats, thetas)
+        got = M.evaluate(stats, thetas, workspace)
+        np.testing.assert_array_equal(got.log_lik, want.log_lik)
+        np.testing.assert_array_equal(got.v, want.v)
+        np.testing.assert_array_equal(got.upper, want.upper)
+        assert np.shares_memory(got.upper, workspace.matrices(len(thetas), stats.num_columns))
+
+
 def test_the_factor_is_written_in_place_and_a_matrix_that_is_not_positive_definite_gets_zero_density(monkeypatch):
     rng = np.random.default_rng(3)
     a = rng.standard_normal((6, 6))
