@@ -67,7 +67,7 @@ def test_statistics_do_not_depend_on_how_the_design_is_stored():
     data = small_problem(6)
     data.x = M.design_matrix([data.x.indices.reshape(len(data), -1)[:, j].copy() for j in range(3)],
                              data.x.toarray()[:, SLICES["slope"]], K)
-    data.x.data[::7] = 0.0  # some one-hot entries missing (a row without a course)
+    data.x.data[::7] = 0.0  # some entries 0: one-hot ones (as for a row without a course), covariates too
     want = M.pattern_stats(data)
     ragged = M.FitData(y=data.y, x=data.x.copy(), first=data.first, athlete=data.athlete, block_slices=SLICES)
     ragged.x.eliminate_zeros()
@@ -78,9 +78,13 @@ def test_statistics_do_not_depend_on_how_the_design_is_stored():
         np.testing.assert_allclose(other.mat_t.toarray(), want.mat_t.toarray(), rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(other.vec, want.vec, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(other.scal, want.scal, rtol=1e-12, atol=1e-12)
-    one, dense = M._split_dense(data.x, SLICES)
-    assert dense.shape == (len(data), 2) and one.shape == (len(data), K - 2)
-    np.testing.assert_array_equal(np.hstack([one.toarray(), dense]), data.x.toarray())
+    rows = np.array([5, 0, 17, 5])
+    for x, fast in ((data.x, True), (ragged.x, False)):
+        design = M._DesignRows(x, SLICES)
+        assert (design._idx is not None) == fast
+        one, dense = design.take(rows)
+        assert dense.shape == (len(rows), 2) and one.shape == (len(rows), K - 2)
+        np.testing.assert_array_equal(np.hstack([one.toarray(), dense]), data.x.toarray()[rows])
 
 
 def test_batch_evaluation_equals_one_at_a_time(monkeypatch):
@@ -97,9 +101,9 @@ def test_an_evaluation_in_a_workspace_equals_one_in_fresh_memory():
     in fresh memory; each one's factors are views of the workspace until the next one."""
     stats = M.pattern_stats(small_problem(2))
     rng = np.random.default_rng(1)
-    first, second = (np.log(rng.uniform(0.03, 0.3, size=(n, 5))) for n in (4, 3))
     workspace = M.Workspace()
-    for thetas in (first, second):
+    for n in (3, 4, 2):  # the workspace grows, then is reused
+        thetas = np.log(rng.uniform(0.03, 0.3, size=(n, 5)))
         want = M.evaluate(stats, thetas)
         got = M.evaluate(stats, thetas, workspace)
         np.testing.assert_array_equal(got.log_lik, want.log_lik)

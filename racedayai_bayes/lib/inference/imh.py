@@ -261,7 +261,8 @@ def independence_mh(
     ``draw_fn(payload, rng)`` is called once per kept draw with the payload of the chain's
     state (for example, an exact draw of the coefficients given theta); ``copy_fn`` copies a
     payload out of its batch: a chain's state is copied once, at the end of the batch that
-    accepted it, so ``target`` may reuse its payload's memory from one batch to the next.
+    accepted it, so ``target`` may reuse its payload's memory from one batch to the next
+    (when ``copy_fn`` really copies; the default keeps a reference).
     ``defend`` wraps the (adapted) proposal before any step, e.g. in a
     :class:`PriorDefended` mixture.
     """

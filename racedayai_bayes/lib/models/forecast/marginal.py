@@ -145,7 +145,7 @@ class _Triangles:
     """Sums of K x K products, each term's kept as its packed upper triangle: the columns of
     PatternStats.mat_t. No dense K x K matrix is made.
 
-    A product comes in three blocks (:func:`_split_dense`): the one-hot columns with each
+    A product comes in three blocks (:class:`_DesignRows`): the one-hot columns with each
     other (sparse), with the dense columns, and the dense columns with each other."""
 
     def __init__(self, k: int, dense: int):
@@ -190,45 +190,45 @@ class _Triangles:
         return out
 
 
-def _split_dense(x: sp.csr_matrix, slices: dict) -> tuple[sp.csr_matrix, np.ndarray]:
-    """X as its one-hot columns (sparse) and its dense covariate columns (the ``slope`` block,
-    the last columns), as a dense array.
+class _DesignRows:
+    """The rows of X as its one-hot columns (sparse) and its dense covariate columns (the
+    ``slope`` block, the last columns), gathered a pass at a time.
 
     A row of X has a few one-hot entries and every covariate: in a sparse product, the
     covariates' entries make most of the work (9 entries a row at full scale, 6 of them
     covariates: 81 products per row, 9 without them), and they are dense anyway, so their
-    blocks are dense products. A design whose covariates are not its last columns stays
-    sparse as a whole."""
-    k = x.shape[1]
-    slope = slices.get("slope")
-    p = 0 if slope is None or slope.stop != k else slope.stop - slope.start
-    if p == 0:
-        return x.tocsr(), np.zeros((x.shape[0], 0))
-    x = x.tocsr()
-    n = x.shape[0]
-    width = x.nnz // n if n else 0
-    onehot = k - p
-    if n and width >= p and x.nnz == n * width and np.array_equal(x.indptr, np.arange(0, n * width + 1, width)):
-        # design_matrix's layout: every row has its one-hot entries, then the p dense ones in order
-        idx = x.indices.reshape(n, width)
-        if np.array_equal(idx[:, width - p:], np.broadcast_to(np.arange(onehot, k, dtype=idx.dtype), (n, p))):
-            values = x.data.reshape(n, width)
-            w = width - p
-            one = sp.csr_matrix((np.ascontiguousarray(values[:, :w]).reshape(-1), np.ascontiguousarray(idx[:, :w]).reshape(-1),
-                                 np.arange(0, n * w + 1, w, dtype=x.indptr.dtype)), shape=(n, onehot))
-            return one, np.ascontiguousarray(values[:, w:])
-    return x[:, :onehot].tocsr(), x[:, onehot:].toarray()
+    blocks are dense products. In design_matrix's layout (every row the same number of
+    entries, the covariates last and in order) a pass's rows are gathered from views of X's
+    own arrays: no copy of the whole design is made, and the gather is several times faster
+    than scipy's. Any other X is gathered by scipy and split per pass; a design whose
+    covariates are not its last columns stays sparse as a whole.
+    """
 
+    def __init__(self, x: sp.csr_matrix, slices: dict):
+        self.x = x.tocsr()
+        n, k = self.x.shape
+        slope = slices.get("slope")
+        self.dense = 0 if slope is None or slope.stop != k else slope.stop - slope.start
+        self.onehot = k - self.dense
+        self._idx = self._val = None
+        width = self.x.nnz // n if n else 0
+        w = width - self.dense
+        if (n and w > 0 and self.x.nnz == n * width
+                and np.array_equal(self.x.indptr, np.arange(0, n * width + 1, width))):
+            idx = self.x.indices.reshape(n, width)
+            if np.array_equal(idx[:, w:], np.broadcast_to(np.arange(self.onehot, k, dtype=idx.dtype), (n, self.dense))):
+                self._idx, self._val = idx, self.x.data.reshape(n, width)
 
-def _take_rows(x: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
-    """``x[rows]``; when every row of ``x`` has the same number of entries (design_matrix's
-    layout), by reshaping its arrays, several times faster than scipy's general row gather."""
-    n = x.shape[0]
-    width = x.nnz // n if n else 0
-    if not (n and x.nnz == n * width and np.array_equal(x.indptr, np.arange(0, n * width + 1, width))):
-        return x[rows]
-    return sp.csr_matrix((x.data.reshape(n, width)[rows].reshape(-1), x.indices.reshape(n, width)[rows].reshape(-1),
-                          np.arange(0, len(rows) * width + 1, width, dtype=x.indptr.dtype)), shape=(len(rows), x.shape[1]))
+    def take(self, rows: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
+        """The one-hot part (CSR, k_onehot columns) and the covariates (dense) of ``rows``."""
+        if self._idx is not None:
+            w = self._idx.shape[1] - self.dense
+            idx, val = self._idx[rows], self._val[rows]
+            one = sp.csr_matrix((np.ascontiguousarray(val[:, :w]).reshape(-1), np.ascontiguousarray(idx[:, :w]).reshape(-1),
+                                 np.arange(0, len(rows) * w + 1, w, dtype=self.x.indptr.dtype)), shape=(len(rows), self.onehot))
+            return one, np.ascontiguousarray(val[:, w:])
+        part = self.x[rows]
+        return part[:, :self.onehot].tocsr(), part[:, self.onehot:].toarray()
 
 
 def pattern_stats(data: FitData, chunk_rows: int = CHUNK_ROWS) -> PatternStats:
@@ -238,7 +238,7 @@ def pattern_stats(data: FitData, chunk_rows: int = CHUNK_ROWS) -> PatternStats:
     The athletes are ordered by pattern, and their rows with them, so that each pass holds
     whole athletes and most patterns fall in one pass. Each pass adds its rows' share to
     every term: the working memory is that of one pass, not of every athlete at once. The
-    one-hot columns' products are sparse, the covariates' dense (:func:`_split_dense`).
+    one-hot columns' products are sparse, the covariates' dense (:class:`_DesignRows`).
     """
     k = data.x.shape[1]
     y = np.asarray(data.y, dtype=np.float64)
@@ -265,15 +265,14 @@ def pattern_stats(data: FitData, chunk_rows: int = CHUNK_ROWS) -> PatternStats:
                 h2s.append(b)
                 tn.append((int(n0), int(n1)))
         pattern_terms.append(own)
-    x_one, z = _split_dense(data.x, data.block_slices)
-    k1, p = x_one.shape[1], z.shape[1]
+    design = _DesignRows(data.x, data.block_slices)
+    k1, p = design.onehot, design.dense
     triangle = _Triangles(k, p)  # each term's upper triangle
     vec = np.zeros((len(kinds), k))
     scal = np.zeros(len(kinds))
 
     # athletes in pattern order (their rank); each class's rows in athlete-rank order, so that
-    # a pass's rows of a class are one contiguous run (slices, no gathers); passes cut
-    # between athletes
+    # a pass's rows of a class are one run of that order; passes cut between athletes
     by_pattern = np.argsort(pat_of, kind="stable")
     rank = np.empty(n_ath, dtype=np.int64)
     rank[by_pattern] = np.arange(n_ath)
@@ -282,14 +281,15 @@ def pattern_stats(data: FitData, chunk_rows: int = CHUNK_ROWS) -> PatternStats:
     for h in (0, 1):
         rows_h = np.flatnonzero(cls == h)
         order = rows_h[np.argsort(row_rank[rows_h], kind="stable")]
-        classes.append((row_rank[order], _take_rows(x_one, order), z[order], y[order]))
+        classes.append((row_rank[order], order))
     rows_end = np.cumsum((n_jh[0] + n_jh[1])[by_pattern])  # end of each athlete's rows, in rank order
     cuts = np.unique(np.r_[0, np.searchsorted(rows_end, np.arange(chunk_rows, len(y), chunk_rows), side="left") + 1, n_ath])
     for a_lo, a_hi in zip(cuts[:-1], cuts[1:]):
         s, sz, yy = [], [], []
-        for h, (ranks, xs, zs, ys) in enumerate(classes):
+        for h, (ranks, order) in enumerate(classes):
             lo, hi = np.searchsorted(ranks, [a_lo, a_hi])
-            xh, zh, yh = xs[lo:hi], zs[lo:hi], ys[lo:hi]
+            xh, zh = design.take(order[lo:hi])
+            yh = y[order[lo:hi]]
             local = ranks[lo:hi] - a_lo  # athlete of each row, 0..a_hi-a_lo-1
             cross = (xh.T @ zh) if p else None
             triangle.add(h, xh.T @ xh, cross, zh.T @ zh)
@@ -451,7 +451,7 @@ def _factor_in_place(mat: np.ndarray) -> bool:
     one is ignored: it may be unset), with that matrix's upper Cholesky factor U (= U^T U),
     zeros below the diagonal; False if it is not numerically positive definite.
 
-    I + D^1/2 Q D^1/2 is positive definite in exact arithmetic; at the extreme scales a
+    D^-1 + Q is positive definite in exact arithmetic; at the extreme scales a
     heavy-tailed proposal sometimes draws, rounding can break that. Such a theta gets zero
     density (its factor is the identity, never used), instead of failing the whole batch.
     LAPACK works in Fortran order: ``mat.T`` is the same symmetric matrix, and its lower
