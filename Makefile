@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 SIZE ?= demo
 SEED ?= 0
 PORT ?= 3000
+# the test suite's worker processes (pytest-xdist): one per core of the 2-core CI machine
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 export DAGSTER_HOME := $(CURDIR)
 export JAX_PLATFORMS := cpu
@@ -47,7 +50,7 @@ run: install data/cleaned/athlete_race.csv
 
 ## test: the whole test suite, then validate the code location
 test: install system-deps
-	$(BIN)/pytest
+	$(PYTEST)
 	$(MAKE) --no-print-directory validate
 
 ## validate: load the code location that pyproject.toml's [tool.dg] names, as a deployment would
@@ -56,7 +59,7 @@ validate: install
 
 ## test-fast: the suite without tests marked slow
 test-fast: install
-	$(BIN)/pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 ## ui: the Dagster UI and daemon on http://127.0.0.1:$(PORT)
 ui: install
