@@ -7,9 +7,12 @@ BIN := $(VENV)/bin
 SIZE ?= demo
 SEED ?= 0
 PORT ?= 3000
-# the test suite's worker processes (pytest-xdist): one per core of the 2-core CI machine
+# the test suite's worker processes (pytest-xdist): one per core of the 2-core CI machine.
+# Each test module runs on one worker (--dist loadfile), so that a module-scoped fixture (a
+# `dagster dev` with a browser, a refit that many tests read) is built once. (--dist loadgroup
+# would not do: pytest 9.2 ignores the xdist_group marks it relies on, pytest-xdist#1386.)
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
+PYTEST := $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 export DAGSTER_HOME := $(CURDIR)
 export JAX_PLATFORMS := cpu

@@ -1199,6 +1199,18 @@ _FAILURE_KINDS = {
 }
 
 
+# Dagster's message for a multiprocess run whose step processes failed outside any step (a
+# Ctrl-C that reached them while they waited for a CPU slot, before their steps had started):
+# one "In process <pid>: <exception class>" line per process
+_CHILD_ERROR = re.compile(r"^In process \d+: ([\w.]+)", re.MULTILINE)
+
+
+def _only_interruptions(message: str) -> bool:
+    """Whether every step process named in a DagsterSubprocessError's ``message`` was interrupted."""
+    names = _CHILD_ERROR.findall(message or "")
+    return bool(names) and all(n.rsplit(".", 1)[-1] == "DagsterExecutionInterruptedError" for n in names)
+
+
 def _classify(step: str, data, run_id: str) -> _Failure:
     """A step's failure: a data or configuration error, failed blocking checks, or a bug."""
     user = getattr(data, "user_failure_data", None)
@@ -1208,7 +1220,7 @@ def _classify(step: str, data, run_id: str) -> _Failure:
     name = error.cls_name if error is not None else ""
     if name == "DagsterAssetCheckFailedError":
         return _Failure(step, "checks", error.message, run_id)
-    if name == "DagsterExecutionInterruptedError":
+    if name == "DagsterExecutionInterruptedError" or (name == "DagsterSubprocessError" and _only_interruptions(error.message)):
         return _Failure(step, "interrupted", "interrupted", run_id)
     # Dagster wraps an IO manager's or an input loader's exception in one of its own: look
     # through the causes for a data error (an unwritable storage folder, say)

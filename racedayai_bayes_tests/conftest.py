@@ -42,29 +42,6 @@ REFIT_ASSETS = ("holdout_split", *MODEL_ASSETS, "published_model", "bayesian_pre
 FRAME_ASSETS = ("athlete_race", "athlete_profile", "cluster_assignments", "model_frame", "athlete_seasons")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (``make test`` runs two workers, ``--dist loadgroup``), keep each
-    module whose tests share a module- or class-scoped fixture (a `dagster dev` with a
-    browser, a refit made once and read by many tests) on one worker, so that the fixture is
-    built once; every other test goes to whichever worker is free."""
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    shared = {}
-    for item in items:
-        module = item.nodeid.split("::", 1)[0]
-        if module not in shared:
-            shared[module] = False
-        info = getattr(item, "_fixtureinfo", None)
-        for defs in (info.name2fixturedefs.values() if info is not None else ()):
-            if any(getattr(d, "scope", "function") in ("module", "class", "package") for d in defs):
-                shared[module] = True
-    for item in items:
-        module = item.nodeid.split("::", 1)[0]
-        if shared[module]:
-            item.add_marker(pytest.mark.xdist_group(module))
-
-
 def refit_config(seed_fit: dict | None = FAST_FIT, forecast: dict | None = None, publish: str = "auto",
                  split: dict | None = None, selection=None) -> dict:
     """Run config of a refit: both seed models' sampler settings, the forecast model's, the

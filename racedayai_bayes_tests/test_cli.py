@@ -191,6 +191,24 @@ def test_interrupted_steps_are_said_once_and_not_called_a_data_error():
     assert "FAILED after 1.0 s: interrupted (Ctrl-C)" in out.getvalue()
 
 
+def test_a_run_whose_step_processes_were_all_interrupted_before_their_steps_is_said_interrupted():
+    """A Ctrl-C that reaches step processes while they wait for a CPU slot, before their steps
+    have started, fails the run with Dagster's DagsterSubprocessError, which names each
+    process's exception: an interruption if each is one, a bug otherwise (as before)."""
+    def run_failure(message):
+        report, out, clock = _report_of_a_run()
+        error = SimpleNamespace(cls_name="DagsterSubprocessError", message=message, cause=None, to_string=lambda: message)
+        report.feed(_entry("r", None, clock.tick(1), "RUN_FAILURE", SimpleNamespace(error=error)))
+        return report.error_messages()
+
+    head = "dagster._core.errors.DagsterSubprocessError: During multiprocess execution errors occurred in child processes:\n"
+    stopped = "In process {}: dagster._core.errors.DagsterExecutionInterruptedError\n\nStack Trace:\n  File \"a.py\", line 1\n"
+    both = run_failure(head + stopped.format(11) + "\n" + stopped.format(12))
+    assert both == ["interrupted: run r stopped before finishing; their outputs were not written"]
+    other = run_failure(head + stopped.format(11) + "In process 12: builtins.KeyError\n\nStack Trace:\n")
+    assert len(other) == 1 and other[0].startswith("run r raised an unexpected error (a bug)")
+
+
 # --- the real command: settings, DAGSTER_HOME, --verbose, a bug -------------------------------
 
 
