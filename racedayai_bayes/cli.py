@@ -1205,10 +1205,15 @@ _FAILURE_KINDS = {
 _CHILD_ERROR = re.compile(r"^In process \d+: ([\w.]+)", re.MULTILINE)
 
 
+_INTERRUPTIONS = {"DagsterExecutionInterruptedError", "KeyboardInterrupt"}  # as Dagster's executor counts them
+
+
 def _only_interruptions(message: str) -> bool:
-    """Whether every step process named in a DagsterSubprocessError's ``message`` was interrupted."""
+    """Whether every step process named in a DagsterSubprocessError's ``message`` was
+    interrupted. (Dagster's executor raises an interruption itself in that case once it has
+    seen the interrupt too; the subprocess error comes when the step processes saw it first.)"""
     names = _CHILD_ERROR.findall(message or "")
-    return bool(names) and all(n.rsplit(".", 1)[-1] == "DagsterExecutionInterruptedError" for n in names)
+    return bool(names) and all(n.rsplit(".", 1)[-1] in _INTERRUPTIONS for n in names)
 
 
 def _classify(step: str, data, run_id: str) -> _Failure:

@@ -203,7 +203,7 @@ def test_a_run_whose_step_processes_were_all_interrupted_before_their_steps_is_s
 
     head = "dagster._core.errors.DagsterSubprocessError: During multiprocess execution errors occurred in child processes:\n"
     stopped = "In process {}: dagster._core.errors.DagsterExecutionInterruptedError\n\nStack Trace:\n  File \"a.py\", line 1\n"
-    both = run_failure(head + stopped.format(11) + "\n" + stopped.format(12))
+    both = run_failure(head + stopped.format(11) + "\n" + "In process 12: KeyboardInterrupt\n\nStack Trace:\n")
     assert both == ["interrupted: run r stopped before finishing; their outputs were not written"]
     other = run_failure(head + stopped.format(11) + "In process 12: builtins.KeyError\n\nStack Trace:\n")
     assert len(other) == 1 and other[0].startswith("run r raised an unexpected error (a bug)")
