@@ -1201,19 +1201,19 @@ _FAILURE_KINDS = {
 
 # Dagster's message for a multiprocess run whose step processes failed outside any step (a
 # Ctrl-C that reached them while they waited for a CPU slot, before their steps had started):
-# one "In process <pid>: <exception class>" line per process
-_CHILD_ERROR = re.compile(r"^In process \d+: ([\w.]+)", re.MULTILINE)
-
-
-_INTERRUPTIONS = {"DagsterExecutionInterruptedError", "KeyboardInterrupt"}  # as Dagster's executor counts them
+# one "In process <pid>: <the process's error>" line per process, the error's text starting
+# with its exception's name (a SyntaxError's starts with its file and line instead)
+_CHILD_ERROR = re.compile(r"^In process \d+: (.*)$", re.MULTILINE)
+# as Dagster's executor counts them
+_INTERRUPTION = re.compile(r"(?:[\w.]+\.)?(?:DagsterExecutionInterruptedError|KeyboardInterrupt)\b")
 
 
 def _only_interruptions(message: str) -> bool:
     """Whether every step process named in a DagsterSubprocessError's ``message`` was
     interrupted. (Dagster's executor raises an interruption itself in that case once it has
     seen the interrupt too; the subprocess error comes when the step processes saw it first.)"""
-    names = _CHILD_ERROR.findall(message or "")
-    return bool(names) and all(n.rsplit(".", 1)[-1] in _INTERRUPTIONS for n in names)
+    errors = _CHILD_ERROR.findall(message or "")
+    return bool(errors) and all(_INTERRUPTION.match(e) for e in errors)
 
 
 def _classify(step: str, data, run_id: str) -> _Failure:

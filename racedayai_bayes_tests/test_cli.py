@@ -191,22 +191,53 @@ def test_interrupted_steps_are_said_once_and_not_called_a_data_error():
     assert "FAILED after 1.0 s: interrupted (Ctrl-C)" in out.getvalue()
 
 
+def _error_info(raise_it):
+    """Dagster's record of the exception ``raise_it()`` raises, as a step process sends it."""
+    from dagster._utils.error import serializable_error_info_from_exc_info
+
+    try:
+        raise_it()
+    except BaseException:  # noqa: BLE001 - KeyboardInterrupt too
+        return serializable_error_info_from_exc_info(sys.exc_info())
+
+
 def test_a_run_whose_step_processes_were_all_interrupted_before_their_steps_is_said_interrupted():
     """A Ctrl-C that reaches step processes while they wait for a CPU slot, before their steps
-    have started, fails the run with Dagster's DagsterSubprocessError, which names each
-    process's exception: an interruption if each is one, a bug otherwise (as before)."""
-    def run_failure(message):
+    have started, can fail the run with Dagster's DagsterSubprocessError, which gives each
+    process's error: an interruption if each is one, a bug otherwise (as before)."""
+    from dagster._core.errors import DagsterExecutionInterruptedError, DagsterSubprocessError
+
+    def stopped():
+        raise DagsterExecutionInterruptedError()
+
+    def ctrl_c():
+        raise KeyboardInterrupt()
+
+    def key_error():
+        raise KeyError("x")
+
+    def syntax_error():  # its text starts with its file and line, not its name
+        compile("def (", "m.py", "exec")
+
+    def run_failure(*children):
+        # the message as Dagster's multiprocess executor writes it (dagster/_core/executor/multiprocess.py)
+        infos = {pid: _error_info(child) for pid, child in enumerate(children, 11)}
+        text = "During multiprocess execution errors occurred in child processes:\n" + "\n".join(
+            f"In process {pid}: {info.to_string()}" for pid, info in infos.items())
+
+        def fail_the_run():
+            raise DagsterSubprocessError(text, subprocess_error_infos=list(infos.values()))
+
+        error = _error_info(fail_the_run)
+        assert error.cls_name == "DagsterSubprocessError"
         report, out, clock = _report_of_a_run()
-        error = SimpleNamespace(cls_name="DagsterSubprocessError", message=message, cause=None, to_string=lambda: message)
         report.feed(_entry("r", None, clock.tick(1), "RUN_FAILURE", SimpleNamespace(error=error)))
         return report.error_messages()
 
-    head = "dagster._core.errors.DagsterSubprocessError: During multiprocess execution errors occurred in child processes:\n"
-    stopped = "In process {}: dagster._core.errors.DagsterExecutionInterruptedError\n\nStack Trace:\n  File \"a.py\", line 1\n"
-    both = run_failure(head + stopped.format(11) + "\n" + "In process 12: KeyboardInterrupt\n\nStack Trace:\n")
-    assert both == ["interrupted: run r stopped before finishing; their outputs were not written"]
-    other = run_failure(head + stopped.format(11) + "In process 12: builtins.KeyError\n\nStack Trace:\n")
-    assert len(other) == 1 and other[0].startswith("run r raised an unexpected error (a bug)")
+    assert run_failure(stopped, ctrl_c) == ["interrupted: run r stopped before finishing; their outputs were not written"]
+    for bug in (key_error, syntax_error):
+        messages = run_failure(stopped, bug)
+        assert len(messages) == 1 and messages[0].startswith("run r raised an unexpected error (a bug)"), messages
 
 
 # --- the real command: settings, DAGSTER_HOME, --verbose, a bug -------------------------------
