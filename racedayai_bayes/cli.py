@@ -797,7 +797,9 @@ class _StderrPipe:
         self.file = None
         self.echo_fd: int | None = None
         self.saved_fd: int | None = None  # the stderr this pipe replaces while a refit runs
-        self.last_data = time.monotonic()
+        self._marker: bytes | None = None  # what drain() wrote and waits for the copy to reach
+        self._drained = threading.Event()
+        self._drains = 0
         threading.Thread(target=self._copy, name="racedayai-stderr", daemon=True).start()
 
     @classmethod
@@ -807,24 +809,55 @@ class _StderrPipe:
         return cls._instance
 
     def _copy(self) -> None:
+        held = b""  # the start of drain()'s marker, at the end of the last read
         while True:
             chunk = os.read(self.read_fd, 65536)
             if not chunk:
                 return
             with self.lock:
-                self.last_data = time.monotonic()
-                if self.file is not None:
-                    self.file.write(chunk)
-                    self.file.flush()
-                if self.echo_fd is not None:
-                    with contextlib.suppress(OSError):
-                        os.write(self.echo_fd, chunk)
+                data, held, reached = self._take_marker(held + chunk)
+                self._write(data)
+            if reached:
+                self._drained.set()
 
-    def wait_quiet(self, quiet_s: float = 0.2, limit_s: float = 3.0) -> None:
-        """Wait until nothing arrived for ``quiet_s`` (the step processes have finished)."""
-        end = time.monotonic() + limit_s
-        while time.monotonic() < end and time.monotonic() - self.last_data < quiet_s:
-            time.sleep(0.05)
+    def _take_marker(self, data: bytes) -> tuple[bytes, bytes, bool]:
+        """``data`` without drain()'s marker, the end of it held back while it may be the
+        start of the marker, and whether the marker was in it."""
+        marker = self._marker
+        if marker is None:
+            return data, b"", False
+        at = data.find(marker)
+        if at >= 0:
+            self._marker = None
+            return data[:at] + data[at + len(marker):], b"", True
+        for k in range(min(len(marker) - 1, len(data)), 0, -1):
+            if data.endswith(marker[:k]):
+                return data[:-k], data[-k:], False
+        return data, b"", False
+
+    def _write(self, data: bytes) -> None:
+        if not data:
+            return
+        if self.file is not None:
+            self.file.write(data)
+            self.file.flush()
+        if self.echo_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(self.echo_fd, data)
+
+    def drain(self, limit_s: float = 10.0) -> bool:
+        """Wait until everything written to the pipe before this call has been copied: a
+        marker written now comes out of the pipe after it. Called once the runs have ended,
+        so that their step processes' last lines reach the log and the terminal before they
+        are let go (a busy machine may not have run the copying thread since those lines
+        came). False if the copy did not get there within ``limit_s``."""
+        with self.lock:
+            self._drains += 1
+            self._marker = b"\0racedayai-stderr-drained-%d-%d\0" % (os.getpid(), self._drains)
+            self._drained.clear()
+            marker = self._marker
+        os.write(self.write_fd, marker)
+        return self._drained.wait(limit_s)
 
 
 @contextlib.contextmanager
@@ -846,7 +879,7 @@ def _stderr_to(path: Path, echo: bool):
             sys.stderr.flush()
             sys.stderr = saved_stream
             os.dup2(saved_fd, 2)
-            pipe.wait_quiet()
+            pipe.drain()
             with pipe.lock:
                 pipe.file, pipe.echo_fd, pipe.saved_fd = None, None, None
             os.close(saved_fd)

@@ -300,6 +300,56 @@ def test_verbose_streams_dagster_events_and_the_log_file_keeps_them(dagster_home
     assert "Stack Trace:" in text  # the failure's traceback is kept in the log
 
 
+class _SlowCopy:
+    """A refit's stderr pipe whose copying thread takes ``delay_s`` over each read, as on a
+    machine too busy to run it (the subclass is made lazily: importing the cli is cheap)."""
+
+    @staticmethod
+    def make(delay_s: float):
+        import time
+
+        from racedayai_bayes import cli
+
+        class Slow(cli._StderrPipe):
+            def _take_marker(self, data):
+                time.sleep(delay_s)
+                return super()._take_marker(data)
+
+        return Slow()
+
+
+def test_the_stderr_pipe_is_drained_of_every_line_written_before_the_runs_ended(tmp_path):
+    """What the step processes wrote before their runs ended (their STEP_FAILURE lines, say)
+    reaches the refit's log before the command lets the log go, however far behind the
+    copying thread is: nothing is left in the pipe for a later refit's log, or lost."""
+    pipe = _SlowCopy.make(0.3)
+    log_path = tmp_path / "refit.log"
+    with open(log_path, "ab") as log:
+        with pipe.lock:
+            pipe.file = log
+        for i in range(3):
+            os.write(pipe.write_fd, b"step line %d\n" % i)
+        os.write(pipe.write_fd, b"STEP_FAILURE, the last line\n")
+        assert pipe.drain()
+        with pipe.lock:
+            pipe.file = None
+    text = log_path.read_text()
+    assert text == "step line 0\nstep line 1\nstep line 2\nSTEP_FAILURE, the last line\n", text
+    assert "racedayai-stderr-drained" not in text
+
+
+def test_a_drain_marker_split_between_two_reads_is_held_back_and_never_written():
+    from racedayai_bayes import cli
+
+    pipe = cli._StderrPipe.__new__(cli._StderrPipe)  # no thread: the marker logic alone
+    pipe._marker = marker = b"\0racedayai-stderr-drained-1-1\0"
+    assert pipe._take_marker(b"tail of a line\n" + marker[:9]) == (b"tail of a line\n", marker[:9], False)
+    assert pipe._take_marker(marker[:9] + marker[9:] + b"later") == (b"later", b"", True)
+    assert pipe._marker is None
+    # without a drain waiting, every byte goes through as it came, a NUL included
+    assert pipe._take_marker(b"a\0b" + marker[:3]) == (b"a\0b" + marker[:3], b"", False)
+
+
 SITECUSTOMIZE = """
 import racedayai_bayes.lib.data.frame as frame
 
