@@ -648,7 +648,13 @@ def _later_main(args, go_fd: int) -> int:
 def _later_process(args, use_server) -> int:
     """A later distance's process, forked or a new interpreter: wait for go (for a new
     interpreter, before its imports), open the instance, lower its priority, fork its steps
-    from the first process's server (``use_server()``; else a server of its own), run."""
+    from the first process's server (``use_server()``; else a server of its own), run.
+
+    The command that started this process is its parent now, before the imports: should the
+    command die while they run (seconds on a busy machine), the run's wait sees that this
+    process has been orphaned (it once waited for ever, having taken its new parent for the
+    command)."""
+    parent = os.getppid()
     _wait_for_go()
     instance = _instance(os.environ["DAGSTER_HOME"])
     os.nice(LATER_NICE)
@@ -658,7 +664,7 @@ def _later_process(args, use_server) -> int:
         start_step_server()
     from racedayai_bayes.definitions import defs, refit_job_def
 
-    return _later_run(args, instance, defs, refit_job_def)
+    return _later_run(args, instance, defs, refit_job_def, parent=parent)
 
 
 def _run_tags(distance: str, log_path) -> dict[str, str]:
@@ -667,15 +673,17 @@ def _run_tags(distance: str, log_path) -> dict[str, str]:
     return {"dagster/partition": distance, DISTANCE_TAG: distance, LOG_TAG: str(log_path)}
 
 
-def _later_run(args, instance, defs, refit_job_def) -> int:
+def _later_run(args, instance, defs, refit_job_def, parent: int | None = None) -> int:
     """A later distance's run (in the process the command forked, or ``refit --after
     FIRST=LOG``): wait until the first run of the command that started this process has
     stored the shared assets, then execute this
     distance's run, in this process's main thread. Exit 3 if the first run ended without them,
-    or if the command that started this process is gone (killed before its first run began)."""
+    or if the command that started this process is gone (killed before its first run began):
+    ``parent``, its pid (default: this process's parent now)."""
     import dagster as dg
 
-    parent = os.getppid()
+    if parent is None:
+        parent = os.getppid()
     first, _, log = args.after.partition("=")
     keys = _refit_keys(defs)
     first_tags = {"dagster/partition": first, LOG_TAG: log}
@@ -780,6 +788,11 @@ def _materialized_keys(instance, run_id: str) -> set:
 # --------------------------------------------------------------------------- stderr to the log
 
 
+# what _StderrPipe.drain() writes into the pipe, then the drain's number in 8 digits and a NUL
+DRAIN_MARKER = b"\0racedayai-stderr-drained-"
+DRAIN_MARKER_SIZE = len(DRAIN_MARKER) + 9
+
+
 class _StderrPipe:
     """One pipe for this process's stderr while a refit runs, copied to the refit's log file.
 
@@ -797,8 +810,7 @@ class _StderrPipe:
         self.file = None
         self.echo_fd: int | None = None
         self.saved_fd: int | None = None  # the stderr this pipe replaces while a refit runs
-        self._marker: bytes | None = None  # what drain() wrote and waits for the copy to reach
-        self._drained = threading.Event()
+        self._pending: dict[int, threading.Event] = {}  # drain() markers not yet copied, by number
         self._drains = 0
         threading.Thread(target=self._copy, name="racedayai-stderr", daemon=True).start()
 
@@ -809,38 +821,51 @@ class _StderrPipe:
         return cls._instance
 
     def _copy(self) -> None:
-        held = b""  # the start of drain()'s marker, at the end of the last read
+        held = b""  # the start of a drain() marker, at the end of the last read
         while True:
             chunk = os.read(self.read_fd, 65536)
             if not chunk:
                 return
             with self.lock:
-                data, held, reached = self._take_marker(held + chunk)
+                data, held, reached = self._take_markers(held + chunk)
                 self._write(data)
-            if reached:
-                self._drained.set()
+                for number in reached:
+                    self._pending.pop(number).set()
 
-    def _take_marker(self, data: bytes) -> tuple[bytes, bytes, bool]:
-        """``data`` without drain()'s marker, the end of it held back while it may be the
-        start of the marker, and whether the marker was in it."""
-        marker = self._marker
-        if marker is None:
-            return data, b"", False
-        at = data.find(marker)
-        if at >= 0:
-            self._marker = None
-            return data[:at] + data[at + len(marker):], b"", True
-        for k in range(min(len(marker) - 1, len(data)), 0, -1):
-            if data.endswith(marker[:k]):
-                return data[:-k], data[-k:], False
-        return data, b"", False
+    def _take_markers(self, data: bytes) -> tuple[bytes, bytes, list[int]]:
+        """``data`` without the markers of pending drains, the end of it held back while it
+        may be the start of one, and the numbers of the markers it held. Any other text
+        (one that only looks like a marker, a NUL) goes through as it came."""
+        if not self._pending:
+            return data, b"", []
+        out, reached, pos = [], [], 0
+        while (at := data.find(DRAIN_MARKER, pos)) >= 0:
+            end = at + DRAIN_MARKER_SIZE
+            if end > len(data):  # a marker's start, the rest in the next read
+                return b"".join(out) + data[pos:at], data[at:], reached
+            number = data[at + len(DRAIN_MARKER):end - 1]
+            if data[end - 1:end] == b"\0" and number.isdigit() and int(number) in self._pending:
+                out.append(data[pos:at])
+                reached.append(int(number))
+                pos = end
+            else:
+                out.append(data[pos:at + 1])
+                pos = at + 1
+        rest = data[pos:]
+        for k in range(min(len(DRAIN_MARKER), len(rest)), 0, -1):
+            if rest.endswith(DRAIN_MARKER[:k]):
+                return b"".join(out) + rest[:-k], rest[-k:], reached
+        return b"".join(out) + rest, b"", reached
 
     def _write(self, data: bytes) -> None:
         if not data:
             return
         if self.file is not None:
-            self.file.write(data)
-            self.file.flush()
+            try:
+                self.file.write(data)
+                self.file.flush()
+            except OSError:  # a full disk: the terminal copy and the runs' event logs still have it
+                pass
         if self.echo_fd is not None:
             with contextlib.suppress(OSError):
                 os.write(self.echo_fd, data)
@@ -850,14 +875,24 @@ class _StderrPipe:
         marker written now comes out of the pipe after it. Called once the runs have ended,
         so that their step processes' last lines reach the log and the terminal before they
         are let go (a busy machine may not have run the copying thread since those lines
-        came). False if the copy did not get there within ``limit_s``."""
+        came). False if the copy did not get there within ``limit_s``; a marker that comes
+        later is still taken out."""
+        import select
+
+        deadline = time.monotonic() + limit_s
         with self.lock:
             self._drains += 1
-            self._marker = b"\0racedayai-stderr-drained-%d-%d\0" % (os.getpid(), self._drains)
-            self._drained.clear()
-            marker = self._marker
-        os.write(self.write_fd, marker)
-        return self._drained.wait(limit_s)
+            number = self._drains
+            done = self._pending[number] = threading.Event()
+        # a full pipe that nobody empties must not hold the command: wait to write as long as
+        # the drain may take (the marker is shorter than PIPE_BUF: written whole or not at all)
+        _, writable, _ = select.select([], [self.write_fd], [], limit_s)
+        if not writable:
+            with self.lock:
+                del self._pending[number]
+            return False
+        os.write(self.write_fd, DRAIN_MARKER + b"%08d\0" % number)
+        return done.wait(max(0.0, deadline - time.monotonic()))
 
 
 @contextlib.contextmanager
@@ -879,8 +914,12 @@ def _stderr_to(path: Path, echo: bool):
             sys.stderr.flush()
             sys.stderr = saved_stream
             os.dup2(saved_fd, 2)
-            pipe.drain()
+            drained = pipe.drain()
             with pipe.lock:
+                if not drained:
+                    with contextlib.suppress(OSError):
+                        fh.write(b"racedayai-bayes: the step processes' last lines may be missing from this log: "
+                                 b"its copying thread had not reached the end of their output 10 s after the runs ended\n")
                 pipe.file, pipe.echo_fd, pipe.saved_fd = None, None, None
             os.close(saved_fd)
 

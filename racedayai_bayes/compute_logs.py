@@ -1,22 +1,24 @@
 """The local instance's compute-log manager: Dagster's local one, mirrored by a thread.
 
 Dagster's :class:`LocalComputeLogManager` captures each step's stdout and stderr in files
-(the UI's stdout/stderr views of a step) and mirrors them to the step process's own
-streams with ``tail -F``: two ``tail`` processes and two Python watcher processes per
-step. When the step ends it terminates them at once, and ``tail`` polls about once a
-second, so the last lines a step wrote are often never mirrored (dagster-io/dagster#23336).
-Here the step process's own stdout and stderr are where ``racedayai-bayes refit`` keeps
-its log (``$DAGSTER_HOME/logs/refit-*.log``; ``--verbose`` streams it): a step's
-``STEP_FAILURE`` line, its last, was missing from that log and from ``--verbose`` in a run
-of the test suite on an overloaded machine.
+(the UI's stdout/stderr views of a step) and mirrors them to the streams the step process
+had with ``tail -F``: two ``tail`` processes and two Python watcher processes per step. It
+terminates them as soon as the step ends, whether or not ``tail`` has copied the step's
+last lines (dagster-io/dagster#23336; its ``DAGSTER_COMPUTE_LOG_TAIL_WAIT_AFTER_FINISH``
+would make every step wait a fixed time instead). A step process's stderr is where
+``racedayai-bayes refit`` keeps its log (``$DAGSTER_HOME/logs/refit-*.log``, Dagster's event
+lines; ``--verbose`` streams it) and its stdout is the command's: a step's ``STEP_FAILURE``
+line, its last, was missing from ``--verbose`` in a run of the test suite on an overloaded
+machine.
 
 :class:`MirroredComputeLogManager` captures to the same files, and the step process copies
-each file to the stream it replaced with a thread of its own: it polls the file every
-:data:`POLL_S` while the step runs, and copies whatever is left once the step has ended,
-before the capture is marked complete. So every line reaches the log, and no process is
-started per step (about 1 s of CPU in a demo refit of 18 steps, measured 2026-12-05).
-What a step writes in its last :data:`POLL_S` before the process is killed (SIGKILL) stays
-in its capture file only, which the UI still shows.
+each file to the stream it replaced with a thread of its own: whole lines, in writes of at
+most :data:`PIPE_BUF` bytes where the lines allow (so that lines of two steps writing to
+one pipe never mix), every :data:`POLL_S` while the step runs, and what is left once the
+step has ended, before the capture is marked complete. So every line reaches the stream,
+and no process is started per step. What the thread had not copied when the process was
+killed (SIGKILL, or a signal nothing handles) stays in the step's capture file only, which
+the UI still shows.
 """
 
 from __future__ import annotations
@@ -28,48 +30,90 @@ from collections.abc import Generator, Sequence
 from contextlib import contextmanager
 
 from dagster import Field, Float, StringSource
+from dagster._core.instance.ref import compute_logs_directory
 from dagster._core.storage.compute_log_manager import CapturedLogContext, ComputeIOType
 from dagster._core.storage.local_compute_log_manager import IO_TYPE_EXTENSION, LocalComputeLogManager
 from dagster._utils import ensure_file, touch_file
 
 POLL_S = 0.1  # how often a running step's capture files are copied to its streams
-CHUNK = 1 << 16
+CHUNK = 1 << 16  # bytes read at a time
+PIPE_BUF = 4096  # a write to a pipe up to this size is never mixed with another process's (POSIX)
+CLOSE_WAIT_S = 10.0  # how long a step's end waits for the copy of the rest of its output
+
+
+def line_pieces(data: bytes, limit: int = PIPE_BUF) -> tuple[list[bytes], bytes]:
+    """``data`` cut into pieces of whole lines of at most ``limit`` bytes (a longer line is a
+    piece of its own), and the unfinished last line."""
+    end = data.rfind(b"\n") + 1
+    pieces, start = [], 0
+    while start < end:
+        stop = start + limit
+        if stop < end:
+            cut = data.rfind(b"\n", start, stop) + 1
+            if cut <= start:  # a line longer than the limit
+                cut = data.find(b"\n", stop) + 1
+        else:
+            cut = end
+        pieces.append(data[start:cut])
+        start = cut
+    return pieces, data[end:]
 
 
 class _Mirror:
-    """Copies what is appended to ``path`` to the file descriptor ``out_fd`` (a thread)."""
+    """Copies what is appended to the file ``path`` to the file descriptor ``out_fd``, with a
+    thread that owns its descriptors (a copy of ``out_fd``): the caller may close its own at
+    any time."""
 
     def __init__(self, path: str, out_fd: int):
         self._in = os.open(path, os.O_RDONLY)
-        self._out = out_fd
+        self._out = os.dup(out_fd)
+        self._partial = b""
+        self._broken = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="racedayai-compute-log-mirror", daemon=True)
         self._thread.start()
 
-    def _copy_available(self) -> None:
-        while True:
-            chunk = os.read(self._in, CHUNK)
+    def _send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view and not self._broken:
+            try:
+                view = view[os.write(self._out, view):]
+            except InterruptedError:
+                continue
+            except OSError:  # the stream is gone (a closed pipe): the capture file keeps everything
+                self._broken = True
+
+    def _copy(self, up_to: int | None = None) -> None:
+        """Copy what the file holds beyond what was copied (up to offset ``up_to``), whole lines only."""
+        while not self._broken:
+            want = CHUNK if up_to is None else min(CHUNK, up_to - os.lseek(self._in, 0, os.SEEK_CUR))
+            chunk = os.read(self._in, want) if want > 0 else b""
             if not chunk:
                 return
-            view = memoryview(chunk)
-            while view:
-                try:
-                    view = view[os.write(self._out, view):]
-                except OSError:  # the stream is gone (a closed pipe): the capture file keeps everything
-                    return
+            pieces, self._partial = line_pieces(self._partial + chunk)
+            for piece in pieces:
+                self._send(piece)
 
     def _run(self) -> None:
-        while not self._stop.wait(POLL_S):
-            self._copy_available()
-
-    def close(self) -> None:
-        """Stop polling, then copy whatever the file has beyond what was copied."""
-        self._stop.set()
-        self._thread.join()
         try:
-            self._copy_available()
+            while not self._stop.wait(POLL_S):
+                self._copy()
+            # the step has ended: the rest of what it wrote (bounded, should a process it left
+            # behind still write), and an unfinished last line
+            self._copy(up_to=os.fstat(self._in).st_size)
+            if self._partial:
+                self._send(self._partial)
         finally:
             os.close(self._in)
+            os.close(self._out)
+
+    def close(self) -> bool:
+        """Stop polling and let the thread copy the rest; False if it had not done so within
+        :data:`CLOSE_WAIT_S` (a stream nobody reads): the step goes on, and the thread ends
+        by itself once its last write returns."""
+        self._stop.set()
+        self._thread.join(CLOSE_WAIT_S)
+        return not self._thread.is_alive()
 
 
 @contextmanager
@@ -84,19 +128,21 @@ def _captured(stream, path: str) -> Generator[None, None, None]:
         return
     stream.flush()
     saved = os.dup(fd)
-    mirror = None
     try:
-        with open(path, "ab", buffering=0) as target:
-            mirror = _Mirror(path, saved)
-            os.dup2(target.fileno(), fd)
-            try:
-                yield
-            finally:
-                stream.flush()
-                os.dup2(saved, fd)
-    finally:
-        if mirror is not None:
+        mirror = _Mirror(path, saved)
+        try:
+            with open(path, "ab", buffering=0) as target:
+                os.dup2(target.fileno(), fd)
+                try:
+                    yield
+                finally:
+                    try:
+                        stream.flush()
+                    finally:
+                        os.dup2(saved, fd)
+        finally:
             mirror.close()
+    finally:
         os.close(saved)
 
 
@@ -104,8 +150,11 @@ class MirroredComputeLogManager(LocalComputeLogManager):
     """:class:`LocalComputeLogManager` whose captures are mirrored to the step process's
     streams by a thread instead of ``tail`` processes (the module docstring).
 
-    ``base_dir`` defaults to ``$DAGSTER_HOME/storage``, where Dagster's default local
-    manager keeps them."""
+    Without a ``base_dir`` the captures go where Dagster's default local manager keeps them:
+    ``storage/`` under the instance's root folder."""
+
+    def __init__(self, base_dir: str | None = None, polling_timeout: float | None = None, inst_data=None):
+        super().__init__(base_dir=base_dir, polling_timeout=polling_timeout, inst_data=inst_data)
 
     @classmethod
     def config_type(cls):
@@ -116,13 +165,12 @@ class MirroredComputeLogManager(LocalComputeLogManager):
 
     @classmethod
     def from_config_value(cls, inst_data, config_value) -> MirroredComputeLogManager:
-        config = dict(config_value or {})
-        if not config.get("base_dir"):
-            home = os.environ.get("DAGSTER_HOME")
-            if not home:
-                raise ValueError("MirroredComputeLogManager needs a base_dir, or DAGSTER_HOME set")
-            config["base_dir"] = os.path.join(home, "storage")
-        return cls(inst_data=inst_data, **config)
+        return cls(inst_data=inst_data, **dict(config_value or {}))
+
+    def register_instance(self, instance) -> None:
+        super().register_instance(instance)
+        if self._base_dir is None:
+            self._base_dir = compute_logs_directory(instance.root_directory)
 
     @contextmanager
     def capture_logs(self, log_key: Sequence[str]) -> Generator[CapturedLogContext, None, None]:

@@ -13,11 +13,13 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from racedayai_bayes import cli
 from racedayai_bayes.cli import RefitReport, main
 
 from .conftest import REPO
@@ -300,54 +302,52 @@ def test_verbose_streams_dagster_events_and_the_log_file_keeps_them(dagster_home
     assert "Stack Trace:" in text  # the failure's traceback is kept in the log
 
 
-class _SlowCopy:
-    """A refit's stderr pipe whose copying thread takes ``delay_s`` over each read, as on a
-    machine too busy to run it (the subclass is made lazily: importing the cli is cheap)."""
+class _SlowPipe(cli._StderrPipe):
+    """A refit's stderr pipe whose copying thread takes 0.3 s over each read, as on a machine
+    too busy to run it."""
 
-    @staticmethod
-    def make(delay_s: float):
-        import time
-
-        from racedayai_bayes import cli
-
-        class Slow(cli._StderrPipe):
-            def _take_marker(self, data):
-                time.sleep(delay_s)
-                return super()._take_marker(data)
-
-        return Slow()
+    def _take_markers(self, data):
+        time.sleep(0.3)
+        return super()._take_markers(data)
 
 
 def test_the_stderr_pipe_is_drained_of_every_line_written_before_the_runs_ended(tmp_path):
     """What the step processes wrote before their runs ended (their STEP_FAILURE lines, say)
     reaches the refit's log before the command lets the log go, however far behind the
     copying thread is: nothing is left in the pipe for a later refit's log, or lost."""
-    pipe = _SlowCopy.make(0.3)
+    pipe = _SlowPipe()
     log_path = tmp_path / "refit.log"
-    with open(log_path, "ab") as log:
-        with pipe.lock:
-            pipe.file = log
-        for i in range(3):
-            os.write(pipe.write_fd, b"step line %d\n" % i)
-        os.write(pipe.write_fd, b"STEP_FAILURE, the last line\n")
-        assert pipe.drain()
-        with pipe.lock:
-            pipe.file = None
+    try:
+        with open(log_path, "ab") as log:
+            with pipe.lock:
+                pipe.file = log
+            for i in range(3):
+                os.write(pipe.write_fd, b"step line %d\n" % i)
+            os.write(pipe.write_fd, b"STEP_FAILURE, the last line\n")
+            assert pipe.drain()
+            with pipe.lock:
+                pipe.file = None
+    finally:
+        os.close(pipe.write_fd)  # the copying thread reads the end of the pipe and returns
+        time.sleep(0.1)
+        os.close(pipe.read_fd)
     text = log_path.read_text()
     assert text == "step line 0\nstep line 1\nstep line 2\nSTEP_FAILURE, the last line\n", text
-    assert "racedayai-stderr-drained" not in text
+    assert not pipe._pending
 
 
 def test_a_drain_marker_split_between_two_reads_is_held_back_and_never_written():
-    from racedayai_bayes import cli
-
     pipe = cli._StderrPipe.__new__(cli._StderrPipe)  # no thread: the marker logic alone
-    pipe._marker = marker = b"\0racedayai-stderr-drained-1-1\0"
-    assert pipe._take_marker(b"tail of a line\n" + marker[:9]) == (b"tail of a line\n", marker[:9], False)
-    assert pipe._take_marker(marker[:9] + marker[9:] + b"later") == (b"later", b"", True)
-    assert pipe._marker is None
-    # without a drain waiting, every byte goes through as it came, a NUL included
-    assert pipe._take_marker(b"a\0b" + marker[:3]) == (b"a\0b" + marker[:3], b"", False)
+    pipe._pending = {7: None, 8: None}
+    seven, eight = (cli.DRAIN_MARKER + b"%08d\0" % n for n in (7, 8))
+    assert pipe._take_markers(b"tail of a line\n" + seven[:9]) == (b"tail of a line\n", seven[:9], [])
+    assert pipe._take_markers(seven[:9] + seven[9:] + b"later" + eight[:-1]) == (b"later", eight[:-1], [7])
+    assert pipe._take_markers(eight[:-1] + eight[-1:]) == (b"", b"", [8])
+    # text that only looks like a marker, or a drain nobody waits for, goes through as it came
+    other = cli.DRAIN_MARKER + b"%08d\0" % 9
+    assert pipe._take_markers(b"a\0b" + other + b"c") == (b"a\0b" + other + b"c", b"", [])
+    pipe._pending = {}
+    assert pipe._take_markers(b"x" + seven[:3]) == (b"x" + seven[:3], b"", [])
 
 
 SITECUSTOMIZE = """
@@ -659,3 +659,24 @@ def test_an_interrupt_while_waiting_for_the_later_runs_posteriors_is_passed_on_t
     later = _Later("140.6", proc, Watcher(), RefitReport(io.StringIO()))
     assert later.stored({"posterior_forecast"}) is False
     assert later.interrupted and proc.signals == [signal.SIGINT]
+
+
+def test_a_later_process_knows_its_command_from_before_its_imports(monkeypatch):
+    """The later distance's process takes its parent's pid before its slow imports: a command
+    that dies during them leaves a process whose parent is another one, and the run's wait
+    sees it (with the pid read afterwards, it took its new parent for the command and waited
+    for ever; CI saw it on a busy machine)."""
+    parents = iter([111])  # the command, then whoever adopted the orphan
+    monkeypatch.setattr(cli.os, "getppid", lambda: next(parents, 1))
+    monkeypatch.setattr(cli, "_instance", lambda home: "an instance")
+    monkeypatch.setattr(cli.os, "nice", lambda inc: 0)
+    monkeypatch.setenv("DAGSTER_HOME", "/nowhere")
+    seen = {}
+
+    def later_run(args, instance, defs, job, parent=None):
+        seen.update(parent=parent, now=cli.os.getppid())
+        return cli.WAITING
+
+    monkeypatch.setattr(cli, "_later_run", later_run)
+    assert cli._later_process(argparse.Namespace(), lambda: True) == cli.WAITING
+    assert seen == {"parent": 111, "now": 1}
