@@ -350,6 +350,7 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
 # priority.)
 LATER_NICE = 5
 WAITING = 3  # exit code of a later distance's process that never started its run
+COMMAND_PID_ENV = "RACEDAYAI_REFIT_COMMAND_PID"  # the command's pid, for its later distance's process
 # A later distance's process waits, before it imports anything, until the first process says
 # go: once the first run's first step has started, that is, once the step server has
 # imported everything. At the start of a refit three processes imported at once on a 2-core
@@ -424,6 +425,7 @@ class _Later:
         env, server_fd = share_step_server()
         go_read, go_write = os.pipe()  # closed by release(): the child's imports may begin
         env[GO_ENV] = str(go_read)
+        env[COMMAND_PID_ENV] = str(os.getpid())
         try:
             # the child's own stdout: this command reports its run; stderr (the log pipe) is inherited
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -533,6 +535,7 @@ class _ForkedLater:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()  # or the child would write what is buffered here once more
         go_read, go_write = os.pipe()  # closed by release(): the child's run may begin
+        command = os.getpid()
         # no Ctrl-C between the fork and the child's own handling: an interrupt there would
         # unwind the child through this process's stack (its stderr redirection, its exit)
         stop_signals = {signal.SIGINT, signal.SIGTERM}
@@ -548,6 +551,7 @@ class _ForkedLater:
             code = 1
             try:
                 os.close(go_write)
+                os.environ[COMMAND_PID_ENV] = str(command)
                 _as_a_new_process()
                 signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
                 code = int(_handled(_later_main, later_args, go_read) or 0)
@@ -645,16 +649,26 @@ def _later_main(args, go_fd: int) -> int:
     return _later_process(args, adopt_step_server)
 
 
+def _command_pid() -> int:
+    """The pid of the command that started this later process: the one it said
+    (:data:`COMMAND_PID_ENV`, set before the fork or the new interpreter), else this process's
+    parent now. The entry is removed either way."""
+    value = os.environ.pop(COMMAND_PID_ENV, "")
+    return int(value) if value.isdigit() else os.getppid()
+
+
 def _later_process(args, use_server) -> int:
     """A later distance's process, forked or a new interpreter: wait for go (for a new
     interpreter, before its imports), open the instance, lower its priority, fork its steps
     from the first process's server (``use_server()``; else a server of its own), run.
 
-    The command that started this process is its parent now, before the imports: should the
-    command die while they run (seconds on a busy machine), the run's wait sees that this
-    process has been orphaned (it once waited for ever, having taken its new parent for the
-    command)."""
-    parent = os.getppid()
+    The command's pid comes from the command itself (:func:`_command_pid`), not from this
+    process's parent after its imports: a command that died during them (seconds on a busy
+    machine) left a process that took its new parent for the command and waited for ever.
+    Orphaned already, it exits 3 at once."""
+    parent = _command_pid()
+    if os.getppid() != parent:
+        return WAITING
     _wait_for_go()
     instance = _instance(os.environ["DAGSTER_HOME"])
     os.nice(LATER_NICE)
@@ -673,17 +687,15 @@ def _run_tags(distance: str, log_path) -> dict[str, str]:
     return {"dagster/partition": distance, DISTANCE_TAG: distance, LOG_TAG: str(log_path)}
 
 
-def _later_run(args, instance, defs, refit_job_def, parent: int | None = None) -> int:
+def _later_run(args, instance, defs, refit_job_def, parent: int) -> int:
     """A later distance's run (in the process the command forked, or ``refit --after
     FIRST=LOG``): wait until the first run of the command that started this process has
     stored the shared assets, then execute this
     distance's run, in this process's main thread. Exit 3 if the first run ended without them,
-    or if the command that started this process is gone (killed before its first run began):
-    ``parent``, its pid (default: this process's parent now)."""
+    or if the command that started this process, ``parent``, is gone (killed before its
+    first run began)."""
     import dagster as dg
 
-    if parent is None:
-        parent = os.getppid()
     first, _, log = args.after.partition("=")
     keys = _refit_keys(defs)
     first_tags = {"dagster/partition": first, LOG_TAG: log}
@@ -812,7 +824,8 @@ class _StderrPipe:
         self.saved_fd: int | None = None  # the stderr this pipe replaces while a refit runs
         self._pending: dict[int, threading.Event] = {}  # drain() markers not yet copied, by number
         self._drains = 0
-        threading.Thread(target=self._copy, name="racedayai-stderr", daemon=True).start()
+        self.thread = threading.Thread(target=self._copy, name="racedayai-stderr", daemon=True)
+        self.thread.start()
 
     @classmethod
     def get(cls) -> _StderrPipe:
@@ -830,7 +843,9 @@ class _StderrPipe:
                 data, held, reached = self._take_markers(held + chunk)
                 self._write(data)
                 for number in reached:
-                    self._pending.pop(number).set()
+                    done = self._pending.pop(number, None)
+                    if done is not None:
+                        done.set()
 
     def _take_markers(self, data: bytes) -> tuple[bytes, bytes, list[int]]:
         """``data`` without the markers of pending drains, the end of it held back while it
@@ -844,7 +859,8 @@ class _StderrPipe:
             if end > len(data):  # a marker's start, the rest in the next read
                 return b"".join(out) + data[pos:at], data[at:], reached
             number = data[at + len(DRAIN_MARKER):end - 1]
-            if data[end - 1:end] == b"\0" and number.isdigit() and int(number) in self._pending:
+            if (data[end - 1:end] == b"\0" and number.isdigit() and int(number) in self._pending
+                    and int(number) not in reached):
                 out.append(data[pos:at])
                 reached.append(int(number))
                 pos = end
@@ -864,7 +880,7 @@ class _StderrPipe:
             try:
                 self.file.write(data)
                 self.file.flush()
-            except OSError:  # a full disk: the terminal copy and the runs' event logs still have it
+            except (OSError, ValueError):  # a full disk, a closed file: the runs' event logs still have it
                 pass
         if self.echo_fd is not None:
             with contextlib.suppress(OSError):
@@ -880,18 +896,40 @@ class _StderrPipe:
         import select
 
         deadline = time.monotonic() + limit_s
-        with self.lock:
+        if not self.lock.acquire(timeout=limit_s):  # the copy is stuck writing (a paused terminal)
+            return False
+        try:
             self._drains += 1
             number = self._drains
             done = self._pending[number] = threading.Event()
-        # a full pipe that nobody empties must not hold the command: wait to write as long as
-        # the drain may take (the marker is shorter than PIPE_BUF: written whole or not at all)
-        _, writable, _ = select.select([], [self.write_fd], [], limit_s)
-        if not writable:
+        finally:
+            self.lock.release()
+        # a full pipe that nobody empties must not hold the command: the marker (shorter than
+        # PIPE_BUF: written whole or not at all) goes through a non-blocking descriptor of its
+        # own (the pipe's own descriptor is every step process's fd 2: its flags stay as they are)
+        marker = DRAIN_MARKER + b"%08d\0" % number
+        written = False
+        try:
+            fd = os.open(f"/proc/self/fd/{self.write_fd}", os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # no /proc: wait until the pipe has room, then write
+            _, writable, _ = select.select([], [self.write_fd], [], limit_s)
+            if writable:
+                os.write(self.write_fd, marker)
+                written = True
+        else:
+            try:
+                while not written and time.monotonic() < deadline:
+                    try:
+                        os.write(fd, marker)
+                        written = True
+                    except BlockingIOError:
+                        select.select([], [fd], [], min(0.1, max(0.0, deadline - time.monotonic())))
+            finally:
+                os.close(fd)
+        if not written:
             with self.lock:
-                del self._pending[number]
+                self._pending.pop(number, None)
             return False
-        os.write(self.write_fd, DRAIN_MARKER + b"%08d\0" % number)
         return done.wait(max(0.0, deadline - time.monotonic()))
 
 
@@ -914,14 +952,17 @@ def _stderr_to(path: Path, echo: bool):
             sys.stderr.flush()
             sys.stderr = saved_stream
             os.dup2(saved_fd, 2)
-            drained = pipe.drain()
-            with pipe.lock:
-                if not drained:
-                    with contextlib.suppress(OSError):
-                        fh.write(b"racedayai-bayes: the step processes' last lines may be missing from this log: "
-                                 b"its copying thread had not reached the end of their output 10 s after the runs ended\n")
-                pipe.file, pipe.echo_fd, pipe.saved_fd = None, None, None
-            os.close(saved_fd)
+            drained = False
+            try:
+                drained = pipe.drain()
+            finally:
+                with pipe.lock:
+                    if not drained:
+                        with contextlib.suppress(OSError):
+                            fh.write(b"racedayai-bayes: the step processes' last lines may be missing from this log: "
+                                     b"its copying thread had not reached the end of their output 10 s after the runs ended\n")
+                    pipe.file, pipe.echo_fd, pipe.saved_fd = None, None, None
+                os.close(saved_fd)
 
 
 # --------------------------------------------------------------------------- the live report

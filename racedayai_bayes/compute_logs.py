@@ -24,6 +24,7 @@ the UI still shows.
 from __future__ import annotations
 
 import os
+import select
 import sys
 import threading
 from collections.abc import Generator, Sequence
@@ -37,7 +38,7 @@ from dagster._utils import ensure_file, touch_file
 
 POLL_S = 0.1  # how often a running step's capture files are copied to its streams
 CHUNK = 1 << 16  # bytes read at a time
-PIPE_BUF = 4096  # a write to a pipe up to this size is never mixed with another process's (POSIX)
+PIPE_BUF = select.PIPE_BUF  # a write to a pipe up to this size is never mixed with another process's (4,096 on Linux)
 CLOSE_WAIT_S = 10.0  # how long a step's end waits for the copy of the rest of its output
 
 
@@ -65,13 +66,21 @@ class _Mirror:
     any time."""
 
     def __init__(self, path: str, out_fd: int):
-        self._in = os.open(path, os.O_RDONLY)
-        self._out = os.dup(out_fd)
         self._partial = b""
         self._broken = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="racedayai-compute-log-mirror", daemon=True)
-        self._thread.start()
+        self._in = os.open(path, os.O_RDONLY)
+        try:
+            self._out = os.dup(out_fd)
+            try:
+                self._thread.start()
+            except BaseException:
+                os.close(self._out)
+                raise
+        except BaseException:
+            os.close(self._in)
+            raise
 
     def _send(self, data: bytes) -> None:
         view = memoryview(data)
@@ -84,13 +93,18 @@ class _Mirror:
                 self._broken = True
 
     def _copy(self, up_to: int | None = None) -> None:
-        """Copy what the file holds beyond what was copied (up to offset ``up_to``), whole lines only."""
-        while not self._broken:
+        """Copy what the file holds beyond what was copied (up to offset ``up_to``; without it,
+        until the step has ended), whole lines only: a line longer than PIPE_BUF without its
+        end yet goes as it is, as an unfinished line could otherwise grow without bound."""
+        while not self._broken and (up_to is not None or not self._stop.is_set()):
             want = CHUNK if up_to is None else min(CHUNK, up_to - os.lseek(self._in, 0, os.SEEK_CUR))
             chunk = os.read(self._in, want) if want > 0 else b""
             if not chunk:
                 return
             pieces, self._partial = line_pieces(self._partial + chunk)
+            if len(self._partial) >= PIPE_BUF:
+                pieces.append(self._partial)
+                self._partial = b""
             for piece in pieces:
                 self._send(piece)
 
@@ -107,13 +121,12 @@ class _Mirror:
             os.close(self._in)
             os.close(self._out)
 
-    def close(self) -> bool:
-        """Stop polling and let the thread copy the rest; False if it had not done so within
-        :data:`CLOSE_WAIT_S` (a stream nobody reads): the step goes on, and the thread ends
-        by itself once its last write returns."""
+    def close(self) -> None:
+        """Stop polling and let the thread copy the rest, for at most :data:`CLOSE_WAIT_S` (a
+        stream nobody reads): the step then goes on, and what the thread has not copied by the
+        time the process ends stays in the capture file only."""
         self._stop.set()
         self._thread.join(CLOSE_WAIT_S)
-        return not self._thread.is_alive()
 
 
 @contextmanager
@@ -131,15 +144,15 @@ def _captured(stream, path: str) -> Generator[None, None, None]:
     try:
         mirror = _Mirror(path, saved)
         try:
-            with open(path, "ab", buffering=0) as target:
-                os.dup2(target.fileno(), fd)
+            try:
+                with open(path, "ab", buffering=0) as target:
+                    os.dup2(target.fileno(), fd)
+                yield
+            finally:
                 try:
-                    yield
+                    stream.flush()
                 finally:
-                    try:
-                        stream.flush()
-                    finally:
-                        os.dup2(saved, fd)
+                    os.dup2(saved, fd)  # also if the redirection itself was interrupted: harmless
         finally:
             mirror.close()
     finally:

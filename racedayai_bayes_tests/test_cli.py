@@ -329,25 +329,44 @@ def test_the_stderr_pipe_is_drained_of_every_line_written_before_the_runs_ended(
                 pipe.file = None
     finally:
         os.close(pipe.write_fd)  # the copying thread reads the end of the pipe and returns
-        time.sleep(0.1)
+        pipe.thread.join(10)
+        assert not pipe.thread.is_alive()
         os.close(pipe.read_fd)
     text = log_path.read_text()
     assert text == "step line 0\nstep line 1\nstep line 2\nSTEP_FAILURE, the last line\n", text
     assert not pipe._pending
 
 
-def test_a_drain_marker_split_between_two_reads_is_held_back_and_never_written():
+def _marker(number: int) -> bytes:
+    return cli.DRAIN_MARKER + b"%08d\0" % number
+
+
+def _stream(pipe, data: bytes, cut: int) -> tuple[bytes, list[int]]:
+    """``data`` read in two pieces cut at ``cut``, as the copying thread would: what it writes, and the markers it takes."""
+    out, held, reached = pipe._take_markers(data[:cut])
+    out2, held2, reached2 = pipe._take_markers(held + data[cut:])
+    return out + out2 + held2, reached + reached2
+
+
+@pytest.mark.parametrize("cut", range(1, len(_marker(7)) + 20))
+def test_a_drain_marker_split_anywhere_between_two_reads_is_taken_out(cut):
     pipe = cli._StderrPipe.__new__(cli._StderrPipe)  # no thread: the marker logic alone
     pipe._pending = {7: None, 8: None}
-    seven, eight = (cli.DRAIN_MARKER + b"%08d\0" % n for n in (7, 8))
-    assert pipe._take_markers(b"tail of a line\n" + seven[:9]) == (b"tail of a line\n", seven[:9], [])
-    assert pipe._take_markers(seven[:9] + seven[9:] + b"later" + eight[:-1]) == (b"later", eight[:-1], [7])
-    assert pipe._take_markers(eight[:-1] + eight[-1:]) == (b"", b"", [8])
+    data = b"0123456789abcdefghij" + _marker(7) + b"later" + _marker(8) + b"end"
+    assert _stream(pipe, data, cut) == (b"0123456789abcdefghijlaterend", [7, 8])
+
+
+def test_only_pending_markers_are_taken_out_and_each_once():
+    pipe = cli._StderrPipe.__new__(cli._StderrPipe)
+    pipe._pending = {7: None}
+    # the same marker twice (a line a step wrote that copies it): taken once, the copy goes through
+    out, held, reached = pipe._take_markers(_marker(7) + _marker(7))
+    assert (out + held, reached) == (_marker(7), [7])  # (its last NUL is held back: a marker may start there)
     # text that only looks like a marker, or a drain nobody waits for, goes through as it came
-    other = cli.DRAIN_MARKER + b"%08d\0" % 9
-    assert pipe._take_markers(b"a\0b" + other + b"c") == (b"a\0b" + other + b"c", b"", [])
+    other = cli.DRAIN_MARKER + b"abcdefgh\0"
+    assert pipe._take_markers(b"a\0b" + other + _marker(9) + b"c") == (b"a\0b" + other + _marker(9) + b"c", b"", [])
     pipe._pending = {}
-    assert pipe._take_markers(b"x" + seven[:3]) == (b"x" + seven[:3], b"", [])
+    assert pipe._take_markers(b"x" + _marker(7)[:3]) == (b"x" + _marker(7)[:3], b"", [])
 
 
 SITECUSTOMIZE = """
@@ -661,22 +680,33 @@ def test_an_interrupt_while_waiting_for_the_later_runs_posteriors_is_passed_on_t
     assert later.interrupted and proc.signals == [signal.SIGINT]
 
 
-def test_a_later_process_knows_its_command_from_before_its_imports(monkeypatch):
-    """The later distance's process takes its parent's pid before its slow imports: a command
-    that dies during them leaves a process whose parent is another one, and the run's wait
-    sees it (with the pid read afterwards, it took its new parent for the command and waited
-    for ever; CI saw it on a busy machine)."""
-    parents = iter([111])  # the command, then whoever adopted the orphan
-    monkeypatch.setattr(cli.os, "getppid", lambda: next(parents, 1))
-    monkeypatch.setattr(cli, "_instance", lambda home: "an instance")
+def test_a_later_process_knows_its_command_whenever_it_dies(monkeypatch):
+    """The later distance's process gets its command's pid from the command itself, not from
+    its own parent after its slow imports: a command that dies during them leaves a process
+    whose parent is another one, and the run's wait sees it (reading the parent after the
+    imports, it took its new parent for the command and waited for ever; CI saw it on a busy
+    machine). Orphaned already when it starts, it exits at once."""
+    ppid = [111]
+    monkeypatch.setattr(cli.os, "getppid", lambda: ppid[0])
     monkeypatch.setattr(cli.os, "nice", lambda inc: 0)
     monkeypatch.setenv("DAGSTER_HOME", "/nowhere")
+
+    def instance(home):
+        ppid[0] = 1  # the command dies while this process imports and opens the instance
+        return "an instance"
+
+    monkeypatch.setattr(cli, "_instance", instance)
     seen = {}
 
-    def later_run(args, instance, defs, job, parent=None):
+    def later_run(args, instance, defs, job, parent):
         seen.update(parent=parent, now=cli.os.getppid())
         return cli.WAITING
 
     monkeypatch.setattr(cli, "_later_run", later_run)
+    monkeypatch.setenv(cli.COMMAND_PID_ENV, "111")
     assert cli._later_process(argparse.Namespace(), lambda: True) == cli.WAITING
-    assert seen == {"parent": 111, "now": 1}
+    assert seen == {"parent": 111, "now": 1} and cli.COMMAND_PID_ENV not in os.environ
+    # a command that died before this process started: no run is waited for at all
+    seen.clear()
+    monkeypatch.setenv(cli.COMMAND_PID_ENV, "111")
+    assert cli._later_process(argparse.Namespace(), lambda: True) == cli.WAITING and seen == {}

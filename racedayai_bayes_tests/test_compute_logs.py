@@ -9,13 +9,14 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import dagster as dg
 import pytest
 
 from dagster._core.instance.ref import InstanceRef
 
-from racedayai_bayes.compute_logs import MirroredComputeLogManager, line_pieces
+from racedayai_bayes.compute_logs import CLOSE_WAIT_S, MirroredComputeLogManager, line_pieces
 
 from .conftest import REPO
 
@@ -75,19 +76,20 @@ def test_every_line_a_step_writes_reaches_its_streams_and_its_capture_files(tmp_
 
 
 def test_a_step_s_lines_are_copied_while_it_runs(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-c", LIVE, str(tmp_path / "storage")], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        # the step waits for us: its line can only come from a copy made while it runs
-        ready, _, _ = select.select([proc.stdout], [], [], 30)
-        assert ready, "no line from the step within 30 s of its start"
-        assert proc.stdout.readline() == b"while the step runs\n"
-        proc.stdin.write(b"go\n")
-        proc.stdin.flush()
-        assert proc.stdout.read() == b"at its end\n"
-        assert proc.wait(timeout=60) == 0
-    finally:
-        proc.kill()
+    with subprocess.Popen([sys.executable, "-c", LIVE, str(tmp_path / "storage")], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
+        try:
+            # the step waits for us: its line can only come from a copy made while it runs
+            ready, _, _ = select.select([proc.stdout], [], [], 60)
+            assert ready, "no line from the step within 60 s of its start"
+            assert proc.stdout.readline() == b"while the step runs\n"
+            proc.stdin.write(b"go\n")
+            proc.stdin.flush()
+            assert proc.stdout.read() == b"at its end\n"
+            assert proc.wait(timeout=60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
 
 
 def test_a_stream_nobody_reads_any_more_does_not_stop_the_step(tmp_path):
@@ -96,11 +98,15 @@ def test_a_stream_nobody_reads_any_more_does_not_stop_the_step(tmp_path):
     script = STEP.replace('print("before the step", flush=True)', "").replace('print("after the step", flush=True)', "")
     read_end, write_end = os.pipe()
     os.close(read_end)
+    started = time.monotonic()
     try:
         proc = _run(script, tmp_path, stdout=write_end)
     finally:
         os.close(write_end)
     assert proc.returncode == 0, proc.stderr
+    # the other stream was copied as usual, and nothing waited for the dead one's reader
+    assert proc.stderr == "python stderr\nchild stderr\nSTEP_FAILURE, the last line\n"
+    assert time.monotonic() - started < CLOSE_WAIT_S
     assert (tmp_path / "storage" / "run" / "compute_logs" / "step.out").read_text().endswith("burst 1999\na last line without its newline")
     assert (tmp_path / "storage" / "run" / "compute_logs" / "step.complete").exists()
 
