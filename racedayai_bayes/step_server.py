@@ -48,7 +48,6 @@ STEP_PRELOAD = [
     "dagster._core.storage.runs.sqlite",
     "dagster._core.storage.schedules.sqlite",
     "dagster._core.storage.local_compute_log_manager",
-    "racedayai_bayes.compute_logs",
     "dagster._core.run_coordinator",
     "dagster._daemon",
     "dagster._scheduler",

@@ -79,13 +79,6 @@ def test_refit_both_distances_on_the_instance(dagster_home, small_inputs, tmp_pa
     runs = instance.get_runs()
     assert sorted(r.tags.get("dagster/partition", r.tags.get("racedayai/run")) for r in runs) == [
         "140.6", "140.6", "70.3", "70.3", "posterior means", "posterior means"]
-    # every step's last line reached the log (the step processes' streams, mirrored from their
-    # capture files: racedayai_bayes/compute_logs.py), and the UI keeps each step's capture
-    text = log.read_text()
-    logged = [r.run_id for r in runs if r.run_id in text]
-    successes = sum(len(instance.all_logs(r, of_type=dg.DagsterEventType.STEP_SUCCESS)) for r in logged)
-    assert len(logged) == 3 and successes >= 18 and text.count(" - STEP_SUCCESS - ") == successes
-    assert sum(len(list(dagster_home.glob(f"storage/{r}/compute_logs/*.complete"))) for r in logged) == successes
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
     # the second distance's run started before the first had finished: they ran side by side
     by_partition = {}
