@@ -56,4 +56,5 @@ def forecast_world(
     })
     distances = (distance, "140.6" if distance == "70.3" else "70.3")
     frame = add_history(frame, season_table(frame, np.ones(len(frame), dtype=bool), distances), distances)
-    return frame.drop(columns=["is_pro"]), {"truth": t, "course": course_eff, "day": day, "level": level}
+    return frame.drop(columns=["is_pro"]), {"truth": t, "course": course_eff, "day": day, "level": level,
+                                            "cell": np.array([cell_eff[c] for c in cells])}

@@ -66,6 +66,76 @@ def test_score_reports_maes_coverage_and_elpd_with_clustered_errors():
     assert len(s.deciles) == 10 and s.deciles["rows"].sum() == n
 
 
+def test_edition_labels_are_course_and_season_and_a_row_without_a_course_is_its_own():
+    from racedayai_bayes.lib.evaluation.scores import edition_labels
+
+    rows = pd.DataFrame({
+        "event_name": pd.array(["Oslo", "Oslo", "Oslo", None, "Rome", None], dtype="string"),
+        "event_year": pd.array([2024, 2024, 2025, 2024, 2024, 2024], dtype="Int64"),
+    })
+    labels = edition_labels(rows)
+    assert list(labels[[0, 1, 2, 4]]) == ["Oslo|2024", "Oslo|2024", "Oslo|2025", "Rome|2024"]
+    assert labels[3] != labels[5] and len(set(labels)) == 5  # two rows without a course: two clusters
+    # at positions: the labels of those rows, a lone row named by its position in ``rows``
+    assert list(edition_labels(rows, np.array([5, 0, 1]))) == [labels[5], "Oslo|2024", "Oslo|2024"]
+
+
+def test_the_judge_clusters_every_standard_error_by_edition():
+    """The judge scores a model's held-out rows with one cluster per edition (course and
+    season), not per row: its SEs are those of the edition sums, and its editions count them."""
+    from racedayai_bayes.lib.data.split import Split
+    from racedayai_bayes.lib.evaluation.judge import JudgeSettings, judge
+
+    rows = _rows()
+    n = len(rows)
+    rng = np.random.default_rng(1)
+    day = np.repeat(rng.normal(0, 0.3, EDITIONS), PER_EDITION)  # a shared day per edition
+    lpd = -9.0 + day + rng.normal(0, 0.05, n)
+
+    class Model:
+        name, asof, distance = "m", True, "70.3"
+
+        def predict(self, frame, positions=None, log_density=False, progress=None):
+            k = np.arange(len(frame)) if positions is None else np.asarray(positions)
+            y = frame["total_sec"].to_numpy()[k]
+            return Prediction(y, np.full(len(k), 900.0), y - 1500, y, y + 1500, lpd[k] if log_density else None)
+
+        def diagnostics(self):
+            return []
+
+    held = np.ones(n, dtype=bool)
+    held[: PER_EDITION * 4] = False  # four editions fitted, 36 held out
+    split = Split(rows=rows, held_out=held, rule="latest_year", description="test", season=2024)
+    judged = judge(Model(), split, JudgeSettings(eval_rows=50))
+    s = judged.holdout.scores
+    assert s.editions == EDITIONS - 4 and s.rows == n - 4 * PER_EDITION
+    by_edition = lpd[held].reshape(EDITIONS - 4, PER_EDITION).mean(1)
+    assert s.elpd_se == pytest.approx(np.std(by_edition, ddof=1) / np.sqrt(EDITIONS - 4), rel=1e-9)
+    # as if rows were independent, the SE would be about 5x smaller here
+    assert s.elpd_se > 3 * np.std(lpd[held], ddof=1) / np.sqrt(held.sum())
+    assert list(judged.holdout.clusters[:2]) == ["E4|2024", "E4|2024"]
+
+
+def test_a_deciles_coverage_se_comes_from_its_editions_sums():
+    from racedayai_bayes.lib.evaluation.scores import decile_table
+
+    n = 400
+    clusters = np.repeat(np.arange(20), 20).astype(str)  # 20 editions of 20 rows
+    observed = np.full(n, 20000.0)
+    predicted = np.tile(np.linspace(15000, 25000, 20), 20)  # each edition has rows in every decile
+    miss = np.isin(np.repeat(np.arange(20), 20), [0, 1, 2])  # three editions missed entirely: a bad day
+    lo = np.where(miss, observed + 1, observed - 1)
+    pred = Prediction(predicted, np.full(n, 900.0), lo, predicted, lo + 3000)
+    table = decile_table(observed, pred, clusters)
+    codes = pd.qcut(predicted, 10, labels=False)
+    for k in range(10):
+        inside = (~miss[codes == k]).astype(float)
+        c = clusters[codes == k]
+        want = clustered_mean(inside, c)[1]
+        assert table["se"].iloc[k] == pytest.approx(max(want, np.sqrt(0.09 / len(inside))))
+        assert table["se"].iloc[k] > np.sqrt(0.09 / len(inside))  # the shared bad days widen it past the binomial floor
+
+
 def _judged(name, lpd, asof=True, passed=True, rows=None):
     rows = _rows() if rows is None else rows
     n = len(rows)

@@ -75,6 +75,34 @@ def test_two_chains_stuck_at_different_values_fail_the_rhat_check():
     assert ess.level == ERROR and ess.worst == "sigma_age"
 
 
+def test_a_chain_with_the_same_centre_but_another_spread_fails_the_rhat_check():
+    """Rank-normalised r_hat (Vehtari et al. 2021) is the larger of the bulk r_hat and the
+    folded one, which compares the chains' spreads: one chain 2.5x as wide as three others with
+    the same centre fails. A bulk-only (z_scale) or classic split r_hat would call it 1.00."""
+    rng = np.random.default_rng(3)
+    wide = np.stack([rng.normal(0, 1, 1000), rng.normal(0, 1, 1000), rng.normal(0, 1, 1000), rng.normal(0, 2.5, 1000)])
+    draws = Draws(samples={"sigma": wide, "mu_global": rng.normal(size=(4, 1000))},
+                  diverging=np.zeros((4, 1000), dtype=bool), engine="test")
+    table = summary_table(draws)
+    assert table.loc["sigma", "r_hat"] > 1.05 and table.loc["mu_global", "r_hat"] < 1.01
+    assert check_rhat(table).worst == "sigma" and check_rhat(table).level == ERROR
+
+
+def test_bulk_ess_is_rank_based_so_a_monotone_transform_of_the_draws_keeps_it():
+    """Bulk ESS ranks the draws first: the ESS of a parameter and of exp(2 x) of it are the
+    same number (the plain 'mean' ESS of an autocorrelated, skewed exp(2 x) is another one)."""
+    rng = np.random.default_rng(4)
+    x = np.zeros((4, 1000))
+    for c in range(4):  # AR(1) chains: an ESS well below the draw count
+        e = rng.normal(size=1000)
+        for t in range(1, 1000):
+            x[c, t] = 0.7 * x[c, t - 1] + e[t]
+    table = summary_table(Draws(samples={"a": x, "b": np.exp(2 * x)}, diverging=np.zeros((4, 1000), dtype=bool),
+                                engine="test"))
+    assert table.loc["a", "ess_bulk"] == pytest.approx(table.loc["b", "ess_bulk"], rel=1e-9)
+    assert 400 < table.loc["a", "ess_bulk"] < 1000  # about (1 - 0.7) / (1 + 0.7) x 4000 = 706
+
+
 def test_single_chain_gives_an_rhat_error_not_a_crash():
     # r_hat needs 2+ chains; ArviZ returns NaN, which must fail the check
     rng = np.random.default_rng(2)

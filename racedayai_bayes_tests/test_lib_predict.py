@@ -166,6 +166,31 @@ def test_unseen_cluster_and_both_unseen_add_in_quadrature():
     assert mu[1] == pytest.approx(base[1], abs=1e-14)
 
 
+def test_log_density_is_the_log_of_the_mean_density_over_draws_in_seconds():
+    """The seed models' ELPD per row: log of the mean over draws of the Normal density of
+    total_sec in seconds (the Jacobian 1/y_std included), an unseen group's effect in the
+    variance. The draws alternate between two posteriors (sigma 0.25 and mu_global 0, sigma
+    0.75 and mu_global 1), so the mean of the densities is not the density of any one draw and
+    not the mean of the log densities."""
+    from racedayai_bayes.lib.models.seed.predict import log_density
+
+    frame = _frame(age_group=pd.array(["25-29", "99+", "30-34", "25-29", "25-29"], dtype="string"))
+    frame["total_sec"] = [18000.0, 21000.5, 23000.0, 19000.0, 26000.0]
+    design = encode(frame, ENC)
+    got = log_density(_draws(alternate=True), ENC, design, frame["total_sec"].to_numpy(), max_draws=CHAINS * DRAWS)
+    unseen_age = np.array([0.0, SCALARS["sigma_age"] ** 2, 0.0, 0.0, 0.0])  # row 1's age group is new
+    base = _expected_mu(frame.assign(age_group=["25-29", "25-29", "30-34", "25-29", "25-29"])).copy()
+    base[1] -= MU_AGE[0]  # a new age group has no effect of its own, only its variance
+    densities = []
+    for mu_global, sigma in ((0.0, 0.25), (1.0, 0.75)):
+        mu = base - SCALARS["mu_global"] + mu_global
+        densities.append(norm.pdf(frame["total_sec"].to_numpy(), ENC.y_mean + ENC.y_std * mu,
+                                  ENC.y_std * np.sqrt(sigma**2 + unseen_age)))
+    want = np.log(0.5 * densities[0] + 0.5 * densities[1])
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+    assert not np.allclose(got, 0.5 * (np.log(densities[0]) + np.log(densities[1])), rtol=1e-3)  # not the mean log
+
+
 # --- the posterior predictive summary -----------------------------------------------------
 
 N_SAME = 200  # identical rows per kind; averaging over them shrinks the Monte Carlo error
