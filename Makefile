@@ -73,4 +73,4 @@ bench: install
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf data/outputs history storage schedules logs .pytest_cache
+	rm -rf data/outputs history storage schedules logs .logs_queue refit_logs .pytest_cache

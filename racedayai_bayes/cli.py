@@ -9,7 +9,7 @@ Usage errors (an unknown option) exit 2.
 `refit` prints one line per step as it finishes, live progress of the long steps (a
 progress bar on a terminal; otherwise at most one line per step and quarter of its work),
 then one line per posterior with its checks. Dagster's own event stream, DEBUG included, goes
-to ``$DAGSTER_HOME/logs/refit-<time>.log`` (``--verbose`` also streams it to stderr).
+to ``$DAGSTER_HOME/refit_logs/refit-<time>.log`` (``--verbose`` also streams it to stderr).
 """
 
 from __future__ import annotations
@@ -86,22 +86,24 @@ def _demo_data(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- refit
 
 
+# each model setting that a refit flag sets: the setting, and its flag
+_SEED_FLAGS = {"engine": "--engine", "num_warmup": "--warmup", "num_samples": "--samples", "num_chains": "--chains",
+               "seed": "--seed", "predictive_draws": "--predictive-draws"}
+_FORECAST_FLAGS = {"seed": "--seed", "num_samples": "--forecast-samples"}
+
+
+def _settings(args: argparse.Namespace, flags: dict[str, str]) -> dict:
+    values = {name: getattr(args, flag[2:].replace("-", "_")) for name, flag in flags.items()}
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def _seed_config(args: argparse.Namespace) -> dict:
     """The seed models' sampler flags (both seed variants take the same)."""
-    fields = {
-        "engine": args.engine,
-        "num_warmup": args.warmup,
-        "num_samples": args.samples,
-        "num_chains": args.chains,
-        "seed": args.seed,
-        "predictive_draws": args.predictive_draws,
-    }
-    return {k: v for k, v in fields.items() if v is not None}
+    return _settings(args, _SEED_FLAGS)
 
 
 def _forecast_config(args: argparse.Namespace) -> dict:
-    fields = {"seed": args.seed, "num_samples": args.forecast_samples}
-    return {k: v for k, v in fields.items() if v is not None}
+    return _settings(args, _FORECAST_FLAGS)
 
 
 def _run_config_ops(args: argparse.Namespace) -> dict:
@@ -124,8 +126,14 @@ def _config_problems(exc) -> str:
     return "; ".join(p.strip() for p in problems if p) or str(exc)
 
 
+# The refit logs' folder in $DAGSTER_HOME. Not ``logs/``: that one is Dagster's telemetry
+# cache, which the webserver moves to ``.logs_queue/`` and empties as it starts (dagster's
+# telemetry_upload), whatever the instance's ``telemetry: enabled`` says.
+LOG_FOLDER = "refit_logs"
+
+
 def _log_path(home: Path) -> Path:
-    folder = home / "logs"
+    folder = home / LOG_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = folder / f"refit-{stamp}.log"
@@ -760,12 +768,24 @@ def _check_settings(args: argparse.Namespace) -> None:
 
     from racedayai_bayes.defs.models import ForecastFitConfig, SeedFitConfig
 
-    try:
-        SeedFitConfig(**_seed_config(args))
-        ForecastFitConfig(**_forecast_config(args))
-    except pydantic.ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise UserError(f"invalid refit settings: {problems}") from None
+    problems = []
+    for flags, config, settings in ((_SEED_FLAGS, SeedFitConfig, _seed_config(args)),
+                                    (_FORECAST_FLAGS, ForecastFitConfig, _forecast_config(args))):
+        try:
+            config(**settings)
+        except pydantic.ValidationError as exc:
+            problems += [f"{_flag(flags, e['loc'])}: {e['msg']}" for e in exc.errors()]
+    if args.holdout_season is not None and args.holdout not in (None, "latest_year"):
+        problems.append(f"--holdout-season {args.holdout_season} holds out a season: it needs --holdout latest_year "
+                        f"(the default), not {args.holdout}")
+    if problems:
+        raise UserError(f"invalid refit settings: {'; '.join(problems)}")
+
+
+def _flag(flags: dict[str, str], loc) -> str:
+    """The command-line flag of a setting that failed validation (``loc``: pydantic's path to it)."""
+    name = ".".join(map(str, loc))
+    return f"{flags[name]} ({name})" if name in flags else name
 
 
 def _key_order(key) -> str:
@@ -1199,7 +1219,8 @@ class RefitReport:
             self.failed = True
             self.line(f"  {step.name:<34} FAILED{took}: {_FAILURE_KINDS[failure.kind]}")
         elif kind == "ASSET_MATERIALIZATION":
-            step.detail = _materialization_detail(event)
+            # a step of several assets (model_frame and athlete_seasons) is shown by its first
+            step.detail = step.detail or _materialization_detail(event)
         elif kind == "ASSET_CHECK_EVALUATION":
             self._check(entry, event)
         elif kind is None:
@@ -1219,9 +1240,9 @@ class RefitReport:
             return
         if entry.level >= logging.WARNING:
             skipped = _NOT_EXECUTING.match(text)
-            if skipped:
+            if skipped and (skipped.group("failed") or skipped.group("skipped")):
                 step.finished = True
-                self.line(f"  {step.name:<34} not run: needs {skipped.group(1).replace(chr(39), '')}")
+                self.line(f"  {step.name:<34} not run: needs {_needed(skipped)}")
                 return
             if text.startswith("check "):
                 return  # a failed check, which the check summary spells out
@@ -1301,8 +1322,17 @@ class RefitReport:
         return messages
 
 
-# Dagster's message for a step whose upstream step failed or did not run
-_NOT_EXECUTING = re.compile(r"Dependencies for step \S+ (?:failed|were not executed): \[(.*)\]\. Not executing\.")
+# Dagster's message for a step whose upstream steps failed, or did not run, or both:
+# "Dependencies for step <key>[ failed: [...]][ were not executed: [...]]. Not executing."
+_NOT_EXECUTING = re.compile(
+    r"Dependencies for step \S+(?: failed: \[(?P<failed>[^\]]*)\])?(?: were not executed: \[(?P<skipped>[^\]]*)\])?"
+    r"\. Not executing\.")
+
+
+def _needed(skipped: re.Match) -> str:
+    """The upstream steps a skipped step needed, from Dagster's message: each once, unquoted."""
+    names = [n.strip().strip("'\"") for part in skipped.group("failed", "skipped") if part for n in part.split(",")]
+    return ", ".join(dict.fromkeys(n for n in names if n))
 
 _FAILURE_KINDS = {
     "data": "a data or configuration error (below)",
@@ -1418,14 +1448,15 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _held_out(artifact, frame):
-    """True for rows of the artifact's held-out season (when its split held out a season)."""
+    """True for rows the artifact's fit never saw, when its split held out a season: rows of
+    that season or later (a backtest drops the later ones from its fit too)."""
     import json
 
     import numpy as np
 
     season = json.loads(artifact.attrs.get("racedayai_split", "{}")).get("season")
     years = frame["event_year"].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
-    return years == season if season is not None else np.zeros(len(frame), dtype=bool)
+    return years >= season if season is not None else np.zeros(len(frame), dtype=bool)
 
 
 def _forecast(args: argparse.Namespace) -> int:
@@ -1486,7 +1517,7 @@ def build_parser() -> argparse.ArgumentParser:
     refit.add_argument(
         "--verbose", action="store_true",
         help="also stream Dagster's full event log (DEBUG included) to stderr; it is always written to "
-        "$DAGSTER_HOME/logs/refit-<time>.log",
+        "$DAGSTER_HOME/refit_logs/refit-<time>.log",
     )
     # internal: this process runs one later distance of the refit whose first run is FIRST and
     # whose log is LOG (the refit command starts it; see _Later)

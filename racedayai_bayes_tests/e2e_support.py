@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from racedayai_bayes.cli import LOG_FOLDER
+
 REPO = Path(__file__).resolve().parents[1]
 WORKSPACE = REPO / "workspace.yaml"
 LOCATION = "racedayai_bayes"
@@ -27,6 +29,7 @@ REPOSITORY = "__repository__"  # the repository Dagster makes of a module's Defi
 
 STARTUP_TIMEOUT_S = 120
 RUN_TIMEOUT_S = 300  # one refit
+PREVIOUS_REFIT_LOG = "refit-20261201T000000Z.log"
 
 
 def wait_for(condition: Callable[[], object], timeout_s: float, what: str, details: Callable[[], str] = str) -> object:
@@ -84,6 +87,7 @@ class DagsterDev:
     proc: subprocess.Popen
     url: str
     log_path: Path
+    home: Path | None = None
 
     def graphql(self, query: str, variables: dict | None = None, timeout_s: float = 60) -> dict:
         resp = requests.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=timeout_s)
@@ -135,6 +139,9 @@ def run_dagster_dev(folder: Path, inputs: Path) -> Iterator[DagsterDev]:
     home.mkdir(parents=True)
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     _prepare_instance(home)
+    # a refit log from before the UI started: it must still be there once the UI has run
+    (home / LOG_FOLDER).mkdir()
+    (home / LOG_FOLDER / PREVIOUS_REFIT_LOG).write_text("a refit before the UI\n")
     port = free_port()
     env = {
         **os.environ,
@@ -150,7 +157,7 @@ def run_dagster_dev(folder: Path, inputs: Path) -> Iterator[DagsterDev]:
         proc = subprocess.Popen(
             cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
-    dev = DagsterDev(proc=proc, url=f"http://127.0.0.1:{port}", log_path=log_path)
+    dev = DagsterDev(proc=proc, url=f"http://127.0.0.1:{port}", log_path=log_path, home=home)
     try:
         wait_for(lambda: _location_loaded(dev), STARTUP_TIMEOUT_S, "dagster dev to serve the code location", dev.log_tail)
         yield dev

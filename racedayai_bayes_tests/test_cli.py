@@ -252,13 +252,23 @@ def _run_cli(argv, capfd):
     return code, captured.out, captured.err
 
 
-def test_invalid_settings_end_with_one_message_and_exit_1(dagster_home, small_inputs, monkeypatch, tmp_path, capfd):
+@pytest.mark.parametrize("flags, says", [
+    (["--warmup", "0"], "--warmup (num_warmup): Input should be greater than or equal to 1"),
+    (["--forecast-samples", "0"], "--forecast-samples (num_samples): Input should be greater than or equal to 1"),
+    (["--chains", "1"], "--chains (num_chains): Input should be greater than or equal to 2"),
+    (["--holdout", "none", "--holdout-season", "2025"],
+     "--holdout-season 2025 holds out a season: it needs --holdout latest_year (the default), not none"),
+])
+def test_invalid_settings_end_with_one_message_and_exit_1(dagster_home, small_inputs, monkeypatch, tmp_path, capfd,
+                                                          flags, says):
+    """Settings that cannot work end before any run starts, with one line naming the flag."""
     monkeypatch.setenv("RACEDAYAI_INPUT_DIR", str(small_inputs))
     monkeypatch.setenv("RACEDAYAI_OUTPUT_DIR", str(tmp_path / "out"))
-    code, out, err = _run_cli(["refit", "--warmup", "0"], capfd)
+    code, out, err = _run_cli(["refit", *flags], capfd)
     assert code == 1
     assert err.strip().splitlines() == [err.strip()] and err.startswith("error: invalid refit settings: ")
-    assert "num_warmup" in err and "Traceback" not in out + err
+    assert says in err and "Traceback" not in out + err
+    assert "run " not in out  # no run was made
 
 
 def test_an_unset_dagster_home_ends_with_one_message_and_exit_1(monkeypatch, capfd):
@@ -277,7 +287,7 @@ def test_a_broken_instance_configuration_ends_with_one_message_and_no_log(tmp_pa
                           env=env, timeout=300)
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.startswith(f"error: DAGSTER_HOME={tmp_path}: ") and proc.stderr.count("\n") == 1, proc.stderr
-    assert not list((tmp_path / "logs").glob("refit-*.log"))
+    assert not list((tmp_path / cli.LOG_FOLDER).glob("refit-*.log"))
 
 
 def test_a_usage_error_exits_2():
@@ -315,7 +325,7 @@ def test_verbose_streams_dagster_events_and_the_log_file_keeps_them(dagster_home
     assert "DEBUG" not in quiet_out + quiet_err
     assert " - DEBUG - " in err and "STEP_FAILURE" in err  # Dagster's own stream, as before
     assert err.strip().splitlines()[-1].startswith("error: ")  # still ends with the one message
-    logs = sorted((dagster_home / "logs").glob("refit-*.log"))
+    logs = sorted((dagster_home / cli.LOG_FOLDER).glob("refit-*.log"))
     assert len(logs) == 2 and str(logs[0]) in quiet_out
     text = logs[0].read_text()
     assert " - DEBUG - " in text and "STEP_WORKER_STARTED" in text  # from the step processes too
@@ -730,3 +740,18 @@ def test_a_later_process_knows_its_command_whenever_it_dies(monkeypatch):
     seen.clear()
     monkeypatch.setenv(cli.COMMAND_PID_ENV, "111")
     assert cli._later_process(argparse.Namespace(), lambda: True) == cli.WAITING and seen == {}
+
+
+@pytest.mark.parametrize("message, needs", [
+    ("Dependencies for step published_model failed: ['holdout_split'] were not executed: "
+     "['posterior_forecast', 'posterior_seed_asof']. Not executing.",
+     "holdout_split, posterior_forecast, posterior_seed_asof"),
+    ("Dependencies for step bayesian_predictions failed: ['published_model']. Not executing.", "published_model"),
+    ("Dependencies for step published_model were not executed: ['posterior_forecast']. Not executing.",
+     "posterior_forecast"),
+])
+def test_a_skipped_step_names_the_steps_it_needed_from_dagsters_message(message, needs):
+    """Dagster names the failed and the skipped upstream steps in one message; the line
+    `not run: needs ...` lists both, not the rest of Dagster's text."""
+    skipped = cli._NOT_EXECUTING.match(message)
+    assert skipped is not None and cli._needed(skipped) == needs

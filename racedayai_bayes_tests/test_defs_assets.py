@@ -190,6 +190,11 @@ def test_predict_command_reproduces_the_held_out_forecasts_from_the_artifact_alo
     want = csv[csv["held_out"]].reset_index(drop=True)
     assert (got["model"] == decision.published).all() and got["held_out"].all()
     pd.testing.assert_frame_equal(got, want, check_exact=True)
+    # a later season than the held-out one was never fitted either: held out too
+    later = write_csv_atomic(rows[columns].head(20).assign(event_year=rows["event_year"].max() + 1), tmp_path / "later.csv")
+    assert main(["predict", "--posterior", str(out / "posterior" / "70.3"), "--input", str(later),
+                 "--output", str(tmp_path / "later_p.csv")]) == 0
+    assert pd.read_csv(tmp_path / "later_p.csv")["held_out"].all()
 
 
 def test_predict_command_refuses_rows_of_the_other_distance(graph_run, tmp_path, capsys):
@@ -432,6 +437,8 @@ def test_forecast_command_equals_the_csv_for_a_race_of_the_held_out_season(graph
     ("empty", "", "file is empty"),
     ("header only", "athlete_hash,gender,age_group\n", "no athletes"),
     ("other distance", "athlete_hash,gender,age_group,event_distance\na,M,30-34,140.6\n", "is a 140.6 race"),
+    ("no distance of the models", "athlete_hash,gender,age_group,event_distance\na,M,30-34,100\n",
+     "event_distance '100' is not a distance the models forecast; write 70.3 or 140.6"),
 ])
 def test_forecast_command_bad_start_lists_are_one_line_errors(graph_run, tmp_path, capsys, case, text, message):
     from racedayai_bayes.cli import main

@@ -14,6 +14,8 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from racedayai_bayes.cli import LOG_FOLDER
+
 from .conftest import MODEL_ASSETS
 
 pytestmark = pytest.mark.slow
@@ -72,7 +74,7 @@ def test_refit_both_distances_on_the_instance(dagster_home, small_inputs, tmp_pa
         assert "(ERROR)" not in c, c
     # the full event stream went to the log file it names
     (log_line,) = [line for line in lines if line.startswith("full event log")]
-    log = (dagster_home / "logs").joinpath(log_line.rsplit("/", 1)[1])
+    log = (dagster_home / LOG_FOLDER).joinpath(log_line.rsplit("/", 1)[1])
     assert str(log) in log_line and " - DEBUG - " in log.read_text()
 
     instance = dg.DagsterInstance.from_config(str(dagster_home))
@@ -147,7 +149,7 @@ def _stacks(proc, dagster_home) -> str:
     tree = subprocess.run(["ps", "-ww", "-o", "pid,ppid,stat,etime,args", "-g", str(proc.pid)], capture_output=True, text=True).stdout
     os.killpg(proc.pid, signal.SIGUSR1)
     time.sleep(2)
-    logs = sorted((dagster_home / "logs").glob("refit-*.log"))
+    logs = sorted((dagster_home / LOG_FOLDER).glob("refit-*.log"))
     tail = logs[-1].read_text(errors="replace")[-30000:] if logs else "(no refit log)"
     return f"{tree}\n{tail}"
 

@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
+from racedayai_bayes.cli import LOG_FOLDER
 from racedayai_bayes.defs.schedules import DISTANCE_TAG, REFIT_JOB
 
 from .conftest import FRAME_ASSETS, MODEL_ASSETS, REFIT_ASSETS, REPO, refit_config
 from .e2e_support import (
+    PREVIOUS_REFIT_LOG,
     DagsterDev,
     chromium_context,
     dagster_dev,  # noqa: F401  (a fixture)
@@ -128,6 +130,14 @@ def test_refit_runs_succeed(dagster_dev, refit_runs):
         }
         for asset in (*MODEL_ASSETS, "holdout_split", "published_model", "bayesian_predictions"):
             assert partitions[asset] == distance, asset
+
+
+def test_the_ui_leaves_the_refit_logs_where_they_are(dagster_dev, refit_runs):
+    """`racedayai-bayes refit` keeps its logs in $DAGSTER_HOME/refit_logs/. They once lived in
+    logs/, Dagster's telemetry cache, which `dagster dev` moves to .logs_queue/ and empties
+    as it starts (in about 25 s here), telemetry disabled or not: every refit log vanished."""
+    log = dagster_dev.home / LOG_FOLDER / PREVIOUS_REFIT_LOG
+    assert log.read_text() == "a refit before the UI\n"
 
 
 def test_asset_graph_shows_every_asset(page, dagster_dev, tmp_path):

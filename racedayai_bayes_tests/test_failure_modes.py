@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from racedayai_bayes.cli import LOG_FOLDER
 from racedayai_bayes.lib.data.contracts import CLUSTER_FILE, PROFILE_FILE, RACE_FILE
 from racedayai_bayes.lib.models.seed.predict import predict_frame
 from racedayai_bayes.lib.outputs.artifacts import LATEST, latest_artifact
@@ -1015,7 +1016,7 @@ def test_write_failing_part_way_fails_clearly_and_leaves_no_partial_file(tidy, t
 
 def _refit_logs(home: Path) -> bytes:
     """Every refit log file of the instance in ``home`` (the command's full Dagster event stream)."""
-    return b"".join(p.read_bytes() for p in sorted((home / "logs").glob("refit-*.log")))
+    return b"".join(p.read_bytes() for p in sorted((home / LOG_FOLDER).glob("refit-*.log")))
 
 
 def _wait_for(condition, proc: subprocess.Popen, timeout: float, what: str) -> None:

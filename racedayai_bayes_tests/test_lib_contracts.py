@@ -166,11 +166,13 @@ def test_is_pro_spellings(tmp_path):
         "e,M,18-24,,70.3,2020,5000",
         "f,M,18-24,true,70.3,2020,5000",
         "g,M,18-24,FALSE,70.3,2020,5000",
+        "h,M,18-24,1.0,70.3,2020,5000",  # a column of 1/0 a writer stored as floats
+        "i,M,18-24,0.0,70.3,2020,5000",
     ]
     frame = read_races(_races_csv(tmp_path, rows)).frame
     assert str(frame["is_pro"].dtype) == "boolean"
     got = [None if pd.isna(v) else bool(v) for v in frame["is_pro"]]
-    assert got == [True, False, True, False, None, True, False]
+    assert got == [True, False, True, False, None, True, False, True, False]
 
 
 def test_invalid_is_pro_is_an_error(tmp_path):
@@ -191,9 +193,46 @@ def test_numeric_only_event_distance_stays_text(tmp_path):
     path = _races_csv(tmp_path, rows)
     # the quirk: a default reader turns this column into floats
     assert pd.read_csv(path)["event_distance"].dtype == "float64"
-    frame = read_races(path).frame
+    result = read_races(path)
+    frame = result.frame
     assert frame["event_distance"].tolist() == ["70.3", "140.6", "140.6", "70.3"]
     assert all(isinstance(v, str) for v in frame["event_distance"])
+    # recoded, and counted
+    assert result.notes == ["2 rows: event_distance in another spelling, read as 70.3 or 140.6: "
+                            "'140.60' \u2192 140.6, '70.30' \u2192 70.3"]
+
+
+def test_event_years_that_are_no_season_are_missing_and_counted_or_an_error(tmp_path):
+    """A year before the first IRONMAN (1978) or after next year is no season: it would
+    otherwise be held out alone as "the latest season" (20240), or key another athlete's
+    history. A few are read as missing (the race is dropped, as a year that does not parse);
+    more than 1% of the column is an error naming the file and the column."""
+    from racedayai_bayes.lib.data.contracts import last_plausible_season
+
+    last = last_plausible_season()
+    good = [f"a{i},M,18-24,False,70.3,{2000 + i % 20},5000" for i in range(300)]
+    odd = ["x,M,18-24,False,70.3,20240,5000", "y,M,18-24,False,70.3,14,5000",
+           f"z,M,18-24,False,70.3,{last + 1},5000", f"w,M,18-24,False,70.3,{last},5000",
+           "v,M,18-24,False,70.3,1978,5000"]
+    result = read_races(_races_csv(tmp_path, good + odd))
+    years = result.frame["event_year"]
+    assert years.iloc[-5:-2].isna().all() and years.iloc[-2:].tolist() == [last, 1978]
+    assert years.iloc[:300].notna().all()
+    assert result.notes == [f"3 rows: event_year not a season from 1978 to {last} (e.g. '20240', '14', '{last + 1}'); "
+                            "treated as missing"]
+    path = _races_csv(tmp_path, good[:50] + odd, name="many.csv")
+    with pytest.raises(InputError, match=f"not a season from 1978 to {last}") as info:
+        read_races(path)
+    _assert_names(info.value, path, "event_year")
+    assert info.value.rows == 3
+
+
+def test_cells_with_spaces_around_them_are_trimmed_and_counted(tmp_path):
+    result = read_races(_races_csv(tmp_path, ["a,M,18-24,False,70.3,2020,5000", "b, m ,18-24,False, 70.3 ,2020,5000"]))
+    assert result.frame["gender"].tolist() == ["M", "M"]
+    assert result.frame["event_distance"].tolist() == ["70.3", "70.3"]
+    assert "1 rows: gender had spaces around the value; trimmed" in result.notes
+    assert "1 rows: event_distance had spaces around the value; trimmed" in result.notes
 
 
 def test_event_year_must_be_whole(tmp_path):
@@ -259,8 +298,51 @@ def test_bom_and_crlf_parse_like_a_clean_file(tmp_path, prefix, newline):
     clean = read_races(_write(tmp_path, "clean.csv", text))
     odd = read_races(_write(tmp_path, "odd.csv", prefix + text.replace("\n", newline).encode()))
     pd.testing.assert_frame_equal(clean.frame, odd.frame)
-    assert odd.notes == clean.notes == []
+    # the body's one distance written as a float is the only note of either file
+    assert odd.notes == clean.notes == ["1 rows: event_distance in another spelling, read as 70.3 or 140.6: '140.60' \u2192 140.6"]
     assert odd.frame.columns[0] == "athlete_hash"
+
+
+@pytest.mark.parametrize(
+    "spell, newline",
+    [(lambda n: f" {n}", "\n"), (lambda n: f"{n} ", "\r\n"), (lambda n: f' "{n}"', "\n"), (lambda n: f'"{n}"', "\n")],
+    ids=["space-before", "space-after+crlf", "space-then-quotes", "quotes"],
+)
+def test_header_names_with_spaces_or_quotes_are_read_as_their_plain_names_and_counted(tmp_path, spell, newline):
+    """A header written with ', ' between names is read like a clean one: not an error, not a
+    crash in the CSV reader (its columns are asked for by the names the file holds)."""
+    text = "\n".join([RACE_HEADER, *race_rows(_BODY)]) + "\n"
+    clean = read_races(_write(tmp_path, "clean.csv", text))
+    names = RACE_HEADER.split(",")
+    header = ",".join([names[0], *(spell(n) for n in names[1:])])
+    odd = read_races(_write(tmp_path, "odd.csv", (header + "\n" + text.split("\n", 1)[1]).replace("\n", newline)))
+    pd.testing.assert_frame_equal(clean.frame, odd.frame)
+    spaced = len(names) - 1 if " " in spell("x") else 0
+    assert odd.notes == ([f"{spaced} header names had spaces around them ({', '.join(repr(spell(n)) for n in names[1:4])}); "
+                          "read as the plain names"] if spaced else []) + clean.notes
+    profiles = read_profiles(_write(tmp_path, "p.csv", ", ".join(PROFILE_HEADER.split(",")) + "\na,3,5000\n"))
+    assert profiles.frame["pb_total_sec"].tolist() == [5000.0]
+    assert profiles.notes[0] == "2 header names had spaces around them (' total_races', ' pb_total_sec'); read as the plain names"
+    clusters = read_clusters(_write(tmp_path, "c.csv", ", ".join(CLUSTER_HEADER.split(",")) + "\na,7\n"))
+    assert clusters.frame["cluster_id"].tolist() == [7]
+    assert clusters.notes == ["1 header name had spaces around it (' cluster_id'); read as the plain name"]
+
+
+def test_a_header_without_its_line_end_is_a_header_only_file(tmp_path):
+    """A header with no newline and no rows reads like a header-only file, not a CSV parse error."""
+    with pytest.raises(InputError, match="has a header but no rows") as info:
+        read_races(_write(tmp_path, "r.csv", RACE_HEADER))
+    _assert_names(info.value, tmp_path / "r.csv", None)
+    assert len(read_profiles(_write(tmp_path, "p.csv", PROFILE_HEADER)).frame) == 0
+    assert len(read_clusters(_write(tmp_path, "c.csv", CLUSTER_HEADER)).frame) == 0
+
+
+@pytest.mark.parametrize("reader", [read_races, read_profiles, read_clusters])
+def test_a_file_of_a_bom_only_is_empty(tmp_path, reader):
+    path = _write(tmp_path, "bom.csv", b"\xef\xbb\xbf")
+    with pytest.raises(InputError, match="file is empty: no header line") as info:
+        reader(path)
+    _assert_names(info.value, path, None)
 
 
 def test_bom_and_crlf_in_profiles_and_clusters(tmp_path):
@@ -539,3 +621,39 @@ def test_text_cells_are_trimmed_and_blank_ones_missing_whatever_the_shortcut(tmp
     for col in ("x", "y"):
         expected = raw[col].str.strip().replace("", pd.NA)
         pd.testing.assert_series_equal(frame[col], expected, check_names=False)
+
+
+def test_profile_values_that_no_athlete_can_have_are_missing_and_counted_or_an_error(tmp_path):
+    """A negative count of races, or a PB that is no finish time (0, negative, or beyond the
+    17 h bound of every modelled race), would reach the seed model's design (log1p of a
+    negative count is NaN, a PB of 1e12 s a fitness of 1e8 sd): read as missing (the race
+    gets the no-profile encoding) and counted; more than 1% of a column is an error."""
+    good = [f"a{i},{1 + i % 9},{20000 + i}" for i in range(300)]
+    odd = ["x,-3,20000", "y,2,0", "z,2,1e12", "w,2,-5"]
+    result = read_profiles(_write(tmp_path, "p.csv", csv_text(PROFILE_HEADER, good + odd)))
+    frame = result.frame.set_index("athlete_hash")
+    assert pd.isna(frame.loc["x", "total_races"]) and frame.loc["x", "pb_total_sec"] == 20000
+    assert frame.loc[["y", "z", "w"], "pb_total_sec"].isna().all() and (frame.loc[["y", "z", "w"], "total_races"] == 2).all()
+    assert frame["pb_total_sec"].notna().sum() == 301 and frame["total_races"].notna().sum() == 303
+    assert "1 rows: total_races not a count (0 or more) (e.g. '-3.0'); treated as missing" in result.notes
+    assert ("3 rows: pb_total_sec not a finish time in seconds (0 to 61200) (e.g. '0.0', '1000000000000.0', '-5.0'); "
+            "treated as missing") in result.notes
+    path = _write(tmp_path, "many.csv", csv_text(PROFILE_HEADER, good[:20] + odd[1:]))
+    with pytest.raises(InputError, match="not a finish time in seconds") as info:
+        read_profiles(path)
+    _assert_names(info.value, path, "pb_total_sec")
+
+
+def test_a_file_given_to_a_command_gets_advice_about_that_file_not_the_pipelines_inputs(tmp_path):
+    """predict's --input and forecast's --start-list are files the user named: a missing one,
+    or a column missing from it, is not fixed by RACEDAYAI_INPUT_DIR or `make demo-data`."""
+    from racedayai_bayes.lib.data.contracts import read_model_rows
+
+    for reader in (read_model_rows, read_start_list):
+        with pytest.raises(InputError, match=r"file not found \(check the path given to the command\)") as info:
+            reader(tmp_path / "nope.csv")
+        assert "RACEDAYAI_INPUT_DIR" not in str(info.value)
+    path = _write(tmp_path, "rows.csv", "athlete_hash,gender\na,M\n")
+    with pytest.raises(InputError, match="required column missing") as info:
+        read_model_rows(path)
+    assert "RACEDAYAI_INPUT_DIR" not in str(info.value) and "--help" in str(info.value)

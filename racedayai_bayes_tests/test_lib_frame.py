@@ -200,3 +200,41 @@ def test_one_thread_and_two_make_the_same_frame_and_season_table(small_inputs):
     pd.testing.assert_frame_equal(one[0], two[0])
     assert one[1] == two[1]
     pd.testing.assert_frame_equal(one[2], two[2])
+
+
+def test_races_without_any_athlete_hash_are_kept_as_first_races(tmp_path):
+    """Anonymous races are legal (the contract): when no race has an athlete_hash, the season
+    table is empty and every kept race is a first race with no history, not a crash."""
+    from racedayai_bayes.lib.data.frame import model_frame_and_seasons
+
+    races, profiles, clusters = _inputs(tmp_path)
+    races = races.assign(athlete_hash=pd.array([None] * len(races), dtype="string"))
+    frame, counts, seasons = model_frame_and_seasons(races, profiles, clusters)
+    assert len(frame) == counts["rows_out"] == len(KEPT) and len(seasons) == 0
+    assert (frame["hist_starts"] == 0).all() and frame["hist_best_sec"].isna().all()
+    assert counts["rows_without_profile"] == counts["rows_without_cluster"] == len(KEPT)
+
+
+@pytest.mark.parametrize("column, cells, rule, problem", [
+    ("total_sec", lambda r: (*r[:6], str(float(r[6]) * 1000) if r[6] else ""), "dropped_time_out_of_bounds",
+     "2 are professionals, 2 are of another distance than 70.3 or 140.6, 1 have no finish time, "
+     "7 have a total_sec not between 3600 and 61200"),
+    ("event_distance", lambda r: (*r[:3], "False", "70.3 km", *r[5:]), "dropped_other_distance",
+     "12 are of another distance than 70.3 or 140.6"),
+])
+def test_when_the_rules_leave_no_race_the_error_names_the_file_the_column_and_every_rule(tmp_path, column, cells,
+                                                                                         rule, problem):
+    """Finish times in milliseconds (say) leave no race to model: one error naming the race
+    file, the column of the rule that removed the most, and what every rule removed, instead
+    of one "no rows to fit" per model."""
+    from racedayai_bayes.lib.data.frame import model_frame_and_seasons
+
+    rows = [cells(r) for r in RACE_ROWS]
+    write_file(tmp_path, "athlete_race.csv", csv_text(RACE_HEADER, race_rows(",".join(r) for r in rows)))
+    races = read_races(tmp_path / "athlete_race.csv").frame
+    (tmp_path / "x").mkdir()
+    _, profiles, clusters = _inputs(tmp_path / "x")
+    with pytest.raises(InputError, match="no race is left to model: of 12 rows, ") as info:
+        model_frame_and_seasons(races, profiles, clusters, source=tmp_path / "athlete_race.csv")
+    assert info.value.column == column and str(tmp_path / "athlete_race.csv") in str(info.value)
+    assert problem in str(info.value), str(info.value)

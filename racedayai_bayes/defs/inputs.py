@@ -76,6 +76,7 @@ def cluster_assignments(context: dg.AssetExecutionContext, paths: PipelinePaths)
 def model_frame(
     context: dg.AssetExecutionContext,
     cpu: CpuSlots,  # held while the step runs, like every heavy step's (defs/resources.py)
+    paths: PipelinePaths,
     athlete_race: pd.DataFrame,
     athlete_profile: pd.DataFrame,
     cluster_assignments: pd.DataFrame,
@@ -83,12 +84,18 @@ def model_frame(
     """The model frame and the season table its as-of history comes from."""
     # a second thread makes the season table if a second core is free (every other step of a
     # refit waits for this one, but another run's step may hold the other slot)
-    with cpu.second_core() as two:
-        frame, counts, seasons = model_frame_and_seasons(athlete_race, athlete_profile, cluster_assignments,
-                                                         threads=2 if two else 1)
+    race_file = paths.input_file(contracts.RACE_FILE)
+    try:
+        with cpu.second_core() as two:
+            frame, counts, seasons = model_frame_and_seasons(athlete_race, athlete_profile, cluster_assignments,
+                                                             threads=2 if two else 1, source=race_file)
+    except contracts.InputError as exc:  # no race left: the message names the file and the column
+        raise dg.Failure(description=str(exc), metadata={"path": str(race_file)}, allow_retries=False) from None
     selected = context.op_execution_context.selected_output_names
     if "model_frame" in selected:
-        yield dg.Output(frame, output_name="model_frame", metadata={k: dg.MetadataValue.int(v) for k, v in counts.items()})
+        metadata = {"rows": dg.MetadataValue.int(counts["rows_out"])}
+        metadata.update({k: dg.MetadataValue.int(v) for k, v in counts.items()})
+        yield dg.Output(frame, output_name="model_frame", metadata=metadata)
     if "athlete_seasons" in selected:
         yield dg.Output(seasons, output_name="athlete_seasons", metadata={
             "rows": dg.MetadataValue.int(len(seasons)),

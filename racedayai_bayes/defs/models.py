@@ -39,7 +39,7 @@ class SeedFitConfig(JudgeConfig):
     engine: str = Field(default=_SEED.engine, description=f"Sampler engine, one of {ENGINES}: 'exact' fits every row (independence MH on the four scales, exact coefficient draws); 'exact_nuts' the same posterior by NUTS; 'rowwise' is the seed's NUTS on a subsample")
     num_warmup: int = Field(default=_SEED.num_warmup, ge=1, description="NUTS warmup iterations per chain")
     num_samples: int = Field(default=_SEED.num_samples, ge=1, description="Posterior draws kept per chain")
-    num_chains: int = Field(default=_SEED.num_chains, ge=1, description="Number of chains, run one after another")
+    num_chains: int = Field(default=_SEED.num_chains, ge=2, description="Number of chains, run one after another; at least 2, as r_hat compares chains")
     target_accept: float | None = Field(default=None, description="NUTS target acceptance probability; NUTS engines only; default 0.85 rowwise (the seed's), 0.98 exact_nuts")
     subsample: int = Field(default=_SEED.subsample, description="Rows sampled (random_state 42) for the rowwise engine; 0 = all rows")
     seed: int | None = Field(default=None, description="PRNG seed; default is the seed notebook's: 42 for 70.3, 99 for 140.6")
@@ -53,7 +53,7 @@ class SeedFitConfig(JudgeConfig):
 class ForecastFitConfig(JudgeConfig):
     """Sampler settings of the forecast model (Laplace fit, then independence Metropolis-Hastings)."""
 
-    num_chains: int = Field(default=_FORECAST.num_chains, ge=1, description="Independence-sampler chains (each starts over-dispersed)")
+    num_chains: int = Field(default=_FORECAST.num_chains, ge=2, description="Independence-sampler chains (each starts over-dispersed); at least 2, as r_hat compares chains")
     num_samples: int = Field(default=_FORECAST.num_samples, ge=1, description="Draws kept per chain")
     num_warmup: int = Field(default=_FORECAST.num_warmup, ge=0, description="Steps per chain before draws are kept")
     seed: int | None = Field(default=None, description="PRNG seed; default 42 for 70.3, 99 for 140.6")

@@ -51,14 +51,19 @@ GENDER_MAP = {"M": 0, "F": 1}
 # share applies to unrecognised values of a closed vocabulary.
 MAX_BAD_NUMERIC_SHARE = 0.01
 MAX_UNRECOGNISED_SHARE = MAX_BAD_NUMERIC_SHARE
+# The first IRONMAN was raced in 1978: an event_year before it is no season.
+FIRST_SEASON = 1978
+# The seed's finish-time bounds, both exclusive: 1 h < total_sec < 17 h (lib/data/frame.py).
+MIN_TOTAL_SEC = 3600.0
+MAX_TOTAL_SEC = 61200.0
 
-_TRUE = {"true", "1", "yes", "t", "y"}
-_FALSE = {"false", "0", "no", "f", "n"}
+_TRUE = {"true", "1", "1.0", "yes", "t", "y"}
+_FALSE = {"false", "0", "0.0", "no", "f", "n"}
 # Closed vocabularies: every accepted spelling, lower-cased, and the value it stands for
 # (genders: the keys of GENDER_MAP).
 GENDER_SPELLINGS = {
-    "m": "M", "male": "M", "man": "M",
-    "f": "F", "female": "F", "w": "F", "woman": "F",
+    "m": "M", "male": "M", "man": "M", "men": "M",
+    "f": "F", "female": "F", "w": "F", "woman": "F", "women": "F",
 }
 IS_PRO_SPELLINGS = {**{t: True for t in _TRUE}, **{f: False for f in _FALSE}}
 # Dash characters read as a hyphen in age groups: hyphen, non-breaking hyphen, figure dash,
@@ -96,28 +101,54 @@ class ReadResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _read_header(path: Path) -> list[str]:
+# what to do about a missing input file, or a column missing from it: the pipeline's
+# inputs, and a file a command was given (predict's --input, forecast's --start-list)
+PIPELINE_INPUT = ("set RACEDAYAI_INPUT_DIR or run 'make demo-data'",
+                  "add the column, or point RACEDAYAI_INPUT_DIR at the folder of the cleaned files")
+GIVEN_FILE = ("check the path given to the command", "add the column (the command's --help lists them)")
+
+
+def _read_header(path: Path, hints: tuple[str, str] = PIPELINE_INPUT) -> list[str]:
     if not path.exists():
-        raise InputError(path, "file not found (set RACEDAYAI_INPUT_DIR or run 'make demo-data')")
+        raise InputError(path, f"file not found ({hints[0]})")
     if path.is_dir():
         raise InputError(path, "is a directory, expected a CSV file")
+    return [c.strip().strip('"') for c in _raw_header(path)]
+
+
+def _raw_header(path: Path) -> list[str]:
+    """The header's names as the file spells them (a BOM removed, nothing else)."""
     with open(path, "rb") as fh:
         first = fh.readline()
+    if first.startswith(b"\xef\xbb\xbf"):
+        first = first[3:]
     if not first.strip():
         raise InputError(path, "file is empty: no header line", hint="write the file again (its export may have failed)")
     try:
-        text = first.decode("utf-8-sig")
+        text = first.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(
             path, f"header is not valid UTF-8 ({exc.reason} at byte {exc.start})", hint="save the file as UTF-8"
         ) from exc
-    return [c.strip().strip('"') for c in text.rstrip("\r\n").split(",")]
+    return text.rstrip("\r\n").split(",")
 
 
 def _read_text_columns(path: Path, columns: list[str]) -> tuple[pd.DataFrame, list[str]]:
-    """Read the named columns as text, whatever they look like (no type guessing)."""
+    """Read the named columns as text, whatever they look like (no type guessing). A header
+    name with spaces or quotes around it is read under its plain name, and counted."""
     notes: list[str] = []
-    kwargs = dict(usecols=columns, dtype="string", keep_default_na=False, na_values=[""])
+    with open(path, "rb") as fh:
+        header_only = not fh.readline().endswith(b"\n") or not fh.read(1)
+    if header_only:  # a header and no rows, with or without its line's end
+        return pd.DataFrame({c: pd.Series([], dtype="string") for c in columns}), notes
+    # each name as the CSV reader gives it: a quoted name without its quotes, any other as written
+    raw = {c.strip().strip('"'): c[1:-1] if len(c) >= 2 and c[0] == c[-1] == '"' else c for c in _raw_header(path)}
+    spelled = {raw[c]: c for c in columns if raw.get(c, c) != c}
+    if spelled:
+        n = len(spelled)
+        notes.append(f"{n} header name{'s' if n > 1 else ''} had spaces around {'them' if n > 1 else 'it'} "
+                     f"({', '.join(repr(k) for k in list(spelled)[:3])}); read as the plain name{'s' if n > 1 else ''}")
+    kwargs = dict(usecols=[raw.get(c, c) for c in columns], dtype="string", keep_default_na=False, na_values=[""])
     try:
         frame = pd.read_csv(path, engine="pyarrow", encoding="utf-8", **kwargs)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -129,11 +160,15 @@ def _read_text_columns(path: Path, columns: list[str]) -> tuple[pd.DataFrame, li
         frame = pd.read_csv(path, engine="c", encoding="utf-8", encoding_errors="replace", **kwargs)
         bad = int(sum(frame[c].str.contains("\ufffd", regex=False).sum() for c in columns))
         notes.append(f"{bad:,} cells held bytes that are not UTF-8; they were replaced by U+FFFD")
-    frame.columns = [c.lstrip("\ufeff") for c in frame.columns]
+    frame.columns = [spelled.get(c, c).lstrip("\ufeff") for c in frame.columns]
     for col in columns:
         edge, empty = _edge_space_and_empty(frame[col])
         if edge:
-            frame[col] = frame[col].str.strip()
+            trimmed = frame[col].str.strip()
+            n = int((trimmed != frame[col]).fillna(False).sum())
+            if n:
+                notes.append(f"{n:,} rows: {col} had spaces around the value; trimmed")
+            frame[col] = trimmed
         if edge or empty:
             frame[col] = frame[col].replace("", pd.NA)
     return frame, notes
@@ -185,9 +220,10 @@ def _edge_space_and_empty(text: pd.Series) -> tuple[bool, bool]:
     return edge, empty
 
 
-def _open(path: str | Path, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> tuple[pd.DataFrame, list[str], Path]:
+def _open(path: str | Path, required: tuple[str, ...], optional: tuple[str, ...] = (),
+          hints: tuple[str, str] = PIPELINE_INPUT) -> tuple[pd.DataFrame, list[str], Path]:
     path = Path(path)
-    header = _read_header(path)  # decoded as utf-8-sig: a BOM is already stripped
+    header = _read_header(path, hints)  # decoded as utf-8-sig: a BOM is already stripped
     missing = [c for c in required if c not in header]
     if missing:
         raise InputError(
@@ -195,7 +231,7 @@ def _open(path: str | Path, required: tuple[str, ...], optional: tuple[str, ...]
             f"required column missing; the header has {len(header)} columns: {', '.join(header[:12])}"
             + ("..." if len(header) > 12 else ""),
             column=", ".join(missing),
-            hint="add the column, or point RACEDAYAI_INPUT_DIR at the folder of the cleaned files",
+            hint=hints[1],
         )
     wanted = list(required) + [c for c in optional if c in header]
     frame, notes = _read_text_columns(path, wanted)
@@ -358,6 +394,43 @@ def _drop_blank_hash(frame: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
     return frame
 
 
+def last_plausible_season() -> int:
+    """The latest event_year a results file can hold: next year (a season's calendar can
+    start before the new year)."""
+    import datetime as dt
+
+    return dt.date.today().year + 1
+
+
+def _plausible(values: pd.Series, ok: np.ndarray, col: str, rule: str, path: Path, notes: list[str]) -> pd.Series:
+    """Cells of a parsed column that break ``rule`` (``ok`` False) are no value: read as
+    missing and counted when they are at most 1% of the column's cells, else an error naming
+    the file, the column and examples."""
+    bad = (values.notna().to_numpy(dtype=bool) & ~ok)
+    n_bad = int(bad.sum())
+    if not n_bad:
+        return values
+    examples = ", ".join(repr(str(v)) for v in pd.unique(values[bad])[:3])
+    if n_bad > MAX_BAD_NUMERIC_SHARE * int(values.notna().sum()):
+        raise InputError(path, f"not {rule}, e.g. {examples}", column=col, rows=n_bad,
+                         hint=f"fix or blank these cells (up to {MAX_BAD_NUMERIC_SHARE:.0%} of a column's cells "
+                         "are read as missing)")
+    notes.append(f"{n_bad:,} rows: {col} not {rule} (e.g. {examples}); treated as missing")
+    out = values.copy()
+    out[bad] = pd.NA if isinstance(out.dtype, pd.Int64Dtype) else np.nan
+    return out
+
+
+def _seasons(years: pd.Series, path: Path, notes: list[str]) -> pd.Series:
+    """event_year outside FIRST_SEASON..next year is no season: such a race is dropped and
+    counted, like a year that does not parse (at most 1% of the column, else an error). A year
+    such as 20240 would otherwise be held out alone as "the latest season"."""
+    last = last_plausible_season()
+    y = years.to_numpy(dtype=np.float64, na_value=np.nan)
+    return _plausible(years, (y >= FIRST_SEASON) & (y <= last), "event_year", f"a season from {FIRST_SEASON} to {last}",
+                      path, notes)
+
+
 def read_races(path: str | Path) -> ReadResult:
     """Read athlete_race.csv: the models' eight columns, typed; other columns are ignored.
 
@@ -374,8 +447,12 @@ def read_races(path: str | Path) -> ReadResult:
     frame["is_pro"] = _boolean(frame, "is_pro", path, notes)
     frame["gender"] = _gender(frame, path, notes)
     frame["age_group"] = _age_groups(frame, notes)
-    frame["event_distance"] = frame["event_distance"].replace(_DISTANCE_SPELLINGS)
-    frame["event_year"] = _numeric(frame, "event_year", path, notes, integer=True)
+    respelled = frame["event_distance"].isin(list(_DISTANCE_SPELLINGS)).fillna(False)
+    if respelled.any():
+        examples = ", ".join(f"{v!r} \u2192 {_DISTANCE_SPELLINGS[v]}" for v in frame["event_distance"][respelled].unique()[:3])
+        notes.append(f"{int(respelled.sum()):,} rows: event_distance in another spelling, read as 70.3 or 140.6: {examples}")
+        frame["event_distance"] = frame["event_distance"].replace(_DISTANCE_SPELLINGS)
+    frame["event_year"] = _seasons(_numeric(frame, "event_year", path, notes, integer=True), path, notes)
     frame["total_sec"] = _numeric(frame, "total_sec", path, notes)
     blank_event = int(frame["event_name"].isna().sum())
     if blank_event:
@@ -391,6 +468,13 @@ def read_profiles(path: str | Path) -> ReadResult:
     _no_duplicates(frame, path)
     for col in frame.columns.drop("athlete_hash"):
         frame[col] = _numeric(frame, col, path, notes)
+    # a count of races cannot be negative; a PB, the fastest of the athlete's races, is a time
+    # of a race (0 < pb < the 17 h bound of every race the models keep)
+    races = frame["total_races"].to_numpy(dtype=np.float64, na_value=np.nan)
+    frame["total_races"] = _plausible(frame["total_races"], races >= 0, "total_races", "a count (0 or more)", path, notes)
+    pb = frame["pb_total_sec"].to_numpy(dtype=np.float64, na_value=np.nan)
+    frame["pb_total_sec"] = _plausible(frame["pb_total_sec"], (pb > 0) & (pb < MAX_TOTAL_SEC), "pb_total_sec",
+                                       f"a finish time in seconds (0 to {MAX_TOTAL_SEC:.0f})", path, notes)
     for col in PROFILE_OPTIONAL:
         if col not in frame.columns:
             frame[col] = np.nan
@@ -430,7 +514,7 @@ def read_model_rows(path: str | Path, required: tuple[str, ...] = MODEL_ROW_REQU
     event_name and held_out are copied to the output when present, and left blank otherwise.
     """
     optional = tuple(c for c in MODEL_ROW_OPTIONAL if c not in required)
-    frame, notes, path = _open(path, required, optional)
+    frame, notes, path = _open(path, required, optional, GIVEN_FILE)
     if frame.empty:
         raise InputError(path, "has a header but no rows", hint="give at least one row to predict")
     if "gender" in frame.columns:
@@ -500,7 +584,7 @@ def read_start_list(path: str | Path, *, event_columns: bool = False) -> StartLi
     file are errors that name the file and the problem.
     """
     path = Path(path)
-    header = _read_header(path)
+    header = _read_header(path, GIVEN_FILE)
     required = START_LIST_REQUIRED + (START_LIST_EVENT if event_columns else ())
     missing = [c for c in required if c not in header]
     if missing:

@@ -4,16 +4,15 @@ with each race's as-of history (lib/data/history.py)."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from racedayai_bayes.lib.data import MODEL_DISTANCES
+from racedayai_bayes.lib.data.contracts import MAX_TOTAL_SEC, MIN_TOTAL_SEC, RACE_FILE, InputError
 from racedayai_bayes.lib.data.history import add_history, index_in, season_table
 
-# Finish-time bounds of the seed, both exclusive: 1 h < total_sec < 17 h.
-MIN_TOTAL_SEC = 3600.0
-MAX_TOTAL_SEC = 61200.0
 
 PROFILE_COLUMNS = ("total_races", "pb_total_sec", "consistency_cv", "improvement_slope")
 FRAME_COLUMNS = (
@@ -63,8 +62,32 @@ def build_model_frame(
     return frame, counts
 
 
+# each filter rule of the model frame: the column it reads, the rows it removes, what it keeps
+RULES = {
+    "dropped_pro": ("is_pro", "are professionals", "age-group races (is_pro not True)"),
+    "dropped_other_distance": ("event_distance", "are of another distance than 70.3 or 140.6", "races of 70.3 or 140.6"),
+    "dropped_no_time": ("total_sec", "have no finish time", "finish times"),
+    "dropped_time_out_of_bounds": ("total_sec", f"have a total_sec not between {MIN_TOTAL_SEC:.0f} and {MAX_TOTAL_SEC:.0f}",
+                                   f"total_sec in seconds, between {MIN_TOTAL_SEC:.0f} and {MAX_TOTAL_SEC:.0f}"),
+    "dropped_no_year": ("event_year", "have no event_year", "an event_year"),
+}
+
+
+def _nothing_left(counts: dict[str, int], source) -> InputError:
+    """The error when the seed's rules leave no race: it names the rule that removed the most
+    rows (and its column), and what every rule removed."""
+    worst = max(RULES, key=lambda name: counts.get(name, 0))
+    column, _, keeps = RULES[worst]
+    removed = ", ".join(f"{counts[n]:,} {RULES[n][1]}" for n in RULES if counts.get(n))
+    return InputError(
+        source, f"no race is left to model: of {counts['rows_in']:,} rows, {removed}", column=column, rows=counts[worst],
+        hint=f"the models need {keeps}: check the column's units and spellings (docs/failure-modes.md)",
+    )
+
+
 def model_frame_and_seasons(
-    races: pd.DataFrame, profiles: pd.DataFrame, clusters: pd.DataFrame, *, threads: int = 2
+    races: pd.DataFrame, profiles: pd.DataFrame, clusters: pd.DataFrame, *, threads: int = 2,
+    source: str | Path = RACE_FILE,
 ) -> tuple[pd.DataFrame, dict[str, int], pd.DataFrame]:
     """Merge and filter to age-group finishers of 70.3 and 140.6, keeping the input order.
 
@@ -79,7 +102,8 @@ def model_frame_and_seasons(
     Athletes are numbered once (``pd.factorize``, in hash order), and the joins and the history work on
     those numbers: string keys are hashed once, not in every join and group-by. With
     ``threads=2`` the season table is made in a second thread beside the joins (the result
-    is the same with 1).
+    is the same with 1). When the rules leave no race, an :class:`InputError` names ``source``
+    (the race file), the column of the rule that removed the most, and what each removed.
     """
     codes, athletes = pd.factorize(races["athlete_hash"], sort=True)
     athletes = pd.Index(athletes)
@@ -101,6 +125,8 @@ def model_frame_and_seasons(
         if name == "dropped_time_out_of_bounds":
             ag_finish = keep.copy()  # the finishes an athlete's history counts
     rows = np.flatnonzero(keep)
+    if len(rows) == 0:
+        raise _nothing_left(counts, source)
     kept_codes = codes[rows]
     # With two threads the season table is made in a second one while this one joins and
     # takes the kept rows: both only read ``races``, and numpy, pandas and Arrow release the

@@ -346,7 +346,8 @@ def add_history(frame: pd.DataFrame, table: pd.DataFrame, distances: tuple[str, 
     pos = np.where(known, pos, -1)
     have = pos >= 0
     take = np.where(have, pos, 0)
-    picked = {name: np.where(have, cum[name].to_numpy()[take], np.inf if name == "best" else 0.0)
+    # (an empty table, when no row has an athlete: nothing to take, every row is a first race)
+    picked = {name: np.where(have, cum[name].to_numpy()[take] if len(cum) else 0.0, np.inf if name == "best" else 0.0)
               for name in (*SEASON_COLUMNS, "best")}
     del cum
     # the new columns go on a shallow copy: the frame's own columns are shared, not copied

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from racedayai_bayes.lib.data import MODEL_DISTANCES
 from racedayai_bayes.lib.data.contracts import StartList
 
 FORECAST_COLUMNS = ("event_name", "event_year", "event_distance", "model", "history_races", "new_course",
@@ -55,6 +56,9 @@ def forecast_start_list(artifact, start: StartList, event: str | None = None, se
             "history of each athlete): pass --posterior posterior/forecast/<distance>/<refit>.nc"
         )
     distance = start.event.get("event_distance")
+    if distance is not None and distance not in MODEL_DISTANCES:
+        raise ForecastError(f"{name}: event_distance {distance!r} is not a distance the models forecast; "
+                            f"write {' or '.join(MODEL_DISTANCES)}")
     if distance is not None and distance != artifact.distance:
         raise ForecastError(f"{name}: the race is a {distance} race, but {artifact.path} is a posterior of "
                             f"{artifact.distance}; forecast it with the {distance} posterior")
