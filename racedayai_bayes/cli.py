@@ -190,6 +190,10 @@ def _refit(args: argparse.Namespace) -> int:
             stop_step_server()  # it would import for seconds after this command has ended
             log_path.unlink(missing_ok=True)  # nothing ran: no log of this command
             raise
+        if not (Path(home) / "dagster.yaml").exists():
+            # Dagster's defaults then apply: none of the repository's run queue limits
+            print(f"note: DAGSTER_HOME={home} has no dagster.yaml, so Dagster's defaults apply (no run queue "
+                  "limits); copy the repository's dagster.yaml there, or use DAGSTER_HOME=<the repository root>")
         # imported here: the code location's import-time warnings belong in the log
         from racedayai_bayes.definitions import defs, refit_job_def
 

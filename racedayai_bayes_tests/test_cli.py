@@ -271,6 +271,16 @@ def test_invalid_settings_end_with_one_message_and_exit_1(dagster_home, small_in
     assert "run " not in out  # no run was made
 
 
+def test_a_dagster_home_without_dagster_yaml_is_noted(tmp_path, small_inputs, monkeypatch, capfd):
+    """An empty folder as DAGSTER_HOME works (Dagster's defaults), but without the repository's
+    run queue limits: the command says so on its first line."""
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    monkeypatch.setenv("RACEDAYAI_INPUT_DIR", str(small_inputs))
+    code, out, err = _run_cli(["refit", "--warmup", "0"], capfd)
+    assert code == 1 and err.startswith("error: invalid refit settings")
+    assert out.startswith(f"note: DAGSTER_HOME={tmp_path} has no dagster.yaml, so Dagster's defaults apply")
+
+
 def test_an_unset_dagster_home_ends_with_one_message_and_exit_1(monkeypatch, capfd):
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     code, out, err = _run_cli(["refit"], capfd)
