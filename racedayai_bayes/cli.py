@@ -1163,7 +1163,7 @@ class RefitReport:
             # a later distance's run starts in another process: its time counts from here
             self._run_started_at.setdefault(distance, time.monotonic())
             self.partition[run_id] = distance
-            self.line(f"refit {distance}: run {run_id}")
+            self.line(f"refit {distance}: started run {run_id}")
 
     def run_finished(self, distance: str, success: bool, expected: list[tuple[str, str]]) -> None:
         with self.lock:

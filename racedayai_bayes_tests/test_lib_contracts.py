@@ -624,20 +624,22 @@ def test_text_cells_are_trimmed_and_blank_ones_missing_whatever_the_shortcut(tmp
 
 
 def test_profile_values_that_no_athlete_can_have_are_missing_and_counted_or_an_error(tmp_path):
-    """A negative count of races, or a PB that is no finish time (0, negative, or beyond the
-    17 h bound of every modelled race), would reach the seed model's design (log1p of a
-    negative count is NaN, a PB of 1e12 s a fitness of 1e8 sd): read as missing (the race
-    gets the no-profile encoding) and counted; more than 1% of a column is an error."""
-    good = [f"a{i},{1 + i % 9},{20000 + i}" for i in range(300)]
+    """A negative count of races, or a PB that is no finish time (0, negative, a week or
+    more), would reach the seed model's design (log1p of a negative count is NaN, a PB of
+    1e12 s a fitness of 1e8 sd): read as missing (the race gets the no-profile encoding) and
+    counted; more than 1% of a column is an error. A PB beyond the models' 17 h bound is a
+    finish time still (an athlete whose races all took longer): kept."""
+    good = [f"a{i},{1 + i % 9},{20000 + i}" for i in range(300)] + ["slow,1,104986"]
     odd = ["x,-3,20000", "y,2,0", "z,2,1e12", "w,2,-5"]
     result = read_profiles(_write(tmp_path, "p.csv", csv_text(PROFILE_HEADER, good + odd)))
     frame = result.frame.set_index("athlete_hash")
     assert pd.isna(frame.loc["x", "total_races"]) and frame.loc["x", "pb_total_sec"] == 20000
     assert frame.loc[["y", "z", "w"], "pb_total_sec"].isna().all() and (frame.loc[["y", "z", "w"], "total_races"] == 2).all()
-    assert frame["pb_total_sec"].notna().sum() == 301 and frame["total_races"].notna().sum() == 303
+    assert frame["pb_total_sec"].notna().sum() == 302 and frame["total_races"].notna().sum() == 304
+    assert frame.loc["slow", "pb_total_sec"] == 104986
     assert "1 rows: total_races not a count (0 or more) (e.g. '-3.0'); treated as missing" in result.notes
-    assert ("3 rows: pb_total_sec not a finish time in seconds (0 to 61200) (e.g. '0.0', '1000000000000.0', '-5.0'); "
-            "treated as missing") in result.notes
+    assert ("3 rows: pb_total_sec not a finish time in seconds (0 to 604,800, a week) (e.g. '0.0', '1000000000000.0', "
+            "'-5.0'); treated as missing") in result.notes
     path = _write(tmp_path, "many.csv", csv_text(PROFILE_HEADER, good[:20] + odd[1:]))
     with pytest.raises(InputError, match="not a finish time in seconds") as info:
         read_profiles(path)

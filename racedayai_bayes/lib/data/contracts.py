@@ -56,6 +56,7 @@ FIRST_SEASON = 1978
 # The seed's finish-time bounds, both exclusive: 1 h < total_sec < 17 h (lib/data/frame.py).
 MIN_TOTAL_SEC = 3600.0
 MAX_TOTAL_SEC = 61200.0
+MAX_PB_SEC = 7 * 24 * 3600.0  # a week: no finish time of any race is longer
 
 _TRUE = {"true", "1", "1.0", "yes", "t", "y"}
 _FALSE = {"false", "0", "0.0", "no", "f", "n"}
@@ -468,13 +469,15 @@ def read_profiles(path: str | Path) -> ReadResult:
     _no_duplicates(frame, path)
     for col in frame.columns.drop("athlete_hash"):
         frame[col] = _numeric(frame, col, path, notes)
-    # a count of races cannot be negative; a PB, the fastest of the athlete's races, is a time
-    # of a race (0 < pb < the 17 h bound of every race the models keep)
+    # a count of races cannot be negative; a PB, the fastest of the athlete's races, is a
+    # finish time: positive, and under a week. (It may exceed the models' 17 h bound: the
+    # minimum over every race of an athlete whose races all took longer, which the model frame
+    # drops; such a profile joins no modelled race.)
     races = frame["total_races"].to_numpy(dtype=np.float64, na_value=np.nan)
     frame["total_races"] = _plausible(frame["total_races"], races >= 0, "total_races", "a count (0 or more)", path, notes)
     pb = frame["pb_total_sec"].to_numpy(dtype=np.float64, na_value=np.nan)
-    frame["pb_total_sec"] = _plausible(frame["pb_total_sec"], (pb > 0) & (pb < MAX_TOTAL_SEC), "pb_total_sec",
-                                       f"a finish time in seconds (0 to {MAX_TOTAL_SEC:.0f})", path, notes)
+    frame["pb_total_sec"] = _plausible(frame["pb_total_sec"], (pb > 0) & (pb < MAX_PB_SEC), "pb_total_sec",
+                                       f"a finish time in seconds (0 to {MAX_PB_SEC:,.0f}, a week)", path, notes)
     for col in PROFILE_OPTIONAL:
         if col not in frame.columns:
             frame[col] = np.nan
