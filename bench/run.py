@@ -419,7 +419,7 @@ def demo_rerun(args) -> dict:
         wall = time.perf_counter() - t0
         ended = time.time()
         lines = proc.stdout.splitlines()
-        run_ids = dict(m.groups() for m in (re.match(r"refit (\S+): run (\S+)$", line.strip()) for line in lines) if m)
+        run_ids = dict(m.groups() for m in (re.match(r"refit (\S+): started run (\S+)$", line.strip()) for line in lines) if m)
         runs.append({"wall_s": round(wall, 1), "exit_code": proc.returncode, "lines": len(lines),
                      "run_lines": [line.strip() for line in lines if line.startswith("refit ") and "succeeded" in line],
                      "phases_s": _demo_phases(home, run_ids, started, ended)})

@@ -184,16 +184,17 @@ def _refit(args: argparse.Namespace) -> int:
         # first: the server's imports (the first step waits for them) overlap with this
         # process's own, Dagster's included
         start_step_server()
-        try:
-            instance = _instance(home)
-        except UserError:
-            stop_step_server()  # it would import for seconds after this command has ended
-            log_path.unlink(missing_ok=True)  # nothing ran: no log of this command
-            raise
         if not (Path(home) / "dagster.yaml").exists():
             # Dagster's defaults then apply: none of the repository's run queue limits
             print(f"note: DAGSTER_HOME={home} has no dagster.yaml, so Dagster's defaults apply (no run queue "
                   "limits); copy the repository's dagster.yaml there, or use DAGSTER_HOME=<the repository root>")
+        try:
+            instance = _instance(home)
+            _check_settings(args)  # settings that cannot work end here, before any run
+        except UserError:
+            stop_step_server()  # it would import for seconds after this command has ended
+            log_path.unlink(missing_ok=True)  # nothing ran: no log of this command
+            raise
         # imported here: the code location's import-time warnings belong in the log
         from racedayai_bayes.definitions import defs, refit_job_def
 
@@ -264,7 +265,6 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
     keys = _refit_keys(defs)
     shared_keys, per_distance, means_keys, means_inputs = keys.shared, keys.per_distance, keys.means, keys.means_inputs
     checked_assets = keys.checked
-    _check_settings(args)
     run_config = _run_config(args)
     report = RefitReport(sys.stdout, tty=sys.stdout.isatty(), partitioned_steps={k.to_python_identifier() for k in keys.partitioned})
     job = dg.reconstructable(refit_job_def)

@@ -269,6 +269,7 @@ def test_invalid_settings_end_with_one_message_and_exit_1(dagster_home, small_in
     assert err.strip().splitlines() == [err.strip()] and err.startswith("error: invalid refit settings: ")
     assert says in err and "Traceback" not in out + err
     assert "run " not in out  # no run was made
+    assert not list((dagster_home / cli.LOG_FOLDER).glob("refit-*.log"))  # and no log of one is left
 
 
 def test_a_dagster_home_without_dagster_yaml_is_noted(tmp_path, small_inputs, monkeypatch, capfd):

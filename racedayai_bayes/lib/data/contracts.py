@@ -15,6 +15,7 @@ characters and stray spaces are normalised, and counted.
 
 from __future__ import annotations
 
+import csv
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,7 +119,9 @@ def _read_header(path: Path, hints: tuple[str, str] = PIPELINE_INPUT) -> list[st
 
 
 def _raw_header(path: Path) -> list[str]:
-    """The header's names as the file spells them (a BOM removed, nothing else)."""
+    """The header's names as a CSV reader gives them (a BOM removed; a quoted name without
+    its quotes, spaces outside them kept): Python's csv module parses a header line as Arrow's
+    reader does, so these are the names the columns are asked for by."""
     with open(path, "rb") as fh:
         first = fh.readline()
     if first.startswith(b"\xef\xbb\xbf"):
@@ -131,7 +134,7 @@ def _raw_header(path: Path) -> list[str]:
         raise InputError(
             path, f"header is not valid UTF-8 ({exc.reason} at byte {exc.start})", hint="save the file as UTF-8"
         ) from exc
-    return text.rstrip("\r\n").split(",")
+    return next(csv.reader([text.rstrip("\r\n")]), [])
 
 
 def _read_text_columns(path: Path, columns: list[str]) -> tuple[pd.DataFrame, list[str]]:
@@ -142,8 +145,7 @@ def _read_text_columns(path: Path, columns: list[str]) -> tuple[pd.DataFrame, li
         header_only = not fh.readline().endswith(b"\n") or not fh.read(1)
     if header_only:  # a header and no rows, with or without its line's end
         return pd.DataFrame({c: pd.Series([], dtype="string") for c in columns}), notes
-    # each name as the CSV reader gives it: a quoted name without its quotes, any other as written
-    raw = {c.strip().strip('"'): c[1:-1] if len(c) >= 2 and c[0] == c[-1] == '"' else c for c in _raw_header(path)}
+    raw = {c.strip().strip('"'): c for c in _raw_header(path)}  # plain name -> the reader's
     spelled = {raw[c]: c for c in columns if raw.get(c, c) != c}
     if spelled:
         n = len(spelled)
@@ -152,6 +154,9 @@ def _read_text_columns(path: Path, columns: list[str]) -> tuple[pd.DataFrame, li
     kwargs = dict(usecols=[raw.get(c, c) for c in columns], dtype="string", keep_default_na=False, na_values=[""])
     try:
         frame = pd.read_csv(path, engine="pyarrow", encoding="utf-8", **kwargs)
+    except KeyError as exc:  # pyarrow's ArrowKeyError: a header name the reader spells otherwise
+        raise InputError(path, f"cannot be parsed as CSV: the header's names cannot be matched ({exc})",
+                         hint="write the header as plain names separated by commas") from None
     except (UnicodeDecodeError, ValueError) as exc:
         if "utf" not in str(exc).lower() and not isinstance(exc, UnicodeDecodeError):
             raise InputError(
@@ -239,7 +244,13 @@ def _open(path: str | Path, required: tuple[str, ...], optional: tuple[str, ...]
     return frame, notes, path
 
 
-def _numeric(frame: pd.DataFrame, col: str, path: Path, notes: list[str], *, integer: bool = False) -> pd.Series:
+def _numeric(frame: pd.DataFrame, col: str, path: Path, notes: list[str], *, integer: bool = False,
+             valid: tuple | None = None) -> pd.Series:
+    """A text column parsed as numbers. A cell that is not a number ('DNF', 'inf') is
+    missing; with ``valid`` = (test, what it is), so is a number that fails the test (a year
+    20240 is no season). Up to 1% of the column's given cells may be such, counted in a note
+    each; beyond, an error names the file, the column and examples. ``integer``: whole numbers
+    only (an error otherwise), as Int64."""
     text = frame[col]
     try:
         # fast path: Arrow's cast parses millions of cells in C++, but fails on any bad cell
@@ -252,24 +263,33 @@ def _numeric(frame: pd.DataFrame, col: str, path: Path, notes: list[str], *, int
         values = pd.to_numeric(text, errors="coerce").astype("float64")
     # 'inf' parses as a number but would poison every sum downstream: count it as not numeric
     values[~np.isfinite(values.to_numpy())] = np.nan
-    bad = values.isna() & text.notna()
-    n_bad = int(bad.sum())
-    if n_bad:
-        n_given = int(text.notna().sum())
-        examples = ", ".join(repr(v) for v in text[bad].unique()[:3])
-        if n_bad > MAX_BAD_NUMERIC_SHARE * n_given:
+    given = text.notna().to_numpy(dtype=bool)
+    problems = [("numeric", values.isna().to_numpy(dtype=bool) & given)]
+    if integer:
+        number = values.to_numpy()
+        whole = np.isnan(number) | (number == np.round(number))
+        if not whole.all():
+            raise InputError(path, "must hold whole numbers", column=col, rows=int((~whole).sum()),
+                             hint="write these cells as whole numbers")
+    if valid is not None:
+        test, what = valid
+        number = values.to_numpy()
+        problems.append((what, ~np.isnan(number) & ~test(np.nan_to_num(number))))
+    allowed, seen = MAX_BAD_NUMERIC_SHARE * int(given.sum()), 0
+    for what, bad in problems:
+        n_bad = int(bad.sum())
+        if not n_bad:
+            continue
+        seen += n_bad
+        examples = ", ".join(repr(v) for v in pd.unique(text[bad])[:3])
+        if seen > allowed:  # every kind of bad cell counts against the one allowance
             raise InputError(
-                path, f"not numeric, e.g. {examples}", column=col, rows=n_bad,
+                path, f"not {what}, e.g. {examples}", column=col, rows=n_bad,
                 hint=f"fix or blank these cells (up to {MAX_BAD_NUMERIC_SHARE:.0%} of a column's cells are read as missing)",
             )
-        notes.append(f"{n_bad:,} rows: {col} not numeric (e.g. {examples}); treated as missing")
-    if integer:
-        finite = values.dropna()
-        if (finite != np.round(finite)).any():
-            n = int((finite != np.round(finite)).sum())
-            raise InputError(path, "must hold whole numbers", column=col, rows=n, hint="write these cells as whole numbers")
-        return values.astype("Int64")
-    return values
+        notes.append(f"{n_bad:,} rows: {col} not {what} (e.g. {examples}); treated as missing")
+        values[bad] = np.nan
+    return values.astype("Int64") if integer else values
 
 
 def _closed_vocabulary(
@@ -320,11 +340,11 @@ def _closed_vocabulary(
 
 
 def _boolean(frame: pd.DataFrame, col: str, path: Path, notes: list[str]) -> pd.Series:
-    """is_pro: True/False (true, 1, yes, t, y / false, 0, no, f, n, any case) or blank."""
+    """is_pro: True/False (true, 1, 1.0, yes, t, y / false, 0, 0.0, no, f, n, any case) or blank."""
     values, _ = _closed_vocabulary(
         frame, col, path, notes, IS_PRO_SPELLINGS,
         what="True or False",
-        accepted="write True or False (true/false, 1/0, yes/no, t/f, y/n, in any case, are read too) "
+        accepted="write True or False (true/false, 1/0, 1.0/0.0, yes/no, t/f, y/n, in any case, are read too) "
         "or leave the cell blank",
         unrecognised="read as blank (not known to be a pro, so the race is kept)",
         dtype="boolean",
@@ -337,7 +357,7 @@ def _gender(frame: pd.DataFrame, path: Path, notes: list[str]) -> pd.Series:
     values, bad = _closed_vocabulary(
         frame, "gender", path, notes, GENDER_SPELLINGS,
         what="M or F",
-        accepted="write M or F (m, male, man / f, female, w, woman, in any case, are read too) or leave the cell blank",
+        accepted="write M or F (m, male, man, men / f, female, w, woman, women, in any case, are read too) or leave the cell blank",
         unrecognised="encoded like a blank gender (index 0), as the seed does",
         dtype="string",
     )
@@ -395,41 +415,23 @@ def _drop_blank_hash(frame: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
     return frame
 
 
+def _distances(distance: pd.Series, notes: list[str]) -> pd.Series:
+    """event_distance with a float writer's spellings ('70.30', '140.600') read as 70.3 or
+    140.6, and counted."""
+    respelled = distance.isin(list(_DISTANCE_SPELLINGS)).fillna(False).to_numpy(dtype=bool)
+    if not respelled.any():
+        return distance
+    examples = ", ".join(f"{v!r} \u2192 {_DISTANCE_SPELLINGS[v]}" for v in pd.unique(distance[respelled])[:3])
+    notes.append(f"{int(respelled.sum()):,} rows: event_distance in another spelling, read as 70.3 or 140.6: {examples}")
+    return distance.replace(_DISTANCE_SPELLINGS)
+
+
 def last_plausible_season() -> int:
     """The latest event_year a results file can hold: next year (a season's calendar can
     start before the new year)."""
     import datetime as dt
 
     return dt.date.today().year + 1
-
-
-def _plausible(values: pd.Series, ok: np.ndarray, col: str, rule: str, path: Path, notes: list[str]) -> pd.Series:
-    """Cells of a parsed column that break ``rule`` (``ok`` False) are no value: read as
-    missing and counted when they are at most 1% of the column's cells, else an error naming
-    the file, the column and examples."""
-    bad = (values.notna().to_numpy(dtype=bool) & ~ok)
-    n_bad = int(bad.sum())
-    if not n_bad:
-        return values
-    examples = ", ".join(repr(str(v)) for v in pd.unique(values[bad])[:3])
-    if n_bad > MAX_BAD_NUMERIC_SHARE * int(values.notna().sum()):
-        raise InputError(path, f"not {rule}, e.g. {examples}", column=col, rows=n_bad,
-                         hint=f"fix or blank these cells (up to {MAX_BAD_NUMERIC_SHARE:.0%} of a column's cells "
-                         "are read as missing)")
-    notes.append(f"{n_bad:,} rows: {col} not {rule} (e.g. {examples}); treated as missing")
-    out = values.copy()
-    out[bad] = pd.NA if isinstance(out.dtype, pd.Int64Dtype) else np.nan
-    return out
-
-
-def _seasons(years: pd.Series, path: Path, notes: list[str]) -> pd.Series:
-    """event_year outside FIRST_SEASON..next year is no season: such a race is dropped and
-    counted, like a year that does not parse (at most 1% of the column, else an error). A year
-    such as 20240 would otherwise be held out alone as "the latest season"."""
-    last = last_plausible_season()
-    y = years.to_numpy(dtype=np.float64, na_value=np.nan)
-    return _plausible(years, (y >= FIRST_SEASON) & (y <= last), "event_year", f"a season from {FIRST_SEASON} to {last}",
-                      path, notes)
 
 
 def read_races(path: str | Path) -> ReadResult:
@@ -448,17 +450,27 @@ def read_races(path: str | Path) -> ReadResult:
     frame["is_pro"] = _boolean(frame, "is_pro", path, notes)
     frame["gender"] = _gender(frame, path, notes)
     frame["age_group"] = _age_groups(frame, notes)
-    respelled = frame["event_distance"].isin(list(_DISTANCE_SPELLINGS)).fillna(False)
-    if respelled.any():
-        examples = ", ".join(f"{v!r} \u2192 {_DISTANCE_SPELLINGS[v]}" for v in frame["event_distance"][respelled].unique()[:3])
-        notes.append(f"{int(respelled.sum()):,} rows: event_distance in another spelling, read as 70.3 or 140.6: {examples}")
-        frame["event_distance"] = frame["event_distance"].replace(_DISTANCE_SPELLINGS)
-    frame["event_year"] = _seasons(_numeric(frame, "event_year", path, notes, integer=True), path, notes)
+    frame["event_distance"] = _distances(frame["event_distance"], notes)
+    last = last_plausible_season()
+    # a year before the first IRONMAN or after next year is no season: it would be held out
+    # alone as "the latest season" (20240), or key another athlete's history
+    frame["event_year"] = _numeric(frame, "event_year", path, notes, integer=True,
+                                   valid=(lambda y: (y >= FIRST_SEASON) & (y <= last), f"a season from {FIRST_SEASON} to {last}"))
     frame["total_sec"] = _numeric(frame, "total_sec", path, notes)
     blank_event = int(frame["event_name"].isna().sum())
     if blank_event:
         notes.append(f"{blank_event:,} rows: blank event_name (course unknown); kept, and counted again in model_frame")
     return ReadResult(frame=frame, path=path, notes=notes)
+
+
+# A count of races cannot be negative; a PB, the fastest of the athlete's races, is a finish
+# time: positive, and under a week. (It may exceed the models' 17 h bound: the minimum over
+# every race of an athlete whose races all took longer, which the model frame drops; such a
+# profile joins no modelled race.)
+PROFILE_VALUES = {
+    "total_races": (lambda v: v >= 0, "a count (0 or more)"),
+    "pb_total_sec": (lambda v: (v > 0) & (v < MAX_PB_SEC), f"a finish time in seconds (0 to {MAX_PB_SEC:,.0f}, a week)"),
+}
 
 
 def read_profiles(path: str | Path) -> ReadResult:
@@ -468,16 +480,7 @@ def read_profiles(path: str | Path) -> ReadResult:
     frame = _drop_blank_hash(frame, notes)
     _no_duplicates(frame, path)
     for col in frame.columns.drop("athlete_hash"):
-        frame[col] = _numeric(frame, col, path, notes)
-    # a count of races cannot be negative; a PB, the fastest of the athlete's races, is a
-    # finish time: positive, and under a week. (It may exceed the models' 17 h bound: the
-    # minimum over every race of an athlete whose races all took longer, which the model frame
-    # drops; such a profile joins no modelled race.)
-    races = frame["total_races"].to_numpy(dtype=np.float64, na_value=np.nan)
-    frame["total_races"] = _plausible(frame["total_races"], races >= 0, "total_races", "a count (0 or more)", path, notes)
-    pb = frame["pb_total_sec"].to_numpy(dtype=np.float64, na_value=np.nan)
-    frame["pb_total_sec"] = _plausible(frame["pb_total_sec"], (pb > 0) & (pb < MAX_PB_SEC), "pb_total_sec",
-                                       f"a finish time in seconds (0 to {MAX_PB_SEC:,.0f}, a week)", path, notes)
+        frame[col] = _numeric(frame, col, path, notes, valid=PROFILE_VALUES.get(col))
     for col in PROFILE_OPTIONAL:
         if col not in frame.columns:
             frame[col] = np.nan
@@ -533,7 +536,7 @@ def read_model_rows(path: str | Path, required: tuple[str, ...] = MODEL_ROW_REQU
     if "held_out" in frame.columns:
         frame["held_out"] = _boolean(frame, "held_out", path, notes)
     if "event_distance" in frame.columns:
-        frame["event_distance"] = frame["event_distance"].replace(_DISTANCE_SPELLINGS)
+        frame["event_distance"] = _distances(frame["event_distance"], notes)
     for col in optional:
         if col not in frame.columns:
             if col == "total_sec":
