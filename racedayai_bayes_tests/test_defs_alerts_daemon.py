@@ -10,14 +10,17 @@ HTTP server (WebhookReceiver) stands in for Slack. Four refits go through the ru
 * b: 140.6 with an unknown holdout rule: the holdout_split step raises dg.Failure;
 * c1: 70.3, a clean refit that publishes its artifact: no alert;
 * c2: 70.3, the seed models on another seed with drift_threshold_sec=0.01: the run
-  succeeds, each seed model's prediction_drift warns.
+  succeeds, each seed model's prediction_drift warns;
+* d: `racedayai-bayes refit` of 70.3 without its input files, executed by the command itself
+  (its run has no code location's origin): it fails at once.
 
-After all of them have finished and the third alert has arrived, the daemon keeps ticking
-both sensors at least twice more; the receiver must then hold exactly three POSTs, one per
+After all of them have finished and the fourth alert has arrived, the daemon keeps ticking
+both sensors at least twice more; the receiver must then hold exactly four POSTs, one per
 problem, none for the clean run and none repeated.
 """
 
 import json
+import re
 import subprocess
 import time
 import uuid
@@ -182,20 +185,30 @@ def test_daemon_posts_exactly_one_alert_per_failure(daemon, instance, receiver, 
                lambda: all(scene.done_ticks(s) for s in ALERT_SENSORS))
     first_tick = max(min(t.timestamp for t in scene.done_ticks(s)) for s in ALERT_SENSORS)
 
+    # d: `racedayai-bayes refit`, whose runs the command executes itself (no code location's
+    # origin on them, which Dagster's run-status sensors match runs by): its inputs are
+    # missing, so its first run fails at once, and must be alerted like any other.
+    cli = subprocess.run([_bin("racedayai-bayes"), "refit", "--distance", "70.3"], cwd=REPO, capture_output=True,
+                         text=True, timeout=LAUNCH_TIMEOUT_S,
+                         env={**alert_env, "RACEDAYAI_INPUT_DIR": str(tmp_path / "no-inputs")})
+    assert cli.returncode == 1, cli.stdout[-2000:] + cli.stderr[-2000:]
+    (command,) = re.findall(r"^refit 70\.3: started run (\S+)$", cli.stdout, re.M)
+    names[command] = "d (70.3, the command's run: no input files)"
+
     def finished():
         runs = [instance.get_run_by_id(r) for r in names]
         return all(r is not None and r.is_finished for r in runs)
 
-    scene.wait("all four runs to finish", RUNS_TIMEOUT_S, finished)
+    scene.wait("all five runs to finish", RUNS_TIMEOUT_S, finished)
     runs = {r: instance.get_run_by_id(r) for r in names}
-    expected = {failing: "FAILURE", broken: "FAILURE", clean: "SUCCESS", drifting: "SUCCESS"}
+    expected = {failing: "FAILURE", broken: "FAILURE", clean: "SUCCESS", drifting: "SUCCESS", command: "FAILURE"}
     assert {r: run.status.value for r, run in runs.items()} == expected, f"unexpected run outcomes\n{scene}"
     ends = {r: instance.get_run_record_by_id(r).end_time for r in names}
     starts = {r: instance.get_run_record_by_id(r).start_time for r in names}
     assert min(ends.values()) > first_tick, f"a run finished before the sensors' first tick\n{scene}"
     assert starts[failing] < starts[clean] < starts[drifting], f"the 70.3 runs ran out of order\n{scene}"
 
-    scene.wait("three alerts", ALERT_TIMEOUT_S, lambda: len(receiver.bodies) >= 3)
+    scene.wait("four alerts", ALERT_TIMEOUT_S, lambda: len(receiver.bodies) >= 4)
     # Both sensors tick at least twice more after the last alert arrived: nothing is sent again.
     settled = time.time()
     scene.wait(f"{LATER_TICKS} more ticks of both alert sensors", LATER_TICKS_TIMEOUT_S,
@@ -203,7 +216,7 @@ def test_daemon_posts_exactly_one_alert_per_failure(daemon, instance, receiver, 
     print(scene)
 
     bodies = list(receiver.bodies)
-    assert len(bodies) == 3, f"expected exactly 3 POSTs\n{scene}"
+    assert len(bodies) == 4, f"expected exactly 4 POSTs\n{scene}"
     for sensor in ALERT_SENSORS:
         assert not [t for t in scene.ticks(sensor) if t.status == TickStatus.FAILURE], f"{sensor} failed a tick\n{scene}"
     for body in bodies:
@@ -213,7 +226,12 @@ def test_daemon_posts_exactly_one_alert_per_failure(daemon, instance, receiver, 
         (run_id,) = {a["run_id"] for a in body["alerts"]}  # one POST names one run
         assert run_id not in by_run, f"run {run_id} was alerted twice\n{scene}"
         by_run[run_id] = body
-    assert set(by_run) == {failing, broken, drifting}, f"alerts for the wrong runs\n{scene}"
+    assert set(by_run) == {failing, broken, drifting, command}, f"alerts for the wrong runs\n{scene}"
+
+    # d: the command's run, with its failed step's own error and no trigger
+    (alert,) = by_run[command]["alerts"]
+    assert alert["distance"] == "70.3" and alert["check"] is None and alert["trigger"] is None, alert
+    assert alert["message"].startswith("step athlete_") and "file not found" in alert["message"], alert
 
     # a: one alert per failed check, the models' ESS and the closed gate among them, each with
     # value and threshold

@@ -1,5 +1,7 @@
 """The alert sensors, evaluated on real runs of a test instance."""
 
+import time
+
 import dagster as dg
 import pytest
 
@@ -28,6 +30,27 @@ def failed_run(small_inputs, tmp_path_factory):
         yield instance, instance.get_run_by_id(result.run_id)
 
 
+@pytest.mark.slow  # a refit of 70.3, ~35 s
+def test_a_models_failed_checks_do_not_hide_why_the_run_failed(small_inputs, tmp_path):
+    """The seed models fail their ERROR checks (never blocking: they are only not published);
+    the forecast model is published; then the prediction CSV cannot be written (a folder stands
+    at its path). The run failed because of the write, and the alerts say so beside the
+    models' failed checks: only a failed *blocking* check explains a failed run."""
+    out = tmp_path / "out"
+    (out / "bayesian_predictions_70.3.csv").mkdir(parents=True)
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            pipeline_assets(), partition_key="70.3", instance=instance, raise_on_error=False,
+            resources=pipeline_resources(small_inputs, out, tmp_path / "storage"),
+            run_config=refit_config(seed_fit=SHORT_SEED_FIT),
+        )
+        assert not result.success
+        alerts = alerts_for_run(instance, instance.get_run_by_id(result.run_id), "run failed")
+    assert {"ess_bulk_min"} <= {a.check for a in alerts if a.asset == "posterior_seed_asof"}
+    (run_alert,) = [a for a in alerts if a.check is None]
+    assert run_alert.message.startswith("step bayesian_predictions: ") and "bayesian_predictions_70.3.csv" in run_alert.message
+
+
 def _failure_context(instance, run):
     failure = next(iter(instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)))
     return dg.build_run_status_sensor_context(
@@ -48,6 +71,11 @@ def test_alerts_name_distance_check_value_threshold_and_run(failed_run):
         assert a.distance == "70.3" and a.run_id == run.run_id
         assert a.value is not None and a.threshold
     assert {a.severity for a in alerts if a.check in ("ess_bulk_min", "publishable")} == {"ERROR"}
+    # whose check: each model has checks of the same names
+    assert {a.asset for a in alerts if a.check == "ess_bulk_min"} <= {"posterior_seed_profile", "posterior_seed_asof",
+                                                                      "posterior_forecast"}
+    assert next(a for a in alerts if a.check == "publishable").asset == "published_model"
+    assert {a.job for a in alerts} == {"refit"}
     gate = next(a for a in alerts if a.check == "publishable")
     assert "nothing published" in gate.message
 
@@ -227,3 +255,30 @@ def test_a_new_publication_forecasts_again_the_start_lists_of_later_seasons(tmp_
         backtest = sensor.evaluate_tick(dg.build_sensor_context(
             instance=instance, cursor=quiet.cursor, resources={"paths": paths}, repository_def=defs.get_repository_def()))
         assert not backtest.run_requests and "a backtest of 70.3" in backtest.skip_message
+        # the weekly refit publishes both distances within seconds: one tick acts on both
+        for distance in ("70.3", "140.6"):
+            instance.report_runless_asset_event(dg.AssetMaterialization(
+                asset_key="bayesian_predictions", partition=distance, metadata={"season": 2026}))
+        both = sensor.evaluate_tick(dg.build_sensor_context(
+            instance=instance, cursor=backtest.cursor, resources={"paths": paths}, repository_def=defs.get_repository_def()))
+        assert sorted(r.partition_key for r in both.run_requests) == ["im-full-next", "im703-next"]
+
+
+def test_a_webhook_that_never_answers_ends_the_alert_within_its_budget(failed_run, monkeypatch):
+    """A webhook that accepts the connection and never answers: every attempt of one run's
+    alerts fits in POST_BUDGET_S (Dagster gives a whole sensor tick 60 s), and the tick then
+    fails with the alert text instead of timing out and alerting the same runs again."""
+    import socket
+
+    from racedayai_bayes.defs import sensors
+
+    instance, run = failed_run
+    monkeypatch.setattr(sensors, "POST_BUDGET_S", 2.0)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)  # connections wait in the backlog: never accepted, never answered
+        monkeypatch.setenv(WEBHOOK_ENV, f"http://127.0.0.1:{server.getsockname()[1]}/hook")
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match=r"alert not delivered to RACEDAYAI_ALERT_WEBHOOK after \d attempts in 2 s"):
+            defs.resolve_sensor_def("refit_failure_alert")(_failure_context(instance, run))
+        assert time.monotonic() - started < 4.0

@@ -33,12 +33,25 @@ def test_slack_payload_text_names_distance_check_value_threshold_and_run():
     assert text.splitlines()[0] == "racedayai-bayes refit: 1 problem(s)"
     assert payload["alerts"] == [
         {"run_id": "run-8f3a", "distance": "140.6", "check": "rhat", "value": 1.0734,
-         "threshold": "<= 1.01", "severity": "ERROR", "message": CHECK_ALERT.message, "trigger": None}
+         "threshold": "<= 1.01", "severity": "ERROR", "message": CHECK_ALERT.message, "trigger": None,
+         "asset": None, "job": "refit"}
     ]
     # one header block plus one block per alert, each Slack mrkdwn
     assert [b["type"] for b in payload["blocks"]] == ["section", "section"]
     assert payload["blocks"][1]["text"] == {"type": "mrkdwn", "text": CHECK_ALERT.line()}
     json.dumps(payload)  # serialisable as sent
+
+
+def test_an_alert_names_the_asset_whose_check_failed_and_the_job_of_its_run():
+    """Each model has its own checks of the same names: an alert says whose check failed. A
+    start list's forecast run is named as such, with its partition, not as a refit."""
+    model = Alert("run-1", "70.3", "rhat_max", 1.02, "<= 1.01", "ERROR", "max r_hat 1.02", asset="posterior_seed_asof")
+    assert model.line() == ("[ERROR] distance 70.3: check rhat_max on posterior_seed_asof failed: value 1.02 "
+                            "(threshold <= 1.01); run run-1. max r_hat 1.02")
+    forecast = Alert("run-2", "kestrel-703", None, None, None, "ERROR", "step race_forecasts: no posterior",
+                     job="forecast_start_list")
+    assert forecast.line() == "[ERROR] partition kestrel-703: forecast_start_list run run-2 failed: step race_forecasts: no posterior"
+    assert slack_payload([forecast])["text"].splitlines()[0] == "racedayai-bayes forecast_start_list: 1 problem(s)"
 
 
 def test_slack_payload_for_a_failed_refit_and_several_alerts():

@@ -113,20 +113,50 @@ def _race_of(path: Path) -> tuple[str | None, int | None]:
         return None, None
 
 
-@dg.asset_sensor(asset_key=dg.AssetKey("bayesian_predictions"), job=race_forecasts_job,
-                 default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30)
-def republished_forecasts(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry, paths: PipelinePaths):
-    """A newly published posterior forecasts again every start list of its distance whose
-    race is in a later season than the posterior's latest one."""
+PUBLISHED = dg.AssetKey("bayesian_predictions")
+PUBLICATIONS_PER_TICK = 50
+
+
+@dg.sensor(job=race_forecasts_job, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30)
+def republished_forecasts(context: dg.SensorEvaluationContext, paths: PipelinePaths):
+    """Each newly published posterior forecasts again every start list of its distance whose
+    race is in a later season than the posterior's latest one. Every publication since the
+    last tick is read (the weekly refit publishes both distances within seconds); the cursor
+    is the last one's storage id. On its first tick the sensor starts after the newest."""
+    after = int(context.cursor) if context.cursor else None
+    if after is None:
+        newest = context.instance.fetch_materializations(PUBLISHED, limit=1).records
+        if not newest:
+            return dg.SkipReason("nothing published yet")
+        after = newest[0].storage_id - 1  # the newest publication is acted on, as on every tick
+    result = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=PUBLISHED, after_storage_id=after), limit=PUBLICATIONS_PER_TICK, ascending=True)
+    if not result.records:
+        return dg.SkipReason("no new publication")
+    requests, skipped = [], []
+    for record in result.records:
+        found, reason = _forecasts_again(context, paths, record.event_log_entry)
+        requests += found
+        if reason:
+            skipped.append(reason)
+    cursor = str(result.records[-1].storage_id)
+    if not requests:
+        return dg.SensorResult(skip_reason="; ".join(skipped), cursor=cursor)
+    return dg.SensorResult(run_requests=requests, cursor=cursor)
+
+
+def _forecasts_again(context, paths: PipelinePaths, asset_event: dg.EventLogEntry) -> tuple[list, str | None]:
+    """The run requests one publication makes (its start lists of later seasons), or a reason
+    why it makes none."""
     mat = asset_event.dagster_event.event_specific_data.materialization
     distance = asset_event.dagster_event.partition
     season = mat.metadata.get("season")
     if distance is None or season is None:
-        return dg.SkipReason("the publication names no distance or season")
+        return [], "the publication names no distance or season"
     backtest = mat.metadata.get("backtest")
     if backtest is not None and backtest.value:
         # a backtest publishes in its own folder; the start lists read the weekly one's
-        return dg.SkipReason(f"a backtest of {distance} (season {int(season.value)}): the start lists' forecasts stay")
+        return [], f"a backtest of {distance} (season {int(season.value)}): the start lists' forecasts stay"
     latest = int(season.value)
     folder = Path(paths.start_lists_dir)
     known = set(context.instance.get_dynamic_partitions(start_lists.name))
@@ -138,6 +168,4 @@ def republished_forecasts(context: dg.SensorEvaluationContext, asset_event: dg.E
         race_distance, race_season = _race_of(path)
         if race_distance == distance and race_season is not None and race_season > latest:
             requests.append(dg.RunRequest(run_key=f"{name}@{asset_event.run_id or 'runless'}@{asset_event.timestamp}", partition_key=name))
-    if not requests:
-        return dg.SkipReason(f"no start list of {distance} after {latest}")
-    return requests
+    return requests, None if requests else f"no start list of {distance} after {latest}"

@@ -13,7 +13,9 @@ import dagster as dg
 
 from racedayai_bayes.lib.outputs.alerts import Alert, post_json, slack_payload
 
+from .checks import BLOCKING_CHECKS
 from .concurrency import reap_dead_runs
+from .forecasts import FORECAST_JOB
 
 WEBHOOK_ENV = "RACEDAYAI_ALERT_WEBHOOK"
 
@@ -22,7 +24,10 @@ def alerts_for_run(instance: dg.DagsterInstance, run: dg.DagsterRun, failure_mes
     """One alert per failed check evaluation of the run, or one for the run itself."""
     distance = run.tags.get("dagster/partition") or run.tags.get("racedayai/distance")
     trigger = _trigger(run)
-    alerts = []
+    # a start list's forecast run, or a refit (the schedule's job, the command's, or assets
+    # materialised from the UI)
+    job = FORECAST_JOB if run.job_name == FORECAST_JOB else "refit"
+    alerts, blocking = [], False
     for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
         evaluation = entry.dagster_event.event_specific_data
         if evaluation.passed:
@@ -40,13 +45,17 @@ def alerts_for_run(instance: dg.DagsterInstance, run: dg.DagsterRun, failure_mes
                 severity=evaluation.severity.value,
                 message=evaluation.description or "",
                 trigger=trigger,
+                asset=evaluation.asset_key.to_user_string(),
+                job=job,
             )
         )
-    # A failed run is always reported as such unless a blocking (ERROR) check explains it:
-    # a WARN check (drift, a few divergences) must not hide a later write error.
-    if failure_message is not None and not any(a.severity == "ERROR" for a in alerts):
+        blocking = blocking or (evaluation.check_name in BLOCKING_CHECKS and evaluation.severity == dg.AssetCheckSeverity.ERROR)
+    # A failed run is always reported as such unless a failed blocking check explains it: a
+    # model's own checks never block (a model that fails one is only not published), so they
+    # must not hide a write error, say, any more than a WARN check may.
+    if failure_message is not None and not blocking:
         message = "; ".join(_step_failures(instance, run.run_id)) or failure_message
-        alerts.append(Alert(run.run_id, distance, None, None, None, "ERROR", message, trigger))
+        alerts.append(Alert(run.run_id, distance, None, None, None, "ERROR", message, trigger, job=job))
     return alerts
 
 
@@ -70,6 +79,9 @@ def _trigger(run: dg.DagsterRun) -> str | None:
 
 POST_ATTEMPTS = 3
 POST_BACKOFF_S = 2.0
+# All attempts for one run's alerts fit in this many seconds (a webhook that hangs gets
+# shorter timeouts): Dagster gives a sensor's whole tick 60 s, and a tick may alert a few runs.
+POST_BUDGET_S = 12.0
 
 
 def send_alerts(context, alerts: list[Alert]) -> None:
@@ -87,16 +99,23 @@ def send_alerts(context, alerts: list[Alert]) -> None:
     if not url:
         return
     payload = slack_payload(alerts)
+    deadline = time.monotonic() + POST_BUDGET_S
+    attempts = 0
     for attempt in range(1, POST_ATTEMPTS + 1):
+        left = deadline - time.monotonic()
+        if left <= 0.5:
+            break
+        attempts = attempt
         try:
-            status = post_json(url, payload)
+            status = post_json(url, payload, timeout=min(10.0, left))
             context.log.info(f"alert posted to webhook (HTTP {status})")
             return
         except OSError as exc:
             context.log.error(f"could not post alert to {WEBHOOK_ENV} (attempt {attempt}/{POST_ATTEMPTS}): {exc}")
             if attempt < POST_ATTEMPTS:
-                time.sleep(POST_BACKOFF_S * attempt)
-    raise RuntimeError(f"alert not delivered to {WEBHOOK_ENV} after {POST_ATTEMPTS} attempts: {payload['text']}")
+                time.sleep(min(POST_BACKOFF_S * attempt, max(deadline - time.monotonic() - 0.5, 0.0)))
+    raise RuntimeError(f"alert not delivered to {WEBHOOK_ENV} after {attempts} attempts in {POST_BUDGET_S:.0f} s: "
+                       f"{payload['text']}")
 
 
 # Run-status sensors keep a cursor over finished runs: a shorter interval only makes alerts
@@ -104,8 +123,13 @@ def send_alerts(context, alerts: list[Alert]) -> None:
 ALERT_INTERVAL_S = 10
 
 
+# Every run of the instance, whatever launched it: Dagster matches a run-status sensor to
+# the runs of its own code location by the run's origin, and a run of `racedayai-bayes
+# refit` (executed by the command, not launched through a code location) has none, so
+# without this its failure was never alerted.
 @dg.run_failure_sensor(
-    name="refit_failure_alert", default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=ALERT_INTERVAL_S
+    name="refit_failure_alert", default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=ALERT_INTERVAL_S,
+    monitor_all_code_locations=True,
 )
 def refit_failure_alert(context: dg.RunFailureSensorContext):
     """Alert when a refit run fails, naming the failed checks if a blocking check stopped it."""
@@ -118,6 +142,7 @@ def refit_failure_alert(context: dg.RunFailureSensorContext):
     run_status=dg.DagsterRunStatus.SUCCESS,
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=ALERT_INTERVAL_S,
+    monitor_all_code_locations=True,
 )
 def check_warning_alert(context: dg.RunStatusSensorContext):
     """Alert when a run succeeded but some of its checks failed (non-blocking, WARN)."""

@@ -25,20 +25,27 @@ class Alert:
     severity: str
     message: str
     trigger: str | None = None  # e.g. "schedule weekly_refit"; None for a manual launch
+    asset: str | None = None  # the checked asset (e.g. posterior_seed_asof): which model failed it
+    job: str = "refit"  # what the run did: "refit", or e.g. "forecast_start_list"
 
     def line(self) -> str:
-        where = f"distance {self.distance}" if self.distance else "no distance"
+        # a refit's partition is a distance; another job's (a start list's) is named as such
+        kind = "distance" if self.job == "refit" else "partition"
+        where = f"{kind} {self.distance}" if self.distance else f"no {kind}"
         run = f"run {self.run_id}" + (f" ({self.trigger})" if self.trigger else "")
         if self.check:
             value = f"{self.value:.6g}" if isinstance(self.value, float) else self.value
+            on = f" on {self.asset}" if self.asset else ""
             return (
-                f"[{self.severity}] {where}: check {self.check} failed: value {value} "
+                f"[{self.severity}] {where}: check {self.check}{on} failed: value {value} "
                 f"(threshold {self.threshold}); {run}. {self.message}"
             )
-        return f"[{self.severity}] {where}: refit {run} failed: {self.message}"
+        return f"[{self.severity}] {where}: {self.job} {run} failed: {self.message}"
 
 
-def slack_payload(alerts: list[Alert], job: str = "refit") -> dict:
+def slack_payload(alerts: list[Alert], job: str | None = None) -> dict:
+    """The webhook's JSON: ``job`` (default: the alerts' own) names what the runs did."""
+    job = job or (alerts[0].job if alerts else "refit")
     header = f"racedayai-bayes {job}: {len(alerts)} problem(s)"
     return {
         "text": header + "\n" + "\n".join(a.line() for a in alerts),
