@@ -331,5 +331,29 @@ def test_dead_run_reaper_fails_runs_whose_process_is_gone():
         assert instance.get_run_by_id(runs["dead"]).status == dg.DagsterRunStatus.FAILURE
         assert instance.get_run_by_id(runs["alive"]).status == dg.DagsterRunStatus.STARTED
         assert reap_dead_runs(instance) == []
+        # with a launcher whose workers run monitoring checks (one pod per run), a pid seen
+        # from here says nothing about another pod's run: nothing is reaped, by the sensor
+        # nor by a refit's guard (ensure_sole_refit), which calls the same function
+        other = instance.create_run_for_job(job, tags={"dagster/partition": "140.6"})
+        instance.handle_new_event(dg.EventLogEntry(
+            error_info=None, level="DEBUG", user_message="", run_id=other.run_id, timestamp=time.time(),
+            dagster_event=dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, job_name=job.name, pid=dead_pid)))
+        launcher = type(instance.run_launcher)
+        original = launcher.supports_check_run_worker_health
+        try:
+            launcher.supports_check_run_worker_health = property(lambda self: True)
+            assert reap_dead_runs(instance) == []
+            assert instance.get_run_by_id(other.run_id).status == dg.DagsterRunStatus.STARTED
+        finally:
+            launcher.supports_check_run_worker_health = original
+        assert reap_dead_runs(instance) == [other.run_id]  # one host again: reaped
+        # a run whose process died while it was being canceled ends canceled
+        canceling = instance.create_run_for_job(job, tags={"dagster/partition": "70.3"})
+        instance.handle_new_event(dg.EventLogEntry(
+            error_info=None, level="DEBUG", user_message="", run_id=canceling.run_id, timestamp=time.time(),
+            dagster_event=dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, job_name=job.name, pid=dead_pid)))
+        instance.report_run_canceling(instance.get_run_by_id(canceling.run_id))
+        assert reap_dead_runs(instance) == [canceling.run_id]
+        assert instance.get_run_by_id(canceling.run_id).status == dg.DagsterRunStatus.CANCELED
         sensor = defs.resolve_sensor_def("dead_run_reaper")
         assert sensor.default_status == dg.DefaultSensorStatus.RUNNING

@@ -31,24 +31,33 @@ def orchestrator_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
 
 
 def reap_dead_runs(instance: dg.DagsterInstance) -> list[str]:
-    """Mark as failed every STARTED run whose orchestrating process is gone; return their ids.
+    """Mark as failed every STARTED run whose orchestrating process is gone, and as canceled
+    every CANCELING one (it was being stopped when it died); return their ids. (A STARTING
+    run has recorded no process yet.)
 
     A run whose process was killed (SIGKILL, OOM, a reboot) stays STARTED for ever: the
     default run launcher cannot check a worker's health. Such a run would hold its distance
     in the run queue and in :func:`ensure_sole_refit` until someone terminated it by hand.
     Runs and steps of this deployment execute on one host, so a pid that no longer exists
-    here means the run is dead. (On a multi-host deployment, use Dagster's run monitoring
-    with a launcher that supports worker health checks instead.)
+    here means the run is dead. With a launcher whose workers Dagster's run monitoring checks
+    (deploy/: one Kubernetes pod per run) nothing is reaped: a pid seen from this pod says
+    nothing about a run in another pod, which would be marked failed while it runs.
     """
+    if instance.run_launcher.supports_check_run_worker_health:
+        return []
     reaped = []
-    for record in instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
+    statuses = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+    for record in instance.get_run_records(dg.RunsFilter(statuses=statuses)):
         run = record.dagster_run
         pid = orchestrator_pid(instance, run.run_id)
         if pid is None or alive(pid):
             continue
-        instance.report_run_failed(
-            run, message=f"the run's process (pid {pid}) is gone; it was killed or crashed, so the run is marked failed"
-        )
+        if run.status == dg.DagsterRunStatus.CANCELING:
+            instance.report_run_canceled(run, message=f"the run's process (pid {pid}) died while it was being canceled")
+        else:
+            instance.report_run_failed(
+                run, message=f"the run's process (pid {pid}) is gone; it was killed or crashed, so the run is marked failed"
+            )
         reaped.append(run.run_id)
     return reaped
 

@@ -153,8 +153,7 @@ def check_warning_alert(context: dg.RunStatusSensorContext):
 def dead_run_reaper(context: dg.SensorEvaluationContext):
     """Mark runs whose process was killed as failed, so they stop holding their distance's queue slot."""
     if context.instance.run_launcher.supports_check_run_worker_health:
-        # e.g. one pod per run on Kubernetes: Dagster's run monitoring checks those workers,
-        # and a process id seen from this pod says nothing about a run in another pod
+        # e.g. one pod per run on Kubernetes (reap_dead_runs reaps nothing there)
         return dg.SkipReason("the run launcher's workers are checked by Dagster's run monitoring")
     reaped = reap_dead_runs(context.instance)
     for run_id in reaped:
