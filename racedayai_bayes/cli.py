@@ -771,6 +771,7 @@ def _check_settings(args: argparse.Namespace) -> None:
     import pydantic
 
     from racedayai_bayes.defs.models import ForecastFitConfig, SeedFitConfig
+    from racedayai_bayes.lib.data.split import rule_problem
 
     problems = []
     for flags, config, settings in ((_SEED_FLAGS, SeedFitConfig, _seed_config(args)),
@@ -779,9 +780,9 @@ def _check_settings(args: argparse.Namespace) -> None:
             config(**settings)
         except pydantic.ValidationError as exc:
             problems += [f"{_flag(flags, e['loc'])}: {e['msg']}" for e in exc.errors()]
-    if args.holdout_season is not None and args.holdout not in (None, "latest_year"):
-        problems.append(f"--holdout-season {args.holdout_season} holds out a season: it needs --holdout latest_year "
-                        f"(the default), not {args.holdout}")
+    split_problem = rule_problem(args.holdout or "latest_year", args.holdout_season)
+    if split_problem:  # the split's own check, before any run instead of in the run's first step
+        problems.append(f"--holdout/--holdout-season: {split_problem}")
     if problems:
         raise UserError(f"invalid refit settings: {'; '.join(problems)}")
 

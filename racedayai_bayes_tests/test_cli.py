@@ -257,7 +257,7 @@ def _run_cli(argv, capfd):
     (["--forecast-samples", "0"], "--forecast-samples (num_samples): Input should be greater than or equal to 1"),
     (["--chains", "1"], "--chains (num_chains): Input should be greater than or equal to 2"),
     (["--holdout", "none", "--holdout-season", "2025"],
-     "--holdout-season 2025 holds out a season: it needs --holdout latest_year (the default), not none"),
+     "--holdout/--holdout-season: holdout_season 2025 needs the holdout rule latest_year, not none"),
 ])
 def test_invalid_settings_end_with_one_message_and_exit_1(dagster_home, small_inputs, monkeypatch, tmp_path, capfd,
                                                           flags, says):

@@ -615,10 +615,10 @@ def test_a_start_list_keeps_its_columns_counts_repeats_and_reads_spellings(tmp_p
 def test_text_cells_are_trimmed_and_blank_ones_missing_whatever_the_shortcut(tmp_path, cells):
     """A column's cells are trimmed of white space and blanks become missing; a clean column
     skips both passes. The result is the same as trimming and blanking every column."""
-    from racedayai_bayes.lib.data.contracts import _read_text_columns
+    from racedayai_bayes.lib.data.contracts import _read_header, _read_text_columns
 
     path = _write(tmp_path, "t.csv", "x,y\n" + "".join(f"{c},k{i}\n" for i, c in enumerate(cells)))
-    frame, _ = _read_text_columns(path, ["x", "y"])
+    frame, _ = _read_text_columns(path, ["x", "y"], _read_header(path))
     raw = pd.read_csv(path, engine="pyarrow", dtype="string", keep_default_na=False, na_values=[""])
     for col in ("x", "y"):
         expected = raw[col].str.strip().replace("", pd.NA)

@@ -134,8 +134,9 @@ def republished_forecasts(context: dg.SensorEvaluationContext, paths: PipelinePa
     if not result.records:
         return dg.SkipReason("no new publication")
     requests, skipped = [], []
+    races = _start_list_races(context, paths)  # read once for every publication of the tick
     for record in result.records:
-        found, reason = _forecasts_again(context, paths, record.event_log_entry)
+        found, reason = _forecasts_again(races, record.event_log_entry)
         requests += found
         if reason:
             skipped.append(reason)
@@ -145,9 +146,16 @@ def republished_forecasts(context: dg.SensorEvaluationContext, paths: PipelinePa
     return dg.SensorResult(run_requests=requests, cursor=cursor)
 
 
-def _forecasts_again(context, paths: PipelinePaths, asset_event: dg.EventLogEntry) -> tuple[list, str | None]:
-    """The run requests one publication makes (its start lists of later seasons), or a reason
-    why it makes none."""
+def _start_list_races(context, paths: PipelinePaths) -> dict[str, tuple[str | None, int | None]]:
+    """The distance and season of each known start list whose file exists."""
+    folder = Path(paths.start_lists_dir)
+    known = sorted(context.instance.get_dynamic_partitions(start_lists.name))
+    return {name: _race_of(folder / f"{name}.csv") for name in known if (folder / f"{name}.csv").exists()}
+
+
+def _forecasts_again(races: dict, asset_event: dg.EventLogEntry) -> tuple[list, str | None]:
+    """The run requests one publication makes (its start lists of later seasons, of
+    ``races``: :func:`_start_list_races`), or a reason why it makes none."""
     mat = asset_event.dagster_event.event_specific_data.materialization
     distance = asset_event.dagster_event.partition
     season = mat.metadata.get("season")
@@ -158,14 +166,8 @@ def _forecasts_again(context, paths: PipelinePaths, asset_event: dg.EventLogEntr
         # a backtest publishes in its own folder; the start lists read the weekly one's
         return [], f"a backtest of {distance} (season {int(season.value)}): the start lists' forecasts stay"
     latest = int(season.value)
-    folder = Path(paths.start_lists_dir)
-    known = set(context.instance.get_dynamic_partitions(start_lists.name))
     requests = []
-    for name in sorted(known):
-        path = folder / f"{name}.csv"
-        if not path.exists():
-            continue
-        race_distance, race_season = _race_of(path)
+    for name, (race_distance, race_season) in races.items():
         if race_distance == distance and race_season is not None and race_season > latest:
             requests.append(dg.RunRequest(run_key=f"{name}@{asset_event.run_id or 'runless'}@{asset_event.timestamp}", partition_key=name))
     return requests, None if requests else f"no start list of {distance} after {latest}"

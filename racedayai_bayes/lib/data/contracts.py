@@ -110,20 +110,30 @@ PIPELINE_INPUT = ("set RACEDAYAI_INPUT_DIR or run 'make demo-data'",
 GIVEN_FILE = ("check the path given to the command", "add the column (the command's --help lists them)")
 
 
-def _read_header(path: Path, hints: tuple[str, str] = PIPELINE_INPUT) -> list[str]:
+@dataclass(frozen=True)
+class _Header:
+    """A CSV file's header line, read once: its names as a CSV reader gives them (a BOM
+    removed; a quoted name without its quotes, spaces outside them kept: Python's csv module
+    parses a header line as Arrow's reader does, so these are the names the columns are asked
+    for by), and whether the file holds nothing after it."""
+
+    names: list[str]
+    header_only: bool
+
+    @property
+    def plain(self) -> list[str]:
+        """The names without spaces or quotes around them: what the contract calls them."""
+        return [c.strip().strip('"') for c in self.names]
+
+
+def _read_header(path: Path, hints: tuple[str, str] = PIPELINE_INPUT) -> _Header:
     if not path.exists():
         raise InputError(path, f"file not found ({hints[0]})")
     if path.is_dir():
         raise InputError(path, "is a directory, expected a CSV file")
-    return [c.strip().strip('"') for c in _raw_header(path)]
-
-
-def _raw_header(path: Path) -> list[str]:
-    """The header's names as a CSV reader gives them (a BOM removed; a quoted name without
-    its quotes, spaces outside them kept): Python's csv module parses a header line as Arrow's
-    reader does, so these are the names the columns are asked for by."""
     with open(path, "rb") as fh:
         first = fh.readline()
+        header_only = not first.endswith(b"\n") or not fh.read(1)  # with or without the line's end
     if first.startswith(b"\xef\xbb\xbf"):
         first = first[3:]
     if not first.strip():
@@ -134,18 +144,16 @@ def _raw_header(path: Path) -> list[str]:
         raise InputError(
             path, f"header is not valid UTF-8 ({exc.reason} at byte {exc.start})", hint="save the file as UTF-8"
         ) from exc
-    return next(csv.reader([text.rstrip("\r\n")]), [])
+    return _Header(next(csv.reader([text.rstrip("\r\n")]), []), header_only)
 
 
-def _read_text_columns(path: Path, columns: list[str]) -> tuple[pd.DataFrame, list[str]]:
+def _read_text_columns(path: Path, columns: list[str], header: _Header) -> tuple[pd.DataFrame, list[str]]:
     """Read the named columns as text, whatever they look like (no type guessing). A header
     name with spaces or quotes around it is read under its plain name, and counted."""
     notes: list[str] = []
-    with open(path, "rb") as fh:
-        header_only = not fh.readline().endswith(b"\n") or not fh.read(1)
-    if header_only:  # a header and no rows, with or without its line's end
+    if header.header_only:
         return pd.DataFrame({c: pd.Series([], dtype="string") for c in columns}), notes
-    raw = {c.strip().strip('"'): c for c in _raw_header(path)}  # plain name -> the reader's
+    raw = dict(zip(header.plain, header.names))  # plain name -> the reader's
     spelled = {raw[c]: c for c in columns if raw.get(c, c) != c}
     if spelled:
         n = len(spelled)
@@ -229,18 +237,19 @@ def _edge_space_and_empty(text: pd.Series) -> tuple[bool, bool]:
 def _open(path: str | Path, required: tuple[str, ...], optional: tuple[str, ...] = (),
           hints: tuple[str, str] = PIPELINE_INPUT) -> tuple[pd.DataFrame, list[str], Path]:
     path = Path(path)
-    header = _read_header(path, hints)  # decoded as utf-8-sig: a BOM is already stripped
-    missing = [c for c in required if c not in header]
+    header = _read_header(path, hints)
+    names = header.plain
+    missing = [c for c in required if c not in names]
     if missing:
         raise InputError(
             path,
-            f"required column missing; the header has {len(header)} columns: {', '.join(header[:12])}"
-            + ("..." if len(header) > 12 else ""),
+            f"required column missing; the header has {len(names)} columns: {', '.join(names[:12])}"
+            + ("..." if len(names) > 12 else ""),
             column=", ".join(missing),
             hint=hints[1],
         )
-    wanted = list(required) + [c for c in optional if c in header]
-    frame, notes = _read_text_columns(path, wanted)
+    wanted = list(required) + [c for c in optional if c in names]
+    frame, notes = _read_text_columns(path, wanted, header)
     return frame, notes, path
 
 
@@ -591,16 +600,17 @@ def read_start_list(path: str | Path, *, event_columns: bool = False) -> StartLi
     """
     path = Path(path)
     header = _read_header(path, GIVEN_FILE)
+    names = header.plain
     required = START_LIST_REQUIRED + (START_LIST_EVENT if event_columns else ())
-    missing = [c for c in required if c not in header]
+    missing = [c for c in required if c not in names]
     if missing:
         raise InputError(
-            path, f"required column missing; the header has {len(header)} columns: {', '.join(header[:12])}",
+            path, f"required column missing; the header has {len(names)} columns: {', '.join(names[:12])}",
             column=", ".join(missing),
             hint="a start list has one row per athlete with athlete_hash, gender, age_group"
             + (" and the race's event_name, event_year, event_distance" if event_columns else ""),
         )
-    rows, notes = _read_text_columns(path, [c for c in dict.fromkeys(header) if c])
+    rows, notes = _read_text_columns(path, [c for c in dict.fromkeys(names) if c], header)
     if rows.empty:
         raise InputError(path, "has a header but no athletes", hint="list at least one athlete")
     athletes = rows[list(START_LIST_REQUIRED)].copy()

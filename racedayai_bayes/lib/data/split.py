@@ -106,6 +106,15 @@ def _select(rows: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
     return rows.loc[keep]
 
 
+def rule_problem(rule: str, season: int | None = None) -> str | None:
+    """What is wrong with a holdout rule and season, before any row is read (None if nothing)."""
+    if rule not in HOLDOUT_RULES:
+        return f"unknown holdout rule {rule!r}; expected one of {', '.join(HOLDOUT_RULES)}"
+    if season is not None and rule != "latest_year":
+        return f"holdout_season {season} needs the holdout rule latest_year, not {rule}"
+    return None
+
+
 def split_holdout(
     rows: pd.DataFrame,
     rule: str = "latest_year",
@@ -119,15 +128,14 @@ def split_holdout(
     falls back to fitting every row and says so in ``notes``; the models are then judged
     in-sample.
     """
-    if rule not in HOLDOUT_RULES:
-        raise FitError(f"unknown holdout rule {rule!r}; expected one of {', '.join(HOLDOUT_RULES)}")
+    problem = rule_problem(rule, season)
+    if problem:
+        raise FitError(problem)
     rows = rows.reset_index(drop=True)
     years = pd.to_numeric(rows["event_year"], errors="coerce")
     dropped = 0
     backtest = None if season is None else int(season)  # any holdout_season asked for (Split.backtest_season)
     if season is not None:
-        if rule != "latest_year":
-            raise FitError(f"holdout_season {season} needs the holdout rule latest_year, not {rule}")
         if not (years == season).any():
             present = sorted(int(y) for y in years.dropna().unique())
             raise FitError(
