@@ -521,6 +521,39 @@ def test_forecast_command_refuses_a_season_the_posterior_knows(graph_run, tmp_pa
     assert "listed more than once" in capsys.readouterr().err
 
 
+def test_forecast_command_reads_a_course_in_another_case_and_refuses_seasons_far_ahead(graph_run, tmp_path, capsys):
+    """A known course written in another case, with extra spaces, is that course (with a note),
+    not silently a new one; a season more than two ahead (a typo such as 20270) is an error."""
+    from racedayai_bayes.cli import main
+    from racedayai_bayes.lib.models.forecast.fit import last_forecast_season
+
+    results, out, _ = graph_run
+    if results["70.3"].output_for_node("published_model").published != "forecast":
+        pytest.skip("the published model is not the forecast model on this world")
+    rows, race, season = _held_out_race(results)
+    path = tmp_path / "start.csv"
+    rows[["athlete_hash", "gender", "age_group"]].head(20).to_csv(path, index=False)
+    posterior = str(out / "posterior" / "70.3")
+
+    def forecast(event, *more):
+        code = main(["forecast", "--posterior", posterior, "--event", event, "--start-list", str(path),
+                     "--output", str(tmp_path / "f.csv"), *more])
+        return code, capsys.readouterr().err, (pd.read_csv(tmp_path / "f.csv") if code == 0 else None)
+
+    code, _, exact = forecast(race)
+    assert code == 0 and not exact["new_course"].any()
+    spelled = "  " + "  ".join(race.upper().split()) + " "
+    code, err, loose = forecast(spelled)
+    assert code == 0 and f"read as {race!r}, the posterior's spelling of that course" in err
+    assert not loose["new_course"].any() and (loose["event_name"] == race).all()
+    pd.testing.assert_series_equal(loose["bayes_pred"], exact["bayes_pred"])
+    code, err, new = forecast(race + " Two")
+    assert code == 0 and new["new_course"].all() and f"known courses with a similar name: {race!r}" in err
+    for year in (last_forecast_season() + 1, 20270):
+        code, err, _ = forecast(race, "--year", str(year))
+        assert code == 1 and f"season {year} is after {last_forecast_season()}" in err and "Traceback" not in err
+
+
 def test_race_forecasts_asset_forecasts_a_start_list_file(graph_run, tmp_path):
     results, out, resources = graph_run
     if results["70.3"].output_for_node("published_model").published != "forecast":
@@ -566,4 +599,17 @@ def test_a_csv_is_never_written_from_a_posterior_of_another_split(graph_run, tmp
     message = result.get_step_failure_events()[0].step_failure_data.error.message
     assert f"fitted for {copy / 'backtests' / str(season)}, but holdout_split is now a split for {copy}" in message
     assert "bayesian_predictions_140.6.csv is unchanged" in message
+    assert {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+
+    # the same output folder, other held-out rows: posteriors fitted on every row (holdout none),
+    # then the weekly split alone. A CSV would call the latest season held out, though it was fitted
+    fitted = _materialize("140.6", resources, instance, selection=["holdout_split", *MODEL_ASSETS, "published_model"],
+                          split={"holdout": "none"})
+    assert fitted.success
+    assert _materialize("140.6", resources, instance, selection=["holdout_split"]).success
+    before = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    result = _materialize("140.6", resources, instance, selection=["bayesian_predictions"], raise_on_error=False)
+    assert not result.success
+    message = result.get_step_failure_events()[0].step_failure_data.error.message
+    assert "fitted on another split than holdout_split's (rule 'none' there, 'latest_year' here)" in message
     assert {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before

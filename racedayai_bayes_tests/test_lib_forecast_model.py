@@ -142,7 +142,8 @@ def test_quantiles_match_the_exact_mixture_and_monte_carlo():
     quantiles and a Monte Carlo sample, on a mixture with real parameter uncertainty."""
     rng = np.random.default_rng(0)
     enc = fdesign.ForecastEncoding(distance="70.3", cells=("M|30-34",), courses=("A",), course_first_season=(2015,),
-                                   y_center=10.0, other_center=0.0, cov_mean=(0.0,) * 6, cov_sd=(1.0,) * 6, day_sd=0.04)
+                                   y_center=10.0, other_center=0.0, cov_mean=(0.0,) * len(fdesign.COVARIATES),
+                                   cov_sd=(1.0,) * len(fdesign.COVARIATES), day_sd=0.04)
     draws = 400
     b = np.zeros((draws, enc.num_columns))
     b[:, enc.slices["gender"].start] = rng.normal(0.0, 0.03, draws)  # parameter uncertainty, visible
@@ -150,7 +151,7 @@ def test_quantiles_match_the_exact_mixture_and_monte_carlo():
     scales = np.abs(rng.normal([0.08, 0.06, 0.1, 0.05, 0.05], 0.01, (draws, 5)))
     pop = fpredict.PopulationDraws(scales=scales, b=b)
     design = fdesign.ForecastDesign(gender=np.array([0, 0]), cell=np.array([0, 0]), course=np.array([0, 0]),
-                                    new_course=np.array([False, True]), z=np.zeros((2, 6)), first=np.array([True, False]),
+                                    new_course=np.array([False, True]), z=np.zeros((2, len(enc.covariates))), first=np.array([True, False]),
                                     season=np.array([2020, 2020]))
     out = fpredict.predictive(design, enc, pop, np.array([0.0, 3.0]), np.array([0.0, 100.0]), 0.1)
     inverse, c, s, _ = fpredict._tables(design, enc, pop)
@@ -350,3 +351,73 @@ def test_default_draws_pass_the_convergence_checks_whatever_the_seed(world):
         assert checks["rhat"].passed and checks["ess"].passed, (seed, checks["rhat"].value, checks["ess"].value)
         worst_rhat, least_ess = max(worst_rhat, checks["rhat"].value), min(least_ess, checks["ess"].value)
     assert worst_rhat < 1.009 and least_ess > 600, (worst_rhat, least_ess)
+
+
+@pytest.mark.parametrize("distance", ["70.3", "140.6"])
+def test_a_debut_uses_the_other_distance_as_fully_as_a_later_race_does(demo_world, distance):
+    """An athlete's first race at a distance learns their level from the other distance alone.
+    Forecasts of the simulated world's rows (every season, as-of history) leave no trend in the
+    residual against that level: on a debut (with one slope shared with later races, the
+    fastest were forecast too slow: a residual slope of about 0.26), nor on a later race (where
+    the shared slope counted the other distance twice: about -0.05 to -0.09)."""
+    from racedayai_bayes.lib.data.frame import build_model_frame, distance_rows
+
+    frame, _ = build_model_frame(demo_world["athlete_race"], demo_world["athlete_profile"],
+                                 demo_world["cluster_assignments"])
+    split = split_holdout(distance_rows(frame, distance))
+    fitted = ForecastModel(FAST).fit(split.train, distance)
+    rows = split.rows
+    residual = np.log(rows["total_sec"].to_numpy(dtype=np.float64) / fitted.predict(rows).p50)
+    level = rows["hist_rel_other"].to_numpy(dtype=np.float64, na_value=np.nan)
+    other = (rows["hist_finishes_other"].to_numpy() > 0) & np.isfinite(level)
+    debut = rows["hist_starts_same"].to_numpy() == 0
+    for which, mask in (("debut", other & debut), ("later race", other & ~debut)):
+        assert mask.sum() > 1000
+        slope = np.polyfit(level[mask], residual[mask], 1)[0]
+        assert abs(slope) < 0.15, f"{which}: residual slope {slope:.3f} on the other distance's level"
+
+
+def test_an_encoding_reads_the_covariates_it_was_fitted_with(world):
+    """An artifact written before a covariate was added keeps its own columns: its encoding
+    names them, and rows are encoded with those, in that order."""
+    rows, _ = world
+    old = fdesign.fit_encoding(rows, "70.3", covariates=fdesign.COVARIATES[:6])
+    new = fdesign.fit_encoding(rows, "70.3")
+    assert old.covariates == fdesign.COVARIATES[:6] and new.covariates == fdesign.COVARIATES
+    again = fdesign.ForecastEncoding.from_json(old.to_json())
+    z_old, z_new = fdesign.encode(rows, again).z, fdesign.encode(rows, new).z
+    assert z_old.shape == (len(rows), 6) and z_new.shape == (len(rows), len(fdesign.COVARIATES))
+    np.testing.assert_array_equal(z_old, z_new[:, :6])
+    with pytest.raises(ValueError, match="unknown forecast covariates"):
+        fdesign.raw_covariates(rows, 0.0, ("returning", "shoe_size"))
+
+
+@pytest.mark.parametrize("rule", ["latest_year", "none"])
+def test_a_posterior_forecasts_only_seasons_whose_results_it_did_not_fit(demo_world, tmp_path, rule):
+    """With the latest season held out, that season can be forecast (from the ``before`` cut);
+    a posterior fitted on every season (holdout none, or random athletes) has seen the latest
+    season's races, so only the seasons after it can be."""
+    from racedayai_bayes.lib.data.contracts import read_start_list
+    from racedayai_bayes.lib.data.frame import distance_rows, model_frame_and_seasons
+    from racedayai_bayes.lib.outputs.artifacts import Artifact
+    from racedayai_bayes.lib.outputs.forecasts import ForecastError, forecast_start_list
+
+    frame, _, seasons = model_frame_and_seasons(demo_world["athlete_race"], demo_world["athlete_profile"],
+                                                demo_world["cluster_assignments"])
+    split = split_holdout(distance_rows(frame, "70.3"), rule)
+    fitted = ForecastModel(FAST).fit(split.train, "70.3")
+    fitted.attach_tables(fitted.artifact_tables(split, seasons))
+    latest = int(split.rows["event_year"].max())
+    first = latest if rule == "latest_year" else latest + 1
+    assert fitted.table_season == latest and fitted.first_forecast_season == first
+    path = tmp_path / "start.csv"
+    split.rows[["athlete_hash", "gender", "age_group"]].head(10).to_csv(path, index=False)
+    artifact = Artifact(path=tmp_path / "x.nc", distance="70.3", model=fitted, attrs={})
+    course = fitted.encoding.courses[0]
+    assert len(forecast_start_list(artifact, read_start_list(path), course, first).table) == 10
+    if rule == "none":
+        with pytest.raises(ForecastError, match=f"season {latest} is before {first}: the posterior held out no season"):
+            forecast_start_list(artifact, read_start_list(path), course, latest)
+        rows = split.rows.head(5)[["athlete_hash", "gender", "age_group", "event_name", "event_year"]]
+        with pytest.raises(ValueError, match=f"seasons before {first}: the posterior held out no season"):
+            fitted.rows_with_history(rows.assign(event_year=latest))

@@ -8,6 +8,7 @@ that season; a later race reads everything the artifact knew, the held-out seaso
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,6 +16,7 @@ import pandas as pd
 
 from racedayai_bayes.lib.data import MODEL_DISTANCES
 from racedayai_bayes.lib.data.contracts import StartList
+from racedayai_bayes.lib.models.forecast.fit import last_forecast_season
 
 FORECAST_COLUMNS = ("event_name", "event_year", "event_distance", "model", "history_races", "new_course",
                     "bayes_pred", "bayes_std", "bayes_p05", "bayes_p50", "bayes_p95")
@@ -37,6 +39,19 @@ class RaceForecast:
     new_course: bool
     without_history: int
     notes: list[str] = field(default_factory=list)
+
+
+def known_course(event: str, courses) -> tuple[str, str | None]:
+    """``event`` as the posterior spells it: itself if the posterior knows it, else the one known
+    course that matches it ignoring case and runs of spaces (with a note saying so), else itself
+    (a new course). Two known courses that match alike leave it as given."""
+    if event in courses:
+        return event, None
+    key = " ".join(event.split()).casefold()
+    matches = [c for c in courses if " ".join(str(c).split()).casefold() == key]
+    if len(matches) == 1:
+        return matches[0], f"race {event!r} read as {matches[0]!r}, the posterior's spelling of that course"
+    return event, None
 
 
 def forecast_start_list(artifact, start: StartList, event: str | None = None, season: int | None = None,
@@ -62,14 +77,24 @@ def forecast_start_list(artifact, start: StartList, event: str | None = None, se
     if distance is not None and distance != artifact.distance:
         raise ForecastError(f"{name}: the race is a {distance} race, but {artifact.path} is a posterior of "
                             f"{artifact.distance}; forecast it with the {distance} posterior")
-    event = event or start.event.get("event_name")
+    event = " ".join(str(event or start.event.get("event_name") or "").split())
     if not event:
         raise ForecastError(f"{name}: no race named: give --event, or an event_name column")
+    notes = list(start.notes)
+    event, spelled = known_course(event, model.encoding.courses)
+    if spelled:
+        notes.append(spelled)
     latest = model.table_season
+    first = model.first_forecast_season
     season = int(season if season is not None else start.event.get("event_year", latest + 1))
-    if season < latest:
-        raise ForecastError(f"{name}: season {season} is before {latest}, the posterior's held-out season; it "
-                            f"knows that season's results, so it cannot forecast it honestly (use {latest} or later)")
+    if season < first:
+        what = f"{first}, the posterior's held-out season" if first == latest else \
+            f"{first}: the posterior held out no season, and its fit saw every season up to {latest}"
+        raise ForecastError(f"{name}: season {season} is before {what}; it knows that season's results, so it "
+                            f"cannot forecast it honestly (use {first} or later)")
+    if season > last_forecast_season():
+        raise ForecastError(f"{name}: season {season} is after {last_forecast_season()}; a forecast reads the athletes' "
+                            "history as it is now, so it goes at most two seasons ahead (a typo?)")
     athletes = start.athletes.assign(event_name=event, event_year=season)
     pred, extra = model.forecast_rows(athletes, draws=draws)
     # the race's columns follow the start list's own; a file that names its race has them
@@ -83,11 +108,13 @@ def forecast_start_list(artifact, start: StartList, event: str | None = None, se
     table["new_course"] = extra["new_course"].astype(bool)
     table["bayes_pred"], table["bayes_std"] = pred.pred, pred.std
     table["bayes_p05"], table["bayes_p50"], table["bayes_p95"] = pred.p05, pred.p50, pred.p95
-    notes = list(start.notes)
     new_course = bool(table["new_course"].all())
     if new_course:
+        near = difflib.get_close_matches(event.casefold(), [c.casefold() for c in model.encoding.courses], n=3, cutoff=0.75)
+        named = {c.casefold(): c for c in model.encoding.courses}
+        hint = f"; known courses with a similar name: {', '.join(repr(named[c]) for c in near)}" if near else ""
         notes.append(f"{event} has no edition before {season} in the posterior: it is forecast as a new course "
-                     "(its effect is a draw from all courses)")
+                     f"(its effect is a draw from all courses){hint}")
     return RaceForecast(table=table, model=model.name, artifact=str(artifact.path), distance=artifact.distance,
                         event=event, season=season, new_course=new_course,
                         without_history=int((table["history_races"] == 0).sum()), notes=notes)

@@ -35,27 +35,49 @@ COVARIATES = (
     "has_other",  # some earlier finish at the other distance
     "other_level",  # mean edition-relative log time at the other distance (centred), 0 without one
     "log_dnf",  # log1p(earlier starts without a finish)
+    # A debut here (no earlier start at this distance) learns the athlete's level from the other
+    # distance alone; a later race also from the athlete's own earlier races here (the athlete
+    # effect). With one slope for both, the other level was under-weighted on debuts and
+    # counted twice on later races (measured on the full synthetic world, 2026-12-05: the
+    # held-out debuts' residual rose by 0.2-0.37 per unit of the other level, returning races'
+    # fell by 0.07-0.09). These give debuts their own intercept and slope, and let the slope
+    # grow with the finishes the level rests on (n / (n + 1), n finishes at the other distance).
+    "debut_has_other",  # has_other on a debut at this distance, 0 otherwise
+    "debut_other_level",  # other_level on a debut at this distance, 0 otherwise
+    "debut_other_level_settled",  # debut_other_level x n / (n + 1)
 )
 BLOCKS = ("gender", "cell", "course", "slope")
 
 
-def raw_covariates(rows: pd.DataFrame, other_center: float) -> np.ndarray:
-    """The covariates of :data:`COVARIATES` before standardisation, shape (rows, 6)."""
+def raw_covariates(rows: pd.DataFrame, other_center: float, names: tuple[str, ...] = COVARIATES) -> np.ndarray:
+    """The covariates ``names`` (of :data:`COVARIATES`) before standardisation, shape (rows, len(names)).
+
+    An encoding keeps the names it was fitted with: an artifact written before a covariate was
+    added reads its own columns."""
     starts = rows["hist_starts"].to_numpy(dtype=np.float64)
     same = rows["hist_starts_same"].to_numpy(dtype=np.float64)
     other_fin = rows["hist_finishes_other"].to_numpy(dtype=np.float64)
-    has_other = other_fin > 0
     rel = rows["hist_rel_other"].to_numpy(dtype=np.float64, na_value=np.nan)
-    has_other = has_other & np.isfinite(rel)
-    level = np.where(has_other, rel - other_center, 0.0)
-    return np.column_stack([
-        (~first_race(rows)).astype(np.float64),
-        np.log1p(same),
-        np.log1p(starts - same),
-        has_other.astype(np.float64),
-        np.nan_to_num(level),
-        np.log1p(rows["hist_dnf"].to_numpy(dtype=np.float64)),
-    ])
+    has_other = (other_fin > 0) & np.isfinite(rel)
+    level = np.nan_to_num(np.where(has_other, rel - other_center, 0.0))
+    debut = (same == 0).astype(np.float64)
+    make = {
+        "returning": lambda: (~first_race(rows)).astype(np.float64),
+        "log_starts_same": lambda: np.log1p(same),
+        "log_starts_other": lambda: np.log1p(starts - same),
+        "has_other": lambda: has_other.astype(np.float64),
+        "other_level": lambda: level,
+        "log_dnf": lambda: np.log1p(rows["hist_dnf"].to_numpy(dtype=np.float64)),
+        "debut_has_other": lambda: debut * has_other,
+        "debut_other_level": lambda: debut * level,
+        "debut_other_level_settled": lambda: debut * level * other_fin / (other_fin + 1.0),
+    }
+    unknown = [n for n in names if n not in make]
+    if unknown:
+        raise ValueError(f"unknown forecast covariates {unknown}; known: {list(make)}")
+    if not names:
+        return np.zeros((len(rows), 0))
+    return np.column_stack([make[n]() for n in names])
 
 
 def gender_codes(rows: pd.DataFrame) -> np.ndarray:
@@ -129,13 +151,14 @@ def cells(rows: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
     return inverse.reshape(-1), labels
 
 
-def fit_encoding(train: pd.DataFrame, distance: str, day_sd: float = 0.0) -> ForecastEncoding:
+def fit_encoding(train: pd.DataFrame, distance: str, day_sd: float = 0.0,
+                 covariates: tuple[str, ...] = COVARIATES) -> ForecastEncoding:
     """Levels and standardisation constants from the training rows (all of them)."""
     y = np.log(train["total_sec"].to_numpy(dtype=np.float64))
     other = train["hist_rel_other"].to_numpy(dtype=np.float64, na_value=np.nan)
     has_other = (train["hist_finishes_other"].to_numpy() > 0) & np.isfinite(other)
     other_center = float(np.mean(other[has_other])) if has_other.any() else 0.0
-    cov = raw_covariates(train, other_center)
+    cov = raw_covariates(train, other_center, covariates)
     mean = cov.mean(axis=0)
     sd = cov.std(axis=0)
     sd = np.where(sd > 1e-9, sd, 1.0)  # a constant covariate carries no information: leave it at 0
@@ -150,6 +173,7 @@ def fit_encoding(train: pd.DataFrame, distance: str, day_sd: float = 0.0) -> For
         cov_mean=tuple(float(v) for v in mean),
         cov_sd=tuple(float(v) for v in sd),
         day_sd=float(day_sd),
+        covariates=tuple(covariates),
     )
 
 
@@ -204,7 +228,7 @@ def encode(rows: pd.DataFrame, enc: ForecastEncoding) -> ForecastDesign:
     first_season = np.asarray(enc.course_first_season, dtype=np.int64)
     known = course >= 0
     new_course = ~known | (first_season[np.where(known, course, 0)] >= season)
-    cov = raw_covariates(rows, enc.other_center)
+    cov = raw_covariates(rows, enc.other_center, enc.covariates)
     z = (cov - np.asarray(enc.cov_mean)) / np.asarray(enc.cov_sd)
     return ForecastDesign(
         gender=gender_codes(rows),

@@ -76,6 +76,13 @@ class ForecastSettings:
         return self.seed if self.seed is not None else DEFAULT_SEEDS.get(distance, 0)
 
 
+def last_forecast_season() -> int:
+    """The latest season a forecast may be for: two seasons ahead of today's."""
+    import datetime as dt
+
+    return dt.date.today().year + 2
+
+
 def _athlete_ids(rows: pd.DataFrame) -> np.ndarray:
     codes, _ = pd.factorize(rows["athlete_hash"], sort=False)
     anon = codes < 0
@@ -398,6 +405,9 @@ class FittedForecast(FittedModel):
                 columns[f"{cut}_{name}"] = values
         table = pd.DataFrame(columns, copy=False)  # one array per column, none copied
         table.attrs["season"] = season
+        # False when the split held out no season (random athletes, none): the fit then saw
+        # ``season``'s own races, and only later seasons can be forecast honestly
+        table.attrs["season_held_out"] = split.season is not None
         return table
 
     def artifact_tables(self, split, seasons: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -413,6 +423,15 @@ class FittedForecast(FittedModel):
             raise ValueError("this posterior has no athlete table: forecasts need an artifact written with one")
         return int(self.info.get("table_season", self.athletes.attrs.get("season")))
 
+    @property
+    def first_forecast_season(self) -> int:
+        """The earliest season this posterior can forecast without having seen its results: the
+        held-out season, or the one after the table's season when the split held out none
+        (its fit saw every season up to the table's). An artifact written before this was
+        recorded had a held-out season (the only split whose table it wrote then)."""
+        held = bool(self.athletes.attrs.get("season_held_out", True)) if self.athletes is not None else True
+        return self.table_season if held else self.table_season + 1
+
     def rows_with_history(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
         """Standalone rows (athlete_hash, gender, age_group, event_name, event_year) with their
         as-of history and (A, W) from the athlete table: the held-out season's rows read the
@@ -422,11 +441,18 @@ class FittedForecast(FittedModel):
         years = frame["event_year"].astype("Int64")
         if years.isna().any():
             raise ValueError(f"{int(years.isna().sum()):,} rows have no event_year; a forecast needs the race's season")
-        early = years < season
+        first = self.first_forecast_season
+        late = years > last_forecast_season()
+        if late.any():
+            raise ValueError(f"{int(late.sum()):,} rows are of seasons after {last_forecast_season()} "
+                             f"(e.g. {int(years[late].iloc[0])}); a forecast reads the athletes' history as it is now, "
+                             "so it goes at most two seasons ahead (a typo?)")
+        early = years < first
         if early.any():
-            raise ValueError(f"{int(early.sum()):,} rows are of seasons before {season}, the posterior's held-out "
-                             f"season (e.g. {int(years[early].iloc[0])}); it knows those seasons' results, so it cannot "
-                             "forecast them honestly")
+            what = f"{season}, the posterior's held-out season" if first == season else \
+                f"{first}: the posterior held out no season and was fitted on every season up to {season}"
+            raise ValueError(f"{int(early.sum()):,} rows are of seasons before {what} (e.g. {int(years[early].iloc[0])}); "
+                             "it knows those seasons' results, so it cannot forecast them honestly")
         table = self.athletes.set_index("athlete_hash")
         pos = table.index.get_indexer(frame["athlete_hash"].astype(object).where(frame["athlete_hash"].notna(), None))
         found = pos >= 0
