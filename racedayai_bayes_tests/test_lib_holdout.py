@@ -46,6 +46,22 @@ def test_random_athletes_holds_out_all_races_of_a_share_of_athletes():
     assert not split_holdout(rows, "random_athletes", share=0.1, seed=4).holdout.index.equals(split.holdout.index)
 
 
+def test_a_split_knows_whether_a_posterior_was_fitted_on_it():
+    """The CSV step's guard (defs/predictions.py): the same rows split another way differ, even
+    with the same rule and counts (random athletes of another seed); the same split does not."""
+    rows = _rows(n_athletes=4000)
+    split = split_holdout(rows, "random_athletes", share=0.1, seed=3)
+    assert split.mismatch(split.as_dict()) is None
+    assert split.mismatch(split_holdout(rows, "random_athletes", share=0.1, seed=3).as_dict()) is None
+    other = split_holdout(rows, "random_athletes", share=0.1, seed=4)
+    fitted = {**other.as_dict(), "rows_to_fit": split.as_dict()["rows_to_fit"],
+              "rows_held_out": split.as_dict()["rows_held_out"]}  # the same counts: only the rows differ
+    assert split.mismatch(fitted).startswith("held_out_digest ")
+    assert split.mismatch(split_holdout(rows, "none").as_dict()) == "rule 'none' there, 'random_athletes' here"
+    old = {k: v for k, v in other.as_dict().items() if k != "held_out_digest"}  # a posterior pickled before the digest
+    assert split.mismatch({**old, "rows_to_fit": fitted["rows_to_fit"], "rows_held_out": fitted["rows_held_out"]}) is None
+
+
 def test_no_holdout_fits_every_row():
     rows = _rows()
     split = split_holdout(rows, "none")
@@ -98,13 +114,12 @@ def test_train_and_holdout_are_the_same_rows_whether_or_not_they_are_one_block(o
     assert (split.rows["total_sec"] > 0).all()
 
 
-@pytest.mark.parametrize("season, backtest", [(None, None), (2024, 2024), (2020, 2020), (2015, 2015)])
+@pytest.mark.parametrize("season, backtest", [(None, None), (2024, 2024), (2020, 2020), (2016, 2016)])
 def test_a_split_with_a_holdout_season_is_a_backtest_of_it(season, backtest, tmp_path):
     """Any holdout_season is a backtest, whose outputs go to backtests/<season>/: also the
     latest season (2024 here), which drops nothing at this distance but may at the other (a
-    backtest of both distances is one backtest), and a season whose split falls back to
-    fitting every row (2015 is the first: nothing is left to fit before it). No
-    holdout_season is the weekly refit, which writes to the output folder itself."""
+    backtest of both distances is one backtest), and the second season (one season to fit).
+    No holdout_season is the weekly refit, which writes to the output folder itself."""
     from racedayai_bayes.lib.outputs.artifacts import refit_output_dir
 
     split = split_holdout(_rows(), "latest_year", season=season)
@@ -117,3 +132,14 @@ def test_a_split_with_a_holdout_season_is_a_backtest_of_it(season, backtest, tmp
     # a posterior stored before backtests had their own folder has no such key: the output folder
     assert refit_output_dir(str(tmp_path), {"season": 2020, "rows_dropped_later_seasons": 5}) == tmp_path
     assert str(refit_output_dir("s3://bucket/racedayai", split)).startswith("s3://bucket/racedayai")
+
+
+def test_a_holdout_season_that_cannot_be_held_out_is_an_error_not_a_fit_of_it():
+    """The first season present, asked for: falling back to fitting every row would fit the
+    season to be backtested. A season not present at all is an error too."""
+    rows = _rows()
+    with pytest.raises(FitError, match=r"holdout_season 2015: no race before that season .*choose a later season"):
+        split_holdout(rows, "latest_year", season=2015)
+    with pytest.raises(FitError, match="holdout_season 2030: no race of that season"):
+        split_holdout(rows, "latest_year", season=2030)
+    assert split_holdout(rows, "latest_year", season=2016).season == 2016

@@ -44,21 +44,24 @@ def bayesian_predictions(
             f"bayesian_predictions_{distance}.csv is unchanged",
             allow_retries=False,
         )
+    folder = paths.refit_dir(holdout_split)  # a backtest's own folder (lib/outputs/artifacts.refit_output_dir)
+    fitted_in = paths.refit_dir(chosen.split)
+    differs = holdout_split.mismatch(chosen.split)
+    if str(fitted_in) != str(folder) or differs:
+        # holdout_split materialised again alone, with other holdout settings than the
+        # posteriors': its held-out rows may have been fitted, and a CSV would call them held out
+        why = f"fitted for {fitted_in}, but holdout_split is now a split for {folder}" if str(fitted_in) != str(folder) \
+            else f"fitted on another split than holdout_split's ({differs})"
+        raise dg.Failure(
+            description=f"the published {chosen.name} posterior of {distance} was {why}; materialise the posteriors "
+            f"and published_model again with the same holdout settings. bayesian_predictions_{distance}.csv is unchanged",
+            allow_retries=False,
+        )
     rows = holdout_split.rows
     context.log.info(f"forecasting {len(rows):,} races of {distance} with {chosen.name}")
     pred = chosen.predict_every_row(rows, progress=context.log.info)
     table = prediction_table(rows, pred, chosen.name, holdout_split.held_out)
     context.log.info(f"writing {len(table):,} predictions of {distance}")
-    folder = paths.refit_dir(holdout_split)  # a backtest's own folder (lib/outputs/artifacts.refit_output_dir)
-    fitted_in = paths.refit_dir(chosen.split)
-    if str(fitted_in) != str(folder):
-        # holdout_split materialised again alone, for another season than the posteriors'
-        raise dg.Failure(
-            description=f"the published {chosen.name} posterior of {distance} was fitted for {fitted_in}, but holdout_split "
-            f"is now a split for {folder}; materialise the posteriors and published_model again with the same holdout "
-            f"settings. bayesian_predictions_{distance}.csv is unchanged",
-            allow_retries=False,
-        )
     path = _write(table, folder / f"bayesian_predictions_{distance}.csv")
     context.log.info(f"wrote {len(table):,} predictions to {path}")
     try:

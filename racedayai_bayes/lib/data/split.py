@@ -84,7 +84,27 @@ class Split:
             "rows_held_out": int(self.held_out.sum()),
             "rows_dropped_later_seasons": int(self.dropped_later),
             "backtest_season": self.backtest_season,
+            "held_out_digest": self.held_out_digest(),
         }
+
+    def held_out_digest(self) -> str:
+        """A digest of which rows are held out (xxh3 of the packed mask): two splits of the same
+        rows with the same rule, season and counts but other held-out rows differ here."""
+        import xxhash
+
+        return xxhash.xxh3_64_hexdigest(np.packbits(np.asarray(self.held_out, dtype=bool)).tobytes())
+
+    def mismatch(self, fitted: dict) -> str | None:
+        """How this split differs from ``fitted`` (a posterior's ``as_dict()`` of the split it was
+        fitted on), or None if it is that split: the rule, the held-out and backtest seasons,
+        the row counts and the held-out rows themselves (a posterior pickled before the digest
+        was kept is compared on the rest)."""
+        own = self.as_dict()
+        for key in ("rule", "season", "backtest_season", "rows_to_fit", "rows_held_out", "rows_dropped_later_seasons",
+                    "held_out_digest"):
+            if key in fitted and fitted[key] != own[key]:
+                return f"{key} {fitted[key]!r} there, {own[key]!r} here"
+        return None
 
 
 def _copy_on_write() -> bool:
@@ -149,6 +169,11 @@ def split_holdout(
         return Split(rows, np.zeros(len(rows), dtype=bool), "none", "no holdout: every row fitted")
     if rule == "latest_year":
         held_season = season if season is not None else years.max()
+        if season is not None and (years < held_season).sum() == 0:
+            # asked for: falling back would fit the very season to be backtested, and its
+            # artifact would then forecast that season as if it had not seen it
+            raise FitError(f"holdout_season {season}: no race before that season in the rows ({season} is the first "
+                           "season present), so nothing would be fitted to forecast it; choose a later season")
         if pd.isna(held_season) or (years < held_season).sum() == 0:
             found = "no event year" if pd.isna(held_season) else f"only event year {int(held_season)}"
             return _fallback(rows, rule, f"the rows hold {found}, so holding out that season would leave nothing to fit", dropped,
