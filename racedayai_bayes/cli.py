@@ -1472,7 +1472,8 @@ def _forecast(args: argparse.Namespace) -> int:
     from racedayai_bayes.lib.outputs.io import OutputWriteError, write_csv_atomic
 
     try:
-        start = read_start_list(args.start_list)
+        given = tuple(c for c, v in (("event_name", args.event), ("event_year", args.year)) if v is not None)
+        start = read_start_list(args.start_list, given=given)
         artifact = load_artifact(args.posterior, athletes=start.athletes["athlete_hash"].dropna())
         result = forecast_start_list(artifact, start, args.event, args.year, args.draws)
     except (ArtifactError, InputError, ForecastError) as exc:

@@ -410,7 +410,7 @@ def test_header_only_cluster_file_means_everyone_unclustered(messy_run):
 
 def test_unknown_gender_is_counted(messy_run):
     _, notes, _, frame = messy_run
-    assert "- 1 rows: gender not M or F (e.g. 'X'); encoded like a blank gender (index 0), as the seed does" in notes["athlete_race"]
+    assert "- 1 rows: gender not M or F (e.g. 'X'); encoded like a blank gender (the seed models: index 0, as the notebook does; the forecast model: U)" in notes["athlete_race"]
     assert frame.loc[frame["athlete_hash"] == "gx", "gender"].tolist() == ["X"]
 
 

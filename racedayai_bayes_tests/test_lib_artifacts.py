@@ -89,6 +89,19 @@ def test_missing_or_foreign_artifacts_are_clear_errors(tmp_path):
     assert latest_artifact(tmp_path, "70.3") is None
 
 
+def test_a_models_own_folder_is_an_error_that_names_its_newest_file_and_the_published_folder(tmp_path):
+    """posterior/<model>/<distance> holds one model's refits and no pointer: the error says what
+    to pass instead, not that nothing was ever published."""
+    first, _, _ = _write(tmp_path, "20261125T030000.000Z")
+    newest, _, _ = _write(tmp_path, "20261126T030000.000Z")
+    with pytest.raises(ArtifactError) as info:
+        load_artifact(newest.parent)
+    message = str(info.value)
+    assert "a folder of one model's refits (2 artifacts)" in message and str(newest) in message
+    assert str(tmp_path / "posterior" / "70.3") in message
+    assert load_artifact(newest).path == newest
+
+
 def test_an_artifact_from_before_the_models_is_still_read_through_latest(tmp_path):
     """A pointer holding a bare file name (one model, artifacts beside the pointer) still works."""
     path, _, _ = _write(tmp_path, "20261125T030000.000Z")

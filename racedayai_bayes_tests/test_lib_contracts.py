@@ -475,7 +475,7 @@ def test_a_few_unrecognised_genders_are_kept_and_counted(tmp_path):
     genders = ["M", "F"] * 100 + ["X", "x", ""]  # 2 of 202 non-blank values: 0.99%, under 1%
     result = read_races(_races_csv(tmp_path, _race_rows(genders)))
     assert result.frame["gender"].iloc[200:202].tolist() == ["X", "x"]  # kept as written
-    note = "2 rows: gender not M or F (e.g. 'X', 'x'); encoded like a blank gender (index 0), as the seed does"
+    note = "2 rows: gender not M or F (e.g. 'X', 'x'); encoded like a blank gender (the seed models: index 0, as the notebook does; the forecast model: U)"
     assert note in result.notes
 
 
@@ -594,8 +594,22 @@ def test_a_start_list_keeps_its_columns_counts_repeats_and_reads_spellings(tmp_p
     assert start.athletes["gender"].tolist() == ["M", "M", "F"]
     assert start.athletes["age_group"].tolist() == ["30-34", "30-34", "35-39"]
     assert start.event == {"event_name": "X", "event_year": 2027, "event_distance": "70.3"}
-    assert start.counts == {"athletes": 3, "without_athlete_hash": 1, "listed_more_than_once": 1}
-    assert any("listed more than once" in n for n in start.notes)
+    assert start.counts == {"athletes": 3, "without_athlete_hash": 1, "listed_more_than_once": 1,
+                            "listed_with_different_gender_or_age_group": 0}
+    assert any("listed more than once (e.g. a); each of their rows gets the same forecast" in n for n in start.notes)
+
+
+def test_an_athlete_listed_twice_with_different_age_groups_is_said_so(tmp_path):
+    """Their rows are forecast as written, so they differ: the note says which athlete and why,
+    not that every repeated row gets the same forecast."""
+    path = tmp_path / "start.csv"
+    path.write_text(f"{START}\na,M,35-39\na,M,40-44\nb,F,30-34\nb,female,30-34\nc,F,30-34\n")
+    start = read_start_list(path)
+    assert start.counts["listed_more_than_once"] == 2
+    assert start.counts["listed_with_different_gender_or_age_group"] == 1
+    note = next(n for n in start.notes if "listed more than once" in n)
+    assert "1 of them with different genders or age groups in their rows (e.g. a)" in note
+    assert "each row forecast as written" in note
 
 
 # --- white space around cells and empty cells ----------------------------------------------
@@ -661,3 +675,36 @@ def test_a_file_given_to_a_command_gets_advice_about_that_file_not_the_pipelines
     with pytest.raises(InputError, match="required column missing") as info:
         read_model_rows(path)
     assert "RACEDAYAI_INPUT_DIR" not in str(info.value) and "--help" in str(info.value)
+
+
+@pytest.mark.parametrize("which", ["races", "profiles", "start list"])
+def test_a_column_named_twice_in_the_header_is_an_error_naming_it(tmp_path, which):
+    """Which of two columns of one name is meant cannot be told; the reader took the first and
+    dropped the other without a word. Blank names (trailing commas) are not names."""
+    if which == "races":
+        path = _write(tmp_path, "athlete_race.csv", f"{RACE_HEADER},gender\n" + race_rows(["a,M,18-24,False,70.3,2020,5000"])[0] + ",F\n")
+        read = read_races
+    elif which == "profiles":
+        path = _write(tmp_path, "athlete_profile.csv", f"{PROFILE_HEADER},{PROFILE_HEADER.split(',')[1]}\n")
+        read = read_profiles
+    else:
+        path = _write(tmp_path, "start.csv", "athlete_hash,gender,age_group,bib,bib,,\na,M,30-34,1,2,,\n")
+        read = read_start_list
+    with pytest.raises(InputError, match=r"the header names 1 column more than once \('(gender|bib|\w+)'\); keep one"):
+        read(path)
+    if which == "start list":
+        _write(tmp_path, "ok.csv", "athlete_hash,gender,age_group,,\na,M,30-34,,\n")
+        assert len(read_start_list(tmp_path / "ok.csv").rows) == 1
+
+
+def test_race_columns_given_on_the_command_line_replace_the_files(tmp_path):
+    """``--event`` (``--year``) names the race: a file holding two race names (seasons) is then
+    not an error, as the file's column is not what is forecast."""
+    path = _write(tmp_path, "start.csv", "athlete_hash,gender,age_group,event_name,event_year\n"
+                                         "a,M,30-34,X,2027\nb,F,30-34,Y,2028\n")
+    with pytest.raises(InputError, match="column 'event_name': holds 2 different values"):
+        read_start_list(path)
+    with pytest.raises(InputError, match="column 'event_year': holds 2 different values"):
+        read_start_list(path, given=("event_name",))
+    start = read_start_list(path, given=("event_name", "event_year"))
+    assert start.event == {} and len(start.rows) == 2

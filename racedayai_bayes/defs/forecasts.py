@@ -64,6 +64,8 @@ def race_forecasts(context: dg.AssetExecutionContext, paths: PipelinePaths) -> d
         "athletes": dg.MetadataValue.int(len(result.table)),
         "without_history": dg.MetadataValue.int(result.without_history),
         "listed_more_than_once": dg.MetadataValue.int(start.counts["listed_more_than_once"]),
+        "listed_with_different_gender_or_age_group": dg.MetadataValue.int(
+            start.counts["listed_with_different_gender_or_age_group"]),
         "new_course": dg.MetadataValue.bool(result.new_course),
         "model": dg.MetadataValue.text(result.model),
         "artifact": dg.MetadataValue.path(result.artifact),

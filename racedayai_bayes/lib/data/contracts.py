@@ -144,7 +144,15 @@ def _read_header(path: Path, hints: tuple[str, str] = PIPELINE_INPUT) -> _Header
         raise InputError(
             path, f"header is not valid UTF-8 ({exc.reason} at byte {exc.start})", hint="save the file as UTF-8"
         ) from exc
-    return _Header(next(csv.reader([text.rstrip("\r\n")]), []), header_only)
+    header = _Header(next(csv.reader([text.rstrip("\r\n")]), []), header_only)
+    seen = pd.Series(header.plain)
+    twice = [c for c in dict.fromkeys(seen[seen.duplicated()]) if c]
+    if twice:
+        # which of the columns is meant cannot be told: the reader would take one silently
+        raise InputError(path, f"the header names {len(twice)} column{'s' if len(twice) > 1 else ''} more than once "
+                         f"({', '.join(repr(c) for c in twice[:3])})", column=twice[0],
+                         hint="keep one column of each name (rename or delete the others)")
+    return header
 
 
 def _read_text_columns(path: Path, columns: list[str], header: _Header) -> tuple[pd.DataFrame, list[str]]:
@@ -367,7 +375,7 @@ def _gender(frame: pd.DataFrame, path: Path, notes: list[str]) -> pd.Series:
         frame, "gender", path, notes, GENDER_SPELLINGS,
         what="M or F",
         accepted="write M or F (m, male, man, men / f, female, w, woman, women, in any case, are read too) or leave the cell blank",
-        unrecognised="encoded like a blank gender (index 0), as the seed does",
+        unrecognised="encoded like a blank gender (the seed models: index 0, as the notebook does; the forecast model: U)",
         dtype="string",
     )
     # unrecognised values stay as written (the encoding treats them like a blank)
@@ -589,10 +597,12 @@ def _season_text(value, path) -> str:
     return str(int(season))
 
 
-def read_start_list(path: str | Path, *, event_columns: bool = False) -> StartList:
+def read_start_list(path: str | Path, *, event_columns: bool = False, given: tuple[str, ...] = ()) -> StartList:
     """Read a start list: ``athlete_hash, gender, age_group`` (cells may be blank), any other
     columns kept. With ``event_columns`` the file must also hold ``event_name, event_year,
-    event_distance``, each with one value (the race the list is for).
+    event_distance``, each with one value (the race the list is for). The race columns in
+    ``given`` (named on the command line: ``--event``, ``--year``) replace the file's, which are
+    then not read.
 
     An athlete listed twice is forecast twice (the output has one row per input row) and
     counted; an empty file, a header without rows, a missing column, or several races in one
@@ -619,14 +629,22 @@ def read_start_list(path: str | Path, *, event_columns: bool = False) -> StartLi
     hashes = athletes["athlete_hash"]
     twice = hashes.notna() & hashes.duplicated(keep=False)
     counts = {"athletes": len(rows), "without_athlete_hash": int(hashes.isna().sum()),
-              "listed_more_than_once": int(hashes[twice].nunique())}
+              "listed_more_than_once": int(hashes[twice].nunique()), "listed_with_different_gender_or_age_group": 0}
     if counts["listed_more_than_once"]:
         examples = ", ".join(hashes[twice].unique()[:3])
-        notes.append(f"{counts['listed_more_than_once']:,} athletes are listed more than once (e.g. {examples}); "
-                     "each of their rows gets the same forecast")
+        repeated = athletes.loc[twice]
+        # an athlete whose rows give different genders or age groups: their forecasts differ too
+        conflicting = repeated.astype("string").fillna("").groupby("athlete_hash")[["gender", "age_group"]].nunique().gt(1).any(axis=1)
+        counts["listed_with_different_gender_or_age_group"] = int(conflicting.sum())
+        same = "each of their rows gets the same forecast"
+        if conflicting.any():
+            odd = ", ".join(conflicting.index[conflicting][:3])
+            same = (f"{int(conflicting.sum()):,} of them with different genders or age groups in their rows (e.g. {odd}), "
+                    "each row forecast as written: check which is right; the others' rows get the same forecast")
+        notes.append(f"{counts['listed_more_than_once']:,} athletes are listed more than once (e.g. {examples}); {same}")
     event = {}
     for col in START_LIST_EVENT:
-        if col not in rows.columns:
+        if col not in rows.columns or col in given:
             continue
         values = pd.Series(rows[col].dropna().unique(), dtype=object)
         if col == "event_year":  # 2027 and 2027.0 are one season
