@@ -421,3 +421,15 @@ def test_a_posterior_forecasts_only_seasons_whose_results_it_did_not_fit(demo_wo
         rows = split.rows.head(5)[["athlete_hash", "gender", "age_group", "event_name", "event_year"]]
         with pytest.raises(ValueError, match=f"seasons before {first}: the posterior held out no season"):
             fitted.rows_with_history(rows.assign(event_year=latest))
+
+
+def test_a_race_name_is_matched_to_a_known_course_only_when_one_matches():
+    from racedayai_bayes.lib.outputs.forecasts import known_course
+
+    courses = ("IRONMAN 70.3 East Quarry", "Ironman 70.3 Twin", "IRONMAN 70.3 TWIN")
+    assert known_course("IRONMAN 70.3 East Quarry", courses) == ("IRONMAN 70.3 East Quarry", None)
+    name, note = known_course(" ironman  70.3 east QUARRY", courses)
+    assert name == "IRONMAN 70.3 East Quarry" and "read as 'IRONMAN 70.3 East Quarry'" in note
+    name, note = known_course("ironman 70.3 twin", courses)
+    assert name == "ironman 70.3 twin" and "matches 2 known courses" in note and "give its exact name" in note
+    assert known_course("IRONMAN 70.3 Nowhere", courses) == ("IRONMAN 70.3 Nowhere", None)

@@ -51,6 +51,9 @@ def known_course(event: str, courses) -> tuple[str, str | None]:
     matches = [c for c in courses if " ".join(str(c).split()).casefold() == key]
     if len(matches) == 1:
         return matches[0], f"race {event!r} read as {matches[0]!r}, the posterior's spelling of that course"
+    if matches:
+        return event, (f"race {event!r} matches {len(matches)} known courses but for case or spacing "
+                       f"({', '.join(repr(m) for m in matches[:3])}); give its exact name to forecast it on one of them")
     return event, None
 
 
