@@ -97,8 +97,11 @@ def test_a_models_own_folder_is_an_error_that_names_its_newest_file_and_the_publ
     with pytest.raises(ArtifactError) as info:
         load_artifact(newest.parent)
     message = str(info.value)
-    assert "a folder of one model's refits (2 artifacts)" in message and str(newest) in message
-    assert str(tmp_path / "posterior" / "70.3") in message
+    assert "2 posterior artifacts and no 'latest' pointer" in message and str(newest) in message
+    assert "the distance's folder" not in message  # nothing is published: no folder to suggest
+    publish_artifact(first, tmp_path, "70.3")
+    with pytest.raises(ArtifactError, match=f"or the distance's folder {tmp_path / 'posterior' / '70.3'} for the published one"):
+        load_artifact(newest.parent)
     assert load_artifact(newest).path == newest
 
 

@@ -371,10 +371,12 @@ def test_a_debut_uses_the_other_distance_as_fully_as_a_later_race_does(demo_worl
     level = rows["hist_rel_other"].to_numpy(dtype=np.float64, na_value=np.nan)
     other = (rows["hist_finishes_other"].to_numpy() > 0) & np.isfinite(level)
     debut = rows["hist_starts_same"].to_numpy() == 0
-    for which, mask in (("debut", other & debut), ("later race", other & ~debut)):
+    # measured (2026-12-05, demo world seed 7): debut +0.26/+0.25 -> +0.07/+0.06; later race
+    # -0.05/-0.09 -> +0.03/+0.01 (70.3/140.6); each slope's standard error is about 0.01-0.02
+    for which, mask, low, high in (("debut", other & debut, -0.15, 0.15), ("later race", other & ~debut, -0.035, 0.1)):
         assert mask.sum() > 1000
         slope = np.polyfit(level[mask], residual[mask], 1)[0]
-        assert abs(slope) < 0.15, f"{which}: residual slope {slope:.3f} on the other distance's level"
+        assert low < slope < high, f"{which}: residual slope {slope:.3f} on the other distance's level"
 
 
 def test_an_encoding_reads_the_covariates_it_was_fitted_with(world):
@@ -419,8 +421,13 @@ def test_a_posterior_forecasts_only_seasons_whose_results_it_did_not_fit(demo_wo
         with pytest.raises(ForecastError, match=f"season {latest} is before {first}: the posterior held out no season"):
             forecast_start_list(artifact, read_start_list(path), course, latest)
         rows = split.rows.head(5)[["athlete_hash", "gender", "age_group", "event_name", "event_year"]]
-        with pytest.raises(ValueError, match=f"seasons before {first}: the posterior held out no season"):
+        with pytest.raises(ValueError, match=f"5 rows are of season {latest}: season {latest} is before {first}: "
+                                             "the posterior held out no season"):
             fitted.rows_with_history(rows.assign(event_year=latest))
+        # an artifact written before its athlete table said so: the split stored with it tells
+        fitted.athletes.attrs.pop("season_held_out")
+        fitted.info["split_season_held_out"] = False
+        assert fitted.first_forecast_season == first
 
 
 def test_a_race_name_is_matched_to_a_known_course_only_when_one_matches():

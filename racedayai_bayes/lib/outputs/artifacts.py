@@ -264,11 +264,13 @@ def resolve_artifact(location) -> Path:
         pointer = path / LATEST
         if not pointer.exists():
             saved = sorted(p.name for p in path.iterdir() if p.name.endswith(".nc")) if isinstance(path, Path) else []
-            if saved:  # a model's own folder (posterior/<model>/<distance>): its refits, none of them "published" here
+            if saved:  # a model's own folder (posterior/<model>/<distance>), or refits never published
+                published = path.parent.parent / path.name
+                other = (f", or the distance's folder {published} for the published one"
+                         if (published / LATEST).exists() else "")
                 raise ArtifactError(
-                    f"{path}: a folder of one model's refits ({len(saved)} artifacts), with no '{LATEST}' pointer: pass "
-                    f"one of its files (the newest: {path / saved[-1]}), or the distance's folder "
-                    f"{path.parent.parent / path.name} for the published one")
+                    f"{path}: {len(saved)} posterior artifacts and no '{LATEST}' pointer (none of them published "
+                    f"here): pass one of its files (the newest: {path / saved[-1]}){other}")
             raise ArtifactError(f"{path}: no '{LATEST}' pointer; no refit of this distance has been published")
         path = _pointed(pointer)
     if path is None or not path.exists():

@@ -16,7 +16,6 @@ import pandas as pd
 
 from racedayai_bayes.lib.data import MODEL_DISTANCES
 from racedayai_bayes.lib.data.contracts import StartList
-from racedayai_bayes.lib.models.forecast.fit import last_forecast_season
 
 FORECAST_COLUMNS = ("event_name", "event_year", "event_distance", "model", "history_races", "new_course",
                     "bayes_pred", "bayes_std", "bayes_p05", "bayes_p50", "bayes_p95")
@@ -88,16 +87,10 @@ def forecast_start_list(artifact, start: StartList, event: str | None = None, se
     if spelled:
         notes.append(spelled)
     latest = model.table_season
-    first = model.first_forecast_season
     season = int(season if season is not None else start.event.get("event_year", latest + 1))
-    if season < first:
-        what = f"{first}, the posterior's held-out season" if first == latest else \
-            f"{first}: the posterior held out no season, and its fit saw every season up to {latest}"
-        raise ForecastError(f"{name}: season {season} is before {what}; it knows that season's results, so it "
-                            f"cannot forecast it honestly (use {first} or later)")
-    if season > last_forecast_season():
-        raise ForecastError(f"{name}: season {season} is after {last_forecast_season()}; a forecast reads the athletes' "
-                            "history as it is now, so it goes at most two seasons ahead (a typo?)")
+    problem = model.season_problem(season)
+    if problem:
+        raise ForecastError(f"{name}: {problem}")
     athletes = start.athletes.assign(event_name=event, event_year=season)
     pred, extra = model.forecast_rows(athletes, draws=draws)
     # the race's columns follow the start list's own; a file that names its race has them
@@ -113,9 +106,10 @@ def forecast_start_list(artifact, start: StartList, event: str | None = None, se
     table["bayes_p05"], table["bayes_p50"], table["bayes_p95"] = pred.p05, pred.p50, pred.p95
     new_course = bool(table["new_course"].all())
     if new_course:
-        near = difflib.get_close_matches(event.casefold(), [c.casefold() for c in model.encoding.courses], n=3, cutoff=0.75)
-        named = {c.casefold(): c for c in model.encoding.courses}
-        hint = f"; known courses with a similar name: {', '.join(repr(named[c]) for c in near)}" if near else ""
+        folded = [c.casefold() for c in model.encoding.courses]
+        near = dict.fromkeys(difflib.get_close_matches(event.casefold(), folded, n=3, cutoff=0.75))
+        similar = [c for c, f in zip(model.encoding.courses, folded) if f in near][:3]
+        hint = f"; known courses with a similar name: {', '.join(repr(c) for c in similar)}" if similar else ""
         notes.append(f"{event} has no edition before {season} in the posterior: it is forecast as a new course "
                      f"(its effect is a draw from all courses){hint}")
     return RaceForecast(table=table, model=model.name, artifact=str(artifact.path), distance=artifact.distance,

@@ -70,7 +70,7 @@ def raw_covariates(rows: pd.DataFrame, other_center: float, names: tuple[str, ..
         "log_dnf": lambda: np.log1p(rows["hist_dnf"].to_numpy(dtype=np.float64)),
         "debut_has_other": lambda: debut * has_other,
         "debut_other_level": lambda: debut * level,
-        "debut_other_level_settled": lambda: debut * level * other_fin / (other_fin + 1.0),
+        "debut_other_level_settled": lambda: np.where(has_other, debut * level * other_fin / (other_fin + 1.0), 0.0),
     }
     unknown = [n for n in names if n not in make]
     if unknown:

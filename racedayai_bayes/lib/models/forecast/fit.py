@@ -427,10 +427,27 @@ class FittedForecast(FittedModel):
     def first_forecast_season(self) -> int:
         """The earliest season this posterior can forecast without having seen its results: the
         held-out season, or the one after the table's season when the split held out none
-        (its fit saw every season up to the table's). An artifact written before this was
-        recorded had a held-out season (the only split whose table it wrote then)."""
-        held = bool(self.athletes.attrs.get("season_held_out", True)) if self.athletes is not None else True
+        (none, random_athletes, or the one-season fallback: its fit saw every season up to the
+        table's). Read from the athlete table (since 2026-12-05), else from the split stored in
+        the artifact (every artifact has it)."""
+        held = self.athletes.attrs.get("season_held_out") if self.athletes is not None else None
+        if held is None:
+            held = self.info.get("split_season_held_out", True)
         return self.table_season if held else self.table_season + 1
+
+    def season_problem(self, season: int) -> str | None:
+        """Why ``season`` cannot be forecast honestly with this posterior, or None: one rule for
+        a start list's race and for ``predict``'s rows."""
+        first, latest = self.first_forecast_season, self.table_season
+        if season < first:
+            what = f"{first}, the posterior's held-out season" if first == latest else \
+                f"{first}: the posterior held out no season, and its fit saw every season up to {latest}"
+            return (f"season {season} is before {what}; it knows that season's results, so it cannot forecast it "
+                    f"honestly (use {first} or later)")
+        if season > last_forecast_season():
+            return (f"season {season} is after {last_forecast_season()}; a forecast reads the athletes' history as "
+                    "it is now, so it goes at most two seasons ahead (a typo?)")
+        return None
 
     def rows_with_history(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
         """Standalone rows (athlete_hash, gender, age_group, event_name, event_year) with their
@@ -441,18 +458,10 @@ class FittedForecast(FittedModel):
         years = frame["event_year"].astype("Int64")
         if years.isna().any():
             raise ValueError(f"{int(years.isna().sum()):,} rows have no event_year; a forecast needs the race's season")
-        first = self.first_forecast_season
-        late = years > last_forecast_season()
-        if late.any():
-            raise ValueError(f"{int(late.sum()):,} rows are of seasons after {last_forecast_season()} "
-                             f"(e.g. {int(years[late].iloc[0])}); a forecast reads the athletes' history as it is now, "
-                             "so it goes at most two seasons ahead (a typo?)")
-        early = years < first
-        if early.any():
-            what = f"{season}, the posterior's held-out season" if first == season else \
-                f"{first}: the posterior held out no season and was fitted on every season up to {season}"
-            raise ValueError(f"{int(early.sum()):,} rows are of seasons before {what} (e.g. {int(years[early].iloc[0])}); "
-                             "it knows those seasons' results, so it cannot forecast them honestly")
+        for season_, count in years.value_counts(sort=False).sort_index().items():
+            problem = self.season_problem(int(season_))
+            if problem:
+                raise ValueError(f"{int(count):,} rows are of season {int(season_)}: {problem}")
         table = self.athletes.set_index("athlete_hash")
         pos = table.index.get_indexer(frame["athlete_hash"].astype(object).where(frame["athlete_hash"].notna(), None))
         found = pos >= 0
@@ -580,10 +589,14 @@ def load(idata, attrs: dict) -> FittedForecast:
         np.asarray(post["slope"].values),
     ], axis=-1)
     off = json.loads(attrs["racedayai_offsets"])
+    info = json.loads(attrs.get("racedayai_model_info", "{}"))
+    split = json.loads(attrs.get("racedayai_split", "{}"))
+    if "season" in split:  # the split the posterior was fitted on: None when it held out no season
+        info["split_season_held_out"] = split["season"] is not None
     return FittedForecast(
         distance=str(attrs["racedayai_distance"]), encoding=enc, scales=scales, b=b,
         accepted=np.asarray(idata.sample_stats["accepted"].values, dtype=bool),
-        offsets=pd.DataFrame(off), info=json.loads(attrs.get("racedayai_model_info", "{}")),
+        offsets=pd.DataFrame(off), info=info,
         notes=json.loads(attrs.get("racedayai_model_notes", "[]")),
     )
 

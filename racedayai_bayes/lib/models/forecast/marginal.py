@@ -195,8 +195,8 @@ class _DesignRows:
     ``slope`` block, the last columns), gathered a pass at a time.
 
     A row of X has a few one-hot entries and every covariate: in a sparse product, the
-    covariates' entries make most of the work (9 entries a row at full scale, 6 of them
-    covariates: 81 products per row, 9 without them), and they are dense anyway, so their
+    covariates' entries make most of the work (12 entries a row at full scale, 9 of them
+    covariates: 144 products per row, 9 without them), and they are dense anyway, so their
     blocks are dense products. In design_matrix's layout (every row the same number of
     entries, the covariates last and in order) a pass's rows are gathered from views of X's
     own arrays: no copy of the whole design is made, and the gather is several times faster
