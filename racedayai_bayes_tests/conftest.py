@@ -235,3 +235,23 @@ def pipeline_assets() -> list:
     from racedayai_bayes.definitions import defs
 
     return [a for a in defs.assets if dg.AssetKey("race_forecasts") not in a.keys]
+
+
+def sbc_dispersion_z(ranks: np.ndarray, draws: int) -> float:
+    """A pooled SBC test of the posterior's width (z score; Talts et al. 2018, their
+    'too wide / too narrow' shapes as one number).
+
+    ``ranks`` (replications, parameters): each true value's rank among ``draws`` posterior
+    draws. Under an exact fit each rank is uniform on 0..draws, so u = (rank + 1/2)/(draws + 1)
+    has E[(u - 1/2)^2] = (1 - (draws + 1)^-2) / 12. A posterior too wide puts the truth near
+    the middle (smaller), too narrow in the tails (larger). The parameters of one replication
+    share its data, so each replication's mean over them is one value, and the replications
+    are independent: z is a t statistic over them. The per-parameter histogram tests miss
+    such a shift at 100 replications (a posterior 12% too wide: measured 2026-12-05); this
+    pools every parameter.
+    """
+    ranks = np.asarray(ranks, dtype=np.float64)
+    u = (ranks + 0.5) / (draws + 1)
+    per_rep = ((u - 0.5) ** 2).mean(axis=1)
+    expected = (1.0 - (draws + 1) ** -2) / 12.0
+    return float((per_rep.mean() - expected) / (per_rep.std(ddof=1) / np.sqrt(len(per_rep))))

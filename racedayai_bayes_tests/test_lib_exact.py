@@ -27,6 +27,8 @@ from racedayai_bayes.lib.models.seed.model import (
 )
 from racedayai_bayes.lib.models.seed.suffstats import dense_design_matrix, sufficient_stats
 
+from .conftest import sbc_dispersion_z
+
 SCALE_VALUES = [
     dict(sigma=0.7, sigma_gender=0.3, sigma_age=0.2, sigma_cluster=0.9),
     dict(sigma=0.1, sigma_gender=0.01, sigma_age=1.5, sigma_cluster=0.05),
@@ -316,6 +318,9 @@ def test_simulation_based_calibration(method, clusters, persistent_compilation_c
         counts = np.bincount(np.asarray(ranks[k]) * bins // 100, minlength=bins)
         p = st.chisquare(counts).pvalue
         assert p > 0.05 / len(names) / 10, (k, counts.tolist(), p)  # Bonferroni: 0.5% over every name
+    # every name pooled: a posterior too wide or too narrow
+    z = sbc_dispersion_z(np.column_stack([ranks[k] for k in names]), 99)
+    assert abs(z) < 3.5, f"the true values' ranks are {'too central' if z < 0 else 'too extreme'}: z = {z:.2f}"
 
 
 def test_a_level_of_one_group_mixes_well_whatever_the_seed():
