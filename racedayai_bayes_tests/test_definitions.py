@@ -46,6 +46,9 @@ def test_definitions_hold_the_designed_graph():
     assert {k.to_user_string() for k in graph.get(dg.AssetKey("bayesian_predictions")).parent_keys} == {"published_model", "holdout_split"}
     assert {s.name for s in defs.sensors} == {"refit_failure_alert", "check_warning_alert", "dead_run_reaper",
                                               "start_list_sensor", "republished_forecasts"}
+    # the UI shows what each sensor and the schedule do (Dagster does not read their docstrings)
+    for item in (*defs.sensors, *defs.schedules):
+        assert item.description and len(item.description) > 40, item.name
 
 
 def test_executor_runs_at_most_three_step_processes_per_run():

@@ -150,6 +150,7 @@ def test_posterior_metadata_reports_summary_evaluation_and_plots(graph_run):
         assert "in-sample (the notebook's)" in evaluation and "held-out" in evaluation and "ELPD" in evaluation
         for key in ("elpd", "mae_p50_min", "coverage_90"):
             assert np.isfinite(meta[key].value)
+            assert len(f"{abs(meta[key].value):.12g}".replace(".", "").lstrip("0")) <= 5  # the UI shows 5 digits, not 16
         for plot in ("plot_scale_ranks", "plot_predicted_vs_observed", "plot_coverage_by_decile"):
             assert meta[plot].value.startswith("![") and "data:image/png;base64," in meta[plot].value, (name, plot)
     assert "Male" in _meta(results["70.3"], posterior_key("seed_profile"))["analysis"].value

@@ -169,10 +169,16 @@ def test_the_best_eligible_model_by_elpd_is_published_and_the_leaky_one_never_by
     }
     d = _decide(judged)
     assert d.published == "forecast" and "highest held-out ELPD" in d.reason
+    # and why the better-scoring seed_profile is not it, in words
+    assert ("seed_profile is not eligible: its features are not as of the race (computed over every race, the "
+            "predicted one included), so its higher held-out ELPD is not a forecast's") in d.reason
     assert d.table.set_index("model").loc["forecast", "published"]
-    # differences against the published model, overall and by group
+    # differences against the published model, overall and by group; a group without rows (no new
+    # course: every course was trained on before) is left out, not shown as nan
     row = d.differences.query("model == 'seed_asof' and group == 'all'").iloc[0]
     assert row["elpd_diff"] == pytest.approx(-0.3)
+    assert "new course" not in set(d.differences["group"]) and "known course" in set(d.differences["group"])
+    assert (d.differences["rows"] > 0).all() and d.differences["elpd_diff"].notna().all()
     assert _decide(judged, publish="seed_profile").published == "seed_profile"
 
 

@@ -595,7 +595,7 @@ def test_a_start_list_keeps_its_columns_counts_repeats_and_reads_spellings(tmp_p
     assert start.athletes["age_group"].tolist() == ["30-34", "30-34", "35-39"]
     assert start.event == {"event_name": "X", "event_year": 2027, "event_distance": "70.3"}
     assert start.counts == {"athletes": 3, "without_athlete_hash": 1, "listed_more_than_once": 1,
-                            "listed_with_different_gender_or_age_group": 0}
+                            "listed_inconsistently": 0}
     assert any("listed more than once (e.g. a); each of their rows gets the same forecast" in n for n in start.notes)
 
 
@@ -606,7 +606,7 @@ def test_an_athlete_listed_twice_with_different_age_groups_is_said_so(tmp_path):
     path.write_text(f"{START}\na,M,35-39\na,M,40-44\nb,F,30-34\nb,female,30-34\nc,F,30-34\n")
     start = read_start_list(path)
     assert start.counts["listed_more_than_once"] == 2
-    assert start.counts["listed_with_different_gender_or_age_group"] == 1
+    assert start.counts["listed_inconsistently"] == 1
     note = next(n for n in start.notes if "listed more than once" in n)
     assert "1 of them with different genders or age groups in their rows (e.g. a)" in note
     assert "each row forecast as written" in note

@@ -18,11 +18,15 @@ from racedayai_bayes.lib.evaluation.plots import (
     SCATTER_MAX_ROWS,
     coverage_by_decile,
     coverage_by_decile_plot,
+    effect_caterpillar,
+    field_forecast_plot,
     fit_stats,
     png_markdown,
     predicted_vs_observed,
     scale_rank_plot,
 )
+from racedayai_bayes.lib.evaluation.scores import decile_table
+from racedayai_bayes.lib.models.base import Prediction
 from racedayai_bayes.lib.models.seed.model import SCALE_SITES
 from racedayai_bayes.lib.models.seed.plots import group_effect_forest, group_effect_table
 
@@ -364,6 +368,16 @@ def test_plots_with_fixed_margins_keep_every_text_inside_the_image(monkeypatch):
         predicted_vs_observed(observed, predicted),
         predicted_vs_observed(observed[:500], predicted[:500]),
         coverage_by_decile_plot(coverage_by_decile(observed, predicted - 6_000, predicted + 6_000, predicted)),
+        coverage_by_decile_plot(decile_table(observed, Prediction(predicted, np.full(observed.size, 4000.0),
+                                                                  predicted - 6_000, predicted, predicted + 6_000),
+                                             np.repeat(np.arange(200), 100).astype(str))),
+        # every course named, 36 characters each: as many as a full-scale 70.3 (every 2nd named), and few
+        effect_caterpillar(rng.normal(0, 0.05, (400, 230)), [f"IRONMAN 70.3 Course Number {i:03d} Westfield" for i in range(230)],
+                           lambda e: 360 * e, "Course effects, 70.3: minutes at the mean finish time"),
+        effect_caterpillar(rng.normal(0, 0.05, (400, 3)), ["A", "B", "C"], lambda e: 360 * e, "three courses"),
+        field_forecast_plot(pd.DataFrame({"bayes_p50": observed[:300], "bayes_p05": observed[:300] - 4000,
+                                          "bayes_p95": observed[:300] + 4000, "history_races": np.arange(300) % 3}),
+                            "IRONMAN 70.3 West Kestrel 2027"),
     ]
     assert len(figures) == len(pngs)
     for fig, png in zip(figures, pngs):

@@ -10,6 +10,7 @@ lib/evaluation/ does the judging; this module only translates.
 
 
 import dagster as dg
+import numpy as np
 
 from racedayai_bayes.lib.evaluation import diagnostics as dx
 
@@ -85,16 +86,32 @@ def publish_check_specs(asset: str) -> list[dg.AssetCheckSpec]:
     ]
 
 
+SHOWN_DIGITS = 5  # significant digits of a number shown in the UI
+
+
+def shown(value: float) -> float:
+    """``value`` to :data:`SHOWN_DIGITS` significant digits: the UI shows metadata numbers in
+    full (0.9240787801778907); the artifacts and CSVs keep full precision."""
+    value = float(value)
+    return float(f"{value:.{SHOWN_DIGITS}g}") if np.isfinite(value) else value
+
+
+def number(value: float) -> dg.MetadataValue:
+    """A float metadata value as the UI should show it (:func:`shown`)."""
+    return dg.MetadataValue.float(shown(value))
+
+
 def check_result(outcome: dx.CheckOutcome, distance: str, model: str, names: dict = MODEL_CHECKS) -> dg.AssetCheckResult:
     name, _ = names[outcome.name]
     metadata = {
-        "value": dg.MetadataValue.float(float(outcome.value)),
+        "value": number(outcome.value),
         "threshold": dg.MetadataValue.text(outcome.threshold),
         "worst": dg.MetadataValue.text(outcome.worst or "-"),
         "distance": dg.MetadataValue.text(distance),
         "model": dg.MetadataValue.text(model),
     }
-    metadata.update({k: v for k, v in outcome.extra.items() if isinstance(v, (int, float, str))})
+    metadata.update({k: shown(v) if isinstance(v, float) else v for k, v in outcome.extra.items()
+                     if isinstance(v, (int, float, str))})
     return dg.AssetCheckResult(
         check_name=name,
         passed=outcome.passed,

@@ -15,6 +15,7 @@ from racedayai_bayes.lib.outputs.forecasts import ForecastError, forecast_start_
 from racedayai_bayes.lib.outputs.io import OutputWriteError, write_csv_atomic
 
 from .resources import PipelinePaths
+from .checks import number
 
 start_lists = dg.DynamicPartitionsDefinition(name="start_lists")
 FORECAST_JOB = "forecast_start_list"  # not the asset's name: a job and an op may not share one
@@ -64,12 +65,11 @@ def race_forecasts(context: dg.AssetExecutionContext, paths: PipelinePaths) -> d
         "athletes": dg.MetadataValue.int(len(result.table)),
         "without_history": dg.MetadataValue.int(result.without_history),
         "listed_more_than_once": dg.MetadataValue.int(start.counts["listed_more_than_once"]),
-        "listed_with_different_gender_or_age_group": dg.MetadataValue.int(
-            start.counts["listed_with_different_gender_or_age_group"]),
+        "listed_inconsistently": dg.MetadataValue.int(start.counts["listed_inconsistently"]),
         "new_course": dg.MetadataValue.bool(result.new_course),
         "model": dg.MetadataValue.text(result.model),
         "artifact": dg.MetadataValue.path(result.artifact),
-        "median_forecast_h": dg.MetadataValue.float(float(np.median(p50) / 3600)),
+        "median_forecast_h": number(float(np.median(p50) / 3600)),
         "plot_field": dg.MetadataValue.md(plots.png_markdown(
             plots.field_forecast_plot(result.table, f"{result.event} {result.season}"), f"forecasts of the field, {name}")),
         "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in result.notes) or "none"),
@@ -86,7 +86,9 @@ def _signature(path: Path) -> str:
     return f"{stat.st_mtime_ns}-{stat.st_size}"
 
 
-@dg.sensor(job=race_forecasts_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
+@dg.sensor(job=race_forecasts_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Watches the start-list folder: a new CSV adds its partition of race_forecasts, and a new or "
+                       "changed one is forecast with the published posterior of its distance.")
 def start_list_sensor(context: dg.SensorEvaluationContext, paths: PipelinePaths):
     """A new or changed CSV in the start-list folder adds its partition and forecasts it."""
     folder = Path(paths.start_lists_dir)
@@ -119,7 +121,9 @@ PUBLISHED = dg.AssetKey("bayesian_predictions")
 PUBLICATIONS_PER_TICK = 50
 
 
-@dg.sensor(job=race_forecasts_job, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30)
+@dg.sensor(job=race_forecasts_job, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
+           description="When a weekly refit publishes a distance's posterior, forecasts again every start list of "
+                       "that distance whose race is after the posterior's latest season (backtests excepted).")
 def republished_forecasts(context: dg.SensorEvaluationContext, paths: PipelinePaths):
     """Each newly published posterior forecasts again every start list of its distance whose
     race is in a later season than the posterior's latest one. Every publication since the

@@ -15,7 +15,7 @@ from racedayai_bayes.lib.models.seed.fit import ENGINES, SeedSettings
 from racedayai_bayes.lib.outputs.artifacts import ArtifactError, load_artifact, previous_artifact, write_artifact
 from racedayai_bayes.lib.outputs.io import OutputWriteError
 
-from .checks import check_result, model_check_specs
+from .checks import check_result, model_check_specs, number
 from .partitions import distance_partitions
 from .resources import SLOT_TAGS, CpuSlots, PipelinePaths
 
@@ -83,13 +83,13 @@ def _metadata(judged: Judged) -> dict:
         "evaluation": dg.MetadataValue.md(evaluation_markdown(judged)),
         "summary": dg.MetadataValue.md(markdown_table(model.summary())),
         "settings": dg.MetadataValue.json(model.settings),
-        "fit_wall_s": dg.MetadataValue.float(float(model.info.get("wall_s", float("nan")))),
-        "elpd": dg.MetadataValue.float(s.elpd),
-        "elpd_se": dg.MetadataValue.float(s.elpd_se),
-        "mae_p50_min": dg.MetadataValue.float(s.mae_p50_sec / 60),
-        "mae_pred_min": dg.MetadataValue.float(s.mae_pred_sec / 60),
-        "r2": dg.MetadataValue.float(s.r2),
-        "coverage_90": dg.MetadataValue.float(s.coverage_90),
+        "fit_wall_s": number(float(model.info.get("wall_s", float("nan")))),
+        "elpd": number(s.elpd),
+        "elpd_se": number(s.elpd_se),
+        "mae_p50_min": number(s.mae_p50_sec / 60),
+        "mae_pred_min": number(s.mae_pred_sec / 60),
+        "r2": number(s.r2),
+        "coverage_90": number(s.coverage_90),
         "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in model.notes) or "none"),
     }
     if "jax_backend" in model.info:  # a NUTS engine ran: in a step process, JAX must be on the CPU
@@ -97,7 +97,7 @@ def _metadata(judged: Judged) -> dict:
     if hasattr(model, "analysis"):
         meta["analysis"] = dg.MetadataValue.md(analysis_markdown(model.analysis()))
     if judged.drift:
-        meta["drift_mean_abs_shift_sec"] = dg.MetadataValue.float(judged.drift["mean_abs_shift_sec"])
+        meta["drift_mean_abs_shift_sec"] = number(judged.drift["mean_abs_shift_sec"])
     meta.update({name: dg.MetadataValue.md(image) for name, image in judged_plots(judged).items()})
     return meta
 

@@ -17,6 +17,7 @@ from racedayai_bayes.lib.outputs.tables import means_table, prediction_table
 from .models import posterior_key
 from .partitions import distance_partitions
 from .resources import SLOT_TAGS, CpuSlots, PipelinePaths
+from .checks import number
 
 GROUP = "outputs"
 
@@ -84,11 +85,11 @@ def bayesian_predictions(
             "posterior_artifact": dg.MetadataValue.text(str(chosen.artifact)),
             "rows": dg.MetadataValue.int(len(table)),
             "rows_held_out": dg.MetadataValue.int(int(held.sum())),
-            "mean_prediction_h": dg.MetadataValue.float(float(table["bayes_pred"].mean() / 3600)),
-            "mean_sd_min": dg.MetadataValue.float(float(table["bayes_std"].mean() / 60)),
-            "held_out_mae_p50_min": dg.MetadataValue.float(
+            "mean_prediction_h": number(float(table["bayes_pred"].mean() / 3600)),
+            "mean_sd_min": number(float(table["bayes_std"].mean() / 60)),
+            "held_out_mae_p50_min": number(
                 float((table["bayes_p50"] - table["total_sec"]).abs()[held].mean() / 60) if held.any() else float("nan")),
-            "mean_interval_width_min": dg.MetadataValue.float(float((table["bayes_p95"] - table["bayes_p05"]).mean() / 60)),
+            "mean_interval_width_min": number(float((table["bayes_p95"] - table["bayes_p05"]).mean() / 60)),
             "columns": dg.MetadataValue.text(", ".join(table.columns)),
         }
     )

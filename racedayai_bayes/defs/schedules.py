@@ -21,6 +21,8 @@ refit_job = dg.define_asset_job(
     cron_schedule="0 3 * * 1",
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Refits both distances every Monday at 03:00 UTC, one run each: every model fitted, judged on the "
+                "latest season, compared, and the best published.",
 )
 def weekly_refit(context: dg.ScheduleEvaluationContext):
     """Refit both distances every Monday at 03:00 UTC, one run each."""

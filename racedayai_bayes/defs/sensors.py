@@ -130,6 +130,8 @@ ALERT_INTERVAL_S = 10
 @dg.run_failure_sensor(
     name="refit_failure_alert", default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=ALERT_INTERVAL_S,
     monitor_all_code_locations=True,
+    description="Logs an alert, and posts it to RACEDAYAI_ALERT_WEBHOOK when set, when a run fails: the failed step's error, "
+                "or the failed blocking checks that stopped it.",
 )
 def refit_failure_alert(context: dg.RunFailureSensorContext):
     """Alert when a refit run fails, naming the failed checks if a blocking check stopped it."""
@@ -143,13 +145,17 @@ def refit_failure_alert(context: dg.RunFailureSensorContext):
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=ALERT_INTERVAL_S,
     monitor_all_code_locations=True,
+    description="Logs an alert, and posts it to RACEDAYAI_ALERT_WEBHOOK when set, when a run succeeded but some of its checks "
+                "failed: a WARN check, or a model's own ERROR check that kept it from being published.",
 )
 def check_warning_alert(context: dg.RunStatusSensorContext):
     """Alert when a run succeeded but some of its checks failed (non-blocking, WARN)."""
     send_alerts(context, alerts_for_run(context.instance, context.dagster_run, None))
 
 
-@dg.sensor(name="dead_run_reaper", minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+@dg.sensor(name="dead_run_reaper", minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Every minute: marks failed each started run whose process is gone from this host (killed), "
+                       "so that it stops holding its distance's place in the run queue; the failure is alerted.")
 def dead_run_reaper(context: dg.SensorEvaluationContext):
     """Mark runs whose process was killed as failed, so they stop holding their distance's queue slot."""
     if context.instance.run_launcher.supports_check_run_worker_health:

@@ -629,13 +629,13 @@ def read_start_list(path: str | Path, *, event_columns: bool = False, given: tup
     hashes = athletes["athlete_hash"]
     twice = hashes.notna() & hashes.duplicated(keep=False)
     counts = {"athletes": len(rows), "without_athlete_hash": int(hashes.isna().sum()),
-              "listed_more_than_once": int(hashes[twice].nunique()), "listed_with_different_gender_or_age_group": 0}
+              "listed_more_than_once": int(hashes[twice].nunique()), "listed_inconsistently": 0}
     if counts["listed_more_than_once"]:
         examples = ", ".join(hashes[twice].unique()[:3])
         repeated = athletes.loc[twice]
         # an athlete whose rows give different genders or age groups: their forecasts differ too
         conflicting = repeated.astype("string").fillna("").groupby("athlete_hash")[["gender", "age_group"]].nunique().gt(1).any(axis=1)
-        counts["listed_with_different_gender_or_age_group"] = int(conflicting.sum())
+        counts["listed_inconsistently"] = int(conflicting.sum())
         same = "each of their rows gets the same forecast"
         if conflicting.any():
             odd = ", ".join(conflicting.index[conflicting][:3])

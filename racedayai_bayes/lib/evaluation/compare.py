@@ -84,6 +84,8 @@ def differences(judged: dict[str, Judged], reference: str, split_rows: pd.DataFr
         if name == reference or not np.array_equal(j.judged.positions, positions):
             continue
         for group, mask in groups.items():
+            if not mask.any():  # e.g. no new course in the held-out season: nothing to compare
+                continue
             d, se, n = elpd_difference(_lpd(j), _lpd(ref), clusters, mask)
             obs = ref.judged.observed[mask]
             mae = np.mean(np.abs(j.judged.prediction.p50[mask] - obs)) - np.mean(np.abs(ref.judged.prediction.p50[mask] - obs)) if n else np.nan
@@ -130,6 +132,13 @@ def decide(judged: dict[str, Judged], split_rows: pd.DataFrame, train: pd.DataFr
                     reason += f"; it beats last week's {previous} by {d:.4f} ELPD per row (> {SWITCH_SE:g} x {se:.4f})"
             if previous is not None and previous != chosen and previous not in eligible and previous in judged:
                 reason += f"; last week's {previous} is not eligible ({failed(previous) if not judged[previous].passed else 'its features are not as of the race'})"
+            # a model left out for its features says so, even when it scores better: its score has the leak in it
+            leaky = [n for n, j in judged.items() if not j.model.asof and n != previous]
+            if leaky:
+                better = [n for n in leaky if np.nan_to_num(elpd[n], nan=-np.inf) > elpd[chosen]]
+                reason += (f"; {', '.join(leaky)} {'is' if len(leaky) == 1 else 'are'} not eligible: its features are not "
+                           "as of the race (computed over every race, the predicted one included)"
+                           + (", so its higher held-out ELPD is not a forecast's" if better else ""))
     table["published"] = table["model"] == chosen
     diffs = differences(judged, chosen, split_rows, train) if chosen else differences(judged, next(iter(judged)), split_rows, train)
     return Decision(distance=distance, published=chosen, reason=reason, previous=previous, table=table,

@@ -16,8 +16,9 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
-from racedayai_bayes.lib.evaluation.diagnostics import COVERAGE_RANGE, point_metrics
+from racedayai_bayes.lib.evaluation.diagnostics import COVERAGE_RANGE, COVERAGE_Z, point_metrics
 from racedayai_bayes.lib.inference.draws import Draws
 
 DPI = 90
@@ -226,17 +227,34 @@ def coverage_by_decile(observed_sec, p05, p95, predicted_sec=None) -> pd.DataFra
     return table
 
 
+def _hm(hours: float) -> str:
+    """Hours as h:mm (5.92 -> '5:55')."""
+    minutes = int(round(float(hours) * 60))
+    return f"{minutes // 60}:{minutes % 60:02d}"
+
+
 def coverage_by_decile_plot(table: pd.DataFrame, nominal: float = 0.9) -> bytes:
-    """Bars of 90%-interval coverage per decile of finish time, against the accepted band."""
+    """Bars of 90%-interval coverage per decile of finish time, against the accepted band.
+
+    With the table's clustered standard errors (column ``se``, lib/evaluation/scores.py), each
+    bar carries its 99% interval and is coloured by the ``coverage_by_decile`` check's own rule:
+    outside the range only when that interval misses it (sampling noise allowed for), so the
+    plot and the check agree. Without them, by the bare range."""
     binned_by = table.attrs.get("binned_by", "observed")
     lo_ok, hi_ok = COVERAGE_RANGE
     x = np.arange(len(table))
     cov = table["coverage"].to_numpy(dtype="float64")
-    ok = (cov >= lo_ok) & (cov <= hi_ok)
+    has_se = "se" in table and len(table)
+    half = COVERAGE_Z * table["se"].fillna(0.0).to_numpy(dtype="float64") if has_se else np.zeros(len(cov))
+    ok = (cov + half >= lo_ok) & (cov - half <= hi_ok)
     fig = new_figure(5.4)
     ax = fig.add_subplot()
     ax.axhspan(lo_ok, hi_ok, color="C2", alpha=0.15, label=f"accepted range [{lo_ok:g}, {hi_ok:g}]")
     ax.bar(x, cov, width=0.7, color=np.where(ok, "C0", "C3"), zorder=2)
+    if has_se:
+        # a share stays within 0..1: the interval is cut there (and stays below the annotations)
+        ax.errorbar(x, cov, yerr=[np.minimum(half, cov), np.minimum(half, 1.0 - cov)], fmt="none", ecolor="k",
+                    elinewidth=1.0, capsize=3, zorder=3, label="99% interval (clustered by edition)")
     ax.axhline(nominal, color="k", lw=1.2, ls="--", label=f"nominal {nominal:.0%}", zorder=3)
     # annotations sit in a row above 100%, so they never collide with bars or lines
     for xi, row in zip(x, table.itertuples()):
@@ -246,14 +264,14 @@ def coverage_by_decile_plot(table: pd.DataFrame, nominal: float = 0.9) -> bytes:
         )
     ax.set_xticks(
         x,
-        [f"{d}\n{a:.1f}–{b:.1f} h\n{n:,}" for d, a, b, n in zip(table["decile"], table["lower_h"], table["upper_h"], table["rows"])],
+        [f"{d}\n{_hm(a)}–{_hm(b)}\n{n:,}" for d, a, b, n in zip(table["decile"], table["lower_h"], table["upper_h"], table["rows"])],
         fontsize=7.5,
     )
     bottom = min(0.5, float(np.nanmin(cov)) - 0.05) if len(cov) else 0.5
     ax.set_ylim(max(bottom, 0.0), 1.0 + 0.1 * (1.0 - max(bottom, 0.0)) + 0.03)
     ax.yaxis.set_major_formatter(lambda v, _pos: f"{v:.0%}")
     ax.tick_params(axis="y", labelsize=8)
-    ax.set_xlabel(f"decile of {binned_by} finish time (number, hours, rows); "
+    ax.set_xlabel(f"decile of {binned_by} finish time (number, h:mm, rows); "
                   "↓ / ↑ = share below / above the interval", fontsize=9)
     ax.set_ylabel("share inside the 90% interval", fontsize=9)
     ax.set_title(
@@ -262,43 +280,54 @@ def coverage_by_decile_plot(table: pd.DataFrame, nominal: float = 0.9) -> bytes:
     )
     handles, _labels = ax.get_legend_handles_labels()
     handles += [
-        Patch(color="C0", label="decile inside the range"),
-        Patch(color="C3", label="decile outside the range"),
+        Patch(color="C0", label="decile consistent with the range" if has_se else "decile inside the range"),
+        Patch(color="C3", label="decile outside it beyond sampling noise" if has_se else "decile outside the range"),
     ]
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=4, fontsize=8, frameon=False)
-    fixed_margins(fig, left=0.75, right=0.2, top=0.45, bottom=1.45)  # three-line ticks, the axis label and the legend below
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=8, frameon=False)
+    fixed_margins(fig, left=0.75, right=0.2, top=0.45, bottom=1.6)  # three-line ticks, the axis label and the legend below
     return png(fig)
 
 
 # ---------------------------------------------------------------- level effects (caterpillar)
 
 
-def effect_caterpillar(draws: np.ndarray, labels, to_minutes, title: str, label_extremes: int = 5) -> bytes:
-    """Posterior mean and 90% interval of many level effects, sorted, in minutes.
+MAX_NAMED_LEVELS = 160  # more levels than this: every k-th is named, so that names never overlap
 
-    ``draws`` (S, levels) on the model's scale; ``to_minutes`` maps them to minutes. The
-    fastest and slowest ``label_extremes`` levels are named.
+
+def effect_caterpillar(draws: np.ndarray, labels, to_minutes, title: str, level_name: str = "level") -> bytes:
+    """Posterior mean and 90% interval of many level effects, in minutes: one row per level,
+    fastest at the top, each named on the axis (up to :data:`MAX_NAMED_LEVELS` levels; beyond
+    that every k-th). The figure grows with the number of levels, so that no name overlaps
+    another and none leaves the image.
+
+    ``draws`` (S, levels) on the model's scale; ``to_minutes`` maps them to minutes.
     """
     minutes = to_minutes(np.asarray(draws))
     mean = minutes.mean(axis=0)
     lo, hi = np.percentile(minutes, [5, 95], axis=0)
     order = np.argsort(mean)
-    fig = new_figure(4.2)
+    n = len(order)
+    row_in = 0.13
+    fig = new_figure(1.3 + row_in * max(n, 8))
     ax = fig.subplots()
-    x = np.arange(len(order))
-    ax.vlines(x, lo[order], hi[order], color="#9ab", linewidth=1)
-    ax.plot(x, mean[order], "o", color="#1f4e79", markersize=2.5)
-    ax.axhline(0, color="grey", linewidth=0.8)
-    labels = np.asarray(labels, dtype=object)
-    for i in [*range(min(label_extremes, len(order))), *range(max(len(order) - label_extremes, 0), len(order))]:
-        ax.annotate(str(labels[order[i]])[:28], (x[i], mean[order[i]]), fontsize=6, rotation=90,
-                    xytext=(0, 4 if mean[order[i]] >= 0 else -4), textcoords="offset points",
-                    ha="center", va="bottom" if mean[order[i]] >= 0 else "top")
-    ax.set_xlabel(f"{len(order)} levels, fastest to slowest", fontsize=9)
-    ax.set_ylabel("effect (minutes, 90% interval)", fontsize=9)
-    ax.set_title(title, fontsize=11)
-    ax.tick_params(labelsize=8)
-    fig.tight_layout()  # the level labels' extent depends on where the extreme levels lie: measured
+    y = np.arange(n)
+    ax.hlines(y, lo[order], hi[order], color="#9ab", linewidth=1.2)
+    ax.plot(mean[order], y, "o", color="#1f4e79", markersize=3)
+    ax.axvline(0, color="grey", linewidth=0.8)
+    step = int(np.ceil(n / MAX_NAMED_LEVELS)) if n else 1
+    named = y[::step]
+    names = [str(v)[:36] for v in np.asarray(labels, dtype=object)[order][::step]]
+    ax.set_yticks(named, names, fontsize=6.5)
+    ax.set_ylim(n - 0.5, -0.5)  # fastest at the top
+    ax.set_xlabel("effect (minutes at the mean finish time; dot: mean, line: 90% interval)", fontsize=9)
+    ordinal = {2: "second", 3: "third"}.get(step, f"{step}th")
+    named_all = "each named" if step == 1 else f"every {ordinal} named"
+    ax.set_title(f"{title}\n{n} {level_name}s, fastest at the top ({named_all})", fontsize=10)
+    ax.set_ylabel(f"{level_name}, fastest at the top", fontsize=9)
+    ax.tick_params(axis="x", labelsize=8)
+    ax.grid(axis="x", color="#eee", linewidth=0.6)
+    ax.set_axisbelow(True)
+    fixed_margins(fig, left=2.45, right=0.25, top=0.6, bottom=0.55)
     return png(fig)
 
 
@@ -352,12 +381,16 @@ def field_forecast_plot(table: pd.DataFrame, title: str) -> bytes:
     med = float(np.median(p50))
     half = float(np.median(width)) / 2
     top = ax.get_ylim()[1]
-    ax.errorbar([med], [top * 0.92], xerr=[[half], [half]], fmt="o", color="k", capsize=4,
+    # headroom above the bars: the interval's bar at the top, the legend beneath the title
+    ax.set_ylim(0, top * 1.45)
+    ax.errorbar([med], [top * 1.08], xerr=[[half], [half]], fmt="o", color="k", capsize=4,
                 label=f"median forecast, typical 90% interval ({2 * half * 60:.0f} min)")
+    ax.set_xlim(min(bins[0], med - half) - 0.1, max(bins[-1], med + half) + 0.1)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # athletes are counted in whole numbers
     ax.set_xlabel("forecast finish time (median, hours)", fontsize=9)
     ax.set_ylabel("athletes", fontsize=9)
     ax.set_title(f"Forecasts of the field: {title} ({len(p50):,} athletes)", fontsize=11)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper right", ncol=3, frameon=False)
     ax.tick_params(labelsize=8)
     fig.tight_layout()
     return png(fig)

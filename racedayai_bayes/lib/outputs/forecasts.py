@@ -108,7 +108,8 @@ def forecast_start_list(artifact, start: StartList, event: str | None = None, se
     if new_course:
         folded = [c.casefold() for c in model.encoding.courses]
         near = dict.fromkeys(difflib.get_close_matches(event.casefold(), folded, n=3, cutoff=0.75))
-        similar = [c for c, f in zip(model.encoding.courses, folded) if f in near][:3]
+        # the closest first; courses that differ only in case are each listed
+        similar = [c for f in near for c, g in zip(model.encoding.courses, folded) if g == f][:3]
         hint = f"; known courses with a similar name: {', '.join(repr(c) for c in similar)}" if similar else ""
         notes.append(f"{event} has no edition before {season} in the posterior: it is forecast as a new course "
                      f"(its effect is a draw from all courses){hint}")

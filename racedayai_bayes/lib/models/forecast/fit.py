@@ -535,7 +535,7 @@ class FittedForecast(FittedModel):
                     self.b[..., self.encoding.slices["course"]].reshape(-1, len(self.encoding.courses)),
                     self.encoding.courses,
                     lambda e: np.exp(self.encoding.y_center) * np.expm1(e) / 60.0,
-                    f"Course effects, {self.distance}: minutes at the mean finish time",
+                    f"Course effects, {self.distance}: minutes at the mean finish time", level_name="course",
                 ),
                 f"course effects in minutes, {self.distance}",
             ),
