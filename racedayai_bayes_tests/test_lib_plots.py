@@ -19,6 +19,7 @@ from racedayai_bayes.lib.evaluation.plots import (
     coverage_by_decile,
     coverage_by_decile_plot,
     effect_caterpillar,
+    elpd_difference_plot,
     field_forecast_plot,
     fit_stats,
     png_markdown,
@@ -375,6 +376,10 @@ def test_plots_with_fixed_margins_keep_every_text_inside_the_image(monkeypatch):
         effect_caterpillar(rng.normal(0, 0.05, (400, 230)), [f"IRONMAN 70.3 Course Number {i:03d} Westfield" for i in range(230)],
                            lambda e: 360 * e, "Course effects, 70.3: minutes at the mean finish time"),
         effect_caterpillar(rng.normal(0, 0.05, (400, 3)), ["A", "B", "C"], lambda e: 360 * e, "three courses"),
+        elpd_difference_plot(pd.DataFrame([
+            {"model": m, "against": "forecast", "group": g, "rows": 1000, "elpd_diff": d, "elpd_diff_se": 0.02}
+            for m, d in (("seed_profile", 0.1), ("seed_asof", -0.2))
+            for g in ("all", "first race", "returning", "known course", "new course")]), not_eligible={"seed_profile"}),
         field_forecast_plot(pd.DataFrame({"bayes_p50": observed[:300], "bayes_p05": observed[:300] - 4000,
                                           "bayes_p95": observed[:300] + 4000, "history_races": np.arange(300) % 3}),
                             "IRONMAN 70.3 West Kestrel 2027"),

@@ -77,8 +77,10 @@ def published_model(context: dg.AssetExecutionContext, config: PublishConfig, pa
     if not decision.differences.empty:
         from racedayai_bayes.lib.evaluation import plots  # Matplotlib: only a step that plots imports it
 
+        leaky = {n for n, j in decision.judged.items() if not j.model.asof}
         metadata["plot_elpd_differences"] = dg.MetadataValue.md(plots.png_markdown(
-            plots.elpd_difference_plot(decision.differences), f"ELPD differences against the published model, {distance}"))
+            plots.elpd_difference_plot(decision.differences, not_eligible=leaky),
+            f"ELPD differences against the published model, {distance}"))
     if decision.chosen is not None:
         metadata["artifact"] = dg.MetadataValue.path(str(decision.chosen.artifact))
     yield dg.Output(decision, metadata=metadata)

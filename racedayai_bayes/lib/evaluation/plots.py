@@ -334,9 +334,11 @@ def effect_caterpillar(draws: np.ndarray, labels, to_minutes, title: str, level_
 # ---------------------------------------------------------------- model comparison
 
 
-def elpd_difference_plot(differences: pd.DataFrame, z: float = 2.0) -> bytes:
+def elpd_difference_plot(differences: pd.DataFrame, z: float = 2.0, not_eligible=()) -> bytes:
     """ELPD difference per row of each model against the published one, by group, with
-    +-``z`` clustered standard errors: right of 0 the model forecasts better."""
+    +-``z`` clustered standard errors: right of 0 the model forecasts better. Models in
+    ``not_eligible`` (features not as of the race) are marked so in the legend: their
+    score has the leak in it."""
     groups = list(dict.fromkeys(differences["group"]))
     models = list(dict.fromkeys(differences["model"]))
     fig = new_figure(1.2 + 0.45 * len(groups) * max(len(models), 1))
@@ -349,7 +351,8 @@ def elpd_difference_plot(differences: pd.DataFrame, z: float = 2.0) -> bytes:
                 continue
             d, se = float(row["elpd_diff"].iloc[0]), float(row["elpd_diff_se"].iloc[0])
             err = z * se if np.isfinite(se) else 0.0
-            ax.errorbar(d, y, xerr=err, fmt="o", color=f"C{i}", capsize=3, label=m if g == groups[0] else None)
+            name = f"{m} (not eligible: features not as of the race)" if m in not_eligible else m
+            ax.errorbar(d, y, xerr=err, fmt="o", color=f"C{i}", capsize=3, label=name if g == groups[0] else None)
             ticks.append(y)
             labels.append(f"{g}: {m} ({int(row['rows'].iloc[0]):,})")
             y -= 1.0
