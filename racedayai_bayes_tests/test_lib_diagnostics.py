@@ -257,3 +257,19 @@ def test_coverage_by_decile_warns_only_for_deciles_outside_the_band_up_to_noise(
     assert outcome.level == WARN and outcome.extra["deciles_outside"] == 1
     assert "0.990 (decile 3)" in outcome.description
     assert check_coverage_by_decile(deciles.iloc[:2]).passed
+
+
+def test_the_seed_summary_names_each_group_level_and_the_checks_name_it_too():
+    """mu_age[17] means nothing in the UI: the seed models' summary has a ``level`` column, and
+    the r_hat and ESS checks name the worst parameter's level."""
+    from racedayai_bayes.lib.models.seed.encoding import Encoding
+    from racedayai_bayes.lib.models.seed.fit import _with_levels
+
+    enc = Encoding(distance="70.3", age_levels=("30-34", "40-44"), cluster_levels=(-1, 3), y_mean=20000.0,
+                   y_std=3000.0, exp_mean=1.0, exp_std=0.5, default_cluster_idx=0)
+    table = pd.DataFrame({"r_hat": [1.0, 1.02, 1.0, 1.0, 1.0], "ess_bulk": [900.0, 1000.0, 350.0, 800.0, 700.0]},
+                         index=pd.Index(["mu_age[0]", "mu_age[1]", "mu_cluster[1]", "mu_gender[1]", "sigma"], name="parameter"))
+    named = _with_levels(table, enc)
+    assert named["level"].tolist() == ["30-34", "40-44", "cluster 3", "F", ""]
+    assert check_rhat(named).worst == "mu_age[1] (40-44)" and check_ess(named).worst == "mu_cluster[1] (cluster 3)"
+    assert check_rhat(table).worst == "mu_age[1]"  # a summary without levels (the forecast model's)

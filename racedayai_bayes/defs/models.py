@@ -81,7 +81,8 @@ def _metadata(judged: Judged) -> dict:
         "holdout": dg.MetadataValue.text(str(judged.split.get("description", "none"))),
         "rows_held_out": dg.MetadataValue.int(int(judged.split.get("rows_held_out", 0))),
         "evaluation": dg.MetadataValue.md(evaluation_markdown(judged)),
-        "summary": dg.MetadataValue.md(markdown_table(model.summary())),
+        "summary": dg.MetadataValue.md(markdown_table(model.summary()) + (
+            f"\n\nValues on the scale of {model.summary_scale}." if model.summary_scale else "")),
         "settings": dg.MetadataValue.json(model.settings),
         "fit_wall_s": number(float(model.info.get("wall_s", float("nan")))),
         "elpd": number(s.elpd),

@@ -94,8 +94,14 @@ def summary_table(draws: Draws) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("parameter")
 
 
+def _named(summary: pd.DataFrame, parameter) -> str:
+    """A parameter with its level when the summary names one (``mu_age[17] (40-44)``)."""
+    level = summary["level"].get(parameter, "") if "level" in summary else ""
+    return f"{parameter} ({level})" if level else str(parameter)
+
+
 def check_rhat(summary: pd.DataFrame, threshold: float = RHAT_MAX) -> CheckOutcome:
-    worst = summary["r_hat"].fillna(np.inf).idxmax()  # NaN (one chain, constant draws) is a failure
+    worst = _named(summary, summary["r_hat"].fillna(np.inf).idxmax())  # NaN (one chain, constant draws) is a failure
     value = float(summary["r_hat"].max(skipna=False))
     ok = np.isfinite(value) and value <= threshold
     return CheckOutcome(
@@ -105,7 +111,7 @@ def check_rhat(summary: pd.DataFrame, threshold: float = RHAT_MAX) -> CheckOutco
 
 
 def check_ess(summary: pd.DataFrame, threshold: float = ESS_BULK_MIN) -> CheckOutcome:
-    worst = summary["ess_bulk"].fillna(-np.inf).idxmin()
+    worst = _named(summary, summary["ess_bulk"].fillna(-np.inf).idxmin())
     value = float(summary["ess_bulk"].min(skipna=False))
     ok = np.isfinite(value) and value >= threshold
     return CheckOutcome(

@@ -66,6 +66,8 @@ class FittedModel(ABC):
     asof: bool
     notes: list[str]
     info: dict
+    #: the scale of :meth:`summary`'s values, said beside the table in the UI
+    summary_scale: str = ""
 
     @abstractmethod
     def predict(self, frame: pd.DataFrame, rows: np.ndarray | None = None, *, log_density: bool = False,

@@ -512,6 +512,9 @@ class FittedForecast(FittedModel):
         return Draws(samples=samples, diverging=np.zeros(self.accepted.shape, dtype=bool), engine="laplace-imh",
                      info=self.info)
 
+    summary_scale = ("log finish time: the scales are sds of log time; the gender intercepts are relative to the "
+                     "training mean log time; the slopes per sd of their covariate")
+
     def summary(self) -> pd.DataFrame:
         from racedayai_bayes.lib.evaluation.diagnostics import summary_table
 

@@ -177,6 +177,20 @@ class SeedModel(Model):
                           draws=draws, info=info, notes=notes)
 
 
+def _with_levels(table: pd.DataFrame, enc: Encoding) -> pd.DataFrame:
+    """The summary with a ``level`` column: the gender, age group or cluster of each group
+    effect (``mu_age[17]`` is an age group the table should name), blank for the rest."""
+    genders = {v: k for k, v in enc.gender_map.items()}
+    levels = {"mu_age": list(enc.age_levels), "mu_cluster": [f"cluster {c}" for c in enc.cluster_levels],
+              "mu_gender": [genders.get(i, str(i)) for i in range(enc.n_gender)]}
+    names = []
+    for parameter in table.index:
+        site, _, rest = str(parameter).partition("[")
+        i = int(rest.rstrip("]")) if rest.rstrip("]").isdigit() else None
+        names.append(levels[site][i] if site in levels and i is not None and i < len(levels[site]) else "")
+    return table.assign(level=names)
+
+
 @dataclass
 class FittedSeed(FittedModel):
     name: str
@@ -237,10 +251,13 @@ class FittedSeed(FittedModel):
                                        description=f"not applicable: the {self.draws.engine} engine runs NUTS, no proposal")
         return [dx.check_rhat(table), dx.check_ess(table), dx.check_divergences(self.draws.diverging), proposal]
 
+    summary_scale = ("the notebook's standardised finish time, (seconds - the training mean) / its sd; the "
+                     "slopes per sd of their standardised covariate; `level` names each group effect's level")
+
     def summary(self) -> pd.DataFrame:
         from racedayai_bayes.lib.evaluation.diagnostics import summary_table
 
-        return self._memo("summary", lambda: summary_table(self.draws)).copy()
+        return self._memo("summary", lambda: _with_levels(summary_table(self.draws), self.encoding)).copy()
 
     def analysis(self) -> dict:
         return posterior_analysis(self.draws, self.encoding)
