@@ -29,6 +29,7 @@ import pytest
 
 from racedayai_bayes.defs.concurrency import PARTITION_TAG, earlier_active_refit
 from racedayai_bayes.defs.schedules import DISTANCE_TAG, REFIT_JOB
+from racedayai_bayes.lib.outputs.artifacts import latest_artifact
 from racedayai_bayes.lib.outputs.tables import APPENDED_COLUMNS, INTERVAL_COLUMNS, PREDICTION_COLUMNS
 
 from .conftest import FAST_FIT, REFIT_ASSETS, REPO, refit_config
@@ -234,8 +235,12 @@ def test_refits_of_one_distance_wait_for_each_other_in_the_run_queue(daemon, ins
     assert table[["bayes_pred", "bayes_std"]].notna().all().all() and (table["bayes_std"] > 0).all()
     wrote_earlier, wrote_later = earlier.materializations[step], later.materializations[step]
     assert len(table) == wrote_later["rows"]
-    assert wrote_earlier["mean_prediction_h"] != wrote_later["mean_prediction_h"]  # different seeds
-    assert table["bayes_pred"].mean() / 3600 == pytest.approx(wrote_later["mean_prediction_h"], rel=1e-12)
+    # each run published its own artifact, and `latest` (moved only after the CSV's write) names the later one's
+    assert wrote_earlier["posterior_artifact"] != wrote_later["posterior_artifact"]
+    out = Path(instance_env["RACEDAYAI_OUTPUT_DIR"])
+    assert str(latest_artifact(out, "70.3")) == wrote_later["posterior_artifact"]
+    # the metadata shows 5 significant digits
+    assert table["bayes_pred"].mean() / 3600 == pytest.approx(wrote_later["mean_prediction_h"], rel=1e-4)
     assert (Path(instance_env["RACEDAYAI_OUTPUT_DIR"]) / "bayesian_predictions_140.6.csv").stat().st_size > 0
 
 
