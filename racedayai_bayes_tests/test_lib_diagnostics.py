@@ -270,6 +270,7 @@ def test_the_seed_summary_names_each_group_level_and_the_checks_name_it_too():
     table = pd.DataFrame({"r_hat": [1.0, 1.02, 1.0, 1.0, 1.0], "ess_bulk": [900.0, 1000.0, 350.0, 800.0, 700.0]},
                          index=pd.Index(["mu_age[0]", "mu_age[1]", "mu_cluster[1]", "mu_gender[1]", "sigma"], name="parameter"))
     named = _with_levels(table, enc)
-    assert named["level"].tolist() == ["30-34", "40-44", "cluster 3", "F", ""]
+    assert named["level"].tolist() == ["30-34", "40-44", "cluster 3", "Female", ""]  # as the group-effects plot says
+    assert _with_levels(table.rename(index={"mu_cluster[1]": "mu_cluster[0]"}), enc)["level"].iloc[2] == "no cluster"
     assert check_rhat(named).worst == "mu_age[1] (40-44)" and check_ess(named).worst == "mu_cluster[1] (cluster 3)"
     assert check_rhat(table).worst == "mu_age[1]"  # a summary without levels (the forecast model's)

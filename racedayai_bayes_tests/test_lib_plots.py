@@ -401,3 +401,26 @@ def test_plots_with_fixed_margins_keep_every_text_inside_the_image(monkeypatch):
             box = text.get_window_extent(renderer)
             assert box.x0 >= -1 and box.y0 >= -1 and box.x1 <= width + 1 and box.y1 <= height + 1, (
                 f"{text.get_text()!r} at {box} is outside the {width} x {height} image")
+
+
+def test_the_decile_plot_colours_each_decile_as_its_check_judges_it(monkeypatch):
+    """Red exactly for the deciles check_coverage_by_decile counts outside the band: with their
+    clustered 99% intervals, a decile just outside [0.85, 0.95] but within noise is not red,
+    and an empty decile (tied predictions leave one without rows: NaN) passes in both."""
+    from matplotlib.colors import to_hex
+
+    from racedayai_bayes.lib.evaluation.diagnostics import check_coverage_by_decile
+
+    figures = _figures_drawn(monkeypatch)
+    table = pd.DataFrame({
+        "decile": range(1, 6), "lower_h": [4.0, 4.5, 5.0, 5.5, 6.0], "upper_h": [4.5, 5.0, 5.5, 6.0, 6.5],
+        "rows": [300, 0, 300, 300, 300], "coverage": [0.96, np.nan, 0.90, 0.70, 0.84],
+        "below": [0.02, np.nan, 0.05, 0.2, 0.1], "above": [0.02, np.nan, 0.05, 0.1, 0.06],
+        "se": [0.01, np.nan, 0.01, 0.01, 0.001],
+    })
+    coverage_by_decile_plot(table)
+    bars = [p for p in figures[0].axes[0].patches if p.get_width() == pytest.approx(0.7)]
+    red = [to_hex(b.get_facecolor()) == to_hex("C3") for b in bars]
+    check = check_coverage_by_decile(table)
+    assert check.extra["deciles_outside"] == sum(red) == 2  # 0.70 and 0.84 (+- 0.003); not 0.96 (+- 0.026), not the empty one
+    assert red == [False, False, False, True, True]

@@ -104,7 +104,8 @@ def number(value: float) -> dg.MetadataValue:
 def check_result(outcome: dx.CheckOutcome, distance: str, model: str, names: dict = MODEL_CHECKS) -> dg.AssetCheckResult:
     name, _ = names[outcome.name]
     metadata = {
-        "value": number(outcome.value),
+        # in full: a value rounded for show could land on the passing side of its threshold
+        "value": dg.MetadataValue.float(float(outcome.value)),
         "threshold": dg.MetadataValue.text(outcome.threshold),
         "worst": dg.MetadataValue.text(outcome.worst or "-"),
         "distance": dg.MetadataValue.text(distance),

@@ -133,12 +133,13 @@ def decide(judged: dict[str, Judged], split_rows: pd.DataFrame, train: pd.DataFr
             if previous is not None and previous != chosen and previous not in eligible and previous in judged:
                 reason += f"; last week's {previous} is not eligible ({failed(previous) if not judged[previous].passed else 'its features are not as of the race'})"
             # a model left out for its features says so, even when it scores better: its score has the leak in it
-            leaky = [n for n, j in judged.items() if not j.model.asof and n != previous]
+            leaky = [n for n, j in judged.items() if not j.model.asof and not (n == previous and n != chosen)]
             if leaky:
+                one = len(leaky) == 1
                 better = [n for n in leaky if np.nan_to_num(elpd[n], nan=-np.inf) > elpd[chosen]]
-                reason += (f"; {', '.join(leaky)} {'is' if len(leaky) == 1 else 'are'} not eligible: its features are not "
-                           "as of the race (computed over every race, the predicted one included)"
-                           + (", so its higher held-out ELPD is not a forecast's" if better else ""))
+                reason += (f"; {', '.join(leaky)} {'is' if one else 'are'} not eligible: {'its' if one else 'their'} "
+                           "features are not as of the race (computed over every race, the predicted one included)"
+                           + (f", so {'its' if one else 'their'} higher held-out ELPD is not a forecast's" if better else ""))
     table["published"] = table["model"] == chosen
     diffs = differences(judged, chosen, split_rows, train) if chosen else differences(judged, next(iter(judged)), split_rows, train)
     return Decision(distance=distance, published=chosen, reason=reason, previous=previous, table=table,
