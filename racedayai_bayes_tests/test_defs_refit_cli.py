@@ -180,9 +180,11 @@ def test_ctrl_c_stops_both_distances_runs_and_leaves_no_process(dagster_home, sm
 
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "RACEDAYAI_INPUT_DIR": str(small_inputs),
            "RACEDAYAI_OUTPUT_DIR": str(tmp_path / "outputs")}
+    # the instance's storage made before the command starts: both creating the same fresh SQLite
+    # database at once can fail in either ("table alembic_version already exists", seen in CI)
+    instance = dg.DagsterInstance.from_config(str(dagster_home))
     proc = subprocess.Popen([sys.executable, "-m", "racedayai_bayes.cli", "refit"], env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    instance = dg.DagsterInstance.from_config(str(dagster_home))
     in_progress = (dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.NOT_STARTED)
     deadline = time.monotonic() + 300
     try:
