@@ -208,6 +208,8 @@ def test_start_list_sensor_adds_a_partition_and_requests_a_run_per_new_or_change
         (folder / "notes.txt").write_text("not a start list")
         first = start_list_sensor(dg.build_sensor_context(instance=instance, resources={"paths": paths}))
         assert sorted(r.partition_key for r in first.run_requests) == ["im703-a-2027", "im703-b-2027"]
+        # each run says its race's distance, under a tag of its own (racedayai/distance is the refit queue's key)
+        assert all(r.tags == {"racedayai/race_distance": "70.3"} for r in first.run_requests)
         (add,) = first.dynamic_partitions_requests
         assert add.partitions_def_name == "start_lists" and sorted(add.partition_keys) == ["im703-a-2027", "im703-b-2027"]
         instance.add_dynamic_partitions("start_lists", list(add.partition_keys))
@@ -246,6 +248,7 @@ def test_a_new_publication_forecasts_again_the_start_lists_of_later_seasons(tmp_
                                           repository_def=defs.get_repository_def())
         result = sensor.evaluate_tick(context)
         assert [r.partition_key for r in result.run_requests] == ["im703-next"]
+        assert result.run_requests[0].tags["racedayai/race_distance"] == "70.3"  # beside the tags Dagster adds
         quiet = sensor.evaluate_tick(dg.build_sensor_context(
             instance=instance, cursor=result.cursor, resources={"paths": paths}, repository_def=defs.get_repository_def()))
         assert not quiet.run_requests  # the same publication is not acted on twice

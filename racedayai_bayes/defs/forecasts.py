@@ -102,10 +102,21 @@ def start_list_sensor(context: dg.SensorEvaluationContext, paths: PipelinePaths)
     known = set(context.instance.get_dynamic_partitions(start_lists.name))
     new = [name for name in changed if name not in known]
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=f"{name}@{current[name]}", partition_key=name) for name in changed],
+        run_requests=[dg.RunRequest(run_key=f"{name}@{current[name]}", partition_key=name,
+                                    tags=_race_tags(_race_of(folder / f"{name}.csv")[0])) for name in changed],
         dynamic_partitions_requests=[start_lists.build_add_request(new)] if new else [],
         cursor=json.dumps(current, sort_keys=True),
     )
+
+
+# the race's distance on a start list's run, to find its runs by distance in the UI. Not the
+# refit's racedayai/distance: that tag is the run queue's key (one refit per distance), and a
+# forecast must not wait behind a refit
+RACE_DISTANCE_TAG = "racedayai/race_distance"
+
+
+def _race_tags(distance: str | None) -> dict[str, str]:
+    return {RACE_DISTANCE_TAG: distance} if distance else {}
 
 
 def _race_of(path: Path) -> tuple[str | None, int | None]:
@@ -175,5 +186,6 @@ def _forecasts_again(races: dict, asset_event: dg.EventLogEntry) -> tuple[list, 
     requests = []
     for name, (race_distance, race_season) in races.items():
         if race_distance == distance and race_season is not None and race_season > latest:
-            requests.append(dg.RunRequest(run_key=f"{name}@{asset_event.run_id or 'runless'}@{asset_event.timestamp}", partition_key=name))
+            requests.append(dg.RunRequest(run_key=f"{name}@{asset_event.run_id or 'runless'}@{asset_event.timestamp}",
+                                          partition_key=name, tags=_race_tags(race_distance)))
     return requests, None if requests else f"no start list of {distance} after {latest}"
