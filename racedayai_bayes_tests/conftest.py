@@ -4,7 +4,6 @@ import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
-from types import SimpleNamespace
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
