@@ -77,10 +77,11 @@ class ForecastSettings:
 
 
 def last_forecast_season() -> int:
-    """The latest season a forecast may be for: two seasons ahead of today's."""
-    import datetime as dt
+    """The latest season a forecast may be for: two seasons ahead of today's, one past the
+    latest a results file may hold (contracts.last_plausible_season)."""
+    from racedayai_bayes.lib.data.contracts import last_plausible_season
 
-    return dt.date.today().year + 2
+    return last_plausible_season() + 1
 
 
 def _athlete_ids(rows: pd.DataFrame) -> np.ndarray:
