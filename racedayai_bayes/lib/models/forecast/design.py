@@ -196,17 +196,36 @@ class ForecastDesign:
 def _positions(codes: np.ndarray, uniques, levels: tuple[str, ...]) -> np.ndarray:
     """Each row's position in ``levels`` (-1 if absent, or if its code is negative), from the
     row's code into ``uniques``: every distinct value is looked up once, not every row."""
-    codes = np.asarray(codes).reshape(-1)
     pos = pd.Index(levels).get_indexer(uniques) if len(uniques) else np.zeros(0, dtype=np.int64)
+    return _positions_of(codes, pos)
+
+
+def _positions_of(codes: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Each row's position, from its code and each code's position (-1 for a negative code)."""
+    codes = np.asarray(codes).reshape(-1)
     if not len(pos):
         return np.full(len(codes), -1, dtype=np.int64)
     return np.where(codes >= 0, pos[np.maximum(codes, 0)], -1)
 
 
-def _lookup(values: pd.Series, levels: tuple[str, ...]) -> np.ndarray:
-    """Index of each value in ``levels`` (-1 if absent or missing)."""
+def course_key(name) -> str:
+    """A course name as matched: case and runs of white space do not matter."""
+    return " ".join(str(name).split()).casefold()
+
+
+def course_index(values: pd.Series, courses: tuple[str, ...]) -> np.ndarray:
+    """Index of each row's course in ``courses`` (-1: a new course, or a blank name). A name the
+    fit never saw as written is its course when exactly one course matches it but for case or
+    spacing (:func:`course_key`): ``forecast`` and ``predict`` read a course alike."""
     codes, uniques = pd.factorize(values, sort=False)
-    return _positions(codes, uniques.astype(object), levels)
+    uniques = uniques.astype(object)
+    pos = pd.Index(courses).get_indexer(uniques) if len(uniques) else np.zeros(0, dtype=np.int64)
+    if (pos < 0).any():
+        keys = pd.Series([course_key(c) for c in courses])
+        single = keys[~keys.duplicated(keep=False)]
+        by_key = dict(zip(single, single.index))
+        pos = np.array([p if p >= 0 else by_key.get(course_key(u), -1) for p, u in zip(pos, uniques)], dtype=np.int64)
+    return _positions_of(codes, pos)
 
 
 def _cell_index(rows: pd.DataFrame, levels: tuple[str, ...]) -> np.ndarray:
@@ -224,7 +243,7 @@ def encode(rows: pd.DataFrame, enc: ForecastEncoding) -> ForecastDesign:
     row on a new course does not.
     """
     season = rows["event_year"].to_numpy(dtype=np.int64)
-    course = _lookup(rows["event_name"].astype("string"), enc.courses)
+    course = course_index(rows["event_name"].astype("string"), enc.courses)
     first_season = np.asarray(enc.course_first_season, dtype=np.int64)
     known = course >= 0
     new_course = ~known | (first_season[np.where(known, course, 0)] >= season)
