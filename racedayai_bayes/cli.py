@@ -1459,8 +1459,11 @@ def _held_out(artifact, frame):
 
     import numpy as np
 
-    season = json.loads(artifact.attrs.get("racedayai_split", "{}")).get("season")
     years = frame["event_year"].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+    first = getattr(artifact.model, "first_forecast_season", None)  # the forecast model's own rule
+    if first is not None:
+        return years >= first
+    season = json.loads(artifact.attrs.get("racedayai_split", "{}")).get("season")
     return years >= season if season is not None else np.zeros(len(frame), dtype=bool)
 
 

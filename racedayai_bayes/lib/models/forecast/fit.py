@@ -407,8 +407,9 @@ class FittedForecast(FittedModel):
         table = pd.DataFrame(columns, copy=False)  # one array per column, none copied
         table.attrs["season"] = season
         # False when the split held out no season (random athletes, none): the fit then saw
-        # ``season``'s own races, and only later seasons can be forecast honestly
-        table.attrs["season_held_out"] = split.season is not None
+        # ``season``'s own races, and only later seasons can be forecast honestly (kept in
+        # info, which the artifact stores; first_forecast_season)
+        self.info["split_season_held_out"] = split.season is not None
         return table
 
     def artifact_tables(self, split, seasons: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -429,12 +430,9 @@ class FittedForecast(FittedModel):
         """The earliest season this posterior can forecast without having seen its results: the
         held-out season, or the one after the table's season when the split held out none
         (none, random_athletes, or the one-season fallback: its fit saw every season up to the
-        table's). Read from the athlete table (since 2026-12-05), else from the split stored in
-        the artifact (every artifact has it)."""
-        held = self.athletes.attrs.get("season_held_out") if self.athletes is not None else None
-        if held is None:
-            held = self.info.get("split_season_held_out", True)
-        return self.table_season if held else self.table_season + 1
+        table's). Kept in ``info`` when the athlete table is made; for an artifact written
+        before that, load() reads it from the split stored with it (every artifact has one)."""
+        return self.table_season if self.info.get("split_season_held_out", True) else self.table_season + 1
 
     def season_problem(self, season: int) -> str | None:
         """Why ``season`` cannot be forecast honestly with this posterior, or None: one rule for
@@ -595,8 +593,8 @@ def load(idata, attrs: dict) -> FittedForecast:
     off = json.loads(attrs["racedayai_offsets"])
     info = json.loads(attrs.get("racedayai_model_info", "{}"))
     split = json.loads(attrs.get("racedayai_split", "{}"))
-    if "season" in split:  # the split the posterior was fitted on: None when it held out no season
-        info["split_season_held_out"] = split["season"] is not None
+    if "season" in split:  # an artifact written before info kept it: the split it was fitted on tells
+        info.setdefault("split_season_held_out", split["season"] is not None)
     return FittedForecast(
         distance=str(attrs["racedayai_distance"]), encoding=enc, scales=scales, b=b,
         accepted=np.asarray(idata.sample_stats["accepted"].values, dtype=bool),
