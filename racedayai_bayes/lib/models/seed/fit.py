@@ -180,11 +180,9 @@ class SeedModel(Model):
 def _with_levels(table: pd.DataFrame, enc: Encoding) -> pd.DataFrame:
     """The summary with a ``level`` column: the gender, age group or cluster of each group
     effect (``mu_age[17]`` is an age group the table should name), blank for the rest."""
-    from racedayai_bayes.lib.models.seed.plots import GENDER_NAMES, _cluster_label  # the plots' own names
+    from racedayai_bayes.lib.models.seed.plots import level_labels  # the plots' own names
 
-    genders = {v: GENDER_NAMES.get(k, k) for k, v in enc.gender_map.items()}
-    levels = {"mu_age": list(enc.age_levels), "mu_cluster": [_cluster_label(c) for c in enc.cluster_levels],
-              "mu_gender": [genders.get(i, str(i)) for i in range(enc.n_gender)]}
+    levels = level_labels(enc)
     names = []
     for parameter in table.index:
         site, _, rest = str(parameter).partition("[")

@@ -17,6 +17,17 @@ def _cluster_label(cluster_id: int) -> str:
     return "no cluster" if int(cluster_id) == NO_CLUSTER else f"cluster {int(cluster_id)}"
 
 
+def level_labels(enc: Encoding) -> dict[str, list[str]]:
+    """The name of every level of each group-effect site, in index order: gender (Male, Female),
+    age group, cluster ('no cluster' for -1). One naming for the plots and the summary."""
+    index_to_gender = {i: g for g, i in enc.gender_map.items()}
+    return {
+        "mu_gender": [GENDER_NAMES.get(index_to_gender.get(i, ""), f"gender {i}") for i in range(enc.n_gender)],
+        "mu_age": list(enc.age_levels),
+        "mu_cluster": [_cluster_label(c) for c in enc.cluster_levels],
+    }
+
+
 def group_effect_table(draws: Draws, enc: Encoding) -> pd.DataFrame:
     """Posterior mean and 90% interval (5%-95%) of every group effect, in seconds.
 
@@ -24,12 +35,7 @@ def group_effect_table(draws: Draws, enc: Encoding) -> pd.DataFrame:
     times ``enc.y_std`` (the mean cancels: effects are differences). Rows come in the order
     gender (by index), age group (``enc.age_levels``), cluster (``enc.cluster_levels``).
     """
-    index_to_gender = {i: g for g, i in enc.gender_map.items()}
-    labels = {
-        "mu_gender": [GENDER_NAMES.get(index_to_gender.get(i, ""), f"gender {i}") for i in range(enc.n_gender)],
-        "mu_age": list(enc.age_levels),
-        "mu_cluster": [_cluster_label(c) for c in enc.cluster_levels],
-    }
+    labels = level_labels(enc)
     rows = []
     for section, (site, names) in zip(SECTIONS, labels.items()):
         flat = draws.flat(site) * enc.y_std
