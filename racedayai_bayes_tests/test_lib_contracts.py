@@ -599,6 +599,21 @@ def test_a_start_list_keeps_its_columns_counts_repeats_and_reads_spellings(tmp_p
     assert any("listed more than once (e.g. a); each of their rows gets the same forecast" in n for n in start.notes)
 
 
+def test_a_start_lists_float_spelling_of_its_distance_is_read_and_noted(tmp_path):
+    """'70.30' (a float writer's) is 70.3, in the rows and the race, and said so, as the
+    input files say it; a missing required column's hint is the start list's own."""
+    path = tmp_path / "start.csv"
+    path.write_text(f"{START},event_name,event_year,event_distance\na,M,30-34,X,2027,70.30\nb,F,30-34,X,2027,70.3\n")
+    start = read_start_list(path, event_columns=True)
+    assert start.event["event_distance"] == "70.3"
+    assert start.rows["event_distance"].tolist() == ["70.3", "70.3"]
+    assert any("1 rows: event_distance in another spelling, read as 70.3 or 140.6: '70.30' \u2192 70.3" in n
+               for n in start.notes), start.notes
+    path.write_text("athlete_hash,gender\na,M\n")
+    with pytest.raises(InputError, match="a start list has one row per athlete"):
+        read_start_list(path)
+
+
 def test_an_athlete_listed_twice_with_different_age_groups_is_said_so(tmp_path):
     """Their rows are forecast as written, so they differ: the note says which athlete and why,
     not that every repeated row gets the same forecast."""

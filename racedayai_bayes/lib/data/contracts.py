@@ -243,7 +243,9 @@ def _edge_space_and_empty(text: pd.Series) -> tuple[bool, bool]:
 
 
 def _open(path: str | Path, required: tuple[str, ...], optional: tuple[str, ...] = (),
-          hints: tuple[str, str] = PIPELINE_INPUT) -> tuple[pd.DataFrame, list[str], Path]:
+          hints: tuple[str, str] = PIPELINE_INPUT, *, every_column: bool = False) -> tuple[pd.DataFrame, list[str], Path]:
+    """The file's ``required`` columns (an error names those missing) and those of
+    ``optional`` it has, as text; with ``every_column``, every named column of the file."""
     path = Path(path)
     header = _read_header(path, hints)
     names = header.plain
@@ -256,7 +258,7 @@ def _open(path: str | Path, required: tuple[str, ...], optional: tuple[str, ...]
             column=", ".join(missing),
             hint=hints[1],
         )
-    wanted = list(required) + [c for c in optional if c in names]
+    wanted = [c for c in dict.fromkeys(names) if c] if every_column else list(required) + [c for c in optional if c in names]
     frame, notes = _read_text_columns(path, wanted, header)
     return frame, notes, path
 
@@ -608,19 +610,10 @@ def read_start_list(path: str | Path, *, event_columns: bool = False, given: tup
     counted; an empty file, a header without rows, a missing column, or several races in one
     file are errors that name the file and the problem.
     """
-    path = Path(path)
-    header = _read_header(path, GIVEN_FILE)
-    names = header.plain
     required = START_LIST_REQUIRED + (START_LIST_EVENT if event_columns else ())
-    missing = [c for c in required if c not in names]
-    if missing:
-        raise InputError(
-            path, f"required column missing; the header has {len(names)} columns: {', '.join(names[:12])}",
-            column=", ".join(missing),
-            hint="a start list has one row per athlete with athlete_hash, gender, age_group"
-            + (" and the race's event_name, event_year, event_distance" if event_columns else ""),
-        )
-    rows, notes = _read_text_columns(path, [c for c in dict.fromkeys(names) if c], header)
+    hint = ("a start list has one row per athlete with athlete_hash, gender, age_group"
+            + (" and the race's event_name, event_year, event_distance" if event_columns else ""))
+    rows, notes, path = _open(path, required, hints=(GIVEN_FILE[0], hint), every_column=True)
     if rows.empty:
         raise InputError(path, "has a header but no athletes", hint="list at least one athlete")
     athletes = rows[list(START_LIST_REQUIRED)].copy()
@@ -642,6 +635,8 @@ def read_start_list(path: str | Path, *, event_columns: bool = False, given: tup
             same = (f"{int(conflicting.sum()):,} of them with different genders or age groups in their rows (e.g. {odd}), "
                     "each row forecast as written: check which is right; the others' rows get the same forecast")
         notes.append(f"{counts['listed_more_than_once']:,} athletes are listed more than once (e.g. {examples}); {same}")
+    if "event_distance" in rows.columns and "event_distance" not in given:
+        rows["event_distance"] = _distances(rows["event_distance"], notes)  # '70.30' is 70.3, noted as in the input files
     event = {}
     for col in START_LIST_EVENT:
         if col not in rows.columns or col in given:
@@ -649,8 +644,6 @@ def read_start_list(path: str | Path, *, event_columns: bool = False, given: tup
         values = pd.Series(rows[col].dropna().unique(), dtype=object)
         if col == "event_year":  # 2027 and 2027.0 are one season
             values = values.map(lambda v: _season_text(v, path))
-        elif col == "event_distance":
-            values = values.map(lambda v: _DISTANCE_SPELLINGS.get(v, v))
         values = values.unique()
         if len(values) > 1:
             raise InputError(path, f"holds {len(values)} different values ({', '.join(map(str, values[:3]))}); "
