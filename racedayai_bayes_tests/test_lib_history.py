@@ -62,6 +62,10 @@ def test_history_equals_a_plain_loop_over_earlier_seasons():
         assert row.hist_finishes_same == (same & ag).sum()
         assert row.hist_finishes_other == (other & ag).sum()
         assert row.hist_results == (earlier & ag).sum()
+        # the athlete's first season of starts (before this one) held no age-group finish
+        debut_season = races.loc[earlier, "event_year"].min() if earlier.any() else None
+        unfinished = debut_season is not None and not (earlier & ag & (races["event_year"] == debut_season).fillna(False).to_numpy()).any()
+        assert row.hist_unfinished_debut == int(unfinished)
         best = races.loc[earlier & ag, "total_sec"]
         assert (np.isnan(row.hist_best_sec) and best.empty) or row.hist_best_sec == best.min()
         want = rel[other & ag]
@@ -69,6 +73,26 @@ def test_history_equals_a_plain_loop_over_earlier_seasons():
             assert row.hist_rel_other == pytest.approx(want.mean(), abs=1e-12)
         else:
             assert np.isnan(row.hist_rel_other)
+
+
+def test_an_unfinished_debut_is_known_from_the_next_season_on_and_never_changes():
+    """a: a DNF in 2019, then finishes; b: a finish and a DNF in 2019 (one season: the debut
+    finished); c: a finish, then a DNF; d: only DNFs so far."""
+    rows = [("a", 2019, np.nan), ("a", 2020, 20000.0), ("a", 2021, 20000.0), ("a", 2022, np.nan),
+            ("b", 2019, 20000.0), ("b", 2019, np.nan), ("b", 2020, 20000.0),
+            ("c", 2019, 20000.0), ("c", 2020, np.nan), ("c", 2021, 20000.0),
+            ("d", 2019, np.nan), ("d", 2020, np.nan), ("d", 2021, 21000.0)]
+    n = len(rows)
+    races = pd.DataFrame({
+        "athlete_hash": pd.array([r[0] for r in rows], dtype="string"), "gender": pd.array(["M"] * n, dtype="string"),
+        "age_group": pd.array(["30-34"] * n, dtype="string"), "is_pro": pd.array([False] * n, dtype="boolean"),
+        "event_name": pd.array(["X"] * n, dtype="string"), "event_distance": pd.array(["70.3"] * n, dtype="string"),
+        "event_year": pd.array([r[1] for r in rows], dtype="Int64"), "total_sec": [r[2] for r in rows],
+    })
+    frame = _frame(races)
+    got = dict(zip(zip(frame["athlete_hash"], frame["event_year"]), frame["hist_unfinished_debut"]))
+    assert got == {("a", 2020): 1, ("a", 2021): 1, ("b", 2019): 0, ("b", 2020): 0,
+                   ("c", 2019): 0, ("c", 2021): 0, ("d", 2021): 1}
 
 
 def test_races_of_the_same_season_never_inform_each_other():

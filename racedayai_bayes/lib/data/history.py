@@ -20,7 +20,12 @@ Columns added to each model-frame row (``HISTORY_COLUMNS``):
   earlier season;
 - ``hist_best_sec``: fastest earlier finish at either distance (NaN if none): the as-of
   counterpart of the profile's ``pb_total_sec``;
-- ``hist_results``: earlier finishes at either distance: the as-of ``total_races``.
+- ``hist_results``: earlier finishes at either distance: the as-of ``total_races``;
+- ``hist_unfinished_debut``: 1 if the athlete's first season of starts (at either distance,
+  before the race's season) held no age-group finish: a debut that ended in a DNF, a DQ or a
+  time out of bounds, whatever came after it; 0 otherwise (a finish in that season counts as
+  finishing the debut, as races of one season can't be ordered). From the athlete's second
+  season on it never changes, so a model learns what it says between athletes.
 
 A **first race** (:func:`first_race`) is one with no earlier start at either distance.
 That is the one definition used everywhere (features, noise classes, the comparison's
@@ -41,6 +46,7 @@ COUNT_COLUMNS = (
     "hist_finishes_same",
     "hist_finishes_other",
     "hist_results",
+    "hist_unfinished_debut",
 )
 HISTORY_COLUMNS = (*COUNT_COLUMNS, "hist_rel_other", "hist_best_sec")
 
@@ -120,7 +126,8 @@ def earlier_season_sums(codes: np.ndarray, years: np.ndarray, values: dict[str, 
     return out
 
 
-SEASON_COLUMNS = ("starts_0", "starts_1", "dnf", "fin_0", "fin_1", "nrel_0", "nrel_1", "sumrel_0", "sumrel_1")
+SEASON_COLUMNS = ("starts_0", "starts_1", "dnf", "fin_0", "fin_1", "nrel_0", "nrel_1", "sumrel_0", "sumrel_1",
+                  "unfinished_debut")
 
 
 def season_table(races: pd.DataFrame, ag_finish: np.ndarray, distances: tuple[str, str], *,
@@ -131,7 +138,8 @@ def season_table(races: pd.DataFrame, ag_finish: np.ndarray, distances: tuple[st
     Per distance k (0 = ``distances[0]``): ``starts_k`` (every start: finishes, DNFs, DQs, pro
     starts), ``fin_k`` (age-group finishes of the model frame), ``nrel_k`` and ``sumrel_k``
     (count and sum of edition-relative log times, :func:`edition_relative`); and ``dnf``
-    (starts without a finish time) and ``best`` (fastest age-group finish; inf if none).
+    (starts without a finish time), ``best`` (fastest age-group finish; inf if none) and
+    ``unfinished_debut`` (1 on the athlete's first season when it holds no age-group finish).
     ``ag_finish`` marks the rows of ``races`` that the model frame keeps. ``codes`` and
     ``athletes`` (``pd.factorize(..., sort=True)`` of races' athlete_hash) save hashing the
     keys again; the table also holds each row's athlete code (``athlete``, into
@@ -179,6 +187,9 @@ def season_table(races: pd.DataFrame, ag_finish: np.ndarray, distances: tuple[st
         "sumrel_1": per_group(np.where(d1, rel, 0.0)),
     })
     table["best"] = pd.Series(np.where(ag, total, np.inf)).groupby(inverse).min().reindex(range(n), fill_value=np.inf).to_numpy()
+    athlete = groups // span
+    debut = np.r_[True, athlete[1:] != athlete[:-1]] if n else np.zeros(0, dtype=bool)
+    table["unfinished_debut"] = (debut & (table["fin_0"].to_numpy() + table["fin_1"].to_numpy() == 0)).astype(np.float64)
     return table
 
 
@@ -239,6 +250,8 @@ def _running_columns(table: pd.DataFrame, new_athlete: np.ndarray):
     that only one column of running totals is held at once."""
     by = np.cumsum(new_athlete)
     for name in (*SEASON_COLUMNS, "best"):
+        if name not in table.columns:  # a table stored before the column existed (history_columns reads 0)
+            continue
         grouped = table[name].groupby(by, sort=False)
         yield name, (grouped.cummin() if name == "best" else grouped.cumsum()).to_numpy()
 
@@ -286,6 +299,8 @@ def history_columns(cum: pd.DataFrame | dict[str, np.ndarray], own_is_1: np.ndar
         "hist_finishes_same": np.where(own, fin_1, fin_0),
         "hist_finishes_other": np.where(own, fin_0, fin_1),
         "hist_results": fin_0 + fin_1,
+        # 0 from a season table stored before the column existed
+        "hist_unfinished_debut": col("unfinished_debut") if "unfinished_debut" in cum else np.zeros_like(fin_0),
     }
     other_n = np.where(own, col("nrel_0"), col("nrel_1"))
     other_sum = np.where(own, col("sumrel_0"), col("sumrel_1"))

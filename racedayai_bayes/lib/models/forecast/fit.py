@@ -470,7 +470,9 @@ class FittedForecast(FittedModel):
         take = np.maximum(pos, 0)
         for col in ("a", "w", *HISTORY_COLUMNS):
             empty = np.nan if col in ("hist_rel_other", "hist_best_sec") else 0.0
-            if table.empty:  # a table read for athletes it does not know: nobody has history
+            if table.empty or f"before_{col}" not in table.columns:
+                # a table read for athletes it does not know: nobody has history; or one
+                # stored before the column existed (its encoding does not read it)
                 before = through = np.full(len(frame), empty)
             else:
                 before = table[f"before_{col}"].to_numpy()[take]
