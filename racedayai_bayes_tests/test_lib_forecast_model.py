@@ -380,9 +380,10 @@ def test_a_debut_uses_the_other_distance_as_fully_as_a_later_race_does(demo_worl
     level = rows["hist_rel_other"].to_numpy(dtype=np.float64, na_value=np.nan)
     other = (rows["hist_finishes_other"].to_numpy() > 0) & np.isfinite(level)
     debut = rows["hist_starts_same"].to_numpy() == 0
-    # measured (2026-12-05, demo world seed 7): debut +0.26/+0.25 -> +0.07/+0.06; later race
-    # -0.05/-0.09 -> +0.03/+0.01 (70.3/140.6); each slope's standard error is about 0.01-0.02
-    for which, mask, low, high in (("debut", other & debut, -0.15, 0.15), ("later race", other & ~debut, -0.035, 0.1)):
+    # measured (2026-12-05, demo world seed 7): debut +0.26/+0.25 -> +0.07/+0.06 with the debut
+    # covariates -> -0.02/+0.01 with the level kept from the debut (learned between athletes);
+    # later race -0.05/-0.09 -> +0.03/+0.01 (70.3/140.6); each slope's standard error is about 0.01-0.02
+    for which, mask, low, high in (("debut", other & debut, -0.05, 0.04), ("later race", other & ~debut, -0.035, 0.1)):
         assert mask.sum() > 1000
         slope = np.polyfit(level[mask], residual[mask], 1)[0]
         assert low < slope < high, f"{which}: residual slope {slope:.3f} on the other distance's level"
@@ -453,30 +454,34 @@ def test_a_posterior_forecasts_only_seasons_whose_results_it_did_not_fit(demo_wo
         assert old.first_forecast_season == first
 
 
-def test_history_stored_before_the_unfinished_debut_column_still_forecasts(demo_world):
+def test_history_stored_before_the_debut_columns_still_forecasts(demo_world):
     """A season table or an artifact's athlete table stored before ``hist_unfinished_debut``
-    existed reads it as 0: the athlete table is still made, and rows forecast from it, with
-    the same numbers for every athlete whose debut finished."""
+    and ``hist_rel_other_at_debut`` existed reads them as 0 and NaN: the athlete table is still
+    made, and rows forecast from it, with the same numbers for every athlete whose debut
+    finished and who had no other-distance level at it."""
     from racedayai_bayes.lib.data.frame import distance_rows, model_frame_and_seasons
 
     frame, _, seasons = model_frame_and_seasons(demo_world["athlete_race"], demo_world["athlete_profile"],
                                                 demo_world["cluster_assignments"])
     split = split_holdout(distance_rows(frame, "70.3"))
     fitted = ForecastModel(FAST).fit(split.train, "70.3")
+    added = ["unfinished_debut", *(f"debut_{stat}_{k}" for stat in ("nrel", "sumrel") for k in (0, 1))]
     new = fitted.athlete_table(split, seasons)
-    old = fitted.athlete_table(split, seasons.drop(columns="unfinished_debut"))
+    old = fitted.athlete_table(split, seasons.drop(columns=added))
     assert (old["before_hist_unfinished_debut"] == 0).all() and new["before_hist_unfinished_debut"].sum() > 100
-    pd.testing.assert_frame_equal(old.drop(columns=[c for c in old if c.endswith("unfinished_debut")]),
-                                  new.drop(columns=[c for c in new if c.endswith("unfinished_debut")]))
+    assert old["before_hist_rel_other_at_debut"].isna().all() and new["before_hist_rel_other_at_debut"].notna().sum() > 100
+    late = [c for c in old if c.endswith(("unfinished_debut", "at_debut"))]
+    pd.testing.assert_frame_equal(old.drop(columns=late), new.drop(columns=late))
     rows = split.rows.loc[split.held_out, ["athlete_hash", "gender", "age_group", "event_name", "event_year"]]
     fitted.attach_tables({"athletes": new})
-    with_column = fitted.predict_rows(rows)
-    fitted.attach_tables({"athletes": old[[c for c in old if not c.endswith("unfinished_debut")]]})
+    with_columns = fitted.predict_rows(rows)
+    fitted.attach_tables({"athletes": old.drop(columns=late)})
     without = fitted.predict_rows(rows)
-    finished = new.set_index("athlete_hash")["before_hist_unfinished_debut"].reindex(rows["athlete_hash"]).fillna(0).to_numpy() == 0
-    assert finished.sum() > 1000 and (~finished).sum() > 10
-    np.testing.assert_array_equal(with_column.p50[finished], without.p50[finished])
-    assert (with_column.p50[~finished] > without.p50[~finished]).all()  # such athletes are slower
+    table = new.set_index("athlete_hash").reindex(rows["athlete_hash"])
+    plain = (table["before_hist_unfinished_debut"].fillna(0).to_numpy() == 0) & table["before_hist_rel_other_at_debut"].isna().to_numpy()
+    assert plain.sum() > 1000 and (~plain).sum() > 10
+    np.testing.assert_array_equal(with_columns.p50[plain], without.p50[plain])
+    assert np.isfinite(without.p50).all() and not np.array_equal(with_columns.p50[~plain], without.p50[~plain])
 
 
 def test_a_race_name_is_matched_to_a_known_course_only_when_one_matches():

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from racedayai_bayes.lib.data.history import COUNT_COLUMNS as HISTORY_COUNT_COLUMNS
+from racedayai_bayes.lib.data.history import LEVEL_COLUMNS as HISTORY_LEVEL_COLUMNS
 
 
 RACE_FILE = "athlete_race.csv"
@@ -527,7 +528,7 @@ def read_clusters(path: str | Path) -> ReadResult:
 MODEL_ROW_REQUIRED = ("gender", "age_group", "pb_total_sec", "total_races", "cluster_id")
 MODEL_ROW_OPTIONAL = ("athlete_hash", "event_distance", "event_year", "total_sec", "event_name", "held_out")
 _INTEGER_COLUMNS = ("event_year", "cluster_id", *(c for c in HISTORY_COUNT_COLUMNS))
-_FLOAT_COLUMNS = ("pb_total_sec", "total_races", "total_sec", "hist_best_sec", "hist_rel_other")
+_FLOAT_COLUMNS = ("pb_total_sec", "total_races", "total_sec", *HISTORY_LEVEL_COLUMNS)
 
 
 def read_model_rows(path: str | Path, required: tuple[str, ...] = MODEL_ROW_REQUIRED) -> ReadResult:

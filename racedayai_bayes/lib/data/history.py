@@ -25,7 +25,13 @@ Columns added to each model-frame row (``HISTORY_COLUMNS``):
   before the race's season) held no age-group finish: a debut that ended in a DNF, a DQ or a
   time out of bounds, whatever came after it; 0 otherwise (a finish in that season counts as
   finishing the debut, as races of one season can't be ordered). From the athlete's second
-  season on it never changes, so a model learns what it says between athletes.
+  season on it never changes, so a model learns what it says between athletes;
+- ``hist_rel_other_at_debut``: ``hist_rel_other`` as it was known at the athlete's first start
+  at the row's distance (in the season of that start, from the seasons before it): on a debut
+  here, ``hist_rel_other`` itself; on later races, that debut's value, kept (NaN if the
+  athlete had no other-distance finish by then). Like ``hist_unfinished_debut`` it never
+  changes after the debut, so a model learns what it says between athletes, which a debut's
+  forecast needs: it has no race here to learn the athlete's own level from.
 
 A **first race** (:func:`first_race`) is one with no earlier start at either distance.
 That is the one definition used everywhere (features, noise classes, the comparison's
@@ -48,7 +54,9 @@ COUNT_COLUMNS = (
     "hist_results",
     "hist_unfinished_debut",
 )
-HISTORY_COLUMNS = (*COUNT_COLUMNS, "hist_rel_other", "hist_best_sec")
+# levels and times: NaN when there is none (the counts are whole numbers, 0 when none)
+LEVEL_COLUMNS = ("hist_rel_other", "hist_best_sec", "hist_rel_other_at_debut")
+HISTORY_COLUMNS = (*COUNT_COLUMNS, *LEVEL_COLUMNS)
 
 
 def first_race(frame: pd.DataFrame) -> np.ndarray:
@@ -127,7 +135,7 @@ def earlier_season_sums(codes: np.ndarray, years: np.ndarray, values: dict[str, 
 
 
 SEASON_COLUMNS = ("starts_0", "starts_1", "dnf", "fin_0", "fin_1", "nrel_0", "nrel_1", "sumrel_0", "sumrel_1",
-                  "unfinished_debut")
+                  "unfinished_debut", "debut_nrel_0", "debut_sumrel_0", "debut_nrel_1", "debut_sumrel_1")
 
 
 def season_table(races: pd.DataFrame, ag_finish: np.ndarray, distances: tuple[str, str], *,
@@ -138,8 +146,11 @@ def season_table(races: pd.DataFrame, ag_finish: np.ndarray, distances: tuple[st
     Per distance k (0 = ``distances[0]``): ``starts_k`` (every start: finishes, DNFs, DQs, pro
     starts), ``fin_k`` (age-group finishes of the model frame), ``nrel_k`` and ``sumrel_k``
     (count and sum of edition-relative log times, :func:`edition_relative`); and ``dnf``
-    (starts without a finish time), ``best`` (fastest age-group finish; inf if none) and
-    ``unfinished_debut`` (1 on the athlete's first season when it holds no age-group finish).
+    (starts without a finish time), ``best`` (fastest age-group finish; inf if none),
+    ``unfinished_debut`` (1 on the athlete's first season when it holds no age-group finish),
+    and ``debut_nrel_k``/``debut_sumrel_k``: on the athlete's first season with a start at
+    distance k, the other distance's ``nrel``/``sumrel`` over the athlete's earlier seasons
+    (0 on every other row), which :func:`cumulate` then carries to the later seasons.
     ``ag_finish`` marks the rows of ``races`` that the model frame keeps. ``codes`` and
     ``athletes`` (``pd.factorize(..., sort=True)`` of races' athlete_hash) save hashing the
     keys again; the table also holds each row's athlete code (``athlete``, into
@@ -190,6 +201,16 @@ def season_table(races: pd.DataFrame, ag_finish: np.ndarray, distances: tuple[st
     athlete = groups // span
     debut = np.r_[True, athlete[1:] != athlete[:-1]] if n else np.zeros(0, dtype=bool)
     table["unfinished_debut"] = (debut & (table["fin_0"].to_numpy() + table["fin_1"].to_numpy() == 0)).astype(np.float64)
+    by = np.cumsum(debut)
+    for k in (0, 1):
+        starts_k = table[f"starts_{k}"].to_numpy() > 0
+        # the athlete's first season with a start at k: no start at k in its earlier seasons
+        earlier_starts = pd.Series(starts_k.astype(np.float64)).groupby(by, sort=False).cumsum().to_numpy() - starts_k
+        first_k = starts_k & (earlier_starts == 0)
+        for stat in ("nrel", "sumrel"):
+            own = table[f"{stat}_{1 - k}"].to_numpy()
+            before = pd.Series(own).groupby(by, sort=False).cumsum().to_numpy() - own
+            table[f"debut_{stat}_{k}"] = np.where(first_k, before, 0.0)
     return table
 
 
@@ -305,6 +326,14 @@ def history_columns(cum: pd.DataFrame | dict[str, np.ndarray], own_is_1: np.ndar
     other_n = np.where(own, col("nrel_0"), col("nrel_1"))
     other_sum = np.where(own, col("sumrel_0"), col("sumrel_1"))
     out["hist_rel_other"] = np.where(other_n > 0, other_sum / np.maximum(other_n, 1), np.nan)
+    if "debut_nrel_0" in cum:
+        # started here before: the level known at that debut, kept; a debut now: the level now
+        kept_n = np.where(own, col("debut_nrel_1"), col("debut_nrel_0"))
+        kept_sum = np.where(own, col("debut_sumrel_1"), col("debut_sumrel_0"))
+        kept = np.where(kept_n > 0, kept_sum / np.maximum(kept_n, 1), np.nan)
+        out["hist_rel_other_at_debut"] = np.where(out["hist_starts_same"] > 0, kept, out["hist_rel_other"])
+    else:  # a season table stored before the columns existed
+        out["hist_rel_other_at_debut"] = np.full(len(fin_0), np.nan)
     best = col("best")
     out["hist_best_sec"] = np.where(np.isfinite(best), best, np.nan)
     return out
@@ -371,6 +400,6 @@ def add_history(frame: pd.DataFrame, table: pd.DataFrame, distances: tuple[str, 
     cols = history_columns(picked, (out["event_distance"] == distances[1]).to_numpy(dtype=bool))
     for name in COUNT_COLUMNS:
         out[name] = cols[name].astype(np.int32)
-    out["hist_rel_other"] = cols["hist_rel_other"]
-    out["hist_best_sec"] = cols["hist_best_sec"]
+    for name in LEVEL_COLUMNS:
+        out[name] = cols[name]
     return out

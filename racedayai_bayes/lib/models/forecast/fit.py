@@ -27,6 +27,7 @@ import pandas as pd
 from racedayai_bayes.lib.data.frame import MODEL_DISTANCES
 from racedayai_bayes.lib.data.history import (
     HISTORY_COLUMNS,
+    LEVEL_COLUMNS,
     as_of_rows,
     athlete_runs,
     earlier_season_sums,
@@ -469,7 +470,7 @@ class FittedForecast(FittedModel):
         values = {}
         take = np.maximum(pos, 0)
         for col in ("a", "w", *HISTORY_COLUMNS):
-            empty = np.nan if col in ("hist_rel_other", "hist_best_sec") else 0.0
+            empty = np.nan if col in LEVEL_COLUMNS else 0.0
             if table.empty or f"before_{col}" not in table.columns:
                 # a table read for athletes it does not know: nobody has history; or one
                 # stored before the column existed (its encoding does not read it)
@@ -479,7 +480,7 @@ class FittedForecast(FittedModel):
                 through = table[f"through_{col}"].to_numpy()[take]
             values[col] = np.where(found, np.where(later, through, before), empty)
         for col in HISTORY_COLUMNS:
-            out[col] = values[col].astype(np.int32) if col.startswith("hist_") and col not in ("hist_rel_other", "hist_best_sec") else values[col]
+            out[col] = values[col].astype(np.int32) if col.startswith("hist_") and col not in LEVEL_COLUMNS else values[col]
         out["event_year"] = years
         return out, values["a"], values["w"]
 
