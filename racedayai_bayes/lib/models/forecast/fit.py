@@ -395,16 +395,21 @@ class FittedForecast(FittedModel):
         own_is_1 = np.full(k, self.distance == MODEL_DISTANCES[1])
         columns = {"athlete_hash": athletes}
         cuts = (("before", season), ("through", season + 1))
-        for (cut, at), (running, last) in zip(cuts, as_of_rows(known, *(at for _, at in cuts))):
+        as_of = as_of_rows(known, *(at for _, at in cuts))
+        for cut, at in cuts:
+            running, last = as_of.pop(0)
             per_athlete = sums.before(k, at) if sums is not None else {"a": np.zeros(k), "w": np.zeros(k)}
             columns[f"{cut}_a"] = per_athlete["a"]
             columns[f"{cut}_w"] = per_athlete["w"]
             cum = {}
-            for c, values in running.items():
+            for c in list(running):
+                # each season column's totals, spread over every athlete: the cut's own copy
+                # is dropped at once (at full scale each is ~10 MB, 15 columns and two cuts)
                 cum[c] = np.full(k, np.inf if c == "best" else 0.0)
-                cum[c][athlete_of[last]] = values
+                cum[c][athlete_of[last]] = running.pop(c)
             for name, values in history_columns(cum, own_is_1).items():
                 columns[f"{cut}_{name}"] = values
+            del cum
         table = pd.DataFrame(columns, copy=False)  # one array per column, none copied
         table.attrs["season"] = season
         # False when the split held out no season (random athletes, none): the fit then saw
