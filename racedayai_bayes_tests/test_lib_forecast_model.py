@@ -389,7 +389,7 @@ def test_a_debut_uses_the_other_distance_as_fully_as_a_later_race_does(demo_worl
         assert low < slope < high, f"{which}: residual slope {slope:.3f} on the other distance's level"
     # Earlier starts but no earlier finish (a DNF debut): no finish tells the level, so the
     # covariates must. Measured (2026-12-05, this world): mean residual +0.064/+0.030 with
-    # log_dnf alone, +0.014/-0.007 with unfinished_debut (70.3/140.6; standard error ~0.007).
+    # log_dnf alone, +0.017/-0.007 with unfinished_debut (70.3/140.6; standard error ~0.007).
     unfinished = (rows["hist_starts"].to_numpy() > 0) & (rows["hist_results"].to_numpy() == 0)
     assert unfinished.sum() > 200
     bias = residual[unfinished].mean()
@@ -407,6 +407,13 @@ def test_an_encoding_reads_the_covariates_it_was_fitted_with(world):
     z_old, z_new = fdesign.encode(rows, again).z, fdesign.encode(rows, new).z
     assert z_old.shape == (len(rows), 6) and z_new.shape == (len(rows), len(fdesign.COVARIATES))
     np.testing.assert_array_equal(z_old, z_new[:, :6])
+    # an artifact fitted with the debut-row covariates (before the level kept from the debut)
+    nine = (*fdesign.COVARIATES[:6], *fdesign.DEBUT_ROW_COVARIATES)
+    z_nine = fdesign.encode(rows, fdesign.ForecastEncoding.from_json(fdesign.fit_encoding(rows, "70.3", covariates=nine).to_json())).z
+    debut = rows["hist_starts_same"].to_numpy() == 0
+    assert z_nine.shape == (len(rows), 9) and np.isfinite(z_nine).all()
+    np.testing.assert_array_equal(z_nine[:, :6], z_new[:, :6])
+    assert np.ptp(z_nine[~debut, 6:], axis=0).max() == 0  # set on debuts only: one value on every later race
     with pytest.raises(ValueError, match="unknown forecast covariates"):
         fdesign.raw_covariates(rows, 0.0, ("returning", "shoe_size"))
 

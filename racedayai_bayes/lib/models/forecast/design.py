@@ -35,16 +35,6 @@ COVARIATES = (
     "has_other",  # some earlier finish at the other distance
     "other_level",  # mean edition-relative log time at the other distance (centred), 0 without one
     "log_dnf",  # log1p(earlier starts without a finish)
-    # A debut here (no earlier start at this distance) learns the athlete's level from the other
-    # distance alone; a later race also from the athlete's own earlier races here (the athlete
-    # effect). With one slope for both, the other level was under-weighted on debuts and
-    # counted twice on later races (measured on the full synthetic world, 2026-12-05: the
-    # held-out debuts' residual rose by 0.2-0.37 per unit of the other level, returning races'
-    # fell by 0.07-0.09). These give debuts their own intercept and slope, and let the slope
-    # grow with the finishes the level rests on (n / (n + 1), n finishes at the other distance).
-    "debut_has_other",  # has_other on a debut at this distance, 0 otherwise
-    "debut_other_level",  # other_level on a debut at this distance, 0 otherwise
-    "debut_other_level_settled",  # debut_other_level x n / (n + 1)
     # The athlete's first season of starts held no finish (lib/data/history.py): such athletes
     # finished 4.5-5.9% slower than forecast in the training seasons where no finish told their
     # level (full synthetic world, 2026-12-05), through log_dnf alone, whose slope mostly serves
@@ -52,22 +42,35 @@ COVARIATES = (
     # set, so its slope is learned between athletes: what a forecast without finishes needs.
     "unfinished_debut",
     # The other distance's level as known at the athlete's debut at this distance, kept for
-    # their later races here (lib/data/history.py). debut_other_level is set on the debut row
-    # only, so its slope was learned partly within athletes (the debut against their later
-    # races, whose athlete effect already holds the level) and came out too small for a
-    # forecast of a debut, which has no athlete effect to make up the rest: on the full
-    # synthetic world (2026-12-05) the fastest tenth of such debuts finished 3.1% (70.3) and
-    # 1.7% (140.6) faster than forecast in the fitted seasons, 3.9% and 3.0% in the held-out
-    # one. Kept after the debut, these never change within an athlete, so their slopes are
-    # learned between athletes (a Mundlak term).
+    # their later races here (lib/data/history.py). A debut here learns the athlete's level
+    # from the other distance alone, a later race also from their races here (the athlete
+    # effect). One slope for both under-weighted it on debuts (the held-out debuts' residual
+    # rose by 0.2-0.37 per unit of the level, full synthetic world, 2026-12-05). Slopes set on
+    # the debut row only (DEBUT_ROW_COVARIATES) were learned partly within athletes (the debut
+    # against their later races, whose athlete effect already holds the level) and still came
+    # out too small for a debut's forecast, which has no athlete effect to make up the rest:
+    # the fastest tenth of such debuts finished 3.1% (70.3) and 1.7% (140.6) faster than
+    # forecast in the fitted seasons. Kept after the debut, these never change within an
+    # athlete, so their slopes are learned between athletes (a Mundlak term): that tenth is
+    # within 0.5%, the residual's slope on the level -0.003/-0.005, and the debut-row
+    # covariates add nothing beside them (held-out ELPD the same to 1e-4).
     "has_other_at_debut",
     "other_level_at_debut",  # centred like other_level, 0 without one
+)
+# Read by encodings fitted before 2026-12-05 ~22:20 (an artifact keeps the names it was fitted
+# with), no longer fitted: a debut's own intercept and slopes on the other distance's level,
+# 0 on every later race.
+DEBUT_ROW_COVARIATES = (
+    "debut_has_other",  # has_other on a debut at this distance, 0 otherwise
+    "debut_other_level",  # other_level on a debut at this distance, 0 otherwise
+    "debut_other_level_settled",  # debut_other_level x n / (n + 1), n finishes at the other distance
 )
 BLOCKS = ("gender", "cell", "course", "slope")
 
 
 def raw_covariates(rows: pd.DataFrame, other_center: float, names: tuple[str, ...] = COVARIATES) -> np.ndarray:
-    """The covariates ``names`` (of :data:`COVARIATES`) before standardisation, shape (rows, len(names)).
+    """The covariates ``names`` (of :data:`COVARIATES` and :data:`DEBUT_ROW_COVARIATES`) before
+    standardisation, shape (rows, len(names)).
 
     An encoding keeps the names it was fitted with: an artifact written before a covariate was
     added reads its own columns."""
