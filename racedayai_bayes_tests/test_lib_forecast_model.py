@@ -381,7 +381,7 @@ def test_a_debut_uses_the_other_distance_as_fully_as_a_later_race_does(demo_worl
     other = (rows["hist_finishes_other"].to_numpy() > 0) & np.isfinite(level)
     debut = rows["hist_starts_same"].to_numpy() == 0
     # measured (2026-12-05, demo world seed 7): debut +0.26/+0.25 -> +0.07/+0.06 with the debut
-    # covariates -> -0.02/+0.01 with the level kept from the debut (learned between athletes);
+    # covariates -> -0.01/+0.02 with the level kept from the first finish here (learned between athletes);
     # later race -0.05/-0.09 -> +0.03/+0.01 (70.3/140.6); each slope's standard error is about 0.01-0.02
     for which, mask, low, high in (("debut", other & debut, -0.05, 0.04), ("later race", other & ~debut, -0.035, 0.1)):
         assert mask.sum() > 1000
@@ -389,11 +389,12 @@ def test_a_debut_uses_the_other_distance_as_fully_as_a_later_race_does(demo_worl
         assert low < slope < high, f"{which}: residual slope {slope:.3f} on the other distance's level"
     # Earlier starts but no earlier finish (a DNF debut): no finish tells the level, so the
     # covariates must. Measured (2026-12-05, this world): mean residual +0.064/+0.030 with
-    # log_dnf alone, +0.017/-0.007 with unfinished_debut (70.3/140.6; standard error ~0.007).
+    # log_dnf alone, +0.019/-0.006 with unfinished_debut (70.3/140.6; standard error ~0.007): the
+    # bound fails the old code at 70.3 (at 140.6 its +0.030 is at the bound).
     unfinished = (rows["hist_starts"].to_numpy() > 0) & (rows["hist_results"].to_numpy() == 0)
     assert unfinished.sum() > 200
     bias = residual[unfinished].mean()
-    assert abs(bias) < 0.025, f"rows after an unfinished debut, before any finish: mean residual {bias:+.4f}"
+    assert abs(bias) < 0.03, f"rows after an unfinished debut, before any finish: mean residual {bias:+.4f}"
 
 
 def test_an_encoding_reads_the_covariates_it_was_fitted_with(world):
@@ -461,11 +462,12 @@ def test_a_posterior_forecasts_only_seasons_whose_results_it_did_not_fit(demo_wo
         assert old.first_forecast_season == first
 
 
-def test_history_stored_before_the_debut_columns_still_forecasts(demo_world):
-    """A season table or an artifact's athlete table stored before ``hist_unfinished_debut``
-    and ``hist_rel_other_at_debut`` existed reads them as 0 and NaN: the athlete table is still
-    made, and rows forecast from it, with the same numbers for every athlete whose debut
-    finished and who had no other-distance level at it."""
+def test_history_stored_before_the_debut_columns(demo_world):
+    """Tables stored before ``hist_unfinished_debut`` and ``hist_rel_other_at_debut`` existed:
+    an artifact's athlete table without them still forecasts for an encoding fitted without
+    the covariates that read them (an older artifact), with the same numbers as with them;
+    a season table or model-frame rows without them are a clear error for a model that reads
+    them, never a silent 0."""
     from racedayai_bayes.lib.data.frame import distance_rows, model_frame_and_seasons
 
     frame, _, seasons = model_frame_and_seasons(demo_world["athlete_race"], demo_world["athlete_profile"],
@@ -473,22 +475,27 @@ def test_history_stored_before_the_debut_columns_still_forecasts(demo_world):
     split = split_holdout(distance_rows(frame, "70.3"))
     fitted = ForecastModel(FAST).fit(split.train, "70.3")
     added = ["unfinished_debut", *(f"debut_{stat}_{k}" for stat in ("nrel", "sumrel") for k in (0, 1))]
+    with pytest.raises(ValueError, match="athlete season table has no column unfinished_debut.*materialize model_frame"):
+        fitted.athlete_table(split, seasons.drop(columns=added))
+    with pytest.raises(ValueError, match="no as-of history column 'hist_unfinished_debut'.*materialize model_frame"):
+        fitted.predict(split.rows.drop(columns=["hist_unfinished_debut"]))
     new = fitted.athlete_table(split, seasons)
-    old = fitted.athlete_table(split, seasons.drop(columns=added))
-    assert (old["before_hist_unfinished_debut"] == 0).all() and new["before_hist_unfinished_debut"].sum() > 100
-    assert old["before_hist_rel_other_at_debut"].isna().all() and new["before_hist_rel_other_at_debut"].notna().sum() > 100
-    late = [c for c in old if c.endswith(("unfinished_debut", "at_debut"))]
-    pd.testing.assert_frame_equal(old.drop(columns=late), new.drop(columns=late))
+    assert new["before_hist_unfinished_debut"].sum() > 100 and new["before_hist_rel_other_at_debut"].notna().sum() > 100
+    # an older artifact: an encoding without the new covariates, an athlete table without the columns
+    import copy
+
+    older = copy.copy(fitted)
+    older.encoding = fdesign.fit_encoding(split.train, "70.3", fitted.encoding.day_sd, covariates=fdesign.COVARIATES[:6])
+    slope = fitted.encoding.slices["slope"].start
+    older.b = fitted.b[..., :slope + 6]  # its first six slopes: the same covariates, in the same order
+    late = [c for c in new if c.endswith(("unfinished_debut", "at_debut"))]
     rows = split.rows.loc[split.held_out, ["athlete_hash", "gender", "age_group", "event_name", "event_year"]]
-    fitted.attach_tables({"athletes": new})
-    with_columns = fitted.predict_rows(rows)
-    fitted.attach_tables({"athletes": old.drop(columns=late)})
-    without = fitted.predict_rows(rows)
-    table = new.set_index("athlete_hash").reindex(rows["athlete_hash"])
-    plain = (table["before_hist_unfinished_debut"].fillna(0).to_numpy() == 0) & table["before_hist_rel_other_at_debut"].isna().to_numpy()
-    assert plain.sum() > 1000 and (~plain).sum() > 10
-    np.testing.assert_array_equal(with_columns.p50[plain], without.p50[plain])
-    assert np.isfinite(without.p50).all() and not np.array_equal(with_columns.p50[~plain], without.p50[~plain])
+    older.attach_tables({"athletes": new})
+    with_columns = older.predict_rows(rows)
+    older.attach_tables({"athletes": new.drop(columns=late)})
+    without = older.predict_rows(rows)
+    assert np.isfinite(without.p50).all()
+    np.testing.assert_array_equal(with_columns.p50, without.p50)
 
 
 def test_a_race_name_is_matched_to_a_known_course_only_when_one_matches():

@@ -66,9 +66,9 @@ def test_history_equals_a_plain_loop_over_earlier_seasons():
         debut_season = races.loc[earlier, "event_year"].min() if earlier.any() else None
         unfinished = debut_season is not None and not (earlier & ag & (races["event_year"] == debut_season).fillna(False).to_numpy()).any()
         assert row.hist_unfinished_debut == int(unfinished)
-        # the other distance's level as known at the first start here (a debut now: now)
-        if same.any():
-            first_here = races.loc[same, "event_year"].min()
+        # the other distance's level as known at the first finish here (none yet: now)
+        if (same & ag).any():
+            first_here = races.loc[same & ag, "event_year"].min()
             kept = rel[other & ag & (races["event_year"] < first_here).fillna(False).to_numpy()]
             if len(kept):
                 assert row.hist_rel_other_at_debut == pytest.approx(kept.mean(), abs=1e-12)

@@ -22,16 +22,17 @@ Columns added to each model-frame row (``HISTORY_COLUMNS``):
   counterpart of the profile's ``pb_total_sec``;
 - ``hist_results``: earlier finishes at either distance: the as-of ``total_races``;
 - ``hist_unfinished_debut``: 1 if the athlete's first season of starts (at either distance,
-  before the race's season) held no age-group finish: a debut that ended in a DNF, a DQ or a
-  time out of bounds, whatever came after it; 0 otherwise (a finish in that season counts as
+  before the race's season) held no age-group finish: a debut that ended in a DNF, a DQ, a
+  time out of bounds (or held only pro starts), whatever came after it; 0 otherwise (a finish in that season counts as
   finishing the debut, as races of one season can't be ordered). From the athlete's second
   season on it never changes, so a model learns what it says between athletes;
-- ``hist_rel_other_at_debut``: ``hist_rel_other`` as it was known at the athlete's first start
-  at the row's distance (in the season of that start, from the seasons before it): on a debut
-  here, ``hist_rel_other`` itself; on later races, that debut's value, kept (NaN if the
-  athlete had no other-distance finish by then). Like ``hist_unfinished_debut`` it never
-  changes after the debut, so a model learns what it says between athletes, which a debut's
-  forecast needs: it has no race here to learn the athlete's own level from.
+- ``hist_rel_other_at_debut``: ``hist_rel_other`` as it was known at the athlete's first
+  age-group finish at the row's distance (in the season of that finish, from the seasons
+  before it): up to and including that finish (no finish here yet), ``hist_rel_other``
+  itself; on later races, that finish's value, kept (NaN if the athlete had no other-distance
+  finish by then). Like ``hist_unfinished_debut`` it never changes once the athlete has
+  finished here, so a model learns what it says between athletes, which a forecast without a
+  finish here needs: it has no race here to learn the athlete's own level from.
 
 A **first race** (:func:`first_race`) is one with no earlier start at either distance.
 That is the one definition used everywhere (features, noise classes, the comparison's
@@ -148,9 +149,9 @@ def season_table(races: pd.DataFrame, ag_finish: np.ndarray, distances: tuple[st
     (count and sum of edition-relative log times, :func:`edition_relative`); and ``dnf``
     (starts without a finish time), ``best`` (fastest age-group finish; inf if none),
     ``unfinished_debut`` (1 on the athlete's first season when it holds no age-group finish),
-    and ``debut_nrel_k``/``debut_sumrel_k``: on the athlete's first season with a start at
-    distance k, the other distance's ``nrel``/``sumrel`` over the athlete's earlier seasons
-    (0 on every other row), which :func:`cumulate` then carries to the later seasons.
+    and ``debut_nrel_k``/``debut_sumrel_k``: on the athlete's first season with an age-group
+    finish at distance k, the other distance's ``nrel``/``sumrel`` over the athlete's earlier
+    seasons (0 on every other row), which :func:`cumulate` then carries to the later seasons.
     ``ag_finish`` marks the rows of ``races`` that the model frame keeps. ``codes`` and
     ``athletes`` (``pd.factorize(..., sort=True)`` of races' athlete_hash) save hashing the
     keys again; the table also holds each row's athlete code (``athlete``, into
@@ -203,10 +204,10 @@ def season_table(races: pd.DataFrame, ag_finish: np.ndarray, distances: tuple[st
     table["unfinished_debut"] = (debut & (table["fin_0"].to_numpy() + table["fin_1"].to_numpy() == 0)).astype(np.float64)
     by = np.cumsum(debut)
     for k in (0, 1):
-        starts_k = table[f"starts_{k}"].to_numpy() > 0
-        # the athlete's first season with a start at k: no start at k in its earlier seasons
-        earlier_starts = pd.Series(starts_k.astype(np.float64)).groupby(by, sort=False).cumsum().to_numpy() - starts_k
-        first_k = starts_k & (earlier_starts == 0)
+        fin_k = table[f"fin_{k}"].to_numpy() > 0
+        # the athlete's first season with a finish at k: no finish at k in its earlier seasons
+        earlier_fins = pd.Series(fin_k.astype(np.float64)).groupby(by, sort=False).cumsum().to_numpy() - fin_k
+        first_k = fin_k & (earlier_fins == 0)
         for stat in ("nrel", "sumrel"):
             own = table[f"{stat}_{1 - k}"].to_numpy()
             before = pd.Series(own).groupby(by, sort=False).cumsum().to_numpy() - own
@@ -271,7 +272,7 @@ def _running_columns(table: pd.DataFrame, new_athlete: np.ndarray):
     that only one column of running totals is held at once."""
     by = np.cumsum(new_athlete)
     for name in (*SEASON_COLUMNS, "best"):
-        if name not in table.columns:  # a table stored before the column existed (history_columns reads 0)
+        if name not in table.columns:  # a table stored before the column existed (history_columns reads 0 or NaN)
             continue
         grouped = table[name].groupby(by, sort=False)
         yield name, (grouped.cummin() if name == "best" else grouped.cumsum()).to_numpy()
@@ -327,11 +328,11 @@ def history_columns(cum: pd.DataFrame | dict[str, np.ndarray], own_is_1: np.ndar
     other_sum = np.where(own, col("sumrel_0"), col("sumrel_1"))
     out["hist_rel_other"] = np.where(other_n > 0, other_sum / np.maximum(other_n, 1), np.nan)
     if "debut_nrel_0" in cum:
-        # started here before: the level known at that debut, kept; a debut now: the level now
+        # finished here before: the level known at the first such finish, kept; none yet: the level now
         kept_n = np.where(own, col("debut_nrel_1"), col("debut_nrel_0"))
         kept_sum = np.where(own, col("debut_sumrel_1"), col("debut_sumrel_0"))
         kept = np.where(kept_n > 0, kept_sum / np.maximum(kept_n, 1), np.nan)
-        out["hist_rel_other_at_debut"] = np.where(out["hist_starts_same"] > 0, kept, out["hist_rel_other"])
+        out["hist_rel_other_at_debut"] = np.where(out["hist_finishes_same"] > 0, kept, out["hist_rel_other"])
     else:  # a season table stored before the columns existed
         out["hist_rel_other_at_debut"] = np.full(len(fin_0), np.nan)
     best = col("best")
@@ -392,7 +393,7 @@ def add_history(frame: pd.DataFrame, table: pd.DataFrame, distances: tuple[str, 
     take = np.where(have, pos, 0)
     # (an empty table, when no row has an athlete: nothing to take, every row is a first race)
     picked = {name: np.where(have, cum[name].to_numpy()[take] if len(cum) else 0.0, np.inf if name == "best" else 0.0)
-              for name in (*SEASON_COLUMNS, "best")}
+              for name in (*SEASON_COLUMNS, "best") if name in cum}
     del cum
     # the new columns go on a shallow copy: the frame's own columns are shared, not copied
     # (hundreds of MB at full scale); adding columns never changes ``frame``

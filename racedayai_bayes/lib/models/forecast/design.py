@@ -41,8 +41,8 @@ COVARIATES = (
     # athletes whose finishes already tell it. This one never changes within an athlete once
     # set, so its slope is learned between athletes: what a forecast without finishes needs.
     "unfinished_debut",
-    # The other distance's level as known at the athlete's debut at this distance, kept for
-    # their later races here (lib/data/history.py). A debut here learns the athlete's level
+    # The other distance's level as known at the athlete's first finish at this distance, kept
+    # for their later races here (lib/data/history.py). A debut here learns the athlete's level
     # from the other distance alone, a later race also from their races here (the athlete
     # effect). One slope for both under-weighted it on debuts (the held-out debuts' residual
     # rose by 0.2-0.37 per unit of the level, full synthetic world, 2026-12-05). Slopes set on
@@ -52,7 +52,7 @@ COVARIATES = (
     # the fastest tenth of such debuts finished 3.1% (70.3) and 1.7% (140.6) faster than
     # forecast in the fitted seasons. Kept after the debut, these never change within an
     # athlete, so their slopes are learned between athletes (a Mundlak term): that tenth is
-    # within 0.5%, the residual's slope on the level -0.003/-0.005, and the debut-row
+    # within 0.6%, the residual's slope on the level -0.005/-0.004, and the debut-row
     # covariates add nothing beside them (held-out ELPD the same to 1e-4).
     "has_other_at_debut",
     "other_level_at_debut",  # centred like other_level, 0 without one
@@ -91,7 +91,7 @@ def raw_covariates(rows: pd.DataFrame, other_center: float, names: tuple[str, ..
         "debut_has_other": lambda: debut * has_other,
         "debut_other_level": lambda: debut * level,
         "debut_other_level_settled": lambda: np.where(has_other, debut * level * other_fin / (other_fin + 1.0), 0.0),
-        "unfinished_debut": lambda: rows["hist_unfinished_debut"].to_numpy(dtype=np.float64),
+        "unfinished_debut": lambda: _history(rows, "hist_unfinished_debut"),
         "has_other_at_debut": lambda: np.isfinite(_at_debut(rows)).astype(np.float64),
         "other_level_at_debut": lambda: np.nan_to_num(_at_debut(rows) - other_center, nan=0.0),
     }
@@ -103,8 +103,20 @@ def raw_covariates(rows: pd.DataFrame, other_center: float, names: tuple[str, ..
     return np.column_stack([make[n]() for n in names])
 
 
+STALE_HINT = ("stored by an older version of the pipeline: materialize model_frame and athlete_seasons again "
+              "(the model_frame step makes both)")
+
+
+def _history(rows: pd.DataFrame, column: str) -> np.ndarray:
+    """An as-of history column the covariates read; a clear error if the rows predate it."""
+    if column not in rows.columns:
+        raise ValueError(f"the rows have no as-of history column {column!r}, which the forecast covariates read: "
+                         f"{STALE_HINT}")
+    return rows[column].to_numpy(dtype=np.float64, na_value=np.nan)
+
+
 def _at_debut(rows: pd.DataFrame) -> np.ndarray:
-    return rows["hist_rel_other_at_debut"].to_numpy(dtype=np.float64, na_value=np.nan)
+    return _history(rows, "hist_rel_other_at_debut")
 
 
 def gender_codes(rows: pd.DataFrame) -> np.ndarray:

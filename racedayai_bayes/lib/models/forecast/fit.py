@@ -28,6 +28,7 @@ from racedayai_bayes.lib.data.frame import MODEL_DISTANCES
 from racedayai_bayes.lib.data.history import (
     HISTORY_COLUMNS,
     LEVEL_COLUMNS,
+    SEASON_COLUMNS,
     as_of_rows,
     athlete_runs,
     earlier_season_sums,
@@ -379,6 +380,11 @@ class FittedForecast(FittedModel):
         season = int(split.season) if split.season is not None else int(rows["event_year"].max())
         # the season table is sorted by athlete, then season (history.season_table): each
         # athlete's seasons are one run of rows, and the athletes come in hash order
+        stale = [c for c in SEASON_COLUMNS if c not in seasons.columns]
+        if stale and set(self.encoding.covariates) & {"unfinished_debut", "has_other_at_debut", "other_level_at_debut"}:
+            # an older table would give every athlete no debut history, silently
+            raise ValueError(f"the athlete season table has no column {', '.join(stale)}, which this model's "
+                             f"covariates read: it was {fdesign.STALE_HINT}")
         keep = (seasons["event_year"] <= season).to_numpy()
         known = seasons if keep.all() else seasons.loc[keep].reset_index(drop=True)
         new_athlete = athlete_runs(known["athlete_hash"])
