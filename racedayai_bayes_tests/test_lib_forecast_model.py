@@ -409,8 +409,10 @@ def test_an_encoding_reads_the_covariates_it_was_fitted_with(world):
     assert z_old.shape == (len(rows), 6) and z_new.shape == (len(rows), len(fdesign.COVARIATES))
     np.testing.assert_array_equal(z_old, z_new[:, :6])
     # an artifact fitted with the debut-row covariates (before the level kept from the debut)
-    nine = (*fdesign.COVARIATES[:6], *fdesign.DEBUT_ROW_COVARIATES)
-    z_nine = fdesign.encode(rows, fdesign.ForecastEncoding.from_json(fdesign.fit_encoding(rows, "70.3", covariates=nine).to_json())).z
+    assert not set(fdesign.DEBUT_ROW_COVARIATES) & set(fdesign.COVARIATES)
+    debut_row_era = (*fdesign.COVARIATES[:6], *fdesign.DEBUT_ROW_COVARIATES)
+    z_nine = fdesign.encode(rows, fdesign.ForecastEncoding.from_json(
+        fdesign.fit_encoding(rows, "70.3", covariates=debut_row_era).to_json())).z
     debut = rows["hist_starts_same"].to_numpy() == 0
     assert z_nine.shape == (len(rows), 9) and np.isfinite(z_nine).all()
     np.testing.assert_array_equal(z_nine[:, :6], z_new[:, :6])
@@ -475,9 +477,9 @@ def test_history_stored_before_the_debut_columns(demo_world):
     split = split_holdout(distance_rows(frame, "70.3"))
     fitted = ForecastModel(FAST).fit(split.train, "70.3")
     added = ["unfinished_debut", *(f"debut_{stat}_{k}" for stat in ("nrel", "sumrel") for k in (0, 1))]
-    with pytest.raises(ValueError, match="athlete season table has no column unfinished_debut.*materialize model_frame"):
+    with pytest.raises(ValueError, match="athlete season table has no column unfinished_debut.*materialise model_frame"):
         fitted.athlete_table(split, seasons.drop(columns=added))
-    with pytest.raises(ValueError, match="no as-of history column 'hist_unfinished_debut'.*materialize model_frame"):
+    with pytest.raises(ValueError, match="no as-of history column 'hist_unfinished_debut'.*they were stored.*materialise model_frame"):
         fitted.predict(split.rows.drop(columns=["hist_unfinished_debut"]))
     new = fitted.athlete_table(split, seasons)
     assert new["before_hist_unfinished_debut"].sum() > 100 and new["before_hist_rel_other_at_debut"].notna().sum() > 100

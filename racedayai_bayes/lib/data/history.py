@@ -135,6 +135,8 @@ def earlier_season_sums(codes: np.ndarray, years: np.ndarray, values: dict[str, 
     return out
 
 
+# (the debut columns are of 2026-12-05; a table stored between 76f7d07 and 6923354 that day, never
+# released, held the same names for the first *start* at k)
 SEASON_COLUMNS = ("starts_0", "starts_1", "dnf", "fin_0", "fin_1", "nrel_0", "nrel_1", "sumrel_0", "sumrel_1",
                   "unfinished_debut", "debut_nrel_0", "debut_sumrel_0", "debut_nrel_1", "debut_sumrel_1")
 
@@ -203,15 +205,16 @@ def season_table(races: pd.DataFrame, ag_finish: np.ndarray, distances: tuple[st
     debut = np.r_[True, athlete[1:] != athlete[:-1]] if n else np.zeros(0, dtype=bool)
     table["unfinished_debut"] = (debut & (table["fin_0"].to_numpy() + table["fin_1"].to_numpy() == 0)).astype(np.float64)
     by = np.cumsum(debut)
+
+    def earlier(values: np.ndarray) -> np.ndarray:  # each row's sum over the athlete's earlier seasons
+        values = np.asarray(values, dtype=np.float64)
+        return pd.Series(values).groupby(by, sort=False).cumsum().to_numpy() - values
+
     for k in (0, 1):
         fin_k = table[f"fin_{k}"].to_numpy() > 0
-        # the athlete's first season with a finish at k: no finish at k in its earlier seasons
-        earlier_fins = pd.Series(fin_k.astype(np.float64)).groupby(by, sort=False).cumsum().to_numpy() - fin_k
-        first_k = fin_k & (earlier_fins == 0)
+        first_k = fin_k & (earlier(fin_k) == 0)  # the athlete's first season with a finish at k
         for stat in ("nrel", "sumrel"):
-            own = table[f"{stat}_{1 - k}"].to_numpy()
-            before = pd.Series(own).groupby(by, sort=False).cumsum().to_numpy() - own
-            table[f"debut_{stat}_{k}"] = np.where(first_k, before, 0.0)
+            table[f"debut_{stat}_{k}"] = np.where(first_k, earlier(table[f"{stat}_{1 - k}"].to_numpy()), 0.0)
     return table
 
 
@@ -326,18 +329,21 @@ def history_columns(cum: pd.DataFrame | dict[str, np.ndarray], own_is_1: np.ndar
     }
     other_n = np.where(own, col("nrel_0"), col("nrel_1"))
     other_sum = np.where(own, col("sumrel_0"), col("sumrel_1"))
-    out["hist_rel_other"] = np.where(other_n > 0, other_sum / np.maximum(other_n, 1), np.nan)
+    out["hist_rel_other"] = _mean_or_nan(other_n, other_sum)
     if "debut_nrel_0" in cum:
         # finished here before: the level known at the first such finish, kept; none yet: the level now
-        kept_n = np.where(own, col("debut_nrel_1"), col("debut_nrel_0"))
-        kept_sum = np.where(own, col("debut_sumrel_1"), col("debut_sumrel_0"))
-        kept = np.where(kept_n > 0, kept_sum / np.maximum(kept_n, 1), np.nan)
+        kept = _mean_or_nan(np.where(own, col("debut_nrel_1"), col("debut_nrel_0")),
+                            np.where(own, col("debut_sumrel_1"), col("debut_sumrel_0")))
         out["hist_rel_other_at_debut"] = np.where(out["hist_finishes_same"] > 0, kept, out["hist_rel_other"])
     else:  # a season table stored before the columns existed
         out["hist_rel_other_at_debut"] = np.full(len(fin_0), np.nan)
     best = col("best")
     out["hist_best_sec"] = np.where(np.isfinite(best), best, np.nan)
     return out
+
+
+def _mean_or_nan(count: np.ndarray, total: np.ndarray) -> np.ndarray:
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def edition_relative(races: pd.DataFrame, ag_finish: np.ndarray) -> np.ndarray:

@@ -50,16 +50,16 @@ COVARIATES = (
     # against their later races, whose athlete effect already holds the level) and still came
     # out too small for a debut's forecast, which has no athlete effect to make up the rest:
     # the fastest tenth of such debuts finished 3.1% (70.3) and 1.7% (140.6) faster than
-    # forecast in the fitted seasons. Kept after the debut, these never change within an
-    # athlete, so their slopes are learned between athletes (a Mundlak term): that tenth is
+    # forecast in the fitted seasons. Kept after the first finish here, these never change
+    # within an athlete from then on, so their slopes are learned between athletes (a Mundlak term): that tenth is
     # within 0.6%, the residual's slope on the level -0.005/-0.004, and the debut-row
     # covariates add nothing beside them (held-out ELPD the same to 1e-4).
     "has_other_at_debut",
     "other_level_at_debut",  # centred like other_level, 0 without one
 )
-# Read by encodings fitted before 2026-12-05 ~22:20 (an artifact keeps the names it was fitted
-# with), no longer fitted: a debut's own intercept and slopes on the other distance's level,
-# 0 on every later race.
+# Read by encodings fitted from 0c6a395 to 4ea0cf5 (2026-12-05 ~19:12-21:50; an artifact keeps the
+# names it was fitted with), no longer fitted: a debut's own intercept and slopes on the other
+# distance's level, 0 on every later race. raw_covariates still makes them; none is in COVARIATES.
 DEBUT_ROW_COVARIATES = (
     "debut_has_other",  # has_other on a debut at this distance, 0 otherwise
     "debut_other_level",  # other_level on a debut at this distance, 0 otherwise
@@ -103,7 +103,10 @@ def raw_covariates(rows: pd.DataFrame, other_center: float, names: tuple[str, ..
     return np.column_stack([make[n]() for n in names])
 
 
-STALE_HINT = ("stored by an older version of the pipeline: materialize model_frame and athlete_seasons again "
+# covariates that read the season table's debut columns (lib/data/history.py): a table stored
+# before them would give every athlete no debut history, so their absence is an error
+SEASON_TABLE_COVARIATES = ("unfinished_debut", "has_other_at_debut", "other_level_at_debut")
+STALE_HINT = ("stored by an older version of the pipeline: materialise model_frame and athlete_seasons again "
               "(the model_frame step makes both)")
 
 
@@ -111,7 +114,7 @@ def _history(rows: pd.DataFrame, column: str) -> np.ndarray:
     """An as-of history column the covariates read; a clear error if the rows predate it."""
     if column not in rows.columns:
         raise ValueError(f"the rows have no as-of history column {column!r}, which the forecast covariates read: "
-                         f"{STALE_HINT}")
+                         f"they were {STALE_HINT}")
     return rows[column].to_numpy(dtype=np.float64, na_value=np.nan)
 
 

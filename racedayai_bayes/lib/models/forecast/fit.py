@@ -381,7 +381,7 @@ class FittedForecast(FittedModel):
         # the season table is sorted by athlete, then season (history.season_table): each
         # athlete's seasons are one run of rows, and the athletes come in hash order
         stale = [c for c in SEASON_COLUMNS if c not in seasons.columns]
-        if stale and set(self.encoding.covariates) & {"unfinished_debut", "has_other_at_debut", "other_level_at_debut"}:
+        if stale and set(self.encoding.covariates) & set(fdesign.SEASON_TABLE_COVARIATES):
             # an older table would give every athlete no debut history, silently
             raise ValueError(f"the athlete season table has no column {', '.join(stale)}, which this model's "
                              f"covariates read: it was {fdesign.STALE_HINT}")
