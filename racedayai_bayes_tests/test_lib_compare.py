@@ -24,6 +24,9 @@ def _rows() -> pd.DataFrame:
         "event_year": pd.array([2024] * n, dtype="Int64"),
         "total_sec": np.full(n, 20000.0),
         "hist_starts": np.where(np.arange(n) % 2 == 0, 0, 3).astype(np.int32),
+        # of the returning rows, every other one a debut here after finishes at the other distance
+        "hist_starts_same": np.where(np.arange(n) % 4 == 1, 0, np.where(np.arange(n) % 2 == 0, 0, 3)).astype(np.int32),
+        "hist_finishes_other": np.where(np.arange(n) % 4 == 1, 2, 0).astype(np.int32),
     })
 
 
@@ -178,6 +181,8 @@ def test_the_best_eligible_model_by_elpd_is_published_and_the_leaky_one_never_by
     row = d.differences.query("model == 'seed_asof' and group == 'all'").iloc[0]
     assert row["elpd_diff"] == pytest.approx(-0.3)
     assert "new course" not in set(d.differences["group"]) and "known course" in set(d.differences["group"])
+    debuts = d.differences.query("model == 'seed_asof' and group == 'debut after the other distance'")
+    assert int(debuts["rows"].iloc[0]) == EDITIONS * PER_EDITION // 4  # of the returning half, every other row
     assert (d.differences["rows"] > 0).all() and d.differences["elpd_diff"].notna().all()
     assert _decide(judged, publish="seed_profile").published == "seed_profile"
 

@@ -31,7 +31,9 @@ from racedayai_bayes.lib.evaluation.scores import Scores, edition_labels, score
 from racedayai_bayes.lib.models.base import FittedModel, Prediction
 
 EVAL_RANDOM_STATE = 42
-GROUPS = ("first race", "returning", "known course", "new course")
+# "debut after the other distance": of the returning rows, a first start at this distance by an
+# athlete with a finish at the other one (a first IRONMAN after 70.3s: the commonest race to plan)
+GROUPS = ("first race", "returning", "debut after the other distance", "known course", "new course")
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,8 @@ def rows_fingerprint(rows: pd.DataFrame) -> str:
 
 
 def row_groups(rows: pd.DataFrame, train: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The comparison's breakdown: first race vs returning, known vs new course.
+    """The comparison's breakdown: first race vs returning (and of the returning, a debut at this
+    distance after finishes at the other one), known vs new course.
 
     A course is known to a row when the training rows hold an edition of it in an earlier
     season than the row's.
@@ -155,7 +158,9 @@ def row_groups(rows: pd.DataFrame, train: pd.DataFrame) -> dict[str, np.ndarray]
     seasons = np.r_[first_season.to_numpy(dtype=np.float64), np.inf]  # a course never trained on: inf
     course_first = seasons[np.where(pos >= 0, pos, len(first_season))]
     known = course_first < rows["event_year"].to_numpy(dtype=np.float64, na_value=np.nan)
-    return {"first race": first, "returning": ~first, "known course": known, "new course": ~known}
+    debut_other = ~first & (rows["hist_starts_same"].to_numpy() == 0) & (rows["hist_finishes_other"].to_numpy() > 0)
+    return {"first race": first, "returning": ~first, "debut after the other distance": debut_other,
+            "known course": known, "new course": ~known}
 
 
 def _evaluate(model: FittedModel, split: Split, positions: np.ndarray, label: str, groups) -> Evaluation:
