@@ -468,8 +468,7 @@ def test_history_stored_before_the_debut_columns(demo_world):
     """Tables stored before ``hist_unfinished_debut`` and ``hist_rel_other_at_debut`` existed:
     an artifact's athlete table without them still forecasts for an encoding fitted without
     the covariates that read them (an older artifact), with the same numbers as with them;
-    a season table or model-frame rows without them are a clear error for a model that reads
-    them, never a silent 0."""
+    a season table or model-frame rows without them are a clear error, never a silent 0."""
     from racedayai_bayes.lib.data.frame import distance_rows, model_frame_and_seasons
 
     frame, _, seasons = model_frame_and_seasons(demo_world["athlete_race"], demo_world["athlete_profile"],

@@ -135,8 +135,6 @@ def earlier_season_sums(codes: np.ndarray, years: np.ndarray, values: dict[str, 
     return out
 
 
-# (the debut columns are of 2026-12-05; a table stored between 76f7d07 and 6923354 that day, never
-# released, held the same names for the first *start* at k)
 SEASON_COLUMNS = ("starts_0", "starts_1", "dnf", "fin_0", "fin_1", "nrel_0", "nrel_1", "sumrel_0", "sumrel_1",
                   "unfinished_debut", "debut_nrel_0", "debut_sumrel_0", "debut_nrel_1", "debut_sumrel_1")
 
@@ -275,8 +273,6 @@ def _running_columns(table: pd.DataFrame, new_athlete: np.ndarray):
     that only one column of running totals is held at once."""
     by = np.cumsum(new_athlete)
     for name in (*SEASON_COLUMNS, "best"):
-        if name not in table.columns:  # a table stored before the column existed (history_columns reads 0 or NaN)
-            continue
         grouped = table[name].groupby(by, sort=False)
         yield name, (grouped.cummin() if name == "best" else grouped.cumsum()).to_numpy()
 
@@ -324,19 +320,15 @@ def history_columns(cum: pd.DataFrame | dict[str, np.ndarray], own_is_1: np.ndar
         "hist_finishes_same": np.where(own, fin_1, fin_0),
         "hist_finishes_other": np.where(own, fin_0, fin_1),
         "hist_results": fin_0 + fin_1,
-        # 0 from a season table stored before the column existed
-        "hist_unfinished_debut": col("unfinished_debut") if "unfinished_debut" in cum else np.zeros_like(fin_0),
+        "hist_unfinished_debut": col("unfinished_debut"),
     }
     other_n = np.where(own, col("nrel_0"), col("nrel_1"))
     other_sum = np.where(own, col("sumrel_0"), col("sumrel_1"))
     out["hist_rel_other"] = _mean_or_nan(other_n, other_sum)
-    if "debut_nrel_0" in cum:
-        # finished here before: the level known at the first such finish, kept; none yet: the level now
-        kept = _mean_or_nan(np.where(own, col("debut_nrel_1"), col("debut_nrel_0")),
-                            np.where(own, col("debut_sumrel_1"), col("debut_sumrel_0")))
-        out["hist_rel_other_at_debut"] = np.where(out["hist_finishes_same"] > 0, kept, out["hist_rel_other"])
-    else:  # a season table stored before the columns existed
-        out["hist_rel_other_at_debut"] = np.full(len(fin_0), np.nan)
+    # finished here before: the level known at the first such finish, kept; none yet: the level now
+    kept = _mean_or_nan(np.where(own, col("debut_nrel_1"), col("debut_nrel_0")),
+                        np.where(own, col("debut_sumrel_1"), col("debut_sumrel_0")))
+    out["hist_rel_other_at_debut"] = np.where(out["hist_finishes_same"] > 0, kept, out["hist_rel_other"])
     best = col("best")
     out["hist_best_sec"] = np.where(np.isfinite(best), best, np.nan)
     return out
@@ -399,7 +391,7 @@ def add_history(frame: pd.DataFrame, table: pd.DataFrame, distances: tuple[str, 
     take = np.where(have, pos, 0)
     # (an empty table, when no row has an athlete: nothing to take, every row is a first race)
     picked = {name: np.where(have, cum[name].to_numpy()[take] if len(cum) else 0.0, np.inf if name == "best" else 0.0)
-              for name in (*SEASON_COLUMNS, "best") if name in cum}
+              for name in (*SEASON_COLUMNS, "best")}
     del cum
     # the new columns go on a shallow copy: the frame's own columns are shared, not copied
     # (hundreds of MB at full scale); adding columns never changes ``frame``

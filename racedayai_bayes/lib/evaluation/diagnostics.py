@@ -169,6 +169,16 @@ def check_coverage(
     )
 
 
+def deciles_outside(deciles: pd.DataFrame, bounds: tuple[float, float] = COVERAGE_RANGE) -> np.ndarray:
+    """True for each decile whose coverage is inconsistent with ``bounds``: its 99% interval
+    (clustered SE, column ``se``; none without the column) misses the band. An empty decile
+    (NaN) is not."""
+    lo, hi = bounds
+    cov = deciles["coverage"].to_numpy(dtype="float64")
+    half = COVERAGE_Z * deciles["se"].fillna(0.0).to_numpy(dtype="float64") if "se" in deciles else np.zeros(len(cov))
+    return (cov + half < lo) | (cov - half > hi)
+
+
 def check_coverage_by_decile(deciles: pd.DataFrame, bounds: tuple[float, float] = COVERAGE_RANGE) -> CheckOutcome:
     """Warn when some decile of the predicted time has coverage inconsistent with ``bounds``.
 
@@ -179,9 +189,7 @@ def check_coverage_by_decile(deciles: pd.DataFrame, bounds: tuple[float, float] 
     if deciles.empty:
         return CheckOutcome("coverage_by_decile", PASS, float("nan"), f"every decile within [{lo}, {hi}]", None,
                             "no rows to judge")
-    upper = deciles["coverage"] + COVERAGE_Z * deciles["se"].fillna(0.0)
-    lower = deciles["coverage"] - COVERAGE_Z * deciles["se"].fillna(0.0)
-    bad = deciles[(upper < lo) | (lower > hi)]
+    bad = deciles[deciles_outside(deciles, bounds)]
     worst_i = (deciles["coverage"] - 0.9).abs().idxmax()
     worst = deciles.loc[worst_i]
     text = ", ".join(f"{r.coverage:.3f} (decile {int(r.decile)})" for r in bad.itertuples()) or "none"

@@ -103,9 +103,6 @@ def raw_covariates(rows: pd.DataFrame, other_center: float, names: tuple[str, ..
     return np.column_stack([make[n]() for n in names])
 
 
-# covariates that read the season table's debut columns (lib/data/history.py): a table stored
-# before them would give every athlete no debut history, so their absence is an error
-SEASON_TABLE_COVARIATES = ("unfinished_debut", "has_other_at_debut", "other_level_at_debut")
 STALE_HINT = ("stored by an older version of the pipeline: materialise model_frame and athlete_seasons again "
               "(the model_frame step makes both)")
 
@@ -238,8 +235,12 @@ class ForecastDesign:
 def _positions(codes: np.ndarray, uniques, levels: tuple[str, ...]) -> np.ndarray:
     """Each row's position in ``levels`` (-1 if absent, or if its code is negative), from the
     row's code into ``uniques``: every distinct value is looked up once, not every row."""
-    pos = pd.Index(levels).get_indexer(uniques) if len(uniques) else np.zeros(0, dtype=np.int64)
-    return _positions_of(codes, pos)
+    return _positions_of(codes, _level_positions(uniques, levels))
+
+
+def _level_positions(uniques, levels: tuple[str, ...]) -> np.ndarray:
+    """Each distinct value's position in ``levels`` (-1 if absent)."""
+    return pd.Index(levels).get_indexer(uniques) if len(uniques) else np.zeros(0, dtype=np.int64)
 
 
 def _positions_of(codes: np.ndarray, pos: np.ndarray) -> np.ndarray:
@@ -261,7 +262,7 @@ def course_index(values: pd.Series, courses: tuple[str, ...]) -> np.ndarray:
     spacing (:func:`course_key`): ``forecast`` and ``predict`` read a course alike."""
     codes, uniques = pd.factorize(values, sort=False)
     uniques = uniques.astype(object)
-    pos = pd.Index(courses).get_indexer(uniques) if len(uniques) else np.zeros(0, dtype=np.int64)
+    pos = _level_positions(uniques, courses)
     if (pos < 0).any():
         keys = pd.Series([course_key(c) for c in courses])
         single = keys[~keys.duplicated(keep=False)]

@@ -381,10 +381,9 @@ class FittedForecast(FittedModel):
         # the season table is sorted by athlete, then season (history.season_table): each
         # athlete's seasons are one run of rows, and the athletes come in hash order
         stale = [c for c in SEASON_COLUMNS if c not in seasons.columns]
-        if stale and set(self.encoding.covariates) & set(fdesign.SEASON_TABLE_COVARIATES):
-            # an older table would give every athlete no debut history, silently
-            raise ValueError(f"the athlete season table has no column {', '.join(stale)}, which this model's "
-                             f"covariates read: it was {fdesign.STALE_HINT}")
+        if stale:  # a table of an older version: its athletes' history would be incomplete
+            raise ValueError(f"the athlete season table has no column {', '.join(stale)}, which the as-of history "
+                             f"reads: it was {fdesign.STALE_HINT}")
         keep = (seasons["event_year"] <= season).to_numpy()
         known = seasons if keep.all() else seasons.loc[keep].reset_index(drop=True)
         new_athlete = athlete_runs(known["athlete_hash"])
