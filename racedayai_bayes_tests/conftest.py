@@ -41,6 +41,26 @@ REFIT_ASSETS = ("holdout_split", *MODEL_ASSETS, "published_model", "bayesian_pre
 FRAME_ASSETS = ("athlete_race", "athlete_profile", "cluster_assignments", "model_frame", "athlete_seasons")
 
 
+# What one run of the suite writes under its temporary folder at most (measured 2026-12-05:
+# 1.26 GB with 2 workers), with room to spare.
+SUITE_DISK_GB = 2.0
+
+
+def pytest_report_header(config) -> str | None:
+    """A warning at the top of the report when the temporary folder's disk is nearly full: a
+    full disk fails tests deep in SQLite or a CSV writer ('disk I/O error', 'No space left
+    on device'), far from the cause."""
+    import tempfile
+
+    folder = tempfile.gettempdir()
+    free_gb = shutil.disk_usage(folder).free / 1e9
+    if free_gb < SUITE_DISK_GB:
+        return (f"WARNING: {free_gb:.1f} GB free on the disk of {folder}; the suite writes up to about "
+                f"{SUITE_DISK_GB:.0f} GB there, and tests fail with 'No space left on device' or "
+                "'disk I/O error' when it runs out")
+    return None
+
+
 def refit_config(seed_fit: dict | None = FAST_FIT, forecast: dict | None = None, publish: str = "auto",
                  split: dict | None = None, selection=None) -> dict:
     """Run config of a refit: both seed models' sampler settings, the forecast model's, the

@@ -50,3 +50,18 @@ def test_deploy_instance_has_the_same_run_limits():
     deploy = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
     assert deploy["concurrency"]["runs"] == local["concurrency"]["runs"]
     assert deploy["retention"] == local["retention"]
+
+
+def test_the_report_warns_when_the_temporary_folder_is_nearly_full(monkeypatch):
+    # the disk-full failure of a CI run (2026-12-05) showed as 'disk I/O error' deep in SQLite
+    import collections
+    import shutil
+
+    from . import conftest
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _path: usage(100e9, 99e9, 0.9e9))
+    header = conftest.pytest_report_header(None)
+    assert header.startswith("WARNING: 0.9 GB free") and "No space left on device" in header
+    monkeypatch.setattr(shutil, "disk_usage", lambda _path: usage(100e9, 50e9, 50e9))
+    assert conftest.pytest_report_header(None) is None
