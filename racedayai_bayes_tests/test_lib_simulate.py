@@ -37,11 +37,18 @@ PROFILE_COLUMNS = (
     "improvement_slope, consistency_cv, swim_strength_z, bike_strength_z, run_strength_z, "
     "dominant_discipline, dnf_count, dnf_rate, mean_fade").split(", ")
 CLUSTER_COLUMNS = ["athlete_hash", "cluster_id"]
+CONTRACT_FRAMES = ("athlete_race", "athlete_profile", "cluster_assignments")
 
 
 @pytest.fixture(scope="module")
 def world() -> dict[str, pd.DataFrame]:
     return sim.simulate_world("demo", seed=0)
+
+
+@pytest.fixture(scope="module")
+def truth_world() -> dict[str, pd.DataFrame]:
+    """The same world, with what the simulator drew for each race row."""
+    return sim.simulate_world("demo", seed=0, truth=True)
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +127,89 @@ def test_same_seed_gives_identical_files_and_another_seed_does_not(world, paths,
 def test_same_seed_gives_identical_frames(world):
     for name, frame in sim.simulate_world("demo", seed=0).items():
         pd.testing.assert_frame_equal(frame, world[name])
+
+
+def test_recording_the_truth_leaves_the_world_unchanged(world, truth_world):
+    assert set(world) == set(CONTRACT_FRAMES)
+    assert set(truth_world) == {*CONTRACT_FRAMES, "truth"}
+    for name, frame in world.items():
+        pd.testing.assert_frame_equal(truth_world[name], frame)
+    truth = truth_world["truth"]
+    assert list(truth.columns) == list(sim.TRUTH_COLUMNS)
+    assert len(truth) == len(world["athlete_race"])
+    assert truth.drop(columns="course_debut_season").notna().all().all()
+
+
+def _distance_codes(races: pd.DataFrame) -> np.ndarray:
+    return pd.Index(sim.DISTANCES).get_indexer(races["event_distance"])
+
+
+def test_truth_reconstructs_every_time(truth_world):
+    """exp(latent + day + noise + bad day) is each finish's time, rounded; near the cutoff it is
+    squeezed by the simulator's map or, far over it, a DNF; the ETL's corruptions are flagged."""
+    races, truth = truth_world["athlete_race"], truth_world["truth"]
+    total = races["total_sec"].to_numpy(dtype=np.float64)
+    t = np.exp(truth["latent"] + truth["day_effect"] + truth["noise"] + truth["bad_day"]).to_numpy()
+    cut = sim.CUTOFF[_distance_codes(races)]
+    soft, hard = sim.SQUEEZE_FROM * cut, sim.DNF_OVER * cut
+    status, squeezed, corrupted = (truth[c].to_numpy() for c in ("status", "squeezed", "corrupted"))
+    finish = (status == 0) & ~corrupted
+    plain = finish & ~squeezed
+    assert plain.mean() > 0.8
+    np.testing.assert_array_equal(np.round(t[plain]), total[plain])
+    assert (t[plain] <= soft[plain]).all()
+    sq = finish & squeezed
+    assert sq.sum() > 10
+    assert ((t[sq] > soft[sq]) & (t[sq] <= hard[sq])).all()
+    expected = soft + (t - soft) * (cut - sim.SQUEEZE_MARGIN_SEC - soft) / (hard - soft)
+    np.testing.assert_array_equal(total[sq], np.round(expected[sq]))
+    assert (total[sq] <= cut[sq] - sim.SQUEEZE_MARGIN_SEC).all()
+    over = truth["over_cutoff"].to_numpy()
+    assert over.any() and (status[over] == 1).all() and (t[over] > hard[over]).all()
+    assert np.isnan(total[status != 0]).all()
+    published = races["finish_status"].str.lower().map({"finisher": 0, "fin": 0, "dnf": 1, "dq": 2})
+    np.testing.assert_array_equal(published.to_numpy(), status)
+    bad = corrupted.nonzero()[0]
+    assert len(bad) and (status[bad] == 0).all()
+    clean = np.round(np.where(squeezed, expected, t)[bad])
+    assert ((total[bad] == np.round(clean / 60, 1)) | (total[bad] == clean + 86400)).all()
+
+
+def test_truth_terms_are_the_simulators(truth_world):
+    """The parts add up, ability and the trend follow the module's constants, and the course,
+    the day, the athlete and the gender are consistent with the published rows."""
+    races, truth = truth_world["athlete_race"], truth_world["truth"]
+    d = _distance_codes(races)
+    parts = truth["log_med"] + truth["ability"] + truth["trend_term"] + truth["course_effect"]
+    np.testing.assert_array_equal(truth["latent"], parts)
+    z = sim.ABILITY_SHARED * truth["z_shared"] + sim.ABILITY_SPECIFIC * truth["z_distance"]
+    pro = truth["pro"].to_numpy()
+    np.testing.assert_allclose(truth["ability"], np.where(pro, sim.PRO_ABILITY + sim.PRO_ABILITY_SD * z,
+                                                          sim.BETWEEN_SD[d] * z))
+    np.testing.assert_allclose(truth["trend_term"],
+                               truth["trend"] * (races["event_year"] - truth["center_year"]))
+    assert (races.loc[races["is_pro"] == True, "is_pro"].index.isin(np.flatnonzero(pro))).all()  # noqa: E712
+    gender = races["gender"].notna().to_numpy()
+    np.testing.assert_array_equal(races["gender"][gender] == "F", truth["female"][gender])
+    # one day per edition (a course in a season), one effect per course, none before its debut
+    edition = races.groupby(truth["edition"])
+    assert (edition["event_name"].nunique() == 1).all() and (edition["event_year"].nunique() == 1).all()
+    assert (truth.groupby("edition")["day_effect"].nunique() == 1).all()
+    assert (truth.groupby(races["event_name"])["course_effect"].nunique() == 1).all()
+    debut = truth["course_debut_season"]
+    assert debut.notna().any() and debut.isna().any()
+    assert (races["event_year"][debut.notna()] >= debut.dropna()).all()
+    # one athlete per hash; anonymous rows are other athletes'
+    named = races["athlete_hash"].notna()
+    pairs = pd.DataFrame({"hash": races["athlete_hash"][named], "athlete": truth["athlete"][named]})
+    assert len(pairs.drop_duplicates()) == pairs["hash"].nunique() == pairs["athlete"].nunique()
+    assert not truth["athlete"][~named].isin(pairs["athlete"]).any()
+    # the noise's scales and the bad day's rate and mean, up to sampling noise
+    for dd in (0, 1):
+        assert truth["noise"][d == dd].std() == pytest.approx(sim.WITHIN_SD[dd], rel=0.03)
+    bad = truth["bad_day"][truth["bad_day"] > 0]
+    assert len(bad) / len(truth) == pytest.approx(sim.BAD_DAY_P, abs=0.004)
+    assert bad.mean() == pytest.approx(sim.BAD_DAY_MEAN, rel=0.06)
 
 
 def test_size_is_about_the_target(csv):

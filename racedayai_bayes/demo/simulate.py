@@ -17,6 +17,9 @@ Profiles are derived from the rows with the data contract's definitions; cluster
 from KMeans over standardised profiles of athletes with 3+ results. ``CALIBRATION`` holds
 real summary statistics (real_results_summary.json); the world's own constants below are
 tuned so that the seed's model frame, as read back from the CSV, matches them per distance.
+``simulate_world(..., truth=True)`` also returns what was drawn for each race row (the
+terms of its time, its athlete, course and day: TRUTH_COLUMNS) without changing the world;
+bench/oracle.py compares the forecasts with oracles built on it.
 """
 
 from __future__ import annotations
@@ -105,6 +108,18 @@ CUTOFF_DNF = np.array([0.003, 0.010, 0.0, 0.0])  # measured share of starts over
 # tuned so the model frame's sd of total_sec matches.
 BETWEEN_SD = np.array([0.110, 0.096, 0.110, 0.110])
 TREND_SD = 0.006  # per-athlete fitness trend, log scale per year
+# An athlete's ability at a distance is BETWEEN_SD times a standard normal mix of a shared
+# part and a distance-specific part (0.95^2 + 0.31^2 = 0.998: the two distances' abilities
+# correlate 0.95^2 / 0.998 = 0.904); a pro's is PRO_ABILITY + PRO_ABILITY_SD times the same
+# mix, at the median of age PRO_AGE.
+ABILITY_SHARED, ABILITY_SPECIFIC = 0.95, 0.31
+PRO_ABILITY, PRO_ABILITY_SD, PRO_AGE = -0.30, 0.04, 32
+# The odd bad day: with probability BAD_DAY_P a finish is slower by an exponential term (log
+# scale) of mean BAD_DAY_MEAN.
+BAD_DAY_P, BAD_DAY_MEAN = 0.04, 0.10
+# Near the cutoff: a finish over SQUEEZE_FROM x cutoff is squeezed linearly into
+# [SQUEEZE_FROM x cutoff, cutoff - SQUEEZE_MARGIN_SEC]; a start over DNF_OVER x cutoff is a DNF.
+SQUEEZE_FROM, DNF_OVER, SQUEEZE_MARGIN_SEC = 0.93, 1.08, 60
 DNF_SLOWNESS = 0.8  # DNF odds grow by exp(0.8) per sd of (slow) ability
 # Latent scales (log scale) of the course, the race day and a finish's race-to-race noise
 # (before the odd bad day), tuned so that the model frame's statistics as
@@ -160,10 +175,15 @@ PLACES = np.array([f"{p} {b}" for p in
 EVENT_TITLE = ("IRONMAN 70.3 {}", "IRONMAN {}", "{} Sprint Triathlon", "5150 {}")
 
 
-def simulate_world(size: str = "demo", seed: int = 0) -> dict[str, pd.DataFrame]:
+def simulate_world(size: str = "demo", seed: int = 0, truth: bool = False) -> dict[str, pd.DataFrame]:
     """Simulate the world; return frames ``athlete_race``, ``athlete_profile`` and
-    ``cluster_assignments`` with the data contract's columns in its order."""
-    return _simulate(SIZES[size], seed)
+    ``cluster_assignments`` with the data contract's columns in its order.
+
+    With ``truth`` the dict also holds ``truth``: what the simulator drew for each row of
+    ``athlete_race``, in the same order (:data:`TRUTH_COLUMNS`). Only recorded: the draws and
+    the three frames are the same either way.
+    """
+    return _simulate(SIZES[size], seed, truth)
 
 
 def write_demo_data(out_dir: str | os.PathLike, size: str = "demo",
@@ -173,17 +193,68 @@ def write_demo_data(out_dir: str | os.PathLike, size: str = "demo",
             for name, frame in simulate_world(size, seed).items()}
 
 
-def _simulate(n_target: int, seed: int) -> dict[str, pd.DataFrame]:
+def _simulate(n_target: int, seed: int, truth: bool = False) -> dict[str, pd.DataFrame]:
     rng = np.random.default_rng(seed)
     ath = _athletes(rng, n_target)
     rows = _starts(rng, ath)
     eds = _editions(rng, rows, n_target)
     _assign_editions(rng, rows, eds)
-    _finish_times(rng, rows, ath, eds)
+    _finish_times(rng, rows, ath, eds, truth)
     races = _race_frame(rng, rows, ath, eds)
     profiles = _profiles(rows, ath)
-    return {"athlete_race": races, "athlete_profile": profiles,
-            "cluster_assignments": _clusters(profiles)}
+    world = {"athlete_race": races, "athlete_profile": profiles,
+             "cluster_assignments": _clusters(profiles)}
+    if truth:
+        world["truth"] = _truth_frame(rows, ath, eds)
+    return world
+
+
+# The columns of simulate_world's ``truth`` frame, one row per athlete_race row (log scale
+# unless said). A start's time is exp(latent + day_effect + noise + bad_day) seconds, then
+# squeezed or made a DNF near the cutoff and rounded; the ETL may corrupt it after that.
+TRUTH_COLUMNS = {
+    "latent": "what is known before the race: log_med + ability + trend_term + course_effect",
+    "log_med": "the median of the athlete's gender at the exact age (a pro's at PRO_AGE)",
+    "ability": "the athlete's ability at this distance (a pro's includes PRO_ABILITY)",
+    "trend_term": "trend x (event_year - center_year)",
+    "course_effect": "the course's effect (persistent over its editions)",
+    "day_effect": "the edition's race-day effect",
+    "noise": "race-to-race noise, sd WITHIN_SD",
+    "bad_day": "the bad-day term (0 on most days)",
+    "squeezed": "a finish over SQUEEZE_FROM x cutoff, squeezed under the cutoff",
+    "over_cutoff": "a finish over DNF_OVER x cutoff, made a DNF",
+    "corrupted": "a finish whose total_sec the ETL corrupted (minutes, or a day added)",
+    "status": "0 finish, 1 DNF, 2 DQ (whatever the source's spelling)",
+    "athlete": "the athlete's internal id (anonymous rows too)",
+    "edition": "the edition's internal id",
+    "course_debut_season": "the course's first season; missing for courses from the start",
+    "center_year": "the season at the centre of the athlete's career",
+    "trend": "the athlete's fitness trend, per year",
+    "z_shared": "the shared standard normal of ability (ABILITY_SHARED)",
+    "z_distance": "the standard normal of ability at this distance (ABILITY_SPECIFIC)",
+    "female": "the athlete's gender (the published one may be blank)",
+    "age": "the athlete's age in whole years",
+    "pro": "the athlete is a pro (the published is_pro may be blank)",
+}
+
+
+def _truth_frame(rows, ath, eds) -> pd.DataFrame:
+    """The ``truth`` frame from ``rows`` in athlete_race order (:data:`TRUTH_COLUMNS`)."""
+    a, ed = rows["ath"], rows["ed"]
+    course, debut = eds["course"][ed], eds["debut_season"][eds["event"][ed]]
+    columns = {
+        "latent": rows["log_med"] + rows["ability"] + rows["trend_term"] + course,
+        "log_med": rows["log_med"], "ability": rows["ability"], "trend_term": rows["trend_term"],
+        "course_effect": course, "day_effect": eds["day"][ed], "noise": rows["noise"],
+        "bad_day": rows["bad_day"], "squeezed": rows["squeezed"],
+        "over_cutoff": rows["over_cutoff"], "corrupted": rows["corrupted"],
+        "status": rows["status"], "athlete": a, "edition": ed,
+        "course_debut_season": pd.arrays.IntegerArray(YEARS[np.maximum(debut, 0)], debut < 0),
+        "center_year": YEARS[ath["center"][a]], "trend": ath["trend"][a],
+        "z_shared": rows["z_shared"], "z_distance": rows["z_distance"],
+        "female": ath["female"][a], "age": rows["age"], "pro": rows["pro"],
+    }
+    return pd.DataFrame(columns, copy=False)
 
 
 def _cal(d: int) -> dict:
@@ -311,7 +382,7 @@ def _editions(rng, rows, n_target: int) -> dict[str, np.ndarray]:
     ny, n_groups = len(YEARS), len(DISTANCES) * len(YEARS) * 2
     counts = np.bincount(_group(rows), minlength=n_groups).reshape(-1, ny, 2)
     n_ed = np.where(counts > 0, np.maximum(1, np.round(counts / per_ed[:, None, None])), 0)
-    name, location, course, parts = [], [], [], []
+    name, location, course, debut_seasons, parts = [], [], [], [], []
     for d in range(len(DISTANCES)):
         per_year = n_ed[d].sum(1).astype(np.int64)
         # New courses: a share of each later season's editions are debuts of courses never run
@@ -337,6 +408,7 @@ def _editions(rng, rows, n_target: int) -> dict[str, np.ndarray]:
         name += [EVENT_TITLE[d].format(PLACES[i]) for i in pool]
         location += [f"{PLACES[i]}, {COUNTRIES[c, 0]}" for i, c in zip(pool, country)]
         course.append(_exact_sd(rng.standard_normal(len(pool)), COURSE_SD[d]))
+        debut_seasons.append(debut_year)
         for y in range(ny):
             wanted = int(n_ed[d, y, 0] + n_ed[d, y, 1])
             new = np.flatnonzero(debut_year == y)[:wanted]  # a debut runs in its first season
@@ -359,7 +431,9 @@ def _editions(rng, rows, n_target: int) -> dict[str, np.ndarray]:
     for d in range(len(DISTANCES)):
         m = group // (2 * ny) == d
         day[m] = _exact_sd(rng.standard_normal(m.sum()), DAY_SD[d])
-    return dict(event=event, source=source, effect=np.concatenate(course)[event] + day,
+    course = np.concatenate(course)[event]
+    return dict(event=event, source=source, effect=course + day, course=course, day=day,
+                debut_season=np.concatenate(debut_seasons),  # per event; -1: from the start
                 weight=rng.gamma(2.0, size=len(group)), n=len(group),
                 start=np.searchsorted(group, np.arange(n_groups)),
                 size=np.bincount(group, minlength=n_groups),
@@ -393,30 +467,39 @@ def _assign_editions(rng, rows, eds) -> None:
         rows[name] = values[~dup]
 
 
-def _finish_times(rng, rows, ath, eds) -> None:
+def _finish_times(rng, rows, ath, eds, truth: bool = False) -> None:
     """Time of each start in seconds; finishes near the cutoff are squeezed under it and
-    finishes far over it become DNFs."""
+    finishes far over it become DNFs. With ``truth`` the terms of each time are kept in
+    ``rows`` too (see :func:`_truth_frame`); the draws are the same."""
     a, d, n = rows["ath"], rows["dist"], len(rows["ath"])
     female = ath["female"][a]
-    age = np.where(rows["pro"], 32, rows["age"])
+    age = np.where(rows["pro"], PRO_AGE, rows["age"])
     log_med = np.empty(n)
     for dd in range(len(DISTANCES)):
         for g, med in enumerate((_cal(dd)["median_m"], _cal(dd)["median_f"])):
             m = (d == dd) & (female == g)
             log_med[m] = np.interp(age[m], AGE_MIDS, np.log(np.array(med) * SHORT_SCALE[dd]))
-    z = 0.95 * ath["z"][a] + 0.31 * ath["z_dist"][a, d]  # ability, a little distance-specific
-    ability = np.where(rows["pro"], -0.30 + 0.04 * z, BETWEEN_SD[d] * z)
+    # ability, a little distance-specific
+    z = ABILITY_SHARED * ath["z"][a] + ABILITY_SPECIFIC * ath["z_dist"][a, d]
+    ability = np.where(rows["pro"], PRO_ABILITY + PRO_ABILITY_SD * z, BETWEEN_SD[d] * z)
     sd_within = WITHIN_SD[d]
-    bad_day = (rng.random(n) < 0.04) * rng.exponential(0.10, n)
-    t = np.exp(log_med + ability + ath["trend"][a] * (rows["year"] - ath["center"][a])
-               + eds["effect"][rows["ed"]] + sd_within * rng.standard_normal(n) + bad_day)
+    bad_day = (rng.random(n) < BAD_DAY_P) * rng.exponential(BAD_DAY_MEAN, n)
+    # the terms are added in the order they always were (the world depends on the rounding)
+    trend_term = ath["trend"][a] * (rows["year"] - ath["center"][a])
+    noise = sd_within * rng.standard_normal(n)
+    t = np.exp(log_med + ability + trend_term + eds["effect"][rows["ed"]] + noise + bad_day)
     cut = CUTOFF[d]
-    soft, hard = 0.93 * cut, 1.08 * cut
+    soft, hard = SQUEEZE_FROM * cut, DNF_OVER * cut
     fin = rows["status"] == 0
-    rows["status"][fin & (t > hard)] = 1
+    over = fin & (t > hard)
+    rows["status"][over] = 1
     squeeze = fin & (t > soft) & (t <= hard)
-    t[squeeze] = (soft + (t - soft) * (cut - 60 - soft) / (hard - soft))[squeeze]
+    t[squeeze] = (soft + (t - soft) * (cut - SQUEEZE_MARGIN_SEC - soft) / (hard - soft))[squeeze]
     rows["time"] = np.round(t)
+    if truth:  # recorded per row; _race_frame reorders them with the rest
+        rows.update(log_med=log_med, ability=ability, trend_term=trend_term, noise=noise,
+                    bad_day=bad_day, squeezed=squeeze, over_cutoff=over,
+                    z_shared=ath["z"][a], z_distance=ath["z_dist"][a, d])
 
 
 def _split_base() -> np.ndarray:
@@ -515,6 +598,8 @@ def _race_frame(rng, rows, ath, eds) -> pd.DataFrame:
             "cohort_percentile": np.where(fin, 100 - 100 * (div_rank - 1) / div_size, np.nan),
         }
     bad = np.flatnonzero(fin & (rng.random(n) < CORRUPT_RATE))  # minutes for seconds, +1 day
+    rows["corrupted"] = np.zeros(n, bool)
+    rows["corrupted"][bad] = True
     rows["total"] = total.copy()
     rows["total"][bad] = np.where(rng.random(len(bad)) < 0.5, np.round(total[bad] / 60, 1),
                                   total[bad] + 86400)
