@@ -20,8 +20,8 @@ The forecasts are bench/_work/full_outputs/bayesian_predictions_{70.3,140.6}.csv
 
 Run: `.venv/bin/python bench/oracle.py` from anywhere. It takes 3.5 to 4 minutes on 2 cores
 and peaks at about 6.5 GB of memory, while the model frame is built (measured 2026-12-06). It
-writes bench/ORACLE.md and nothing else but a temporary copy of athlete_race.csv (1 GB, in the
-system's temporary folder, removed at once). `--size demo --output PATH` checks the script in
+writes bench/ORACLE.md and nothing else but a temporary copy of athlete_race.csv (1 GB, in
+bench/_work, removed at once). `--size demo --output PATH` checks the script in
 10 s on the demo world and `make run`'s forecasts of it (bench/_work/demo-0, demo_outputs).
 """
 
@@ -52,6 +52,7 @@ sys.path.insert(0, str(REPO))
 from racedayai_bayes.demo import simulate as sim  # noqa: E402
 from racedayai_bayes.lib.data.contracts import (MAX_TOTAL_SEC, MIN_TOTAL_SEC, read_clusters,  # noqa: E402
                                                  read_profiles, read_races)
+from racedayai_bayes.lib.data import MODEL_DISTANCES, history  # noqa: E402
 from racedayai_bayes.lib.data.frame import model_frame_and_seasons  # noqa: E402
 from racedayai_bayes.lib.evaluation.judge import row_groups  # noqa: E402
 from racedayai_bayes.lib.evaluation.report import markdown_table  # noqa: E402
@@ -60,7 +61,7 @@ from racedayai_bayes.lib.outputs.io import write_csv_atomic  # noqa: E402
 
 SEED = 0
 REPORT = HERE / "ORACLE.md"
-DISTANCES = ("70.3", "140.6")  # index = the simulator's distance code
+DISTANCES = MODEL_DISTANCES  # ("70.3", "140.6"): index = the simulator's distance code
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,8 @@ def regenerate_truth(setup: Setup) -> pd.DataFrame:
     races, truth = world.pop("athlete_race"), world.pop("truth")
     del world
     stored = setup.inputs / "athlete_race.csv"
-    with tempfile.TemporaryDirectory() as tmp:
+    # the 1 GB copy goes beside the stored inputs (bench/_work), not to the system's temporary folder
+    with tempfile.TemporaryDirectory(dir=setup.inputs.parent, prefix="oracle-") as tmp:
         again = write_csv_atomic(races, Path(tmp) / "athlete_race.csv")
         if not filecmp.cmp(again, stored, shallow=False):
             line = _first_different_line(again, stored)
@@ -192,9 +194,13 @@ def joined_rows(setup: Setup, frame: pd.DataFrame, positions: np.ndarray, truth:
         r = rows[(rows["event_distance"] == d).to_numpy()].reset_index(drop=True)
         path = setup.outputs / f"bayesian_predictions_{d}.csv"
         pred = pd.read_csv(path, usecols=["athlete_hash", "event_name", "event_year", "total_sec", "bayes_p05",
-                                          "bayes_p50", "bayes_p95", "held_out"],
+                                          "bayes_p50", "bayes_p95", "held_out", "model"],
                            dtype={"athlete_hash": "string", "event_name": "string"},
                            true_values=["true", "True"], false_values=["false", "False"])
+        published = set(pred["model"].dropna().unique())
+        if published != {"forecast"}:  # the spread analysis reads the forecast model's tau
+            fail(f"{path.relative_to(REPO)} holds forecasts of {sorted(published)}, not of the forecast model alone: "
+                 f"publish the forecast model (the default `auto` does on the full world) and run {setup.remake}")
         if pred["held_out"].dtype != bool:
             fail(f"{path.relative_to(REPO)}: held_out is not true/false")
         if len(pred) != len(r) or not _same_rows(r, pred):
@@ -309,28 +315,36 @@ def log_med_step(r: pd.DataFrame) -> np.ndarray:
     return np.where(r["female"], np.log(np.array(cal["median_f"]))[group], np.log(np.array(cal["median_m"]))[group])
 
 
-def earlier_season_sums(rows: dict[str, pd.DataFrame], level: str) -> pd.DataFrame:
-    """Per (athlete, season): sums over the athlete's finishes in strictly earlier seasons, per
+def earlier_season_sums(rows: dict[str, pd.DataFrame], level: str) -> dict[str, pd.DataFrame]:
+    """Per distance and row: sums over the athlete's finishes in strictly earlier seasons, per
     distance k, of 1, the season, its square, the residual r and season x r, where r is the log
     time as drawn (a squeezed time unsqueezed) less the level column, the course, the day and
-    the bad day's mean. Only named athletes' finishes in the model frame count."""
-    parts = []
+    the bad day's mean. Only named athletes' finishes in the model frame count (the project's
+    own as-of sums, ``lib/data/history.earlier_season_sums``, over both distances' rows)."""
+    codes, years, values = [], [], {f"{p}{j}": [] for j in (0, 1) for p in ("n", "sy", "syy", "sr", "syr")}
     for d, r in rows.items():
         k = DISTANCES.index(d)
         soft, _, slope = squeeze_map(sim.CUTOFF[k])
         t = r["total_sec"].to_numpy(np.float64)
         drawn = np.log(np.where(t > soft, soft + (t - soft) / slope, t))
-        resid = drawn - r[level] - r["course_effect"] - r["day_effect"] - BAD_MEAN
+        resid = (drawn - r[level] - r["course_effect"] - r["day_effect"] - BAD_MEAN).to_numpy()
         year = r["event_year"].to_numpy(np.int64)
-        named = r["athlete_hash"].notna().to_numpy()
-        part = pd.DataFrame({"athlete": r["athlete"], "year": year})
+        codes.append(np.where(r["athlete_hash"].notna().to_numpy(), r["athlete"].to_numpy(np.int64), -1))
+        years.append(year)
         for j in (0, 1):
             on = float(j == k)
-            part[f"n{j}"], part[f"sy{j}"], part[f"syy{j}"] = on, on * year, on * year.astype(float) ** 2
-            part[f"sr{j}"], part[f"syr{j}"] = on * resid, on * year * resid
-        parts.append(part[named])
-    sums = pd.concat(parts, ignore_index=True).groupby(["athlete", "year"], sort=True).sum()
-    return sums.groupby(level=0).cumsum() - sums
+            values[f"n{j}"].append(np.full(len(r), on))
+            values[f"sy{j}"].append(on * year)
+            values[f"syy{j}"].append(on * year.astype(np.float64) ** 2)
+            values[f"sr{j}"].append(on * resid)
+            values[f"syr{j}"].append(on * year * resid)
+    sums = history.earlier_season_sums(np.concatenate(codes), np.concatenate(years),
+                                       {name: np.concatenate(v) for name, v in values.items()})
+    out, start = {}, 0
+    for d, r in rows.items():
+        out[d] = pd.DataFrame({name: v[start:start + len(r)] for name, v in sums.items()})
+        start += len(r)
+    return out
 
 
 def oracle_b_posterior(r: pd.DataFrame, sums: pd.DataFrame, trend_sd: float, same_only: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -344,11 +358,7 @@ def oracle_b_posterior(r: pd.DataFrame, sums: pd.DataFrame, trend_sd: float, sam
     season = r["event_year"].to_numpy(np.float64)
     offset = season - r["center_year"].to_numpy(np.float64)
     es, es2 = float(offset.mean()), float((offset**2).mean())
-    key = pd.MultiIndex.from_arrays([r["athlete"].to_numpy(), r["event_year"].to_numpy(np.int64)])
-    s = sums.reindex(key).to_numpy()
-    s[r["athlete_hash"].isna().to_numpy()] = 0.0  # an anonymous row has no known history
-    s = np.nan_to_num(s)
-    col = {c: s[:, i] for i, c in enumerate(sums.columns)}
+    col = {c: sums[c].to_numpy() for c in sums.columns}  # 0 for an anonymous row: no known history
     v70, v140 = BETWEEN[0] ** 2 * MIX, BETWEEN[1] ** 2 * MIX
     cov = BETWEEN[0] * BETWEEN[1] * sim.ABILITY_SHARED**2
     t2 = trend_sd**2
@@ -398,7 +408,7 @@ def oracle_b(rows: dict[str, pd.DataFrame]) -> None:
     for name, (level, trend_sd, same_only) in B_VARIANTS.items():
         for d, r in rows.items():
             k = DISTANCES.index(d)
-            mean, var = oracle_b_posterior(r, sums[level], trend_sd, same_only)
+            mean, var = oracle_b_posterior(r, sums[level][d], trend_sd, same_only)
             new = r["g_new course"].to_numpy()
             s = np.sqrt(var + DAY[k] ** 2 + WITHIN[k] ** 2 + np.where(new, COURSE[k] ** 2, 0.0))
             centre = r[level].to_numpy() + np.where(new, 0.0, r["course_effect"].to_numpy()) + mean
@@ -689,11 +699,11 @@ def report(setup: Setup, res: dict, wall: float) -> str:
              f"{pm(se['70.3'].loc['debut after other dist.', 'LPD M-B'], se['70.3'].loc['debut after other dist.', 'LPD M-B SE'], 3)} nats at 70.3, "
              f"{pm(se['140.6'].loc['debut after other dist.', 'MAE M-B'], se['140.6'].loc['debut after other dist.', 'MAE M-B SE'])} min and "
              f"{pm(se['140.6'].loc['debut after other dist.', 'LPD M-B'], se['140.6'].loc['debut after other dist.', 'LPD M-B SE'], 3)} nats at 140.6. "
-             f"The true sd of ability there is {q5['70.3']['spread'].loc[deb, 'sd given B']:.3f} (70.3) and "
+             f"The true level (ability + trend) there spreads by sd {q5['70.3']['spread'].loc[deb, 'sd given B']:.3f} (70.3) and "
              f"{q5['140.6']['spread'].loc[deb, 'sd given B']:.3f} (140.6) against the model's tau of "
              f"{q5['70.3']['tau']:.3f} and {q5['140.6']['tau']:.3f}, and the model's intervals there cover "
              f"{g['70.3'].loc['debut after other dist.', 'cov90 M']:.3f} and {g['140.6'].loc['debut after other dist.', 'cov90 M']:.3f}. "
-             "Swapping tau for the true spread (of a regression on hist_rel_other) moves that coverage to "
+             "Swapping tau for the true spread around a regression on hist_rel_other moves that coverage to "
              + " and ".join(f"{swap[d].loc['cov90']:.3f} ({d})" for d in DISTANCES) + " and the LPD by "
              + " and ".join(f"{swap[d].loc['LPD'] - pub[d].loc['LPD']:+.3f}" for d in DISTANCES) + ".")
     L.append(f"- **Cheap features:** a per-athlete fitness trend is worth "
