@@ -50,10 +50,9 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 from racedayai_bayes.demo import simulate as sim  # noqa: E402
-from racedayai_bayes.lib.data.contracts import (MAX_TOTAL_SEC, MIN_TOTAL_SEC, read_clusters,  # noqa: E402
-                                                 read_profiles, read_races)
+from racedayai_bayes.lib.data.contracts import read_clusters, read_profiles, read_races  # noqa: E402
 from racedayai_bayes.lib.data import MODEL_DISTANCES, history  # noqa: E402
-from racedayai_bayes.lib.data.frame import model_frame_and_seasons  # noqa: E402
+from racedayai_bayes.lib.data.frame import frame_rules, model_frame_and_seasons  # noqa: E402
 from racedayai_bayes.lib.evaluation.judge import row_groups  # noqa: E402
 from racedayai_bayes.lib.evaluation.report import markdown_table  # noqa: E402
 from racedayai_bayes.lib.evaluation.scores import clustered_mean, edition_labels  # noqa: E402
@@ -158,16 +157,11 @@ def model_frame(setup: Setup) -> tuple[pd.DataFrame, np.ndarray]:
     profiles = read_profiles(setup.inputs / "athlete_profile.csv").frame
     clusters = read_clusters(setup.inputs / "cluster_assignments.csv").frame
     frame, _, _ = model_frame_and_seasons(races, profiles, clusters)
-    # the frame keeps its input rows in order: these are its rules (lib/data/frame.py)
-    total = races["total_sec"].to_numpy(np.float64, na_value=np.nan)
-    keep = (~races["is_pro"].eq(True).fillna(False).to_numpy(bool)
-            & races["event_distance"].isin(DISTANCES).fillna(False).to_numpy(bool)
-            & (total > MIN_TOTAL_SEC) & (total < MAX_TOTAL_SEC)
-            & races["event_year"].notna().to_numpy(bool))
-    positions = np.flatnonzero(keep)
+    # the frame keeps the input rows that every one of its rules keeps, in their order
+    positions = np.flatnonzero(np.logical_and.reduce(list(frame_rules(races).values())))
     if len(positions) != len(frame) or not _same_rows(frame, races.iloc[positions]):
-        fail("the model frame's rows are not the input rows its rules keep: lib/data/frame.py's rules "
-             "changed; update model_frame() here")
+        fail("the model frame's rows are not the input rows its rules keep (lib/data/frame.frame_rules): "
+             "the frame no longer keeps its rows in input order; update model_frame() here")
     return frame[["athlete_hash", "gender", "event_name", "event_distance", "event_year", "total_sec",
                   *HISTORY_USED]], positions
 

@@ -108,18 +108,8 @@ def model_frame_and_seasons(
     codes, athletes = pd.factorize(races["athlete_hash"], sort=True)
     athletes = pd.Index(athletes)
     counts = {"rows_in": len(races)}
-    pro = races["is_pro"].eq(True).fillna(False).to_numpy(dtype=bool)
-    distance = races["event_distance"].isin(MODEL_DISTANCES).fillna(False).to_numpy(dtype=bool)
-    total = races["total_sec"].to_numpy(dtype=np.float64, na_value=np.nan)
-    rules = {
-        "dropped_pro": ~pro,
-        "dropped_other_distance": distance,
-        "dropped_no_time": ~np.isnan(total),
-        "dropped_time_out_of_bounds": (total > MIN_TOTAL_SEC) & (total < MAX_TOTAL_SEC),
-        "dropped_no_year": races["event_year"].notna().to_numpy(dtype=bool),
-    }
     keep = np.ones(len(races), dtype=bool)
-    for name, rule in rules.items():
+    for name, rule in frame_rules(races).items():
         counts[name] = int((keep & ~rule).sum())
         keep &= rule
         if name == "dropped_time_out_of_bounds":
@@ -149,6 +139,22 @@ def model_frame_and_seasons(
     counts["athletes_with_several_genders"] = several_genders(frame, kept_codes)
     counts.update(unmatched)
     return frame, counts, seasons
+
+
+def frame_rules(races: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The seed's rules, in the order they are counted: for each, which rows of ``races`` it
+    keeps (the model frame holds the rows every rule keeps, in their order). Each name is the
+    count of ``model_frame_and_seasons`` that says how many rows it removed."""
+    pro = races["is_pro"].eq(True).fillna(False).to_numpy(dtype=bool)
+    distance = races["event_distance"].isin(MODEL_DISTANCES).fillna(False).to_numpy(dtype=bool)
+    total = races["total_sec"].to_numpy(dtype=np.float64, na_value=np.nan)
+    return {
+        "dropped_pro": ~pro,
+        "dropped_other_distance": distance,
+        "dropped_no_time": ~np.isnan(total),
+        "dropped_time_out_of_bounds": (total > MIN_TOTAL_SEC) & (total < MAX_TOTAL_SEC),
+        "dropped_no_year": races["event_year"].notna().to_numpy(dtype=bool),
+    }
 
 
 def _kept_rows(races: pd.DataFrame, rows: np.ndarray, kept_codes: np.ndarray, athletes: pd.Index,
