@@ -213,3 +213,25 @@ def test_a_model_that_failed_a_check_is_not_published_and_nothing_is_when_none_p
     assert forced.published is None and "asked for" in forced.reason
     with pytest.raises(ValueError, match="publish must be one of"):
         _decide(judged, publish="best")
+
+
+def test_the_comparisons_known_course_is_the_forecast_models():
+    """row_groups matches a course as the model's encoding does (frame.course_index): a held-out
+    row whose course the training rows spell otherwise, but for case and spacing, is on a known
+    course; a course first run in the row's own season, or never, is new."""
+    from racedayai_bayes.lib.evaluation.judge import row_groups
+    from racedayai_bayes.lib.models.forecast import design as fdesign
+
+    names = ["IRONMAN 70.3 Alpha", "IRONMAN 70.3 Beta", "ironman 70.3  alpha", "IRONMAN 70.3 Beta", "IRONMAN 70.3 Gamma", None]
+    years = [2024, 2025, 2025, 2025, 2025, 2025]
+    rows = pd.DataFrame({"event_name": pd.array(names, dtype="string"), "event_year": years,
+                         "hist_starts": [0, 1, 2, 0, 3, 0], "hist_starts_same": [0, 1, 2, 0, 3, 0],
+                         "hist_finishes_other": 0, "gender": "M", "age_group": "30-34",
+                         "total_sec": 18000.0, "hist_finishes_same": 0, "hist_rel_other": np.nan, "hist_dnf": 0,
+                         "hist_unfinished_debut": 0.0, "hist_rel_other_at_debut": np.nan})
+    train = rows.iloc[:2]
+    groups = row_groups(rows, train)
+    assert groups["known course"].tolist() == [False, False, True, False, False, False]
+    np.testing.assert_array_equal(groups["new course"], ~groups["known course"])
+    enc = fdesign.fit_encoding(train, "70.3")
+    np.testing.assert_array_equal(fdesign.encode(rows, enc).new_course, groups["new course"])

@@ -206,6 +206,32 @@ def course_first_seasons(rows: pd.DataFrame) -> pd.Series:
     return pd.Series(first.to_numpy(), index=[str(uniques[c]) for c in first.index]).sort_index()
 
 
+def course_key(name) -> str:
+    """A course name as matched: case and runs of white space do not matter."""
+    return " ".join(str(name).split()).casefold()
+
+
+def course_index(values, courses) -> np.ndarray:
+    """Index of each of ``values`` (event names) in ``courses`` (-1: a new course, or a blank
+    name). A name not in ``courses`` as written is that course when exactly one course matches
+    it but for case or spacing (:func:`course_key`). The one matching of a row to a course: the
+    forecast model's encoding, ``forecast``, ``predict`` and the comparison's known/new-course
+    groups all read a course through it."""
+    courses = [str(c) for c in courses]
+    pos = index_in(values, pd.Index(courses, dtype=object))  # exact names: Arrow's hash lookup
+    missing = pos < 0
+    if missing.any() and courses:
+        names = pd.Series(np.asarray(values, dtype=object)[missing])
+        codes, uniques = pd.factorize(names, sort=False)  # blank names get code -1
+        if len(uniques):
+            keys = pd.Series([course_key(c) for c in courses])
+            single = keys[~keys.duplicated(keep=False)]
+            by_key = dict(zip(single, single.index))
+            found = np.array([by_key.get(course_key(u), -1) for u in uniques], dtype=np.int64)
+            pos[missing] = np.where(codes >= 0, found[np.maximum(codes, 0)], -1)
+    return pos
+
+
 def distance_rows(frame: pd.DataFrame, distance: str) -> pd.DataFrame:
     """The model-frame rows of one distance, in frame order."""
     if distance not in MODEL_DISTANCES:

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from racedayai_bayes.lib.data.frame import course_first_seasons
-from racedayai_bayes.lib.data.history import first_race, index_in
+from racedayai_bayes.lib.data.frame import course_first_seasons, course_index
+from racedayai_bayes.lib.data.history import first_race
 from racedayai_bayes.lib.data.split import Split
 from racedayai_bayes.lib.evaluation import diagnostics as dx
 from racedayai_bayes.lib.evaluation.scores import Scores, edition_labels, score
@@ -150,11 +150,13 @@ def row_groups(rows: pd.DataFrame, train: pd.DataFrame) -> dict[str, np.ndarray]
     distance after finishes at the other one), known vs new course.
 
     A course is known to a row when the training rows hold an edition of it in an earlier
-    season than the row's.
+    season than the row's; a row's course is matched as the forecast model matches it
+    (``frame.course_index``: an exact name, else the one course that differs only in case or
+    spacing), so a course the model knows is not reported as new.
     """
     first = first_race(rows)
     first_season = course_first_seasons(train)
-    pos = index_in(rows["event_name"], first_season.index)
+    pos = course_index(rows["event_name"], first_season.index)
     seasons = np.r_[first_season.to_numpy(dtype=np.float64), np.inf]  # a course never trained on: inf
     course_first = seasons[np.where(pos >= 0, pos, len(first_season))]
     known = course_first < rows["event_year"].to_numpy(dtype=np.float64, na_value=np.nan)

@@ -16,7 +16,7 @@ import pandas as pd
 
 from racedayai_bayes.lib.data import MODEL_DISTANCES
 from racedayai_bayes.lib.data.contracts import StartList
-from racedayai_bayes.lib.models.forecast.design import course_key
+from racedayai_bayes.lib.data.frame import course_key
 
 FORECAST_COLUMNS = ("event_name", "event_year", "event_distance", "model", "history_races", "new_course",
                     "bayes_pred", "bayes_std", "bayes_p05", "bayes_p50", "bayes_p95")
@@ -47,7 +47,7 @@ def known_course(event: str, courses) -> tuple[str, str | None]:
     (a new course). Two known courses that match alike leave it as given."""
     if event in courses:
         return event, None
-    key = course_key(event)  # the forecast model's own matching (design.course_index)
+    key = course_key(event)  # the one matching of a course (frame.course_index)
     matches = [c for c in courses if course_key(c) == key]
     if len(matches) == 1:
         return matches[0], f"race {event!r} read as {matches[0]!r}, the posterior's spelling of that course"

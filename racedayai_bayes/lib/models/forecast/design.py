@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from racedayai_bayes.lib.arrays import unique_inverse
-from racedayai_bayes.lib.data.frame import course_first_seasons
+from racedayai_bayes.lib.data.frame import course_first_seasons, course_index
 from racedayai_bayes.lib.data.history import first_race
 
 GENDERS = ("M", "F", "U")  # U: blank or unrecognised gender
@@ -249,26 +249,6 @@ def _positions_of(codes: np.ndarray, pos: np.ndarray) -> np.ndarray:
     if not len(pos):
         return np.full(len(codes), -1, dtype=np.int64)
     return np.where(codes >= 0, pos[np.maximum(codes, 0)], -1)
-
-
-def course_key(name) -> str:
-    """A course name as matched: case and runs of white space do not matter."""
-    return " ".join(str(name).split()).casefold()
-
-
-def course_index(values: pd.Series, courses: tuple[str, ...]) -> np.ndarray:
-    """Index of each row's course in ``courses`` (-1: a new course, or a blank name). A name the
-    fit never saw as written is its course when exactly one course matches it but for case or
-    spacing (:func:`course_key`): ``forecast`` and ``predict`` read a course alike."""
-    codes, uniques = pd.factorize(values, sort=False)
-    uniques = uniques.astype(object)
-    pos = _level_positions(uniques, courses)
-    if (pos < 0).any():
-        keys = pd.Series([course_key(c) for c in courses])
-        single = keys[~keys.duplicated(keep=False)]
-        by_key = dict(zip(single, single.index))
-        pos = np.array([p if p >= 0 else by_key.get(course_key(u), -1) for p, u in zip(pos, uniques)], dtype=np.int64)
-    return _positions_of(codes, pos)
 
 
 def _cell_index(rows: pd.DataFrame, levels: tuple[str, ...]) -> np.ndarray:
