@@ -175,8 +175,16 @@ def deciles_outside(deciles: pd.DataFrame, bounds: tuple[float, float] = COVERAG
     (NaN) is not."""
     lo, hi = bounds
     cov = deciles["coverage"].to_numpy(dtype="float64")
-    half = COVERAGE_Z * deciles["se"].fillna(0.0).to_numpy(dtype="float64") if "se" in deciles else np.zeros(len(cov))
+    half = decile_half_widths(deciles)
     return (cov + half < lo) | (cov - half > hi)
+
+
+def decile_half_widths(deciles: pd.DataFrame) -> np.ndarray:
+    """Half the width of each decile's 99% interval of coverage (clustered SE, column ``se``;
+    0 without the column or for an empty decile): the allowance of :func:`deciles_outside`."""
+    if "se" not in deciles:
+        return np.zeros(len(deciles))
+    return COVERAGE_Z * deciles["se"].fillna(0.0).to_numpy(dtype="float64")
 
 
 def check_coverage_by_decile(deciles: pd.DataFrame, bounds: tuple[float, float] = COVERAGE_RANGE) -> CheckOutcome:

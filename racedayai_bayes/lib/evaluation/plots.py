@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from racedayai_bayes.lib.evaluation.diagnostics import COVERAGE_RANGE, COVERAGE_Z, deciles_outside, point_metrics
+from racedayai_bayes.lib.evaluation.diagnostics import COVERAGE_RANGE, decile_half_widths, deciles_outside, point_metrics
 from racedayai_bayes.lib.inference.draws import Draws
 
 DPI = 90
@@ -245,7 +245,7 @@ def coverage_by_decile_plot(table: pd.DataFrame, nominal: float = 0.9) -> bytes:
     x = np.arange(len(table))
     cov = table["coverage"].to_numpy(dtype="float64")
     has_se = "se" in table and len(table)
-    half = COVERAGE_Z * table["se"].fillna(0.0).to_numpy(dtype="float64") if has_se else np.zeros(len(cov))
+    half = decile_half_widths(table)  # the check's own allowance
     ok = ~deciles_outside(table)  # the check's own rule: an empty decile (NaN) passes
     fig = new_figure(5.4)
     ax = fig.add_subplot()
