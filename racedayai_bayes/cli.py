@@ -121,9 +121,11 @@ def _run_config_ops(args: argparse.Namespace) -> dict:
 
 
 def _config_problems(exc) -> str:
-    """The messages of a DagsterInvalidConfigError, one clause each."""
-    problems = [getattr(e, "message", str(e)) for e in getattr(exc, "errors", [])]
-    return "; ".join(p.strip() for p in problems if p) or str(exc)
+    """The messages of a DagsterInvalidConfigError, one clause each, on one line (a YAML
+    parser's message spans several: its lines become clauses)."""
+    problems = [getattr(e, "message", str(e)) for e in getattr(exc, "errors", [])] or [str(exc)]
+    clauses = [" ".join(line.split()) for p in problems for line in str(p).splitlines()]
+    return "; ".join(c for c in clauses if c)
 
 
 # The refit logs' folder in $DAGSTER_HOME. Not ``logs/``: that one is Dagster's telemetry
@@ -159,7 +161,8 @@ def _instance(home: str):
     except (dg.DagsterError, CheckError, yaml.YAMLError) as exc:
         # a configuration problem (a storage class that cannot be imported is a CheckError,
         # a file that is not YAML a YAMLError): one message, no traceback
-        raise UserError(f"DAGSTER_HOME={home}: {_config_problems(exc)}") from None
+        raise UserError(f"DAGSTER_HOME={home}: {_config_problems(exc)}; fix {Path(home) / 'dagster.yaml'} "
+                        "(the repository's dagster.yaml is one that works)") from None
 
 
 def _refit(args: argparse.Namespace) -> int:

@@ -289,15 +289,21 @@ def test_an_unset_dagster_home_ends_with_one_message_and_exit_1(monkeypatch, cap
     assert err.startswith("error: DAGSTER_HOME is not set: run `make run`") and err.count("\n") == 1
 
 
-def test_a_broken_instance_configuration_ends_with_one_message_and_no_log(tmp_path, capfd):
+@pytest.mark.parametrize("config", [
+    "run_storage:\n  module: no.such.module\n  class: Nope\n",  # a storage class that cannot be imported
+    "run_storage: {module: [\n",  # not YAML: the parser's message spans several lines
+], ids=["unknown class", "not YAML"])
+def test_a_broken_instance_configuration_ends_with_one_message_and_no_log(tmp_path, capfd, config):
     """The step server starts before the instance is opened; a dagster.yaml that cannot be
-    loaded still ends in one message naming DAGSTER_HOME, and leaves no refit log behind."""
-    (tmp_path / "dagster.yaml").write_text("run_storage:\n  module: no.such.module\n  class: Nope\n")
+    loaded still ends in one line naming DAGSTER_HOME and the file to fix, and leaves no refit
+    log behind."""
+    (tmp_path / "dagster.yaml").write_text(config)
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-m", "racedayai_bayes.cli", "refit"], capture_output=True, text=True,
                           env=env, timeout=300)
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.startswith(f"error: DAGSTER_HOME={tmp_path}: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"; fix {tmp_path / 'dagster.yaml'} " in proc.stderr
     assert not list((tmp_path / cli.LOG_FOLDER).glob("refit-*.log"))
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import logging
 import re
 import shutil
 import signal
@@ -121,10 +122,10 @@ def _world(seed: int = 0, n: int = 400, ages=AGES, clusters=(0, 1, 2), pro_140=F
     }
 
 
-def _run(resources, selection, distance=None, *, run_config=None, **config):
+def _run(resources, selection, distance=None, *, run_config=None, instance=None, **config):
     """Materialise ``selection`` (one partition if it holds partitioned assets) with the
     refit's config: SEED_FIT for both seed models and FORECAST_FIT unless ``config`` says
-    otherwise (see conftest.refit_config)."""
+    otherwise (see conftest.refit_config), in ``instance`` (a new ephemeral one by default)."""
     selection = list(selection)
     config = {"seed_fit": SEED_FIT, "forecast": FORECAST_FIT, **config}
     return dg.materialize(
@@ -133,7 +134,7 @@ def _run(resources, selection, distance=None, *, run_config=None, **config):
         partition_key=distance if PARTITIONED & set(selection) else None,
         resources=resources,
         run_config=run_config or refit_config(**config, selection=selection),
-        instance=dg.DagsterInstance.ephemeral(),
+        instance=instance or dg.DagsterInstance.ephemeral(),
         raise_on_error=False,
     )
 
@@ -637,7 +638,9 @@ def test_one_age_group_and_one_cluster_exact_engine(edge_run):
         model = fitted.output_for_node(name).model
         assert meta["settings"]["engine"] == "exact"
         assert model.encoding.age_levels == ("30-34",) and model.encoding.cluster_levels == (-1,)
-        assert "one age group (30-34)" in meta["notes"] and "one cluster (-1)" in meta["notes"], name
+        assert "one age group (30-34)" in meta["notes"], name
+        # seed_asof reads no cluster by design: its one cluster is no news, and not noted
+        assert ("one cluster (-1)" in meta["notes"]) == (name == "posterior_seed_profile"), name
     seed = [e for e in fitted.get_asset_check_evaluations() if e.asset_key.to_user_string() == "posterior_seed_profile"]
     assert sorted(e.check_name for e in seed) == sorted(_check_names("posterior_seed_profile"))  # each once
     assert all(e.passed for e in seed), [(e.check_name, e.description) for e in seed if not e.passed]
@@ -698,9 +701,14 @@ def tidy(tmp_path_factory):
     world = _world(seed=3, n=400, blank_events=0.03)
     inputs = write_inputs(world, tmp_path_factory.mktemp("tidy_inputs"))
     snap = tmp_path_factory.mktemp("tidy_snapshot")
-    result = _run(pipeline_resources(inputs, snap / "out", snap / "storage"), [*FRAME_ASSETS, *REFIT], "70.3", **TIDY_FIT)
+    instance = dg.DagsterInstance.ephemeral()
+    result = _run(pipeline_resources(inputs, snap / "out", snap / "storage"), [*FRAME_ASSETS, *REFIT], "70.3",
+                  instance=instance, **TIDY_FIT)
     assert result.success, _failures(result)
     return {
+        # what the steps logged as warnings, which `refit` prints as notes under each step
+        "warnings": [(e.step_key, e.user_message) for e in instance.all_logs(result.run_id)
+                     if e.level >= logging.WARNING and e.user_message],
         "inputs": inputs,
         "world": world,
         "snapshot": snap,
@@ -750,6 +758,11 @@ def test_blank_event_names_are_left_out_of_the_forecast_fit_and_forecast_as_a_ne
     assert blank_train > 0
     note = f"{blank_train} training rows without an event_name are not fitted (no course to place them on)"
     assert forecast.notes == [note] and f"- {note}" in _meta(result, "posterior_forecast")["notes"]
+    # and logs it as a warning, which `refit` prints under the step (before 2026-12-06 only the
+    # input and split steps logged their notes; a model's were in its metadata alone)
+    assert ("posterior_forecast", f"forecast 70.3: {note}") in tidy["warnings"], tidy["warnings"]
+    # the seed models have no note here (their failed checks' warnings are the check summary's)
+    assert not [w for step, w in tidy["warnings"] if step.startswith("posterior_seed") and not w.startswith("check ")]
     assert forecast.info["rows"] == len(split.train) - blank_train
     # the seed models do not read the course: they fit every training row
     for seed in ("posterior_seed_profile", "posterior_seed_asof"):

@@ -165,6 +165,8 @@ def _posterior_body(name: str):
         except FitError as exc:
             # a data problem, not a bug: the message says what is wrong; no traceback is needed
             raise dg.Failure(description=f"{name}: {exc}", metadata={"distance": distance}, allow_retries=False) from None
+        for note in fitted.notes:  # data the fit handled in a documented but unusual way: `refit` prints these
+            context.log.warning(f"{name} {distance}: {note}")
         judged = judge(fitted, holdout_split, config.judge_settings(), previous)
         if fitted.predicts_every_row_when_judged:
             # now, while judging's preparation of the rows is at hand (the artifact's athlete

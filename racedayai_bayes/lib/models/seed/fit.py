@@ -128,12 +128,15 @@ def posterior_analysis(draws: Draws, enc: Encoding) -> dict:
     }
 
 
-def _fit_notes(rows: pd.DataFrame, enc: Encoding, settings: SeedSettings) -> list[str]:
-    """Plain-language notes on data that the fit handles in a documented but unusual way."""
+def _fit_notes(rows: pd.DataFrame, enc: Encoding, settings: SeedSettings, kind: str = "profile") -> list[str]:
+    """Plain-language notes on data that the fit handles in a documented but unusual way. Not
+    seed_asof's one cluster: it reads no cluster by design (every row is unclustered), which
+    is no news about the data, and a note is logged as a warning in every refit."""
     notes = []
     if settings.engine == "rowwise" and 0 < len(rows) <= settings.subsample:
         notes.append(f"{len(rows):,} rows, not more than the subsample size {settings.subsample:,}: every row fitted")
-    for what, levels in (("age group", enc.age_levels), ("cluster", enc.cluster_levels)):
+    levels_of = (("age group", enc.age_levels), ("cluster", enc.cluster_levels))
+    for what, levels in levels_of if kind == "profile" else levels_of[:1]:
         if len(levels) == 1:
             notes.append(
                 f"one {what} ({levels[0]}): its effect is confounded with mu_global "
@@ -160,7 +163,7 @@ class SeedModel(Model):
         rows = features(train, self.kind)
         fit_rows = _sample(rows, s.subsample) if s.engine == "rowwise" else rows
         enc = fit_encoding(fit_rows, distance)
-        notes = _fit_notes(rows, enc, s)
+        notes = _fit_notes(rows, enc, s, self.kind)
         seed = s.seed_for(distance)
         say(f"{self.name} {distance}: {s.engine} engine on {len(fit_rows):,} rows; groups: {enc.n_gender} genders, "
             f"{enc.n_age} age groups, {enc.n_cluster} clusters")
