@@ -1546,8 +1546,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--posterior", required=True, help="artifact .nc file, or <output dir>/posterior/<distance>")
     predict.add_argument(
         "--input", required=True, type=Path,
-        help="CSV of rows to predict with the model frame's columns: gender, age_group, pb_total_sec, "
-        "total_races, cluster_id (required); athlete_hash, event_distance, event_year, total_sec (optional)",
+        help=PREDICT_INPUT_HELP,
     )
     predict.add_argument("--output", required=True, help="CSV to write (atomically): a path, or an object-store URL")
     predict.add_argument("--draws", type=_positive_int, help="posterior draws for the intervals (default: the artifact's)")
@@ -1571,6 +1570,16 @@ def build_parser() -> argparse.ArgumentParser:
     forecast.add_argument("--seed", type=int, help="accepted for symmetry with predict; the forecast model's forecasts draw no random numbers")
     forecast.set_defaults(func=_forecast)
     return parser
+
+
+# The columns --input needs are those of the artifact's model (its ``predict_columns``; a test
+# checks this text against them): every model's, as the artifact is known only when it runs.
+PREDICT_INPUT_HELP = (
+    "CSV of rows to predict, with the columns the artifact's model reads (cells may be blank): "
+    "seed_profile gender, age_group, pb_total_sec, total_races, cluster_id; seed_asof gender, age_group, "
+    "hist_best_sec, hist_results; forecast athlete_hash, gender, age_group, event_name, event_year. "
+    "Copied to the output when present: athlete_hash, event_distance, event_year, total_sec, event_name, held_out"
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -307,6 +307,28 @@ def test_a_broken_instance_configuration_ends_with_one_message_and_no_log(tmp_pa
     assert not list((tmp_path / cli.LOG_FOLDER).glob("refit-*.log"))
 
 
+def test_predicts_help_names_the_columns_each_model_reads():
+    """predict --input's help lists each model's predict_columns, in order (the published model
+    may be any of the three; before 2026-12-06 it listed seed_profile's only)."""
+    import re
+    from types import SimpleNamespace
+
+    from racedayai_bayes.lib.models.forecast.fit import FittedForecast
+    from racedayai_bayes.lib.models.seed.fit import FittedSeed
+
+    columns = {
+        "seed_profile": FittedSeed.predict_columns.fget(SimpleNamespace(kind="profile")),
+        "seed_asof": FittedSeed.predict_columns.fget(SimpleNamespace(kind="asof")),
+        "forecast": FittedForecast.predict_columns,
+    }
+    from racedayai_bayes.lib.models.base import registry
+
+    assert set(columns) == set(registry())  # every model the pipeline fits
+    for name, wanted in columns.items():
+        listed = re.search(rf"{name} ([a-z_, ]+?)[;.]", cli.PREDICT_INPUT_HELP).group(1)
+        assert tuple(listed.split(", ")) == wanted, name
+
+
 def test_a_usage_error_exits_2():
     with pytest.raises(SystemExit) as info:
         main(["refit", "--distance", "sprint"])

@@ -568,7 +568,7 @@ START = "athlete_hash,gender,age_group"
 
 @pytest.mark.parametrize("event_columns, text, column, problem", [
     (False, "athlete_hash,gender\na,M\n", "age_group", "required column missing"),
-    (True, f"{START}\na,M,30-34\n", "event_name, event_year, event_distance", "required column missing"),
+    (True, f"{START}\na,M,30-34\n", "event_name', 'event_year', 'event_distance", "required columns missing"),
     (False, "", None, "is empty"),
     (False, f"{START}\n", None, "has a header but no athletes"),
     (False, f"{START},event_name\na,M,30-34,X\nb,F,30-34,Y\n", "event_name", "holds 2 different values (X, Y)"),
@@ -581,7 +581,8 @@ def test_bad_start_lists_are_input_errors_naming_file_and_column(tmp_path, event
     with pytest.raises(InputError) as err:
         read_start_list(path, event_columns=event_columns)
     message = str(err.value)
-    assert message.startswith(f"{path}" + (f", column '{column}'" if column else "")), message
+    named = f", column{'s' if column and ',' in column else ''} '{column}'" if column else ""
+    assert message.startswith(f"{path}{named}"), message
     assert problem in message, message
 
 
@@ -686,10 +687,18 @@ def test_a_file_given_to_a_command_gets_advice_about_that_file_not_the_pipelines
         with pytest.raises(InputError, match=r"file not found \(check the path given to the command\)") as info:
             reader(tmp_path / "nope.csv")
         assert "RACEDAYAI_INPUT_DIR" not in str(info.value)
-    path = _write(tmp_path, "rows.csv", "athlete_hash,gender\na,M\n")
+    path = _write(tmp_path, "rows.csv", "athlete_hash,gender,age_group\na,M,30-34\n")
     with pytest.raises(InputError, match="required column missing") as info:
-        read_model_rows(path)
-    assert "RACEDAYAI_INPUT_DIR" not in str(info.value) and "--help" in str(info.value)
+        read_model_rows(path, ("gender", "age_group", "event_name"))  # the forecast model's
+    assert "RACEDAYAI_INPUT_DIR" not in str(info.value)
+    # the columns the reader was asked for, named in full (predict asks for the published model's)
+    assert str(info.value).startswith(f"{path}, column 'event_name': ")
+    assert str(info.value).endswith("; add the column; the file needs gender, age_group, event_name")
+    # several missing: each named, in the plural
+    with pytest.raises(InputError, match="required columns missing") as info:
+        read_model_rows(path, ("gender", "pb_total_sec", "total_races"))
+    assert str(info.value).startswith(f"{path}, columns 'pb_total_sec', 'total_races': ")
+    assert info.value.column == "pb_total_sec, total_races"
 
 
 @pytest.mark.parametrize("which", ["races", "profiles", "start list"])

@@ -81,15 +81,17 @@ class InputError(ValueError):
     """An input file breaks the data contract."""
 
     def __init__(
-        self, path: str | Path, problem: str, column: str | None = None, rows: int | None = None,
+        self, path: str | Path, problem: str, column: str | tuple[str, ...] | None = None, rows: int | None = None,
         hint: str | None = None,
     ):
+        columns = (column,) if isinstance(column, str) else tuple(column or ())
         self.path = str(path)
-        self.column = column
+        self.column = ", ".join(columns) or None
         self.rows = rows
         self.problem = problem
         self.hint = hint
-        where = f"{self.path}" + (f", column '{column}'" if column else "")
+        named = ", ".join(f"'{c}'" for c in columns)
+        where = f"{self.path}" + (f", column {named}" if len(columns) == 1 else f", columns {named}" if columns else "")
         count = f" ({rows:,} rows)" if rows is not None else ""
         todo = f"; {hint}" if hint else ""
         super().__init__(f"{where}: {problem}{count}{todo}")
@@ -108,7 +110,7 @@ class ReadResult:
 # inputs, and a file a command was given (predict's --input, forecast's --start-list)
 PIPELINE_INPUT = ("set RACEDAYAI_INPUT_DIR or run 'make demo-data'",
                   "add the column, or point RACEDAYAI_INPUT_DIR at the folder of the cleaned files")
-GIVEN_FILE = ("check the path given to the command", "add the column (the command's --help lists them)")
+GIVEN_FILE = ("check the path given to the command", "add the column; the file needs {required}")
 
 
 @dataclass(frozen=True)
@@ -254,10 +256,10 @@ def _open(path: str | Path, required: tuple[str, ...], optional: tuple[str, ...]
     if missing:
         raise InputError(
             path,
-            f"required column missing; the header has {len(names)} columns: {', '.join(names[:12])}"
+            f"required column{'s' if len(missing) > 1 else ''} missing; the header has {len(names)} columns: {', '.join(names[:12])}"
             + ("..." if len(names) > 12 else ""),
-            column=", ".join(missing),
-            hint=hints[1],
+            column=tuple(missing),
+            hint=hints[1].format(required=", ".join(required)),  # a given file's hint names every column it needs
         )
     wanted = [c for c in dict.fromkeys(names) if c] if every_column else list(required) + [c for c in optional if c in names]
     frame, notes = _read_text_columns(path, wanted, header)
