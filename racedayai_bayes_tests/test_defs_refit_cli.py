@@ -130,6 +130,11 @@ def test_refit_exits_non_zero_and_keeps_outputs_when_a_check_fails(dagster_home,
         "error: published_model [70.3]: blocking checks failed (see the checks above); its outputs were not written",
     ]
     assert previous.read_text().count("\n") == 1
+    # the means steps read every distance's posterior; 140.6 was never refitted here: a note in
+    # the project's words (Dagster's said "... allow_missing_partitions=True")
+    assert "allow_missing_partitions" not in proc.stdout
+    notes = [line for line in proc.stdout.splitlines() if "no stored value of distance 140.6 yet" in line]
+    assert notes and all(" note: " in line for line in notes), proc.stdout
 
 
 def _stored_a_posterior(instance, run_id: str) -> bool:

@@ -89,6 +89,13 @@ class AtomicPickleIOManager(dg.UPathIOManager):
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             stored.dump(obj, fh)
 
+    def get_missing_partition_log_message(self, partition_key: str) -> str:
+        """The warning of a step whose input allows missing partitions (the means steps) when a
+        distance has no stored value: `refit` prints it as a note, in the project's words
+        rather than Dagster's ("... allow_missing_partitions=True")."""
+        return (f"no stored value of distance {partition_key} yet (it was never refitted in this instance, "
+                "or its refit failed before storing it): this step leaves it out")
+
     def load_from_path(self, context: dg.InputContext, path: UPath) -> Any:
         local = as_path(path)
         if isinstance(local, Path):
