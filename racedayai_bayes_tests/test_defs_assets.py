@@ -497,7 +497,10 @@ def test_forecast_command_refuses_a_seed_model_artifact(graph_run, tmp_path, cap
                  "--output", str(tmp_path / "f.csv")])
     err = capsys.readouterr().err
     assert code == 1 and not (tmp_path / "f.csv").exists()
-    assert "seed_asof, which cannot forecast a start list" in err and "posterior/forecast/" in err, err
+    assert "seed_asof, which cannot forecast a start list" in err, err
+    # the forecast posterior to use instead, by its full path (it said "posterior/forecast/<distance>/<refit>.nc")
+    newest = sorted((out / "posterior" / "forecast" / "70.3").glob("*.nc"))[-1]
+    assert f"the newest forecast posterior of 70.3 that passed its checks is {newest}: " in err, err
     assert "Traceback" not in err and len([line for line in err.splitlines() if line.startswith("error:")]) == 1
 
 

@@ -57,6 +57,27 @@ def known_course(event: str, courses) -> tuple[str, str | None]:
     return event, None
 
 
+def _forecast_posterior_hint(artifact) -> str:
+    """What to use instead of a seed model's artifact: the newest forecast posterior beside it
+    (of the same output folder and distance) that passed its checks, by its full path, or how
+    to make one. Said alike by the ``forecast`` command and the ``race_forecasts`` asset, which
+    reads the published artifact."""
+    from racedayai_bayes.lib.outputs.artifacts import ArtifactError, previous_artifact
+
+    newest = None
+    parents = artifact.path.parents  # <output>/posterior/<model>/<distance>/<refit>.nc
+    if len(parents) > 3 and parents[2].name == "posterior":
+        try:
+            newest = previous_artifact(parents[3], "forecast", artifact.distance)
+        except (ArtifactError, OSError):
+            newest = None
+    publish = "publish the forecast model (`racedayai-bayes refit --publish forecast`, or run config publish: forecast)"
+    if newest is not None:
+        return (f"the newest forecast posterior of {artifact.distance} that passed its checks is {newest}: "
+                f"give it to `racedayai-bayes forecast --posterior`, or {publish}")
+    return f"refit the forecast model and {publish}, or give `racedayai-bayes forecast --posterior` a forecast posterior"
+
+
 def forecast_start_list(artifact, start: StartList, event: str | None = None, season: int | None = None,
                         draws: int | None = None) -> RaceForecast:
     """Forecast every row of ``start`` at ``event`` in ``season`` with the artifact's model.
@@ -71,7 +92,7 @@ def forecast_start_list(artifact, start: StartList, event: str | None = None, se
     if not hasattr(model, "forecast_rows"):
         raise ForecastError(
             f"{artifact.path} is a posterior of {model.name}, which cannot forecast a start list (it has no "
-            "history of each athlete): pass --posterior posterior/forecast/<distance>/<refit>.nc"
+            f"history of each athlete); {_forecast_posterior_hint(artifact)}"
         )
     distance = start.event.get("event_distance")
     if distance is not None and distance not in MODEL_DISTANCES:
