@@ -41,6 +41,8 @@ def test_missing_file_is_an_input_error_naming_the_path(tmp_path, reader):
     with pytest.raises(InputError, match="not found") as info:
         reader(path)
     _assert_names(info.value, path, None)
+    # the advice names the folder read, and a command that writes demo inputs there
+    assert f"racedayai-bayes demo-data --out {tmp_path}" in str(info.value)
 
 
 @pytest.mark.parametrize("reader", [read_races, read_profiles, read_clusters])

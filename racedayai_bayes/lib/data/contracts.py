@@ -108,7 +108,8 @@ class ReadResult:
 
 # what to do about a missing input file, or a column missing from it: the pipeline's
 # inputs, and a file a command was given (predict's --input, forecast's --start-list)
-PIPELINE_INPUT = ("set RACEDAYAI_INPUT_DIR or run 'make demo-data'",
+PIPELINE_INPUT = ("set RACEDAYAI_INPUT_DIR to the folder of the cleaned files, or write demo inputs to {folder} "
+                  "with `racedayai-bayes demo-data --out {folder}`",
                   "add the column, or point RACEDAYAI_INPUT_DIR at the folder of the cleaned files")
 GIVEN_FILE = ("check the path given to the command", "add the column; the file needs {required}")
 
@@ -131,7 +132,7 @@ class _Header:
 
 def _read_header(path: Path, hints: tuple[str, str] = PIPELINE_INPUT) -> _Header:
     if not path.exists():
-        raise InputError(path, f"file not found ({hints[0]})")
+        raise InputError(path, f"file not found ({hints[0].format(folder=path.parent)})")
     if path.is_dir():
         raise InputError(path, "is a directory, expected a CSV file")
     with open(path, "rb") as fh:
