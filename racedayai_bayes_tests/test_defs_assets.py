@@ -373,7 +373,7 @@ def test_artifact_that_cannot_be_written_fails_the_model_and_keeps_the_csv(graph
     result = _materialize("140.6", resources, dg.DagsterInstance.ephemeral(), selection=REFIT, raise_on_error=False)
     assert not result.success
     error = result.get_step_failure_events()[0].step_failure_data.error
-    assert "posterior/forecast/140.6" in error.message and "previous file is unchanged" in error.message
+    assert "posterior/forecast/140.6" in error.message and "nothing was written there" in error.message
     assert (copy / "bayesian_predictions_140.6.csv").read_bytes() == before
 
 

@@ -1323,7 +1323,8 @@ def test_cli_refit_ends_an_unwritable_output_folder_with_one_message_a_model(val
     monkeypatch.setenv("RACEDAYAI_OUTPUT_DIR", str(blocker))
     code, out, err = _cli(["refit", "--distance", "70.3", "--warmup", "50", "--samples", "50"], capfd)
     # each model saves its artifact first: each fails, and nothing after them runs
-    _assert_clean_errors(code, out, err, [[f"could not write {blocker}/posterior/{m}/70.3/", "the previous file is unchanged"]
+    # no artifact was there before: the message says so (it said "the previous file is unchanged")
+    _assert_clean_errors(code, out, err, [[f"could not write {blocker}/posterior/{m}/70.3/", "; nothing was written there"]
                                           for m in ("seed_profile", "seed_asof", "forecast")])
     assert blocker.read_text() == "a file where the output folder should be"
 
@@ -1382,7 +1383,7 @@ PREDICT_ERRORS = {
     "an output that cannot be written": (
         lambda out, tmp: ["--posterior", str(out / "posterior" / "70.3"),
                           "--input", str(_rows(tmp, ["M,30-34,20000,3,,70.3"])), "--output", str(_junk(tmp) / "p.csv")],
-        ["could not write", "junk.nc/p.csv", "the previous file is unchanged"],
+        ["could not write", "junk.nc/p.csv", "; nothing was written there"],
     ),
 }
 

@@ -160,7 +160,9 @@ def split_holdout(
             present = sorted(int(y) for y in years.dropna().unique())
             raise FitError(
                 f"holdout_season {season}: no race of that season in the rows "
-                f"(seasons present: {present[0] if present else '-'}..{present[-1] if present else '-'})"
+                f"(seasons present: {present[0] if present else '-'}..{present[-1] if present else '-'}); "
+                "give a season of that range (`--holdout-season`, run config split.holdout_season), or none for "
+                "the latest season"
             )
         later = (years > season).to_numpy()
         dropped = int(later.sum())

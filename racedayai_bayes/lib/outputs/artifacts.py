@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from racedayai_bayes.lib.outputs.io import OutputWriteError, as_path, atomic_open, atomic_path
+from racedayai_bayes.lib.outputs.io import OutputWriteError, as_path, atomic_open, atomic_path, left_as_it_was
 
 POSTERIOR_DIR = "posterior"
 LATEST = "latest"
@@ -161,8 +161,10 @@ def write_artifact(judged, split, output_dir, seasons: pd.DataFrame | None = Non
         try:
             with atomic_path(target) as tmp:
                 table.to_parquet(tmp, index=False)
+        except OutputWriteError:  # atomic_path's own: it says what it left
+            raise
         except (OSError, ValueError) as exc:
-            raise OutputWriteError(f"could not write {target}: {exc}; the previous file is unchanged") from exc
+            raise OutputWriteError(f"could not write {target}: {exc}; {left_as_it_was(target)}") from exc
     idata = refit_inference_data(judged, rows, tables)
     # HDF5 takes its own lock on the file it creates, which collides with the lock that
     # atomic_path holds on its temporary file: write in a scratch folder, then copy
@@ -171,7 +173,7 @@ def write_artifact(judged, split, output_dir, seasons: pd.DataFrame | None = Non
         try:
             idata.to_netcdf(str(local), engine="h5netcdf")
         except (OSError, ValueError, RuntimeError) as exc:
-            raise OutputWriteError(f"could not write {path}: {exc}; the previous file is unchanged") from exc
+            raise OutputWriteError(f"could not write {path}: {exc}; {left_as_it_was(path)}") from exc
         with atomic_path(path) as tmp:
             shutil.copyfile(local, tmp)
     return path

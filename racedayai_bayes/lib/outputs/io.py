@@ -53,6 +53,15 @@ def as_path(location: str | os.PathLike | UPath) -> Path | UPath:
     return upath
 
 
+def left_as_it_was(target) -> str:
+    """What a failed atomic write left at ``target``: the file it had, or still none."""
+    try:
+        had = target.exists()
+    except OSError:  # a path that cannot even be looked at has no file to keep
+        had = False
+    return "the previous file is unchanged" if had else "nothing was written there"
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike | UPath) -> Iterator[Path]:
     """Yield a local temporary path; on success it replaces ``path`` atomically.
@@ -79,8 +88,7 @@ def atomic_path(path: str | os.PathLike | UPath) -> Iterator[Path]:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:  # a file where the folder should be, no permission, disk full
         raise OutputWriteError(
-            f"could not write {target}: {exc.strerror or exc} ({exc.filename or target.parent}); "
-            "the previous file is unchanged"
+            f"could not write {target}: {exc.strerror or exc} ({exc.filename or target.parent}); {left_as_it_was(target)}"
         ) from exc
     tmp = Path(tmp_name)
     try:
@@ -99,7 +107,7 @@ def atomic_path(path: str | os.PathLike | UPath) -> Iterator[Path]:
             tmp.unlink()
         if isinstance(exc, OSError) and not isinstance(exc, OutputWriteError):
             raise OutputWriteError(
-                f"could not write {target}: {exc.strerror or exc}; the previous file is unchanged"
+                f"could not write {target}: {exc.strerror or exc}; {left_as_it_was(target)}"
             ) from exc
         raise
     finally:
