@@ -667,3 +667,19 @@ def test_a_backtest_does_not_move_when_later_seasons_change(small_inputs, tmp_pa
             np.testing.assert_array_equal(ja.model.b, jb.model.b)  # every coefficient, courses and cells too
         np.testing.assert_array_equal(ja.holdout.prediction.pred, jb.holdout.prediction.pred)
         np.testing.assert_array_equal(ja.holdout.prediction.p95, jb.holdout.prediction.p95)
+
+
+def test_a_refit_run_without_a_distance_fails_at_its_first_distance_step_saying_how_to_launch_one(graph_run, tmp_path):
+    """`dagster job launch -j refit` has no partition option: such a run reached holdout_split
+    with none, and failed there on Dagster's 'Cannot access partition_key for a non-partitioned
+    run'. It now says what a refit run needs, and how to launch one."""
+    from racedayai_bayes.defs.split import NO_DISTANCE
+
+    _, resources = _copy_of_outputs(graph_run, tmp_path)
+    result = dg.materialize(PIPELINE, selection=["holdout_split"], resources=resources,
+                            run_config=refit_config(selection=["holdout_split"]),
+                            instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    assert failure.step_failure_data.user_failure_data.description == NO_DISTANCE
+    assert "--tags '{\"dagster/partition\": \"70.3\"}'" in NO_DISTANCE

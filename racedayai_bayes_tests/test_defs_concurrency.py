@@ -297,6 +297,8 @@ def test_cli_refit_stops_before_writing_while_a_refit_of_its_distance_runs(dagst
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1, output[-3000:]
     assert f"another refit of 70.3 is running: run {running}" in output, output[-3000:]
+    # and how to queue one instead, with the partition a launched run needs
+    assert """`dagster job launch -w workspace.yaml -j refit --tags '{"dagster/partition": "70.3"}'`""" in output
     assert previous.read_text() == ",".join(PREDICTION_COLUMNS) + "\n"
 
     (cli_run,) = [r for r in instance.get_runs() if r.run_id != running]

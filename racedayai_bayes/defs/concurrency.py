@@ -93,7 +93,8 @@ def ensure_sole_refit(context: dg.AssetExecutionContext, distance: str) -> None:
             f"another refit of {distance} is running: run {other.dagster_run.run_id}, started {started}. "
             f"Two refits of one distance never run at once, so this run stops before writing anything "
             f"for {distance}. Wait for that run to finish, or submit refits through the run queue "
-            f"(the UI, `dagster job launch` or the schedule), where they wait their turn."
+            f"(the UI, the schedule, or `dagster job launch -w workspace.yaml -j refit --tags "
+            f"'{{\"dagster/partition\": \"{distance}\"}}'`), where they wait their turn."
         ),
         allow_retries=False,
     )

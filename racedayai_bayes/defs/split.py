@@ -23,10 +23,21 @@ class HoldoutConfig(dg.Config):
     holdout_seed: int = Field(default=0, description="Seed of the random_athletes rule")
 
 
+# A run of the refit job without a partition reaches the first per-distance step with none
+# (Dagster's own error there is "Cannot access partition_key for a non-partitioned run").
+NO_DISTANCE = (
+    "this run has no distance: a refit run is of one partition, 70.3 or 140.6. Launch it with one: the "
+    "UI's launchpad, the schedule, `racedayai-bayes refit`, or `dagster job launch -w workspace.yaml -j refit "
+    "--tags '{\"dagster/partition\": \"70.3\"}'`"
+)
+
+
 @dg.asset(partitions_def=distance_partitions, group_name="model", op_tags=SLOT_TAGS)
 def holdout_split(context: dg.AssetExecutionContext, config: HoldoutConfig, cpu: CpuSlots,
                   model_frame: pd.DataFrame) -> dg.Output[Split]:
     """The distance's rows, split into fitted and held-out rows once for every model."""
+    if not context.has_partition_key:  # e.g. `dagster job launch -j refit` without a partition
+        raise dg.Failure(description=NO_DISTANCE, allow_retries=False)
     distance = context.partition_key
     ensure_sole_refit(context, distance)  # also runs that bypass the run queue, such as the CLI's
     try:
