@@ -140,6 +140,7 @@ def deploy_env(postgres, store, small_inputs) -> dict[str, str]:
         "RACEDAYAI_INPUT_DIR": str(small_inputs),
         "RACEDAYAI_OUTPUT_DIR": str(store / "outputs"),
         STORAGE_DIR_ENV: str(store / "storage"),
+        "RACEDAYAI_START_LISTS_DIR": str(small_inputs.parent / "start_lists"),  # local: the sensor lists it
         **LAUNCHER_ENV,
     }
 
@@ -184,7 +185,8 @@ def test_instance_uses_postgres_storage_and_the_kubernetes_launcher(instance):
     assert launcher.job_namespace == "racedayai"
     assert launcher.service_account_name == "racedayai-dagster"
     assert launcher.job_image == LAUNCHER_ENV["RACEDAYAI_IMAGE"]
-    assert {"RACEDAYAI_INPUT_DIR", "RACEDAYAI_OUTPUT_DIR", "RACEDAYAI_ALERT_WEBHOOK"} <= set(launcher.env_vars)
+    assert {"RACEDAYAI_INPUT_DIR", "RACEDAYAI_OUTPUT_DIR", "RACEDAYAI_START_LISTS_DIR",
+            "RACEDAYAI_ALERT_WEBHOOK"} <= set(launcher.env_vars)
     assert launcher.postgres_password_secret == "racedayai-postgresql"
 
     queue = instance.get_concurrency_config().run_queue_config
