@@ -285,3 +285,38 @@ def test_a_webhook_that_never_answers_ends_the_alert_within_its_budget(failed_ru
         with pytest.raises(RuntimeError, match=r"alert not delivered to RACEDAYAI_ALERT_WEBHOOK after \d attempts in 2 s"):
             defs.resolve_sensor_def("refit_failure_alert")(_failure_context(instance, run))
         assert time.monotonic() - started < 4.0
+
+
+def test_a_failed_steps_alert_is_its_own_words_and_a_killed_runs_says_how_its_process_ended():
+    """A step that raised dg.Failure (a data or output error) is alerted in its own words, not
+    after Dagster's class path ('dagster._core.definitions.events.Failure: ...'); a bug keeps
+    its own class (Dagster's wrapper, DagsterExecutionStepExecutionError, is looked through). A
+    run marked failed from outside (its process killed) says how the process ended, from
+    Dagster's engine event, instead of only that it was marked failed."""
+    from dagster._utils import get_run_crash_explanation
+
+    @dg.asset
+    def bad_input():
+        raise dg.Failure(description="athlete_race.csv, column 'gender': 23% not M or F; write M or F")
+
+    @dg.asset
+    def a_bug():
+        raise ZeroDivisionError("division by zero")
+
+    with dg.instance_for_test() as instance:
+        for asset, expected in ((bad_input, "step bad_input: athlete_race.csv, column 'gender': 23% not M or F; write M or F"),
+                                (a_bug, "step a_bug: ZeroDivisionError: division by zero")):
+            result = dg.materialize([asset], instance=instance, raise_on_error=False)
+            (alert,) = alerts_for_run(instance, instance.get_run_by_id(result.run_id), "run failed")
+            assert alert.message == expected
+        # a run whose process was killed: no step failed; Dagster's code server reports how it ended
+        @dg.asset
+        def fine():
+            return 1
+
+        run = instance.get_run_by_id(dg.materialize([fine], instance=instance).run_id)
+        instance.report_engine_event(get_run_crash_explanation(f"Run execution process for {run.run_id}", -9), run)
+        outside = "This run has been marked as failed from outside the execution context."
+        (alert,) = alerts_for_run(instance, run, outside)
+        assert alert.message.startswith(f"{outside} (Run execution process for {run.run_id} was terminated by signal 9 (SIGKILL)")
+        assert alert.message.endswith("(often the operating system ending it for want of memory))")

@@ -54,19 +54,46 @@ def alerts_for_run(instance: dg.DagsterInstance, run: dg.DagsterRun, failure_mes
     # model's own checks never block (a model that fails one is only not published), so they
     # must not hide a write error, say, any more than a WARN check may.
     if failure_message is not None and not blocking:
-        message = "; ".join(_step_failures(instance, run.run_id)) or failure_message
+        message = "; ".join(_step_failures(instance, run.run_id)) or _with_process_end(instance, run.run_id, failure_message)
         alerts.append(Alert(run.run_id, distance, None, None, None, "ERROR", message, trigger, job=job))
     return alerts
 
 
 def _step_failures(instance: dg.DagsterInstance, run_id: str) -> list[str]:
-    """'step <key>: <error>' for each failed step: the cause, where the run's own message is generic."""
+    """'step <key>: <error>' for each failed step: the cause, where the run's own message is generic.
+    A step that raised ``dg.Failure`` (a data or output error) is said in its own words, without
+    Dagster's class path ('dagster._core.definitions.events.Failure: ...'); any other error keeps
+    its class, which tells a bug's kind."""
     failures = []
     for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
-        error = entry.dagster_event.event_specific_data.error
-        text = (error.message if error else entry.dagster_event.message or "").strip()
+        data = entry.dagster_event.event_specific_data
+        described = getattr(getattr(data, "user_failure_data", None), "description", None)
+        error = data.error
+        # Dagster wraps a step's own exception: say that one ("ZeroDivisionError: ...")
+        while error is not None and error.cls_name == "DagsterExecutionStepExecutionError" and error.cause is not None:
+            error = error.cause
+        text = (described or (error.message if error else entry.dagster_event.message) or "").strip()
         failures.append(f"step {entry.step_key}: {text.splitlines()[0] if text else 'failed'}")
     return failures
+
+
+# What Dagster logs when a run's process ended without reporting (killed, out of memory), e.g.
+# "Run execution process for <id> was terminated by signal 9 (SIGKILL)."
+_PROCESS_END = ("terminated by signal", "unexpectedly exited", "exited with code", "process is gone")
+
+
+def _with_process_end(instance: dg.DagsterInstance, run_id: str, message: str) -> str:
+    """The run's failure message with the last engine event that says how its process ended,
+    where there is one: a run marked failed from outside (killed) says only that it was."""
+    ended = [entry.dagster_event.message or entry.user_message or ""
+             for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)]
+    ended = [m.strip() for m in ended if any(p in m for p in _PROCESS_END)]
+    if not ended or ended[-1] in message:
+        return message
+    # Dagster's first sentence says how; the rest of its text is advice on memory
+    how = ended[-1].split(". ")[0].rstrip(".")
+    memory = " (often the operating system ending it for want of memory)" if "out of memory" in ended[-1] else ""
+    return f"{message} ({how}{memory})"
 
 
 def _trigger(run: dg.DagsterRun) -> str | None:
