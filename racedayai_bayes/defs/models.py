@@ -37,7 +37,7 @@ class SeedFitConfig(JudgeConfig):
     """Sampler settings of a seed model. The defaults are the seed's, with the exact engine."""
 
     engine: str = Field(default=_SEED.engine, description=f"Sampler engine, one of {ENGINES}: 'exact' fits every row (independence MH on the four scales, exact coefficient draws); 'exact_nuts' the same posterior by NUTS; 'rowwise' is the seed's NUTS on a subsample")
-    num_warmup: int = Field(default=_SEED.num_warmup, ge=1, description="NUTS warmup iterations per chain")
+    num_warmup: int = Field(default=_SEED.num_warmup, ge=1, description="Steps per chain before draws are kept: NUTS warmup (adaptation) for the NUTS engines, discarded independence-sampler steps for exact")
     num_samples: int = Field(default=_SEED.num_samples, ge=1, description="Posterior draws kept per chain")
     num_chains: int = Field(default=_SEED.num_chains, ge=2, description="Number of chains, run one after another; at least 2, as r_hat compares chains")
     target_accept: float | None = Field(default=None, description="NUTS target acceptance probability; NUTS engines only; default 0.85 rowwise (the seed's), 0.98 exact_nuts")
