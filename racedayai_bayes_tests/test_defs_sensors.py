@@ -265,6 +265,18 @@ def test_a_new_publication_forecasts_again_the_start_lists_of_later_seasons(tmp_
         both = sensor.evaluate_tick(dg.build_sensor_context(
             instance=instance, cursor=backtest.cursor, resources={"paths": paths}, repository_def=defs.get_repository_def()))
         assert sorted(r.partition_key for r in both.run_requests) == ["im-full-next", "im703-next"]
+        # a published seed model cannot forecast a start list: no run that would only fail and alert
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            asset_key="bayesian_predictions", partition="70.3", metadata={"season": 2026, "model": "seed_asof"}))
+        seed = sensor.evaluate_tick(dg.build_sensor_context(
+            instance=instance, cursor=both.cursor, resources={"paths": paths}, repository_def=defs.get_repository_def()))
+        assert not seed.run_requests
+        assert "70.3's published model is seed_asof, which cannot forecast a start list" in seed.skip_message
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            asset_key="bayesian_predictions", partition="70.3", metadata={"season": 2026, "model": "forecast"}))
+        back = sensor.evaluate_tick(dg.build_sensor_context(
+            instance=instance, cursor=seed.cursor, resources={"paths": paths}, repository_def=defs.get_repository_def()))
+        assert [r.partition_key for r in back.run_requests] == ["im703-next"]
 
 
 def test_a_webhook_that_never_answers_ends_the_alert_within_its_budget(failed_run, monkeypatch):

@@ -10,6 +10,7 @@ import numpy as np
 
 from racedayai_bayes.lib.data.contracts import InputError, read_start_list
 from racedayai_bayes.lib.data.frame import MODEL_DISTANCES
+from racedayai_bayes.lib.models.base import MODEL_NAMES, entry
 from racedayai_bayes.lib.outputs.artifacts import ArtifactError, artifact_dir, load_artifact
 from racedayai_bayes.lib.outputs.forecasts import ForecastError, forecast_start_list
 from racedayai_bayes.lib.outputs.io import OutputWriteError, write_csv_atomic
@@ -183,6 +184,12 @@ def _forecasts_again(races: dict, asset_event: dg.EventLogEntry) -> tuple[list, 
         # a backtest publishes in its own folder; the start lists read the weekly one's
         return [], f"a backtest of {distance} (season {int(season.value)}): the start lists' forecasts stay"
     latest = int(season.value)
+    model = mat.metadata.get("model")
+    if model is not None and model.value in MODEL_NAMES and not entry(model.value).forecasts_start_lists:
+        # each such run would fail ("... cannot forecast a start list") and alert; the failure
+        # and its alert belong to whoever forces such a model, not to every start list
+        return [], (f"{distance}'s published model is {model.value}, which cannot forecast a start list: "
+                    "the start lists' forecasts stay as they are")
     requests = []
     for name, (race_distance, race_season) in races.items():
         if race_distance == distance and race_season is not None and race_season > latest:

@@ -161,6 +161,9 @@ class ModelEntry:
     # True when artifact_tables() reads the per-(athlete, season) table: only then does the
     # pipeline hand it to the model's step (it is hundreds of MB at full scale)
     needs_seasons: bool = False
+    # True when its fitted model forecasts a start list (``forecast_rows``: each athlete's
+    # history from the artifact's own tables): race-day forecasts need this of the published model
+    forecasts_start_lists: bool = False
 
 
 # where each model's entry lives: imported only when that model is needed (the seed models'

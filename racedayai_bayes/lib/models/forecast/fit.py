@@ -623,4 +623,5 @@ ENTRY = ModelEntry(
     asof=True,
     sampler_checks=("rhat", "ess", "proposal"),
     needs_seasons=True,
+    forecasts_start_lists=True,
 )
