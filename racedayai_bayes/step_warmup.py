@@ -157,9 +157,11 @@ def in_step_server() -> bool:
 if in_step_server():  # a test or a tool that imports this module opens no instance
     # every step process forked from the server writes its stacks to the refit's log on
     # SIGUSR1 (the stop watchdog's last look at a step that did not stop; stop_watchdog.py)
-    from racedayai_bayes.stop_watchdog import enable_stack_dumps
+    from racedayai_bayes.stop_watchdog import enable_stack_dumps, end_steps_with_their_run
 
     enable_stack_dumps()
+    # and ends itself once the run's process that started it has gone (killed): no step is left behind
+    end_steps_with_their_run()
     share_alembic_revision_maps()
     warm_instance()
     warm_refit_job()

@@ -148,3 +148,54 @@ def _signal_if_running(pid: int, signum: int, processes: Callable[[], list[tuple
     except (ProcessLookupError, PermissionError):
         return False
     return True
+
+
+# How often a step process looks whether the process that started it still runs (s).
+ORPHAN_POLL_S = 2.0
+# The exit code of a step process that ended itself because that process had gone.
+ORPHANED_EXIT = 70
+
+
+def end_steps_with_their_run() -> None:
+    """In the step server: every process forked from it from now on (a step process) ends
+    itself within :data:`ORPHAN_POLL_S` once the process that asked for it (the run's
+    orchestrating process: the run worker, or the command) has gone.
+
+    A run worker killed with SIGKILL (by hand, or the kernel's out-of-memory killer) leaves its
+    step processes behind: a step that had finished blocked for ever at its exit, its event
+    queue's feeder thread writing to a pipe that nobody reads any more (each step holds that
+    pipe's read end too, so the write never fails), and the server stayed as long as they did
+    (each step holds its "alive" pipe). About 1 GB at demo scale, several at full scale, until
+    someone killed them by hand (seen 2026-12-06). A step still running when its run died would
+    otherwise have gone on writing for a run already marked failed.
+    """
+    os.register_at_fork(after_in_child=_start_requester_watch)
+
+
+def _start_requester_watch() -> None:
+    threading.Thread(target=_watch_requester, name="racedayai-requester-watch", daemon=True).start()
+
+
+def _watch_requester() -> None:
+    import multiprocessing
+
+    # set once the forked process has read what to run (multiprocessing.spawn._main): the pid
+    # of the process that started it, not the server's
+    while (parent := multiprocessing.parent_process()) is None:
+        time.sleep(0.05)
+    pid = parent.pid
+    started = _start_time(pid)
+    while True:
+        time.sleep(ORPHAN_POLL_S)
+        if not alive(pid) or _start_time(pid) != started:  # gone, or its pid already reused
+            os._exit(ORPHANED_EXIT)  # nothing to flush: its outputs are written atomically or not at all
+
+
+def _start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, ``/proc/<pid>/stat``), to tell it
+    from a later process given the same pid; None if it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return int(fh.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None

@@ -106,3 +106,55 @@ def test_a_stopped_step_is_continued_so_that_it_writes_its_stacks_before_the_kil
             step.kill()
     assert step.exitcode == -signal.SIGKILL
     assert "in _stubborn_step" in log.read_text()  # written after the SIGCONT, before the kill
+
+
+REQUESTER = '''
+import multiprocessing, os, sys, time
+
+
+def step(path):
+    with open(path, "w") as fh:
+        fh.write(str(os.getpid()))
+    time.sleep(600)
+
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["racedayai_bayes_tests.orphan_preload"])
+    ctx.Process(target=step, args=(sys.argv[1],)).start()
+    time.sleep(600)
+'''
+
+
+def test_a_step_process_ends_itself_once_the_run_process_that_started_it_is_killed(tmp_path):
+    """A run's process killed with SIGKILL left its step processes (forked from the step
+    server) running or blocked for ever; each now ends within ORPHAN_POLL_S of its going, and
+    one whose starter lives goes on."""
+    import subprocess
+    import sys
+
+    from racedayai_bayes.lib.processes import alive
+    from racedayai_bayes.stop_watchdog import ORPHAN_POLL_S
+    from racedayai_bayes_tests.conftest import REPO
+
+    script, pid_file = tmp_path / "requester.py", tmp_path / "step.pid"
+    script.write_text(REQUESTER)
+    requester = subprocess.Popen([sys.executable, str(script), str(pid_file)], cwd=REPO,
+                                 env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        deadline = time.monotonic() + 60
+        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        step = int(pid_file.read_text())
+        time.sleep(2 * ORPHAN_POLL_S)
+        assert alive(step)  # its run lives: it goes on
+        requester.kill()
+        requester.wait()
+        deadline = time.monotonic() + 3 * ORPHAN_POLL_S
+        while alive(step) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(step), "the step process outlived the run process that started it"
+    finally:
+        requester.kill()
+        if pid_file.exists() and pid_file.read_text() and alive(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
