@@ -40,6 +40,11 @@ def test_definitions_hold_the_designed_graph():
     # the blocking gate sits on what is published, not on each model
     blocking = {(s.asset_key.to_user_string(), s.name) for a in defs.assets for s in getattr(a, "check_specs", []) if s.blocking}
     assert blocking == {("published_model", "publishable"), ("published_model", "published_coverage")}
+    # every check keeps a status per distance, as its asset does (a Dagster 1.13 preview: README)
+    from racedayai_bayes.defs.partitions import distance_partitions
+
+    specs = [s for a in defs.assets for s in getattr(a, "check_specs", [])]
+    assert specs and all(s.partitions_def == distance_partitions for s in specs)
     # every model's posterior feeds the comparison, and the CSV is downstream of it only
     parents = {k.to_user_string() for k in graph.get(dg.AssetKey("published_model")).parent_keys}
     assert parents == {"holdout_split", "posterior_seed_profile", "posterior_seed_asof", "posterior_forecast"}

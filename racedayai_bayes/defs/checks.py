@@ -76,8 +76,8 @@ def _per_distance(name: str, **spec) -> dg.AssetCheckSpec:
     """A check spec partitioned by distance. Dagster 1.13 calls a check's ``partitions_def`` a
     preview (a patch release may change it) and warns at every import of the code location: four
     lines at each start of ``dagster dev``, which the operator can do nothing about. The
-    warning is silenced here only; dagster is pinned to 1.13.* (pyproject.toml), and the suite
-    checks the per-distance statuses (README, known limits)."""
+    warning is silenced here only; dagster is pinned to 1.13.* (pyproject.toml), and a test
+    checks that every check spec is partitioned (README, known limits)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec",
                                 category=dg.PreviewWarning)
