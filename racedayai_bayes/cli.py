@@ -37,7 +37,7 @@ from racedayai_bayes.stop_watchdog import StopWatchdog, enable_stack_dumps
 
 # The run tag naming the CLI log a run's Dagster events were streamed to; the CLI also
 # finds its runs by it while they execute.
-LOG_TAG = "racedayai/cli_log"
+LOG_TAG = "racedayai/cli_log"  # the refit's log file; the alerts name it (defs/sensors.CLI_LOG_TAG)
 RUN_TAG = "racedayai/run"  # the last run of a refit, which writes the posterior-means CSVs
 POLL_S = 0.25
 MAX_NOTES_PER_STEP = 3

@@ -332,3 +332,21 @@ def test_a_failed_steps_alert_is_its_own_words_and_a_killed_runs_says_how_its_pr
         (alert,) = alerts_for_run(instance, run, outside)
         assert alert.message.startswith(f"{outside} (Run execution process for {run.run_id} was terminated by signal 9 (SIGKILL)")
         assert alert.message.endswith("(often the operating system ending it for want of memory))")
+
+
+def test_an_alert_names_what_started_its_run():
+    """The schedule, a sensor, a backfill and the command line each name themselves in a run's
+    alert (a backfill's and the command's runs named nothing before 2026-12-06)."""
+    from racedayai_bayes import cli
+    from racedayai_bayes.defs.sensors import CLI_LOG_TAG, _trigger
+
+    assert CLI_LOG_TAG == cli.LOG_TAG
+
+    def run(**tags):
+        return dg.DagsterRun(job_name="refit", run_id="r", tags=tags)
+
+    assert _trigger(run(**{"dagster/schedule_name": "weekly_refit"})) == "schedule weekly_refit"
+    assert _trigger(run(**{"dagster/sensor_name": "start_list_sensor"})) == "sensor start_list_sensor"
+    assert _trigger(run(**{"dagster/backfill": "abcd"})) == "backfill abcd"
+    assert _trigger(run(**{CLI_LOG_TAG: "/h/refit_logs/refit-x.log"})) == "racedayai-bayes refit (log /h/refit_logs/refit-x.log)"
+    assert _trigger(run()) is None  # the UI's launchpad or `dagster job launch`

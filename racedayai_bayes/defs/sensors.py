@@ -96,11 +96,21 @@ def _with_process_end(instance: dg.DagsterInstance, run_id: str, message: str) -
     return f"{message} ({how}{memory})"
 
 
+# the tag `racedayai-bayes refit` puts on its runs (cli.LOG_TAG: its log file)
+CLI_LOG_TAG = "racedayai/cli_log"
+
+
 def _trigger(run: dg.DagsterRun) -> str | None:
+    """What started the run, for the alert: the schedule, a sensor, a backfill, the command
+    line (with its log file); None for a launch from the UI or ``dagster job launch``."""
     if "dagster/schedule_name" in run.tags:
         return f"schedule {run.tags['dagster/schedule_name']}"
     if "dagster/sensor_name" in run.tags:
         return f"sensor {run.tags['dagster/sensor_name']}"
+    if "dagster/backfill" in run.tags:
+        return f"backfill {run.tags['dagster/backfill']}"
+    if CLI_LOG_TAG in run.tags:
+        return f"racedayai-bayes refit (log {run.tags[CLI_LOG_TAG]})"
     return None
 
 
