@@ -228,9 +228,10 @@ def test_daemon_posts_exactly_one_alert_per_failure(daemon, instance, receiver, 
         by_run[run_id] = body
     assert set(by_run) == {failing, broken, drifting, command}, f"alerts for the wrong runs\n{scene}"
 
-    # d: the command's run, with its failed step's own error and no trigger
+    # d: the command's run, with its failed step's own error, the command as its trigger
     (alert,) = by_run[command]["alerts"]
-    assert alert["distance"] == "70.3" and alert["check"] is None and alert["trigger"] is None, alert
+    assert alert["distance"] == "70.3" and alert["check"] is None, alert
+    assert re.fullmatch(r"racedayai-bayes refit \(log .+/refit_logs/refit-\S+\.log\)", alert["trigger"]), alert
     # the first of the input steps to fail names its file (which one fails first varies)
     assert re.match(r"step (athlete_race|athlete_profile|cluster_assignments): ", alert["message"]), alert
     assert "file not found" in alert["message"], alert

@@ -221,8 +221,9 @@ def course_index(values, courses) -> np.ndarray:
     pos = index_in(values, pd.Index(courses, dtype=object))  # exact names: Arrow's hash lookup
     missing = pos < 0
     if missing.any() and courses:
-        names = pd.Series(np.asarray(values, dtype=object)[missing])
-        codes, uniques = pd.factorize(names, sort=False)  # blank names get code -1
+        # the names not found as written only (new courses are few): no Python string per row
+        series = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values, dtype=object))
+        codes, uniques = pd.factorize(series[missing], sort=False)  # blank names get code -1
         if len(uniques):
             keys = pd.Series([course_key(c) for c in courses])
             single = keys[~keys.duplicated(keep=False)]
