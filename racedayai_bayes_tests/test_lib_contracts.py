@@ -156,6 +156,25 @@ def test_mostly_non_numeric_total_sec_is_an_error_with_column_and_row_count(tmp_
     assert "(2 rows)" in str(info.value)
 
 
+def test_nan_spelled_out_is_a_blank_counted_in_a_note_not_a_bad_number(tmp_path):
+    """Arrow's CSV writer (and pandas' with na_rep) spell a missing float 'nan': such cells are
+    blanks, whatever their share, counted; they do not use up the 1% allowance of bad cells
+    (a file of many DNFs written so failed with "not numeric, e.g. 'nan'" before 2026-12-06)."""
+    rows = ["a,M,18-24,False,70.3,2020,nan", "b,M,18-24,False,70.3,2020,NaN", "c,M,18-24,False,70.3,nan,5000",
+            "d,M,18-24,False,70.3,2021,5100"]
+    result = read_races(_races_csv(tmp_path, rows))
+    frame = result.frame
+    assert frame["total_sec"].isna().tolist() == [True, True, False, False]
+    assert frame["event_year"].isna().tolist() == [False, False, True, False]
+    assert ("2 rows: total_sec written as 'nan' (how some CSV writers spell a missing number); read as blank"
+            in result.notes), result.notes
+    assert any(n.startswith("1 rows: event_year written as 'nan'") for n in result.notes), result.notes
+    assert not [n for n in result.notes if "not numeric" in n]
+    # a real bad number beside them is still one
+    with pytest.raises(InputError, match="not numeric, e.g. 'DNF'"):
+        read_races(_races_csv(tmp_path, rows + ["e,M,18-24,False,70.3,2020,DNF"]))
+
+
 def test_blank_total_sec_is_missing_without_a_note(tmp_path):
     result = read_races(_races_csv(tmp_path, ["a,M,18-24,False,70.3,2020,", "b,M,18-24,False,70.3,2020,5000"]))
     assert result.frame["total_sec"].isna().tolist() == [True, False]

@@ -269,8 +269,8 @@ def _open(path: str | Path, required: tuple[str, ...], optional: tuple[str, ...]
 
 def _numeric(frame: pd.DataFrame, col: str, path: Path, notes: list[str], *, integer: bool = False,
              valid: tuple | None = None) -> pd.Series:
-    """A text column parsed as numbers. A cell that is not a number ('DNF', 'inf') is
-    missing; with ``valid`` = (test, what it is), so is a number that fails the test (a year
+    """A text column parsed as numbers. A cell 'nan' (any case) is a blank, counted in a note;
+    a cell that is not a number ('DNF', 'inf') is missing; with ``valid`` = (test, what it is), so is a number that fails the test (a year
     20240 is no season). Up to 1% of the column's given cells may be such, counted in a note
     each; beyond, an error names the file, the column and examples. ``integer``: whole numbers
     only (an error otherwise), as Int64."""
@@ -287,7 +287,17 @@ def _numeric(frame: pd.DataFrame, col: str, path: Path, notes: list[str], *, int
     # 'inf' parses as a number but would poison every sum downstream: count it as not numeric
     values[~np.isfinite(values.to_numpy())] = np.nan
     given = text.notna().to_numpy(dtype=bool)
-    problems = [("numeric", values.isna().to_numpy(dtype=bool) & given)]
+    unparsed = values.isna().to_numpy(dtype=bool) & given
+    if unparsed.any():
+        # 'nan' is how Arrow's CSV writer (and others) spell a missing float: a blank, counted
+        spelled_nan = np.zeros(len(text), dtype=bool)
+        spelled_nan[unparsed] = text[unparsed].astype("string").str.casefold().eq("nan").to_numpy(dtype=bool, na_value=False)
+        n_nan = int(spelled_nan.sum())
+        if n_nan:
+            notes.append(f"{n_nan:,} rows: {col} written as 'nan' (how some CSV writers spell a missing number); read as blank")
+            given = given & ~spelled_nan  # (not in place: pandas may hand out a read-only array)
+            unparsed = unparsed & ~spelled_nan
+    problems = [("numeric", unparsed)]
     if integer:
         number = values.to_numpy()
         whole = np.isnan(number) | (number == np.round(number))
