@@ -547,13 +547,10 @@ def _no_spread_140(world):
 
 # case -> (the world, and the failure message of each model step given the rows it was to fit)
 UNFITTABLE = {
+    # one message, from the split, for the distance (each model said "no rows to fit" before 2026-12-06)
     "no rows after the filter": (
         lambda w: _world(seed=4, n=60, pro_140=True),
-        lambda n: {
-            "posterior_seed_profile": "seed_profile: distance 140.6: no rows to fit (0 rows)",
-            "posterior_seed_asof": "seed_asof: distance 140.6: no rows to fit (0 rows)",
-            "posterior_forecast": "forecast: distance 140.6: 0 training rows with a course; the forecast model needs at least 10",
-        },
+        lambda n: {"holdout_split": "distance 140.6: no race of 140.6 is left to model (the model frame holds "},
     ),
     "a single row": (
         _one_140_row,
@@ -582,17 +579,17 @@ def test_unfittable_distance_fails_each_model_with_a_clear_message(case, tmp_pat
     inputs = write_inputs(make(_world(seed=4, n=60)), tmp_path / "inputs")
     result = _run(pipeline_resources(inputs, tmp_path / "out", tmp_path / "storage"), [*FRAME_ASSETS, *REFIT], "140.6")
     assert not result.success
-    train = result.output_for_node("holdout_split").train
     failures = _failures(result)
-    messages = expected(len(train))
-    assert set(failures) == set(messages), failures  # the inputs and the split went through
+    split_failed = "holdout_split" in failures
+    messages = expected(0 if split_failed else len(result.output_for_node("holdout_split").train))
+    assert set(failures) == set(messages), failures  # the inputs (and the split, unless it failed) went through
     for step, message in messages.items():
         assert failures[step].startswith(message), (step, failures[step])
     for step in ("published_model", "bayesian_predictions", "bayesian_posterior_means", "forecast_posterior_means"):
         assert result.asset_materializations_for_node(step) == [], step
     out = tmp_path / "out"
     assert not any(out.glob("*.csv")) and not (out / "posterior" / "140.6").exists()  # nothing published
-    if "posterior_forecast" not in failures:  # fitted: not eligible, saved to look at
+    if not split_failed and "posterior_forecast" not in failures:  # fitted: not eligible, saved to look at
         assert not result.output_for_node("posterior_forecast").passed
         assert len(list((out / "posterior" / "forecast" / "140.6").glob("*.nc"))) == 1
 
@@ -615,7 +612,7 @@ def edge_run(tmp_path_factory):
 def test_distance_with_no_rows_fails_and_the_other_still_fits(edge_run):
     failures = _failures(edge_run["failed"])
     expected = UNFITTABLE["no rows after the filter"][1](0)
-    assert set(failures) == set(expected) == set(MODEL_ASSETS)
+    assert set(failures) == set(expected) == {"holdout_split"}  # one message for the distance
     for step, message in expected.items():
         assert failures[step].startswith(message), (step, failures[step])
     races = edge_run["world"]["athlete_race"]
@@ -1298,7 +1295,7 @@ def test_cli_refit_ends_each_unfittable_distance_with_one_message_a_model(case, 
     messages = expected(len(_train_rows(tmp_path / "inputs", "140.6")))
     _assert_clean_errors(code, out, err, [[f"error: {m}"] for m in messages.values()])
     for step in messages:
-        name = rf"{step} \[140\.6\]" if step in MODEL_ASSETS else step  # the means steps are unpartitioned
+        name = rf"{step} \[140\.6\]" if step in (*MODEL_ASSETS, "holdout_split") else step  # the means steps are unpartitioned
         assert re.search(rf"^  {name} +FAILED", out, re.M), (step, out)
     assert re.search(r"^  published_model \[140\.6\] +not run: needs ", out, re.M), out
     assert not (tmp_path / "out" / "bayesian_predictions_140.6.csv").exists()

@@ -40,9 +40,15 @@ def holdout_split(context: dg.AssetExecutionContext, config: HoldoutConfig, cpu:
         raise dg.Failure(description=NO_DISTANCE, allow_retries=False)
     distance = context.partition_key
     ensure_sole_refit(context, distance)  # also runs that bypass the run queue, such as the CLI's
+    rows = distance_rows(model_frame, distance)
+    if rows.empty:  # one message here, instead of one "no rows to fit" from each model
+        raise dg.Failure(description=(
+            f"distance {distance}: no race of {distance} is left to model (the model frame holds "
+            f"{len(model_frame):,} rows, none of this distance; model_frame's metadata counts what each rule removed); "
+            "refit only the distances the data holds (`racedayai-bayes refit --distance <distance>`)"
+        ), allow_retries=False)
     try:
-        split = split_holdout(distance_rows(model_frame, distance), config.holdout, config.holdout_share,
-                              config.holdout_seed, config.holdout_season)
+        split = split_holdout(rows, config.holdout, config.holdout_share, config.holdout_seed, config.holdout_season)
     except FitError as exc:
         raise dg.Failure(description=f"distance {distance}: {exc}", allow_retries=False) from None
     for note in split.notes:
