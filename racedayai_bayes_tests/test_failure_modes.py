@@ -255,9 +255,10 @@ INPUT_ERRORS = {
         RACE_FILE, _races_text(3).replace("athlete_hash", "athl\xe8te_hash", 1).encode("latin-1"), "athlete_race",
         ["header is not valid UTF-8"],
     ),
-    "ragged row": (
-        RACE_FILE, _races_text(5, ["r,M,30-34,False,70.3,2021,20000,Smith, Jo"]), "athlete_race",
-        ["cannot be parsed as CSV", "Expected 8 columns, got 9", "r,M,30-34,False,70.3,2021,20000,Smith, Jo"],
+    "ragged row": (  # the first bad row shown, and every bad row counted
+        RACE_FILE, _races_text(5, ["r,M,30-34,False,70.3,2021,20000,Smith, Jo", "q,F,30-34,False,70.3,2021,21000,Doe, J"]),
+        "athlete_race",
+        ["cannot be parsed as CSV", "Expected 8 columns, got 9", "r,M,30-34,False,70.3,2021,20000,Smith, Jo", "(2 rows); quote"],
     ),
 }
 

@@ -180,7 +180,8 @@ def _read_text_columns(path: Path, columns: list[str], header: _Header) -> tuple
     except (UnicodeDecodeError, ValueError) as exc:
         if "utf" not in str(exc).lower() and not isinstance(exc, UnicodeDecodeError):
             raise InputError(
-                path, f"cannot be parsed as CSV: {exc}", hint="quote the fields that hold commas, or fix the row"
+                path, f"cannot be parsed as CSV: {exc}", rows=_count_bad_rows(path, raw.get(columns[0], columns[0])),
+                hint="quote the fields that hold commas, or fix the rows"
             ) from exc
         # Bytes that are not UTF-8: undecodable bytes become U+FFFD and are counted.
         frame = pd.read_csv(path, engine="c", encoding="utf-8", encoding_errors="replace", **kwargs)
@@ -198,6 +199,28 @@ def _read_text_columns(path: Path, columns: list[str], header: _Header) -> tuple
         if edge or empty:
             frame[col] = frame[col].replace("", pd.NA)
     return frame, notes
+
+
+def _count_bad_rows(path: Path, column: str) -> int | None:
+    """How many rows of a file that failed to parse Arrow's reader skips as invalid (the wrong
+    number of fields), reading one column: the error's row count. None if the count itself
+    fails (the error then shows the first bad row only)."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    bad = 0
+
+    def skip(_row) -> str:
+        nonlocal bad
+        bad += 1
+        return "skip"
+
+    try:
+        pcsv.read_csv(path, parse_options=pcsv.ParseOptions(invalid_row_handler=skip),
+                      convert_options=pcsv.ConvertOptions(include_columns=[column], column_types={column: pa.string()}))
+    except (pa.ArrowException, OSError, ValueError):
+        return None
+    return bad or None
 
 
 # bytes a cell may not start or end with and skip trimming: ASCII white space, and any byte
