@@ -161,8 +161,10 @@ def _instance(home: str):
     except (dg.DagsterError, CheckError, yaml.YAMLError) as exc:
         # a configuration problem (a storage class that cannot be imported is a CheckError,
         # a file that is not YAML a YAMLError): one message, no traceback
-        raise UserError(f"DAGSTER_HOME={home}: {_config_problems(exc)}; fix {Path(home) / 'dagster.yaml'} "
-                        "(the repository's dagster.yaml is one that works)") from None
+        config = Path(home) / "dagster.yaml"
+        fix = (f"; fix {config} (the repository's dagster.yaml is one that works)"
+               if os.path.isabs(home) and config.exists() else "")  # not for a relative DAGSTER_HOME, say
+        raise UserError(f"DAGSTER_HOME={home}: {_config_problems(exc)}{fix}") from None
 
 
 def _refit(args: argparse.Namespace) -> int:

@@ -187,7 +187,12 @@ def _watch_requester() -> None:
     started = _start_time(pid)
     while True:
         time.sleep(ORPHAN_POLL_S)
-        if not alive(pid) or _start_time(pid) != started:  # gone, or its pid already reused
+        if started is None:  # not read yet (a moment without a free file descriptor, say): again
+            started = _start_time(pid)
+        now = _start_time(pid) if started is not None else None
+        # gone, or its pid already taken by another process (both start times read, and they
+        # differ): never on a failed read alone, which must not end a step whose run lives
+        if not alive(pid) or (started is not None and now is not None and now != started):
             os._exit(ORPHANED_EXIT)  # nothing to flush: its outputs are written atomically or not at all
 
 

@@ -307,6 +307,16 @@ def test_a_broken_instance_configuration_ends_with_one_message_and_no_log(tmp_pa
     assert not list((tmp_path / cli.LOG_FOLDER).glob("refit-*.log"))
 
 
+def test_a_relative_dagster_home_is_said_without_advice_about_a_dagster_yaml(tmp_path):
+    """Dagster refuses a relative DAGSTER_HOME: the message says so, and does not send the
+    operator to fix a dagster.yaml that is not the problem (or not there)."""
+    env = {**os.environ, "DAGSTER_HOME": "relative-home"}
+    proc = subprocess.run([sys.executable, "-m", "racedayai_bayes.cli", "refit"], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: DAGSTER_HOME=relative-home: "), proc.stderr
+    assert "absolute path" in proc.stderr and "fix " not in proc.stderr, proc.stderr
+
+
 def test_predicts_help_names_the_columns_each_model_reads():
     """predict --input's help lists each model's predict_columns, in order (the published model
     may be any of the three; before 2026-12-06 it listed seed_profile's only)."""

@@ -315,10 +315,23 @@ def test_a_failed_steps_alert_is_its_own_words_and_a_killed_runs_says_how_its_pr
     def a_bug():
         raise ZeroDivisionError("division by zero")
 
+    class FullDisk(dg.IOManager):
+        def handle_output(self, context, obj):
+            raise OSError(28, "No space left on device")
+
+        def load_input(self, context):
+            raise NotImplementedError
+
+    @dg.asset(io_manager_key="full_disk")
+    def stored():
+        return 1
+
     with dg.instance_for_test() as instance:
         for asset, expected in ((bad_input, "step bad_input: athlete_race.csv, column 'gender': 23% not M or F; write M or F"),
-                                (a_bug, "step a_bug: ZeroDivisionError: division by zero")):
-            result = dg.materialize([asset], instance=instance, raise_on_error=False)
+                                (a_bug, "step a_bug: ZeroDivisionError: division by zero"),
+                                # an IO manager's error, through Dagster's DagsterExecutionHandleOutputError
+                                (stored, "step stored: OSError: [Errno 28] No space left on device")):
+            result = dg.materialize([asset], instance=instance, raise_on_error=False, resources={"full_disk": FullDisk()})
             (alert,) = alerts_for_run(instance, instance.get_run_by_id(result.run_id), "run failed")
             assert alert.message == expected
         # a run whose process was killed: no step failed; Dagster's code server reports how it ended
@@ -327,6 +340,10 @@ def test_a_failed_steps_alert_is_its_own_words_and_a_killed_runs_says_how_its_pr
             return 1
 
         run = instance.get_run_by_id(dg.materialize([fine], instance=instance).run_id)
+        # a step's own crash is no word on how the run's process ended
+        instance.report_engine_event(get_run_crash_explanation("Multiprocess executor: child process for step fine", 3),
+                                     run, step_key="fine")
+        assert alerts_for_run(instance, run, "run failed")[0].message == "run failed"
         instance.report_engine_event(get_run_crash_explanation(f"Run execution process for {run.run_id}", -9), run)
         outside = "This run has been marked as failed from outside the execution context."
         (alert,) = alerts_for_run(instance, run, outside)

@@ -45,6 +45,19 @@ def test_missing_file_is_an_input_error_naming_the_path(tmp_path, reader):
     assert f"racedayai-bayes demo-data --out {tmp_path}" in str(info.value)
 
 
+def test_a_missing_input_beside_the_others_is_to_be_restored_not_replaced_by_demo_data(tmp_path):
+    """demo-data rewrites all three inputs: with real files beside the missing one, the advice
+    is to restore it, never to write demo inputs over them."""
+    (tmp_path / "athlete_race.csv").write_text("athlete_hash\n")
+    (tmp_path / "athlete_profile.csv").write_text("athlete_hash\n")
+    with pytest.raises(InputError) as info:
+        read_clusters(tmp_path / "cluster_assignments.csv")
+    message = str(info.value)
+    assert "demo-data" not in message
+    assert ("file not found (the folder holds athlete_race.csv and athlete_profile.csv: restore cluster_assignments.csv "
+            "from the upstream export, or set RACEDAYAI_INPUT_DIR to the folder of the cleaned files)") in message
+
+
 @pytest.mark.parametrize("reader", [read_races, read_profiles, read_clusters])
 @pytest.mark.parametrize("content", [b"", b"\xef\xbb\xbf"], ids=["zero bytes", "a BOM only"])
 def test_zero_byte_file_is_an_input_error(tmp_path, reader, content):

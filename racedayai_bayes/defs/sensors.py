@@ -69,12 +69,19 @@ def _step_failures(instance: dg.DagsterInstance, run_id: str) -> list[str]:
         data = entry.dagster_event.event_specific_data
         described = getattr(getattr(data, "user_failure_data", None), "description", None)
         error = data.error
-        # Dagster wraps a step's own exception: say that one ("ZeroDivisionError: ...")
-        while error is not None and error.cls_name == "DagsterExecutionStepExecutionError" and error.cause is not None:
+        # Dagster wraps a step's own exception (its compute, or an IO manager's handle_output or
+        # load_input): say that one ("ZeroDivisionError: ...", "OutputWriteError: ...")
+        while error is not None and error.cause is not None and _is_dagster_wrapper(error.cls_name):
             error = error.cause
         text = (described or (error.message if error else entry.dagster_event.message) or "").strip()
         failures.append(f"step {entry.step_key}: {text.splitlines()[0] if text else 'failed'}")
     return failures
+
+
+def _is_dagster_wrapper(cls_name: str) -> bool:
+    """Dagster's errors that only wrap user code's: DagsterExecutionStepExecutionError,
+    DagsterExecutionHandleOutputError, DagsterExecutionLoadInputError, ... and their base."""
+    return cls_name.startswith("DagsterExecution") or cls_name == "DagsterUserCodeExecutionError"
 
 
 # What Dagster logs when a run's process ended without reporting (killed, out of memory), e.g.
@@ -85,8 +92,10 @@ _PROCESS_END = ("terminated by signal", "unexpectedly exited", "exited with code
 def _with_process_end(instance: dg.DagsterInstance, run_id: str, message: str) -> str:
     """The run's failure message with the last engine event that says how its process ended,
     where there is one: a run marked failed from outside (killed) says only that it was."""
+    # the run's own events only: a step's ("child process for step X unexpectedly exited")
+    # says how a step ended, not the run
     ended = [entry.dagster_event.message or entry.user_message or ""
-             for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)]
+             for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT) if entry.step_key is None]
     ended = [m.strip() for m in ended if any(p in m for p in _PROCESS_END)]
     if not ended or ended[-1] in message:
         return message

@@ -108,8 +108,7 @@ class ReadResult:
 
 # what to do about a missing input file, or a column missing from it: the pipeline's
 # inputs, and a file a command was given (predict's --input, forecast's --start-list)
-PIPELINE_INPUT = ("set RACEDAYAI_INPUT_DIR to the folder of the cleaned files, or write demo inputs to {folder} "
-                  "with `racedayai-bayes demo-data --out {folder}`",
+PIPELINE_INPUT = ("{missing_input}",
                   "add the column, or point RACEDAYAI_INPUT_DIR at the folder of the cleaned files")
 GIVEN_FILE = ("check the path given to the command", "add the column; the file needs {required}")
 
@@ -130,9 +129,23 @@ class _Header:
         return [c.strip().strip('"') for c in self.names]
 
 
+def _missing_input_hint(path: Path) -> str:
+    """What to do about a missing pipeline input. Demo inputs are offered only for a folder
+    that holds none of the three: `demo-data` rewrites all three, and a folder that holds the
+    others holds real data whose missing file is to be restored, not replaced."""
+    folder = path.parent
+    others = [name for name in (RACE_FILE, PROFILE_FILE, CLUSTER_FILE) if name != path.name and (folder / name).exists()]
+    if others:
+        return (f"the folder holds {' and '.join(others)}: restore {path.name} from the upstream export, "
+                "or set RACEDAYAI_INPUT_DIR to the folder of the cleaned files")
+    return (f"set RACEDAYAI_INPUT_DIR to the folder of the cleaned files, or write demo inputs to {folder} "
+            f"with `racedayai-bayes demo-data --out {folder}`")
+
+
 def _read_header(path: Path, hints: tuple[str, str] = PIPELINE_INPUT) -> _Header:
     if not path.exists():
-        raise InputError(path, f"file not found ({hints[0].format(folder=path.parent)})")
+        hint = hints[0].format(missing_input=_missing_input_hint(path)) if "{missing_input}" in hints[0] else hints[0]
+        raise InputError(path, f"file not found ({hint})")
     if path.is_dir():
         raise InputError(path, "is a directory, expected a CSV file")
     with open(path, "rb") as fh:

@@ -62,14 +62,14 @@ def _forecast_posterior_hint(artifact) -> str:
     (of the same output folder and distance) that passed its checks, by its full path, or how
     to make one. Said alike by the ``forecast`` command and the ``race_forecasts`` asset, which
     reads the published artifact."""
-    from racedayai_bayes.lib.outputs.artifacts import ArtifactError, previous_artifact
+    from racedayai_bayes.lib.outputs.artifacts import previous_artifact
 
     newest = None
     parents = artifact.path.parents  # <output>/posterior/<model>/<distance>/<refit>.nc
     if len(parents) > 3 and parents[2].name == "posterior":
         try:
             newest = previous_artifact(parents[3], "forecast", artifact.distance)
-        except (ArtifactError, OSError):
+        except Exception:  # noqa: BLE001 - only a hint: an unreadable folder or object store gives the general one
             newest = None
     publish = "publish the forecast model (`racedayai-bayes refit --publish forecast`, or run config publish: forecast)"
     if newest is not None:

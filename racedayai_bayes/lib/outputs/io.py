@@ -53,13 +53,13 @@ def as_path(location: str | os.PathLike | UPath) -> Path | UPath:
     return upath
 
 
-def left_as_it_was(target) -> str:
-    """What a failed atomic write left at ``target``: the file it had, or still none."""
+def left_as_it_was(target, kind: str = "file") -> str:
+    """What a failed atomic write left at ``target``: the file (or object) it had, or still none."""
     try:
         had = target.exists()
-    except OSError:  # a path that cannot even be looked at has no file to keep
+    except Exception:  # noqa: BLE001 - a path that cannot even be looked at (an object store without credentials, say): no file to keep
         had = False
-    return "the previous file is unchanged" if had else "nothing was written there"
+    return f"the previous {kind} is unchanged" if had else "nothing was written there"
 
 
 @contextlib.contextmanager
@@ -132,13 +132,13 @@ def _atomic_upload(target: UPath) -> Iterator[Path]:
             if isinstance(exc, OutputWriteError):
                 raise
             raise OutputWriteError(
-                f"could not write {target}: {exc.strerror or exc}; the previous object is unchanged"
+                f"could not write {target}: {exc.strerror or exc}; {left_as_it_was(target, 'object')}"
             ) from exc
         try:
             target.fs.put_file(str(tmp), target.path)
         except Exception as exc:  # s3fs, gcsfs, adlfs ... raise their own error types
             raise OutputWriteError(
-                f"could not upload {target}: {exc}; the previous object is unchanged"
+                f"could not upload {target}: {exc}; {left_as_it_was(target, 'object')}"
             ) from exc
 
 
