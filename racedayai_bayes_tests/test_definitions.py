@@ -164,3 +164,18 @@ def test_dg_check_defs_fails_on_a_broken_definitions_module(tmp_path):
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1, output[-3000:]
     assert "no_such_asset" in output
+
+
+def test_loading_the_code_location_warns_of_no_dagster_preview():
+    """The per-distance check specs use a feature Dagster 1.13 calls a preview; its warning (four
+    lines at each `dagster dev` start, nothing an operator can act on) is silenced where the
+    specs are made, and only there: a fresh import with preview warnings as errors loads."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import warnings, dagster; warnings.simplefilter('error', dagster.PreviewWarning); "
+            "import racedayai_bayes.definitions")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
