@@ -1310,7 +1310,8 @@ class RefitReport:
     def summary_lines(self) -> list[str]:
         if not self.posteriors:
             return []
-        lines = [f"checks ({len(self.posteriors)} posterior{'s' if len(self.posteriors) != 1 else ''}):"]
+        n = len(self.posteriors)  # each model's posterior and published_model, per distance
+        lines = [f"checks ({n} asset{'s' if n != 1 else ''}):"]
         for post in self.posteriors.values():
             lines.append("  " + post.line())
         return lines

@@ -332,6 +332,20 @@ def test_a_backtest_holds_out_an_earlier_season_and_drops_later_ones(graph_run, 
              and backtest not in p.parents}
     assert after == published
 
+    # a weekly refit of the other distance next: the means steps write the weekly files only,
+    # and say so, though 140.6's stored posterior is now the backtest's (they rewrote the
+    # backtest's means files, and named them as their output, before 2026-12-06)
+    backtest_files = {p: p.read_bytes() for p in backtest.rglob("*means.csv")}
+    assert backtest_files
+    weekly = _materialize("70.3", resources, dg.DagsterInstance.ephemeral(), selection=REFIT)
+    assert weekly.success
+    for name in ("bayesian_posterior_means", "forecast_posterior_means"):
+        meta = _meta(weekly, name)
+        assert meta["path"].value == str(copy / f"{name}.csv") and "other_paths" not in meta, name
+    assert {p: p.read_bytes() for p in backtest.rglob("*means.csv")} == backtest_files
+    means = pd.read_csv(copy / "forecast_posterior_means.csv", dtype={"distance": str})
+    assert means["distance"].tolist() == ["70.3", "140.6"]  # 140.6 keeps its weekly row
+
 
 def test_bad_input_fails_with_file_and_column(small_inputs, tmp_path):
     inputs = tmp_path / "inputs"

@@ -78,3 +78,19 @@ def test_a_posterior_that_fails_spells_out_each_failed_check():
 
 def test_a_posterior_whose_step_never_finished_says_so():
     assert PosteriorChecks("posterior", "70.3").line() == "posterior 70.3: no check ran (its step did not finish)"
+
+
+def test_a_first_refits_drift_check_reads_none_not_zero():
+    """On a model's first refit the drift check has nothing to compare with: the report says so
+    rather than 'prediction_drift 0', which reads as 'did not move' (as a later refit's 0 does)."""
+    from racedayai_bayes.lib.evaluation.diagnostics import check_drift
+    from racedayai_bayes.lib.runreport import CheckResult, PosteriorChecks
+
+    def line(outcome):
+        post = PosteriorChecks("posterior_forecast", "70.3")
+        post.results.append(CheckResult("prediction_drift", True, "WARN", outcome.description, outcome.value, "<= 600 s"))
+        return post.line()
+
+    assert line(check_drift(None)).endswith("(prediction_drift none (no previous refit))")
+    unmoved = {"mean_abs_shift_sec": 0.0, "p99_abs_shift_sec": 0.0, "mean_shift_sec": 0.0, "rows": 10}
+    assert line(check_drift(unmoved)).endswith("(prediction_drift 0)")

@@ -1,7 +1,7 @@
 """The prediction CSVs (from the published model) and the posterior-means CSVs, written atomically."""
 
 
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import dagster as dg
 import pandas as pd
@@ -115,6 +115,13 @@ def _means_asset(name: str, model: str, file_name: str, doc: str):
         for d, j in posterior.items():
             folder = paths.refit_dir(j.split)
             folders.setdefault(str(folder), (folder, []))[1].append(d)
+        # only the folder of the newest stored posterior (the refit this run follows): a weekly
+        # refit of one distance must not rewrite a backtest's file because the other distance's
+        # stored posterior is a backtest's, nor a backtest the weekly file (both did before
+        # 2026-12-06). The artifacts' names are their UTC timestamps, which sort by time.
+        newest = max(posterior.values(), key=lambda j: PurePath(str(getattr(j, "artifact", "") or "")).name)
+        if getattr(newest, "artifact", None):
+            folders = {k: v for k, v in folders.items() if k == str(paths.refit_dir(newest.split))}
         # a posterior that failed its checks never reaches the file: its distance keeps the
         # row it had (the stored value may come from an earlier run)
         blocked = {d: j.failed_checks for d, j in posterior.items() if j.failed_checks}

@@ -107,7 +107,7 @@ class PosteriorChecks:
         if not self.results:
             return f"{head} no check ran (its step did not finish)"
         if not self.failed:
-            values = ", ".join(f"{r.name} {_number(r.value)}" for r in self.results)
+            values = ", ".join(f"{r.name} {_shown(r)}" for r in self.results)
             return f"{head} all {len(self.results)} checks pass ({values})"
         spelled = "; ".join(
             f"{r.name} FAIL ({r.severity}): {r.description}"
@@ -122,6 +122,19 @@ class PosteriorChecks:
 
 def check_lines(posteriors: Iterable[PosteriorChecks]) -> list[str]:
     return [p.line() for p in posteriors]
+
+
+# the drift check's description on a model's first refit (lib/evaluation/diagnostics.check_drift):
+# nothing to compare with; its value, 0, is then no measurement
+NO_PREVIOUS_REFIT = "no previous refit to compare with"
+
+
+def _shown(result: CheckResult) -> str:
+    """A passed check's value, or what stands for it: the drift check on a model's first refit
+    has nothing to compare with, and its 0 would read as 'did not move'."""
+    if result.description == NO_PREVIOUS_REFIT:
+        return "none (no previous refit)"
+    return _number(result.value)
 
 
 def _number(value: float | None) -> str:

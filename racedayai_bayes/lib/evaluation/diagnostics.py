@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from racedayai_bayes.lib.inference.draws import Draws
+from racedayai_bayes.lib.runreport import NO_PREVIOUS_REFIT  # the report shows it as 'none'
 
 RHAT_MAX = 1.01
 ESS_BULK_MIN = 400.0
@@ -236,7 +237,7 @@ def check_drift(shift: dict | None, threshold_sec: float = DRIFT_THRESHOLD_SEC) 
     change in the data is a reason to look, not to block.
     """
     if not shift:
-        return CheckOutcome("drift", PASS, 0.0, f"<= {threshold_sec:g} s", None, "no previous refit to compare with")
+        return CheckOutcome("drift", PASS, 0.0, f"<= {threshold_sec:g} s", None, NO_PREVIOUS_REFIT)
     value = shift["mean_abs_shift_sec"]
     level = PASS if value <= threshold_sec else WARN
     return CheckOutcome(
