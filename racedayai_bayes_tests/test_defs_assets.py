@@ -696,4 +696,3 @@ def test_a_refit_run_without_a_distance_fails_at_its_first_distance_step_saying_
     assert not result.success
     (failure,) = result.get_step_failure_events()
     assert failure.step_failure_data.user_failure_data.description == NO_DISTANCE
-    assert "--tags '{\"dagster/partition\": \"70.3\"}'" in NO_DISTANCE

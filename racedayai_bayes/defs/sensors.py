@@ -86,7 +86,7 @@ def _is_dagster_wrapper(cls_name: str) -> bool:
 
 # What Dagster logs when a run's process ended without reporting (killed, out of memory), e.g.
 # "Run execution process for <id> was terminated by signal 9 (SIGKILL)."
-_PROCESS_END = ("terminated by signal", "unexpectedly exited", "exited with code", "process is gone")
+_PROCESS_END = ("terminated by signal", "unexpectedly exited", "exited with code")
 
 
 def _with_process_end(instance: dg.DagsterInstance, run_id: str, message: str) -> str:

@@ -108,7 +108,7 @@ class ReadResult:
 
 # what to do about a missing input file, or a column missing from it: the pipeline's
 # inputs, and a file a command was given (predict's --input, forecast's --start-list)
-PIPELINE_INPUT = ("{missing_input}",
+PIPELINE_INPUT = (None,  # what to do about a missing input depends on the folder: _missing_input_hint
                   "add the column, or point RACEDAYAI_INPUT_DIR at the folder of the cleaned files")
 GIVEN_FILE = ("check the path given to the command", "add the column; the file needs {required}")
 
@@ -142,9 +142,9 @@ def _missing_input_hint(path: Path) -> str:
             f"with `racedayai-bayes demo-data --out {folder}`")
 
 
-def _read_header(path: Path, hints: tuple[str, str] = PIPELINE_INPUT) -> _Header:
+def _read_header(path: Path, hints: tuple[str | None, str] = PIPELINE_INPUT) -> _Header:
     if not path.exists():
-        hint = hints[0].format(missing_input=_missing_input_hint(path)) if "{missing_input}" in hints[0] else hints[0]
+        hint = hints[0] or _missing_input_hint(path)
         raise InputError(path, f"file not found ({hint})")
     if path.is_dir():
         raise InputError(path, "is a directory, expected a CSV file")
@@ -283,7 +283,7 @@ def _edge_space_and_empty(text: pd.Series) -> tuple[bool, bool]:
 
 
 def _open(path: str | Path, required: tuple[str, ...], optional: tuple[str, ...] = (),
-          hints: tuple[str, str] = PIPELINE_INPUT, *, every_column: bool = False) -> tuple[pd.DataFrame, list[str], Path]:
+          hints: tuple[str | None, str] = PIPELINE_INPUT, *, every_column: bool = False) -> tuple[pd.DataFrame, list[str], Path]:
     """The file's ``required`` columns (an error names those missing) and those of
     ``optional`` it has, as text; with ``every_column``, every named column of the file."""
     path = Path(path)
