@@ -31,13 +31,13 @@ from pathlib import Path
 import racedayai_bayes  # noqa: F401  (pins JAX to the CPU)
 
 from racedayai_bayes.lib.data import MODEL_DISTANCES  # not .frame: pandas, 0.3 s before the step server starts
-from racedayai_bayes.lib.runreport import CheckResult, PosteriorChecks, QuarterGate, bar, parse_progress, seconds
+from racedayai_bayes.lib.runreport import CLI_LOG_TAG, CheckResult, PosteriorChecks, QuarterGate, bar, parse_progress, seconds
 from racedayai_bayes.lib.processes import exit_now
 from racedayai_bayes.stop_watchdog import StopWatchdog, enable_stack_dumps
 
 # The run tag naming the CLI log a run's Dagster events were streamed to; the CLI also
 # finds its runs by it while they execute.
-LOG_TAG = "racedayai/cli_log"  # the refit's log file; the alerts name it (defs/sensors.CLI_LOG_TAG)
+LOG_TAG = CLI_LOG_TAG  # the refit's log file; the alerts name it (defs/sensors.py)
 RUN_TAG = "racedayai/run"  # the last run of a refit, which writes the posterior-means CSVs
 POLL_S = 0.25
 MAX_NOTES_PER_STEP = 3

@@ -355,9 +355,7 @@ def test_an_alert_names_what_started_its_run():
     """The schedule, a sensor, a backfill and the command line each name themselves in a run's
     alert (a backfill's and the command's runs named nothing before 2026-12-06)."""
     from racedayai_bayes import cli
-    from racedayai_bayes.defs.sensors import CLI_LOG_TAG, _trigger
-
-    assert CLI_LOG_TAG == cli.LOG_TAG
+    from racedayai_bayes.defs.sensors import _trigger
 
     def run(**tags):
         return dg.DagsterRun(job_name="refit", run_id="r", tags=tags)
@@ -365,5 +363,6 @@ def test_an_alert_names_what_started_its_run():
     assert _trigger(run(**{"dagster/schedule_name": "weekly_refit"})) == "schedule weekly_refit"
     assert _trigger(run(**{"dagster/sensor_name": "start_list_sensor"})) == "sensor start_list_sensor"
     assert _trigger(run(**{"dagster/backfill": "abcd"})) == "backfill abcd"
-    assert _trigger(run(**{CLI_LOG_TAG: "/h/refit_logs/refit-x.log"})) == "racedayai-bayes refit (log /h/refit_logs/refit-x.log)"
+    # the tags the command puts on a distance's run
+    assert _trigger(run(**cli._run_tags("70.3", "/h/refit_logs/refit-x.log"))) == "racedayai-bayes refit (log /h/refit_logs/refit-x.log)"
     assert _trigger(run()) is None  # the UI's launchpad or `dagster job launch`

@@ -12,6 +12,7 @@ import time
 import dagster as dg
 
 from racedayai_bayes.lib.outputs.alerts import Alert, post_json, slack_payload
+from racedayai_bayes.lib.runreport import CLI_LOG_TAG
 
 from .checks import BLOCKING_CHECKS
 from .concurrency import reap_dead_runs
@@ -105,8 +106,6 @@ def _with_process_end(instance: dg.DagsterInstance, run_id: str, message: str) -
     return f"{message} ({how}{memory})"
 
 
-# the tag `racedayai-bayes refit` puts on its runs (cli.LOG_TAG: its log file)
-CLI_LOG_TAG = "racedayai/cli_log"
 
 
 def _trigger(run: dg.DagsterRun) -> str | None:

@@ -124,6 +124,10 @@ def check_lines(posteriors: Iterable[PosteriorChecks]) -> list[str]:
     return [p.line() for p in posteriors]
 
 
+# the tag `racedayai-bayes refit` puts on its runs: its log file, which a failed run's alert
+# names (defs/sensors.py)
+CLI_LOG_TAG = "racedayai/cli_log"
+
 # the drift check's description on a model's first refit (lib/evaluation/diagnostics.check_drift):
 # nothing to compare with; its value, 0, is then no measurement
 NO_PREVIOUS_REFIT = "no previous refit to compare with"
