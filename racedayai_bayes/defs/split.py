@@ -11,7 +11,6 @@ from racedayai_bayes.lib.errors import FitError
 
 from .concurrency import ensure_sole_refit
 from .partitions import distance_partitions
-from .resources import SLOT_TAGS, CpuSlots
 
 
 class HoldoutConfig(dg.Config):
@@ -32,8 +31,13 @@ NO_DISTANCE = (
 )
 
 
-@dg.asset(partitions_def=distance_partitions, group_name="model", op_tags=SLOT_TAGS)
-def holdout_split(context: dg.AssetExecutionContext, config: HoldoutConfig, cpu: CpuSlots,
+# No CPU slot: the split takes about a second, and the later distance's run reaches it just
+# after the first run's posteriors have taken both slots (the model frame they wait for is
+# stored by the first run). Holding a slot, it waited for a seed posterior to end, and the
+# later distance's forecast posterior, the second-longest step, started about 6 s later
+# than it could (full scale, 2026-12-06). It runs in the third step process of its run.
+@dg.asset(partitions_def=distance_partitions, group_name="model")
+def holdout_split(context: dg.AssetExecutionContext, config: HoldoutConfig,
                   model_frame: pd.DataFrame) -> dg.Output[Split]:
     """The distance's rows, split into fitted and held-out rows once for every model."""
     if not context.has_partition_key:  # e.g. `dagster job launch -j refit` without a partition
