@@ -41,6 +41,7 @@ breakdown). A row without an athlete_hash has no known history: it is a first ra
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,7 +141,8 @@ SEASON_COLUMNS = ("starts_0", "starts_1", "dnf", "fin_0", "fin_1", "nrel_0", "nr
 
 
 def season_table(races: pd.DataFrame, ag_finish: np.ndarray, distances: tuple[str, str], *,
-                 codes: np.ndarray | None = None, athletes: pd.Index | None = None) -> pd.DataFrame:
+                 codes: np.ndarray | None = None, athletes: pd.Index | None = None,
+                 relative: np.ndarray | None = None) -> pd.DataFrame:
     """One row per (athlete, season) with a start at either modelled distance: that season's own
     totals, sorted by athlete, then season.
 
@@ -155,10 +157,13 @@ def season_table(races: pd.DataFrame, ag_finish: np.ndarray, distances: tuple[st
     ``ag_finish`` marks the rows of ``races`` that the model frame keeps. ``codes`` and
     ``athletes`` (``pd.factorize(..., sort=True)`` of races' athlete_hash) save hashing the
     keys again; the table also holds each row's athlete code (``athlete``, into
-    ``athletes``), which :func:`add_history` matches on.
+    ``athletes``), which :func:`add_history` matches on. ``relative``: :func:`edition_relative`
+    of ``races`` and ``ag_finish``, if already made (it needs no athlete codes, so it can be made
+    while they are).
     """
     ag = np.asarray(ag_finish, dtype=bool)
-    relative = edition_relative(races, ag)
+    if relative is None:
+        relative = edition_relative(races, ag)
     start = (
         races["athlete_hash"].notna().to_numpy()
         & races["event_year"].notna().to_numpy()
@@ -251,30 +256,44 @@ def athlete_runs(hashes: pd.Series) -> np.ndarray:
     return np.r_[True, changed.to_numpy(zero_copy_only=False).astype(bool)]
 
 
-def cumulate(table: pd.DataFrame) -> pd.DataFrame:
+def cumulate(table: pd.DataFrame, pool: Executor | None = None) -> pd.DataFrame:
     """Each row's totals over the athlete's **strictly earlier** seasons (``table`` sorted by
     athlete, then season, as :func:`season_table` returns it).
 
     Running totals run within each athlete, never across athletes, so a value depends only
     on that athlete's own earlier seasons, and the same seasons always add up in the same
-    order: a total is the same number whichever later seasons exist.
+    order: a total is the same number whichever later seasons exist. With a ``pool``, two
+    columns are summed at once (the same numbers: each column is summed as without one).
     """
     new_athlete = athlete_runs(table["athlete_hash"])
     out = {"athlete_hash": table["athlete_hash"].to_numpy(), "event_year": table["event_year"].to_numpy()}
-    for name, values in _running_columns(table, new_athlete):
+    for name, values in _running_columns(table, new_athlete, pool):
         empty = np.inf if name == "best" else 0.0
         out[name] = np.where(new_athlete, empty, np.r_[empty, values[:-1]])
     return pd.DataFrame(out, copy=False)
 
 
-def _running_columns(table: pd.DataFrame, new_athlete: np.ndarray):
+def _running_columns(table: pd.DataFrame, new_athlete: np.ndarray, pool: Executor | None = None):
     """Each athlete's running totals (``best``: running minimum) through each of its rows,
     summed within the athlete in season order: (name, values) of one column at a time, so
-    that only one column of running totals is held at once."""
+    that only one column of running totals is held at once (two with a ``pool``: the next
+    one is made in it meanwhile; pandas' grouped sums release the GIL)."""
     by = np.cumsum(new_athlete)
-    for name in (*SEASON_COLUMNS, "best"):
+
+    def running(name: str) -> np.ndarray:
         grouped = table[name].groupby(by, sort=False)
-        yield name, (grouped.cummin() if name == "best" else grouped.cumsum()).to_numpy()
+        return (grouped.cummin() if name == "best" else grouped.cumsum()).to_numpy()
+
+    names = (*SEASON_COLUMNS, "best")
+    if pool is None:
+        for name in names:
+            yield name, running(name)
+        return
+    for i in range(0, len(names), 2):  # this thread sums one column while the pool sums the next
+        ahead = pool.submit(running, names[i + 1]) if i + 1 < len(names) else None
+        yield names[i], running(names[i])
+        if ahead is not None:
+            yield names[i + 1], ahead.result()
 
 
 def as_of_rows(table: pd.DataFrame, *seasons: int) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
@@ -359,12 +378,12 @@ def edition_relative(races: pd.DataFrame, ag_finish: np.ndarray) -> np.ndarray:
 
 
 def add_history(frame: pd.DataFrame, table: pd.DataFrame, distances: tuple[str, str], *,
-                codes: np.ndarray | None = None) -> pd.DataFrame:
+                codes: np.ndarray | None = None, pool: Executor | None = None) -> pd.DataFrame:
     """The model-frame rows ``frame`` with :data:`HISTORY_COLUMNS` appended, from the season
     table of every start (:func:`season_table`). A row whose athlete is blank, or whose season
     is unknown, has no history (counts 0, means NaN). Rows are matched to the table on
-    (athlete, season) integer keys."""
-    cum = cumulate(table)
+    (athlete, season) integer keys. With a ``pool`` (a thread pool), part of the work is done
+    in it, beside this thread: the same numbers."""
     if codes is None or "athlete" not in table.columns:
         athletes = pd.Index(pd.unique(table["athlete_hash"].astype(object)))
         t_code = athletes.get_indexer(table["athlete_hash"].astype(object))
@@ -373,25 +392,39 @@ def add_history(frame: pd.DataFrame, table: pd.DataFrame, distances: tuple[str, 
         t_code = table["athlete"].to_numpy(dtype=np.int64)
         row_code = np.asarray(codes, dtype=np.int64)
     years = frame["event_year"].to_numpy(dtype=np.float64, na_value=np.nan)
-    span = 10_000
-    t_key = t_code.astype(np.int64) * span + table["event_year"].to_numpy(dtype=np.int64)
-    known = (row_code >= 0) & np.isfinite(years)
-    r_key = np.where(known, row_code.astype(np.int64) * span + np.nan_to_num(years).astype(np.int64), -1)
-    if len(t_key) and np.all(t_key[1:] > t_key[:-1]):  # sorted (season_table's order): binary search
-        # the rows' keys searched in sorted order (then put back): neighbouring searches walk
-        # the same part of the table (0.3-1.0 s against 0.7-1.3 s in row order at full scale)
-        order = np.argsort(r_key, kind="stable")
-        at = np.empty(len(r_key), dtype=np.int64)
-        at[order] = np.minimum(np.searchsorted(t_key, r_key[order]), len(t_key) - 1)
-        pos = np.where(t_key[at] == r_key, at, -1)
-    else:
-        pos = pd.Index(t_key).get_indexer(r_key)
-    pos = np.where(known, pos, -1)
-    have = pos >= 0
-    take = np.where(have, pos, 0)
-    # (an empty table, when no row has an athlete: nothing to take, every row is a first race)
-    picked = {name: np.where(have, cum[name].to_numpy()[take] if len(cum) else 0.0, np.inf if name == "best" else 0.0)
-              for name in (*SEASON_COLUMNS, "best")}
+    table_years = table["event_year"].to_numpy(dtype=np.int64)
+
+    def match() -> tuple[np.ndarray, np.ndarray]:
+        """Each row's season row in the table (``take``) where it has one (``have``)."""
+        span = 10_000
+        t_key = t_code.astype(np.int64) * span + table_years
+        known = (row_code >= 0) & np.isfinite(years)
+        r_key = np.where(known, row_code.astype(np.int64) * span + np.nan_to_num(years).astype(np.int64), -1)
+        if len(t_key) and np.all(t_key[1:] > t_key[:-1]):  # sorted (season_table's order): binary search
+            # the rows' keys searched in sorted order (then put back): neighbouring searches walk
+            # the same part of the table (0.3-1.0 s against 0.7-1.3 s in row order at full scale)
+            order = np.argsort(r_key, kind="stable")
+            at = np.empty(len(r_key), dtype=np.int64)
+            at[order] = np.minimum(np.searchsorted(t_key, r_key[order]), len(t_key) - 1)
+            pos = np.where(t_key[at] == r_key, at, -1)
+        else:
+            pos = pd.Index(t_key).get_indexer(r_key)
+        pos = np.where(known, pos, -1)
+        have = pos >= 0
+        return have, np.where(have, pos, 0)
+
+    # the rows are matched in the pool while this thread makes the running totals
+    matched = pool.submit(match) if pool is not None else None
+    cum = cumulate(table, pool)
+    have, take = matched.result() if matched is not None else match()
+
+    def pick(name: str) -> np.ndarray:
+        # (an empty table, when no row has an athlete: nothing to take, every row is a first race)
+        return np.where(have, cum[name].to_numpy()[take] if len(cum) else 0.0, np.inf if name == "best" else 0.0)
+
+    names = (*SEASON_COLUMNS, "best")
+    later = {name: pool.submit(pick, name) for name in names[1::2]} if pool is not None else {}
+    picked = {name: later[name].result() if name in later else pick(name) for name in names}
     del cum
     # the new columns go on a shallow copy: the frame's own columns are shared, not copied
     # (hundreds of MB at full scale); adding columns never changes ``frame``
