@@ -101,7 +101,7 @@ def model_frame_and_seasons(
 
     Athletes are numbered once (``pd.factorize``, in hash order), and the joins and the history work on
     those numbers: string keys are hashed once, not in every join and group-by. With
-    ``threads=2`` a second thread works beside this one (below; the result is the same with 1). When the rules leave no race, an :class:`InputError` names ``source``
+    ``threads=2`` a pool of threads works beside this one (below; the result is the same with 1). When the rules leave no race, an :class:`InputError` names ``source``
     (the race file), the column of the rule that removed the most, and what each removed.
     """
     counts = {"rows_in": len(races)}
@@ -114,7 +114,9 @@ def model_frame_and_seasons(
     rows = np.flatnonzero(keep)
     if len(rows) == 0:
         raise _nothing_left(counts, source)
-    # With two threads, a second one works beside this one wherever the work allows: the
+    # With threads=2, a pool of two threads works beside this one wherever the work allows (three
+    # busy threads on two cores only while the rows are matched beside the running totals; the
+    # step holds both CPU slots then): the
     # edition-relative times (they need no athlete numbers) while the athletes are numbered,
     # then the season table while this thread joins and takes the kept rows, then half of the
     # as-of history's columns (history.add_history). Each piece only reads what it is given,
