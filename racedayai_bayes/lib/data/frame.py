@@ -114,14 +114,14 @@ def model_frame_and_seasons(
     rows = np.flatnonzero(keep)
     if len(rows) == 0:
         raise _nothing_left(counts, source)
-    # With threads=2, a pool of two threads works beside this one wherever the work allows (three
-    # busy threads on two cores only while the rows are matched beside the running totals; the
-    # step holds both CPU slots then): the
+    # With threads=2, a pool of two threads works beside this one wherever the work allows: the
     # edition-relative times (they need no athlete numbers) while the athletes are numbered,
-    # then the season table while this thread joins and takes the kept rows, then half of the
-    # as-of history's columns (history.add_history). Each piece only reads what it is given,
-    # and numpy, pandas and Arrow release the GIL in their loops; the results are the same
-    # with one thread. At full scale, in a new process as a step is: 5.4-6.3 s, against 8.1-8.9 s
+    # then the season table while this thread joins and takes the kept rows, then the genders'
+    # count, the rows' matching and half of the running totals and columns of the as-of history
+    # (history.add_history; three busy threads on two cores only while the rows are matched
+    # beside the running totals; the step holds both CPU slots then). Each piece only reads
+    # what it is given, and numpy, pandas and Arrow release the GIL in their loops; the results
+    # are the same with one thread. At full scale, in a new process as a step is: 5.4-6.3 s, against 8.1-8.9 s
     # with only the season table beside the joins (3 alternated pairs, 2026-12-06).
     pool = ThreadPoolExecutor(2, thread_name_prefix="model-frame") if threads >= 2 else None
     try:
