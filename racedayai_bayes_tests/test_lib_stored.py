@@ -45,35 +45,6 @@ def test_a_stored_value_loads_equal_with_its_arrays_mapped_from_the_file(tmp_pat
     _same(value, stored.load(path))
 
 
-def test_a_large_value_written_by_two_threads_has_the_same_bytes_as_from_one(tmp_path, monkeypatch):
-    """A value at least PARALLEL_MIN_BYTES large, written to a local file, has its buffers
-    written by two threads at their offsets: the file is byte for byte the one a single
-    thread writes (gaps included), it loads equal, and the file object is left at its end."""
-    import io
-
-    monkeypatch.setattr(stored, "PARALLEL_MIN_BYTES", 1)
-    calls = []
-    real = stored._pwrite_all
-    monkeypatch.setattr(stored, "_pwrite_all", lambda *a: (calls.append(a[-1]), real(*a)))
-    value = _value()
-    paths = {}
-    for threads in (1, 2):
-        paths[threads] = tmp_path / f"value-{threads}.pkl"
-        with open(paths[threads], "wb") as fh:
-            stored.dump(value, fh, threads=threads)
-            fh.flush()
-            assert fh.tell() == paths[threads].stat().st_size
-    assert calls == [2]  # only the two-thread dump wrote in parallel
-    assert paths[1].read_bytes() == paths[2].read_bytes()
-    _same(value, stored.load(paths[2]))
-    buffer = io.BytesIO()  # no file descriptor: one thread, the same bytes
-    stored.dump(value, buffer, threads=2)
-    assert buffer.getvalue() == paths[1].read_bytes() and calls == [2]
-    with open(tmp_path / "appended.pkl", "ab") as fh:  # O_APPEND: pwrite would ignore offsets
-        stored.dump(value, fh, threads=2)
-    assert (tmp_path / "appended.pkl").read_bytes() == paths[1].read_bytes() and calls == [2]
-
-
 def _read(path):
     """What the IO manager does with an object on an object store: one read into one buffer."""
     with open(path, "rb") as fh:

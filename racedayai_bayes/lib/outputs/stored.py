@@ -46,21 +46,8 @@ def _aligned(offset: int) -> int:
     return -(-offset // ALIGN) * ALIGN
 
 
-# values at least this large, written to a local file, have their buffers written by two
-# threads at once (``os.pwrite`` at each buffer's offset; the kernel copies into the page cache
-# without the GIL): 461 MB in 0.23-0.42 s against 0.45-1.06 s from one thread, the same bytes
-# (a full-scale 70.3 split, 2026-12-06). The model frame's store is on every refit's critical path.
-PARALLEL_MIN_BYTES = 64 << 20
-WRITE_THREADS = 2
-_PWRITE_CHUNK = 64 << 20
-
-
-def dump(obj: Any, fh: IO[bytes], *, threads: int = WRITE_THREADS) -> None:
-    """Write ``obj`` to the binary file ``fh`` (at its start) in the layout above.
-
-    A large value written to a local file (``fh`` has a file descriptor) has its buffers
-    written by ``threads`` threads (:data:`PARALLEL_MIN_BYTES`); the file's bytes are the
-    same either way, and ``fh`` is left at the file's end."""
+def dump(obj: Any, fh: IO[bytes]) -> None:
+    """Write ``obj`` to the binary file ``fh`` (at its start) in the layout above."""
     buffers: list[pickle.PickleBuffer] = []
     stream = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
     raws = [b.raw() for b in buffers]  # protocol 5 hands out contiguous buffers only
@@ -76,47 +63,10 @@ def dump(obj: Any, fh: IO[bytes], *, threads: int = WRITE_THREADS) -> None:
         fh.write(_ENTRY.pack(*entry))
     fh.write(stream)
     position = len(MAGIC) + _COUNTS.size + _ENTRY.size * len(raws) + len(stream)
-    fd = _descriptor(fh) if threads > 1 and len(raws) > 1 and offset - position >= PARALLEL_MIN_BYTES else None
-    if fd is not None and fh.tell() == position:  # written from the file's start: offsets are the file's
-        fh.flush()
-        os.ftruncate(fd, offset)  # the gaps between buffers (alignment) read as zeros, as written below
-        _pwrite_all(fd, table, raws, threads)
-        fh.seek(offset)
-        return
     for (start, _), raw in zip(table, raws):
         fh.write(b"\0" * (start - position))
         fh.write(raw)
         position = start + raw.nbytes
-
-
-def _descriptor(fh: IO[bytes]) -> int | None:
-    """The OS file descriptor of a regular local file, else None (an in-memory or remote file)."""
-    try:
-        fd = fh.fileno()
-    except (AttributeError, OSError, ValueError):  # io.BytesIO raises UnsupportedOperation (an OSError)
-        return None
-    import fcntl
-    import stat
-
-    if not stat.S_ISREG(os.fstat(fd).st_mode) or fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND:
-        return None  # (with O_APPEND, Linux's pwrite ignores the offset)
-    return fd
-
-
-def _pwrite_all(fd: int, table: list[tuple[int, int]], raws: list, threads: int) -> None:
-    """Write each buffer at its offset, the largest first, from ``threads`` threads."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def write(i: int) -> None:
-        view = memoryview(raws[i]).cast("B")
-        start, done = table[i][0], 0
-        while done < len(view):
-            done += os.pwrite(fd, view[done:done + _PWRITE_CHUNK], start + done)
-
-    order = sorted(range(len(raws)), key=lambda i: -raws[i].nbytes)
-    with ThreadPoolExecutor(threads, thread_name_prefix="stored-write") as pool:
-        for future in [pool.submit(write, i) for i in order]:
-            future.result()  # the first error (a full disk, say) is raised here
 
 
 def _parse(view: memoryview, name: str) -> Any:
