@@ -163,3 +163,27 @@ def test_sums_before_a_season_are_what_a_row_of_that_season_gets():
         for name in values:
             np.testing.assert_array_equal(got[name], want[name][n:])
     assert season_sums(np.full(3, -1), np.arange(3), {"v": np.ones(3)}) is None
+
+
+@pytest.mark.parametrize("anonymous", [False, True])
+def test_a_thread_pool_gives_the_same_running_totals_and_history(anonymous):
+    """cumulate and add_history with a thread pool (two columns at once, the rows matched beside
+    the running totals) give the numbers they give without one, bit for bit: with athletes
+    matched by hash (no codes) and with a table that has no athlete at all."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from racedayai_bayes.lib.data.frame import FRAME_COLUMNS
+    from racedayai_bayes.lib.data.history import add_history, cumulate, season_table
+
+    races = _races(seed=5)
+    if anonymous:
+        races["athlete_hash"] = pd.array([pd.NA] * len(races), dtype="string")
+    ag = _ag_finish(races)
+    table = season_table(races, ag, MODEL_DISTANCES).drop(columns="athlete")
+    frame = _frame(races)[list(FRAME_COLUMNS)]
+    with ThreadPoolExecutor(2) as pool:
+        pd.testing.assert_frame_equal(cumulate(table, pool), cumulate(table), check_exact=True)
+        with_pool = add_history(frame, table, MODEL_DISTANCES, pool=pool)
+    pd.testing.assert_frame_equal(with_pool, add_history(frame, table, MODEL_DISTANCES), check_exact=True)
+    pd.testing.assert_frame_equal(with_pool, _frame(races), check_exact=True)  # as the model frame has it
+    assert (with_pool["hist_starts"] == 0).all() == anonymous

@@ -106,8 +106,6 @@ def _with_process_end(instance: dg.DagsterInstance, run_id: str, message: str) -
     return f"{message} ({how}{memory})"
 
 
-
-
 def _trigger(run: dg.DagsterRun) -> str | None:
     """What started the run, for the alert: the schedule, a sensor, a backfill, the command
     line (with its log file); None for a launch from the UI or ``dagster job launch``."""

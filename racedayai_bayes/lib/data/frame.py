@@ -101,8 +101,9 @@ def model_frame_and_seasons(
 
     Athletes are numbered once (``pd.factorize``, in hash order), and the joins and the history work on
     those numbers: string keys are hashed once, not in every join and group-by. With
-    ``threads=2`` a pool of threads works beside this one (below; the result is the same with 1). When the rules leave no race, an :class:`InputError` names ``source``
-    (the race file), the column of the rule that removed the most, and what each removed.
+    ``threads=2`` a pool of threads works beside this one (below; the result is the same with
+    1). When the rules leave no race, an :class:`InputError` names ``source`` (the race file),
+    the column of the rule that removed the most, and what each removed.
     """
     counts = {"rows_in": len(races)}
     keep = np.ones(len(races), dtype=bool)
@@ -118,8 +119,8 @@ def model_frame_and_seasons(
     # edition-relative times (they need no athlete numbers) while the athletes are numbered,
     # then the season table while this thread joins and takes the kept rows, then the genders'
     # count, the rows' matching and half of the running totals and columns of the as-of history
-    # (history.add_history; three busy threads on two cores only while the rows are matched
-    # beside the running totals; the step holds both CPU slots then). Each piece only reads
+    # (history.add_history: there up to three busy threads on two cores, this one and the
+    # pool's two; the step holds both CPU slots then). Each piece only reads
     # what it is given, and numpy, pandas and Arrow release the GIL in their loops; the results
     # are the same with one thread. At full scale, in a new process as a step is: 5.4-6.3 s, against 8.1-8.9 s
     # with only the season table beside the joins (3 alternated pairs, 2026-12-06).
