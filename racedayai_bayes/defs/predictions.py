@@ -119,8 +119,8 @@ def _means_asset(name: str, model: str, file_name: str, doc: str):
         # refit of one distance must not rewrite a backtest's file because the other distance's
         # stored posterior is a backtest's, nor a backtest the weekly file (both did before
         # 2026-12-06). The artifacts' names are their UTC timestamps, which sort by time.
-        newest = max(posterior.values(), key=lambda j: PurePath(str(getattr(j, "artifact", "") or "")).name)
-        if getattr(newest, "artifact", None):
+        newest = max(posterior.values(), key=lambda j: PurePath(j.artifact or "").name)
+        if newest.artifact:
             folders = {k: v for k, v in folders.items() if k == str(paths.refit_dir(newest.split))}
         # a posterior that failed its checks never reaches the file: its distance keeps the
         # row it had (the stored value may come from an earlier run)

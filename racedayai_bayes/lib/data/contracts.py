@@ -306,10 +306,10 @@ def _open(path: str | Path, required: tuple[str, ...], optional: tuple[str, ...]
 def _numeric(frame: pd.DataFrame, col: str, path: Path, notes: list[str], *, integer: bool = False,
              valid: tuple | None = None) -> pd.Series:
     """A text column parsed as numbers. A cell 'nan' (any case) is a blank, counted in a note;
-    a cell that is not a number ('DNF', 'inf') is missing; with ``valid`` = (test, what it is), so is a number that fails the test (a year
-    20240 is no season). Up to 1% of the column's given cells may be such, counted in a note
-    each; beyond, an error names the file, the column and examples. ``integer``: whole numbers
-    only (an error otherwise), as Int64."""
+    a cell that is not a number ('DNF', 'inf') is missing; with ``valid`` = (test, what it is),
+    so is a number that fails the test (a year 20240 is no season). Up to 1% of the column's
+    given cells may be such, counted in a note each; beyond, an error names the file, the
+    column and examples. ``integer``: whole numbers only (an error otherwise), as Int64."""
     text = frame[col]
     try:
         # fast path: Arrow's cast parses millions of cells in C++, but fails on any bad cell
