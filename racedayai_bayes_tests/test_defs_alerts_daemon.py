@@ -32,7 +32,7 @@ import pytest
 from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
 from racedayai_bayes.defs.schedules import REFIT_JOB
-from racedayai_bayes.defs.sensors import WEBHOOK_ENV
+from racedayai_bayes.defs.sensors import ALERT_INTERVAL_ENV, WEBHOOK_ENV
 
 from .conftest import FAST_FIT, REPO, SHORT_FORECAST_FIT, SHORT_SEED_FIT, refit_config
 from .test_defs_concurrency import WORKSPACE, _bin, _env, _stop, _tail, both, running_daemon
@@ -53,9 +53,12 @@ DRIFTING = refit_config(seed_fit={"engine": "exact", **FAST_FIT, "seed": 5, "dri
 LAUNCH_TIMEOUT_S = 180
 FIRST_TICK_TIMEOUT_S = 120
 RUNS_TIMEOUT_S = 480
-ALERT_TIMEOUT_S = 60  # the alert sensors tick every 10 s (ALERT_INTERVAL_S)
+# the alert sensors tick every 2 s here (RACEDAYAI_ALERT_INTERVAL_S; 10 s by default), as
+# often as the daemon's sensor loop allows
+INTERVAL_S = 2
+ALERT_TIMEOUT_S = 60
 LATER_TICKS = 2
-LATER_TICKS_TIMEOUT_S = 90
+LATER_TICKS_TIMEOUT_S = 60
 
 
 @pytest.fixture
@@ -66,7 +69,8 @@ def receiver():
 
 @pytest.fixture
 def alert_env(dagster_home, small_inputs, tmp_path, receiver) -> dict[str, str]:
-    return {**_env(dagster_home, small_inputs, tmp_path / "outputs"), WEBHOOK_ENV: receiver.url}
+    return {**_env(dagster_home, small_inputs, tmp_path / "outputs"), WEBHOOK_ENV: receiver.url,
+            ALERT_INTERVAL_ENV: str(INTERVAL_S)}
 
 
 @pytest.fixture

@@ -1,5 +1,9 @@
 """The alert sensors, evaluated on real runs of a test instance."""
 
+import os
+import re
+import subprocess
+import sys
 import time
 
 import dagster as dg
@@ -30,7 +34,7 @@ def failed_run(small_inputs, tmp_path_factory):
         yield instance, instance.get_run_by_id(result.run_id)
 
 
-@pytest.mark.slow  # a refit of 70.3, ~35 s
+@pytest.mark.slow  # a refit of 70.3, ~10-20 s
 def test_a_models_failed_checks_do_not_hide_why_the_run_failed(small_inputs, tmp_path):
     """The seed models fail their ERROR checks (never blocking: they are only not published);
     the forecast model is published; then the prediction CSV cannot be written (a folder stands
@@ -366,3 +370,23 @@ def test_an_alert_names_what_started_its_run():
     # the tags the command puts on a distance's run
     assert _trigger(run(**cli._run_tags("70.3", "/h/refit_logs/refit-x.log"))) == "racedayai-bayes refit (log /h/refit_logs/refit-x.log)"
     assert _trigger(run()) is None  # the UI's launchpad or `dagster job launch`
+
+
+def test_the_alert_interval_comes_from_the_environment_or_is_ten_seconds():
+    from racedayai_bayes.defs.sensors import ALERT_INTERVAL_ENV, DEFAULT_ALERT_INTERVAL_S, alert_interval_s
+
+    assert DEFAULT_ALERT_INTERVAL_S == 10
+    assert alert_interval_s({}) == alert_interval_s({ALERT_INTERVAL_ENV: " "}) == 10
+    assert alert_interval_s({ALERT_INTERVAL_ENV: "2"}) == 2
+    assert alert_interval_s({ALERT_INTERVAL_ENV: " 3600 "}) == 3600
+    for bad in ("0", "-5", "2.5", "ten", "3601"):
+        with pytest.raises(ValueError, match=rf"{ALERT_INTERVAL_ENV}='{re.escape(bad)}': .* from 1 to 3600"):
+            alert_interval_s({ALERT_INTERVAL_ENV: bad})
+    # read when the code location loads: both alert sensors of a new process take it
+    script = ("from racedayai_bayes.definitions import defs; "
+              "print(sorted(defs.resolve_sensor_def(n).minimum_interval_seconds for n in ('refit_failure_alert', 'check_warning_alert')))")
+    for env, expected in (({ALERT_INTERVAL_ENV: "3"}, "[3, 3]"), ({}, "[10, 10]")):
+        base = {k: v for k, v in os.environ.items() if k != ALERT_INTERVAL_ENV}
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**base, **env}, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip().splitlines()[-1] == expected

@@ -162,8 +162,28 @@ def send_alerts(context, alerts: list[Alert]) -> None:
 
 
 # Run-status sensors keep a cursor over finished runs: a shorter interval only makes alerts
-# arrive sooner (within ~10 s of the run's end), never twice.
-ALERT_INTERVAL_S = 10
+# arrive sooner (within about one interval of the run's end), never twice.
+ALERT_INTERVAL_ENV = "RACEDAYAI_ALERT_INTERVAL_S"
+DEFAULT_ALERT_INTERVAL_S = 10
+
+
+def alert_interval_s(environ=os.environ) -> int:
+    """The alert sensors' minimum interval in seconds: RACEDAYAI_ALERT_INTERVAL_S, a whole
+    number from 1 to 3600, read when the code location loads (default 10)."""
+    text = environ.get(ALERT_INTERVAL_ENV, "").strip()
+    if not text:
+        return DEFAULT_ALERT_INTERVAL_S
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 3600:
+        raise ValueError(f"{ALERT_INTERVAL_ENV}={text!r}: the alert sensors' interval must be a whole number of "
+                         f"seconds from 1 to 3600 (unset: {DEFAULT_ALERT_INTERVAL_S})")
+    return value
+
+
+ALERT_INTERVAL_S = alert_interval_s()
 
 
 # Every run of the instance, whatever launched it: Dagster matches a run-status sensor to
