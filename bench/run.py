@@ -127,6 +127,7 @@ class TreeRSS(threading.Thread):
         # pid -> (user s, system s), as last sampled: a process shorter than a sample is missed,
         # and a pid the kernel reuses within the run keeps only its last process's time
         self.cpu: dict[int, tuple[float, float]] = {}
+        self.commands: dict[int, str] = {}  # pid -> its command line, as first seen
 
     def _cpu(self, pid: int) -> None:
         try:
@@ -135,6 +136,8 @@ class TreeRSS(threading.Thread):
             return
         tick = os.sysconf("SC_CLK_TCK")
         self.cpu[pid] = (int(fields[11]) / tick, int(fields[12]) / tick)  # utime, stime
+        if pid not in self.commands:
+            self.commands[pid] = self._command(pid)
 
     def cpu_seconds(self) -> tuple[float, float]:
         """(user, system) CPU seconds of every process seen in the tree, up to its last sample."""
@@ -382,6 +385,11 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
         "machine_idle_s": None if "idle" not in ticks else round(ticks["idle"], 2),
         "machine_cpus": os.cpu_count(),
         "step_wall_s": history["steps"],
+        # each step process's CPU seconds (user, system) as last sampled; the rest of the
+        # tree (the command, the run workers, the step server) under "other"
+        "step_cpu_s": _step_cpu(mon.cpu, history["pids"]),
+        "other_cpu_s": {f"{mon.commands.get(pid, '?')} (pid {pid})": [round(u, 2), round(s, 2)]
+                        for pid, (u, s) in mon.cpu.items() if pid not in history["pids"] and u + s >= 0.05},
         # what the process tree held at its PSS peak: each process's PSS, step processes by step
         "peak_parts_mb": {f"{history['pids'].get(pid, command)} (pid {pid})": round(kb / 1024)
                           for pid, kb, command in sorted(mon.peak_parts, key=lambda x: -x[1])},
@@ -390,6 +398,15 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
         "models": decisions,
         "refit_output": log.splitlines()[-25:],
     }
+
+
+def _step_cpu(cpu: dict[int, tuple[float, float]], pids: dict[int, str]) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for pid, (user, system) in cpu.items():
+        key = pids.get(pid, "other")
+        u, s = out.get(key, [0.0, 0.0])
+        out[key] = [round(u + user, 2), round(s + system, 2)]
+    return dict(sorted(out.items()))
 
 
 def full_scale(args) -> dict:
@@ -764,8 +781,15 @@ def _refit_lines(title: str, fs: dict) -> list[str]:
             lines += ["", f"forecast against seed_asof on the same {v['rows']:,} rows in {v['editions']} editions: "
                       f"MAE of bayes_p50 x{v['mae_p50_ratio']} ({(1 - v['mae_p50_ratio']) * 100:.0f}% lower), "
                       f"ELPD {v['elpd_diff']:+.4f} per row ± {v['elpd_diff_se']:.4f} (**{v['elpd_diff_in_se']} clustered SEs**).", ""]
-    lines += ["Wall time per step (s):", "", "| step | s |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in sorted(fs["step_wall_s"].items())]
+    cpu = fs.get("step_cpu_s", {})
+    lines += ["Per step: wall seconds, and the CPU seconds of its process (user, system; sampled every 0.2 s, "
+              "so a slight undercount; `other` is the rest of the tree: the command, the run workers, the step server):",
+              "", "| step | wall s | user s | system s |", "|---|---|---|---|"]
+    for k, v in sorted(fs["step_wall_s"].items()):
+        u, s = cpu.get(k, ("", ""))
+        lines.append(f"| {k} | {v} | {u} | {s} |")
+    if "other" in cpu:
+        lines.append(f"| other | | {cpu['other'][0]} | {cpu['other'][1]} |")
     if fs.get("peak_parts_mb"):
         lines += ["", "At the memory peak, each process of the tree (PSS, MB; a step process by its step):", "",
                   "| process | MB |", "|---|---|"]
