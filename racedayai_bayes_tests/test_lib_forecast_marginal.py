@@ -18,7 +18,10 @@ def small_problem(seed: int = 1, n: int = 160, athletes: int = 45):
     z = rng.standard_normal((n, 2))
     x = M.design_matrix([g, 3 + c, 8 + co], z, K)
     y = rng.standard_normal(n) * 0.2
-    return M.FitData(y=y, x=x, first=first, athlete=athlete, block_slices=SLICES)
+    # athletes of either class (tau or tau_other); an athlete is of class 1 if any of their
+    # rows says so, so some athletes' rows disagree
+    other_known = (athlete % 3 == 0) & (rng.random(n) < 0.8)
+    return M.FitData(y=y, x=x, first=first, athlete=athlete, block_slices=SLICES, other_known=other_known)
 
 
 def test_design_matrix_has_one_one_per_block_and_the_dense_columns():
@@ -40,7 +43,7 @@ def test_log_likelihood_equals_the_dense_multivariate_normal(seed):
     data = small_problem(seed)
     stats = M.pattern_stats(data)
     rng = np.random.default_rng(seed)
-    thetas = np.log(rng.uniform(0.03, 0.3, size=(4, 5)))
+    thetas = np.log(rng.uniform(0.03, 0.3, size=(4, len(M.SCALES))))
     got = M.evaluate(stats, thetas).log_lik
     want = [M.dense_log_lik(data, th) for th in thetas]
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-8)
@@ -52,7 +55,7 @@ def test_statistics_made_in_several_passes_equal_one_pass(chunk_rows):
     to the statistics of one pass over every row."""
     data = small_problem(5)
     one, many = M.pattern_stats(data), M.pattern_stats(data, chunk_rows=chunk_rows)
-    for name in ("kind", "h1", "h2", "term_n", "pat_n", "pat_count", "n_class"):
+    for name in ("kind", "h1", "h2", "term_n", "term_class", "pat_n", "pat_count", "pat_class", "n_class"):
         np.testing.assert_array_equal(getattr(many, name), getattr(one, name))
     np.testing.assert_allclose(many.mat_t.toarray(), one.mat_t.toarray(), rtol=1e-12, atol=1e-12)
     for name in ("vec", "scal"):
@@ -69,11 +72,12 @@ def test_statistics_do_not_depend_on_how_the_design_is_stored():
                              data.x.toarray()[:, SLICES["slope"]], K)
     data.x.data[::7] = 0.0  # some entries 0: one-hot ones (as for a row without a course), covariates too
     want = M.pattern_stats(data)
-    ragged = M.FitData(y=data.y, x=data.x.copy(), first=data.first, athlete=data.athlete, block_slices=SLICES)
+    ragged = M.FitData(y=data.y, x=data.x.copy(), first=data.first, athlete=data.athlete, block_slices=SLICES,
+                       other_known=data.other_known)
     ragged.x.eliminate_zeros()
     assert len(set(np.diff(ragged.x.indptr))) > 1
     no_dense = M.FitData(y=data.y, x=data.x, first=data.first, athlete=data.athlete,
-                         block_slices={k: v for k, v in SLICES.items() if k != "slope"})
+                         block_slices={k: v for k, v in SLICES.items() if k != "slope"}, other_known=data.other_known)
     for other in (M.pattern_stats(ragged), M.pattern_stats(no_dense)):
         np.testing.assert_allclose(other.mat_t.toarray(), want.mat_t.toarray(), rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(other.vec, want.vec, rtol=1e-12, atol=1e-12)
@@ -90,7 +94,7 @@ def test_statistics_do_not_depend_on_how_the_design_is_stored():
 def test_batch_evaluation_equals_one_at_a_time(monkeypatch):
     monkeypatch.setattr(M, "MATRIX_BATCH", 2)  # several matrix batches within one evaluation
     stats = M.pattern_stats(small_problem())
-    thetas = np.log(np.random.default_rng(0).uniform(0.03, 0.3, size=(5, 5)))
+    thetas = np.log(np.random.default_rng(0).uniform(0.03, 0.3, size=(5, len(M.SCALES))))
     batch = M.evaluate(stats, thetas).log_lik
     single = [M.evaluate(stats, th[None, :]).log_lik[0] for th in thetas]
     np.testing.assert_allclose(batch, single, rtol=0, atol=1e-9)
@@ -103,7 +107,7 @@ def test_an_evaluation_in_a_workspace_equals_one_in_fresh_memory():
     rng = np.random.default_rng(1)
     workspace = M.Workspace()
     for n in (3, 4, 2):  # the workspace grows, then is reused
-        thetas = np.log(rng.uniform(0.03, 0.3, size=(n, 5)))
+        thetas = np.log(rng.uniform(0.03, 0.3, size=(n, len(M.SCALES))))
         want = M.evaluate(stats, thetas)
         got = M.evaluate(stats, thetas, workspace)
         np.testing.assert_array_equal(got.log_lik, want.log_lik)
@@ -124,7 +128,7 @@ def test_the_factor_is_written_in_place_and_a_matrix_that_is_not_positive_defini
     np.testing.assert_array_equal(batch[1], np.eye(6))
     # within an evaluation: the one theta whose matrix cannot be factored gets -inf, the others theirs
     stats = M.pattern_stats(small_problem())
-    thetas = np.log(np.full((3, 5), 0.1))
+    thetas = np.log(np.full((3, len(M.SCALES)), 0.1))
     real = M.evaluate(stats, thetas).log_lik
     original = M._factor_in_place
     calls = []
@@ -142,13 +146,15 @@ def test_the_factor_is_written_in_place_and_a_matrix_that_is_not_positive_defini
 def test_coefficient_draws_follow_the_exact_conditional_posterior():
     data = small_problem(4)
     stats = M.pattern_stats(data)
-    theta = np.log([0.1, 0.07, 0.12, 0.08, 0.1])
+    theta = np.log([0.1, 0.07, 0.12, 0.08, 0.1, 0.05])
     ev = M.evaluate(stats, theta[None, :])
     # the conditional posterior of b from the dense marginal covariance of y given b
     s = np.exp(theta)
     x = data.x.toarray()
     same = data.athlete[:, None] == data.athlete[None, :]
-    sigma = np.diag(np.where(data.first, s[0] ** 2, s[1] ** 2)) + s[2] ** 2 * same
+    of_class_1 = np.isin(data.athlete, data.athlete[data.other_known])
+    tau = np.where(of_class_1, s[M.SCALES.index("tau_other")], s[M.SCALES.index("tau")])
+    sigma = np.diag(np.where(data.first, s[0] ** 2, s[1] ** 2)) + tau[:, None] ** 2 * same
     d = M.prior_sd(theta[None, :], SLICES, K)[0] ** 2
     precision = np.diag(1 / d) + x.T @ np.linalg.solve(sigma, x)
     cov = np.linalg.inv(precision)
@@ -163,6 +169,34 @@ def test_coefficient_draws_follow_the_exact_conditional_posterior():
 def test_log_prior_is_the_half_normal_of_each_scale_with_the_jacobian():
     from scipy.stats import halfnorm
 
-    theta = np.log([0.05, 0.1, 0.2, 0.3, 0.4])
+    theta = np.log([0.05, 0.1, 0.2, 0.3, 0.4, 0.15])
     want = np.sum(halfnorm(scale=M.PRIOR_SCALE).logpdf(np.exp(theta)) + theta)
     assert M.log_prior(theta[None, :])[0] == pytest.approx(want, rel=1e-12)
+
+
+def test_each_athlete_class_has_its_own_scale():
+    """Athletes of class 1 (the other distance's level known at their first finish here) vary
+    with tau_other, the others with tau: moving one scale moves the likelihood only through
+    the athletes of its class, and with no athlete of class 1, tau_other changes nothing."""
+    data = small_problem(7)
+    stats = M.pattern_stats(data)
+    assert set(stats.pat_class) == {0, 1}
+    base = np.log([0.1, 0.07, 0.12, 0.08, 0.1, 0.05])
+    other = base.copy()
+    other[M.SCALES.index("tau_other")] = np.log(0.2)
+    got = M.evaluate(stats, np.stack([base, other])).log_lik
+    assert got[0] != got[1]
+    np.testing.assert_allclose(got, [M.dense_log_lik(data, base), M.dense_log_lik(data, other)], rtol=1e-10)
+    plain = M.FitData(y=data.y, x=data.x, first=data.first, athlete=data.athlete, block_slices=SLICES)
+    none = M.pattern_stats(plain)
+    assert set(none.pat_class) == {0}
+    same = M.evaluate(none, np.stack([base, other])).log_lik
+    assert same[0] == same[1]
+    # every athlete of class 1, with tau_other equal to tau: the likelihood of one class
+    every = M.FitData(y=data.y, x=data.x, first=data.first, athlete=data.athlete, block_slices=SLICES,
+                      other_known=np.ones(len(data), dtype=bool))
+    swapped = base.copy()
+    swapped[M.SCALES.index("tau_other")] = base[M.SCALES.index("tau")]
+    swapped[M.SCALES.index("tau")] = np.log(0.5)
+    assert M.evaluate(M.pattern_stats(every), swapped[None, :]).log_lik[0] == pytest.approx(
+        M.evaluate(none, base[None, :]).log_lik[0], rel=1e-12)

@@ -227,6 +227,9 @@ class ForecastDesign:
     z: np.ndarray  # (n, n_cov) standardised covariates
     first: np.ndarray  # (n,) bool: first race (noise class 0)
     season: np.ndarray  # (n,) int64
+    # (n,) bool: the other distance's level was known at the athlete's first finish here (or,
+    # before one, is known now): the athlete's level varies with tau_other, not tau (marginal.py)
+    other_known: np.ndarray
 
     def __len__(self) -> int:
         return len(self.gender)
@@ -280,4 +283,14 @@ def encode(rows: pd.DataFrame, enc: ForecastEncoding) -> ForecastDesign:
         z=z,
         first=first_race(rows),
         season=season,
+        other_known=other_level_known(rows),
     )
+
+
+def other_level_known(rows: pd.DataFrame) -> np.ndarray:
+    """Whether the other distance's level was known at the athlete's first finish here (kept
+    from then on; before a finish here: whether it is known now), per row. Rows stored before
+    that history column existed know none (their encodings read no such covariate either)."""
+    if "hist_rel_other_at_debut" not in rows.columns:
+        return np.zeros(len(rows), dtype=bool)
+    return np.isfinite(_at_debut(rows))

@@ -6,7 +6,7 @@ Fitting one distance (the maths is in ``model.py``, ``editions.py``, ``marginal.
 1. encode the training rows (levels and standardised as-of covariates, ``design.py``);
 2. first pass: the day offset of each training edition, and the day's sd (``editions.py``);
 3. the pattern statistics of y minus the offsets (``marginal.py``): one sparse pass;
-4. Laplace fit and independence Metropolis-Hastings over the five scales
+4. Laplace fit and independence Metropolis-Hastings over the six scales
    (lib/inference/imh.py), with one exact draw of the coefficients per kept draw.
 
 Every training row with a course is fitted, none is subsampled; rows without an
@@ -52,6 +52,14 @@ from racedayai_bayes.lib.models.forecast.predict import (
 NAME = "forecast"
 DEFAULT_SEEDS = {"70.3": 42, "140.6": 99}
 SCALE_SITES = marginal.SCALES
+# tau_other is sampled only when at least this many athletes of its class (the other
+# distance's level known at their first finish here) have two or more training rows, which
+# tell their level's spread from the race-to-race noise; with fewer it would be barely more
+# than its prior, which the independence sampler's proposal (a t fitted at the mode) covers
+# poorly (r_hat 1.03 and bulk ESS 133 on a 400-athlete world), so it is tied to tau: one
+# athlete scale for everyone, as before it existed. 458 (140.6) and 704 (70.3) such athletes
+# in the demo world, 17,156 and 26,392 in the full one.
+MIN_TAU_OTHER_ATHLETES = 200
 
 
 @dataclass(frozen=True)
@@ -123,36 +131,57 @@ def _draw_b(payload, rng):
 
 @dataclass
 class ScalePosterior:
-    """Exact draws of the five scales and of the coefficients given them."""
+    """Exact draws of the scales (SCALE_SITES) and of the coefficients given them."""
 
-    scales: np.ndarray  # (chains, draws, 5)
+    scales: np.ndarray  # (chains, draws, len(SCALE_SITES))
     b: np.ndarray  # (chains, draws, K)
     accepted: np.ndarray  # (chains, draws)
     info: dict
 
 
 def sample_posterior(stats: marginal.PatternStats, start: np.ndarray, settings: ForecastSettings, seed: int,
-                     progress: ProgressFn = None, label: str = "forecast") -> ScalePosterior:
+                     progress: ProgressFn = None, label: str = "forecast", tie_tau_other: bool = False) -> ScalePosterior:
     """Laplace fit from ``start`` (log scales), then the independence sampler with one exact
     draw of the coefficients per kept draw: exact draws of p(scales, b | y) (given the
-    edition offsets already taken out of y)."""
+    edition offsets already taken out of y).
+
+    With ``tie_tau_other``, tau_other is tau (one athlete scale for every athlete): the
+    sampler draws the other scales only, and each draw's tau_other is its tau.
+    """
     say = progress or (lambda _m: None)
     s = settings
+    tau, other = marginal.TAU_INDEX
+    free = [i for i in range(len(SCALE_SITES)) if not (tie_tau_other and i == other)]
+
+    def full(theta):  # the free scales' thetas (B, free) -> every scale's (B, len(SCALE_SITES))
+        if not tie_tau_other:
+            return theta
+        out = np.empty((len(theta), len(SCALE_SITES)))
+        out[:, free] = theta
+        out[:, other] = out[:, tau]
+        return out
 
     # every evaluation writes its factors to the same memory: a kept factor is copied out
     # (``_copy``) before the next evaluation (lib/inference/imh.independence_mh)
     workspace = marginal.Workspace()
 
+    def log_posterior(theta):  # the prior on the free scales only: a tied one is not a parameter
+        theta = np.atleast_2d(theta)
+        ev = marginal.evaluate(stats, full(theta), workspace)
+        return ev.log_lik + marginal.log_prior(theta), ev
+
     def log_post(theta):
-        return marginal.log_posterior(stats, theta, workspace)[0]
+        return log_posterior(theta)[0]
 
     t0 = time.perf_counter()
-    lap = imh.laplace(log_post, start, 0.1)
+    lap = imh.laplace(log_post, np.asarray(start, dtype=np.float64)[free], 0.1)
+    mode = full(lap.mode[None, :])[0]
     say(f"{label}: Laplace mode " + ", ".join(
-        f"{n}={v:.4g}" for n, v in zip(SCALE_SITES, np.exp(lap.mode))) + f" ({lap.evaluations} evaluations, {time.perf_counter() - t0:.1f} s)")
+        f"{n}={v:.4g}" for n, v in zip(SCALE_SITES, np.exp(mode))) + (" (tied to tau)" if tie_tau_other else "")
+        + f" ({lap.evaluations} evaluations, {time.perf_counter() - t0:.1f} s)")
 
     def target(theta):
-        lp, ev = marginal.log_posterior(stats, theta, workspace)
+        lp, ev = log_posterior(theta)
         return lp, _Batch(ev)
 
     proposal = imh.MultivariateT(lap.mode, s.proposal_inflate**2 * lap.cov, s.proposal_df)
@@ -161,13 +190,16 @@ def sample_posterior(stats: marginal.PatternStats, start: np.ndarray, settings: 
         draw_fn=_draw_b, copy_fn=_copy, batch=s.batch, adapt=s.adapt, progress=say,
     )
     b = np.array([[result.extra[c][t] for t in range(s.num_samples)] for c in range(s.num_chains)])
+    chains, draws = result.draws.shape[:2]
+    scales = np.exp(full(result.draws.reshape(chains * draws, -1))).reshape(chains, draws, len(SCALE_SITES))
     info = {
-        "laplace_mode": dict(zip(SCALE_SITES, np.exp(lap.mode).tolist())),
+        "laplace_mode": dict(zip(SCALE_SITES, np.exp(mode).tolist())),
+        "tau_other_tied": bool(tie_tau_other),
         "laplace_evaluations": lap.evaluations, "acceptance": result.acceptance,
         "pareto_khat": imh.pareto_khat(result.log_weights),
         "evaluations": result.evaluations + lap.evaluations, "sampling_s": result.info["wall_s"],
     }
-    return ScalePosterior(scales=np.exp(result.draws), b=b, accepted=result.accepted, info=info)
+    return ScalePosterior(scales=scales, b=b, accepted=result.accepted, info=info)
 
 
 class ForecastModel(Model):
@@ -213,6 +245,7 @@ class ForecastModel(Model):
             first=design.first,
             athlete=_athlete_ids(train),
             block_slices=enc.slices,
+            other_known=design.other_known,
         )
         # the statistics need FitData only, and the sampler the statistics only: the row-level
         # arrays (hundreds of MB at full scale) go as soon as they are used, which lowers the
@@ -222,12 +255,20 @@ class ForecastModel(Model):
         t_stats = time.perf_counter() - t1
         num_athletes = int(data.athlete.max()) + 1 if len(data.athlete) else 0  # ids are 0..m-1 (_athlete_ids)
         del data
+        # athletes of tau_other's class with two or more training rows (MIN_TAU_OTHER_ATHLETES)
+        repeat = (stats.pat_n.sum(axis=1) >= 2) & (stats.pat_class == 1)
+        other_athletes = int(stats.pat_count[repeat].sum())
+        tie = other_athletes < MIN_TAU_OTHER_ATHLETES
+        if tie:
+            notes.append(f"tau_other is tau: {other_athletes:,} athletes whose other-distance level was known at their "
+                         f"first finish here have two or more training races (fewer than {MIN_TAU_OTHER_ATHLETES}), "
+                         "too few to tell their own athlete scale")
         say(f"forecast {distance}: statistics of {len(train):,} rows, {num_athletes:,} athletes, "
             f"{len(stats.pat_count)} history patterns, {enc.num_columns} coefficients in {t_stats:.1f} s")
 
-        start = np.log([0.07, 0.07, 0.11, max(first.scales["course"], 0.01), 0.05])
+        start = np.log([0.07, 0.07, 0.11, max(first.scales["course"], 0.01), 0.05, 0.08])  # in SCALE_SITES' order
         seed = s.seed_for(distance)
-        posterior = sample_posterior(stats, start, s, seed, progress=say, label=f"forecast {distance}")
+        posterior = sample_posterior(stats, start, s, seed, progress=say, label=f"forecast {distance}", tie_tau_other=tie)
         if not (np.all(np.isfinite(posterior.scales)) and np.all(posterior.scales < 10.0)):
             # a log-time sd of 10 is a factor of e^10: the posterior was not found, and its
             # forecasts would be meaningless; a data problem, said as one
@@ -237,6 +278,7 @@ class ForecastModel(Model):
         info = {
             "rows": len(train), "athletes": num_athletes,
             "history_patterns": int(len(stats.pat_count)), "coefficients": enc.num_columns,
+            "tau_other_athletes": other_athletes,
             "editions": int(len(ed_course)), "first_pass": {"sigma_eta": first.sigma, **first.scales, "sweeps": first.sweeps},
             **posterior.info, "stats_s": t_stats, "wall_s": time.perf_counter() - t0, "seed": seed,
             "settings": {**asdict(s), "seed": seed},
@@ -255,7 +297,7 @@ class ForecastModel(Model):
 class FittedForecast(FittedModel):
     distance: str
     encoding: fdesign.ForecastEncoding
-    scales: np.ndarray  # (chains, draws, 5)
+    scales: np.ndarray  # (chains, draws, len(SCALE_SITES))
     b: np.ndarray  # (chains, draws, K)
     accepted: np.ndarray  # (chains, draws)
     offsets: pd.DataFrame  # course index, season, day offset of every training edition
@@ -348,10 +390,16 @@ class FittedForecast(FittedModel):
         _, _, _, a, w = self._prepared(frame)
         return a, w
 
+    def athlete_scale(self, design: fdesign.ForecastDesign) -> np.ndarray:
+        """Each row's athlete scale at its posterior mean: tau_other where the other distance's
+        level was known at the athlete's first finish here, tau elsewhere (marginal.py)."""
+        mean = self.scales_mean
+        return np.where(design.other_known, mean[SCALE_SITES.index("tau_other")], mean[SCALE_SITES.index("tau")])
+
     def forecast(self, design: fdesign.ForecastDesign, athlete_a: np.ndarray, athlete_w: np.ndarray,
                  log_time: np.ndarray | None = None, progress: ProgressFn = None) -> dict[str, np.ndarray]:
         return predictive(design, self.encoding, self.population(), athlete_a, athlete_w,
-                          float(self.scales_mean[SCALE_SITES.index("tau")]), log_time=log_time, progress=progress)
+                          self.athlete_scale(design), log_time=log_time, progress=progress)
 
     def predict(self, frame: pd.DataFrame, rows: np.ndarray | None = None, *, log_density: bool = False,
                 progress: ProgressFn = None) -> Prediction:
@@ -502,8 +550,8 @@ class FittedForecast(FittedModel):
         log_time = None
         if "total_sec" in rows and rows["total_sec"].notna().any():
             log_time = np.log(rows["total_sec"].to_numpy(dtype=np.float64, na_value=np.nan))
-        out = predictive(design, self.encoding, self.population(draws), a, w,
-                         float(self.scales_mean[SCALE_SITES.index("tau")]), log_time=log_time)
+        out = predictive(design, self.encoding, self.population(draws), a, w, self.athlete_scale(design),
+                         log_time=log_time)
         pred = Prediction(out["mean"], out["sd"], out["p05"], out["p50"], out["p95"], out.get("log_density"))
         return pred, {"history_races": rows["hist_starts"].to_numpy(), "new_course": design.new_course}
 
@@ -596,7 +644,10 @@ def _take(design: fdesign.ForecastDesign, rows: np.ndarray) -> fdesign.ForecastD
 def load(idata, attrs: dict) -> FittedForecast:
     enc = fdesign.ForecastEncoding.from_json(attrs["racedayai_encoding"])
     post = idata.posterior
-    scales = np.stack([np.asarray(post[s].values) for s in SCALE_SITES], axis=-1)
+    # an artifact written before tau_other existed had one athlete scale for every athlete:
+    # its tau is both classes' (the same forecasts as when it was written)
+    scales = np.stack([np.asarray(post[s if s in post or s != "tau_other" else "tau"].values) for s in SCALE_SITES],
+                      axis=-1)
     chains, draws = scales.shape[:2]
     b = np.concatenate([
         np.asarray(post["gender"].values),

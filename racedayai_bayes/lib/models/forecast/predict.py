@@ -11,7 +11,11 @@ when the fit never saw them. With :math:`\bar w_k = (\bar\sigma^2_{h(k)} + e_k)^
 .. math::
 
     A = \textstyle\sum_{k} \bar w_k r_k,\quad W = \sum_k \bar w_k,\qquad
-    u_j \mid \text{earlier races} \sim N\big(A/\lambda,\ 1/\lambda\big),\ \lambda = \bar\tau^{-2} + W.
+    u_j \mid \text{earlier races} \sim N\big(A/\lambda,\ 1/\lambda\big),\ \lambda = \bar\tau^{-2} + W,
+
+with :math:`\bar\tau` the posterior mean of the athlete's own scale: ``tau_other`` when the
+other distance's level was known at their first finish here (before one: is known now),
+``tau`` otherwise (marginal.py).
 
 (A, W) is the athlete's **as-of summary**: two numbers, computed at the posterior means of
 the population parameters, as the issue asks, and additive over seasons.
@@ -53,7 +57,7 @@ _Z = ndtri(np.asarray(QUANTILES))
 
 @dataclass
 class PopulationDraws:
-    """Draws of the population parameters: ``scales`` (D, 5) in the order of marginal.SCALES, ``b`` (D, K)."""
+    """Draws of the population parameters: ``scales`` (D, len(marginal.SCALES)) in that order, ``b`` (D, K)."""
 
     scales: np.ndarray
     b: np.ndarray
@@ -96,7 +100,7 @@ def _tables(design: ForecastDesign, enc: ForecastEncoding, draws: PopulationDraw
     intercept c and variance S; tabulate both per combination. Returns (inverse, c, S, slopes)
     with c, S of shape (combinations, D) and slopes (D, p)."""
     sl = enc.slices
-    scales2 = draws.scales**2  # (D, 5)
+    scales2 = draws.scales**2  # (D, len(marginal.SCALES))
     cell = np.where(design.cell >= 0, design.cell, -1)
     course = np.where((design.course >= 0) & ~design.new_course, design.course, -1)
     h = (~design.first).astype(np.int64)
@@ -125,7 +129,8 @@ def _tables(design: ForecastDesign, enc: ForecastEncoding, draws: PopulationDraw
 
 
 def _athlete(athlete_a, athlete_w, tau_mean):
-    lam = 1.0 / tau_mean**2 + np.asarray(athlete_w, dtype=np.float64)
+    """Each row's athlete posterior (mean, variance); ``tau_mean`` one scale or one per row."""
+    lam = 1.0 / np.asarray(tau_mean, dtype=np.float64)**2 + np.asarray(athlete_w, dtype=np.float64)
     return np.asarray(athlete_a, dtype=np.float64) / lam, 1.0 / lam
 
 
@@ -143,7 +148,8 @@ def predictive(
 ) -> dict[str, np.ndarray]:
     r"""Forecast summaries per row (module docstring), in seconds, and log densities.
 
-    ``athlete_a``, ``athlete_w``: each row's as-of summary (A, W); ``log_time``: observed
+    ``athlete_a``, ``athlete_w``: each row's as-of summary (A, W); ``tau_mean``: the athlete
+    scale's posterior mean, one for every row or one per row; ``log_time``: observed
     log(total_sec) of the rows whose log density is wanted (NaN elsewhere, or None).
     Returns ``mean``, ``sd``, ``p05``, ``p50``, ``p95`` (seconds), ``log_mean`` and
     ``log_sd`` (the mixture's, on the log scale) and, with ``log_time``, ``log_density``.
