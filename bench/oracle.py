@@ -694,7 +694,7 @@ def report(setup: Setup, res: dict, wall: float) -> str:
              f"{pm(se['140.6'].loc['debut after other dist.', 'MAE M-B'], se['140.6'].loc['debut after other dist.', 'MAE M-B SE'])} min and "
              f"{pm(se['140.6'].loc['debut after other dist.', 'LPD M-B'], se['140.6'].loc['debut after other dist.', 'LPD M-B SE'], 3)} nats at 140.6. "
              f"The true level (ability + trend) there spreads by sd {q5['70.3']['spread'].loc[deb, 'sd given B']:.3f} (70.3) and "
-             f"{q5['140.6']['spread'].loc[deb, 'sd given B']:.3f} (140.6) against the model's tau of "
+             f"{q5['140.6']['spread'].loc[deb, 'sd given B']:.3f} (140.6) against the model's athlete scale for them (tau_other) of "
              f"{q5['70.3']['tau']:.3f} and {q5['140.6']['tau']:.3f}, and the model's intervals there cover "
              f"{g['70.3'].loc['debut after other dist.', 'cov90 M']:.3f} and {g['140.6'].loc['debut after other dist.', 'cov90 M']:.3f}. "
              "Swapping tau for the true spread around a regression on hist_rel_other moves that coverage to "
@@ -803,7 +803,7 @@ def report(setup: Setup, res: dict, wall: float) -> str:
              "true latent time and of the model's log p50 on hist_rel_other (with log_med, gender, course). All seasons.\n")
     for d in DISTANCES:
         q = q5[d]
-        L.append(f"**{d}**: the model's tau {q['tau']:.4f}; the floor if the other distance's ability were known exactly "
+        L.append(f"**{d}**: the model's athlete scale for these athletes (tau_other) {q['tau']:.4f}; the floor if the other distance's ability were known exactly "
                  f"{q['floor']:.4f}.\n")
         L.append(fmt_table(q["spread"], {"n": "{:d}", "sd*": "{:.4f}", "B posterior sd": "{:.4f}", "slope*": "{:.3f}"}) + "\n")
         L.append("Swapping tau for the true spread inside the model's spread (sd^2 - tau^2 + new^2; Normal approximation):\n")
@@ -862,7 +862,10 @@ def main() -> None:
         checks.append(f"{d}: `bayesian_predictions_{d}.csv` lines up row by row ({len(r):,} rows; athlete_hash, "
                       f"event_name, event_year and total_sec equal), so the join is by position: {int((~named).sum()):,} "
                       f"rows have a blank athlete_hash; named rows have {dup} duplicate (athlete, event, season) keys.")
-    tau = pd.read_csv(setup.outputs / "forecast_posterior_means.csv", dtype={"distance": str}).set_index("distance")["tau"]
+    # the athlete scale of a debut after the other distance: tau_other since 2026-12-06 (the
+    # other distance's level is known at the first finish here), tau for an older posterior
+    means = pd.read_csv(setup.outputs / "forecast_posterior_means.csv", dtype={"distance": str}).set_index("distance")
+    tau = means["tau_other"].fillna(means["tau"]) if "tau_other" in means else means["tau"]
     for r in rows.values():
         add_groups(r)
         score_model(r)

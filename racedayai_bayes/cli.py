@@ -790,6 +790,12 @@ def _check_settings(args: argparse.Namespace) -> None:
         problems.append(f"--holdout/--holdout-season: {split_problem}")
     if problems:
         raise UserError(f"invalid refit settings: {'; '.join(problems)}")
+    from racedayai_bayes.lib.outputs.alerts import alert_interval_s
+
+    try:  # read by the code location as it loads (defs/sensors.py): a bad value would stop it there
+        alert_interval_s()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _flag(flags: dict[str, str], loc) -> str:

@@ -272,6 +272,18 @@ def test_invalid_settings_end_with_one_message_and_exit_1(dagster_home, small_in
     assert not list((dagster_home / cli.LOG_FOLDER).glob("refit-*.log"))  # and no log of one is left
 
 
+def test_a_bad_alert_interval_ends_with_one_message_and_exit_1(dagster_home, small_inputs, monkeypatch, tmp_path, capfd):
+    """RACEDAYAI_ALERT_INTERVAL_S is read as the code location loads; the command checks it first."""
+    monkeypatch.setenv("RACEDAYAI_INPUT_DIR", str(small_inputs))
+    monkeypatch.setenv("RACEDAYAI_OUTPUT_DIR", str(tmp_path / "out"))
+    monkeypatch.setenv("RACEDAYAI_ALERT_INTERVAL_S", "ten")
+    code, out, err = _run_cli(["refit"], capfd)
+    assert code == 1 and "Traceback" not in out + err and "run " not in out
+    assert err.strip() == ("error: RACEDAYAI_ALERT_INTERVAL_S='ten': the alert sensors' interval must be a whole "
+                           "number of seconds from 1 to 3600 (unset: 10)")
+    assert not list((dagster_home / cli.LOG_FOLDER).glob("refit-*.log"))
+
+
 def test_a_dagster_home_without_dagster_yaml_is_noted(tmp_path, small_inputs, monkeypatch, capfd):
     """An empty folder as DAGSTER_HOME works (Dagster's defaults), but without the repository's
     run queue limits: the command says so on its first line."""

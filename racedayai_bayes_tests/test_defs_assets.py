@@ -97,7 +97,7 @@ def test_whole_graph_writes_both_prediction_csvs_and_means(graph_run):
     assert {"mu_global", "sigma", "sigma_age", "mu_gender_0", "mu_gender_1", "mu_age_0", "mu_cluster_0"} <= set(means.columns)
     forecast = pd.read_csv(out / "forecast_posterior_means.csv", dtype={"distance": str})
     assert forecast["distance"].tolist() == ["70.3", "140.6"]
-    assert {"sigma_first", "sigma_returning", "tau", "sigma_course", "sigma_cell", "day_sd"} <= set(forecast.columns)
+    assert {"sigma_first", "sigma_returning", "tau", "sigma_course", "sigma_cell", "tau_other", "day_sd"} <= set(forecast.columns)
 
 
 def test_every_model_is_judged_by_its_own_checks_per_distance(graph_run):

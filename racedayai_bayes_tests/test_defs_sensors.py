@@ -373,13 +373,13 @@ def test_an_alert_names_what_started_its_run():
 
 
 def test_the_alert_interval_comes_from_the_environment_or_is_ten_seconds():
-    from racedayai_bayes.defs.sensors import ALERT_INTERVAL_ENV, DEFAULT_ALERT_INTERVAL_S, alert_interval_s
+    from racedayai_bayes.lib.outputs.alerts import ALERT_INTERVAL_ENV, DEFAULT_ALERT_INTERVAL_S, alert_interval_s
 
     assert DEFAULT_ALERT_INTERVAL_S == 10
     assert alert_interval_s({}) == alert_interval_s({ALERT_INTERVAL_ENV: " "}) == 10
     assert alert_interval_s({ALERT_INTERVAL_ENV: "2"}) == 2
     assert alert_interval_s({ALERT_INTERVAL_ENV: " 3600 "}) == 3600
-    for bad in ("0", "-5", "2.5", "ten", "3601"):
+    for bad in ("0", "-5", "+5", "1_0", "2.5", "ten", "3601", "\u0663"):
         with pytest.raises(ValueError, match=rf"{ALERT_INTERVAL_ENV}='{re.escape(bad)}': .* from 1 to 3600"):
             alert_interval_s({ALERT_INTERVAL_ENV: bad})
     # read when the code location loads: both alert sensors of a new process take it

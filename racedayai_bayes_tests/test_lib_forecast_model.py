@@ -553,9 +553,10 @@ def test_rows_read_a_course_alike_whatever_its_case_or_spacing(world):
     assert index.tolist() == [-1, 0, -1]  # ambiguous: no guess; exact: its own; blank: new
 
 
-def test_an_artifact_written_before_tau_other_reads_tau_for_every_athlete(fitted):
-    """A posterior stored before the athlete scale of the other distance's class existed has
-    one athlete scale: load() gives it to both classes, so its forecasts are the ones it made."""
+def test_an_artifact_written_before_tau_other_reads_tau_for_every_athlete(world, fitted):
+    """A posterior stored before the athlete scale of the other distance's class existed, as an
+    artifact or pickled between steps, has one athlete scale: both give it to both classes, so
+    its forecasts are the ones it made."""
     from racedayai_bayes.lib.models.forecast.fit import load
 
     idata = fitted.inference_data()
@@ -565,18 +566,33 @@ def test_an_artifact_written_before_tau_other_reads_tau_for_every_athlete(fitted
     loaded = load(old, attrs)
     i, j = SCALE_SITES.index("tau"), SCALE_SITES.index("tau_other")
     np.testing.assert_array_equal(loaded.scales[..., j], fitted.scales[..., i])
+    np.testing.assert_array_equal(np.delete(loaded.scales, j, axis=-1), np.delete(fitted.scales, j, axis=-1))
     np.testing.assert_array_equal(load(idata, attrs).scales, fitted.scales)
+    rows, _ = world
+    design = fdesign.encode(rows, fitted.encoding)
+    assert design.other_known.any() and (~design.other_known).any()
+    assert set(loaded.athlete_scale(design)) == {float(fitted.scales_mean[i])}  # one athlete scale for every row
+    # a posterior pickled between steps before tau_other existed (five scale columns): the same
+    import pickle
+
+    state = fitted.__getstate__()
+    state["scales"] = np.delete(fitted.scales, j, axis=-1)
+    stored = object.__new__(type(fitted))
+    stored.__dict__.update(state)
+    restored = pickle.loads(pickle.dumps(stored))
+    np.testing.assert_array_equal(restored.scales, loaded.scales)
+    assert restored.posterior_means()["tau_other"] == restored.posterior_means()["tau"]
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(fitted)).scales, fitted.scales)
 
 
-def test_tau_other_is_tau_when_too_few_athletes_could_tell_it(world, monkeypatch):
+def test_tau_other_is_tau_when_too_few_athletes_could_tell_it(world, fitted, monkeypatch):
     """With fewer than MIN_TAU_OTHER_ATHLETES athletes of tau_other's class racing here twice
     or more, the fit ties tau_other to tau (the sampler draws the other five scales), says so
     in its notes, and its forecasts use one athlete scale for everyone; with enough, it draws
     both, and they differ (the world's truth: 0.12 and 0.06)."""
     from racedayai_bayes.lib.models.forecast import fit as ffit
 
-    rows, effects = world
-    fitted = ForecastModel(FAST).fit(rows, "70.3")
+    rows, _ = world
     assert not fitted.info["tau_other_tied"] and fitted.info["tau_other_athletes"] >= ffit.MIN_TAU_OTHER_ATHLETES
     i, j = SCALE_SITES.index("tau"), SCALE_SITES.index("tau_other")
     assert np.mean(fitted.scales[..., i] > fitted.scales[..., j]) > 0.99

@@ -11,7 +11,7 @@ import time
 
 import dagster as dg
 
-from racedayai_bayes.lib.outputs.alerts import Alert, post_json, slack_payload
+from racedayai_bayes.lib.outputs.alerts import Alert, alert_interval_s, post_json, slack_payload
 from racedayai_bayes.lib.runreport import CLI_LOG_TAG
 
 from .checks import BLOCKING_CHECKS
@@ -162,27 +162,9 @@ def send_alerts(context, alerts: list[Alert]) -> None:
 
 
 # Run-status sensors keep a cursor over finished runs: a shorter interval only makes alerts
-# arrive sooner (within about one interval of the run's end), never twice.
-ALERT_INTERVAL_ENV = "RACEDAYAI_ALERT_INTERVAL_S"
-DEFAULT_ALERT_INTERVAL_S = 10
-
-
-def alert_interval_s(environ=os.environ) -> int:
-    """The alert sensors' minimum interval in seconds: RACEDAYAI_ALERT_INTERVAL_S, a whole
-    number from 1 to 3600, read when the code location loads (default 10)."""
-    text = environ.get(ALERT_INTERVAL_ENV, "").strip()
-    if not text:
-        return DEFAULT_ALERT_INTERVAL_S
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 3600:
-        raise ValueError(f"{ALERT_INTERVAL_ENV}={text!r}: the alert sensors' interval must be a whole number of "
-                         f"seconds from 1 to 3600 (unset: {DEFAULT_ALERT_INTERVAL_S})")
-    return value
-
-
+# arrive sooner (within about one interval of the run's end, or the daemon's sensor loop of
+# about 5 s if that is longer), never twice. A bad value stops the code location from loading
+# with the message of alert_interval_s (`racedayai-bayes refit` checks it first).
 ALERT_INTERVAL_S = alert_interval_s()
 
 

@@ -14,6 +14,23 @@ from dataclasses import asdict, dataclass
 
 log = logging.getLogger(__name__)
 
+ALERT_INTERVAL_ENV = "RACEDAYAI_ALERT_INTERVAL_S"
+DEFAULT_ALERT_INTERVAL_S = 10
+
+
+def alert_interval_s(environ=None) -> int:
+    """The alert sensors' minimum interval in seconds: RACEDAYAI_ALERT_INTERVAL_S, a whole
+    number from 1 to 3600 (default 10); anything else is a ValueError naming the variable."""
+    import os
+
+    text = (os.environ if environ is None else environ).get(ALERT_INTERVAL_ENV, "").strip()
+    if not text:
+        return DEFAULT_ALERT_INTERVAL_S
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 3600):
+        raise ValueError(f"{ALERT_INTERVAL_ENV}={text!r}: the alert sensors' interval must be a whole number of "
+                         f"seconds from 1 to 3600 (unset: {DEFAULT_ALERT_INTERVAL_S})")
+    return int(text)
+
 
 @dataclass(frozen=True)
 class Alert:

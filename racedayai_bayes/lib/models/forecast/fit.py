@@ -57,8 +57,12 @@ SCALE_SITES = marginal.SCALES
 # tell their level's spread from the race-to-race noise; with fewer it would be barely more
 # than its prior, which the independence sampler's proposal (a t fitted at the mode) covers
 # poorly (r_hat 1.03 and bulk ESS 133 on a 400-athlete world), so it is tied to tau: one
-# athlete scale for everyone, as before it existed. 458 (140.6) and 704 (70.3) such athletes
-# in the demo world, 17,156 and 26,392 in the full one.
+# athlete scale for everyone, as before it existed. Measured 2026-12-06 with the default
+# settings on the test world (racedayai_bayes_tests/forecast_world.py, 6 seeds each): with
+# 42-60 such athletes every scale passes (max r_hat 1.0086, min bulk ESS 830), with 89-106 and
+# 172-202 as well (1.0072, 880); with 21-30 (150-athlete worlds) 3 of 6 fits fail, on other
+# scales too. 458 (140.6) and 704 (70.3) such athletes in the demo world, 17,156 and 26,392 in
+# the full one.
 MIN_TAU_OTHER_ATHLETES = 200
 
 
@@ -315,6 +319,12 @@ class FittedForecast(FittedModel):
         state = self.__dict__.copy()
         state["_prepared_for"] = None  # a cache of this process's frames, not part of the posterior
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        # a posterior stored (pickled between steps) before tau_other existed: see with_every_scale
+        state = dict(state)
+        state["scales"] = with_every_scale(state["scales"])
+        self.__dict__.update(state)
 
     # ------------------------------------------------------------------ posterior
 
@@ -641,13 +651,22 @@ def _take(design: fdesign.ForecastDesign, rows: np.ndarray) -> fdesign.ForecastD
     return fdesign.ForecastDesign(**{k: getattr(design, k)[rows] for k in design.__dataclass_fields__})
 
 
+def with_every_scale(scales: np.ndarray) -> np.ndarray:
+    """Draws of the scales (..., len(SCALE_SITES)); draws of a posterior made before tau_other
+    existed (its last column) had one athlete scale for every athlete: its tau is both
+    classes', which gives the forecasts it gave then."""
+    scales = np.asarray(scales)
+    if scales.shape[-1] == len(SCALE_SITES) - 1 and SCALE_SITES[-1] == "tau_other":
+        tau = scales[..., SCALE_SITES.index("tau")]
+        return np.concatenate([scales, tau[..., None]], axis=-1)
+    return scales
+
+
 def load(idata, attrs: dict) -> FittedForecast:
     enc = fdesign.ForecastEncoding.from_json(attrs["racedayai_encoding"])
     post = idata.posterior
-    # an artifact written before tau_other existed had one athlete scale for every athlete:
-    # its tau is both classes' (the same forecasts as when it was written)
-    scales = np.stack([np.asarray(post[s if s in post or s != "tau_other" else "tau"].values) for s in SCALE_SITES],
-                      axis=-1)
+    names = [s for s in SCALE_SITES if s != "tau_other" or s in post]  # any other one missing: a KeyError
+    scales = with_every_scale(np.stack([np.asarray(post[s].values) for s in names], axis=-1))
     chains, draws = scales.shape[:2]
     b = np.concatenate([
         np.asarray(post["gender"].values),

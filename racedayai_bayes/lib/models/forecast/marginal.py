@@ -488,13 +488,6 @@ def _factor_in_place(mat: np.ndarray) -> bool:
     return True
 
 
-def log_posterior(stats: PatternStats, theta: np.ndarray,
-                  workspace: Workspace | None = None) -> tuple[np.ndarray, Evaluation]:
-    """log p(theta | y) up to a constant, for a batch, with the evaluation behind it."""
-    ev = evaluate(stats, theta, workspace)
-    return ev.log_lik + log_prior(np.atleast_2d(theta)), ev
-
-
 def draw_coefficients(ev: Evaluation, index: int, rng: np.random.Generator) -> np.ndarray:
     """One exact draw of b | y, theta for the ``index``-th theta of an evaluation."""
     return draw_b(ev.upper[index], ev.v[index], rng)

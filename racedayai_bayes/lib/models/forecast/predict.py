@@ -140,7 +140,7 @@ def predictive(
     draws: PopulationDraws,
     athlete_a: np.ndarray,
     athlete_w: np.ndarray,
-    tau_mean: float,
+    tau_mean: float | np.ndarray,
     *,
     log_time: np.ndarray | None = None,
     chunk_rows: int = 65536,
