@@ -875,7 +875,9 @@ def _write(results: dict) -> None:
                   "| process | median s (3 runs) |", "|---|---|",
                   f"| `racedayai-bayes forecast` (import, open the artifact, read the start list, forecast, write) | {fc['forecast_s']} |",
                   f"| import the package and open the artifact only | {fc['import_and_open_s']} |", "",
-                  f"The forecast itself: {fc['forecast_only_s']} s. Under 2 s: {'yes' if fc['under_2_s'] else 'NO'}.", ""]
+                  (f"The forecast itself: {fc['forecast_only_s']} s. " if fc["forecast_only_s"] >= 0.05 else
+                   "The forecast itself: within the noise of the two processes' start-up (their medians differ by "
+                   f"{fc['forecast_only_s']} s). ") + f"Under 2 s: {'yes' if fc['under_2_s'] else 'NO'}.", ""]
     var = results.get("variance")
     if var:
         lines += ["## The synthetic world's variance structure against the real one", "",
