@@ -15,7 +15,7 @@ The forecasts are bench/_work/full_outputs/bayesian_predictions_{70.3,140.6}.csv
    distances) and a few variants of B, on the held-out season and the fitted seasons, by
    group (first race, finishes here, debut after the other distance, new course), with
    edition-clustered SEs of the model-minus-B differences, and, for debuts after finishes at the
-   other distance, the true spread of ability there against the model's tau;
+   other distance, the true spread of ability there against the model's athlete scale for them (tau_other);
 4. writes bench/ORACLE.md.
 
 Run: `.venv/bin/python bench/oracle.py` from anywhere. It takes 3.5 to 4 minutes on 2 cores
@@ -192,7 +192,7 @@ def joined_rows(setup: Setup, frame: pd.DataFrame, positions: np.ndarray, truth:
                            dtype={"athlete_hash": "string", "event_name": "string"},
                            true_values=["true", "True"], false_values=["false", "False"])
         published = set(pred["model"].dropna().unique())
-        if published != {"forecast"}:  # the spread analysis reads the forecast model's tau
+        if published != {"forecast"}:  # the spread analysis reads the forecast model's athlete scale
             fail(f"{path.relative_to(REPO)} holds forecasts of {sorted(published)}, not of the forecast model alone: "
                  f"publish the forecast model (the default `auto` does on the full world) and run {setup.remake}")
         if pred["held_out"].dtype != bool:
@@ -688,7 +688,7 @@ def report(setup: Setup, res: dict, wall: float) -> str:
              f"{pm(mb['140.6']['MAE M-B'], mb['140.6']['MAE M-B SE'])} min and "
              f"{pm(mb['140.6']['LPD M-B'], mb['140.6']['LPD M-B SE'], 3)} nats at 140.6 (edition-clustered SEs; "
              "positive MAE and negative LPD: the model is worse).")
-    L.append(f"- **Per row the largest gap to B** is the debut after the other distance: "
+    L.append(f"- **Per row the largest gap to B in MAE** is the debut after the other distance: "
              f"{pm(se['70.3'].loc['debut after other dist.', 'MAE M-B'], se['70.3'].loc['debut after other dist.', 'MAE M-B SE'])} min and "
              f"{pm(se['70.3'].loc['debut after other dist.', 'LPD M-B'], se['70.3'].loc['debut after other dist.', 'LPD M-B SE'], 3)} nats at 70.3, "
              f"{pm(se['140.6'].loc['debut after other dist.', 'MAE M-B'], se['140.6'].loc['debut after other dist.', 'MAE M-B SE'])} min and "
@@ -697,7 +697,7 @@ def report(setup: Setup, res: dict, wall: float) -> str:
              f"{q5['140.6']['spread'].loc[deb, 'sd given B']:.3f} (140.6) against the model's athlete scale for them (tau_other) of "
              f"{q5['70.3']['tau']:.3f} and {q5['140.6']['tau']:.3f}, and the model's intervals there cover "
              f"{g['70.3'].loc['debut after other dist.', 'cov90 M']:.3f} and {g['140.6'].loc['debut after other dist.', 'cov90 M']:.3f}. "
-             "Swapping tau for the true spread around a regression on hist_rel_other moves that coverage to "
+             "Swapping that scale for the true spread around a regression on hist_rel_other moves that coverage to "
              + " and ".join(f"{swap[d].loc['cov90']:.3f} ({d})" for d in DISTANCES) + " and the LPD by "
              + " and ".join(f"{swap[d].loc['LPD'] - pub[d].loc['LPD']:+.3f}" for d in DISTANCES) + ".")
     L.append(f"- **Cheap features:** a per-athlete fitness trend is worth "
@@ -806,7 +806,7 @@ def report(setup: Setup, res: dict, wall: float) -> str:
         L.append(f"**{d}**: the model's athlete scale for these athletes (tau_other) {q['tau']:.4f}; the floor if the other distance's ability were known exactly "
                  f"{q['floor']:.4f}.\n")
         L.append(fmt_table(q["spread"], {"n": "{:d}", "sd*": "{:.4f}", "B posterior sd": "{:.4f}", "slope*": "{:.3f}"}) + "\n")
-        L.append("Swapping tau for the true spread inside the model's spread (sd^2 - tau^2 + new^2; Normal approximation):\n")
+        L.append("Swapping the model's athlete scale for them (tau_other; tau before 2026-12-06) for the true spread inside the model's spread (sd^2 - tau^2 + new^2; Normal approximation):\n")
         L.append(fmt_table(q["swaps"], {"n": "{:d}", "mean sd": "{:.4f}", "cov90": "{:.3f}", "LPD": "{:.4f}",
                                         "sd of z": "{:.3f}"}, index=False) + "\n")
         rs = q["residual_spread"]

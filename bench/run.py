@@ -690,6 +690,8 @@ from racedayai_bayes.lib.data.contracts import read_start_list
 from racedayai_bayes.lib.outputs.artifacts import load_artifact
 start = read_start_list(sys.argv[2])  # the command opens the artifact for the start list's athletes
 load_artifact(sys.argv[1], athletes=start.athletes["athlete_hash"].dropna())
+from racedayai_bayes.lib.processes import exit_now
+exit_now(0)  # ends as the command does, without the interpreter's teardown: the two differ by the forecast alone
 """
 
 

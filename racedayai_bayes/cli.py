@@ -175,6 +175,7 @@ def _refit(args: argparse.Namespace) -> int:
             "(the repository root)"
         )
     _stop_grace_s()  # a bad setting is said before anything starts
+    _alert_interval()  # read as the code location loads, by the step server's preload too
     if args.after:  # a later distance's run of another refit command (see _Later)
         from racedayai_bayes.step_server import join_step_server
 
@@ -790,9 +791,14 @@ def _check_settings(args: argparse.Namespace) -> None:
         problems.append(f"--holdout/--holdout-season: {split_problem}")
     if problems:
         raise UserError(f"invalid refit settings: {'; '.join(problems)}")
+
+
+def _alert_interval() -> None:
+    """RACEDAYAI_ALERT_INTERVAL_S, which the code location reads as it loads (defs/sensors.py):
+    a bad value ends the command with one line before anything imports the code location."""
     from racedayai_bayes.lib.outputs.alerts import alert_interval_s
 
-    try:  # read by the code location as it loads (defs/sensors.py): a bad value would stop it there
+    try:
         alert_interval_s()
     except ValueError as exc:
         raise UserError(str(exc)) from None

@@ -277,11 +277,12 @@ def test_a_bad_alert_interval_ends_with_one_message_and_exit_1(dagster_home, sma
     monkeypatch.setenv("RACEDAYAI_INPUT_DIR", str(small_inputs))
     monkeypatch.setenv("RACEDAYAI_OUTPUT_DIR", str(tmp_path / "out"))
     monkeypatch.setenv("RACEDAYAI_ALERT_INTERVAL_S", "ten")
-    code, out, err = _run_cli(["refit"], capfd)
-    assert code == 1 and "Traceback" not in out + err and "run " not in out
-    assert err.strip() == ("error: RACEDAYAI_ALERT_INTERVAL_S='ten': the alert sensors' interval must be a whole "
-                           "number of seconds from 1 to 3600 (unset: 10)")
-    assert not list((dagster_home / cli.LOG_FOLDER).glob("refit-*.log"))
+    for flags in ([], ["--verbose"]):  # checked before the step server, which imports the code location, starts
+        code, out, err = _run_cli(["refit", *flags], capfd)
+        assert code == 1 and "Traceback" not in out + err and "run " not in out
+        assert err.strip() == ("error: RACEDAYAI_ALERT_INTERVAL_S='ten': the alert sensors' interval must be a whole "
+                               "number of seconds from 1 to 3600 (unset: 10)")
+        assert not list((dagster_home / cli.LOG_FOLDER).glob("refit-*.log"))
 
 
 def test_a_dagster_home_without_dagster_yaml_is_noted(tmp_path, small_inputs, monkeypatch, capfd):
@@ -692,11 +693,15 @@ def test_the_forked_later_process_starts_as_a_new_one_would(monkeypatch, tmp_pat
 
     monkeypatch.setattr(cli, "_later_main", work)
     handler = signal.signal(signal.SIGTERM, lambda *_: None)  # the child must not keep this
+    # nor this one, as Dagster's run sets it (set here, whatever this test process had: an
+    # ignored SIGINT, which a new interpreter inherits too, stays ignored in the child)
+    int_handler = signal.signal(signal.SIGINT, lambda *_: None)
     try:
         args = argparse.Namespace(argv=["refit"], distance=None, after=None, seed=5)
         child, go = cli._ForkedLater.start(args, "140.6", "70.3", tmp_path / "refit.log")
     finally:
         signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, int_handler)
     try:
         assert child.wait(timeout=60) == 7
         assert json.loads(seen.read_text()) == {

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass
 
 log = logging.getLogger(__name__)
@@ -76,6 +74,8 @@ def slack_payload(alerts: list[Alert], job: str | None = None) -> dict:
 
 def post_json(url: str, payload: dict, timeout: float = 10.0) -> int:
     """POST ``payload`` as JSON; returns the HTTP status. Raises OSError on failure."""
+    import urllib.request  # here: `racedayai-bayes refit` reads alert_interval_s at its start, without it
+
     body = json.dumps(payload).encode("utf-8")
     req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
     with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (URL set by the operator)
