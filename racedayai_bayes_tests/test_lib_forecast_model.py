@@ -224,18 +224,23 @@ def test_held_out_forecasts_use_earlier_seasons_only(world):
 
 def test_earlier_forecasts_do_not_move_when_later_seasons_change(world, fitted):
     """With the population draws held fixed, changing every race from season s0 on leaves
-    every forecast of an earlier season unchanged."""
+    every forecast of an earlier season unchanged: their times, and what their history says
+    of the other distance (the athlete's scale, tau or tau_other, comes from it)."""
     rows, _ = world
     s0 = 2014
     later = (rows["event_year"] >= s0).to_numpy()
     changed = rows.copy()
     changed.loc[later, "total_sec"] *= 1.05
+    known = np.isfinite(changed["hist_rel_other_at_debut"].to_numpy(dtype=np.float64))
+    changed.loc[later, "hist_rel_other_at_debut"] = np.where(known[later], np.nan, 0.0)  # every later class flipped
     before = fitted.predict(rows)
     after = fitted.predict(changed)
     early = ~later
     for field in ("pred", "std", "p05", "p50", "p95"):
         np.testing.assert_array_equal(getattr(before, field)[early], getattr(after, field)[early])
     assert not np.array_equal(before.pred[later], after.pred[later])  # later forecasts do see their history
+    design = fdesign.encode(changed, fitted.encoding)
+    assert (design.other_known[later] != known[later]).all()  # the flip reached the later rows' scale
 
 
 @pytest.mark.slow

@@ -656,7 +656,7 @@ def with_every_scale(scales: np.ndarray) -> np.ndarray:
     existed (its last column) had one athlete scale for every athlete: its tau is both
     classes', which gives the forecasts it gave then."""
     scales = np.asarray(scales)
-    if scales.shape[-1] == len(SCALE_SITES) - 1 and SCALE_SITES[-1] == "tau_other":
+    if scales.shape[-1] == len(SCALE_SITES) - 1:  # tau_other, the last, is missing
         tau = scales[..., SCALE_SITES.index("tau")]
         return np.concatenate([scales, tau[..., None]], axis=-1)
     return scales
