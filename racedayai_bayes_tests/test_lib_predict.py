@@ -13,6 +13,7 @@ from racedayai_bayes.lib.models.seed.predict import (
     PREDICTION_COLUMNS,
     PREDICTION_INTERVAL_COLUMNS,
     _combination_table,
+    _order_statistics,
     mean_prediction,
     posterior_means_row,
     predict_frame,
@@ -264,6 +265,56 @@ def test_predictive_summary_equals_moments_and_quantiles_of_its_draws():
     # quantiles are taken in float32: equal to numpy's to float32 precision (~1e-7 of 4000 s)
     for key, q in (("p05", 0.05), ("p50", 0.5), ("p95", 0.95)):
         np.testing.assert_allclose(out[key], np.quantile(sim, q, axis=1), atol=0.01, err_msg=key)
+
+
+def test_order_statistics_equal_those_of_a_full_sort():
+    rng = np.random.default_rng(5)
+    n = 1000
+    near = np.sort(rng.standard_normal((300, n)), axis=1) + 0.003 * rng.standard_normal((300, n))
+    far = np.sort(rng.standard_normal((50, n)), axis=1)
+    far[:, 10], far[:, 990] = far[:, 990], far[:, 10]  # a value hundreds of places from its rank
+    shuffled = rng.standard_normal((50, n))  # not sorted at all
+    ties = np.round(near[:40] * 4) / 4  # many equal values
+    with_nan = near[:3].copy()
+    with_nan[:, 500] = np.nan
+    sim = np.vstack([near, far, shuffled, ties, with_nan]).astype(np.float32)
+    for wanted in ([49, 50, 499, 500, 949, 950], [0, 1, 998, 999], [500]):
+        got = _order_statistics(sim, wanted)
+        ordered = np.sort(sim, axis=1)
+        for k in wanted:
+            np.testing.assert_array_equal(got[k], ordered[:, k], err_msg=f"rank {k}")
+    few = sim[:, :40]  # the windows would cover most of the row: a plain sort
+    got = _order_statistics(few, [1, 2, 19, 20, 37, 38])
+    for k in (1, 2, 19, 20, 37, 38):
+        np.testing.assert_array_equal(got[k], np.sort(few, axis=1)[:, k])
+
+
+def test_predictive_summary_quantiles_are_those_of_a_full_sort_of_its_draws():
+    # the order statistics are taken from windows of the draws (_order_statistics): the
+    # quantiles must be, bit for bit, those of sorting every row's simulated draws
+    rng = np.random.default_rng(8)
+    draws = _draws()
+    for name in draws.samples:
+        draws.samples[name] = draws.samples[name] + 0.01 * rng.standard_normal(draws.samples[name].shape)
+    for name in ("sigma", "sigma_age", "sigma_cluster"):
+        draws.samples[name] = np.abs(draws.samples[name])
+    frame = pd.concat([_summary_frame()] * 3, ignore_index=True)
+    frame["pb_total_sec"] = np.linspace(15000.0, 40000.0, len(frame))  # every row its own fitness
+    design = encode(frame, ENC)
+    out = predictive_summary(draws, ENC, design, seed=4)
+    pick = thinned_draws(draws.num_chains * draws.num_draws, 1000)
+    p = {name: draws.flat(name)[pick] for name in draws.samples}
+    table, inverse = _combination_table(p, design, np.random.default_rng(4))
+    sim = table.astype(np.float32)[inverse]
+    sim += design.fitness[:, None].astype(np.float32) * p["beta_fitness"].astype(np.float32)[None, :]
+    sim += design.experience[:, None].astype(np.float32) * p["beta_experience"].astype(np.float32)[None, :]
+    sim.sort(axis=1)
+    n = sim.shape[1]
+    for key, q in (("p05", 0.05), ("p50", 0.5), ("p95", 0.95)):
+        pos = q * (n - 1)
+        lo = int(np.floor(pos))
+        a, b = sim[:, lo].astype(np.float64), sim[:, min(lo + 1, n - 1)].astype(np.float64)
+        np.testing.assert_array_equal(out[key], (a + (pos - lo) * (b - a)) * ENC.y_std + ENC.y_mean, err_msg=key)
 
 
 def test_predictive_intervals_include_parameter_uncertainty():

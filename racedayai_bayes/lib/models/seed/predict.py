@@ -137,9 +137,16 @@ def _combination_table(p: dict[str, np.ndarray], design: Design, rng: np.random.
     normals, so together they are one normal with variance s^2 (``var``); z is one
     stratified N(0, 1) sample shared by all combinations.
     """
+    table, inverse, _ = _combination_table_and_noise(p, design, rng)
+    return table, inverse
+
+
+def _combination_table_and_noise(p: dict[str, np.ndarray], design: Design,
+                                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_combination_table`, and z, the shared stratified noise of each draw."""
     z = stratified_normal(rng, len(p["sigma"]))
     mu, var, inverse = _combinations(p, design)
-    return mu + np.sqrt(var) * z[None, :], inverse
+    return mu + np.sqrt(var) * z[None, :], inverse, z
 
 
 def log_density(draws: Draws, enc: Encoding, design: Design, total_sec: np.ndarray, *,
@@ -162,6 +169,67 @@ def log_density(draws: Draws, enc: Encoding, design: Design, total_sec: np.ndarr
     return out
 
 
+ORDER_WINDOW = 16  # draws either side of a wanted order statistic that _order_statistics sorts
+
+
+def _order_statistics(sim: np.ndarray, wanted: list[int], window: int = ORDER_WINDOW) -> dict[int, np.ndarray]:
+    """The ``wanted`` order statistics (0-based ranks) of each row of ``sim``, exactly, fast
+    for rows that are nearly sorted already.
+
+    A row's simulated values are its draws' linear predictors plus the shared noise, with
+    the draws in the order of that noise: the noise spreads them far more than the
+    parameters' uncertainty moves them, so each value sits within a few places of its rank
+    (at full scale, 9 places or fewer in nine rows of ten). For rank k, sort only the places
+    [a, b) around it, and let x be the window's (k - a)-th smallest value. If no value
+    before the window is above x and none after it is below x, then at most k values are
+    below x and at least k + 1 are at most x: x is the row's k-th order statistic. The check
+    is a maximum and a minimum per segment of the row; a row that fails it for any rank (a
+    value far from its place: very uncertain parameters, or an unseen group whose scale
+    varies from draw to draw) is sorted whole. Either way the result is what a full sort
+    gives.
+    """
+    rows, n = sim.shape
+    windows = []  # merged, non-overlapping [a, b) around the wanted ranks, in order
+    for k in sorted(wanted):
+        a, b = max(k - window, 0), min(k + window + 1, n)
+        if windows and a <= windows[-1][1]:
+            windows[-1][1] = max(windows[-1][1], b)
+        else:
+            windows.append([a, b])
+    if sum(b - a for a, b in windows) * 2 >= n:  # few draws: the windows are most of the row
+        ordered = np.sort(sim, axis=1)
+        return {k: ordered[:, k] for k in wanted}
+    cuts = [0, *(c for w in windows for c in w), n]  # segments: gap, window, gap, window, ..., gap
+    seg_max = [sim[:, lo:hi].max(axis=1) if hi > lo else None for lo, hi in zip(cuts[:-1], cuts[1:])]
+    seg_min = [sim[:, lo:hi].min(axis=1) if hi > lo else None for lo, hi in zip(cuts[:-1], cuts[1:])]
+    before, after = [None] * len(seg_max), [None] * len(seg_min)  # max before / min after each segment
+    running = np.full(rows, -np.inf, dtype=sim.dtype)
+    for i in range(len(seg_max)):
+        before[i] = running.copy()
+        if seg_max[i] is not None:
+            np.maximum(running, seg_max[i], out=running)
+    running = np.full(rows, np.inf, dtype=sim.dtype)
+    for i in range(len(seg_min) - 1, -1, -1):
+        after[i] = running.copy()
+        if seg_min[i] is not None:
+            np.minimum(running, seg_min[i], out=running)
+    ok = np.ones(rows, dtype=bool)
+    out: dict[int, np.ndarray] = {}
+    for w, (a, b) in enumerate(windows):
+        seg = 2 * w + 1  # the window's own segment
+        part = np.sort(sim[:, a:b], axis=1)
+        for k in wanted:
+            if a <= k < b:
+                x = out[k] = part[:, k - a]
+                ok &= (before[seg] <= x) & (after[seg] >= x)
+    bad = np.flatnonzero(~ok)
+    if len(bad):
+        ordered = np.sort(sim[bad], axis=1)
+        for k in wanted:
+            out[k][bad] = ordered[:, k]
+    return out
+
+
 def predictive_summary(
     draws: Draws,
     enc: Encoding,
@@ -169,7 +237,7 @@ def predictive_summary(
     *,
     max_draws: int = 1000,
     seed: int = 1,
-    chunk_rows: int = 4096,
+    chunk_rows: int = 1024,
     workers: int | None = None,
     progress: ProgressFn = None,
 ) -> dict[str, np.ndarray]:
@@ -183,14 +251,18 @@ def predictive_summary(
     Monte Carlo noise when the parameters are well determined.
 
     Sharing z lets every (gender, age, cluster) combination's intercepts be simulated once,
-    so a row costs one gather, two multiply-adds and one float32 sort over the draws
-    (about 3 ns per row and draw), in row chunks on ``workers`` threads (numpy releases
-    the GIL). The mean and sd are exact moments of those draws, computed in float64 from
+    so a row costs one gather and two multiply-adds over the draws, in float32, and the
+    quantiles' order statistics (:func:`_order_statistics`: those of a full sort, from a
+    few dozen of the draws in most rows), in row chunks on ``workers`` threads (numpy
+    releases the GIL). A chunk of 1,024 rows of 1,000 draws (4 MB) stays in the CPU's
+    caches: with 4,096 rows the same work took 2.6 times as long (full-scale 70.3,
+    2026-12-06). The whole is about 2 ns per row and draw, against 7 ns with a sort of
+    every row. The mean and sd are exact moments of those draws, computed in float64 from
     per-combination covariances. Results do not depend on chunk_rows or workers.
     """
     pick = thinned_draws(draws.num_chains * draws.num_draws, max_draws)
     p = {name: draws.flat(name)[pick] for name in draws.samples}
-    table, inverse = _combination_table(p, design, np.random.default_rng(seed))
+    table, inverse, z = _combination_table_and_noise(p, design, np.random.default_rng(seed))
     slopes = np.vstack([p["beta_fitness"], p["beta_experience"]])  # (2, draws)
 
     # exact mean and variance over draws of table[k] + f * b_f + e * b_e
@@ -213,10 +285,15 @@ def predictive_summary(
     for key in ("p05", "p50", "p95"):
         out[key] = np.empty(len(design))
 
-    table32 = table.astype(np.float32)
-    b_f, b_e = (s.astype(np.float32)[None, :] for s in slopes)
+    # the draws' columns in the order of z, the shared noise: each row's simulated values are
+    # then nearly sorted (see _order_statistics), and their multiset, so every quantile, is
+    # the same as in any order
+    order = np.argsort(z, kind="stable")
+    table32 = np.ascontiguousarray(table[:, order], dtype=np.float32)
+    b_f, b_e = (s.astype(np.float32)[order][None, :] for s in slopes)
     f32, e32 = f[:, None].astype(np.float32), e[:, None].astype(np.float32)
     positions = [q * (n - 1) for q in QUANTILES]
+    wanted = sorted({k for pos in positions for k in (int(np.floor(pos)), min(int(np.floor(pos)) + 1, n - 1))})
 
     def quantiles(start: int) -> None:
         rows = slice(start, start + chunk_rows)
@@ -225,11 +302,11 @@ def predictive_summary(
         sim = table32[inverse[rows]]
         sim += f32[rows] * b_f
         sim += e32[rows] * b_e
-        sim.sort(axis=1)  # a SIMD sort: faster than a multi-kth np.partition
+        ranked = _order_statistics(sim, wanted)
         for key, pos in zip(("p05", "p50", "p95"), positions):
             lo = int(np.floor(pos))
             hi = min(lo + 1, n - 1)
-            a, b = sim[:, lo].astype(np.float64), sim[:, hi].astype(np.float64)
+            a, b = ranked[lo].astype(np.float64), ranked[hi].astype(np.float64)
             out[key][rows] = (a + (pos - lo) * (b - a)) * enc.y_std + enc.y_mean
 
     starts = range(0, len(design), chunk_rows)
