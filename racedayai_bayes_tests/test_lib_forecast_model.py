@@ -88,6 +88,27 @@ def test_forecast_moments_equal_the_plain_loop_over_draws(world, fitted):
     np.testing.assert_allclose(fast["sd"], slow["sd"], rtol=1e-3)
 
 
+def test_forecasts_do_not_depend_on_the_chunk_of_rows(world, fitted):
+    # predictive and log_density work on chunks of rows (sized for the CPU's caches): every
+    # number must be the same whatever the chunk, up to rounding (BLAS may take another
+    # kernel for a chunk of a few rows: an ulp or two, which the sd in seconds, a difference of
+    # two close numbers, turns into about 1e-12 of itself)
+    rows, _ = world
+    design = fdesign.encode(rows, fitted.encoding)
+    a, w = fitted.athlete_summaries(rows)
+    tau = fitted.athlete_scale(design)
+    log_time = np.log(rows["total_sec"].to_numpy(dtype=np.float64))
+    whole = fpredict.predictive(design, fitted.encoding, fitted.population(), a, w, tau, log_time=log_time,
+                                chunk_rows=len(rows))
+    for chunk in (1, 37, 1000):
+        part = fpredict.predictive(design, fitted.encoding, fitted.population(), a, w, tau, chunk_rows=chunk)
+        for key in part:
+            np.testing.assert_allclose(part[key], whole[key], rtol=1e-10, atol=0, err_msg=f"{key}, chunk_rows={chunk}")
+        density = fpredict.log_density(design, fitted.encoding, fitted.population(), a, w, tau, log_time,
+                                       chunk_rows=chunk)
+        np.testing.assert_allclose(density, whole["log_density"], rtol=1e-13, atol=0, err_msg=f"log_density, chunk_rows={chunk}")
+
+
 def test_forecasts_are_the_mixture_over_draws_of_the_documented_normal(world, fitted):
     """Every summary of a forecast, against the module docstring's formula computed here from
     the draws and the design alone (none of predict.py's tables): per draw d, log time is

@@ -190,6 +190,11 @@ def test_log_density_is_the_log_of_the_mean_density_over_draws_in_seconds():
     want = np.log(0.5 * densities[0] + 0.5 * densities[1])
     np.testing.assert_allclose(got, want, rtol=1e-10)
     assert not np.allclose(got, 0.5 * (np.log(densities[0]) + np.log(densities[1])), rtol=1e-3)  # not the mean log
+    # rows go in chunks (elementwise work only): the same numbers, bit for bit, in any chunks
+    for chunk in (1, 2):
+        np.testing.assert_array_equal(
+            log_density(_draws(alternate=True), ENC, design, frame["total_sec"].to_numpy(), max_draws=CHAINS * DRAWS,
+                        chunk_rows=chunk), got)
 
 
 # --- the posterior predictive summary -----------------------------------------------------

@@ -143,7 +143,7 @@ def predictive(
     tau_mean: float | np.ndarray,
     *,
     log_time: np.ndarray | None = None,
-    chunk_rows: int = 65536,
+    chunk_rows: int = 4096,
     progress=None,
 ) -> dict[str, np.ndarray]:
     r"""Forecast summaries per row (module docstring), in seconds, and log densities.
@@ -166,6 +166,9 @@ def predictive(
     for the tiny spread X of :math:`\mu_d + s^2_d/2` over draws (about 1e-3: the neglected
     term is about 1e-9 of the result); :func:`predictive_by_draws` is the plain loop over
     draws that a test compares with.
+    Rows go in chunks of ``chunk_rows``: at 4,096 their temporaries stay in the CPU's caches
+    (the full-scale 70.3 split's 2.35M rows: 1.48 s, against 2.24 s in chunks of 65,536,
+    2026-12-06). No number depends on the chunk beyond rounding.
     """
     n = len(design)
     inverse, c, s, slopes = _tables(design, enc, draws)
@@ -224,7 +227,7 @@ def predictive(
     return out
 
 
-def log_density(design, enc, draws, athlete_a, athlete_w, tau_mean, log_time, *, tables=None, chunk_rows: int = 8192):
+def log_density(design, enc, draws, athlete_a, athlete_w, tau_mean, log_time, *, tables=None, chunk_rows: int = 2048):
     """log p(total_sec) in seconds per row: log of the mean over draws of the Normal density
     of log time, minus log t (the Jacobian). NaN where ``log_time`` is NaN."""
     inverse, c, s, slopes = tables if tables is not None else _tables(design, enc, draws)

@@ -150,9 +150,11 @@ def _combination_table_and_noise(p: dict[str, np.ndarray], design: Design,
 
 
 def log_density(draws: Draws, enc: Encoding, design: Design, total_sec: np.ndarray, *,
-                max_draws: int = 200, chunk_rows: int = 8192) -> np.ndarray:
+                max_draws: int = 200, chunk_rows: int = 1024) -> np.ndarray:
     """log p(total_sec) in seconds per row: the log of the mean over (evenly thinned) draws of
-    the Normal density of the standardised time, minus log(y_std) (the Jacobian)."""
+    the Normal density of the standardised time, minus log(y_std) (the Jacobian). In chunks of
+    1,024 rows, whose temporaries stay in the CPU's caches (200,000 rows: 0.25 s, against
+    0.39 s in chunks of 8,192; 2026-12-06)."""
     pick = thinned_draws(draws.num_chains * draws.num_draws, max_draws)
     p = {name: draws.flat(name)[pick] for name in draws.samples}
     mu_table, var_table, inverse = _combinations(p, design)
