@@ -190,7 +190,7 @@ def test_log_density_is_the_log_of_the_mean_density_over_draws_in_seconds():
     want = np.log(0.5 * densities[0] + 0.5 * densities[1])
     np.testing.assert_allclose(got, want, rtol=1e-10)
     assert not np.allclose(got, 0.5 * (np.log(densities[0]) + np.log(densities[1])), rtol=1e-3)  # not the mean log
-    # rows go in chunks (elementwise work only): the same numbers, bit for bit, in any chunks
+    # rows go in chunks (each row's work is its own): the same numbers, bit for bit, in any chunks
     for chunk in (1, 2):
         np.testing.assert_array_equal(
             log_density(_draws(alternate=True), ENC, design, frame["total_sec"].to_numpy(), max_draws=CHAINS * DRAWS,
@@ -272,7 +272,7 @@ def test_predictive_summary_equals_moments_and_quantiles_of_its_draws():
         np.testing.assert_allclose(out[key], np.quantile(sim, q, axis=1), atol=0.01, err_msg=key)
 
 
-def test_order_statistics_equal_those_of_a_full_sort():
+def test_order_statistics_equal_those_of_a_full_sort(monkeypatch):
     rng = np.random.default_rng(5)
     n = 1000
     near = np.sort(rng.standard_normal((300, n)), axis=1) + 0.003 * rng.standard_normal((300, n))
@@ -280,14 +280,32 @@ def test_order_statistics_equal_those_of_a_full_sort():
     far[:, 10], far[:, 990] = far[:, 990], far[:, 10]  # a value hundreds of places from its rank
     shuffled = rng.standard_normal((50, n))  # not sorted at all
     ties = np.round(near[:40] * 4) / 4  # many equal values
-    with_nan = near[:3].copy()
-    with_nan[:, 500] = np.nan
-    sim = np.vstack([near, far, shuffled, ties, with_nan]).astype(np.float32)
+    nan_in_window, nan_in_gap = near[:3].copy(), near[3:6].copy()
+    nan_in_window[:, 500] = np.nan
+    nan_in_gap[:, 200] = np.nan
+    low_after = near[6:12].copy()  # a value below the window's, after it: only the check after the window sees it
+    low_after[:3, 600] = low_after[:3, 0] - 1.0
+    low_after[3:, 520] = low_after[3:, 0] - 1.0
+    sim = np.vstack([near, far, shuffled, ties, nan_in_window, nan_in_gap, low_after]).astype(np.float32)
     for wanted in ([49, 50, 499, 500, 949, 950], [0, 1, 998, 999], [500]):
         got = _order_statistics(sim, wanted)
         ordered = np.sort(sim, axis=1)
         for k in wanted:
             np.testing.assert_array_equal(got[k], ordered[:, k], err_msg=f"rank {k}")
+    # the nearly sorted rows take the windows, not a sort of the whole row: count whole-row sorts
+    whole_rows = []
+
+    def counting_sort(a, axis=-1, **kw):
+        if np.ndim(a) == 2 and a.shape[1] == n:
+            whole_rows.append(a.shape[0])
+        return real_sort(a, axis=axis, **kw)
+
+    real_sort = np.sort
+    monkeypatch.setattr(np, "sort", counting_sort)
+    _order_statistics(sim[:300], [49, 50, 499, 500, 949, 950])
+    assert sum(whole_rows) == 0  # none of the 300 nearly sorted rows
+    with pytest.raises(ValueError):
+        _order_statistics(sim, [n])
     few = sim[:, :40]  # the windows would cover most of the row: a plain sort
     got = _order_statistics(few, [1, 2, 19, 20, 37, 38])
     for k in (1, 2, 19, 20, 37, 38):
