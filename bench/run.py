@@ -773,8 +773,8 @@ def _refit_lines(title: str, fs: dict) -> list[str]:
         lines += [f"### {distance}: published **{d['published']}**", "", d["reason"] + ".", "",
                   "| model | fit s | ELPD per row (± SE) | MAE p50 min | MAE pred min | R² | 90% coverage (± SE) | decile coverage | sampler checks |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        for name, m in d["models"].items():
-            sampler = ", ".join(f"{k} {v}" for k, v in m["checks"].items() if k in ("rhat", "ess", "divergences", "proposal"))
+        for name, m in sorted(d["models"].items()):  # one order, fresh or read back from results.json
+            sampler = ", ".join(f"{k} {v}" for k, v in sorted(m["checks"].items()) if k in ("rhat", "ess", "divergences", "proposal"))
             lines.append(f"| {name} | {m['fit_wall_s']} | {m['elpd']:.4f} ± {m['elpd_se']:.4f} | {m['mae_p50_min']} | "
                          f"{m['mae_pred_min']} | {m['r2']} | {m['coverage_90']:.3f} ± {m['coverage_se']:.3f} | "
                          f"{min(m['decile_coverage']):.3f}–{max(m['decile_coverage']):.3f} | {sampler} |")

@@ -166,9 +166,12 @@ def predictive(
     for the tiny spread X of :math:`\mu_d + s^2_d/2` over draws (about 1e-3: the neglected
     term is about 1e-9 of the result); :func:`predictive_by_draws` is the plain loop over
     draws that a test compares with.
-    Rows go in chunks of ``chunk_rows``: at 4,096 their temporaries stay in the CPU's caches
-    (the full-scale 70.3 split's 2.35M rows: 1.48 s, against 2.24 s in chunks of 65,536,
-    2026-12-06). No number depends on the chunk beyond rounding.
+    Rows go in chunks of ``chunk_rows`` (4,096): with glibc's default allocator, as in the
+    command line's ``predict``, each large chunk's temporaries are fresh pages (the
+    full-scale 70.3 split's 2.35M rows: 1.48 s, against 2.24 s in chunks of 65,536); with
+    the steps' allocator settings (step_server.STEP_MALLOC_ENV), which reuse freed memory,
+    the chunk matters little (600,000 rows: 0.44-0.55 s against 0.49-0.50 s, 2026-12-06).
+    No number depends on the chunk beyond rounding.
     """
     n = len(design)
     inverse, c, s, slopes = _tables(design, enc, draws)

@@ -137,24 +137,18 @@ def _combination_table(p: dict[str, np.ndarray], design: Design, rng: np.random.
     normals, so together they are one normal with variance s^2 (``var``); z is one
     stratified N(0, 1) sample shared by all combinations.
     """
-    table, inverse, _ = _combination_table_and_noise(p, design, rng)
-    return table, inverse
-
-
-def _combination_table_and_noise(p: dict[str, np.ndarray], design: Design,
-                                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_combination_table`, and z, the shared stratified noise of each draw."""
     z = stratified_normal(rng, len(p["sigma"]))
     mu, var, inverse = _combinations(p, design)
-    return mu + np.sqrt(var) * z[None, :], inverse, z
+    return mu + np.sqrt(var) * z[None, :], inverse
 
 
 def log_density(draws: Draws, enc: Encoding, design: Design, total_sec: np.ndarray, *,
                 max_draws: int = 200, chunk_rows: int = 1024) -> np.ndarray:
     """log p(total_sec) in seconds per row: the log of the mean over (evenly thinned) draws of
     the Normal density of the standardised time, minus log(y_std) (the Jacobian). In chunks of
-    1,024 rows, whose temporaries stay in the CPU's caches (200,000 rows: 0.25 s, against
-    0.39 s in chunks of 8,192; 2026-12-06)."""
+    1,024 rows, whose temporaries stay in the CPU's caches (200,000 rows, 2026-12-06: 0.26 s
+    against 0.34 s in chunks of 8,192 with the steps' allocator settings, 0.25 against
+    0.39 s with glibc's defaults)."""
     pick = thinned_draws(draws.num_chains * draws.num_draws, max_draws)
     p = {name: draws.flat(name)[pick] for name in draws.samples}
     mu_table, var_table, inverse = _combinations(p, design)
@@ -178,11 +172,11 @@ def _order_statistics(sim: np.ndarray, wanted: list[int], window: int = ORDER_WI
     """The ``wanted`` order statistics (0-based ranks) of each row of ``sim`` (floats), exactly,
     fast for rows that are nearly sorted already.
 
-    A row's simulated values are its draws' linear predictors plus the shared noise, with
-    the draws in the order of that noise: the noise spreads them far more than the
-    parameters' uncertainty moves them, so each value sits within a few places of its rank
-    (in the full-scale seed posteriors of 2026-12-06, 9 places or fewer in nine rows of
-    ten). For rank k, sort only the places [a, b) around it, and let x be the window's
+    A row's simulated values are its combination's simulated intercepts plus its slopes'
+    terms, with the draws in the order of those intercepts: the slopes' terms vary little
+    from draw to draw, so each value sits within a few places of its rank (in the largest
+    displacement of a row, 5 places or fewer in nine rows of ten of the full-scale 70.3
+    seed_asof posterior, 13 of the demo's, 2026-12-06). For rank k, sort only the places [a, b) around it, and let x be the window's
     (k - a)-th smallest value. If no value before the window is above x and none after it
     is below x, then at most k values are below x and at least k + 1 are at most x: x is
     the row's k-th order statistic. The check is a maximum and a minimum per segment of the
@@ -256,20 +250,21 @@ def predictive_summary(
     Monte Carlo noise when the parameters are well determined.
 
     Sharing z lets every (gender, age, cluster) combination's intercepts be simulated once,
-    so a row costs one gather and two multiply-adds over the draws, in float32, and the
+    so a row costs three gathers and two multiply-adds over the draws, in float32, and the
     quantiles' order statistics (:func:`_order_statistics`: those of a full sort, from
     about a hundred of the draws and a maximum and a minimum over the row, in most rows),
-    in row chunks on ``workers`` threads (numpy releases the GIL). A chunk of 1,024 rows
-    of 1,000 draws (4 MB, and as much again for a temporary) stays in the CPU's shared
-    cache. Measured on 300,000 rows of the full-scale 70.3 seed_asof posterior, one thread
-    (2026-12-06): 0.65 s, against 1.71 s in chunks of 4,096 rows and 2.0 s with a sort of
-    every row (the method before; about 7 ns per row and draw). The mean and sd are exact
-    moments of those draws, computed in float64 from per-combination covariances. Results
-    do not depend on chunk_rows or workers.
+    in row chunks on ``workers`` threads (numpy releases the GIL). A chunk of 1,024 rows of
+    1,000 draws (4 MB, and as much again for a temporary) stays in the CPU's shared cache.
+    Measured on 200,000 rows, one thread, with the steps' allocator settings
+    (step_server.STEP_MALLOC_ENV), 2026-12-06: 0.48-0.54 s against 1.45-1.49 s with a
+    sort of every row in chunks of 4,096 (the method before), on the full-scale and the
+    demo's 70.3 seed posteriors alike; in chunks of 4,096 this method took 1.9 times as
+    long. The mean and sd are exact moments of those draws, computed in float64 from
+    per-combination covariances. Results do not depend on chunk_rows or workers.
     """
     pick = thinned_draws(draws.num_chains * draws.num_draws, max_draws)
     p = {name: draws.flat(name)[pick] for name in draws.samples}
-    table, inverse, z = _combination_table_and_noise(p, design, np.random.default_rng(seed))
+    table, inverse = _combination_table(p, design, np.random.default_rng(seed))
     slopes = np.vstack([p["beta_fitness"], p["beta_experience"]])  # (2, draws)
 
     # exact mean and variance over draws of table[k] + f * b_f + e * b_e
@@ -292,23 +287,31 @@ def predictive_summary(
     for key in ("p05", "p50", "p95"):
         out[key] = np.empty(len(design))
 
-    # the draws' columns in the order of z, the shared noise: each row's simulated values are
+    # each combination's draws in the order of its simulated intercepts: a row's simulated
+    # values (the intercept plus its slopes' terms, which vary little from draw to draw) are
     # then nearly sorted (see _order_statistics), and their multiset, so every quantile, is
-    # the same as in any order
-    order = np.argsort(z, kind="stable")
-    table32 = np.ascontiguousarray(table[:, order], dtype=np.float32)
-    b_f, b_e = (s.astype(np.float32)[order][None, :] for s in slopes)
+    # the same as in any order. The slopes' draws go with each combination's order.
+    order = np.argsort(table, axis=1, kind="stable")
+    table32 = np.take_along_axis(table, order, axis=1).astype(np.float32)
+    b_f, b_e = (s.astype(np.float32)[order] for s in slopes)  # (combinations, draws)
     f32, e32 = f[:, None].astype(np.float32), e[:, None].astype(np.float32)
     positions = [q * (n - 1) for q in QUANTILES]
     wanted = sorted({k for pos in positions for k in (int(np.floor(pos)), min(int(np.floor(pos)) + 1, n - 1))})
 
     def quantiles(start: int) -> None:
         rows = slice(start, start + chunk_rows)
+        k = inverse[rows]
         # elementwise, not a BLAS product: BLAS kernels (and their FMA use) vary by CPU and
-        # build, and the CSV's digits must not
-        sim = table32[inverse[rows]]
-        sim += f32[rows] * b_f
-        sim += e32[rows] * b_e
+        # build, and the CSV's digits must not. The same float32 operations, in the same
+        # order, as intercept + fitness * slope + experience * slope for each draw
+        sim = table32[k]
+        term = b_f[k]
+        term *= f32[rows]
+        sim += term
+        np.take(b_e, k, axis=0, out=term)
+        term *= e32[rows]
+        sim += term
+        del term
         ranked = _order_statistics(sim, wanted)
         for key, pos in zip(("p05", "p50", "p95"), positions):
             lo = int(np.floor(pos))
