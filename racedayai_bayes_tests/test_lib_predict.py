@@ -277,7 +277,7 @@ def test_order_statistics_equal_those_of_a_full_sort(monkeypatch):
     n = 1000
     near = np.sort(rng.standard_normal((300, n)), axis=1) + 0.003 * rng.standard_normal((300, n))
     far = np.sort(rng.standard_normal((50, n)), axis=1)
-    far[:, 10], far[:, 990] = far[:, 990], far[:, 10]  # a value hundreds of places from its rank
+    far[:, [10, 990]] = far[:, [990, 10]]  # two values hundreds of places from their ranks
     shuffled = rng.standard_normal((50, n))  # not sorted at all
     ties = np.round(near[:40] * 4) / 4  # many equal values
     nan_in_window, nan_in_gap = near[:3].copy(), near[3:6].copy()
@@ -304,6 +304,8 @@ def test_order_statistics_equal_those_of_a_full_sort(monkeypatch):
     monkeypatch.setattr(np, "sort", counting_sort)
     _order_statistics(sim[:300], [49, 50, 499, 500, 949, 950])
     assert sum(whole_rows) == 0  # none of the 300 nearly sorted rows
+    _order_statistics(sim[300:400], [49, 50, 499, 500, 949, 950])
+    assert sum(whole_rows) == 100  # every one of the far and shuffled rows: the count sees a whole-row sort
     with pytest.raises(ValueError):
         _order_statistics(sim, [n])
     few = sim[:, :40]  # the windows would cover most of the row: a plain sort
