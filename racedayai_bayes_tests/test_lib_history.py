@@ -187,3 +187,32 @@ def test_a_thread_pool_gives_the_same_running_totals_and_history(anonymous):
     pd.testing.assert_frame_equal(with_pool, add_history(frame, table, MODEL_DISTANCES), check_exact=True)
     pd.testing.assert_frame_equal(with_pool, _frame(races), check_exact=True)  # as the model frame has it
     assert (with_pool["hist_starts"] == 0).all() == anonymous
+
+
+def test_one_grouping_for_every_column_gives_each_column_its_own_sums():
+    """The running totals group every column by athlete with one pandas grouping (built once):
+    each column's totals are, bit for bit, those of grouping that column alone, and the
+    season table's debut columns those of summing each column on its own."""
+    from racedayai_bayes.lib.data.history import SEASON_COLUMNS, athlete_runs, cumulate, season_table
+
+    races = _races(seed=11)
+    table = season_table(races, _ag_finish(races), MODEL_DISTANCES).drop(columns="athlete")
+    new_athlete = athlete_runs(table["athlete_hash"])
+    by = np.cumsum(new_athlete)
+    got = cumulate(table)
+    for name in (*SEASON_COLUMNS, "best"):
+        alone = table[name].groupby(by, sort=False)
+        running = (alone.cummin() if name == "best" else alone.cumsum()).to_numpy()
+        empty = np.inf if name == "best" else 0.0
+        np.testing.assert_array_equal(got[name].to_numpy(), np.where(new_athlete, empty, np.r_[empty, running[:-1]]),
+                                      err_msg=name)
+    # the debut columns: each column's sum over the athlete's earlier seasons, grouped alone
+    for k in (0, 1):
+        def earlier(values):
+            return pd.Series(values).groupby(by, sort=False).cumsum().to_numpy() - values
+        fin_k = table[f"fin_{k}"].to_numpy() > 0
+        first_k = fin_k & (earlier(fin_k.astype(np.float64)) == 0)
+        assert first_k.any() and (fin_k & ~first_k).any()  # first finishes and later ones both present
+        for stat in ("nrel", "sumrel"):
+            want = np.where(first_k, earlier(table[f"{stat}_{1 - k}"].to_numpy()), 0.0)
+            np.testing.assert_array_equal(table[f"debut_{stat}_{k}"].to_numpy(), want, err_msg=f"debut_{stat}_{k}")
