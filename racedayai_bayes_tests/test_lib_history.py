@@ -216,3 +216,24 @@ def test_one_grouping_for_every_column_gives_each_column_its_own_sums():
         for stat in ("nrel", "sumrel"):
             want = np.where(first_k, earlier(table[f"{stat}_{1 - k}"].to_numpy()), 0.0)
             np.testing.assert_array_equal(table[f"debut_{stat}_{k}"].to_numpy(), want, err_msg=f"debut_{stat}_{k}")
+
+
+def test_season_sums_of_several_columns_are_each_columns_own():
+    """season_sums groups every value by athlete at once: each value's running totals are
+    those of that value alone, bit for bit (no column takes another's), and no value at all
+    gives no totals."""
+    from racedayai_bayes.lib.data.history import season_sums
+
+    rng = np.random.default_rng(4)
+    n = 500
+    codes = rng.integers(-1, 40, n)  # -1: a row without an athlete
+    years = rng.integers(2010, 2020, n)
+    values = {"a": rng.normal(size=n), "b": rng.exponential(size=n) * 1e6, "c": np.where(rng.random(n) < 0.3, 0.0, 1.0)}
+    got = season_sums(codes, years, values)
+    named = codes >= 0
+    key, inverse = np.unique(codes[named] * 10 + (years[named] - 2010), return_inverse=True)
+    for name, v in values.items():
+        per = np.bincount(inverse, weights=v[named], minlength=len(key))
+        want = pd.Series(per).groupby(key // 10, sort=False).cumsum().to_numpy()
+        np.testing.assert_array_equal(got.running[name], want, err_msg=name)
+    assert season_sums(codes, years, {}).running == {}

@@ -109,7 +109,7 @@ def season_sums(codes: np.ndarray, years: np.ndarray, values: dict[str, np.ndarr
     key, inverse = np.unique(codes[named].astype(np.int64) * span + (years[named] - y0), return_inverse=True)
     athlete = key // span
     per = pd.DataFrame({name: np.bincount(inverse, weights=np.asarray(v, dtype=np.float64)[named], minlength=len(key))
-                        for name, v in values.items()}, copy=False)
+                        for name, v in values.items()}, index=pd.RangeIndex(len(key)), copy=False)
     # one grouping for every column (pandas builds it once: a grouping per column cost about
     # 20 ms each at full scale); each column's sums are the same numbers as alone
     sums = per.groupby(athlete, sort=False).cumsum()
@@ -285,7 +285,9 @@ def _running_columns(table: pd.DataFrame, new_athlete: np.ndarray, pool: Executo
     by = np.cumsum(new_athlete)
     names = (*SEASON_COLUMNS, "best")
     # one grouping for every column: pandas builds it once (a grouping per column cost about
-    # 20 ms each at full scale), here, before any thread reads it
+    # 20 ms each at full scale), its codes here, before any thread reads them (what pandas
+    # still works out on first use, whether any key is missing, is the same whichever thread
+    # does it)
     grouped_all = table.groupby(by, sort=False)
     grouped_all.ngroups  # noqa: B018 (computes the grouping's codes now)
 
