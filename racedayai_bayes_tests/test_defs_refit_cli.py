@@ -313,6 +313,12 @@ def _step_processes_of(command_pid: int) -> list[int]:
     return [pid for pid, ppid in parents.items() if ppid in servers]
 
 
+def _a_step_started(instance) -> bool:
+    """Whether the newest run of ``instance`` has started a step."""
+    runs = instance.get_runs(limit=1)
+    return bool(runs) and bool(instance.all_logs(runs[0].run_id, of_type=dg.DagsterEventType.STEP_START))
+
+
 def test_ctrl_c_kills_a_step_that_does_not_stop(dagster_home, small_inputs, tmp_path):
     """A step process that cannot obey the interrupt (stopped here with SIGSTOP) does not keep
     the command waiting: after the grace period the watchdog continues it, has it write its
@@ -335,8 +341,10 @@ def test_ctrl_c_kills_a_step_that_does_not_stop(dagster_home, small_inputs, tmp_
         while stopped is None and time.monotonic() < deadline:
             assert proc.poll() is None, proc.communicate()
             # a step of the run, not a helper the server may start while it preloads: look
-            # only once the run exists (a Ctrl-C before then meets the command's imports)
-            steps = _step_processes_of(proc.pid) if instance.get_runs(limit=1) else []
+            # only once a step has started. The run exists before that (its planned events are
+            # written first), and a Ctrl-C then ends the command before anything ran (exit 130):
+            # CI saw that once, 2026-12-06, when this waited for the run alone
+            steps = _step_processes_of(proc.pid) if _a_step_started(instance) else []
             if steps:
                 stopped = steps[0]
                 os.kill(stopped, signal.SIGSTOP)
