@@ -631,3 +631,32 @@ def test_tau_other_is_tau_when_too_few_athletes_could_tell_it(world, fitted, mon
     assert checks["rhat"].passed and checks["ess"].passed
     design = fdesign.encode(rows, tied.encoding)
     assert design.other_known.any() and len(set(tied.athlete_scale(design))) == 1
+
+
+def test_the_fit_encodes_its_rows_as_encode_does(world):
+    """The fit's one pass (fit_encoding_and_design) gives the encoding fit_encoding gives and
+    the design encode gives of the same rows, array for array: with blank, unknown and
+    differently spelled genders, age groups and courses among the rows."""
+    rows, _ = world
+    rows = rows.copy()
+    n = len(rows)
+    rng = np.random.default_rng(5)
+    odd = rng.choice(n, size=n // 20, replace=False)
+    gender = rows["gender"].astype("string")
+    gender.iloc[odd[:10]] = pd.NA
+    gender.iloc[odd[10:20]] = "X"
+    age = rows["age_group"].astype("string")
+    age.iloc[odd[20:30]] = pd.NA
+    age.iloc[odd[30:40]] = ""
+    name = rows["event_name"].astype("string")
+    name.iloc[odd[40:60]] = name.iloc[odd[40:60]].str.upper()  # another course as written
+    name.iloc[odd[60:70]] = pd.NA
+    rows = rows.assign(gender=gender, age_group=age, event_name=name)
+    enc, design = fdesign.fit_encoding_and_design(rows, "70.3")
+    assert enc == fdesign.fit_encoding(rows, "70.3")
+    expected = fdesign.encode(rows, enc)
+    assert (design.course == -1).sum() == 10 and (design.gender == 2).sum() >= 20
+    for field in expected.__dataclass_fields__:
+        a, b = getattr(design, field), getattr(expected, field)
+        assert a.dtype == b.dtype and a.shape == b.shape, field
+        np.testing.assert_array_equal(a, b, err_msg=field)

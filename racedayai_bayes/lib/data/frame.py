@@ -212,9 +212,10 @@ def several_genders(frame: pd.DataFrame, codes: np.ndarray | None = None) -> int
     return int((np.bincount(pairs // 64) > 1).sum())
 
 
-def course_first_seasons(rows: pd.DataFrame) -> pd.Series:
-    """The first season of each event_name among ``rows``, sorted by name."""
-    codes, uniques = pd.factorize(rows["event_name"], sort=False)
+def course_first_seasons(rows: pd.DataFrame, factorized: tuple | None = None) -> pd.Series:
+    """The first season of each event_name among ``rows``, sorted by name. ``factorized``:
+    ``pd.factorize(rows["event_name"], sort=False)``, when the caller has it already."""
+    codes, uniques = factorized if factorized is not None else pd.factorize(rows["event_name"], sort=False)
     has = codes >= 0
     years = rows["event_year"].to_numpy(dtype=np.float64, na_value=np.nan)[has].astype(np.int64)
     first = pd.Series(years).groupby(codes[has]).min()

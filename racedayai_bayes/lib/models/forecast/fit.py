@@ -224,8 +224,7 @@ class ForecastModel(Model):
             train = train.loc[placed].reset_index(drop=True)
         if len(train) < 10:
             raise FitError(f"distance {distance}: {len(train)} training rows with a course; the forecast model needs at least 10")
-        enc = fdesign.fit_encoding(train, distance)
-        design = fdesign.encode(train, enc)
+        enc, design = fdesign.fit_encoding_and_design(train, distance)
         y = np.log(train["total_sec"].to_numpy(dtype=np.float64)) - enc.y_center
         if not np.std(y) > 1e-6:
             raise FitError(f"distance {distance}: every training finish time is the same ({len(train):,} rows); "
@@ -414,12 +413,14 @@ class FittedForecast(FittedModel):
     def predict(self, frame: pd.DataFrame, rows: np.ndarray | None = None, *, log_density: bool = False,
                 progress: ProgressFn = None) -> Prediction:
         design, _, _, a, w = self._prepared(frame)
+        # the observed times only, not every column of the rows (a take of the whole frame)
+        total = frame["total_sec"].to_numpy(dtype=np.float64) if log_density else None
         if rows is not None:
             rows = np.asarray(rows)
             design = _take(design, rows)
             a, w = a[rows], w[rows]
-            frame = frame.iloc[rows] if rows.dtype != bool else frame.loc[rows]
-        log_time = np.log(frame["total_sec"].to_numpy(dtype=np.float64)) if log_density else None
+            total = total[rows] if total is not None else None
+        log_time = np.log(total) if total is not None else None
         out = self.forecast(design, a, w, log_time, progress)
         return Prediction(out["mean"], out["sd"], out["p05"], out["p50"], out["p95"], out.get("log_density"))
 
