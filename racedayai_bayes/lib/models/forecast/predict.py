@@ -181,11 +181,14 @@ def predictive(
     a, s_dev, g = c - c_bar[:, None], s - s_bar[:, None], slopes - beta_bar[None, :]
     e_a2, e_a3, e_as, e_s2 = (a**2).mean(1), (a**3).mean(1), (a * s_dev).mean(1), (s_dev**2).mean(1)
     e_ag, e_a2g, e_gs = a @ g / d, (a**2) @ g / d, s_dev @ g / d  # (keys, p)
-    e_agg = np.einsum("kd,dj,dl->kjl", a, g, g) / d  # (keys, p, p)
+    p = g.shape[1]
+    # E[a g g^T] per combination as one matrix product with each draw's g g^T, flattened:
+    # einsum's loop over three operands took 0.47 s of every row's forecasts of the full-scale
+    # 70.3 split (15,595 combinations x 200 draws), the product 0.016 s (2026-12-06)
+    e_agg_flat = a @ (g[:, :, None] * g[:, None, :]).reshape(d, p * p) / d  # (keys, p*p)
     e_gg = g.T @ g / d
     e_ggg = np.einsum("dj,dk,dl->jkl", g, g, g) / d
-    p = g.shape[1]
-    e_gg_flat, e_agg_flat, e_ggg_flat = e_gg.reshape(p * p), e_agg.reshape(len(e_agg), p * p), e_ggg.reshape(p * p, p)
+    e_gg_flat, e_ggg_flat = e_gg.reshape(p * p), e_ggg.reshape(p * p, p)
 
     out = {k: np.empty(n) for k in ("mean", "sd", "p05", "p50", "p95", "log_mean", "log_sd")}
     chunks = -(-n // chunk_rows)
