@@ -36,3 +36,23 @@ def test_analysis_reports_gender_effects_in_seconds():
     assert out["gender_effect_sec"]["Male"]["mean"] == pytest.approx(-0.1 * enc.y_std)
     assert out["gender_effect_sec"]["Female"]["p97.5"] == pytest.approx(0.2 * enc.y_std)
     assert out["coefficients"]["sigma"]["mean"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name", ["seed_profile", "seed_asof"])
+def test_forecasts_of_some_rows_are_those_of_the_whole_rows(demo_world, name):
+    """predict(frame, rows) takes only the columns the encoding reads (fit.READS): the same
+    forecasts and log densities as predicting those rows with every column."""
+    from racedayai_bayes.lib.data.frame import distance_rows, model_frame_and_seasons
+    from racedayai_bayes.lib.models.base import registry
+
+    frame = model_frame_and_seasons(demo_world["athlete_race"], demo_world["athlete_profile"],
+                                    demo_world["cluster_assignments"])[0]
+    rows = distance_rows(frame, "70.3").iloc[:4000].reset_index(drop=True)
+    fitted = registry()[name].build(num_warmup=50, num_samples=100).fit(rows, "70.3")
+    pick = np.random.default_rng(1).choice(len(rows), 500, replace=False)
+    mask = np.zeros(len(rows), dtype=bool)
+    mask[pick] = True
+    whole = fitted.predict(rows.iloc[pick].reset_index(drop=True), log_density=True)
+    for some in (fitted.predict(rows, pick, log_density=True), fitted.predict(rows, mask, log_density=True).take(np.argsort(np.argsort(pick)))):
+        for field in ("pred", "std", "p05", "p50", "p95", "log_density"):
+            np.testing.assert_array_equal(getattr(some, field), getattr(whole, field), err_msg=field)

@@ -71,6 +71,10 @@ class SeedSettings:
         return self.seed_for(distance) + 1
 
 
+# every column of a model-frame row that features() and the encoding (encoding.encode) read
+READS = ("gender", "age_group", "cluster_id", "pb_total_sec", "total_races", "total_sec", "hist_best_sec", "hist_results")
+
+
 def features(rows: pd.DataFrame, kind: str) -> pd.DataFrame:
     """The columns the seed's encoding reads, for the variant ``kind`` (profile or asof)."""
     if kind == "profile":
@@ -229,7 +233,12 @@ class FittedSeed(FittedModel):
         ``bayes_pred`` and ``bayes_std`` keep the notebook's meaning: the posterior-mean
         linear predictor and the posterior mean of sigma (plus an unseen group's scale).
         """
-        part = frame if rows is None else (frame.loc[rows] if np.asarray(rows).dtype == bool else frame.iloc[rows])
+        if rows is not None:
+            # the rows' columns the encoding reads, not every column (judging takes 170,000
+            # rows of the 22 of a full-scale split, strings included, twice a model)
+            frame = frame[[c for c in READS if c in frame.columns]]
+            frame = frame.loc[rows] if np.asarray(rows).dtype == bool else frame.iloc[rows]
+        part = frame
         enc = self.encoding
         design = encode(features(part, self.kind), enc)
         mu, sd = mean_prediction(self.draws, design)
