@@ -623,7 +623,7 @@ def profile(args) -> dict:
     folder, _ = _inputs("full")
     t = _Timer()
     undo = [t.wrap(history, "edition_relative", "model_frame: edition-relative times"),
-            t.wrap(history, "cumulate", "model_frame: running totals per athlete"),
+            t.wrap(history, "cumulated_totals", "model_frame: running totals per athlete"),
             t.wrap(fr, "season_table", "model_frame: season table (every start)"),
             t.wrap(fr, "add_history", "model_frame: as-of history per race"),
             t.wrap(fr, "_lookup", "model_frame: join profiles and clusters")]

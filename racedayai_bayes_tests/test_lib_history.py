@@ -237,3 +237,35 @@ def test_season_sums_of_several_columns_are_each_columns_own():
         want = pd.Series(per).groupby(key // 10, sort=False).cumsum().to_numpy()
         np.testing.assert_array_equal(got.running[name], want, err_msg=name)
     assert season_sums(codes, years, {}).running == {}
+
+
+@pytest.mark.parametrize("chunk", [7, 16_384])
+def test_history_read_a_chunk_of_rows_at_a_time_is_that_of_each_column_alone(monkeypatch, chunk):
+    """add_history reads every total of a row's season row at once, a chunk of rows at a time
+    (half of them in the pool): its columns are, bit for bit, history_columns of each
+    cumulated column taken on its own for every row (no season row: the empty totals)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from racedayai_bayes.lib.data import history
+    from racedayai_bayes.lib.data.frame import FRAME_COLUMNS
+
+    monkeypatch.setattr(history, "HISTORY_CHUNK_ROWS", chunk)
+    races = _races(seed=8)
+    races.loc[races.index[::17], "athlete_hash"] = pd.NA  # rows with no athlete: no season row
+    table = history.season_table(races, _ag_finish(races), MODEL_DISTANCES).drop(columns="athlete")
+    frame = _frame(races)[list(FRAME_COLUMNS)]
+    cum = history.cumulate(table)
+    key = dict(zip(zip(cum["athlete_hash"], cum["event_year"]), range(len(cum))))
+    pos = np.array([key.get((a, y), -1) if pd.notna(a) else -1 for a, y in zip(frame["athlete_hash"], frame["event_year"])])
+    assert (pos < 0).any() and (pos >= 0).any()
+    picked = {}
+    for name in (*history.SEASON_COLUMNS, "best"):
+        picked[name] = np.where(pos >= 0, cum[name].to_numpy()[np.maximum(pos, 0)], np.inf if name == "best" else 0.0)
+    expected = history.history_columns(picked, (frame["event_distance"] == MODEL_DISTANCES[1]).to_numpy())
+    with ThreadPoolExecutor(2) as pool:
+        for got in (history.add_history(frame, table, MODEL_DISTANCES),
+                    history.add_history(frame, table, MODEL_DISTANCES, pool=pool)):
+            for name in history.HISTORY_COLUMNS:
+                want = expected[name].astype(np.int32) if name in history.COUNT_COLUMNS else expected[name]
+                assert got[name].dtype == want.dtype, name
+                np.testing.assert_array_equal(got[name].to_numpy(), want, err_msg=name)

@@ -138,6 +138,7 @@ def earlier_season_sums(codes: np.ndarray, years: np.ndarray, values: dict[str, 
     return out
 
 
+HISTORY_CHUNK_ROWS = 16_384  # add_history's rows per chunk: their totals (15 float64 a row) fit in a core's L2 cache
 SEASON_COLUMNS = ("starts_0", "starts_1", "dnf", "fin_0", "fin_1", "nrel_0", "nrel_1", "sumrel_0", "sumrel_1",
                   "unfinished_debut", "debut_nrel_0", "debut_sumrel_0", "debut_nrel_1", "debut_sumrel_1")
 
@@ -269,12 +270,23 @@ def cumulate(table: pd.DataFrame, pool: Executor | None = None) -> pd.DataFrame:
     order: a total is the same number whichever later seasons exist. With a ``pool``, two
     columns are summed at once (the same numbers: each column is summed as without one).
     """
-    new_athlete = athlete_runs(table["athlete_hash"])
+    names, totals = cumulated_totals(table, pool)
     out = {"athlete_hash": table["athlete_hash"].to_numpy(), "event_year": table["event_year"].to_numpy()}
+    out.update({name: np.ascontiguousarray(totals[:, i]) for i, name in enumerate(names)})
+    return pd.DataFrame(out, copy=False)
+
+
+def cumulated_totals(table: pd.DataFrame, pool: Executor | None = None) -> tuple[tuple[str, ...], np.ndarray]:
+    """:func:`cumulate`'s totals of every column of ``names`` (:data:`SEASON_COLUMNS` and
+    ``best``) as one array of a row per row of ``table``: all of a season row's totals are
+    next to each other, so that a race reads them in one place (:func:`add_history`)."""
+    new_athlete = athlete_runs(table["athlete_hash"])
+    names = (*SEASON_COLUMNS, "best")
+    totals = np.empty((len(table), len(names)))
     for name, values in _running_columns(table, new_athlete, pool):
         empty = np.inf if name == "best" else 0.0
-        out[name] = np.where(new_athlete, empty, np.r_[empty, values[:-1]])
-    return pd.DataFrame(out, copy=False)
+        totals[:, names.index(name)] = np.where(new_athlete, empty, np.r_[empty, values[:-1]])
+    return names, totals
 
 
 def _running_columns(table: pd.DataFrame, new_athlete: np.ndarray, pool: Executor | None = None):
@@ -425,23 +437,37 @@ def add_history(frame: pd.DataFrame, table: pd.DataFrame, distances: tuple[str, 
 
     # the rows are matched in the pool while this thread makes the running totals
     matched = pool.submit(match) if pool is not None else None
-    cum = cumulate(table, pool)
+    names, totals = cumulated_totals(table, pool)
     have, take = matched.result() if matched is not None else match()
+    # a row without a season row in the table (no athlete, or no season) has no history
+    empties = np.array([np.inf if name == "best" else 0.0 for name in names])
+    own_is_1 = (frame["event_distance"] == distances[1]).to_numpy(dtype=bool)
+    n = len(frame)
+    cols = {name: np.empty(n, dtype=np.int32) for name in COUNT_COLUMNS}
+    cols.update({name: np.empty(n) for name in LEVEL_COLUMNS})
 
-    def pick(name: str) -> np.ndarray:
-        # (an empty table, when no row has an athlete: nothing to take, every row is a first race)
-        return np.where(have, cum[name].to_numpy()[take] if len(cum) else 0.0, np.inf if name == "best" else 0.0)
+    def fill(lo: int, hi: int) -> None:
+        # rows in chunks: every total of a chunk's season rows read at once (one column at a
+        # time read each row's totals from 15 places: 1.5 s against 0.4 s at full scale,
+        # 2026-12-06), turned into columns and then into the history columns, all within the
+        # caches; the same numbers as column by column
+        for start in range(lo, hi, HISTORY_CHUNK_ROWS):
+            part = slice(start, min(start + HISTORY_CHUNK_ROWS, hi))
+            rows = totals[take[part]] if len(totals) else np.empty((part.stop - part.start, len(names)))
+            rows[~have[part]] = empties
+            by_name = dict(zip(names, np.ascontiguousarray(rows.T)))
+            for name, values in history_columns(by_name, own_is_1[part]).items():
+                cols[name][part] = values  # counts: whole numbers, as int32
 
-    names = (*SEASON_COLUMNS, "best")
-    later = {name: pool.submit(pick, name) for name in names[1::2]} if pool is not None else {}
-    picked = {name: later[name].result() if name in later else pick(name) for name in names}
-    del cum
+    middle = n // 2
+    later = pool.submit(fill, middle, n) if pool is not None else None
+    fill(0, middle if later is not None else n)
+    if later is not None:
+        later.result()
+    del totals
     # the new columns go on a shallow copy: the frame's own columns are shared, not copied
     # (hundreds of MB at full scale); adding columns never changes ``frame``
     out = frame.copy(deep=False)
-    cols = history_columns(picked, (out["event_distance"] == distances[1]).to_numpy(dtype=bool))
-    for name in COUNT_COLUMNS:
-        out[name] = cols[name].astype(np.int32)
-    for name in LEVEL_COLUMNS:
+    for name in HISTORY_COLUMNS:
         out[name] = cols[name]
     return out
