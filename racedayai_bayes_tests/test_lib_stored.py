@@ -93,3 +93,46 @@ def test_a_truncated_file_is_said_to_be_corrupt_not_a_confusing_pickle_error(tmp
         stored.load(path)
     with pytest.raises(stored.CorruptStoredValue, match="value.pkl"):
         _read(path)
+
+
+def test_arrow_text_of_one_whole_chunk_is_stored_without_pandas_copy_and_in_the_same_bytes(tmp_path, monkeypatch):
+    """A pandas Arrow-backed column of one whole chunk is pickled as that chunk, not as the
+    copy pandas' __getstate__ makes (combine_chunks), into the very bytes that copy gives;
+    a column that is a slice of larger buffers, or of several chunks, is still made compact."""
+    import pyarrow as pa
+    from pandas.core.arrays.arrow.array import ArrowExtensionArray
+
+    whole = pd.Series(pd.array([f"course {i % 13}" if i % 7 else None for i in range(4000)], dtype="string"))
+    sliced = pd.Series(pd.array([f"athlete {i}" for i in range(4000)], dtype="string")).iloc[1000:1100].reset_index(drop=True)
+    parts = pd.Series(pd.arrays.ArrowStringArray(pa.chunked_array([pa.array(["a", "b"], pa.large_string()),
+                                                                     pa.array(["c", None], pa.large_string())])))
+    frame = pd.DataFrame({"whole": whole, "year": np.arange(4000)})
+    assert whole.array._pa_array.num_chunks == 1 and sliced.array._pa_array.chunk(0).offset == 1000
+    combined = []
+    original = ArrowExtensionArray.__getstate__
+    monkeypatch.setattr(ArrowExtensionArray, "__getstate__", lambda self: combined.append(len(self)) or original(self))
+    for value, copies in ((frame, []), (sliced, [100]), (parts, [4])):
+        combined.clear()
+        path = tmp_path / "value.pkl"
+        with open(path, "wb") as fh:
+            stored.dump(value, fh)
+        assert combined == copies  # pandas' copy only where the array is not one whole chunk
+        loaded = stored.load(path)
+        if isinstance(value, pd.DataFrame):
+            pd.testing.assert_frame_equal(loaded, value)
+        else:
+            pd.testing.assert_series_equal(loaded, value)
+    # the same bytes as pandas' own way (its copy is the same array)
+    plain = tmp_path / "plain.pkl"
+    with open(plain, "wb") as fh:
+        monkeypatch.setattr(stored._Pickler, "reducer_override", lambda self, obj: NotImplemented)
+        stored.dump(frame, fh)
+    with open(path, "wb") as fh:
+        monkeypatch.undo()
+        stored.dump(frame, fh)
+    assert path.read_bytes() == plain.read_bytes()
+    assert stored.load(path)["whole"].array._pa_array.chunk(0).offset == 0
+    sliced_file = tmp_path / "sliced.pkl"
+    with open(sliced_file, "wb") as fh:
+        stored.dump(sliced, fh)
+    assert sliced_file.stat().st_size < 20_000  # compact: not the 4,000 strings the slice points into

@@ -26,6 +26,8 @@ table that points outside the file (a truncated or damaged file) is a
 
 from __future__ import annotations
 
+import copyreg
+import io
 import mmap
 import os
 import pickle
@@ -46,10 +48,49 @@ def _aligned(offset: int) -> int:
     return -(-offset // ALIGN) * ALIGN
 
 
+class _Pickler(pickle.Pickler):
+    """Protocol 5 with one change: a pandas Arrow-backed array of one whole chunk (the
+    columns of the frames stored here: text as Arrow strings) is pickled as that chunk.
+
+    pandas pickles such an array as ``combine_chunks()`` of its chunks, which copies even a
+    single chunk (a full-scale model frame's text columns are 300 MB: 0.36 s for its
+    event_name alone, in fresh memory, 2026-12-06). The chunk pickled here is the very array
+    that copy would be (the same buffers, so the same file) and pandas' own __setstate__
+    reads it back. A chunk that is a slice of larger buffers (Arrow pickles the whole
+    buffers of a slice), or several chunks, go pandas' way, which makes them one compact array.
+    """
+
+    def reducer_override(self, obj):
+        chunked = getattr(obj, "_pa_array", None)
+        if chunked is None or not _is_arrow_backed(obj) or chunked.num_chunks != 1:
+            return NotImplemented
+        chunk = chunked.chunk(0)
+        # a slice of larger buffers refers to fewer bytes than they hold (Arrow's nbytes counts
+        # a string array's offsets one short of its buffer: a few bytes of slack)
+        if chunk.offset != 0 or chunk.get_total_buffer_size() > chunk.nbytes + 64:
+            return NotImplemented
+        # what pandas' __getstate__ makes (checked by _is_arrow_backed: not overridden), with
+        # the chunk in place of its copy
+        state = obj.__dict__.copy()
+        state["_pa_array"] = chunk
+        state["_cache"] = {}
+        return copyreg.__newobj__, (type(obj),), state
+
+
+def _is_arrow_backed(obj) -> bool:
+    """A pandas Arrow-backed array whose pickled state is pandas' ``__getstate__`` of
+    ArrowExtensionArray: its ``__dict__`` with ``_pa_array`` combined and ``_cache`` empty."""
+    from pandas.core.arrays.arrow.array import ArrowExtensionArray
+
+    return isinstance(obj, ArrowExtensionArray) and type(obj).__getstate__ is ArrowExtensionArray.__getstate__
+
+
 def dump(obj: Any, fh: IO[bytes]) -> None:
     """Write ``obj`` to the binary file ``fh`` (at its start) in the layout above."""
     buffers: list[pickle.PickleBuffer] = []
-    stream = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    out = io.BytesIO()
+    _Pickler(out, protocol=5, buffer_callback=buffers.append).dump(obj)
+    stream = out.getvalue()
     raws = [b.raw() for b in buffers]  # protocol 5 hands out contiguous buffers only
     offset = len(MAGIC) + _COUNTS.size + _ENTRY.size * len(raws) + len(stream)
     table = []
