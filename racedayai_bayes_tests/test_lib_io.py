@@ -237,3 +237,28 @@ def test_nested_artifacts_and_a_latest_pointer(kind, tmp_path, store, local_tmp)
     assert (folder / latest).read_bytes() == b"CDF\x0120261130T030000Z"
     assert sorted(p.name for p in folder.iterdir()) == ["20261123T030000Z.nc", "20261130T030000Z.nc", "latest"]
     assert _listing(local_tmp) == []
+
+
+def test_outputs_are_fsynced_and_the_pipelines_stored_values_are_not(tmp_path, monkeypatch):
+    """atomic_path fsyncs the file and its folder before and after the rename; with
+    durable=False (the IO manager's stored values) it renames only, atomically all the same."""
+    import numpy as np
+
+    from racedayai_bayes.defs.resources import AtomicPickleIOManager
+    from racedayai_bayes.lib.outputs import stored
+
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real(fd))
+    target = tmp_path / "out.csv"
+    with atomic_path(target) as tmp:
+        tmp.write_text("a\n1\n")
+    assert len(synced) == 2 and target.read_text() == "a\n1\n"  # the file, then its folder
+    synced.clear()
+    with atomic_path(target, durable=False) as tmp:
+        tmp.write_text("a\n2\n")
+    assert synced == [] and target.read_text() == "a\n2\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]  # no temporary file left
+    path = UPath(tmp_path / "value.pkl")
+    AtomicPickleIOManager(base_path=UPath(tmp_path)).dump_to_path(None, {"x": np.arange(3)}, path)
+    assert synced == [] and stored.load(tmp_path / "value.pkl")["x"].tolist() == [0, 1, 2]

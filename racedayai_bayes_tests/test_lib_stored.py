@@ -136,3 +136,18 @@ def test_arrow_text_of_one_whole_chunk_is_stored_without_pandas_copy_and_in_the_
     with open(sliced_file, "wb") as fh:
         stored.dump(sliced, fh)
     assert sliced_file.stat().st_size < 20_000  # compact: not the 4,000 strings the slice points into
+
+
+@pytest.mark.parametrize("content", [b"", b"\0" * 5000], ids=["empty", "zero-filled"])
+def test_a_file_a_crash_left_empty_or_zero_filled_is_said_to_be_corrupt(tmp_path, content):
+    """Stored values are not fsynced (defs/resources.AtomicPickleIOManager): a crash of the
+    machine can leave one empty or zero-filled. Loading it says so and names the file, not
+    pickle's 'Ran out of input'; a plain pickle of an earlier version still loads."""
+    path = tmp_path / "value.pkl"
+    path.write_bytes(content)
+    with pytest.raises(stored.CorruptStoredValue, match="value.pkl.*materialise its asset again"):
+        stored.load(path)
+    with pytest.raises(stored.CorruptStoredValue, match="value.pkl"):
+        _read(path)
+    path.write_bytes(pickle.dumps({"a": 1}, protocol=2))
+    assert stored.load(path) == {"a": 1} and _read(path) == {"a": 1}

@@ -63,13 +63,18 @@ def left_as_it_was(target, kind: str = "file") -> str:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike | UPath) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike | UPath, *, durable: bool = True) -> Iterator[Path]:
     """Yield a local temporary path; on success it replaces ``path`` atomically.
 
     ``path`` may be a local path or an object-store URL / UPath (see :func:`as_path`).
 
     Local: the temporary file sits beside ``path``; on success it is fsynced and renamed
-    over ``path``. The rename is atomic on POSIX within one file system, so readers see
+    over ``path`` (with ``durable=False``, renamed without the fsyncs: a process that dies,
+    even by SIGKILL, still leaves the old file or the complete new one, as the page cache
+    outlives it, but after a crash of the machine itself the new file may be found empty or
+    short; for values that are made again from the inputs, such as the pipeline's
+    intermediate values, where waiting for the disk is most of the cost of a write: see
+    defs/resources.AtomicPickleIOManager). The rename is atomic on POSIX within one file system, so readers see
     either the old file or the complete new one. On any error the temporary file is
     removed. While the temporary file exists this process holds an exclusive ``flock`` on
     it, which the kernel releases if the process dies: that is how
@@ -98,10 +103,12 @@ def atomic_path(path: str | os.PathLike | UPath) -> Iterator[Path]:
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)
         yield tmp
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+        if durable:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        if durable:
+            _fsync_dir(target.parent)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

@@ -127,11 +127,23 @@ def _parse(view: memoryview, name: str) -> Any:
     return pickle.loads(view[start:start + stream_len], buffers=buffers)
 
 
+def _check_pickle(head: bytes, name: str) -> None:
+    """A file without :data:`MAGIC` must be a plain pickle (protocol 2 or later: its first
+    byte is PROTO); anything else, an empty or zero-filled file such as a crash of the machine
+    can leave of a value stored without an fsync, is a :class:`CorruptStoredValue`."""
+    if not head.startswith(pickle.PROTO):
+        what = "empty" if not head else "neither a stored value nor a pickle"
+        raise CorruptStoredValue(f"{name}: {what} (a write the machine stopped in the middle of?); "
+                                 "materialise its asset again")
+
+
 def load(path: str | os.PathLike) -> Any:
     """Load a value written by :func:`dump` (or a plain pickle) from a local file, mapping
     its buffers instead of reading them."""
     with open(path, "rb") as fh:
-        if fh.read(len(MAGIC)) != MAGIC:
+        head = fh.read(len(MAGIC))
+        if head != MAGIC:
+            _check_pickle(head, os.fspath(path))
             fh.seek(0)
             return pickle.load(fh)
         mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
@@ -151,5 +163,6 @@ def read(fh: IO[bytes], size: int, name: str = "stored value") -> Any:
             raise CorruptStoredValue(f"{name}: ended after {filled} of its {size} bytes")
         filled += got
     if bytes(view[:len(MAGIC)]) != MAGIC:
+        _check_pickle(bytes(view[:len(MAGIC)]), name)
         return pickle.loads(view)  # a plain pickle of an earlier version
     return _parse(view, name)
