@@ -95,10 +95,11 @@ def test_a_truncated_file_is_said_to_be_corrupt_not_a_confusing_pickle_error(tmp
         _read(path)
 
 
-def test_arrow_text_of_one_whole_chunk_is_stored_without_pandas_copy_and_in_the_same_bytes(tmp_path, monkeypatch):
-    """A pandas Arrow-backed column of one whole chunk is pickled as that chunk, not as the
-    copy pandas' __getstate__ makes (combine_chunks), into the very bytes that copy gives;
-    a column that is a slice of larger buffers, or of several chunks, is still made compact."""
+def test_arrow_text_of_whole_chunks_is_stored_without_pandas_copy(tmp_path, monkeypatch):
+    """A pandas Arrow-backed column whose chunks are whole arrays is pickled as those chunks,
+    not as the copy pandas' __getstate__ makes (combine_chunks): one chunk into the very bytes
+    that copy gives, several as several; a column that is a slice of larger buffers is still
+    made compact, pandas' way."""
     import pyarrow as pa
     from pandas.core.arrays.arrow.array import ArrowExtensionArray
 
@@ -111,18 +112,20 @@ def test_arrow_text_of_one_whole_chunk_is_stored_without_pandas_copy_and_in_the_
     combined = []
     original = ArrowExtensionArray.__getstate__
     monkeypatch.setattr(ArrowExtensionArray, "__getstate__", lambda self: combined.append(len(self)) or original(self))
-    for value, copies in ((frame, []), (sliced, [100]), (parts, [4])):
+    path = tmp_path / "value.pkl"
+    for value, copies, chunks in ((frame, [], 1), (sliced, [100], 1), (parts, [], 2)):
         combined.clear()
-        path = tmp_path / "value.pkl"
         with open(path, "wb") as fh:
             stored.dump(value, fh)
-        assert combined == copies  # pandas' copy only where the array is not one whole chunk
+        assert combined == copies  # pandas' copy only of the slice
         loaded = stored.load(path)
         if isinstance(value, pd.DataFrame):
             pd.testing.assert_frame_equal(loaded, value)
+            loaded = loaded["whole"]
         else:
             pd.testing.assert_series_equal(loaded, value)
-    # the same bytes as pandas' own way (its copy is the same array)
+        assert loaded.array._pa_array.num_chunks == chunks
+    # one chunk: the same bytes as pandas' own way (its copy is the same array)
     plain = tmp_path / "plain.pkl"
     with open(plain, "wb") as fh:
         monkeypatch.setattr(stored._Pickler, "reducer_override", lambda self, obj: NotImplemented)
@@ -131,7 +134,6 @@ def test_arrow_text_of_one_whole_chunk_is_stored_without_pandas_copy_and_in_the_
         monkeypatch.undo()
         stored.dump(frame, fh)
     assert path.read_bytes() == plain.read_bytes()
-    assert stored.load(path)["whole"].array._pa_array.chunk(0).offset == 0
     sliced_file = tmp_path / "sliced.pkl"
     with open(sliced_file, "wb") as fh:
         stored.dump(sliced, fh)

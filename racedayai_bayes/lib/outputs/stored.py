@@ -49,30 +49,31 @@ def _aligned(offset: int) -> int:
 
 
 class _Pickler(pickle.Pickler):
-    """Protocol 5 with one change: a pandas Arrow-backed array of one whole chunk (the
-    columns of the frames stored here: text as Arrow strings) is pickled as that chunk.
+    """Protocol 5 with one change: a pandas Arrow-backed array (the text columns of the frames
+    stored here) whose chunks are whole arrays is pickled as those chunks.
 
-    pandas pickles such an array as ``combine_chunks()`` of its chunks, which copies even a
-    single chunk (a full-scale model frame's text columns are 300 MB: 0.36 s for its
-    event_name alone, in fresh memory, 2026-12-06). The chunk pickled here is the very array
-    that copy would be (the same buffers, so the same file) and pandas' own __setstate__
-    reads it back. A chunk that is a slice of larger buffers (Arrow pickles the whole
-    buffers of a slice), or several chunks, go pandas' way, which makes them one compact array.
+    pandas pickles such an array as ``combine_chunks()`` of its chunks, which copies it, even
+    a single chunk: a full-scale model frame's text columns are 300 MB (0.36 s for its
+    event_name alone, in fresh memory), and the race file's, as read, are 936 chunks each
+    (2026-12-06). One chunk is pickled as that chunk: the very array the copy would be, so the
+    same file. Several are pickled as they are, and load as several (the values the same;
+    what reads them reads chunked arrays, as before they were stored). A chunk that is a
+    slice of larger buffers (Arrow pickles the whole buffers of a slice) goes pandas' way,
+    which makes the array one compact chunk. pandas' own __setstate__ reads either.
     """
 
     def reducer_override(self, obj):
         chunked = getattr(obj, "_pa_array", None)
-        if chunked is None or not _is_arrow_backed(obj) or chunked.num_chunks != 1:
+        if chunked is None or not _is_arrow_backed(obj) or chunked.num_chunks == 0:
             return NotImplemented
-        chunk = chunked.chunk(0)
         # a slice of larger buffers refers to fewer bytes than they hold (Arrow's nbytes counts
         # a string array's offsets one short of its buffer: a few bytes of slack)
-        if chunk.offset != 0 or chunk.get_total_buffer_size() > chunk.nbytes + 64:
+        if any(c.offset != 0 or c.get_total_buffer_size() > c.nbytes + 64 for c in chunked.chunks):
             return NotImplemented
         # what pandas' __getstate__ makes (checked by _is_arrow_backed: not overridden), with
-        # the chunk in place of its copy
+        # the chunks in place of their copy
         state = obj.__dict__.copy()
-        state["_pa_array"] = chunk
+        state["_pa_array"] = chunked.chunk(0) if chunked.num_chunks == 1 else chunked
         state["_cache"] = {}
         return copyreg.__newobj__, (type(obj),), state
 
