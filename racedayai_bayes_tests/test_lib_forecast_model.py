@@ -72,16 +72,28 @@ def test_sampler_converges_and_its_checks_pass(fitted):
     assert fitted.info["acceptance"] > 0.5
 
 
-def test_forecast_moments_equal_the_plain_loop_over_draws(world, fitted):
+@pytest.mark.parametrize("covariates", ["all", "none"])
+def test_forecast_moments_equal_the_plain_loop_over_draws(world, fitted, covariates):
+    """The moments predictive works out per combination (its quadratic and cubic forms in the
+    covariates included) are those of a plain loop over draws; also for an encoding without
+    covariates (no slope column)."""
+    from dataclasses import replace
+
     rows, _ = world
-    design = fdesign.encode(rows, fitted.encoding)
+    enc, draws = fitted.encoding, fitted.population()
+    design = fdesign.encode(rows, enc)
+    if covariates == "none":
+        slopes = enc.slices["slope"]
+        enc = replace(enc, covariates=(), cov_mean=(), cov_sd=())
+        draws = fpredict.PopulationDraws(scales=draws.scales, b=draws.b[:, :slopes.start])
+        design = replace(design, z=design.z[:, :0])
     a, w = fitted.athlete_summaries(rows)
     pick = np.arange(0, len(rows), 7)
     d = _take(design, pick)
     tau = fitted.athlete_scale(d)  # per row: both classes
     assert len(set(tau)) == 2
-    fast = fpredict.predictive(d, fitted.encoding, fitted.population(), a[pick], w[pick], tau)
-    slow = fpredict.predictive_by_draws(d, fitted.encoding, fitted.population(), a[pick], w[pick], tau)
+    fast = fpredict.predictive(d, enc, draws, a[pick], w[pick], tau)
+    slow = fpredict.predictive_by_draws(d, enc, draws, a[pick], w[pick], tau)
     np.testing.assert_allclose(fast["log_mean"], slow["log_mean"], rtol=0, atol=1e-12)
     np.testing.assert_allclose(fast["log_sd"] ** 2, slow["log_var"], rtol=1e-10)
     np.testing.assert_allclose(fast["mean"], slow["mean"], rtol=1e-6)

@@ -269,3 +269,23 @@ def test_history_read_a_chunk_of_rows_at_a_time_is_that_of_each_column_alone(mon
                 want = expected[name].astype(np.int32) if name in history.COUNT_COLUMNS else expected[name]
                 assert got[name].dtype == want.dtype, name
                 np.testing.assert_array_equal(got[name].to_numpy(), want, err_msg=name)
+
+
+def test_history_of_rows_without_a_season_row_or_of_no_rows():
+    """add_history's chunked reading with an empty season table (no athlete anywhere: every
+    race a first one, counts 0 and levels NaN) and with no rows at all."""
+    from racedayai_bayes.lib.data import history
+    from racedayai_bayes.lib.data.frame import FRAME_COLUMNS
+
+    races = _races(seed=2)
+    races["athlete_hash"] = pd.array([pd.NA] * len(races), dtype="string")
+    table = history.season_table(races, _ag_finish(races), MODEL_DISTANCES).drop(columns="athlete")
+    frame = _frame(races)[list(FRAME_COLUMNS)]
+    assert len(table) == 0 and len(frame)
+    got = history.add_history(frame, table, MODEL_DISTANCES)
+    for name in history.COUNT_COLUMNS:
+        assert got[name].dtype == np.int32 and (got[name] == 0).all(), name
+    for name in history.LEVEL_COLUMNS:
+        assert got[name].dtype == np.float64 and got[name].isna().all(), name
+    none = history.add_history(frame.iloc[:0], table, MODEL_DISTANCES)
+    assert len(none) == 0 and list(none.columns) == [*FRAME_COLUMNS, *history.HISTORY_COLUMNS]

@@ -87,9 +87,10 @@ class AtomicPickleIOManager(dg.UPathIOManager):
 
     def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
         # not fsynced (atomic_path's durable=False), as Dagster's own filesystem IO manager does
-        # not: these values are made again from the inputs by the next refit, a process that dies
-        # still leaves the old value or the complete new one, and a file a crash of the machine
-        # left short is said to be corrupt when loaded (stored.CorruptStoredValue). The fsyncs
+        # not: a process that dies still leaves the old value or the complete new one, a refit
+        # makes them again from the inputs, and a file a crash of the machine left empty or
+        # short is said to be corrupt when loaded (stored.CorruptStoredValue; what is not
+        # detected: docs/failure-modes.md, section 2). The fsyncs
         # were most of a write's time: at full scale the model frame's 720 MB took 2.2 s to
         # store with them (the disk), 0.4 s without (2026-12-06); four such values lie on the
         # refit's critical path. The outputs people read (CSVs, artifacts, `latest`) are fsynced

@@ -71,8 +71,8 @@ def atomic_path(path: str | os.PathLike | UPath, *, durable: bool = True) -> Ite
     Local: the temporary file sits beside ``path``; on success it is fsynced and renamed
     over ``path`` (with ``durable=False``, renamed without the fsyncs: a process that dies,
     even by SIGKILL, still leaves the old file or the complete new one, as the page cache
-    outlives it, but after a crash of the machine itself the new file may be found empty or
-    short; for values that are made again from the inputs, such as the pipeline's
+    outlives it, but after a crash of the machine itself the new file may be found empty,
+    short or partly zeroed; for values that are made again from the inputs, such as the pipeline's
     intermediate values, where waiting for the disk is most of the cost of a write: see
     defs/resources.AtomicPickleIOManager). The rename is atomic on POSIX within one file system, so readers see
     either the old file or the complete new one. On any error the temporary file is

@@ -56,7 +56,7 @@ class _Pickler(pickle.Pickler):
     a single chunk: a full-scale model frame's text columns are 300 MB (0.36 s for its
     event_name alone, in fresh memory), and the race file's, as read, are 936 chunks each
     (2026-12-06). One chunk is pickled as that chunk: the very array the copy would be, so the
-    same file. Several are pickled as they are, and load as several (the values the same;
+    same file (with pandas 3). Several are pickled as they are, and load as several (the values the same;
     what reads them reads chunked arrays, as before they were stored). A chunk that is a
     slice of larger buffers (Arrow pickles the whole buffers of a slice) goes pandas' way,
     which makes the array one compact chunk. pandas' own __setstate__ reads either.
@@ -73,7 +73,9 @@ class _Pickler(pickle.Pickler):
         # what pandas' __getstate__ makes (checked by _is_arrow_backed: not overridden), with
         # the chunks in place of their copy
         state = obj.__dict__.copy()
-        state["_pa_array"] = chunked.chunk(0) if chunked.num_chunks == 1 else chunked
+        # (a list of chunks, which pa.chunked_array has always read; a ChunkedArray it reads
+        # only from pyarrow 16)
+        state["_pa_array"] = chunked.chunk(0) if chunked.num_chunks == 1 else list(chunked.chunks)
         state["_cache"] = {}
         return copyreg.__newobj__, (type(obj),), state
 
