@@ -167,13 +167,13 @@ def test_sums_before_a_season_are_what_a_row_of_that_season_gets():
 
 @pytest.mark.parametrize("anonymous", [False, True])
 def test_a_thread_pool_gives_the_same_running_totals_and_history(anonymous):
-    """cumulate and add_history with a thread pool (two columns at once, the rows matched beside
+    """cumulated_totals and add_history with a thread pool (two columns at once, the rows matched beside
     the running totals) give the numbers they give without one, bit for bit: with athletes
     matched by hash (no codes) and with a table that has no athlete at all."""
     from concurrent.futures import ThreadPoolExecutor
 
     from racedayai_bayes.lib.data.frame import FRAME_COLUMNS
-    from racedayai_bayes.lib.data.history import add_history, cumulate, season_table
+    from racedayai_bayes.lib.data.history import add_history, cumulated_totals, season_table
 
     races = _races(seed=5)
     if anonymous:
@@ -182,30 +182,38 @@ def test_a_thread_pool_gives_the_same_running_totals_and_history(anonymous):
     table = season_table(races, ag, MODEL_DISTANCES).drop(columns="athlete")
     frame = _frame(races)[list(FRAME_COLUMNS)]
     with ThreadPoolExecutor(2) as pool:
-        pd.testing.assert_frame_equal(cumulate(table, pool), cumulate(table), check_exact=True)
+        np.testing.assert_array_equal(cumulated_totals(table, pool), cumulated_totals(table))
         with_pool = add_history(frame, table, MODEL_DISTANCES, pool=pool)
     pd.testing.assert_frame_equal(with_pool, add_history(frame, table, MODEL_DISTANCES), check_exact=True)
     pd.testing.assert_frame_equal(with_pool, _frame(races), check_exact=True)  # as the model frame has it
     assert (with_pool["hist_starts"] == 0).all() == anonymous
 
 
+def _earlier_totals_alone(table: pd.DataFrame, name: str) -> np.ndarray:
+    """Each season row's total of column ``name`` over the athlete's strictly earlier seasons
+    (``best``: the minimum), grouping that column alone: the reference for cumulated_totals."""
+    from racedayai_bayes.lib.data.history import athlete_runs
+
+    new_athlete = athlete_runs(table["athlete_hash"])
+    alone = table[name].groupby(np.cumsum(new_athlete), sort=False)
+    running = (alone.cummin() if name == "best" else alone.cumsum()).to_numpy()
+    empty = np.inf if name == "best" else 0.0
+    return np.where(new_athlete, empty, np.r_[empty, running[:-1]])
+
+
 def test_one_grouping_for_every_column_gives_each_column_its_own_sums():
     """The running totals group every column by athlete with one pandas grouping (built once):
     each column's totals are, bit for bit, those of grouping that column alone, and the
     season table's debut columns those of summing each column on its own."""
-    from racedayai_bayes.lib.data.history import SEASON_COLUMNS, athlete_runs, cumulate, season_table
+    from racedayai_bayes.lib.data.history import TOTAL_COLUMNS, athlete_runs, cumulated_totals, season_table
 
     races = _races(seed=11)
     table = season_table(races, _ag_finish(races), MODEL_DISTANCES).drop(columns="athlete")
     new_athlete = athlete_runs(table["athlete_hash"])
     by = np.cumsum(new_athlete)
-    got = cumulate(table)
-    for name in (*SEASON_COLUMNS, "best"):
-        alone = table[name].groupby(by, sort=False)
-        running = (alone.cummin() if name == "best" else alone.cumsum()).to_numpy()
-        empty = np.inf if name == "best" else 0.0
-        np.testing.assert_array_equal(got[name].to_numpy(), np.where(new_athlete, empty, np.r_[empty, running[:-1]]),
-                                      err_msg=name)
+    got = cumulated_totals(table)
+    for i, name in enumerate(TOTAL_COLUMNS):
+        np.testing.assert_array_equal(got[:, i], _earlier_totals_alone(table, name), err_msg=name)
     # the debut columns: each column's sum over the athlete's earlier seasons, grouped alone
     for k in (0, 1):
         def earlier(values):
@@ -254,13 +262,13 @@ def test_history_read_a_chunk_of_rows_at_a_time_is_that_of_each_column_alone(mon
     races.loc[races.index[::17], "athlete_hash"] = pd.NA  # rows with no athlete: no season row
     table = history.season_table(races, _ag_finish(races), MODEL_DISTANCES).drop(columns="athlete")
     frame = _frame(races)[list(FRAME_COLUMNS)]
-    cum = history.cumulate(table)
-    key = dict(zip(zip(cum["athlete_hash"], cum["event_year"]), range(len(cum))))
+    key = dict(zip(zip(table["athlete_hash"], table["event_year"]), range(len(table))))
     pos = np.array([key.get((a, y), -1) if pd.notna(a) else -1 for a, y in zip(frame["athlete_hash"], frame["event_year"])])
     assert (pos < 0).any() and (pos >= 0).any()
     picked = {}
-    for name in (*history.SEASON_COLUMNS, "best"):
-        picked[name] = np.where(pos >= 0, cum[name].to_numpy()[np.maximum(pos, 0)], np.inf if name == "best" else 0.0)
+    for name in history.TOTAL_COLUMNS:  # each column's running totals grouped alone, not through cumulated_totals
+        picked[name] = np.where(pos >= 0, _earlier_totals_alone(table, name)[np.maximum(pos, 0)],
+                                np.inf if name == "best" else 0.0)
     expected = history.history_columns(picked, (frame["event_distance"] == MODEL_DISTANCES[1]).to_numpy())
     with ThreadPoolExecutor(2) as pool:
         for got in (history.add_history(frame, table, MODEL_DISTANCES),

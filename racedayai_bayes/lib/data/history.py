@@ -141,6 +141,8 @@ def earlier_season_sums(codes: np.ndarray, years: np.ndarray, values: dict[str, 
 HISTORY_CHUNK_ROWS = 16_384  # add_history's rows per chunk: their totals (15 float64 a row, 2 MB) and its work stay in the caches
 SEASON_COLUMNS = ("starts_0", "starts_1", "dnf", "fin_0", "fin_1", "nrel_0", "nrel_1", "sumrel_0", "sumrel_1",
                   "unfinished_debut", "debut_nrel_0", "debut_sumrel_0", "debut_nrel_1", "debut_sumrel_1")
+# the running totals of the season columns, and ``best``, the running minimum finish (cumulated_totals)
+TOTAL_COLUMNS = (*SEASON_COLUMNS, "best")
 
 
 def season_table(races: pd.DataFrame, ag_finish: np.ndarray, distances: tuple[str, str], *,
@@ -156,7 +158,7 @@ def season_table(races: pd.DataFrame, ag_finish: np.ndarray, distances: tuple[st
     ``unfinished_debut`` (1 on the athlete's first season when it holds no age-group finish),
     and ``debut_nrel_k``/``debut_sumrel_k``: on the athlete's first season with an age-group
     finish at distance k, the other distance's ``nrel``/``sumrel`` over the athlete's earlier
-    seasons (0 on every other row), which :func:`cumulate` then carries to the later seasons.
+    seasons (0 on every other row), which :func:`cumulated_totals` then carries to the later seasons.
     ``ag_finish`` marks the rows of ``races`` that the model frame keeps. ``codes`` and
     ``athletes`` (``pd.factorize(..., sort=True)`` of races' athlete_hash) save hashing the
     keys again; the table also holds each row's athlete code (``athlete``, into
@@ -261,32 +263,23 @@ def athlete_runs(hashes: pd.Series) -> np.ndarray:
     return np.r_[True, changed.to_numpy(zero_copy_only=False).astype(bool)]
 
 
-def cumulate(table: pd.DataFrame, pool: Executor | None = None) -> pd.DataFrame:
+def cumulated_totals(table: pd.DataFrame, pool: Executor | None = None) -> np.ndarray:
     """Each row's totals over the athlete's **strictly earlier** seasons (``table`` sorted by
-    athlete, then season, as :func:`season_table` returns it).
+    athlete, then season, as :func:`season_table` returns it), one column per name of
+    :data:`TOTAL_COLUMNS`, in that order: a row's totals lie side by side, so that a race
+    reads them in one place (:func:`add_history`).
 
     Running totals run within each athlete, never across athletes, so a value depends only
     on that athlete's own earlier seasons, and the same seasons always add up in the same
     order: a total is the same number whichever later seasons exist. With a ``pool``, two
     columns are summed at once (the same numbers: each column is summed as without one).
     """
-    names, totals = cumulated_totals(table, pool)
-    out = {"athlete_hash": table["athlete_hash"].to_numpy(), "event_year": table["event_year"].to_numpy()}
-    out.update({name: np.ascontiguousarray(totals[:, i]) for i, name in enumerate(names)})
-    return pd.DataFrame(out, copy=False)
-
-
-def cumulated_totals(table: pd.DataFrame, pool: Executor | None = None) -> tuple[tuple[str, ...], np.ndarray]:
-    """:func:`cumulate`'s totals of every column of ``names`` (:data:`SEASON_COLUMNS` and
-    ``best``) as one array of a row per row of ``table``: all of a season row's totals are
-    next to each other, so that a race reads them in one place (:func:`add_history`)."""
     new_athlete = athlete_runs(table["athlete_hash"])
-    names = (*SEASON_COLUMNS, "best")
-    totals = np.empty((len(table), len(names)))
+    totals = np.empty((len(table), len(TOTAL_COLUMNS)))
     for name, values in _running_columns(table, new_athlete, pool):
         empty = np.inf if name == "best" else 0.0
-        totals[:, names.index(name)] = np.where(new_athlete, empty, np.r_[empty, values[:-1]])
-    return names, totals
+        totals[:, TOTAL_COLUMNS.index(name)] = np.where(new_athlete, empty, np.r_[empty, values[:-1]])
+    return totals
 
 
 def _running_columns(table: pd.DataFrame, new_athlete: np.ndarray, pool: Executor | None = None):
@@ -295,7 +288,7 @@ def _running_columns(table: pd.DataFrame, new_athlete: np.ndarray, pool: Executo
     that only one column of running totals is held at once (two with a ``pool``: the next
     one is made in it meanwhile; pandas' grouped sums release the GIL)."""
     by = np.cumsum(new_athlete)
-    names = (*SEASON_COLUMNS, "best")
+    names = TOTAL_COLUMNS
     # one grouping for every column: pandas builds it once (a grouping per column cost about
     # 20 ms each at full scale), its codes here, before any thread reads them (what pandas
     # still works out on first use, whether any key is missing, is the same whichever thread
@@ -321,7 +314,7 @@ def _running_columns(table: pd.DataFrame, new_athlete: np.ndarray, pool: Executo
 def as_of_rows(table: pd.DataFrame, *seasons: int) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
     """For each of ``seasons``: each athlete's totals over its seasons strictly before it
     (what a race in that season knows, the same numbers a race of that season gets in the
-    model frame, bit for bit: the running totals of :func:`cumulate`, through the athlete's
+    model frame, bit for bit: the running totals of :func:`cumulated_totals`, through the athlete's
     last season before it), and the position in ``table`` of that last season.
 
     ``table`` is sorted by athlete, then season (:func:`season_table`). The running totals
@@ -437,10 +430,10 @@ def add_history(frame: pd.DataFrame, table: pd.DataFrame, distances: tuple[str, 
 
     # the rows are matched in the pool while this thread makes the running totals
     matched = pool.submit(match) if pool is not None else None
-    names, totals = cumulated_totals(table, pool)
+    totals = cumulated_totals(table, pool)
     have, take = matched.result() if matched is not None else match()
     # a row without a season row in the table (no athlete, or no season) has no history
-    empties = np.array([np.inf if name == "best" else 0.0 for name in names])
+    empties = np.array([np.inf if name == "best" else 0.0 for name in TOTAL_COLUMNS])
     own_is_1 = (frame["event_distance"] == distances[1]).to_numpy(dtype=bool)
     n = len(frame)
     cols = {name: np.empty(n, dtype=np.int32) for name in COUNT_COLUMNS}
@@ -453,9 +446,9 @@ def add_history(frame: pd.DataFrame, table: pd.DataFrame, distances: tuple[str, 
         # caches; the same numbers as column by column
         for start in range(lo, hi, HISTORY_CHUNK_ROWS):
             part = slice(start, min(start + HISTORY_CHUNK_ROWS, hi))
-            rows = totals[take[part]] if len(totals) else np.empty((part.stop - part.start, len(names)))
+            rows = totals[take[part]] if len(totals) else np.empty((part.stop - part.start, len(TOTAL_COLUMNS)))
             rows[~have[part]] = empties
-            by_name = dict(zip(names, np.ascontiguousarray(rows.T)))
+            by_name = dict(zip(TOTAL_COLUMNS, np.ascontiguousarray(rows.T)))
             for name, values in history_columns(by_name, own_is_1[part]).items():
                 cols[name][part] = values  # counts: whole numbers, as int32
 

@@ -233,12 +233,12 @@ class FittedSeed(FittedModel):
         ``bayes_pred`` and ``bayes_std`` keep the notebook's meaning: the posterior-mean
         linear predictor and the posterior mean of sigma (plus an unseen group's scale).
         """
+        part = frame
         if rows is not None:
             # the rows' columns the encoding reads, not every column (judging takes 170,000
             # rows of the 22 of a full-scale split, strings included, twice a model)
-            frame = frame[[c for c in READS if c in frame.columns]]
-            frame = frame.loc[rows] if np.asarray(rows).dtype == bool else frame.iloc[rows]
-        part = frame
+            part = part[[c for c in READS if c in part.columns]]
+            part = part.loc[rows] if np.asarray(rows).dtype == bool else part.iloc[rows]
         enc = self.encoding
         design = encode(features(part, self.kind), enc)
         mu, sd = mean_prediction(self.draws, design)
