@@ -203,6 +203,39 @@ def test_one_thread_and_two_make_the_same_frame_and_season_table(small_inputs):
     pd.testing.assert_frame_equal(one[2], two[2])
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_season_table_is_handed_over_complete_before_the_history_is_added(small_inputs, threads):
+    """``seasons_ready`` (the model_frame step stores the table meanwhile) gets the very table
+    that is returned, once, before the rows have their as-of history; nothing changes it later."""
+    from racedayai_bayes.lib.data import frame as fr
+    from racedayai_bayes.lib.data.contracts import CLUSTER_FILE, PROFILE_FILE, RACE_FILE
+
+    races = read_races(small_inputs / RACE_FILE).frame
+    profiles = read_profiles(small_inputs / PROFILE_FILE).frame
+    clusters = read_clusters(small_inputs / CLUSTER_FILE).frame
+    handed, order = [], []
+    add_history = fr.add_history
+
+    def recording_add_history(*args, **kwargs):
+        order.append("history")
+        return add_history(*args, **kwargs)
+
+    def ready(table):
+        order.append("seasons")
+        handed.append((table, table.copy(deep=True)))
+
+    fr.add_history = recording_add_history
+    try:
+        frame, _, seasons = fr.model_frame_and_seasons(races, profiles, clusters, threads=threads, seasons_ready=ready)
+    finally:
+        fr.add_history = add_history
+    assert order == ["seasons", "history"]
+    (table, as_handed), = handed
+    assert table is seasons and "athlete" not in table.columns
+    pd.testing.assert_frame_equal(seasons, as_handed)  # unchanged since it was handed over
+    pd.testing.assert_frame_equal(seasons, fr.model_frame_and_seasons(races, profiles, clusters, threads=threads)[2])
+
+
 def test_races_without_any_athlete_hash_are_kept_as_first_races(tmp_path):
     """Anonymous races are legal (the contract): when no race has an athlete_hash, the season
     table is empty and every kept race is a first race with no history, not a crash."""

@@ -262,3 +262,32 @@ def test_outputs_are_fsynced_and_the_pipelines_stored_values_are_not(tmp_path, m
     path = UPath(tmp_path / "value.pkl")
     AtomicPickleIOManager(base_path=UPath(tmp_path)).dump_to_path(None, {"x": np.arange(3)}, path)
     assert synced == [] and stored.load(tmp_path / "value.pkl")["x"].tolist() == [0, 1, 2]
+
+
+def test_the_prediction_table_keeps_event_names_as_written_and_blank_where_missing(tmp_path):
+    """prediction_table takes the rows' event_name column as it is (no Python string per row):
+    the CSV holds each name as written, and an empty field where the name is missing, as when
+    the column went through NumPy objects."""
+    import numpy as np
+
+    from racedayai_bayes.lib.models.base import Prediction
+    from racedayai_bayes.lib.outputs.tables import APPENDED_COLUMNS, prediction_table
+
+    rows = pd.DataFrame({
+        "athlete_hash": pd.array(["a", "b", None, "d"], dtype="string"),
+        "event_distance": pd.array(["70.3"] * 4, dtype="string"),
+        "event_year": pd.array([2024, 2025, 2025, None], dtype="Int64"),
+        "total_sec": [18000.0, 19000.5, 20000.0, 21000.0],
+        "event_name": pd.array(["IRONMAN 70.3 Fort Fjordby", None, "Lake  Town", "x"], dtype="string"),
+    }, index=[5, 6, 7, 8])  # not a range index: the table's rows are in the rows' order all the same
+    pred = Prediction(*(np.arange(4.0) + k for k in range(5)))
+    table = prediction_table(rows, pred, "forecast", np.array([False, True, False, True]))
+    assert list(table.columns[-3:]) == list(APPENDED_COLUMNS)
+    assert table["event_name"].tolist()[0::2] == ["IRONMAN 70.3 Fort Fjordby", "Lake  Town"]
+    assert pd.isna(table["event_name"].iloc[1]) and table["event_name"].iloc[3] == "x"
+    as_objects = table.assign(event_name=rows["event_name"].to_numpy())
+    write_csv_atomic(table, tmp_path / "table.csv")
+    write_csv_atomic(as_objects, tmp_path / "objects.csv")
+    assert (tmp_path / "table.csv").read_bytes() == (tmp_path / "objects.csv").read_bytes()
+    lines = (tmp_path / "table.csv").read_text().splitlines()
+    assert lines[2].split(",")[-2] == "" and lines[1].split(",")[-3:] == ["forecast", "IRONMAN 70.3 Fort Fjordby", "false"]

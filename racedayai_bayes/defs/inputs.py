@@ -1,5 +1,6 @@
 """The three cleaned inputs, validated against the data contract, and the merged model frame."""
 
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import dagster as dg
 import pandas as pd
@@ -82,24 +83,37 @@ def model_frame(
     cluster_assignments: pd.DataFrame,
 ):
     """The model frame and the season table its as-of history comes from."""
-    # a second thread makes the season table if a second core is free (every other step of a
-    # refit waits for this one, but another run's step may hold the other slot)
+    # threads beside the work's own if a second core is free (every other step of a refit
+    # waits for this one, but another run's step may hold the other slot)
     race_file = paths.input_file(contracts.RACE_FILE)
-    try:
-        with cpu.second_core() as two:
-            frame, counts, seasons = model_frame_and_seasons(athlete_race, athlete_profile, cluster_assignments,
-                                                             threads=2 if two else 1, source=race_file)
-    except contracts.InputError as exc:  # no race left: the message names the file and the column
-        raise dg.Failure(description=str(exc), metadata={"path": str(race_file)}, allow_retries=False) from None
     selected = context.op_execution_context.selected_output_names
+    with cpu.second_core() as two, ThreadPoolExecutor(1, thread_name_prefix="model-frame-main") as worker:
+        # The work runs in a thread of its own, and this one stores the season table (the IO
+        # manager's write, about 0.7 s at full scale) as soon as the table is complete, while
+        # the as-of history is still being added to the rows: the two stores were one after
+        # the other at the end of the step, on the path every later step waits on. (Should the
+        # history then fail, athlete_seasons is of the new inputs and model_frame of the old
+        # ones; the run has failed, and its next success makes both again.)
+        ready: Future = Future()
+        made = worker.submit(model_frame_and_seasons, athlete_race, athlete_profile, cluster_assignments,
+                             threads=2 if two else 1, source=race_file, seasons_ready=ready.set_result)
+        wait([made, ready], return_when=FIRST_COMPLETED)
+        if ready.done() and "athlete_seasons" in selected:
+            yield _seasons_output(ready.result())
+        try:
+            frame, counts, _ = made.result()
+        except contracts.InputError as exc:  # no race left: the message names the file and the column
+            raise dg.Failure(description=str(exc), metadata={"path": str(race_file)}, allow_retries=False) from None
     if "model_frame" in selected:
         metadata = {"rows": dg.MetadataValue.int(counts["rows_out"])}
         metadata.update({k: dg.MetadataValue.int(v) for k, v in counts.items()})
         yield dg.Output(frame, output_name="model_frame", metadata=metadata)
-    if "athlete_seasons" in selected:
-        yield dg.Output(seasons, output_name="athlete_seasons", metadata={
-            "rows": dg.MetadataValue.int(len(seasons)),
-            # the table is sorted by athlete (history.season_table): each athlete is one run of
-            # rows, so a count of runs is the count of athletes, without hashing 1.3M keys again
-            "athletes": dg.MetadataValue.int(int(athlete_runs(seasons["athlete_hash"]).sum())),
-        })
+
+
+def _seasons_output(seasons: pd.DataFrame) -> dg.Output:
+    return dg.Output(seasons, output_name="athlete_seasons", metadata={
+        "rows": dg.MetadataValue.int(len(seasons)),
+        # the table is sorted by athlete (history.season_table): each athlete is one run of
+        # rows, so a count of runs is the count of athletes, without hashing 1.3M keys again
+        "athletes": dg.MetadataValue.int(int(athlete_runs(seasons["athlete_hash"]).sum())),
+    })

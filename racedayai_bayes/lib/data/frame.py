@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -87,7 +88,7 @@ def _nothing_left(counts: dict[str, int], source) -> InputError:
 
 def model_frame_and_seasons(
     races: pd.DataFrame, profiles: pd.DataFrame, clusters: pd.DataFrame, *, threads: int = 2,
-    source: str | Path = RACE_FILE,
+    source: str | Path = RACE_FILE, seasons_ready: Callable[[pd.DataFrame], None] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, int], pd.DataFrame]:
     """Merge and filter to age-group finishers of 70.3 and 140.6, keeping the input order.
 
@@ -104,6 +105,10 @@ def model_frame_and_seasons(
     ``threads=2`` a pool of threads works beside this one (below; the result is the same with
     1). When the rules leave no race, an :class:`InputError` names ``source`` (the race file),
     the column of the rule that removed the most, and what each removed.
+
+    ``seasons_ready`` is called with the season table as returned, as soon as it is complete
+    and before the as-of history is added: a caller can store it meanwhile (the model_frame
+    step does, defs/inputs.py). Nothing here changes the table after that call.
     """
     counts = {"rows_in": len(races)}
     keep = np.ones(len(races), dtype=bool)
@@ -141,12 +146,17 @@ def model_frame_and_seasons(
             seasons = season_table(races, ag_finish, MODEL_DISTANCES, codes=codes, athletes=athletes)
             frame, unmatched = _kept_rows(races, rows, kept_codes, athletes, profiles, clusters)
             genders = None
+        # the returned table: without the athlete codes, which are of this factorization only
+        # (a new frame; its columns are the same arrays, which add_history only reads)
+        returned = seasons.drop(columns="athlete")
+        if seasons_ready is not None:
+            seasons_ready(returned)
         frame = add_history(frame, seasons, MODEL_DISTANCES, codes=kept_codes, pool=pool)
         several = genders.result() if genders is not None else several_genders(frame, kept_codes)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-    seasons = seasons.drop(columns="athlete")  # codes of this factorization only
+    seasons = returned
     counts["rows_out"] = len(frame)
     for d in MODEL_DISTANCES:
         counts[f"rows_{d}"] = int((frame["event_distance"] == d).sum())
