@@ -153,3 +153,70 @@ def test_a_file_a_crash_left_empty_or_zero_filled_is_said_to_be_corrupt(tmp_path
         _read(path)
     path.write_bytes(pickle.dumps({"a": 1}, protocol=2))
     assert stored.load(path) == {"a": 1} and _read(path) == {"a": 1}
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_a_large_value_written_through_a_mapping_is_the_same_file(tmp_path, monkeypatch, threads):
+    """dump_file copies a large value's buffers into a mapping of the file in threads, in
+    pieces: the bytes are dump's, whatever the number of threads and pieces."""
+    monkeypatch.setattr(stored, "MAPPED_MIN_BYTES", 1024)
+    monkeypatch.setattr(stored, "_PIECE", 1000)  # pieces that end inside buffers, and buffers of one piece
+    value = _value()
+    with open(tmp_path / "plain.pkl", "wb") as fh:
+        stored.dump(value, fh)
+    (tmp_path / "mapped.pkl").write_bytes(b"x" * 10_000_000)  # a longer file is emptied first
+    mapped = []
+    real = stored._copy_mapped
+    monkeypatch.setattr(stored, "_copy_mapped", lambda *a: mapped.append(a[-1]) or real(*a))
+    stored.dump_file(value, tmp_path / "mapped.pkl", threads=threads)
+    assert mapped == ([threads] if threads > 1 else [])
+    assert (tmp_path / "mapped.pkl").read_bytes() == (tmp_path / "plain.pkl").read_bytes()
+    _same(value, stored.load(tmp_path / "mapped.pkl"))
+
+
+def test_a_small_value_or_a_file_system_without_allocation_is_written_plainly(tmp_path, monkeypatch):
+    import errno
+
+    value = _value()
+    with open(tmp_path / "plain.pkl", "wb") as fh:
+        stored.dump(value, fh)
+    mapped = []
+    monkeypatch.setattr(stored, "_copy_mapped", lambda *a: mapped.append(1))
+    stored.dump_file(value, tmp_path / "small.pkl")  # below MAPPED_MIN_BYTES
+    monkeypatch.setattr(stored, "MAPPED_MIN_BYTES", 1024)
+
+    def unsupported(fd, offset, size):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(stored.os, "posix_fallocate", unsupported)
+    stored.dump_file(value, tmp_path / "unallocated.pkl")
+    assert mapped == []
+    for name in ("small.pkl", "unallocated.pkl"):
+        assert (tmp_path / name).read_bytes() == (tmp_path / "plain.pkl").read_bytes()
+
+
+def test_a_full_disk_is_an_error_before_anything_is_copied_and_the_io_manager_keeps_the_old_value(tmp_path, monkeypatch):
+    """No space for a large value: posix_fallocate's ENOSPC, raised before the mapping is
+    written (a write into a mapping past the disk's end would be a SIGBUS); the IO manager's
+    write fails as any failed write does, and the stored value before it stays."""
+    import errno
+
+    from upath import UPath
+
+    from racedayai_bayes.defs.resources import AtomicPickleIOManager
+    from racedayai_bayes.lib.outputs.io import OutputWriteError
+
+    manager = AtomicPickleIOManager(base_path=UPath(tmp_path))
+    path = UPath(tmp_path / "value.pkl")
+    manager.dump_to_path(None, {"x": np.arange(3)}, path)
+    monkeypatch.setattr(stored, "MAPPED_MIN_BYTES", 1024)
+
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(stored.os, "posix_fallocate", full)
+    monkeypatch.setattr(stored, "_copy_mapped", lambda *a: pytest.fail("copied into a file without space"))
+    with pytest.raises(OutputWriteError, match="No space left on device"):
+        manager.dump_to_path(None, _value(), path)
+    assert stored.load(tmp_path / "value.pkl")["x"].tolist() == [0, 1, 2]
+    assert [p.name for p in tmp_path.iterdir()] == ["value.pkl"]  # no temporary file left

@@ -106,7 +106,10 @@ def season_sums(codes: np.ndarray, years: np.ndarray, values: dict[str, np.ndarr
         return None
     y0 = int(years[named].min())
     span = int(years[named].max()) - y0 + 1
-    key, inverse = np.unique(codes[named].astype(np.int64) * span + (years[named] - y0), return_inverse=True)
+    # pd.factorize(sort=True) is np.unique(return_inverse=True) with a hash table: the same
+    # sorted keys and inverse, at full scale (2.35M rows, 1.31M groups) in 0.20-0.24 s
+    # against 0.29-0.56 s for np.unique's sort of every row (2026-12-06)
+    inverse, key = pd.factorize(codes[named].astype(np.int64) * span + (years[named] - y0), sort=True)
     athlete = key // span
     per = pd.DataFrame({name: np.bincount(inverse, weights=np.asarray(v, dtype=np.float64)[named], minlength=len(key))
                         for name, v in values.items()}, index=pd.RangeIndex(len(key)), copy=False)

@@ -27,6 +27,7 @@ table that points outside the file (a truncated or damaged file) is a
 from __future__ import annotations
 
 import copyreg
+import errno
 import io
 import mmap
 import os
@@ -88,8 +89,9 @@ def _is_arrow_backed(obj) -> bool:
     return isinstance(obj, ArrowExtensionArray) and type(obj).__getstate__ is ArrowExtensionArray.__getstate__
 
 
-def dump(obj: Any, fh: IO[bytes]) -> None:
-    """Write ``obj`` to the binary file ``fh`` (at its start) in the layout above."""
+def _layout(obj: Any) -> tuple[bytes, list[memoryview], list[tuple[int, int]], int]:
+    """``obj`` pickled in the layout above: the bytes up to the buffers (magic, counts, table,
+    stream), the buffers, each buffer's (offset, length), and the file's size."""
     buffers: list[pickle.PickleBuffer] = []
     out = io.BytesIO()
     _Pickler(out, protocol=5, buffer_callback=buffers.append).dump(obj)
@@ -101,16 +103,85 @@ def dump(obj: Any, fh: IO[bytes]) -> None:
         offset = _aligned(offset)
         table.append((offset, raw.nbytes))
         offset += raw.nbytes
-    fh.write(MAGIC)
-    fh.write(_COUNTS.pack(len(raws), len(stream)))
-    for entry in table:
-        fh.write(_ENTRY.pack(*entry))
-    fh.write(stream)
-    position = len(MAGIC) + _COUNTS.size + _ENTRY.size * len(raws) + len(stream)
+    head = b"".join([MAGIC, _COUNTS.pack(len(raws), len(stream)), *(_ENTRY.pack(*e) for e in table), stream])
+    return head, raws, table, offset
+
+
+def dump(obj: Any, fh: IO[bytes]) -> None:
+    """Write ``obj`` to the binary file ``fh`` (at its start) in the layout above."""
+    head, raws, table, _ = _layout(obj)
+    _write(fh, head, raws, table)
+
+
+def _write(fh: IO[bytes], head: bytes, raws: list[memoryview], table: list[tuple[int, int]]) -> None:
+    fh.write(head)
+    position = len(head)
     for (start, _), raw in zip(table, raws):
         fh.write(b"\0" * (start - position))
         fh.write(raw)
         position = start + raw.nbytes
+
+
+# A value whose buffers add up to this much is written by dump_file through a shared mapping
+# of the file, its buffers copied by two threads. A write() into a file's pages is one
+# thread's work (the file system holds the file's lock while it copies), and on this VM most
+# of a large write's time is the kernel finding the page cache fresh pages, which two threads
+# do at once: 720 MB took 0.37-0.44 s so, against 1.1-1.8 s by write() and 0.85-1.6 s through
+# the mapping by one thread (memory left unused for 3 s before each, 2026-12-06).
+MAPPED_MIN_BYTES = 64 << 20
+_PIECE = 8 << 20  # bytes per copy: the threads take alternate pieces of every buffer
+
+
+def dump_file(obj: Any, path: str | os.PathLike, *, threads: int = 2) -> None:
+    """Write ``obj`` to the local file ``path`` (created, or emptied) in the layout above: the
+    same bytes as :func:`dump`. A large value (:data:`MAPPED_MIN_BYTES`) is copied into a
+    shared mapping of the file by ``threads`` threads, after the file's blocks are allocated
+    (``posix_fallocate``), so that a full disk is an :class:`OSError` before any byte is
+    copied, never a SIGBUS during the copy; a file system that cannot allocate ahead is
+    written by one thread, as :func:`dump` does."""
+    head, raws, table, size = _layout(obj)
+    with open(path, "w+b") as fh:
+        if threads > 1 and sum(raw.nbytes for raw in raws) >= MAPPED_MIN_BYTES and _allocated(fh.fileno(), size):
+            _copy_mapped(fh.fileno(), size, head, raws, table, threads)
+        else:
+            _write(fh, head, raws, table)
+
+
+def _allocated(fd: int, size: int) -> bool:
+    """Allocate the file's ``size`` bytes; False where the file system cannot (written the
+    plain way then). Any other error (no space, quota) is raised."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return False
+        raise
+    return True
+
+
+def _copy_mapped(fd: int, size: int, head: bytes, raws: list[memoryview], table: list[tuple[int, int]],
+                 threads: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np  # its copies run without the GIL, so the threads copy at once
+
+    pieces = [(start + lo, raw, lo, min(lo + _PIECE, raw.nbytes))
+              for (start, _), raw in zip(table, raws) for lo in range(0, raw.nbytes, _PIECE)]
+    mapped = mmap.mmap(fd, size)
+    try:
+        target = np.frombuffer(mapped, dtype=np.uint8)
+        target[:len(head)] = np.frombuffer(head, dtype=np.uint8)  # the gaps stay zero, as written by dump
+
+        def copy(share):
+            for at, raw, lo, hi in share:
+                target[at:at + hi - lo] = np.frombuffer(raw, dtype=np.uint8, count=hi - lo, offset=lo)
+
+        with ThreadPoolExecutor(threads, thread_name_prefix="stored-copy") as pool:
+            for done in pool.map(copy, [pieces[i::threads] for i in range(threads)]):
+                pass
+        del target
+    finally:
+        mapped.close()
 
 
 def _parse(view: memoryview, name: str) -> Any:
