@@ -642,8 +642,8 @@ def profile(args) -> dict:
         # value atomically, then load it (its arrays mapped from the page cache)
         path = WORK / "profile_handoff.pkl"
         t0 = time.perf_counter()
-        with atomic_path(path, durable=False) as tmp, open(tmp, "wb") as fh:  # as the IO manager: no fsync
-            stored.dump(value, fh)
+        with atomic_path(path, durable=False) as tmp:  # as the IO manager: no fsync, large values mapped
+            stored.dump_file(value, tmp)
         t.add(f"hand-off: store {name}", time.perf_counter() - t0)
         t0 = time.perf_counter()
         stored.load(path)
