@@ -2,7 +2,8 @@
 
 Every figure is a bare :class:`matplotlib.figure.Figure` drawn on an Agg canvas: pyplot is
 never used, so no global figure state is created or leaked, and nothing needs closing.
-Fonts and colours are set per call, never through the global rcParams. The same inputs give
+Fonts and colours are set per call, never through the global rcParams (the text's
+rendering for the drawing only: :func:`png`). The same inputs give
 the same bytes (subsampling is seeded, and the PNG carries no software/version stamp).
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -34,9 +36,17 @@ def new_figure(height_in: float) -> Figure:
     return fig
 
 
+# Text drawn without FreeType's hinting (grid-fitting each glyph to the pixels): the labels
+# and ticks are most of a figure's cost, and unhinted they took about a quarter less time
+# (a 70.3 forecast's and a seed model's plots: 1.31 s against 1.77 s, 2026-12-06), slightly
+# softer but as legible at these sizes. Set for the drawing only, not in the global rcParams.
+_RENDER = {"text.hinting": "none"}
+
+
 def png(fig: Figure) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    with matplotlib.rc_context(_RENDER):
+        fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
     return buf.getvalue()
 
 
