@@ -696,3 +696,48 @@ def test_a_refit_run_without_a_distance_fails_at_its_first_distance_step_saying_
     assert not result.success
     (failure,) = result.get_step_failure_events()
     assert failure.step_failure_data.user_failure_data.description == NO_DISTANCE
+
+
+def _model_frame_step(small_inputs, tmp_path, **kwargs):
+    inputs = {dg.AssetKey(k) for k in ("athlete_race", "athlete_profile", "cluster_assignments", "model_frame", "athlete_seasons")}
+    return dg.materialize(
+        [a for a in ALL_ASSETS if set(a.keys) & inputs],
+        resources=pipeline_resources(small_inputs, tmp_path / "out", tmp_path / "storage"), **kwargs)
+
+
+def test_the_model_frame_step_stores_the_season_table_first_and_both_as_the_library_makes_them(small_inputs, tmp_path):
+    """The season table is stored while the rows' as-of history is still being added (the step's
+    work runs in a thread of its own); both values are those of model_frame_and_seasons."""
+    from racedayai_bayes.lib.data.contracts import CLUSTER_FILE, PROFILE_FILE, RACE_FILE, read_clusters, read_profiles, read_races
+    from racedayai_bayes.lib.data.frame import model_frame_and_seasons
+
+    result = _model_frame_step(small_inputs, tmp_path)
+    stored = [e.asset_key.path[-1] for e in result.get_asset_materialization_events()
+              if e.asset_key.path[-1] in ("model_frame", "athlete_seasons")]
+    assert stored == ["athlete_seasons", "model_frame"]
+    frame, counts, seasons = model_frame_and_seasons(read_races(small_inputs / RACE_FILE).frame,
+                                                     read_profiles(small_inputs / PROFILE_FILE).frame,
+                                                     read_clusters(small_inputs / CLUSTER_FILE).frame)
+    pd.testing.assert_frame_equal(result.output_for_node("model_frame", "model_frame"), frame)
+    pd.testing.assert_frame_equal(result.output_for_node("model_frame", "athlete_seasons"), seasons)
+    meta = result.asset_materializations_for_node("model_frame")
+    by_key = {m.asset_key.path[-1]: m.metadata for m in meta}
+    assert by_key["model_frame"]["rows"].value == counts["rows_out"] == len(frame)
+    assert by_key["athlete_seasons"]["rows"].value == len(seasons)
+
+
+def test_a_failure_after_the_season_table_is_stored_fails_the_step_with_its_error(small_inputs, tmp_path, monkeypatch):
+    """Should the as-of history fail after the season table was handed over, the step fails with
+    that error (not a hang, not a success), and model_frame is not stored."""
+    from racedayai_bayes.lib.data import frame as fr
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("an injected bug in the as-of history")
+
+    monkeypatch.setattr(fr, "add_history", broken)
+    result = _model_frame_step(small_inputs, tmp_path, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.get_step_failure_events() if e.step_key == "model_frame")
+    assert "an injected bug in the as-of history" in str(failure.step_failure_data.error)
+    stored = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
+    assert "athlete_seasons" in stored and "model_frame" not in stored
