@@ -1241,8 +1241,12 @@ class RefitReport:
             self.failed = True
             self.line(f"  {step.name:<34} FAILED{took}: {_FAILURE_KINDS[failure.kind]}")
         elif kind == "ASSET_MATERIALIZATION":
-            # a step of several assets (model_frame and athlete_seasons) is shown by its first
-            step.detail = step.detail or _materialization_detail(event)
+            # a step of several assets (model_frame and athlete_seasons, stored in that step in
+            # the other order) is shown by the asset of its own name, else by its first
+            key = getattr(event, "asset_key", None)
+            own = key is not None and key.path[-1] == step.key
+            if own or not step.detail:
+                step.detail = _materialization_detail(event)
         elif kind == "ASSET_CHECK_EVALUATION":
             self._check(entry, event)
         elif kind is None:

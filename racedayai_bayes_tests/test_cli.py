@@ -821,3 +821,18 @@ def test_a_skipped_step_names_the_steps_it_needed_from_dagsters_message(message,
     `not run: needs ...` lists both, not the rest of Dagster's text."""
     skipped = cli._NOT_EXECUTING.match(message)
     assert skipped is not None and cli._needed(skipped) == needs
+
+
+def test_a_step_of_several_assets_is_shown_by_the_asset_of_its_name():
+    """model_frame stores athlete_seasons first (while it adds the history): its line shows the
+    model frame's rows, not the season table's."""
+    report, out, clock = _report_of_a_run()
+    report.feed(_entry("r", "model_frame", clock.tick(0.1), "STEP_START"))
+    for asset, rows in (("athlete_seasons", 500), ("model_frame", 1000)):
+        event = SimpleNamespace(event_type_value="ASSET_MATERIALIZATION", partition=None,
+                                asset_key=SimpleNamespace(path=[asset]),
+                                event_specific_data=SimpleNamespace(materialization=SimpleNamespace(metadata={"rows": _value(rows)})))
+        report.feed(SimpleNamespace(run_id="r", step_key="model_frame", timestamp=clock.tick(0.1), dagster_event=event,
+                                    user_message="", level=logging.DEBUG))
+    report.feed(_entry("r", "model_frame", clock.tick(0.1), "STEP_SUCCESS", SimpleNamespace(duration_ms=300.0)))
+    assert re.search(r"  model_frame +0\.3 s  1,000 rows$", out.getvalue(), re.M), out.getvalue()

@@ -220,3 +220,27 @@ def test_a_full_disk_is_an_error_before_anything_is_copied_and_the_io_manager_ke
         manager.dump_to_path(None, _value(), path)
     assert stored.load(tmp_path / "value.pkl")["x"].tolist() == [0, 1, 2]
     assert [p.name for p in tmp_path.iterdir()] == ["value.pkl"]  # no temporary file left
+
+
+def test_an_error_during_the_mapped_copy_is_raised_as_itself(tmp_path, monkeypatch):
+    """An error (or an interrupt) while the threads copy is the error raised, not a BufferError
+    from closing a mapping that an array still uses; the IO manager's write then fails as any
+    failed write does and leaves no temporary file."""
+    import concurrent.futures
+
+    from upath import UPath
+
+    from racedayai_bayes.defs.resources import AtomicPickleIOManager
+
+    monkeypatch.setattr(stored, "MAPPED_MIN_BYTES", 1024)
+
+    class Interrupted(concurrent.futures.ThreadPoolExecutor):
+        def map(self, fn, *iterables, **kwargs):
+            raise KeyboardInterrupt("interrupted while copying")
+
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", Interrupted)
+    with pytest.raises(KeyboardInterrupt, match="interrupted while copying"):
+        stored.dump_file(_value(), tmp_path / "value.pkl")
+    with pytest.raises(KeyboardInterrupt, match="interrupted while copying"):
+        AtomicPickleIOManager(base_path=UPath(tmp_path / "store")).dump_to_path(None, _value(), UPath(tmp_path / "store" / "v.pkl"))
+    assert list((tmp_path / "store").iterdir()) == []

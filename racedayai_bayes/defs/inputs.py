@@ -1,6 +1,7 @@
 """The three cleaned inputs, validated against the data contract, and the merged model frame."""
 
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 
 import dagster as dg
 import pandas as pd
@@ -87,16 +88,27 @@ def model_frame(
     # waits for this one, but another run's step may hold the other slot)
     race_file = paths.input_file(contracts.RACE_FILE)
     selected = context.op_execution_context.selected_output_names
-    with cpu.second_core() as two, ThreadPoolExecutor(1, thread_name_prefix="model-frame-main") as worker:
+    with cpu.second_core() as two:
         # The work runs in a thread of its own, and this one stores the season table (the IO
         # manager's write, about 0.7 s at full scale) as soon as the table is complete, while
         # the as-of history is still being added to the rows: the two stores were one after
         # the other at the end of the step, on the path every later step waits on. (Should the
         # history then fail, athlete_seasons is of the new inputs and model_frame of the old
-        # ones; the run has failed, and its next success makes both again.)
+        # ones; the run has failed, and its next success makes both again.) A daemon thread:
+        # an interrupt of the step ends it at once, not when the frame is done; the thread
+        # only computes, and ends with the step's process.
         ready: Future = Future()
-        made = worker.submit(model_frame_and_seasons, athlete_race, athlete_profile, cluster_assignments,
-                             threads=2 if two else 1, source=race_file, seasons_ready=ready.set_result)
+        made: Future = Future()
+
+        def work() -> None:
+            try:
+                made.set_result(model_frame_and_seasons(
+                    athlete_race, athlete_profile, cluster_assignments, threads=2 if two else 1,
+                    source=race_file, seasons_ready=ready.set_result))
+            except BaseException as exc:  # handed to this thread, which raises it
+                made.set_exception(exc)
+
+        threading.Thread(target=work, name="model-frame-main", daemon=True).start()
         wait([made, ready], return_when=FIRST_COMPLETED)
         if ready.done() and "athlete_seasons" in selected:
             yield _seasons_output(ready.result())

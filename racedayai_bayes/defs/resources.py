@@ -93,8 +93,8 @@ class AtomicPickleIOManager(dg.UPathIOManager):
         # detected: docs/failure-modes.md, section 2). The fsyncs
         # were most of a write's time: at full scale the model frame's 720 MB took 2.2 s to
         # store with them (the disk), 0.4 s without (2026-12-06); four such values lie on the
-        # refit's critical path. The outputs people read (CSVs, artifacts, `latest`) are fsynced
-        # written through a mapping by two threads when large (stored.dump_file)
+        # refit's critical path. The outputs people read (CSVs, artifacts, `latest`) are fsynced.
+        # A large value is written through a mapping of the file by two threads (stored.dump_file).
         with atomic_path(path, durable=False) as tmp:
             stored.dump_file(obj, tmp)
 

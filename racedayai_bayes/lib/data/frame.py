@@ -125,7 +125,8 @@ def model_frame_and_seasons(
     # then the season table while this thread joins and takes the kept rows, then the genders'
     # count, the rows' matching and half of the running totals and columns of the as-of history
     # (history.add_history: there up to three busy threads on two cores, this one and the
-    # pool's two; the step holds both CPU slots then). Each piece only reads
+    # pool's two, and the model_frame step's thread storing the season table meanwhile;
+    # the step holds both CPU slots then, when it can). Each piece only reads
     # what it is given, and numpy, pandas and Arrow release the GIL in their loops; the results
     # are the same with one thread. At full scale, in a new process as a step is: 5.4-6.3 s, against 8.1-8.9 s
     # with only the season table beside the joins (3 alternated pairs, 2026-12-06).

@@ -137,8 +137,12 @@ def dump_file(obj: Any, path: str | os.PathLike, *, threads: int = 2) -> None:
     same bytes as :func:`dump`. A large value (:data:`MAPPED_MIN_BYTES`) is copied into a
     shared mapping of the file by ``threads`` threads, after the file's blocks are allocated
     (``posix_fallocate``), so that a full disk is an :class:`OSError` before any byte is
-    copied, never a SIGBUS during the copy; a file system that cannot allocate ahead is
-    written by one thread, as :func:`dump` does."""
+    copied, not a SIGBUS during the copy (on file systems that write in place, such as ext4,
+    xfs and tmpfs; a copy-on-write one may still need new blocks then); a system or file
+    system that cannot allocate ahead is written by one thread, as :func:`dump` does.
+
+    The second thread is not a CPU slot of the step's (defs/resources.CpuSlots): the copy is
+    short (a few tenths of a second per GB here) and mostly the kernel supplying pages."""
     head, raws, table, size = _layout(obj)
     with open(path, "w+b") as fh:
         if threads > 1 and sum(raw.nbytes for raw in raws) >= MAPPED_MIN_BYTES and _allocated(fh.fileno(), size):
@@ -150,8 +154,11 @@ def dump_file(obj: Any, path: str | os.PathLike, *, threads: int = 2) -> None:
 def _allocated(fd: int, size: int) -> bool:
     """Allocate the file's ``size`` bytes; False where the file system cannot (written the
     plain way then). Any other error (no space, quota) is raised."""
+    allocate = getattr(os, "posix_fallocate", None)  # not on macOS
+    if allocate is None:
+        return False
     try:
-        os.posix_fallocate(fd, 0, size)
+        allocate(fd, 0, size)
     except OSError as exc:
         if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
             return False
@@ -168,19 +175,22 @@ def _copy_mapped(fd: int, size: int, head: bytes, raws: list[memoryview], table:
     pieces = [(start + lo, raw, lo, min(lo + _PIECE, raw.nbytes))
               for (start, _), raw in zip(table, raws) for lo in range(0, raw.nbytes, _PIECE)]
     mapped = mmap.mmap(fd, size)
+    view = {"target": np.frombuffer(mapped, dtype=np.uint8)}
     try:
-        target = np.frombuffer(mapped, dtype=np.uint8)
-        target[:len(head)] = np.frombuffer(head, dtype=np.uint8)  # the gaps stay zero, as written by dump
+        view["target"][:len(head)] = np.frombuffer(head, dtype=np.uint8)  # the gaps stay zero, as written by dump
 
         def copy(share):
+            target = view["target"]
             for at, raw, lo, hi in share:
                 target[at:at + hi - lo] = np.frombuffer(raw, dtype=np.uint8, count=hi - lo, offset=lo)
 
         with ThreadPoolExecutor(threads, thread_name_prefix="stored-copy") as pool:
-            for done in pool.map(copy, [pieces[i::threads] for i in range(threads)]):
-                pass
-        del target
+            list(pool.map(copy, [pieces[i::threads] for i in range(threads)]))
     finally:
+        # the array over the mapping goes before the mapping closes (a mapping with an array
+        # over it cannot close: BufferError, which would hide the error that got us here);
+        # the threads have ended (the pool's exit waits for them)
+        view.clear()
         mapped.close()
 
 
