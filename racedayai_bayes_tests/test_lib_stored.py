@@ -244,3 +244,19 @@ def test_an_error_during_the_mapped_copy_is_raised_as_itself(tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt, match="interrupted while copying"):
         AtomicPickleIOManager(base_path=UPath(tmp_path / "store")).dump_to_path(None, _value(), UPath(tmp_path / "store" / "v.pkl"))
     assert list((tmp_path / "store").iterdir()) == []
+
+
+def test_an_error_inside_a_copying_thread_is_raised_as_itself(tmp_path, monkeypatch):
+    """An error raised in a copying thread, whose frame (in the error's traceback) still holds
+    the array over the mapping, is the error raised: not a BufferError from closing the mapping."""
+    monkeypatch.setattr(stored, "MAPPED_MIN_BYTES", 1024)
+    monkeypatch.setattr(stored, "_PIECE", 1000)
+    real = stored._copy_pieces
+
+    def failing(target, share):
+        real(target, share[:1])
+        raise OSError("an I/O error while copying")
+
+    monkeypatch.setattr(stored, "_copy_pieces", failing)
+    with pytest.raises(OSError, match="an I/O error while copying"):
+        stored.dump_file(_value(), tmp_path / "value.pkl")

@@ -26,6 +26,7 @@ table that points outside the file (a truncated or damaged file) is a
 
 from __future__ import annotations
 
+import contextlib
 import copyreg
 import errno
 import io
@@ -168,30 +169,38 @@ def _allocated(fd: int, size: int) -> bool:
 
 def _copy_mapped(fd: int, size: int, head: bytes, raws: list[memoryview], table: list[tuple[int, int]],
                  threads: int) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
     import numpy as np  # its copies run without the GIL, so the threads copy at once
 
     pieces = [(start + lo, raw, lo, min(lo + _PIECE, raw.nbytes))
               for (start, _), raw in zip(table, raws) for lo in range(0, raw.nbytes, _PIECE)]
     mapped = mmap.mmap(fd, size)
-    view = {"target": np.frombuffer(mapped, dtype=np.uint8)}
     try:
-        view["target"][:len(head)] = np.frombuffer(head, dtype=np.uint8)  # the gaps stay zero, as written by dump
-
-        def copy(share):
-            target = view["target"]
-            for at, raw, lo, hi in share:
-                target[at:at + hi - lo] = np.frombuffer(raw, dtype=np.uint8, count=hi - lo, offset=lo)
-
-        with ThreadPoolExecutor(threads, thread_name_prefix="stored-copy") as pool:
-            list(pool.map(copy, [pieces[i::threads] for i in range(threads)]))
+        _copy_into(np.frombuffer(mapped, dtype=np.uint8), head, pieces, threads)
     finally:
-        # the array over the mapping goes before the mapping closes (a mapping with an array
-        # over it cannot close: BufferError, which would hide the error that got us here);
-        # the threads have ended (the pool's exit waits for them)
-        view.clear()
-        mapped.close()
+        # after an error, a frame of its traceback (a copying thread's) may still hold an array
+        # over the mapping, which then cannot close (BufferError, which would hide the error):
+        # it is unmapped when that array goes. After a success none is left.
+        with contextlib.suppress(BufferError):
+            mapped.close()
+
+
+def _copy_into(target, head: bytes, pieces: list, threads: int) -> None:
+    """The head, then the pieces (by ``threads`` threads), into ``target`` (the file's bytes);
+    the gaps between buffers stay zero, as written by :func:`dump`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    target[:len(head)] = np.frombuffer(head, dtype=np.uint8)
+    with ThreadPoolExecutor(threads, thread_name_prefix="stored-copy") as pool:
+        list(pool.map(_copy_pieces, [target] * threads, [pieces[i::threads] for i in range(threads)]))
+
+
+def _copy_pieces(target, share: list) -> None:
+    import numpy as np
+
+    for at, raw, lo, hi in share:
+        target[at:at + hi - lo] = np.frombuffer(raw, dtype=np.uint8, count=hi - lo, offset=lo)
 
 
 def _parse(view: memoryview, name: str) -> Any:

@@ -240,8 +240,7 @@ def _course_first_seasons(rows: pd.DataFrame) -> tuple[pd.Series, np.ndarray]:
     written, from the same factorization."""
     codes, uniques = pd.factorize(rows["event_name"], sort=False)
     first = course_first_seasons(rows, (codes, uniques))
-    pos = pd.Index(first.index).get_indexer([str(u) for u in uniques])
-    return first, (np.where(codes >= 0, pos[np.maximum(codes, 0)], -1) if len(pos) else np.full(len(codes), -1))
+    return first, _positions(codes, [str(u) for u in uniques], tuple(first.index))
 
 
 @dataclass
