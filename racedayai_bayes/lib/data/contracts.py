@@ -15,10 +15,13 @@ characters and stray spaces are normalised, and counted.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, ContextManager, Iterator
 
 import numpy as np
 import pandas as pd
@@ -172,7 +175,8 @@ def _read_header(path: Path, hints: tuple[str | None, str] = PIPELINE_INPUT) -> 
     return header
 
 
-def _read_text_columns(path: Path, columns: list[str], header: _Header) -> tuple[pd.DataFrame, list[str]]:
+def _read_text_columns(path: Path, columns: list[str], header: _Header,
+                      second_core: SecondCore | None = None) -> tuple[pd.DataFrame, list[str]]:
     """Read the named columns as text, whatever they look like (no type guessing). A header
     name with spaces or quotes around it is read under its plain name, and counted."""
     notes: list[str] = []
@@ -201,8 +205,9 @@ def _read_text_columns(path: Path, columns: list[str], header: _Header) -> tuple
         bad = int(sum(frame[c].str.contains("\ufffd", regex=False).sum() for c in columns))
         notes.append(f"{bad:,} cells held bytes that are not UTF-8; they were replaced by U+FFFD")
     frame.columns = [spelled.get(c, c).lstrip("\ufeff") for c in frame.columns]
-    for col in columns:
-        edge, empty = _edge_space_and_empty(frame[col])
+    with _helpers(second_core) as pool:
+        edges = _in_order(pool, [lambda text=frame[col]: _edge_space_and_empty(text) for col in columns])
+    for col, (edge, empty) in zip(columns, edges):
         if edge:
             trimmed = frame[col].str.strip()
             n = int((trimmed != frame[col]).fillna(False).sum())
@@ -212,6 +217,42 @@ def _read_text_columns(path: Path, columns: list[str], header: _Header) -> tuple
         if edge or empty:
             frame[col] = frame[col].replace("", pd.NA)
     return frame, notes
+
+
+# A caller that may have a second core for a while (a Dagster step: defs/resources.py
+# CpuSlots.second_core) passes a callable whose context says whether it has one.
+SecondCore = Callable[[], ContextManager[bool]]
+
+
+@contextlib.contextmanager
+def _helpers(second_core: SecondCore | None) -> Iterator[ThreadPoolExecutor | None]:
+    """Two threads for :func:`_in_order` while ``second_core()`` grants a second core (asked
+    only now: after the CSV is parsed, when the other input steps may have ended); None
+    without one. This thread waits while they work."""
+    if second_core is None:
+        yield None
+        return
+    with second_core() as two:
+        if not two:
+            yield None
+            return
+        with ThreadPoolExecutor(2, thread_name_prefix="input-check") as pool:
+            yield pool
+
+
+def _in_order(pool: ThreadPoolExecutor | None, calls: list[Callable[[], object]]) -> list:
+    """The results of ``calls`` in their order: one after the other without a ``pool``, else
+    two at a time (numpy, pandas and Arrow release the GIL in their loops). Each call reads
+    only its own column. An error is the one calling them in order would raise first: the
+    earliest failing call's (a later call may have run meanwhile; its result is dropped)."""
+    if pool is None:
+        return [call() for call in calls]
+    futures = [pool.submit(call) for call in calls]
+    try:
+        return [f.result() for f in futures]
+    finally:
+        for f in futures:
+            f.cancel()
 
 
 def _count_bad_rows(path: Path, column: str) -> int | None:
@@ -283,9 +324,11 @@ def _edge_space_and_empty(text: pd.Series) -> tuple[bool, bool]:
 
 
 def _open(path: str | Path, required: tuple[str, ...], optional: tuple[str, ...] = (),
-          hints: tuple[str | None, str] = PIPELINE_INPUT, *, every_column: bool = False) -> tuple[pd.DataFrame, list[str], Path]:
+          hints: tuple[str | None, str] = PIPELINE_INPUT, *, every_column: bool = False,
+          second_core: SecondCore | None = None) -> tuple[pd.DataFrame, list[str], Path]:
     """The file's ``required`` columns (an error names those missing) and those of
-    ``optional`` it has, as text; with ``every_column``, every named column of the file."""
+    ``optional`` it has, as text; with ``every_column``, every named column of the file.
+    ``second_core``: see :func:`_helpers`."""
     path = Path(path)
     header = _read_header(path, hints)
     names = header.plain
@@ -299,7 +342,7 @@ def _open(path: str | Path, required: tuple[str, ...], optional: tuple[str, ...]
             hint=hints[1].format(required=", ".join(required)),  # a given file's hint names every column it needs
         )
     wanted = [c for c in dict.fromkeys(names) if c] if every_column else list(required) + [c for c in optional if c in names]
-    frame, notes = _read_text_columns(path, wanted, header)
+    frame, notes = _read_text_columns(path, wanted, header, second_core)
     return frame, notes, path
 
 
@@ -503,7 +546,7 @@ def last_plausible_season() -> int:
     return dt.date.today().year + 1
 
 
-def read_races(path: str | Path) -> ReadResult:
+def read_races(path: str | Path, *, second_core: SecondCore | None = None) -> ReadResult:
     """Read athlete_race.csv: the models' eight columns, typed; other columns are ignored.
 
     event_distance stays text ('70.3' parsed as a float would silently match nothing), a
@@ -512,20 +555,31 @@ def read_races(path: str | Path) -> ReadResult:
     groups have their dashes and spaces tidied, and a blank total_sec is a non-finisher. A
     blank event_name (the course) stays missing and is counted: the forecast model cannot
     place such a race on a course (see lib/data/frame.py).
+
+    With ``second_core`` (see :func:`_helpers`), the columns are checked two at a time once
+    the CSV is parsed, if a second core is free then: the same frame, notes and errors.
     """
-    frame, notes, path = _open(path, RACE_REQUIRED)
+    frame, notes, path = _open(path, RACE_REQUIRED, second_core=second_core)
     if frame.empty:
         raise InputError(path, "has a header but no rows", hint="the race file must hold at least one race")
-    frame["is_pro"] = _boolean(frame, "is_pro", path, notes)
-    frame["gender"] = _gender(frame, path, notes)
-    frame["age_group"] = _age_groups(frame, notes)
-    frame["event_distance"] = _distances(frame["event_distance"], notes)
     last = last_plausible_season()
     # a year before the first IRONMAN or after next year is no season: it would be held out
     # alone as "the latest season" (20240), or key another athlete's history
-    frame["event_year"] = _numeric(frame, "event_year", path, notes, integer=True,
-                                   valid=(lambda y: (y >= FIRST_SEASON) & (y <= last), f"a season from {FIRST_SEASON} to {last}"))
-    frame["total_sec"] = _numeric(frame, "total_sec", path, notes)
+    seasons = (lambda y: (y >= FIRST_SEASON) & (y <= last), f"a season from {FIRST_SEASON} to {last}")
+    checks = {  # each reads its own column only, and writes its own notes (kept in this order)
+        "is_pro": lambda own: _boolean(frame, "is_pro", path, own),
+        "gender": lambda own: _gender(frame, path, own),
+        "age_group": lambda own: _age_groups(frame, own),
+        "event_distance": lambda own: _distances(frame["event_distance"], own),
+        "event_year": lambda own: _numeric(frame, "event_year", path, own, integer=True, valid=seasons),
+        "total_sec": lambda own: _numeric(frame, "total_sec", path, own),
+    }
+    own_notes: dict[str, list[str]] = {col: [] for col in checks}
+    with _helpers(second_core) as pool:
+        checked = _in_order(pool, [lambda col=col, check=check: check(own_notes[col]) for col, check in checks.items()])
+    for col, values in zip(checks, checked):
+        frame[col] = values
+        notes.extend(own_notes[col])
     blank_event = int(frame["event_name"].isna().sum())
     if blank_event:
         notes.append(f"{blank_event:,} rows: blank event_name (course unknown); kept, and counted again in model_frame")
