@@ -773,44 +773,85 @@ def test_race_columns_given_on_the_command_line_replace_the_files(tmp_path):
 
 
 class _Core:
-    """A ``second_core`` callable: grants a second core (or not) and counts the asks."""
+    """A ``second_core`` callable: grants a second core (or not), counts the asks and the
+    releases."""
 
     def __init__(self, grant: bool):
-        self.grant, self.asked = grant, 0
+        self.grant, self.asked, self.released = grant, 0, 0
 
     def __call__(self):
         import contextlib
 
-        self.asked += 1
-        return contextlib.nullcontext(self.grant)
+        @contextlib.contextmanager
+        def held():
+            self.asked += 1
+            try:
+                yield self.grant
+            finally:
+                self.released += 1
+
+        return held()
 
 
-def test_races_checked_on_a_second_core_are_read_as_on_one(tmp_path):
+def _is_pro_checked_last(monkeypatch):
+    """Make the is_pro check (the first in column order) wait until the total_sec check (the
+    last) has run, in another thread: the checks then end in the reverse of their order."""
+    import threading
+
+    from racedayai_bayes.lib.data import contracts
+
+    done = threading.Event()
+    boolean, numeric = contracts._boolean, contracts._numeric
+
+    def late_boolean(*args, **kwargs):
+        assert done.wait(20), "the total_sec check never ran beside this one"
+        return boolean(*args, **kwargs)
+
+    def numeric_then_go(frame, col, *args, **kwargs):
+        try:
+            return numeric(frame, col, *args, **kwargs)
+        finally:
+            if col == "total_sec":
+                done.set()
+
+    monkeypatch.setattr(contracts, "_boolean", late_boolean)
+    monkeypatch.setattr(contracts, "_numeric", numeric_then_go)
+
+
+def test_races_checked_on_a_second_core_are_read_as_on_one(tmp_path, monkeypatch):
     # every column with something to normalise, trim or count: the frame and the notes
-    # (and their order) are the same whether the checks run two at a time or in order
+    # (and their order) are the same whether the checks run two at a time or in order,
+    # even when the first column's check ends last
     rows = [f"h{i},{'male' if i % 3 else 'F'},{'18 – 24' if i % 2 else '25-29'},{'yes' if i == 7 else 'False'},"
             f"{'70.30' if i % 4 == 0 else '140.6'},{2019 + i % 3},{5000 + i}, IRONMAN Testville " for i in range(300)]
     rows += ["x,M,18-24,False,70.3,2020,DNF,IRONMAN Testville", "y,M,18-24,False,70.3,2020,nan,"]
     path = _races_csv(tmp_path, rows)
     one = read_races(path)
+    assert len(one.notes) >= 6  # spaces trimmed, is_pro, genders, age groups, distances, a bad and a 'nan' time
+    assert any("is_pro" in n for n in one.notes)
+    refused = _Core(False)
+    three = read_races(path, second_core=refused)
+    pd.testing.assert_frame_equal(three.frame, one.frame)
+    assert three.notes == one.notes and refused.asked == refused.released == 2
+    _is_pro_checked_last(monkeypatch)
     core = _Core(True)
     two = read_races(path, second_core=core)
     pd.testing.assert_frame_equal(two.frame, one.frame)
     assert two.notes == one.notes
-    assert len(one.notes) >= 6  # spaces trimmed, genders, age groups, distances, a bad and a 'nan' time
-    assert core.asked == 2  # after the parse: the edges, then the columns' checks
-    refused = _Core(False)
-    three = read_races(path, second_core=refused)
-    pd.testing.assert_frame_equal(three.frame, one.frame)
-    assert three.notes == one.notes and refused.asked == 2
+    assert core.asked == core.released == 2  # after the parse: the edges, then the columns' checks
 
 
-def test_races_checked_on_a_second_core_raise_the_first_error_in_column_order(tmp_path):
+def test_races_checked_on_a_second_core_raise_the_first_error_in_column_order(tmp_path, monkeypatch):
     # is_pro and total_sec both fail: in order, is_pro's check comes first and its error is
-    # the one raised, however the two threads finish
+    # the one raised, though total_sec's fails first; the second core is given back
     rows = ["a,M,18-24,maybe,70.3,2020,DNF", "b,M,18-24,perhaps,70.3,2020,DQ", "c,M,18-24,False,70.3,2020,5000"]
     path = _races_csv(tmp_path, rows)
-    for core in (None, _Core(True)):
-        with pytest.raises(InputError) as info:
-            read_races(path, second_core=core)
-        _assert_names(info.value, path, "is_pro")
+    with pytest.raises(InputError) as info:
+        read_races(path)
+    _assert_names(info.value, path, "is_pro")
+    _is_pro_checked_last(monkeypatch)
+    core = _Core(True)
+    with pytest.raises(InputError) as info:
+        read_races(path, second_core=core)
+    _assert_names(info.value, path, "is_pro")
+    assert core.asked == core.released == 2

@@ -41,9 +41,9 @@ def _read(context: dg.AssetExecutionContext, reader, path) -> dg.Output:
 
 @dg.asset(group_name=GROUP, op_tags=SLOT_TAGS)
 def athlete_race(context: dg.AssetExecutionContext, paths: PipelinePaths, cpu: CpuSlots) -> dg.Output[pd.DataFrame]:
-    """Race results (athlete_race.csv): the seven columns the model needs, typed and validated."""
-    # its columns checked on two cores if the other one is free once the CSV is parsed (the
-    # profile and cluster steps, which start beside this one, have usually ended by then)
+    """Race results (athlete_race.csv): the eight columns the models need, typed and validated."""
+    # its columns checked on two cores if the other slot is free once the CSV is parsed (the
+    # profile step, which starts beside this one, has usually given it back by then)
     return _read(context, lambda path: contracts.read_races(path, second_core=cpu.second_core),
                  paths.input_file(contracts.RACE_FILE))
 

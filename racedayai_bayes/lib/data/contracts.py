@@ -244,15 +244,9 @@ def _in_order(pool: ThreadPoolExecutor | None, calls: list[Callable[[], object]]
     """The results of ``calls`` in their order: one after the other without a ``pool``, else
     two at a time (numpy, pandas and Arrow release the GIL in their loops). Each call reads
     only its own column. An error is the one calling them in order would raise first: the
-    earliest failing call's (a later call may have run meanwhile; its result is dropped)."""
-    if pool is None:
-        return [call() for call in calls]
-    futures = [pool.submit(call) for call in calls]
-    try:
-        return [f.result() for f in futures]
-    finally:
-        for f in futures:
-            f.cancel()
+    earliest failing call's (``Executor.map``: a later call may have run meanwhile; the
+    calls not yet started are cancelled)."""
+    return list((pool.map if pool is not None else map)(lambda call: call(), calls))
 
 
 def _count_bad_rows(path: Path, column: str) -> int | None:
