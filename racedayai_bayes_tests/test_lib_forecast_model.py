@@ -672,3 +672,25 @@ def test_the_fit_encodes_its_rows_as_encode_does(world):
         a, b = getattr(design, field), getattr(expected, field)
         assert a.dtype == b.dtype and a.shape == b.shape, field
         np.testing.assert_array_equal(a, b, err_msg=field)
+
+
+def test_a_backtests_athlete_table_knows_only_the_athletes_and_seasons_up_to_its_season(demo_world):
+    """A backtest's athlete table (an earlier season held out) is made from the whole season
+    table without cutting it: the same table, bit for bit, as one made from the seasons up to
+    the held-out one, and an athlete whose first start is later is not in it."""
+    from racedayai_bayes.lib.data.frame import distance_rows, model_frame_and_seasons
+
+    frame, _, seasons = model_frame_and_seasons(demo_world["athlete_race"], demo_world["athlete_profile"],
+                                                demo_world["cluster_assignments"])
+    rows = distance_rows(frame, "70.3")
+    season = int(rows["event_year"].max()) - 1
+    split = split_holdout(rows[rows["event_year"] <= season].reset_index(drop=True), season=season)
+    fitted = ForecastModel(ForecastSettings(num_chains=2, num_samples=60, num_warmup=5)).fit(split.train, "70.3")
+    table = fitted.athlete_table(split, seasons)
+    cut = fitted.athlete_table(split, seasons[seasons["event_year"] <= season].reset_index(drop=True))
+    pd.testing.assert_frame_equal(table, cut, check_exact=True)
+    assert table.attrs["season"] == season
+    first_start = seasons.groupby("athlete_hash")["event_year"].min()
+    later = set(first_start.index[first_start > season])
+    assert later and not later & set(table["athlete_hash"])  # later debutants exist, and are not in the table
+    assert set(table["athlete_hash"]) == set(first_start.index[first_start <= season])

@@ -443,11 +443,18 @@ class FittedForecast(FittedModel):
         if stale:  # a table of an older version: its athletes' history would be incomplete
             raise ValueError(f"the athlete season table has no column {', '.join(stale)}, which the as-of history "
                              f"reads: it was {fdesign.STALE_HINT}")
-        keep = (seasons["event_year"] <= season).to_numpy()
-        known = seasons if keep.all() else seasons.loc[keep].reset_index(drop=True)
-        new_athlete = athlete_runs(known["athlete_hash"])
-        athlete_of = np.cumsum(new_athlete) - 1  # each season row's athlete, into ``athletes``
-        athletes = known["athlete_hash"].astype("string")[new_athlete].reset_index(drop=True)
+        # the table's athletes: those with a start by ``season`` (a later season's debutant is
+        # not in it). The season table itself is not cut to those seasons: that copied most of
+        # it (250 MB at full scale) whenever an earlier season was held out, and the running
+        # totals of an athlete's seasons up to a cut are the same numbers whatever follows them
+        new_athlete = athlete_runs(seasons["athlete_hash"])
+        row_athlete = np.cumsum(new_athlete) - 1  # each season row's athlete, in table order
+        known = np.zeros(int(new_athlete.sum()), dtype=bool)
+        known[row_athlete[(seasons["event_year"] <= season).to_numpy()]] = True
+        athletes = seasons["athlete_hash"].astype("string")[new_athlete].reset_index(drop=True)
+        if not known.all():
+            athletes = athletes[known].reset_index(drop=True)
+        athlete_of = (np.cumsum(known) - 1)[row_athlete]  # each season row's athlete, into ``athletes``
         k = len(athletes)
         wr, w = self.observations(rows)
         self._forget_encoding(rows)
@@ -459,7 +466,7 @@ class FittedForecast(FittedModel):
         own_is_1 = np.full(k, self.distance == MODEL_DISTANCES[1])
         columns = {"athlete_hash": athletes}
         cuts = (("before", season), ("through", season + 1))
-        as_of = as_of_rows(known, *(at for _, at in cuts))
+        as_of = as_of_rows(seasons, *(at for _, at in cuts))
         for cut, at in cuts:
             running, last = as_of.pop(0)
             per_athlete = sums.before(k, at) if sums is not None else {"a": np.zeros(k), "w": np.zeros(k)}
