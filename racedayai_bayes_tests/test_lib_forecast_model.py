@@ -691,6 +691,24 @@ def test_a_backtests_athlete_table_knows_only_the_athletes_and_seasons_up_to_its
     pd.testing.assert_frame_equal(table, cut, check_exact=True)
     assert table.attrs["season"] == season
     first_start = seasons.groupby("athlete_hash")["event_year"].min()
+    last_start = seasons.groupby("athlete_hash")["event_year"].max()
+    assert ((first_start <= season) & (last_start > season)).sum() > 10  # athletes with seasons on both sides
     later = set(first_start.index[first_start > season])
     assert later and not later & set(table["athlete_hash"])  # later debutants exist, and are not in the table
     assert set(table["athlete_hash"]) == set(first_start.index[first_start <= season])
+
+
+def test_an_athlete_season_table_out_of_order_is_an_error_not_a_leak():
+    """As-of totals read each athlete's seasons as a prefix up to the cut: a table whose
+    athlete has a later season before an earlier one would sum the later one in. It is an
+    error, which says how to make the table again."""
+    from racedayai_bayes.lib.data.history import SEASON_COLUMNS, as_of_rows
+
+    table = pd.DataFrame({"athlete_hash": pd.array(["a", "a", "a", "b"], dtype="string"),
+                          "event_year": np.array([2023, 2026, 2024, 2020]),
+                          **{c: np.ones(4) for c in SEASON_COLUMNS}, "best": np.full(4, 5000.0)})
+    with pytest.raises(ValueError, match="not sorted by athlete, then season.*materialise it again"):
+        as_of_rows(table, 2025)
+    ordered = table.iloc[[0, 2, 1, 3]].reset_index(drop=True)
+    (values, last), = as_of_rows(ordered, 2025)
+    assert list(last) == [1, 3] and values["starts_0"].tolist() == [2.0, 1.0]  # a's 2023 and 2024 only

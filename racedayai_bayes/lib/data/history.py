@@ -320,12 +320,17 @@ def as_of_rows(table: pd.DataFrame, *seasons: int) -> list[tuple[dict[str, np.nd
     model frame, bit for bit: the running totals of :func:`cumulated_totals`, through the athlete's
     last season before it), and the position in ``table`` of that last season.
 
-    ``table`` is sorted by athlete, then season (:func:`season_table`). The running totals
-    are made once for every cut, one column at a time: a prefix of an athlete's seasons sums
-    to the same numbers whatever follows it.
+    ``table`` is sorted by athlete, then season (:func:`season_table`); a table whose
+    athlete has a season out of order is a ValueError (a later season among the ones before
+    a cut would be summed into it). The running totals are made once for every cut, one
+    column at a time: a prefix of an athlete's seasons sums to the same numbers whatever
+    follows it.
     """
     new_athlete = athlete_runs(table["athlete_hash"])
     years = table["event_year"].to_numpy()
+    if len(years) > 1 and (np.diff(years)[~new_athlete[1:]] <= 0).any():
+        raise ValueError("the athlete season table is not sorted by athlete, then season (one season per row); "
+                         "it is made by the model_frame asset: materialise it again")
     lasts = []
     for season in seasons:
         before = years < season

@@ -444,16 +444,18 @@ class FittedForecast(FittedModel):
             raise ValueError(f"the athlete season table has no column {', '.join(stale)}, which the as-of history "
                              f"reads: it was {fdesign.STALE_HINT}")
         # the table's athletes: those with a start by ``season`` (a later season's debutant is
-        # not in it). The season table itself is not cut to those seasons: that copied most of
-        # it (250 MB at full scale) whenever an earlier season was held out, and the running
-        # totals of an athlete's seasons up to a cut are the same numbers whatever follows them
+        # not in it). The season table itself is not cut to those seasons: a copy of the
+        # seasons up to the held-out one (most of the table, 250 MB at full scale, when the
+        # season before the latest is held out), and the running totals of an athlete's
+        # seasons up to a cut are the same numbers whatever follows them (as_of_rows checks
+        # that each athlete's seasons are in order)
         new_athlete = athlete_runs(seasons["athlete_hash"])
         row_athlete = np.cumsum(new_athlete) - 1  # each season row's athlete, in table order
         known = np.zeros(int(new_athlete.sum()), dtype=bool)
         known[row_athlete[(seasons["event_year"] <= season).to_numpy()]] = True
-        athletes = seasons["athlete_hash"].astype("string")[new_athlete].reset_index(drop=True)
-        if not known.all():
-            athletes = athletes[known].reset_index(drop=True)
+        first_row = new_athlete.copy()
+        first_row[new_athlete] = known  # the first row of each athlete the table holds
+        athletes = seasons["athlete_hash"].astype("string")[first_row].reset_index(drop=True)
         athlete_of = (np.cumsum(known) - 1)[row_athlete]  # each season row's athlete, into ``athletes``
         k = len(athletes)
         wr, w = self.observations(rows)
