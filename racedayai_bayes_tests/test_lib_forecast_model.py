@@ -690,6 +690,13 @@ def test_a_backtests_athlete_table_knows_only_the_athletes_and_seasons_up_to_its
     cut = fitted.athlete_table(split, seasons[seasons["event_year"] <= season].reset_index(drop=True))
     pd.testing.assert_frame_equal(table, cut, check_exact=True)
     assert table.attrs["season"] == season
+    # every total of a later season changed: nothing in the table moves
+    from racedayai_bayes.lib.data.history import TOTAL_COLUMNS
+
+    changed = seasons.copy()
+    later_rows = (changed["event_year"] > season).to_numpy()
+    changed.loc[later_rows, list(TOTAL_COLUMNS)] = changed.loc[later_rows, list(TOTAL_COLUMNS)] * 3.0 + 1.0
+    pd.testing.assert_frame_equal(fitted.athlete_table(split, changed), table, check_exact=True)
     first_start = seasons.groupby("athlete_hash")["event_year"].min()
     last_start = seasons.groupby("athlete_hash")["event_year"].max()
     assert ((first_start <= season) & (last_start > season)).sum() > 10  # athletes with seasons on both sides

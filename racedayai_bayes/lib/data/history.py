@@ -314,7 +314,8 @@ def _running_columns(table: pd.DataFrame, new_athlete: np.ndarray, pool: Executo
             yield names[i + 1], ahead.result()
 
 
-def as_of_rows(table: pd.DataFrame, *seasons: int) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
+def as_of_rows(table: pd.DataFrame, *seasons: int,
+               new_athlete: np.ndarray | None = None) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
     """For each of ``seasons``: each athlete's totals over its seasons strictly before it
     (what a race in that season knows, the same numbers a race of that season gets in the
     model frame, bit for bit: the running totals of :func:`cumulated_totals`, through the athlete's
@@ -324,9 +325,10 @@ def as_of_rows(table: pd.DataFrame, *seasons: int) -> list[tuple[dict[str, np.nd
     athlete has a season out of order is a ValueError (a later season among the ones before
     a cut would be summed into it). The running totals are made once for every cut, one
     column at a time: a prefix of an athlete's seasons sums to the same numbers whatever
-    follows it.
+    follows it. ``new_athlete``: :func:`athlete_runs` of the table, if the caller has it.
     """
-    new_athlete = athlete_runs(table["athlete_hash"])
+    if new_athlete is None:
+        new_athlete = athlete_runs(table["athlete_hash"])
     years = table["event_year"].to_numpy()
     if len(years) > 1 and (np.diff(years)[~new_athlete[1:]] <= 0).any():
         raise ValueError("the athlete season table is not sorted by athlete, then season (one season per row); "

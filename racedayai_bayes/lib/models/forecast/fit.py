@@ -468,7 +468,7 @@ class FittedForecast(FittedModel):
         own_is_1 = np.full(k, self.distance == MODEL_DISTANCES[1])
         columns = {"athlete_hash": athletes}
         cuts = (("before", season), ("through", season + 1))
-        as_of = as_of_rows(seasons, *(at for _, at in cuts))
+        as_of = as_of_rows(seasons, *(at for _, at in cuts), new_athlete=new_athlete)
         for cut, at in cuts:
             running, last = as_of.pop(0)
             per_athlete = sums.before(k, at) if sums is not None else {"a": np.zeros(k), "w": np.zeros(k)}
