@@ -32,7 +32,7 @@ import racedayai_bayes  # noqa: F401  (pins JAX to the CPU)
 
 from racedayai_bayes.lib.data import MODEL_DISTANCES  # not .frame: pandas, 0.3 s before the step server starts
 from racedayai_bayes.lib.runreport import CLI_LOG_TAG, CheckResult, PosteriorChecks, QuarterGate, bar, parse_progress, seconds
-from racedayai_bayes.lib.processes import exit_now
+from racedayai_bayes.lib.processes import exit_now, imports_frozen
 from racedayai_bayes.stop_watchdog import StopWatchdog, enable_stack_dumps
 
 # The run tag naming the CLI log a run's Dagster events were streamed to; the CLI also
@@ -194,15 +194,18 @@ def _refit(args: argparse.Namespace) -> int:
             # Dagster's defaults then apply: none of the repository's run queue limits
             print(f"note: DAGSTER_HOME={home} has no dagster.yaml, so Dagster's defaults apply (no run queue "
                   "limits); copy the repository's dagster.yaml there, or use DAGSTER_HOME=<the repository root>")
-        try:
-            instance = _instance(home)
-            _check_settings(args)  # settings that cannot work end here, before any run
-        except UserError:
-            stop_step_server()  # it would import for seconds after this command has ended
-            log_path.unlink(missing_ok=True)  # nothing ran: no log of this command
-            raise
-        # imported here: the code location's import-time warnings belong in the log
-        from racedayai_bayes.definitions import defs, refit_job_def
+        # Dagster's imports and the code location's, kept for the command's life: not walked by
+        # the garbage collector as it imports, nor by its later collections (lib/processes.py)
+        with imports_frozen():
+            try:
+                instance = _instance(home)
+                _check_settings(args)  # settings that cannot work end here, before any run
+            except UserError:
+                stop_step_server()  # it would import for seconds after this command has ended
+                log_path.unlink(missing_ok=True)  # nothing ran: no log of this command
+                raise
+            # imported here: the code location's import-time warnings belong in the log
+            from racedayai_bayes.definitions import defs, refit_job_def
 
         report, config_error = _refit_runs(args, instance, defs, refit_job_def, log_path)
     for line in report.summary_lines():
@@ -688,13 +691,14 @@ def _later_process(args, use_server) -> int:
     if os.getppid() != parent:
         return WAITING
     _wait_for_go()
-    instance = _instance(os.environ["DAGSTER_HOME"])
-    os.nice(LATER_NICE)
-    from racedayai_bayes.step_server import start_step_server
+    with imports_frozen():  # as the first process's (_refit)
+        instance = _instance(os.environ["DAGSTER_HOME"])
+        os.nice(LATER_NICE)
+        from racedayai_bayes.step_server import start_step_server
 
-    if not use_server():
-        start_step_server()
-    from racedayai_bayes.definitions import defs, refit_job_def
+        if not use_server():
+            start_step_server()
+        from racedayai_bayes.definitions import defs, refit_job_def
 
     return _later_run(args, instance, defs, refit_job_def, parent=parent)
 

@@ -18,6 +18,8 @@ started as a new interpreter, it joins the one shared with it (:func:`share_step
 from __future__ import annotations
 
 STEP_PRELOAD = [
+    # first: the garbage collector off until step_warmup, last, freezes what the preload made
+    "racedayai_bayes.step_gc",  # _COLLECTOR_FIRST
     "racedayai_bayes.definitions",
     "arviz",
     "scipy.stats",
@@ -58,6 +60,7 @@ STEP_PRELOAD = [
 ]
 # Dagster's multiprocess executor puts this module first in the list it preloads
 _EXECUTOR_FIRST = "dagster._core.executor.multiprocess"
+_COLLECTOR_FIRST = "racedayai_bayes.step_gc"
 
 
 # glibc's allocator in the step server, and so in every step process forked from it (they
@@ -94,7 +97,10 @@ def start_step_server() -> None:
     import os
     from multiprocessing import forkserver
 
-    multiprocessing.get_context("forkserver").set_forkserver_preload([_EXECUTOR_FIRST, *STEP_PRELOAD])
+    # the collector goes off before Dagster's executor module, the first of the executor's own list
+    first = [m for m in STEP_PRELOAD if m == _COLLECTOR_FIRST]
+    preload = [*first, _EXECUTOR_FIRST, *(m for m in STEP_PRELOAD if m != _COLLECTOR_FIRST)]
+    multiprocessing.get_context("forkserver").set_forkserver_preload(preload)
     added = [k for k in STEP_MALLOC_ENV if k not in os.environ]
     os.environ.update({k: STEP_MALLOC_ENV[k] for k in added})  # read by the server's allocator as it starts
     try:
@@ -220,3 +226,16 @@ def stop_step_server() -> None:
         except ProcessLookupError:
             pass
         server._stop_unlocked()  # closes its pipe, reaps it, removes its socket
+
+
+def in_step_server() -> bool:
+    """Whether this import is the step server's preload (the standard library's
+    ``multiprocessing.forkserver.main`` is importing it), not another import of the module."""
+    import sys
+
+    frame = sys._getframe()
+    while frame is not None:
+        if frame.f_code.co_name == "main" and frame.f_globals.get("__name__") == "multiprocessing.forkserver":
+            return True
+        frame = frame.f_back
+    return False

@@ -141,18 +141,7 @@ def end_without_teardown() -> None:
     exit_now(0)
 
 
-def in_step_server() -> bool:
-    """Whether this import is the step server's preload (the standard library's
-    ``multiprocessing.forkserver.main`` is importing it), not another import of the module."""
-    import sys
-
-    frame = sys._getframe()
-    while frame is not None:
-        if frame.f_code.co_name == "main" and frame.f_globals.get("__name__") == "multiprocessing.forkserver":
-            return True
-        frame = frame.f_back
-    return False
-
+from racedayai_bayes.step_server import in_step_server  # noqa: E402
 
 if in_step_server():  # a test or a tool that imports this module opens no instance
     # every step process forked from the server writes its stacks to the refit's log on
@@ -168,3 +157,8 @@ if in_step_server():  # a test or a tool that imports this module opens no insta
     import atexit
 
     atexit.register(end_without_teardown)
+    from racedayai_bayes.lib.processes import freeze_imports
+
+    # the preload is over (step_gc turned the collector off for it): every object it made is
+    # kept for the server's life, and its step processes never walk them again
+    freeze_imports()

@@ -343,3 +343,44 @@ def test_the_servers_exit_flushes_logging_and_stdout_and_ends_with_0(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout == "no newline, still buffered"
     assert log.read_text().strip() == "a record still in the buffer"
+
+
+GC_SERVER = textwrap.dedent("""
+    import gc, multiprocessing, sys
+
+    def state(queue):
+        queue.put((gc.isenabled(), gc.get_freeze_count()))
+
+    if __name__ == "__main__":
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(sys.argv[1:])
+        queue = ctx.Queue()
+        step = ctx.Process(target=state, args=(queue,))
+        step.start()
+        enabled, frozen = queue.get(timeout=120)
+        step.join(120)
+        print(enabled, frozen > 0, gc.isenabled(), gc.get_freeze_count())
+""")
+
+
+def test_the_servers_preload_is_frozen_and_its_steps_collect(tmp_path):
+    """The step server's preload runs without the garbage collector (step_gc, first) and ends
+    frozen (step_warmup, last): a step forked from it has the collector on and the preload's
+    objects in the permanent generation. Without step_warmup the step still collects. The
+    process that starts the server is not touched."""
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    path = tmp_path / "server.py"  # a file: the forked process unpickles its target from it
+    path.write_text(GC_SERVER)
+    full = ["racedayai_bayes.step_gc", "json", "racedayai_bayes.step_warmup"]
+    for preload, expected in ((full, ["True", "True", "True", "0"]),
+                              (["racedayai_bayes.step_gc", "json"], ["True", "False", "True", "0"])):
+        out = subprocess.run([sys.executable, str(path), *preload], capture_output=True, text=True, env=env,
+                             timeout=300, check=True)
+        assert out.stdout.split() == expected, (preload, out.stdout, out.stderr[-2000:])
+
+
+def test_importing_the_collector_module_elsewhere_changes_nothing():
+    script = "import gc, racedayai_bayes.step_gc; print(gc.isenabled(), gc.get_freeze_count())"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "0"]

@@ -1,8 +1,12 @@
-"""Processes of this host: whether one runs or is stopped, and an exit without the interpreter's teardown."""
+"""Processes of this host: whether one runs or is stopped, an exit without the interpreter's
+teardown, and the garbage collector's settings for a process's long-lived imports."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
+from collections.abc import Iterator
 from typing import NoReturn
 
 
@@ -46,3 +50,43 @@ def exit_now(code: int) -> NoReturn:
         except Exception:  # noqa: BLE001 - a closed stream has nothing to flush
             pass
     os._exit(code)
+
+
+def collector_off() -> None:
+    """Turn the cyclic garbage collector off while a process imports what it will keep (see
+    :func:`freeze_imports`, which turns it back on)."""
+    gc.disable()
+
+
+def freeze_imports() -> None:
+    """Move every object alive now (the modules a process imported, what they made) to the
+    collector's permanent generation, then turn the collector on.
+
+    A full collection walks every object the collector tracks. After the imports of a step
+    process (Dagster, pandas, ArviZ, SciPy, Matplotlib, the code location) that is about 330,000
+    objects, 0.18-0.19 s of CPU each time; and the imports themselves ran six full
+    collections, 0.57-0.59 s of the step server's 2.7 s of preload (measured 2026-12-06). The
+    objects of modules are never garbage, so none is walked again: what Python's
+    documentation of :func:`gc.freeze` recommends for a server that forks its workers (its
+    children inherit the permanent generation, and their own collections then leave the
+    parent's pages unwritten, shared). Cycles made later are collected as usual.
+    """
+    gc.freeze()
+    gc.enable()
+
+
+@contextlib.contextmanager
+def imports_frozen() -> Iterator[None]:
+    """The collector off while the block imports, then what it imported frozen (:func:`freeze_imports`).
+
+    On an error the collector is turned back on as it was, nothing frozen.
+    """
+    was_on = gc.isenabled()
+    collector_off()
+    try:
+        yield
+    except BaseException:
+        if was_on:
+            gc.enable()
+        raise
+    freeze_imports()
