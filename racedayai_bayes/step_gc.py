@@ -11,9 +11,7 @@ if in_step_server():
     import gc
     import os
 
-    from racedayai_bayes.lib.processes import collector_off
-
-    collector_off()
+    gc.disable()
     # a step process collects whatever happens to the server's preload (should step_warmup
     # never run, the server's collector stays off, never a step's)
     os.register_at_fork(after_in_child=gc.enable)

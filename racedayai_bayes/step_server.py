@@ -19,7 +19,10 @@ from __future__ import annotations
 
 STEP_PRELOAD = [
     # first: the garbage collector off until step_warmup, last, freezes what the preload made
-    "racedayai_bayes.step_gc",  # _COLLECTOR_FIRST
+    "racedayai_bayes.step_gc",
+    # Dagster's multiprocess executor preloads this module first unless the list has it: here
+    # it is in the list, after step_gc, so the executor's list and the command's are this one
+    "dagster._core.executor.multiprocess",
     "racedayai_bayes.definitions",
     "arviz",
     "scipy.stats",
@@ -58,9 +61,6 @@ STEP_PRELOAD = [
     # first SQLAlchemy statement's one-time cost (racedayai_bayes/step_warmup.py)
     "racedayai_bayes.step_warmup",
 ]
-# Dagster's multiprocess executor puts this module first in the list it preloads
-_EXECUTOR_FIRST = "dagster._core.executor.multiprocess"
-_COLLECTOR_FIRST = "racedayai_bayes.step_gc"
 
 
 # glibc's allocator in the step server, and so in every step process forked from it (they
@@ -97,10 +97,7 @@ def start_step_server() -> None:
     import os
     from multiprocessing import forkserver
 
-    # the collector goes off before Dagster's executor module, the first of the executor's own list
-    first = [m for m in STEP_PRELOAD if m == _COLLECTOR_FIRST]
-    preload = [*first, _EXECUTOR_FIRST, *(m for m in STEP_PRELOAD if m != _COLLECTOR_FIRST)]
-    multiprocessing.get_context("forkserver").set_forkserver_preload(preload)
+    multiprocessing.get_context("forkserver").set_forkserver_preload(list(STEP_PRELOAD))
     added = [k for k in STEP_MALLOC_ENV if k not in os.environ]
     os.environ.update({k: STEP_MALLOC_ENV[k] for k in added})  # read by the server's allocator as it starts
     try:

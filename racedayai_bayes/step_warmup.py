@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import os
 
+from racedayai_bayes.step_server import in_step_server
+
 _SHARED_REVISION_MAPS: dict = {}
 
 
@@ -141,24 +143,25 @@ def end_without_teardown() -> None:
     exit_now(0)
 
 
-from racedayai_bayes.step_server import in_step_server  # noqa: E402
-
 if in_step_server():  # a test or a tool that imports this module opens no instance
-    # every step process forked from the server writes its stacks to the refit's log on
-    # SIGUSR1 (the stop watchdog's last look at a step that did not stop; stop_watchdog.py)
-    from racedayai_bayes.stop_watchdog import enable_stack_dumps, end_steps_with_their_run
-
-    enable_stack_dumps()
-    # and ends itself once the run's process that started it has gone (killed): no step is left behind
-    end_steps_with_their_run()
-    share_alembic_revision_maps()
-    warm_instance()
-    warm_refit_job()
-    import atexit
-
-    atexit.register(end_without_teardown)
     from racedayai_bayes.lib.processes import freeze_imports
 
-    # the preload is over (step_gc turned the collector off for it): every object it made is
-    # kept for the server's life, and its step processes never walk them again
-    freeze_imports()
+    try:
+        # every step process forked from the server writes its stacks to the refit's log on
+        # SIGUSR1 (the stop watchdog's last look at a step that did not stop; stop_watchdog.py)
+        from racedayai_bayes.stop_watchdog import enable_stack_dumps, end_steps_with_their_run
+
+        enable_stack_dumps()
+        # and ends itself once the run's process that started it has gone (killed): no step is left behind
+        end_steps_with_their_run()
+        share_alembic_revision_maps()
+        warm_instance()
+        warm_refit_job()
+        import atexit
+
+        atexit.register(end_without_teardown)
+    finally:
+        # the preload is over (step_gc turned the collector off for it): every object it made
+        # is kept for the server's life, and its step processes never walk them again; and the
+        # collector is on again whatever happened above
+        freeze_imports()

@@ -349,7 +349,8 @@ GC_SERVER = textwrap.dedent("""
     import gc, multiprocessing, sys
 
     def state(queue):
-        queue.put((gc.isenabled(), gc.get_freeze_count()))
+        import gc_probe  # preloaded by the server: the value it recorded there
+        queue.put((gc.isenabled(), gc.get_freeze_count(), gc_probe.ENABLED_AT_IMPORT))
 
     if __name__ == "__main__":
         ctx = multiprocessing.get_context("forkserver")
@@ -357,26 +358,31 @@ GC_SERVER = textwrap.dedent("""
         queue = ctx.Queue()
         step = ctx.Process(target=state, args=(queue,))
         step.start()
-        enabled, frozen = queue.get(timeout=120)
+        enabled, frozen, probe = queue.get(timeout=120)
         step.join(120)
-        print(enabled, frozen > 0, gc.isenabled(), gc.get_freeze_count())
+        print(enabled, frozen > 0, probe, gc.isenabled(), gc.get_freeze_count())
 """)
 
 
 def test_the_servers_preload_is_frozen_and_its_steps_collect(tmp_path):
-    """The step server's preload runs without the garbage collector (step_gc, first) and ends
-    frozen (step_warmup, last): a step forked from it has the collector on and the preload's
-    objects in the permanent generation. Without step_warmup the step still collects. The
-    process that starts the server is not touched."""
+    """The step server's preload runs without the garbage collector (step_gc, first: a module
+    preloaded after it finds the collector off) and ends frozen (step_warmup, last): a step
+    forked from it has the collector on and the preload's objects in the permanent generation.
+    Without step_warmup the step still collects (nothing frozen); without step_gc the preload
+    runs with the collector on and is still frozen. The process that starts the server is not
+    touched."""
     (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    (tmp_path / "gc_probe.py").write_text("import gc\nENABLED_AT_IMPORT = gc.isenabled()\n")
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
     path = tmp_path / "server.py"  # a file: the forked process unpickles its target from it
     path.write_text(GC_SERVER)
-    full = ["racedayai_bayes.step_gc", "json", "racedayai_bayes.step_warmup"]
-    for preload, expected in ((full, ["True", "True", "True", "0"]),
-                              (["racedayai_bayes.step_gc", "json"], ["True", "False", "True", "0"])):
+    gc_first, warmup = "racedayai_bayes.step_gc", "racedayai_bayes.step_warmup"
+    cases = (([gc_first, "gc_probe", "json", warmup], ["True", "True", "False", "True", "0"]),
+             ([gc_first, "gc_probe", "json"], ["True", "False", "False", "True", "0"]),
+             (["gc_probe", "json", warmup], ["True", "True", "True", "True", "0"]))
+    for preload, expected in cases:
         out = subprocess.run([sys.executable, str(path), *preload], capture_output=True, text=True, env=env,
-                             timeout=300, check=True)
+                             timeout=300, check=True, cwd=tmp_path)
         assert out.stdout.split() == expected, (preload, out.stdout, out.stderr[-2000:])
 
 
