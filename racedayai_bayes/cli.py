@@ -40,6 +40,9 @@ from racedayai_bayes.stop_watchdog import StopWatchdog, enable_stack_dumps
 LOG_TAG = CLI_LOG_TAG  # the refit's log file; the alerts name it (defs/sensors.py)
 RUN_TAG = "racedayai/run"  # the last run of a refit, which writes the posterior-means CSVs
 POLL_S = 0.25
+# a run's watcher reads the run's events only when its SQLite files have changed since its last
+# read, and at least this often (a change within one tick of the file clock can go unseen)
+WATCH_READ_S = 1.0
 MAX_NOTES_PER_STEP = 3
 # Plain output (not a terminal): progress lines of the whole refit, at most. Each step still
 # gets its own line when it finishes, and the log file keeps every progress message.
@@ -1014,8 +1017,41 @@ def _stderr_to(path: Path, echo: bool):
 # --------------------------------------------------------------------------- the live report
 
 
+def _events_stamp(instance, run_id: str) -> tuple | None:
+    """The modification time and size of the SQLite files that hold run ``run_id``'s events
+    (its database and write-ahead log), or None where the instance keeps its events elsewhere
+    (Postgres, say), or the files cannot be found: then every poll reads the events.
+
+    A run's watcher polls four times a second for the whole refit, and a read of a run with no
+    new event cost 1.3 ms of CPU (3 ms before the run exists), a stat 3 µs: the two watchers of
+    a full-scale refit took 1.26 CPU s of the command (2026-12-06), most of it in reads that
+    found nothing new.
+    """
+    path_for = getattr(instance.event_log_storage, "path_for_shard", None)
+    if path_for is None:
+        return None
+    try:
+        path = str(path_for(run_id))
+    except Exception:  # noqa: BLE001 - a storage of another kind: read every time
+        return None
+    stamp = []
+    for name in (path, path + "-wal"):
+        try:
+            st = os.stat(name)
+        except OSError:  # no write-ahead log while no connection is open: the database has it all
+            stamp.append(None)
+            continue
+        stamp.append((st.st_mtime_ns, st.st_size))
+    return tuple(stamp) if stamp[0] is not None else None
+
+
 class _RunWatcher(threading.Thread):
-    """Follows the run tagged ``tags`` in the instance's event log and feeds the report."""
+    """Follows the run tagged ``tags`` in the instance's event log and feeds the report.
+
+    It looks for the run at most every :data:`WATCH_READ_S`; once found, it reads the run's new
+    events when the run's SQLite files have changed since its last read, and at least every
+    :data:`WATCH_READ_S` (:func:`_events_stamp`); and both once more at the end.
+    """
 
     def __init__(self, tags: dict[str, str], report: RefitReport):
         super().__init__(name="racedayai-run-watcher", daemon=True)
@@ -1032,14 +1068,24 @@ class _RunWatcher(threading.Thread):
         try:
             with dg.DagsterInstance.get() as instance:
                 run_id, cursor = None, None
+                stamp, read_at, looked_at = None, 0.0, -WATCH_READ_S
                 while True:
                     last_pass = self._done.is_set()
-                    if run_id is None:
+                    # the run is looked up at most every WATCH_READ_S (5.8 ms of CPU a look, and a
+                    # later distance's run exists only once the model frame does): its events
+                    # are read from its first one whenever it is found
+                    if run_id is None and (last_pass or time.monotonic() - looked_at >= WATCH_READ_S):
+                        looked_at = time.monotonic()
                         records = instance.get_run_records(dg.RunsFilter(tags=self.tags), limit=1)
                         if records:
                             run_id = records[0].dagster_run.run_id
                             self.report.run_started(run_id, self.tags.get("dagster/partition"))
-                    if run_id is not None:
+                    # the files are stamped before the read: a write after it changes the stamp
+                    now_stamp = _events_stamp(instance, run_id) if run_id is not None else None
+                    due = (last_pass or now_stamp is None or now_stamp != stamp
+                           or time.monotonic() - read_at >= WATCH_READ_S)
+                    if run_id is not None and due:
+                        stamp, read_at = now_stamp, time.monotonic()
                         while True:
                             conn = instance.get_records_for_run(run_id, cursor=cursor, limit=1000)
                             for record in conn.records:

@@ -836,3 +836,90 @@ def test_a_step_of_several_assets_is_shown_by_the_asset_of_its_name():
                                     user_message="", level=logging.DEBUG))
     report.feed(_entry("r", "model_frame", clock.tick(0.1), "STEP_SUCCESS", SimpleNamespace(duration_ms=300.0)))
     assert re.search(r"  model_frame +0\.3 s  1,000 rows$", out.getvalue(), re.M), out.getvalue()
+
+
+# --- the run watcher: it reads a run's events when its files change ---------------------------
+
+
+def test_the_events_stamp_changes_with_every_event_and_is_none_without_sqlite_files(dagster_home):
+    """A run's SQLite event files change with each event written (the watcher then reads);
+    a storage with no such files (another kind, or a run not written yet) gives None, and
+    the watcher reads at every poll."""
+    import dagster as dg
+
+    from racedayai_bayes.cli import _events_stamp
+
+    instance = dg.DagsterInstance.get()
+
+    @dg.op
+    def noop():
+        pass
+
+    @dg.job
+    def tiny():
+        noop()
+
+    run = instance.create_run_for_job(tiny)
+    instance.report_engine_event("first", run)
+    stamps = [_events_stamp(instance, run.run_id)]
+    for i in range(3):
+        instance.report_engine_event(f"event {i}", run)
+        stamps.append(_events_stamp(instance, run.run_id))
+    assert None not in stamps and len(set(stamps)) == len(stamps)
+    assert _events_stamp(instance, run.run_id) == stamps[-1]  # nothing new: the same stamp
+    assert _events_stamp(instance, "no-such-run") is None
+    other = SimpleNamespace(event_log_storage=object())  # e.g. Postgres: no files to stamp
+    assert _events_stamp(other, run.run_id) is None
+    broken = SimpleNamespace(event_log_storage=SimpleNamespace(path_for_shard=lambda _r: 1 / 0))
+    assert _events_stamp(broken, run.run_id) is None
+
+
+def test_the_run_watcher_delivers_every_event_even_when_the_files_look_unchanged(dagster_home, monkeypatch):
+    """Events written while the watcher runs all reach the report, in order, also when a
+    write leaves the files' stamp as it was (a write within one tick of the file clock):
+    the watcher still reads at least every WATCH_READ_S, and once more when it finishes."""
+    import time
+
+    import dagster as dg
+
+    import racedayai_bayes.cli as cli
+
+    monkeypatch.setattr(cli, "POLL_S", 0.02)
+    monkeypatch.setattr(cli, "WATCH_READ_S", 0.3)
+    frozen = {"on": False, "stamp": ("unchanged",)}
+    real = cli._events_stamp
+    monkeypatch.setattr(cli, "_events_stamp", lambda inst, rid: frozen["stamp"] if frozen["on"] else real(inst, rid))
+    instance = dg.DagsterInstance.get()
+
+    @dg.op
+    def noop():
+        pass
+
+    @dg.job
+    def tiny():
+        noop()
+
+    run = instance.create_run_for_job(tiny, tags={"racedayai/run": "watched"})
+    seen: list[str] = []
+    report = RefitReport(io.StringIO())
+    report.feed = lambda entry: seen.append(entry.message)
+    watcher = cli._RunWatcher({"racedayai/run": "watched"}, report)
+    watcher.start()
+    try:
+        instance.report_engine_event("before", run)
+        deadline = time.monotonic() + 10
+        while "before" not in seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert "before" in seen  # found the run, read on the change
+        frozen["on"] = True  # from now on the files look unchanged whatever is written
+        time.sleep(0.15)  # polls that read once on the stamp's change, then hold it
+        instance.report_engine_event("unseen by the stamp", run)
+        deadline = time.monotonic() + 10
+        while "unseen by the stamp" not in seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert "unseen by the stamp" in seen  # read anyway within WATCH_READ_S
+        instance.report_engine_event("last", run)
+    finally:
+        watcher.finish()  # one more read at the end
+    assert seen.index("before") < seen.index("unseen by the stamp") < seen.index("last")
+    assert len(seen) == len(set(seen))  # no event read twice
