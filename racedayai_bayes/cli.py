@@ -41,8 +41,10 @@ LOG_TAG = CLI_LOG_TAG  # the refit's log file; the alerts name it (defs/sensors.
 RUN_TAG = "racedayai/run"  # the last run of a refit, which writes the posterior-means CSVs
 POLL_S = 0.25
 # a run's watcher reads the run's events only when its SQLite files have changed since its last
-# read, and at least this often (a change within one tick of the file clock can go unseen)
+# read, and at least this often (a change within one tick of the file clock can go unseen); it
+# looks for its run at every poll for LOOKUP_EAGER_S, then as often as it reads
 WATCH_READ_S = 1.0
+LOOKUP_EAGER_S = 2.0
 MAX_NOTES_PER_STEP = 3
 # Plain output (not a terminal): progress lines of the whole refit, at most. Each step still
 # gets its own line when it finishes, and the log file keeps every progress message.
@@ -1048,9 +1050,10 @@ def _events_stamp(instance, run_id: str) -> tuple | None:
 class _RunWatcher(threading.Thread):
     """Follows the run tagged ``tags`` in the instance's event log and feeds the report.
 
-    It looks for the run at most every :data:`WATCH_READ_S`; once found, it reads the run's new
-    events when the run's SQLite files have changed since its last read, and at least every
-    :data:`WATCH_READ_S` (:func:`_events_stamp`); and both once more at the end.
+    It looks for the run at every poll for :data:`LOOKUP_EAGER_S`, then every
+    :data:`WATCH_READ_S`; once found, it reads the run's new events when the run's SQLite files
+    have changed since its last read, and at least every :data:`WATCH_READ_S`
+    (:func:`_events_stamp`); and both once more at the end.
     """
 
     def __init__(self, tags: dict[str, str], report: RefitReport):
@@ -1068,32 +1071,35 @@ class _RunWatcher(threading.Thread):
         try:
             with dg.DagsterInstance.get() as instance:
                 run_id, cursor = None, None
-                stamp, read_at, looked_at = None, 0.0, -WATCH_READ_S
+                stamp, read_at, looked_at, started = None, 0.0, 0.0, time.monotonic()
                 while True:
                     last_pass = self._done.is_set()
-                    # the run is looked up at most every WATCH_READ_S (5.8 ms of CPU a look, and a
-                    # later distance's run exists only once the model frame does): its events
-                    # are read from its first one whenever it is found
-                    if run_id is None and (last_pass or time.monotonic() - looked_at >= WATCH_READ_S):
-                        looked_at = time.monotonic()
+                    now = time.monotonic()
+                    # the run is looked up at every poll for its first LOOKUP_EAGER_S (the first
+                    # run and the means run are created just after their watcher starts), then
+                    # at most every WATCH_READ_S (5.8 ms of CPU a look; a later distance's run
+                    # exists only once the model frame does); its events are read from the first
+                    if run_id is None and (last_pass or now - started < LOOKUP_EAGER_S or now - looked_at >= WATCH_READ_S):
+                        looked_at = now
                         records = instance.get_run_records(dg.RunsFilter(tags=self.tags), limit=1)
                         if records:
                             run_id = records[0].dagster_run.run_id
-                            self.report.run_started(run_id, self.tags.get("dagster/partition"))
-                    # the files are stamped before the read: a write after it changes the stamp
-                    now_stamp = _events_stamp(instance, run_id) if run_id is not None else None
-                    due = (last_pass or now_stamp is None or now_stamp != stamp
-                           or time.monotonic() - read_at >= WATCH_READ_S)
-                    if run_id is not None and due:
-                        stamp, read_at = now_stamp, time.monotonic()
-                        while True:
-                            conn = instance.get_records_for_run(run_id, cursor=cursor, limit=1000)
-                            for record in conn.records:
-                                self.report.feed(record.event_log_entry)
-                                self._note(record.event_log_entry)
-                            cursor = conn.cursor
-                            if not conn.has_more:
-                                break
+                            self.report.run_started(run_id, self.tags.get("dagster/partition"),
+                                                    created=records[0].create_timestamp)
+                    if run_id is not None:
+                        # stamped before the read: a write after the stat normally changes the
+                        # stamp, and one that does not is read within WATCH_READ_S
+                        now_stamp = _events_stamp(instance, run_id)
+                        if last_pass or now_stamp is None or now_stamp != stamp or now - read_at >= WATCH_READ_S:
+                            stamp, read_at = now_stamp, now
+                            while True:
+                                conn = instance.get_records_for_run(run_id, cursor=cursor, limit=1000)
+                                for record in conn.records:
+                                    self.report.feed(record.event_log_entry)
+                                    self._note(record.event_log_entry)
+                                cursor = conn.cursor
+                                if not conn.has_more:
+                                    break
                     self.report.tick()
                     if last_pass:
                         return
@@ -1223,13 +1229,17 @@ class RefitReport:
             self._run_started_at[distance] = time.monotonic()
             self._distance = distance
 
-    def run_started(self, run_id: str, distance: str | None = None) -> None:
-        """The watcher found the run of ``distance`` (default: the one submitted last): its
-        steps are named with its partition from now on."""
+    def run_started(self, run_id: str, distance: str | None = None, created=None) -> None:
+        """The watcher found the run of ``distance`` (default: the one submitted last), created
+        at ``created`` (a datetime; default: now): its steps are named with its partition from
+        now on."""
         with self.lock:
             distance = distance or self._distance
-            # a later distance's run starts in another process: its time counts from here
-            self._run_started_at.setdefault(distance, time.monotonic())
+            # a later distance's run starts in another process: its time counts from its
+            # creation (the watcher may find it up to a second later; at most 5 s back, should
+            # the storage's clock and this one disagree)
+            age = min(5.0, max(0.0, time.time() - created.timestamp())) if created is not None else 0.0
+            self._run_started_at.setdefault(distance, time.monotonic() - age)
             self.partition[run_id] = distance
             self.line(f"refit {distance}: started run {run_id}")
 

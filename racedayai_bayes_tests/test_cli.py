@@ -841,15 +841,8 @@ def test_a_step_of_several_assets_is_shown_by_the_asset_of_its_name():
 # --- the run watcher: it reads a run's events when its files change ---------------------------
 
 
-def test_the_events_stamp_changes_with_every_event_and_is_none_without_sqlite_files(dagster_home):
-    """A run's SQLite event files change with each event written (the watcher then reads);
-    a storage with no such files (another kind, or a run not written yet) gives None, and
-    the watcher reads at every poll."""
+def _tiny_run(instance, tags=None):
     import dagster as dg
-
-    from racedayai_bayes.cli import _events_stamp
-
-    instance = dg.DagsterInstance.get()
 
     @dg.op
     def noop():
@@ -859,14 +852,29 @@ def test_the_events_stamp_changes_with_every_event_and_is_none_without_sqlite_fi
     def tiny():
         noop()
 
-    run = instance.create_run_for_job(tiny)
+    return instance.create_run_for_job(tiny, tags=tags or {})
+
+
+def test_the_events_stamp_changes_with_the_runs_events_and_is_none_without_sqlite_files(dagster_home):
+    """A run's SQLite event files change as events are written (the watcher then reads);
+    unchanged, they give the same stamp. A storage with no such files (another kind, or a run
+    not written yet) gives None, and the watcher reads at every poll."""
+    import time
+
+    import dagster as dg
+
+    from racedayai_bayes.cli import _events_stamp
+
+    instance = dg.DagsterInstance.get()
+    run = _tiny_run(instance)
     instance.report_engine_event("first", run)
-    stamps = [_events_stamp(instance, run.run_id)]
-    for i in range(3):
+    first = _events_stamp(instance, run.run_id)
+    assert first is not None and _events_stamp(instance, run.run_id) == first  # nothing new: the same
+    for i in range(3):  # a file clock ticks every few ms at most: several writes, apart
+        time.sleep(0.02)
         instance.report_engine_event(f"event {i}", run)
-        stamps.append(_events_stamp(instance, run.run_id))
-    assert None not in stamps and len(set(stamps)) == len(stamps)
-    assert _events_stamp(instance, run.run_id) == stamps[-1]  # nothing new: the same stamp
+    last = _events_stamp(instance, run.run_id)
+    assert last is not None and last != first
     assert _events_stamp(instance, "no-such-run") is None
     other = SimpleNamespace(event_log_storage=object())  # e.g. Postgres: no files to stamp
     assert _events_stamp(other, run.run_id) is None
@@ -874,52 +882,87 @@ def test_the_events_stamp_changes_with_every_event_and_is_none_without_sqlite_fi
     assert _events_stamp(broken, run.run_id) is None
 
 
-def test_the_run_watcher_delivers_every_event_even_when_the_files_look_unchanged(dagster_home, monkeypatch):
-    """Events written while the watcher runs all reach the report, in order, also when a
-    write leaves the files' stamp as it was (a write within one tick of the file clock):
-    the watcher still reads at least every WATCH_READ_S, and once more when it finishes."""
+def _watch(monkeypatch, tags, *, read_s: float, eager_s: float):
+    """A run watcher polling every 20 ms whose stamps can be frozen (``frozen['on']``: every
+    call then returns the same stamp, counted), and the messages it delivers."""
+    import racedayai_bayes.cli as cli
+
+    monkeypatch.setattr(cli, "POLL_S", 0.02)
+    monkeypatch.setattr(cli, "WATCH_READ_S", read_s)
+    monkeypatch.setattr(cli, "LOOKUP_EAGER_S", eager_s)
+    frozen = {"on": False, "calls": 0}
+    real = cli._events_stamp
+
+    def stamp(instance, run_id):
+        if not frozen["on"]:
+            return real(instance, run_id)
+        frozen["calls"] += 1
+        return ("unchanged",)
+
+    monkeypatch.setattr(cli, "_events_stamp", stamp)
+    seen: list[str] = []
+    report = RefitReport(io.StringIO())
+    report.feed = lambda entry: seen.append(entry.message)
+    return cli._RunWatcher(tags, report), frozen, seen
+
+
+def _until(condition, timeout: float = 20.0) -> bool:
     import time
 
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_the_run_watcher_delivers_every_event_even_when_the_files_look_unchanged(dagster_home, monkeypatch):
+    """Events written while the watcher runs all reach the report, in order, once, also when a
+    write leaves the files' stamp as it was (a write within one tick of the file clock): the
+    watcher still reads at least every WATCH_READ_S, and once more when it finishes."""
     import dagster as dg
 
     import racedayai_bayes.cli as cli
 
-    monkeypatch.setattr(cli, "POLL_S", 0.02)
-    monkeypatch.setattr(cli, "WATCH_READ_S", 0.3)
-    frozen = {"on": False, "stamp": ("unchanged",)}
-    real = cli._events_stamp
-    monkeypatch.setattr(cli, "_events_stamp", lambda inst, rid: frozen["stamp"] if frozen["on"] else real(inst, rid))
+    tags = {"racedayai/run": "watched"}
+    watcher, frozen, seen = _watch(monkeypatch, tags, read_s=0.3, eager_s=60.0)
     instance = dg.DagsterInstance.get()
-
-    @dg.op
-    def noop():
-        pass
-
-    @dg.job
-    def tiny():
-        noop()
-
-    run = instance.create_run_for_job(tiny, tags={"racedayai/run": "watched"})
-    seen: list[str] = []
-    report = RefitReport(io.StringIO())
-    report.feed = lambda entry: seen.append(entry.message)
-    watcher = cli._RunWatcher({"racedayai/run": "watched"}, report)
+    run = _tiny_run(instance, tags)
     watcher.start()
     try:
         instance.report_engine_event("before", run)
-        deadline = time.monotonic() + 10
-        while "before" not in seen and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert "before" in seen  # found the run, read on the change
+        assert _until(lambda: "before" in seen)  # found the run, read on the change
         frozen["on"] = True  # from now on the files look unchanged whatever is written
-        time.sleep(0.15)  # polls that read once on the stamp's change, then hold it
+        assert _until(lambda: frozen["calls"] >= 3)  # the frozen stamp seen, read once, and held
         instance.report_engine_event("unseen by the stamp", run)
-        deadline = time.monotonic() + 10
-        while "unseen by the stamp" not in seen and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert "unseen by the stamp" in seen  # read anyway within WATCH_READ_S
+        assert _until(lambda: "unseen by the stamp" in seen)  # read anyway within WATCH_READ_S
+        monkeypatch.setattr(cli, "WATCH_READ_S", 3600.0)  # from here only the last pass reads
+        calls = frozen["calls"]
+        assert _until(lambda: frozen["calls"] >= calls + 2)
         instance.report_engine_event("last", run)
     finally:
         watcher.finish()  # one more read at the end
     assert seen.index("before") < seen.index("unseen by the stamp") < seen.index("last")
     assert len(seen) == len(set(seen))  # no event read twice
+
+
+def test_a_run_the_watcher_finds_only_on_its_last_pass_is_read_from_its_first_event(dagster_home, monkeypatch):
+    """Looked up once at the start (nothing there yet), then not for an hour: a run created
+    afterwards is still found and read in full when the watcher finishes."""
+    import dagster as dg
+
+    tags = {"racedayai/run": "late"}
+    watcher, _frozen, seen = _watch(monkeypatch, tags, read_s=3600.0, eager_s=0.0)
+    instance = dg.DagsterInstance.get()
+    instance.get_run_records()  # its databases made before the watcher opens them too, as in a refit
+    watcher.start()
+    try:
+        assert _until(lambda: not watcher._done.is_set() and watcher.is_alive())
+        import time
+
+        time.sleep(0.2)  # its first look, which finds nothing
+        run = _tiny_run(instance, tags)
+        for message in ("one", "two"):
+            instance.report_engine_event(message, run)
+    finally:
+        watcher.finish()
+    assert [m for m in seen if m in ("one", "two")] == ["one", "two"]
