@@ -1025,7 +1025,7 @@ def _events_stamp(instance, run_id: str) -> tuple | None:
     (Postgres, say), or the files cannot be found: then every poll reads the events.
 
     A run's watcher polls four times a second for the whole refit, and a read of a run with no
-    new event cost 1.3 ms of CPU (3 ms before the run exists), a stat 3 µs: the two watchers of
+    new event cost 1.3 ms of CPU (a look-up of a run not yet created 3-6 ms), a stat 3 µs: the two watchers of
     a full-scale refit took 1.26 CPU s of the command (2026-12-06), most of it in reads that
     found nothing new.
     """

@@ -559,6 +559,30 @@ def test_the_report_says_go_once_when_the_first_step_starts():
     assert calls == ["go"]
 
 
+def test_a_later_runs_time_counts_from_its_creation_at_most_5_s_back():
+    """The watcher may find a later distance's run up to a second after its creation: the run's
+    time counts from the creation; a creation time far off (another clock) counts 5 s at most,
+    one in the future none; without one, from when it was found. A run submitted by this
+    process keeps its own start."""
+    import datetime as dt
+    import time
+
+    report, _ = _report()
+    now = dt.datetime.now(dt.timezone.utc)
+    report.run_started("a", "140.6", created=now - dt.timedelta(seconds=0.8))
+    report.run_started("b", "far", created=now - dt.timedelta(hours=3))
+    report.run_started("c", "future", created=now + dt.timedelta(hours=3))
+    report.run_started("d", "plain")
+    report.run_starting("mine")
+    mine = report._run_started_at["mine"]
+    report.run_started("e", "mine", created=now - dt.timedelta(seconds=3))
+    ago = {d: time.monotonic() - t for d, t in report._run_started_at.items()}
+    assert 0.75 <= ago["140.6"] < 1.5
+    assert 4.95 <= ago["far"] < 5.7
+    assert ago["future"] < 0.5 and ago["plain"] < 0.5
+    assert report._run_started_at["mine"] == mine
+
+
 def test_the_installed_command_runs_entry_and_keeps_mains_exit_codes(tmp_path):
     from importlib.metadata import entry_points
 
