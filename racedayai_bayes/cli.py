@@ -313,6 +313,14 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
     # The machine-wide CPU slots
     # (defs/resources.py CpuSlots) keep the heavy steps of all runs to one per core. Ctrl-C
     # reaches every run, as each executes in its own process's main thread (see _Later).
+    # The inputs' assets and the model frame: reused, not built again, when the frame a
+    # previous refit stored is of today's input files and code (defs/inputs.py)
+    reused = _reusable_frame(args, instance, defs)
+    if reused is not None:
+        args.frame_from = reused.run_id  # read by the later distances' processes (forked, or --frame-from)
+        when = dt.datetime.fromtimestamp(reused.timestamp, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        report.line(f"inputs unchanged since run {reused.run_id[:8]} ({when}): its model frame is reused "
+                    "(--rebuild-inputs reads them again)")
     first_tags = _run_tags(distances[0], log_path)
     later = [_Later.start(args, d, distances[0], log_path, report) for d in distances[1:]]
     for child in later:  # once every later process is forked (_ForkedLater: no thread may run then)
@@ -320,10 +328,11 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
         report.when_a_step_starts(child.release)
     try:
         dog.__enter__()
-        first_id = refit(distances[0], sorted(shared_keys, key=_key_order) + per_distance, first_tags)
+        built_here = [] if reused is not None else sorted(shared_keys, key=_key_order)
+        first_id = refit(distances[0], built_here + per_distance, first_tags)
         interrupted = bool(first_id) and _interrupted(instance, first_id)
         first_keys = _materialized_keys(instance, first_id) if first_id else set()  # the run has ended: read once
-        built = bool(first_id) and set(shared_keys) <= first_keys
+        built = bool(first_id) and set(built_here) <= first_keys
         if not built:
             for child in later:
                 child.cancel()  # still waiting for the model frame: no run of theirs exists
@@ -366,6 +375,19 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
         for child in later:
             child.stop()
     return report, (errors[0] if errors else None)
+
+
+def _reusable_frame(args, instance, defs):
+    """The stored model frame this refit may reuse (defs/inputs.StoredFrame), or None: with
+    ``--rebuild-inputs``, or when the inputs or the code changed since it was stored."""
+    if args.rebuild_inputs:
+        return None
+    from racedayai_bayes.defs.inputs import stored_frame_if_current
+    from racedayai_bayes.defs.resources import PipelinePaths, storage_base
+
+    io_manager = defs.resources.get("io_manager")
+    storage = storage_base(instance, getattr(io_manager, "base_dir", None))
+    return stored_frame_if_current(instance, PipelinePaths.from_env(), storage)
 
 
 # A later distance's own process (its imports, then the run's orchestration) runs below the
@@ -445,6 +467,8 @@ class _Later:
 
         argv = [a for a in args.argv if a != "--verbose"]
         cmd = [sys.executable, "-m", "racedayai_bayes.cli", *argv, "--distance", distance, "--after", f"{first}={log_path}"]
+        if args.frame_from:  # the first run builds no model frame: the later run need not wait for one
+            cmd += ["--frame-from", args.frame_from]
         # its steps fork from this process's step server: one server imports the steps' modules
         # (so they write to what the server was started with: this command's stdout, and fd 2,
         # the refit's log pipe)
@@ -728,7 +752,8 @@ def _later_run(args, instance, defs, refit_job_def, parent: int) -> int:
     first_tags = {"dagster/partition": first, LOG_TAG: log}
     ended = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
     run_id = None
-    while True:
+    # with --frame-from (a stored frame the first run reuses) there is nothing to wait for
+    while not args.frame_from:
         if run_id is None:
             records = instance.get_run_records(dg.RunsFilter(tags=first_tags), limit=1)
             if records:
@@ -1606,6 +1631,11 @@ def build_parser() -> argparse.ArgumentParser:
     refit.add_argument("--publish", choices=["auto", "seed_profile", "seed_asof", "forecast"], default="auto",
                        help="which model's forecasts to publish (default auto: the eligible model with the best held-out ELPD)")
     refit.add_argument(
+        "--rebuild-inputs", action="store_true",
+        help="read the input CSVs and build the model frame again even if neither they nor the code changed "
+        "since the stored frame was built (by default it is then reused)",
+    )
+    refit.add_argument(
         "--verbose", action="store_true",
         help="also stream Dagster's full event log (DEBUG included) to stderr; it is always written to "
         "$DAGSTER_HOME/refit_logs/refit-<time>.log",
@@ -1613,6 +1643,8 @@ def build_parser() -> argparse.ArgumentParser:
     # internal: this process runs one later distance of the refit whose first run is FIRST and
     # whose log is LOG (the refit command starts it; see _Later)
     refit.add_argument("--after", metavar="FIRST=LOG", help=argparse.SUPPRESS)
+    # internal: the refit reuses the model frame that run stored (its later distances wait for none)
+    refit.add_argument("--frame-from", metavar="RUN", help=argparse.SUPPRESS)
     refit.set_defaults(func=_refit)
 
     predict = sub.add_parser(

@@ -776,6 +776,56 @@ def test_a_later_process_is_a_new_interpreter_if_the_command_cannot_fork(monkeyp
     assert set(os.listdir("/proc/self/fd")) <= open_before  # the failed fork's pipe is closed too
 
 
+@pytest.mark.parametrize("frame_from", [None, "run-of-the-frame"])
+def test_a_later_process_started_as_a_new_interpreter_is_told_of_a_reused_frame(monkeypatch, tmp_path, frame_from):
+    """Its command line carries --frame-from when the first run reuses a stored model frame
+    (then builds none, and the later run must not wait for one), and not otherwise."""
+    import racedayai_bayes.step_server as step_server
+    from racedayai_bayes.cli import _Later
+
+    launched = []
+
+    class Popen:
+        def __init__(self, cmd, **kwargs):
+            launched.append(cmd)
+
+    monkeypatch.setattr(step_server, "share_step_server", lambda: ({}, os.open(os.devnull, os.O_RDONLY)))
+    monkeypatch.setattr(subprocess, "Popen", Popen)
+    args = argparse.Namespace(argv=["refit", "--verbose"], frame_from=frame_from)
+    _, go_write = _Later._spawn(args, "140.6", "70.3", tmp_path / "refit.log")
+    os.close(go_write)
+    (cmd,) = launched
+    assert cmd[cmd.index("--after") + 1] == f"70.3={tmp_path / 'refit.log'}" and "--verbose" not in cmd
+    if frame_from:
+        assert cmd[cmd.index("--frame-from") + 1] == frame_from
+    else:
+        assert "--frame-from" not in cmd
+    parsed = cli.build_parser().parse_args(cmd[3:])
+    assert parsed.frame_from == frame_from and parsed.distance == "140.6"
+
+
+def test_a_later_run_of_a_reused_frame_starts_at_once_with_this_distances_assets(monkeypatch):
+    """With --frame-from the later run does not look for the first run's model frame (it builds
+    none): it executes its distance's assets straight away."""
+    import dagster as dg
+
+    from racedayai_bayes.definitions import defs, refit_job_def
+
+    class NoRuns:
+        def get_run_records(self, *a, **k):
+            raise AssertionError("the later run waited for the first run's model frame")
+
+    executed = {}
+    monkeypatch.setattr(dg, "execute_job", lambda job, **kwargs: executed.update(kwargs))
+    args = cli.build_parser().parse_args(["refit", "--distance", "140.6", "--after", "70.3=/tmp/refit.log",
+                                          "--frame-from", "run-of-the-frame"])
+    assert cli._later_run(args, NoRuns(), defs, refit_job_def, parent=os.getppid()) == 0
+    keys = cli._refit_keys(defs)
+    assert executed["asset_selection"] == keys.per_distance
+    assert not set(keys.shared) & set(executed["asset_selection"])
+    assert executed["tags"]["dagster/partition"] == "140.6"
+
+
 def test_an_interrupt_while_waiting_for_the_later_runs_posteriors_is_passed_on_to_its_process():
     import signal
 

@@ -1,7 +1,9 @@
 """The asset graph materialised in process on a small simulated world: every model, the
 comparison, the published CSV, artifacts, and the command that predicts from an artifact."""
 
+import os
 import shutil
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -741,3 +743,65 @@ def test_a_failure_after_the_season_table_is_stored_fails_the_step_with_its_erro
     assert "an injected bug in the as-of history" in str(failure.step_failure_data.error)
     stored = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
     assert "athlete_seasons" in stored and "model_frame" not in stored
+
+
+def test_a_stored_model_frame_is_reused_only_while_its_inputs_and_code_are_unchanged(small_inputs, tmp_path, monkeypatch):
+    """stored_frame_if_current names the run whose stored frame a refit may reuse, and nothing
+    once an input file is written again, the code changes, or the stored values are missing,
+    written since, split between runs or kept in an object store."""
+    from upath import UPath
+
+    from racedayai_bayes.defs import inputs as defs_inputs
+
+    folder = tmp_path / "inputs"
+    shutil.copytree(small_inputs, folder)
+    storage = tmp_path / "storage"
+    instance = dg.DagsterInstance.ephemeral()
+    paths = PipelinePaths(input_dir=str(folder), output_dir=str(tmp_path / "out"))
+    frame_assets = [a for a in ALL_ASSETS if set(a.keys) & {dg.AssetKey(k) for k in (
+        "athlete_race", "athlete_profile", "cluster_assignments", "model_frame", "athlete_seasons")}]
+
+    def build(**kwargs):
+        return dg.materialize(frame_assets, resources=pipeline_resources(folder, tmp_path / "out", storage),
+                              instance=instance, **kwargs)
+
+    def current():
+        return defs_inputs.stored_frame_if_current(instance, paths, UPath(storage))
+
+    assert current() is None  # nothing stored yet
+    first = build()
+    found = current()
+    assert found is not None and found.run_id == first.run_id
+    # the frame's materialisation records this code's version and each input file's
+    tags = instance.get_latest_materialization_event(dg.AssetKey("model_frame")).asset_materialization.tags
+    assert tags["dagster/code_version"] == defs_inputs.CODE_VERSION
+    for asset, name in defs_inputs.INPUT_FILES.items():
+        assert tags[f"dagster/input_data_version/{asset}"] == defs_inputs.sources.file_version(folder / name)
+
+    with monkeypatch.context() as m:  # another version of the code
+        m.setattr(defs_inputs, "CODE_VERSION", "another")
+        assert current() is None
+    assert defs_inputs.stored_frame_if_current(instance, paths, UPath("memory://storage")) is None
+
+    stored = storage / "model_frame.pkl"
+    stored.rename(tmp_path / "aside.pkl")
+    assert current() is None
+    (tmp_path / "aside.pkl").rename(stored)
+    assert current() == found
+    st = stored.stat()
+    os.utime(stored, (st.st_atime + 60, st.st_mtime + 60))  # written after its run recorded it
+    assert current() is None
+    os.utime(stored, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert current() == found
+
+    # an input written again, the same bytes: built again, then current again
+    time.sleep(0.03)
+    profile = folder / "athlete_profile.csv"
+    profile.write_bytes(profile.read_bytes())
+    assert current() is None
+    second = build()
+    assert current().run_id == second.run_id != first.run_id
+
+    # the season table of one run and the frame of another: not a pair
+    build(selection=["model_frame"])
+    assert current() is None

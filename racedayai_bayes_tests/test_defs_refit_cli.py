@@ -47,16 +47,27 @@ def test_refit_both_distances_on_the_instance(dagster_home, small_inputs, tmp_pa
         assert (out / name).stat().st_size > 0
     assert len(pd.read_csv(out / "bayesian_posterior_means.csv")) == 2
 
+    shared = ("athlete_race", "athlete_profile", "cluster_assignments", "model_frame")
+    first_lines = proc.stdout.splitlines()
+    for step in shared:
+        assert sum(bool(re.match(rf"  {step} +\d+\.\d s", line)) for line in first_lines) == 1, step
+    assert not any(line.startswith("inputs unchanged") for line in first_lines)
+
     # the second refit, as a second `make run` (stdout is a pipe here, not a terminal)
     second = _refit(["--warmup", "300", "--samples", "1000"], dagster_home, small_inputs, out)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     lines = second.stdout.splitlines()
     assert len(lines) <= MAX_LINES, second.stdout
     assert second.stderr == "" and "DEBUG" not in second.stdout
+    # the inputs and the code are unchanged: the model frame the first refit stored is reused,
+    # and both distances' runs (the later one in its own process) go straight to their steps
+    (reuse,) = [line for line in lines if line.startswith("inputs unchanged since run")]
+    assert "its model frame is reused (--rebuild-inputs reads them again)" in reuse
+    for step in shared:
+        assert not any(re.match(rf"  {step} ", line) for line in lines), step
     # one line per step as it finishes, with the partition and the seconds it took; the
     # posterior-means CSVs once, by a last run (its timing is checked below)
-    for step in ("athlete_race", "athlete_profile", "cluster_assignments", "model_frame",
-                 "bayesian_posterior_means", "forecast_posterior_means"):
+    for step in ("bayesian_posterior_means", "forecast_posterior_means"):
         assert sum(bool(re.match(rf"  {step} +\d+\.\d s", line)) for line in lines) == 1, step
     finished = [line.split(":")[0] for line in lines if re.match(r"refit (70\.3|140\.6|means): succeeded in", line)]
     assert sorted(finished) == ["refit 140.6", "refit 70.3", "refit means"]
@@ -89,6 +100,9 @@ def test_refit_both_distances_on_the_instance(dagster_home, small_inputs, tmp_pa
     for record in instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": "140.6"}), limit=1):
         by_partition["140.6"] = record
     assert by_partition["140.6"].start_time < by_partition["70.3"].end_time
+    # the model frame is the first refit's: the second one's runs read it, and stored none
+    frame_run = instance.get_latest_materialization_event(dg.AssetKey("model_frame")).run_id
+    assert frame_run not in (by_partition["70.3"].dagster_run.run_id, by_partition["140.6"].dagster_run.run_id)
     # the means run of the second refit started once both distances' runs had stored the
     # posteriors it reads (it may run beside the later run's last steps, which it does not read)
     (means,) = instance.get_run_records(dg.RunsFilter(tags={"racedayai/run": "posterior means"}), limit=1)

@@ -2,25 +2,40 @@
 
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+from upath import UPath
 
-from racedayai_bayes.lib.data import contracts
+from racedayai_bayes.lib.data import contracts, sources
 from racedayai_bayes.lib.data.frame import model_frame_and_seasons
 from racedayai_bayes.lib.data.history import athlete_runs
+from racedayai_bayes.lib.outputs.io import as_path
 
 from .resources import SLOT_TAGS, CpuSlots, PipelinePaths
 
 GROUP = "inputs"
+# The version of the code that reads the inputs and builds the model frame (lib/data/sources.py):
+# Dagster records it, and each input file's version (its asset's DataVersion), with every
+# materialisation of these assets; the model frame's carries both (stored_frame_if_current).
+CODE_VERSION = sources.code_version()
+INPUT_FILES = {"athlete_race": contracts.RACE_FILE, "athlete_profile": contracts.PROFILE_FILE,
+               "cluster_assignments": contracts.CLUSTER_FILE}
+FRAME_ASSETS = ("model_frame", "athlete_seasons")  # what the later steps read of these assets
+# the tags Dagster gives a materialisation (dagster._core.definitions.data_version; shown in the UI)
+CODE_VERSION_TAG = "dagster/code_version"
+INPUT_VERSION_TAG = "dagster/input_data_version/{}"
 
 
-def _input_output(result: contracts.ReadResult, context: dg.AssetExecutionContext) -> dg.Output:
+def _input_output(result: contracts.ReadResult, context: dg.AssetExecutionContext, version: str) -> dg.Output:
     for note in result.notes:
         context.log.warning(f"{result.path.name}: {note}")
     frame = result.frame
     return dg.Output(
         frame,
+        data_version=dg.DataVersion(version),
         metadata={
             "path": dg.MetadataValue.path(str(result.path)),
             "rows": dg.MetadataValue.int(len(frame)),
@@ -32,14 +47,14 @@ def _input_output(result: contracts.ReadResult, context: dg.AssetExecutionContex
 
 def _read(context: dg.AssetExecutionContext, reader, path) -> dg.Output:
     try:
-        result = reader(path)
+        result, version = sources.read_with_version(path, reader)
     except contracts.InputError as exc:
         # the message already names the file, column and rows; no traceback is needed
         raise dg.Failure(description=str(exc), metadata={"path": str(path)}, allow_retries=False) from None
-    return _input_output(result, context)
+    return _input_output(result, context, version)
 
 
-@dg.asset(group_name=GROUP, op_tags=SLOT_TAGS)
+@dg.asset(group_name=GROUP, op_tags=SLOT_TAGS, code_version=CODE_VERSION)
 def athlete_race(context: dg.AssetExecutionContext, paths: PipelinePaths, cpu: CpuSlots) -> dg.Output[pd.DataFrame]:
     """Race results (athlete_race.csv): the eight columns the models need, typed and validated."""
     # its columns checked on two cores if the other slot is free once the CSV is parsed (the
@@ -48,13 +63,13 @@ def athlete_race(context: dg.AssetExecutionContext, paths: PipelinePaths, cpu: C
                  paths.input_file(contracts.RACE_FILE))
 
 
-@dg.asset(group_name=GROUP, op_tags=SLOT_TAGS)
+@dg.asset(group_name=GROUP, op_tags=SLOT_TAGS, code_version=CODE_VERSION)
 def athlete_profile(context: dg.AssetExecutionContext, paths: PipelinePaths, cpu: CpuSlots) -> dg.Output[pd.DataFrame]:
     """Athlete profiles (athlete_profile.csv): one row per athlete_hash."""
     return _read(context, contracts.read_profiles, paths.input_file(contracts.PROFILE_FILE))
 
 
-@dg.asset(group_name=GROUP)
+@dg.asset(group_name=GROUP, code_version=CODE_VERSION)
 def cluster_assignments(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.Output[pd.DataFrame]:
     """Athlete clusters (cluster_assignments.csv): athletes with 3+ races; others are cluster -1."""
     return _read(context, contracts.read_clusters, paths.input_file(contracts.CLUSTER_FILE))
@@ -65,6 +80,7 @@ def cluster_assignments(context: dg.AssetExecutionContext, paths: PipelinePaths)
         "model_frame": dg.AssetOut(
             group_name=GROUP,
             is_required=False,
+            code_version=CODE_VERSION,
             description="Age-group 70.3 and 140.6 finishers with profile and cluster columns (the seed's section 1) "
             "and each race's as-of history from strictly earlier seasons",
         ),
@@ -73,6 +89,7 @@ def cluster_assignments(context: dg.AssetExecutionContext, paths: PipelinePaths)
             description="One row per athlete and season with a start at either distance: the totals that as-of "
             "histories add up (starts, DNFs, finishes, edition-relative times)",
             is_required=False,
+            code_version=CODE_VERSION,
         ),
     },
     can_subset=True,
@@ -132,3 +149,46 @@ def _seasons_output(seasons: pd.DataFrame) -> dg.Output:
         # rows, so a count of runs is the count of athletes, without hashing 1.3M keys again
         "athletes": dg.MetadataValue.int(int(athlete_runs(seasons["athlete_hash"]).sum())),
     })
+
+
+@dataclass(frozen=True)
+class StoredFrame:
+    """A stored model frame and season table that a refit may reuse: the run that made them."""
+
+    run_id: str
+    timestamp: float  # when it stored them (its materialisation)
+
+
+def stored_frame_if_current(instance: dg.DagsterInstance, paths: PipelinePaths, storage: UPath) -> StoredFrame | None:
+    """The run whose stored model frame and season table were built from the input files in
+    ``paths.input_dir`` as they are now, by this code (:data:`CODE_VERSION`); None if there is
+    none, and a refit then builds them again.
+
+    Both must be the latest materialisations of their assets, by one run, whose tags hold this
+    code version and each input file's version now (lib/data/sources.py). Their values must be
+    files of a local ``storage`` (the IO manager's folder) not written since that run recorded
+    them: a later write whose run died before it recorded its own is newer, and is not reused.
+    """
+    events = [instance.get_latest_materialization_event(dg.AssetKey(key)) for key in FRAME_ASSETS]
+    if any(e is None for e in events) or len({e.run_id for e in events}) != 1:
+        return None
+    folder = as_path(storage)
+    if not isinstance(folder, Path):  # an object store: its files' times are not this machine's
+        return None
+    try:
+        versions = {asset: sources.file_version(paths.input_file(name)) for asset, name in INPUT_FILES.items()}
+    except (OSError, ValueError):  # a missing input file (the input step says which), or input_dir not local
+        return None
+    for key, event in zip(FRAME_ASSETS, events):
+        tags = event.asset_materialization.tags or {}
+        if tags.get(CODE_VERSION_TAG) != CODE_VERSION:
+            return None
+        if any(tags.get(INPUT_VERSION_TAG.format(asset)) != version for asset, version in versions.items()):
+            return None
+        try:
+            written = (folder / f"{key}.pkl").stat().st_mtime
+        except OSError:
+            return None
+        if written > event.timestamp:
+            return None
+    return StoredFrame(events[0].run_id, events[0].timestamp)

@@ -124,8 +124,13 @@ class AtomicPickleIOManagerFactory(dg.ConfigurableIOManagerFactory):
 
     def create_io_manager(self, context: dg.InitResourceContext) -> AtomicPickleIOManager:
         # read when the run starts, in the run's own process (its pod, on Kubernetes)
-        base = self.base_dir or os.environ.get(STORAGE_DIR_ENV) or context.instance.storage_directory()
-        return AtomicPickleIOManager(base_path=UPath(base))
+        return AtomicPickleIOManager(base_path=storage_base(context.instance, self.base_dir))
+
+
+def storage_base(instance: dg.DagsterInstance, base_dir: str | None = None) -> UPath:
+    """Where the IO manager stores asset values: ``base_dir``, else $RACEDAYAI_STORAGE_DIR, else
+    the instance's storage folder. An unpartitioned asset's value is ``<base>/<key>.pkl``."""
+    return UPath(base_dir or os.environ.get(STORAGE_DIR_ENV) or instance.storage_directory())
 
 
 def _cpu_count() -> int:
