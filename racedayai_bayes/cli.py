@@ -227,7 +227,7 @@ class _RefitKeys:
     """What a refit materialises, split by run."""
 
     partitioned: set  # the per-distance assets
-    shared: set  # built once, by the first run: the inputs and the model frame
+    shared: set  # built once, by the first run (unless reused): the inputs and the model frame
     per_distance: list  # every distance's run
     means: list  # the last run: the posterior-means CSVs of every distance
     means_inputs: set  # the posteriors the means are made of
@@ -307,17 +307,20 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
         run_ids.append(result.run_id)
         return result.run_id
 
-    # The first run builds the inputs and the model frame, then fits its distance. Each other
-    # distance's run executes in a process of its own (forked from this one now: _ForkedLater),
-    # at a lower CPU priority: it waits for the model frame, then runs beside the first run.
+    # The first run builds the inputs and the model frame (unless a stored one is reused,
+    # below), then fits its distance. Each other distance's run executes in a process of its
+    # own (forked from this one now: _ForkedLater), at a lower CPU priority: it waits for the
+    # model frame (for none when it is reused), then runs beside the first run.
     # The machine-wide CPU slots
     # (defs/resources.py CpuSlots) keep the heavy steps of all runs to one per core. Ctrl-C
     # reaches every run, as each executes in its own process's main thread (see _Later).
     # The inputs' assets and the model frame: reused, not built again, when the frame a
     # previous refit stored is of today's input files and code (defs/inputs.py)
     reused = _reusable_frame(args, instance, defs)
+    # read by the later distances' processes (forked, or --frame-from): set either way, so that a
+    # --frame-from typed on this command's line never reaches them
+    args.frame_from = reused.run_id if reused is not None else None
     if reused is not None:
-        args.frame_from = reused.run_id  # read by the later distances' processes (forked, or --frame-from)
         when = dt.datetime.fromtimestamp(reused.timestamp, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         report.line(f"inputs unchanged since run {reused.run_id[:8]} ({when}): its model frame is reused "
                     "(--rebuild-inputs reads them again)")
@@ -338,6 +341,10 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
                 child.cancel()  # still waiting for the model frame: no run of theirs exists
             if first_id and later:
                 report.line(f"not refitting {', '.join(distances[1:])}: the first run did not build the model frame")
+        elif interrupted:
+            for child in later:
+                if not child.released:  # never let go (the first run stopped before its first step): no run of theirs exists
+                    child.cancel()
 
         def write_means() -> str | None:
             return refit("means", means_keys, tags={RUN_TAG: "posterior means", LOG_TAG: str(log_path)})
@@ -487,6 +494,11 @@ class _Later:
             os.close(go_read)
         return proc, go_write
 
+    @property
+    def released(self) -> bool:
+        """Whether :meth:`release` has let the child go on."""
+        return self._go_fd is None
+
     def release(self) -> None:
         """Let the child go on (see :data:`GO_ENV`); once is enough, more is harmless."""
         with self._go_lock:
@@ -495,9 +507,11 @@ class _Later:
             os.close(fd)
 
     def cancel(self) -> None:
-        self.release()
+        # ended before it is let go: a child that needs no model frame (--frame-from) would
+        # otherwise start its run as soon as it is
         if self.proc.poll() is None:
             self.proc.terminate()
+        self.release()
 
     def stored(self, keys: set) -> bool:
         """Wait until the child's run has materialised ``keys`` (True), or the child has ended
@@ -741,10 +755,10 @@ def _run_tags(distance: str, log_path) -> dict[str, str]:
 def _later_run(args, instance, defs, refit_job_def, parent: int) -> int:
     """A later distance's run (in the process the command forked, or ``refit --after
     FIRST=LOG``): wait until the first run of the command that started this process has
-    stored the shared assets, then execute this
-    distance's run, in this process's main thread. Exit 3 if the first run ended without them,
-    or if the command that started this process, ``parent``, is gone (killed before its
-    first run began)."""
+    stored the shared assets (with ``--frame-from``, a stored model frame that the refit
+    reuses, for nothing), then execute this distance's run, in this process's main thread.
+    Exit 3 if the first run ended without them, or if the command that started this
+    process, ``parent``, is gone (killed before its first run began)."""
     import dagster as dg
 
     first, _, log = args.after.partition("=")
@@ -768,6 +782,8 @@ def _later_run(args, instance, defs, refit_job_def, parent: int) -> int:
         if os.getppid() != parent:  # orphaned: nobody would report this run, or stop it
             return WAITING
         time.sleep(POLL_S)
+    if os.getppid() != parent:  # orphaned (also with --frame-from, which waits for nothing above)
+        return WAITING
     run_config = _run_config(args)
 
     grace_s = _stop_grace_s()

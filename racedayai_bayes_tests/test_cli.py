@@ -826,6 +826,61 @@ def test_a_later_run_of_a_reused_frame_starts_at_once_with_this_distances_assets
     assert executed["tags"]["dagster/partition"] == "140.6"
 
 
+def test_rebuild_inputs_never_reuses_a_stored_frame_and_otherwise_the_stored_one_is_asked(monkeypatch):
+    import racedayai_bayes.defs.inputs as defs_inputs
+    from racedayai_bayes.definitions import defs
+
+    asked = []
+    monkeypatch.setattr(defs_inputs, "stored_frame_if_current", lambda instance, paths, storage: asked.append(storage) or "a frame")
+    assert cli._reusable_frame(cli.build_parser().parse_args(["refit", "--rebuild-inputs"]), "an instance", defs) is None
+    assert asked == []
+    monkeypatch.setenv("RACEDAYAI_STORAGE_DIR", "/srv/storage")
+    assert cli._reusable_frame(cli.build_parser().parse_args(["refit"]), "an instance", defs) == "a frame"
+    assert [str(s) for s in asked] == ["/srv/storage"]  # the IO manager's folder
+
+
+def test_a_later_run_of_a_reused_frame_whose_command_is_gone_does_not_start(monkeypatch):
+    """With --frame-from there is nothing to wait for, but an orphaned process (its command
+    killed while it waited for go) still starts no run that nobody would report or stop."""
+    import dagster as dg
+
+    from racedayai_bayes.definitions import defs, refit_job_def
+
+    monkeypatch.setattr(dg, "execute_job", lambda *a, **k: pytest.fail("an orphaned later process started its run"))
+    args = cli.build_parser().parse_args(["refit", "--distance", "140.6", "--after", "70.3=/tmp/refit.log",
+                                          "--frame-from", "run-of-the-frame"])
+    assert cli._later_run(args, object(), defs, refit_job_def, parent=os.getppid() + 12345) == cli.WAITING
+
+
+def test_a_cancelled_later_process_is_ended_before_it_is_let_go():
+    """A later process that needs no model frame starts its run as soon as it is let go: a
+    cancel ends it first."""
+    from racedayai_bayes.cli import _Later
+
+    calls = []
+    read_fd, write_fd = os.pipe()
+
+    class Proc:
+        def poll(self):
+            return None
+
+        def terminate(self):
+            calls.append(("terminate", _fd_open(write_fd)))
+
+    def _fd_open(fd):
+        try:
+            os.fstat(fd)
+            return True
+        except OSError:
+            return False
+
+    later = _Later("140.6", Proc(), watcher=None, report=None, go_fd=write_fd)
+    assert not later.released
+    later.cancel()
+    assert calls == [("terminate", True)] and later.released and not _fd_open(write_fd)
+    os.close(read_fd)
+
+
 def test_an_interrupt_while_waiting_for_the_later_runs_posteriors_is_passed_on_to_its_process():
     import signal
 

@@ -745,14 +745,14 @@ def test_a_failure_after_the_season_table_is_stored_fails_the_step_with_its_erro
     assert "athlete_seasons" in stored and "model_frame" not in stored
 
 
-def test_a_stored_model_frame_is_reused_only_while_its_inputs_and_code_are_unchanged(small_inputs, tmp_path, monkeypatch):
-    """stored_frame_if_current names the run whose stored frame a refit may reuse, and nothing
-    once an input file is written again, the code changes, or the stored values are missing,
-    written since, split between runs or kept in an object store."""
+def _frame_reuse(small_inputs, tmp_path, monkeypatch):
+    """Input files of their own, an instance, and two calls: build the inputs' assets and the
+    model frame, and ask whether the stored frame is current."""
     from upath import UPath
 
     from racedayai_bayes.defs import inputs as defs_inputs
 
+    monkeypatch.setattr(defs_inputs.sources, "RECENT_S", 0.0)  # the copied files are seconds old
     folder = tmp_path / "inputs"
     shutil.copytree(small_inputs, folder)
     storage = tmp_path / "storage"
@@ -765,43 +765,91 @@ def test_a_stored_model_frame_is_reused_only_while_its_inputs_and_code_are_uncha
         return dg.materialize(frame_assets, resources=pipeline_resources(folder, tmp_path / "out", storage),
                               instance=instance, **kwargs)
 
-    def current():
-        return defs_inputs.stored_frame_if_current(instance, paths, UPath(storage))
+    def current(where=None):
+        return defs_inputs.stored_frame_if_current(instance, paths, UPath(where or storage))
 
+    return folder, storage, instance, build, current
+
+
+def test_a_stored_model_frame_is_reused_only_while_its_inputs_code_and_files_are_the_same(small_inputs, tmp_path, monkeypatch):
+    """stored_frame_if_current names the run whose stored frame a refit may reuse, and nothing
+    once the code changes, or a stored value is missing, another file, in another folder or
+    in an object store, or the frame and season table are of two runs."""
+    from racedayai_bayes.defs import inputs as defs_inputs
+    from racedayai_bayes.defs.resources import STORED_FILE
+    from racedayai_bayes.lib.outputs import stored as stored_values
+
+    folder, storage, instance, build, current = _frame_reuse(small_inputs, tmp_path, monkeypatch)
     assert current() is None  # nothing stored yet
     first = build()
     found = current()
     assert found is not None and found.run_id == first.run_id
-    # the frame's materialisation records this code's version and each input file's
-    tags = instance.get_latest_materialization_event(dg.AssetKey("model_frame")).asset_materialization.tags
-    assert tags["dagster/code_version"] == defs_inputs.CODE_VERSION
-    for asset, name in defs_inputs.INPUT_FILES.items():
-        assert tags[f"dagster/input_data_version/{asset}"] == defs_inputs.sources.file_version(folder / name)
+    for key in defs_inputs.FRAME_ASSETS:
+        mat = instance.get_latest_materialization_event(dg.AssetKey(key)).asset_materialization
+        assert mat.tags["dagster/code_version"] == defs_inputs.CODE_VERSION
+        # the versions of the files the values were read from, as they are now
+        assert mat.metadata[defs_inputs.INPUT_VERSIONS].value == {
+            asset: defs_inputs.sources.file_version(folder / name) for asset, name in defs_inputs.INPUT_FILES.items()}
+        assert mat.metadata[STORED_FILE].value.startswith(f"{storage / key}.pkl inode ")
+        # the input's version is not left on the frames downstream steps read
+        assert defs_inputs.SOURCE_VERSION not in stored_values.load(storage / f"{key}.pkl").attrs
 
     with monkeypatch.context() as m:  # another version of the code
         m.setattr(defs_inputs, "CODE_VERSION", "another")
         assert current() is None
-    assert defs_inputs.stored_frame_if_current(instance, paths, UPath("memory://storage")) is None
+    assert current("memory://storage") is None  # an object store
+    other = tmp_path / "other-storage"
+    shutil.copytree(storage, other)  # the same files' copies, in another folder
+    assert current(other) is None
 
-    stored = storage / "model_frame.pkl"
-    stored.rename(tmp_path / "aside.pkl")
-    assert current() is None
-    (tmp_path / "aside.pkl").rename(stored)
-    assert current() == found
-    st = stored.stat()
-    os.utime(stored, (st.st_atime + 60, st.st_mtime + 60))  # written after its run recorded it
-    assert current() is None
-    os.utime(stored, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert current() == found
+    for key in defs_inputs.FRAME_ASSETS:
+        value = storage / f"{key}.pkl"
+        value.rename(tmp_path / "aside.pkl")
+        assert current() is None, key  # missing
+        (tmp_path / "aside.pkl").rename(value)
+        assert current() == found, key  # moved back: the same file
+    runs = {first.run_id}
+    for key in defs_inputs.FRAME_ASSETS:
+        value = storage / f"{key}.pkl"
+        shutil.copyfile(value, tmp_path / "copy.pkl")
+        os.replace(tmp_path / "copy.pkl", value)  # the same bytes in another file, as another run's write
+        assert current() is None, key
+        again = build()
+        assert current().run_id == again.run_id not in runs
+        runs.add(again.run_id)
 
-    # an input written again, the same bytes: built again, then current again
-    time.sleep(0.03)
-    profile = folder / "athlete_profile.csv"
-    profile.write_bytes(profile.read_bytes())
+    build(selection=["model_frame"])  # the season table of one run and the frame of another: not a pair
     assert current() is None
-    second = build()
-    assert current().run_id == second.run_id != first.run_id
 
-    # the season table of one run and the frame of another: not a pair
-    build(selection=["model_frame"])
+
+@pytest.mark.parametrize("name", ["athlete_race.csv", "athlete_profile.csv", "cluster_assignments.csv"])
+def test_a_stored_model_frame_is_not_reused_once_an_input_file_is_written_again(small_inputs, tmp_path, monkeypatch, name):
+    folder, storage, instance, build, current = _frame_reuse(small_inputs, tmp_path, monkeypatch)
+    build()
+    assert current() is not None
+    time.sleep(0.03)  # a tick of the clock that stamps the file
+    path = folder / name
+    path.write_bytes(path.read_bytes())  # the same bytes, written again
+    assert current() is None
+    build()  # read again: then current
+    assert current() is not None
+
+
+def test_the_frame_records_the_versions_of_the_values_it_read_not_of_the_latest_materialisations(
+        small_inputs, tmp_path, monkeypatch):
+    """Dagster's provenance tags name each input's latest materialisation when the step starts,
+    whichever run stored the value the step then loads (two refits at once): the frame records
+    the version each loaded value carries instead, and is not reused when that is not the file's."""
+    from racedayai_bayes.defs import inputs as defs_inputs
+    from racedayai_bayes.lib.outputs import stored as stored_values
+
+    folder, storage, instance, build, current = _frame_reuse(small_inputs, tmp_path, monkeypatch)
+    build()
+    races = stored_values.load(storage / "athlete_race.pkl")
+    races.attrs[defs_inputs.SOURCE_VERSION] = "the version of a file another refit read"
+    stored_values.dump_file(races, tmp_path / "races.pkl")  # not over the file its arrays are mapped from
+    os.replace(tmp_path / "races.pkl", storage / "athlete_race.pkl")  # as a concurrent run would have stored it
+    build(selection=["model_frame", "athlete_seasons"])
+    tags = instance.get_latest_materialization_event(dg.AssetKey("model_frame")).asset_materialization.tags
+    assert tags["dagster/input_data_version/athlete_race"] == defs_inputs.sources.file_version(folder / "athlete_race.csv")
     assert current() is None

@@ -40,9 +40,14 @@ def test_a_files_version_is_stable_until_it_is_written_or_replaced(tmp_path):
         sources.file_version(tmp_path / "missing.csv")
 
 
-def test_a_file_read_gets_its_version_unless_it_changed_while_read(tmp_path):
+def test_a_file_read_gets_its_version_unless_it_changed_while_read_or_just_before(tmp_path, monkeypatch):
     path = tmp_path / "f.csv"
     path.write_text("x\n1\n")
+    # written just now: possibly within the clock tick of a next write, so no version matches it
+    value, version = sources.read_with_version(path, lambda p: p.read_text())
+    assert value == "x\n1\n" and version.startswith("changed less than 1 s before it was read")
+    assert version != sources.file_version(path) and version != sources.read_with_version(path, lambda p: None)[1]
+    monkeypatch.setattr(sources, "RECENT_S", 0.0)  # as if it were written long ago
     value, version = sources.read_with_version(path, lambda p: p.read_text())
     assert value == "x\n1\n" and version == sources.file_version(path)
 
@@ -80,6 +85,12 @@ def test_the_code_version_changes_with_any_source_of_the_package_and_only_then(t
     assert sources.code_version.__wrapped__(package) not in (version, edited)
     # the package's own version is cached per process
     assert sources.code_version() == sources.code_version() == sources.code_version.__wrapped__(sources.PACKAGE_DIR)
+
+
+def test_a_package_without_sources_has_a_code_version_nothing_equals(tmp_path):
+    (tmp_path / "only.pyc").write_bytes(b"")
+    first = sources.code_version.__wrapped__(tmp_path)
+    assert first.startswith("no sources") and first != sources.code_version.__wrapped__(tmp_path)
 
 
 def test_a_file_that_cannot_be_read_is_left_to_its_reader(tmp_path):

@@ -14,19 +14,24 @@ from racedayai_bayes.lib.data.frame import model_frame_and_seasons
 from racedayai_bayes.lib.data.history import athlete_runs
 from racedayai_bayes.lib.outputs.io import as_path
 
-from .resources import SLOT_TAGS, CpuSlots, PipelinePaths
+from .resources import SLOT_TAGS, STORED_FILE, CpuSlots, PipelinePaths, stored_file_identity
 
 GROUP = "inputs"
-# The version of the code that reads the inputs and builds the model frame (lib/data/sources.py):
-# Dagster records it, and each input file's version (its asset's DataVersion), with every
-# materialisation of these assets; the model frame's carries both (stored_frame_if_current).
+# The version of the code that reads the inputs and builds the model frame (lib/data/sources.py),
+# the assets' code version. Each input asset's value carries the version of the file it was
+# read from (SOURCE_VERSION in its attrs; its DataVersion too), and the model frame step
+# records the versions of the very values it read with its outputs (INPUT_VERSIONS): not
+# Dagster's provenance tags, which name the inputs' latest materialisations when the step
+# started, whichever run stored the values it then loaded.
 CODE_VERSION = sources.code_version()
 INPUT_FILES = {"athlete_race": contracts.RACE_FILE, "athlete_profile": contracts.PROFILE_FILE,
                "cluster_assignments": contracts.CLUSTER_FILE}
 FRAME_ASSETS = ("model_frame", "athlete_seasons")  # what the later steps read of these assets
-# the tags Dagster gives a materialisation (dagster._core.definitions.data_version; shown in the UI)
+SOURCE_VERSION = "racedayai_source_version"
+INPUT_VERSIONS = "input_versions"
+# the tag Dagster gives a materialisation of an asset with a code version (shown in the UI;
+# dagster._core.definitions.data_version.CODE_VERSION_TAG, a private module)
 CODE_VERSION_TAG = "dagster/code_version"
-INPUT_VERSION_TAG = "dagster/input_data_version/{}"
 
 
 def _input_output(result: contracts.ReadResult, context: dg.AssetExecutionContext, version: str) -> dg.Output:
@@ -51,6 +56,7 @@ def _read(context: dg.AssetExecutionContext, reader, path) -> dg.Output:
     except contracts.InputError as exc:
         # the message already names the file, column and rows; no traceback is needed
         raise dg.Failure(description=str(exc), metadata={"path": str(path)}, allow_retries=False) from None
+    result.frame.attrs[SOURCE_VERSION] = version  # stored with the value: the model frame reads it
     return _input_output(result, context, version)
 
 
@@ -129,9 +135,14 @@ def model_frame(
                 made.set_exception(exc)
 
         threading.Thread(target=work, name="model-frame-main", daemon=True).start()
+        # the versions of the input files the values read here came from (each value carries
+        # its own: _read), and the code's: what a later refit compares (stored_frame_if_current)
+        versions = dg.MetadataValue.json({asset: value.attrs.get(SOURCE_VERSION) for asset, value in (
+            ("athlete_race", athlete_race), ("athlete_profile", athlete_profile),
+            ("cluster_assignments", cluster_assignments))})
         wait([made, ready], return_when=FIRST_COMPLETED)
         if ready.done() and "athlete_seasons" in selected:
-            yield _seasons_output(ready.result())
+            yield _seasons_output(ready.result(), versions)
         try:
             frame, counts, _ = made.result()
         except contracts.InputError as exc:  # no race left: the message names the file and the column
@@ -139,11 +150,15 @@ def model_frame(
     if "model_frame" in selected:
         metadata = {"rows": dg.MetadataValue.int(counts["rows_out"])}
         metadata.update({k: dg.MetadataValue.int(v) for k, v in counts.items()})
+        metadata[INPUT_VERSIONS] = versions
+        frame.attrs.pop(SOURCE_VERSION, None)  # the race file's, copied by pandas with its rows
         yield dg.Output(frame, output_name="model_frame", metadata=metadata)
 
 
-def _seasons_output(seasons: pd.DataFrame) -> dg.Output:
+def _seasons_output(seasons: pd.DataFrame, versions: dg.MetadataValue) -> dg.Output:
+    seasons.attrs.pop(SOURCE_VERSION, None)
     return dg.Output(seasons, output_name="athlete_seasons", metadata={
+        INPUT_VERSIONS: versions,
         "rows": dg.MetadataValue.int(len(seasons)),
         # the table is sorted by athlete (history.season_table): each athlete is one run of
         # rows, so a count of runs is the count of athletes, without hashing 1.3M keys again
@@ -164,31 +179,33 @@ def stored_frame_if_current(instance: dg.DagsterInstance, paths: PipelinePaths, 
     ``paths.input_dir`` as they are now, by this code (:data:`CODE_VERSION`); None if there is
     none, and a refit then builds them again.
 
-    Both must be the latest materialisations of their assets, by one run, whose tags hold this
-    code version and each input file's version now (lib/data/sources.py). Their values must be
-    files of a local ``storage`` (the IO manager's folder) not written since that run recorded
-    them: a later write whose run died before it recorded its own is newer, and is not reused.
+    Both must be the latest materialisations of their assets, by one run, which recorded this
+    code version and, for each input file, the version it has now (lib/data/sources.py). Their
+    values must be the very files that run stored (resources.STORED_FILE: path, inode, size,
+    modification time) in the local ``storage`` (the IO manager's folder): not a file another
+    run wrote since, or another folder's, or one a crash of the machine left short.
     """
     events = [instance.get_latest_materialization_event(dg.AssetKey(key)) for key in FRAME_ASSETS]
     if any(e is None for e in events) or len({e.run_id for e in events}) != 1:
         return None
     folder = as_path(storage)
-    if not isinstance(folder, Path):  # an object store: its files' times are not this machine's
+    if not isinstance(folder, Path):  # an object store: its files have no identity to compare
         return None
     try:
         versions = {asset: sources.file_version(paths.input_file(name)) for asset, name in INPUT_FILES.items()}
     except (OSError, ValueError):  # a missing input file (the input step says which), or input_dir not local
         return None
     for key, event in zip(FRAME_ASSETS, events):
-        tags = event.asset_materialization.tags or {}
-        if tags.get(CODE_VERSION_TAG) != CODE_VERSION:
+        mat = event.asset_materialization
+        if (mat.tags or {}).get(CODE_VERSION_TAG) != CODE_VERSION:
             return None
-        if any(tags.get(INPUT_VERSION_TAG.format(asset)) != version for asset, version in versions.items()):
+        recorded = mat.metadata.get(INPUT_VERSIONS)
+        if recorded is None or recorded.value != versions:
             return None
+        stored_file = mat.metadata.get(STORED_FILE)
         try:
-            written = (folder / f"{key}.pkl").stat().st_mtime
+            if stored_file is None or stored_file.value != stored_file_identity(folder / f"{key}.pkl"):
+                return None
         except OSError:
-            return None
-        if written > event.timestamp:
             return None
     return StoredFrame(events[0].run_id, events[0].timestamp)

@@ -73,6 +73,19 @@ class PipelinePaths(dg.ConfigurableResource):
         return refit_output_dir(self.output_dir, split)
 
 
+# The metadata entry, on each stored value's materialisation, that identifies its local file:
+# its path, inode, size and modification time, taken from the written file before its rename
+# (a rename keeps all three). A later write replaces the file, so its identity changes.
+STORED_FILE = "stored_file"
+
+
+def stored_file_identity(path: Path, written: Path | None = None) -> str:
+    """``path``'s identity as :data:`STORED_FILE` says it (``written``: the file that is about
+    to be renamed to ``path``); OSError if there is no such file."""
+    st = os.stat(written or path)
+    return f"{path} inode {st.st_ino} {st.st_size} bytes mtime_ns {st.st_mtime_ns}"
+
+
 class AtomicPickleIOManager(dg.UPathIOManager):
     """Pickles asset values like Dagster's filesystem IO manager, but writes atomically, and
     loads local files by mapping their arrays (lib/outputs/stored.py).
@@ -97,6 +110,9 @@ class AtomicPickleIOManager(dg.UPathIOManager):
         # A large value is written through a mapping of the file by two threads (stored.dump_file).
         with atomic_path(path, durable=False) as tmp:
             stored.dump_file(obj, tmp)
+            local = as_path(path)
+            if context is not None and isinstance(local, Path):  # which file this is, for a refit that would reuse it (defs/inputs.py)
+                context.add_output_metadata({STORED_FILE: dg.MetadataValue.text(stored_file_identity(local, Path(tmp)))})
 
     def get_missing_partition_log_message(self, partition_key: str) -> str:
         """The warning of a step whose input allows missing partitions (the means steps) when a
@@ -108,7 +124,12 @@ class AtomicPickleIOManager(dg.UPathIOManager):
     def load_from_path(self, context: dg.InputContext, path: UPath) -> Any:
         local = as_path(path)
         if isinstance(local, Path):
-            return stored.load(local)
+            try:
+                return stored.load(local)
+            except stored.CorruptStoredValue as exc:
+                raise stored.CorruptStoredValue(
+                    f"{exc} (a refit of unchanged inputs reuses a stored model frame: `racedayai-bayes refit "
+                    "--rebuild-inputs` builds it again)") from None
         with local.open("rb") as fh:
             return stored.read(fh, local.stat().st_size, str(local))
 
