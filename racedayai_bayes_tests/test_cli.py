@@ -881,6 +881,59 @@ def test_a_cancelled_later_process_is_ended_before_it_is_let_go():
     os.close(read_fd)
 
 
+@pytest.mark.parametrize("released", [False, True])
+def test_a_reused_frame_and_an_interrupted_first_run_cancel_only_a_later_process_never_let_go(monkeypatch, tmp_path,
+                                                                                              released):
+    """With a reused model frame the first run builds nothing, so a first run stopped by an
+    interrupt still counts as having "built" it: a later distance's process that was never let
+    go (the first run stopped before its first step) is cancelled, not released into a run of
+    its own; one already let go runs on, as without reuse."""
+    import dagster as dg
+
+    from racedayai_bayes.defs.inputs import StoredFrame
+    from racedayai_bayes.definitions import defs, refit_job_def
+
+    class Child:
+        interrupted = False
+
+        def __init__(self):
+            self.released, self.calls = released, []
+            self.watcher = SimpleNamespace(start=lambda: None)
+
+        def release(self):
+            self.released = True
+            self.calls.append("release")
+
+        def cancel(self):
+            self.calls.append("cancel")
+
+        def stored(self, keys):
+            return False
+
+        def wait(self, instance, checked):
+            self.calls.append("wait" if "cancel" in self.calls or self.released else "wait (let go)")
+            return None
+
+        def stop(self):
+            pass
+
+    child = Child()
+    seen = {}
+    monkeypatch.setattr(cli, "_reusable_frame", lambda args, instance, defs: StoredFrame("run-of-the-frame", time.time()))
+    monkeypatch.setattr(cli._Later, "start", classmethod(lambda cls, args, d, first, log, report: seen.update(
+        frame_from=args.frame_from) or child))
+    monkeypatch.setattr(cli, "_RunWatcher", lambda tags, report: SimpleNamespace(start=lambda: None, finish=lambda: None))
+    result = SimpleNamespace(run_id="first", success=False, dagster_run=SimpleNamespace(asset_selection=None))
+    monkeypatch.setattr(dg, "execute_job", lambda job, **kwargs: seen.update(selection=kwargs["asset_selection"]) or result)
+    monkeypatch.setattr(cli, "_interrupted", lambda instance, run_id: True)
+    monkeypatch.setattr(cli, "_materialized_keys", lambda instance, run_id: set())
+    args = cli.build_parser().parse_args(["refit", "--frame-from", "typed-by-hand"])
+    report, error = cli._refit_runs(args, "an instance", defs, refit_job_def, tmp_path / "refit.log")
+    assert error is None and seen["frame_from"] == "run-of-the-frame"  # what the command found, not what was typed
+    assert not set(cli._refit_keys(defs).shared) & set(seen["selection"])  # the first run built nothing
+    assert child.calls == (["wait"] if released else ["cancel", "wait"])
+
+
 def test_an_interrupt_while_waiting_for_the_later_runs_posteriors_is_passed_on_to_its_process():
     import signal
 
