@@ -390,15 +390,19 @@ def edition_relative(races: pd.DataFrame, ag_finish: np.ndarray) -> np.ndarray:
     use = np.asarray(ag_finish, dtype=bool) & races["event_name"].notna().to_numpy() & races["event_year"].notna().to_numpy()
     if not use.any():
         return out
-    part = races.loc[use, ["total_sec", "event_name", "event_distance", "event_year"]]  # not every column
-    logt = np.log(part["total_sec"].to_numpy(dtype=np.float64))
-    name = pd.factorize(part["event_name"])[0].astype(np.int64)
-    dist = pd.factorize(part["event_distance"])[0].astype(np.int64) + 1  # a blank distance: 0
-    year = part["event_year"].to_numpy(dtype=np.int64)
+    rows = np.flatnonzero(use)
+    # the columns numbered whole and then taken at ``rows``, not the rows' columns taken first:
+    # a take copies the text columns (about 300 MB of fresh memory at full scale, and 1.7 s
+    # against 0.3 s in a new process, 2026-12-06); the editions are the same groups, whatever
+    # their numbers, so each median is the same
+    logt = np.log(races["total_sec"].to_numpy(dtype=np.float64, na_value=np.nan)[rows])
+    name = pd.factorize(races["event_name"])[0][rows].astype(np.int64)
+    dist = pd.factorize(races["event_distance"])[0][rows].astype(np.int64) + 1  # a blank distance: 0
+    year = races["event_year"].to_numpy(dtype=np.float64, na_value=np.nan)[rows].astype(np.int64)
     year = year - year.min()
     codes, _ = pd.factorize((name * (dist.max() + 1) + dist) * (year.max() + 1) + year)
     median = pd.Series(logt).groupby(codes).median().to_numpy()
-    out[use] = logt - median[codes]
+    out[rows] = logt - median[codes]
     return out
 
 
