@@ -179,6 +179,9 @@ def _refit(args: argparse.Namespace) -> int:
             "DAGSTER_HOME is not set: run `make run`, or export DAGSTER_HOME=<a folder with dagster.yaml> "
             "(the repository root)"
         )
+    if args.frame_from and not args.after:  # set by refit itself, for its later distance's process
+        raise UserError("--frame-from is refit's own, for the process of its later distance; a refit reuses a stored "
+                        "model frame by itself when the inputs and the code are unchanged")
     _stop_grace_s()  # a bad setting is said before anything starts
     _alert_interval()  # read as the code location loads, by the step server's preload too
     if args.after:  # a later distance's run of another refit command (see _Later)
@@ -317,8 +320,8 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
     # The inputs' assets and the model frame: reused, not built again, when the frame a
     # previous refit stored is of today's input files and code (defs/inputs.py)
     reused = _reusable_frame(args, instance, defs)
-    # read by the later distances' processes (forked, or --frame-from): set either way, so that a
-    # --frame-from typed on this command's line never reaches them
+    # read by the later distances' processes (forked, or --frame-from; _refit refuses one typed on
+    # this command's line)
     args.frame_from = reused.run_id if reused is not None else None
     if reused is not None:
         when = dt.datetime.fromtimestamp(reused.timestamp, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -766,8 +769,11 @@ def _later_run(args, instance, defs, refit_job_def, parent: int) -> int:
     first_tags = {"dagster/partition": first, LOG_TAG: log}
     ended = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
     run_id = None
-    # with --frame-from (a stored frame the first run reuses) there is nothing to wait for
-    while not args.frame_from:
+    while True:
+        if os.getppid() != parent:  # orphaned: nobody would report this run, or stop it
+            return WAITING
+        if args.frame_from:  # a stored frame the first run reuses: nothing to wait for
+            break
         if run_id is None:
             records = instance.get_run_records(dg.RunsFilter(tags=first_tags), limit=1)
             if records:
@@ -779,11 +785,7 @@ def _later_run(args, instance, defs, refit_job_def, parent: int) -> int:
                 break
             if instance.get_run_by_id(run_id).status in ended:
                 return WAITING
-        if os.getppid() != parent:  # orphaned: nobody would report this run, or stop it
-            return WAITING
         time.sleep(POLL_S)
-    if os.getppid() != parent:  # orphaned (also with --frame-from, which waits for nothing above)
-        return WAITING
     run_config = _run_config(args)
 
     grace_s = _stop_grace_s()

@@ -302,6 +302,14 @@ def test_an_unset_dagster_home_ends_with_one_message_and_exit_1(monkeypatch, cap
     assert err.startswith("error: DAGSTER_HOME is not set: run `make run`") and err.count("\n") == 1
 
 
+def test_a_frame_from_typed_on_the_command_line_ends_with_one_message_and_exit_1(dagster_home, capfd):
+    """--frame-from is what refit hands its later distance's process (with --after): typed by
+    hand it would let that process start at once on whatever frame is stored."""
+    code, out, err = _run_cli(["refit", "--frame-from", "some-run"], capfd)
+    assert code == 1 and out == ""
+    assert err.startswith("error: --frame-from is refit's own, for the process of its later distance") and err.count("\n") == 1
+
+
 @pytest.mark.parametrize("config", [
     "run_storage:\n  module: no.such.module\n  class: Nope\n",  # a storage class that cannot be imported
     "run_storage: {module: [\n",  # not YAML: the parser's message spans several lines
@@ -881,9 +889,10 @@ def test_a_cancelled_later_process_is_ended_before_it_is_let_go():
     os.close(read_fd)
 
 
+@pytest.mark.parametrize("reused", [True, False])
 @pytest.mark.parametrize("released", [False, True])
 def test_a_reused_frame_and_an_interrupted_first_run_cancel_only_a_later_process_never_let_go(monkeypatch, tmp_path,
-                                                                                              released):
+                                                                                              released, reused):
     """With a reused model frame the first run builds nothing, so a first run stopped by an
     interrupt still counts as having "built" it: a later distance's process that was never let
     go (the first run stopped before its first step) is cancelled, not released into a run of
@@ -919,7 +928,8 @@ def test_a_reused_frame_and_an_interrupted_first_run_cancel_only_a_later_process
 
     child = Child()
     seen = {}
-    monkeypatch.setattr(cli, "_reusable_frame", lambda args, instance, defs: StoredFrame("run-of-the-frame", time.time()))
+    frame = StoredFrame("run-of-the-frame", time.time()) if reused else None
+    monkeypatch.setattr(cli, "_reusable_frame", lambda args, instance, defs: frame)
     monkeypatch.setattr(cli._Later, "start", classmethod(lambda cls, args, d, first, log, report: seen.update(
         frame_from=args.frame_from) or child))
     monkeypatch.setattr(cli, "_RunWatcher", lambda tags, report: SimpleNamespace(start=lambda: None, finish=lambda: None))
@@ -929,9 +939,14 @@ def test_a_reused_frame_and_an_interrupted_first_run_cancel_only_a_later_process
     monkeypatch.setattr(cli, "_materialized_keys", lambda instance, run_id: set())
     args = cli.build_parser().parse_args(["refit", "--frame-from", "typed-by-hand"])
     report, error = cli._refit_runs(args, "an instance", defs, refit_job_def, tmp_path / "refit.log")
-    assert error is None and seen["frame_from"] == "run-of-the-frame"  # what the command found, not what was typed
-    assert not set(cli._refit_keys(defs).shared) & set(seen["selection"])  # the first run built nothing
-    assert child.calls == (["wait"] if released else ["cancel", "wait"])
+    # what the command found, not what was typed (refit itself refuses a typed one: the test above)
+    assert error is None and seen["frame_from"] == ("run-of-the-frame" if reused else None)
+    shared = set(cli._refit_keys(defs).shared)
+    if reused:
+        assert not shared & set(seen["selection"])  # the first run built nothing
+        assert child.calls == (["wait"] if released else ["cancel", "wait"])
+    else:  # it was to build the frame and did not: every later process is cancelled
+        assert shared <= set(seen["selection"]) and child.calls == ["cancel", "wait"]
 
 
 def test_an_interrupt_while_waiting_for_the_later_runs_posteriors_is_passed_on_to_its_process():

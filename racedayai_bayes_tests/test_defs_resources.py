@@ -1,4 +1,5 @@
 import dagster as dg
+import pytest
 from threadpoolctl import threadpool_info
 
 from racedayai_bayes.defs.resources import CpuSlots
@@ -63,3 +64,24 @@ def test_waiting_steps_are_ranked_chain_first_then_the_forecast_then_the_rest():
     ranks = [step_rank(step, partition) for step, partition in order]
     assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks) - 1  # model_frame and 70.3's publication tie
     assert step_rank(None, None) == step_rank("something_new", "70.3")  # unknown steps go last, not first
+
+
+@pytest.mark.parametrize("asset, hint", [("model_frame", True), ("athlete_seasons", True), ("posterior_forecast", False)])
+def test_a_corrupt_stored_frame_says_how_to_build_it_again(tmp_path, asset, hint):
+    """A refit of unchanged inputs reuses the stored model frame and season table: when one of
+    them is corrupt (a crash of the machine), the error says that --rebuild-inputs builds it
+    again; any other stored value is made again by the next refit, and its error says nothing more."""
+    from types import SimpleNamespace
+
+    from upath import UPath
+
+    from racedayai_bayes.defs.resources import AtomicPickleIOManager
+    from racedayai_bayes.lib.outputs import stored
+
+    path = tmp_path / f"{asset}.pkl"
+    path.write_bytes(b"\0" * 5000)
+    manager = AtomicPickleIOManager(base_path=UPath(tmp_path))
+    context = SimpleNamespace(has_asset_key=True, asset_key=dg.AssetKey(asset))
+    with pytest.raises(stored.CorruptStoredValue, match=f"{asset}.pkl.*materialise its asset again") as err:
+        manager.load_from_path(context, UPath(path))
+    assert ("--rebuild-inputs" in str(err.value)) == hint

@@ -14,7 +14,7 @@ from racedayai_bayes.lib.data.frame import model_frame_and_seasons
 from racedayai_bayes.lib.data.history import athlete_runs
 from racedayai_bayes.lib.outputs.io import as_path
 
-from .resources import SLOT_TAGS, STORED_FILE, CpuSlots, PipelinePaths, stored_file_identity
+from .resources import FRAME_ASSETS, SLOT_TAGS, STORED_FILE, CpuSlots, PipelinePaths, stored_file_identity
 
 GROUP = "inputs"
 # The version of the code that reads the inputs and builds the model frame (lib/data/sources.py),
@@ -26,7 +26,6 @@ GROUP = "inputs"
 CODE_VERSION = sources.code_version()
 INPUT_FILES = {"athlete_race": contracts.RACE_FILE, "athlete_profile": contracts.PROFILE_FILE,
                "cluster_assignments": contracts.CLUSTER_FILE}
-FRAME_ASSETS = ("model_frame", "athlete_seasons")  # what the later steps read of these assets
 SOURCE_VERSION = "racedayai_source_version"
 INPUT_VERSIONS = "input_versions"
 # the tag Dagster gives a materialisation of an asset with a code version (shown in the UI;
@@ -137,9 +136,8 @@ def model_frame(
         threading.Thread(target=work, name="model-frame-main", daemon=True).start()
         # the versions of the input files the values read here came from (each value carries
         # its own: _read), and the code's: what a later refit compares (stored_frame_if_current)
-        versions = dg.MetadataValue.json({asset: value.attrs.get(SOURCE_VERSION) for asset, value in (
-            ("athlete_race", athlete_race), ("athlete_profile", athlete_profile),
-            ("cluster_assignments", cluster_assignments))})
+        versions = dg.MetadataValue.json({asset: value.attrs.get(SOURCE_VERSION) for asset, value in zip(
+            INPUT_FILES, (athlete_race, athlete_profile, cluster_assignments))})
         wait([made, ready], return_when=FIRST_COMPLETED)
         if ready.done() and "athlete_seasons" in selected:
             yield _seasons_output(ready.result(), versions)

@@ -73,6 +73,9 @@ class PipelinePaths(dg.ConfigurableResource):
         return refit_output_dir(self.output_dir, split)
 
 
+# The model frame step's outputs, which the later steps read (and a refit of unchanged inputs
+# reuses: defs/inputs.stored_frame_if_current)
+FRAME_ASSETS = ("model_frame", "athlete_seasons")
 # The metadata entry, on each stored value's materialisation, that identifies its local file:
 # its path, inode, size and modification time, taken from the written file before its rename
 # (a rename keeps all three). A later write replaces the file, so its identity changes.
@@ -127,8 +130,10 @@ class AtomicPickleIOManager(dg.UPathIOManager):
             try:
                 return stored.load(local)
             except stored.CorruptStoredValue as exc:
+                if not (context is not None and context.has_asset_key and context.asset_key.path[-1] in FRAME_ASSETS):
+                    raise
                 raise stored.CorruptStoredValue(
-                    f"{exc} (a refit of unchanged inputs reuses a stored model frame: `racedayai-bayes refit "
+                    f"{exc} (a refit of unchanged inputs reuses the stored model frame: `racedayai-bayes refit "
                     "--rebuild-inputs` builds it again)") from None
         with local.open("rb") as fh:
             return stored.read(fh, local.stat().st_size, str(local))
