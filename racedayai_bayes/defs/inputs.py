@@ -135,7 +135,8 @@ def model_frame(
 
         threading.Thread(target=work, name="model-frame-main", daemon=True).start()
         # the versions of the input files the values read here came from (each value carries
-        # its own: _read), and the code's: what a later refit compares (stored_frame_if_current)
+        # its own: _read): what a later refit compares, with the code version Dagster records
+        # (stored_frame_if_current)
         versions = dg.MetadataValue.json({asset: value.attrs.get(SOURCE_VERSION) for asset, value in zip(
             INPUT_FILES, (athlete_race, athlete_profile, cluster_assignments))})
         wait([made, ready], return_when=FIRST_COMPLETED)
