@@ -793,6 +793,9 @@ def test_a_stored_model_frame_is_reused_only_while_its_inputs_code_and_files_are
         assert mat.metadata[STORED_FILE].value.startswith(f"{storage / key}.pkl inode ")
         # the input's version is not left on the frames downstream steps read
         assert defs_inputs.SOURCE_VERSION not in stored_values.load(storage / f"{key}.pkl").attrs
+    # no other stored value is identified: only these two are ever reused
+    for key in defs_inputs.INPUT_FILES:
+        assert STORED_FILE not in instance.get_latest_materialization_event(dg.AssetKey(key)).asset_materialization.metadata
 
     with monkeypatch.context() as m:  # another version of the code
         m.setattr(defs_inputs, "CODE_VERSION", "another")

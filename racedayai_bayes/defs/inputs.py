@@ -12,9 +12,10 @@ from upath import UPath
 from racedayai_bayes.lib.data import contracts, sources
 from racedayai_bayes.lib.data.frame import model_frame_and_seasons
 from racedayai_bayes.lib.data.history import athlete_runs
+from racedayai_bayes.lib.outputs import stored
 from racedayai_bayes.lib.outputs.io import as_path
 
-from .resources import FRAME_ASSETS, SLOT_TAGS, STORED_FILE, CpuSlots, PipelinePaths, stored_file_identity
+from .resources import FRAME_ASSETS, SLOT_TAGS, STORED_FILE, CpuSlots, PipelinePaths
 
 GROUP = "inputs"
 # The version of the code that reads the inputs and builds the model frame (lib/data/sources.py),
@@ -180,7 +181,7 @@ def stored_frame_if_current(instance: dg.DagsterInstance, paths: PipelinePaths, 
 
     Both must be the latest materialisations of their assets, by one run, which recorded this
     code version and, for each input file, the version it has now (lib/data/sources.py). Their
-    values must be the very files that run stored (resources.STORED_FILE: path, inode, size,
+    values must be the very files that run stored (resources.STORED_FILE, stored.file_identity: path, inode, size,
     modification time) in the local ``storage`` (the IO manager's folder): not a file another
     run wrote since, or another folder's, or one a crash of the machine left short.
     """
@@ -203,7 +204,7 @@ def stored_frame_if_current(instance: dg.DagsterInstance, paths: PipelinePaths, 
             return None
         stored_file = mat.metadata.get(STORED_FILE)
         try:
-            if stored_file is None or stored_file.value != stored_file_identity(folder / f"{key}.pkl"):
+            if stored_file is None or stored_file.value != stored.file_identity(folder / f"{key}.pkl"):
                 return None
         except OSError:
             return None

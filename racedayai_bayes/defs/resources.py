@@ -76,17 +76,9 @@ class PipelinePaths(dg.ConfigurableResource):
 # The model frame step's outputs, which the later steps read (and a refit of unchanged inputs
 # reuses: defs/inputs.stored_frame_if_current)
 FRAME_ASSETS = ("model_frame", "athlete_seasons")
-# The metadata entry, on each stored value's materialisation, that identifies its local file:
-# its path, inode, size and modification time, taken from the written file before its rename
-# (a rename keeps all three). A later write replaces the file, so its identity changes.
+# The metadata entry, on the materialisation of each of FRAME_ASSETS, that identifies its
+# stored local file (stored.file_identity, taken from the written file before its rename).
 STORED_FILE = "stored_file"
-
-
-def stored_file_identity(path: Path, written: Path | None = None) -> str:
-    """``path``'s identity as :data:`STORED_FILE` says it (``written``: the file that is about
-    to be renamed to ``path``); OSError if there is no such file."""
-    st = os.stat(written or path)
-    return f"{path} inode {st.st_ino} {st.st_size} bytes mtime_ns {st.st_mtime_ns}"
 
 
 class AtomicPickleIOManager(dg.UPathIOManager):
@@ -114,8 +106,8 @@ class AtomicPickleIOManager(dg.UPathIOManager):
         with atomic_path(path, durable=False) as tmp:
             stored.dump_file(obj, tmp)
             local = as_path(path)
-            if context is not None and isinstance(local, Path):  # which file this is, for a refit that would reuse it (defs/inputs.py)
-                context.add_output_metadata({STORED_FILE: dg.MetadataValue.text(stored_file_identity(local, Path(tmp)))})
+            if _is_frame(context) and isinstance(local, Path):  # which file this is, for a refit that would reuse it (defs/inputs.py)
+                context.add_output_metadata({STORED_FILE: dg.MetadataValue.text(stored.file_identity(local, Path(tmp)))})
 
     def get_missing_partition_log_message(self, partition_key: str) -> str:
         """The warning of a step whose input allows missing partitions (the means steps) when a
@@ -130,13 +122,18 @@ class AtomicPickleIOManager(dg.UPathIOManager):
             try:
                 return stored.load(local)
             except stored.CorruptStoredValue as exc:
-                if not (context is not None and context.has_asset_key and context.asset_key.path[-1] in FRAME_ASSETS):
+                if not _is_frame(context):
                     raise
                 raise stored.CorruptStoredValue(
                     f"{exc} (a refit of unchanged inputs reuses the stored model frame: `racedayai-bayes refit "
                     "--rebuild-inputs` builds it again)") from None
         with local.open("rb") as fh:
             return stored.read(fh, local.stat().st_size, str(local))
+
+
+def _is_frame(context: dg.InputContext | dg.OutputContext | None) -> bool:
+    """Whether the value loaded or stored is one of :data:`FRAME_ASSETS`."""
+    return context is not None and context.has_asset_key and context.asset_key.path[-1] in FRAME_ASSETS
 
 
 class AtomicPickleIOManagerFactory(dg.ConfigurableIOManagerFactory):

@@ -220,6 +220,15 @@ def _parse(view: memoryview, name: str) -> Any:
     return pickle.loads(view[start:start + stream_len], buffers=buffers)
 
 
+def file_identity(path: str | os.PathLike, written: str | os.PathLike | None = None) -> str:
+    """The identity of the stored value's file ``path``: its path, inode, size and modification
+    time (``written``: the file about to be renamed to ``path``, whose rename keeps all three).
+    A later write of the value replaces the file, so it changes the identity; OSError if there
+    is no such file."""
+    st = os.stat(written or path)
+    return f"{os.fspath(path)} inode {st.st_ino} {st.st_size} bytes mtime_ns {st.st_mtime_ns}"
+
+
 def _check_pickle(head: bytes, name: str) -> None:
     """A file without :data:`MAGIC` must be a plain pickle (protocol 2 or later: its first
     byte is PROTO); anything else, an empty or zero-filled file such as a crash of the machine
