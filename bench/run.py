@@ -30,6 +30,7 @@ import datetime as dt
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -119,6 +120,8 @@ class TreeRSS(threading.Thread):
     each). Step processes fork from one server with the code location preloaded, so they
     share its pages; RSS counts those once per process, PSS once in all."""
 
+    PSS_EVERY_S = 0.6
+
     def __init__(self, pid: int, every: float = 0.2):
         super().__init__(daemon=True)
         self.pid, self.every, self.stop = pid, every, threading.Event()
@@ -128,6 +131,8 @@ class TreeRSS(threading.Thread):
         # and a pid the kernel reuses within the run keeps only its last process's time
         self.cpu: dict[int, tuple[float, float]] = {}
         self.commands: dict[int, str] = {}  # pid -> its command line, as first seen
+        self.cpu_s = 0.0  # this thread's own CPU seconds so far
+        self._pss_at = -float("inf")  # when smaps_rollup was last read (time.monotonic)
 
     def _cpu(self, pid: int) -> None:
         try:
@@ -177,16 +182,28 @@ class TreeRSS(threading.Thread):
         return 0
 
     def run(self):
+        start = time.thread_time()
         while not self.stop.is_set():
             pids = self._tree()
             for p in pids:
                 self._cpu(p)
-            self.peak_kb = max(self.peak_kb, sum(self._field(Path(f"/proc/{p}/status"), "VmRSS:") for p in pids))
-            parts = [(p, self._field(Path(f"/proc/{p}/smaps_rollup"), "Pss:")) for p in pids]
-            pss = sum(kb for _, kb in parts)
-            if pss > self.peak_pss_kb:
-                self.peak_pss_kb = pss
-                self.peak_parts = [(p, kb, self._command(p)) for p, kb in parts if kb > 0]
+            rss = sum(self._field(Path(f"/proc/{p}/status"), "VmRSS:") for p in pids)
+            self.peak_kb = max(self.peak_kb, rss)
+            # A process's PSS is at most its RSS, so the tree's PSS can pass its peak only when
+            # the summed RSS does; only then is smaps_rollup read, and at most every
+            # PSS_EVERY_S. That read walks the page tables of each process (40 ms for the whole
+            # tree at full scale), most of the monitor's cost: read at every sample, it took
+            # 8.7 s of system CPU over a full-scale refit, on the refit's own two cores; with
+            # the bound alone, 2.6 s (2026-12-06). A step's memory peak lasts seconds.
+            now = time.monotonic()
+            if rss > self.peak_pss_kb and now - self._pss_at >= self.PSS_EVERY_S:
+                self._pss_at = now
+                parts = [(p, self._field(Path(f"/proc/{p}/smaps_rollup"), "Pss:")) for p in pids]
+                pss = sum(kb for _, kb in parts)
+                if pss > self.peak_pss_kb:
+                    self.peak_pss_kb = pss
+                    self.peak_parts = [(p, kb, self._command(p)) for p, kb in parts if kb > 0]
+            self.cpu_s = time.thread_time() - start  # the monitor's own CPU (user and system)
             time.sleep(self.every)
 
 
@@ -199,6 +216,65 @@ def _machine_ticks() -> dict[str, float]:
     tick = os.sysconf("SC_CLK_TCK")
     names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
     return {name: int(v) / tick for name, v in zip(names, fields)}
+
+
+def _become_subreaper() -> bool:
+    """Make this process the subreaper of its descendants (Linux prctl PR_SET_CHILD_SUBREAPER):
+    an orphaned descendant is reparented here rather than to init, so that its CPU time, and
+    its own reaped children's, reach this process's RUSAGE_CHILDREN once it is reaped."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _reap_orphans(timeout: float = 30.0) -> None:
+    """Wait for every child left (orphans reparented here: _become_subreaper), for up to ``timeout`` s."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.05)
+
+
+def _kernel_threads() -> dict[int, tuple[str, float]]:
+    """Each kernel thread (a child of kthreadd, pid 2): its name with the instance number dropped
+    ("kworker/u8:2-writeback" is "kworker-writeback") and its CPU seconds so far; {} elsewhere.
+    A kworker's name is the work queue it serves when read: it changes, so CPU is compared per
+    thread (:func:`_kernel_cpu_between`) and only then named."""
+    out: dict[int, tuple[str, float]] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name, fields = text[text.index("(") + 1:text.rindex(")")], text.rsplit(")", 1)[1].split()
+        if fields[1] != "2":
+            continue
+        base, _, queue = name.partition("-")
+        out[int(entry.name)] = (base.split("/")[0] + (f"-{queue}" if queue else ""), (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def _kernel_cpu_between(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """The kernel threads' CPU seconds between two :func:`_kernel_threads` readings, by the name
+    each had at the second (a thread that ended between them is missed; one that began counts
+    whole). On this VM they do, among other work, the page cache's writeback and DAMON's
+    reclaim (kdamond), which hands memory back to the host."""
+    out: dict[str, float] = {}
+    for pid, (name, seconds) in after.items():
+        used = seconds - before.get(pid, (name, 0.0))[1]
+        if used > 0:
+            out[name] = out.get(name, 0.0) + used
+    return out
 
 
 def fresh_memory_probe(mb: int = 400) -> float:
@@ -341,6 +417,15 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
     print(f"[{tag}] racedayai-bayes refit {' '.join(extra_args)}", flush=True)
     fresh_before = fresh_memory_probe()
     ticks_before = _machine_ticks()
+    kernel_before = _kernel_threads()
+    # every process of the refit's tree, through its exit: a parent's rusage of its children
+    # counts each child it waited for and, recursively, the children each of those waited for.
+    # The step server reaps its step processes, but the command does not wait for the server,
+    # which ends just after it: as this process is the subreaper of its descendants, any it
+    # leaves is reparented here on its exit, and reaped below (_reap_orphans)
+    _become_subreaper()
+    _reap_orphans()  # those an earlier part left (a demo refit's step server): not this refit's
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "racedayai_bayes.cli", "refit", *extra_args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -348,10 +433,15 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
     mon.start()
     log, _ = proc.communicate()
     wall = time.perf_counter() - t0
+    _reap_orphans()
     ticks = {k: v - ticks_before.get(k, 0) for k, v in _machine_ticks().items()}
+    kernel = _kernel_cpu_between(kernel_before, _kernel_threads())
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     mon.stop.set()
     mon.join()
-    cpu_user, cpu_system = mon.cpu_seconds()
+    sampled_user, sampled_system = mon.cpu_seconds()
+    cpu_user = children.ru_utime - children_before.ru_utime
+    cpu_system = children.ru_stime - children_before.ru_stime
     floor_after = io_floor(folder, WORK / "floor")
     print(f"[{tag}] I/O floor after: {floor_after}", flush=True)
     (WORK / f"{tag}_refit.log").write_text(log)
@@ -374,16 +464,28 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
         "peak_rss_mb": round(mon.peak_pss_kb / 1024, 0),  # PSS: shared pages counted once
         "peak_rss_summed_mb": round(mon.peak_kb / 1024, 0),  # every process's RSS added up
         "peak_memory_measure": "peak_rss_mb: the summed PSS of the process tree (shared pages counted once); peak_rss_summed_mb: the summed RSS (shared pages counted in every process)",
-        # CPU seconds of the refit's processes (each as last sampled, every 0.2 s: a slight
-        # undercount); for what memory costs in system time here, see fresh_memory_probe
+        # CPU seconds of the refit's processes, every one through its exit (the rusage of the
+        # bench's reaped children); for what memory costs in system time here, see
+        # fresh_memory_probe. The sampled ones add up each process's last sample (every 0.2 s):
+        # what the per-step table below is made of, less than the whole by each process's last
+        # moments and its exit
         "cpu_user_s": round(cpu_user, 1),
         "cpu_system_s": round(cpu_system, 1),
+        "cpu_sampled_s": [round(sampled_user, 1), round(sampled_system, 1)],
+        # the memory monitor's own CPU, on the same two cores as the refit: the measurement's cost
+        "monitor_cpu_s": round(mon.cpu_s, 2),
         "fresh_memory_s_per_gb": fresh_before,
         # the whole machine during the refit (/proc/stat): the time the hypervisor gave this
         # VM's CPUs to others (steal) and the CPU time no process used (idle), in CPU seconds
         "machine_steal_s": None if "steal" not in ticks else round(ticks["steal"], 2),
         "machine_idle_s": None if "idle" not in ticks else round(ticks["idle"], 2),
         "machine_cpus": os.cpu_count(),
+        # the whole machine's CPU seconds by kind during the refit (/proc/stat), and the part of
+        # its system time that the kernel's own threads took (writeback, reclaim): work the
+        # refit causes, mostly, that no process of its tree is charged for
+        "machine_cpu_s": {k: round(v, 2) for k, v in ticks.items()},
+        "kernel_threads_cpu_s": round(sum(kernel.values()), 2),
+        "kernel_threads_top": {k: round(v, 2) for k, v in sorted(kernel.items(), key=lambda kv: -kv[1])[:4] if v >= 0.05},
         "step_wall_s": history["steps"],
         # each step process's CPU seconds (user, system) as last sampled; the rest of the
         # tree (the command, the run workers, the step server) under "other"
@@ -763,7 +865,10 @@ def _refit_lines(title: str, fs: dict) -> list[str]:
              f"{fs['io_floor_after']['total_s']}) | **{fs['floor_ratio']}x** | {fs['peak_rss_mb']:.0f}; {fs.get('peak_rss_summed_mb', float('nan')):.0f} | "
              f"{'all pass' if fs['all_error_checks_passed'] else 'SOME FAILED'} | {fs['exit_code']} |", ""]
     if "cpu_system_s" in fs:
-        lines += [f"CPU of the refit's processes: {fs['cpu_user_s']} s user, **{fs['cpu_system_s']} s system**. "
+        monitor = (f" This bench's memory monitor took {fs['monitor_cpu_s']} CPU s of the same two cores meanwhile "
+                   "(reading the processes' PSS walks their page tables)." if "monitor_cpu_s" in fs else "")
+        lines += [f"CPU of the refit's processes, each through its exit: {fs['cpu_user_s']} s user, "
+                  f"**{fs['cpu_system_s']} s system**.{monitor} "
                   f"Just before it, a new process took {fs['fresh_memory_s_per_gb']} s per GB to touch memory "
                   "the machine had not used for 3 s (bench/run.py `fresh_memory_probe`): on this VM, memory "
                   "the host has taken back costs system time at such a rate when a process touches it again "
@@ -773,6 +878,16 @@ def _refit_lines(title: str, fs: dict) -> list[str]:
                   f"hypervisor for other guests, {fs['machine_idle_s']:.1f} CPU s idle, of {(fs.get('machine_cpus') or 1) * fs['wall_s']:.0f} "
                   f"on {fs.get('machine_cpus')} cores. Stolen time is one reason the same code's wall time moves from run "
                   "to run here; contention for the host's caches and memory, which no counter here shows, is another.", ""]
+    machine = fs.get("machine_cpu_s")
+    if machine and "kernel_threads_cpu_s" in fs:
+        top = ", ".join(f"{k} {v:.1f}" for k, v in fs.get("kernel_threads_top", {}).items())
+        lines += [f"By kind, the machine's CPU seconds: {machine.get('user', 0):.1f} user, {machine.get('system', 0):.1f} "
+                  f"system, {machine.get('iowait', 0):.1f} waiting for the disk, {machine.get('softirq', 0):.1f} soft "
+                  f"interrupts. **{fs['kernel_threads_cpu_s']:.1f} s of the system time were the kernel's own threads** "
+                  f"({top or 'none'}; a kworker is named by the work queue it served last): among their work, the "
+                  "writeback of the files the refit writes (ext4's conversion of their new extents included) and "
+                  "DAMON's reclaim (kdamond), which hands memory back to the host. No process of the refit is "
+                  "charged for them, so the CPU of its processes above leaves them out.", ""]
     for distance, d in sorted(fs["models"].items()):
         lines += [f"### {distance}: published **{d['published']}**", "", d["reason"] + ".", "",
                   "| model | fit s | ELPD per row (± SE) | MAE p50 min | MAE pred min | R² | 90% coverage (± SE) | decile coverage | sampler checks |",
