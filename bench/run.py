@@ -10,7 +10,9 @@ run, side by side, so its ratios hold on a shared, noisy machine; absolute secon
     instance: wall time per step and in all, the peak memory of the whole process tree, and
     the I/O floor measured just before and just after it (Arrow reading the three input CSVs
     and writing CSVs of the outputs' size), so the ratio of wall time to floor compares like
-    with like. Then every model's held-out scores side by side, the comparison against
+    with like; the CPU of the refit's processes, each through its exit, and the whole
+    machine's by kind (the kernel's own threads' share, this bench's monitor's own). Then
+    every model's held-out scores side by side, the comparison against
     seed_asof (MAE, ELPD difference in clustered SEs, coverage and its deciles), and what was
     published.
 (c) backtest: the same on the last full season (holdout_season = latest - 1).
