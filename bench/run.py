@@ -135,6 +135,7 @@ class TreeRSS(threading.Thread):
         self.commands: dict[int, str] = {}  # pid -> its command line, as first seen
         self.cpu_s = 0.0  # this thread's own CPU seconds so far
         self._pss_at = -float("inf")  # when smaps_rollup was last read (time.monotonic)
+        self._last_rss = 0  # the summed RSS of the last sample (kB)
 
     def _cpu(self, pid: int) -> None:
         try:
@@ -192,13 +193,15 @@ class TreeRSS(threading.Thread):
             rss = sum(self._field(Path(f"/proc/{p}/status"), "VmRSS:") for p in pids)
             self.peak_kb = max(self.peak_kb, rss)
             # A process's PSS is at most its RSS, so the tree's PSS can pass its peak only when
-            # the summed RSS does; only then is smaps_rollup read, and at most every
-            # PSS_EVERY_S. That read walks the page tables of each process (40 ms for the whole
-            # tree at full scale), most of the monitor's cost: read at every sample, it took
-            # 8.7 s of system CPU over a full-scale refit, on the refit's own two cores; with
-            # the bound alone, 2.6 s (2026-12-06). A step's memory peak lasts seconds.
+            # the summed RSS does; only then is smaps_rollup read: at most every PSS_EVERY_S
+            # while the summed RSS rises, and as soon as it falls (a peak just passed). That
+            # read walks the page tables of each process (40 ms for the whole tree at full
+            # scale), most of the monitor's cost: read at every sample, the bench process took
+            # 6.3-8.7 CPU s per full-scale refit, on the refit's own cores (2026-12-06).
             now = time.monotonic()
-            if rss > self.peak_pss_kb and now - self._pss_at >= self.PSS_EVERY_S:
+            turned = rss < self._last_rss
+            self._last_rss = rss
+            if rss > self.peak_pss_kb and (turned or now - self._pss_at >= self.PSS_EVERY_S):
                 self._pss_at = now
                 parts = [(p, self._field(Path(f"/proc/{p}/smaps_rollup"), "Pss:")) for p in pids]
                 pss = sum(kb for _, kb in parts)
@@ -232,26 +235,46 @@ def _become_subreaper() -> bool:
         return False
 
 
-def _reap_orphans(timeout: float = 30.0) -> None:
-    """Wait for every child left (orphans reparented here: _become_subreaper), for up to ``timeout`` s."""
+def _reap_orphans(timeout: float = 30.0) -> list[str]:
+    """Wait for every child left (orphans reparented here: _become_subreaper), for up to
+    ``timeout`` s; the children still running then ("pid name"), which are not counted where
+    their CPU belongs. Call it only when no child of this process is awaited elsewhere (a
+    Popen's): every part here runs its other processes to their end before returning."""
     end = time.monotonic() + timeout
-    while time.monotonic() < end:
+    while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            return []
         if pid == 0:
+            if time.monotonic() >= end:
+                break
             time.sleep(0.05)
-
-
-def _kernel_threads() -> dict[int, tuple[str, float]]:
-    """Each kernel thread (a child of kthreadd, pid 2): its name with the instance number dropped
-    ("kworker/u8:2-writeback" is "kworker-writeback") and its CPU seconds so far; {} elsewhere.
-    A kworker's name is the work queue it serves when read: it changes, so CPU is compared per
-    thread (:func:`_kernel_cpu_between`) and only then named."""
-    out: dict[int, tuple[str, float]] = {}
-    tick = os.sysconf("SC_CLK_TCK")
+    left = []
     for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(os.getpid()):
+                left.append(f"{entry.name} {(entry / 'comm').read_text().strip()}")
+        except (OSError, IndexError):
+            pass
+    return left
+
+
+def _kernel_threads() -> dict[tuple[int, int], tuple[str, float]]:
+    """Each kernel thread (a child of kthreadd, pid 2), keyed by its pid and start time (a pid
+    can be reused): its name with the instance number dropped ("kworker/u8:2-writeback" is
+    "kworker-writeback") and its CPU seconds so far; {} where there is no /proc or pid 2 is
+    not kthreadd (in a PID namespace). A kworker's name is the work queue it serves when read:
+    it changes, so CPU is compared per thread (:func:`_kernel_cpu_between`) and only then named."""
+    out: dict[tuple[int, int], tuple[str, float]] = {}
+    try:
+        if Path("/proc/2/comm").read_text().strip() != "kthreadd":
+            return out
+        entries = list(Path("/proc").iterdir())
+    except OSError:
+        return out
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in entries:
         if not entry.name.isdigit():
             continue
         try:
@@ -262,18 +285,19 @@ def _kernel_threads() -> dict[int, tuple[str, float]]:
         if fields[1] != "2":
             continue
         base, _, queue = name.partition("-")
-        out[int(entry.name)] = (base.split("/")[0] + (f"-{queue}" if queue else ""), (int(fields[11]) + int(fields[12])) / tick)
+        key = (int(entry.name), int(fields[19]))  # fields[19]: the start time (field 22 of stat)
+        out[key] = (base.split("/")[0] + (f"-{queue}" if queue else ""), (int(fields[11]) + int(fields[12])) / tick)
     return out
 
 
-def _kernel_cpu_between(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+def _kernel_cpu_between(before: dict, after: dict) -> dict[str, float]:
     """The kernel threads' CPU seconds between two :func:`_kernel_threads` readings, by the name
     each had at the second (a thread that ended between them is missed; one that began counts
     whole). On this VM they do, among other work, the page cache's writeback and DAMON's
     reclaim (kdamond), which hands memory back to the host."""
     out: dict[str, float] = {}
-    for pid, (name, seconds) in after.items():
-        used = seconds - before.get(pid, (name, 0.0))[1]
+    for key, (name, seconds) in after.items():
+        used = seconds - before.get(key, (name, 0.0))[1]
         if used > 0:
             out[name] = out.get(name, 0.0) + used
     return out
@@ -417,27 +441,28 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
     floor_before = io_floor(folder, WORK / "floor")
     print(f"[{tag}] I/O floor before: {floor_before}", flush=True)
     print(f"[{tag}] racedayai-bayes refit {' '.join(extra_args)}", flush=True)
-    fresh_before = fresh_memory_probe()
-    ticks_before = _machine_ticks()
-    kernel_before = _kernel_threads()
     # every process of the refit's tree, through its exit: a parent's rusage of its children
     # counts each child it waited for and, recursively, the children each of those waited for.
     # The step server reaps its step processes, but the command does not wait for the server,
     # which ends just after it: as this process is the subreaper of its descendants, any it
     # leaves is reparented here on its exit, and reaped below (_reap_orphans)
-    _become_subreaper()
-    _reap_orphans()  # those an earlier part left (a demo refit's step server): not this refit's
+    through_exit = _become_subreaper()
+    earlier_left = _reap_orphans()  # those an earlier part left (a demo refit's step server): not this refit's
+    fresh_before = fresh_memory_probe()
+    ticks_before = _machine_ticks()
+    kernel_before = _kernel_threads()
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
+    machine_t0 = t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "racedayai_bayes.cli", "refit", *extra_args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     mon = TreeRSS(proc.pid)
     mon.start()
     log, _ = proc.communicate()
     wall = time.perf_counter() - t0
-    _reap_orphans()
+    refit_left = _reap_orphans()
     ticks = {k: v - ticks_before.get(k, 0) for k, v in _machine_ticks().items()}
     kernel = _kernel_cpu_between(kernel_before, _kernel_threads())
+    machine_window = time.perf_counter() - machine_t0
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     mon.stop.set()
     mon.join()
@@ -474,7 +499,11 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
         "cpu_user_s": round(cpu_user, 1),
         "cpu_system_s": round(cpu_system, 1),
         "cpu_sampled_s": [round(sampled_user, 1), round(sampled_system, 1)],
-        # the memory monitor's own CPU, on the same two cores as the refit: the measurement's cost
+        # False where this process could not become the subreaper: the processes the command
+        # leaves (its step server and, through it, the step processes) are then missed
+        "cpu_through_exit": through_exit and not refit_left,
+        "orphans_left": {"before": earlier_left, "after": refit_left},
+        # the memory monitor's own CPU, on the same cores as the refit: the measurement's cost
         "monitor_cpu_s": round(mon.cpu_s, 2),
         "fresh_memory_s_per_gb": fresh_before,
         # the whole machine during the refit (/proc/stat): the time the hypervisor gave this
@@ -483,9 +512,10 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
         "machine_idle_s": None if "idle" not in ticks else round(ticks["idle"], 2),
         "machine_cpus": os.cpu_count(),
         # the whole machine's CPU seconds by kind during the refit (/proc/stat), and the part of
-        # its system time that the kernel's own threads took (writeback, reclaim): work the
-        # refit causes, mostly, that no process of its tree is charged for
+        # its system time that the kernel's own threads took (writeback, reclaim, other work),
+        # which no process of the refit's tree is charged for
         "machine_cpu_s": {k: round(v, 2) for k, v in ticks.items()},
+        "machine_window_s": round(machine_window, 2),  # the span of those readings (the refit and its reaping)
         "kernel_threads_cpu_s": round(sum(kernel.values()), 2),
         "kernel_threads_top": {k: round(v, 2) for k, v in sorted(kernel.items(), key=lambda kv: -kv[1])[:4] if v >= 0.05},
         "step_wall_s": history["steps"],
@@ -866,30 +896,39 @@ def _refit_lines(title: str, fs: dict) -> list[str]:
              f"| {fs['rows']:,} | {fs['wall_s']} | {fs['io_floor_s']} ({fs['io_floor_before']['total_s']}, "
              f"{fs['io_floor_after']['total_s']}) | **{fs['floor_ratio']}x** | {fs['peak_rss_mb']:.0f}; {fs.get('peak_rss_summed_mb', float('nan')):.0f} | "
              f"{'all pass' if fs['all_error_checks_passed'] else 'SOME FAILED'} | {fs['exit_code']} |", ""]
+    cores = fs.get("machine_cpus") or 1
     if "cpu_system_s" in fs:
-        monitor = (f" This bench's memory monitor took {fs['monitor_cpu_s']} CPU s of the same two cores meanwhile "
+        monitor = (f" This bench's memory monitor took {fs['monitor_cpu_s']} CPU s of the machine's {cores} cores meanwhile "
                    "(reading the processes' PSS walks their page tables)." if "monitor_cpu_s" in fs else "")
-        lines += [f"CPU of the refit's processes, each through its exit: {fs['cpu_user_s']} s user, "
+        if "cpu_sampled_s" not in fs:  # a run before 2026-12-06 ~22:30: each process as last sampled
+            how = "each as last sampled every 0.2 s"
+        elif fs.get("cpu_through_exit"):
+            how = "each through its exit"
+        else:  # no subreaper, or a process still running after the refit: some processes are missing
+            how = f"the processes this bench could reap (some were not: {fs.get('orphans_left')})"
+        lines += [f"CPU of the refit's processes ({how}): {fs['cpu_user_s']} s user, "
                   f"**{fs['cpu_system_s']} s system**.{monitor} "
                   f"Just before it, a new process took {fs['fresh_memory_s_per_gb']} s per GB to touch memory "
                   "the machine had not used for 3 s (bench/run.py `fresh_memory_probe`): on this VM, memory "
                   "the host has taken back costs system time at such a rate when a process touches it again "
                   "(0.8 to 14 s per GB, measured on 2026-12-03).", ""]
+    window = fs.get("machine_window_s") or fs["wall_s"]
     if fs.get("machine_steal_s") is not None:
         lines += [f"The whole machine during the refit (/proc/stat): **{fs['machine_steal_s']:.1f} CPU s stolen** by the "
-                  f"hypervisor for other guests, {fs['machine_idle_s']:.1f} CPU s idle, of {(fs.get('machine_cpus') or 1) * fs['wall_s']:.0f} "
+                  f"hypervisor for other guests, {fs['machine_idle_s']:.1f} CPU s idle, of {cores * window:.0f} "
                   f"on {fs.get('machine_cpus')} cores. Stolen time is one reason the same code's wall time moves from run "
                   "to run here; contention for the host's caches and memory, which no counter here shows, is another.", ""]
     machine = fs.get("machine_cpu_s")
     if machine and "kernel_threads_cpu_s" in fs:
-        top = ", ".join(f"{k} {v:.1f}" for k, v in fs.get("kernel_threads_top", {}).items())
-        lines += [f"By kind, the machine's CPU seconds: {machine.get('user', 0):.1f} user, {machine.get('system', 0):.1f} "
+        top = ", ".join(f"{k} {v:.2f}" for k, v in sorted(fs.get("kernel_threads_top", {}).items(), key=lambda kv: -kv[1]))
+        lines += [f"By kind, the machine's CPU seconds: {machine.get('user', 0):.1f} user ({machine.get('nice', 0):.1f} more "
+                  f"at a lower priority: the later distance's process runs niced), {machine.get('system', 0):.1f} "
                   f"system, {machine.get('iowait', 0):.1f} waiting for the disk, {machine.get('softirq', 0):.1f} soft "
                   f"interrupts. **{fs['kernel_threads_cpu_s']:.1f} s of the system time were the kernel's own threads** "
-                  f"({top or 'none'}; a kworker is named by the work queue it served last): among their work, the "
-                  "writeback of the files the refit writes (ext4's conversion of their new extents included) and "
-                  "DAMON's reclaim (kdamond), which hands memory back to the host. No process of the refit is "
-                  "charged for them, so the CPU of its processes above leaves them out.", ""]
+                  f"({top or 'none'}; a kworker is named by the work queue it served last, so the split is "
+                  "approximate): the page cache's writeback and DAMON's reclaim (kdamond), which hands memory back "
+                  "to the host, among other work. No process of the refit is charged for them, so the CPU of its "
+                  "processes above leaves them out.", ""]
     for distance, d in sorted(fs["models"].items()):
         lines += [f"### {distance}: published **{d['published']}**", "", d["reason"] + ".", "",
                   "| model | fit s | ELPD per row (± SE) | MAE p50 min | MAE pred min | R² | 90% coverage (± SE) | decile coverage | sampler checks |",
