@@ -708,22 +708,29 @@ def intervals(args) -> dict:
 
 
 class _Timer:
-    """Wall seconds of named phases, and of named functions while ``wrap`` is in force."""
+    """Wall seconds of named phases, and of named functions while ``wrap`` is in force, with the
+    CPU seconds the process spent meanwhile (every thread's, user and system: time.process_time)."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
 
-    def add(self, name: str, seconds: float) -> None:
+    def add(self, name: str, seconds: float, cpu: float = 0.0) -> None:
         self.seconds[name] = round(self.seconds.get(name, 0.0) + seconds, 3)
+        self.cpu[name] = round(self.cpu.get(name, 0.0) + cpu, 3)
 
     def table(self) -> list[list]:
         """[phase, seconds] in the order the phases first ran (JSON objects lose it)."""
         return [[k, v] for k, v in self.seconds.items()]
 
+    def cpu_table(self) -> list[list]:
+        """[phase, CPU seconds], in the same order."""
+        return [[k, self.cpu[k]] for k in self.seconds]
+
     def phase(self, name: str, fn, *a, **kw):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn(*a, **kw)
-        self.add(name, time.perf_counter() - t0)
+        self.add(name, time.perf_counter() - t0, time.process_time() - c0)
         return out
 
     def wrap(self, module, attr: str, name: str):
@@ -731,11 +738,11 @@ class _Timer:
         original = getattr(module, attr)
 
         def timed(*a, **kw):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 return original(*a, **kw)
             finally:
-                self.add(name, time.perf_counter() - t0)
+                self.add(name, time.perf_counter() - t0, time.process_time() - c0)
 
         setattr(module, attr, timed)
         return lambda: setattr(module, attr, original)
@@ -765,7 +772,7 @@ def profile(args) -> dict:
             t.wrap(fr, "season_table", "model_frame: season table (every start)"),
             t.wrap(fr, "add_history", "model_frame: as-of history per race"),
             t.wrap(fr, "_lookup", "model_frame: join profiles and clusters")]
-    total0 = time.perf_counter()
+    total0, cpu0 = time.perf_counter(), time.process_time()
     try:
         races = t.phase("read+validate athlete_race.csv", contracts.read_races, folder / contracts.RACE_FILE).frame
         profiles = t.phase("read+validate athlete_profile.csv", contracts.read_profiles, folder / contracts.PROFILE_FILE).frame
@@ -779,13 +786,13 @@ def profile(args) -> dict:
         # what the IO manager does between steps (defs/resources.py): write the stored
         # value atomically, then load it (its arrays mapped from the page cache)
         path = WORK / "profile_handoff.pkl"
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with atomic_path(path, durable=False) as tmp:  # as the IO manager: no fsync, large values mapped
             stored.dump_file(value, tmp)
-        t.add(f"hand-off: store {name}", time.perf_counter() - t0)
-        t0 = time.perf_counter()
+        t.add(f"hand-off: store {name}", time.perf_counter() - t0, time.process_time() - c0)
+        t0, c0 = time.perf_counter(), time.process_time()
         stored.load(path)
-        t.add(f"hand-off: load {name}", time.perf_counter() - t0)
+        t.add(f"hand-off: load {name}", time.perf_counter() - t0, time.process_time() - c0)
         sizes[name] = round(path.stat().st_size / 1e6, 1)
         path.unlink()
 
@@ -800,10 +807,10 @@ def profile(args) -> dict:
         handoff(f"holdout_split {distance}", split)
         for name in MODEL_NAMES:
             marks = []
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fitted = registry()[name].build().fit(split.train, distance,
                                                    progress=lambda m: marks.append((time.perf_counter() - t0, m)))
-            t.add(f"{distance} {name}: fit", time.perf_counter() - t0)
+            t.add(f"{distance} {name}: fit", time.perf_counter() - t0, time.process_time() - c0)
             judged = t.phase(f"{distance} {name}: judge (held-out and in-sample predictions, scores, checks)",
                              judge, fitted, split, JudgeSettings(), None)
             t.phase(f"{distance} {name}: artifact (NetCDF and side tables)", write_artifact, judged, split, out_dir,
@@ -816,8 +823,9 @@ def profile(args) -> dict:
                 pred = t.phase(f"{distance} predictions: forecast every row", fitted.predict, split.rows)
                 table = t.phase(f"{distance} predictions: table", prediction_table, split.rows, pred, name, split.held_out)
                 t.phase(f"{distance} predictions: write CSV", write_csv_atomic, table, out_dir / f"bayesian_predictions_{distance}.csv")
-    total = time.perf_counter() - total0
-    return {"seconds": t.table(), "total_s": round(total, 1), "stored_mb": sizes, "fit_messages": fits}
+    total, total_cpu = time.perf_counter() - total0, time.process_time() - cpu0
+    return {"seconds": t.table(), "cpu_seconds": t.cpu_table(), "total_s": round(total, 1),
+            "total_cpu_s": round(total_cpu, 1), "stored_mb": sizes, "fit_messages": fits}
 
 
 _OPEN_ONLY = """
@@ -987,15 +995,24 @@ def _write(results: dict) -> None:
         lines += _refit_lines(f"Backtest: the last full season, {bt['season']}, held out (`--holdout-season {bt['season']}`)", bt)
     pf = results.get("profile")
     if pf:
-        lines += [f"## Profile: the full-scale refit's work in one process ({pf['total_s']} s in all)", "",
+        cpu = dict(pf.get("cpu_seconds") or [])
+        in_all = f"{pf['total_s']} s in all" + (f", {pf['total_cpu_s']} CPU s" if "total_cpu_s" in pf else "")
+        lines += [f"## Profile: the full-scale refit's work in one process ({in_all})", "",
                   "Each phase's wall seconds (`make bench`'s `profile` part: no Dagster, one process, so these add "
-                  "up to the work; full_scale's wall time minus this is orchestration and contention). One "
+                  "up to the work; full_scale's wall time minus this is orchestration and contention), and the "
+                  "CPU seconds of the process meanwhile (every thread's, user and system). One "
                   "exception: inside `model_frame`, the season table is made in a second thread beside the join "
-                  "of profiles and clusters (since 2026-12-03 ~13:25), so those two rows overlap and the "
-                  "`model_frame (all)` row is less than the sum of its parts.", "",
-                  "| phase | s |", "|---|---|"]
+                  "of profiles and clusters (since 2026-12-03 ~13:25), and the threads beside it work on the "
+                  "history, so those rows overlap and the `model_frame (all)` row is less than the sum of its parts.", ""]
+        fs_cpu = results.get("full_scale", {})
+        if "total_cpu_s" in pf and fs_cpu.get("cpu_through_exit"):
+            lines += [f"The same work as a refit (full_scale above, its processes through their exits): "
+                      f"{fs_cpu['cpu_user_s'] + fs_cpu['cpu_system_s']:.1f} CPU s against {pf['total_cpu_s']} here: "
+                      "the difference is what the orchestration, the separate processes and their fresh memory add "
+                      "(the two parts may have run in different hours: their dates are in the README).", ""]
+        lines += ["| phase | s | CPU s |", "|---|---|---|"]
         phases = pf["seconds"].items() if isinstance(pf["seconds"], dict) else pf["seconds"]  # older files: a dict
-        lines += [f"| {k} | {v} |" for k, v in phases]
+        lines += [f"| {k} | {v} | {cpu.get(k, '')} |" for k, v in phases]
         lines += ["", "Stored size of each step's value (MB; the IO manager writes these and maps them on loading, so a "
                   "'load' row times the mapping and unpickling only: the pages are read when first used, from the "
                   "page cache the store just filled; the 'unpickle' rows of runs before 2026-12-03 ~09:30 copied "
