@@ -116,6 +116,16 @@ def side_by_side(args) -> dict:
     return out
 
 
+def _proc_stat(pid) -> tuple[str, list[str]] | None:
+    """A process's name and the fields of /proc/<pid>/stat after it (fields[1]: the parent's
+    pid; [11], [12]: user and system CPU in clock ticks; [19]: the start time); None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.index("(") + 1:text.rindex(")")], text.rsplit(")", 1)[1].split()
+
+
 class TreeRSS(threading.Thread):
     """Samples the memory of a process and all its descendants (Linux /proc): the summed RSS,
     and the summed PSS (proportional set size: a page shared by n processes counts 1/n in
@@ -138,10 +148,10 @@ class TreeRSS(threading.Thread):
         self._last_rss = 0  # the summed RSS of the last sample (kB)
 
     def _cpu(self, pid: int) -> None:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+        stat = _proc_stat(pid)
+        if stat is None:
             return
+        fields = stat[1]
         tick = os.sysconf("SC_CLK_TCK")
         self.cpu[pid] = (int(fields[11]) / tick, int(fields[12]) / tick)  # utime, stime
         if pid not in self.commands:
@@ -250,14 +260,8 @@ def _reap_orphans(timeout: float = 30.0) -> list[str]:
             if time.monotonic() >= end:
                 break
             time.sleep(0.05)
-    left = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and (entry / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(os.getpid()):
-                left.append(f"{entry.name} {(entry / 'comm').read_text().strip()}")
-        except (OSError, IndexError):
-            pass
-    return left
+    stats = ((entry.name, _proc_stat(entry.name)) for entry in Path("/proc").iterdir() if entry.name.isdigit())
+    return [f"{pid} {stat[0]}" for pid, stat in stats if stat is not None and stat[1][1] == str(os.getpid())]
 
 
 def _kernel_threads() -> dict[tuple[int, int], tuple[str, float]]:
@@ -275,15 +279,10 @@ def _kernel_threads() -> dict[tuple[int, int], tuple[str, float]]:
         return out
     tick = os.sysconf("SC_CLK_TCK")
     for entry in entries:
-        if not entry.name.isdigit():
+        stat = _proc_stat(entry.name) if entry.name.isdigit() else None
+        if stat is None or stat[1][1] != "2":
             continue
-        try:
-            text = (entry / "stat").read_text()
-        except OSError:
-            continue
-        name, fields = text[text.index("(") + 1:text.rindex(")")], text.rsplit(")", 1)[1].split()
-        if fields[1] != "2":
-            continue
+        name, fields = stat
         base, _, queue = name.partition("-")
         key = (int(entry.name), int(fields[19]))  # fields[19]: the start time (field 22 of stat)
         out[key] = (base.split("/")[0] + (f"-{queue}" if queue else ""), (int(fields[11]) + int(fields[12])) / tick)
