@@ -305,6 +305,25 @@ def test_duplicated_hash_in_clusters_is_an_error(tmp_path):
     assert "(4 rows)" in str(info.value)
 
 
+def test_a_sorted_file_is_checked_for_duplicates_by_order(tmp_path):
+    """A file sorted by athlete_hash is known to hold no duplicate by comparing neighbours (no
+    hashing); a sorted file with a repeated hash, or any other, is still checked in full."""
+    from racedayai_bayes.lib.data.contracts import _strictly_increasing
+
+    sorted_ok = _write(tmp_path, "ok.csv", f"{PROFILE_HEADER}\na,1,5000\nb,2,6000\nc,3,7000\n")
+    assert read_profiles(sorted_ok).frame["athlete_hash"].tolist() == ["a", "b", "c"]
+    repeated = _write(tmp_path, "rep.csv", f"{PROFILE_HEADER}\na,1,5000\nb,2,6000\nb,3,7000\nc,3,7000\n")
+    with pytest.raises(InputError, match="duplicated") as info:
+        read_profiles(repeated)
+    assert info.value.rows == 2
+    text = lambda values: pd.Series(pd.array(values, dtype="string[pyarrow]"))  # noqa: E731
+    assert _strictly_increasing(text(["a", "b", "c"]))
+    assert not _strictly_increasing(text(["a", "b", "b"]))  # equal neighbours
+    assert not _strictly_increasing(text(["b", "a", "c"]))  # distinct but not sorted: hashed instead
+    assert not _strictly_increasing(text(["a", None, "a"]))  # a blank hides the neighbours' order
+    assert not _strictly_increasing(pd.Series(["a", "b"], dtype=object))  # not Arrow-backed
+
+
 def test_blank_hash_in_profiles_is_dropped_with_a_note(tmp_path):
     # two blank hashes are not a "duplicate": they are dropped first
     path = _write(tmp_path, "p.csv", f"{PROFILE_HEADER}\n,1,5000\na,2,6000\n  ,3,7000\n")

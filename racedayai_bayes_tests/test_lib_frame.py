@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from racedayai_bayes.lib.data import ATHLETE_ID
 from racedayai_bayes.lib.data.contracts import InputError, read_clusters, read_profiles, read_races
-from racedayai_bayes.lib.data.history import HISTORY_COLUMNS
+from racedayai_bayes.lib.data.history import HISTORY_COLUMNS, athlete_codes, first_appearance
 from racedayai_bayes.lib.data.frame import FRAME_COLUMNS, build_model_frame, distance_rows
 
 from .conftest import PROFILE_HEADER, RACE_HEADER, csv_text, race_rows, write_file
@@ -83,7 +84,7 @@ def test_model_frame_applies_every_rule_of_the_seed(tmp_path):
     races, profiles, clusters = _inputs(tmp_path)
     frame, counts = build_model_frame(races, profiles, clusters)
 
-    assert list(frame.columns) == [*FRAME_COLUMNS, *HISTORY_COLUMNS]
+    assert list(frame.columns) == [*FRAME_COLUMNS, *HISTORY_COLUMNS, ATHLETE_ID]
     assert len(frame) == len(KEPT)
     assert frame["athlete_hash"].fillna("").tolist() == [RACE_ROWS[i][0] for i in KEPT]
     # every column, row by row, in input order
@@ -91,6 +92,9 @@ def test_model_frame_applies_every_rule_of_the_seed(tmp_path):
         got = [None if pd.isna(v) else v for v in frame[col]]
         want = [None if pd.isna(v) else v for v in EXPECTED[col]]
         assert got == want, col
+    # each athlete's number: in hash order over every race of the file (a1 < a2 < a3 < a7; a5,
+    # a6 and a8 have only dropped races, a4 too), -1 for the blank hash
+    assert frame[ATHLETE_ID].tolist() == [1, 2, -1, 6, 0]
     # the anonymous race did not pick up the blank-keyed profile (99 races) or cluster (8)
     anon = frame.loc[frame["athlete_hash"].isna()].iloc[0]
     assert pd.isna(anon["total_races"]) and pd.isna(anon["cluster_id"])
@@ -272,3 +276,21 @@ def test_when_the_rules_leave_no_race_the_error_names_the_file_the_column_and_ev
         model_frame_and_seasons(races, profiles, clusters, source=tmp_path / "athlete_race.csv")
     assert info.value.column == column and str(tmp_path / "athlete_race.csv") in str(info.value)
     assert problem in str(info.value), str(info.value)
+
+
+def test_athlete_codes_group_rows_as_their_hashes_do(tmp_path):
+    """The frame's athlete numbers and a factorization of the hashes group the rows alike
+    (equal exactly where the hashes are, -1 for a blank one), on the frame, on a subset of its
+    rows, and on rows without the column (a start list) or whose column lost its integer type;
+    first_appearance renumbers them as pd.factorize numbers the hashes."""
+    races, profiles, clusters = _inputs(tmp_path)
+    frame, _ = build_model_frame(races, profiles, clusters)
+    hashes = pd.factorize(frame["athlete_hash"], sort=False)[0]
+    for rows in (frame, frame.iloc[[4, 2, 0, 4]].reset_index(drop=True)):
+        by_hash = pd.factorize(rows["athlete_hash"], sort=False)[0]
+        codes = athlete_codes(rows)
+        np.testing.assert_array_equal(codes < 0, by_hash < 0)
+        np.testing.assert_array_equal(codes[:, None] == codes[None, :], by_hash[:, None] == by_hash[None, :])
+        np.testing.assert_array_equal(first_appearance(codes), by_hash)
+    np.testing.assert_array_equal(athlete_codes(frame.drop(columns=ATHLETE_ID)), hashes)
+    np.testing.assert_array_equal(athlete_codes(frame.astype({ATHLETE_ID: "Int64"})), hashes)

@@ -47,6 +47,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from racedayai_bayes.lib.data import ATHLETE_ID
+
 COUNT_COLUMNS = (
     "hist_starts",
     "hist_starts_same",
@@ -251,6 +253,33 @@ def index_in(values, levels) -> np.ndarray:
         return np.full(len(values), -1, dtype=np.int64)
     found = pc.index_in(arrow_strings(values), value_set=arrow_strings(levels))
     return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def athlete_codes(rows: pd.DataFrame) -> np.ndarray:
+    """An integer per row's athlete, equal exactly where the rows' athlete_hash is, and -1 for
+    a row without one.
+
+    A model frame's rows (lib/data/frame.py) carry their athletes' numbers in
+    :data:`~racedayai_bayes.lib.data.ATHLETE_ID`, made once when the frame is built: those are
+    returned as they are. Other rows (a start list, a table made by hand, a frame whose
+    column lost its integer type) have their hashes factorized: the same grouping, at the
+    cost of hashing the text (0.5-0.9 s for the 2.2M rows of a full-scale 70.3 split, against
+    nothing).
+    """
+    ids = rows[ATHLETE_ID] if ATHLETE_ID in rows.columns else None
+    if ids is not None and isinstance(ids.dtype, np.dtype) and ids.dtype.kind == "i":
+        return ids.to_numpy()
+    return pd.factorize(rows["athlete_hash"], sort=False)[0]
+
+
+def first_appearance(codes: np.ndarray) -> np.ndarray:
+    """``codes`` (integers, negative for none) renumbered 0, 1, ... in the order each first
+    appears, -1 for none: what ``pd.factorize(hashes, sort=False)`` gives the same rows."""
+    codes = np.asarray(codes)
+    out = np.full(len(codes), -1, dtype=np.int64)
+    named = codes >= 0
+    out[named] = pd.factorize(codes[named], sort=False)[0]
+    return out
 
 
 def athlete_runs(hashes: pd.Series) -> np.ndarray:

@@ -30,8 +30,10 @@ from racedayai_bayes.lib.data.history import (
     LEVEL_COLUMNS,
     SEASON_COLUMNS,
     as_of_rows,
+    athlete_codes,
     athlete_runs,
     earlier_season_sums,
+    first_appearance,
     history_columns,
     index_in,
     season_sums,
@@ -99,7 +101,9 @@ def last_forecast_season() -> int:
 
 
 def _athlete_ids(rows: pd.DataFrame) -> np.ndarray:
-    codes, _ = pd.factorize(rows["athlete_hash"], sort=False)
+    """0, 1, ... per athlete in order of first appearance; each row without an athlete_hash is
+    an athlete of its own (numbered after the others)."""
+    codes = first_appearance(athlete_codes(rows))
     anon = codes < 0
     if anon.any():  # a row without an athlete_hash is its own athlete
         codes = np.where(anon, codes.max(initial=-1) + np.cumsum(anon), codes)
@@ -372,8 +376,7 @@ class FittedForecast(FittedModel):
         r = y - offset - linear_part(design, self.encoding, self.b_mean, forecast=False)
         w = observation_weights(design, self.scales_mean, self.encoding.day_sd, known)
         wr = w * r
-        athletes, _ = pd.factorize(frame["athlete_hash"], sort=False)
-        sums = earlier_season_sums(athletes, frame["event_year"].to_numpy(dtype=np.int64), {"a": wr, "w": w})
+        sums = earlier_season_sums(athlete_codes(frame), frame["event_year"].to_numpy(dtype=np.int64), {"a": wr, "w": w})
         value = (design, wr, w, sums["a"], sums["w"])
         self._prepared_for = (weakref.ref(frame), value)
         return value
