@@ -526,6 +526,26 @@ def test_a_posterior_forecasts_only_seasons_whose_results_it_did_not_fit(demo_wo
         assert old.first_forecast_season == first
 
 
+def test_athlete_numbers_give_the_fit_and_summaries_of_the_hashes(demo_world):
+    """The model frame's athlete numbers (ATHLETE_ID) and the hashes they stand for number the
+    fit's athletes alike and give every row the same as-of sums, bit for bit."""
+    from racedayai_bayes.lib.data import ATHLETE_ID
+    from racedayai_bayes.lib.data.frame import distance_rows, model_frame_and_seasons
+    from racedayai_bayes.lib.models.forecast.fit import _athlete_ids
+
+    frame, _, _ = model_frame_and_seasons(demo_world["athlete_race"], demo_world["athlete_profile"],
+                                          demo_world["cluster_assignments"])
+    split = split_holdout(distance_rows(frame, "70.3"), "latest_year")
+    assert ATHLETE_ID in split.train.columns
+    np.testing.assert_array_equal(_athlete_ids(split.train), _athlete_ids(split.train.drop(columns=ATHLETE_ID)))
+    fitted = ForecastModel(FAST).fit(split.train, "70.3")
+    by_number = fitted.athlete_summaries(split.rows)
+    by_hash = fitted.athlete_summaries(split.rows.drop(columns=ATHLETE_ID))
+    for a, b in zip(by_number, by_hash):
+        np.testing.assert_array_equal(a, b)
+    assert (by_number[1] > 0).any()  # some rows have earlier seasons to sum
+
+
 def test_history_stored_before_the_debut_columns(demo_world):
     """Tables stored before ``hist_unfinished_debut`` and ``hist_rel_other_at_debut`` existed:
     an artifact's athlete table without them still forecasts for an encoding fitted without

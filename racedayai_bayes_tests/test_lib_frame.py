@@ -285,6 +285,8 @@ def test_athlete_codes_group_rows_as_their_hashes_do(tmp_path):
     first_appearance renumbers them as pd.factorize numbers the hashes."""
     races, profiles, clusters = _inputs(tmp_path)
     frame, _ = build_model_frame(races, profiles, clusters)
+    assert frame[ATHLETE_ID].dtype == np.int32
+    np.testing.assert_array_equal(athlete_codes(frame), frame[ATHLETE_ID].to_numpy())  # the column itself: no hashing
     hashes = pd.factorize(frame["athlete_hash"], sort=False)[0]
     for rows in (frame, frame.iloc[[4, 2, 0, 4]].reset_index(drop=True)):
         by_hash = pd.factorize(rows["athlete_hash"], sort=False)[0]

@@ -88,7 +88,7 @@ def cluster_assignments(context: dg.AssetExecutionContext, paths: PipelinePaths)
             is_required=False,
             code_version=CODE_VERSION,
             description="Age-group 70.3 and 140.6 finishers with profile and cluster columns (the seed's section 1) "
-            "and each race's as-of history from strictly earlier seasons",
+            "and each race's as-of history from strictly earlier seasons, and each row's athlete number (athlete_id)",
         ),
         "athlete_seasons": dg.AssetOut(
             group_name=GROUP,
