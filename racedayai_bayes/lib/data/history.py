@@ -213,7 +213,12 @@ def season_table(races: pd.DataFrame, ag_finish: np.ndarray, distances: tuple[st
         "sumrel_0": per_group(np.where(~d1, rel, 0.0)),
         "sumrel_1": per_group(np.where(d1, rel, 0.0)),
     })
-    table["best"] = pd.Series(np.where(ag, total, np.inf)).groupby(inverse).min().reindex(range(n), fill_value=np.inf).to_numpy()
+    # each group's fastest age-group finish (inf if none): an unbuffered minimum into each
+    # group's slot, the same numbers as a grouped min (a minimum is exact), 0.03 s against
+    # 0.4 s for pandas' group-by at full scale (2026-12-07)
+    best = np.full(n, np.inf)
+    np.minimum.at(best, inverse, np.where(ag, total, np.inf))
+    table["best"] = best
     athlete = groups // span
     debut = np.r_[True, athlete[1:] != athlete[:-1]] if n else np.zeros(0, dtype=bool)
     table["unfinished_debut"] = (debut & (table["fin_0"].to_numpy() + table["fin_1"].to_numpy() == 0)).astype(np.float64)
