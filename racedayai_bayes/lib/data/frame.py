@@ -197,8 +197,9 @@ def _kept_rows(races: pd.DataFrame, rows: np.ndarray, kept_codes: np.ndarray, at
     by_profile, without_profile = _lookup(athletes, profiles, profile_cols, kept_codes)
     by_cluster, without_cluster = _lookup(athletes, clusters, ["cluster_id"], kept_codes)
     joined = {**by_profile, **by_cluster}
-    frame = races.iloc[rows][["athlete_hash", "gender", "age_group", "event_name", "event_distance", "event_year",
-                              "total_sec"]].reset_index(drop=True)
+    # the columns first, then the rows: the other columns' rows are never taken
+    frame = races[["athlete_hash", "gender", "age_group", "event_name", "event_distance", "event_year",
+                   "total_sec"]].iloc[rows].reset_index(drop=True)
     for col in PROFILE_COLUMNS:
         frame[col] = joined[col].astype("float64") if col in joined else np.nan
     frame["cluster_id"] = joined["cluster_id"].astype("Int64")

@@ -199,7 +199,11 @@ def season_table(races: pd.DataFrame, ag_finish: np.ndarray, distances: tuple[st
 
     has_rel = ag & np.isfinite(relative)
     rel = np.where(has_rel, relative, 0.0)
-    table = pd.DataFrame({
+    # copy=False: each column keeps its own array, as the columns added below do. A copying
+    # constructor consolidates the floats into one 2-D block first: 0.4-0.6 s at full scale
+    # for a copy of 2.9M rows x 11 columns that nothing needs (2026-12-07), and each column
+    # then a strided view of it
+    table = pd.DataFrame(copy=False, data={
         "athlete_hash": pd.array(uniques.take(groups // span), dtype="string"),
         "event_year": groups % span + y0,
         "athlete": groups // span,
