@@ -474,8 +474,9 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
     (WORK / f"{tag}_refit.log").write_text(log)
     history = _run_history(home)
     # the lower of the two: the floor is the least the reads and writes take, and a slow
-    # reading (the inputs out of the page cache: 10.1 s against 6.4 s after, ~01:45 on
-    # 2026-12-07) would flatter the ratio; the runs before 2026-12-07 ~02:00 used their mean
+    # reading (the inputs out of the page cache: 10.1 s against 6.4 s after, ~00:05 on
+    # 2026-12-07) would flatter the ratio; the runs before 8d583cb (~00:25 that day) used
+    # their mean, and their results carry no ``io_floor_rule``
     floor = min(floor_before["total_s"], floor_after["total_s"])
     rows = 0
     for f in out_dir.rglob("bayesian_predictions_*.csv"):  # a backtest's are under backtests/<season>/
@@ -488,6 +489,7 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
         "exit_code": proc.returncode,
         "wall_s": round(wall, 1),
         "io_floor_s": round(floor, 2),
+        "io_floor_rule": "lower",  # of the two readings (before the refit, after it)
         "io_floor_before": floor_before,
         "io_floor_after": floor_after,
         "floor_ratio": round(wall / floor, 2),
@@ -902,7 +904,7 @@ def _model_frame(folder: Path):
 
 def _refit_lines(title: str, fs: dict) -> list[str]:
     lines = [f"## {title}", "",
-             "| rows | wall s | I/O floor s: the lower of (before, after) | wall / floor | peak memory MB (process tree: PSS; summed RSS) | ERROR checks | exit |",
+             f"| rows | wall s | I/O floor s: {'the lower' if fs.get('io_floor_rule') == 'lower' else 'the mean'} of (before, after) | wall / floor | peak memory MB (process tree: PSS; summed RSS) | ERROR checks | exit |",
              "|---|---|---|---|---|---|---|",
              f"| {fs['rows']:,} | {fs['wall_s']} | {fs['io_floor_s']} ({fs['io_floor_before']['total_s']}, "
              f"{fs['io_floor_after']['total_s']}) | **{fs['floor_ratio']}x** | {fs['peak_rss_mb']:.0f}; {fs.get('peak_rss_summed_mb', float('nan')):.0f} | "

@@ -499,7 +499,7 @@ def _strictly_increasing(column: pd.Series) -> bool:
     """True when an Arrow-backed text column without blanks is in strictly increasing order, and
     so holds no value twice: Arrow compares each value with the next, without hashing (a
     file written sorted by athlete_hash, as the synthetic world's are: 1.36M profiles in
-    5-9 ms, against 0.26-0.63 s for ``duplicated``). False for anything else, which is then
+    4-9 ms, against 0.2-0.6 s for ``duplicated``). False for anything else, which is then
     looked at the slower way."""
     import pyarrow as pa
     import pyarrow.compute as pc
