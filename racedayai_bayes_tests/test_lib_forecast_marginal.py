@@ -91,6 +91,38 @@ def test_statistics_do_not_depend_on_how_the_design_is_stored():
         np.testing.assert_array_equal(np.hstack([one.toarray(), dense]), data.x.toarray()[rows])
 
 
+def test_statistics_of_the_design_parts_equal_those_of_the_matrix():
+    """X given as its parts (DesignParts: the one-hot columns, -1 for a row without a level,
+    and the covariates), as the fit gives it, yields the same statistics as the matrix
+    design_matrix makes of them, bit for bit, in one pass and in several; the parts make that
+    same matrix on request; without covariates the parts are read as the matrix."""
+    rng = np.random.default_rng(7)
+    data = small_problem(7)
+    codes = data.x.indices.reshape(len(data), -1)[:, :3].copy()
+    codes[rng.random(codes.shape) < 0.1] = -1  # missing levels: no column in that block
+    codes[:, 0] = np.maximum(codes[:, 0], 0)  # every row has a gender
+    dense = data.x.toarray()[:, SLICES["slope"]]
+    matrix = M.design_matrix(list(codes.T), dense, K)
+    parts = M.DesignParts(codes, dense, K)
+    assert parts.shape == (len(data), K)
+    np.testing.assert_array_equal(parts.toarray(), matrix.toarray())
+    for chunk_rows in (M.CHUNK_ROWS, 9):
+        want = M.pattern_stats(M.FitData(y=data.y, x=matrix, first=data.first, athlete=data.athlete,
+                                         block_slices=SLICES, other_known=data.other_known), chunk_rows=chunk_rows)
+        got = M.pattern_stats(M.FitData(y=data.y, x=parts, first=data.first, athlete=data.athlete,
+                                        block_slices=SLICES, other_known=data.other_known), chunk_rows=chunk_rows)
+        assert (got.mat_t != want.mat_t).nnz == 0
+        np.testing.assert_array_equal(got.vec, want.vec)
+        np.testing.assert_array_equal(got.scal, want.scal)
+    design = M._DesignRows(parts, SLICES)
+    assert design._parts is not None
+    rows = np.array([5, 0, 17, 5])
+    one, cov = design.take(rows)
+    np.testing.assert_array_equal(np.hstack([one.toarray(), cov]), matrix.toarray()[rows])
+    no_dense = {k: v for k, v in SLICES.items() if k != "slope"}  # the covariates' block unnamed
+    assert M._DesignRows(parts, no_dense)._parts is None
+
+
 def test_batch_evaluation_equals_one_at_a_time(monkeypatch):
     monkeypatch.setattr(M, "MATRIX_BATCH", 2)  # several matrix batches within one evaluation
     stats = M.pattern_stats(small_problem())

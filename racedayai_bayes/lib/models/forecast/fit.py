@@ -248,7 +248,8 @@ class ForecastModel(Model):
         t1 = time.perf_counter()
         data = marginal.FitData(
             y=y - first.offsets[ed_codes],
-            x=marginal.design_matrix(_onehot(design, enc), design.z, enc.num_columns),
+            # X as its parts: the statistics read them a pass at a time, never as one matrix
+            x=marginal.DesignParts(np.column_stack(_onehot(design, enc)), design.z, enc.num_columns),
             first=design.first,
             athlete=_athlete_ids(train),
             block_slices=enc.slices,
