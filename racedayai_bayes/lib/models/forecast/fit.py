@@ -257,7 +257,7 @@ class ForecastModel(Model):
         )
         # the statistics need FitData only, and the sampler the statistics only: the row-level
         # arrays (hundreds of MB at full scale) go as soon as they are used, which lowers the
-        # step's peak memory
+        # step's peak memory (the covariates, design.z, stay in FitData's parts until ``del data``)
         del design, y, ed_codes, season
         stats = marginal.pattern_stats(data)
         t_stats = time.perf_counter() - t1
