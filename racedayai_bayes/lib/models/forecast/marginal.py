@@ -243,8 +243,8 @@ class _DesignRows:
     own arrays: no copy of the whole design is made, and the gather is several times faster
     than scipy's. A :class:`DesignParts` is gathered the same way from its one-hot codes (as
     design_matrix would store them: an int and a 0/1 value per row and block, made once) and
-    its covariates, and gives the same matrices. Any other X is gathered by scipy and split per pass; a design whose
-    covariates are not its last columns stays sparse as a whole.
+    its covariates, and gives the same matrices. Any other X is gathered by scipy and split
+    per pass; a design whose covariates are not its last columns stays sparse as a whole.
     """
 
     def __init__(self, x: "sp.csr_matrix | DesignParts", slices: dict):
