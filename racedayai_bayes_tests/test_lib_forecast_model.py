@@ -546,6 +546,33 @@ def test_athlete_numbers_give_the_fit_and_summaries_of_the_hashes(demo_world):
     assert (by_number[1] > 0).any()  # some rows have earlier seasons to sum
 
 
+def test_removing_later_seasons_renumbers_athletes_but_moves_no_earlier_forecast(demo_world):
+    """The athlete numbers are of the whole race file, later seasons included: removing every
+    race from season s0 on renumbers athletes (a hash that only later seasons held no longer
+    takes a number). The models use the numbers only to tell athletes apart, so a fit on the
+    seasons before s0 and its forecasts of those rows are the same, bit for bit."""
+    from racedayai_bayes.lib.data import ATHLETE_ID
+    from racedayai_bayes.lib.data.frame import distance_rows, model_frame_and_seasons
+
+    races = demo_world["athlete_race"]
+    years = pd.to_numeric(races["event_year"], errors="coerce")
+    s0 = int(years.max()) - 1
+    earlier = {}
+    for name, kept in (("all", races), ("before s0", races[(years < s0).to_numpy()].reset_index(drop=True))):
+        frame, _, _ = model_frame_and_seasons(kept, demo_world["athlete_profile"], demo_world["cluster_assignments"])
+        rows = distance_rows(frame, "70.3")
+        earlier[name] = rows[(rows["event_year"] < s0).to_numpy()].reset_index(drop=True)
+    a, b = earlier.values()
+    pd.testing.assert_frame_equal(a.drop(columns=ATHLETE_ID), b.drop(columns=ATHLETE_ID))
+    assert not np.array_equal(a[ATHLETE_ID], b[ATHLETE_ID])  # renumbered
+    fits = [ForecastModel(FAST).fit(rows, "70.3") for rows in (a, b)]
+    np.testing.assert_array_equal(fits[0].scales, fits[1].scales)
+    np.testing.assert_array_equal(fits[0].b, fits[1].b)
+    pa_, pb_ = fits[0].predict(a), fits[1].predict(b)
+    np.testing.assert_array_equal(pa_.pred, pb_.pred)
+    np.testing.assert_array_equal(pa_.p95, pb_.p95)
+
+
 def test_history_stored_before_the_debut_columns(demo_world):
     """Tables stored before ``hist_unfinished_debut`` and ``hist_rel_other_at_debut`` existed:
     an artifact's athlete table without them still forecasts for an encoding fitted without

@@ -12,7 +12,7 @@ import pandas as pd
 
 from racedayai_bayes.lib.data import ATHLETE_ID, MODEL_DISTANCES
 from racedayai_bayes.lib.data.contracts import MAX_TOTAL_SEC, MIN_TOTAL_SEC, RACE_FILE, InputError
-from racedayai_bayes.lib.data.history import add_history, edition_relative, index_in, season_table
+from racedayai_bayes.lib.data.history import add_history, athlete_codes, edition_relative, index_in, season_table
 
 
 PROFILE_COLUMNS = ("total_races", "pb_total_sec", "consistency_cv", "improvement_slope")
@@ -220,7 +220,7 @@ def several_genders(frame: pd.DataFrame, codes: np.ndarray | None = None) -> int
     mislabels gender visible.
     """
     if codes is None:
-        codes = pd.factorize(frame["athlete_hash"], sort=False)[0]
+        codes = athlete_codes(frame)
     gender = pd.factorize(frame["gender"], sort=False)[0]
     use = (codes >= 0) & (gender >= 0)
     if not use.any():
