@@ -30,8 +30,9 @@ forks any step, so there are none to set aside there in practice. ``dispose()`` 
 ``wipe()`` close this process's connections first (``wipe`` deletes the runs' database
 files).
 
-If this Dagster's storage does not look as expected (its ``_connect`` is not the one this
-replaces), nothing is installed and every call works as before: this never raises.
+``_connect`` is a private method of Dagster's: this replaces it only where it is, line for
+line, the one of the Dagster it was written for (1.13, ``_DAGSTER_CONNECT``). With any other
+nothing is installed and every call works as Dagster makes it: this never raises.
 """
 
 from __future__ import annotations
@@ -89,15 +90,40 @@ def close_kept_connections(storage) -> int:
     return count
 
 
+# Dagster 1.13's SqliteEventLogStorage._connect, line for line (blank lines and indentation
+# aside): the method replaced here. Any other (a later Dagster's) is left as it is.
+_DAGSTER_CONNECT = """
+@contextmanager
+def _connect(self, shard: str) -> Iterator[Connection]:
+    with self._db_lock:
+        check.str_param(shard, "shard")
+        conn_string = self.conn_string_for_shard(shard)
+        engine = create_engine(
+            conn_string,
+            poolclass=NullPool,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+        )
+        if shard not in self._initialized_dbs:
+            self._initdb(engine)
+            self._initialized_dbs.add(shard)
+        with engine.connect() as conn:
+            with conn.begin():
+                yield conn
+        engine.dispose()
+"""
+
+
+def _lines(source: str) -> list[str]:
+    return [line.strip() for line in source.splitlines() if line.strip()]
+
+
 def _replaceable(connect) -> bool:
-    """Whether ``connect`` is the ``_connect`` this module replaces: a generator that makes a
-    pool-less engine for the shard, initialises a database it has not seen, and commits."""
+    """Whether ``connect`` is, line for line, the ``_connect`` this module replaces."""
     try:
         source = inspect.getsource(inspect.unwrap(connect))
     except (OSError, TypeError):
         return False
-    return all(part in source for part in ("NullPool", "conn_string_for_shard(shard)", "_initialized_dbs",
-                                           "self._initdb(engine)", "conn.begin()", "engine.dispose()"))
+    return _lines(source) == _lines(_DAGSTER_CONNECT)
 
 
 def keep_event_log_connections() -> bool:
@@ -105,6 +131,7 @@ def keep_event_log_connections() -> bool:
     afterwards). True if installed (or already); False if this Dagster's SQLite event log is
     not the expected one (then nothing changes)."""
     try:
+        import dagster._check as check
         from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
     except ImportError:
         return False
@@ -117,6 +144,7 @@ def keep_event_log_connections() -> bool:
     @contextlib.contextmanager
     def _connect(self, shard: str):
         with self._db_lock:
+            check.str_param(shard, "shard")
             engine = _engine(self, shard)
             if shard not in self._initialized_dbs:
                 self._initdb(engine)
