@@ -155,11 +155,10 @@ if in_step_server():  # a test or a tool that imports this module opens no insta
         # and ends itself once the run's process that started it has gone (killed): no step is left behind
         end_steps_with_their_run()
         share_alembic_revision_maps()
-        # every step writes its events over connections kept open (event_log_connections.py);
-        # warm_instance disposes of the instance it opens, and so of its connections, before any fork
-        from racedayai_bayes.event_log_connections import keep_event_log_connections
+        # every step makes the event log's engines once per database (event_log_engines.py)
+        from racedayai_bayes.event_log_engines import reuse_event_log_engines
 
-        keep_event_log_connections()
+        reuse_event_log_engines()
         warm_instance()
         warm_refit_job()
         import atexit
