@@ -174,15 +174,24 @@ def test_each_model_saves_an_artifact_and_the_csv_moves_latest_to_the_published_
         if published == "forecast":
             np.testing.assert_array_equal(art.model.b, stored.b)
             assert (path := art.path.parent / (art.path.name[:-3] + ".athletes.parquet")).exists(), path
-            # written plain (artifacts.SIDE_TABLE_DICTIONARY), and read back as the model kept it
-            import pyarrow.parquet as pq
 
-            meta = pq.ParquetFile(path).metadata
-            chunks = [meta.row_group(g).column(c) for g in range(meta.num_row_groups) for c in range(meta.num_columns)]
-            assert chunks and not any(chunk.has_dictionary_page for chunk in chunks)
-            pd.testing.assert_frame_equal(art.model.athletes, stored.athlete_table(
-                result.output_for_node("holdout_split"), results["70.3"].output_for_node("model_frame", "athlete_seasons")),
-                check_exact=True)
+
+def test_the_forecast_athlete_table_is_written_plain_and_reads_back_exact(graph_run):
+    import pyarrow.parquet as pq
+
+    results, _, _ = graph_run
+    seasons = results["70.3"].output_for_node("model_frame", "athlete_seasons")
+    for distance, result in results.items():
+        # the forecast model's own artifact, whether or not it was published
+        path = Path(_meta(result, posterior_key("forecast"))["artifact"].value)
+        table_path = path.parent / (path.name[:-3] + ".athletes.parquet")
+        meta = pq.ParquetFile(table_path).metadata
+        chunks = [meta.row_group(g).column(c) for g in range(meta.num_row_groups) for c in range(meta.num_columns)]
+        assert chunks and not any(chunk.has_dictionary_page for chunk in chunks)  # artifacts.SIDE_TABLE_DICTIONARY
+        stored = result.output_for_node(posterior_key("forecast")).model
+        pd.testing.assert_frame_equal(load_artifact(path).model.athletes,
+                                      stored.athlete_table(result.output_for_node("holdout_split"), seasons),
+                                      check_exact=True)
 
 
 def test_predict_command_reproduces_the_held_out_forecasts_from_the_artifact_alone(graph_run, tmp_path):
