@@ -19,17 +19,22 @@ fork; no statement left unfinished can outlive its call. An engine without a poo
 connection, so one made before a fork would even be safe to use after it; a forked child
 makes its own anyway (engines are kept per process id).
 
-Measured on this machine (2026-12-07): Dagster's way took 8.0-9.0 ms of CPU per asset
-materialization stored (300 in a row, 3 alternated repeats), 4.6-6.9 ms with the engines
-kept. Keeping the connections open as well (2.3-3.4 ms) was measured and left: the UI's
+Measured on this machine (2026-12-07 ~02:50-03:05, a slow hour): Dagster's way took 8.0-9.0
+ms of CPU per asset materialization stored (300 in a row, 3 alternated repeats), 4.6-6.9 ms
+with the engines kept; later demo refits, alternated on an instance each (4 pairs), took
+34.5-38.7 CPU s of the whole machine against 38.7-44.0 s (README, Measured here). On
+2026-12-06 ~18:00, a faster hour, the same idea measured 2.0-2.7 ms against 3.9-4.1 ms an event
+and no difference in the demo's wall time (5 pairs, which did not measure its CPU). Keeping the connections open as well (2.3-3.4 ms) was measured and left: the UI's
 watcher would no longer see a run's events as they come (no close, so no copy back into the
 ``.db`` file), a connection open in the refit command when it forks its later distance's
 process would share SQLite's in-memory lock state with the child, and a statement left
 unfinished by an error would hold an old snapshot on a pooled connection.
 
-It is installed only in the processes the refit command starts: the command itself and its
-later distance's process (``cli._instance``), and the step server, which every step process
-forks from (``step_warmup``). ``dagster dev``'s webserver and daemon keep Dagster's own way.
+It is installed in the refit command and its later distance's process (``cli._instance``),
+and in the step server (``step_warmup``, the last module of its preload), which every step
+process of a run of the refit job forks from, whoever launched the run (the command, the
+schedule, the UI). The webserver, the daemon and a run's own process when the daemon or the
+UI launched it keep Dagster's own way.
 
 ``_connect`` is a private method of Dagster's: this replaces it only where it is, line for
 line, the one of the Dagster it was written for (1.13, ``_DAGSTER_CONNECT``). With any other, nothing is installed and every call works as Dagster makes it: this
@@ -77,13 +82,18 @@ def _lines(source: str) -> list[str]:
     return [line.rstrip() for line in inspect.cleandoc(source).splitlines()]
 
 
+def _matches(source: str) -> bool:
+    """Whether ``source`` is, line for line, the ``_connect`` this module replaces."""
+    return _lines(source) == _lines(_DAGSTER_CONNECT)
+
+
 def _replaceable(connect) -> bool:
-    """Whether ``connect`` is, line for line, the ``_connect`` this module replaces."""
+    """Whether the function ``connect`` is the ``_connect`` this module replaces."""
     try:
         source = inspect.getsource(inspect.unwrap(connect))
-    except (OSError, TypeError):
+    except (OSError, TypeError, ValueError):
         return False
-    return _lines(source) == _lines(_DAGSTER_CONNECT)
+    return _matches(source)
 
 
 def _engines(storage) -> OrderedDict:
@@ -111,11 +121,17 @@ def _engine(storage, shard: str, create_engine, null_pool, timeout: float):
 def reuse_event_log_engines() -> bool:
     """Install the module docstring's behaviour in this process (and the processes it forks
     afterwards). True if installed (or already); False if this Dagster's SQLite event log is
-    not the expected one (then nothing changes)."""
+    not the expected one, or anything else goes wrong (then nothing changes). Never raises:
+    the step server's preload calls it, and a preload that raises stops the server."""
     try:
-        from dagster._core.storage.event_log.sqlite import sqlite_event_log as module
-    except ImportError:
+        return _install()
+    except Exception:  # noqa: BLE001 - a Dagster that moved things: its own behaviour stays
         return False
+
+
+def _install() -> bool:
+    from dagster._core.storage.event_log.sqlite import sqlite_event_log as module
+
     storage_class = module.SqliteEventLogStorage
     if getattr(storage_class._connect, "_racedayai_engines", False):
         return True

@@ -4,10 +4,11 @@ The behaviour is installed in a separate interpreter (the refit command and the 
 install it in theirs), so that this test process's own Dagster storages stay as Dagster
 makes them. The script reports, as JSON: one engine serves a database's successive calls,
 asset events included (they write the run's database and the index); each call still
-closes its connection, so the run's ``.db`` file changes with every event, as the UI's
-watcher needs; another process (plain Dagster) reads every event at once and writes
-meanwhile; at most MAX_DATABASES engines are kept; a forked child makes its own engines;
-wipe() leaves a storage that works.
+closes its connection, so the run's ``.db`` file (a write-ahead-log database) changes with
+every event, as the UI's watcher needs; a plain-Dagster process between two of this
+process's calls reads every event and writes its own; at most MAX_DATABASES engines are
+kept, the index's among them; a forked child makes its own engines; wipe() leaves a storage
+that works.
 """
 
 import json
@@ -57,11 +58,15 @@ SCRIPT = textwrap.dedent(
         changed += db_stamp(run_a) != before  # the close copied the write-ahead log into the .db file
         engines.add(id(ee._engines(storage)[run_a]))
     out["engines_for_ten_events"] = len(engines)
+    import sqlite3
+    with sqlite3.connect(storage.path_for_shard(run_a)) as probe:
+        out["journal_mode"] = probe.execute("PRAGMA journal_mode").fetchone()[0]
     out["db_file_changed_with_each_event"] = changed
     out["index_knows_the_last"] = instance.get_latest_materialization_event(dg.AssetKey("thing")) \
         .asset_materialization.metadata["i"].value
 
-    # another process, with Dagster's own storage, reads every event at once and writes meanwhile
+    # another process, with Dagster's own storage, between two calls of this one (whose
+    # engines stay): it reads every event and writes its own
     other = subprocess.run([sys.executable, "-c", (
         "import sys, time, dagster as dg\n"
         "from dagster._core.events.log import EventLogEntry\n"
@@ -77,6 +82,7 @@ SCRIPT = textwrap.dedent(
     for k in range(6):
         materialize(f"{k}" * 8 + "-0000-0000-0000-000000000000", 100 + k)
     out["engines_kept"] = len(ee._engines(storage))
+    out["index_engine_kept"] = "index" in ee._engines(storage)
     out["max_databases"] = ee.MAX_DATABASES
 
     # a fork: the child makes its own engines and writes; the parent's stay and still work
@@ -123,19 +129,21 @@ def test_installed_once_and_only_over_dagsters_own_connect(report):
 
 def test_one_engine_per_database_and_each_call_still_closes_its_connection(report):
     assert report["engines_for_ten_events"] == 1
+    assert report["journal_mode"] == "wal"  # what makes the close matter: it copies the log back
     # the UI's watcher of a run waits for its .db file to change: each close copies the
     # write-ahead log back, as with Dagster's own engines
     assert report["db_file_changed_with_each_event"] == 10
     assert report["index_knows_the_last"] == 9
 
 
-def test_another_process_reads_every_event_at_once_and_writes_meanwhile(report):
+def test_a_plain_dagster_process_reads_every_event_and_writes_alongside(report):
     assert report["other_process_saw"] == 11
     assert report["after_other_process"] == 16
 
 
 def test_only_the_databases_used_last_keep_their_engines(report):
     assert report["engines_kept"] == report["max_databases"]
+    assert report["index_engine_kept"] is True  # used by every asset event, so never the least recent
 
 
 def test_a_forked_child_makes_its_own_engines(report):
@@ -147,3 +155,17 @@ def test_a_forked_child_makes_its_own_engines(report):
 def test_wipe_leaves_a_storage_that_works(report):
     assert report["after_wipe"] == 0
     assert report["after_wipe_and_one_event"] == 1
+
+
+@pytest.mark.parametrize("change", [
+    ("        engine.dispose()\n", ""),  # a line dropped
+    ("poolclass=NullPool", "poolclass=QueuePool"),  # a line changed
+    ("                yield conn", "            yield conn"),  # the yield moved out of the transaction
+])
+def test_the_guard_refuses_a_connect_that_differs_in_any_line(change):
+    from racedayai_bayes.event_log_engines import _DAGSTER_CONNECT, _matches
+
+    old, new = change
+    assert old in _DAGSTER_CONNECT
+    assert _matches(_DAGSTER_CONNECT) and _matches("    " + _DAGSTER_CONNECT.replace("\n", "\n    "))
+    assert not _matches(_DAGSTER_CONNECT.replace(old, new))
