@@ -23,12 +23,13 @@ Measured on this machine (2026-12-07 ~02:50-03:05, a slow hour): Dagster's way t
 ms of CPU per asset materialization stored (300 in a row, 3 alternated repeats), 4.6-6.9 ms
 with the engines kept; later demo refits, alternated on an instance each (4 pairs), took
 34.5-38.7 CPU s of the whole machine against 38.7-44.0 s (README, Measured here). On
-2026-12-06 ~18:00, a faster hour, the same idea measured 2.0-2.7 ms against 3.9-4.1 ms an event
-and no difference in the demo's wall time (5 pairs, which did not measure its CPU). Keeping the connections open as well (2.3-3.4 ms) was measured and left: the UI's
-watcher would no longer see a run's events as they come (no close, so no copy back into the
-``.db`` file), a connection open in the refit command when it forks its later distance's
-process would share SQLite's in-memory lock state with the child, and a statement left
-unfinished by an error would hold an old snapshot on a pooled connection.
+2026-12-06 ~18:00, a faster hour, the same idea measured 2.0-2.7 ms against 3.9-4.1 ms an
+event and no difference in the demo's wall time (5 pairs, which did not measure its CPU).
+Keeping the connections open as well (2.3-3.4 ms) was measured and left: the UI's watcher
+would no longer see a run's events as they come (no close, so no copy back into the ``.db``
+file), a connection open in the refit command when it forks its later distance's process
+would share SQLite's in-memory lock state with the child, and a statement left unfinished by
+an error would hold an old snapshot on a pooled connection.
 
 It is installed in the refit command and its later distance's process (``cli._instance``),
 and in the step server (``step_warmup``, the last module of its preload), which every step
@@ -37,8 +38,8 @@ schedule, the UI). The webserver, the daemon and a run's own process when the da
 UI launched it keep Dagster's own way.
 
 ``_connect`` is a private method of Dagster's: this replaces it only where it is, line for
-line, the one of the Dagster it was written for (1.13, ``_DAGSTER_CONNECT``). With any other, nothing is installed and every call works as Dagster makes it: this
-never raises.
+line, the one of the Dagster it was written for (1.13, ``_DAGSTER_CONNECT``). With any
+other, nothing is installed and every call works as Dagster makes it: this never raises.
 """
 
 from __future__ import annotations
