@@ -12,7 +12,7 @@ PORT ?= 3000
 # `dagster dev` with a browser, a refit that many tests read) is built once. (--dist loadgroup
 # would not do: pytest 9.2 ignores the xdist_group marks it relies on, pytest-xdist#1386.)
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+PYTEST := $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 export DAGSTER_HOME := $(CURDIR)
 export JAX_PLATFORMS := cpu
