@@ -157,13 +157,10 @@ def _instance(home: str):
     import yaml
     from dagster_shared.check import CheckError
 
-    from racedayai_bayes.event_log_engines import reuse_event_log_engines
     from racedayai_bayes.step_warmup import share_alembic_revision_maps
 
     # Alembic's revision scripts are read once for every database check of this command and its later processes
     share_alembic_revision_maps()
-    # the event log's engines made once per database, not once per call (event_log_engines.py)
-    reuse_event_log_engines()
     try:
         return dg.DagsterInstance.get()
     except (dg.DagsterError, CheckError, yaml.YAMLError) as exc:

@@ -155,10 +155,6 @@ if in_step_server():  # a test or a tool that imports this module opens no insta
         # and ends itself once the run's process that started it has gone (killed): no step is left behind
         end_steps_with_their_run()
         share_alembic_revision_maps()
-        # every step makes the event log's engines once per database (event_log_engines.py)
-        from racedayai_bayes.event_log_engines import reuse_event_log_engines
-
-        reuse_event_log_engines()
         warm_instance()
         warm_refit_job()
         import atexit
