@@ -26,7 +26,11 @@ STEP_PRELOAD = [
     "racedayai_bayes.definitions",
     "arviz",
     "scipy.stats",
-    "h5netcdf",
+    # the artifacts' NetCDF library (lib/outputs/artifacts.NETCDF_ENGINE) and xarray's backend
+    # for it, and h5py, which reads an artifact's groups and attributes
+    "netCDF4",
+    "xarray.backends.netCDF4_",
+    "h5py",
     "racedayai_bayes.lib.evaluation.report",
     "racedayai_bayes.lib.evaluation.plots",
     "racedayai_bayes.lib.models.seed.exact",
@@ -38,7 +42,6 @@ STEP_PRELOAD = [
     "racedayai_bayes.lib.models.seed.plots",
     "pyarrow.parquet",
     "pyarrow.dataset",
-    "h5netcdf.legacyapi",
     # what a step process imports to open the Dagster instance (SQLite storages, their
     # Alembic revision check, the instance factory): about 0.5 s of every step otherwise.
     # A name a later Dagster no longer has is skipped (the forkserver ignores ImportError).
