@@ -46,6 +46,24 @@ def test_artifact_holds_everything_needed_to_predict(tmp_path):
     assert published_model(tmp_path, "70.3") == "seed_profile"
 
 
+def test_the_judged_rows_text_is_stored_as_characters_and_reads_back_with_either_library(tmp_path):
+    """The rows' text columns are compressed UTF-8 character arrays (artifacts.TEXT_ENCODING),
+    not one HDF5 heap string per value; netCDF-C and h5netcdf read back the same text."""
+    import h5py
+    import xarray as xr
+
+    path, _, _ = _write(tmp_path, "20261125T030000.000Z")
+    with h5py.File(path, "r") as h5:
+        stored = h5["constant_data/event_name"]
+        assert stored.dtype == np.dtype("S1") and stored.ndim == 2 and stored.compression == "gzip"
+        assert h5["constant_data/bayes_p50"].dtype == np.float64
+    for engine in ("netcdf4", "h5netcdf"):
+        with xr.open_dataset(path, group="constant_data", engine=engine) as ds:
+            assert list(ds["athlete_hash"].values) == ["a", "", "c"]
+            assert list(ds["age_group"].values) == ["25-29", "80+", "30-34"]
+            assert ds["event_name"].dims == ("judged_row",)
+
+
 def test_an_unpublished_refit_is_saved_but_latest_stays(tmp_path):
     good, _, _ = _write(tmp_path, "20261118T030000.000Z")
     publish_artifact(good, tmp_path, "70.3")
