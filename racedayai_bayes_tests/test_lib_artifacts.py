@@ -52,15 +52,27 @@ def test_the_judged_rows_text_is_stored_as_characters_and_reads_back_with_either
     import h5py
     import xarray as xr
 
-    path, _, _ = _write(tmp_path, "20261125T030000.000Z")
+    import dataclasses
+
+    import pandas as pd
+
+    judged, split = hand_judged()
+    rows = split.rows.copy()
+    courses = np.array(["IRONMAN 70.3 Zürich – Süd", "東京 70.3 ", "  Cozumel"])
+    rows["event_name"] = pd.array(courses[np.arange(len(rows)) % 3], dtype="string")
+    rows["gender"] = pd.array([None] * len(rows), dtype="string")  # a column of missing text only
+    path = write_artifact(judged, dataclasses.replace(split, rows=rows), tmp_path, timestamp="20261125T030000.000Z")
     with h5py.File(path, "r") as h5:
         stored = h5["constant_data/event_name"]
         assert stored.dtype == np.dtype("S1") and stored.ndim == 2 and stored.compression == "gzip"
         assert h5["constant_data/bayes_p50"].dtype == np.float64
+    held = rows.iloc[judged.holdout.positions]
     for engine in ("netcdf4", "h5netcdf"):
         with xr.open_dataset(path, group="constant_data", engine=engine) as ds:
             assert list(ds["athlete_hash"].values) == ["a", "", "c"]
             assert list(ds["age_group"].values) == ["25-29", "80+", "30-34"]
+            assert list(ds["event_name"].values) == list(held["event_name"])  # spaces and non-ASCII kept
+            assert list(ds["gender"].values) == ["", "", ""]  # missing text is ''
             assert ds["event_name"].dims == ("judged_row",)
 
 

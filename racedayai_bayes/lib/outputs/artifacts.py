@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import threading
 import warnings
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -111,6 +112,12 @@ SIDE_TABLE_DICTIONARY = False
 # an artifact written by h5netcdf (before 2026-12-07) reads back identical with netCDF-C, and
 # ArviZ's own ``from_netcdf`` (h5netcdf by default) reads these.
 NETCDF_ENGINE = "netcdf4"
+# netCDF-C is not thread-safe, and xarray does not lock every call it makes into it: two
+# threads of one process reading or writing NetCDF at once can crash the process (xarray
+# issues 4100 and 9779; a review reproduced it with 4 threads, 2026-12-07). Nothing here does
+# that today (every artifact is read and written by a step's or a command's main thread), but
+# every NetCDF read and write of this module holds this lock, so that no caller can.
+_NETCDF_LOCK = threading.Lock()
 
 # The judged rows' text columns (athlete_hash, gender, age_group, event_name) are stored as
 # compressed arrays of UTF-8 characters (a column of 12-character hashes: rows x 12 bytes,
@@ -203,7 +210,8 @@ def write_artifact(judged, split, output_dir, seasons: pd.DataFrame | None = Non
     with tempfile.TemporaryDirectory(prefix="racedayai-artifact-") as scratch:
         local = Path(scratch) / name
         try:
-            idata.to_netcdf(str(local), engine=NETCDF_ENGINE)
+            with _NETCDF_LOCK:
+                idata.to_netcdf(str(local), engine=NETCDF_ENGINE)
         except (OSError, ValueError, RuntimeError) as exc:
             raise OutputWriteError(f"could not write {path}: {exc}; {left_as_it_was(path)}") from exc
         with atomic_path(path) as tmp:
@@ -323,12 +331,13 @@ class _Groups:
 
         with h5py.File(local, "r") as h5:
             self._names = [name for name in h5.keys() if isinstance(h5[name], h5py.Group)]
-        with xr.open_dataset(local, engine=NETCDF_ENGINE) as root:  # decoded as ArviZ decodes them
-            self.attrs = dict(root.attrs)
-        for name in ("posterior", "sample_stats"):
-            if name in self._names:
-                with xr.open_dataset(local, group=name, engine=NETCDF_ENGINE) as ds:
-                    setattr(self, name, ds.load())  # read now: a scratch copy goes away
+        with _NETCDF_LOCK:  # see NETCDF_ENGINE
+            with xr.open_dataset(local, engine=NETCDF_ENGINE) as root:  # decoded as ArviZ decodes them
+                self.attrs = dict(root.attrs)
+            for name in ("posterior", "sample_stats"):
+                if name in self._names:
+                    with xr.open_dataset(local, group=name, engine=NETCDF_ENGINE) as ds:
+                        setattr(self, name, ds.load())  # read now: a scratch copy goes away
 
     def groups(self) -> list[str]:
         return list(self._names)
