@@ -49,12 +49,11 @@ def test_artifact_holds_everything_needed_to_predict(tmp_path):
 def test_the_judged_rows_text_is_stored_as_characters_and_reads_back_with_either_library(tmp_path):
     """The rows' text columns are compressed UTF-8 character arrays (artifacts.TEXT_ENCODING),
     not one HDF5 heap string per value; netCDF-C and h5netcdf read back the same text."""
-    import h5py
-    import xarray as xr
-
     import dataclasses
 
+    import h5py
     import pandas as pd
+    import xarray as xr
 
     judged, split = hand_judged()
     rows = split.rows.copy()
