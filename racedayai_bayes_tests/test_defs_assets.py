@@ -15,7 +15,7 @@ from racedayai_bayes.definitions import defs
 from racedayai_bayes.defs.models import posterior_key
 from racedayai_bayes.defs.resources import PipelinePaths
 from racedayai_bayes.lib.models.base import MODEL_NAMES
-from racedayai_bayes.lib.outputs.artifacts import LATEST, latest_artifact, load_artifact
+from racedayai_bayes.lib.outputs.artifacts import LATEST, latest_artifact, load_artifact, side_path
 from racedayai_bayes.lib.outputs.io import write_csv_atomic
 from racedayai_bayes.lib.outputs.tables import APPENDED_COLUMNS, INTERVAL_COLUMNS, PREDICTION_COLUMNS
 
@@ -173,7 +173,7 @@ def test_each_model_saves_an_artifact_and_the_csv_moves_latest_to_the_published_
         assert art.model.name == published and art.distance == distance
         if published == "forecast":
             np.testing.assert_array_equal(art.model.b, stored.b)
-            assert (path := art.path.parent / (art.path.name[:-3] + ".athletes.parquet")).exists(), path
+            assert (path := side_path(art.path, "athletes")).exists(), path
 
 
 def test_the_forecast_athlete_table_is_written_plain_and_reads_back_exact(graph_run):
@@ -184,7 +184,7 @@ def test_the_forecast_athlete_table_is_written_plain_and_reads_back_exact(graph_
     for distance, result in results.items():
         # the forecast model's own artifact, whether or not it was published
         path = Path(_meta(result, posterior_key("forecast"))["artifact"].value)
-        table_path = path.parent / (path.name[:-3] + ".athletes.parquet")
+        table_path = side_path(path, "athletes")
         meta = pq.ParquetFile(table_path).metadata
         chunks = [meta.row_group(g).column(c) for g in range(meta.num_row_groups) for c in range(meta.num_columns)]
         assert chunks and not any(chunk.has_dictionary_page for chunk in chunks)  # artifacts.SIDE_TABLE_DICTIONARY
