@@ -75,6 +75,23 @@ def test_the_judged_rows_text_is_stored_as_characters_and_reads_back_with_either
             assert ds["event_name"].dims == ("judged_row",)
 
 
+@pytest.mark.parametrize("dtype", ["string", "str", object])
+def test_utf8_bytes_are_each_values_utf8_with_missing_as_empty(dtype):
+    """utf8_bytes (the artifacts' text columns) gives each value's UTF-8 bytes, as encoding each
+    value in Python would, from Arrow-backed and plain text columns alike."""
+    import pandas as pd
+
+    from racedayai_bayes.lib.outputs.artifacts import utf8_bytes
+
+    values = ["IRONMAN 70.3 Zürich – Süd", None, "", "東京 70.3 ", "  Cozumel", "a"]
+    col = pd.Series(values, dtype=dtype)
+    out = utf8_bytes(col.iloc[1:])  # a slice: an Arrow array with an offset
+    assert out.dtype == np.dtype(f"S{max(len(v.encode()) for v in values[1:] if v)}")
+    assert list(out) == [(v or "").encode("utf-8") for v in values[1:]]
+    assert utf8_bytes(pd.Series([None, None], dtype=dtype)).tolist() == [b"", b""]
+    assert utf8_bytes(pd.Series([], dtype=dtype)).shape == (0,)
+
+
 def test_an_unpublished_refit_is_saved_but_latest_stays(tmp_path):
     good, _, _ = _write(tmp_path, "20261118T030000.000Z")
     publish_artifact(good, tmp_path, "70.3")
