@@ -55,6 +55,31 @@ def test_values_needing_quotes_fall_back_to_pandas(tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(target), frame, check_dtype=False)
 
 
+def test_a_csv_written_on_two_threads_is_the_same_bytes(tmp_path, monkeypatch):
+    """threads=2 formats pieces of CSV_PIECE_ROWS rows at once and writes them in order: the
+    same file as one thread, the header once; a value needing quotes in a later piece still
+    falls back to pandas, over what the pieces had written."""
+    import numpy as np
+
+    from racedayai_bayes.lib.outputs import io
+
+    monkeypatch.setattr(io, "CSV_PIECE_ROWS", 7)
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"athlete_hash": [f"h{i:04d}" for i in range(100)], "bayes_pred": rng.random(100) * 4e4,
+                          "event_year": np.arange(100) % 5 + 2020, "held_out": np.arange(100) % 3 == 0})
+    frame.loc[5, "bayes_pred"] = np.nan
+    one = write_csv_atomic(frame, tmp_path / "one.csv").read_bytes()
+    two = write_csv_atomic(frame, tmp_path / "two.csv", threads=2).read_bytes()
+    assert two == one and one.count(b"athlete_hash") == 1
+    assert write_csv_atomic(frame.iloc[:3], tmp_path / "small.csv", threads=2).read_bytes() == \
+        write_csv_atomic(frame.iloc[:3], tmp_path / "small1.csv").read_bytes()  # one piece: written as before
+    frame["name"] = "plain"
+    frame.loc[90, "name"] = 'Smith, "Jo"'  # in the last pieces
+    quoted = write_csv_atomic(frame, tmp_path / "q.csv", threads=2)
+    pd.testing.assert_frame_equal(pd.read_csv(quoted), frame, check_dtype=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.csv", "q.csv", "small.csv", "small1.csv", "two.csv"]
+
+
 def test_permissions_follow_the_umask_not_0600(tmp_path, umask_022):
     target = tmp_path / "p.csv"
     write_csv_atomic(FRAME, target)

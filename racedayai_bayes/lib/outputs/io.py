@@ -184,13 +184,24 @@ def atomic_open(path: str | os.PathLike | UPath, mode: str = "w", **kwargs) -> I
         yield fh
 
 
-def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike | UPath) -> Path | UPath:
+# rows per piece of a CSV written on two threads (write_csv_atomic): each thread formats whole
+# pieces, which are written in order
+CSV_PIECE_ROWS = 1 << 17
+
+
+def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike | UPath, *, threads: int = 1) -> Path | UPath:
     """Write ``frame`` as CSV to ``path`` (a local path or URL) atomically and return the path.
 
     Arrow's writer is about 10x faster than pandas' on millions of rows. It writes values
     unquoted (like pandas) and refuses a value that would need quotes, in which case pandas
     writes the file instead. Floats are written in shortest round-trip form (18822, not
     18822.0); missing values are empty fields.
+
+    With ``threads`` > 1 (a caller that holds a second core), pieces of
+    :data:`CSV_PIECE_ROWS` rows are formatted by that many threads at once (Arrow lets go of
+    the GIL while it formats) and written in order: the same bytes. The full-scale 140.6
+    prediction CSV (1.35M rows, 212 MB) took 0.97-1.21 s so against 1.81-1.94 s on one thread,
+    with the same CPU (2026-12-07).
     """
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -198,10 +209,33 @@ def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike | UPath) -> Pa
     with atomic_path(path) as tmp:
         try:
             table = pa.Table.from_pandas(frame, preserve_index=False)
-            pacsv.write_csv(table, tmp, pacsv.WriteOptions(quoting_style="none", quoting_header="none"))
+            if threads > 1 and table.num_rows > CSV_PIECE_ROWS:
+                _write_csv_pieces(table, tmp, threads)
+            else:
+                pacsv.write_csv(table, tmp, pacsv.WriteOptions(quoting_style="none", quoting_header="none"))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-            frame.to_csv(tmp, index=False)
+            frame.to_csv(tmp, index=False)  # a new file over whatever Arrow had written
     return as_path(path)
+
+
+def _write_csv_pieces(table, tmp, threads: int) -> None:
+    """``table`` as CSV in ``tmp``, its pieces formatted by ``threads`` threads, written in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    starts = range(0, table.num_rows, CSV_PIECE_ROWS)
+
+    def piece(start: int):
+        sink = pa.BufferOutputStream()
+        options = pacsv.WriteOptions(quoting_style="none", quoting_header="none", include_header=start == 0)
+        pacsv.write_csv(table.slice(start, CSV_PIECE_ROWS), sink, options)
+        return sink.getvalue()
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="csv") as pool, open(tmp, "wb") as out:
+        for buffer in pool.map(piece, starts):
+            out.write(buffer)
 
 
 def _fsync_dir(directory: Path) -> None:
