@@ -58,11 +58,11 @@ def test_a_second_core_only_when_another_slot_is_free_and_given_back(tmp_path):
 def test_waiting_steps_are_ranked_chain_first_then_the_forecast_then_the_rest():
     from racedayai_bayes.defs.resources import step_rank
 
-    order = [("model_frame", None), ("published_model", "70.3"), ("bayesian_predictions", "140.6"),
+    order = [("model_frame", None), ("bayesian_predictions", "70.3"), ("bayesian_predictions", "140.6"),
              ("posterior_forecast", "70.3"), ("posterior_forecast", "140.6"),
              ("posterior_seed_asof", "70.3"), ("posterior_seed_profile", "140.6")]
     ranks = [step_rank(step, partition) for step, partition in order]
-    assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks) - 1  # model_frame and 70.3's publication tie
+    assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks) - 1  # model_frame and 70.3's CSV tie
     assert step_rank(None, None) == step_rank("something_new", "70.3")  # unknown steps go last, not first
 
 

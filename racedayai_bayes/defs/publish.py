@@ -15,7 +15,7 @@ from racedayai_bayes.lib.outputs.artifacts import ArtifactError, published_model
 from .checks import PUBLISH_CHECKS, check_result, publish_check_specs
 from .models import posterior_key
 from .partitions import distance_partitions
-from .resources import SLOT_TAGS, CpuSlots, PipelinePaths
+from .resources import PipelinePaths
 
 
 class PublishConfig(dg.Config):
@@ -44,14 +44,18 @@ def publish_outcomes(decision: Decision) -> list[dx.CheckOutcome]:
     return out
 
 
+# No CPU slot, as the split takes none (defs/split.py): the comparison takes about a second of
+# light work, and it is what the distance's CSV waits for. Holding a slot, it waited for one
+# behind the other distance's seed posterior that had queued first (1.4 s at full scale,
+# 2026-12-07), and the refit's last CSV started that much later. It runs in the third step
+# process of its run.
 @dg.asset(
     partitions_def=distance_partitions,
     ins={"holdout_split": dg.AssetIn(), **{posterior_key(n): dg.AssetIn() for n in MODEL_NAMES}},
     check_specs=publish_check_specs("published_model"),
     group_name="model",
-    op_tags=SLOT_TAGS,
 )
-def published_model(context: dg.AssetExecutionContext, config: PublishConfig, paths: PipelinePaths, cpu: CpuSlots,
+def published_model(context: dg.AssetExecutionContext, config: PublishConfig, paths: PipelinePaths,
                     holdout_split: Split, **posteriors: Judged):
     """Every model's held-out scores side by side, and which one is published, and why."""
     distance = context.partition_key

@@ -168,9 +168,9 @@ def _cpu_count() -> int:
 # seed models' posteriors and the rest; of two such steps, the 70.3 one first (its fit and its
 # CSV take longer). At full scale the 140.6 forecast posterior had waited 27 s while two seed
 # posteriors that queued after it went first.
-# (holdout_split takes no slot: defs/split.py)
-STEP_RANKS = {"athlete_race": 0, "athlete_profile": 0, "model_frame": 0, "published_model": 0,
-              "bayesian_predictions": 0, "posterior_forecast": 1}
+# (holdout_split and published_model take no slot: defs/split.py, defs/publish.py)
+STEP_RANKS = {"athlete_race": 0, "athlete_profile": 0, "model_frame": 0, "bayesian_predictions": 0,
+              "posterior_forecast": 1}
 
 
 def step_rank(step_key: str | None, partition: str | None) -> int:
