@@ -19,8 +19,8 @@ from racedayai_bayes.step_server import STEP_PRELOAD
 # Three step processes per run at once, but at most two of the steps that take a CPU slot
 # (defs/resources.py SLOT_TAGS), as before: the third is a step that takes none (the cluster
 # file, read beside the two larger inputs instead of after them: the model frame starts
-# ~0.2 s sooner at the demo's scale; the split, defs/split.py; the comparison that publishes,
-# defs/publish.py).
+# ~0.2 s sooner at the demo's scale; the split, defs/split.py). The comparison that publishes
+# (defs/publish.py) takes no slot either, but it follows every posterior of its run.
 executor = dg.multiprocess_executor.configured(
     {
         "max_concurrent": 3,

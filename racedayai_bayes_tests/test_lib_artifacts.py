@@ -90,6 +90,19 @@ def test_utf8_bytes_are_each_values_utf8_with_missing_as_empty(dtype):
     assert list(out) == [(v or "").encode("utf-8") for v in values[1:]]
     assert utf8_bytes(pd.Series([None, None], dtype=dtype)).tolist() == [b"", b""]
     assert utf8_bytes(pd.Series([], dtype=dtype)).shape == (0,)
+    joined = pd.concat([col.iloc[:2], col.iloc[3:]], ignore_index=True)  # Arrow: two chunks
+    assert list(utf8_bytes(joined)) == [(v or "").encode("utf-8") for v in values[:2] + values[3:]]
+
+
+def test_utf8_bytes_of_other_columns_is_pandas_text():
+    """A column that is not text (an Arrow boolean, a category) gives pandas' text of each
+    value, as the artifacts stored before utf8_bytes: True, not Arrow's true."""
+    import pandas as pd
+
+    from racedayai_bayes.lib.outputs.artifacts import utf8_bytes
+
+    assert utf8_bytes(pd.Series([True, None, False], dtype="bool[pyarrow]")).tolist() == [b"True", b"", b"False"]
+    assert utf8_bytes(pd.Series(["b", None, "a"], dtype="category")).tolist() == [b"b", b"", b"a"]
 
 
 def test_an_unpublished_refit_is_saved_but_latest_stays(tmp_path):

@@ -56,28 +56,81 @@ def test_values_needing_quotes_fall_back_to_pandas(tmp_path):
 
 
 def test_a_csv_written_on_two_threads_is_the_same_bytes(tmp_path, monkeypatch):
-    """threads=2 formats pieces of CSV_PIECE_ROWS rows at once and writes them in order: the
-    same file as one thread, the header once; a value needing quotes in a later piece still
-    falls back to pandas, over what the pieces had written."""
+    """With a second core granted, pieces of CSV_PIECE_ROWS rows are formatted at once and
+    written in order: the same file as one thread, the header once; a value needing quotes in
+    a later piece still falls back to pandas, over what the pieces had written. A table of one
+    piece, or a second core refused, is written on one thread, and the core is asked for only
+    for a table of several pieces."""
+    import contextlib
+
     import numpy as np
 
     from racedayai_bayes.lib.outputs import io
 
     monkeypatch.setattr(io, "CSV_PIECE_ROWS", 7)
+    asked = []
+
+    def core(granted=True):
+        @contextlib.contextmanager
+        def second_core():
+            asked.append(granted)
+            yield granted
+        return second_core
+
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"athlete_hash": [f"h{i:04d}" for i in range(100)], "bayes_pred": rng.random(100) * 4e4,
                           "event_year": np.arange(100) % 5 + 2020, "held_out": np.arange(100) % 3 == 0})
     frame.loc[5, "bayes_pred"] = np.nan
     one = write_csv_atomic(frame, tmp_path / "one.csv").read_bytes()
-    two = write_csv_atomic(frame, tmp_path / "two.csv", threads=2).read_bytes()
-    assert two == one and one.count(b"athlete_hash") == 1
-    assert write_csv_atomic(frame.iloc[:3], tmp_path / "small.csv", threads=2).read_bytes() == \
-        write_csv_atomic(frame.iloc[:3], tmp_path / "small1.csv").read_bytes()  # one piece: written as before
+    two = write_csv_atomic(frame, tmp_path / "two.csv", second_core=core()).read_bytes()
+    assert two == one and one.count(b"athlete_hash") == 1 and asked == [True]
+    refused = write_csv_atomic(frame, tmp_path / "refused.csv", second_core=core(False)).read_bytes()
+    assert refused == one and asked == [True, False]
+    assert write_csv_atomic(frame.iloc[:7], tmp_path / "small.csv", second_core=core()).read_bytes() == \
+        write_csv_atomic(frame.iloc[:7], tmp_path / "small1.csv").read_bytes()
+    assert asked == [True, False]  # one piece: no second core asked for
     frame["name"] = "plain"
     frame.loc[90, "name"] = 'Smith, "Jo"'  # in the last pieces
-    quoted = write_csv_atomic(frame, tmp_path / "q.csv", threads=2)
+    quoted = write_csv_atomic(frame, tmp_path / "q.csv", second_core=core())
     pd.testing.assert_frame_equal(pd.read_csv(quoted), frame, check_dtype=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.csv", "q.csv", "small.csv", "small1.csv", "two.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.csv", "q.csv", "refused.csv", "small.csv", "small1.csv",
+                                                          "two.csv"]
+
+
+def test_a_failed_piece_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch):
+    """A write error while the pieces are written (a full disk) is an OutputWriteError and
+    leaves the file that was there, as a one-thread write does."""
+    import contextlib
+
+    import builtins
+
+    from racedayai_bayes.lib.outputs import io
+
+    monkeypatch.setattr(io, "CSV_PIECE_ROWS", 2)
+    target = tmp_path / "p.csv"
+    target.write_bytes(OLD_BYTES)
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f, self.writes = f, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 3:
+                raise OSError(28, "No space left on device")
+            return self.f.write(data)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(io, "open", lambda *a, **k: FullDisk(builtins.open(*a, **k)), raising=False)
+    frame = pd.DataFrame({"athlete_hash": list("abcdefgh"), "bayes_pred": range(8)})
+    with pytest.raises(OutputWriteError, match="No space left"):
+        write_csv_atomic(frame, target, second_core=lambda: contextlib.nullcontext(True))
+    assert target.read_bytes() == OLD_BYTES and _listing(tmp_path) == ["p.csv"]
 
 
 def test_permissions_follow_the_umask_not_0600(tmp_path, umask_022):

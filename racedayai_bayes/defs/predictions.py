@@ -22,9 +22,9 @@ from .checks import number
 GROUP = "outputs"
 
 
-def _write(table: pd.DataFrame, path: Path, threads: int = 1) -> Path:
+def _write(table: pd.DataFrame, path: Path, second_core=None) -> Path:
     try:
-        return write_csv_atomic(table, path, threads=threads)
+        return write_csv_atomic(table, path, second_core=second_core)
     except OutputWriteError as exc:
         # names the file and the OS error (disk full, ...) and says the old file is intact
         raise dg.Failure(description=str(exc), metadata={"path": str(path)}) from None
@@ -63,10 +63,9 @@ def bayesian_predictions(
     pred = chosen.predict_every_row(rows, progress=context.log.info)
     table = prediction_table(rows, pred, chosen.name, holdout_split.held_out)
     context.log.info(f"writing {len(table):,} predictions of {distance}")
-    # on two threads if a second core is free: the last distance's CSV is often the refit's
-    # last work, with the other core idle
-    with cpu.second_core() as two:
-        path = _write(table, folder / f"bayesian_predictions_{distance}.csv", threads=2 if two else 1)
+    # formatted on two threads if a second core is free then (asked for a large CSV only, and
+    # only while it is formatted): a refit of one distance ends with this CSV, the other core idle
+    path = _write(table, folder / f"bayesian_predictions_{distance}.csv", second_core=cpu.second_core)
     context.log.info(f"wrote {len(table):,} predictions to {path}")
     try:
         publish_artifact(chosen.artifact, folder, distance)

@@ -45,10 +45,10 @@ def publish_outcomes(decision: Decision) -> list[dx.CheckOutcome]:
 
 
 # No CPU slot, as the split takes none (defs/split.py): the comparison takes about a second of
-# light work, and it is what the distance's CSV waits for. Holding a slot, it waited for one
-# behind the other distance's seed posterior that had queued first (1.4 s at full scale,
-# 2026-12-07), and the refit's last CSV started that much later. It runs in the third step
-# process of its run.
+# light CPU work, and it is what the distance's CSV waits for. Holding a slot, it waited for
+# one behind the other distance's seed posterior that had queued first (1.4 s at full scale,
+# 2026-12-07), and the refit's last CSV started that much later. (Within its own run it starts
+# only once every posterior of its distance has ended.)
 @dg.asset(
     partitions_def=distance_partitions,
     ins={"holdout_split": dg.AssetIn(), **{posterior_key(n): dg.AssetIn() for n in MODEL_NAMES}},

@@ -182,7 +182,7 @@ def step_rank(step_key: str | None, partition: str | None) -> int:
 # job's executor runs at most two such steps of a run at once (definitions.py), as many as
 # the slots of a 2-core machine, so that Dagster's step priority, not a race for the slots,
 # picks which ready posteriors start (the forecast model's first); its third process is for
-# a step that takes no slot (the cluster file, the split, the posterior means).
+# a step that takes no slot (the cluster file, the split, the comparison that publishes).
 SLOT_TAGS = {"racedayai/cpu_slot": "held"}
 
 

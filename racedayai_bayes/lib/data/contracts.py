@@ -21,11 +21,12 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
 
+from racedayai_bayes.lib.cpu_slots import SecondCore
 from racedayai_bayes.lib.data.history import COUNT_COLUMNS as HISTORY_COUNT_COLUMNS
 from racedayai_bayes.lib.data.history import LEVEL_COLUMNS as HISTORY_LEVEL_COLUMNS
 
@@ -217,11 +218,6 @@ def _read_text_columns(path: Path, columns: list[str], header: _Header,
         if edge or empty:
             frame[col] = frame[col].replace("", pd.NA)
     return frame, notes
-
-
-# A caller that may have a second core for a while (a Dagster step: defs/resources.py
-# CpuSlots.second_core) passes a callable whose context says whether it has one.
-SecondCore = Callable[[], ContextManager[bool]]
 
 
 @contextlib.contextmanager

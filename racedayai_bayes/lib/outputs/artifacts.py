@@ -151,11 +151,7 @@ def utf8_bytes(col: pd.Series) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    values = col.array
-    arrow = getattr(values, "_pa_array", None)  # an Arrow-backed column: its own chunks
-    if arrow is None:
-        arrow = pa.chunked_array([pa.array(col.astype("string").to_numpy(dtype=object, na_value=None),
-                                           type=pa.large_string())])
+    arrow = _arrow_text(col)
     text = pc.fill_null(arrow.cast(pa.large_string()), "").combine_chunks()
     n = len(text)
     offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)[text.offset:text.offset + n + 1]
@@ -166,6 +162,28 @@ def utf8_bytes(col: pd.Series) -> np.ndarray:
     chars = np.zeros((n, width), dtype=np.uint8)
     chars[np.arange(width)[None, :] < lengths[:, None]] = data[offsets[0]:offsets[-1]]  # row by row, in order
     return chars.view(f"S{width}").reshape(n)
+
+
+def _arrow_text(col: pd.Series):
+    """``col``'s text as Arrow: its own chunks when it is Arrow text already, else pandas'
+    text of each value (``astype("string")``: True for a boolean, as before utf8_bytes)."""
+    import pyarrow as pa
+
+    def is_text(t) -> bool:
+        if pa.types.is_dictionary(t):
+            t = t.value_type
+        return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+    # ``_pa_array``: pandas' Arrow-backed arrays hold their chunks there (not public API:
+    # without it, each value goes through Python below, slower but the same bytes)
+    own = getattr(col.array, "_pa_array", None)
+    if own is not None and is_text(own.type):
+        return own
+    text = col.astype("string")
+    own = getattr(text.array, "_pa_array", None)
+    if own is not None and is_text(own.type):
+        return own
+    return pa.chunked_array([pa.array(text.to_numpy(dtype=object, na_value=None), type=pa.large_string())])
 
 
 def refit_inference_data(judged, rows: pd.DataFrame, tables: dict | None = None):

@@ -26,6 +26,8 @@ from typing import IO
 import pandas as pd
 from upath import UPath
 
+from racedayai_bayes.lib.cpu_slots import SecondCore
+
 # fsspec protocols of the local file system: paths with these are written with os.replace
 LOCAL_PROTOCOLS = ("", "file", "local")
 
@@ -189,7 +191,8 @@ def atomic_open(path: str | os.PathLike | UPath, mode: str = "w", **kwargs) -> I
 CSV_PIECE_ROWS = 1 << 17
 
 
-def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike | UPath, *, threads: int = 1) -> Path | UPath:
+def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike | UPath, *,
+                     second_core: SecondCore | None = None) -> Path | UPath:
     """Write ``frame`` as CSV to ``path`` (a local path or URL) atomically and return the path.
 
     Arrow's writer is about 10x faster than pandas' on millions of rows. It writes values
@@ -197,11 +200,12 @@ def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike | UPath, *, th
     writes the file instead. Floats are written in shortest round-trip form (18822, not
     18822.0); missing values are empty fields.
 
-    With ``threads`` > 1 (a caller that holds a second core), pieces of
-    :data:`CSV_PIECE_ROWS` rows are formatted by that many threads at once (Arrow lets go of
-    the GIL while it formats) and written in order: the same bytes. The full-scale 140.6
-    prediction CSV (1.35M rows, 212 MB) took 0.97-1.21 s so against 1.81-1.94 s on one thread,
-    with the same CPU (2026-12-07).
+    ``second_core`` (lib/cpu_slots.SecondCore) is asked for a second core for a frame of more
+    than :data:`CSV_PIECE_ROWS` rows, and only while it is formatted: if it grants one,
+    pieces of that many rows are formatted by two threads at once (Arrow lets go of the GIL
+    while it formats) and written in order, the same bytes. The full-scale 140.6 prediction
+    CSV (1.35M rows, 212 MB) took 0.97-1.21 s against 1.81-1.94 s on one thread, with the
+    same CPU (2026-12-07).
     """
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -209,9 +213,11 @@ def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike | UPath, *, th
     with atomic_path(path) as tmp:
         try:
             table = pa.Table.from_pandas(frame, preserve_index=False)
-            if threads > 1 and table.num_rows > CSV_PIECE_ROWS:
-                _write_csv_pieces(table, tmp, threads)
-            else:
+            ask = second_core is not None and table.num_rows > CSV_PIECE_ROWS
+            with second_core() if ask else contextlib.nullcontext(False) as two:
+                if two:
+                    _write_csv_pieces(table, tmp, threads=2)
+            if not two:
                 pacsv.write_csv(table, tmp, pacsv.WriteOptions(quoting_style="none", quoting_header="none"))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
             frame.to_csv(tmp, index=False)  # a new file over whatever Arrow had written
@@ -219,13 +225,14 @@ def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike | UPath, *, th
 
 
 def _write_csv_pieces(table, tmp, threads: int) -> None:
-    """``table`` as CSV in ``tmp``, its pieces formatted by ``threads`` threads, written in order."""
+    """``table`` as CSV in ``tmp``, its pieces formatted by ``threads`` threads and written in
+    order; at most ``threads + 1`` pieces are formatted ahead of the one being written, so the
+    buffers never hold much of the file."""
+    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     import pyarrow as pa
     import pyarrow.csv as pacsv
-
-    starts = range(0, table.num_rows, CSV_PIECE_ROWS)
 
     def piece(start: int):
         sink = pa.BufferOutputStream()
@@ -233,9 +240,20 @@ def _write_csv_pieces(table, tmp, threads: int) -> None:
         pacsv.write_csv(table.slice(start, CSV_PIECE_ROWS), sink, options)
         return sink.getvalue()
 
+    starts = iter(range(0, table.num_rows, CSV_PIECE_ROWS))
     with ThreadPoolExecutor(threads, thread_name_prefix="csv") as pool, open(tmp, "wb") as out:
-        for buffer in pool.map(piece, starts):
-            out.write(buffer)
+        pending = deque(pool.submit(piece, start) for _, start in zip(range(threads + 1), starts))
+        try:
+            while pending:
+                buffer = pending.popleft().result()
+                following = next(starts, None)
+                if following is not None:
+                    pending.append(pool.submit(piece, following))
+                out.write(buffer)
+        except BaseException:
+            for waiting in pending:
+                waiting.cancel()
+            raise
 
 
 def _fsync_dir(directory: Path) -> None:
