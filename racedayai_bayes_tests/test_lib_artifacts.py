@@ -75,7 +75,7 @@ def test_the_judged_rows_text_is_stored_as_characters_and_reads_back_with_either
             assert ds["event_name"].dims == ("judged_row",)
 
 
-@pytest.mark.parametrize("dtype", ["string", "str", object])
+@pytest.mark.parametrize("dtype", ["string", "string[python]", "str", object])
 def test_utf8_bytes_are_each_values_utf8_with_missing_as_empty(dtype):
     """utf8_bytes (the artifacts' text columns) gives each value's UTF-8 bytes, as encoding each
     value in Python would, from Arrow-backed and plain text columns alike."""

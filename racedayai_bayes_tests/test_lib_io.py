@@ -100,9 +100,8 @@ def test_a_csv_written_on_two_threads_is_the_same_bytes(tmp_path, monkeypatch):
 def test_a_failed_piece_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch):
     """A write error while the pieces are written (a full disk) is an OutputWriteError and
     leaves the file that was there, as a one-thread write does."""
-    import contextlib
-
     import builtins
+    import contextlib
 
     from racedayai_bayes.lib.outputs import io
 

@@ -30,7 +30,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import ContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from racedayai_bayes.lib.processes import stopped
 # CpuSlots.second_core) passes a callable whose context says whether it has one: the
 # input checks (lib/data/contracts.py) and the CSV writer (lib/outputs/io.py) ask for it only
 # for the work that uses it.
-SecondCore = Callable[[], ContextManager[bool]]
+SecondCore = Callable[[], contextlib.AbstractContextManager[bool]]
 
 POLL_S = 0.1
 # a ticket's temporary file is locked by its waiter a moment after it is created, and renamed

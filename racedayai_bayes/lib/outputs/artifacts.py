@@ -151,8 +151,8 @@ def utf8_bytes(col: pd.Series) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    arrow = _arrow_text(col)
-    text = pc.fill_null(arrow.cast(pa.large_string()), "").combine_chunks()
+    text = pc.fill_null(_arrow_text(col).cast(pa.large_string()), "")
+    text = text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text
     n = len(text)
     offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)[text.offset:text.offset + n + 1]
     data = text.buffers()[2]
@@ -165,25 +165,18 @@ def utf8_bytes(col: pd.Series) -> np.ndarray:
 
 
 def _arrow_text(col: pd.Series):
-    """``col``'s text as Arrow: its own chunks when it is Arrow text already, else pandas'
-    text of each value (``astype("string")``: True for a boolean, as before utf8_bytes)."""
+    """``col``'s text as Arrow (history.arrow_strings): its own chunks when it is Arrow text
+    already, else pandas' text of each value (``astype("string")``: True for a boolean, as
+    before utf8_bytes)."""
     import pyarrow as pa
 
-    def is_text(t) -> bool:
-        if pa.types.is_dictionary(t):
-            t = t.value_type
-        return pa.types.is_string(t) or pa.types.is_large_string(t)
+    from racedayai_bayes.lib.data.history import arrow_strings
 
-    # ``_pa_array``: pandas' Arrow-backed arrays hold their chunks there (not public API:
-    # without it, each value goes through Python below, slower but the same bytes)
-    own = getattr(col.array, "_pa_array", None)
-    if own is not None and is_text(own.type):
-        return own
-    text = col.astype("string")
-    own = getattr(text.array, "_pa_array", None)
-    if own is not None and is_text(own.type):
-        return own
-    return pa.chunked_array([pa.array(text.to_numpy(dtype=object, na_value=None), type=pa.large_string())])
+    own = getattr(col.array, "_pa_array", None)  # pandas' Arrow chunks (not public API; see arrow_strings)
+    kind = own.type.value_type if own is not None and pa.types.is_dictionary(own.type) else getattr(own, "type", None)
+    if kind is None or not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        col = col.astype("string")
+    return arrow_strings(col)
 
 
 def refit_inference_data(judged, rows: pd.DataFrame, tables: dict | None = None):

@@ -191,6 +191,13 @@ def atomic_open(path: str | os.PathLike | UPath, mode: str = "w", **kwargs) -> I
 CSV_PIECE_ROWS = 1 << 17
 
 
+def _csv_options(header: bool = True):
+    """Arrow's CSV options here: values unquoted (a value that needs quotes is refused)."""
+    import pyarrow.csv as pacsv
+
+    return pacsv.WriteOptions(quoting_style="none", quoting_header="none", include_header=header)
+
+
 def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike | UPath, *,
                      second_core: SecondCore | None = None) -> Path | UPath:
     """Write ``frame`` as CSV to ``path`` (a local path or URL) atomically and return the path.
@@ -218,7 +225,7 @@ def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike | UPath, *,
                 if two:
                     _write_csv_pieces(table, tmp, threads=2)
             if not two:
-                pacsv.write_csv(table, tmp, pacsv.WriteOptions(quoting_style="none", quoting_header="none"))
+                pacsv.write_csv(table, tmp, _csv_options())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
             frame.to_csv(tmp, index=False)  # a new file over whatever Arrow had written
     return as_path(path)
@@ -236,8 +243,7 @@ def _write_csv_pieces(table, tmp, threads: int) -> None:
 
     def piece(start: int):
         sink = pa.BufferOutputStream()
-        options = pacsv.WriteOptions(quoting_style="none", quoting_header="none", include_header=start == 0)
-        pacsv.write_csv(table.slice(start, CSV_PIECE_ROWS), sink, options)
+        pacsv.write_csv(table.slice(start, CSV_PIECE_ROWS), sink, _csv_options(header=start == 0))
         return sink.getvalue()
 
     starts = iter(range(0, table.num_rows, CSV_PIECE_ROWS))
