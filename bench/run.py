@@ -320,7 +320,20 @@ def io_floor(folder: Path, scratch: Path) -> dict:
 
     The outputs' shape comes from a first, untimed read (which also warms the page cache, as
     the refit's own reads are warm after the first run of a week). The written tables have the
-    prediction CSVs' twelve columns and one row per modelled race of each distance.
+    prediction CSVs' twelve columns and one row per modelled race of each distance, and are
+    written as the refit writes its CSVs: with its writer's options
+    (lib/outputs/io.csv_write_options: values unquoted) and numbers of the same length. A
+    forecast is a float at full precision, which Arrow writes in shortest round-trip form
+    (about 17 digits: 19093.577876091553), so each prediction column is the race's time,
+    scaled, plus a seeded fraction of a second. ``bytes`` is what was written: the bench
+    reports it beside the size of the refit's own prediction CSVs.
+
+    Until 2026-12-07 ~10:30 the prediction columns were the time times (1 + 0.01k), short
+    numbers (13196.66), written with Arrow's default options (every text quoted): 454 MB,
+    against 590 MB of the full-scale refit's own CSVs; and the clock also timed making the
+    tables. Written as now, 593 MB; the writes took 3.1-5.0 s against 3.2-4.3 s, about 0.5 s
+    more on average (6 alternated pairs), within a floor whose reads alone moved from 5.0 to
+    6.8 s in the same minutes.
     """
     import numpy as np
     import pyarrow as pa
@@ -328,6 +341,7 @@ def io_floor(folder: Path, scratch: Path) -> dict:
     import pyarrow.csv as pacsv
 
     from racedayai_bayes.lib.data import contracts
+    from racedayai_bayes.lib.outputs.io import csv_write_options
 
     names = (contracts.RACE_FILE, contracts.PROFILE_FILE, contracts.CLUSTER_FILE)
     text = pacsv.ConvertOptions(column_types={"event_distance": pa.string(), "athlete_hash": pa.string()})
@@ -339,26 +353,34 @@ def io_floor(folder: Path, scratch: Path) -> dict:
         keep[d] = races.filter(pc.fill_null(mask, False)).select(["athlete_hash", "event_distance", "event_year",
                                                                   "total_sec", "event_name"])
     del races
+    # the prediction columns made before the clock starts: the floor times reads and writes only
+    fraction = np.random.default_rng(0)
+    tables = {}
+    for d, table in keep.items():
+        n = table.num_rows
+        values = table["total_sec"].to_numpy(zero_copy_only=False).astype(np.float64)
+        tables[d] = pa.table({
+            "athlete_hash": table["athlete_hash"], "event_distance": table["event_distance"],
+            "event_year": table["event_year"], "total_sec": table["total_sec"],
+            **{c: pa.array(values * (1.0 + 0.01 * k) + fraction.random(n)) for k, c in enumerate(
+                ("bayes_pred", "bayes_std", "bayes_p05", "bayes_p50", "bayes_p95"))},
+            "model": pa.array(["forecast"] * n), "event_name": table["event_name"], "held_out": pa.array(np.zeros(n, bool)),
+        })
+    del keep
     scratch.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     for name in names:
         pacsv.read_csv(folder / name, convert_options=text)
     t_read = time.perf_counter() - t0
     t1 = time.perf_counter()
-    for d, table in keep.items():
-        n = table.num_rows
-        values = table["total_sec"].to_numpy(zero_copy_only=False).astype(np.float64)
-        out = pa.table({
-            "athlete_hash": table["athlete_hash"], "event_distance": table["event_distance"],
-            "event_year": table["event_year"], "total_sec": table["total_sec"],
-            **{c: pa.array(values * (1.0 + 0.01 * k)) for k, c in enumerate(
-                ("bayes_pred", "bayes_std", "bayes_p05", "bayes_p50", "bayes_p95"))},
-            "model": pa.array(["forecast"] * n), "event_name": table["event_name"], "held_out": pa.array(np.zeros(n, bool)),
-        })
-        pacsv.write_csv(out, scratch / f"floor_{d}.csv")
+    written = 0
+    for d, out in tables.items():
+        path = scratch / f"floor_{d}.csv"
+        pacsv.write_csv(out, path, csv_write_options())
+        written += path.stat().st_size
     t_write = time.perf_counter() - t1
     return {"read_s": round(t_read, 2), "write_s": round(t_write, 2), "total_s": round(t_read + t_write, 2),
-            "rows": {d: v.num_rows for d, v in keep.items()}}
+            "rows": {d: v.num_rows for d, v in tables.items()}, "bytes": written}
 
 
 def _run_history(home: Path) -> dict:
@@ -478,14 +500,17 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
     # 2026-12-07) would flatter the ratio; the runs before 8d583cb (~00:25 that day) used
     # their mean, and their results carry no ``io_floor_rule``
     floor = min(floor_before["total_s"], floor_after["total_s"])
-    rows = 0
+    rows = csv_bytes = 0
     for f in out_dir.rglob("bayesian_predictions_*.csv"):  # a backtest's are under backtests/<season>/
         rows += sum(1 for _ in open(f)) - 1
+        csv_bytes += f.stat().st_size
     decisions = {}
     for distance, decision in _decisions(home).items():
         decisions[distance] = _models_table(decision)
     return {
         "rows": rows,
+        # the refit's prediction CSVs, and what the floor wrote in their place (io_floor)
+        "prediction_csv_bytes": csv_bytes,
         "exit_code": proc.returncode,
         "wall_s": round(wall, 1),
         "io_floor_s": round(floor, 2),
@@ -909,6 +934,10 @@ def _refit_lines(title: str, fs: dict) -> list[str]:
              f"| {fs['rows']:,} | {fs['wall_s']} | {fs['io_floor_s']} ({fs['io_floor_before']['total_s']}, "
              f"{fs['io_floor_after']['total_s']}) | **{fs['floor_ratio']}x** | {fs['peak_rss_mb']:.0f}; {fs.get('peak_rss_summed_mb', float('nan')):.0f} | "
              f"{'all pass' if fs['all_error_checks_passed'] else 'SOME FAILED'} | {fs['exit_code']} |", ""]
+    floor_bytes = fs["io_floor_after"].get("bytes")
+    if floor_bytes and fs.get("prediction_csv_bytes"):
+        lines += [f"The floor wrote {floor_bytes / 1e6:,.0f} MB of CSV with the refit's writer options; the refit's "
+                  f"prediction CSVs are {fs['prediction_csv_bytes'] / 1e6:,.0f} MB (bench/run.py io_floor).", ""]
     cores = fs.get("machine_cpus") or 1
     if "cpu_system_s" in fs:
         monitor = (f" This bench's memory monitor took {fs['monitor_cpu_s']} CPU s of the machine's {cores} cores meanwhile "

@@ -191,8 +191,9 @@ def atomic_open(path: str | os.PathLike | UPath, mode: str = "w", **kwargs) -> I
 CSV_PIECE_ROWS = 1 << 17
 
 
-def _csv_options(header: bool = True):
-    """Arrow's CSV options here: values unquoted (a value that needs quotes is refused)."""
+def csv_write_options(header: bool = True):
+    """Arrow's CSV options of every CSV written here: values unquoted (a value that needs quotes
+    is refused). The bench's I/O floor writes with the same options (bench/run.py io_floor)."""
     import pyarrow.csv as pacsv
 
     return pacsv.WriteOptions(quoting_style="none", quoting_header="none", include_header=header)
@@ -225,7 +226,7 @@ def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike | UPath, *,
                 if two:
                     _write_csv_pieces(table, tmp, threads=2)
             if not two:
-                pacsv.write_csv(table, tmp, _csv_options())
+                pacsv.write_csv(table, tmp, csv_write_options())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
             frame.to_csv(tmp, index=False)  # a new file over whatever Arrow had written
     return as_path(path)
@@ -243,7 +244,7 @@ def _write_csv_pieces(table, tmp, threads: int) -> None:
 
     def piece(start: int):
         sink = pa.BufferOutputStream()
-        pacsv.write_csv(table.slice(start, CSV_PIECE_ROWS), sink, _csv_options(header=start == 0))
+        pacsv.write_csv(table.slice(start, CSV_PIECE_ROWS), sink, csv_write_options(header=start == 0))
         return sink.getvalue()
 
     starts = iter(range(0, table.num_rows, CSV_PIECE_ROWS))
