@@ -315,43 +315,59 @@ def fresh_memory_probe(mb: int = 400) -> float:
     return round(float(out) * 1024 / mb, 2)
 
 
-def io_floor(folder: Path, scratch: Path) -> dict:
+def io_floor(folder: Path, scratch: Path, season: int | None = None) -> dict:
     """Arrow reading the three input CSVs and writing CSVs of the outputs' size and columns.
 
     The outputs' shape comes from a first, untimed read (which also warms the page cache, as
-    the refit's own reads are warm after the first run of a week). The written tables have the
-    prediction CSVs' twelve columns and one row per modelled race of each distance, and are
-    written as the refit writes its CSVs: with its writer's options
-    (lib/outputs/io.csv_write_options: values unquoted) and numbers of the same length. A
-    forecast is a float at full precision, which Arrow writes in shortest round-trip form
-    (about 17 digits: 19093.577876091553), so each prediction column is the race's time,
-    scaled, plus a seeded fraction of a second. ``bytes`` is what was written: the bench
-    reports it beside the size of the refit's own prediction CSVs.
+    the refit's own reads are warm after the first run of a week): the written tables have the
+    prediction CSVs' twelve columns and one row per race the refit models (lib/data/frame.py
+    frame_rules: not a pro, a modelled distance, a finish time in bounds, a known season;
+    with ``season``, a backtest's, none after it). They are written with the refit's writer
+    options (lib/outputs/io.csv_write_options: values unquoted) and numbers of the same
+    length: a forecast is a float at full precision, which Arrow writes in shortest round-trip
+    form (about 17 digits: 19093.577876091553), so each prediction column is the race's time,
+    scaled, plus a seeded fraction of a second. The two distances' files are written at once,
+    on two threads (Arrow lets go of the GIL), as the refit's two runs write theirs at once.
+    Not timed, as the floor is the least the reads and writes take: the refit's
+    durability (it writes each CSV to a temporary file, fsyncs it, renames it and fsyncs the
+    folder). ``bytes`` is what was written: the bench reports it beside the size of the
+    refit's own prediction CSVs.
 
-    Until 2026-12-07 ~10:30 the prediction columns were the time times (1 + 0.01k), short
-    numbers (13196.66), written with Arrow's default options (every text quoted): 454 MB,
-    against 590 MB of the full-scale refit's own CSVs; and the clock also timed making the
-    tables. Written as now, 593 MB; the writes took 3.1-5.0 s against 3.2-4.3 s, about 0.5 s
-    more on average (6 alternated pairs), within a floor whose reads alone moved from 5.0 to
-    6.8 s in the same minutes.
+    Until 2026-12-07 ~10:00 (49fe35b) the prediction columns were the time times (1 + 0.01k),
+    short numbers (13196.66), every text quoted, pros' rows included, one file after the other,
+    and the clock also timed making the tables: 454 MB against 590 MB of the full-scale refit's
+    own CSVs. From 49fe35b to ~10:50 the columns were as now, pros' rows included (594 MB,
+    3.72M rows against the refit's 3.71M; the backtest's CSVs 565 MB), written one after the
+    other.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
 
     from racedayai_bayes.lib.data import contracts
+    from racedayai_bayes.lib.data.contracts import MAX_TOTAL_SEC, MIN_TOTAL_SEC
     from racedayai_bayes.lib.outputs.io import csv_write_options
 
     names = (contracts.RACE_FILE, contracts.PROFILE_FILE, contracts.CLUSTER_FILE)
     text = pacsv.ConvertOptions(column_types={"event_distance": pa.string(), "athlete_hash": pa.string()})
-    races = pacsv.read_csv(folder / contracts.RACE_FILE, convert_options=text)
+    # the untimed read: is_pro as text, whatever spellings the file uses (the contract's true ones below)
+    races = pacsv.read_csv(folder / contracts.RACE_FILE, convert_options=pacsv.ConvertOptions(
+        column_types={"event_distance": pa.string(), "athlete_hash": pa.string(), "is_pro": pa.string()},
+        include_columns=["athlete_hash", "is_pro", "event_name", "event_year", "event_distance", "total_sec"]))
+    pro = pc.fill_null(pc.is_in(pc.utf8_lower(pc.utf8_trim_whitespace(races["is_pro"])),
+                                value_set=pa.array(["true", "1", "1.0", "yes", "t", "y"])), False)
+    total = races["total_sec"]
+    modelled = pc.and_(pc.invert(pro), pc.and_(pc.greater(total, MIN_TOTAL_SEC), pc.less(total, MAX_TOTAL_SEC)))
+    modelled = pc.and_(modelled, pc.is_valid(races["event_year"]))
+    if season is not None:
+        modelled = pc.and_(modelled, pc.less_equal(races["event_year"], season))
     keep = {}
     for d in ("70.3", "140.6"):
-        total = races["total_sec"]
-        mask = pc.and_(pc.equal(races["event_distance"], d), pc.and_(pc.greater(total, 3600), pc.less(total, 61200)))
-        keep[d] = races.filter(pc.fill_null(mask, False)).select(["athlete_hash", "event_distance", "event_year",
-                                                                  "total_sec", "event_name"])
+        mask = pc.fill_null(pc.and_(pc.equal(races["event_distance"], d), modelled), False)
+        keep[d] = races.filter(mask).select(["athlete_hash", "event_distance", "event_year", "total_sec", "event_name"])
     del races
     # the prediction columns made before the clock starts: the floor times reads and writes only
     fraction = np.random.default_rng(0)
@@ -368,19 +384,30 @@ def io_floor(folder: Path, scratch: Path) -> dict:
         })
     del keep
     scratch.mkdir(parents=True, exist_ok=True)
+    fallback = []
+
+    def write(d: str) -> int:
+        path = scratch / f"floor_{d}.csv"
+        try:
+            pacsv.write_csv(tables[d], path, csv_write_options())
+        except pa.ArrowInvalid:  # a text that needs quotes: the refit writes such a file with pandas instead
+            fallback.append(d)
+            pacsv.write_csv(tables[d], path)
+        return path.stat().st_size
+
     t0 = time.perf_counter()
     for name in names:
         pacsv.read_csv(folder / name, convert_options=text)
     t_read = time.perf_counter() - t0
     t1 = time.perf_counter()
-    written = 0
-    for d, out in tables.items():
-        path = scratch / f"floor_{d}.csv"
-        pacsv.write_csv(out, path, csv_write_options())
-        written += path.stat().st_size
+    with ThreadPoolExecutor(len(tables)) as pool:
+        written = sum(pool.map(write, list(tables)))
     t_write = time.perf_counter() - t1
-    return {"read_s": round(t_read, 2), "write_s": round(t_write, 2), "total_s": round(t_read + t_write, 2),
-            "rows": {d: v.num_rows for d, v in tables.items()}, "bytes": written}
+    out = {"read_s": round(t_read, 2), "write_s": round(t_write, 2), "total_s": round(t_read + t_write, 2),
+           "rows": {d: v.num_rows for d, v in tables.items()}, "bytes": written}
+    if fallback:
+        out["quoted"] = fallback  # written with Arrow's default options: the refit's own would refuse a value
+    return out
 
 
 def _run_history(home: Path) -> dict:
@@ -460,7 +487,9 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
     out_dir = WORK / f"{tag}_outputs"
     shutil.rmtree(out_dir, ignore_errors=True)
     env = {**os.environ, "DAGSTER_HOME": str(home), "RACEDAYAI_INPUT_DIR": str(folder), "RACEDAYAI_OUTPUT_DIR": str(out_dir)}
-    floor_before = io_floor(folder, WORK / "floor")
+    # a backtest's floor writes the rows its CSVs hold: none after the held-out season
+    season = int(extra_args[extra_args.index("--holdout-season") + 1]) if "--holdout-season" in extra_args else None
+    floor_before = io_floor(folder, WORK / "floor", season)
     print(f"[{tag}] I/O floor before: {floor_before}", flush=True)
     print(f"[{tag}] racedayai-bayes refit {' '.join(extra_args)}", flush=True)
     # every process of the refit's tree, through its exit: a parent's rusage of its children
@@ -491,7 +520,7 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
     sampled_user, sampled_system = mon.cpu_seconds()
     cpu_user = children.ru_utime - children_before.ru_utime
     cpu_system = children.ru_stime - children_before.ru_stime
-    floor_after = io_floor(folder, WORK / "floor")
+    floor_after = io_floor(folder, WORK / "floor", season)
     print(f"[{tag}] I/O floor after: {floor_after}", flush=True)
     (WORK / f"{tag}_refit.log").write_text(log)
     history = _run_history(home)
