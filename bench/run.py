@@ -319,26 +319,29 @@ def io_floor(folder: Path, scratch: Path, season: int | None = None) -> dict:
     """Arrow reading the three input CSVs and writing CSVs of the outputs' size and columns.
 
     The outputs' shape comes from a first, untimed read (which also warms the page cache, as
-    the refit's own reads are warm after the first run of a week): the written tables have the
-    prediction CSVs' twelve columns and one row per race the refit models (lib/data/frame.py
-    frame_rules: not a pro, a modelled distance, a finish time in bounds, a known season;
-    with ``season``, a backtest's, none after it). They are written with the refit's writer
-    options (lib/outputs/io.csv_write_options: values unquoted) and numbers of the same
-    length: a forecast is a float at full precision, which Arrow writes in shortest round-trip
-    form (about 17 digits: 19093.577876091553), so each prediction column is the race's time,
-    scaled, plus a seeded fraction of a second. The two distances' files are written at once,
-    on two threads (Arrow lets go of the GIL), as the refit's two runs write theirs at once.
-    Not timed, as the floor is the least the reads and writes take: the refit's
-    durability (it writes each CSV to a temporary file, fsyncs it, renames it and fsyncs the
-    folder). ``bytes`` is what was written: the bench reports it beside the size of the
-    refit's own prediction CSVs.
+    the refit's own reads are warm after the first run of a week), with the rows the refit
+    models chosen by its rules (lib/data/frame.frame_rules, on the columns as the data
+    contract reads them: trimmed text, is_pro's and event_distance's spellings, numbers and
+    seasons; with ``season``, a backtest's, none after that season, as lib/data/split.py
+    drops them). The written tables have the
+    prediction CSVs' twelve columns and one row per such race, and numbers of the same
+    length: a forecast is a float at full precision, which Arrow writes in shortest
+    round-trip form (about 17 digits: 19093.577876091553), so each prediction column is the
+    race's time, scaled, plus a seeded fraction of a second. They are written with the
+    refit's writer options (lib/outputs/io.csv_write_options: values unquoted), or, if a text
+    needs quotes (the refit then writes with pandas, which quotes only such values), with
+    Arrow's quoting of only those values: chosen before the clock starts. The two distances'
+    files are written at once, on two threads (Arrow lets go of the GIL), as the refit's two
+    runs write theirs. The refit's durability (a temporary file, fsync, rename, the folder's
+    fsync) is left out: the floor is the least the reads and writes take. ``bytes`` is what
+    was written: the bench reports it beside the size of the refit's own prediction CSVs.
 
     Until 2026-12-07 ~10:00 (49fe35b) the prediction columns were the time times (1 + 0.01k),
-    short numbers (13196.66), every text quoted, pros' rows included, one file after the other,
-    and the clock also timed making the tables: 454 MB against 590 MB of the full-scale refit's
-    own CSVs. From 49fe35b to ~10:50 the columns were as now, pros' rows included (594 MB,
-    3.72M rows against the refit's 3.71M; the backtest's CSVs 565 MB), written one after the
-    other.
+    short numbers (13196.66), every text quoted, professionals' rows included, one file after
+    the other, and the clock also timed making the tables: 454 MB against 590 MB of the
+    full-scale refit's own CSVs. From 49fe35b to ~10:40 the columns were as now, pros' rows
+    included (594 MB, 3.72M rows against the refit's 3.71M; 594 MB for the backtest, whose
+    CSVs are 565 MB), written one after the other.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -347,52 +350,73 @@ def io_floor(folder: Path, scratch: Path, season: int | None = None) -> dict:
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
 
+    import pandas as pd
+
     from racedayai_bayes.lib.data import contracts
-    from racedayai_bayes.lib.data.contracts import MAX_TOTAL_SEC, MIN_TOTAL_SEC
+    from racedayai_bayes.lib.data.frame import MODEL_DISTANCES
     from racedayai_bayes.lib.outputs.io import csv_write_options
 
     names = (contracts.RACE_FILE, contracts.PROFILE_FILE, contracts.CLUSTER_FILE)
     text = pacsv.ConvertOptions(column_types={"event_distance": pa.string(), "athlete_hash": pa.string()})
-    # the untimed read: is_pro as text, whatever spellings the file uses (the contract's true ones below)
-    races = pacsv.read_csv(folder / contracts.RACE_FILE, convert_options=pacsv.ConvertOptions(
-        column_types={"event_distance": pa.string(), "athlete_hash": pa.string(), "is_pro": pa.string()},
-        include_columns=["athlete_hash", "is_pro", "event_name", "event_year", "event_distance", "total_sec"]))
-    pro = pc.fill_null(pc.is_in(pc.utf8_lower(pc.utf8_trim_whitespace(races["is_pro"])),
-                                value_set=pa.array(["true", "1", "1.0", "yes", "t", "y"])), False)
-    total = races["total_sec"]
-    modelled = pc.and_(pc.invert(pro), pc.and_(pc.greater(total, MIN_TOTAL_SEC), pc.less(total, MAX_TOTAL_SEC)))
-    modelled = pc.and_(modelled, pc.is_valid(races["event_year"]))
+    # The untimed read is the timed one's twin, in this process: the memory it frees stays in
+    # Arrow's pool for the timed reads, as the floors have always had it. Reading the file
+    # through the contract (lib/data/contracts.read_races) instead, even in another process,
+    # made the timed reads 10-15 s against 3.8-5.2 s (the memory it freed had gone back to the
+    # host: see the README's "Measured here"). So the refit's rules are applied here to
+    # Arrow's columns, read as the contract reads them (lib/data/frame.frame_rules).
+    races = pacsv.read_csv(folder / contracts.RACE_FILE, convert_options=text)
+
+    def number(column) -> np.ndarray:  # as contracts._numeric: not a finite number is missing
+        try:
+            values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            values = pd.to_numeric(pd.Series(column.to_pandas()), errors="coerce").to_numpy(dtype=np.float64)
+        values = np.asarray(values, dtype=np.float64).copy()
+        values[~np.isfinite(values)] = np.nan
+        return values
+
+    def trimmed(column):  # the contract trims every text cell; a blank one is missing
+        out = pc.utf8_trim_whitespace(pc.cast(column, pa.string()))
+        return pc.if_else(pc.equal(out, ""), pa.scalar(None, pa.string()), out)
+
+    pro = pc.fill_null(pc.is_in(pc.utf8_lower(trimmed(races["is_pro"])), value_set=pa.array(sorted(contracts._TRUE))),
+                       False).to_numpy(zero_copy_only=False)
+    distance = trimmed(races["event_distance"])
+    for spelled, canonical in contracts._DISTANCE_SPELLINGS.items():
+        distance = pc.if_else(pc.equal(distance, spelled), canonical, distance)
+    total, year = number(races["total_sec"]), number(races["event_year"])
+    year[(year < contracts.FIRST_SEASON) | (year > contracts.last_plausible_season())] = np.nan
+    keep = ~pro & ~np.isnan(total) & (total > contracts.MIN_TOTAL_SEC) & (total < contracts.MAX_TOTAL_SEC) & ~np.isnan(year)
     if season is not None:
-        modelled = pc.and_(modelled, pc.less_equal(races["event_year"], season))
-    keep = {}
-    for d in ("70.3", "140.6"):
-        mask = pc.fill_null(pc.and_(pc.equal(races["event_distance"], d), modelled), False)
-        keep[d] = races.filter(mask).select(["athlete_hash", "event_distance", "event_year", "total_sec", "event_name"])
-    del races
-    # the prediction columns made before the clock starts: the floor times reads and writes only
+        keep &= year <= season
     fraction = np.random.default_rng(0)
     tables = {}
-    for d, table in keep.items():
-        n = table.num_rows
-        values = table["total_sec"].to_numpy(zero_copy_only=False).astype(np.float64)
+    for d in MODEL_DISTANCES:
+        rows = keep & pc.fill_null(pc.equal(distance, d), False).to_numpy(zero_copy_only=False)
+        n = int(rows.sum())
+        values = total[rows]
         tables[d] = pa.table({
-            "athlete_hash": table["athlete_hash"], "event_distance": table["event_distance"],
-            "event_year": table["event_year"], "total_sec": table["total_sec"],
+            "athlete_hash": trimmed(races["athlete_hash"]).filter(rows), "event_distance": distance.filter(rows),
+            "event_year": pa.array(year[rows].astype(np.int64)), "total_sec": pa.array(values),
             **{c: pa.array(values * (1.0 + 0.01 * k) + fraction.random(n)) for k, c in enumerate(
                 ("bayes_pred", "bayes_std", "bayes_p05", "bayes_p50", "bayes_p95"))},
-            "model": pa.array(["forecast"] * n), "event_name": table["event_name"], "held_out": pa.array(np.zeros(n, bool)),
+            "model": pa.array(["forecast"] * n), "event_name": trimmed(races["event_name"]).filter(rows),
+            "held_out": pa.array(np.zeros(n, bool)),
         })
-    del keep
+    del races, distance
+
+    def needs_quotes(table) -> bool:  # a comma, quote or line break in a text: the refit's options refuse it
+        return any(pc.any(pc.match_substring_regex(table[c], r'[,"\r\n]')).as_py()
+                   for c in table.column_names if pa.types.is_string(table[c].type) or pa.types.is_large_string(table[c].type))
+
+    quoted = [d for d, t in tables.items() if needs_quotes(t)]
+    options = {d: pacsv.WriteOptions(quoting_style="needed", quoting_header="none") if d in quoted
+               else csv_write_options() for d in tables}
     scratch.mkdir(parents=True, exist_ok=True)
-    fallback = []
 
     def write(d: str) -> int:
         path = scratch / f"floor_{d}.csv"
-        try:
-            pacsv.write_csv(tables[d], path, csv_write_options())
-        except pa.ArrowInvalid:  # a text that needs quotes: the refit writes such a file with pandas instead
-            fallback.append(d)
-            pacsv.write_csv(tables[d], path)
+        pacsv.write_csv(tables[d], path, options[d])
         return path.stat().st_size
 
     t0 = time.perf_counter()
@@ -404,9 +428,9 @@ def io_floor(folder: Path, scratch: Path, season: int | None = None) -> dict:
         written = sum(pool.map(write, list(tables)))
     t_write = time.perf_counter() - t1
     out = {"read_s": round(t_read, 2), "write_s": round(t_write, 2), "total_s": round(t_read + t_write, 2),
-           "rows": {d: v.num_rows for d, v in tables.items()}, "bytes": written}
-    if fallback:
-        out["quoted"] = fallback  # written with Arrow's default options: the refit's own would refuse a value
+           "rows": {d: t.num_rows for d, t in tables.items()}, "bytes": written}
+    if quoted:
+        out["quoted"] = quoted  # written with the values that need quotes quoted
     return out
 
 
