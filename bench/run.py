@@ -323,11 +323,10 @@ def io_floor(folder: Path, scratch: Path, season: int | None = None) -> dict:
     models chosen by its rules (lib/data/frame.frame_rules, on the columns as the data
     contract reads them: trimmed text, is_pro's and event_distance's spellings, numbers and
     seasons; with ``season``, a backtest's, none after that season, as lib/data/split.py
-    drops them). The written tables have the
-    prediction CSVs' twelve columns and one row per such race, and numbers of the same
-    length: a forecast is a float at full precision, which Arrow writes in shortest
-    round-trip form (about 17 digits: 19093.577876091553), so each prediction column is the
-    race's time, scaled, plus a seeded fraction of a second. They are written with the
+    drops them). The written tables have the prediction CSVs' twelve columns and one row per
+    such race, and numbers of the same length: a forecast is a float at full precision, which
+    Arrow writes in shortest round-trip form (about 17 digits: 19093.577876091553), so each
+    prediction column is the race's time, scaled, plus a seeded fraction of a second. They are written with the
     refit's writer options (lib/outputs/io.csv_write_options: values unquoted), or, if a text
     needs quotes (the refit then writes with pandas, which quotes only such values), with
     Arrow's quoting of only those values: chosen before the clock starts. The two distances'
@@ -346,11 +345,10 @@ def io_floor(folder: Path, scratch: Path, season: int | None = None) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
+    import pandas as pd
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
-
-    import pandas as pd
 
     from racedayai_bayes.lib.data import contracts
     from racedayai_bayes.lib.data.frame import MODEL_DISTANCES
