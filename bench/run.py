@@ -987,7 +987,10 @@ def _refit_lines(title: str, fs: dict) -> list[str]:
              f"{'all pass' if fs['all_error_checks_passed'] else 'SOME FAILED'} | {fs['exit_code']} |", ""]
     floor_bytes = fs["io_floor_after"].get("bytes")
     if floor_bytes and fs.get("prediction_csv_bytes"):
-        lines += [f"The floor wrote {floor_bytes / 1e6:,.0f} MB of CSV with the refit's writer options; the refit's "
+        quoted = fs["io_floor_after"].get("quoted")
+        how = (f"with the values that need quotes quoted ({', '.join(quoted)}: the refit's options refuse them)"
+               if quoted else "with the refit's writer options")
+        lines += [f"The floor wrote {floor_bytes / 1e6:,.0f} MB of CSV {how}; the refit's "
                   f"prediction CSVs are {fs['prediction_csv_bytes'] / 1e6:,.0f} MB (bench/run.py io_floor).", ""]
     cores = fs.get("machine_cpus") or 1
     if "cpu_system_s" in fs:
