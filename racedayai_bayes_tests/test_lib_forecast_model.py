@@ -756,13 +756,16 @@ def test_an_athlete_season_table_out_of_order_is_an_error_not_a_leak():
     """As-of totals read each athlete's seasons as a prefix up to the cut: a table whose
     athlete has a later season before an earlier one would sum the later one in. It is an
     error, which says how to make the table again."""
-    from racedayai_bayes.lib.data.history import SEASON_COLUMNS, as_of_rows
+    from racedayai_bayes.lib.data.history import SEASON_COLUMNS, as_of_athletes
 
-    table = pd.DataFrame({"athlete_hash": pd.array(["a", "a", "a", "b"], dtype="string"),
-                          "event_year": np.array([2023, 2026, 2024, 2020]),
-                          **{c: np.ones(4) for c in SEASON_COLUMNS}, "best": np.full(4, 5000.0)})
+    table = pd.DataFrame({"athlete_hash": pd.array(["a", "a", "a", "b", "c"], dtype="string"),
+                          "event_year": np.array([2023, 2026, 2024, 2020, 2027]),
+                          **{c: np.ones(5) for c in SEASON_COLUMNS}, "best": np.array([5000.0, 4000, 4500, 6000, 3000])})
+    athlete_of = np.array([0, 0, 0, 1, 2])
     with pytest.raises(ValueError, match="not sorted by athlete, then season.*materialise it again"):
-        as_of_rows(table, 2025)
-    ordered = table.iloc[[0, 2, 1, 3]].reset_index(drop=True)
-    (values, last), = as_of_rows(ordered, 2025)
-    assert list(last) == [1, 3] and values["starts_0"].tolist() == [2.0, 1.0]  # a's 2023 and 2024 only
+        as_of_athletes(table, 2025, athlete_of=athlete_of, athletes=3)
+    ordered = table.iloc[[0, 2, 1, 3, 4]].reset_index(drop=True)
+    before, through = as_of_athletes(ordered, 2025, 2027, athlete_of=athlete_of, athletes=3)
+    assert before["starts_0"].tolist() == [2.0, 1.0, 0.0]  # a's 2023 and 2024 only; c none yet
+    assert before["best"].tolist() == [4500.0, 6000.0, np.inf]
+    assert through["starts_0"].tolist() == [3.0, 1.0, 0.0] and through["best"].tolist() == [4000.0, 6000.0, np.inf]

@@ -326,3 +326,26 @@ def test_edition_relative_is_log_time_minus_its_editions_median_among_counted_fi
     np.testing.assert_array_equal(out, expected)
     assert np.isnan(out[~use]).all() and np.isfinite(out[use]).all()
     assert np.isnan(edition_relative(races, np.zeros(n, dtype=bool))).all()
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1000])
+def test_history_columns_in_chunks_are_history_columns_bit_for_bit(chunk):
+    """The athlete table's history columns, made a chunk of athletes at a time, are the same
+    numbers as made at once, whatever the chunk (a ragged last chunk included), for either
+    distance's rows."""
+    from racedayai_bayes.lib.data import history
+
+    rng = np.random.default_rng(3)
+    n = 7
+    cum = {name: rng.integers(0, 3, n).astype(np.float64) for name in history.SEASON_COLUMNS}
+    for name in ("sumrel_0", "sumrel_1", "debut_sumrel_0", "debut_sumrel_1"):
+        cum[name] = rng.normal(0, 0.1, n)
+    cum["best"] = np.where(rng.random(n) < 0.3, np.inf, rng.uniform(15000, 40000, n))
+    for own in (False, True):
+        whole = history.history_columns(cum, np.full(n, own))
+        chunked = history.history_columns_in_chunks(cum, own, chunk=chunk)
+        assert list(chunked) == list(whole)
+        for name in whole:
+            assert chunked[name].tobytes() == whole[name].tobytes(), name
+    empty = history.history_columns_in_chunks({name: np.zeros(0) for name in cum}, True, chunk=chunk)
+    assert set(empty) == set(history.HISTORY_COLUMNS) and all(len(v) == 0 for v in empty.values())

@@ -356,18 +356,21 @@ def _running_columns(table: pd.DataFrame, new_athlete: np.ndarray, pool: Executo
             yield names[i + 1], ahead.result()
 
 
-def as_of_rows(table: pd.DataFrame, *seasons: int,
-               new_athlete: np.ndarray | None = None) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
-    """For each of ``seasons``: each athlete's totals over its seasons strictly before it
-    (what a race in that season knows, the same numbers a race of that season gets in the
-    model frame, bit for bit: the running totals of :func:`cumulated_totals`, through the athlete's
-    last season before it), and the position in ``table`` of that last season.
+def as_of_athletes(table: pd.DataFrame, *seasons: int, athlete_of: np.ndarray, athletes: int,
+                   new_athlete: np.ndarray | None = None) -> list[dict[str, np.ndarray]]:
+    """For each of ``seasons``: each athlete's totals over its seasons strictly before it (what
+    a race in that season knows, the same numbers a race of that season gets in the model
+    frame, bit for bit: the running totals of :func:`cumulated_totals`, through the athlete's
+    last season before it), one array of ``athletes`` values per name of :data:`TOTAL_COLUMNS`;
+    an athlete without a season before it has none (0, and inf for ``best``).
 
-    ``table`` is sorted by athlete, then season (:func:`season_table`); a table whose
-    athlete has a season out of order is a ValueError (a later season among the ones before
-    a cut would be summed into it). The running totals are made once for every cut, one
-    column at a time: a prefix of an athlete's seasons sums to the same numbers whatever
-    follows it. ``new_athlete``: :func:`athlete_runs` of the table, if the caller has it.
+    ``table`` is sorted by athlete, then season (:func:`season_table`); ``athlete_of`` gives
+    each of its rows' athlete (0 to ``athletes`` - 1; a row whose athlete is not counted has a
+    season after every cut). A table whose athlete has a season out of order is a ValueError
+    (a later season among the ones before a cut would be summed into it). The running totals
+    are made once for every cut, one column at a time (a prefix of an athlete's seasons sums to
+    the same numbers whatever follows it), and each column's values go straight into the
+    athletes' arrays. ``new_athlete``: :func:`athlete_runs` of the table, if the caller has it.
     """
     if new_athlete is None:
         new_athlete = athlete_runs(table["athlete_hash"])
@@ -381,11 +384,14 @@ def as_of_rows(table: pd.DataFrame, *seasons: int,
         # an athlete's seasons before the cut are a prefix of its rows: the last is followed
         # by another athlete, by a later season, or by the end of the table
         after = np.r_[new_athlete[1:], True] | ~np.r_[before[1:], False]
-        lasts.append(np.flatnonzero(before & after))
-    out = [({}, last) for last in lasts]
+        last = np.flatnonzero(before & after)
+        lasts.append((last, np.asarray(athlete_of)[last]))
+    out = [{} for _ in seasons]
     for name, running in _running_columns(table, new_athlete):
-        for (values, last) in out:
-            values[name] = running[last]
+        for values, (last, whose) in zip(out, lasts):
+            column = np.full(athletes, np.inf if name == "best" else 0.0)
+            column[whose] = running[last]
+            values[name] = column
     return out
 
 
@@ -417,6 +423,26 @@ def history_columns(cum: pd.DataFrame | dict[str, np.ndarray], own_is_1: np.ndar
     out["hist_rel_other_at_debut"] = np.where(out["hist_finishes_same"] > 0, kept, out["hist_rel_other"])
     best = col("best")
     out["hist_best_sec"] = np.where(np.isfinite(best), best, np.nan)
+    return out
+
+
+def history_columns_in_chunks(cum: dict[str, np.ndarray], own_is_1: bool | np.ndarray,
+                              chunk: int = HISTORY_CHUNK_ROWS) -> dict[str, np.ndarray]:
+    """:func:`history_columns` of long arrays, made a chunk of rows at a time into arrays made
+    once: the same numbers (each value is computed from its own row alone), without a
+    temporary array of every row for each step of the arithmetic (at full scale about 10 MB
+    each, and fresh memory costs this VM system time: lib/data/frame.py)."""
+    n = len(next(iter(cum.values()))) if cum else 0
+    own = np.broadcast_to(np.asarray(own_is_1, dtype=bool), (n,))
+    if n == 0:
+        return history_columns(cum, own)
+    out: dict[str, np.ndarray] = {}
+    for start in range(0, n, chunk):
+        part = slice(start, min(start + chunk, n))
+        for name, values in history_columns({c: v[part] for c, v in cum.items()}, own[part]).items():
+            if name not in out:
+                out[name] = np.empty(n, dtype=values.dtype)
+            out[name][part] = values
     return out
 
 

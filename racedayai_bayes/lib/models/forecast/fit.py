@@ -29,12 +29,12 @@ from racedayai_bayes.lib.data.history import (
     HISTORY_COLUMNS,
     LEVEL_COLUMNS,
     SEASON_COLUMNS,
-    as_of_rows,
+    as_of_athletes,
     athlete_codes,
     athlete_runs,
     earlier_season_sums,
     first_appearance,
-    history_columns,
+    history_columns_in_chunks,
     index_in,
     season_sums,
 )
@@ -451,7 +451,7 @@ class FittedForecast(FittedModel):
         # not in it). The season table itself is not cut to those seasons: a copy of the
         # seasons up to the held-out one (most of the table, 250 MB at full scale, when the
         # season before the latest is held out), and the running totals of an athlete's
-        # seasons up to a cut are the same numbers whatever follows them (as_of_rows checks
+        # seasons up to a cut are the same numbers whatever follows them (as_of_athletes checks
         # that each athlete's seasons are in order)
         new_athlete = athlete_runs(seasons["athlete_hash"])
         row_athlete = np.cumsum(new_athlete) - 1  # each season row's athlete, in table order
@@ -469,22 +469,19 @@ class FittedForecast(FittedModel):
         # athlete the table does not know, are in no athlete's sums)
         sums = season_sums(index_in(rows["athlete_hash"], athletes), rows["event_year"].to_numpy(dtype=np.int64),
                            {"a": wr, "w": w})
-        own_is_1 = np.full(k, self.distance == MODEL_DISTANCES[1])
+        own_is_1 = self.distance == MODEL_DISTANCES[1]
         columns = {"athlete_hash": athletes}
         cuts = (("before", season), ("through", season + 1))
-        as_of = as_of_rows(seasons, *(at for _, at in cuts), new_athlete=new_athlete)
+        # each cut's totals straight into per-athlete arrays (at full scale ~10 MB each, 15
+        # columns and two cuts), each cut's dropped once its history columns are made
+        as_of = as_of_athletes(seasons, *(at for _, at in cuts), athlete_of=athlete_of, athletes=k,
+                               new_athlete=new_athlete)
         for cut, at in cuts:
-            running, last = as_of.pop(0)
+            cum = as_of.pop(0)
             per_athlete = sums.before(k, at) if sums is not None else {"a": np.zeros(k), "w": np.zeros(k)}
             columns[f"{cut}_a"] = per_athlete["a"]
             columns[f"{cut}_w"] = per_athlete["w"]
-            cum = {}
-            for c in list(running):
-                # each season column's totals, spread over every athlete: the cut's own copy
-                # is dropped at once (at full scale each is ~10 MB, 15 columns and two cuts)
-                cum[c] = np.full(k, np.inf if c == "best" else 0.0)
-                cum[c][athlete_of[last]] = running.pop(c)
-            for name, values in history_columns(cum, own_is_1).items():
+            for name, values in history_columns_in_chunks(cum, own_is_1).items():
                 columns[f"{cut}_{name}"] = values
             del cum
         table = pd.DataFrame(columns, copy=False)  # one array per column, none copied
