@@ -121,6 +121,28 @@ def test_forecasts_do_not_depend_on_the_chunk_of_rows(world, fitted):
         np.testing.assert_allclose(density, whole["log_density"], rtol=1e-13, atol=0, err_msg=f"log_density, chunk_rows={chunk}")
 
 
+def test_raw_covariates_do_not_depend_on_the_chunk_of_rows(world, monkeypatch):
+    """raw_covariates makes its rows a chunk at a time: every covariate, the debut ones an
+    older encoding reads included, is the same number bit for bit whatever the chunk (a
+    ragged last chunk too), also from nullable columns; rows that predate a history column
+    an encoding reads get the clear error, not a KeyError."""
+    rows, _ = world
+    names = fdesign.COVARIATES + tuple(n for n in fdesign.DEBUT_ROW_COVARIATES if n not in fdesign.COVARIATES)
+    monkeypatch.setattr(fdesign, "RAW_CHUNK_ROWS", len(rows) + 1)
+    whole = fdesign.raw_covariates(rows, 0.02, names)
+    assert whole.shape == (len(rows), len(names)) and np.isfinite(whole).all()
+    for chunk in (1, 37, 1000):
+        monkeypatch.setattr(fdesign, "RAW_CHUNK_ROWS", chunk)
+        assert fdesign.raw_covariates(rows, 0.02, names).tobytes() == whole.tobytes(), chunk
+    nullable = rows.astype({"hist_starts": "Int64", "hist_rel_other": "Float64"})
+    assert fdesign.raw_covariates(nullable, 0.02, names).tobytes() == whole.tobytes()
+    assert fdesign.raw_covariates(rows.iloc[:0], 0.02, names).shape == (0, len(names))
+    with pytest.raises(ValueError, match="no as-of history column 'hist_unfinished_debut'.*materialise"):
+        fdesign.raw_covariates(rows.drop(columns="hist_unfinished_debut"), 0.02, names)
+    with pytest.raises(ValueError, match="unknown forecast covariates"):
+        fdesign.raw_covariates(rows, 0.02, ("returning", "no_such"))
+
+
 def test_forecasts_are_the_mixture_over_draws_of_the_documented_normal(world, fitted):
     """Every summary of a forecast, against the module docstring's formula computed here from
     the draws and the design alone (none of predict.py's tables): per draw d, log time is

@@ -68,39 +68,80 @@ DEBUT_ROW_COVARIATES = (
 BLOCKS = ("gender", "cell", "course", "slope")
 
 
+# raw_covariates' rows per chunk: each chunk's arrays (a few MB) are reused from one chunk to the
+# next, where a pass over every row made a fresh array per step of the arithmetic (at full
+# scale 18 MB each: +378 MB for a 161 MB result, 2026-12-07), and fresh memory costs this VM
+# system time (lib/data/frame.py)
+RAW_CHUNK_ROWS = 65_536
+
+
 def raw_covariates(rows: pd.DataFrame, other_center: float, names: tuple[str, ...] = COVARIATES) -> np.ndarray:
     """The covariates ``names`` (of :data:`COVARIATES` and :data:`DEBUT_ROW_COVARIATES`) before
     standardisation, shape (rows, len(names)).
 
     An encoding keeps the names it was fitted with: an artifact written before a covariate was
-    added reads its own columns."""
-    starts = rows["hist_starts"].to_numpy(dtype=np.float64)
-    same = rows["hist_starts_same"].to_numpy(dtype=np.float64)
-    other_fin = rows["hist_finishes_other"].to_numpy(dtype=np.float64)
-    rel = rows["hist_rel_other"].to_numpy(dtype=np.float64, na_value=np.nan)
+    added reads its own columns. Made :data:`RAW_CHUNK_ROWS` rows at a time into one array:
+    every value depends on its own row only, so the numbers are those of one pass."""
+    unknown = [n for n in names if n not in _COVARIATE_MAKERS]
+    if unknown:
+        raise ValueError(f"unknown forecast covariates {unknown}; known: {list(_COVARIATE_MAKERS)}")
+    n = len(rows)
+    if not names:
+        return np.zeros((n, 0))
+    needed = {"hist_starts", "hist_starts_same", "hist_finishes_other", "hist_rel_other", "hist_dnf"}
+    if "unfinished_debut" in names:
+        needed.add(_history_column(rows, "hist_unfinished_debut"))
+    if {"has_other_at_debut", "other_level_at_debut"} & set(names):
+        needed.add(_history_column(rows, "hist_rel_other_at_debut"))
+    columns = {c: rows[c].array for c in needed}
+    out = np.empty((n, len(names)))
+    for lo in range(0, n, RAW_CHUNK_ROWS):
+        hi = min(lo + RAW_CHUNK_ROWS, n)
+        out[lo:hi] = _raw_block({c: a[lo:hi] for c, a in columns.items()}, other_center, names)
+    return out
+
+
+def _raw_block(columns: dict, other_center: float, names: tuple[str, ...]) -> np.ndarray:
+    """:func:`raw_covariates` of one chunk of rows (``columns``: each column's values there)."""
+    def floats(column: str) -> np.ndarray:  # a level column: NaN where missing
+        return columns[column].to_numpy(dtype=np.float64, na_value=np.nan)
+
+    def counts(column: str) -> np.ndarray:  # a count column: a missing count is an error, as a frame's
+        return columns[column].to_numpy(dtype=np.float64)
+
+    starts = counts("hist_starts")
+    same = counts("hist_starts_same")
+    other_fin = counts("hist_finishes_other")
+    rel = floats("hist_rel_other")
     has_other = (other_fin > 0) & np.isfinite(rel)
     level = np.nan_to_num(np.where(has_other, rel - other_center, 0.0))
-    debut = (same == 0).astype(np.float64)
-    make = {
-        "returning": lambda: (~first_race(rows)).astype(np.float64),
-        "log_starts_same": lambda: np.log1p(same),
-        "log_starts_other": lambda: np.log1p(starts - same),
-        "has_other": lambda: has_other.astype(np.float64),
-        "other_level": lambda: level,
-        "log_dnf": lambda: np.log1p(rows["hist_dnf"].to_numpy(dtype=np.float64)),
-        "debut_has_other": lambda: debut * has_other,
-        "debut_other_level": lambda: debut * level,
-        "debut_other_level_settled": lambda: np.where(has_other, debut * level * other_fin / (other_fin + 1.0), 0.0),
-        "unfinished_debut": lambda: _history(rows, "hist_unfinished_debut"),
-        "has_other_at_debut": lambda: np.isfinite(_at_debut(rows)).astype(np.float64),
-        "other_level_at_debut": lambda: np.nan_to_num(_at_debut(rows) - other_center, nan=0.0),
-    }
-    unknown = [n for n in names if n not in make]
-    if unknown:
-        raise ValueError(f"unknown forecast covariates {unknown}; known: {list(make)}")
-    if not names:
-        return np.zeros((len(rows), 0))
-    return np.column_stack([make[n]() for n in names])
+    parts = {"starts": starts, "same": same, "other_fin": other_fin, "has_other": has_other, "level": level,
+             "debut": (same == 0).astype(np.float64), "floats": floats, "counts": counts, "columns": columns}
+    return np.column_stack([_COVARIATE_MAKERS[n](parts, other_center) for n in names])
+
+
+def _at_debut_of(p: dict) -> np.ndarray:
+    return p["floats"]("hist_rel_other_at_debut")
+
+
+# each covariate of one chunk, from _raw_block's parts: the chunk's common arrays, its
+# ``columns`` (first_race reads them as it reads a frame's), and a column of the chunk as
+# float64 (``floats``: NaN where missing; ``counts``)
+_COVARIATE_MAKERS = {
+    "returning": lambda p, c: (~first_race(p["columns"])).astype(np.float64),
+    "log_starts_same": lambda p, c: np.log1p(p["same"]),
+    "log_starts_other": lambda p, c: np.log1p(p["starts"] - p["same"]),
+    "has_other": lambda p, c: p["has_other"].astype(np.float64),
+    "other_level": lambda p, c: p["level"],
+    "log_dnf": lambda p, c: np.log1p(p["counts"]("hist_dnf")),
+    "debut_has_other": lambda p, c: p["debut"] * p["has_other"],
+    "debut_other_level": lambda p, c: p["debut"] * p["level"],
+    "debut_other_level_settled": lambda p, c: np.where(
+        p["has_other"], p["debut"] * p["level"] * p["other_fin"] / (p["other_fin"] + 1.0), 0.0),
+    "unfinished_debut": lambda p, c: p["floats"]("hist_unfinished_debut"),
+    "has_other_at_debut": lambda p, c: np.isfinite(_at_debut_of(p)).astype(np.float64),
+    "other_level_at_debut": lambda p, c: np.nan_to_num(_at_debut_of(p) - c, nan=0.0),
+}
 
 
 STALE_HINT = ("stored by an older version of the pipeline: materialise model_frame and athlete_seasons again "
@@ -113,6 +154,13 @@ def _history(rows: pd.DataFrame, column: str) -> np.ndarray:
         raise ValueError(f"the rows have no as-of history column {column!r}, which the forecast covariates read: "
                          f"they were {STALE_HINT}")
     return rows[column].to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _history_column(rows: pd.DataFrame, column: str) -> str:
+    """``column``, if the rows have it; the clear error of :func:`_history` if they predate it."""
+    if column not in rows.columns:
+        _history(rows, column)
+    return column
 
 
 def _at_debut(rows: pd.DataFrame) -> np.ndarray:
