@@ -431,7 +431,7 @@ def history_columns_in_chunks(cum: dict[str, np.ndarray], own_is_1: bool | np.nd
     """:func:`history_columns` of long arrays, made a chunk of rows at a time into arrays made
     once: the same numbers (each value is computed from its own row alone), without a
     temporary array of every row for each step of the arithmetic (at full scale about 10 MB
-    each, and fresh memory costs this VM system time: lib/data/frame.py)."""
+    each, and fresh memory costs this VM system time: step_server.STEP_MALLOC_ENV)."""
     n = len(next(iter(cum.values()))) if cum else 0
     own = np.broadcast_to(np.asarray(own_is_1, dtype=bool), (n,))
     if n == 0:

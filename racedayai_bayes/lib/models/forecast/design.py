@@ -71,7 +71,7 @@ BLOCKS = ("gender", "cell", "course", "slope")
 # raw_covariates' rows per chunk: each chunk's arrays (a few MB) are reused from one chunk to the
 # next, where a pass over every row made a fresh array per step of the arithmetic (at full
 # scale 18 MB each: +378 MB for a 161 MB result, 2026-12-07), and fresh memory costs this VM
-# system time (lib/data/frame.py)
+# system time (step_server.STEP_MALLOC_ENV)
 RAW_CHUNK_ROWS = 65_536
 
 
