@@ -121,6 +121,34 @@ def test_forecasts_do_not_depend_on_the_chunk_of_rows(world, fitted):
         np.testing.assert_allclose(density, whole["log_density"], rtol=1e-13, atol=0, err_msg=f"log_density, chunk_rows={chunk}")
 
 
+def test_raw_covariates_are_their_documented_formulas():
+    """Each covariate of two rows worked out by hand: a first race (no history, no other-distance
+    level) and a returning athlete with three earlier starts (one here, two at the other
+    distance, both finished, one start without a finish) whose other-distance level was 0.03
+    at the first finish here and is 0.05 now."""
+    rows = pd.DataFrame({"hist_starts": np.array([0, 3], dtype=np.int32), "hist_starts_same": np.array([0, 1], dtype=np.int32),
+                         "hist_finishes_other": np.array([0, 2], dtype=np.int32), "hist_rel_other": [np.nan, 0.05],
+                         "hist_dnf": np.array([0, 1], dtype=np.int32), "hist_unfinished_debut": np.array([1, 0], dtype=np.int32),
+                         "hist_rel_other_at_debut": [np.nan, 0.03]})
+    c = 0.01
+    names = fdesign.COVARIATES + tuple(n for n in fdesign.DEBUT_ROW_COVARIATES if n not in fdesign.COVARIATES)
+    got = dict(zip(names, fdesign.raw_covariates(rows, c, names).T))
+    expected = {
+        "returning": [0, 1], "log_starts_same": [0, np.log(2)], "log_starts_other": [0, np.log(3)],
+        "has_other": [0, 1], "other_level": [0, 0.05 - c], "log_dnf": [0, np.log(2)], "unfinished_debut": [1, 0],
+        "has_other_at_debut": [0, 1], "other_level_at_debut": [0, 0.03 - c],
+        # debut-row covariates (older encodings): the returning row is not a debut here (one earlier start)
+        "debut_has_other": [0, 0], "debut_other_level": [0, 0], "debut_other_level_settled": [0, 0],
+    }
+    assert set(expected) == set(names)
+    for name, values in expected.items():
+        np.testing.assert_allclose(got[name], values, rtol=0, atol=1e-15, err_msg=name)
+    debut = rows.assign(hist_starts_same=np.array([0, 0], dtype=np.int32))  # the returning row a debut here
+    got = dict(zip(names, fdesign.raw_covariates(debut, c, names).T))
+    np.testing.assert_allclose([got["debut_has_other"][1], got["debut_other_level"][1], got["debut_other_level_settled"][1]],
+                               [1, 0.05 - c, (0.05 - c) * 2 / 3], rtol=1e-15)
+
+
 def test_raw_covariates_do_not_depend_on_the_chunk_of_rows(world, monkeypatch):
     """raw_covariates makes its rows a chunk at a time: every covariate, the debut ones an
     older encoding reads included, is the same number bit for bit whatever the chunk (a
@@ -136,9 +164,12 @@ def test_raw_covariates_do_not_depend_on_the_chunk_of_rows(world, monkeypatch):
         assert fdesign.raw_covariates(rows, 0.02, names).tobytes() == whole.tobytes(), chunk
     nullable = rows.astype({"hist_starts": "Int64", "hist_rel_other": "Float64"})
     assert fdesign.raw_covariates(nullable, 0.02, names).tobytes() == whole.tobytes()
+    arrow = rows.astype({"hist_dnf": "int64[pyarrow]", "hist_rel_other_at_debut": "double[pyarrow]"})
+    assert fdesign.raw_covariates(arrow, 0.02, names).tobytes() == whole.tobytes()
     assert fdesign.raw_covariates(rows.iloc[:0], 0.02, names).shape == (0, len(names))
-    with pytest.raises(ValueError, match="no as-of history column 'hist_unfinished_debut'.*materialise"):
-        fdesign.raw_covariates(rows.drop(columns="hist_unfinished_debut"), 0.02, names)
+    for column in ("hist_unfinished_debut", "hist_rel_other_at_debut"):
+        with pytest.raises(ValueError, match=f"no as-of history column '{column}'.*materialise"):
+            fdesign.raw_covariates(rows.drop(columns=column), 0.02, names)
     with pytest.raises(ValueError, match="unknown forecast covariates"):
         fdesign.raw_covariates(rows, 0.02, ("returning", "no_such"))
 
@@ -791,3 +822,6 @@ def test_an_athlete_season_table_out_of_order_is_an_error_not_a_leak():
     assert before["starts_0"].tolist() == [2.0, 1.0, 0.0]  # a's 2023 and 2024 only; c none yet
     assert before["best"].tolist() == [4500.0, 6000.0, np.inf]
     assert through["starts_0"].tolist() == [3.0, 1.0, 0.0] and through["best"].tolist() == [4000.0, 6000.0, np.inf]
+    # a season row numbered for an athlete it is not (b's row read as a's) would overwrite a's totals
+    with pytest.raises(ValueError, match="do not number 3 athletes one each"):
+        as_of_athletes(ordered, 2025, athlete_of=np.array([0, 0, 0, 0, 2]), athletes=3)

@@ -332,7 +332,7 @@ def test_edition_relative_is_log_time_minus_its_editions_median_among_counted_fi
 def test_history_columns_in_chunks_are_history_columns_bit_for_bit(chunk):
     """The athlete table's history columns, made a chunk of athletes at a time, are the same
     numbers as made at once, whatever the chunk (a ragged last chunk included), for either
-    distance's rows."""
+    distance's rows, or both mixed."""
     from racedayai_bayes.lib.data import history
 
     rng = np.random.default_rng(3)
@@ -341,8 +341,9 @@ def test_history_columns_in_chunks_are_history_columns_bit_for_bit(chunk):
     for name in ("sumrel_0", "sumrel_1", "debut_sumrel_0", "debut_sumrel_1"):
         cum[name] = rng.normal(0, 0.1, n)
     cum["best"] = np.where(rng.random(n) < 0.3, np.inf, rng.uniform(15000, 40000, n))
-    for own in (False, True):
-        whole = history.history_columns(cum, np.full(n, own))
+    mixed = rng.random(n) < 0.5  # rows of either distance side by side
+    for own in (False, True, mixed):
+        whole = history.history_columns(cum, np.broadcast_to(own, (n,)))
         chunked = history.history_columns_in_chunks(cum, own, chunk=chunk)
         assert list(chunked) == list(whole)
         for name in whole:

@@ -65,7 +65,12 @@ HISTORY_COLUMNS = (*COUNT_COLUMNS, *LEVEL_COLUMNS)
 
 def first_race(frame: pd.DataFrame) -> np.ndarray:
     """True for rows with no earlier start at either distance (the one definition of a first race)."""
-    return frame["hist_starts"].to_numpy() == 0
+    return no_earlier_start(frame["hist_starts"].to_numpy())
+
+
+def no_earlier_start(hist_starts: np.ndarray) -> np.ndarray:
+    """:func:`first_race` of the rows' ``hist_starts`` values (a chunk of rows' column, say)."""
+    return np.asarray(hist_starts) == 0
 
 
 @dataclass
@@ -385,7 +390,13 @@ def as_of_athletes(table: pd.DataFrame, *seasons: int, athlete_of: np.ndarray, a
         # by another athlete, by a later season, or by the end of the table
         after = np.r_[new_athlete[1:], True] | ~np.r_[before[1:], False]
         last = np.flatnonzero(before & after)
-        lasts.append((last, np.asarray(athlete_of)[last]))
+        whose = np.asarray(athlete_of)[last]
+        # one last season per athlete, athletes in table order: increasing numbers in range (a
+        # row numbered for an athlete it is not would overwrite that athlete's totals)
+        if len(whose) and (whose[0] < 0 or whose[-1] >= athletes or (np.diff(whose) <= 0).any()):
+            raise ValueError(f"as_of_athletes: the season rows before {season} do not number {athletes} athletes "
+                             "one each, in table order")
+        lasts.append((last, whose))
     out = [{} for _ in seasons]
     for name, running in _running_columns(table, new_athlete):
         for values, (last, whose) in zip(out, lasts):

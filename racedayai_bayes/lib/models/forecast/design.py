@@ -24,7 +24,7 @@ import pandas as pd
 
 from racedayai_bayes.lib.arrays import unique_inverse
 from racedayai_bayes.lib.data.frame import course_first_seasons, course_index
-from racedayai_bayes.lib.data.history import first_race
+from racedayai_bayes.lib.data.history import first_race, no_earlier_start
 
 GENDERS = ("M", "F", "U")  # U: blank or unrecognised gender
 # As-of covariates (lib/data/history.py), standardised on the training rows.
@@ -82,18 +82,18 @@ def raw_covariates(rows: pd.DataFrame, other_center: float, names: tuple[str, ..
     An encoding keeps the names it was fitted with: an artifact written before a covariate was
     added reads its own columns. Made :data:`RAW_CHUNK_ROWS` rows at a time into one array:
     every value depends on its own row only, so the numbers are those of one pass."""
+    # the columns every covariate reads first, as the rows' own: a frame without one is a KeyError
+    columns = {c: rows[c].array for c in _BASE_COLUMNS}
     unknown = [n for n in names if n not in _COVARIATE_MAKERS]
     if unknown:
         raise ValueError(f"unknown forecast covariates {unknown}; known: {list(_COVARIATE_MAKERS)}")
     n = len(rows)
     if not names:
         return np.zeros((n, 0))
-    needed = {"hist_starts", "hist_starts_same", "hist_finishes_other", "hist_rel_other", "hist_dnf"}
-    if "unfinished_debut" in names:
-        needed.add(_history_column(rows, "hist_unfinished_debut"))
-    if {"has_other_at_debut", "other_level_at_debut"} & set(names):
-        needed.add(_history_column(rows, "hist_rel_other_at_debut"))
-    columns = {c: rows[c].array for c in needed}
+    for name in names:  # in order: the first covariate whose column is missing says so
+        column = _COVARIATE_READS.get(name)
+        if column is not None and column not in columns:
+            columns[column] = rows[_require_history(rows, column) if column in _HISTORY_ADDED_LATER else column].array
     out = np.empty((n, len(names)))
     for lo in range(0, n, RAW_CHUNK_ROWS):
         hi = min(lo + RAW_CHUNK_ROWS, n)
@@ -106,7 +106,7 @@ def _raw_block(columns: dict, other_center: float, names: tuple[str, ...]) -> np
     def floats(column: str) -> np.ndarray:  # a level column: NaN where missing
         return columns[column].to_numpy(dtype=np.float64, na_value=np.nan)
 
-    def counts(column: str) -> np.ndarray:  # a count column: a missing count is an error, as a frame's
+    def counts(column: str) -> np.ndarray:  # a count column, read as a frame's always was (no na_value)
         return columns[column].to_numpy(dtype=np.float64)
 
     starts = counts("hist_starts")
@@ -116,7 +116,7 @@ def _raw_block(columns: dict, other_center: float, names: tuple[str, ...]) -> np
     has_other = (other_fin > 0) & np.isfinite(rel)
     level = np.nan_to_num(np.where(has_other, rel - other_center, 0.0))
     parts = {"starts": starts, "same": same, "other_fin": other_fin, "has_other": has_other, "level": level,
-             "debut": (same == 0).astype(np.float64), "floats": floats, "counts": counts, "columns": columns}
+             "debut": (same == 0).astype(np.float64), "floats": floats, "counts": counts}
     return np.column_stack([_COVARIATE_MAKERS[n](parts, other_center) for n in names])
 
 
@@ -124,11 +124,17 @@ def _at_debut_of(p: dict) -> np.ndarray:
     return p["floats"]("hist_rel_other_at_debut")
 
 
-# each covariate of one chunk, from _raw_block's parts: the chunk's common arrays, its
-# ``columns`` (first_race reads them as it reads a frame's), and a column of the chunk as
-# float64 (``floats``: NaN where missing; ``counts``)
+# the history columns every covariate reads (_raw_block), and the one more that some read
+_BASE_COLUMNS = ("hist_starts", "hist_starts_same", "hist_finishes_other", "hist_rel_other")
+_COVARIATE_READS = {"log_dnf": "hist_dnf", "unfinished_debut": "hist_unfinished_debut",
+                    "has_other_at_debut": "hist_rel_other_at_debut", "other_level_at_debut": "hist_rel_other_at_debut"}
+# columns a frame stored by an older version may lack: read through _require_history's clear error
+_HISTORY_ADDED_LATER = ("hist_unfinished_debut", "hist_rel_other_at_debut")
+
+# each covariate of one chunk, from _raw_block's parts: the chunk's common arrays, and a column
+# of the chunk as float64 (``floats``: NaN where missing; ``counts``)
 _COVARIATE_MAKERS = {
-    "returning": lambda p, c: (~first_race(p["columns"])).astype(np.float64),
+    "returning": lambda p, c: (~no_earlier_start(p["starts"])).astype(np.float64),
     "log_starts_same": lambda p, c: np.log1p(p["same"]),
     "log_starts_other": lambda p, c: np.log1p(p["starts"] - p["same"]),
     "has_other": lambda p, c: p["has_other"].astype(np.float64),
@@ -148,19 +154,17 @@ STALE_HINT = ("stored by an older version of the pipeline: materialise model_fra
               "(the model_frame step makes both)")
 
 
-def _history(rows: pd.DataFrame, column: str) -> np.ndarray:
-    """An as-of history column the covariates read; a clear error if the rows predate it."""
+def _require_history(rows: pd.DataFrame, column: str) -> str:
+    """``column``, an as-of history column the covariates read; a clear error if the rows predate it."""
     if column not in rows.columns:
         raise ValueError(f"the rows have no as-of history column {column!r}, which the forecast covariates read: "
                          f"they were {STALE_HINT}")
-    return rows[column].to_numpy(dtype=np.float64, na_value=np.nan)
-
-
-def _history_column(rows: pd.DataFrame, column: str) -> str:
-    """``column``, if the rows have it; the clear error of :func:`_history` if they predate it."""
-    if column not in rows.columns:
-        _history(rows, column)
     return column
+
+
+def _history(rows: pd.DataFrame, column: str) -> np.ndarray:
+    """An as-of history column the covariates read, as float64 (NaN where missing)."""
+    return rows[_require_history(rows, column)].to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 def _at_debut(rows: pd.DataFrame) -> np.ndarray:
