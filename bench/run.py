@@ -351,7 +351,7 @@ def io_floor(folder: Path, scratch: Path, season: int | None = None) -> dict:
     import pyarrow.csv as pacsv
 
     from racedayai_bayes.lib.data import contracts
-    from racedayai_bayes.lib.data.frame import MODEL_DISTANCES
+    from racedayai_bayes.lib.data.frame import MODEL_DISTANCES, frame_rules
     from racedayai_bayes.lib.outputs.io import csv_write_options
 
     names = (contracts.RACE_FILE, contracts.PROFILE_FILE, contracts.CLUSTER_FILE)
@@ -384,7 +384,10 @@ def io_floor(folder: Path, scratch: Path, season: int | None = None) -> dict:
         distance = pc.if_else(pc.equal(distance, spelled), canonical, distance)
     total, year = number(races["total_sec"]), number(races["event_year"])
     year[(year < contracts.FIRST_SEASON) | (year > contracts.last_plausible_season())] = np.nan
-    keep = ~pro & ~np.isnan(total) & (total > contracts.MIN_TOTAL_SEC) & (total < contracts.MAX_TOTAL_SEC) & ~np.isnan(year)
+    # the refit's own rules, on these columns (no column is copied: pandas wraps the arrays)
+    rules = frame_rules(pd.DataFrame({"is_pro": pro, "event_distance": pd.array(distance, dtype=pd.ArrowDtype(pa.string())),
+                                      "total_sec": total, "event_year": year}, copy=False))
+    keep = np.logical_and.reduce(list(rules.values()))
     if season is not None:
         keep &= year <= season
     fraction = np.random.default_rng(0)

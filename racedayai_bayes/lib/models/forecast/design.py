@@ -120,10 +120,6 @@ def _raw_block(columns: dict, other_center: float, names: tuple[str, ...]) -> np
     return np.column_stack([_COVARIATE_MAKERS[n](parts, other_center) for n in names])
 
 
-def _at_debut_of(p: dict) -> np.ndarray:
-    return p["floats"]("hist_rel_other_at_debut")
-
-
 # the history columns every covariate reads (_raw_block), and the one more that some read
 _BASE_COLUMNS = ("hist_starts", "hist_starts_same", "hist_finishes_other", "hist_rel_other")
 _COVARIATE_READS = {"log_dnf": "hist_dnf", "unfinished_debut": "hist_unfinished_debut",
@@ -145,8 +141,8 @@ _COVARIATE_MAKERS = {
     "debut_other_level_settled": lambda p, c: np.where(
         p["has_other"], p["debut"] * p["level"] * p["other_fin"] / (p["other_fin"] + 1.0), 0.0),
     "unfinished_debut": lambda p, c: p["floats"]("hist_unfinished_debut"),
-    "has_other_at_debut": lambda p, c: np.isfinite(_at_debut_of(p)).astype(np.float64),
-    "other_level_at_debut": lambda p, c: np.nan_to_num(_at_debut_of(p) - c, nan=0.0),
+    "has_other_at_debut": lambda p, c: np.isfinite(p["floats"]("hist_rel_other_at_debut")).astype(np.float64),
+    "other_level_at_debut": lambda p, c: np.nan_to_num(p["floats"]("hist_rel_other_at_debut") - c, nan=0.0),
 }
 
 

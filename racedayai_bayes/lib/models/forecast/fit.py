@@ -84,12 +84,13 @@ class ForecastSettings:
     proposal_df: float = 7.0
     proposal_inflate: float = 1.0
     # proposal steps per batch of density evaluations (x chains per call). 16 x 4 chains = 64
-    # thetas: fewer than the Laplace fit's one batch (2d^2 + 1 = 73 at six scales; 51 at five,
-    # with tau_other tied, when the sampler's first batch grows it once), so the workspace its
-    # factors fill (60 MB at 70.3) serves the sampler too; with 64 steps, 256
+    # thetas, fewer than the Laplace fit's one batch (2d^2 + 1 = 73 at six scales; at five,
+    # with tau_other tied, 51, and the sampler's first batch grows the workspace once): the
+    # workspace its factors fill (60 MB at 70.3) serves the sampler too. With 64 steps, 256
     # factors (210 MB) were fresh memory, which on this VM cost the 70.3 sampler 2 s of system
-    # time (6.7-7.2 s against 4.6-4.9 s in one process, 2 alternated pairs; the same draws to
-    # 1.4e-13, the batched products' rounding, 2026-12-07)
+    # time (6.7-7.2 s against 4.6-4.9 s in one process, 2 alternated pairs; side by side on the
+    # two cores, 7.0-7.5 s against 5.3-5.9 s; the same draws to 1.4e-13, the batched products'
+    # rounding, 2026-12-07)
     batch: int = 16
     adapt: int = 256  # pilot draws that re-centre the proposal on importance-weighted moments
     seed: int | None = None

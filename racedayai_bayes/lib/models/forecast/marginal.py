@@ -435,9 +435,10 @@ class Workspace:
 
     A batch of 64 factors at K = 320 is 52 MB (of 256, 210 MB): allocated afresh for every
     batch, each of its pages is faulted in and zeroed again (system time, and on this VM
-    memory the host has taken back costs much more). With a workspace, an evaluation's ``upper`` is a view
-    of this memory, valid until the next evaluation with the same workspace: a caller that
-    keeps a factor past that copies it (the sampler does, for its chains' states).
+    memory the host has taken back costs much more). With a workspace, an evaluation's
+    ``upper`` is a view of this memory, valid until the next evaluation with the same
+    workspace: a caller that keeps a factor past that copies it (the sampler does, for its
+    chains' states).
     """
 
     def __init__(self):
