@@ -303,14 +303,28 @@ def _kernel_cpu_between(before: dict, after: dict) -> dict[str, float]:
     return out
 
 
-def fresh_memory_probe(mb: int = 400) -> float:
+def fresh_memory_probe(mb: int = 400, *, huge: bool = True) -> float:
     """Seconds per GB for a new process to touch memory the machine has not used for a few
     seconds, measured in a child process: on this VM (Firecracker, free page reporting)
     such memory has been handed back to the host, and touching it again cost 15-80x what
     touching memory freed a moment ago cost (measured on 2026-12-03). Every step process
-    grows into memory of its own, so the rate bears on a refit's wall time."""
-    code = ("import time, numpy as np; time.sleep(3); t = time.perf_counter(); "
-            f"a = np.ones({mb} * 131072); print(time.perf_counter() - t)")
+    grows into memory of its own, so the rate bears on a refit's wall time.
+
+    In 2 MB pages (transparent huge pages, asked for with madvise as the step processes' heap
+    and NumPy's large arrays are), or in 4 KB pages (``huge=False``). Which of the two is the
+    dearer changes from hour to hour here: on 2026-12-03 ~19:00, 1 GB took 5.6-7.9 s in 4 KB
+    pages and 0.17-0.25 s in 2 MB pages; on 2026-12-07 this probe gave 0.2 s per GB at
+    ~12:15, and from ~13:40 to ~14:20 5.7-9.9 s per GB in 2 MB pages against 0.4-0.5 s in
+    4 KB pages. A small probe does not show it: the first 2 MB pages a process gets are
+    ones freed a moment before (at ~14:15 that day, 64 MB took 0.15 s per GB and 400 MB
+    8.8 s per GB), so the probe touches ``mb`` MB. Until 2026-12-07 ~14:30 the probe was
+    ``np.ones`` of 400 MB: 2 MB pages too, as NumPy asks for them for a large array (the
+    same rates as this one, 5.9-8.9 s per GB at ~14:20)."""
+    code = ("import mmap, time, numpy as np; time.sleep(3); "
+            f"n = {mb} << 20; m = mmap.mmap(-1, n + (2 << 20), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS); "
+            + ("m.madvise(mmap.MADV_HUGEPAGE); " if huge else "")
+            + "a = np.frombuffer(m, dtype=np.uint8); o = (-a.ctypes.data) % (2 << 20); "
+            "t = time.perf_counter(); a[o:o + n:4096] = 1; print(time.perf_counter() - t)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return round(float(out) * 1024 / mb, 2)
 
@@ -525,6 +539,7 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
     through_exit = _become_subreaper()
     earlier_left = _reap_orphans()  # those an earlier part left (a demo refit's step server): not this refit's
     fresh_before = fresh_memory_probe()
+    fresh_small_before = fresh_memory_probe(huge=False)
     ticks_before = _machine_ticks()
     kernel_before = _kernel_threads()
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -589,7 +604,8 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
         "orphans_left": {"before": earlier_left, "after": refit_left},
         # the memory monitor's own CPU, on the same cores as the refit: the measurement's cost
         "monitor_cpu_s": round(mon.cpu_s, 2),
-        "fresh_memory_s_per_gb": fresh_before,
+        "fresh_memory_s_per_gb": fresh_before,  # in 2 MB pages
+        "fresh_memory_4kb_s_per_gb": fresh_small_before,  # in 4 KB pages
         # the whole machine during the refit (/proc/stat): the time the hypervisor gave this
         # VM's CPUs to others (steal) and the CPU time no process used (idle), in CPU seconds
         "machine_steal_s": None if "steal" not in ticks else round(ticks["steal"], 2),
@@ -1008,9 +1024,14 @@ def _refit_lines(title: str, fs: dict) -> list[str]:
         lines += [f"CPU of the refit's processes ({how}): {fs['cpu_user_s']} s user, "
                   f"**{fs['cpu_system_s']} s system**.{monitor} "
                   f"Just before it, a new process took {fs['fresh_memory_s_per_gb']} s per GB to touch memory "
-                  "the machine had not used for 3 s (bench/run.py `fresh_memory_probe`): on this VM, memory "
+                  "the machine had not used for 3 s, in 2 MB pages as the step processes' heap and NumPy's large "
+                  "arrays get them" + (
+                      f" ({fs['fresh_memory_4kb_s_per_gb']} s per GB in 4 KB pages)"
+                      if fs.get("fresh_memory_4kb_s_per_gb") is not None else "") +
+                  " (bench/run.py `fresh_memory_probe`): on this VM, memory "
                   "the host has taken back costs system time at such a rate when a process touches it again "
-                  "(0.8 to 14 s per GB, measured on 2026-12-03).", ""]
+                  "(0.8 to 14 s per GB, measured on 2026-12-03), and which page size is the dearer changes "
+                  "from hour to hour.", ""]
     window = fs.get("machine_window_s") or fs["wall_s"]
     if fs.get("machine_steal_s") is not None:
         lines += [f"The whole machine during the refit (/proc/stat): **{fs['machine_steal_s']:.1f} CPU s stolen** by the "
