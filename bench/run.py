@@ -317,7 +317,11 @@ def fresh_memory_probe(mb: int = 400, *, huge: bool = True) -> float:
     ~12:15, and from ~13:40 to ~14:20 5.7-9.9 s per GB in 2 MB pages against 0.4-0.5 s in
     4 KB pages. A small probe does not show it: the first 2 MB pages a process gets are
     ones freed a moment before (at ~14:15 that day, 64 MB took 0.15 s per GB and 400 MB
-    8.8 s per GB), so the probe touches ``mb`` MB. Until 2026-12-07 ~14:30 the probe was
+    8.8 s per GB), so the probe touches ``mb`` MB. Even so it runs just after the floor's
+    reading, which frees about a GB: at ~14:21 that day it gave 0.14 s per GB in 2 MB pages
+    minutes after a probe on an idle machine had given 8.8 s, and the refit that followed had
+    34 s of system CPU (27 s at ~12:17), so it may see memory freed seconds before; read it as
+    a lower bound of the hour's rate. Until 2026-12-07 ~14:30 the probe was
     ``np.ones`` of 400 MB: 2 MB pages too, as NumPy asks for them for a large array (the
     same rates as this one, 5.9-8.9 s per GB at ~14:20)."""
     code = ("import mmap, time, numpy as np; time.sleep(3); "
