@@ -304,31 +304,35 @@ def _kernel_cpu_between(before: dict, after: dict) -> dict[str, float]:
 
 
 def fresh_memory_probe(mb: int = 400, *, huge: bool = True) -> float:
-    """Seconds per GB for a new process to touch memory the machine has not used for a few
+    """Seconds per GB for a new process to write memory the machine has not used for a few
     seconds, measured in a child process: on this VM (Firecracker, free page reporting)
     such memory has been handed back to the host, and touching it again cost 15-80x what
     touching memory freed a moment ago cost (measured on 2026-12-03). Every step process
     grows into memory of its own, so the rate bears on a refit's wall time.
 
-    In 2 MB pages (transparent huge pages, asked for with madvise as the step processes' heap
-    and NumPy's large arrays are), or in 4 KB pages (``huge=False``). Which of the two is the
-    dearer changes from hour to hour here: on 2026-12-03 ~19:00, 1 GB took 5.6-7.9 s in 4 KB
-    pages and 0.17-0.25 s in 2 MB pages; on 2026-12-07 this probe gave 0.2 s per GB at
-    ~12:15, and from ~13:40 to ~14:20 5.7-9.9 s per GB in 2 MB pages against 0.4-0.5 s in
-    4 KB pages. A small probe does not show it: the first 2 MB pages a process gets are
-    ones freed a moment before (at ~14:15 that day, 64 MB took 0.15 s per GB and 400 MB
-    8.8 s per GB), so the probe touches ``mb`` MB. Even so it runs just after the floor's
-    reading, which frees about a GB: at ~14:21 that day it gave 0.14 s per GB in 2 MB pages
-    minutes after a probe on an idle machine had given 8.8 s, and the refit that followed had
-    34 s of system CPU (27 s at ~12:17), so it may see memory freed seconds before; read it as
-    a lower bound of the hour's rate. Until 2026-12-07 ~14:30 the probe was
-    ``np.ones`` of 400 MB: 2 MB pages too, as NumPy asks for them for a large array (the
-    same rates as this one, 5.9-8.9 s per GB at ~14:20)."""
+    It writes every byte of ``mb`` MB, as ``np.ones`` did, in 2 MB pages (transparent huge
+    pages, asked for with madvise as the step processes' heap and NumPy's large arrays are)
+    or, with ``huge=False``, in 4 KB pages (refused with madvise, whatever the kernel's THP
+    mode). Which of the two is the dearer changes from hour to hour here: on 2026-12-03
+    ~19:00 touching 1 GB took 5.6-7.9 s in 4 KB pages and 0.17-0.25 s in 2 MB pages; on
+    2026-12-06 1.4-1.7 s against 0.5 s; on 2026-12-07 the bench's probe (then ``np.ones``)
+    gave 0.2 s per GB at ~12:15, and from ~13:40 to ~14:20 touching 1 GB took 5.7-9.9 s in
+    2 MB pages against 0.45-0.5 s in 4 KB pages. A small probe does not show it: at ~14:15
+    that day 64 MB took 0.15 s per GB in 2 MB pages and 400 MB 8.8 s per GB (presumably
+    because the first pages a process gets were freed a moment before), so the probe takes
+    ``mb`` MB. Even so, the 2 MB probe runs just after the floor's reading, which frees
+    about a GB, and the 4 KB one just after the 2 MB one: at ~14:21 that day the first gave
+    0.14 s per GB minutes after the same kind of probe had given 8.8 s on the idle machine,
+    and the refit that followed had 34 s of system CPU (27 s at ~12:17). Read both as lower
+    bounds of the hour's rates. Until 2026-12-07 ~14:20 (670465b) the probe was ``np.ones``
+    of 400 MB: 2 MB pages too, as NumPy asks for them for a large array (5.9-8.9 s per GB
+    at ~14:20, as this one then); from 670465b to ~14:50 this one touched one byte of each
+    4 KB page (the kernel's zeroing only, without the writing of the rest)."""
     code = ("import mmap, time, numpy as np; time.sleep(3); "
             f"n = {mb} << 20; m = mmap.mmap(-1, n + (2 << 20), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS); "
-            + ("m.madvise(mmap.MADV_HUGEPAGE); " if huge else "")
-            + "a = np.frombuffer(m, dtype=np.uint8); o = (-a.ctypes.data) % (2 << 20); "
-            "t = time.perf_counter(); a[o:o + n:4096] = 1; print(time.perf_counter() - t)")
+            f"m.madvise(mmap.{'MADV_HUGEPAGE' if huge else 'MADV_NOHUGEPAGE'}); "
+            "a = np.frombuffer(m, dtype=np.uint8); o = (-a.ctypes.data) % (2 << 20); "
+            "t = time.perf_counter(); a[o:o + n] = 1; print(time.perf_counter() - t)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return round(float(out) * 1024 / mb, 2)
 
@@ -1027,12 +1031,13 @@ def _refit_lines(title: str, fs: dict) -> list[str]:
             how = f"the processes this bench could reap (some were not: {fs.get('orphans_left')})"
         lines += [f"CPU of the refit's processes ({how}): {fs['cpu_user_s']} s user, "
                   f"**{fs['cpu_system_s']} s system**.{monitor} "
-                  f"Just before it, a new process took {fs['fresh_memory_s_per_gb']} s per GB to touch memory "
+                  f"Just before it, a new process took {fs['fresh_memory_s_per_gb']} s per GB to write memory "
                   "the machine had not used for 3 s, in 2 MB pages as the step processes' heap and NumPy's large "
-                  "arrays get them" + (
-                      f" ({fs['fresh_memory_4kb_s_per_gb']} s per GB in 4 KB pages)"
+                  "arrays get them (" + (
+                      f"{fs['fresh_memory_4kb_s_per_gb']} s per GB in 4 KB pages; both after other processes freed "
+                      "memory seconds before, so lower bounds of the hour's rates; "
                       if fs.get("fresh_memory_4kb_s_per_gb") is not None else "") +
-                  " (bench/run.py `fresh_memory_probe`): on this VM, memory "
+                  "bench/run.py `fresh_memory_probe`): on this VM, memory "
                   "the host has taken back costs system time at such a rate when a process touches it again "
                   "(0.8 to 14 s per GB, measured on 2026-12-03), and which page size is the dearer changes "
                   "from hour to hour.", ""]

@@ -79,9 +79,10 @@ STEP_PRELOAD = [
 # 2 MB pages with madvise, which a kernel whose THP mode is "madvise" honours): the first touch
 # of 1 GB of fresh memory took 5.6-7.9 s in 4 KB pages and 0.17-0.25 s in 2 MB pages here (a
 # Firecracker VM whose balloon takes freed pages back; 2026-12-03 ~19:00). On 2026-12-07
-# ~13:40-14:20 it was the reverse, 0.45-0.5 s against 5.7-9.9 s, and whole refits alternated
-# with 4 KB pages everywhere (this and NumPy's own, NUMPY_MADVISE_HUGEPAGE=0) were within the
-# noise on both days (README, Measured here): the setting stays.
+# ~13:40-14:20 it was the reverse, 0.4-0.5 s against 5.7-9.9 s (and 0.5 against 1.4-1.7 s on
+# 2026-12-06), and whole refits alternated with 4 KB pages everywhere (this and NumPy's own,
+# NUMPY_MADVISE_HUGEPAGE=0) were within the noise on 2026-12-06 and 2026-12-07 (README,
+# Measured here): the setting stays.
 # Arrow allocates through glibc too (ARROW_DEFAULT_MEMORY_POOL=system, not its bundled
 # mimalloc), so that its buffers get the same pages: reading and checking athlete_race.csv at
 # full scale took 2.7-2.9 s so, against 4.6-5.4 s with mimalloc and 6.2-9.4 s with neither.
