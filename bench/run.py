@@ -386,15 +386,6 @@ def io_floor(folder: Path, scratch: Path, season: int | None = None) -> dict:
     # Arrow's columns, read as the contract reads them (lib/data/frame.frame_rules).
     races = pacsv.read_csv(folder / contracts.RACE_FILE, convert_options=text)
 
-    def number(column) -> np.ndarray:  # as contracts._numeric: not a finite number is missing
-        try:
-            values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            values = pd.to_numeric(pd.Series(column.to_pandas()), errors="coerce").to_numpy(dtype=np.float64)
-        values = np.asarray(values, dtype=np.float64).copy()
-        values[~np.isfinite(values)] = np.nan
-        return values
-
     def trimmed(column):  # the contract trims every text cell; a blank one is missing
         out = pc.utf8_trim_whitespace(pc.cast(column, pa.string()))
         return pc.if_else(pc.equal(out, ""), pa.scalar(None, pa.string()), out)
@@ -404,7 +395,7 @@ def io_floor(folder: Path, scratch: Path, season: int | None = None) -> dict:
     distance = trimmed(races["event_distance"])
     for spelled, canonical in contracts._DISTANCE_SPELLINGS.items():
         distance = pc.if_else(pc.equal(distance, spelled), canonical, distance)
-    total, year = number(races["total_sec"]), number(races["event_year"])
+    total, year = contracts.parse_numbers(races["total_sec"]), contracts.parse_numbers(races["event_year"])
     year[(year < contracts.FIRST_SEASON) | (year > contracts.last_plausible_season())] = np.nan
     # the refit's own rules, on these columns (no column is copied: pandas wraps the arrays)
     rules = frame_rules(pd.DataFrame({"is_pro": pro, "event_distance": pd.array(distance, dtype=pd.ArrowDtype(pa.string())),

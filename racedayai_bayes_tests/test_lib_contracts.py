@@ -885,3 +885,22 @@ def test_races_checked_on_a_second_core_raise_the_first_error_in_column_order(tm
         read_races(path, second_core=core)
     _assert_names(info.value, path, "is_pro")
     assert core.asked == core.released == 2
+
+
+@pytest.mark.parametrize("cells", [
+    ["4000", " 5000.5", "inf", "DNF", None, "-inf", "nan", "1e3"],  # the slow path: a cell Arrow cannot cast
+    ["4000", "5000.5", "inf", None, "1e3"],  # Arrow's cast parses every cell
+])
+def test_parse_numbers_reads_pandas_and_arrow_text_alike(cells):
+    import numpy as np
+    import pyarrow as pa
+
+    from racedayai_bayes.lib.data.contracts import parse_numbers
+
+    expected = np.array([{"4000": 4000.0, " 5000.5": 5000.5, "5000.5": 5000.5, "1e3": 1000.0}.get(c, np.nan)
+                         for c in cells])
+    for text in (pd.Series(cells, dtype="string"), pd.Series(cells, dtype=object), pa.chunked_array([pa.array(cells)]),
+                 pa.array(cells)):
+        values = parse_numbers(text)
+        np.testing.assert_array_equal(values, expected)  # NaN where missing, not a number, or not finite
+        values[0] = 1.0  # writable: the caller marks cells it rejects

@@ -336,6 +336,28 @@ def _open(path: str | Path, required: tuple[str, ...], optional: tuple[str, ...]
     return frame, notes, path
 
 
+def parse_numbers(text) -> np.ndarray:
+    """Text cells (a pandas Series, or an Arrow array as read) parsed as float64, writable: NaN
+    where a cell is missing or not a finite number ('DNF'; 'inf' parses as a number but would
+    poison every sum downstream). The parsing of :func:`_numeric`, which then counts and
+    checks what did not parse."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arrow = isinstance(text, (pa.Array, pa.ChunkedArray))
+    try:
+        # fast path: Arrow's cast parses millions of cells in C++, but fails on any bad cell
+        parsed = pc.cast(text if arrow else pa.array(text), pa.float64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError):
+        series = pd.Series(text.to_pandas()) if arrow else text
+        parsed = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    values = np.asarray(parsed, dtype=np.float64)
+    if not values.flags.writeable:  # Arrow's buffer, shared without a copy
+        values = values.copy()
+    values[~np.isfinite(values)] = np.nan
+    return values
+
+
 def _numeric(frame: pd.DataFrame, col: str, path: Path, notes: list[str], *, integer: bool = False,
              valid: tuple | None = None) -> pd.Series:
     """A text column parsed as numbers. A cell 'nan' (any case) is a blank, counted in a note;
@@ -344,17 +366,7 @@ def _numeric(frame: pd.DataFrame, col: str, path: Path, notes: list[str], *, int
     given cells may be such, counted in a note each; beyond, an error names the file, the
     column and examples. ``integer``: whole numbers only (an error otherwise), as Int64."""
     text = frame[col]
-    try:
-        # fast path: Arrow's cast parses millions of cells in C++, but fails on any bad cell
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        parsed = pc.cast(pa.array(text), pa.float64()).to_numpy(zero_copy_only=False)
-        values = pd.Series(parsed, index=text.index, dtype="float64")
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError):
-        values = pd.to_numeric(text, errors="coerce").astype("float64")
-    # 'inf' parses as a number but would poison every sum downstream: count it as not numeric
-    values[~np.isfinite(values.to_numpy())] = np.nan
+    values = pd.Series(parse_numbers(text), index=text.index, dtype="float64", copy=False)
     given = text.notna().to_numpy(dtype=bool)
     unparsed = values.isna().to_numpy(dtype=bool) & given
     if unparsed.any():

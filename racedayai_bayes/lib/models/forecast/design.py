@@ -158,13 +158,9 @@ def _require_history(rows: pd.DataFrame, column: str) -> str:
     return column
 
 
-def _history(rows: pd.DataFrame, column: str) -> np.ndarray:
-    """An as-of history column the covariates read, as float64 (NaN where missing)."""
-    return rows[_require_history(rows, column)].to_numpy(dtype=np.float64, na_value=np.nan)
-
-
 def _at_debut(rows: pd.DataFrame) -> np.ndarray:
-    return _history(rows, "hist_rel_other_at_debut")
+    """The level at the athlete's debut at this distance, as float64 (NaN where missing)."""
+    return rows[_require_history(rows, "hist_rel_other_at_debut")].to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 def gender_codes(rows: pd.DataFrame) -> np.ndarray:
