@@ -184,6 +184,7 @@ def _refit(args: argparse.Namespace) -> int:
                         "model frame by itself when the inputs and the code are unchanged")
     _stop_grace_s()  # a bad setting is said before anything starts
     _alert_interval()  # read as the code location loads, by the step server's preload too
+    _step_pages()  # read by every step process as it starts
     if args.after:  # a later distance's run of another refit command (see _Later)
         from racedayai_bayes.step_server import join_step_server
 
@@ -852,6 +853,17 @@ def _alert_interval() -> None:
 
     try:
         alert_interval_s()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _step_pages() -> None:
+    """RACEDAYAI_STEP_PAGES, which every step process reads as it starts (lib/pages.py), where
+    an unknown value would be ignored: the command refuses it with one line instead."""
+    from racedayai_bayes.lib.pages import setting
+
+    try:
+        setting()
     except ValueError as exc:
         raise UserError(str(exc)) from None
 

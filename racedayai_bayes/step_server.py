@@ -20,6 +20,8 @@ from __future__ import annotations
 STEP_PRELOAD = [
     # first: the garbage collector off until step_warmup, last, freezes what the preload made
     "racedayai_bayes.step_gc",
+    # every step process chooses the page size of its fresh memory as it starts (lib/pages.py)
+    "racedayai_bayes.step_pages",
     # Dagster's multiprocess executor preloads this module first unless the list has it: here
     # it is in the list, after step_gc, so the executor's list and the command's are this one
     "dagster._core.executor.multiprocess",
@@ -82,7 +84,10 @@ STEP_PRELOAD = [
 # ~13:40-14:20 it was the reverse, 0.4-0.5 s against 5.7-9.9 s (and 0.5 against 1.4-1.7 s on
 # 2026-12-06), and whole refits alternated with 4 KB pages everywhere (this and NumPy's own,
 # NUMPY_MADVISE_HUGEPAGE=0) were within the noise on 2026-12-06 and 2026-12-07 (README,
-# Measured here): the setting stays.
+# Measured here): the setting stays. Since 2026-12-07 ~16:00 each step process also chooses
+# for itself as it starts (lib/pages.py, step_pages): 4 KB pages while the free memory the host
+# has not taken back is ample (only small pages can come from it, and what this VM's kernel
+# hands back is dear to touch in either size), else 2 MB pages where asked, as set here.
 # Arrow allocates through glibc too (ARROW_DEFAULT_MEMORY_POOL=system, not its bundled
 # mimalloc), so that its buffers get the same pages: reading and checking athlete_race.csv at
 # full scale took 2.7-2.9 s so, against 4.6-5.4 s with mimalloc and 6.2-9.4 s with neither.

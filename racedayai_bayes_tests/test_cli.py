@@ -1163,3 +1163,15 @@ def test_a_run_the_watcher_finds_only_on_its_last_pass_is_read_from_its_first_ev
     finally:
         watcher.finish()
     assert [m for m in seen if m in ("one", "two")] == ["one", "two"]
+
+
+def test_an_unknown_page_setting_ends_with_one_message_and_exit_1(dagster_home, small_inputs, monkeypatch, tmp_path, capfd):
+    """RACEDAYAI_STEP_PAGES is read by every step process as it starts (lib/pages.py), which
+    must not fail over it: the command refuses an unknown value first."""
+    monkeypatch.setenv("RACEDAYAI_INPUT_DIR", str(small_inputs))
+    monkeypatch.setenv("RACEDAYAI_OUTPUT_DIR", str(tmp_path / "out"))
+    monkeypatch.setenv("RACEDAYAI_STEP_PAGES", "huge")
+    code, out, err = _run_cli(["refit"], capfd)
+    assert code == 1 and "Traceback" not in out + err and "run " not in out
+    assert err.strip() == "error: RACEDAYAI_STEP_PAGES='huge': expected one of auto, 4kb, 2mb"
+    assert not list((dagster_home / cli.LOG_FOLDER).glob("refit-*.log"))

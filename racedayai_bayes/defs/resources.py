@@ -10,7 +10,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 from upath import UPath
 
-from racedayai_bayes.lib import cpu_slots
+from racedayai_bayes.lib import cpu_slots, pages
 from racedayai_bayes.lib.outputs import stored
 from racedayai_bayes.lib.outputs.artifacts import refit_output_dir
 from racedayai_bayes.lib.outputs.io import as_path, atomic_path
@@ -227,6 +227,11 @@ class CpuSlots(dg.ConfigurableResource):
         self._held = cpu_slots.acquire(folder, slots, on_wait=on_wait, rank=rank)
         if self._held.waited_s >= 1.0:
             context.log.info(f"took CPU slot {self._held.index} after waiting {self._held.waited_s:.1f} s")
+        # the page size of the step's fresh memory, chosen again now that it is about to load
+        # its inputs: the free memory may have changed while it waited (lib/pages.py)
+        choice = pages.apply_step_pages()
+        if choice is not None:
+            context.log.debug(choice.describe())
         # a slot is a core: BLAS on one thread, as the other cores run the other slots' steps
         # (OpenBLAS's threads spin while they wait; two steps of two threads each on two
         # cores made the heaviest step ~40% slower at full scale)
