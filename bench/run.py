@@ -303,6 +303,15 @@ def _kernel_cpu_between(before: dict, after: dict) -> dict[str, float]:
     return out
 
 
+def _unreported_free_mb() -> float | None:
+    """The free memory (MB) the host has not taken back, as the step processes read it when
+    they choose their pages (lib/pages.py); None where the kernel reports none to a host."""
+    from racedayai_bayes.lib import pages
+
+    value = pages.unreported_now()[1]
+    return None if value is None else round(value)
+
+
 def fresh_memory_probe(mb: int = 400, *, huge: bool = True) -> float:
     """Seconds per GB for a new process to write memory the machine has not used for a few
     seconds, measured in a child process: on this VM (Firecracker, free page reporting)
@@ -441,6 +450,11 @@ def io_floor(folder: Path, scratch: Path, season: int | None = None) -> dict:
     with ThreadPoolExecutor(len(tables)) as pool:
         written = sum(pool.map(write, list(tables)))
     t_write = time.perf_counter() - t1
+    for d in tables:
+        # scratch, removed once timed: a machine about to refit has no such files just written,
+        # and their page cache, freed, is free memory the host has not taken back (lib/pages.py):
+        # left, it took about 350 of the 590 MB from the refit's steps' small pages (2026-12-07)
+        (scratch / f"floor_{d}.csv").unlink(missing_ok=True)
     out = {"read_s": round(t_read, 2), "write_s": round(t_write, 2), "total_s": round(t_read + t_write, 2),
            "rows": {d: t.num_rows for d, t in tables.items()}, "bytes": written}
     if quoted:
@@ -456,12 +470,16 @@ def _run_history(home: Path) -> dict:
     steps: dict[str, float] = {}
     checks: list = []
     pids: dict[int, str] = {}  # step process id -> step[partition]
+    pages: dict[str, str] = {}  # step[partition] -> the page size its fresh memory came in (lib/pages.py)
     for run in instance.get_runs():
         part = run.tags.get("dagster/partition", "")
         starts = {}
         for e in instance.all_logs(run.run_id):
             ev = e.dagster_event
             if ev is None:
+                choice = _page_choice(e.user_message or "")
+                if choice and e.step_key:
+                    pages[f"{e.step_key}[{part}]"] = choice  # the last one: once the step held its slot
                 continue
             if ev.event_type == dg.DagsterEventType.STEP_WORKER_STARTED and "pid" in ev.event_specific_data.metadata:
                 pids[int(ev.event_specific_data.metadata["pid"].value)] = f"{e.step_key}[{part}]"
@@ -474,7 +492,18 @@ def _run_history(home: Path) -> dict:
                 checks.append({"asset": d.asset_key.to_user_string(), "distance": part, "check": d.check_name,
                                "passed": bool(d.passed), "severity": d.severity.value,
                                "value": d.metadata["value"].value if "value" in d.metadata else None})
-    return {"steps": steps, "checks": checks, "pids": pids}
+    return {"steps": steps, "checks": checks, "pids": pids, "pages": pages}
+
+
+def _page_choice(message: str) -> str | None:
+    """'4 KB (3,210 MB)' from a step's log line of its page choice (lib/pages.PageChoice.describe),
+    '2 MB (870 MB)' for huge pages where asked; None for any other line."""
+    import re
+
+    m = re.match(r"(4 KB|2 MB where asked) pages: (?:([\d,]+) MB of free memory)?", message)
+    if not m:
+        return None
+    return f"{m.group(1)[:4]}" + (f" ({m.group(2)} MB)" if m.group(2) else "")
 
 
 def _decisions(home: Path) -> dict:
@@ -539,6 +568,7 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
     earlier_left = _reap_orphans()  # those an earlier part left (a demo refit's step server): not this refit's
     fresh_before = fresh_memory_probe()
     fresh_small_before = fresh_memory_probe(huge=False)
+    pool_before = _unreported_free_mb()
     ticks_before = _machine_ticks()
     kernel_before = _kernel_threads()
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -605,6 +635,8 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
         "monitor_cpu_s": round(mon.cpu_s, 2),
         "fresh_memory_s_per_gb": fresh_before,  # in 2 MB pages
         "fresh_memory_4kb_s_per_gb": fresh_small_before,  # in 4 KB pages
+        # free memory the host had not taken back, just before the refit (lib/pages.py)
+        "unreported_free_mb_before": pool_before,
         # the whole machine during the refit (/proc/stat): the time the hypervisor gave this
         # VM's CPUs to others (steal) and the CPU time no process used (idle), in CPU seconds
         "machine_steal_s": None if "steal" not in ticks else round(ticks["steal"], 2),
@@ -618,6 +650,9 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
         "kernel_threads_cpu_s": round(sum(kernel.values()), 2),
         "kernel_threads_top": {k: round(v, 2) for k, v in sorted(kernel.items(), key=lambda kv: -kv[1])[:4] if v >= 0.05},
         "step_wall_s": history["steps"],
+        # the page size each step's fresh memory came in, and the free memory the host had not
+        # taken back when it chose (lib/pages.py)
+        "step_pages": history["pages"],
         # each step process's CPU seconds (user, system) as last sampled; the rest of the
         # tree (the command, the run workers, the step server) under "other"
         "step_cpu_s": _step_cpu(mon.cpu, history["pids"]),
@@ -1031,7 +1066,9 @@ def _refit_lines(title: str, fs: dict) -> list[str]:
                   "bench/run.py `fresh_memory_probe`): on this VM, memory "
                   "the host has taken back costs system time at such a rate when a process touches it again "
                   "(0.8 to 14 s per GB, measured on 2026-12-03), and which page size is the dearer changes "
-                  "from hour to hour.", ""]
+                  "from hour to hour." + (
+                      f" The free memory the host had not taken back (lib/pages.py) was {fs['unreported_free_mb_before']:,} MB "
+                      "as the refit started." if fs.get("unreported_free_mb_before") is not None else ""), ""]
     window = fs.get("machine_window_s") or fs["wall_s"]
     if fs.get("machine_steal_s") is not None:
         lines += [f"The whole machine during the refit (/proc/stat): **{fs['machine_steal_s']:.1f} CPU s stolen** by the "
@@ -1064,14 +1101,17 @@ def _refit_lines(title: str, fs: dict) -> list[str]:
                       f"MAE of bayes_p50 x{v['mae_p50_ratio']} ({(1 - v['mae_p50_ratio']) * 100:.0f}% lower), "
                       f"ELPD {v['elpd_diff']:+.4f} per row ± {v['elpd_diff_se']:.4f} (**{v['elpd_diff_in_se']} clustered SEs**).", ""]
     cpu = fs.get("step_cpu_s", {})
+    pages = fs.get("step_pages", {})
     lines += ["Per step: wall seconds, and the CPU seconds of its process (user, system; sampled every 0.2 s, "
-              "so a slight undercount; `other` is the rest of the tree: the command, the run workers, the step server):",
-              "", "| step | wall s | user s | system s |", "|---|---|---|---|"]
+              "so a slight undercount; `other` is the rest of the tree: the command, the run workers, the step server), "
+              "and the pages its fresh memory came in (lib/pages.py: 4 KB while the free memory the host has not taken "
+              "back, in brackets, is ample; else 2 MB where the allocator asks):",
+              "", "| step | wall s | user s | system s | pages |", "|---|---|---|---|---|"]
     for k, v in sorted(fs["step_wall_s"].items()):
         u, s = cpu.get(k, ("", ""))
-        lines.append(f"| {k} | {v} | {u} | {s} |")
+        lines.append(f"| {k} | {v} | {u} | {s} | {pages.get(k, '')} |")
     if "other" in cpu:
-        lines.append(f"| other | | {cpu['other'][0]} | {cpu['other'][1]} |")
+        lines.append(f"| other | | {cpu['other'][0]} | {cpu['other'][1]} | |")
     if fs.get("peak_parts_mb"):
         lines += ["", "At the memory peak, each process of the tree (PSS, MB; a step process by its step):", "",
                   "| process | MB |", "|---|---|"]
