@@ -46,6 +46,45 @@ FRAME_ASSETS = ("athlete_race", "athlete_profile", "cluster_assignments", "model
 SUITE_DISK_GB = 2.0
 
 
+# A process that starts a forkserver (the step server's kind) preloading its arguments, runs
+# ``state(queue)`` in one process forked from it, then ``parent()`` in itself, and prints the
+# values of both (:func:`run_in_step_process`)
+_STEP_PROCESS_SCRIPT = """
+import multiprocessing, sys
+
+{state}
+
+{parent}
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(sys.argv[1:])
+    queue = ctx.Queue()
+    step = ctx.Process(target=state, args=(queue,))
+    step.start()
+    in_step = queue.get(timeout=120)
+    step.join(120)
+    print(*in_step, *parent())
+"""
+
+
+def run_in_step_process(folder: Path, state: str, parent: str, preload: list[str], env: dict | None = None) -> list[str]:
+    """Run ``state`` (the source of ``def state(queue)``, which puts a tuple on the queue) in a
+    process forked from a forkserver that preloaded ``preload``, and ``parent`` (the source of
+    ``def parent()``, which returns a tuple) in the process that started the server, after the
+    step ended; their values, as printed, in order. The script is a file in ``folder``: the
+    forked process unpickles its target from it."""
+    import subprocess
+    import sys
+    import textwrap
+
+    path = folder / "step_process.py"
+    path.write_text(_STEP_PROCESS_SCRIPT.format(state=textwrap.dedent(state), parent=textwrap.dedent(parent)))
+    out = subprocess.run([sys.executable, str(path), *preload], capture_output=True, text=True, env=env,
+                         timeout=300, check=True, cwd=folder)
+    return out.stdout.split()
+
+
 def pytest_report_header(config) -> str | None:
     """A warning at the top of the report when the temporary folder's disk is nearly full: a
     full disk fails tests deep in SQLite or a CSV writer ('disk I/O error', 'No space left

@@ -10,6 +10,7 @@ import textwrap
 import pytest
 
 from racedayai_bayes.lib import pages
+from racedayai_bayes_tests.conftest import run_in_step_process
 
 # /proc/buddyinfo of this VM on 2026-12-07 ~15:40 (free blocks of order 0, 1, ..., 10 per zone)
 BUDDYINFO = """\
@@ -101,24 +102,16 @@ def test_a_choice_is_applied_to_the_process_and_can_be_undone():
     assert seen[1] in (None, 1)
 
 
-STEP_SERVER = textwrap.dedent("""
-    import multiprocessing, sys
-
+PAGES_STATE = """
     def state(queue):
         from racedayai_bayes.lib import pages
         queue.put((pages.huge_pages_allowed(), pages.LAST is not None and pages.LAST.small))
-
-    if __name__ == "__main__":
+"""
+PAGES_PARENT = """
+    def parent():
         from racedayai_bayes.lib import pages
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(sys.argv[1:])
-        queue = ctx.Queue()
-        step = ctx.Process(target=state, args=(queue,))
-        step.start()
-        allowed, small = queue.get(timeout=120)
-        step.join(120)
-        print(allowed, small, pages.huge_pages_allowed(), pages.LAST)
-""")
+        return pages.huge_pages_allowed(), pages.LAST
+"""
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_THP_DISABLE) is Linux's")
@@ -126,16 +119,12 @@ def test_every_step_process_of_the_server_chooses_its_pages_and_the_command_keep
     """With step_pages in the preload, a process forked from the server has made its choice
     (RACEDAYAI_STEP_PAGES: 4kb refuses huge pages, 2mb allows them); without it, nothing is
     chosen; the process that started the server is untouched either way."""
-    path = tmp_path / "server.py"  # a file: the forked process unpickles its target from it
-    path.write_text(STEP_SERVER)
     cases = (("4kb", ["racedayai_bayes.step_pages"], ["False", "True", "True", "None"]),
              ("2mb", ["racedayai_bayes.step_pages"], ["True", "False", "True", "None"]),
              ("4kb", [], ["True", "False", "True", "None"]))
     for value, preload, expected in cases:
         env = {**os.environ, pages.PAGES_ENV: value}
-        out = subprocess.run([sys.executable, str(path), *preload], capture_output=True, text=True, env=env,
-                             timeout=300, check=True, cwd=tmp_path)
-        assert out.stdout.split() == expected, (value, preload, out.stdout, out.stderr[-2000:])
+        assert run_in_step_process(tmp_path, PAGES_STATE, PAGES_PARENT, preload, env) == expected, (value, preload)
 
 
 def test_importing_the_page_module_elsewhere_registers_nothing():

@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 from racedayai_bayes.step_server import SHARED_SERVER_ENV
+from racedayai_bayes_tests.conftest import run_in_step_process
 
 # A parent that starts a server with nothing to preload, shares it with a child process,
 # and prints the server's pid and what the child's forked process says its parent is.
@@ -345,23 +346,17 @@ def test_the_servers_exit_flushes_logging_and_stdout_and_ends_with_0(tmp_path):
     assert log.read_text().strip() == "a record still in the buffer"
 
 
-GC_SERVER = textwrap.dedent("""
-    import gc, multiprocessing, sys
-
+GC_STATE = """
     def state(queue):
+        import gc
         import gc_probe  # preloaded by the server: the value it recorded there
-        queue.put((gc.isenabled(), gc.get_freeze_count(), gc_probe.ENABLED_AT_IMPORT))
-
-    if __name__ == "__main__":
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(sys.argv[1:])
-        queue = ctx.Queue()
-        step = ctx.Process(target=state, args=(queue,))
-        step.start()
-        enabled, frozen, probe = queue.get(timeout=120)
-        step.join(120)
-        print(enabled, frozen > 0, probe, gc.isenabled(), gc.get_freeze_count())
-""")
+        queue.put((gc.isenabled(), gc.get_freeze_count() > 0, gc_probe.ENABLED_AT_IMPORT))
+"""
+GC_PARENT = """
+    def parent():
+        import gc
+        return gc.isenabled(), gc.get_freeze_count()
+"""
 
 
 def test_the_servers_preload_is_frozen_and_its_steps_collect(tmp_path):
@@ -374,16 +369,12 @@ def test_the_servers_preload_is_frozen_and_its_steps_collect(tmp_path):
     (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     (tmp_path / "gc_probe.py").write_text("import gc\nENABLED_AT_IMPORT = gc.isenabled()\n")
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
-    path = tmp_path / "server.py"  # a file: the forked process unpickles its target from it
-    path.write_text(GC_SERVER)
     gc_first, warmup = "racedayai_bayes.step_gc", "racedayai_bayes.step_warmup"
     cases = (([gc_first, "gc_probe", "json", warmup], ["True", "True", "False", "True", "0"]),
              ([gc_first, "gc_probe", "json"], ["True", "False", "False", "True", "0"]),
              (["gc_probe", "json", warmup], ["True", "True", "True", "True", "0"]))
     for preload, expected in cases:
-        out = subprocess.run([sys.executable, str(path), *preload], capture_output=True, text=True, env=env,
-                             timeout=300, check=True, cwd=tmp_path)
-        assert out.stdout.split() == expected, (preload, out.stdout, out.stderr[-2000:])
+        assert run_in_step_process(tmp_path, GC_STATE, GC_PARENT, preload, env) == expected, preload
 
 
 def test_importing_the_collector_module_elsewhere_changes_nothing():
