@@ -238,12 +238,9 @@ def _become_subreaper() -> bool:
     """Make this process the subreaper of its descendants (Linux prctl PR_SET_CHILD_SUBREAPER):
     an orphaned descendant is reparented here rather than to init, so that its CPU time, and
     its own reaped children's, reach this process's RUSAGE_CHILDREN once it is reaped."""
-    import ctypes
+    from racedayai_bayes.lib.processes import prctl
 
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
+    return prctl(36, 1) == 0
 
 
 def _reap_orphans(timeout: float = 30.0) -> list[str]:
@@ -466,6 +463,8 @@ def _run_history(home: Path) -> dict:
     """Per step (and partition) wall seconds, and every check evaluation, from the instance."""
     import dagster as dg
 
+    from racedayai_bayes.lib.pages import choice_from_log
+
     instance = dg.DagsterInstance.from_config(str(home))
     steps: dict[str, float] = {}
     checks: list = []
@@ -477,7 +476,7 @@ def _run_history(home: Path) -> dict:
         for e in instance.all_logs(run.run_id):
             ev = e.dagster_event
             if ev is None:
-                choice = _page_choice(e.user_message or "")
+                choice = choice_from_log(e.user_message or "")
                 if choice and e.step_key:
                     pages[f"{e.step_key}[{part}]"] = choice  # the last one: once the step held its slot
                 continue
@@ -495,15 +494,6 @@ def _run_history(home: Path) -> dict:
     return {"steps": steps, "checks": checks, "pids": pids, "pages": pages}
 
 
-def _page_choice(message: str) -> str | None:
-    """'4 KB (3,210 MB)' from a step's log line of its page choice (lib/pages.PageChoice.describe),
-    '2 MB (870 MB)' for huge pages where asked; None for any other line."""
-    import re
-
-    m = re.match(r"(4 KB|2 MB where asked) pages: (?:([\d,]+) MB of free memory)?", message)
-    if not m:
-        return None
-    return f"{m.group(1)[:4]}" + (f" ({m.group(2)} MB)" if m.group(2) else "")
 
 
 def _decisions(home: Path) -> dict:
@@ -1104,8 +1094,9 @@ def _refit_lines(title: str, fs: dict) -> list[str]:
     pages = fs.get("step_pages", {})
     lines += ["Per step: wall seconds, and the CPU seconds of its process (user, system; sampled every 0.2 s, "
               "so a slight undercount; `other` is the rest of the tree: the command, the run workers, the step server), "
-              "and the pages its fresh memory came in (lib/pages.py: 4 KB while the free memory the host has not taken "
-              "back, in brackets, is ample; else 2 MB where the allocator asks):",
+              "and the pages its fresh memory came in, as it chose once it held its CPU slot (lib/pages.py: 4 KB while the "
+              "free memory the host has not taken back, in brackets, is ample; else 2 MB where the allocator asks; blank "
+              "for a step that takes no slot, which chose as it started and logged nothing):",
               "", "| step | wall s | user s | system s | pages |", "|---|---|---|---|---|"]
     for k, v in sorted(fs["step_wall_s"].items()):
         u, s = cpu.get(k, ("", ""))

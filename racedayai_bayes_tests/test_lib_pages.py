@@ -66,6 +66,55 @@ def test_the_setting_reads_the_environment_and_refuses_an_unknown_value(monkeypa
         pages.setting()
 
 
+def test_only_a_real_order_with_a_device_that_reports_counts(tmp_path, monkeypatch):
+    """The page reporting module exists wherever the kernel was built with it; only a virtio
+    balloon that negotiated free page reporting (feature bit 5) takes the memory, and only an
+    order up to 10 is a real one (11 and 4294967295 are placeholders of kernels without a reporter)."""
+    order_file, buddyinfo, balloons = tmp_path / "order", tmp_path / "buddyinfo", tmp_path / "balloons"
+    monkeypatch.setattr(pages, "REPORTING_ORDER", order_file)
+    monkeypatch.setattr(pages, "BUDDYINFO", buddyinfo)
+    monkeypatch.setattr(pages, "BALLOONS", balloons)
+    buddyinfo.write_text(BUDDYINFO)
+    assert pages.unreported_now() == (None, None)  # no order file: no reporting
+    order_file.write_text("9\n")
+    assert pages.unreported_now() == (None, None)  # no balloon
+    (balloons / "virtio0").mkdir(parents=True)
+    (balloons / "virtio0" / "features").write_text("0110000100" + "0" * 54 + "\n")  # bit 5 off
+    assert not pages.reporting_active() and pages.unreported_now() == (None, None)
+    (balloons / "virtio3").mkdir()
+    (balloons / "virtio3" / "features").write_text("0110010100" + "0" * 54 + "\n")  # bit 5 on
+    assert pages.reporting_active()
+    order, mb = pages.unreported_now()
+    assert order == 9 and mb == pytest.approx(pages.unreported_free_mb(BUDDYINFO, 9, os.sysconf("SC_PAGE_SIZE") // 1024))
+    for placeholder in ("11", "4294967295", "0", "-1", "nine"):
+        order_file.write_text(placeholder)
+        assert pages.unreported_now() == (None, None), placeholder
+    order_file.write_text("9")
+    buddyinfo.write_text("not the kernel's table\n")
+    assert pages.unreported_now() == (9, None)  # unreadable counts: the choice keeps huge pages
+    buddyinfo.unlink()
+    assert pages.unreported_now() == (9, None)
+    assert not pages.choose("auto", *pages.unreported_now()).small
+
+
+def test_the_bench_reads_each_choice_back_from_its_log_line():
+    for choice, expected in ((pages.choose("auto", 9, 3648.2), "4 KB (3,648 MB)"),
+                             (pages.choose("auto", 9, 828.0), "2 MB (828 MB)"),
+                             (pages.choose("4kb", None, None), "4 KB"), (pages.choose("2mb", 9, 50.0), "2 MB"),
+                             (pages.choose("auto", None, None), "2 MB"), (pages.choose("auto", 9, None), "2 MB")):
+        assert pages.choice_from_log(choice.describe()) == expected, choice
+    assert pages.choice_from_log("took CPU slot 1 after waiting 2.0 s") is None
+
+
+def test_a_process_that_made_no_choice_is_left_alone():
+    """reapply_step_pages (the CPU-slot resource's call) changes nothing in a process that did
+    not choose as it started: a step run in the calling process, as tests and dg.materialize do."""
+    before = pages.huge_pages_allowed()
+    assert pages.last_choice() is None
+    assert pages.reapply_step_pages() is None
+    assert pages.huge_pages_allowed() == before and pages.last_choice() is None
+
+
 # In a process of its own: whether it may get huge pages, before and after each choice, as
 # the prctl says and as the kernel shows it in /proc/self/status (THP_enabled, Linux 5.0+)
 APPLY = textwrap.dedent("""
@@ -78,43 +127,45 @@ APPLY = textwrap.dedent("""
                 return int(line.split()[1])
         return None
 
-    seen = [pages.huge_pages_allowed(), status()]
+    assert pages.set_huge_pages(True)  # whatever the process that started this one had
+    seen = [pages.huge_pages_allowed(), status(), pages.reapply_step_pages()]
     for value in ("4kb", "2mb", "4kb"):
         os.environ[pages.PAGES_ENV] = value
         choice = pages.apply_step_pages()
-        seen.append([choice.small, pages.LAST == choice, pages.huge_pages_allowed(), status()])
+        seen.append([choice.small, pages.last_choice() == choice, pages.huge_pages_allowed(), status()])
     os.environ[pages.PAGES_ENV] = "nonsense"  # never raised in a step: auto
-    choice = pages.apply_step_pages()
-    seen.append([choice.small, choice.reason.startswith("4 KB") or "host" in choice.reason or "kernel" in choice.reason])
+    choice = pages.reapply_step_pages()  # this process chose before: it chooses again
+    seen.append([choice.small, choice.reason.startswith(pages.PAGES_ENV), pages.last_choice() == choice])
     print(json.dumps(seen))
 """)
 
+THP_SETTABLE = sys.platform.startswith("linux") and pages.huge_pages_allowed() is True
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_THP_DISABLE) is Linux's")
+
+@pytest.mark.skipif(not THP_SETTABLE, reason="needs Linux's prctl(PR_SET_THP_DISABLE), huge pages allowed here")
 def test_a_choice_is_applied_to_the_process_and_can_be_undone():
     out = subprocess.run([sys.executable, "-c", APPLY], capture_output=True, text=True, check=True, timeout=120)
     seen = json.loads(out.stdout)
-    assert seen[0] is True  # a new process may get huge pages
-    assert seen[2] == [True, True, False, 0]  # 4kb: refused
-    assert seen[3] == [False, True, True, 1]  # 2mb: allowed again
-    assert seen[4] == [True, True, False, 0]
-    assert seen[5][1] is True
-    assert seen[1] in (None, 1)
+    assert seen[:3] == [True, 1, None]  # huge pages allowed, as /proc shows; no choice made yet: none remade
+    assert seen[3] == [True, True, False, 0]  # 4kb: refused
+    assert seen[4] == [False, True, True, 1]  # 2mb: allowed again
+    assert seen[5] == [True, True, False, 0]
+    assert seen[6][1:] == [False, True]  # the unknown value read as auto, and remade
 
 
 PAGES_STATE = """
     def state(queue):
         from racedayai_bayes.lib import pages
-        queue.put((pages.huge_pages_allowed(), pages.LAST is not None and pages.LAST.small))
+        queue.put((pages.huge_pages_allowed(), pages.last_choice() is not None and pages.last_choice().small))
 """
 PAGES_PARENT = """
     def parent():
         from racedayai_bayes.lib import pages
-        return pages.huge_pages_allowed(), pages.LAST
+        return pages.huge_pages_allowed(), pages.last_choice()
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_THP_DISABLE) is Linux's")
+@pytest.mark.skipif(not THP_SETTABLE, reason="needs Linux's prctl(PR_SET_THP_DISABLE), huge pages allowed here")
 def test_every_step_process_of_the_server_chooses_its_pages_and_the_command_keeps_its_own(tmp_path):
     """With step_pages in the preload, a process forked from the server has made its choice
     (RACEDAYAI_STEP_PAGES: 4kb refuses huge pages, 2mb allows them); without it, nothing is
@@ -132,7 +183,7 @@ def test_importing_the_page_module_elsewhere_registers_nothing():
               "from racedayai_bayes.lib import pages\n"
               "pid = os.fork()\n"
               "if pid == 0:\n"
-              "    os._exit(0 if pages.LAST is None and pages.huge_pages_allowed() in (True, None) else 1)\n"
+              "    os._exit(0 if pages.last_choice() is None and pages.huge_pages_allowed() in (True, None) else 1)\n"
               "print(os.waitpid(pid, 0)[1])")
     env = {**os.environ, pages.PAGES_ENV: "4kb"}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env)

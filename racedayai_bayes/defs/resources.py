@@ -228,9 +228,11 @@ class CpuSlots(dg.ConfigurableResource):
         if self._held.waited_s >= 1.0:
             context.log.info(f"took CPU slot {self._held.index} after waiting {self._held.waited_s:.1f} s")
         # the page size of the step's fresh memory, chosen again now that it is about to load
-        # its inputs: the free memory may have changed while it waited (lib/pages.py)
-        choice = pages.apply_step_pages()
-        if choice is not None:
+        # its inputs: the free memory may have changed while it waited (lib/pages.py). Only in
+        # a step process the step server forked, which chose as it started: a step run in the
+        # calling process (a test's, dg.materialize) leaves that process's pages alone
+        choice = pages.reapply_step_pages()
+        if choice is not None and context.log is not None:
             context.log.debug(choice.describe())
         # a slot is a core: BLAS on one thread, as the other cores run the other slots' steps
         # (OpenBLAS's threads spin while they wait; two steps of two threads each on two

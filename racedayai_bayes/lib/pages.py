@@ -1,7 +1,8 @@
 """The page size of a step process's fresh memory, chosen from what the kernel says it has free.
 
 On a virtual machine whose kernel reports free memory to its host (Linux's free page
-reporting, as this Firecracker VM does: ``/sys/module/page_reporting``), every free block of
+reporting through a virtio balloon, as this Firecracker VM does: ``/sys/module/page_reporting``,
+:func:`reporting_active`), every free block of
 ``page_reporting_order`` or larger (order 9: 2 MB on x86-64) is handed back to the host,
 which drops its contents. A process that touches such memory again makes the host fault it
 back in, at a cost far above the guest's own page fault: 4.6-9.2 s per GB here on 2026-12-07
@@ -21,8 +22,12 @@ backs the guest with huge pages of its own and the low orders are short (2026-12
 s per GB in 2 MB pages, 5.6-7.9 s in 4 KB pages), which is why the choice is made per process
 from the kernel's counts and not once for all.
 
+Where nothing takes free memory back (bare metal, most machines), the choice is always huge
+pages where asked: what the step server's allocator settings give.
+
 Plain Python, no Dagster: the step server calls :func:`apply_step_pages` in every process it
-forks, and the CPU-slot resource again once a step holds its slot (it may have waited).
+forks, and the CPU-slot resource :func:`reapply_step_pages` once such a step holds its slot (it
+may have waited); a step run in the calling process (a test's) is left as it is.
 """
 
 from __future__ import annotations
@@ -31,8 +36,18 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from racedayai_bayes.lib.processes import prctl
+
 BUDDYINFO = Path("/proc/buddyinfo")
 REPORTING_ORDER = Path("/sys/module/page_reporting/parameters/page_reporting_order")
+# the virtio balloon devices; a device reports free pages when its negotiated features (one
+# '0' or '1' per bit) have VIRTIO_BALLOON_F_REPORTING, bit 5
+BALLOONS = Path("/sys/bus/virtio/drivers/virtio_balloon")
+BALLOON_F_REPORTING = 5
+# the largest order a real reporting order can be (x86-64's MAX_PAGE_ORDER is 10): a kernel
+# built with page reporting but with no device using it shows a placeholder there instead
+# (MAX_ORDER, 11, in Linux 5.14-6.2; -1 read as 4294967295 since)
+MAX_REPORTING_ORDER = 10
 
 # RACEDAYAI_STEP_PAGES: auto (the default), 4kb (always small pages), 2mb (as the allocator
 # asks: huge pages for the heap and large arrays)
@@ -106,12 +121,29 @@ def choose(setting_: str, reporting_order: int | None, unreported_mb: float | No
                               f"({'at least' if enough else 'under'} {pool_mb:,.0f} MB)", unreported_mb)
 
 
+def reporting_active(balloons: Path | None = None) -> bool:
+    """Whether a device takes this kernel's free pages back to a host: a virtio balloon that
+    negotiated free page reporting (the kernel's page reporting module exists wherever it was
+    built in, reporter or not)."""
+    try:
+        for features in (balloons or BALLOONS).glob("virtio*/features"):
+            bits = features.read_text().strip()
+            if len(bits) > BALLOON_F_REPORTING and bits[BALLOON_F_REPORTING] == "1":
+                return True
+    except OSError:
+        pass
+    return False
+
+
 def unreported_now() -> tuple[int | None, float | None]:
-    """The kernel's free page reporting order, None where it reports no free memory to a host;
-    and the free memory (MB) below that order now, None if it could not be read."""
+    """The order from which the kernel reports free memory to a host, None where nothing
+    takes it (:func:`reporting_active`) or the order is not a real one; and the free memory
+    (MB) below that order now, None if it could not be read."""
     try:
         order = int(REPORTING_ORDER.read_text().strip())
     except (OSError, ValueError):
+        return None, None
+    if not (0 < order <= MAX_REPORTING_ORDER) or not reporting_active():
         return None, None
     try:
         return order, unreported_free_mb(BUDDYINFO.read_text(), order, os.sysconf("SC_PAGE_SIZE") // 1024)
@@ -122,43 +154,59 @@ def unreported_now() -> tuple[int | None, float | None]:
 def set_huge_pages(allowed: bool) -> bool:
     """Allow or refuse transparent huge pages for the rest of this process's page faults
     (``prctl(PR_SET_THP_DISABLE)``; pages already faulted stay as they are; inherited by
-    forked children). False where the call is unavailable (not Linux) or refused."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_THP_DISABLE, 0 if allowed else 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
+    forked children and kept across exec). False where the call is unavailable (not Linux)
+    or refused."""
+    return prctl(PR_SET_THP_DISABLE, 0 if allowed else 1) == 0
 
 
 def huge_pages_allowed() -> bool | None:
     """Whether this process may get transparent huge pages (``PR_GET_THP_DISABLE``), or None
     where that cannot be asked."""
-    import ctypes
-
-    try:
-        result = ctypes.CDLL(None, use_errno=True).prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0)
-    except (OSError, AttributeError):
-        return None
-    return None if result < 0 else result == 0
+    result = prctl(PR_GET_THP_DISABLE)
+    return None if result is None else result == 0
 
 
-LAST: PageChoice | None = None  # this process's latest choice (apply_step_pages)
+_last: list[PageChoice] = []  # this process's latest choice (apply_step_pages)
+
+
+def last_choice() -> PageChoice | None:
+    """This process's latest choice, None if it made none (not a step server's step)."""
+    return _last[-1] if _last else None
 
 
 def apply_step_pages() -> PageChoice | None:
     """Choose this process's page size now and apply it; the choice, or None if it could not
     be applied. Never raises: a step must not fail over its pages (an unknown
-    ``$RACEDAYAI_STEP_PAGES`` is refused earlier, when the command checks its settings)."""
-    global LAST
+    ``$RACEDAYAI_STEP_PAGES`` counts as ``auto`` here; ``refit`` refuses it before any run)."""
     try:
-        value = setting()
-    except ValueError:
-        value = "auto"
-    order, unreported = unreported_now() if value == "auto" else (None, None)
-    choice = choose(value, order, unreported)
-    if not set_huge_pages(not choice.small):
+        try:
+            value = setting()
+        except ValueError:
+            value = "auto"
+        order, unreported = unreported_now() if value == "auto" else (None, None)
+        choice = choose(value, order, unreported)
+        if not set_huge_pages(not choice.small):
+            return None
+    except Exception:  # noqa: BLE001 - whatever the platform lacks, the step goes on with its pages as they are
         return None
-    LAST = choice
+    _last[:] = [choice]
     return choice
+
+
+def reapply_step_pages() -> PageChoice | None:
+    """In a process that chose its pages as it started (a step the step server forked,
+    step_pages.py): choose again now, and return the choice; elsewhere (a step run in the
+    calling process, a test's) nothing is changed and None is returned."""
+    return apply_step_pages() if _last else None
+
+
+def choice_from_log(message: str) -> str | None:
+    """'4 KB (3,210 MB)' from a log line that :meth:`PageChoice.describe` wrote, '2 MB
+    (870 MB)' where huge pages were left as asked, without the brackets where no free memory
+    was counted; None for any other line (the bench's per-step column)."""
+    import re
+
+    m = re.match(r"(4 KB|2 MB where asked) pages: (?:([\d,]+) MB of free memory)?", message)
+    if not m:
+        return None
+    return m.group(1)[:4] + (f" ({m.group(2)} MB)" if m.group(2) else "")

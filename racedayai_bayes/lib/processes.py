@@ -1,5 +1,6 @@
 """Processes of this host: whether one runs or is stopped, an exit without the interpreter's
-teardown, and the garbage collector's settings for a process's long-lived imports."""
+teardown, the garbage collector's settings for a process's long-lived imports, and Linux's
+``prctl``."""
 
 from __future__ import annotations
 
@@ -84,3 +85,27 @@ def imports_frozen() -> Iterator[None]:
             gc.enable()
         raise
     freeze_imports()
+
+
+_PRCTL: list = []  # the C function, looked up once per process (None where there is none)
+
+
+def prctl(option: int, arg2: int = 0) -> int | None:
+    """Linux's ``prctl(option, arg2, 0, 0, 0)``: its result (0 or more), or None where the call
+    is unavailable (not Linux, no C library) or fails (its errno is then ``ctypes.get_errno()``).
+    Its arguments are declared as the kernel reads them (unsigned longs after the option)."""
+    if not _PRCTL:
+        try:
+            import ctypes
+
+            fn = ctypes.CDLL(None, use_errno=True).prctl
+            fn.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+            fn.restype = ctypes.c_int
+        except Exception:  # noqa: BLE001 - ImportError, OSError, AttributeError, TypeError: no prctl here
+            fn = None
+        _PRCTL.append(fn)
+    fn = _PRCTL[0]
+    if fn is None:
+        return None
+    result = fn(option, arg2, 0, 0, 0)
+    return None if result < 0 else result
