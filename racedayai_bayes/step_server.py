@@ -23,7 +23,7 @@ STEP_PRELOAD = [
     # every step process chooses the page size of its fresh memory as it starts (lib/pages.py)
     "racedayai_bayes.step_pages",
     # Dagster's multiprocess executor preloads this module first unless the list has it: here
-    # it is in the list, after step_gc, so the executor's list and the command's are this one
+    # it is in the list, after step_gc and step_pages, so the executor's list and the command's are this one
     "dagster._core.executor.multiprocess",
     "racedayai_bayes.definitions",
     "arviz",

@@ -71,9 +71,11 @@ def test_executor_runs_at_most_three_step_processes_per_run():
         takes_slot = "cpu" in node.definition.required_resource_keys
         assert (node.definition.tags.get("racedayai/cpu_slot") == "held") == takes_slot, name
     preload = config["start_method"]["forkserver"]["preload_modules"]
-    # the garbage collector off first (step_gc), then Dagster's executor (in the list, so that
-    # Dagster does not put it first), the code location, ..., and the freeze last (step_warmup)
-    assert preload[:3] == ["racedayai_bayes.step_gc", "dagster._core.executor.multiprocess", "racedayai_bayes.definitions"]
+    # the garbage collector off first (step_gc), the steps' page choice (step_pages), then
+    # Dagster's executor (in the list, so that Dagster does not put it first), the code
+    # location, ..., and the freeze last (step_warmup)
+    assert preload[:4] == ["racedayai_bayes.step_gc", "racedayai_bayes.step_pages", "dagster._core.executor.multiprocess",
+                           "racedayai_bayes.definitions"]
     assert preload[-1] == "racedayai_bayes.step_warmup" and {"arviz", "scipy.stats"} <= set(preload)
     # of the ready posterior steps the longest, the forecast model's, starts first
     plan = {n.name: int(n.tags.get("dagster/priority", 0)) for n in job.graph.node_dict.values()}
