@@ -113,7 +113,7 @@ def choose(setting_: str, reporting_order: int | None, unreported_mb: float | No
     if setting_ == "2mb":
         return PageChoice(False, f"{PAGES_ENV}=2mb", unreported_mb)
     if reporting_order is None:
-        return PageChoice(False, "the kernel reports no free memory to a host: freed memory stays the guest's")
+        return PageChoice(False, "nothing takes this machine's free memory back (no free page reporting)")
     if unreported_mb is None:
         return PageChoice(False, "the kernel's free block counts could not be read")
     enough = unreported_mb >= pool_mb
