@@ -494,8 +494,6 @@ def _run_history(home: Path) -> dict:
     return {"steps": steps, "checks": checks, "pids": pids, "pages": pages}
 
 
-
-
 def _decisions(home: Path) -> dict:
     """The stored comparison of each distance (the published_model asset's value)."""
     from racedayai_bayes.lib.outputs import stored
