@@ -183,8 +183,7 @@ def _refit(args: argparse.Namespace) -> int:
         raise UserError("--frame-from is refit's own, for the process of its later distance; a refit reuses a stored "
                         "model frame by itself when the inputs and the code are unchanged")
     _stop_grace_s()  # a bad setting is said before anything starts
-    _alert_interval()  # read as the code location loads, by the step server's preload too
-    _step_pages()  # read by every step process as it starts
+    _environment_settings()  # read as the code location loads and as each step starts
     if args.after:  # a later distance's run of another refit command (see _Later)
         from racedayai_bayes.step_server import join_step_server
 
@@ -846,26 +845,20 @@ def _check_settings(args: argparse.Namespace) -> None:
         raise UserError(f"invalid refit settings: {'; '.join(problems)}")
 
 
-def _alert_interval() -> None:
-    """RACEDAYAI_ALERT_INTERVAL_S, which the code location reads as it loads (defs/sensors.py):
-    a bad value ends the command with one line before anything imports the code location."""
+def _environment_settings() -> None:
+    """The settings read from the environment where a bad value could not end the command
+    with one line: RACEDAYAI_ALERT_INTERVAL_S, which the code location reads as it loads
+    (defs/sensors.py, the step server's preload too), and RACEDAYAI_STEP_PAGES, which every
+    step process reads as it starts (lib/pages.py) and would ignore. Checked before anything
+    imports the code location."""
     from racedayai_bayes.lib.outputs.alerts import alert_interval_s
-
-    try:
-        alert_interval_s()
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-
-
-def _step_pages() -> None:
-    """RACEDAYAI_STEP_PAGES, which every step process reads as it starts (lib/pages.py), where
-    an unknown value would be ignored: the command refuses it with one line instead."""
     from racedayai_bayes.lib.pages import setting
 
-    try:
-        setting()
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    for check in (alert_interval_s, setting):
+        try:
+            check()
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
 
 
 def _flag(flags: dict[str, str], loc) -> str:

@@ -41,7 +41,7 @@ def test_unreported_free_memory_sums_every_zones_blocks_below_the_reporting_orde
 
 def test_small_pages_only_where_the_guest_still_has_enough_free_memory():
     small = pages.choose("auto", 9, 3000.0, pool_mb=2048)
-    assert small.small and small.unreported_mb == 3000.0
+    assert small.small
     assert small.describe() == ("4 KB pages: 3,000 MB of free memory the host has not taken back "
                                 "(at least 2,048 MB)")
     short = pages.choose("auto", 9, 2047.0, pool_mb=2048)

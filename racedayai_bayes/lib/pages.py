@@ -73,7 +73,6 @@ PR_GET_THP_DISABLE = 42
 class PageChoice:
     small: bool  # True: 4 KB pages only (THP disabled for this process)
     reason: str
-    unreported_mb: float | None = None  # free memory of orders below the reporting order
 
     def describe(self) -> str:
         return f"{'4 KB' if self.small else '2 MB where asked'} pages: {self.reason}"
@@ -109,16 +108,16 @@ def choose(setting_: str, reporting_order: int | None, unreported_mb: float | No
            pool_mb: float = SMALL_PAGE_POOL_MB) -> PageChoice:
     """The page size for a process about to make its data (module docstring)."""
     if setting_ == "4kb":
-        return PageChoice(True, f"{PAGES_ENV}=4kb", unreported_mb)
+        return PageChoice(True, f"{PAGES_ENV}=4kb")
     if setting_ == "2mb":
-        return PageChoice(False, f"{PAGES_ENV}=2mb", unreported_mb)
+        return PageChoice(False, f"{PAGES_ENV}=2mb")
     if reporting_order is None:
         return PageChoice(False, "nothing takes this machine's free memory back (no free page reporting)")
     if unreported_mb is None:
         return PageChoice(False, "the kernel's free block counts could not be read")
     enough = unreported_mb >= pool_mb
     return PageChoice(enough, f"{unreported_mb:,.0f} MB of free memory the host has not taken back "
-                              f"({'at least' if enough else 'under'} {pool_mb:,.0f} MB)", unreported_mb)
+                              f"({'at least' if enough else 'under'} {pool_mb:,.0f} MB)")
 
 
 def reporting_active(balloons: Path | None = None) -> bool:

@@ -5,6 +5,7 @@ teardown, the garbage collector's settings for a process's long-lived imports, a
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import os
 from collections.abc import Iterator
@@ -87,24 +88,25 @@ def imports_frozen() -> Iterator[None]:
     freeze_imports()
 
 
-_PRCTL: list = []  # the C function, looked up once per process (None where there is none)
+@functools.cache
+def _prctl_function():
+    """The C library's prctl with the argument types the kernel reads (unsigned longs after the
+    option), looked up once per process; None where there is none."""
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).prctl
+        fn.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+        fn.restype = ctypes.c_int
+        return fn
+    except Exception:  # noqa: BLE001 - ImportError, OSError, AttributeError, TypeError: no prctl here
+        return None
 
 
 def prctl(option: int, arg2: int = 0) -> int | None:
     """Linux's ``prctl(option, arg2, 0, 0, 0)``: its result (0 or more), or None where the call
-    is unavailable (not Linux, no C library) or fails (its errno is then ``ctypes.get_errno()``).
-    Its arguments are declared as the kernel reads them (unsigned longs after the option)."""
-    if not _PRCTL:
-        try:
-            import ctypes
-
-            fn = ctypes.CDLL(None, use_errno=True).prctl
-            fn.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
-            fn.restype = ctypes.c_int
-        except Exception:  # noqa: BLE001 - ImportError, OSError, AttributeError, TypeError: no prctl here
-            fn = None
-        _PRCTL.append(fn)
-    fn = _PRCTL[0]
+    is unavailable (not Linux, no C library) or fails (its errno is then ``ctypes.get_errno()``)."""
+    fn = _prctl_function()
     if fn is None:
         return None
     result = fn(option, arg2, 0, 0, 0)
