@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from racedayai_bayes.lib.data import ATHLETE_ID
+from racedayai_bayes.lib.data import ATHLETE_ID, MODEL_DISTANCES
 from racedayai_bayes.lib.data.contracts import InputError, read_clusters, read_profiles, read_races
 from racedayai_bayes.lib.data.history import HISTORY_COLUMNS, athlete_codes, first_appearance
 from racedayai_bayes.lib.data.frame import FRAME_COLUMNS, build_model_frame, distance_rows
@@ -29,7 +29,7 @@ RACE_ROWS = [
     ("a8", "F", "50-54", "true", "140.6", "2020", "50000"),  # dropped: pro (lower-case)
     ("a1", "M", "30-34", "False", "140.6", "2018", "43000.25"),  # kept: second race of a1
 ]
-KEPT = [1, 2, 6, 9, 11]  # indices into RACE_ROWS, in input order
+KEPT = [1, 6, 2, 9, 11]  # indices into RACE_ROWS: the 70.3 rows, then the 140.6 rows, each in input order
 
 PROFILES_CSV = (
     "athlete_hash,athlete_name,total_races,pb_total_sec,consistency_cv,improvement_slope\n"
@@ -43,17 +43,17 @@ CLUSTERS_CSV = "athlete_hash,cluster_id\na1,4\na3,0\n"
 # what each kept row should hold after the joins (NaN = no profile / cluster)
 EXPECTED = pd.DataFrame(
     {
-        "athlete_hash": ["a2", "a3", None, "a7", "a1"],
+        "athlete_hash": ["a2", None, "a3", "a7", "a1"],
         "gender": ["F", "M", "M", None, "M"],
-        "age_group": ["25-29", "40-44", "45-49", None, "30-34"],
-        "event_distance": ["70.3", "140.6", "70.3", "140.6", "140.6"],
-        "event_year": [2020, 2021, 2018, 2020, 2018],
-        "total_sec": [3600.5, 61199.5, 20000.0, 45000.0, 43000.25],
-        "total_races": [2.0, 1.0, np.nan, np.nan, 3.0],
-        "pb_total_sec": [3600.5, 61199.5, np.nan, np.nan, 3600.0],
+        "age_group": ["25-29", "45-49", "40-44", None, "30-34"],
+        "event_distance": ["70.3", "70.3", "140.6", "140.6", "140.6"],
+        "event_year": [2020, 2018, 2021, 2020, 2018],
+        "total_sec": [3600.5, 20000.0, 61199.5, 45000.0, 43000.25],
+        "total_races": [2.0, np.nan, 1.0, np.nan, 3.0],
+        "pb_total_sec": [3600.5, np.nan, 61199.5, np.nan, 3600.0],
         "consistency_cv": [0.25, np.nan, np.nan, np.nan, 0.5],
         "improvement_slope": [5.0, np.nan, np.nan, np.nan, -10.0],
-        "cluster_id": [None, 0, None, None, 4],
+        "cluster_id": [None, None, 0, None, 4],
     }
 )
 
@@ -87,14 +87,14 @@ def test_model_frame_applies_every_rule_of_the_seed(tmp_path):
     assert list(frame.columns) == [*FRAME_COLUMNS, *HISTORY_COLUMNS, ATHLETE_ID]
     assert len(frame) == len(KEPT)
     assert frame["athlete_hash"].fillna("").tolist() == [RACE_ROWS[i][0] for i in KEPT]
-    # every column, row by row, in input order
+    # every column, row by row: the 70.3 rows, then the 140.6 rows, each in input order
     for col in EXPECTED.columns:
         got = [None if pd.isna(v) else v for v in frame[col]]
         want = [None if pd.isna(v) else v for v in EXPECTED[col]]
         assert got == want, col
     # each athlete's number: in hash order over every race of the file (a1 < a2 < a3 < a7; a5,
     # a6 and a8 have only dropped races, a4 too), -1 for the blank hash
-    assert frame[ATHLETE_ID].tolist() == [1, 2, -1, 6, 0]
+    assert frame[ATHLETE_ID].tolist() == [1, -1, 2, 6, 0]
     # the anonymous race did not pick up the blank-keyed profile (99 races) or cluster (8)
     anon = frame.loc[frame["athlete_hash"].isna()].iloc[0]
     assert pd.isna(anon["total_races"]) and pd.isna(anon["cluster_id"])
@@ -128,6 +128,26 @@ def test_distance_rows_split_in_frame_order(tmp_path):
     assert distance_rows(frame, "140.6")["total_sec"].tolist() == [61199.5, 45000.0, 43000.25]
     with pytest.raises(ValueError, match="unknown distance"):
         distance_rows(frame, "sprint")
+
+
+def test_each_distance_is_one_block_of_the_model_frame_and_its_rows_share_its_memory(tmp_path):
+    """The model frame holds one distance's rows after the other's, so distance_rows is a
+    slice of it (no copy of hundreds of MB at full scale), which writing to cannot change
+    the frame; rows of the distances interleaved (a frame made some other way) give the same
+    rows as a copy."""
+    frame, _ = build_model_frame(*_inputs(tmp_path))
+    total = frame["total_sec"].to_numpy()
+    for distance in MODEL_DISTANCES:
+        rows = distance_rows(frame, distance)
+        assert np.shares_memory(rows["total_sec"].to_numpy(), total), distance
+        pd.testing.assert_frame_equal(rows, frame.loc[(frame["event_distance"] == distance).to_numpy()].reset_index(drop=True))
+    rows = distance_rows(frame, "70.3")
+    rows.loc[0, "total_sec"] = -1.0  # copy on write: the frame keeps its value
+    assert frame.loc[0, "total_sec"] == 3600.5
+    mixed = frame.iloc[[0, 2, 1, 3, 4]].reset_index(drop=True)  # 70.3, 140.6, 70.3, ...
+    rows = distance_rows(mixed, "70.3")
+    assert not np.shares_memory(rows["total_sec"].to_numpy(), mixed["total_sec"].to_numpy())
+    assert rows["total_sec"].tolist() == [3600.5, 20000.0]
 
 
 def test_float_looking_distance_file_keeps_its_rows(tmp_path):

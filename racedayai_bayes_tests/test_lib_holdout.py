@@ -105,7 +105,7 @@ def test_train_and_holdout_are_the_same_rows_whether_or_not_they_are_one_block(o
     pd.testing.assert_frame_equal(split.holdout, rows.loc[split.held_out])
     pd.testing.assert_frame_equal(split.train_columns("total_sec", "event_year"),
                                   rows[["total_sec", "event_year"]].loc[~split.held_out])
-    from racedayai_bayes.lib.data.split import _copy_on_write
+    from racedayai_bayes.lib.data.frame import _copy_on_write
 
     shared = np.shares_memory(split.train["total_sec"].to_numpy(), split.rows["total_sec"].to_numpy())
     assert shared == (ordered and _copy_on_write())  # never a plain view that writes would reach

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from racedayai_bayes.lib.data.frame import select_rows
 from racedayai_bayes.lib.errors import FitError
 
 HOLDOUT_RULES = ("latest_year", "random_athletes", "none")
@@ -57,15 +58,15 @@ class Split:
         """The fitted rows. When they are one block of ``rows`` (the default split of rows in
         season order: the latest season is the last block), a slice that shares ``rows``'
         memory; otherwise a copy (at full scale, hundreds of MB and seconds)."""
-        return _select(self.rows, ~self.held_out)
+        return select_rows(self.rows, ~self.held_out)
 
     def train_columns(self, *columns: str) -> pd.DataFrame:
         """Some columns of the fitted rows."""
-        return _select(self.rows[list(columns)], ~self.held_out)
+        return select_rows(self.rows[list(columns)], ~self.held_out)
 
     @property
     def holdout(self) -> pd.DataFrame:
-        return _select(self.rows, self.held_out)
+        return select_rows(self.rows, self.held_out)
 
     @property
     def holdout_positions(self) -> np.ndarray:
@@ -105,25 +106,6 @@ class Split:
             if key in fitted and fitted[key] != own[key]:
                 return f"{key} {fitted[key]!r} there, {own[key]!r} here"
         return None
-
-
-def _copy_on_write() -> bool:
-    """True when pandas copies a slice before writing to it: always from pandas 3, by option in 2.x."""
-    if int(pd.__version__.split(".")[0]) >= 3:
-        return True
-    try:
-        return pd.get_option("mode.copy_on_write") is True
-    except (KeyError, ValueError):  # pragma: no cover - an option pandas no longer has
-        return False
-
-
-def _select(rows: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
-    """``rows.loc[keep]``, as a slice (no copy) when the kept rows are contiguous and pandas
-    copies on write, so that writing to the slice can never change ``rows``."""
-    where = np.flatnonzero(keep)
-    if _copy_on_write() and (len(where) == 0 or where[-1] - where[0] + 1 == len(where)):
-        return rows.iloc[where[0]:where[-1] + 1] if len(where) else rows.iloc[:0]
-    return rows.loc[keep]
 
 
 def rule_problem(rule: str, season: int | None = None) -> str | None:
