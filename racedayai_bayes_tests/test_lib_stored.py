@@ -98,8 +98,8 @@ def test_a_truncated_file_is_said_to_be_corrupt_not_a_confusing_pickle_error(tmp
 def test_arrow_text_of_whole_chunks_is_stored_without_pandas_copy(tmp_path, monkeypatch):
     """A pandas Arrow-backed column whose chunks are whole arrays is pickled as those chunks,
     not as the copy pandas' __getstate__ makes (combine_chunks): one chunk into the very bytes
-    that copy gives, several as several; a column that is a slice of larger buffers is still
-    made compact, pandas' way."""
+    that copy gives, several as several; a text column that is a slice of larger buffers is
+    stored compact too, without pandas' copy."""
     import pyarrow as pa
     from pandas.core.arrays.arrow.array import ArrowExtensionArray
 
@@ -113,7 +113,7 @@ def test_arrow_text_of_whole_chunks_is_stored_without_pandas_copy(tmp_path, monk
     original = ArrowExtensionArray.__getstate__
     monkeypatch.setattr(ArrowExtensionArray, "__getstate__", lambda self: combined.append(len(self)) or original(self))
     path = tmp_path / "value.pkl"
-    for value, copies, chunks in ((frame, [], 1), (sliced, [100], 1), (parts, [], 2)):
+    for value, copies, chunks in ((frame, [], 1), (sliced, [], 1), (parts, [], 2)):
         combined.clear()
         with open(path, "wb") as fh:
             stored.dump(value, fh)
@@ -138,6 +138,40 @@ def test_arrow_text_of_whole_chunks_is_stored_without_pandas_copy(tmp_path, monk
     with open(sliced_file, "wb") as fh:
         stored.dump(sliced, fh)
     assert sliced_file.stat().st_size < 20_000  # compact: not the 4,000 strings the slice points into
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_a_sliced_text_column_is_stored_as_its_own_values_at_any_offset(tmp_path, monkeypatch, large):
+    """A slice of a text column (a distance's rows of the model frame are one) is stored as
+    its own characters, offsets and validity, whatever its offset (the validity bits of a
+    slice that does not start on a byte realigned), with no copy by pandas: it loads equal to
+    the slice, missing values where they were, and the file holds the slice's characters,
+    not the whole column's. A slice of another Arrow type goes pandas' way (a compact copy)."""
+    import pyarrow as pa
+    from pandas.core.arrays.arrow.array import ArrowExtensionArray
+
+    kind = pa.large_string() if large else pa.string()
+    text = pa.array([f"athlete {i:05d}" if i % 5 else None for i in range(20_000)], kind)
+    column = pd.Series(pd.arrays.ArrowStringArray(pa.chunked_array([text])))
+    combined = []
+    original = ArrowExtensionArray.__getstate__
+    monkeypatch.setattr(ArrowExtensionArray, "__getstate__", lambda self: combined.append(len(self)) or original(self))
+    path = tmp_path / "value.pkl"
+    for lo, hi in ((0, 100), (3, 11), (8, 1000), (13, 20_000), (19_990, 20_000), (7, 7)):
+        part = pd.DataFrame({"text": column, "n": np.arange(20_000)}).iloc[lo:hi].reset_index(drop=True)
+        assert hi == lo or part["text"].array._pa_array.chunk(0).offset == lo
+        with open(path, "wb") as fh:
+            stored.dump(part, fh)
+        loaded = stored.load(path)
+        pd.testing.assert_frame_equal(loaded, part)
+        assert loaded["text"].isna().tolist() == [i % 5 == 0 for i in range(lo, hi)]
+        assert path.stat().st_size < 4_096 + 40 * (hi - lo)  # 14 characters, an offset, a validity bit and an int64 a row
+    assert combined == []
+    numbers = pd.Series(pd.array(range(1000), dtype="int64[pyarrow]")).iloc[10:20].reset_index(drop=True)
+    with open(path, "wb") as fh:
+        stored.dump(numbers, fh)
+    assert combined == [10]
+    pd.testing.assert_series_equal(stored.load(path), numbers)
 
 
 @pytest.mark.parametrize("content", [b"", b"\0" * 5000], ids=["empty", "zero-filled"])
