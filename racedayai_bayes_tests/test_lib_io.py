@@ -368,3 +368,8 @@ def test_the_prediction_table_keeps_event_names_as_written_and_blank_where_missi
     assert (tmp_path / "table.csv").read_bytes() == (tmp_path / "objects.csv").read_bytes()
     lines = (tmp_path / "table.csv").read_text().splitlines()
     assert lines[2].split(",")[-2] == "" and lines[1].split(",")[-3:] == ["forecast", "IRONMAN 70.3 Fort Fjordby", "false"]
+    # the table shares the rows' columns without copying them first: writing to it leaves the rows as they were
+    before = rows.copy()
+    table.loc[0, "total_sec"] = -1.0
+    table.loc[0, "athlete_hash"] = "changed"
+    pd.testing.assert_frame_equal(rows, before)
