@@ -52,7 +52,7 @@ sys.path.insert(0, str(REPO))
 from racedayai_bayes.demo import simulate as sim  # noqa: E402
 from racedayai_bayes.lib.data.contracts import read_clusters, read_profiles, read_races  # noqa: E402
 from racedayai_bayes.lib.data import MODEL_DISTANCES, history  # noqa: E402
-from racedayai_bayes.lib.data.frame import frame_rules, model_frame_and_seasons  # noqa: E402
+from racedayai_bayes.lib.data.frame import frame_order, frame_rules, model_frame_and_seasons  # noqa: E402
 from racedayai_bayes.lib.evaluation.judge import row_groups  # noqa: E402
 from racedayai_bayes.lib.evaluation.report import markdown_table  # noqa: E402
 from racedayai_bayes.lib.evaluation.scores import clustered_mean, edition_labels  # noqa: E402
@@ -157,11 +157,12 @@ def model_frame(setup: Setup) -> tuple[pd.DataFrame, np.ndarray]:
     profiles = read_profiles(setup.inputs / "athlete_profile.csv").frame
     clusters = read_clusters(setup.inputs / "cluster_assignments.csv").frame
     frame, _, _ = model_frame_and_seasons(races, profiles, clusters)
-    # the frame keeps the input rows that every one of its rules keeps, in their order
-    positions = np.flatnonzero(np.logical_and.reduce(list(frame_rules(races).values())))
+    # the frame keeps the input rows that every one of its rules keeps, one distance's after
+    # the other's, each distance's in input order (lib/data/frame.frame_order)
+    positions = frame_order(races, np.flatnonzero(np.logical_and.reduce(list(frame_rules(races).values()))))
     if len(positions) != len(frame) or not _same_rows(frame, races.iloc[positions]):
-        fail("the model frame's rows are not the input rows its rules keep (lib/data/frame.frame_rules): "
-             "the frame no longer keeps its rows in input order; update model_frame() here")
+        fail("the model frame's rows are not the input rows its rules keep (lib/data/frame.frame_rules) in "
+             "lib/data/frame.frame_order; update model_frame() here")
     return frame[["athlete_hash", "gender", "event_name", "event_distance", "event_year", "total_sec",
                   *HISTORY_USED]], positions
 
@@ -854,8 +855,8 @@ def main() -> None:
     rows = joined_rows(setup, frame, positions, truth)
     del frame, truth
     checks.append(f"The model frame rebuilt with the project's readers and `model_frame_and_seasons` has "
-                  f"{sum(len(r) for r in rows.values()):,} rows, the input rows its rules keep, in order; the truth is "
-                  "attached by position.")
+                  f"{sum(len(r) for r in rows.values()):,} rows, the input rows its rules keep, each distance's in input "
+                  "order; the truth is attached by position.")
     for d, r in rows.items():
         named = r.athlete_hash.notna()
         dup = int(r[named].duplicated(["athlete_hash", "event_name", "event_year"]).sum())

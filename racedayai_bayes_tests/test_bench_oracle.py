@@ -175,3 +175,21 @@ def test_oracle_b_is_exact_conditioning_on_earlier_finishes(oracle, distance, tr
     expected_mean, expected_var = _brute_force_b(distance, season, center, own, trend_sd)
     assert mean[0] == pytest.approx(expected_mean, abs=1e-12)
     assert var[0] == pytest.approx(expected_var, rel=1e-10)
+
+
+def test_the_oracles_model_frame_lines_up_with_the_input_rows(oracle, demo_world, tmp_path):
+    """The oracle attaches the simulator's truth to the model frame by each row's position in
+    athlete_race.csv: its positions are the rows the frame's rules keep in the frame's own
+    order (one distance's after the other's), row by row the same races."""
+    from racedayai_bayes_tests.conftest import small_world, write_inputs
+
+    world = small_world(demo_world, share=0.05)
+    folder = write_inputs(world, tmp_path / "inputs")
+    frame, positions = oracle.model_frame(oracle.Setup("test", folder, tmp_path / "outputs", ""))
+    races = world["athlete_race"]
+    assert len(frame) == len(positions) and len(set(positions)) == len(positions)
+    distances = frame["event_distance"].to_numpy(dtype=object)
+    assert (distances[:-1] <= distances[1:]).all() or (distances[:-1] >= distances[1:]).all()  # one block each
+    assert frame["total_sec"].to_numpy().tolist() == races["total_sec"].to_numpy(dtype=float)[positions].tolist()
+    assert (frame["event_distance"].to_numpy(dtype=object) == races["event_distance"].astype(str).to_numpy(dtype=object)[positions]).all()
+

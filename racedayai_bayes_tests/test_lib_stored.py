@@ -157,7 +157,8 @@ def test_a_sliced_text_column_is_stored_as_its_own_values_at_any_offset(tmp_path
     original = ArrowExtensionArray.__getstate__
     monkeypatch.setattr(ArrowExtensionArray, "__getstate__", lambda self: combined.append(len(self)) or original(self))
     path = tmp_path / "value.pkl"
-    for lo, hi in ((0, 100), (3, 11), (8, 1000), (13, 20_000), (19_990, 20_000), (7, 7)):
+    # (1, 5): a slice without a missing value of a column with some (no validity bits stored)
+    for lo, hi in ((0, 100), (1, 5), (3, 11), (8, 1000), (13, 20_000), (19_990, 20_000), (7, 7)):
         part = pd.DataFrame({"text": column, "n": np.arange(20_000)}).iloc[lo:hi].reset_index(drop=True)
         assert hi == lo or part["text"].array._pa_array.chunk(0).offset == lo
         with open(path, "wb") as fh:
@@ -166,6 +167,15 @@ def test_a_sliced_text_column_is_stored_as_its_own_values_at_any_offset(tmp_path
         pd.testing.assert_frame_equal(loaded, part)
         assert loaded["text"].isna().tolist() == [i % 5 == 0 for i in range(lo, hi)]
         assert path.stat().st_size < 4_096 + 40 * (hi - lo)  # 14 characters, an offset, a validity bit and an int64 a row
+    # several chunks, each a slice; and a whole array whose offsets start past its buffer's first character
+    chunked = pd.Series(pd.arrays.ArrowStringArray(pa.chunked_array([text.slice(3, 40), text.slice(5000, 7)])))
+    shifted = pa.Array.from_buffers(kind, 3, [None, pa.py_buffer(np.array([2, 4, 4, 9], dtype=np.int64 if large else np.int32)),
+                                               pa.py_buffer(b"xxabcdefgh")])
+    for value in (chunked, pd.Series(pd.arrays.ArrowStringArray(pa.chunked_array([shifted])))):
+        with open(path, "wb") as fh:
+            stored.dump(value, fh)
+        pd.testing.assert_series_equal(stored.load(path), value)
+    assert stored.load(path).tolist() == ["ab", "", "cdefg"]
     assert combined == []
     numbers = pd.Series(pd.array(range(1000), dtype="int64[pyarrow]")).iloc[10:20].reset_index(drop=True)
     with open(path, "wb") as fh:

@@ -122,13 +122,7 @@ def model_frame_and_seasons(
     rows = np.flatnonzero(keep)
     if len(rows) == 0:
         raise _nothing_left(counts, source)
-    # one distance's rows after the other's (MODEL_DISTANCES' order), each distance's in input
-    # order: a distance's rows are then one block of the frame, which distance_rows takes as a
-    # slice that shares the frame's memory (at full scale the 70.3 rows are 470 MB: the
-    # holdout_split step's copy of them cost 0.3-1.7 s of CPU in a new process and 370 MB of
-    # its peak memory, 2026-12-07)
-    second = (races["event_distance"] == MODEL_DISTANCES[1]).fillna(False).to_numpy(dtype=bool)[rows]
-    rows = np.concatenate([rows[~second], rows[second]])
+    rows = frame_order(races, rows)
     # With threads=2, a pool of two threads works beside this one wherever the work allows: the
     # edition-relative times (they need no athlete numbers) while the athletes are numbered,
     # then the season table while this thread joins and takes the kept rows, then the genders'
@@ -181,10 +175,22 @@ def model_frame_and_seasons(
     return frame, counts, seasons
 
 
+def frame_order(races: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    """The kept rows ``rows`` (increasing positions in ``races``) in the model frame's order:
+    the 70.3 rows, then the 140.6 rows (:data:`MODEL_DISTANCES`' order), each distance's in
+    input order. A distance's rows are then one block of the frame, which
+    :func:`distance_rows` takes as a slice sharing the frame's memory: at full scale the 70.3
+    rows are 470 MB, and the holdout_split step's copy of them cost 1.6-4.2 CPU s in a new
+    process against 0.5-0.6 s without it (3 alternated pairs, 2026-12-07)."""
+    rows = np.asarray(rows)
+    second = (races["event_distance"] == MODEL_DISTANCES[1]).fillna(False).to_numpy(dtype=bool)[rows]
+    return np.concatenate([rows[~second], rows[second]])
+
+
 def frame_rules(races: pd.DataFrame) -> dict[str, np.ndarray]:
     """The seed's rules, in the order they are counted: for each, which rows of ``races`` it
-    keeps (the model frame holds the rows every rule keeps, in their order). Each name is the
-    count of ``model_frame_and_seasons`` that says how many rows it removed."""
+    keeps (the model frame holds the rows every rule keeps, in :func:`frame_order`). Each name
+    is the count of ``model_frame_and_seasons`` that says how many rows it removed."""
     pro = races["is_pro"].eq(True).fillna(False).to_numpy(dtype=bool)
     distance = races["event_distance"].isin(MODEL_DISTANCES).fillna(False).to_numpy(dtype=bool)
     total = races["total_sec"].to_numpy(dtype=np.float64, na_value=np.nan)

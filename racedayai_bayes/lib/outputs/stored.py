@@ -102,6 +102,7 @@ def _own_buffers(chunk):
     if not (pa.types.is_string(chunk.type) or pa.types.is_large_string(chunk.type)):
         return None
     validity, offsets, data = chunk.buffers()
+    data = data if data is not None else pa.py_buffer(b"")  # no characters at all
     n, start = len(chunk), chunk.offset
     kind = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
     ends = np.frombuffer(offsets, dtype=kind, count=n + 1, offset=start * np.dtype(kind).itemsize)
