@@ -92,7 +92,7 @@ def _own_buffers(chunk):
     distance's rows of the model frame, a slice of it: lib/data/frame.distance_rows) is made
     anew around the same characters: its offsets rebased (one integer per row) and its
     validity bits realigned (one bit per row), the characters a zero-copy slice of their
-    buffer (at full scale 190 MB of the 70.3 rows' text, not copied into fresh memory).
+    buffer (at full scale about 200 MB of the 70.3 rows' text, not copied into fresh memory).
     """
     import numpy as np
     import pyarrow as pa
