@@ -300,15 +300,6 @@ def _kernel_cpu_between(before: dict, after: dict) -> dict[str, float]:
     return out
 
 
-def _unreported_free_mb() -> float | None:
-    """The free memory (MB) the host has not taken back, as the step processes read it when
-    they choose their pages (lib/pages.py); None where the kernel reports none to a host."""
-    from racedayai_bayes.lib import pages
-
-    value = pages.unreported_now()[1]
-    return None if value is None else round(value)
-
-
 def fresh_memory_probe(mb: int = 400, *, huge: bool = True) -> float:
     """Seconds per GB for a new process to write memory the machine has not used for a few
     seconds, measured in a child process: on this VM (Firecracker, free page reporting)
@@ -556,7 +547,11 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
     earlier_left = _reap_orphans()  # those an earlier part left (a demo refit's step server): not this refit's
     fresh_before = fresh_memory_probe()
     fresh_small_before = fresh_memory_probe(huge=False)
-    pool_before = _unreported_free_mb()
+    # the free memory the host has not taken back, as the step processes read it when they
+    # choose their pages (lib/pages.py); None where the kernel reports none to a host
+    from racedayai_bayes.lib.pages import unreported_now
+
+    pool_before = unreported_now()[1]
     ticks_before = _machine_ticks()
     kernel_before = _kernel_threads()
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -624,7 +619,7 @@ def _refit(tag: str, folder: Path, extra_args: list[str]) -> dict:
         "fresh_memory_s_per_gb": fresh_before,  # in 2 MB pages
         "fresh_memory_4kb_s_per_gb": fresh_small_before,  # in 4 KB pages
         # free memory the host had not taken back, just before the refit (lib/pages.py)
-        "unreported_free_mb_before": pool_before,
+        "unreported_free_mb_before": None if pool_before is None else round(pool_before),
         # the whole machine during the refit (/proc/stat): the time the hypervisor gave this
         # VM's CPUs to others (steal) and the CPU time no process used (idle), in CPU seconds
         "machine_steal_s": None if "steal" not in ticks else round(ticks["steal"], 2),

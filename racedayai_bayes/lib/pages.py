@@ -165,18 +165,19 @@ def huge_pages_allowed() -> bool | None:
     return None if result is None else result == 0
 
 
-_last: list[PageChoice] = []  # this process's latest choice (apply_step_pages)
+_choice: PageChoice | None = None  # this process's latest choice (apply_step_pages)
 
 
 def last_choice() -> PageChoice | None:
     """This process's latest choice, None if it made none (not a step server's step)."""
-    return _last[-1] if _last else None
+    return _choice
 
 
 def apply_step_pages() -> PageChoice | None:
     """Choose this process's page size now and apply it; the choice, or None if it could not
     be applied. Never raises: a step must not fail over its pages (an unknown
     ``$RACEDAYAI_STEP_PAGES`` counts as ``auto`` here; ``refit`` refuses it before any run)."""
+    global _choice
     try:
         try:
             value = setting()
@@ -188,7 +189,7 @@ def apply_step_pages() -> PageChoice | None:
             return None
     except Exception:  # noqa: BLE001 - whatever the platform lacks, the step goes on with its pages as they are
         return None
-    _last[:] = [choice]
+    _choice = choice
     return choice
 
 
@@ -196,7 +197,7 @@ def reapply_step_pages() -> PageChoice | None:
     """In a process that chose its pages as it started (a step the step server forked,
     step_pages.py): choose again now, and return the choice; elsewhere (a step run in the
     calling process, a test's) nothing is changed and None is returned."""
-    return apply_step_pages() if _last else None
+    return apply_step_pages() if _choice is not None else None
 
 
 def choice_from_log(message: str) -> str | None:
