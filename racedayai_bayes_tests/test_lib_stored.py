@@ -304,3 +304,294 @@ def test_an_error_inside_a_copying_thread_is_raised_as_itself(tmp_path, monkeypa
     monkeypatch.setattr(stored, "_copy_pieces", failing)
     with pytest.raises(OSError, match="an I/O error while copying"):
         stored.dump_file(_value(), tmp_path / "value.pkl")
+
+
+# ------------------------------------------------------------ shared buffers
+
+
+def _frame_file(path, n=60_000):
+    """A stored frame of text, numbers and nullable integers: the model frame's kinds of column."""
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({
+        "athlete_hash": pd.array([f"h{i % 997:05d}" if i % 13 else None for i in range(n)], dtype="string[pyarrow]"),
+        "event_name": pd.array([f"IRONMAN {i % 31}" for i in range(n)], dtype="string[pyarrow]"),
+        "total_sec": rng.normal(20000, 3000, n),
+        "event_year": pd.array(2010 + np.arange(n) % 15, dtype="Int64"),
+    })
+    with open(path, "wb") as fh:
+        stored.dump(frame, fh)
+    return frame
+
+
+def _write(value, store, name="split.pkl"):
+    """What the IO manager does: dump beside the final path, rename over it, then remove the
+    links of the value it replaced."""
+    previous = stored.source_names(store / name)
+    tmp = store / f".{name}.x.tmp"
+    stored.dump_file(value, tmp, final=store / name)
+    tmp.replace(store / name)
+    stored.remove_replaced_links(store / name, previous)
+    return store / name
+
+
+def _links(store, name="split.pkl"):
+    return sorted(p.name for p in store.iterdir() if p.name.startswith(f".{name}.") and ".src" in p.name)
+
+
+def test_a_slice_of_a_loaded_value_is_stored_as_a_reference_to_its_file(tmp_path):
+    """A split is a slice of the loaded model frame: its bytes are the frame file's, so its own
+    file holds the pickle stream and a table, and a hard link pins the frame's file."""
+    frame = _frame_file(tmp_path / "frame.pkl")
+    loaded = stored.load(tmp_path / "frame.pkl")
+    part = loaded.iloc[10_000:50_000]
+    path = _write({"rows": part, "mask": np.arange(40_000) % 3 == 0}, tmp_path)
+    assert path.read_bytes().startswith(stored.MAGIC_SHARED)
+    # its own arrays only (the mask, and the nullable years' 1-byte mask: 40 kB each), no rows
+    assert path.stat().st_size < 100_000 < (tmp_path / "frame.pkl").stat().st_size / 10
+    (link,) = _links(tmp_path)
+    assert (tmp_path / link).stat().st_ino == (tmp_path / "frame.pkl").stat().st_ino
+    back = stored.load(path)
+    pd.testing.assert_frame_equal(back["rows"], frame.iloc[10_000:50_000])
+    np.testing.assert_array_equal(back["mask"], np.arange(40_000) % 3 == 0)
+    assert not back["rows"]["total_sec"].to_numpy().flags.owndata  # a view of the frame's file
+    back["rows"].loc[10_000, "total_sec"] = -1.0  # writable, as a plain pickle's, and writing reaches neither file
+    back["mask"][0] = False
+    pd.testing.assert_frame_equal(stored.load(path)["rows"], frame.iloc[10_000:50_000])
+    pd.testing.assert_frame_equal(stored.load(tmp_path / "frame.pkl"), frame)
+
+
+def test_a_value_that_shares_its_sources_bytes_outlives_their_replacement_and_removal(tmp_path):
+    frame = _frame_file(tmp_path / "frame.pkl")
+    path = _write(stored.load(tmp_path / "frame.pkl").iloc[5_000:50_000], tmp_path)
+    assert path.read_bytes().startswith(stored.MAGIC_SHARED) and len(_links(tmp_path)) == 1
+    _frame_file(tmp_path / "new.pkl", n=50)
+    (tmp_path / "new.pkl").replace(tmp_path / "frame.pkl")  # a newer frame
+    pd.testing.assert_frame_equal(stored.load(path), frame.iloc[5_000:50_000])
+    (tmp_path / "frame.pkl").unlink()
+    pd.testing.assert_frame_equal(stored.load(path), frame.iloc[5_000:50_000])
+
+
+def test_a_copy_of_the_storage_folder_loads_as_the_original(tmp_path):
+    """A backup or a test's snapshot copies every file (the links too, as plain files, with new
+    inodes and times): the copy's values load the same."""
+    import shutil
+
+    store = tmp_path / "store"
+    store.mkdir()
+    frame = _frame_file(store / "frame.pkl")
+    path = _write(stored.load(store / "frame.pkl").iloc[7:50_000], store)
+    assert path.read_bytes().startswith(stored.MAGIC_SHARED) and len(_links(store)) == 1
+    shutil.copytree(store, tmp_path / "copy")
+    shutil.rmtree(store)
+    pd.testing.assert_frame_equal(stored.load(tmp_path / "copy" / "split.pkl"), frame.iloc[7:50_000])
+
+
+def test_bytes_this_process_wrote_over_are_stored_not_shared(tmp_path):
+    """A loaded array written to holds this process's own copy of the pages written (the file
+    does not): a view of it is stored with what the process sees, the file untouched; a view
+    of pages not written is still shared."""
+    with open(tmp_path / "arrays.pkl", "wb") as fh:
+        stored.dump({"a": np.arange(100_000.0), "b": np.arange(100_000.0)}, fh)
+    loaded = stored.load(tmp_path / "arrays.pkl")
+    loaded["a"][50_000] = -1.0  # copy-on-write: this process's own page
+    path = _write({"a": loaded["a"][40_000:60_000], "b": loaded["b"][40_000:60_000]}, tmp_path)
+    assert 20_000 * 8 <= path.stat().st_size < 20_000 * 8 + 4096  # a's bytes only
+    back = stored.load(path)
+    assert back["a"][10_000] == -1.0 and back["a"][0] == 40_000.0
+    np.testing.assert_array_equal(back["b"], np.arange(40_000.0, 60_000.0))
+    assert stored.load(tmp_path / "arrays.pkl")["a"][50_000] == 50_000.0
+
+
+@pytest.mark.parametrize("without", ["final path", "pagemap", "pagemap's flags", "hard links", "large buffers"])
+def test_a_value_shares_nothing_without_what_sharing_needs(tmp_path, monkeypatch, without):
+    _frame_file(tmp_path / "frame.pkl")
+    part = stored.load(tmp_path / "frame.pkl").iloc[:30_000]
+    if without == "final path":
+        stored.dump_file(part, tmp_path / "split.pkl")
+        path = tmp_path / "split.pkl"
+    else:
+        if without == "pagemap":  # not Linux
+            monkeypatch.setattr(stored, "pages_unwritten", lambda address, length: False)
+        elif without == "pagemap's flags":  # a sandbox whose pagemap reports nothing
+            monkeypatch.setattr(stored, "_pagemap_tells_written_pages", lambda: False)
+        elif without == "hard links":  # another file system, or one without them
+
+            def no_link(src, dst):
+                raise OSError(18, "Invalid cross-device link")
+
+            monkeypatch.setattr(stored.os, "link", no_link)
+        else:
+            monkeypatch.setattr(stored, "SHARE_MIN_BYTES", 1 << 30)
+        path = _write(part, tmp_path)
+    assert path.read_bytes().startswith(stored.MAGIC) and _links(tmp_path) == []
+    pd.testing.assert_frame_equal(stored.load(path), part)
+
+
+def test_the_pagemap_check_is_trusted_here():
+    """The CI machine and this one are Linux with a pagemap that tells written pages: sharing is on."""
+    assert stored._pagemap_tells_written_pages()
+
+
+def test_small_buffers_are_written_and_pin_no_file(tmp_path):
+    """An Index of column names, or a short slice, is a few bytes of a loaded value: it is
+    written, not a reason to keep the whole file on disk."""
+    frame = _frame_file(tmp_path / "frame.pkl")
+    loaded = stored.load(tmp_path / "frame.pkl")
+    path = _write({"names": loaded.columns, "few": loaded.iloc[100:110]}, tmp_path)
+    assert path.read_bytes().startswith(stored.MAGIC) and _links(tmp_path) == []
+    back = stored.load(path)
+    pd.testing.assert_frame_equal(back["few"], frame.iloc[100:110])
+    assert list(back["names"]) == list(frame.columns)
+
+
+def test_a_source_replaced_between_loading_and_storing_is_copied_not_linked(tmp_path):
+    """The name the file was loaded by now holds a newer file: the link would pin the wrong
+    bytes, so the value's bytes are written."""
+    frame = _frame_file(tmp_path / "frame.pkl")
+    part = stored.load(tmp_path / "frame.pkl").iloc[:40_000]
+    _frame_file(tmp_path / "new.pkl", n=40_000)
+    (tmp_path / "new.pkl").replace(tmp_path / "frame.pkl")  # the same size, another inode
+    path = _write(part, tmp_path)
+    assert path.read_bytes().startswith(stored.MAGIC) and _links(tmp_path) == []
+    pd.testing.assert_frame_equal(stored.load(path), frame.iloc[:40_000])
+
+
+def test_a_failed_write_removes_the_links_it_made(tmp_path, monkeypatch):
+    _frame_file(tmp_path / "frame.pkl")
+    part = stored.load(tmp_path / "frame.pkl").iloc[:40_000]
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(stored, "_write", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        stored.dump_file(part, tmp_path / ".split.pkl.x.tmp", final=tmp_path / "split.pkl", threads=1)
+    assert _links(tmp_path) == []
+
+
+def test_a_view_of_a_value_that_shares_bytes_shares_them_too(tmp_path):
+    """A chain: a value made from a loaded split (itself pointing into the frame) points into
+    the frame's file through its own link, and outlives the split's."""
+    frame = _frame_file(tmp_path / "frame.pkl")
+    split = _write(stored.load(tmp_path / "frame.pkl").iloc[:50_000], tmp_path)
+    later = _write(stored.load(split).iloc[10_000:45_000], tmp_path, name="later.pkl")
+    (link,) = _links(tmp_path, "later.pkl")
+    assert (tmp_path / link).stat().st_ino == (tmp_path / "frame.pkl").stat().st_ino
+    split.unlink()
+    for name in _links(tmp_path):
+        (tmp_path / name).unlink()
+    pd.testing.assert_frame_equal(stored.load(later), frame.iloc[10_000:45_000])
+
+
+def test_rewriting_a_value_removes_its_predecessors_links(tmp_path):
+    _frame_file(tmp_path / "frame.pkl")
+    loaded = stored.load(tmp_path / "frame.pkl")
+    _write(loaded.iloc[:20_000], tmp_path)
+    first = _links(tmp_path)
+    path = _write(loaded.iloc[20_000:40_000], tmp_path)
+    assert len(_links(tmp_path)) == 1 and _links(tmp_path) != first
+    pd.testing.assert_frame_equal(stored.load(path), loaded.iloc[20_000:40_000])
+    _write({"plain": np.arange(5)}, tmp_path)  # a value with no shared buffer: its predecessor's links go
+    assert _links(tmp_path) == []
+
+
+def test_a_slow_writer_keeps_its_links_when_another_writer_replaced_the_value_meanwhile(tmp_path, monkeypatch):
+    """Two runs store the same value at once: each removes only the links of the value its own
+    rename replaced, so the one renamed last still finds its links. A link no value names
+    (the loser's, or a writer's that died before its rename) goes once a day old."""
+    _frame_file(tmp_path / "frame.pkl")
+    loaded = stored.load(tmp_path / "frame.pkl")
+    _write(loaded.iloc[:20_000], tmp_path)
+    final = tmp_path / "split.pkl"
+    previous = stored.source_names(final)
+    stored.dump_file(loaded.iloc[20_000:40_000], tmp_path / ".split.pkl.slow.tmp", final=final)  # the slow one
+    _write(loaded.iloc[40_000:60_000], tmp_path)  # the fast one, start to end, meanwhile
+    (tmp_path / ".split.pkl.slow.tmp").replace(final)
+    stored.remove_replaced_links(final, previous)
+    pd.testing.assert_frame_equal(stored.load(final), loaded.iloc[20_000:40_000])
+    assert len(_links(tmp_path)) == 2  # the fast writer's, named by no value now
+    monkeypatch.setattr(stored, "STALE_LINK_S", 0.0)
+    stored.remove_replaced_links(final, [])
+    assert _links(tmp_path) == stored.source_names(final)
+    pd.testing.assert_frame_equal(stored.load(final), loaded.iloc[20_000:40_000])
+
+
+def test_a_missing_or_short_source_is_a_corrupt_stored_value(tmp_path):
+    _frame_file(tmp_path / "frame.pkl")
+    path = _write(stored.load(tmp_path / "frame.pkl").iloc[:40_000], tmp_path)
+    (link,) = _links(tmp_path)
+    (tmp_path / link).write_bytes(b"a shorter file")
+    with pytest.raises(stored.CorruptStoredValue, match=f"split.pkl: its source file .*{link} has 14 bytes, not the"):
+        stored.load(path)
+    (tmp_path / link).unlink()
+    with pytest.raises(stored.CorruptStoredValue, match=f"split.pkl: its source file .*{link} cannot be read.*materialise"):
+        stored.load(path)
+
+
+def test_a_value_replaced_while_it_is_loaded_is_opened_again(tmp_path, monkeypatch):
+    """A reader that opened a value just before a newer one was renamed over it, whose old links
+    were then removed, opens the value again: it gets the newer one."""
+    _frame_file(tmp_path / "frame.pkl")
+    loaded = stored.load(tmp_path / "frame.pkl")
+    path = _write(loaded.iloc[:20_000], tmp_path)
+    real = stored._parse_shared
+    calls = []
+
+    def replaced_meanwhile(view, name, folder):
+        if not calls:
+            _write(loaded.iloc[20_000:45_000], tmp_path)  # removes the links of the value being loaded
+        calls.append(name)
+        return real(view, name, folder)
+
+    monkeypatch.setattr(stored, "_parse_shared", replaced_meanwhile)
+    pd.testing.assert_frame_equal(stored.load(path), loaded.iloc[20_000:45_000])
+    assert len(calls) == 2
+
+
+def test_a_shared_value_read_as_from_an_object_store_is_refused_clearly(tmp_path):
+    _frame_file(tmp_path / "frame.pkl")
+    path = _write(stored.load(tmp_path / "frame.pkl").iloc[:40_000], tmp_path)
+    with pytest.raises(stored.CorruptStoredValue, match="shares buffers with local stored files"):
+        _read(path)
+
+
+def test_the_io_manager_stores_a_view_of_a_value_it_loaded_as_a_reference(tmp_path):
+    """The holdout_split step loads the model frame through the IO manager and stores its slice."""
+    from types import SimpleNamespace
+
+    import dagster as dg
+    from upath import UPath
+
+    from racedayai_bayes.defs.resources import AtomicPickleIOManager
+
+    manager = AtomicPickleIOManager(base_path=UPath(tmp_path))
+    context = SimpleNamespace(has_asset_key=True, asset_key=dg.AssetKey("holdout_split"))
+    frame = _frame_file(tmp_path / "model_frame.pkl")
+    loaded = manager.load_from_path(context, UPath(tmp_path / "model_frame.pkl"))
+    (tmp_path / "holdout_split").mkdir()
+    target = UPath(tmp_path / "holdout_split" / "70.3.pkl")
+    manager.dump_to_path(context, loaded.iloc[:40_000], target)
+    assert (tmp_path / "holdout_split" / "70.3.pkl").stat().st_size < 60_000  # the years' mask, no rows
+    pd.testing.assert_frame_equal(manager.load_from_path(context, target), frame.iloc[:40_000])
+
+
+def test_a_distances_split_of_a_real_model_frame_shares_every_row(tmp_path, small_inputs, monkeypatch):
+    """The model frame's real layout (each column its own array, the text Arrow): a split stores
+    none of its rows' bytes, only its own arrays (the held-out mask)."""
+    from racedayai_bayes.lib.data import contracts
+    from racedayai_bayes.lib.data.frame import distance_rows, model_frame_and_seasons
+    from racedayai_bayes.lib.data.split import split_holdout
+
+    monkeypatch.setattr(stored, "SHARE_MIN_BYTES", 1)  # a small world's columns are small
+    read = {name: reader(small_inputs / file).frame for name, reader, file in (
+        ("races", contracts.read_races, contracts.RACE_FILE), ("profiles", contracts.read_profiles, contracts.PROFILE_FILE),
+        ("clusters", contracts.read_clusters, contracts.CLUSTER_FILE))}
+    frame, _, _ = model_frame_and_seasons(read["races"], read["profiles"], read["clusters"])
+    stored.dump_file(frame, tmp_path / "frame.pkl")
+    split = split_holdout(distance_rows(stored.load(tmp_path / "frame.pkl"), "70.3"))
+    path = _write(split, tmp_path)
+    rows_bytes = int(split.rows.memory_usage(deep=True, index=False).sum())
+    assert path.stat().st_size < 64 * 1024 + 16 * len(split.rows) < rows_bytes / 4  # its own small arrays only
+    back = stored.load(path)
+    pd.testing.assert_frame_equal(back.rows, split.rows)
+    np.testing.assert_array_equal(back.held_out, split.held_out)

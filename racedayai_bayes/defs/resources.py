@@ -103,11 +103,16 @@ class AtomicPickleIOManager(dg.UPathIOManager):
         # store with them (the disk), 0.4 s without (2026-12-06); four such values lie on the
         # refit's critical path. The outputs people read (CSVs, artifacts, `latest`) are fsynced.
         # A large value is written through a mapping of the file by two threads (stored.dump_file).
+        # A local one shares its buffers with the stored files it is a view of, which its step
+        # loaded: a distance's split is a slice of the model frame (stored.py, "Shared buffers").
+        local = as_path(path)
+        previous = stored.source_names(local) if isinstance(local, Path) else None  # the value it replaces
         with atomic_path(path, durable=False) as tmp:
-            stored.dump_file(obj, tmp)
-            local = as_path(path)
+            stored.dump_file(obj, tmp, final=local if isinstance(local, Path) else None)
             if _is_frame(context) and isinstance(local, Path):  # which file this is, for a refit that would reuse it (defs/inputs.py)
                 context.add_output_metadata({STORED_FILE: dg.MetadataValue.text(stored.file_identity(local, Path(tmp)))})
+        if isinstance(local, Path):
+            stored.remove_replaced_links(local, previous)
 
     def get_missing_partition_log_message(self, partition_key: str) -> str:
         """The warning of a step whose input allows missing partitions (the means steps) when a
