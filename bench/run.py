@@ -899,29 +899,37 @@ def profile(args) -> dict:
         for u in undo:
             u()
 
+    store = WORK / "profile_store"
+    shutil.rmtree(store, ignore_errors=True)
+    store.mkdir(parents=True)
+
     def handoff(name, value):
-        # what the IO manager does between steps (defs/resources.py): write the stored
-        # value atomically, then load it (its arrays mapped from the page cache)
-        path = WORK / "profile_handoff.pkl"
+        # what the IO manager does between steps (defs/resources.py): write the stored value
+        # atomically (a view of a value loaded here shares its file's bytes), then load it (its
+        # arrays mapped from the page cache); the later phases work on the loaded value, as the
+        # steps do
+        path = store / f"{name.replace(' ', '_')}.pkl"
+        previous = stored.source_names(path)
         t0, c0 = time.perf_counter(), time.process_time()
         with atomic_path(path, durable=False) as tmp:  # as the IO manager: no fsync, large values mapped
-            stored.dump_file(value, tmp)
+            stored.dump_file(value, tmp, final=path)
+        stored.remove_replaced_links(path, previous)
         t.add(f"hand-off: store {name}", time.perf_counter() - t0, time.process_time() - c0)
         t0, c0 = time.perf_counter(), time.process_time()
-        stored.load(path)
+        loaded = stored.load(path)
         t.add(f"hand-off: load {name}", time.perf_counter() - t0, time.process_time() - c0)
         sizes[name] = round(path.stat().st_size / 1e6, 1)
-        path.unlink()
+        return loaded
 
     sizes: dict[str, float] = {}
-    handoff("model_frame", frame)
-    handoff("athlete_seasons", seasons)
+    frame = handoff("model_frame", frame)
+    seasons = handoff("athlete_seasons", seasons)
     fits: dict = {}
     out_dir = WORK / "profile_outputs"
     shutil.rmtree(out_dir, ignore_errors=True)
     for distance in fr.MODEL_DISTANCES:
         split = t.phase(f"{distance} holdout_split", split_holdout, fr.distance_rows(frame, distance))
-        handoff(f"holdout_split {distance}", split)
+        split = handoff(f"holdout_split {distance}", split)
         for name in MODEL_NAMES:
             marks = []
             t0, c0 = time.perf_counter(), time.process_time()
@@ -941,6 +949,7 @@ def profile(args) -> dict:
                 table = t.phase(f"{distance} predictions: table", prediction_table, split.rows, pred, name, split.held_out)
                 t.phase(f"{distance} predictions: write CSV", write_csv_atomic, table, out_dir / f"bayesian_predictions_{distance}.csv")
     total, total_cpu = time.perf_counter() - total0, time.process_time() - cpu0
+    shutil.rmtree(store, ignore_errors=True)
     return {"seconds": t.table(), "cpu_seconds": t.cpu_table(), "total_s": round(total, 1),
             "total_cpu_s": round(total_cpu, 1), "stored_mb": sizes, "fit_messages": fits}
 
@@ -1152,7 +1161,8 @@ def _write(results: dict) -> None:
         lines += ["", "Stored size of each step's value (MB; the IO manager writes these and maps them on loading, so a "
                   "'load' row times the mapping and unpickling only: the pages are read when first used, from the "
                   "page cache the store just filled; the 'unpickle' rows of runs before 2026-12-03 ~09:30 copied "
-                  "every byte): "
+                  "every byte; since 2026-12-07 ~21:00 a value that is a view of one stored before it, such as a "
+                  "split of the model frame, shares that file's bytes and stores only the rest): "
                   + ", ".join(f"{k} {v}" for k, v in pf["stored_mb"].items()) + ".", "",
                   "Inside each fit (seconds since the fit began, from its progress messages):", ""]
         for k, msgs in pf["fit_messages"].items():
