@@ -1161,7 +1161,7 @@ def _write(results: dict) -> None:
         lines += ["", "Stored size of each step's value (MB; the IO manager writes these and maps them on loading, so a "
                   "'load' row times the mapping and unpickling only: the pages are read when first used, from the "
                   "page cache the store just filled; the 'unpickle' rows of runs before 2026-12-03 ~09:30 copied "
-                  "every byte; since 2026-12-07 ~21:00 a value that is a view of one stored before it, such as a "
+                  "every byte; since 2026-12-07 ~20:40 a value that is a view of one stored before it, such as a "
                   "split of the model frame, shares that file's bytes and stores only the rest): "
                   + ", ".join(f"{k} {v}" for k, v in pf["stored_mb"].items()) + ".", "",
                   "Inside each fit (seconds since the fit began, from its progress messages):", ""]
