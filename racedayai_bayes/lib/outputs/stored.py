@@ -30,18 +30,18 @@ without a copy (lib/data/frame.distance_rows). Written by :func:`dump_file` with
 ``final`` path, such a value does not copy those bytes: each buffer that lies within the
 mapping of a stored file loaded in this process, none of whose pages this process has
 written (``/proc/self/pagemap``: its pages are still the file's), is stored as a reference
-to that file (buffers of :data:`SHARE_MIN_BYTES` or more only). The file is pinned by a
-hard link beside the value (``.<name>.<time>-<hex>.src<k>``), so the value stays loadable
-when the file it refers to is replaced by a newer value (the old inode lives on through the
-link: on disk, until every value that names it is written again), and the next write of the
-value removes its predecessor's links (:func:`remove_replaced_links`). Such a file starts with :data:`MAGIC_SHARED`, its table gives each
-buffer's file (0 itself, k its k-th source), and a JSON list names the sources' links and
-their sizes: :func:`load` maps them (a missing one, or one of another size, is a
-:class:`CorruptStoredValue`). A link's name is made once, for one file, so a copy of the
-storage folder (new inodes and times) loads as the original does. Where a hard link cannot be made
-(another file system, an object store), where pagemap cannot be read, or for a page this
-process changed, the bytes are copied as before; a value with no shared buffer is written
-in the plain layout above.
+to that file (buffers of :data:`SHARE_MIN_BYTES` or more only). The file is pinned by a hard
+link beside the value (``.<name>.<time>-<hex>.src<k>``), so the value stays loadable when
+the file it refers to is replaced by a newer value (the old inode lives on through the link:
+on disk, until every value that names it is written again), and the next write of the value
+removes its predecessor's links (:func:`remove_replaced_links`). Such a file starts with
+:data:`MAGIC_SHARED`, its table gives each buffer's file (0 itself, k its k-th source), and
+a JSON list names the sources' links and their sizes: :func:`load` maps them (a missing one,
+or one of another size, is a :class:`CorruptStoredValue`). A link's name is made once, for
+one file, so a copy of the storage folder (new inodes and times) loads as the original does.
+Where a hard link cannot be made (another file system, an object store), where pagemap
+cannot be read, or for a page this process changed, the bytes are copied as before; a value
+with no shared buffer is written in the plain layout above.
 """
 
 from __future__ import annotations
@@ -392,16 +392,17 @@ _PIECE = 8 << 20  # bytes per copy: the threads take alternate pieces of every b
 
 def dump_file(obj: Any, path: str | os.PathLike, *, threads: int = 2, final: str | os.PathLike | None = None) -> None:
     """Write ``obj`` to the local file ``path`` (created, or emptied) in the layout above: the
-    same bytes as :func:`dump`; with ``final``, the path ``path`` will be renamed to (the
-    caller's atomic write), its buffers that are views of stored files this process loaded
-    are stored as references to them instead (module docstring). The caller reads
+    same bytes as :func:`dump`. With ``final`` (the path the caller's atomic write renames
+    ``path`` to), its buffers that are views of stored files this process loaded are stored
+    as references to them instead (module docstring). The caller reads
     :func:`source_names` of ``final`` before its rename and hands them to
-    :func:`remove_replaced_links` after it. A large value (:data:`MAPPED_MIN_BYTES`) is copied into a
-    shared mapping of the file by ``threads`` threads, after the file's blocks are allocated
-    (``posix_fallocate``), so that a full disk is an :class:`OSError` before any byte is
-    copied, not a SIGBUS during the copy (on file systems that write in place, such as ext4,
-    xfs and tmpfs; a copy-on-write one may still need new blocks then); a system or file
-    system that cannot allocate ahead is written by one thread, as :func:`dump` does.
+    :func:`remove_replaced_links` after it. A large value (:data:`MAPPED_MIN_BYTES`) is
+    copied into a shared mapping of the file by ``threads`` threads, after the file's
+    blocks are allocated (``posix_fallocate``), so that a full disk is an
+    :class:`OSError` before any byte is copied, not a SIGBUS during the copy (on file
+    systems that write in place, such as ext4, xfs and tmpfs; a copy-on-write one may
+    still need new blocks then); a system or file system that cannot allocate ahead is
+    written by one thread, as :func:`dump` does.
 
     The second thread is not a CPU slot of the step's (defs/resources.CpuSlots): the copy is
     short (a few tenths of a second per GB here) and mostly the kernel supplying pages."""
