@@ -528,6 +528,23 @@ def test_a_missing_or_short_source_is_a_corrupt_stored_value(tmp_path):
         stored.load(path)
 
 
+def test_a_damaged_list_of_sources_is_a_corrupt_stored_value_and_its_links_are_left(tmp_path):
+    """A value whose list of sources cannot be read fails to load with the file's name; the
+    next write of it cannot tell which links were its, so it removes none (best effort)."""
+    _frame_file(tmp_path / "frame.pkl")
+    loaded = stored.load(tmp_path / "frame.pkl")
+    path = _write(loaded.iloc[:40_000], tmp_path)
+    (link,) = _links(tmp_path)
+    data = bytearray(path.read_bytes())
+    at = data.index(link.encode())
+    data[at - 10:at] = b"#" * 10  # the JSON before the link's name
+    path.write_bytes(bytes(data))
+    with pytest.raises(stored.CorruptStoredValue, match="split.pkl: its list of source files cannot be read"):
+        stored.load(path)
+    assert stored.source_names(path) is None
+    assert stored.remove_replaced_links(path, [link]) == [] and _links(tmp_path) == [link]
+
+
 def test_a_value_replaced_while_it_is_loaded_is_opened_again(tmp_path, monkeypatch):
     """A reader that opened a value just before a newer one was renamed over it, whose old links
     were then removed, opens the value again: it gets the newer one."""

@@ -422,20 +422,16 @@ def dump_file(obj: Any, path: str | os.PathLike, *, threads: int = 2, final: str
 
 def source_names(path: str | os.PathLike) -> list[str] | None:
     """The links the stored value's file ``path`` names: [] for one of the plain layout or no
-    file; None when the file cannot be read or its list parsed."""
+    file; None when the file cannot be read or its head does not hold together."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(len(MAGIC_SHARED) + _COUNTS_SHARED.size)
-            if not head.startswith(MAGIC_SHARED):
+            if fh.read(len(MAGIC_SHARED)) != MAGIC_SHARED:
                 return []
-            count, _, meta_len = _COUNTS_SHARED.unpack_from(head, len(MAGIC_SHARED))
-            if meta_len > 1 << 24:
-                return None
-            fh.seek(count * _ENTRY_SHARED.size, os.SEEK_CUR)
-            return [str(source["name"]) for source in json.loads(fh.read(meta_len))]
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as view:
+                return [str(source["name"]) for source in _shared_head(view, os.fspath(path))[1]]
     except FileNotFoundError:
         return []
-    except (OSError, ValueError, KeyError, TypeError, struct.error, OverflowError):
+    except (OSError, ValueError):  # CorruptStoredValue is a ValueError
         return None
 
 
@@ -605,9 +601,10 @@ def load(path: str | os.PathLike) -> Any:
     raise CorruptStoredValue(f"{name}: replaced {LOAD_ATTEMPTS} times while it was being loaded")
 
 
-def _parse_shared(view: memoryview, name: str, folder: Path) -> Any:
-    """A value of the shared layout: its own buffers from ``view``, the others from the sources
-    its table names, each mapped and checked against the identity it was stored with."""
+def _shared_head(view: memoryview, name: str) -> tuple[list[tuple[int, int, int]], list[dict], int, int]:
+    """The head of a value of the shared layout: its table, its sources (each a dict with the
+    link's ``name`` beside the value and its ``size``), and where its stream starts and how
+    long it is; a :class:`CorruptStoredValue` for a head that does not hold together."""
     size = len(view)
     head = len(MAGIC_SHARED) + _COUNTS_SHARED.size
     if size < head:
@@ -622,10 +619,20 @@ def _parse_shared(view: memoryview, name: str, folder: Path) -> Any:
         sources = json.loads(bytes(view[meta_at:start]))
     except ValueError as exc:
         raise CorruptStoredValue(f"{name}: its list of source files cannot be read ({exc})") from None
-    files = [view]
+    if not isinstance(sources, list):
+        raise CorruptStoredValue(f"{name}: its list of source files is not a list")
     for source in sources:
         if not isinstance(source, dict) or os.sep in str(source.get("name", os.sep)) or "size" not in source:
             raise CorruptStoredValue(f"{name}: its list of source files names no file beside it ({source!r})")
+    return table, sources, start, stream_len
+
+
+def _parse_shared(view: memoryview, name: str, folder: Path) -> Any:
+    """A value of the shared layout: its own buffers from ``view``, the others from the sources
+    its table names, each mapped and checked against the size it was stored with."""
+    table, sources, start, stream_len = _shared_head(view, name)
+    files = [view]
+    for source in sources:
         link = folder / source["name"]
         try:
             with open(link, "rb") as fh:
