@@ -49,6 +49,31 @@ def test_log_likelihood_equals_the_dense_multivariate_normal(seed):
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-8)
 
 
+def test_an_evaluation_runs_blas_on_one_thread_and_gives_the_limit_back(monkeypatch):
+    """Every evaluation, not only the first (its controller of the BLAS libraries is made
+    once), runs BLAS on one thread, and the caller's limit is back afterwards."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads():
+        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+    seen, real = [], M._evaluate
+
+    def spy(*args, **kwargs):
+        seen.append(blas_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(M, "_evaluate", spy)
+    stats = M.pattern_stats(small_problem())
+    thetas = np.log(np.full((2, len(M.SCALES)), 0.1))
+    with threadpool_limits(limits=2, user_api="blas"):
+        first, second = M.evaluate(stats, thetas).log_lik, M.evaluate(stats, thetas).log_lik
+        after = blas_threads()
+    assert seen == [{1}, {1}]
+    assert after == {2}
+    np.testing.assert_array_equal(first, second)
+
+
 @pytest.mark.parametrize("chunk_rows", [1, 7, 40])
 def test_statistics_made_in_several_passes_equal_one_pass(chunk_rows):
     """pattern_stats in passes of whole athletes (patterns split across passes too) adds up
