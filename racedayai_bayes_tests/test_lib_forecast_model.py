@@ -149,6 +149,18 @@ def test_raw_covariates_are_their_documented_formulas():
                                [1, 0.05 - c, (0.05 - c) * 2 / 3], rtol=1e-15)
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 1000])
+def test_column_sd_is_numpys_std_summed_a_chunk_at_a_time(monkeypatch, chunk):
+    """The encoding's covariate sds (design.column_sd, rows a chunk at a time) are numpy's
+    std(axis=0) up to rounding, for ragged last chunks and a constant column too."""
+    rng = np.random.default_rng(3)
+    values = rng.standard_normal((2_345, 4)) * [1.0, 10.0, 1e-3, 0.0] + [0.0, 5.0, -2.0, 7.0]
+    monkeypatch.setattr(fdesign, "RAW_CHUNK_ROWS", chunk)
+    got = fdesign.column_sd(values, values.mean(axis=0))
+    np.testing.assert_allclose(got, values.std(axis=0), rtol=1e-12, atol=1e-15)
+    assert got[3] == 0.0
+
+
 def test_raw_covariates_do_not_depend_on_the_chunk_of_rows(world, monkeypatch):
     """raw_covariates makes its rows a chunk at a time: every covariate, the debut ones an
     older encoding reads included, is the same number bit for bit whatever the chunk (a
