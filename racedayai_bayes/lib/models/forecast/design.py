@@ -68,10 +68,10 @@ DEBUT_ROW_COVARIATES = (
 BLOCKS = ("gender", "cell", "course", "slope")
 
 
-# raw_covariates' rows per chunk: each chunk's arrays (a few MB) are reused from one chunk to the
-# next, where a pass over every row made a fresh array per step of the arithmetic (at full
-# scale 18 MB each: +378 MB for a 161 MB result, 2026-12-07), and fresh memory costs this VM
-# system time (step_server.STEP_MALLOC_ENV)
+# raw_covariates' and column_sd's rows per chunk: each chunk's arrays (a few MB) are reused
+# from one chunk to the next, where a pass over every row made a fresh array per step of the
+# arithmetic (at full scale 18 MB each: +378 MB for a 161 MB result, 2026-12-07), and fresh
+# memory costs this VM system time (step_server.STEP_MALLOC_ENV)
 RAW_CHUNK_ROWS = 65_536
 
 
@@ -103,10 +103,10 @@ def raw_covariates(rows: pd.DataFrame, other_center: float, names: tuple[str, ..
 
 def column_sd(values: np.ndarray, mean: np.ndarray) -> np.ndarray:
     """Each column's standard deviation (ddof 0) around its ``mean``, as ``values.std(axis=0)``
-    up to rounding, summed :data:`RAW_CHUNK_ROWS` rows at a time: ``std(axis=0)`` makes two
-    temporaries the size of ``values`` (320 MB at full scale at 70.3), fresh memory that cost
-    1.5-1.8 s the first time in a process here against 0.2 s when reused, and 0.15-0.35 s
-    for this (measured 2026-12-07)."""
+    up to rounding, summed :data:`RAW_CHUNK_ROWS` rows at a time. ``std(axis=0)`` makes a
+    temporary the size of ``values`` (160 MB at full scale at 70.3: 2.2M rows of 9
+    covariates): fresh memory, which cost 1.5-1.8 s the first time in a process here, against
+    0.16 s when reused and 0.05 s for this (measured 2026-12-07)."""
     n = len(values)
     if n == 0:
         return np.full(values.shape[1], np.nan)
