@@ -447,13 +447,13 @@ def remove_replaced_links(final: str | os.PathLike, previous: list[str] | None) 
     if current is None:
         return []
     keep = set(current)
+    prefix = f".{final.name}."
     removed = []
     for name in previous or []:
-        if name not in keep and _link_time_ns(name, f".{final.name}.") is not None:
+        if name not in keep and _link_time_ns(name, prefix) is not None:
             with contextlib.suppress(OSError):
                 (final.parent / name).unlink()
                 removed.append(final.parent / name)
-    prefix = f".{final.name}."
     try:
         names = os.listdir(final.parent)
     except OSError:
