@@ -53,7 +53,7 @@ from racedayai_bayes.demo import simulate as sim  # noqa: E402
 from racedayai_bayes.lib.data.contracts import read_clusters, read_profiles, read_races  # noqa: E402
 from racedayai_bayes.lib.data import MODEL_DISTANCES, history  # noqa: E402
 from racedayai_bayes.lib.data.frame import frame_order, frame_rules, model_frame_and_seasons  # noqa: E402
-from racedayai_bayes.lib.evaluation.judge import row_groups  # noqa: E402
+from racedayai_bayes.lib.data.split import row_groups  # noqa: E402
 from racedayai_bayes.lib.evaluation.report import markdown_table  # noqa: E402
 from racedayai_bayes.lib.evaluation.scores import clustered_mean, edition_labels  # noqa: E402
 from racedayai_bayes.lib.outputs.io import write_csv_atomic  # noqa: E402
@@ -423,7 +423,7 @@ def oracle_b(rows: dict[str, pd.DataFrame]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def add_groups(r: pd.DataFrame) -> None:
-    """The comparison's groups (lib/evaluation/judge.row_groups, the course known from the
+    """The comparison's groups (lib/data/split.row_groups, the course known from the
     training rows, i.e. the fitted seasons) and the number of finishes here."""
     for name, mask in row_groups(r, r[~r["held_out"]]).items():
         r[f"g_{name}"] = mask

@@ -276,6 +276,21 @@ def test_drift_check_warns_above_the_threshold_without_blocking(graph_run, tmp_p
     assert "previous refit" in drift.description
 
 
+def test_the_split_step_stores_the_row_groups_that_every_judge_reads(graph_run):
+    """holdout_split makes its rows' groups (first race, known course, ...) before it stores
+    the split: each model's judge and the comparison read them from the stored split."""
+    from racedayai_bayes.lib.data.split import row_groups
+
+    results, _, _ = graph_run
+    for result in results.values():
+        split = result.output_for_node("holdout_split")  # as stored by the IO manager
+        assert "groups" in vars(split)
+        expected = row_groups(split.rows, split.train_columns("event_name", "event_year"))
+        assert list(split.groups) == list(expected)
+        for name, mask in expected.items():
+            np.testing.assert_array_equal(split.groups[name], mask)
+
+
 def test_the_drift_checks_previous_forecast_reads_no_side_table(graph_run):
     """The drift check loads the previous refit without its side tables (the forecast model's
     athlete table, most of the load at full scale): its forecasts of a split's rows, which

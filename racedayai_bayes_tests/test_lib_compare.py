@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from racedayai_bayes.lib.data.split import row_groups
 from racedayai_bayes.lib.evaluation import diagnostics as dx
 from racedayai_bayes.lib.evaluation.compare import SWITCH_SE, decide
 from racedayai_bayes.lib.evaluation.judge import Evaluation, Judged
@@ -160,7 +161,7 @@ def _lpd(base, shift, noise=0.3, seed=0):
 def _decide(judged, **kw):
     rows = _rows()
     train = rows.assign(event_year=pd.array([2023] * len(rows), dtype="Int64"))
-    return decide(judged, rows, train, **kw)
+    return decide(judged, row_groups(rows, train), **kw)
 
 
 def test_the_best_eligible_model_by_elpd_is_published_and_the_leaky_one_never_by_itself():
@@ -219,7 +220,6 @@ def test_the_comparisons_known_course_is_the_forecast_models():
     """row_groups matches a course as the model's encoding does (frame.course_index): a held-out
     row whose course the training rows spell otherwise, but for case and spacing, is on a known
     course; a course first run in the row's own season, or never, is new."""
-    from racedayai_bayes.lib.evaluation.judge import row_groups
     from racedayai_bayes.lib.models.forecast import design as fdesign
 
     names = ["IRONMAN 70.3 Alpha", "IRONMAN 70.3 Beta", "ironman 70.3  alpha", "IRONMAN 70.3 Beta", "IRONMAN 70.3 Gamma", None]

@@ -143,3 +143,38 @@ def test_a_holdout_season_that_cannot_be_held_out_is_an_error_not_a_fit_of_it():
     with pytest.raises(FitError, match="holdout_season 2030: no race of that season"):
         split_holdout(rows, "latest_year", season=2030)
     assert split_holdout(rows, "latest_year", season=2016).season == 2016
+
+
+def test_a_splits_row_groups_are_made_once_and_stored_with_it(tmp_path, monkeypatch):
+    """Split.groups is row_groups of the rows against the fitted rows, made on first use and
+    kept: stored with the split (the holdout_split step makes them first), a loaded split hands
+    them to every model's judge and to the comparison without making them again."""
+    from racedayai_bayes.lib.data import split as split_module
+    from racedayai_bayes.lib.evaluation.judge import judge
+    from racedayai_bayes.lib.outputs import stored
+
+    from .conftest import hand_judged, hand_rows
+
+    model = hand_judged()[0].model  # a seed posterior of hand-made draws (judged on a split of its own)
+    split = split_holdout(hand_rows(seasons=(2022, 2023, 2024)), "latest_year")
+    groups = split.groups
+    expected = split_module.row_groups(split.rows, split.train_columns("event_name", "event_year"))
+    assert list(groups) == list(split_module.GROUPS) == list(expected)
+    for name in groups:
+        np.testing.assert_array_equal(groups[name], expected[name])
+        assert len(groups[name]) == len(split.rows)
+    assert groups["known course"].any() and groups["first race"].any() and groups["returning"].any()
+    assert split.groups is groups  # made once
+    path = tmp_path / "split.pkl"
+    stored.dump_file(split, path)
+    loaded = stored.load(path)
+    assert "groups" in vars(loaded)  # stored with the split, not made again on loading
+
+    def no_second_time(*args, **kwargs):
+        raise AssertionError("row_groups made again")
+
+    monkeypatch.setattr(split_module, "row_groups", no_second_time)
+    for name in groups:
+        np.testing.assert_array_equal(loaded.groups[name], groups[name])
+    judged = judge(model, loaded)  # reads the loaded split's groups
+    assert judged.holdout is not None and judged.holdout.scores.rows == int(loaded.held_out.sum())

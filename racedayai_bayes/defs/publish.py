@@ -68,7 +68,7 @@ def published_model(context: dg.AssetExecutionContext, config: PublishConfig, pa
     if config.publish not in PUBLISH_CHOICES:
         raise dg.Failure(description=f"publish must be one of {', '.join(PUBLISH_CHOICES)}, not {config.publish!r}",
                          allow_retries=False)
-    decision = decide(judged, holdout_split.rows, holdout_split.train_columns("event_name", "event_year"), publish=config.publish, previous=previous)
+    decision = decide(judged, holdout_split.groups, publish=config.publish, previous=previous)
     context.log.info(f"{distance}: published {decision.published or 'nothing'}: {decision.reason}")
     metadata = {
         "published": dg.MetadataValue.text(decision.published or "nothing"),

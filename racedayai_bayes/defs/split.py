@@ -57,6 +57,9 @@ def holdout_split(context: dg.AssetExecutionContext, config: HoldoutConfig,
         raise dg.Failure(description=f"distance {distance}: {exc}", allow_retries=False) from None
     for note in split.notes:
         context.log.warning(f"{distance}: {note}")
+    # the rows' groups (first race, known course, ...), made once here and stored with the split:
+    # each model's judge and the comparison that publishes read them (Split.groups)
+    split.groups  # noqa: B018
     d = split.as_dict()
     context.log.info(f"{distance}: {split.description}: {d['rows_held_out']:,} rows held out, {d['rows_to_fit']:,} to fit")
     return dg.Output(split, metadata={

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from racedayai_bayes.lib.evaluation.judge import GROUPS, Judged, row_groups
+from racedayai_bayes.lib.data.split import GROUPS
+from racedayai_bayes.lib.evaluation.judge import Judged
 from racedayai_bayes.lib.evaluation.scores import elpd_difference
 
 PUBLISH_CHOICES = ("auto", "seed_profile", "seed_asof", "forecast")
@@ -72,13 +73,15 @@ def scores_table(judged: dict[str, Judged]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def differences(judged: dict[str, Judged], reference: str, split_rows: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
+def differences(judged: dict[str, Judged], reference: str, groups: dict[str, np.ndarray]) -> pd.DataFrame:
     """ELPD, MAE and coverage of each model minus the reference model's, on the same rows,
-    overall and per group (first race vs returning, known vs new course), with clustered SEs."""
+    overall and per group (first race vs returning, known vs new course: ``groups``, the
+    split's :attr:`~racedayai_bayes.lib.data.split.Split.groups`, a mask over its rows), with
+    clustered SEs."""
     ref = judged[reference]
     positions = ref.judged.positions
     clusters = ref.judged.clusters
-    groups = {"all": np.ones(len(positions), dtype=bool)} | {g: m[positions] for g, m in row_groups(split_rows, train).items()}
+    groups = {"all": np.ones(len(positions), dtype=bool)} | {g: m[positions] for g, m in groups.items()}
     out = []
     for name, j in judged.items():
         if name == reference or not np.array_equal(j.judged.positions, positions):
@@ -94,9 +97,10 @@ def differences(judged: dict[str, Judged], reference: str, split_rows: pd.DataFr
     return pd.DataFrame(out, columns=["model", "against", "group", "rows", "elpd_diff", "elpd_diff_se", "mae_p50_diff_min"])
 
 
-def decide(judged: dict[str, Judged], split_rows: pd.DataFrame, train: pd.DataFrame, *,
+def decide(judged: dict[str, Judged], groups: dict[str, np.ndarray], *,
            publish: str = "auto", previous: str | None = None) -> Decision:
-    """The rule of the module docstring."""
+    """The rule of the module docstring. ``groups``: the split's row groups
+    (:attr:`~racedayai_bayes.lib.data.split.Split.groups`), the differences' breakdown."""
     if publish not in PUBLISH_CHOICES:
         raise ValueError(f"publish must be one of {', '.join(PUBLISH_CHOICES)}, not {publish!r}")
     distance = next(iter(judged.values())).distance
@@ -141,7 +145,7 @@ def decide(judged: dict[str, Judged], split_rows: pd.DataFrame, train: pd.DataFr
                            "features are not as of the race (computed over every race, the predicted one included)"
                            + (f", so {'its' if one else 'their'} higher held-out ELPD is not a forecast's" if better else ""))
     table["published"] = table["model"] == chosen
-    diffs = differences(judged, chosen, split_rows, train) if chosen else differences(judged, next(iter(judged)), split_rows, train)
+    diffs = differences(judged, chosen or next(iter(judged)), groups)
     return Decision(distance=distance, published=chosen, reason=reason, previous=previous, table=table,
                     differences=diffs, publish=publish, judged=dict(judged))
 

@@ -23,17 +23,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from racedayai_bayes.lib.data.frame import course_first_seasons, course_index
-from racedayai_bayes.lib.data.history import first_race
 from racedayai_bayes.lib.data.split import Split
 from racedayai_bayes.lib.evaluation import diagnostics as dx
 from racedayai_bayes.lib.evaluation.scores import Scores, edition_labels, score
 from racedayai_bayes.lib.models.base import FittedModel, Prediction
 
 EVAL_RANDOM_STATE = 42
-# "debut after the other distance": of the returning rows, a first start at this distance by an
-# athlete with a finish at the other one (a first IRONMAN after 70.3s: the commonest race to plan)
-GROUPS = ("first race", "returning", "debut after the other distance", "known course", "new course")
 
 
 @dataclass(frozen=True)
@@ -145,26 +140,6 @@ def rows_fingerprint(rows: pd.DataFrame) -> str:
     return h.hexdigest()
 
 
-def row_groups(rows: pd.DataFrame, train: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The comparison's breakdown: first race vs returning (and of the returning, a debut at this
-    distance after finishes at the other one), known vs new course.
-
-    A course is known to a row when the training rows hold an edition of it in an earlier
-    season than the row's; a row's course is matched as the forecast model matches it
-    (``frame.course_index``: an exact name, else the one course that differs only in case or
-    spacing), so a course the model knows is not reported as new.
-    """
-    first = first_race(rows)
-    first_season = course_first_seasons(train)
-    pos = course_index(rows["event_name"], first_season.index)
-    seasons = np.r_[first_season.to_numpy(dtype=np.float64), np.inf]  # a course never trained on: inf
-    course_first = seasons[np.where(pos >= 0, pos, len(first_season))]
-    known = course_first < rows["event_year"].to_numpy(dtype=np.float64, na_value=np.nan)
-    debut_other = ~first & (rows["hist_starts_same"].to_numpy() == 0) & (rows["hist_finishes_other"].to_numpy() > 0)
-    return {"first race": first, "returning": ~first, "debut after the other distance": debut_other,
-            "known course": known, "new course": ~known}
-
-
 def _evaluate(model: FittedModel, split: Split, positions: np.ndarray, label: str, groups) -> Evaluation:
     rows = split.rows
     pred = model.predict(rows, positions, log_density=True)
@@ -188,7 +163,7 @@ def judge(model: FittedModel, split: Split, settings: JudgeSettings = JudgeSetti
     """Score ``model`` on the split's held-out rows (and the notebook's in-sample rows) and check it."""
     t0 = time.perf_counter()
     rows = split.rows
-    groups = row_groups(rows, split.train_columns("event_name", "event_year"))
+    groups = split.groups  # made once per split (lib/data/split.py), shared by every model's judge
     in_sample = _evaluate(model, split, in_sample_positions(split, settings.eval_rows), "in-sample", groups)
     holdout = None
     if split.held_out.any():
