@@ -277,18 +277,22 @@ def test_drift_check_warns_above_the_threshold_without_blocking(graph_run, tmp_p
 
 
 def test_the_split_step_stores_the_row_groups_that_every_judge_reads(graph_run):
-    """holdout_split makes its rows' groups (first race, known course, ...) before it stores
-    the split: each model's judge and the comparison read them from the stored split."""
-    from racedayai_bayes.lib.data.split import row_groups
+    """holdout_split makes its rows' groups (first race, known course, ...) before the IO
+    manager stores the split: each model's judge and the comparison read them from the stored
+    file, where they are the groups of the split's own rows."""
+    from racedayai_bayes.lib.data.split import GROUPS, row_groups
+    from racedayai_bayes.lib.outputs import stored as stored_values
 
-    results, _, _ = graph_run
-    for result in results.values():
-        split = result.output_for_node("holdout_split")  # as stored by the IO manager
-        assert "groups" in vars(split)
+    _, _, resources = graph_run
+    storage = Path(resources["io_manager"].base_dir)
+    for distance in ("70.3", "140.6"):
+        split = stored_values.load(storage / "holdout_split" / f"{distance}.pkl")
+        made = vars(split).get("groups")  # stored with the split, not made on reading it
+        assert made is not None and tuple(made) == GROUPS
         expected = row_groups(split.rows, split.train_columns("event_name", "event_year"))
-        assert list(split.groups) == list(expected)
         for name, mask in expected.items():
-            np.testing.assert_array_equal(split.groups[name], mask)
+            np.testing.assert_array_equal(made[name], mask)
+        assert made["first race"].any() and made["returning"].any() and made["known course"].any()
 
 
 def test_the_drift_checks_previous_forecast_reads_no_side_table(graph_run):

@@ -174,7 +174,15 @@ def test_a_splits_row_groups_are_made_once_and_stored_with_it(tmp_path, monkeypa
         raise AssertionError("row_groups made again")
 
     monkeypatch.setattr(split_module, "row_groups", no_second_time)
+    import racedayai_bayes.lib.evaluation.judge as judge_module
+
+    assert not hasattr(judge_module, "row_groups")  # the judge reads the split's groups, it makes none
     for name in groups:
         np.testing.assert_array_equal(loaded.groups[name], groups[name])
     judged = judge(model, loaded)  # reads the loaded split's groups
     assert judged.holdout is not None and judged.holdout.scores.rows == int(loaded.held_out.sum())
+    monkeypatch.undo()
+    # groups of other names, as a split stored by a version with other groups holds: made again
+    loaded.__dict__["groups"] = {"first race": groups["first race"]}
+    assert tuple(loaded.groups) == split_module.GROUPS
+    np.testing.assert_array_equal(loaded.groups["new course"], groups["new course"])

@@ -31,7 +31,8 @@ NO_DISTANCE = (
 )
 
 
-# No CPU slot: the split takes about a second, and the later distance's run reaches it just
+# No CPU slot: the split takes about a second (0.5-0.7 s at full scale with its rows' groups,
+# 2026-12-08), and the later distance's run reaches it just
 # after the first run's posteriors have taken both slots (the model frame they wait for is
 # stored by the first run). Holding a slot, it waited for a seed posterior to end, and the
 # later distance's forecast posterior, the second-longest step, started about 6 s later

@@ -23,7 +23,6 @@ not in the split, and it is why ``seed_profile`` is never published by default.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -74,14 +73,19 @@ class Split:
     def holdout(self) -> pd.DataFrame:
         return select_rows(self.rows, self.held_out)
 
-    @cached_property
+    @property
     def groups(self) -> dict[str, np.ndarray]:
-        """:func:`row_groups` of every row, against the fitted rows: made once per split and kept
-        with it (the holdout_split step makes them before it stores the split), so that each
-        model's judge and the comparison read them instead of making them again (matching
+        """:func:`row_groups` of every row, against the fitted rows: made on first use and kept
+        with the split (the holdout_split step makes them before it stores the split), so that
+        each model's judge and the comparison read them instead of making them again (matching
         the courses of a full-scale 70.3 split: 0.2-1.2 s of CPU as a step's first call,
-        2026-12-08)."""
-        return row_groups(self.rows, self.train_columns("event_name", "event_year"))
+        2026-12-08). Kept groups of other names (a split stored by a version of this code with
+        other groups) are made again."""
+        made = self.__dict__.get("groups")
+        if made is None or tuple(made) != GROUPS:
+            made = row_groups(self.rows, self.train_columns("event_name", "event_year"))
+            self.__dict__["groups"] = made  # a cache, not a field: beside the frozen dataclass's fields, pickled with them
+        return made
 
     @property
     def holdout_positions(self) -> np.ndarray:

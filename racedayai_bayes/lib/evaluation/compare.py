@@ -81,12 +81,12 @@ def differences(judged: dict[str, Judged], reference: str, groups: dict[str, np.
     ref = judged[reference]
     positions = ref.judged.positions
     clusters = ref.judged.clusters
-    groups = {"all": np.ones(len(positions), dtype=bool)} | {g: m[positions] for g, m in groups.items()}
+    masks = {"all": np.ones(len(positions), dtype=bool)} | {g: m[positions] for g, m in groups.items()}
     out = []
     for name, j in judged.items():
         if name == reference or not np.array_equal(j.judged.positions, positions):
             continue
-        for group, mask in groups.items():
+        for group, mask in masks.items():
             if not mask.any():  # e.g. no new course in the held-out season: nothing to compare
                 continue
             d, se, n = elpd_difference(_lpd(j), _lpd(ref), clusters, mask)
