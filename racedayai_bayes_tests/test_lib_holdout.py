@@ -150,7 +150,7 @@ def test_a_splits_row_groups_are_made_once_and_stored_with_it(tmp_path, monkeypa
     kept: stored with the split (the holdout_split step makes them first), a loaded split hands
     them to every model's judge and to the comparison without making them again."""
     from racedayai_bayes.lib.data import split as split_module
-    from racedayai_bayes.lib.evaluation.judge import judge
+    from racedayai_bayes.lib.evaluation import judge as judge_module
     from racedayai_bayes.lib.outputs import stored
 
     from .conftest import hand_judged, hand_rows
@@ -174,12 +174,10 @@ def test_a_splits_row_groups_are_made_once_and_stored_with_it(tmp_path, monkeypa
         raise AssertionError("row_groups made again")
 
     monkeypatch.setattr(split_module, "row_groups", no_second_time)
-    import racedayai_bayes.lib.evaluation.judge as judge_module
-
     assert not hasattr(judge_module, "row_groups")  # the judge reads the split's groups, it makes none
     for name in groups:
         np.testing.assert_array_equal(loaded.groups[name], groups[name])
-    judged = judge(model, loaded)  # reads the loaded split's groups
+    judged = judge_module.judge(model, loaded)  # reads the loaded split's groups
     assert judged.holdout is not None and judged.holdout.scores.rows == int(loaded.held_out.sum())
     monkeypatch.undo()
     # groups of other names, as a split stored by a version with other groups holds: made again
