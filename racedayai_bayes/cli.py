@@ -331,15 +331,7 @@ def _refit_runs(args, instance, defs, refit_job_def, log_path: Path) -> tuple[Re
     later = [_Later.start(args, d, distances[0], log_path, report) for d in distances[1:]]
     for child in later:  # once every later process is forked (_ForkedLater: no thread may run then)
         child.watcher.start()
-        if reused is not None:
-            # nothing to wait for (GO_ENV): with the model frame reused, the later run starts
-            # at once, and its start (opening the instance, creating its run; niced) takes the
-            # core the command leaves idle while the first step waits for the step server.
-            # Demo later refits, 5 alternated pairs (2026-12-08 ~00:45): 1.5 CPU s less idle
-            # (2.8-3.8 s against 4.1-5.4 s of two cores), 15.5-19.0 s against 17.0-19.5 s
-            child.release()
-        else:
-            report.when_a_step_starts(child.release)
+        report.when_a_step_starts(child.release)
     try:
         dog.__enter__()
         built_here = [] if reused is not None else sorted(shared_keys, key=_key_order)
@@ -426,8 +418,7 @@ COMMAND_PID_ENV = "RACEDAYAI_REFIT_COMMAND_PID"  # the command's pid, for its la
 # the first run's input steps instead; it needs them only once the model frame is built.
 # (A later process forked from the command, as it is by default since 2026-12-04, has Dagster
 # and the code location already: it waits for go all the same, before it opens the instance
-# and starts polling; except when the stored model frame is reused, when the first process
-# says go at once: _refit_runs.)
+# and starts polling.)
 # The first process says go by closing a pipe, which also happens if it dies; after
 # GO_TIMEOUT_S the later process goes on regardless.
 GO_ENV = "RACEDAYAI_LATER_GO_FD"
